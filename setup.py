@@ -1,0 +1,54 @@
+"""Build the C core.  Everything else lives in pyproject.toml.
+
+TALLIES_WERROR=1 turns every warning into an error (CI sets it).
+TALLIES_TSAN=1 builds with ThreadSanitizer (for local experiments only).
+If the C compiler is missing or fails, the package still installs and runs on
+the pure-Python fallback, unless TALLIES_REQUIRE_C=1 (CI and the test command
+set it) makes a failed build fatal.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+flags = ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
+if os.environ.get("TALLIES_WERROR") == "1":
+    flags.append("-Werror")
+
+
+class optional_build_ext(build_ext):
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure
+            self._fallback(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure
+            self._fallback(exc)
+
+    def _fallback(self, exc: Exception) -> None:
+        if os.environ.get("TALLIES_REQUIRE_C") == "1":
+            raise exc
+        print(
+            f"tallies: the C core could not be built ({exc}); "
+            "installing the pure-Python fallback",
+            file=sys.stderr,
+        )
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "tallies._core",
+            sources=["src/tallies/_core.c"],
+            depends=["src/tallies/_cells.h"],
+            extra_compile_args=flags,
+        )
+    ],
+    cmdclass={"build_ext": optional_build_ext},
+)

@@ -1,0 +1,820 @@
+/*
+ * tallies._core: Counter and ShardedCounter, thin Python types over the cell
+ * engine in _cells.h (read that header first).
+ *
+ * With a GIL every method runs start to finish while holding it, so the cells
+ * are updated with the engine's `_serial` arithmetic (a plain load and store:
+ * as cheap as the `l.clear()` floor allows).  With Py_GIL_DISABLED the same
+ * methods use the engine's atomic compare-and-swap loops, and the module says
+ * so to the interpreter with Py_MOD_GIL_NOT_USED.  Arguments are converted to
+ * int64 before a cell is touched, so a bad argument changes nothing.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pythread.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "_cells.h"
+
+#ifdef Py_GIL_DISABLED
+#define CELL_ADD tl_add
+#define STRIPED_ADD tl_striped_add
+#else
+#define CELL_ADD tl_add_serial
+#define STRIPED_ADD tl_striped_add_serial
+#endif
+
+/* ---- argument conversion ------------------------------------------------ */
+
+static int
+overflow_arg(const char *fname, PyObject *obj)
+{
+    PyErr_Format(PyExc_OverflowError,
+                 "%s() argument %R is outside the signed 64-bit range",
+                 fname, obj);
+    return -1;
+}
+
+/* Convert any object with __index__ to int64.  TypeError names the type. */
+static int
+to_int64(PyObject *obj, const char *fname, int64_t *out)
+{
+    int overflow;
+    long long v;
+    if (TL_LIKELY(PyLong_Check(obj))) {
+        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    }
+    else if (Py_TYPE(obj)->tp_as_number != NULL &&
+             Py_TYPE(obj)->tp_as_number->nb_index != NULL) {
+        PyObject *idx = PyNumber_Index(obj);
+        if (idx == NULL) {
+            return -1;
+        }
+        v = PyLong_AsLongLongAndOverflow(idx, &overflow);
+        Py_DECREF(idx);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
+                     fname, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (overflow) {
+        return overflow_arg(fname, obj);
+    }
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+/* The optional amount of increment(n=1) / decrement(n=1), vectorcall form. */
+static inline int
+parse_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+             const char *fname, int64_t *n)
+{
+    PyObject *obj;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most 1 argument (%zd given)", fname,
+                     nargs + nkw);
+        return -1;
+    }
+    if (nkw == 1) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
+        if (PyUnicode_CompareWithASCIIString(key, "n") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument '%U'", fname,
+                         key);
+            return -1;
+        }
+    }
+    obj = args[0];
+    return to_int64(obj, fname, n);
+}
+
+static PyObject *
+overflow_result(const char *op, int64_t n, int64_t current)
+{
+    PyErr_Format(PyExc_OverflowError,
+                 "%s(%lld) would move the counter outside the signed 64-bit "
+                 "range; it stays at %lld",
+                 op, (long long)n, (long long)current);
+    return NULL;
+}
+
+/* Sum int64 values exactly, into a Python int if they overflow int64. */
+static PyObject *
+sum_to_pylong(const int64_t *vals, uint32_t k)
+{
+    int64_t total;
+    if (TL_LIKELY(tl_sum(vals, k, &total) == TL_OK)) {
+        return PyLong_FromLongLong((long long)total);
+    }
+    PyObject *acc = PyLong_FromLong(0);
+    for (uint32_t i = 0; acc != NULL && i < k; i++) {
+        PyObject *v = PyLong_FromLongLong((long long)vals[i]);
+        if (v == NULL) {
+            Py_CLEAR(acc);
+            break;
+        }
+        Py_SETREF(acc, PyNumber_Add(acc, v));
+        Py_DECREF(v);
+    }
+    return acc;
+}
+
+static const char *
+short_name(PyObject *self)
+{
+    const char *name = Py_TYPE(self)->tp_name;
+    const char *dot = strrchr(name, '.');
+    return dot == NULL ? name : dot + 1;
+}
+
+/* (type(self), (value,)) plus the instance __dict__ of a subclass, if any. */
+static PyObject *
+reduce_with_value(PyObject *self, PyObject *value)
+{
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject **dictptr = _PyObject_GetDictPtr(self);
+    if (dictptr != NULL && *dictptr != NULL && PyDict_GET_SIZE(*dictptr) > 0) {
+        return Py_BuildValue("O(N)O", (PyObject *)Py_TYPE(self), value,
+                             *dictptr);
+    }
+    return Py_BuildValue("O(N)", (PyObject *)Py_TYPE(self), value);
+}
+
+/* ---- waiters: wait_until() ---------------------------------------------- */
+
+/* A thread blocked in wait_until() owns one of these on its stack.  It is
+ * linked into the counter's list and woken (its lock released) by the first
+ * update that makes value >= target.  The list is guarded by the GIL, or by
+ * a PyMutex on free-threaded builds.  Updates look at the list head only:
+ * one load and a branch that is never taken while nobody waits. */
+typedef struct tl_waiter {
+    struct tl_waiter *next;
+    int64_t target;
+    PyThread_type_lock lock;
+    int woken;
+} tl_waiter;
+
+typedef struct {
+    PyObject_HEAD
+    tl_cell value;
+    _Atomic(tl_waiter *) waiters;
+#ifdef Py_GIL_DISABLED
+    PyMutex wmutex;
+#endif
+} CounterObject;
+
+#ifdef Py_GIL_DISABLED
+#define WAITERS_LOCK(c) PyMutex_Lock(&(c)->wmutex)
+#define WAITERS_UNLOCK(c) PyMutex_Unlock(&(c)->wmutex)
+#define WAITERS_HEAD(c) atomic_load_explicit(&(c)->waiters, memory_order_seq_cst)
+#else
+#define WAITERS_LOCK(c) ((void)0)
+#define WAITERS_UNLOCK(c) ((void)0)
+#define WAITERS_HEAD(c) atomic_load_explicit(&(c)->waiters, memory_order_relaxed)
+#endif
+
+/* Wake every waiter whose target the value v has reached. */
+static void
+wake_waiters(CounterObject *self, int64_t v)
+{
+    WAITERS_LOCK(self);
+    tl_waiter *head = atomic_load_explicit(&self->waiters, memory_order_relaxed);
+    tl_waiter **pp = &head;
+    while (*pp != NULL) {
+        tl_waiter *w = *pp;
+        if (w->target <= v) {
+            *pp = w->next;
+            w->woken = 1;
+            PyThread_release_lock(w->lock); /* w may go away after this */
+        }
+        else {
+            pp = &w->next;
+        }
+    }
+    atomic_store_explicit(&self->waiters, head, memory_order_seq_cst);
+    WAITERS_UNLOCK(self);
+}
+
+#define AFTER_UPDATE(self, v)                       \
+    do {                                            \
+        if (TL_UNLIKELY(WAITERS_HEAD(self) != NULL)) { \
+            wake_waiters((self), (v));              \
+        }                                           \
+    } while (0)
+
+/* Remove w from the list if it is still there; the caller holds the lock. */
+static void
+unlink_waiter_locked(CounterObject *self, tl_waiter *w)
+{
+    tl_waiter *head = atomic_load_explicit(&self->waiters, memory_order_relaxed);
+    tl_waiter **pp = &head;
+    while (*pp != NULL) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+        pp = &(*pp)->next;
+    }
+    atomic_store_explicit(&self->waiters, head, memory_order_seq_cst);
+}
+
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- Counter ------------------------------------------------------------ */
+
+static PyObject *
+Counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"initial", NULL};
+    PyObject *initial = NULL;
+    int64_t v = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Counter", kwlist, &initial)) {
+        return NULL;
+    }
+    if (initial != NULL && to_int64(initial, "Counter", &v) < 0) {
+        return NULL;
+    }
+    CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    atomic_init(&self->value, v);
+    atomic_init(&self->waiters, NULL);
+    return (PyObject *)self;
+}
+
+static void
+Counter_dealloc(CounterObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (PyType_HasFeature(tp, Py_TPFLAGS_HAVE_GC)) {
+        PyObject_GC_UnTrack(self);
+    }
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Counter_increment(CounterObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    int64_t n = 1, v;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
+            return NULL;
+        }
+    }
+    if (TL_UNLIKELY(CELL_ADD(&self->value, n, 0, &v) != TL_OK)) {
+        return overflow_result("increment", n, v);
+    }
+    AFTER_UPDATE(self, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Counter_decrement(CounterObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    int64_t n = 1, v;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
+            return NULL;
+        }
+    }
+    if (TL_UNLIKELY(CELL_ADD(&self->value, n, 1, &v) != TL_OK)) {
+        return overflow_result("decrement", n, v);
+    }
+    AFTER_UPDATE(self, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Counter_add(CounterObject *self, PyObject *arg)
+{
+    int64_t n, v;
+    if (to_int64(arg, "add", &n) < 0) {
+        return NULL;
+    }
+    if (TL_UNLIKELY(CELL_ADD(&self->value, n, 0, &v) != TL_OK)) {
+        return overflow_result("add", n, v);
+    }
+    AFTER_UPDATE(self, v);
+    return PyLong_FromLongLong((long long)v);
+}
+
+static PyObject *
+Counter_value(CounterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong((long long)tl_load(&self->value));
+}
+
+static PyObject *
+Counter_reset(CounterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong((long long)tl_exchange(&self->value, 0));
+}
+
+static PyObject *
+Counter_set(CounterObject *self, PyObject *arg)
+{
+    int64_t v;
+    if (to_int64(arg, "set", &v) < 0) {
+        return NULL;
+    }
+    tl_exchange(&self->value, v);
+    AFTER_UPDATE(self, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Counter_compare_and_set(CounterObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"expected", "new", NULL};
+    PyObject *eobj, *nobj;
+    int64_t expected, desired;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:compare_and_set", kwlist,
+                                     &eobj, &nobj)) {
+        return NULL;
+    }
+    if (to_int64(eobj, "compare_and_set", &expected) < 0 ||
+        to_int64(nobj, "compare_and_set", &desired) < 0) {
+        return NULL;
+    }
+    if (!tl_compare_and_set(&self->value, expected, desired)) {
+        Py_RETURN_FALSE;
+    }
+    AFTER_UPDATE(self, desired);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Counter_wait_until(CounterObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"target", "timeout", NULL};
+    PyObject *tobj, *timeout_obj = Py_None;
+    int64_t target;
+    double timeout = -1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:wait_until", kwlist,
+                                     &tobj, &timeout_obj)) {
+        return NULL;
+    }
+    if (to_int64(tobj, "wait_until", &target) < 0) {
+        return NULL;
+    }
+    if (timeout_obj != Py_None) {
+        timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1.0 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError,
+                         "wait_until() timeout must be a number or None, not "
+                         "'%.200s'", Py_TYPE(timeout_obj)->tp_name);
+            return NULL;
+        }
+        if (!(timeout >= 0.0)) { /* also rejects NaN */
+            PyErr_SetString(PyExc_ValueError,
+                            "wait_until() timeout must be a non-negative number");
+            return NULL;
+        }
+    }
+    if (tl_load(&self->value) >= target) {
+        Py_RETURN_TRUE;
+    }
+    if (timeout == 0.0) {
+        Py_RETURN_FALSE;
+    }
+
+    tl_waiter w = {NULL, target, PyThread_allocate_lock(), 0};
+    if (w.lock == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyThread_acquire_lock(w.lock, WAIT_LOCK);
+    WAITERS_LOCK(self);
+    w.next = atomic_load_explicit(&self->waiters, memory_order_relaxed);
+    atomic_store_explicit(&self->waiters, &w, memory_order_seq_cst);
+    WAITERS_UNLOCK(self);
+
+    int interrupted = 0;
+    double deadline = timeout < 0 ? 0.0 : monotonic_now() + timeout;
+    /* Re-check after publishing ourselves: an update that ran before the
+     * publish did not see us, one after it will wake us. */
+    if (tl_load(&self->value) < target) {
+        for (;;) {
+            PY_TIMEOUT_T us = -1;
+            if (timeout >= 0) {
+                double left = deadline - monotonic_now();
+                if (left <= 0) {
+                    break;
+                }
+                double max_s = (double)PY_TIMEOUT_MAX / 1e6;
+                us = (PY_TIMEOUT_T)((left > max_s ? max_s : left) * 1e6);
+            }
+            PyLockStatus st;
+            Py_BEGIN_ALLOW_THREADS
+            st = PyThread_acquire_lock_timed(w.lock, us, 1);
+            Py_END_ALLOW_THREADS
+            if (st == PY_LOCK_ACQUIRED) {
+                break;
+            }
+            if (st == PY_LOCK_INTR && PyErr_CheckSignals() < 0) {
+                interrupted = 1; /* KeyboardInterrupt and friends */
+                break;
+            }
+        }
+    }
+    /* A waker touches w only while holding the list lock, so once we hold it
+     * and w is unlinked, w (and its lock) are ours alone. */
+    WAITERS_LOCK(self);
+    int woken = w.woken;
+    if (!woken) {
+        unlink_waiter_locked(self, &w);
+    }
+    WAITERS_UNLOCK(self);
+    PyThread_free_lock(w.lock);
+    if (interrupted) {
+        return NULL;
+    }
+    return PyBool_FromLong(woken || tl_load(&self->value) >= target);
+}
+
+static PyObject *
+Counter_repr(CounterObject *self)
+{
+    return PyUnicode_FromFormat("%s(%lld)", short_name((PyObject *)self),
+                                (long long)tl_load(&self->value));
+}
+
+static PyObject *
+Counter_int(CounterObject *self)
+{
+    return PyLong_FromLongLong((long long)tl_load(&self->value));
+}
+
+static PyObject *
+Counter_reduce(CounterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return reduce_with_value((PyObject *)self, Counter_int(self));
+}
+
+static PyObject *
+Counter_inplace(PyObject *self, PyObject *other, int sub, PyTypeObject *cls)
+{
+    int64_t n, v;
+    const char *op = sub ? "-=" : "+=";
+    if (!PyObject_TypeCheck(self, cls)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (to_int64(other, op, &n) < 0) {
+        return NULL;
+    }
+    CounterObject *c = (CounterObject *)self;
+    if (CELL_ADD(&c->value, n, sub, &v) != TL_OK) {
+        return overflow_result(op, n, v);
+    }
+    AFTER_UPDATE(c, v);
+    return Py_NewRef(self);
+}
+
+/* ---- ShardedCounter ----------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    tl_striped s;
+} ShardedObject;
+
+static uint32_t n_cpus = 1;
+
+static PyObject *
+Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"initial", NULL};
+    PyObject *initial = NULL;
+    int64_t v = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:ShardedCounter", kwlist,
+                                     &initial)) {
+        return NULL;
+    }
+    if (initial != NULL && to_int64(initial, "ShardedCounter", &v) < 0) {
+        return NULL;
+    }
+    ShardedObject *self = (ShardedObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    tl_striped_init(&self->s, v, n_cpus);
+    return (PyObject *)self;
+}
+
+static void
+Sharded_dealloc(ShardedObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tl_striped_free(&self->s);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+sharded_update(ShardedObject *self, int64_t n, int sub, const char *op)
+{
+    int r = STRIPED_ADD(&self->s, n, sub);
+    if (TL_LIKELY(r == TL_OK)) {
+        Py_RETURN_NONE;
+    }
+    if (r == TL_NOMEM) {
+        return PyErr_NoMemory();
+    }
+    PyErr_Format(PyExc_OverflowError,
+                 "%s(%lld) would move a stripe of the counter outside the "
+                 "signed 64-bit range; nothing was changed",
+                 op, (long long)n);
+    return NULL;
+}
+
+static PyObject *
+Sharded_increment(ShardedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    int64_t n = 1;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
+            return NULL;
+        }
+    }
+#ifndef Py_GIL_DISABLED
+    int64_t ignored;
+    if (TL_LIKELY(tl_add_serial(&self->s.base, n, 0, &ignored) == TL_OK)) {
+        Py_RETURN_NONE;
+    }
+#endif
+    return sharded_update(self, n, 0, "increment");
+}
+
+static PyObject *
+Sharded_decrement(ShardedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    int64_t n = 1;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
+            return NULL;
+        }
+    }
+    return sharded_update(self, n, 1, "decrement");
+}
+
+static PyObject *
+Sharded_value(ShardedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int64_t vals[TL_MAX_SLOTS + 1];
+    uint32_t k = tl_striped_collect(&self->s, vals);
+    return sum_to_pylong(vals, k);
+}
+
+static PyObject *
+Sharded_reset(ShardedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int64_t vals[TL_MAX_SLOTS + 1];
+    uint32_t k = tl_striped_drain(&self->s, vals);
+    return sum_to_pylong(vals, k);
+}
+
+static PyObject *
+Sharded_int(ShardedObject *self)
+{
+    return Sharded_value(self, NULL);
+}
+
+static PyObject *
+Sharded_inflated(ShardedObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(tl_striped_inflated(&self->s));
+}
+
+static PyObject *
+Sharded_repr(ShardedObject *self)
+{
+    PyObject *v = Sharded_value(self, NULL);
+    if (v == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("%s(%S)", short_name((PyObject *)self), v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *
+Sharded_reduce(ShardedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return reduce_with_value((PyObject *)self, Sharded_value(self, NULL));
+}
+
+static PyObject *
+Sharded_inplace(PyObject *self, PyObject *other, int sub, PyTypeObject *cls)
+{
+    int64_t n;
+    const char *op = sub ? "-=" : "+=";
+    if (!PyObject_TypeCheck(self, cls)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (to_int64(other, op, &n) < 0) {
+        return NULL;
+    }
+    PyObject *r = sharded_update((ShardedObject *)self, n, sub, op);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    return Py_NewRef(self);
+}
+
+/* ---- type specs and module ---------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *Counter;
+    PyTypeObject *ShardedCounter;
+} module_state;
+
+/* The in-place operators need the module's types; a static pointer is enough
+ * because the types are created once per interpreter that imports us and the
+ * check only asks "is this one of ours". */
+static PyTypeObject *counter_type, *sharded_type;
+
+static PyObject *Counter_iadd(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 0, counter_type); }
+static PyObject *Counter_isub(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 1, counter_type); }
+static PyObject *Sharded_iadd(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 0, sharded_type); }
+static PyObject *Sharded_isub(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 1, sharded_type); }
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef Counter_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))Counter_increment, FASTKW,
+     "increment(n=1) -> None\n\nAdd n (default 1) atomically."},
+    {"decrement", (PyCFunction)(void (*)(void))Counter_decrement, FASTKW,
+     "decrement(n=1) -> None\n\nSubtract n (default 1) atomically."},
+    {"add", (PyCFunction)Counter_add, METH_O,
+     "add(n) -> int\n\nAdd n atomically and return the new value."},
+    {"value", (PyCFunction)Counter_value, METH_NOARGS,
+     "value() -> int\n\nThe current value."},
+    {"reset", (PyCFunction)Counter_reset, METH_NOARGS,
+     "reset() -> int\n\nSet to 0 and return the value replaced, atomically."},
+    {"set", (PyCFunction)Counter_set, METH_O, "set(v) -> None\n\nSet the value."},
+    {"compare_and_set", (PyCFunction)(void (*)(void))Counter_compare_and_set,
+     METH_VARARGS | METH_KEYWORDS,
+     "compare_and_set(expected, new) -> bool\n\n"
+     "Set to new if the value is expected; True if it was set."},
+    {"wait_until", (PyCFunction)(void (*)(void))Counter_wait_until,
+     METH_VARARGS | METH_KEYWORDS,
+     "wait_until(target, timeout=None) -> bool\n\n"
+     "Block until value() >= target; False if timeout seconds pass first."},
+    {"__reduce__", (PyCFunction)Counter_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Counter_slots[] = {
+    {Py_tp_doc, "Counter(initial=0)\n--\n\n"
+                "An exact signed 64-bit counter that many threads may update."},
+    {Py_tp_new, Counter_new},
+    {Py_tp_dealloc, Counter_dealloc},
+    {Py_tp_methods, Counter_methods},
+    {Py_tp_repr, Counter_repr},
+    {Py_nb_int, Counter_int},
+    {Py_nb_inplace_add, Counter_iadd},
+    {Py_nb_inplace_subtract, Counter_isub},
+    {0, NULL},
+};
+
+static PyType_Spec Counter_spec = {
+    "tallies.Counter", sizeof(CounterObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Counter_slots,
+};
+
+static PyMethodDef Sharded_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))Sharded_increment, FASTKW,
+     "increment(n=1) -> None\n\nAdd n (default 1)."},
+    {"decrement", (PyCFunction)(void (*)(void))Sharded_decrement, FASTKW,
+     "decrement(n=1) -> None\n\nSubtract n (default 1)."},
+    {"value", (PyCFunction)Sharded_value, METH_NOARGS,
+     "value() -> int\n\nThe sum of the cells; not a snapshot while others write."},
+    {"reset", (PyCFunction)Sharded_reset, METH_NOARGS,
+     "reset() -> int\n\nZero every cell and return what was taken."},
+    {"__reduce__", (PyCFunction)Sharded_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Sharded_getset[] = {
+    {"inflated", (getter)Sharded_inflated, NULL,
+     "True once contention made the counter allocate its striped cells.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Sharded_slots[] = {
+    {Py_tp_doc, "ShardedCounter(initial=0)\n--\n\n"
+                "A striped counter that spreads contended updates over cells."},
+    {Py_tp_new, Sharded_new},
+    {Py_tp_dealloc, Sharded_dealloc},
+    {Py_tp_methods, Sharded_methods},
+    {Py_tp_getset, Sharded_getset},
+    {Py_tp_repr, Sharded_repr},
+    {Py_nb_int, Sharded_int},
+    {Py_nb_inplace_add, Sharded_iadd},
+    {Py_nb_inplace_subtract, Sharded_isub},
+    {0, NULL},
+};
+
+static PyType_Spec Sharded_spec = {
+    "tallies.ShardedCounter", sizeof(ShardedObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Sharded_slots,
+};
+
+static int
+core_exec(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    n_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
+
+    st->Counter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Counter_spec, NULL);
+    if (st->Counter == NULL || PyModule_AddType(m, st->Counter) < 0) {
+        return -1;
+    }
+    st->ShardedCounter =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Sharded_spec, NULL);
+    if (st->ShardedCounter == NULL || PyModule_AddType(m, st->ShardedCounter) < 0) {
+        return -1;
+    }
+    if (counter_type == NULL) {
+        counter_type = st->Counter;
+        sharded_type = st->ShardedCounter;
+    }
+#ifdef Py_GIL_DISABLED
+    int ft = 1;
+#else
+    int ft = 0;
+#endif
+    if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
+        PyModule_AddIntConstant(m, "CPU_SLOTS", (long)n_cpus) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_VISIT(st->Counter);
+    Py_VISIT(st->ShardedCounter);
+    return 0;
+}
+
+static int
+core_clear(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_CLEAR(st->Counter);
+    Py_CLEAR(st->ShardedCounter);
+    return 0;
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    "tallies._core",
+    "The C core of tallies: exact atomic counters over the cell engine.",
+    sizeof(module_state),
+    NULL,
+    core_slots,
+    core_traverse,
+    core_clear,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&core_module);
+}

@@ -1,0 +1,183 @@
+"""The pure-Python fallback: the same behaviour as the C core, under a lock.
+
+Used when the extension is unavailable or ``TALLIES_PURE=1``.  Every update
+takes the counter's lock, so it is exact on every interpreter (GIL or not);
+it is just slower.  Error messages match the C core word for word.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import threading
+from typing import Any, SupportsIndex
+
+__all__ = ["CPU_SLOTS", "FREE_THREADED_BUILD", "Counter", "ShardedCounter"]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+FREE_THREADED_BUILD = 0
+CPU_SLOTS = 1
+
+
+def to_int64(obj: object, fname: str) -> int:
+    """Convert an object with ``__index__`` to an int in the int64 range."""
+    if isinstance(obj, int):
+        v = int(obj)
+    elif hasattr(type(obj), "__index__"):
+        v = operator.index(obj)  # type: ignore[arg-type]
+    else:
+        raise TypeError(f"{fname}() expects an integer, not {type(obj).__name__!r}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise OverflowError(f"{fname}() argument {obj!r} is outside the signed 64-bit range")
+    return v
+
+
+def _overflow(op: str, n: int, current: int) -> OverflowError:
+    return OverflowError(
+        f"{op}({n}) would move the counter outside the signed 64-bit range; "
+        f"it stays at {current}"
+    )
+
+
+class Counter:
+    """An exact signed 64-bit counter that many threads may update."""
+
+    __slots__ = ("__weakref__", "_cond", "_lock", "_value")
+    __module__ = "tallies._pure"
+
+    def __init__(self, initial: SupportsIndex = 0) -> None:
+        self._value = to_int64(initial, "Counter")
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+
+    def _update(self, n: int, sub: bool, op: str) -> int:
+        with self._lock:
+            new = self._value - n if sub else self._value + n
+            if not INT64_MIN <= new <= INT64_MAX:
+                raise _overflow(op, n, self._value)
+            self._value = new
+            self._cond.notify_all()
+            return new
+
+    def increment(self, n: SupportsIndex = 1) -> None:
+        self._update(to_int64(n, "increment"), False, "increment")
+
+    def decrement(self, n: SupportsIndex = 1) -> None:
+        self._update(to_int64(n, "decrement"), True, "decrement")
+
+    def add(self, n: SupportsIndex) -> int:
+        return self._update(to_int64(n, "add"), False, "add")
+
+    def value(self) -> int:
+        return self._value
+
+    def reset(self) -> int:
+        with self._lock:
+            old, self._value = self._value, 0
+            return old
+
+    def set(self, v: SupportsIndex) -> None:
+        new = to_int64(v, "set")
+        with self._lock:
+            self._value = new
+            self._cond.notify_all()
+
+    def compare_and_set(self, expected: SupportsIndex, new: SupportsIndex) -> bool:
+        e = to_int64(expected, "compare_and_set")
+        d = to_int64(new, "compare_and_set")
+        with self._lock:
+            if self._value != e:
+                return False
+            self._value = d
+            self._cond.notify_all()
+            return True
+
+    def wait_until(self, target: SupportsIndex, timeout: float | None = None) -> bool:
+        t = to_int64(target, "wait_until")
+        if timeout is not None:
+            try:
+                seconds = float(timeout)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    "wait_until() timeout must be a number or None, not "
+                    f"{type(timeout).__name__!r}"
+                ) from None
+            if not seconds >= 0.0 or math.isnan(seconds):
+                raise ValueError("wait_until() timeout must be a non-negative number")
+            timeout = seconds
+        with self._cond:
+            return self._cond.wait_for(lambda: self._value >= t, timeout)
+
+    def __iadd__(self, n: SupportsIndex) -> Counter:
+        self._update(to_int64(n, "+="), False, "+=")
+        return self
+
+    def __isub__(self, n: SupportsIndex) -> Counter:
+        self._update(to_int64(n, "-="), True, "-=")
+        return self
+
+    def __int__(self) -> int:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._value})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._value,))
+
+
+class ShardedCounter:
+    """The striped counter's API over one locked int (striping needs the C core)."""
+
+    __slots__ = ("__weakref__", "_lock", "_value")
+    __module__ = "tallies._pure"
+
+    def __init__(self, initial: SupportsIndex = 0) -> None:
+        self._value = to_int64(initial, "ShardedCounter")
+        self._lock = threading.Lock()
+
+    @property
+    def inflated(self) -> bool:
+        return False
+
+    def _update(self, n: int, sub: bool, op: str) -> None:
+        with self._lock:
+            new = self._value - n if sub else self._value + n
+            if not INT64_MIN <= new <= INT64_MAX:
+                raise OverflowError(
+                    f"{op}({n}) would move a stripe of the counter outside the "
+                    "signed 64-bit range; nothing was changed"
+                )
+            self._value = new
+
+    def increment(self, n: SupportsIndex = 1) -> None:
+        self._update(to_int64(n, "increment"), False, "increment")
+
+    def decrement(self, n: SupportsIndex = 1) -> None:
+        self._update(to_int64(n, "decrement"), True, "decrement")
+
+    def value(self) -> int:
+        return self._value
+
+    def reset(self) -> int:
+        with self._lock:
+            old, self._value = self._value, 0
+            return old
+
+    def __iadd__(self, n: SupportsIndex) -> ShardedCounter:
+        self._update(to_int64(n, "+="), False, "+=")
+        return self
+
+    def __isub__(self, n: SupportsIndex) -> ShardedCounter:
+        self._update(to_int64(n, "-="), True, "-=")
+        return self
+
+    def __int__(self) -> int:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._value})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._value,))
