@@ -141,12 +141,23 @@ reduce_with_value(PyObject *self, PyObject *value)
     if (value == NULL) {
         return NULL;
     }
-    PyObject **dictptr = _PyObject_GetDictPtr(self);
-    if (dictptr != NULL && *dictptr != NULL && PyDict_GET_SIZE(*dictptr) > 0) {
-        return Py_BuildValue("O(N)O", (PyObject *)Py_TYPE(self), value,
-                             *dictptr);
+    PyObject *dict = PyObject_GetAttrString(self, "__dict__");
+    if (dict == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        PyErr_Clear();
     }
-    return Py_BuildValue("O(N)", (PyObject *)Py_TYPE(self), value);
+    PyObject *r;
+    if (dict != NULL && PyDict_Check(dict) && PyDict_GET_SIZE(dict) > 0) {
+        r = Py_BuildValue("O(N)O", (PyObject *)Py_TYPE(self), value, dict);
+    }
+    else {
+        r = Py_BuildValue("O(N)", (PyObject *)Py_TYPE(self), value);
+    }
+    Py_XDECREF(dict);
+    return r;
 }
 
 /* ---- waiters: wait_until() ---------------------------------------------- */

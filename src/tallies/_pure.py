@@ -35,21 +35,21 @@ def to_int64(obj: object, fname: str) -> int:
 
 def _overflow(op: str, n: int, current: int) -> OverflowError:
     return OverflowError(
-        f"{op}({n}) would move the counter outside the signed 64-bit range; "
-        f"it stays at {current}"
+        f"{op}({n}) would move the counter outside the signed 64-bit range; it stays at {current}"
     )
 
 
 class Counter:
     """An exact signed 64-bit counter that many threads may update."""
 
-    __slots__ = ("__weakref__", "_cond", "_lock", "_value")
+    __slots__ = ("_cond", "_lock", "_value", "_waiting")
     __module__ = "tallies._pure"
 
     def __init__(self, initial: SupportsIndex = 0) -> None:
         self._value = to_int64(initial, "Counter")
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # threads in wait_until(): updates notify only then
 
     def _update(self, n: int, sub: bool, op: str) -> int:
         with self._lock:
@@ -57,7 +57,8 @@ class Counter:
             if not INT64_MIN <= new <= INT64_MAX:
                 raise _overflow(op, n, self._value)
             self._value = new
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
             return new
 
     def increment(self, n: SupportsIndex = 1) -> None:
@@ -81,7 +82,8 @@ class Counter:
         new = to_int64(v, "set")
         with self._lock:
             self._value = new
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def compare_and_set(self, expected: SupportsIndex, new: SupportsIndex) -> bool:
         e = to_int64(expected, "compare_and_set")
@@ -90,7 +92,8 @@ class Counter:
             if self._value != e:
                 return False
             self._value = d
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
             return True
 
     def wait_until(self, target: SupportsIndex, timeout: float | None = None) -> bool:
@@ -100,14 +103,17 @@ class Counter:
                 seconds = float(timeout)
             except (TypeError, ValueError):
                 raise TypeError(
-                    "wait_until() timeout must be a number or None, not "
-                    f"{type(timeout).__name__!r}"
+                    f"wait_until() timeout must be a number or None, not {type(timeout).__name__!r}"
                 ) from None
             if not seconds >= 0.0 or math.isnan(seconds):
                 raise ValueError("wait_until() timeout must be a non-negative number")
             timeout = seconds
         with self._cond:
-            return self._cond.wait_for(lambda: self._value >= t, timeout)
+            self._waiting += 1
+            try:
+                return self._cond.wait_for(lambda: self._value >= t, timeout)
+            finally:
+                self._waiting -= 1
 
     def __iadd__(self, n: SupportsIndex) -> Counter:
         self._update(to_int64(n, "+="), False, "+=")
@@ -130,7 +136,7 @@ class Counter:
 class ShardedCounter:
     """The striped counter's API over one locked int (striping needs the C core)."""
 
-    __slots__ = ("__weakref__", "_lock", "_value")
+    __slots__ = ("_lock", "_value")
     __module__ = "tallies._pure"
 
     def __init__(self, initial: SupportsIndex = 0) -> None:

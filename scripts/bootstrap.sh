@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Sourced by ./tallies and ./run-tests: make .venv with tallies installed.
+#
+#   bootstrap_tallies [EXTRA]    EXTRA is a pip extra such as "test" (or empty)
+#
+# On a fresh Debian machine with nothing but python3, it installs (as root, via
+# apt-get) what a virtual environment and the C build need: python3-venv,
+# python3-dev and gcc.  It reinstalls tallies whenever a file under src/,
+# setup.py or pyproject.toml changed since the last install.
+set -euo pipefail
+
+TALLIES_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TALLIES_VENV:-$TALLIES_ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+_say() { printf 'tallies setup: %s\n' "$*" >&2; }
+
+_apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        _say "installing $* with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        _say "missing system packages: $* (install them, e.g. 'sudo apt-get install $*')"
+        return 1
+    fi
+}
+
+_need_system_packages() {
+    command -v "$PY" >/dev/null 2>&1 || _apt_install python3
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
+        _say "tallies needs Python 3.10 or newer; $PY is $("$PY" -V 2>&1)"
+        return 1
+    }
+    local missing=()
+    "$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    "$PY" - <<'PYEOF' 2>/dev/null || missing+=(python3-dev)
+import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+PYEOF
+    command -v gcc >/dev/null 2>&1 || command -v cc >/dev/null 2>&1 || missing+=(gcc)
+    if [ ${#missing[@]} -gt 0 ]; then
+        _apt_install "${missing[@]}" || {
+            # Without a compiler tallies still works, on its pure-Python fallback.
+            [ "${TALLIES_REQUIRE_C:-0}" != 1 ] && "$PY" -c 'import ensurepip, venv' 2>/dev/null
+        }
+    fi
+}
+
+_stamp() {
+    (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f \
+        ! -name '*.so' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
+        | sha256sum | cut -c1-16)
+    printf '%s %s\n' "${1:-}" "${TALLIES_WERROR:-0}"
+}
+
+bootstrap_tallies() {
+    local extra="${1:-}"
+    _need_system_packages
+    if [ ! -x "$VENV/bin/python" ]; then
+        _say "creating $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    local want have
+    want="$(_stamp "$extra")"
+    have="$(cat "$VENV/.tallies-stamp" 2>/dev/null || true)"
+    if [ "$want" != "$have" ]; then
+        _say "installing tallies${extra:+[$extra]} into $VENV (builds the C core)"
+        "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >/dev/null
+        local spec="$TALLIES_ROOT"
+        [ -n "$extra" ] && spec="$TALLIES_ROOT[$extra]"
+        "$VENV/bin/python" -m pip install -q --no-build-isolation "$spec"
+        printf '%s' "$want" >"$VENV/.tallies-stamp"
+    fi
+}

@@ -1,0 +1,149 @@
+"""The ``tallies`` console script.
+
+    tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
+    tallies bench [--quick] [--json]
+
+Each subcommand is one ``_add_<name>`` function that declares its arguments and
+sets ``run`` to a function taking the parsed arguments; add one to add a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _switch_interval(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds (0 keeps the interpreter's), not {text!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, not {text!r}")
+    return value or None
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ._demo import DemoConfig
+    from ._demo import main as demo_main
+
+    config = DemoConfig(
+        threads=args.threads,
+        increments=args.increments,
+        switch_interval=args.switch_interval,
+    )
+    return demo_main(config, as_json=args.json)
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="run the tutorial's thread-safety experiment on this interpreter",
+        description=(
+            "Several threads increment one shared counter: the tutorial's unsafe and "
+            "Lock counters, an unsafe counter whose update spans a call, and tallies' "
+            "counters. Prints what each really ended at, and why."
+        ),
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="threads sharing the counter (default: 10)",
+    )
+    p.add_argument(
+        "--increments",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="increments per thread (default: 100000)",
+    )
+    p.add_argument(
+        "--switch-interval",
+        type=_switch_interval,
+        default=1e-6,
+        metavar="S",
+        help=(
+            "sys.setswitchinterval() for the unsafe counters' runs only, restored after "
+            "(default: 1e-6; 0 keeps the interpreter's setting)"
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from ._bench import BenchConfig
+    from ._bench import main as bench_main
+
+    config = BenchConfig.quick_run() if args.quick else BenchConfig.full_run()
+    return bench_main(config, as_json=args.json)
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="measure tallies against a floor and its peers, and check the targets",
+        description=(
+            "Single-thread cost of one increment against the cheapest C method call and "
+            "against installed peers, the tutorial's 10-thread workload, object sizes, "
+            "and the project's speed and size targets, all measured in this run."
+        ),
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a short run with the same structure (for tests)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_bench)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_demo,
+    _add_bench,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tallies",
+        description="Exact, C-fast counters for concurrent Python.",
+    )
+    parser.add_argument("--version", action="version", version=f"tallies {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console script; returns the exit status (usage errors exit with 2)."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except BrokenPipeError:
+        # The reader went away (``tallies bench | head``): stop quietly, and keep
+        # the interpreter from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
