@@ -66,10 +66,15 @@ bootstrap_tallies() {
     have="$(cat "$VENV/.tallies-stamp" 2>/dev/null || true)"
     if [ "$want" != "$have" ]; then
         _say "installing tallies${extra:+[$extra]} into $VENV (builds the C core)"
-        "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >/dev/null
-        local spec="$TALLIES_ROOT"
+        local spec="$TALLIES_ROOT" log="$VENV/tallies-install.log"
         [ -n "$extra" ] && spec="$TALLIES_ROOT[$extra]"
-        "$VENV/bin/python" -m pip install -q --no-build-isolation "$spec"
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip "setuptools>=77" wheel &&
+               "$VENV/bin/python" -m pip install --no-build-isolation "$spec"; } >"$log" 2>&1; then
+            cat "$log" >&2
+            _say "installing tallies failed (log above, also in $log)"
+            return 1
+        fi
+        grep -E "tallies: the C core could not be built" "$log" >&2 || true
         printf '%s' "$want" >"$VENV/.tallies-stamp"
     fi
 }

@@ -36,6 +36,14 @@ overflow_arg(const char *fname, PyObject *obj)
     return -1;
 }
 
+/* The type's name without its module, as Python's own messages show it. */
+static const char *
+type_name(PyTypeObject *tp)
+{
+    const char *dot = strrchr(tp->tp_name, '.');
+    return dot == NULL ? tp->tp_name : dot + 1;
+}
+
 /* Convert any object with __index__ to int64.  TypeError names the type. */
 static int
 to_int64(PyObject *obj, const char *fname, int64_t *out)
@@ -56,7 +64,7 @@ to_int64(PyObject *obj, const char *fname, int64_t *out)
     }
     else {
         PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
-                     fname, Py_TYPE(obj)->tp_name);
+                     fname, type_name(Py_TYPE(obj)));
         return -1;
     }
     if (overflow) {
@@ -124,14 +132,6 @@ sum_to_pylong(const int64_t *vals, uint32_t k)
         Py_DECREF(v);
     }
     return acc;
-}
-
-static const char *
-short_name(PyObject *self)
-{
-    const char *name = Py_TYPE(self)->tp_name;
-    const char *dot = strrchr(name, '.');
-    return dot == NULL ? name : dot + 1;
 }
 
 /* (type(self), (value,)) plus the instance __dict__ of a subclass, if any. */
@@ -337,7 +337,9 @@ Counter_value(CounterObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Counter_reset(CounterObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromLongLong((long long)tl_exchange(&self->value, 0));
+    int64_t old = tl_exchange(&self->value, 0);
+    AFTER_UPDATE(self, 0);
+    return PyLong_FromLongLong((long long)old);
 }
 
 static PyObject *
@@ -389,10 +391,15 @@ Counter_wait_until(CounterObject *self, PyObject *args, PyObject *kwds)
     }
     if (timeout_obj != Py_None) {
         timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1.0 && PyErr_Occurred() &&
+            PyErr_ExceptionMatches(PyExc_OverflowError) && PyLong_Check(timeout_obj)) {
+            PyErr_Clear(); /* an int too large for a double: forever */
+            timeout = Py_HUGE_VAL;
+        }
         if (timeout == -1.0 && PyErr_Occurred()) {
             PyErr_Format(PyExc_TypeError,
                          "wait_until() timeout must be a number or None, not "
-                         "'%.200s'", Py_TYPE(timeout_obj)->tp_name);
+                         "'%.200s'", type_name(Py_TYPE(timeout_obj)));
             return NULL;
         }
         if (!(timeout >= 0.0)) { /* also rejects NaN */
@@ -406,6 +413,9 @@ Counter_wait_until(CounterObject *self, PyObject *args, PyObject *kwds)
     }
     if (timeout == 0.0) {
         Py_RETURN_FALSE;
+    }
+    if (timeout == Py_HUGE_VAL) {
+        timeout = -1.0; /* no deadline */
     }
 
     tl_waiter w = {NULL, target, PyThread_allocate_lock(), 0};
@@ -464,7 +474,7 @@ Counter_wait_until(CounterObject *self, PyObject *args, PyObject *kwds)
 static PyObject *
 Counter_repr(CounterObject *self)
 {
-    return PyUnicode_FromFormat("%s(%lld)", short_name((PyObject *)self),
+    return PyUnicode_FromFormat("%s(%lld)", type_name(Py_TYPE(self)),
                                 (long long)tl_load(&self->value));
 }
 
@@ -481,13 +491,10 @@ Counter_reduce(CounterObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-Counter_inplace(PyObject *self, PyObject *other, int sub, PyTypeObject *cls)
+Counter_inplace(PyObject *self, PyObject *other, int sub)
 {
     int64_t n, v;
     const char *op = sub ? "-=" : "+=";
-    if (!PyObject_TypeCheck(self, cls)) {
-        Py_RETURN_NOTIMPLEMENTED;
-    }
     if (to_int64(other, op, &n) < 0) {
         return NULL;
     }
@@ -622,7 +629,7 @@ Sharded_repr(ShardedObject *self)
     if (v == NULL) {
         return NULL;
     }
-    PyObject *r = PyUnicode_FromFormat("%s(%S)", short_name((PyObject *)self), v);
+    PyObject *r = PyUnicode_FromFormat("%s(%S)", type_name(Py_TYPE(self)), v);
     Py_DECREF(v);
     return r;
 }
@@ -634,13 +641,10 @@ Sharded_reduce(ShardedObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-Sharded_inplace(PyObject *self, PyObject *other, int sub, PyTypeObject *cls)
+Sharded_inplace(PyObject *self, PyObject *other, int sub)
 {
     int64_t n;
     const char *op = sub ? "-=" : "+=";
-    if (!PyObject_TypeCheck(self, cls)) {
-        Py_RETURN_NOTIMPLEMENTED;
-    }
     if (to_int64(other, op, &n) < 0) {
         return NULL;
     }
@@ -659,15 +663,11 @@ typedef struct {
     PyTypeObject *ShardedCounter;
 } module_state;
 
-/* The in-place operators need the module's types; a static pointer is enough
- * because the types are created once per interpreter that imports us and the
- * check only asks "is this one of ours". */
-static PyTypeObject *counter_type, *sharded_type;
-
-static PyObject *Counter_iadd(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 0, counter_type); }
-static PyObject *Counter_isub(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 1, counter_type); }
-static PyObject *Sharded_iadd(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 0, sharded_type); }
-static PyObject *Sharded_isub(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 1, sharded_type); }
+/* In-place slots run only with one of our instances on the left. */
+static PyObject *Counter_iadd(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 0); }
+static PyObject *Counter_isub(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 1); }
+static PyObject *Sharded_iadd(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 0); }
+static PyObject *Sharded_isub(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 1); }
 
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 
@@ -766,10 +766,6 @@ core_exec(PyObject *m)
         (PyTypeObject *)PyType_FromModuleAndSpec(m, &Sharded_spec, NULL);
     if (st->ShardedCounter == NULL || PyModule_AddType(m, st->ShardedCounter) < 0) {
         return -1;
-    }
-    if (counter_type == NULL) {
-        counter_type = st->Counter;
-        sharded_type = st->ShardedCounter;
     }
 #ifdef Py_GIL_DISABLED
     int ft = 1;

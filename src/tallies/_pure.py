@@ -22,9 +22,7 @@ CPU_SLOTS = 1
 
 def to_int64(obj: object, fname: str) -> int:
     """Convert an object with ``__index__`` to an int in the int64 range."""
-    if isinstance(obj, int):
-        v = int(obj)
-    elif hasattr(type(obj), "__index__"):
+    if isinstance(obj, int) or hasattr(type(obj), "__index__"):
         v = operator.index(obj)  # type: ignore[arg-type]
     else:
         raise TypeError(f"{fname}() expects an integer, not {type(obj).__name__!r}")
@@ -37,6 +35,14 @@ def _overflow(op: str, n: int, current: int) -> OverflowError:
     return OverflowError(
         f"{op}({n}) would move the counter outside the signed 64-bit range; it stays at {current}"
     )
+
+
+def _reduce(obj: object, value: int) -> tuple[Any, ...]:
+    """(type, (value,)) plus a subclass instance's __dict__, like the C core."""
+    state = getattr(obj, "__dict__", None)
+    if state:
+        return (type(obj), (value,), state)
+    return (type(obj), (value,))
 
 
 class Counter:
@@ -76,6 +82,8 @@ class Counter:
     def reset(self) -> int:
         with self._lock:
             old, self._value = self._value, 0
+            if self._waiting:
+                self._cond.notify_all()
             return old
 
     def set(self, v: SupportsIndex) -> None:
@@ -99,15 +107,17 @@ class Counter:
     def wait_until(self, target: SupportsIndex, timeout: float | None = None) -> bool:
         t = to_int64(target, "wait_until")
         if timeout is not None:
-            try:
-                seconds = float(timeout)
-            except (TypeError, ValueError):
+            if not isinstance(timeout, (int, float)) and not hasattr(type(timeout), "__float__"):
                 raise TypeError(
                     f"wait_until() timeout must be a number or None, not {type(timeout).__name__!r}"
-                ) from None
-            if not seconds >= 0.0 or math.isnan(seconds):
+                )
+            try:
+                seconds = float(timeout)
+            except OverflowError:  # an int too large for a float: forever
+                seconds = math.inf
+            if not seconds >= 0.0:  # also NaN
                 raise ValueError("wait_until() timeout must be a non-negative number")
-            timeout = seconds
+            timeout = None if seconds > threading.TIMEOUT_MAX else seconds
         with self._cond:
             self._waiting += 1
             try:
@@ -130,7 +140,7 @@ class Counter:
         return f"{type(self).__name__}({self._value})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._value,))
+        return _reduce(self, self._value)
 
 
 class ShardedCounter:
@@ -186,4 +196,4 @@ class ShardedCounter:
         return f"{type(self).__name__}({self._value})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._value,))
+        return _reduce(self, self._value)

@@ -1,0 +1,51 @@
+"""Every test of the in-process counters runs twice: on the C core and on the pure fallback.
+
+The ``impl`` fixture is the implementation module, ``tallies._core`` or
+``tallies._pure``; tests build counters as ``impl.Counter(...)`` and
+``impl.ShardedCounter(...)``.
+
+When the C core cannot be imported, its half of the suite is skipped with the
+import error as the reason, unless the environment sets ``TALLIES_REQUIRE_C=1``
+(CI and the test command do): then every test that needs the C core fails, so
+a broken build can never pass as a green run on the fallback alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import pytest
+from _support import REQUIRE_C, core_import_error
+
+
+def c_core() -> ModuleType:
+    """The C core module; fails (TALLIES_REQUIRE_C=1) or skips when it is missing."""
+    exc = core_import_error()
+    if exc is not None:
+        reason = f"the C core tallies._core is not importable: {exc!r}"
+        if REQUIRE_C:
+            pytest.fail(f"{reason}, and TALLIES_REQUIRE_C=1 requires it", pytrace=False)
+        pytest.skip(reason)
+    return importlib.import_module("tallies._core")
+
+
+def pure_fallback() -> ModuleType:
+    return importlib.import_module("tallies._pure")
+
+
+@pytest.fixture(params=["c", "pure"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The implementation under test: the C core, then the pure fallback."""
+    return c_core() if request.param == "c" else pure_fallback()
+
+
+@pytest.fixture
+def core() -> ModuleType:
+    """The C core alone, for what only it promises (object sizes, parity checks)."""
+    return c_core()
+
+
+@pytest.fixture
+def pure() -> ModuleType:
+    return pure_fallback()

@@ -1,0 +1,729 @@
+"""tallies Counter: a model-based test of every method, then bad input, edges and copies.
+
+Each test runs on the C core and on the pure fallback (the ``impl`` fixture).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import pytest
+from _support import (
+    INDEX_LIKE,
+    INT64_MAX,
+    INT64_MIN,
+    NOT_INTEGERS,
+    OUT_OF_RANGE,
+    BadIndex,
+    Index,
+    amounts,
+    arg_overflow,
+    in_int64,
+    int64_values,
+    non_integers,
+    result_overflow,
+    set_values,
+)
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+STATEFUL = settings(
+    max_examples=50,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+_FAILED = object()  # what CounterModel.update returns when the update was refused
+
+
+class CounterModel(RuleBasedStateMachine):
+    """Model: a plain Python int, ``self.model``, the value the counter must hold.
+
+    Every operation is applied to the counter and, with Python's unbounded
+    arithmetic, to the int.  When the amount or the result leaves
+    [-2**63, 2**63 - 1] the counter must raise exactly OverflowError with the
+    documented message, and the model (so the counter) stays as it was; a
+    non-integer must raise exactly TypeError and change nothing either.  The
+    invariant checked after every step: ``counter.value() == model``.
+    """
+
+    impl: ClassVar[ModuleType]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counter: Any = None
+        self.model = 0
+
+    @initialize(initial=int64_values, form=st.sampled_from(["default", "positional", "keyword"]))
+    def create(self, initial: int, form: str) -> None:
+        if form == "default":
+            self.counter, self.model = self.impl.Counter(), 0
+        elif form == "positional":
+            self.counter, self.model = self.impl.Counter(initial), initial
+        else:
+            self.counter, self.model = self.impl.Counter(initial=initial), initial
+
+    # -- helpers ------------------------------------------------------------
+
+    def refused(self, exc_type: type[BaseException], message: str | None, call: Callable[[], Any]):
+        """``call`` must raise exactly ``exc_type`` (with ``message``) and change nothing."""
+        before = self.model
+        with pytest.raises(exc_type) as info:
+            call()
+        assert type(info.value) is exc_type
+        if message is not None:
+            assert str(info.value) == message
+        assert self.counter.value() == before
+
+    def update(self, op: str, n: int, sub: bool, call: Callable[[], Any]) -> Any:
+        """Apply an update of ``n`` to counter and model; returns call()'s result or _FAILED."""
+        before = self.model
+        if not in_int64(n):
+            self.refused(OverflowError, arg_overflow(op, n), call)
+            return _FAILED
+        new = before - n if sub else before + n
+        if not in_int64(new):
+            self.refused(OverflowError, result_overflow(op, n, before), call)
+            return _FAILED
+        result = call()
+        self.model = new
+        return result
+
+    def inplace(self, n: int, sub: bool) -> None:
+        c = self.counter
+        if sub:
+            c -= n
+        else:
+            c += n
+        assert c is self.counter  # += and -= update in place and keep the object
+
+    # -- updates ------------------------------------------------------------
+
+    @rule(n=amounts, keyword=st.booleans())
+    def increment(self, n: int, keyword: bool) -> None:
+        c = self.counter
+        call = (lambda: c.increment(n=n)) if keyword else (lambda: c.increment(n))
+        assert self.update("increment", n, False, call) in (None, _FAILED)
+
+    @rule()
+    def increment_by_one(self) -> None:
+        assert self.update("increment", 1, False, self.counter.increment) in (None, _FAILED)
+
+    @rule(n=amounts, keyword=st.booleans())
+    def decrement(self, n: int, keyword: bool) -> None:
+        c = self.counter
+        call = (lambda: c.decrement(n=n)) if keyword else (lambda: c.decrement(n))
+        assert self.update("decrement", n, True, call) in (None, _FAILED)
+
+    @rule()
+    def decrement_by_one(self) -> None:
+        assert self.update("decrement", 1, True, self.counter.decrement) in (None, _FAILED)
+
+    @rule(n=amounts)
+    def add(self, n: int) -> None:
+        result = self.update("add", n, False, lambda: self.counter.add(n))
+        if result is not _FAILED:
+            assert result == self.model  # add returns the value it produced
+            assert type(result) is int
+
+    @rule(n=amounts)
+    def iadd(self, n: int) -> None:
+        self.update("+=", n, False, lambda: self.inplace(n, sub=False))
+
+    @rule(n=amounts)
+    def isub(self, n: int) -> None:
+        self.update("-=", n, True, lambda: self.inplace(n, sub=True))
+
+    @rule()
+    def reset(self) -> None:
+        old = self.counter.reset()
+        assert old == self.model
+        assert type(old) is int
+        self.model = 0
+
+    @rule(v=set_values)
+    def set(self, v: int) -> None:
+        if not in_int64(v):
+            self.refused(OverflowError, arg_overflow("set", v), lambda: self.counter.set(v))
+            return
+        assert self.counter.set(v) is None
+        self.model = v
+
+    @rule(
+        expected=st.one_of(st.none(), set_values),
+        new=set_values,
+        keyword=st.booleans(),
+    )
+    def compare_and_set(self, expected: int | None, new: int, keyword: bool) -> None:
+        e = self.model if expected is None else expected  # None: the current value
+        c = self.counter
+        if keyword:
+
+            def call() -> Any:
+                return c.compare_and_set(expected=e, new=new)
+        else:
+
+            def call() -> Any:
+                return c.compare_and_set(e, new)
+
+        for arg in (e, new):  # the expected value is checked first
+            if not in_int64(arg):
+                self.refused(OverflowError, arg_overflow("compare_and_set", arg), call)
+                return
+        swapped = call()
+        assert swapped is (e == self.model)
+        if swapped:
+            self.model = new
+
+    # -- reads --------------------------------------------------------------
+
+    @rule()
+    def value(self) -> None:
+        v = self.counter.value()
+        assert v == self.model
+        assert type(v) is int
+
+    @rule()
+    def int_(self) -> None:
+        assert int(self.counter) == self.model
+
+    @rule()
+    def repr_(self) -> None:
+        assert repr(self.counter) == f"{type(self.counter).__name__}({self.model})"
+
+    @rule(goal=set_values)
+    def wait_until_now(self, goal: int) -> None:
+        c = self.counter
+        if not in_int64(goal):
+            self.refused(
+                OverflowError,
+                arg_overflow("wait_until", goal),
+                lambda: c.wait_until(goal, timeout=0),
+            )
+            return
+        assert c.wait_until(goal, timeout=0) is (self.model >= goal)
+
+    # -- copies -------------------------------------------------------------
+
+    @rule(protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
+    def pickle_round_trip(self, protocol: int) -> None:
+        clone = pickle.loads(pickle.dumps(self.counter, protocol))
+        assert type(clone) is type(self.counter)
+        assert clone is not self.counter
+        assert clone.value() == self.model
+        self.counter = clone  # go on with the copy: it must be a full counter
+
+    @rule(deep=st.booleans())
+    def copy_is_independent(self, deep: bool) -> None:
+        clone = copy.deepcopy(self.counter) if deep else copy.copy(self.counter)
+        assert clone is not self.counter
+        assert clone.value() == self.model
+        clone.set(0 if self.model != 0 else 1)
+        assert self.counter.value() == self.model
+
+    # -- bad input ----------------------------------------------------------
+
+    @rule(
+        bad=non_integers,
+        method=st.sampled_from(
+            ["increment", "decrement", "add", "set", "+=", "-=", "cas-expected", "cas-new"]
+        ),
+    )
+    def non_integer(self, bad: Any, method: str) -> None:
+        c = self.counter
+        calls: dict[str, Callable[[], Any]] = {
+            "increment": lambda: c.increment(bad),
+            "decrement": lambda: c.decrement(bad),
+            "add": lambda: c.add(bad),
+            "set": lambda: c.set(bad),
+            "+=": lambda: self.inplace(bad, sub=False),
+            "-=": lambda: self.inplace(bad, sub=True),
+            "cas-expected": lambda: c.compare_and_set(bad, 0),
+            "cas-new": lambda: c.compare_and_set(self.model, bad),
+        }
+        before = self.model
+        with pytest.raises(TypeError) as info:
+            calls[method]()
+        assert type(info.value) is TypeError
+        assert "expects an integer" in str(info.value)
+        assert type(bad).__name__ in str(info.value)
+        assert c.value() == before
+
+    @invariant()
+    def matches_model(self) -> None:
+        assert self.counter.value() == self.model
+
+
+def test_counter_matches_int_model(impl: ModuleType) -> None:
+    machine = type(f"CounterModel_{impl.__name__}", (CounterModel,), {"impl": impl})
+    run_state_machine_as_test(machine, settings=STATEFUL)
+
+
+# ---- the basics, spelled out ---------------------------------------------------
+
+
+def test_basic_counting(impl: ModuleType) -> None:
+    c = impl.Counter()
+    assert c.value() == 0
+    assert c.increment() is None
+    assert c.increment(5) is None
+    assert c.decrement() is None
+    assert c.decrement(n=2) is None
+    assert c.value() == 3
+    assert c.add(10) == 13
+    assert c.add(-20) == -7
+    assert c.reset() == -7
+    assert c.value() == 0
+    assert c.set(41) is None
+    assert c.compare_and_set(40, 0) is False
+    assert c.compare_and_set(expected=41, new=42) is True
+    assert int(c) == 42
+    assert repr(c) == "Counter(42)"
+    assert impl.Counter(initial=-9).value() == -9
+
+
+def test_inplace_operators_keep_the_object(impl: ModuleType) -> None:
+    c = impl.Counter(1)
+    alias = c
+    c += 10
+    c -= 3
+    assert c is alias
+    assert c.value() == 8
+
+
+# ---- bad input -------------------------------------------------------------------
+
+
+def _iadd(c: Any, v: Any) -> None:
+    x = c
+    x += v
+    assert x is c
+
+
+def _isub(c: Any, v: Any) -> None:
+    x = c
+    x -= v
+    assert x is c
+
+
+# Every Counter method that takes an integer: (id, name in messages, call(counter, arg)).
+ARG_TAKERS: list[tuple[str, str, Callable[[Any, Any], Any]]] = [
+    ("increment", "increment", lambda c, v: c.increment(v)),
+    ("increment-n=", "increment", lambda c, v: c.increment(n=v)),
+    ("decrement", "decrement", lambda c, v: c.decrement(v)),
+    ("decrement-n=", "decrement", lambda c, v: c.decrement(n=v)),
+    ("add", "add", lambda c, v: c.add(v)),
+    ("set", "set", lambda c, v: c.set(v)),
+    ("cas-expected", "compare_and_set", lambda c, v: c.compare_and_set(v, 0)),
+    ("cas-new", "compare_and_set", lambda c, v: c.compare_and_set(c.value(), v)),
+    ("+=", "+=", _iadd),
+    ("-=", "-=", _isub),
+    ("wait_until", "wait_until", lambda c, v: c.wait_until(v, timeout=0)),
+]
+ARG_TAKER_PARAMS = [pytest.param(name, call, id=i) for i, name, call in ARG_TAKERS]
+
+
+@pytest.mark.parametrize("bad", NOT_INTEGERS)
+@pytest.mark.parametrize(("fname", "call"), ARG_TAKER_PARAMS)
+def test_non_integers_raise_type_error_and_change_nothing(
+    impl: ModuleType, fname: str, call: Callable[[Any, Any], Any], bad: Any
+) -> None:
+    c = impl.Counter(42)
+    with pytest.raises(TypeError) as info:
+        call(c, bad)
+    assert type(info.value) is TypeError
+    message = str(info.value)
+    assert message.startswith(f"{fname}() expects an integer, not '")
+    assert type(bad).__name__ in message  # names the type
+    assert c.value() == 42
+
+
+@pytest.mark.parametrize("bad", NOT_INTEGERS)
+def test_constructor_rejects_non_integers(impl: ModuleType, bad: Any) -> None:
+    with pytest.raises(TypeError) as info:
+        impl.Counter(bad)
+    assert type(info.value) is TypeError
+    assert str(info.value).startswith("Counter() expects an integer, not '")
+    assert type(bad).__name__ in str(info.value)
+
+
+@pytest.mark.parametrize("big", OUT_OF_RANGE)
+@pytest.mark.parametrize(("fname", "call"), ARG_TAKER_PARAMS)
+def test_ints_outside_int64_raise_overflow_and_change_nothing(
+    impl: ModuleType, fname: str, call: Callable[[Any, Any], Any], big: Any
+) -> None:
+    c = impl.Counter(42)
+    with pytest.raises(OverflowError) as info:
+        call(c, big)
+    assert type(info.value) is OverflowError
+    assert str(info.value) == arg_overflow(fname, big)
+    assert c.value() == 42
+
+
+@pytest.mark.parametrize("big", OUT_OF_RANGE)
+def test_constructor_rejects_ints_outside_int64(impl: ModuleType, big: Any) -> None:
+    with pytest.raises(OverflowError) as info:
+        impl.Counter(big)
+    assert type(info.value) is OverflowError
+    assert str(info.value) == arg_overflow("Counter", big)
+
+
+@pytest.mark.parametrize(("fname", "call"), ARG_TAKER_PARAMS)
+def test_a_failing_index_method_propagates_and_changes_nothing(
+    impl: ModuleType, fname: str, call: Callable[[Any, Any], Any]
+) -> None:
+    c = impl.Counter(42)
+    with pytest.raises(ZeroDivisionError):
+        call(c, BadIndex())
+    assert c.value() == 42
+
+
+class Colour(enum.IntEnum):
+    GREEN = 3
+
+
+class StrictInt(int):
+    """An int subclass: its int value counts, whatever its __int__ says."""
+
+    def __int__(self) -> int:
+        return 99
+
+    def __index__(self) -> int:
+        return 98
+
+
+@pytest.mark.parametrize(("obj", "meaning"), INDEX_LIKE)
+def test_index_likes_are_accepted_everywhere(impl: ModuleType, obj: Any, meaning: int) -> None:
+    assert impl.Counter(obj).value() == meaning
+    c = impl.Counter(100)
+    c.increment(obj)
+    assert c.value() == 100 + meaning
+    c.increment(n=obj)
+    c.decrement(obj)
+    c.decrement(n=obj)
+    assert c.value() == 100
+    assert c.add(obj) == 100 + meaning
+    c += obj
+    c -= obj
+    c -= obj
+    assert c.value() == 100
+    c.set(obj)
+    assert c.value() == meaning
+    assert c.compare_and_set(obj, 5) is True
+    assert c.compare_and_set(5, obj) is True
+    assert c.value() == meaning
+    assert c.wait_until(obj, timeout=0) is True
+    assert c.wait_until(Index(meaning + 1), timeout=0) is False
+
+
+def test_numpy_integers_are_accepted(impl: ModuleType) -> None:
+    np = pytest.importorskip("numpy", reason="numpy is not installed (numpy-like is tested above)")
+    c = impl.Counter(np.int64(5))
+    c.increment(np.int32(2))
+    c.add(np.uint8(3))
+    c += np.int16(1)
+    assert c.value() == 11
+    with pytest.raises(TypeError):
+        c.increment(np.float64(1.0))
+    with pytest.raises(OverflowError):
+        c.increment(np.uint64(2**64 - 1))
+    assert c.value() == 11
+
+
+def test_int_subclasses_count_by_their_int_value(impl: ModuleType) -> None:
+    c = impl.Counter(Colour.GREEN)
+    c.increment(StrictInt(5))
+    assert c.value() == 8
+    with pytest.raises(OverflowError):
+        c.increment(StrictInt(2**64))
+    assert c.value() == 8
+
+
+# ---- overflow at both edges, for every update method ------------------------------
+
+# (id, name in messages, subtracts?, call(counter, n))
+UPDATES: list[tuple[str, str, bool, Callable[[Any, int], Any]]] = [
+    ("increment", "increment", False, lambda c, n: c.increment(n)),
+    ("increment-n=", "increment", False, lambda c, n: c.increment(n=n)),
+    ("decrement", "decrement", True, lambda c, n: c.decrement(n)),
+    ("decrement-n=", "decrement", True, lambda c, n: c.decrement(n=n)),
+    ("add", "add", False, lambda c, n: c.add(n)),
+    ("+=", "+=", False, _iadd),
+    ("-=", "-=", True, _isub),
+]
+UPDATE_PARAMS = [pytest.param(name, sub, call, id=i) for i, name, sub, call in UPDATES]
+
+# (start, n): each is applied as "start + n" by the adding methods and "start - n"
+# by the subtracting ones; Python's int arithmetic says which must overflow.
+EDGE_CASES = [
+    (INT64_MAX, 1),
+    (INT64_MAX - 1, 1),
+    (INT64_MAX, -1),
+    (INT64_MIN, 1),
+    (INT64_MIN, -1),
+    (INT64_MIN + 1, -1),
+    (INT64_MIN + 1, 1),
+    (0, INT64_MAX),
+    (1, INT64_MAX),
+    (-1, INT64_MAX),
+    (-2, INT64_MAX),
+    (0, INT64_MIN),
+    (-1, INT64_MIN),
+    (1, INT64_MIN),
+    (INT64_MIN, INT64_MIN),
+    (INT64_MAX, INT64_MIN),
+    (INT64_MIN, INT64_MAX),
+    (INT64_MAX, INT64_MAX),
+]
+
+
+@pytest.mark.parametrize(("start", "n"), EDGE_CASES)
+@pytest.mark.parametrize(("op", "sub", "call"), UPDATE_PARAMS)
+def test_updates_at_the_int64_edges(
+    impl: ModuleType, op: str, sub: bool, call: Callable[[Any, int], Any], start: int, n: int
+) -> None:
+    c = impl.Counter(start)
+    expected = start - n if sub else start + n
+    if in_int64(expected):
+        result = call(c, n)
+        assert c.value() == expected
+        if op == "add":
+            assert result == expected
+    else:
+        with pytest.raises(OverflowError) as info:
+            call(c, n)
+        assert type(info.value) is OverflowError
+        assert str(info.value) == result_overflow(op, n, start)
+        assert c.value() == start
+
+
+def test_decrement_by_int64_min_where_it_fits(impl: ModuleType) -> None:
+    c = impl.Counter(-1)
+    c.decrement(INT64_MIN)  # -1 - (-2**63) == 2**63 - 1
+    assert c.value() == INT64_MAX
+    c = impl.Counter(INT64_MIN)
+    c -= INT64_MIN
+    assert c.value() == 0
+    with pytest.raises(OverflowError):
+        c.decrement(INT64_MIN)  # 0 - (-2**63) does not fit
+    assert c.value() == 0
+
+
+def test_the_whole_range_is_usable(impl: ModuleType) -> None:
+    c = impl.Counter(INT64_MIN)
+    assert c.add(INT64_MAX) == -1
+    assert c.add(INT64_MAX) == INT64_MAX - 1
+    c.increment()
+    assert c.value() == INT64_MAX
+    assert c.reset() == INT64_MAX
+    assert repr(impl.Counter(INT64_MIN)) == f"Counter({INT64_MIN})"
+
+
+# ---- wait_until's timeout argument -------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.001, float("-inf"), float("nan")])
+def test_wait_until_rejects_negative_or_nan_timeouts(impl: ModuleType, timeout: float) -> None:
+    c = impl.Counter(0)
+    with pytest.raises(ValueError) as info:
+        c.wait_until(1, timeout)
+    assert type(info.value) is ValueError
+    assert str(info.value) == "wait_until() timeout must be a non-negative number"
+    assert c.value() == 0
+
+
+@pytest.mark.parametrize("timeout", ["x", "0.01", [0.1], 1j, object()])
+def test_wait_until_rejects_non_number_timeouts(impl: ModuleType, timeout: Any) -> None:
+    c = impl.Counter(0)
+    with pytest.raises(TypeError) as info:
+        c.wait_until(1, timeout=timeout)
+    assert type(info.value) is TypeError
+    assert str(info.value) == (
+        f"wait_until() timeout must be a number or None, not {type(timeout).__name__!r}"
+    )
+
+
+# ---- C and pure say exactly the same thing ---------------------------------------
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[str, str]:
+    try:
+        return ("returned", repr(call()))
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def _scenarios() -> list[Any]:
+    """(id, scenario(module) -> outcome) for every way to get an error."""
+    out: list[Any] = []
+    bad_args = [p.values[0] for p in NOT_INTEGERS] + [p.values[0] for p in OUT_OF_RANGE]
+    bad_args += [BadIndex(), StrictInt(2**64), Index(2**100)]
+    bad_ids = [p.id for p in NOT_INTEGERS] + [p.id for p in OUT_OF_RANGE]
+    bad_ids += ["BadIndex", "StrictInt(2**64)", "Index(2**100)"]
+    for taker_id, _, call in ARG_TAKERS:
+        for bad_id, bad in zip(bad_ids, bad_args, strict=True):
+
+            def scenario(m: ModuleType, call: Any = call, bad: Any = bad) -> Any:
+                c = m.Counter(7)
+                return _outcome(lambda: call(c, bad)), c.value()
+
+            out.append(pytest.param(scenario, id=f"{taker_id}-{bad_id}"))
+        for start, n in [(INT64_MAX, 1), (INT64_MIN, -1), (INT64_MIN, 1), (-1, INT64_MIN)]:
+
+            def scenario(m: ModuleType, call: Any = call, start: int = start, n: int = n) -> Any:
+                c = m.Counter(start)
+                return _outcome(lambda: call(c, n)), c.value()
+
+            out.append(pytest.param(scenario, id=f"{taker_id}-at-{start}-by-{n}"))
+    for bad_id, bad in zip(bad_ids, bad_args, strict=True):
+
+        def scenario(m: ModuleType, bad: Any = bad) -> Any:
+            return _outcome(lambda: m.Counter(bad))
+
+        out.append(pytest.param(scenario, id=f"Counter-{bad_id}"))
+    for timeout in [-1, float("nan"), "x", "0.01", [1], 10**400, float("inf"), 1e10]:
+
+        def scenario(m: ModuleType, timeout: Any = timeout) -> Any:
+            return _outcome(lambda: m.Counter(5).wait_until(5, timeout))
+
+        out.append(pytest.param(scenario, id=f"wait_until-timeout-{timeout!r:.12}"))
+    return out
+
+
+@pytest.mark.parametrize("scenario", _scenarios())
+def test_c_and_pure_report_identical_errors(
+    core: ModuleType, pure: ModuleType, scenario: Callable[[ModuleType], Any]
+) -> None:
+    assert scenario(core) == scenario(pure)
+
+
+# ---- pickle, copy, repr, subclasses, size --------------------------------------------
+
+
+VALUES = [0, 5, -5, INT64_MAX, INT64_MIN]
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("v", VALUES)
+def test_pickle_keeps_the_value(impl: ModuleType, protocol: int, v: int) -> None:
+    c = impl.Counter(v)
+    clone = pickle.loads(pickle.dumps(c, protocol))
+    assert type(clone) is type(c)
+    assert clone.value() == v
+    clone.decrement(1 if v > INT64_MIN else -1)
+    assert c.value() == v
+
+
+@pytest.mark.parametrize("v", VALUES)
+def test_copy_and_deepcopy_keep_the_value(impl: ModuleType, v: int) -> None:
+    c = impl.Counter(v)
+    for clone in (copy.copy(c), copy.deepcopy(c), copy.deepcopy([c, c])[0]):
+        assert type(clone) is type(c)
+        assert clone is not c
+        assert clone.value() == v
+        clone.set(1 if v != 1 else 2)
+        assert c.value() == v
+
+
+def test_repr(impl: ModuleType) -> None:
+    assert repr(impl.Counter()) == "Counter(0)"
+    assert repr(impl.Counter(-12)) == "Counter(-12)"
+    assert repr(impl.Counter(INT64_MAX)) == "Counter(9223372036854775807)"
+
+
+def subclass_of(base: type) -> type:
+    """A module-level subclass of ``base`` (so that pickle can find it) with a __dict__."""
+    name = f"Tagged{base.__name__}_{base.__module__.replace('.', '_')}"
+    cls = globals().get(name)
+    if cls is None:
+
+        def describe(self: Any) -> str:
+            return f"{self.tag}={self.value()}"
+
+        def increment(self: Any, n: int = 1) -> None:
+            self.calls = getattr(self, "calls", 0) + 1
+            base.increment(self, n)  # type: ignore[attr-defined]
+
+        cls = type(name, (base,), {"__module__": __name__, "describe": describe})
+        cls.increment = increment  # type: ignore[attr-defined]
+        cls.__qualname__ = name
+        globals()[name] = cls
+    return cls
+
+
+def test_subclass_works(impl: ModuleType) -> None:
+    Tagged = subclass_of(impl.Counter)
+    c = Tagged(3)
+    c.tag = "jobs"
+    c.increment(2)
+    c += 1
+    assert isinstance(c, impl.Counter)
+    assert c.value() == 6
+    assert c.calls == 1
+    assert c.describe() == "jobs=6"
+    assert repr(c) == f"{Tagged.__name__}(6)"
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_subclass_pickles_with_its_attributes(impl: ModuleType, protocol: int) -> None:
+    Tagged = subclass_of(impl.Counter)
+    c = Tagged(-40)
+    c.tag = "queue"
+    clone = pickle.loads(pickle.dumps(c, protocol))
+    assert type(clone) is Tagged
+    assert clone.value() == -40
+    assert clone.tag == "queue"
+    for other in (copy.copy(c), copy.deepcopy(c)):
+        assert other.value() == -40
+        assert other.tag == "queue"
+
+
+def test_c_counter_is_small(core: ModuleType) -> None:
+    assert sys.getsizeof(core.Counter()) <= 48
+
+
+_REIMPORT_SCRIPT = """
+import importlib, sys
+import tallies._core as first
+del sys.modules["tallies._core"]
+second = importlib.import_module("tallies._core")  # multi-phase init: fresh types
+assert second.Counter is not first.Counter
+for cls in (second.Counter, second.ShardedCounter, first.Counter):
+    c = cls(1)
+    c += 5
+    c -= 2
+    assert c.value() == 4, c
+print("ok")
+"""
+
+
+def test_c_core_still_works_after_a_reimport(core: ModuleType) -> None:
+    """A second module object (re-import, sub-interpreter) has its own types; all must work."""
+    src = str(Path(core.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _REIMPORT_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
