@@ -100,7 +100,7 @@ def _store_class(url: StoreURL) -> type[Store]:
     return cls
 
 
-def open(url: str, *, create: bool = True) -> Store:  # noqa: A001 - tallies.open
+def open(url: str, *, create: bool = True) -> Store:
     """Open the store that ``url`` names.
 
     ``memory://`` (a private in-process store) or ``memory://NAME`` (shared by

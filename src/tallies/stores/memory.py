@@ -106,7 +106,9 @@ class MemoryStore(Store):
             keyed = dict(self._counts.keyed)
         return {
             "counters": {n: int(c.value()) for n, c in counters.items()},
-            "keyed": {n: {str(k): int(v) for k, v in kc.snapshot().items()} for n, kc in keyed.items()},
+            "keyed": {
+                n: {str(k): int(v) for k, v in kc.snapshot().items()} for n, kc in keyed.items()
+            },
         }
 
 

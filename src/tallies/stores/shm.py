@@ -288,8 +288,7 @@ def read_layout(fd: int, where: str) -> Layout:
     magic, *fields = _STATIC.unpack(raw)
     if magic != MAGIC:
         raise CorruptSegmentError(
-            f"{where} is not a tallies shared-memory segment (magic {magic!r}, "
-            f"expected {MAGIC!r})"
+            f"{where} is not a tallies shared-memory segment (magic {magic!r}, expected {MAGIC!r})"
         )
     if fields[0] != BYTE_ORDER_WORD:
         raise CorruptSegmentError(f"{where} was written on a machine of another byte order")
@@ -408,9 +407,7 @@ def check_segment_name(name: str) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"segment name {name!r} is not valid Unicode") from None
     if size > SEGMENT_NAME_MAX:
-        raise ValueError(
-            f"segment name is {size} bytes in UTF-8; the limit is {SEGMENT_NAME_MAX}"
-        )
+        raise ValueError(f"segment name is {size} bytes in UTF-8; the limit is {SEGMENT_NAME_MAX}")
     return name
 
 
@@ -823,9 +820,7 @@ def _create(name: str, path: str, layout: Layout) -> int:
     """Build a segment under a temporary name and link it into place.
     Returns an fd of the segment now at ``path`` (ours or a racing creator's)."""
     directory = os.path.dirname(path)
-    tmp = os.path.join(
-        directory, f".tallies.{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    )
+    tmp = os.path.join(directory, f".tallies.{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
     try:
         try:
@@ -835,8 +830,7 @@ def _create(name: str, path: str, layout: Layout) -> int:
                 os.ftruncate(fd, layout.total)
         except OSError as exc:
             raise CapacityError(
-                f"shm://{name}: cannot allocate {layout.total} bytes in {directory}: "
-                f"{exc.strerror}"
+                f"shm://{name}: cannot allocate {layout.total} bytes in {directory}: {exc.strerror}"
             ) from exc
         os.pwrite(fd, layout.header(), 0)
         try:
@@ -1037,7 +1031,7 @@ class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
         """Every key's count (keys at 0 included), read together."""
         cells = self._all()
         vals = self._seg.sum_many(list(cells.values()))
-        return collections.Counter(dict(zip(cells, vals)))
+        return collections.Counter(dict(zip(cells, vals, strict=True)))
 
     def reset(self, key: str | None = None) -> Any:
         """``reset(key) -> int``: zero one key, return what it held.
@@ -1046,7 +1040,9 @@ class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
             cell = self._cell(key, "reset")
             return 0 if cell is None else self._seg.take([cell])[0]
         cells = self._all()
-        return collections.Counter(dict(zip(cells, self._seg.take(list(cells.values())))))
+        return collections.Counter(
+            dict(zip(cells, self._seg.take(list(cells.values())), strict=True))
+        )
 
     def __len__(self) -> int:
         return len(self._all())
@@ -1146,8 +1142,11 @@ class ShmStore(Store):
         seg = self._seg
         seg.refresh()
         names = list(seg.names)
-        keys = {idx: dict(seg.keys.get(idx, {})) for idx, (_, kind) in enumerate(names)
-                if kind == KIND_KEYED}
+        keys = {
+            idx: dict(seg.keys.get(idx, {}))
+            for idx, (_, kind) in enumerate(names)
+            if kind == KIND_KEYED
+        }
         cells: list[int] = []
         for idx, (_, kind) in enumerate(names):
             if kind == KIND_COUNTER:

@@ -1,0 +1,262 @@
+"""``tallies bench --processes``: counters shared by processes, against peers.
+
+Measured in one run, so the ratios compare like with like:
+
+1. 2 processes x N increments of one ``shm://`` name, each process's rate
+   against one lone process doing the same (target: each >= 80 %).
+2. The same 2 x N with ``multiprocessing.Value`` + its lock (target: tallies
+   >= 20x faster) and with prometheus_client's multiprocess-mode Counter
+   (``PROMETHEUS_MULTIPROC_DIR`` set before the workers import it; target
+   >= 10x faster).  "Faster" compares the wall time of the two processes.
+3. One ``shm://`` ``increment()`` against one in-process
+   ``tallies.Counter.increment()`` in ns (target <= 2x): unrolled loops over
+   a local bound method, the empty loop's cost subtracted, rounds
+   interleaved, minima taken.
+
+Every worker is started with the ``spawn`` method (a fresh interpreter), waits
+at a barrier, times only its own loop, and the totals are checked exactly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+__all__ = ["bench_processes", "format_report", "main"]
+
+TARGET_SCALING = 0.80
+TARGET_VS_VALUE = 20.0
+TARGET_VS_PROMETHEUS = 10.0
+TARGET_SINGLE_OP = 2.0
+
+
+def _shm_worker(url: str, n: int, barrier: Barrier, out: Any) -> None:
+    import tallies
+
+    store = tallies.open(url)
+    c = store.counter("hits")
+    inc = c.increment
+    inc(0)  # claim this process's slab before the clock starts
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        inc()
+    out.put(time.perf_counter() - t0)
+    store.close()
+
+
+def _value_worker(value: Any, n: int, barrier: Barrier, out: Any) -> None:
+    lock = value.get_lock()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with lock:
+            value.value += 1
+    out.put(time.perf_counter() - t0)
+
+
+def _prometheus_worker(directory: str, n: int, barrier: Barrier, out: Any) -> None:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # before the import
+    from prometheus_client import Counter
+
+    c = Counter("bench_hits", "increments")
+    inc = c.inc
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        inc()
+    out.put(time.perf_counter() - t0)
+
+
+def _run(target: Any, args: tuple[Any, ...], procs: int) -> list[float]:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    out = ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, barrier, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    times = [out.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join()
+        if w.exitcode != 0:
+            raise RuntimeError(f"a benchmark worker failed (exit code {w.exitcode})")
+    return times
+
+
+def _single_op_ns(rounds: int, loops: int) -> dict[str, float]:
+    import tallies
+
+    url = f"shm://bench-op-{os.getpid()}-{secrets.token_hex(4)}"
+    store = tallies.open(url)
+    try:
+        shm_inc = store.counter("op").increment
+        core_inc = tallies.Counter().increment
+        shm_inc(0)
+
+        def timed(f: Any) -> float:
+            t0 = time.perf_counter_ns()
+            for _ in range(loops):
+                f()
+                f()
+                f()
+                f()
+                f()
+                f()
+                f()
+                f()
+                f()
+                f()
+            return time.perf_counter_ns() - t0
+
+        def empty() -> float:
+            t0 = time.perf_counter_ns()
+            for _ in range(loops):
+                pass
+            return time.perf_counter_ns() - t0
+
+        best = {"shm": float("inf"), "core": float("inf"), "empty": float("inf")}
+        for _ in range(rounds):
+            best["shm"] = min(best["shm"], timed(shm_inc))
+            best["core"] = min(best["core"], timed(core_inc))
+            best["empty"] = min(best["empty"], empty())
+        calls = loops * 10
+        return {
+            "shm_ns": (best["shm"] - best["empty"]) / calls,
+            "core_ns": (best["core"] - best["empty"]) / calls,
+        }
+    finally:
+        store.close()
+        tallies.destroy(url)
+
+
+def bench_processes(n: int = 1_000_000, rounds: int = 3, peers: bool = True) -> dict[str, Any]:
+    """Run every measurement once; a dict of the raw numbers (see format_report)."""
+    import tallies
+
+    url = f"shm://bench-{os.getpid()}-{secrets.token_hex(4)}"
+    res: dict[str, Any] = {"n": n, "rounds": rounds, "cpus": os.cpu_count()}
+    try:
+        lone: list[float] = []
+        pair: list[list[float]] = []
+        for _ in range(rounds):  # interleave lone and pair runs
+            lone.append(_run(_shm_worker, (url, n), 1)[0])
+            pair.append(_run(_shm_worker, (url, n), 2))
+        with tallies.open(url) as store:
+            total = store.counter("hits").value()
+        res["shm_total"] = total
+        res["shm_expected"] = rounds * 3 * n
+        res["lone_s"] = min(lone)
+        best_pair = min(pair, key=max)
+        res["pair_s"] = best_pair
+    finally:
+        tallies.destroy(url)
+
+    if peers:
+        ctx = mp.get_context("spawn")
+        value = ctx.Value("q", 0)
+        res["value_s"] = _run(_value_worker, (value, n), 2)
+        res["value_total"] = value.value
+        try:
+            import prometheus_client  # noqa: F401 - only to see whether it is there
+        except ImportError:
+            res["prometheus_s"] = None
+        else:
+            directory = tempfile.mkdtemp(prefix="tallies-bench-prom-")
+            try:
+                res["prometheus_s"] = _run(_prometheus_worker, (directory, n), 2)
+                res["prometheus_total"] = _prometheus_total(directory)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+    res.update(_single_op_ns(rounds=max(5, rounds * 3), loops=200_000))
+    return res
+
+
+def _prometheus_total(directory: str) -> float:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    value = registry.get_sample_value("bench_hits_total")
+    return float(value or 0.0)
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The printable table of ``bench_processes()`` results."""
+    n = r["n"]
+    lone_rate = n / r["lone_s"]
+    lines = [
+        f"tallies bench --processes: 2 processes x {n:,} increments of one shared name "
+        f"(best of {r['rounds']}, {r['cpus']} CPUs)",
+        "",
+        f"  lone process, shm://           {lone_rate / 1e6:7.2f} M/s  "
+        f"({r['lone_s'] * 1e9 / n:6.1f} ns/op)",
+    ]
+    worst = 1.0
+    for i, t in enumerate(r["pair_s"]):
+        share = (n / t) / lone_rate
+        worst = min(worst, share)
+        lines.append(
+            f"  process {i + 1} of 2, shm://        {n / t / 1e6:7.2f} M/s  "
+            f"({t * 1e9 / n:6.1f} ns/op)  {share:6.1%} of lone"
+        )
+    lines.append(
+        f"  scaling: each process >= {TARGET_SCALING:.0%} of a lone one: "
+        f"{worst:.1%}  {_verdict(worst >= TARGET_SCALING)}"
+    )
+    exact = r["shm_total"] == r["shm_expected"]
+    lines.append(
+        f"  shm:// total {r['shm_total']:,} of {r['shm_expected']:,} expected  {_verdict(exact)}"
+    )
+    pair_wall = max(r["pair_s"])
+    if "value_s" in r:
+        lines.append("")
+        vw = max(r["value_s"])
+        speed = vw / pair_wall
+        lines.append(
+            f"  multiprocessing.Value + lock   {2 * n / vw / 1e6:7.2f} M/s total  "
+            f"({vw * 1e9 / n:6.1f} ns/op per process)  tallies {speed:5.1f}x faster "
+            f"(target >= {TARGET_VS_VALUE:.0f}x)  {_verdict(speed >= TARGET_VS_VALUE)}"
+            f"  [total {r['value_total']:,}]"
+        )
+        if r.get("prometheus_s") is None:
+            lines.append("  prometheus_client              not installed: skipped")
+        else:
+            pw = max(r["prometheus_s"])
+            speed = pw / pair_wall
+            lines.append(
+                f"  prometheus_client multiprocess {2 * n / pw / 1e6:7.2f} M/s total  "
+                f"({pw * 1e9 / n:6.1f} ns/op per process)  tallies {speed:5.1f}x faster "
+                f"(target >= {TARGET_VS_PROMETHEUS:.0f}x)  "
+                f"{_verdict(speed >= TARGET_VS_PROMETHEUS)}"
+                f"  [total {r['prometheus_total']:,.0f}]"
+            )
+    ratio = r["shm_ns"] / r["core_ns"]
+    lines += [
+        "",
+        f"  one increment(): shm:// {r['shm_ns']:5.1f} ns, in-process Counter "
+        f"{r['core_ns']:5.1f} ns: {ratio:.2f}x (target <= {TARGET_SINGLE_OP:.0f}x)  "
+        f"{_verdict(ratio <= TARGET_SINGLE_OP)}",
+    ]
+    return "\n".join(lines)
+
+
+def main(n: int = 1_000_000, rounds: int = 3, peers: bool = True) -> str:
+    """Run and return the report (the CLI prints it)."""
+    return format_report(bench_processes(n=n, rounds=rounds, peers=peers))
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(main(n=int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000))
