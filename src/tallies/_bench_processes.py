@@ -182,7 +182,7 @@ def _prometheus_total(directory: str) -> float:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     value = registry.get_sample_value("bench_hits_total")
     return float(value or 0.0)
 

@@ -40,8 +40,10 @@ def show(url: str, as_json: bool = False) -> str:
     table = [("NAME", "KEY", "VALUE")] + [(_clean(n), _clean(k), v) for n, k, v in rows]
     widths = [max(len(r[i]) for r in table) for i in range(3)]
     lines = [url]
-    for name, key, value in table:
-        lines.append(f"{name:<{widths[0]}}  {key:<{widths[1]}}  {value:>{widths[2]}}".rstrip())
+    for col_name, col_key, col_value in table:
+        lines.append(
+            f"{col_name:<{widths[0]}}  {col_key:<{widths[1]}}  {col_value:>{widths[2]}}".rstrip()
+        )
     return "\n".join(lines)
 
 
