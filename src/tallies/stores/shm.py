@@ -118,6 +118,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -529,13 +530,17 @@ class _Segment:
         folding = [s for s in range(L.slabs_cap) if self._slab_state(s) == SLAB_FOLDING]
         if jstate == 0 and not folding and c.load(SEQ) % 2 == 0:
             return
+        if jstate != 0:  # validate before touching anything
+            s, cell, old, val = c.load(J_SLAB), c.load(J_CELL), c.load(J_OLD), c.load(J_VAL)
+            if (
+                jstate != 1
+                or not 0 <= s < L.slabs_cap
+                or not 0 <= cell < L.ncells
+                or not INT64_MIN <= old + val <= INT64_MAX
+            ):
+                raise CorruptSegmentError(f"{self.path}: the fold journal is corrupt")
         self._begin()
         if jstate != 0:
-            s, cell, old, val = c.load(J_SLAB), c.load(J_CELL), c.load(J_OLD), c.load(J_VAL)
-            if jstate != 1 or not 0 <= s < L.slabs_cap or not 0 <= cell < L.ncells:
-                raise CorruptSegmentError(f"{self.path}: the fold journal is corrupt")
-            if not INT64_MIN <= old + val <= INT64_MAX:
-                raise CorruptSegmentError(f"{self.path}: the fold journal is corrupt")
             c.store(L.archive_off + cell * 8, old + val)
             _crash_point("recover-archived")
             c.store(L.slab_off(s) + cell * 8, 0)
@@ -838,7 +843,10 @@ def _create(name: str, path: str, layout: Layout) -> int:
         except FileExistsError:
             os.close(fd)
             fd = -1
-            return os.open(path, _OPEN_FLAGS)
+            existing = _open_existing(path)
+            if existing is None:  # created and destroyed meanwhile: try again
+                return _create(name, path, layout)
+            return existing
         return fd
     except BaseException:
         if fd >= 0:
@@ -847,6 +855,20 @@ def _create(name: str, path: str, layout: Layout) -> int:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _open_existing(path: str) -> int | None:
+    """An fd of the segment file at path; None if there is none."""
+    try:
+        return os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise CorruptSegmentError(f"{path} is a directory, not a segment") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise CorruptSegmentError(f"{path} is a symbolic link; refusing it") from None
 
 
 def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
@@ -860,11 +882,10 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
         ref = _segments.get(path)
         seg = ref() if ref is not None else None
         if seg is None or ident != seg.ident:
-            try:
-                fd = os.open(path, _OPEN_FLAGS)
-            except FileNotFoundError:
+            fd = _open_existing(path)
+            if fd is None:
                 if not create:
-                    raise StoreNotFoundError(f"shm://{name}: no segment at {path}") from None
+                    raise StoreNotFoundError(f"shm://{name}: no segment at {path}")
                 layout = Layout(
                     caps.get("names", DEFAULT_NAMES),
                     caps.get("keys", DEFAULT_KEYS),
