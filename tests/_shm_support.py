@@ -49,7 +49,9 @@ def shm_url() -> Iterator[str]:
     tallies.destroy(url.partition("?")[0])
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -c code`` as an unrelated process (same segment directory)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = SRC + os.pathsep + full_env.get("PYTHONPATH", "")

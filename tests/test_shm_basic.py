@@ -9,7 +9,7 @@ import pickle
 import stat
 
 import pytest
-from _shm_support import SHM_DIR, new_url, shm_url  # noqa: F401 - fixture
+from _shm_support import SHM_DIR, new_url
 
 import tallies
 from tallies._show import show
@@ -230,9 +230,9 @@ def test_names_and_kinds(shm_url: str) -> None:
             s.keyed("c")
         with pytest.raises(ValueError, match="'k' is a keyed counter"):
             s.counter("k")
-    with tallies.open(shm_url) as s2:  # a fresh store sees the kinds in the segment
-        with pytest.raises(ValueError, match="'k' is a keyed counter"):
-            s2.counter("k")
+    # a fresh store sees the kinds in the segment
+    with tallies.open(shm_url) as s2, pytest.raises(ValueError, match="'k' is a keyed counter"):
+        s2.counter("k")
 
 
 @pytest.mark.parametrize("bad", ["", "a\x00b", "x" * (NAME_MAX + 1)])
@@ -391,3 +391,35 @@ def test_reading_does_not_claim_a_slab(shm_url: str) -> None:
         assert s.info()["slabs"] == []
         s.counter("x").increment()
         assert [sl["mine"] for sl in s.info()["slabs"]] == [True]
+
+
+def test_without_the_c_extension_shm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tallies.stores.shm as shm_mod
+
+    monkeypatch.setattr(shm_mod, "_shm", None)
+    with pytest.raises(RuntimeError, match=r"shm:// needs the tallies C extension"):
+        tallies.open(new_url())
+
+
+def test_threads_registering_names_and_keys_at_once(shm_url: str) -> None:
+    import threading
+
+    with tallies.open(shm_url) as s:
+        barrier = threading.Barrier(4)
+
+        def work(t: int) -> None:
+            barrier.wait()
+            for i in range(20):
+                s.counter(f"n{i % 7}").increment()
+                s.keyed("k").increment(f"key{i % 11}")
+                tallies.open(shm_url).names()  # another store: refreshes concurrently
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(s.names()) == sorted([f"n{i}" for i in range(7)] + ["k"])
+        assert sum(s.snapshot()["counters"].values()) == 80
+        assert sum(s.keyed("k").snapshot().values()) == 80
+        assert len(s.keyed("k")) == 11

@@ -52,9 +52,8 @@ def _write(data: bytes) -> str:
 def _refused(data: bytes, message: str) -> None:
     url = _write(data)
     try:
-        with pytest.raises(CorruptSegmentError, match=message):
-            with tallies.open(url) as s:
-                s.snapshot()
+        with pytest.raises(CorruptSegmentError, match=message), tallies.open(url) as s:
+            s.snapshot()
         with open(_path(url), "rb") as f:
             assert f.read() == data, "a refused file must not be modified"
     finally:
@@ -130,7 +129,9 @@ def test_header_claims_a_capacity_matching_another_size(good: tuple[str, bytes])
         (shm_mod.HEADER_BYTES + 8, 7, "name entry 0 is corrupt"),  # kind
     ],
 )
-def test_corrupt_directories(good: tuple[str, bytes], offset: int, value: int, message: str) -> None:
+def test_corrupt_directories(
+    good: tuple[str, bytes], offset: int, value: int, message: str
+) -> None:
     _refused(_patch(good[1], offset, value), message)
 
 
@@ -217,7 +218,13 @@ def _fuzz_open(data: bytes, check: Callable[[tallies.Store], object]) -> None:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 4096 + 4 * 256 + 8 * 256 - 1), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4096 + 4 * 256 + 8 * 256 - 1), st.integers(0, 255)),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_byte_flips_in_header_and_directories_never_crash(flips: list[tuple[int, int]]) -> None:
     """Model: any damage to the header or directories either leaves a segment
     that reads, or raises CorruptSegmentError; nothing else."""

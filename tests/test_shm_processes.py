@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
-from _shm_support import SHM_DIR, new_url, run_python, shm_url  # noqa: F401 - fixture
+from _shm_support import SHM_DIR, new_url, run_python
 
 import tallies
 from tallies.stores import shm as shm_mod
@@ -91,7 +91,9 @@ def test_start_methods(shm_url: str, method: str) -> None:
         assert all(pid == owner for pid, _, owner in slabs)
         # (a child may reuse the slab of a sibling that died before it started)
         assert all(slab not in parent_slab for _, slab, _ in slabs)
-        assert s.keyed("by").snapshot() == collections.Counter({str(pid): 2000 for pid, _, _ in slabs})
+        assert s.keyed("by").snapshot() == collections.Counter(
+            {str(pid): 2000 for pid, _, _ in slabs}
+        )
         s.fold()  # whatever the children's own claims did not fold yet
         assert [sl["mine"] for sl in s.info()["slabs"]] == [True]
         assert c.value() == 7500
@@ -175,7 +177,9 @@ def test_two_unrelated_python_commands(shm_url: str) -> None:
     import subprocess
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([shm_mod.__file__.rsplit("/tallies/", 1)[0], env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [shm_mod.__file__.rsplit("/tallies/", 1)[0], env.get("PYTHONPATH", "")]
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert [p.wait(60) for p in procs] == [0, 0]
     r = run_python(f"import tallies; print(tallies.open({shm_url!r}).counter('hits').value())")
@@ -200,7 +204,9 @@ def test_segment_survives_the_exit_of_its_creator() -> None:
         assert r.returncode == 0, r.stderr
         path = r.stdout.strip()
         assert os.path.exists(path)
-        r2 = run_python(f"import tallies; print(tallies.open({url!r}, create=False).counter('left').value())")
+        r2 = run_python(
+            f"import tallies; print(tallies.open({url!r}, create=False).counter('left').value())"
+        )
         assert r2.returncode == 0, r2.stderr
         assert r2.stdout.strip() == "7"
         assert os.path.exists(path)
@@ -320,7 +326,9 @@ def test_exact_across_processes_and_threads_with_mixed_operations() -> None:
     try:
         ctx = mp.get_context("fork")
         out = ctx.Queue()
-        procs = [ctx.Process(target=_mixed_worker, args=(url, seed, 3, 6000, out)) for seed in range(4)]
+        procs = [
+            ctx.Process(target=_mixed_worker, args=(url, seed, 3, 6000, out)) for seed in range(4)
+        ]
         procs.append(ctx.Process(target=_churn_worker, args=(url, 15, out)))
         for p in procs:
             p.start()
@@ -386,7 +394,8 @@ def test_a_writer_killed_mid_loop_loses_nothing_that_returned(shm_url: str) -> N
     for p in [victim, *steady]:
         p.start()
     deadline = time.monotonic() + 30
-    while ledger.value < 50000 and time.monotonic() < deadline:
+    # all three writers hold their slabs, and the victim is well into its loop
+    while (ledger.value < 50000 or len(s.info()["slabs"]) < 3) and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(victim.pid, signal.SIGKILL)
     victim.join(10)
@@ -417,19 +426,20 @@ def _dead_writers(s: tallies.Store) -> dict[str, Any]:
     """Two writers, alive at the same time (so each claims its own slab), then dead."""
     c, b, k = s.counter("a"), s.counter("b"), s.keyed("k")
     s.names()
-    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
 
     def w1() -> None:
         c.increment(3)
         b.decrement(2)
         k.increment("x", 5)
-        os.read(r, 1)  # wait for the other writer to have written
+        os.write(ready_w, b"x")  # w1 holds its slab now...
+        os.read(go_r, 1)  # ...and keeps it (alive) until w2 has written
 
     def w2() -> None:
         c.increment(4)
         k.increment("y", 7)
         k.increment("x", -1)
-        os.write(w, b"x")
 
     pid1 = os.fork()
     if pid1 == 0:
@@ -437,10 +447,12 @@ def _dead_writers(s: tallies.Store) -> dict[str, Any]:
             w1()
         finally:
             os._exit(0)
+    assert os.read(ready_r, 1) == b"x"
     assert _fork_and_wait(w2) == 0
+    os.write(go_w, b"x")
     assert os.waitpid(pid1, 0)[1] == 0
-    os.close(r)
-    os.close(w)
+    for fd in (ready_r, ready_w, go_r, go_w):
+        os.close(fd)
     assert len(s.info()["slabs"]) == 2
     snap = s.snapshot()
     assert snap == {"counters": {"a": 7, "b": -2}, "keyed": {"k": {"x": 4, "y": 7}}}

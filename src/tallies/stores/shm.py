@@ -485,6 +485,7 @@ class _Segment:
         self._finalizer = weakref.finalize(self, os.close, fd)
         self.tlock = threading.RLock()
         self.depth = 0
+        self.dir_lock = threading.Lock()
         self.names: list[tuple[str, int]] = []  # entry index -> (name, kind)
         self.name_index: dict[str, int] = {}
         self.keys: dict[int, dict[str, int]] = {}  # name index -> key -> cell
@@ -642,6 +643,10 @@ class _Segment:
 
     def refresh(self) -> None:
         """Read directory entries published since the last look."""
+        with self.dir_lock:  # two threads must not append the same entries
+            self._refresh()
+
+    def _refresh(self) -> None:
         c, L = self.c, self.L
         n_names, n_keys = self._used()
         for i in range(len(self.names), n_names):
@@ -812,6 +817,7 @@ def _after_fork_in_child() -> None:
         seg.c.unbind()  # the child's first write claims its own slab
         seg.tlock = threading.RLock()  # the parent's holder thread is not here
         seg.depth = 0  # and fcntl locks are not inherited
+        seg.dir_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
