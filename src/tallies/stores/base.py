@@ -21,7 +21,7 @@ import collections
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, Protocol, SupportsIndex, TypedDict
+from typing import ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
 
 __all__ = [
     "CapacityError",
@@ -105,6 +105,9 @@ class StoreURL:
             )
 
 
+_S = TypeVar("_S", bound="Store")
+
+
 class Store(abc.ABC):
     """Counters by name, shared as widely as the scope allows.
 
@@ -173,7 +176,7 @@ class Store(abc.ABC):
     def _release(self) -> None:  # noqa: B027 - optional hook
         """Release resources after the final flush (subclass hook)."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self: _S) -> _S:
         self._check_open()
         return self
 
