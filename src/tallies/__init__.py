@@ -27,8 +27,9 @@ __all__ = [
     "StoreNotFoundError",
     "__version__",
     "destroy",
-    "open",
 ]
+# tallies.open is exported but kept out of __all__: `from tallies import *`
+# must not shadow the builtin open().
 __version__ = "0.1.0"
 
 IMPLEMENTATION: str
@@ -56,5 +57,5 @@ from .stores import (  # noqa: E402 - after the core, which stores use
     StoreError,
     StoreNotFoundError,
     destroy,
-    open,
 )
+from .stores import open as open  # noqa: E402

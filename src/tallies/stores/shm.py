@@ -805,7 +805,7 @@ class _Segment:
         return out
 
 
-_segments: dict[str, weakref.ref[_Segment]] = {}
+_segments: dict[tuple[int, int], weakref.ref[_Segment]] = {}
 _all_segments: weakref.WeakSet[_Segment] = weakref.WeakSet()
 _segments_lock = threading.Lock()
 
@@ -885,9 +885,12 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
             ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             ident = None
-        ref = _segments.get(path)
+        # One _Segment per file per process, found by inode (not by path, which
+        # may be spelt differently): two fds on one file would break the fcntl
+        # lock, since closing either drops every lock the process holds on it.
+        ref = _segments.get(ident) if ident is not None else None
         seg = ref() if ref is not None else None
-        if seg is None or ident != seg.ident:
+        if seg is None:
             fd = _open_existing(path)
             if fd is None:
                 if not create:
@@ -906,7 +909,7 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
             except BaseException:
                 os.close(fd)
                 raise
-            _segments[path] = weakref.ref(seg)
+            _segments[seg.ident] = weakref.ref(seg)
             _all_segments.add(seg)
     have = {"names": seg.L.names_cap, "keys": seg.L.keys_cap, "slabs": seg.L.slabs_cap}
     for label, value in caps.items():
