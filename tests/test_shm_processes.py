@@ -536,3 +536,49 @@ def test_death_while_claiming_a_slab_or_registering_a_name(shm_url: str) -> None
         s.counter("real").increment(2)  # and its entry is reused
         assert s.names() == ["first", "real"]
         assert s.snapshot()["counters"] == {"first": 1, "real": 2}
+
+
+# ---- the hot path takes no lock; dead writers do not fill the segment ----------
+
+
+def _bound_writer(url: str, ready: Any, go: Any, n: int) -> None:
+    s = tallies.open(url)
+    c, k = s.counter("x"), s.keyed("k")
+    c.increment()  # claims this process's slab (under the lock) ...
+    k.increment("a")  # ... and registers the key
+    ready.set()
+    go.wait(30)
+    for _ in range(n):  # ... after which no update needs the lock
+        c.increment()
+        k.increment("a")
+        c.decrement(2)
+
+
+def test_bound_writers_never_wait_for_the_segment_lock(shm_url: str) -> None:
+    ctx = mp.get_context("fork")
+    ready, go = ctx.Event(), ctx.Event()
+    with tallies.open(shm_url) as s:
+        child = ctx.Process(target=_bound_writer, args=(shm_url, ready, go, 20000))
+        child.start()
+        assert ready.wait(30)
+        with s._seg.locked():  # held by this process for the child's whole loop
+            go.set()
+            child.join(30)
+            assert child.exitcode == 0  # it finished while the lock was held
+        assert s.counter("x").value() == 1 - 20000
+        assert s.keyed("k")["a"] == 20001
+
+
+def test_dead_writers_do_not_fill_the_segment() -> None:
+    url = new_url("?names=2&keys=2&slabs=2")
+    try:
+        with tallies.open(url) as s:
+            c = s.counter("x")
+            for i in range(10):  # ten writers, one after another, in two slabs
+                assert _fork_and_wait(lambda i=i: c.increment(i)) == 0
+            assert c.value() == sum(range(10))
+            assert len(s.info()["slabs"]) == 1  # each claim folded the one before
+            s.fold()
+            assert s.info()["slabs"] == [] and c.value() == 45
+    finally:
+        tallies.destroy(_base(url))
