@@ -639,7 +639,29 @@ Segment_nonzero(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* slab_states() -> list[int]: every slab descriptor's state word. */
+static PyObject *
+Segment_slab_states(SegmentObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(self->nslabs);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < self->nslabs; i++) {
+        PyObject *v = PyLong_FromLongLong(
+            (long long)tl_load(seg_at(self, self->desc_off + i * self->desc_stride)));
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
 static PyMethodDef Segment_methods[] = {
+    {"slab_states", (PyCFunction)Segment_slab_states, METH_NOARGS,
+     "slab_states() -> list[int]\n\nEvery slab's state word (acquire loads)."},
     {"bind", (PyCFunction)Segment_bind, METH_O,
      "bind(slab) -> None\n\nMake `slab` this process's slab for writes."},
     {"unbind", (PyCFunction)Segment_unbind, METH_NOARGS,

@@ -120,6 +120,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import secrets
@@ -207,35 +208,35 @@ class Layout:
     keys_cap: int
     slabs_cap: int
 
-    @property
+    @functools.cached_property
     def ncells(self) -> int:
         return self.names_cap + self.keys_cap
 
-    @property
+    @functools.cached_property
     def slab_bytes(self) -> int:
         return _round_up(self.ncells * 8, LINE)
 
-    @property
+    @functools.cached_property
     def names_off(self) -> int:
         return HEADER_BYTES
 
-    @property
+    @functools.cached_property
     def keys_off(self) -> int:
         return _round_up(self.names_off + self.names_cap * NAME_ENTRY, PAGE)
 
-    @property
+    @functools.cached_property
     def desc_off(self) -> int:
         return _round_up(self.keys_off + self.keys_cap * KEY_ENTRY, PAGE)
 
-    @property
+    @functools.cached_property
     def archive_off(self) -> int:
         return _round_up(self.desc_off + self.slabs_cap * DESC_STRIDE, PAGE)
 
-    @property
+    @functools.cached_property
     def slabs_off(self) -> int:
         return _round_up(self.archive_off + self.slab_bytes, PAGE)
 
-    @property
+    @functools.cached_property
     def total(self) -> int:
         return _round_up(self.slabs_off + self.slabs_cap * self.slab_bytes, PAGE)
 
@@ -509,11 +510,12 @@ class _Segment:
                 if self.depth == 0:
                     fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
-    def _slab_state(self, s: int) -> int:
-        state = self.c.load(self.L.desc(s))
-        if state not in (SLAB_FREE, SLAB_LIVE, SLAB_FOLDING):
-            raise CorruptSegmentError(f"{self.path}: slab {s} has impossible state {state}")
-        return state
+    def _slab_states(self) -> list[int]:
+        states = self.c.slab_states()
+        for s, state in enumerate(states):
+            if state not in (SLAB_FREE, SLAB_LIVE, SLAB_FOLDING):
+                raise CorruptSegmentError(f"{self.path}: slab {s} has impossible state {state}")
+        return states
 
     def _begin(self) -> None:
         seq = self.c.load(SEQ)
@@ -528,7 +530,7 @@ class _Segment:
         """Finish what a holder of the lock that died left undone (lock held)."""
         c, L = self.c, self.L
         jstate = c.load(J_STATE)
-        folding = [s for s in range(L.slabs_cap) if self._slab_state(s) == SLAB_FOLDING]
+        folding = [s for s, state in enumerate(self._slab_states()) if state == SLAB_FOLDING]
         if jstate == 0 and not folding and c.load(SEQ) % 2 == 0:
             return
         if jstate != 0:  # validate before touching anything
@@ -594,8 +596,8 @@ class _Segment:
     def reap(self) -> int:
         """Fold every slab whose owner is dead; how many were freed (lock held)."""
         dead = []
-        for s in range(self.L.slabs_cap):
-            if self._slab_state(s) != SLAB_LIVE:
+        for s, state in enumerate(self._slab_states()):
+            if state != SLAB_LIVE:
                 continue
             desc = self.L.desc(s)
             pid, start = self.c.load(desc + 8), self.c.load(desc + 16)
@@ -615,18 +617,18 @@ class _Segment:
                 return  # another thread of ours got here first
             pid, start = _identity()
             L = self.L
-            for s in range(L.slabs_cap):
+            for s, state in enumerate(self._slab_states()):
                 desc = L.desc(s)
                 if (
-                    self._slab_state(s) == SLAB_LIVE
+                    state == SLAB_LIVE
                     and self.c.load(desc + 8) == pid
                     and self.c.load(desc + 16) == start
                 ):
                     self.c.bind(s)  # ours already (an earlier store of this process)
                     return
             self.reap()
-            for s in range(L.slabs_cap):
-                if self._slab_state(s) == SLAB_FREE:
+            for s, state in enumerate(self._slab_states()):
+                if state == SLAB_FREE:
                     desc = L.desc(s)
                     self.c.store(desc + 8, pid)
                     self.c.store(desc + 16, start)
@@ -786,8 +788,7 @@ class _Segment:
     def slabs(self) -> list[dict[str, Any]]:
         out = []
         mine = self.c.bound_slab()
-        for s in range(self.L.slabs_cap):
-            state = self._slab_state(s)
+        for s, state in enumerate(self._slab_states()):
             if state == SLAB_FREE:
                 continue
             desc = self.L.desc(s)
