@@ -153,7 +153,9 @@ def _single_op_ns(rounds: int, loops: int) -> dict[str, float]:
         tallies.destroy(url)
 
 
-def bench_processes(n: int = 1_000_000, rounds: int = 3, peers: bool = True) -> dict[str, Any]:
+def bench_processes(
+    n: int = 1_000_000, rounds: int = 3, peers: bool = True, op_loops: int = 200_000
+) -> dict[str, Any]:
     """Run every measurement once; a dict of the raw numbers (see format_report)."""
     import tallies
 
@@ -196,7 +198,7 @@ def bench_processes(n: int = 1_000_000, rounds: int = 3, peers: bool = True) -> 
                 res["prometheus_total"] = _prometheus_total(directory)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
-    res.update(_single_op_ns(rounds=max(5, rounds * 3), loops=200_000))
+    res.update(_single_op_ns(rounds=max(5, rounds * 3), loops=op_loops))
     return res
 
 
