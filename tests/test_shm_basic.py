@@ -423,3 +423,22 @@ def test_threads_registering_names_and_keys_at_once(shm_url: str) -> None:
         assert sum(s.snapshot()["counters"].values()) == 80
         assert sum(s.keyed("k").snapshot().values()) == 80
         assert len(s.keyed("k")) == 11
+
+
+@pytest.mark.parametrize(("names", "keys", "slabs"), [(1, 0, 1), (3, 5, 7), (1024, 8192, 64)])
+def test_layout_gives_each_slab_its_own_cache_lines(names: int, keys: int, slabs: int) -> None:
+    """Two processes writing one name write two cells >= 128 bytes apart, in
+    regions that start on 128-byte boundaries: never one cache line (pair)."""
+    from tallies.stores.shm import Layout
+
+    L = Layout(names, keys, slabs)
+    assert L.slab_bytes % 128 == 0 and L.slab_bytes >= 8 * (names + keys)
+    assert L.slabs_off % 4096 == 0 and L.archive_off % 4096 == 0
+    for s in range(slabs - 1):
+        assert L.slab_off(s + 1) - L.slab_off(s) == L.slab_bytes
+    # sections do not overlap, in order, and the file ends after the last slab
+    assert L.names_off + names * 256 <= L.keys_off
+    assert L.keys_off + keys * 256 <= L.desc_off
+    assert L.desc_off + slabs * 64 <= L.archive_off
+    assert L.archive_off + 8 * (names + keys) <= L.slabs_off
+    assert L.slab_off(slabs - 1) + L.slab_bytes <= L.total
