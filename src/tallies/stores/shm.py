@@ -60,7 +60,9 @@ atomic checked add and no lock.  After ``fork()`` the child forgets the slab
 (``os.register_at_fork``), so its first write claims its own: counters
 inherited from the parent keep working and never touch the parent's slab.
 This costs the hot path nothing: the "no slab yet" test is the same NULL
-check that makes the first write claim a slab.
+check that makes the first write claim a slab.  (The alternative, comparing
+getpid() on every write, is a system call since glibc 2.25 stopped caching
+the pid: 132 ns measured here, six times a whole shm:// increment.)
 
 A slab whose owner is dead (no such process, a zombie, or a pid now used by a
 process with another start time) is *folded*: its counts move to the archive
