@@ -48,7 +48,13 @@ setup(
             sources=["src/tallies/_core.c"],
             depends=["src/tallies/_cells.h"],
             extra_compile_args=flags,
-        )
+        ),
+        Extension(
+            "tallies._shm",
+            sources=["src/tallies/_shm.c"],
+            depends=["src/tallies/_cells.h"],
+            extra_compile_args=flags,
+        ),
     ],
     cmdclass={"build_ext": optional_build_ext},
 )

@@ -16,7 +16,20 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-__all__ = ["IMPLEMENTATION", "Counter", "ShardedCounter", "__version__"]
+__all__ = [
+    "IMPLEMENTATION",
+    "CapacityError",
+    "CorruptSegmentError",
+    "Counter",
+    "ShardedCounter",
+    "Store",
+    "StoreError",
+    "StoreNotFoundError",
+    "__version__",
+    "destroy",
+]
+# tallies.open is exported but kept out of __all__: `from tallies import *`
+# must not shadow the builtin open().
 __version__ = "0.1.0"
 
 IMPLEMENTATION: str
@@ -36,3 +49,13 @@ else:
         from ._pure import Counter, ShardedCounter
 
         IMPLEMENTATION = "python"
+
+from .stores import (  # noqa: E402 - after the core, which stores use
+    CapacityError,
+    CorruptSegmentError,
+    Store,
+    StoreError,
+    StoreNotFoundError,
+    destroy,
+)
+from .stores import open as open  # noqa: E402

@@ -1,0 +1,1178 @@
+/*
+ * tallies._shm: the hot path of counters shared by processes (shm://NAME).
+ *
+ * Read src/tallies/stores/shm.py first: it owns the segment file, its layout,
+ * the name and key directories, slab ownership, folding and every lock.  This
+ * file only does what must be fast or atomic: cell updates, exact sums across
+ * slabs, and the atomic loads/stores/exchanges that the Python side uses on
+ * the same memory.
+ *
+ * The segment, in one paragraph
+ * -----------------------------
+ * A segment is one file mapped MAP_SHARED by every process that opens it.
+ * It holds a header, a name directory, a key directory, an array of slab
+ * descriptors, an archive, and `nslabs` slabs.  A slab is an array of
+ * `ncells` int64 cells, one per registered name (counter) or key (of a keyed
+ * counter), padded to a multiple of 128 bytes.  Each process that writes
+ * owns exactly one slab (its descriptor records pid + process start time) and
+ * writes only there, so two processes incrementing one name never share a
+ * cache line: this is the striped idea (LongAdder) applied across processes.
+ * The archive is one more slab-shaped array holding the counts folded out of
+ * the slabs of processes that have died.  The value of cell c is
+ *
+ *     archive[c] + sum of slab[s][c] over every slab s that is not FREE
+ *
+ * and it is summed here into a Python int, so it is exact even when the
+ * total leaves the int64 range (each cell on its own never does).
+ *
+ * Writers (the hot path)
+ * ----------------------
+ * `Cell.increment()` and `KeyedCells.increment()` take no lock: they add to
+ * this process's own cell with the engine's atomic, overflow-checked tl_add
+ * (never the `_serial` variant: another process's reset() may exchange our
+ * cell at any moment).  The address of our slab lives in the Segment object
+ * (`mine`); it is NULL until the first write, and again in a child right
+ * after fork(), so the first write of a process calls back into Python
+ * (`binder`) to claim a slab under the segment lock.  After that, an
+ * increment is: one load of `mine`, one lock-prefixed CAS.
+ *
+ * Readers
+ * -------
+ * Folds and resets move counts between cells (slab -> archive, cells -> the
+ * caller).  They run under the segment's fcntl lock and bracket their work
+ * with a sequence counter in the header (odd while moving).  `sum()` reads
+ * the sequence, sums with acquire loads, reads the sequence again, and
+ * retries if it changed; if it keeps changing, or is odd (a fold in progress
+ * or interrupted by a death), it returns None and the Python side sums under
+ * the lock, after recovery.  So a read never sees a count twice or not at
+ * all because of a fold or a reset.  It is still not a snapshot of
+ * concurrent increments: an increment that happens during the sum may or may
+ * not be in it.  Once writers are quiescent, reads are exact.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include "_cells.h"
+
+#define SLAB_FREE 0
+#define SEQ_RETRIES 64
+
+/* ---- argument conversion (same rules and messages as tallies._core) ---- */
+
+static int
+to_int64(PyObject *obj, const char *fname, int64_t *out)
+{
+    int overflow;
+    long long v;
+    if (TL_LIKELY(PyLong_Check(obj))) {
+        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    }
+    else if (Py_TYPE(obj)->tp_as_number != NULL &&
+             Py_TYPE(obj)->tp_as_number->nb_index != NULL) {
+        PyObject *idx = PyNumber_Index(obj);
+        if (idx == NULL) {
+            return -1;
+        }
+        v = PyLong_AsLongLongAndOverflow(idx, &overflow);
+        Py_DECREF(idx);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
+                     fname, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (overflow) {
+        PyErr_Format(PyExc_OverflowError,
+                     "%s() argument %R is outside the signed 64-bit range",
+                     fname, obj);
+        return -1;
+    }
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+static PyObject *
+overflow_result(const char *op, int64_t n)
+{
+    PyErr_Format(PyExc_OverflowError,
+                 "%s(%lld) would move this process's cell of the counter "
+                 "outside the signed 64-bit range; nothing was changed",
+                 op, (long long)n);
+    return NULL;
+}
+
+/* Sum int64 values exactly, into a Python int if they overflow int64. */
+static PyObject *
+sum_to_pylong(const int64_t *vals, Py_ssize_t k)
+{
+    int64_t acc = 0;
+    Py_ssize_t i;
+    for (i = 0; i < k; i++) {
+        if (TL_ADD_OVERFLOWS(acc, vals[i], &acc)) {
+            break;
+        }
+    }
+    if (TL_LIKELY(i == k)) {
+        return PyLong_FromLongLong((long long)acc);
+    }
+    PyObject *total = PyLong_FromLong(0);
+    for (i = 0; total != NULL && i < k; i++) {
+        PyObject *v = PyLong_FromLongLong((long long)vals[i]);
+        if (v == NULL) {
+            Py_CLEAR(total);
+            break;
+        }
+        Py_SETREF(total, PyNumber_Add(total, v));
+        Py_DECREF(v);
+    }
+    return total;
+}
+
+/* ---- Segment ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view; /* a writable buffer over the whole mapping, kept alive */
+    int has_view;
+    char *base;
+    Py_ssize_t size;
+    Py_ssize_t ncells;      /* cells per slab (and in the archive) */
+    Py_ssize_t slab_bytes;  /* bytes per slab, a multiple of 128 */
+    Py_ssize_t nslabs;
+    Py_ssize_t desc_off;    /* slab descriptor i at desc_off + i * desc_stride; */
+    Py_ssize_t desc_stride; /* its first int64 is the slab's state */
+    Py_ssize_t archive_off;
+    Py_ssize_t slabs_off;
+    Py_ssize_t seq_off;
+    _Atomic(char *) mine; /* this process's slab, NULL while unbound */
+    Py_ssize_t mine_index;
+    PyObject *binder; /* called with no arguments to claim a slab */
+} SegmentObject;
+
+/* Room for archive + every slab's value of one cell: on the stack when the
+ * segment has few slabs, else on the heap (freed by scratch_free). */
+#define STACK_VALS 257
+typedef struct {
+    int64_t stack[STACK_VALS];
+    int64_t *vals;
+} scratch_t;
+
+static int
+scratch_init(scratch_t *sc, Py_ssize_t nslabs)
+{
+    if (nslabs + 1 <= STACK_VALS) {
+        sc->vals = sc->stack;
+        return 0;
+    }
+    sc->vals = PyMem_Malloc(sizeof(int64_t) * (size_t)(nslabs + 1));
+    if (sc->vals == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+scratch_free(scratch_t *sc)
+{
+    if (sc->vals != sc->stack) {
+        PyMem_Free(sc->vals);
+    }
+}
+
+static inline tl_cell *
+seg_at(SegmentObject *s, Py_ssize_t off)
+{
+    return (tl_cell *)(s->base + off);
+}
+
+static int
+seg_check_off(SegmentObject *s, PyObject *arg, Py_ssize_t *off)
+{
+    Py_ssize_t v = PyLong_AsSsize_t(arg);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v < 0 || v > s->size - 8 || (v & 7) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "offset %zd is not an aligned int64 inside the %zd-byte "
+                     "segment", v, s->size);
+        return -1;
+    }
+    *off = v;
+    return 0;
+}
+
+static int
+seg_check_cell(SegmentObject *s, Py_ssize_t cell)
+{
+    if (cell < 0 || cell >= s->ncells) {
+        PyErr_Format(PyExc_ValueError, "cell %zd is outside 0..%zd", cell,
+                     s->ncells - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "ncells", "slab_bytes", "nslabs",
+                             "desc_off", "desc_stride", "archive_off",
+                             "slabs_off", "seq_off", "binder", NULL};
+    PyObject *buffer, *binder;
+    Py_ssize_t ncells, slab_bytes, nslabs, desc_off, desc_stride, archive_off,
+        slabs_off, seq_off;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnO:Segment", kwlist,
+                                     &buffer, &ncells, &slab_bytes, &nslabs,
+                                     &desc_off, &desc_stride, &archive_off,
+                                     &slabs_off, &seq_off, &binder)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(binder)) {
+        PyErr_SetString(PyExc_TypeError, "Segment() binder must be callable");
+        return NULL;
+    }
+    SegmentObject *self = (SegmentObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    atomic_init(&self->mine, NULL);
+    self->mine_index = -1;
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->has_view = 1;
+    self->base = self->view.buf;
+    self->size = self->view.len;
+    /* Defence in depth: shm.py validated the header, but never let a bad
+     * layout make us touch memory outside the mapping. */
+    int ok = ((uintptr_t)self->base % TL_LINE) == 0 && ncells > 0 &&
+             nslabs > 0 && ncells <= PY_SSIZE_T_MAX / 8 &&
+             slab_bytes >= ncells * 8 && slab_bytes % TL_LINE == 0 &&
+             desc_stride >= 8 && desc_stride % 8 == 0 && desc_off >= 0 &&
+             desc_off % 8 == 0 && archive_off >= 0 && archive_off % TL_LINE == 0 &&
+             slabs_off >= 0 && slabs_off % TL_LINE == 0 && seq_off >= 0 &&
+             seq_off % 8 == 0 && seq_off <= self->size - 8 &&
+             nslabs <= (self->size / desc_stride) &&
+             desc_off <= self->size - nslabs * desc_stride &&
+             archive_off <= self->size - ncells * 8 &&
+             nslabs <= self->size / slab_bytes &&
+             slabs_off <= self->size - nslabs * slab_bytes;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Segment(): the layout does not fit the buffer");
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->ncells = ncells;
+    self->slab_bytes = slab_bytes;
+    self->nslabs = nslabs;
+    self->desc_off = desc_off;
+    self->desc_stride = desc_stride;
+    self->archive_off = archive_off;
+    self->slabs_off = slabs_off;
+    self->seq_off = seq_off;
+    self->binder = Py_NewRef(binder);
+    return (PyObject *)self;
+}
+
+static int
+Segment_traverse(SegmentObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->binder);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+Segment_clear(SegmentObject *self)
+{
+    Py_CLEAR(self->binder);
+    return 0;
+}
+
+static void
+Segment_dealloc(SegmentObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Segment_clear(self);
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* Slow path of every write: no slab yet in this process.  Calls the binder,
+ * which claims a slab under the segment lock and calls bind(). */
+static char *
+seg_bind_slow(SegmentObject *s)
+{
+    PyObject *r = PyObject_CallNoArgs(s->binder);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    char *mine = atomic_load_explicit(&s->mine, memory_order_acquire);
+    if (mine == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "tallies: the segment binder did not bind a slab");
+    }
+    return mine;
+}
+
+static inline tl_cell *
+seg_own_cell(SegmentObject *s, Py_ssize_t cell)
+{
+    char *mine = atomic_load_explicit(&s->mine, memory_order_acquire);
+    if (TL_UNLIKELY(mine == NULL)) {
+        mine = seg_bind_slow(s);
+        if (mine == NULL) {
+            return NULL;
+        }
+    }
+    return (tl_cell *)(mine + cell * 8);
+}
+
+static PyObject *
+Segment_bind(SegmentObject *self, PyObject *arg)
+{
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (i < 0 || i >= self->nslabs) {
+        PyErr_Format(PyExc_ValueError, "slab %zd is outside 0..%zd", i,
+                     self->nslabs - 1);
+        return NULL;
+    }
+    self->mine_index = i;
+    atomic_store_explicit(&self->mine, self->base + self->slabs_off + i * self->slab_bytes,
+                          memory_order_release);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_unbind(SegmentObject *self, PyObject *Py_UNUSED(ignored))
+{
+    atomic_store_explicit(&self->mine, NULL, memory_order_release);
+    self->mine_index = -1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_bound_slab(SegmentObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (atomic_load_explicit(&self->mine, memory_order_acquire) == NULL) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromSsize_t(self->mine_index);
+}
+
+static PyObject *
+Segment_load(SegmentObject *self, PyObject *arg)
+{
+    Py_ssize_t off;
+    if (seg_check_off(self, arg, &off) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)tl_load(seg_at(self, off)));
+}
+
+static int
+off_and_value(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs,
+              const char *fname, Py_ssize_t *off, int64_t *v)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments", fname);
+        return -1;
+    }
+    if (seg_check_off(self, args[0], off) < 0) {
+        return -1;
+    }
+    return to_int64(args[1], fname, v);
+}
+
+static PyObject *
+Segment_store(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int64_t v;
+    if (off_and_value(self, args, nargs, "store", &off, &v) < 0) {
+        return NULL;
+    }
+    atomic_store_explicit(seg_at(self, off), v, memory_order_seq_cst);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_exchange(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int64_t v;
+    if (off_and_value(self, args, nargs, "exchange", &off, &v) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)tl_exchange(seg_at(self, off), v));
+}
+
+/* add(off, n) -> new value; OverflowError (nothing changed) if it leaves int64. */
+static PyObject *
+Segment_add(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int64_t n, v;
+    if (off_and_value(self, args, nargs, "add", &off, &n) < 0) {
+        return NULL;
+    }
+    if (tl_add(seg_at(self, off), n, 0, &v) != TL_OK) {
+        return overflow_result("add", n);
+    }
+    return PyLong_FromLongLong((long long)v);
+}
+
+static PyObject *
+Segment_cas(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int64_t expected, desired;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "cas() takes 3 arguments");
+        return NULL;
+    }
+    if (seg_check_off(self, args[0], &off) < 0 ||
+        to_int64(args[1], "cas", &expected) < 0 ||
+        to_int64(args[2], "cas", &desired) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(tl_compare_and_set(seg_at(self, off), expected, desired));
+}
+
+static inline int
+slab_in_use(SegmentObject *s, Py_ssize_t i)
+{
+    return tl_load(seg_at(s, s->desc_off + i * s->desc_stride)) != SLAB_FREE;
+}
+
+/* Collect archive[cell] and every non-FREE slab's cell into vals. */
+static Py_ssize_t
+collect_cell(SegmentObject *s, Py_ssize_t cell, int64_t *vals)
+{
+    Py_ssize_t k = 0;
+    vals[k++] = tl_load(seg_at(s, s->archive_off + cell * 8));
+    for (Py_ssize_t i = 0; i < s->nslabs; i++) {
+        if (slab_in_use(s, i)) {
+            vals[k++] = tl_load(seg_at(s, s->slabs_off + i * s->slab_bytes + cell * 8));
+        }
+    }
+    return k;
+}
+
+/* Sum each cell of `cells` under one sequence bracket.  Returns a new list,
+ * Py_None (borrowed semantics: new ref) if no stable read was possible, or
+ * NULL on error. */
+static PyObject *
+seg_sum_cells(SegmentObject *s, Py_ssize_t *cells, Py_ssize_t n, int as_list)
+{
+    tl_cell *seq = seg_at(s, s->seq_off);
+    scratch_t sc;
+    if (scratch_init(&sc, s->nslabs) < 0) {
+        return NULL;
+    }
+    for (int attempt = 0; attempt < SEQ_RETRIES; attempt++) {
+        int64_t before = tl_load(seq);
+        if (before & 1) {
+            break; /* a fold or reset is moving counts (or died doing so) */
+        }
+        PyObject *out = as_list ? PyList_New(n) : NULL;
+        if (as_list && out == NULL) {
+            scratch_free(&sc);
+            return NULL;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            Py_ssize_t k = collect_cell(s, cells[j], sc.vals);
+            PyObject *v = sum_to_pylong(sc.vals, k);
+            if (v == NULL) {
+                Py_XDECREF(out);
+                scratch_free(&sc);
+                return NULL;
+            }
+            if (as_list) {
+                PyList_SET_ITEM(out, j, v);
+            }
+            else {
+                out = v;
+            }
+        }
+        atomic_thread_fence(memory_order_acquire);
+        if (tl_load(seq) == before) {
+            scratch_free(&sc);
+            return out;
+        }
+        Py_XDECREF(out);
+    }
+    scratch_free(&sc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_sum(SegmentObject *self, PyObject *arg)
+{
+    Py_ssize_t cell = PyLong_AsSsize_t(arg);
+    if (cell == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (seg_check_cell(self, cell) < 0) {
+        return NULL;
+    }
+    return seg_sum_cells(self, &cell, 1, 0);
+}
+
+static PyObject *
+Segment_sum_many(SegmentObject *self, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "sum_many() expects a sequence of cells");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t *cells = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
+    if (cells == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    PyObject *r = NULL;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        cells[j] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, j));
+        if ((cells[j] == -1 && PyErr_Occurred()) ||
+            seg_check_cell(self, cells[j]) < 0) {
+            goto done;
+        }
+    }
+    r = seg_sum_cells(self, cells, n, 1);
+done:
+    PyMem_Free(cells);
+    Py_DECREF(seq);
+    return r;
+}
+
+/* take(cell) -> int: exchange archive[cell] and every non-FREE slab's cell
+ * with 0 and return the exact sum taken.  The caller holds the segment lock
+ * and has made the sequence odd. */
+static PyObject *
+Segment_take(SegmentObject *self, PyObject *arg)
+{
+    Py_ssize_t cell = PyLong_AsSsize_t(arg);
+    if (cell == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (seg_check_cell(self, cell) < 0) {
+        return NULL;
+    }
+    scratch_t sc;
+    if (scratch_init(&sc, self->nslabs) < 0) {
+        return NULL;
+    }
+    Py_ssize_t k = 0;
+    sc.vals[k++] = tl_exchange(seg_at(self, self->archive_off + cell * 8), 0);
+    for (Py_ssize_t i = 0; i < self->nslabs; i++) {
+        if (slab_in_use(self, i)) {
+            sc.vals[k++] = tl_exchange(
+                seg_at(self, self->slabs_off + i * self->slab_bytes + cell * 8), 0);
+        }
+    }
+    PyObject *r = sum_to_pylong(sc.vals, k);
+    scratch_free(&sc);
+    return r;
+}
+
+/* nonzero(off, lo, hi) -> [(cell, value)] for the cells lo..hi-1 of the cell
+ * array starting at byte `off` (a slab or the archive) that are not 0. */
+static PyObject *
+Segment_nonzero(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "nonzero() takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t lo = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t hi = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    int is_array = off == self->archive_off;
+    if (!is_array && off >= self->slabs_off &&
+        (off - self->slabs_off) % self->slab_bytes == 0 &&
+        (off - self->slabs_off) / self->slab_bytes < self->nslabs) {
+        is_array = 1;
+    }
+    if (!is_array || lo < 0 || hi < lo || hi > self->ncells) {
+        PyErr_SetString(PyExc_ValueError,
+                        "nonzero(): not a cell array or range of this segment");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t c = lo; c < hi; c++) {
+        int64_t v = tl_load(seg_at(self, off + c * 8));
+        if (v != 0) {
+            PyObject *t = Py_BuildValue("(nL)", c, (long long)v);
+            if (t == NULL || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(t);
+        }
+    }
+    return out;
+}
+
+/* slab_states() -> list[int]: every slab descriptor's state word. */
+static PyObject *
+Segment_slab_states(SegmentObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(self->nslabs);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < self->nslabs; i++) {
+        PyObject *v = PyLong_FromLongLong(
+            (long long)tl_load(seg_at(self, self->desc_off + i * self->desc_stride)));
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+static PyMethodDef Segment_methods[] = {
+    {"slab_states", (PyCFunction)Segment_slab_states, METH_NOARGS,
+     "slab_states() -> list[int]\n\nEvery slab's state word (acquire loads)."},
+    {"bind", (PyCFunction)Segment_bind, METH_O,
+     "bind(slab) -> None\n\nMake `slab` this process's slab for writes."},
+    {"unbind", (PyCFunction)Segment_unbind, METH_NOARGS,
+     "unbind() -> None\n\nForget this process's slab (after fork)."},
+    {"bound_slab", (PyCFunction)Segment_bound_slab, METH_NOARGS,
+     "bound_slab() -> int\n\nThis process's slab, or -1."},
+    {"load", (PyCFunction)Segment_load, METH_O,
+     "load(off) -> int\n\nAcquire-load the int64 at byte offset `off`."},
+    {"store", (PyCFunction)(void (*)(void))Segment_store, METH_FASTCALL,
+     "store(off, v) -> None\n\nSequentially consistent store."},
+    {"exchange", (PyCFunction)(void (*)(void))Segment_exchange, METH_FASTCALL,
+     "exchange(off, v) -> int\n\nAtomic exchange; returns the old value."},
+    {"add", (PyCFunction)(void (*)(void))Segment_add, METH_FASTCALL,
+     "add(off, n) -> int\n\nAtomic checked add; returns the new value."},
+    {"cas", (PyCFunction)(void (*)(void))Segment_cas, METH_FASTCALL,
+     "cas(off, expected, new) -> bool\n\nAtomic compare-and-set."},
+    {"sum", (PyCFunction)Segment_sum, METH_O,
+     "sum(cell) -> int | None\n\nThe cell's value across archive and slabs, or "
+     "None when no stable read was possible without the lock."},
+    {"sum_many", (PyCFunction)Segment_sum_many, METH_O,
+     "sum_many(cells) -> list[int] | None\n\nsum() of each cell, one bracket."},
+    {"take", (PyCFunction)Segment_take, METH_O,
+     "take(cell) -> int\n\nExchange the cell everywhere with 0 (lock held)."},
+    {"nonzero", (PyCFunction)(void (*)(void))Segment_nonzero, METH_FASTCALL,
+     "nonzero(off, lo, hi) -> list[tuple[int, int]]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Segment_members[] = {
+    {"ncells", T_PYSSIZET, offsetof(SegmentObject, ncells), READONLY, NULL},
+    {"nslabs", T_PYSSIZET, offsetof(SegmentObject, nslabs), READONLY, NULL},
+    {"size", T_PYSSIZET, offsetof(SegmentObject, size), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Segment_slots[] = {
+    {Py_tp_doc, "Segment(buffer, ncells, slab_bytes, nslabs, desc_off, "
+                "desc_stride, archive_off, slabs_off, seq_off, binder)\n--\n\n"
+                "Atomic access to a mapped tallies segment (see shm.py)."},
+    {Py_tp_new, Segment_new},
+    {Py_tp_dealloc, Segment_dealloc},
+    {Py_tp_traverse, Segment_traverse},
+    {Py_tp_clear, Segment_clear},
+    {Py_tp_methods, Segment_methods},
+    {Py_tp_members, Segment_members},
+    {0, NULL},
+};
+
+static PyType_Spec Segment_spec = {
+    "tallies._shm.Segment", sizeof(SegmentObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Segment_slots,
+};
+
+/* ---- Cell: one counter's cell in this process's slab -------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    SegmentObject *seg;
+    Py_ssize_t cell;
+} CellObject;
+
+static PyTypeObject *segment_type, *cell_type;
+
+static PyObject *
+Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"segment", "cell", NULL};
+    PyObject *seg;
+    Py_ssize_t cell;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!n:Cell", kwlist,
+                                     segment_type, &seg, &cell)) {
+        return NULL;
+    }
+    if (seg_check_cell((SegmentObject *)seg, cell) < 0) {
+        return NULL;
+    }
+    CellObject *self = (CellObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->seg = (SegmentObject *)Py_NewRef(seg);
+    self->cell = cell;
+    return (PyObject *)self;
+}
+
+static int
+Cell_traverse(CellObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->seg);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+Cell_clear(CellObject *self)
+{
+    Py_CLEAR(self->seg);
+    return 0;
+}
+
+static void
+Cell_dealloc(CellObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Cell_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static inline PyObject *
+cell_update(CellObject *self, int64_t n, int sub, const char *op)
+{
+    int64_t v;
+    if (TL_UNLIKELY(self->seg == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "the counter's segment is gone");
+        return NULL;
+    }
+    tl_cell *c = seg_own_cell(self->seg, self->cell);
+    if (TL_UNLIKELY(c == NULL)) {
+        return NULL;
+    }
+    if (TL_UNLIKELY(tl_add(c, n, sub, &v) != TL_OK)) {
+        return overflow_result(op, n);
+    }
+    Py_RETURN_NONE;
+}
+
+static inline int
+parse_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+             const char *fname, int64_t *n)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zd given)",
+                     fname, nargs + nkw);
+        return -1;
+    }
+    if (nkw == 1 &&
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "n") != 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() got an unexpected keyword argument '%U'", fname,
+                     PyTuple_GET_ITEM(kwnames, 0));
+        return -1;
+    }
+    return to_int64(args[0], fname, n);
+}
+
+static PyObject *
+Cell_increment(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    int64_t n = 1;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
+            return NULL;
+        }
+    }
+    return cell_update(self, n, 0, "increment");
+}
+
+static PyObject *
+Cell_decrement(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    int64_t n = 1;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
+            return NULL;
+        }
+    }
+    return cell_update(self, n, 1, "decrement");
+}
+
+static PyObject *
+Cell_inplace(PyObject *self, PyObject *other, int sub)
+{
+    int64_t n;
+    const char *op = sub ? "-=" : "+=";
+    if (!PyObject_TypeCheck(self, cell_type)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (to_int64(other, op, &n) < 0) {
+        return NULL;
+    }
+    PyObject *r = cell_update((CellObject *)self, n, sub, op);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    return Py_NewRef(self);
+}
+
+static PyObject *Cell_iadd(PyObject *a, PyObject *b) { return Cell_inplace(a, b, 0); }
+static PyObject *Cell_isub(PyObject *a, PyObject *b) { return Cell_inplace(a, b, 1); }
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef Cell_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))Cell_increment, FASTKW,
+     "increment(n=1) -> None\n\nAdd n to this process's cell, lock-free."},
+    {"decrement", (PyCFunction)(void (*)(void))Cell_decrement, FASTKW,
+     "decrement(n=1) -> None\n\nSubtract n from this process's cell, lock-free."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Cell_members[] = {
+    {"segment", T_OBJECT, offsetof(CellObject, seg), READONLY, NULL},
+    {"cell", T_PYSSIZET, offsetof(CellObject, cell), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Cell_slots[] = {
+    {Py_tp_doc, "Cell(segment, cell)\n--\n\nThe write side of one shared counter."},
+    {Py_tp_new, Cell_new},
+    {Py_tp_dealloc, Cell_dealloc},
+    {Py_tp_traverse, Cell_traverse},
+    {Py_tp_clear, Cell_clear},
+    {Py_tp_methods, Cell_methods},
+    {Py_tp_members, Cell_members},
+    {Py_nb_inplace_add, Cell_iadd},
+    {Py_nb_inplace_subtract, Cell_isub},
+    {0, NULL},
+};
+
+static PyType_Spec Cell_spec = {
+    "tallies._shm.Cell", sizeof(CellObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Cell_slots,
+};
+
+/* ---- KeyedCells: the write side of one shared keyed counter ------------- */
+
+typedef struct {
+    PyObject_HEAD
+    SegmentObject *seg;
+    PyObject *cells;    /* dict: str key -> int cell, filled by register */
+    PyObject *register_; /* register(key) -> cell, under the segment lock */
+} KeyedObject;
+
+static PyObject *
+Keyed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"segment", "register", NULL};
+    PyObject *seg, *reg;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O:KeyedCells", kwlist,
+                                     segment_type, &seg, &reg)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(reg)) {
+        PyErr_SetString(PyExc_TypeError, "KeyedCells() register must be callable");
+        return NULL;
+    }
+    KeyedObject *self = (KeyedObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->cells = PyDict_New();
+    if (self->cells == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->seg = (SegmentObject *)Py_NewRef(seg);
+    self->register_ = Py_NewRef(reg);
+    return (PyObject *)self;
+}
+
+static int
+Keyed_traverse(KeyedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->seg);
+    Py_VISIT(self->cells);
+    Py_VISIT(self->register_);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+Keyed_clear(KeyedObject *self)
+{
+    Py_CLEAR(self->seg);
+    Py_CLEAR(self->cells);
+    Py_CLEAR(self->register_);
+    return 0;
+}
+
+static void
+Keyed_dealloc(KeyedObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Keyed_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* The cell of `key`, registering it on first use; -1 with an error set. */
+static Py_ssize_t
+keyed_cell(KeyedObject *self, PyObject *key, const char *fname)
+{
+    if (TL_UNLIKELY(!PyUnicode_Check(key))) {
+        PyErr_Format(PyExc_TypeError, "%s() key must be a str, not '%.200s'",
+                     fname, Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    if (TL_UNLIKELY(self->cells == NULL || self->seg == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "the keyed counter's segment is gone");
+        return -1;
+    }
+    PyObject *c = PyDict_GetItemWithError(self->cells, key); /* borrowed */
+    if (TL_LIKELY(c != NULL)) {
+        return PyLong_AsSsize_t(c);
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *r = PyObject_CallOneArg(self->register_, key);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_ssize_t cell = PyLong_AsSsize_t(r);
+    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0 ||
+        PyDict_SetItem(self->cells, key, r) < 0) {
+        Py_DECREF(r);
+        return -1;
+    }
+    Py_DECREF(r);
+    return cell;
+}
+
+static PyObject *
+keyed_update(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames, int sub, const char *fname)
+{
+    static const char *const names[] = {"key", "n"};
+    PyObject *slots[2] = {NULL, NULL};
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)",
+                     fname, nargs + nkw);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        slots[i] = args[i];
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        int j;
+        for (j = 0; j < 2; j++) {
+            if (PyUnicode_CompareWithASCIIString(kw, names[j]) == 0) {
+                break;
+            }
+        }
+        if (j == 2) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument '%U'", fname, kw);
+            return NULL;
+        }
+        if (slots[j] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                         fname, names[j]);
+            return NULL;
+        }
+        slots[j] = args[nargs + i];
+    }
+    if (slots[0] == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'", fname);
+        return NULL;
+    }
+    int64_t n = 1, v;
+    if (slots[1] != NULL && to_int64(slots[1], fname, &n) < 0) {
+        return NULL;
+    }
+    Py_ssize_t cell = keyed_cell(self, slots[0], fname);
+    if (cell < 0) {
+        return NULL;
+    }
+    tl_cell *c = seg_own_cell(self->seg, cell);
+    if (TL_UNLIKELY(c == NULL)) {
+        return NULL;
+    }
+    if (TL_UNLIKELY(tl_add(c, n, sub, &v) != TL_OK)) {
+        return overflow_result(fname, n);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    return keyed_update(self, args, nargs, kwnames, 0, "increment");
+}
+
+static PyObject *
+Keyed_decrement(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    return keyed_update(self, args, nargs, kwnames, 1, "decrement");
+}
+
+static PyMethodDef Keyed_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))Keyed_increment, FASTKW,
+     "increment(key, n=1) -> None\n\nAdd n to key's cell in this process's slab."},
+    {"decrement", (PyCFunction)(void (*)(void))Keyed_decrement, FASTKW,
+     "decrement(key, n=1) -> None\n\nSubtract n from key's cell in this process's slab."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Keyed_members[] = {
+    {"segment", T_OBJECT, offsetof(KeyedObject, seg), READONLY, NULL},
+    {"cells", T_OBJECT, offsetof(KeyedObject, cells), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Keyed_slots[] = {
+    {Py_tp_doc, "KeyedCells(segment, register)\n--\n\n"
+                "The write side of one shared keyed counter."},
+    {Py_tp_new, Keyed_new},
+    {Py_tp_dealloc, Keyed_dealloc},
+    {Py_tp_traverse, Keyed_traverse},
+    {Py_tp_clear, Keyed_clear},
+    {Py_tp_methods, Keyed_methods},
+    {Py_tp_members, Keyed_members},
+    {0, NULL},
+};
+
+static PyType_Spec Keyed_spec = {
+    "tallies._shm.KeyedCells", sizeof(KeyedObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
+};
+
+/* ---- module ------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *Segment;
+    PyTypeObject *Cell;
+    PyTypeObject *KeyedCells;
+} module_state;
+
+static int
+shm_exec(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    st->Segment = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Segment_spec, NULL);
+    if (st->Segment == NULL || PyModule_AddType(m, st->Segment) < 0) {
+        return -1;
+    }
+    st->Cell = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Cell_spec, NULL);
+    if (st->Cell == NULL || PyModule_AddType(m, st->Cell) < 0) {
+        return -1;
+    }
+    st->KeyedCells = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
+    if (st->KeyedCells == NULL || PyModule_AddType(m, st->KeyedCells) < 0) {
+        return -1;
+    }
+    if (segment_type == NULL) {
+        segment_type = st->Segment;
+        cell_type = st->Cell;
+    }
+    if (PyModule_AddIntConstant(m, "SLAB_FREE", SLAB_FREE) < 0 ||
+        PyModule_AddIntConstant(m, "LINE", TL_LINE) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+shm_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_VISIT(st->Segment);
+    Py_VISIT(st->Cell);
+    Py_VISIT(st->KeyedCells);
+    return 0;
+}
+
+static int
+shm_clear(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_CLEAR(st->Segment);
+    Py_CLEAR(st->Cell);
+    Py_CLEAR(st->KeyedCells);
+    return 0;
+}
+
+static PyModuleDef_Slot shm_slots[] = {
+    {Py_mod_exec, shm_exec},
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef shm_module = {
+    PyModuleDef_HEAD_INIT,
+    "tallies._shm",
+    "The hot path of tallies' shared-memory counters (see tallies/stores/shm.py).",
+    sizeof(module_state),
+    NULL,
+    shm_slots,
+    shm_traverse,
+    shm_clear,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__shm(void)
+{
+    return PyModuleDef_Init(&shm_module);
+}

@@ -1,0 +1,210 @@
+"""The ``Store`` interface that every scope (``memory://``, ``shm://``, later
+``sqlite://`` and ``redis://``) implements, and the errors stores raise.
+
+A store is opened from a URL by :func:`tallies.open` and hands out counters by
+name.  The objects it returns have the in-process API (``increment``,
+``decrement``, ``value``, ``reset``; keyed counters add ``key`` arguments), so
+code written against :class:`tallies.Counter` works against any scope.
+
+Every store has ``flush()`` (a no-op where writes are immediate, as in
+``memory://`` and ``shm://``; write-behind scopes push their buffered deltas)
+and ``close()``, which flushes first and may be called more than once.
+``snapshot()`` returns plain data that every scope can produce::
+
+    {"counters": {"requests": 12}, "keyed": {"status": {"200": 10, "404": 2}}}
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
+
+__all__ = [
+    "CapacityError",
+    "CorruptSegmentError",
+    "Snapshot",
+    "Store",
+    "StoreCounter",
+    "StoreError",
+    "StoreKeyedCounter",
+    "StoreNotFoundError",
+    "StoreURL",
+]
+
+
+class StoreError(Exception):
+    """Base class of the errors that only stores raise."""
+
+
+class CapacityError(StoreError, RuntimeError):
+    """The store is full (names, keys or writer slabs); nothing was changed."""
+
+
+class CorruptSegmentError(StoreError, ValueError):
+    """The backing file is truncated, foreign, garbage or of another layout."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """``open(url, create=False)`` found nothing at that URL."""
+
+
+class Snapshot(TypedDict):
+    """All counts of a store as plain data."""
+
+    counters: dict[str, int]
+    keyed: dict[str, dict[str, int]]
+
+
+class StoreCounter(Protocol):
+    """What ``store.counter(name)`` returns, in every scope."""
+
+    def increment(self, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, n: SupportsIndex = 1) -> None: ...
+    def value(self) -> int: ...
+    def reset(self) -> int: ...
+
+
+class StoreKeyedCounter(Protocol):
+    """What ``store.keyed(name)`` returns, in every scope (str keys)."""
+
+    def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...
+    def value(self, key: str) -> int: ...
+    def __getitem__(self, key: str) -> int: ...
+    def snapshot(self) -> collections.Counter[str]: ...
+    def keys(self) -> Iterable[str]: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[str]: ...
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A store URL split into ``scheme://target?params``.
+
+    ``target`` is everything between ``://`` and ``?`` (a segment name, a
+    path, ``host:port/db``); each scope interprets it.  Parameters are
+    unique; a repeated one is an error.
+    """
+
+    raw: str
+    scheme: str
+    target: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def reject_unknown(self, allowed: frozenset[str]) -> None:
+        unknown = sorted(set(self.params) - allowed)
+        if unknown:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ValueError(
+                f"{self.raw!r}: unknown parameter(s) {', '.join(unknown)} "
+                f"for {self.scheme}:// (accepted: {names})"
+            )
+
+
+_S = TypeVar("_S", bound="Store")
+
+
+class Store(abc.ABC):
+    """Counters by name, shared as widely as the scope allows.
+
+    Use it as a context manager, or call :meth:`close`.  Counters handed out
+    keep working after ``close()`` only as far as the scope documents; the
+    store itself refuses new calls once closed.
+    """
+
+    scheme: ClassVar[str]
+
+    def __init__(self, url: StoreURL) -> None:
+        self._url = url
+        self._closed = False
+
+    @classmethod
+    @abc.abstractmethod
+    def open_url(cls, url: StoreURL, *, create: bool = True) -> Store:
+        """Open (or, if ``create``, create) the store that ``url`` names."""
+
+    @classmethod
+    @abc.abstractmethod
+    def destroy_url(cls, url: StoreURL) -> bool:
+        """Remove what ``url`` names; False if there was nothing to remove."""
+
+    @property
+    def url(self) -> str:
+        return self._url.raw
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"the store {self._url.raw!r} is closed")
+
+    @abc.abstractmethod
+    def counter(self, name: str) -> StoreCounter:
+        """The counter called ``name`` (the same object for the same name)."""
+
+    @abc.abstractmethod
+    def keyed(self, name: str) -> StoreKeyedCounter:
+        """The keyed counter called ``name`` (str keys)."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """Every counter and keyed counter name, in the order they appeared."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> Snapshot:
+        """Every count as plain dicts of ints (not atomic across names)."""
+
+    def flush(self) -> None:  # noqa: B027 - a no-op by design where writes are immediate
+        """Push buffered writes to the backing store (no-op here)."""
+
+    def close(self) -> None:
+        """Flush and release the store; calling it again does nothing."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:  # noqa: B027 - optional hook
+        """Release resources after the final flush (subclass hook)."""
+
+    def __enter__(self: _S) -> _S:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self._url.raw!r} {state}>"
+
+
+def check_name(name: object, what: str = "counter name", max_bytes: int = 200) -> str:
+    """A non-empty str of at most ``max_bytes`` UTF-8 bytes, without NUL."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__!r}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    if "\x00" in name:
+        raise ValueError(f"{what} {name!r} contains a NUL character")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {name!r} is not valid Unicode (lone surrogate)") from None
+    if size > max_bytes:
+        raise ValueError(f"{what} is {size} bytes in UTF-8; the limit is {max_bytes}")
+    return name

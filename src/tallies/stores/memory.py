@@ -1,0 +1,115 @@
+"""``memory://``: in-process counters (the core's ``Counter`` and ``KeyedCounter``).
+
+``memory://`` opens a private store; ``memory://NAME`` opens the store called
+NAME that everything in this process shares (until ``destroy("memory://NAME")``).
+Writes are immediate, so ``flush()`` does nothing; counters keep working after
+``close()`` (they are plain in-process objects), the store refuses new calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_name
+
+__all__ = ["STORE", "MemoryStore"]
+
+
+class _Counts:
+    """The named counters of one memory store (shared by its handles)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: dict[str, Any] = {}
+        self.keyed: dict[str, Any] = {}
+        self.order: list[str] = []
+
+
+_named: dict[str, _Counts] = {}
+_named_lock = threading.Lock()
+
+
+class MemoryStore(Store):
+    """Counters that live in this process (``tallies.Counter`` objects)."""
+
+    scheme: ClassVar[str] = "memory"
+
+    def __init__(self, url: StoreURL, counts: _Counts) -> None:
+        super().__init__(url)
+        self._counts = counts
+
+    @classmethod
+    def open_url(cls, url: StoreURL, *, create: bool = True) -> MemoryStore:
+        url.reject_unknown(frozenset())
+        if not url.target:
+            if not create:
+                raise StoreNotFoundError(f"{url.raw!r}: a private memory store never exists yet")
+            return cls(url, _Counts())
+        name = check_name(url.target, "memory store name")
+        with _named_lock:
+            counts = _named.get(name)
+            if counts is None:
+                if not create:
+                    raise StoreNotFoundError(f"{url.raw!r}: no memory store called {name!r}")
+                counts = _named[name] = _Counts()
+        return cls(url, counts)
+
+    @classmethod
+    def destroy_url(cls, url: StoreURL) -> bool:
+        with _named_lock:
+            return _named.pop(url.target, None) is not None
+
+    def _get(self, name: str, keyed: bool) -> Any:
+        self._check_open()
+        check_name(name)
+        c = self._counts
+        mine, other = (c.keyed, c.counters) if keyed else (c.counters, c.keyed)
+        obj = mine.get(name)
+        if obj is not None:
+            return obj
+        with c.lock:
+            obj = mine.get(name)
+            if obj is None:
+                if name in other:
+                    kind = "a counter" if keyed else "a keyed counter"
+                    raise ValueError(f"{name!r} is {kind} in this store")
+                if keyed:
+                    from tallies import KeyedCounter  # type: ignore[attr-defined,unused-ignore]
+
+                    obj = KeyedCounter()
+                else:
+                    from tallies import Counter
+
+                    obj = Counter()
+                mine[name] = obj
+                c.order.append(name)
+        return obj
+
+    def counter(self, name: str) -> Any:
+        """The ``tallies.Counter`` called ``name``."""
+        return self._get(name, keyed=False)
+
+    def keyed(self, name: str) -> Any:
+        """The ``tallies.KeyedCounter`` called ``name``."""
+        return self._get(name, keyed=True)
+
+    def names(self) -> list[str]:
+        self._check_open()
+        with self._counts.lock:
+            return list(self._counts.order)
+
+    def snapshot(self) -> Snapshot:
+        self._check_open()
+        with self._counts.lock:
+            counters = dict(self._counts.counters)
+            keyed = dict(self._counts.keyed)
+        return {
+            "counters": {n: int(c.value()) for n, c in counters.items()},
+            "keyed": {
+                n: {str(k): int(v) for k, v in kc.snapshot().items()} for n, kc in keyed.items()
+            },
+        }
+
+
+STORE = MemoryStore
