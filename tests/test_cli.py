@@ -193,3 +193,43 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"tallies {tallies.__version__}"
+
+
+def test_show_prints_every_counter_and_key_of_a_segment(shm_url: str) -> None:
+    with tallies.open(shm_url) as store:
+        store.counter("requests").increment(12)
+        status = store.keyed("status")
+        status.increment("200", 10)
+        status.increment("404", 2)
+    table = run_tallies("show", shm_url)
+    assert table.splitlines()[0] == shm_url
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert rows == [["requests", "12"], ["status", "200", "10"], ["status", "404", "2"]]
+    data = json.loads(run_tallies("show", shm_url, "--json"))
+    assert data["counters"] == {"requests": 12}
+    assert data["keyed"] == {"status": {"200": 10, "404": 2}}
+
+
+def test_show_of_a_missing_segment_is_a_clear_error_and_creates_nothing() -> None:
+    url = f"shm://tallies-test-missing-{os.getpid()}"
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "tallies", "show", url],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("tallies show: ")
+    assert "no segment" in done.stderr
+    with pytest.raises(tallies.StoreNotFoundError):
+        tallies.open(url, create=False)
+
+
+def test_bench_processes_quick_json_counts_exactly() -> None:
+    report = json.loads(run_tallies("bench", "--processes", "--quick", "--json"))
+    assert report["shm_total"] == report["shm_expected"]
+    assert report["shm_ns"] > 0 and report["core_ns"] > 0
+    assert report["lone_s"] > 0 and all(t > 0 for t in report["pair_s"])

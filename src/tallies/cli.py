@@ -1,7 +1,8 @@
 """The ``tallies`` console script.
 
     tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
-    tallies bench [--quick] [--json]
+    tallies bench [--quick] [--processes] [--json]
+    tallies show URL [--json]
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and
 sets ``run`` to a function taking the parsed arguments; add one to add a command.
@@ -94,6 +95,16 @@ def _run_bench(args: argparse.Namespace) -> int:
     from ._bench import BenchConfig
     from ._bench import main as bench_main
 
+    if args.processes:
+        import json
+
+        from ._bench_processes import bench_processes, format_report
+
+        n, rounds = (100_000, 1) if args.quick else (1_000_000, 3)
+        report = bench_processes(n=n, rounds=rounds)
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 0
+
     config = BenchConfig.quick_run() if args.quick else BenchConfig.full_run()
     return bench_main(config, as_json=args.json)
 
@@ -111,13 +122,43 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--quick", action="store_true", help="a short run with the same structure (for tests)"
     )
+    p.add_argument(
+        "--processes",
+        action="store_true",
+        help="instead: counters shared by processes (shm://) against multiprocessing.Value "
+        "and prometheus_client's multiprocess mode",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from ._show import show
+    from .stores import StoreError
+
+    try:
+        print(show(args.url, as_json=args.json))
+    except (StoreError, OSError, ValueError) as exc:
+        print(f"tallies show: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "show",
+        help="print every counter and key of a store (e.g. shm://NAME)",
+        description="Print every counter and every key of a keyed counter in the store at URL.",
+    )
+    p.add_argument("url", metavar="URL", help="the store, e.g. shm://app")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_show)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_demo,
     _add_bench,
+    _add_show,
 ]
 
 
