@@ -34,7 +34,9 @@ if "TALLIES_SHM_DIR" not in os.environ:
 else:
     SHM_DIR = os.environ["TALLIES_SHM_DIR"]
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+# Where the tallies under test was imported from (the source tree or an
+# installed copy): child processes must import the very same build.
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(tallies.__file__)))
 
 
 def new_url(params: str = "") -> str:
