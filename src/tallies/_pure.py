@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import operator
 import threading
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["CPU_SLOTS", "FREE_THREADED_BUILD", "Counter", "ShardedCounter"]
 
@@ -45,26 +48,29 @@ def _reduce(obj: object, value: int) -> tuple[Any, ...]:
     return (type(obj), (value,))
 
 
-class Counter:
-    """An exact signed 64-bit counter that many threads may update."""
+class _LockedInt:
+    """What both counters share: one int, updated under one lock."""
 
-    __slots__ = ("_cond", "_lock", "_value", "_waiting")
-    __module__ = "tallies._pure"
+    __slots__ = ("_lock", "_value")
+    _kind = "Counter"  # the constructor's name in error messages, as in the C core
 
     def __init__(self, initial: SupportsIndex = 0) -> None:
-        self._value = to_int64(initial, "Counter")
+        self._value = to_int64(initial, self._kind)
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._waiting = 0  # threads in wait_until(): updates notify only then
+
+    def _overflow(self, op: str, n: int) -> OverflowError:
+        return _overflow(op, n, self._value)
+
+    def _changed(self) -> None:
+        """Called under the lock after every change of the value."""
 
     def _update(self, n: int, sub: bool, op: str) -> int:
         with self._lock:
             new = self._value - n if sub else self._value + n
             if not INT64_MIN <= new <= INT64_MAX:
-                raise _overflow(op, n, self._value)
+                raise self._overflow(op, n)
             self._value = new
-            if self._waiting:
-                self._cond.notify_all()
+            self._changed()
             return new
 
     def increment(self, n: SupportsIndex = 1) -> None:
@@ -73,25 +79,56 @@ class Counter:
     def decrement(self, n: SupportsIndex = 1) -> None:
         self._update(to_int64(n, "decrement"), True, "decrement")
 
-    def add(self, n: SupportsIndex) -> int:
-        return self._update(to_int64(n, "add"), False, "add")
-
     def value(self) -> int:
         return self._value
 
     def reset(self) -> int:
         with self._lock:
             old, self._value = self._value, 0
-            if self._waiting:
-                self._cond.notify_all()
+            self._changed()
             return old
+
+    def __iadd__(self, n: SupportsIndex) -> Self:
+        self._update(to_int64(n, "+="), False, "+=")
+        return self
+
+    def __isub__(self, n: SupportsIndex) -> Self:
+        self._update(to_int64(n, "-="), True, "-=")
+        return self
+
+    def __int__(self) -> int:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._value})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce(self, self._value)
+
+
+class Counter(_LockedInt):
+    """An exact signed 64-bit counter that many threads may update."""
+
+    __slots__ = ("_cond", "_waiting")
+    __module__ = "tallies._pure"
+
+    def __init__(self, initial: SupportsIndex = 0) -> None:
+        super().__init__(initial)
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # threads in wait_until(): updates notify only then
+
+    def _changed(self) -> None:
+        if self._waiting:
+            self._cond.notify_all()
+
+    def add(self, n: SupportsIndex) -> int:
+        return self._update(to_int64(n, "add"), False, "add")
 
     def set(self, v: SupportsIndex) -> None:
         new = to_int64(v, "set")
         with self._lock:
             self._value = new
-            if self._waiting:
-                self._cond.notify_all()
+            self._changed()
 
     def compare_and_set(self, expected: SupportsIndex, new: SupportsIndex) -> bool:
         e = to_int64(expected, "compare_and_set")
@@ -100,8 +137,7 @@ class Counter:
             if self._value != e:
                 return False
             self._value = d
-            if self._waiting:
-                self._cond.notify_all()
+            self._changed()
             return True
 
     def wait_until(self, target: SupportsIndex, timeout: float | None = None) -> bool:
@@ -125,75 +161,20 @@ class Counter:
             finally:
                 self._waiting -= 1
 
-    def __iadd__(self, n: SupportsIndex) -> Counter:
-        self._update(to_int64(n, "+="), False, "+=")
-        return self
 
-    def __isub__(self, n: SupportsIndex) -> Counter:
-        self._update(to_int64(n, "-="), True, "-=")
-        return self
-
-    def __int__(self) -> int:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._value})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce(self, self._value)
-
-
-class ShardedCounter:
+class ShardedCounter(_LockedInt):
     """The striped counter's API over one locked int (striping needs the C core)."""
 
-    __slots__ = ("_lock", "_value")
+    __slots__ = ()
     __module__ = "tallies._pure"
-
-    def __init__(self, initial: SupportsIndex = 0) -> None:
-        self._value = to_int64(initial, "ShardedCounter")
-        self._lock = threading.Lock()
+    _kind = "ShardedCounter"
 
     @property
     def inflated(self) -> bool:
         return False
 
-    def _update(self, n: int, sub: bool, op: str) -> None:
-        with self._lock:
-            new = self._value - n if sub else self._value + n
-            if not INT64_MIN <= new <= INT64_MAX:
-                raise OverflowError(
-                    f"{op}({n}) would move a stripe of the counter outside the "
-                    "signed 64-bit range; nothing was changed"
-                )
-            self._value = new
-
-    def increment(self, n: SupportsIndex = 1) -> None:
-        self._update(to_int64(n, "increment"), False, "increment")
-
-    def decrement(self, n: SupportsIndex = 1) -> None:
-        self._update(to_int64(n, "decrement"), True, "decrement")
-
-    def value(self) -> int:
-        return self._value
-
-    def reset(self) -> int:
-        with self._lock:
-            old, self._value = self._value, 0
-            return old
-
-    def __iadd__(self, n: SupportsIndex) -> ShardedCounter:
-        self._update(to_int64(n, "+="), False, "+=")
-        return self
-
-    def __isub__(self, n: SupportsIndex) -> ShardedCounter:
-        self._update(to_int64(n, "-="), True, "-=")
-        return self
-
-    def __int__(self) -> int:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._value})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce(self, self._value)
+    def _overflow(self, op: str, n: int) -> OverflowError:
+        return OverflowError(
+            f"{op}({n}) would move a stripe of the counter outside the "
+            "signed 64-bit range; nothing was changed"
+        )
