@@ -1,0 +1,682 @@
+/*
+ * tallies._keyed: KeyedCore, the C half of tallies.KeyedCounter.
+ *
+ * A KeyedCore owns one dict that maps each key to a small cell object
+ * (PyObject_HEAD + a tlk_cell: an int64 count and a state word, 32 bytes).
+ * Counting an existing key is one dict lookup and one checked add on the
+ * cell, with no Python int allocated and no dict write.  A missing key gets a
+ * fresh cell through PyDict_SetDefault, so two threads inserting the same key
+ * end up on the same cell.
+ *
+ * With a GIL every method here runs from lookup to update while holding it
+ * (no Python code runs in between), so the cells use the engine's `_serial`
+ * arithmetic.  With Py_GIL_DISABLED the lookups use the strong-reference
+ * dict API (PyDict_GetItemRef / PyDict_SetDefaultRef) and the updates the
+ * atomic ones, inside the removal protocol of _keyed_cells.h (read its
+ * header comment): an increment that races with pop/discard/del of the same
+ * key is neither lost nor applied to a cell that left the dict.
+ *
+ * Everything that is not a per-key primitive (the collections.Counter API,
+ * operators, the `kc[key] += n` support) is Python, in _keyed_api.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_keyed_cells.h"
+
+/* ---- argument conversion (the same rules and words as tallies._core) ---- */
+
+static int
+to_int64(PyObject *obj, const char *fname, int64_t *out)
+{
+    int overflow;
+    long long v;
+    if (TL_LIKELY(PyLong_Check(obj))) {
+        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    }
+    else if (Py_TYPE(obj)->tp_as_number != NULL &&
+             Py_TYPE(obj)->tp_as_number->nb_index != NULL) {
+        PyObject *idx = PyNumber_Index(obj);
+        if (idx == NULL) {
+            return -1;
+        }
+        v = PyLong_AsLongLongAndOverflow(idx, &overflow);
+        Py_DECREF(idx);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
+                     fname, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (overflow) {
+        PyErr_Format(PyExc_OverflowError,
+                     "%s() argument %R is outside the signed 64-bit range",
+                     fname, obj);
+        return -1;
+    }
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+/* increment(key, n=1) / decrement(key, n=1), vectorcall form. */
+static int
+parse_key_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                 const char *fname, PyObject **key, int64_t *n)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'",
+                     fname);
+        return -1;
+    }
+    if (nargs + nkw > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most 2 arguments (%zd given)", fname,
+                     nargs + nkw);
+        return -1;
+    }
+    if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (PyUnicode_CompareWithASCIIString(name, "n") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument '%U'", fname,
+                         name);
+            return -1;
+        }
+    }
+    *key = args[0];
+    if (nargs + nkw == 1) {
+        *n = 1;
+        return 0;
+    }
+    return to_int64(args[1], fname, n);
+}
+
+static PyObject *
+overflow_result(const char *op, int64_t n, PyObject *key, int64_t current)
+{
+    PyErr_Format(PyExc_OverflowError,
+                 "%s(%lld) would move the count of %R outside the signed "
+                 "64-bit range; it stays at %lld",
+                 op, (long long)n, key, (long long)current);
+    return NULL;
+}
+
+/* ---- cells -------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    tlk_cell c;
+} CellObject;
+
+#define CELL(o) (&((CellObject *)(o))->c)
+
+/* Created once per process (the module is single-interpreter), like the
+ * type pointers of tallies._core. */
+static PyTypeObject *cell_type;
+
+static PyObject *
+cell_new(int64_t v)
+{
+    CellObject *c = PyObject_New(CellObject, cell_type);
+    if (c == NULL) {
+        return NULL;
+    }
+    tlk_init(&c->c, v);
+    return (PyObject *)c;
+}
+
+static void
+Cell_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Cell_slots[] = {
+    {Py_tp_doc, "One key's count inside a KeyedCore (internal)."},
+    {Py_tp_dealloc, Cell_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec Cell_spec = {
+    "tallies._keyed._Cell", sizeof(CellObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Cell_slots,
+};
+
+/* ---- dict access: strong references on both builds ------------------------ */
+
+/* 1 and a new reference in *cell when found, 0 when absent, -1 on error. */
+static inline int
+get_cell(PyObject *dict, PyObject *key, PyObject **cell)
+{
+#ifdef Py_GIL_DISABLED
+    return PyDict_GetItemRef(dict, key, cell);
+#else
+    PyObject *c = PyDict_GetItemWithError(dict, key);
+    if (c == NULL) {
+        *cell = NULL;
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    *cell = Py_NewRef(c);
+    return 1;
+#endif
+}
+
+/* The cell of key, inserting a fresh one holding `initial` when absent; a new
+ * reference, or NULL on error.  *fresh is 1 when our cell went in. */
+static PyObject *
+get_or_insert(PyObject *dict, PyObject *key, int64_t initial, int *fresh)
+{
+    PyObject *cell;
+    int found = get_cell(dict, key, &cell);
+    *fresh = 0;
+    if (found != 0) {
+        return found < 0 ? NULL : cell;
+    }
+    PyObject *mine = cell_new(initial);
+    if (mine == NULL) {
+        return NULL;
+    }
+#ifdef Py_GIL_DISABLED
+    if (PyDict_SetDefaultRef(dict, key, mine, &cell) < 0) {
+        Py_DECREF(mine);
+        return NULL;
+    }
+#else
+    cell = PyDict_SetDefault(dict, key, mine);
+    if (cell == NULL) {
+        Py_DECREF(mine);
+        return NULL;
+    }
+    Py_INCREF(cell);
+#endif
+    *fresh = cell == mine;
+    Py_DECREF(mine);
+    return cell;
+}
+
+/* ---- KeyedCore ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict; /* key -> cell; never NULL while the object lives */
+} KeyedObject;
+
+static PyObject *
+Keyed_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+          PyObject *Py_UNUSED(kwds))
+{
+    KeyedObject *self = (KeyedObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->dict = PyDict_New();
+    if (self->dict == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+Keyed_traverse(KeyedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+Keyed_clear_gc(KeyedObject *self)
+{
+    /* Break cycles through the keys but keep the dict, so that a method
+     * called during collection still finds a valid (empty) dict. */
+    if (self->dict != NULL) {
+        PyDict_Clear(self->dict);
+    }
+    return 0;
+}
+
+static void
+Keyed_dealloc(KeyedObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->dict);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* The hot path: count n (sub: -n) for key. */
+static PyObject *
+keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
+{
+    int64_t v;
+#ifndef Py_GIL_DISABLED
+    /* Lookup and update run under the GIL with no Python code in between. */
+    PyObject *cell = PyDict_GetItemWithError(self->dict, key);
+    if (TL_LIKELY(cell != NULL)) {
+        if (TL_UNLIKELY(tl_add_serial(&CELL(cell)->value, n, sub, &v) != TL_OK)) {
+            return overflow_result(op, n, key, v);
+        }
+        Py_RETURN_NONE;
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+#endif
+    /* A fresh key starts at 0: refuse before inserting what cannot fit. */
+    int64_t first;
+    int fresh;
+    if (sub ? TL_SUB_OVERFLOWS((int64_t)0, n, &first)
+            : TL_ADD_OVERFLOWS((int64_t)0, n, &first)) {
+        PyObject *cell0;
+        int found = get_cell(self->dict, key, &cell0);
+        if (found <= 0) {
+            return found < 0 ? NULL : overflow_result(op, n, key, 0);
+        }
+        Py_DECREF(cell0); /* it exists: the update below decides */
+    }
+    for (;;) {
+        PyObject *cell = get_or_insert(self->dict, key, 0, &fresh);
+        if (cell == NULL) {
+            return NULL;
+        }
+#ifdef Py_GIL_DISABLED
+        int r = tlk_add(CELL(cell), n, sub, &v);
+#else
+        int r = tl_add_serial(&CELL(cell)->value, n, sub, &v);
+#endif
+        Py_DECREF(cell);
+        if (TL_LIKELY(r == TL_OK)) {
+            Py_RETURN_NONE;
+        }
+        if (r == TL_OVERFLOW) {
+            return overflow_result(op, n, key, v);
+        }
+        /* TLK_RETRY: the cell was closed by a remover; it is out of the
+         * dict, so the next lookup finds or inserts another one. */
+    }
+}
+
+static PyObject *
+Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    PyObject *key;
+    int64_t n;
+    if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
+        return keyed_add(self, args[0], 1, 0, "increment");
+    }
+    if (parse_key_amount(args, nargs, kwnames, "increment", &key, &n) < 0) {
+        return NULL;
+    }
+    return keyed_add(self, key, n, 0, "increment");
+}
+
+static PyObject *
+Keyed_decrement(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    PyObject *key;
+    int64_t n;
+    if (parse_key_amount(args, nargs, kwnames, "decrement", &key, &n) < 0) {
+        return NULL;
+    }
+    return keyed_add(self, key, n, 1, "decrement");
+}
+
+static PyObject *
+Keyed_value(KeyedObject *self, PyObject *key)
+{
+    PyObject *cell;
+    int found = get_cell(self->dict, key, &cell);
+    if (found <= 0) {
+        return found < 0 ? NULL : PyLong_FromLong(0);
+    }
+    int64_t v = tl_load(&CELL(cell)->value);
+    Py_DECREF(cell);
+    return PyLong_FromLongLong((long long)v);
+}
+
+/* _set(key, v): assignment, inserting the key when absent. */
+static PyObject *
+Keyed_set(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_set() takes exactly 2 arguments");
+        return NULL;
+    }
+    if (to_int64(args[1], "set", &v) < 0) {
+        return NULL;
+    }
+    for (;;) {
+        int fresh;
+        PyObject *cell = get_or_insert(self->dict, args[0], v, &fresh);
+        if (cell == NULL) {
+            return NULL;
+        }
+        int r = TL_OK;
+        if (!fresh) {
+#ifdef Py_GIL_DISABLED
+            int64_t old;
+            r = tlk_exchange(CELL(cell), v, &old);
+#else
+            atomic_store_explicit(&CELL(cell)->value, v, memory_order_relaxed);
+#endif
+        }
+        Py_DECREF(cell);
+        if (r == TL_OK) {
+            Py_RETURN_NONE;
+        }
+    }
+}
+
+/* _reset_key(key) -> int: zero the count, return what it held; an absent key
+ * stays absent and gives 0. */
+static PyObject *
+Keyed_reset_key(KeyedObject *self, PyObject *key)
+{
+    PyObject *cell;
+    int found = get_cell(self->dict, key, &cell);
+    if (found <= 0) {
+        return found < 0 ? NULL : PyLong_FromLong(0);
+    }
+    int64_t v = tl_exchange(&CELL(cell)->value, 0);
+    Py_DECREF(cell);
+    return PyLong_FromLongLong((long long)v);
+}
+
+/* Remove key (protocol of _keyed_cells.h): 1 and the final count in *taken,
+ * 0 when absent (or already being removed by another caller), -1 on error. */
+static int
+keyed_remove(KeyedObject *self, PyObject *key, int64_t *taken)
+{
+    PyObject *cell;
+    int found = get_cell(self->dict, key, &cell);
+    if (found <= 0) {
+        return found;
+    }
+    if (!tlk_retire(CELL(cell))) {
+        Py_DECREF(cell);
+        return 0;
+    }
+    if (PyDict_DelItem(self->dict, key) < 0) {
+        tlk_unretire(CELL(cell)); /* the key's __eq__ raised: nothing moved */
+        Py_DECREF(cell);
+        return -1;
+    }
+    *taken = tlk_close_and_take(CELL(cell));
+    Py_DECREF(cell);
+    return 1;
+}
+
+static PyObject *
+Keyed_pop(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t taken;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "pop expected 1 or 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    int r = keyed_remove(self, args[0], &taken);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == 0) {
+        if (nargs == 2) {
+            return Py_NewRef(args[1]);
+        }
+        PyErr_SetObject(PyExc_KeyError, args[0]);
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)taken);
+}
+
+static PyObject *
+Keyed_discard(KeyedObject *self, PyObject *key)
+{
+    int64_t taken;
+    if (keyed_remove(self, key, &taken) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _prune(key, nonpositive) -> bool: remove key if its count is 0 (or <= 0
+ * when nonpositive is true).  A count that does not qualify (for instance
+ * because another thread counted it meanwhile) is added back, so it is never
+ * lost; True when the key was removed. */
+static PyObject *
+Keyed_prune(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t taken;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_prune() takes exactly 2 arguments");
+        return NULL;
+    }
+    int nonpositive = PyObject_IsTrue(args[1]);
+    if (nonpositive < 0) {
+        return NULL;
+    }
+    int r = keyed_remove(self, args[0], &taken);
+    if (r <= 0) {
+        return r < 0 ? NULL : Py_NewRef(Py_False);
+    }
+    if (taken == 0 || (nonpositive && taken < 0)) {
+        Py_RETURN_TRUE;
+    }
+    PyObject *res = keyed_add(self, args[0], taken, 0, "increment");
+    if (res == NULL) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+Keyed_clear(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *keys = PyDict_Keys(self->dict);
+    if (keys == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t taken;
+        if (keyed_remove(self, PyList_GET_ITEM(keys, i), &taken) < 0) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+    }
+    Py_DECREF(keys);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Keyed_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyDict_Keys(self->dict); /* one atomic copy of the keys */
+}
+
+/* A list of (key, count) pairs; take: exchange each count with 0. */
+static PyObject *
+keyed_items(KeyedObject *self, int take)
+{
+    PyObject *items = PyDict_Items(self->dict); /* (key, cell), atomic copy */
+    if (items == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        tl_cell *value = &CELL(PyTuple_GET_ITEM(pair, 1))->value;
+        int64_t v = take ? tl_exchange(value, 0) : tl_load(value);
+        PyObject *count = PyLong_FromLongLong((long long)v);
+        if (count == NULL) {
+            Py_DECREF(items);
+            return NULL;
+        }
+        PyObject *fresh = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), count);
+        Py_DECREF(count);
+        if (fresh == NULL) {
+            Py_DECREF(items);
+            return NULL;
+        }
+        PyList_SetItem(items, i, fresh);
+    }
+    return items;
+}
+
+static PyObject *
+Keyed_items(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return keyed_items(self, 0);
+}
+
+static PyObject *
+Keyed_drain(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return keyed_items(self, 1);
+}
+
+static Py_ssize_t
+Keyed_len(KeyedObject *self)
+{
+    return PyDict_Size(self->dict);
+}
+
+static int
+Keyed_contains(KeyedObject *self, PyObject *key)
+{
+    return PyDict_Contains(self->dict, key);
+}
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef Keyed_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))Keyed_increment, FASTKW,
+     "increment(key, n=1) -> None\n\nAdd n (default 1) to key's count."},
+    {"decrement", (PyCFunction)(void (*)(void))Keyed_decrement, FASTKW,
+     "decrement(key, n=1) -> None\n\nSubtract n (default 1) from key's count."},
+    {"value", (PyCFunction)Keyed_value, METH_O,
+     "value(key) -> int\n\nkey's count; 0 when absent (not inserted)."},
+    {"pop", (PyCFunction)(void (*)(void))Keyed_pop, METH_FASTCALL,
+     "pop(key[, default]) -> int\n\nRemove key and return its count."},
+    {"discard", (PyCFunction)Keyed_discard, METH_O,
+     "discard(key) -> None\n\nRemove key if present."},
+    {"clear", (PyCFunction)Keyed_clear, METH_NOARGS,
+     "clear() -> None\n\nRemove every key."},
+    {"_set", (PyCFunction)(void (*)(void))Keyed_set, METH_FASTCALL, NULL},
+    {"_reset_key", (PyCFunction)Keyed_reset_key, METH_O, NULL},
+    {"_prune", (PyCFunction)(void (*)(void))Keyed_prune, METH_FASTCALL, NULL},
+    {"_keys", (PyCFunction)Keyed_keys, METH_NOARGS, NULL},
+    {"_items", (PyCFunction)Keyed_items, METH_NOARGS, NULL},
+    {"_drain", (PyCFunction)Keyed_drain, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Keyed_slots[] = {
+    {Py_tp_doc, "KeyedCore()\n--\n\n"
+                "The per-key primitives of tallies.KeyedCounter."},
+    {Py_tp_new, Keyed_new},
+    {Py_tp_dealloc, Keyed_dealloc},
+    {Py_tp_traverse, Keyed_traverse},
+    {Py_tp_clear, Keyed_clear_gc},
+    {Py_tp_methods, Keyed_methods},
+    {Py_mp_length, Keyed_len},
+    {Py_sq_length, Keyed_len},
+    {Py_sq_contains, Keyed_contains},
+    {0, NULL},
+};
+
+static PyType_Spec Keyed_spec = {
+    "tallies._keyed.KeyedCore", sizeof(KeyedObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
+};
+
+/* ---- module --------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *KeyedCore;
+    PyTypeObject *Cell;
+} module_state;
+
+static int
+keyed_exec(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    st->Cell = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Cell_spec, NULL);
+    if (st->Cell == NULL) {
+        return -1;
+    }
+    st->KeyedCore = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
+    if (st->KeyedCore == NULL || PyModule_AddType(m, st->KeyedCore) < 0) {
+        return -1;
+    }
+    if (cell_type == NULL) {
+        cell_type = (PyTypeObject *)Py_NewRef(st->Cell); /* lives forever */
+    }
+#ifdef Py_GIL_DISABLED
+    int ft = 1;
+#else
+    int ft = 0;
+#endif
+    if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
+        PyModule_AddIntConstant(m, "CELL_SIZE", (long)sizeof(CellObject)) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+keyed_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_VISIT(st->KeyedCore);
+    Py_VISIT(st->Cell);
+    return 0;
+}
+
+static int
+keyed_clear(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_CLEAR(st->KeyedCore);
+    Py_CLEAR(st->Cell);
+    return 0;
+}
+
+static PyModuleDef_Slot keyed_slots[] = {
+    {Py_mod_exec, keyed_exec},
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef keyed_module = {
+    PyModuleDef_HEAD_INIT,
+    "tallies._keyed",
+    "The C core of tallies.KeyedCounter: counts by key in int64 cells.",
+    sizeof(module_state),
+    NULL,
+    keyed_slots,
+    keyed_traverse,
+    keyed_clear,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__keyed(void)
+{
+    return PyModuleDef_Init(&keyed_module);
+}
