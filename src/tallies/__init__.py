@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-__all__ = ["IMPLEMENTATION", "Counter", "ShardedCounter", "__version__"]
+from .keyed import KeyedCounter  # picks its core the same way: tallies.keyed.IMPLEMENTATION
+
+__all__ = ["IMPLEMENTATION", "Counter", "KeyedCounter", "ShardedCounter", "__version__"]
 __version__ = "0.1.0"
 
 IMPLEMENTATION: str

@@ -344,6 +344,46 @@ Keyed_value(KeyedObject *self, PyObject *key)
     return PyLong_FromLongLong((long long)v);
 }
 
+/* _get(key, default) -> int or default, without inserting. */
+static PyObject *
+Keyed_get(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *cell;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_get() takes exactly 2 arguments");
+        return NULL;
+    }
+    int found = get_cell(self->dict, args[0], &cell);
+    if (found <= 0) {
+        return found < 0 ? NULL : Py_NewRef(args[1]);
+    }
+    int64_t v = tl_load(&CELL(cell)->value);
+    Py_DECREF(cell);
+    return PyLong_FromLongLong((long long)v);
+}
+
+/* _setdefault(key, v) -> int: insert key with v when absent; the count. */
+static PyObject *
+Keyed_setdefault(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v;
+    int fresh;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_setdefault() takes exactly 2 arguments");
+        return NULL;
+    }
+    if (to_int64(args[1], "setdefault", &v) < 0) {
+        return NULL;
+    }
+    PyObject *cell = get_or_insert(self->dict, args[0], v, &fresh);
+    if (cell == NULL) {
+        return NULL;
+    }
+    v = tl_load(&CELL(cell)->value);
+    Py_DECREF(cell);
+    return PyLong_FromLongLong((long long)v);
+}
+
 /* _set(key, v): assignment, inserting the key when absent. */
 static PyObject *
 Keyed_set(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -572,6 +612,9 @@ static PyMethodDef Keyed_methods[] = {
      "discard(key) -> None\n\nRemove key if present."},
     {"clear", (PyCFunction)Keyed_clear, METH_NOARGS,
      "clear() -> None\n\nRemove every key."},
+    {"_get", (PyCFunction)(void (*)(void))Keyed_get, METH_FASTCALL, NULL},
+    {"_setdefault", (PyCFunction)(void (*)(void))Keyed_setdefault, METH_FASTCALL,
+     NULL},
     {"_set", (PyCFunction)(void (*)(void))Keyed_set, METH_FASTCALL, NULL},
     {"_reset_key", (PyCFunction)Keyed_reset_key, METH_O, NULL},
     {"_prune", (PyCFunction)(void (*)(void))Keyed_prune, METH_FASTCALL, NULL},

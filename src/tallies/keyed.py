@@ -1,0 +1,49 @@
+"""tallies.KeyedCounter: exact counts by key from many threads.
+
+    >>> from tallies import KeyedCounter
+    >>> kc = KeyedCounter("abracadabra")
+    >>> kc.increment("z")
+    >>> kc["a"] += 2
+    >>> kc.most_common(2)
+    [('a', 7), ('b', 2)]
+
+A drop-in replacement for ``collections.Counter`` wherever the counts are
+integers, whose every single-key update is atomic (see ``_keyed_api`` for how
+``kc[key] += n`` stays exact under threads).  The per-key primitives are C
+(``tallies._keyed``) when the extension was built, else the pure-Python
+``tallies._pure_keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
+same Python code for the ``collections.Counter`` API.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ._keyed_api import Count, KeyedCounterMixin
+
+__all__ = ["IMPLEMENTATION", "Count", "KeyedCounter"]
+
+IMPLEMENTATION: str
+
+if TYPE_CHECKING:
+    from ._pure_keyed import KeyedCounter
+else:
+    _core = None
+    if os.environ.get("TALLIES_PURE") != "1":
+        try:
+            from . import _keyed as _core
+        except ImportError:
+            _core = None
+
+    if _core is None:
+        from ._pure_keyed import KeyedCounter
+
+        IMPLEMENTATION = "python"
+    else:
+
+        class KeyedCounter(KeyedCounterMixin, _core.KeyedCore):
+            __slots__ = ()
+            __doc__ = KeyedCounterMixin.__doc__
+
+        IMPLEMENTATION = "c"
