@@ -65,7 +65,7 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
         try:
             barrier.wait()
             target(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
@@ -194,7 +194,7 @@ def test_iteration_never_raises_while_keys_change(KC: Any) -> None:
 
         def reader(t: int) -> None:
             for _ in range(40):
-                for k in kc:
+                for _k in kc:
                     pass
                 list(kc.keys())
                 list(kc.values())
@@ -204,7 +204,6 @@ def test_iteration_never_raises_while_keys_change(KC: Any) -> None:
                 repr(kc)
                 _ = kc == collections.Counter()
                 pickle.loads(pickle.dumps(kc))
-                del k
 
         run_threads(THREADS, reader)
     finally:

@@ -1,12 +1,12 @@
 /*
- * tallies._keyed: KeyedCore, the C half of tallies.KeyedCounter.
+ * tallies._keyed: the C type under tallies.KeyedCounter.
  *
- * A KeyedCore owns one dict that maps each key to a small cell object
- * (PyObject_HEAD + a tlk_cell: an int64 count and a state word, 32 bytes).
- * Counting an existing key is one dict lookup and one checked add on the
- * cell, with no Python int allocated and no dict write.  A missing key gets a
- * fresh cell through PyDict_SetDefault, so two threads inserting the same key
- * end up on the same cell.
+ * The type (named tallies.keyed.KeyedCounter) owns one dict that maps each
+ * key to a small cell object (PyObject_HEAD + a tlk_cell: an int64 count and
+ * a state word, 32 bytes).  Counting an existing key is one dict lookup and
+ * one checked add on the cell, with no Python int allocated and no dict
+ * write.  A missing key gets a fresh cell through PyDict_SetDefault, so two
+ * threads inserting the same key end up on the same cell.
  *
  * With a GIL every method here runs from lookup to update while holding it
  * (no Python code runs in between), so the cells use the engine's `_serial`
@@ -16,8 +16,13 @@
  * header comment): an increment that races with pop/discard/del of the same
  * key is neither lost nor applied to a cell that left the dict.
  *
- * Everything that is not a per-key primitive (the collections.Counter API,
- * operators, the `kc[key] += n` support) is Python, in _keyed_api.py.
+ * Here: the per-key primitives, kc[key] (a tagged Count), kc[key] = v (a
+ * tagged Count from this counter and key is applied as an atomic increment
+ * by its difference) and del kc[key].  tallies.keyed then installs the rest
+ * of the collections.Counter API (Python, _keyed_api.py) on this same type,
+ * so that kc.increment(key) is called on an instance of exactly this C type:
+ * CPython's call specialisations for C methods require the exact type, and a
+ * Python subclass would cost about 30 ns more per call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -200,7 +205,7 @@ get_or_insert(PyObject *dict, PyObject *key, int64_t initial, int *fresh)
     return cell;
 }
 
-/* ---- KeyedCore ------------------------------------------------------------ */
+/* ---- the KeyedCounter type ------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
@@ -597,6 +602,141 @@ Keyed_contains(KeyedObject *self, PyObject *key)
     return PyDict_Contains(self->dict, key);
 }
 
+/* ---- kc[key], kc[key] = v, del kc[key] and the Count tag ------------------ */
+
+/* tallies._keyed_api.Count, registered by tallies.keyed at import: the int
+ * subclass that kc[key] returns, tagged with (counter, key, value read) in
+ * its `_tag` attribute (read _keyed_api's header comment). */
+static PyObject *count_type;
+static PyObject *str_tag;
+
+static PyObject *
+make_count(PyObject *value, PyObject *tag)
+{
+    PyObject *r = PyObject_Vectorcall(count_type, &value, 1, NULL);
+    if (r != NULL && PyObject_SetAttr(r, str_tag, tag) < 0) {
+        Py_CLEAR(r);
+    }
+    return r;
+}
+
+static PyObject *
+Keyed_subscript(KeyedObject *self, PyObject *key)
+{
+    PyObject *v = Keyed_value(self, key);
+    if (v == NULL || count_type == NULL) {
+        return v;
+    }
+    PyObject *tag = PyTuple_Pack(3, (PyObject *)self, key, v);
+    PyObject *r = tag == NULL ? NULL : make_count(v, tag);
+    Py_XDECREF(tag);
+    Py_DECREF(v);
+    return r;
+}
+
+/* 1 when value is a Count read from this counter and this key, with the
+ * difference (value - read) in *delta; 0 when it is any other value. */
+static int
+count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
+{
+    if (count_type == NULL || (PyObject *)Py_TYPE(value) != count_type) {
+        return 0;
+    }
+    PyObject *tag = PyObject_GetAttr(value, str_tag);
+    if (tag == NULL) {
+        return -1;
+    }
+    int ours = 0;
+    if (PyTuple_Check(tag) && PyTuple_GET_SIZE(tag) == 3 &&
+        PyTuple_GET_ITEM(tag, 0) == (PyObject *)self) {
+        PyObject *read_key = PyTuple_GET_ITEM(tag, 1);
+        ours = read_key == key ? 1 : PyObject_RichCompareBool(read_key, key, Py_EQ);
+    }
+    if (ours == 1) {
+        PyObject *d = PyLong_Type.tp_as_number->nb_subtract(
+            value, PyTuple_GET_ITEM(tag, 2));
+        ours = d == NULL ? -1 : (to_int64(d, "increment", delta) < 0 ? -1 : 1);
+        Py_XDECREF(d);
+    }
+    Py_DECREF(tag);
+    return ours;
+}
+
+static int
+Keyed_ass_subscript(KeyedObject *self, PyObject *key, PyObject *value)
+{
+    int64_t n;
+    if (value == NULL) { /* del kc[key]: like collections.Counter, no KeyError */
+        return keyed_remove(self, key, &n) < 0 ? -1 : 0;
+    }
+    int r = count_delta(self, key, value, &n);
+    if (r < 0) {
+        return -1;
+    }
+    PyObject *res;
+    if (r == 1) { /* kc[key] += n: the difference, as one atomic increment */
+        res = keyed_add(self, key, n, 0, "increment");
+    }
+    else {
+        PyObject *args[2] = {key, value};
+        res = Keyed_set(self, args, 2);
+    }
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Count + n, n + Count, Count - n: an int with the same tag. */
+static PyObject *
+count_arith(PyObject *self, PyObject *other, int sub)
+{
+    binaryfunc f = sub ? PyLong_Type.tp_as_number->nb_subtract
+                       : PyLong_Type.tp_as_number->nb_add;
+    PyObject *r = f(self, other);
+    if (r == NULL || r == Py_NotImplemented) {
+        return r;
+    }
+    PyObject *tag = PyObject_GetAttr(self, str_tag);
+    if (tag == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyObject *c = make_count(r, tag);
+    Py_DECREF(tag);
+    Py_DECREF(r);
+    return c;
+}
+
+static PyObject *count_add(PyObject *self, PyObject *other) { return count_arith(self, other, 0); }
+static PyObject *count_sub(PyObject *self, PyObject *other) { return count_arith(self, other, 1); }
+
+static PyMethodDef count_add_def = {"__add__", count_add, METH_O, "Count + n: a Count with the same tag."};
+static PyMethodDef count_radd_def = {"__radd__", count_add, METH_O, "n + Count: a Count with the same tag."};
+static PyMethodDef count_sub_def = {"__sub__", count_sub, METH_O, "Count - n: a Count with the same tag."};
+
+/* _register_count(Count): adopt the Count class, giving it C arithmetic. */
+static PyObject *
+keyed_register_count(PyObject *Py_UNUSED(module), PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyLong_Type)) {
+        PyErr_SetString(PyExc_TypeError, "_register_count() expects an int subclass");
+        return NULL;
+    }
+    PyMethodDef *defs[] = {&count_add_def, &count_radd_def, &count_sub_def};
+    for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
+        PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, defs[i]);
+        if (d == NULL || PyObject_SetAttrString(cls, defs[i]->ml_name, d) < 0) {
+            Py_XDECREF(d);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    Py_XSETREF(count_type, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 
 static PyMethodDef Keyed_methods[] = {
@@ -625,8 +765,9 @@ static PyMethodDef Keyed_methods[] = {
 };
 
 static PyType_Slot Keyed_slots[] = {
-    {Py_tp_doc, "KeyedCore()\n--\n\n"
-                "The per-key primitives of tallies.KeyedCounter."},
+    {Py_tp_doc, "KeyedCounter(iterable_or_mapping=None, /, **kwds)\n--\n\n"
+                "Exact int64 counts by key (tallies.keyed adds the "
+                "collections.Counter API)."},
     {Py_tp_new, Keyed_new},
     {Py_tp_dealloc, Keyed_dealloc},
     {Py_tp_traverse, Keyed_traverse},
@@ -635,18 +776,20 @@ static PyType_Slot Keyed_slots[] = {
     {Py_mp_length, Keyed_len},
     {Py_sq_length, Keyed_len},
     {Py_sq_contains, Keyed_contains},
+    {Py_mp_subscript, Keyed_subscript},
+    {Py_mp_ass_subscript, Keyed_ass_subscript},
     {0, NULL},
 };
 
 static PyType_Spec Keyed_spec = {
-    "tallies._keyed.KeyedCore", sizeof(KeyedObject), 0,
+    "tallies.keyed.KeyedCounter", sizeof(KeyedObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
 };
 
 /* ---- module --------------------------------------------------------------- */
 
 typedef struct {
-    PyTypeObject *KeyedCore;
+    PyTypeObject *KeyedCounter;
     PyTypeObject *Cell;
 } module_state;
 
@@ -658,12 +801,16 @@ keyed_exec(PyObject *m)
     if (st->Cell == NULL) {
         return -1;
     }
-    st->KeyedCore = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
-    if (st->KeyedCore == NULL || PyModule_AddType(m, st->KeyedCore) < 0) {
+    st->KeyedCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
+    if (st->KeyedCounter == NULL || PyModule_AddType(m, st->KeyedCounter) < 0) {
         return -1;
     }
     if (cell_type == NULL) {
         cell_type = (PyTypeObject *)Py_NewRef(st->Cell); /* lives forever */
+        str_tag = PyUnicode_InternFromString("_tag");
+        if (str_tag == NULL) {
+            return -1;
+        }
     }
 #ifdef Py_GIL_DISABLED
     int ft = 1;
@@ -681,7 +828,7 @@ static int
 keyed_traverse(PyObject *m, visitproc visit, void *arg)
 {
     module_state *st = PyModule_GetState(m);
-    Py_VISIT(st->KeyedCore);
+    Py_VISIT(st->KeyedCounter);
     Py_VISIT(st->Cell);
     return 0;
 }
@@ -690,7 +837,7 @@ static int
 keyed_clear(PyObject *m)
 {
     module_state *st = PyModule_GetState(m);
-    Py_CLEAR(st->KeyedCore);
+    Py_CLEAR(st->KeyedCounter);
     Py_CLEAR(st->Cell);
     return 0;
 }
@@ -706,12 +853,18 @@ static PyModuleDef_Slot keyed_slots[] = {
     {0, NULL},
 };
 
+static PyMethodDef keyed_functions[] = {
+    {"_register_count", keyed_register_count, METH_O,
+     "Adopt tallies._keyed_api.Count: kc[key] returns it (internal)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef keyed_module = {
     PyModuleDef_HEAD_INIT,
     "tallies._keyed",
     "The C core of tallies.KeyedCounter: counts by key in int64 cells.",
     sizeof(module_state),
-    NULL,
+    keyed_functions,
     keyed_slots,
     keyed_traverse,
     keyed_clear,

@@ -1,8 +1,9 @@
 """Types of tallies._keyed, the C core under ``tallies.KeyedCounter``.
 
-Users see ``tallies.KeyedCounter`` (``tallies.keyed``); ``KeyedCore`` holds
-its per-key primitives.  Each key's count lives in a 32-byte int64 cell;
-counting an existing key is one dict lookup and one checked add.
+``KeyedCounter`` here is the very class users get as ``tallies.KeyedCounter``:
+``tallies.keyed`` installs the collections.Counter API (``_keyed_api``) on
+it at import.  Each key's count lives in a 32-byte int64 cell; counting an
+existing key is one dict lookup and one checked add.
 """
 
 from collections.abc import Hashable
@@ -13,7 +14,10 @@ FREE_THREADED_BUILD: int
 CELL_SIZE: int
 """Bytes per key's cell object (on top of the dict entry)."""
 
-class KeyedCore:
+def _register_count(cls: type[int], /) -> None:
+    """Adopt tallies._keyed_api.Count as what kc[key] returns (internal)."""
+
+class KeyedCounter:
     """Exact int64 counts by key.  Every method is atomic for its key."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any: ...
@@ -42,3 +46,6 @@ class KeyedCore:
     def _drain(self) -> list[tuple[Any, int]]: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: object) -> bool: ...
+    def __getitem__(self, key: Hashable) -> int: ...
+    def __setitem__(self, key: Hashable, value: SupportsIndex) -> None: ...
+    def __delitem__(self, key: Hashable) -> None: ...

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 from ._pure import INT64_MAX, INT64_MIN, to_int64
 
-__all__ = ["Count", "KeyedCounterMixin"]
+__all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
 
 _MISSING: Any = object()
 
@@ -121,17 +121,39 @@ class _ItemsView(ItemsView[Any, int]):
         return iter(cast(Any, self)._mapping._items())
 
 
+# The KeyedCounter classes (C and pure); tallies.keyed registers the C one,
+# which carries the mixin's methods without inheriting from it.
+_KINDS: tuple[type, ...] = ()
+
+
+def register_kind(cls: type) -> None:
+    """Make cls count as a KeyedCounter in operators and comparisons."""
+    global _KINDS
+    _KINDS = (*_KINDS, cls)
+    MutableMapping.register(cls)
+
+
+def install(cls: type, *, skip: frozenset[str] = frozenset()) -> None:
+    """Copy KeyedCounterMixin's methods onto cls (a C type with the core's
+    primitives), except the names in skip, and register it."""
+    for name, attr in vars(KeyedCounterMixin).items():
+        if name in skip or name in {"__module__", "__dict__", "__weakref__", "__slots__"}:
+            continue
+        setattr(cls, name, attr)
+    register_kind(cls)
+
+
 def _items_of(other: Any) -> list[tuple[Any, Any]]:
     """A list of (key, count) pairs of a KeyedCounter or any mapping."""
-    if isinstance(other, KeyedCounterMixin):
-        return other._items()
+    if isinstance(other, _KINDS):
+        return cast(Any, other)._items()  # type: ignore[no-any-return]
     return list(other.items())
 
 
 def _as_counter(other: Any) -> dict[Any, int] | None:
     """The counts of a multiset operand (Counter or KeyedCounter), else None."""
-    if isinstance(other, KeyedCounterMixin):
-        return dict(other._items())
+    if isinstance(other, _KINDS):
+        return dict(cast(Any, other)._items())
     if isinstance(other, collections.Counter):
         return other
     return None
@@ -508,7 +530,7 @@ class KeyedCounterMixin:
         return self._keep_positive()
 
     def __iand__(self, other: Any) -> Any:
-        lookup = other._get if isinstance(other, KeyedCounterMixin) else None
+        lookup = cast(Any, other)._get if isinstance(other, _KINDS) else None
         for key, count in self._items():
             other_count = lookup(key, 0) if lookup is not None else other[key]
             if other_count < count:
@@ -516,4 +538,4 @@ class KeyedCounterMixin:
         return self._keep_positive()
 
 
-MutableMapping.register(KeyedCounterMixin)
+register_kind(KeyedCounterMixin)

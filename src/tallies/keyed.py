@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ._keyed_api import Count, KeyedCounterMixin
+from ._keyed_api import Count, install
 
 __all__ = ["IMPLEMENTATION", "Count", "KeyedCounter"]
 
@@ -41,9 +41,11 @@ else:
 
         IMPLEMENTATION = "python"
     else:
-
-        class KeyedCounter(KeyedCounterMixin, _core.KeyedCore):
-            __slots__ = ()
-            __doc__ = KeyedCounterMixin.__doc__
-
+        # The C type itself is the class (not a Python subclass of it), so
+        # that kc.increment(key) takes CPython's fast path for C methods; the
+        # collections.Counter API is installed on it.  Its C __getitem__,
+        # __setitem__ and __delitem__ stay, and Count gets C arithmetic.
+        KeyedCounter = _core.KeyedCounter
+        install(KeyedCounter, skip=frozenset({"__getitem__", "__setitem__", "__delitem__"}))
+        _core._register_count(Count)
         IMPLEMENTATION = "c"
