@@ -465,6 +465,41 @@ def test_key_whose_eq_touches_the_same_counter_does_not_deadlock(KC: Any) -> Non
     assert kc.value("side") >= 1 and a not in kc and b not in kc
 
 
+def test_counts_move_between_small_ints_and_cells(KC: Any) -> None:
+    """On GIL builds the C core stores counts in [-5, 256] as shared small
+    ints while every key is a str/int/bool/float/bytes, and other counts in
+    cells; the first mutation with another key type turns all into cells.
+    The behaviour must not change across those moves."""
+    kc, c = KC(), collections.Counter()
+    steps = [250, 6, 1, -300, 0, 600, -5, -6, 257, -1, 1, -(2**62), 2**62]
+    for key in ("s", 7, b"b", 2.5, True):
+        for n in steps:
+            kc.increment(key, n)
+            c[key] += n
+            kc[key] += 1
+            c[key] += 1
+            assert kc.value(key) == c[key]
+        kc[key] = 256
+        c[key] = 256
+        assert kc.reset(key) == 256 and kc[key] == 0
+        c[key] = 0
+    kc.increment("x", 300)
+    c["x"] += 300
+    assert kc.reset() == collections.Counter({"x": 300})
+    for k in c:
+        c[k] = 0
+    kc.update({"s": 3, "x": 500})
+    c.update({"s": 3, "x": 500})
+    kc.increment(("tuple", "key"), 3)  # leaves small mode for good
+    c[("tuple", "key")] += 3
+    assert list(kc.items()) == list(c.items())
+    for key in list(c):
+        kc[key] += 1
+        c[key] += 1
+    assert kc.pop("s") == c.pop("s")
+    assert list(kc.items()) == list(c.items())
+
+
 def test_iteration_survives_mutation(KC: Any) -> None:
     kc = KC("abc")
     seen = []

@@ -223,15 +223,15 @@ def _memory(nkeys: int) -> list[Row]:
     for label, base in (("counts 1..100 (small ints, cached)", 1), ("counts >= 1,000", 1_000)):
         counts = [base + (i % 100) for i in range(nkeys)]
 
-        def counter() -> Any:
+        def counter(counts: list[int] = counts) -> Any:
             c: collections.Counter[str] = collections.Counter()
-            for k, v in zip(keys, counts):
+            for k, v in zip(keys, counts, strict=True):
                 c[k] = v + 0  # a fresh int, as counting would make
             return c
 
-        def keyed() -> Any:
+        def keyed(counts: list[int] = counts) -> Any:
             kc = KeyedCounter()
-            for k, v in zip(keys, counts):
+            for k, v in zip(keys, counts, strict=True):
                 kc[k] = v
             return kc
 

@@ -172,18 +172,141 @@ get_cell(PyObject *dict, PyObject *key, PyObject **cell)
 #endif
 }
 
-/* The cell of key, inserting a fresh one holding `initial` when absent; a new
- * reference, or NULL on error.  *fresh is 1 when our cell went in. */
-static PyObject *
-get_or_insert(PyObject *dict, PyObject *key, int64_t initial, int *fresh)
+/* ---- the KeyedCounter type ------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict; /* key -> cell (or shared small int in small mode) */
+    int small;      /* small mode, below */
+} KeyedObject;
+
+/* ---- small mode (GIL builds) -----------------------------------------------
+ *
+ * collections.Counter stores each count as a Python int, and counts in
+ * [-5, 256] are CPython's shared small ints: they cost no memory.  To stay
+ * within 2x of Counter's memory, a GIL build stores such counts the same way
+ * (the shared small int as the dict value) and only a count outside that
+ * range in a cell, whose 32 bytes are what Counter's own int object costs.
+ * Updating a small-int count replaces the dict value (a second lookup);
+ * once the count leaves the range it lives in a cell, updated in place.
+ *
+ * Replacing a value is a lookup then a store, and no Python code may run
+ * between them (it could count the same key, and the store would overwrite
+ * that).  Hashing and comparing exact str/int/bool/float/bytes never runs
+ * Python code, so small mode lasts while every key is one of those; the
+ * first mutation with any other key turns every small-int count into a cell
+ * (to_cells), for good.  Free-threaded builds always use cells: an atomic
+ * in-place update needs one.
+ */
+#ifdef Py_GIL_DISABLED
+#define SMALL_MODE_AT_START 0
+#define IS_CELL(o) 1
+static inline int
+ensure_cells(KeyedObject *Py_UNUSED(self), PyObject *Py_UNUSED(key))
 {
-    PyObject *cell;
+    return 0;
+}
+static inline PyObject *
+count_obj(int64_t v)
+{
+    return cell_new(v);
+}
+#else
+#define SMALL_MODE_AT_START 1
+#define IS_CELL(o) Py_IS_TYPE((o), cell_type)
+
+static inline int
+safe_key(PyObject *k)
+{
+    return PyUnicode_CheckExact(k) || PyLong_CheckExact(k) || PyBool_Check(k) ||
+           PyFloat_CheckExact(k) || PyBytes_CheckExact(k);
+}
+
+/* The dict value for count v: a shared small int, or a cell. */
+static inline PyObject *
+count_obj(int64_t v)
+{
+    return (v >= -5 && v <= 256) ? PyLong_FromLong((long)v) : cell_new(v);
+}
+#endif
+
+/* The count a dict value holds. */
+static inline int64_t
+value_of(PyObject *v)
+{
+    if (TL_LIKELY(IS_CELL(v))) {
+        return tl_load(&CELL(v)->value);
+    }
+    return (int64_t)PyLong_AsLongLong(v); /* a small int: cannot fail */
+}
+
+#ifndef Py_GIL_DISABLED
+/* Leave small mode: every small-int count becomes a cell. */
+static int
+to_cells(KeyedObject *self)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(self->dict, &pos, &k, &v)) {
+        if (!IS_CELL(v)) { /* replacing values of existing keys is allowed */
+            PyObject *c = cell_new(value_of(v));
+            if (c == NULL) {
+                return -1;
+            }
+            int r = PyDict_SetItem(self->dict, k, c);
+            Py_DECREF(c);
+            if (r < 0) {
+                return -1;
+            }
+        }
+    }
+    self->small = 0;
+    return 0;
+}
+
+/* Before a mutation with key: leave small mode if key is not a safe key. */
+static inline int
+ensure_cells(KeyedObject *self, PyObject *key)
+{
+    return (self->small && !safe_key(key)) ? to_cells(self) : 0;
+}
+
+/* Small mode, safe key, current count old (0 when absent): store old +/- n. */
+static PyObject *
+small_add(KeyedObject *self, PyObject *key, int64_t old, int64_t n, int sub,
+          const char *op)
+{
+    int64_t new_;
+    if (sub ? TL_SUB_OVERFLOWS(old, n, &new_) : TL_ADD_OVERFLOWS(old, n, &new_)) {
+        return overflow_result(op, n, key, old);
+    }
+    PyObject *nv = count_obj(new_);
+    if (nv == NULL) {
+        return NULL;
+    }
+    int r = PyDict_SetItem(self->dict, key, nv);
+    Py_DECREF(nv);
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+#endif
+
+/* The value of key (a cell, or in small mode possibly a small int),
+ * inserting `initial` when absent; a new reference, or NULL on error.
+ * *fresh is 1 when our value went in.  In small mode the caller has made sure
+ * (ensure_cells) that key is a safe key. */
+static PyObject *
+get_or_insert(KeyedObject *self, PyObject *key, int64_t initial, int *fresh)
+{
+    PyObject *cell, *dict = self->dict;
     int found = get_cell(dict, key, &cell);
     *fresh = 0;
     if (found != 0) {
         return found < 0 ? NULL : cell;
     }
-    PyObject *mine = cell_new(initial);
+    PyObject *mine = self->small ? count_obj(initial) : cell_new(initial);
     if (mine == NULL) {
         return NULL;
     }
@@ -205,12 +328,6 @@ get_or_insert(PyObject *dict, PyObject *key, int64_t initial, int *fresh)
     return cell;
 }
 
-/* ---- the KeyedCounter type ------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *dict; /* key -> cell; never NULL while the object lives */
-} KeyedObject;
 
 static PyObject *
 Keyed_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
@@ -220,6 +337,7 @@ Keyed_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
     if (self == NULL) {
         return NULL;
     }
+    self->small = SMALL_MODE_AT_START;
     self->dict = PyDict_New();
     if (self->dict == NULL) {
         Py_DECREF(self);
@@ -266,15 +384,26 @@ keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
     /* Lookup and update run under the GIL with no Python code in between. */
     PyObject *cell = PyDict_GetItemWithError(self->dict, key);
     if (TL_LIKELY(cell != NULL)) {
-        if (TL_UNLIKELY(tl_add_serial(&CELL(cell)->value, n, sub, &v) != TL_OK)) {
-            return overflow_result(op, n, key, v);
+        if (TL_LIKELY(IS_CELL(cell))) {
+            if (TL_UNLIKELY(tl_add_serial(&CELL(cell)->value, n, sub, &v) != TL_OK)) {
+                return overflow_result(op, n, key, v);
+            }
+            Py_RETURN_NONE;
         }
-        Py_RETURN_NONE;
+        if (safe_key(key)) { /* a small-int count (small mode) */
+            return small_add(self, key, value_of(cell), n, sub, op);
+        }
     }
-    if (PyErr_Occurred()) {
+    else if (PyErr_Occurred()) {
         return NULL;
     }
+    else if (self->small && safe_key(key)) {
+        return small_add(self, key, 0, n, sub, op);
+    }
 #endif
+    if (ensure_cells(self, key) < 0) {
+        return NULL;
+    }
     /* A fresh key starts at 0: refuse before inserting what cannot fit. */
     int64_t first;
     int fresh;
@@ -288,7 +417,7 @@ keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
         Py_DECREF(cell0); /* it exists: the update below decides */
     }
     for (;;) {
-        PyObject *cell = get_or_insert(self->dict, key, 0, &fresh);
+        PyObject *cell = get_or_insert(self, key, 0, &fresh); /* a cell here */
         if (cell == NULL) {
             return NULL;
         }
@@ -344,7 +473,7 @@ Keyed_value(KeyedObject *self, PyObject *key)
     if (found <= 0) {
         return found < 0 ? NULL : PyLong_FromLong(0);
     }
-    int64_t v = tl_load(&CELL(cell)->value);
+    int64_t v = value_of(cell);
     Py_DECREF(cell);
     return PyLong_FromLongLong((long long)v);
 }
@@ -362,7 +491,7 @@ Keyed_get(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (found <= 0) {
         return found < 0 ? NULL : Py_NewRef(args[1]);
     }
-    int64_t v = tl_load(&CELL(cell)->value);
+    int64_t v = value_of(cell);
     Py_DECREF(cell);
     return PyLong_FromLongLong((long long)v);
 }
@@ -380,11 +509,14 @@ Keyed_setdefault(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (to_int64(args[1], "setdefault", &v) < 0) {
         return NULL;
     }
-    PyObject *cell = get_or_insert(self->dict, args[0], v, &fresh);
+    if (ensure_cells(self, args[0]) < 0) {
+        return NULL;
+    }
+    PyObject *cell = get_or_insert(self, args[0], v, &fresh);
     if (cell == NULL) {
         return NULL;
     }
-    v = tl_load(&CELL(cell)->value);
+    v = value_of(cell);
     Py_DECREF(cell);
     return PyLong_FromLongLong((long long)v);
 }
@@ -398,12 +530,23 @@ Keyed_set(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "_set() takes exactly 2 arguments");
         return NULL;
     }
-    if (to_int64(args[1], "set", &v) < 0) {
+    if (to_int64(args[1], "set", &v) < 0 || ensure_cells(self, args[0]) < 0) {
         return NULL;
     }
+#ifndef Py_GIL_DISABLED
+    if (self->small) { /* a safe key: replace the value */
+        PyObject *nv = count_obj(v);
+        int r = nv == NULL ? -1 : PyDict_SetItem(self->dict, args[0], nv);
+        Py_XDECREF(nv);
+        if (r < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+#endif
     for (;;) {
         int fresh;
-        PyObject *cell = get_or_insert(self->dict, args[0], v, &fresh);
+        PyObject *cell = get_or_insert(self, args[0], v, &fresh);
         if (cell == NULL) {
             return NULL;
         }
@@ -429,11 +572,27 @@ static PyObject *
 Keyed_reset_key(KeyedObject *self, PyObject *key)
 {
     PyObject *cell;
+    if (ensure_cells(self, key) < 0) {
+        return NULL;
+    }
     int found = get_cell(self->dict, key, &cell);
     if (found <= 0) {
         return found < 0 ? NULL : PyLong_FromLong(0);
     }
-    int64_t v = tl_exchange(&CELL(cell)->value, 0);
+    int64_t v;
+    if (IS_CELL(cell)) {
+        v = tl_exchange(&CELL(cell)->value, 0);
+    }
+    else { /* small mode, safe key: no Python code runs in between */
+        v = value_of(cell);
+        PyObject *zero = PyLong_FromLong(0);
+        if (PyDict_SetItem(self->dict, key, zero) < 0) {
+            Py_DECREF(zero);
+            Py_DECREF(cell);
+            return NULL;
+        }
+        Py_DECREF(zero);
+    }
     Py_DECREF(cell);
     return PyLong_FromLongLong((long long)v);
 }
@@ -444,9 +603,17 @@ static int
 keyed_remove(KeyedObject *self, PyObject *key, int64_t *taken)
 {
     PyObject *cell;
+    if (ensure_cells(self, key) < 0) {
+        return -1;
+    }
     int found = get_cell(self->dict, key, &cell);
     if (found <= 0) {
         return found;
+    }
+    if (!IS_CELL(cell)) { /* small mode, safe key: no Python code runs */
+        *taken = value_of(cell);
+        Py_DECREF(cell);
+        return PyDict_DelItem(self->dict, key) < 0 ? -1 : 1;
     }
     if (!tlk_retire(CELL(cell))) {
         Py_DECREF(cell);
@@ -550,6 +717,31 @@ Keyed_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     return PyDict_Keys(self->dict); /* one atomic copy of the keys */
 }
 
+/* Zero key's count, storing what it held in *v (0 when the key is gone).
+ * A fresh lookup, not the value in an earlier copy of the items: in small
+ * mode the dict value of a key is replaced by every update. */
+static int
+take_count(KeyedObject *self, PyObject *key, int64_t *v)
+{
+    PyObject *cur;
+    int found = get_cell(self->dict, key, &cur);
+    *v = 0;
+    if (found <= 0) {
+        return found;
+    }
+    int r = 0;
+    if (IS_CELL(cur)) {
+        *v = tl_exchange(&CELL(cur)->value, 0);
+    }
+    else if ((*v = value_of(cur)) != 0) { /* small mode: no Python code runs */
+        PyObject *zero = PyLong_FromLong(0);
+        r = PyDict_SetItem(self->dict, key, zero);
+        Py_DECREF(zero);
+    }
+    Py_DECREF(cur);
+    return r;
+}
+
 /* A list of (key, count) pairs; take: exchange each count with 0. */
 static PyObject *
 keyed_items(KeyedObject *self, int take)
@@ -560,8 +752,15 @@ keyed_items(KeyedObject *self, int take)
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *pair = PyList_GET_ITEM(items, i);
-        tl_cell *value = &CELL(PyTuple_GET_ITEM(pair, 1))->value;
-        int64_t v = take ? tl_exchange(value, 0) : tl_load(value);
+        PyObject *obj = PyTuple_GET_ITEM(pair, 1);
+        int64_t v = 0;
+        if (!take) {
+            v = value_of(obj);
+        }
+        else if (take_count(self, PyTuple_GET_ITEM(pair, 0), &v) < 0) {
+            Py_DECREF(items);
+            return NULL;
+        }
         PyObject *count = PyLong_FromLongLong((long long)v);
         if (count == NULL) {
             Py_DECREF(items);
