@@ -79,11 +79,11 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
 @pytest.mark.parametrize("keys", ["str", "mixed"])
 def test_ledgers_balance_exactly(KC: Any, keys: str) -> None:
     """str keys keep the C core in small mode (counts in [-5, 256] as shared
-    small ints, others in cells); a tuple key puts everything in cells."""
+    small ints, others in cells); a frozenset key puts everything in cells."""
     kc = KC()
     shared: list[Any] = [f"k{i}" for i in range(24)]
     if keys == "mixed":
-        shared[::4] = [("tuple", i) for i in range(6)]
+        shared[::4] = [frozenset({i}) for i in range(6)]
     added: list[collections.Counter[Any]] = [collections.Counter() for _ in range(THREADS)]
     taken: list[collections.Counter[Any]] = [collections.Counter() for _ in range(THREADS)]
     ops = 2000

@@ -12,9 +12,9 @@ candidate's result checked exactly (every key must end at 1,000).  Memory:
 tracemalloc (the bytes requested from the allocator while the structure was
 built; the key objects are excluded: they exist before and are shared by
 both).  On GIL builds the C core keeps counts in [-5, 256] as CPython's
-shared small ints while all keys are str/int/bool/float/bytes, as
+shared small ints while all keys are str/int/bool/float/bytes/None or tuples of those, as
 collections.Counter does, and other counts in 32-byte cells (the size of the
-int object Counter allocates for them); the tuple-key row shows the
+int object Counter allocates for them); the frozenset-key row shows the
 all-cells layout.  The hot-key rows use a count above 256 (a cell); the
 "count kept <= 256" row shows the small-int path.
 """
@@ -234,10 +234,12 @@ def _memory(nkeys: int) -> list[Row]:
     keys = [f"key-{i:06d}" for i in range(nkeys)]
     rows: list[Row] = []
     tuple_keys = [("key", i) for i in range(nkeys)]
+    frozenset_keys = [frozenset({i}) for i in range(nkeys)]
     for label, base, ks in (
         ("str keys, counts 1..100 (small ints, cached)", 1, keys),
         ("str keys, counts >= 1,000", 1_000, keys),
         ("tuple keys, counts 1..100", 1, tuple_keys),
+        ("frozenset keys (all cells), counts 1..100", 1, frozenset_keys),
     ):
         counts = [base + (i % 100) for i in range(nkeys)]
 

@@ -192,8 +192,9 @@ typedef struct {
  *
  * Replacing a value is a lookup then a store, and no Python code may run
  * between them (it could count the same key, and the store would overwrite
- * that).  Hashing and comparing exact str/int/bool/float/bytes never runs
- * Python code, so small mode lasts while every key is one of those; the
+ * that).  Hashing and comparing exact str/int/bool/float/bytes/None, and
+ * tuples of those, never runs Python code, so small mode lasts while every
+ * key is one of those; the
  * first mutation with any other key turns every small-int count into a cell
  * (to_cells), for good.  Free-threaded builds always use cells: an atomic
  * in-place update needs one.
@@ -215,11 +216,29 @@ count_obj(int64_t v)
 #define SMALL_MODE_AT_START 1
 #define IS_CELL(o) Py_IS_TYPE((o), cell_type)
 
+static int
+safe_key_at(PyObject *k, int depth)
+{
+    if (PyUnicode_CheckExact(k) || PyLong_CheckExact(k) || PyBool_Check(k) ||
+        PyFloat_CheckExact(k) || PyBytes_CheckExact(k) || k == Py_None) {
+        return 1;
+    }
+    if (PyTuple_CheckExact(k) && depth < 4) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(k); i++) {
+            if (!safe_key_at(PyTuple_GET_ITEM(k, i), depth + 1)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Hashing and comparing such keys (with each other) never runs Python code. */
 static inline int
 safe_key(PyObject *k)
 {
-    return PyUnicode_CheckExact(k) || PyLong_CheckExact(k) || PyBool_Check(k) ||
-           PyFloat_CheckExact(k) || PyBytes_CheckExact(k);
+    return PyUnicode_CheckExact(k) || safe_key_at(k, 0);
 }
 
 /* The dict value for count v: a shared small int, or a cell. */
