@@ -27,6 +27,17 @@ slower than ``value(key)``, and a ``Count`` keeps its counter alive while it
 is referenced.  Copying or pickling a ``Count`` gives a plain ``int``.
 Only ``+`` and ``-`` keep the memory: ``kc[k] = kc[k] * 2`` is a plain
 assignment (read-modify-writes other than adding are not made atomic).
+``dict(kc)`` reads through ``kc[key]`` too, so its values are ``Count``s;
+``kc.snapshot()`` (a ``collections.Counter`` of plain ints) is the way to copy
+the counts out.
+
+Alternatives weighed: a plain ``int`` from ``kc[key]`` (then ``+=`` silently
+loses updates under threads); a proxy object (not an int: breaks code that
+does arithmetic, formatting or JSON with counts); inspecting the caller's
+bytecode in ``__setitem__`` (fragile across Python versions, and it cannot
+tell ``kc[k] = kc[k] + 1`` written out from a deliberate overwrite).  The
+tagged int keeps every single-threaded result identical to
+``collections.Counter`` and makes the additive idioms exact.
 """
 
 from __future__ import annotations
