@@ -86,7 +86,7 @@ def test_ledgers_balance_exactly(KC: Any, keys: str) -> None:
         shared[::4] = [frozenset({i}) for i in range(6)]
     added: list[collections.Counter[Any]] = [collections.Counter() for _ in range(THREADS)]
     taken: list[collections.Counter[Any]] = [collections.Counter() for _ in range(THREADS)]
-    ops = 2000
+    ops = 1200
 
     def worker(t: int) -> None:
         rng = random.Random(t)
