@@ -13,6 +13,13 @@ integers, whose every single-key update is atomic (see ``_keyed_api`` for how
 (``tallies._keyed``) when the extension was built, else the pure-Python
 ``tallies._pure_keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
 same Python code for the ``collections.Counter`` API.
+
+Free-threading: with ``Py_GIL_DISABLED`` the C core updates each key's cell
+atomically and removes keys with the protocol described in
+``_keyed_cells.h``.  No free-threaded CPython is installable where this was
+written: that protocol was stressed from pthreads under ThreadSanitizer
+(``tests/c/stress_keyed.c``), and the extension's free-threaded branches
+were compiled (``-Wall -Wextra -Werror``) but never run.
 """
 
 from __future__ import annotations
