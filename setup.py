@@ -55,6 +55,12 @@ setup(
             depends=["src/tallies/_cells.h"],
             extra_compile_args=flags,
         ),
+        Extension(
+            "tallies._keyed",
+            sources=["src/tallies/_keyed.c"],
+            depends=["src/tallies/_cells.h", "src/tallies/_keyed_cells.h"],
+            extra_compile_args=flags,
+        ),
     ],
     cmdclass={"build_ext": optional_build_ext},
 )

@@ -21,6 +21,7 @@ __all__ = [
     "CapacityError",
     "CorruptSegmentError",
     "Counter",
+    "KeyedCounter",
     "ShardedCounter",
     "Store",
     "StoreError",
@@ -59,3 +60,4 @@ from .stores import (  # noqa: E402 - after the core, which stores use
     destroy,
 )
 from .stores import open as open  # noqa: E402
+from .keyed import KeyedCounter  # noqa: E402 - picks its core the same way (tallies.keyed)

@@ -1,0 +1,552 @@
+"""The collections.Counter API of KeyedCounter, written once over a core.
+
+A core (the C ``tallies._keyed.KeyedCore`` or the pure
+``tallies._pure_keyed.KeyedCore``) provides exact per-key primitives:
+``increment``, ``decrement``, ``value``, ``pop``, ``discard``, ``clear`` and a
+few private ones (``_set``, ``_get``, ``_setdefault``, ``_reset_key``,
+``_prune``, ``_keys``, ``_items``, ``_drain``).  ``KeyedCounterMixin`` builds
+the rest of the ``collections.Counter`` API on them, so both implementations
+behave identically by construction.
+
+``kc[key] += n`` and threads
+----------------------------
+Python runs ``kc[key] += n`` as ``tmp = kc[key]; tmp = tmp + n; kc[key] = tmp``:
+a read, then a write.  Between them another thread may count the same key,
+and a plain assignment would overwrite that count (a lost update).  So
+``kc[key]`` returns a ``Count``: an ``int`` subclass that remembers the
+counter, the key and the value it read.  ``Count + n``, ``n + Count`` and
+``Count - n`` return a ``Count`` that carries the same memory.  When
+``kc[key] = value`` receives a ``Count`` read from this counter and this key,
+it applies the difference ``value - read`` as one atomic increment, so every
+concurrent update survives; any other value is a plain assignment.  Single
+threaded, ``read + (value - read) == value``: the behaviour is exactly that of
+``collections.Counter``.  The costs: ``type(kc[key]) is not int`` (it is an
+``int`` subclass: arithmetic, comparisons, hashing, formatting and JSON are
+those of the int), reading with ``kc[key]`` allocates a small object and is
+slower than ``value(key)``, and a ``Count`` keeps its counter alive while it
+is referenced.  Copying or pickling a ``Count`` gives a plain ``int``.
+Only ``+`` and ``-`` keep the memory: ``kc[k] = kc[k] * 2`` is a plain
+assignment (read-modify-writes other than adding are not made atomic).
+``dict(kc)`` reads through ``kc[key]`` too, so its values are ``Count``s;
+``kc.snapshot()`` (a ``collections.Counter`` of plain ints) is the way to copy
+the counts out.
+
+Alternatives weighed: a plain ``int`` from ``kc[key]`` (then ``+=`` silently
+loses updates under threads); a proxy object (not an int: breaks code that
+does arithmetic, formatting or JSON with counts); inspecting the caller's
+bytecode in ``__setitem__`` (fragile across Python versions, and it cannot
+tell ``kc[k] = kc[k] + 1`` written out from a deliberate overwrite).  The
+tagged int keeps every single-threaded result identical to
+``collections.Counter`` and makes the additive idioms exact.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import types
+from collections.abc import (
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast
+
+from ._pure import INT64_MAX, INT64_MIN, to_int64
+
+__all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
+
+_MISSING: Any = object()
+
+
+class Count(int):
+    """What ``kc[key]`` returns: the count as an ``int`` that remembers where
+    it was read, so that ``kc[key] += n`` is applied as an atomic increment.
+
+    Behaves as the int it equals; ``+`` and ``-`` with an int keep the
+    memory, every other operation gives a plain int.  Pickling and copying
+    give a plain int.
+    """
+
+    _tag: tuple[Any, Any, int]  # (counter, key, value read)
+
+    def __add__(self, other: Any) -> Any:
+        r = int.__add__(self, other)
+        if r is NotImplemented:
+            return r
+        c = Count(r)
+        c._tag = self._tag
+        return c
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> Any:
+        r = int.__sub__(self, other)
+        if r is NotImplemented:
+            return r
+        c = Count(r)
+        c._tag = self._tag
+        return c
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, (int(self),))
+
+    def __copy__(self) -> int:
+        return int(self)
+
+    def __deepcopy__(self, memo: Any) -> int:
+        return int(self)
+
+
+def _make_count(counter: Any, key: Any, v: int) -> Count:
+    c = Count(v)
+    c._tag = (counter, key, v)
+    return c
+
+
+class _ValuesView(ValuesView[int]):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([v for _, v in cast(Any, self)._mapping._items()])
+
+
+class _ItemsView(ItemsView[Any, int]):
+    __slots__ = ()
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        v = cast(Any, self)._mapping._get(key, _MISSING)
+        return v is not _MISSING and (v is value or v == value)
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        return iter(cast(Any, self)._mapping._items())
+
+
+# The KeyedCounter classes (C and pure); tallies.keyed registers the C one,
+# which carries the mixin's methods without inheriting from it.
+_KINDS: tuple[type, ...] = ()
+
+
+def register_kind(cls: type) -> None:
+    """Make cls count as a KeyedCounter in operators and comparisons."""
+    global _KINDS
+    _KINDS = (*_KINDS, cls)
+    MutableMapping.register(cls)
+
+
+def install(cls: type, *, skip: frozenset[str] = frozenset()) -> None:
+    """Copy KeyedCounterMixin's methods onto cls (a C type with the core's
+    primitives), except the names in skip, and register it."""
+    for name, attr in vars(KeyedCounterMixin).items():
+        if name in skip or name in {"__module__", "__dict__", "__weakref__", "__slots__"}:
+            continue
+        setattr(cls, name, attr)
+    register_kind(cls)
+
+
+def _items_of(other: Any) -> list[tuple[Any, Any]]:
+    """A list of (key, count) pairs of a KeyedCounter or any mapping."""
+    if isinstance(other, _KINDS):
+        return cast(Any, other)._items()  # type: ignore[no-any-return]
+    return list(other.items())
+
+
+def _as_counter(other: Any) -> dict[Any, int] | None:
+    """The counts of a multiset operand (Counter or KeyedCounter), else None."""
+    if isinstance(other, _KINDS):
+        return dict(cast(Any, other)._items())
+    if isinstance(other, collections.Counter):
+        return other
+    return None
+
+
+class KeyedCounterMixin:
+    """KeyedCounter(iterable_or_mapping=None, /, **kwds)
+
+    A thread-safe multiset of int64 counts by hashable key, and a drop-in
+    replacement for ``collections.Counter`` where the counts are integers:
+    the same constructor forms, ``update``, ``subtract``, ``elements``,
+    ``most_common``, ``total``, the multiset operators (``+ - & |``, unary
+    ``+ -``, in-place forms), comparisons, views, ``repr``, pickling.
+
+    Every single-key update is atomic: ``increment``, ``decrement``,
+    ``kc[key] += n`` and ``kc[key] -= n`` (see ``Count``), ``reset(key)``,
+    ``pop`` and ``discard`` never lose or double-count a concurrent update.
+    Operations over many keys (``update``, the operators, ``clear``,
+    ``snapshot``, iteration) are made of per-key atomic steps, not one
+    atomic step.  Iteration walks a copy of the keys taken at once, so other
+    threads may insert and remove keys meanwhile: it never raises
+    "changed size during iteration".
+
+    Counts are signed 64-bit: an update that would leave the range raises
+    ``OverflowError`` and changes nothing.  Counts must be integers (objects
+    with ``__index__``): anything else raises ``TypeError``.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # the core's primitives
+
+        def __init_subclass__(cls) -> None: ...
+        def increment(self, key: Hashable, /, n: SupportsIndex = 1) -> None: ...
+        def decrement(self, key: Hashable, /, n: SupportsIndex = 1) -> None: ...
+        def value(self, key: Hashable, /) -> int: ...
+        def pop(self, key: Hashable, default: Any = ..., /) -> Any: ...
+        def discard(self, key: Hashable, /) -> None: ...
+        def clear(self) -> None: ...
+        def _get(self, key: Hashable, default: Any, /) -> Any: ...
+        def _setdefault(self, key: Hashable, v: SupportsIndex, /) -> int: ...
+        def _set(self, key: Hashable, v: SupportsIndex, /) -> None: ...
+        def _reset_key(self, key: Hashable, /) -> int: ...
+        def _prune(self, key: Hashable, nonpositive: bool, /) -> bool: ...
+        def _keys(self) -> list[Any]: ...
+        def _items(self) -> list[tuple[Any, int]]: ...
+        def _drain(self) -> list[tuple[Any, int]]: ...
+        def __len__(self) -> int: ...
+        def __contains__(self, key: object) -> bool: ...
+
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+
+    def __init__(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
+        self.update(iterable, **kwds)
+
+    @classmethod
+    def fromkeys(cls, iterable: Any, v: Any = None) -> Any:
+        # The same refusal as collections.Counter.fromkeys.
+        raise NotImplementedError(
+            f"{cls.__name__}.fromkeys() is undefined.  Use {cls.__name__}(iterable) instead."
+        )
+
+    # ---- reading -----------------------------------------------------------
+
+    def __getitem__(self, key: Hashable) -> int:
+        """The count of key as a ``Count`` (0 when absent; nothing inserted)."""
+        v = self.value(key)
+        c = Count(v)
+        c._tag = (self, key, v)
+        return c
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The count of key, or default when absent (nothing inserted)."""
+        return self._get(key, default)
+
+    def snapshot(self) -> collections.Counter[Any]:
+        """A ``collections.Counter`` of the current counts.
+
+        Each key's count is exact: a value that count really had.  Across keys
+        it is not one instant: keys are read one after another, so updates
+        made meanwhile to keys already read are not in it, and those made to
+        keys not yet read are.  Exact as a whole once writers are quiescent.
+        """
+        return collections.Counter(dict(self._items()))
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over a copy of the keys taken at once (never raises
+        "changed size during iteration")."""
+        return iter(self._keys())
+
+    def keys(self) -> KeysView[Any]:
+        return KeysView(self)
+
+    def values(self) -> ValuesView[int]:
+        return _ValuesView(self)
+
+    def items(self) -> ItemsView[Any, int]:
+        return _ItemsView(self)
+
+    def most_common(self, n: int | None = None) -> list[tuple[Any, int]]:
+        """The n most common keys and counts, most common first (ties in
+        insertion order); all of them when n is None."""
+        if n is None:
+            return sorted(self._items(), key=itemgetter(1), reverse=True)
+        return heapq.nlargest(n, self._items(), key=itemgetter(1))
+
+    def elements(self) -> Iterator[Any]:
+        """Each key repeated as many times as its count (counts < 1: none)."""
+        return itertools.chain.from_iterable(itertools.starmap(itertools.repeat, self._items()))
+
+    def total(self) -> int:
+        """The sum of the counts (per-key exact, not one instant)."""
+        return sum(v for _, v in self._items())
+
+    # ---- writing -----------------------------------------------------------
+
+    def __setitem__(self, key: Hashable, value: SupportsIndex) -> None:
+        if type(value) is Count:
+            counter, read_key, read = value._tag
+            if counter is self and (read_key is key or read_key == key):
+                # kc[key] += n: apply the difference atomically.
+                self.increment(key, int.__sub__(value, read))
+                return
+        self._set(key, value)
+
+    def __delitem__(self, key: Hashable) -> None:
+        """Remove key; like collections.Counter, a missing key is no error."""
+        self.discard(key)
+
+    def setdefault(self, key: Hashable, default: SupportsIndex = 0) -> int:
+        return self._setdefault(key, default)
+
+    def reset(self, key: Hashable = _MISSING) -> Any:
+        """``reset(key) -> int``: zero key's count and return what it held (0
+        and nothing inserted when absent).  ``reset() -> collections.Counter``:
+        zero every count and return what was taken.  Keys stay, at 0 (use
+        ``clear`` or ``pop`` to remove them).  Each count is exchanged with 0
+        atomically: every concurrent increment is either in what is returned
+        or in the counter afterwards, never lost, never counted twice."""
+        if key is _MISSING:
+            return collections.Counter(dict(self._drain()))
+        return self._reset_key(key)
+
+    def popitem(self) -> tuple[Any, int]:
+        for key in reversed(self._keys()):
+            v = self.pop(key, _MISSING)
+            if v is not _MISSING:
+                return key, v
+        raise KeyError("popitem(): dictionary is empty")
+
+    def _apply(self, pairs: list[tuple[Any, int]]) -> None:
+        """Add each (key, n); if one fails, undo those done and re-raise."""
+        done: list[tuple[Any, int, bool]] = []
+        try:
+            for key, n in pairs:
+                fresh = key not in self
+                self.increment(key, n)
+                done.append((key, n, fresh))
+        except BaseException:
+            for key, n, fresh in reversed(done):
+                self.decrement(key, n)
+                if fresh:
+                    self._prune(key, False)
+            raise
+
+    @staticmethod
+    def _checked(items: Iterable[tuple[Any, Any]], fname: str, sign: int) -> list[Any]:
+        """(key, sign * amount) pairs, every key hashed and every amount an
+        int64: raises before anything is changed."""
+        pairs: list[tuple[Any, int]] = []
+        for key, n in items:
+            hash(key)
+            v = sign * to_int64(n, fname)
+            if not INT64_MIN <= v <= INT64_MAX:
+                raise OverflowError(f"{fname}() amount {n!r} is outside the signed 64-bit range")
+            pairs.append((key, v))
+        return pairs
+
+    def _pairs(self, iterable: Any, kwds: Mapping[str, Any], fname: str, sign: int) -> list[Any]:
+        """The validated (key, amount) pairs of update() / subtract()."""
+        pairs: list[tuple[Any, int]] = []
+        if iterable is not None:
+            if isinstance(iterable, Mapping):
+                pairs = self._checked(_items_of(iterable), fname, sign)
+            else:
+                counts: dict[Any, int] = {}
+                get = counts.get
+                for key in iterable:
+                    counts[key] = get(key, 0) + sign
+                pairs = self._checked(counts.items(), fname, 1)
+        if kwds:
+            pairs += self._checked(kwds.items(), fname, sign)
+        return pairs
+
+    def update(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
+        """Count elements of an iterable, or add the counts of a mapping.
+
+        All-or-nothing for bad input: every key is hashed and every amount
+        checked first; an amount that would overflow a count undoes the
+        call's earlier additions before OverflowError is raised.
+        """
+        pairs = self._pairs(iterable, kwds, "update", 1)
+        self._apply(pairs)
+
+    def subtract(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
+        """Like update, but subtracts (counts may go to zero or below)."""
+        pairs = self._pairs(iterable, kwds, "subtract", -1)
+        self._apply(pairs)
+
+    def copy(self) -> Any:
+        return type(self)(dict(self._items()))
+
+    __copy__ = copy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self._items()),))
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        items = self.most_common()
+        if not items:
+            return f"{name}()"
+        return f"{name}({dict(items)!r})"
+
+    # ---- comparisons (collections.Counter's, Python 3.10+) -----------------
+
+    def _cmp(self, other: Any) -> tuple[dict[Any, int], Mapping[Any, int]] | None:
+        o = _as_counter(other)
+        if o is None:
+            return None
+        return dict(self._items()), o
+
+    def __eq__(self, other: object) -> bool:
+        """Equal counts, missing counting as zero (collections.Counter's rule);
+        with a plain dict: the same keys and counts (dict equality)."""
+        pair = self._cmp(other)
+        if pair is None:
+            if isinstance(other, Mapping):
+                return dict(self._items()) == other
+            return NotImplemented
+        s, o = pair
+        return all(s.get(e, 0) == o.get(e, 0) for c in (s, o) for e in c)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __le__(self, other: Any) -> bool:
+        pair = self._cmp(other)
+        if pair is None:
+            return NotImplemented
+        s, o = pair
+        return all(s.get(e, 0) <= o.get(e, 0) for c in (s, o) for e in c)
+
+    def __ge__(self, other: Any) -> bool:
+        pair = self._cmp(other)
+        if pair is None:
+            return NotImplemented
+        s, o = pair
+        return all(s.get(e, 0) >= o.get(e, 0) for c in (s, o) for e in c)
+
+    def __lt__(self, other: Any) -> bool:
+        pair = self._cmp(other)
+        if pair is None:
+            return NotImplemented
+        s, o = pair
+        le = all(s.get(e, 0) <= o.get(e, 0) for c in (s, o) for e in c)
+        return le and not all(s.get(e, 0) == o.get(e, 0) for c in (s, o) for e in c)
+
+    def __gt__(self, other: Any) -> bool:
+        pair = self._cmp(other)
+        if pair is None:
+            return NotImplemented
+        s, o = pair
+        ge = all(s.get(e, 0) >= o.get(e, 0) for c in (s, o) for e in c)
+        return ge and not all(s.get(e, 0) == o.get(e, 0) for c in (s, o) for e in c)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ---- multiset operators (new counters; keep positive counts) -----------
+
+    def _result(self, pairs: Iterable[tuple[Any, int]]) -> Any:
+        result = type(self)()
+        for key, n in pairs:
+            result._set(key, n)
+        return result
+
+    @staticmethod
+    def _add_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
+        out = [(e, c + o.get(e, 0)) for e, c in s.items()]
+        out = [(e, c) for e, c in out if c > 0]
+        out += [(e, c) for e, c in o.items() if e not in s and c > 0]
+        return out
+
+    @staticmethod
+    def _sub_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
+        out = [(e, c - o.get(e, 0)) for e, c in s.items()]
+        out = [(e, c) for e, c in out if c > 0]
+        out += [(e, 0 - c) for e, c in o.items() if e not in s and c < 0]
+        return out
+
+    @staticmethod
+    def _or_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
+        out = [(e, max(c, o.get(e, 0))) for e, c in s.items()]
+        out = [(e, c) for e, c in out if c > 0]
+        out += [(e, c) for e, c in o.items() if e not in s and c > 0]
+        return out
+
+    @staticmethod
+    def _and_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
+        out = [(e, min(c, o.get(e, 0))) for e, c in s.items()]
+        return [(e, c) for e, c in out if c > 0]
+
+    def _binop(self, other: Any, op: Any, reflected: bool) -> Any:
+        o = _as_counter(other)
+        if o is None:
+            return NotImplemented
+        s = dict(self._items())
+        return self._result(op(o, s) if reflected else op(s, o))
+
+    def __add__(self, other: Any) -> Any:
+        return self._binop(other, self._add_pairs, False)
+
+    def __radd__(self, other: Any) -> Any:
+        return self._binop(other, self._add_pairs, True)
+
+    def __sub__(self, other: Any) -> Any:
+        return self._binop(other, self._sub_pairs, False)
+
+    def __rsub__(self, other: Any) -> Any:
+        return self._binop(other, self._sub_pairs, True)
+
+    def __or__(self, other: Any) -> Any:
+        return self._binop(other, self._or_pairs, False)
+
+    def __ror__(self, other: Any) -> Any:
+        return self._binop(other, self._or_pairs, True)
+
+    def __and__(self, other: Any) -> Any:
+        return self._binop(other, self._and_pairs, False)
+
+    def __rand__(self, other: Any) -> Any:
+        return self._binop(other, self._and_pairs, True)
+
+    def __pos__(self) -> Any:
+        return self._result((e, c) for e, c in self._items() if c > 0)
+
+    def __neg__(self) -> Any:
+        return self._result((e, 0 - c) for e, c in self._items() if c < 0)
+
+    # ---- in-place operators: per-key atomic increments, then keep positive --
+
+    def _keep_positive(self) -> Any:
+        for key, count in self._items():
+            if not count > 0:
+                self._prune(key, True)  # a concurrent increment is kept, not lost
+        return self
+
+    def __iadd__(self, other: Any) -> Any:
+        self._apply(self._checked(_items_of(other), "+=", 1))
+        return self._keep_positive()
+
+    def __isub__(self, other: Any) -> Any:
+        self._apply(self._checked(_items_of(other), "-=", -1))
+        return self._keep_positive()
+
+    def __ior__(self, other: Any) -> Any:
+        # Raise a count to the other's where that is larger; applied as an
+        # increment by the difference, so a concurrent update is not lost.
+        for key, other_count in _items_of(other):
+            count = self.value(key)
+            if other_count > count:
+                self.increment(key, other_count - count)
+        return self._keep_positive()
+
+    def __iand__(self, other: Any) -> Any:
+        lookup = cast(Any, other)._get if isinstance(other, _KINDS) else None
+        for key, count in self._items():
+            other_count = lookup(key, 0) if lookup is not None else other[key]
+            if other_count < count:
+                self.decrement(key, count - other_count)
+        return self._keep_positive()
+
+
+register_kind(KeyedCounterMixin)

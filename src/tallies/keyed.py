@@ -1,0 +1,60 @@
+"""tallies.KeyedCounter: exact counts by key from many threads.
+
+    >>> from tallies import KeyedCounter
+    >>> kc = KeyedCounter("abracadabra")
+    >>> kc.increment("z")
+    >>> kc["a"] += 2
+    >>> kc.most_common(2)
+    [('a', 7), ('b', 2)]
+
+A drop-in replacement for ``collections.Counter`` wherever the counts are
+integers, whose every single-key update is atomic (see ``_keyed_api`` for how
+``kc[key] += n`` stays exact under threads).  The per-key primitives are C
+(``tallies._keyed``) when the extension was built, else the pure-Python
+``tallies._pure_keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
+same Python code for the ``collections.Counter`` API.
+
+Free-threading: with ``Py_GIL_DISABLED`` the C core updates each key's cell
+atomically and removes keys with the protocol described in
+``_keyed_cells.h``.  No free-threaded CPython is installable where this was
+written: that protocol was stressed from pthreads under ThreadSanitizer
+(``tests/c/stress_keyed.c``), and the extension's free-threaded branches
+were only type-checked (``gcc -fsyntax-only -Wall -Wextra -Werror`` with
+``-DPy_GIL_DISABLED`` against 3.11 headers plus prototypes of the two 3.13
+dict functions), never run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ._keyed_api import Count, install
+
+__all__ = ["IMPLEMENTATION", "Count", "KeyedCounter"]
+
+IMPLEMENTATION: str
+
+if TYPE_CHECKING:
+    from ._pure_keyed import KeyedCounter
+else:
+    _core = None
+    if os.environ.get("TALLIES_PURE") != "1":
+        try:
+            from . import _keyed as _core
+        except ImportError:
+            _core = None
+
+    if _core is None:
+        from ._pure_keyed import KeyedCounter
+
+        IMPLEMENTATION = "python"
+    else:
+        # The C type itself is the class (not a Python subclass of it), so
+        # that kc.increment(key) takes CPython's fast path for C methods; the
+        # collections.Counter API is installed on it.  Its C __getitem__,
+        # __setitem__ and __delitem__ stay, and Count gets C arithmetic.
+        KeyedCounter = _core.KeyedCounter
+        install(KeyedCounter, skip=frozenset({"__getitem__", "__setitem__", "__delitem__"}))
+        _core._register_count(Count)
+        IMPLEMENTATION = "c"

@@ -1,0 +1,216 @@
+"""KeyedCounter under real threads: ledgers that must balance exactly.
+
+32+ threads, a switch interval of 1 microsecond (so the interpreter switches
+threads in the middle of everything), and every operation that moves counts:
+increment, decrement, ``kc[k] += n``, ``kc[k] -= n``, update, reset(key),
+reset(), pop; plus iteration, snapshots and reads racing with inserts and
+removals.  Each thread keeps a ledger of what it added and what its resets
+and pops returned; at the end, for every key,
+
+    count left in the counter + everything taken == everything added.
+
+Runs on the C core and on the pure fallback.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import random
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import tallies.keyed
+from tallies import _pure_keyed
+
+THREADS = 32
+
+
+def _c_class() -> Any:
+    if tallies.keyed.IMPLEMENTATION != "c":
+        if os.environ.get("TALLIES_PURE") == "1":
+            pytest.skip("TALLIES_PURE=1: the C core is deliberately not used")
+        pytest.fail("the C extension tallies._keyed is not built")
+    return tallies.keyed.KeyedCounter
+
+
+IMPLS = {"c": _c_class, "python": lambda: _pure_keyed.KeyedCounter}
+
+
+@pytest.fixture(params=["c", "python"])
+def KC(request: pytest.FixtureRequest) -> Any:
+    return IMPLS[request.param]()
+
+
+@pytest.fixture(autouse=True)
+def tiny_switch_interval() -> Iterator[None]:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def wrapped(i: int) -> None:
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("keys", ["str", "mixed"])
+def test_ledgers_balance_exactly(KC: Any, keys: str) -> None:
+    """str keys keep the C core in small mode (counts in [-5, 256] as shared
+    small ints, others in cells); a frozenset key puts everything in cells."""
+    kc = KC()
+    shared: list[Any] = [f"k{i}" for i in range(24)]
+    if keys == "mixed":
+        shared[::4] = [frozenset({i}) for i in range(6)]
+    added: list[collections.Counter[Any]] = [collections.Counter() for _ in range(THREADS)]
+    taken: list[collections.Counter[Any]] = [collections.Counter() for _ in range(THREADS)]
+    ops = 1200
+
+    def worker(t: int) -> None:
+        rng = random.Random(t)
+        add, took = added[t], taken[t]
+        for i in range(ops):
+            # mostly shared keys (contention); some fresh ones (inserts)
+            key: Any = rng.choice(shared) if rng.random() < 0.85 else f"t{t}-{i % 7}"
+            n = rng.randint(1, 5)
+            r = rng.random()
+            if r < 0.22:
+                kc.increment(key, n)
+                add[key] += n
+            elif r < 0.42:
+                kc[key] += n
+                add[key] += n
+            elif r < 0.50:
+                kc.decrement(key, n)
+                add[key] -= n
+            elif r < 0.58:
+                kc[key] -= n
+                add[key] -= n
+            elif r < 0.64:
+                kc.update([key, key])
+                add[key] += 2
+            elif r < 0.72:
+                took[key] += kc.reset(key)
+            elif r < 0.82:
+                took[key] += kc.pop(key, 0)
+            elif r < 0.84:
+                took.update(kc.reset())
+            elif r < 0.88:
+                for k in kc:  # iteration while others insert and pop
+                    kc.value(k)
+            elif r < 0.92:
+                snap = kc.snapshot()
+                assert all(type(v) is int for v in snap.values())
+            elif r < 0.96:
+                _ = list(kc.items()), kc.most_common(3), len(kc), key in kc
+            else:
+                _ = kc[key] + 0, kc.get(key), kc.total()
+
+    run_threads(THREADS, worker)
+    total_added = sum(added, collections.Counter())
+    total_taken = sum(taken, collections.Counter())
+    keys = set(total_added) | set(total_taken) | set(kc)
+    # collections.Counter's + drops non-positive counts: compare key by key.
+    added_by_key = {k: sum(a[k] for a in added) for k in keys}
+    taken_by_key = {k: sum(t[k] for t in taken) for k in keys}
+    assert sum(abs(v) for v in added_by_key.values()) > 0
+    assert total_added or total_taken  # the workload really ran
+    for k in keys:
+        assert kc.value(k) + taken_by_key[k] == added_by_key[k], k
+
+
+def test_augmented_assignment_is_exact_under_threads(KC: Any) -> None:
+    kc = KC()
+    keys = ["a", "b", "c", "d"]
+    per_thread = 1500
+
+    def worker(t: int) -> None:
+        for i in range(per_thread):
+            k = keys[(i + t) % len(keys)]
+            kc[k] += 1
+            if i % 3 == 0:
+                kc[k] -= 1
+                kc[k] = kc[k] + 1  # the explicit spelling is exact too
+
+    run_threads(THREADS, worker)
+    expected = THREADS * per_thread // len(keys)
+    assert kc.snapshot() == collections.Counter({k: expected for k in keys})
+
+
+def test_pop_racing_with_increments_loses_nothing(KC: Any) -> None:
+    """The removal protocol: increments of a key that another thread keeps
+    popping are either in a pop's result or still in the counter."""
+    kc = KC()
+    per_thread = 2000
+    popped: list[int] = []
+
+    def worker(t: int) -> None:
+        if t % 4 == 0:
+            got = 0
+            for _ in range(per_thread // 4):
+                got += kc.pop("hot", 0)
+                kc.discard("cold")  # removals of a key nobody counts
+            popped.append(got)
+        else:
+            for _ in range(per_thread):
+                kc.increment("hot")
+
+    run_threads(THREADS, worker)
+    incrementers = THREADS - THREADS // 4
+    assert sum(popped) + kc.value("hot") == incrementers * per_thread
+
+
+def test_iteration_never_raises_while_keys_change(KC: Any) -> None:
+    kc = KC("seed")
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            kc.increment(i)  # insert a key ...
+            kc.discard(i - 40)  # ... and remove an old one: about 40 live keys
+            i += 1
+
+    w = threading.Thread(target=writer)
+    w.start()
+    try:
+
+        def reader(t: int) -> None:
+            for _ in range(40):
+                for _k in kc:
+                    pass
+                list(kc.keys())
+                list(kc.values())
+                list(kc.items())
+                sum(1 for _ in kc.elements())
+                kc.most_common(2)
+                repr(kc)
+                _ = kc == collections.Counter()
+                pickle.loads(pickle.dumps(kc))
+
+        run_threads(THREADS, reader)
+    finally:
+        stop.set()
+        w.join()
