@@ -51,6 +51,7 @@ else:
 
         IMPLEMENTATION = "python"
 
+from .keyed import KeyedCounter  # noqa: E402 - picks its core the same way (tallies.keyed)
 from .stores import (  # noqa: E402 - after the core, which stores use
     CapacityError,
     CorruptSegmentError,
@@ -60,4 +61,3 @@ from .stores import (  # noqa: E402 - after the core, which stores use
     destroy,
 )
 from .stores import open as open  # noqa: E402
-from .keyed import KeyedCounter  # noqa: E402 - picks its core the same way (tallies.keyed)
