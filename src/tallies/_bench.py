@@ -452,10 +452,31 @@ class Part:
     render: Callable[[Report], list[str]]
 
 
+def run_keyed(config: BenchConfig) -> Report:
+    from . import _bench_keyed
+
+    rows = _bench_keyed.run(
+        rounds=7 if config.quick else 15,
+        iterations=400 if config.quick else 4000,
+        thread_rounds=config.workload_rounds,
+        per_thread=config.per_thread,
+        memory_keys=1_000 if config.quick else 10_000,
+    )
+    return {"rows": rows}
+
+
+def _render_keyed(data: Report) -> list[str]:
+    from ._bench_keyed import format_rows
+
+    lines = format_rows(data["rows"]).splitlines()
+    return ["KeyedCounter: counting events by key", *(f"  {line}" for line in lines)]
+
+
 PARTS: list[Part] = [
     Part("single_thread", run_single_thread, _render_single),
     Part("workload", run_workload, _render_workload),
     Part("sizes", run_sizes, _render_sizes),
+    Part("keyed", run_keyed, _render_keyed),
 ]
 """The bench's parts, in order; each adds ``report[key]``.  Append one to add a part."""
 
@@ -576,7 +597,25 @@ def size_targets(report: Report) -> list[Target]:
     ]
 
 
-TARGETS: list[Callable[[Report], list[Target]]] = [speed_targets, workload_targets, size_targets]
+def keyed_targets(report: Report) -> list[Target]:
+    """The KeyedCounter rows carry their own target and verdict (see _bench_keyed)."""
+    verdicts = {"meets": "PASS", "misses": "FAIL", "WRONG RESULT": "FAIL"}
+    out = []
+    for row in report["keyed"]["rows"]:
+        if row.get("target") and row.get("verdict") in verdicts:
+            ratio = f"{row['ratio']:.2f}x; " if "ratio" in row else ""
+            name = "KeyedCounter " + row["name"].replace("1 thread, ns per op: ", "")
+            detail = f"{ratio}target {row['target']}"
+            out.append(Target(name, verdicts[row["verdict"]], None, 0, "", "", detail))
+    return out
+
+
+TARGETS: list[Callable[[Report], list[Target]]] = [
+    speed_targets,
+    workload_targets,
+    size_targets,
+    keyed_targets,
+]
 """Functions that check the report against the project's targets.  Append one to add some."""
 
 
@@ -585,7 +624,7 @@ def _render_targets(targets: Sequence[Target]) -> list[str]:
     lines = ["Targets (checked against this run)"]
     for t in targets:
         if t.measured is None:
-            measured = "-"
+            measured = "" if t.detail else "-"
         elif t.unit == "x":
             measured = f"{t.measured:.3f}x (limit {t.comparison} {t.limit:g}x)"
         else:

@@ -295,7 +295,30 @@ def counters_section(config: DemoConfig) -> Section:
     return Section(f"One counter shared by {config.threads} threads", rows, notes)
 
 
-SECTIONS: list[Callable[[DemoConfig], Section]] = [counters_section]
+def keyed_section(config: DemoConfig) -> Section:
+    """Events by key: the same threads count event kinds (see _demo_keyed)."""
+    from . import _demo_keyed
+
+    interval = config.switch_interval or sys.getswitchinterval()
+    found, notes = _demo_keyed.run(config.threads, config.increments, interval)
+    rows = [
+        Row(
+            name=r["name"],
+            expected=r["expected"],
+            final=r["final"],
+            lost=r["lost"],
+            seconds=r["seconds"],
+            ns_per_op=r["seconds"] * 1e9 / r["expected"],
+            thread_safe=r["safe"],
+            switch_interval=interval,
+        )
+        for r in found
+    ]
+    title = f"Events by key: {config.threads} threads count 5 event kinds"
+    return Section(title, rows, notes)
+
+
+SECTIONS: list[Callable[[DemoConfig], Section]] = [counters_section, keyed_section]
 """The demo's parts, in order.  Append a function to add one."""
 
 
