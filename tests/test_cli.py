@@ -144,8 +144,14 @@ def test_bench_quick_json_has_numbers_and_a_verdict_per_target() -> None:
     assert report["sizes"]["Counter"] > 0
     assert report["sizes"]["ShardedCounter"] > 0
 
-    targets = report["targets"]
+    keyed = [t for t in report["targets"] if t["name"].startswith("KeyedCounter ")]
+    targets = [t for t in report["targets"] if not t["name"].startswith("KeyedCounter ")]
     assert len(targets) == 8
+    assert len(keyed) >= 4
+    for target in keyed:
+        assert target["verdict"] in {"PASS", "FAIL"}, target
+        assert "target" in target["detail"]
+    assert all(row.get("verdict") != "WRONG RESULT" for row in report["keyed"]["rows"])
     cereggii = importlib.util.find_spec("cereggii") is not None
     for target in targets:
         if "cereggii" in target["name"] and not cereggii:
@@ -157,7 +163,7 @@ def test_bench_quick_json_has_numbers_and_a_verdict_per_target() -> None:
 
 def test_bench_quick_text_lists_every_part() -> None:
     out = run_tallies("bench", "--quick")
-    for heading in ("Single thread", "Seed workload", "Sizes", "Targets"):
+    for heading in ("Single thread", "Seed workload", "Sizes", "KeyedCounter", "Targets"):
         assert heading in out
     assert out.count("PASS") + out.count("FAIL") + out.count("SKIP") >= 8
 
