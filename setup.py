@@ -46,19 +46,19 @@ setup(
         Extension(
             "tallies._core",
             sources=["src/tallies/_core.c"],
-            depends=["src/tallies/_cells.h"],
+            depends=["src/tallies/_cells.h", "src/tallies/_pyargs.h"],
             extra_compile_args=flags,
         ),
         Extension(
             "tallies._shm",
             sources=["src/tallies/_shm.c"],
-            depends=["src/tallies/_cells.h"],
+            depends=["src/tallies/_cells.h", "src/tallies/_pyargs.h"],
             extra_compile_args=flags,
         ),
         Extension(
             "tallies._keyed",
             sources=["src/tallies/_keyed.c"],
-            depends=["src/tallies/_cells.h", "src/tallies/_keyed_cells.h"],
+            depends=["src/tallies/_cells.h", "src/tallies/_keyed_cells.h", "src/tallies/_pyargs.h"],
             extra_compile_args=flags,
         ),
     ],

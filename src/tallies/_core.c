@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include "_cells.h"
+#include "_pyargs.h"
+
+/* ---- errors and pickling ------------------------------------------------ */
 
 #ifdef Py_GIL_DISABLED
 #define CELL_ADD tl_add
@@ -25,84 +28,6 @@
 #define STRIPED_ADD tl_striped_add_serial
 #endif
 
-/* ---- argument conversion ------------------------------------------------ */
-
-static int
-overflow_arg(const char *fname, PyObject *obj)
-{
-    PyErr_Format(PyExc_OverflowError,
-                 "%s() argument %R is outside the signed 64-bit range",
-                 fname, obj);
-    return -1;
-}
-
-/* The type's name without its module, as Python's own messages show it. */
-static const char *
-type_name(PyTypeObject *tp)
-{
-    const char *dot = strrchr(tp->tp_name, '.');
-    return dot == NULL ? tp->tp_name : dot + 1;
-}
-
-/* Convert any object with __index__ to int64.  TypeError names the type. */
-static int
-to_int64(PyObject *obj, const char *fname, int64_t *out)
-{
-    int overflow;
-    long long v;
-    if (TL_LIKELY(PyLong_Check(obj))) {
-        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    }
-    else if (Py_TYPE(obj)->tp_as_number != NULL &&
-             Py_TYPE(obj)->tp_as_number->nb_index != NULL) {
-        PyObject *idx = PyNumber_Index(obj);
-        if (idx == NULL) {
-            return -1;
-        }
-        v = PyLong_AsLongLongAndOverflow(idx, &overflow);
-        Py_DECREF(idx);
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
-                     fname, type_name(Py_TYPE(obj)));
-        return -1;
-    }
-    if (overflow) {
-        return overflow_arg(fname, obj);
-    }
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = (int64_t)v;
-    return 0;
-}
-
-/* The optional amount of increment(n=1) / decrement(n=1), vectorcall form. */
-static inline int
-parse_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-             const char *fname, int64_t *n)
-{
-    PyObject *obj;
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most 1 argument (%zd given)", fname,
-                     nargs + nkw);
-        return -1;
-    }
-    if (nkw == 1) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
-        if (PyUnicode_CompareWithASCIIString(key, "n") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument '%U'", fname,
-                         key);
-            return -1;
-        }
-    }
-    obj = args[0];
-    return to_int64(obj, fname, n);
-}
-
 static PyObject *
 overflow_result(const char *op, int64_t n, int64_t current)
 {
@@ -111,27 +36,6 @@ overflow_result(const char *op, int64_t n, int64_t current)
                  "range; it stays at %lld",
                  op, (long long)n, (long long)current);
     return NULL;
-}
-
-/* Sum int64 values exactly, into a Python int if they overflow int64. */
-static PyObject *
-sum_to_pylong(const int64_t *vals, uint32_t k)
-{
-    int64_t total;
-    if (TL_LIKELY(tl_sum(vals, k, &total) == TL_OK)) {
-        return PyLong_FromLongLong((long long)total);
-    }
-    PyObject *acc = PyLong_FromLong(0);
-    for (uint32_t i = 0; acc != NULL && i < k; i++) {
-        PyObject *v = PyLong_FromLongLong((long long)vals[i]);
-        if (v == NULL) {
-            Py_CLEAR(acc);
-            break;
-        }
-        Py_SETREF(acc, PyNumber_Add(acc, v));
-        Py_DECREF(v);
-    }
-    return acc;
 }
 
 /* (type(self), (value,)) plus the instance __dict__ of a subclass, if any. */
@@ -599,7 +503,7 @@ Sharded_value(ShardedObject *self, PyObject *Py_UNUSED(ignored))
 {
     int64_t vals[TL_MAX_SLOTS + 1];
     uint32_t k = tl_striped_collect(&self->s, vals);
-    return sum_to_pylong(vals, k);
+    return sum_to_pylong(vals, (Py_ssize_t)k);
 }
 
 static PyObject *
@@ -607,7 +511,7 @@ Sharded_reset(ShardedObject *self, PyObject *Py_UNUSED(ignored))
 {
     int64_t vals[TL_MAX_SLOTS + 1];
     uint32_t k = tl_striped_drain(&self->s, vals);
-    return sum_to_pylong(vals, k);
+    return sum_to_pylong(vals, (Py_ssize_t)k);
 }
 
 static PyObject *

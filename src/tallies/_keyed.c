@@ -28,43 +28,9 @@
 #include <Python.h>
 
 #include "_keyed_cells.h"
+#include "_pyargs.h"
 
-/* ---- argument conversion (the same rules and words as tallies._core) ---- */
-
-static int
-to_int64(PyObject *obj, const char *fname, int64_t *out)
-{
-    int overflow;
-    long long v;
-    if (TL_LIKELY(PyLong_Check(obj))) {
-        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    }
-    else if (Py_TYPE(obj)->tp_as_number != NULL &&
-             Py_TYPE(obj)->tp_as_number->nb_index != NULL) {
-        PyObject *idx = PyNumber_Index(obj);
-        if (idx == NULL) {
-            return -1;
-        }
-        v = PyLong_AsLongLongAndOverflow(idx, &overflow);
-        Py_DECREF(idx);
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
-                     fname, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (overflow) {
-        PyErr_Format(PyExc_OverflowError,
-                     "%s() argument %R is outside the signed 64-bit range",
-                     fname, obj);
-        return -1;
-    }
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = (int64_t)v;
-    return 0;
-}
+/* ---- arguments (the shared rules are in _pyargs.h) ---------------------- */
 
 /* increment(key, n=1) / decrement(key, n=1), vectorcall form. */
 static int

@@ -54,46 +54,12 @@
 #include <structmember.h>
 
 #include "_cells.h"
+#include "_pyargs.h"
 
 #define SLAB_FREE 0
 #define SEQ_RETRIES 64
 
-/* ---- argument conversion (same rules and messages as tallies._core) ---- */
-
-static int
-to_int64(PyObject *obj, const char *fname, int64_t *out)
-{
-    int overflow;
-    long long v;
-    if (TL_LIKELY(PyLong_Check(obj))) {
-        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    }
-    else if (Py_TYPE(obj)->tp_as_number != NULL &&
-             Py_TYPE(obj)->tp_as_number->nb_index != NULL) {
-        PyObject *idx = PyNumber_Index(obj);
-        if (idx == NULL) {
-            return -1;
-        }
-        v = PyLong_AsLongLongAndOverflow(idx, &overflow);
-        Py_DECREF(idx);
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "%s() expects an integer, not '%.200s'",
-                     fname, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (overflow) {
-        PyErr_Format(PyExc_OverflowError,
-                     "%s() argument %R is outside the signed 64-bit range",
-                     fname, obj);
-        return -1;
-    }
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = (int64_t)v;
-    return 0;
-}
+/* ---- errors (argument rules are shared: _pyargs.h) ----------------------- */
 
 static PyObject *
 overflow_result(const char *op, int64_t n)
@@ -103,33 +69,6 @@ overflow_result(const char *op, int64_t n)
                  "outside the signed 64-bit range; nothing was changed",
                  op, (long long)n);
     return NULL;
-}
-
-/* Sum int64 values exactly, into a Python int if they overflow int64. */
-static PyObject *
-sum_to_pylong(const int64_t *vals, Py_ssize_t k)
-{
-    int64_t acc = 0;
-    Py_ssize_t i;
-    for (i = 0; i < k; i++) {
-        if (TL_ADD_OVERFLOWS(acc, vals[i], &acc)) {
-            break;
-        }
-    }
-    if (TL_LIKELY(i == k)) {
-        return PyLong_FromLongLong((long long)acc);
-    }
-    PyObject *total = PyLong_FromLong(0);
-    for (i = 0; total != NULL && i < k; i++) {
-        PyObject *v = PyLong_FromLongLong((long long)vals[i]);
-        if (v == NULL) {
-            Py_CLEAR(total);
-            break;
-        }
-        Py_SETREF(total, PyNumber_Add(total, v));
-        Py_DECREF(v);
-    }
-    return total;
 }
 
 /* ---- Segment ------------------------------------------------------------ */
@@ -788,26 +727,6 @@ cell_update(CellObject *self, int64_t n, int sub, const char *op)
         return overflow_result(op, n);
     }
     Py_RETURN_NONE;
-}
-
-static inline int
-parse_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-             const char *fname, int64_t *n)
-{
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs + nkw > 1) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zd given)",
-                     fname, nargs + nkw);
-        return -1;
-    }
-    if (nkw == 1 &&
-        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "n") != 0) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() got an unexpected keyword argument '%U'", fname,
-                     PyTuple_GET_ITEM(kwnames, 0));
-        return -1;
-    }
-    return to_int64(args[0], fname, n);
 }
 
 static PyObject *
