@@ -344,8 +344,10 @@ Counter_wait_until(CounterObject *self, PyObject *args, PyObject *kwds)
                 if (left <= 0) {
                     break;
                 }
-                double max_s = (double)PY_TIMEOUT_MAX / 1e6;
-                us = (PY_TIMEOUT_T)((left > max_s ? max_s : left) * 1e6);
+                /* Wait at most an hour at a time: a larger count of
+                 * microseconds can round past PY_TIMEOUT_MAX, which is a
+                 * fatal error on some CPython versions. */
+                us = (PY_TIMEOUT_T)((left > 3600.0 ? 3600.0 : left) * 1e6);
             }
             PyLockStatus st;
             Py_BEGIN_ALLOW_THREADS
