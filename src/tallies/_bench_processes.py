@@ -19,6 +19,8 @@ at a barrier, times only its own loop, and the totals are checked exactly.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import multiprocessing as mp
 import os
 import secrets
@@ -90,9 +92,9 @@ def _value_worker(value: Any, n: int, barrier: Barrier, out: Any) -> None:
 
 def _prometheus_worker(directory: str, n: int, barrier: Barrier, out: Any) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # before the import
-    from prometheus_client import Counter
+    prom: Any = importlib.import_module("prometheus_client")  # an optional peer
 
-    c = Counter("bench_hits", "increments")
+    c = prom.Counter("bench_hits", "increments")
     inc = c.inc
     barrier.wait()
     c0, t0 = time.process_time(), time.perf_counter()
@@ -202,9 +204,7 @@ def bench_processes(
         value = ctx.Value("q", 0)
         res["value_s"] = [w for w, _ in _run(_value_worker, (value, n), 2)]
         res["value_total"] = value.value
-        try:
-            import prometheus_client  # noqa: F401 - only to see whether it is there
-        except ImportError:
+        if importlib.util.find_spec("prometheus_client") is None:
             res["prometheus_s"] = None
         else:
             directory = tempfile.mkdtemp(prefix="tallies-bench-prom-")
@@ -218,11 +218,11 @@ def bench_processes(
 
 
 def _prometheus_total(directory: str) -> float:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
+    prom: Any = importlib.import_module("prometheus_client")  # an optional peer
+    multiprocess: Any = importlib.import_module("prometheus_client.multiprocess")
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
     value = registry.get_sample_value("bench_hits_total")
     return float(value or 0.0)
 

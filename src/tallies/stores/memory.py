@@ -75,7 +75,7 @@ class MemoryStore(Store):
                     kind = "a counter" if keyed else "a keyed counter"
                     raise ValueError(f"{name!r} is {kind} in this store")
                 if keyed:
-                    from tallies import KeyedCounter  # type: ignore[attr-defined,unused-ignore]
+                    from tallies import KeyedCounter
 
                     obj = KeyedCounter()
                 else:
