@@ -48,7 +48,7 @@ PYEOF
 }
 
 _stamp() {
-    (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f \
+    (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f ! -path '*.egg-info/*' ! -path '*/__pycache__/*' \
         ! -name '*.so' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
         | sha256sum | cut -c1-16)
     printf '%s %s\n' "${1:-}" "${TALLIES_WERROR:-0}"
