@@ -49,29 +49,35 @@ def _reduce(obj: object, value: int) -> tuple[Any, ...]:
 
 
 class _LockedInt:
-    """What both counters share: one int, updated under one lock."""
+    """What both counters share: one int, updated under one lock.
 
-    __slots__ = ("_lock", "_value")
+    The locked regions make no Python calls on the common path (a call is
+    where CPython may switch threads, and a thread switched out while holding
+    the lock makes every other thread queue behind it).
+    """
+
+    __slots__ = ("_lock", "_value", "_waiting")
     _kind = "Counter"  # the constructor's name in error messages, as in the C core
+    _cond: threading.Condition  # set by Counter, used only while _waiting > 0
 
     def __init__(self, initial: SupportsIndex = 0) -> None:
         self._value = to_int64(initial, self._kind)
         self._lock = threading.Lock()
+        self._waiting = 0  # threads in wait_until(): updates notify only then
 
-    def _overflow(self, op: str, n: int) -> OverflowError:
-        return _overflow(op, n, self._value)
-
-    def _changed(self) -> None:
-        """Called under the lock after every change of the value."""
+    def _overflow(self, op: str, n: int, current: int) -> OverflowError:
+        return _overflow(op, n, current)
 
     def _update(self, n: int, sub: bool, op: str) -> int:
         with self._lock:
-            new = self._value - n if sub else self._value + n
-            if not INT64_MIN <= new <= INT64_MAX:
-                raise self._overflow(op, n)
-            self._value = new
-            self._changed()
-            return new
+            current = self._value
+            new = current - n if sub else current + n
+            if INT64_MIN <= new <= INT64_MAX:
+                self._value = new
+                if self._waiting:
+                    self._cond.notify_all()
+                return new
+        raise self._overflow(op, n, current)
 
     def increment(self, n: SupportsIndex = 1) -> None:
         self._update(to_int64(n, "increment"), False, "increment")
@@ -85,7 +91,8 @@ class _LockedInt:
     def reset(self) -> int:
         with self._lock:
             old, self._value = self._value, 0
-            self._changed()
+            if self._waiting:
+                self._cond.notify_all()
             return old
 
     def __iadd__(self, n: SupportsIndex) -> Self:
@@ -109,13 +116,12 @@ class _LockedInt:
 class Counter(_LockedInt):
     """An exact signed 64-bit counter that many threads may update."""
 
-    __slots__ = ("_cond", "_waiting")
+    __slots__ = ("_cond",)
     __module__ = "tallies._pure"
 
     def __init__(self, initial: SupportsIndex = 0) -> None:
         super().__init__(initial)
         self._cond = threading.Condition(self._lock)
-        self._waiting = 0  # threads in wait_until(): updates notify only then
 
     def _changed(self) -> None:
         if self._waiting:
@@ -173,7 +179,7 @@ class ShardedCounter(_LockedInt):
     def inflated(self) -> bool:
         return False
 
-    def _overflow(self, op: str, n: int) -> OverflowError:
+    def _overflow(self, op: str, n: int, current: int) -> OverflowError:
         return OverflowError(
             f"{op}({n}) would move a stripe of the counter outside the "
             "signed 64-bit range; nothing was changed"
