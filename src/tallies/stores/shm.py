@@ -404,15 +404,7 @@ def check_segment_name(name: str) -> str:
         raise ValueError(f"segment name {name!r} must not contain '/'")
     if ".." in name:
         raise ValueError(f"segment name {name!r} must not contain '..'")
-    if "\x00" in name:
-        raise ValueError(f"segment name {name!r} must not contain a NUL character")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"segment name {name!r} is not valid Unicode") from None
-    if size > SEGMENT_NAME_MAX:
-        raise ValueError(f"segment name is {size} bytes in UTF-8; the limit is {SEGMENT_NAME_MAX}")
-    return name
+    return check_name(name, "segment name", SEGMENT_NAME_MAX)
 
 
 def segment_path(name: str) -> str:
@@ -693,18 +685,27 @@ class _Segment:
                             "create the segment with a larger ?names="
                         )
                     off = self.L.names_off + idx * NAME_ENTRY
-                    self.mm[off + TEXT_OFF : off + TEXT_OFF + len(raw)] = raw
-                    self.c.store(off + 8, kind)
-                    self.c.store(off + 16, len(raw))
-                    self.c.store(off, 1)
-                    _crash_point("register-entry-written")
-                    self.c.store(NAMES_USED, idx + 1)
-                    self.refresh()
+                    self._publish_entry(off, raw, kind, NAMES_USED, idx + 1)
         have = self.names[idx][1]
         if have != kind:
             what = "a keyed counter" if have == KIND_KEYED else "a counter"
             raise ValueError(f"{name!r} is {what} in shm://{self.name}")
         return idx
+
+    def _publish_entry(self, off: int, raw: bytes, tag: int, used_word: int, used: int) -> None:
+        """Write a directory entry (text, tag, length), mark it ready, then count it.
+
+        The caller holds the segment lock.  Readers only trust entries below the
+        used count, and the ready word is stored last, so a writer that dies
+        here leaves at worst an entry that nobody counts yet.
+        """
+        self.mm[off + TEXT_OFF : off + TEXT_OFF + len(raw)] = raw
+        self.c.store(off + 8, tag)
+        self.c.store(off + 16, len(raw))
+        self.c.store(off, 1)
+        _crash_point("register-entry-written")
+        self.c.store(used_word, used)
+        self.refresh()
 
     def find_key(self, owner: int, key: str) -> int | None:
         keys = self.keys.get(owner)
@@ -739,13 +740,7 @@ class _Segment:
                     "create the segment with a larger ?keys="
                 )
             off = self.L.keys_off + j * KEY_ENTRY
-            self.mm[off + TEXT_OFF : off + TEXT_OFF + len(raw)] = raw
-            self.c.store(off + 8, owner)
-            self.c.store(off + 16, len(raw))
-            self.c.store(off, 1)
-            _crash_point("register-entry-written")
-            self.c.store(KEYS_USED, j + 1)
-            self.refresh()
+            self._publish_entry(off, raw, owner, KEYS_USED, j + 1)
             return self.L.names_cap + j
 
     # -- reads and resets --------------------------------------------------
