@@ -41,26 +41,23 @@ class optional_build_ext(build_ext):
         )
 
 
+C = "src/tallies/_c/"  # every C source and shared header lives here
+
+
+def extension(name: str, source: str, *headers: str) -> Extension:
+    return Extension(
+        name,
+        sources=[C + source],
+        depends=[C + h for h in ("_cells.h", "_pyargs.h", *headers)],
+        extra_compile_args=flags,
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "tallies._core",
-            sources=["src/tallies/_core.c"],
-            depends=["src/tallies/_cells.h", "src/tallies/_pyargs.h"],
-            extra_compile_args=flags,
-        ),
-        Extension(
-            "tallies._shm",
-            sources=["src/tallies/_shm.c"],
-            depends=["src/tallies/_cells.h", "src/tallies/_pyargs.h"],
-            extra_compile_args=flags,
-        ),
-        Extension(
-            "tallies._keyed",
-            sources=["src/tallies/_keyed.c"],
-            depends=["src/tallies/_cells.h", "src/tallies/_keyed_cells.h", "src/tallies/_pyargs.h"],
-            extra_compile_args=flags,
-        ),
+        extension("tallies.counter._core", "counter.c"),
+        extension("tallies.keyed._core", "keyed.c", "_keyed_cells.h"),
+        extension("tallies.stores._shm", "shm.c"),
     ],
     cmdclass={"build_ext": optional_build_ext},
 )

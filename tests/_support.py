@@ -1,7 +1,7 @@
 """What the counter tests share: the int64 range, the exact error messages, odd inputs.
 
 The messages here are the specification both implementations must match word
-for word (see ``src/tallies/_pure.py`` and ``_core.c``).
+for word (see ``src/tallies/_pure/counter.py`` and ``_c/counter.c``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ REQUIRE_C = os.environ.get("TALLIES_REQUIRE_C") == "1"
 
 
 def core_import_error() -> BaseException | None:
-    """Why ``tallies._core`` cannot be imported, or None when it can."""
+    """Why ``tallies.counter._core`` cannot be imported, or None when it can."""
     try:
-        importlib.import_module("tallies._core")
+        importlib.import_module("tallies.counter._core")
     except ImportError as exc:
         return exc
     return None

@@ -6,15 +6,14 @@
     >>> c.value()
     1
 
-The C core (``tallies._core``) is used when it was built; otherwise, or when
-the environment sets ``TALLIES_PURE=1``, the pure-Python fallback
+The C core (``tallies.counter._core``) is used when it was built; otherwise,
+or when the environment sets ``TALLIES_PURE=1``, the pure-Python fallback
 (``tallies._pure``) with the same behaviour.  ``IMPLEMENTATION`` says which.
+The package is laid out by scope: ``counter``, ``keyed``, ``stores``; the
+``tallies`` command lives apart in ``tallies.cli``.
 """
 
 from __future__ import annotations
-
-import os
-from typing import TYPE_CHECKING
 
 __all__ = [
     "IMPLEMENTATION",
@@ -33,26 +32,9 @@ __all__ = [
 # must not shadow the builtin open().
 __version__ = "0.1.0"
 
-IMPLEMENTATION: str
-
-if TYPE_CHECKING:
-    from ._core import Counter, ShardedCounter
-elif os.environ.get("TALLIES_PURE") == "1":
-    from ._pure import Counter, ShardedCounter
-
-    IMPLEMENTATION = "python"
-else:
-    try:
-        from ._core import Counter, ShardedCounter
-
-        IMPLEMENTATION = "c"
-    except ImportError:
-        from ._pure import Counter, ShardedCounter
-
-        IMPLEMENTATION = "python"
-
-from .keyed import KeyedCounter  # noqa: E402 - picks its core the same way (tallies.keyed)
-from .stores import (  # noqa: E402 - after the core, which stores use
+from .counter import IMPLEMENTATION, Counter, ShardedCounter
+from .keyed import KeyedCounter  # picks its core the same way (tallies.keyed)
+from .stores import (  # after the core, which stores use
     CapacityError,
     CorruptSegmentError,
     Store,
@@ -60,4 +42,4 @@ from .stores import (  # noqa: E402 - after the core, which stores use
     StoreNotFoundError,
     destroy,
 )
-from .stores import open as open  # noqa: E402
+from .stores import open as open

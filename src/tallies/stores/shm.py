@@ -1,6 +1,6 @@
 """``shm://NAME``: counters in shared memory, exact across processes, lock-free writes.
 
-Design (read this before the code; the hot path is in ``tallies/_shm.c``)
+Design (read this before the code; the hot path is in ``tallies/_c/shm.c``)
 =========================================================================
 
 The segment
@@ -147,7 +147,7 @@ from .base import (
 )
 
 try:
-    from .. import _shm
+    from . import _shm
 except ImportError:  # pragma: no cover - exercised only without a compiler
     _shm = None  # type: ignore[assignment]
 
@@ -928,7 +928,7 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
 def _need_c() -> None:
     if _shm is None:
         raise RuntimeError(
-            "shm:// needs the tallies C extension (tallies._shm), which was not "
+            "shm:// needs the tallies C extension (tallies.stores._shm), which was not "
             "built here; reinstall with a C compiler (TALLIES_REQUIRE_C=1 to see why)"
         )
 

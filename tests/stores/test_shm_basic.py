@@ -12,7 +12,7 @@ import pytest
 from _shm_support import SHM_DIR, new_url
 
 import tallies
-from tallies._show import show
+from tallies.cli.show import show
 from tallies.stores.shm import KEY_MAX, NAME_MAX, ShmCounter, ShmKeyedCounter, ShmStore
 
 INT64_MAX = 2**63 - 1

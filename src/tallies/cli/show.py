@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from .stores import open as open_store
+from ..stores import open as open_store
 
 __all__ = ["show"]
 

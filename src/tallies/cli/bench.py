@@ -39,13 +39,13 @@ from typing import Any, cast
 
 import tallies
 
-from ._demo import (
+from .demo import (
     free_threaded_build,
     gil_enabled,
     implementation_description,
     interpreter_description,
 )
-from ._seed import ThreadSafeCounter
+from .seed import ThreadSafeCounter
 
 __all__ = [
     "PARTS",
@@ -453,9 +453,9 @@ class Part:
 
 
 def run_keyed(config: BenchConfig) -> Report:
-    from . import _bench_keyed
+    from . import bench_keyed
 
-    rows = _bench_keyed.run(
+    rows = bench_keyed.run(
         rounds=7 if config.quick else 15,
         iterations=400 if config.quick else 4000,
         thread_rounds=config.workload_rounds,
@@ -466,7 +466,7 @@ def run_keyed(config: BenchConfig) -> Report:
 
 
 def _render_keyed(data: Report) -> list[str]:
-    from ._bench_keyed import format_rows
+    from .bench_keyed import format_rows
 
     lines = format_rows(data["rows"]).splitlines()
     return ["KeyedCounter: counting events by key", *(f"  {line}" for line in lines)]
@@ -598,7 +598,7 @@ def size_targets(report: Report) -> list[Target]:
 
 
 def keyed_targets(report: Report) -> list[Target]:
-    """The KeyedCounter rows carry their own target and verdict (see _bench_keyed)."""
+    """The KeyedCounter rows carry their own target and verdict (see bench_keyed)."""
     verdicts = {"meets": "PASS", "misses": "FAIL", "WRONG RESULT": "FAIL"}
     out = []
     for row in report["keyed"]["rows"]:

@@ -3,7 +3,8 @@ their exactness checks; speed is never asserted)."""
 
 from __future__ import annotations
 
-from tallies import _bench_keyed, _demo_keyed
+from tallies.cli import bench_keyed as _bench_keyed
+from tallies.cli import demo_keyed as _demo_keyed
 
 
 def test_demo_rows_are_real_and_safe_patterns_exact() -> None:

@@ -42,8 +42,8 @@ def _switch_interval(text: str) -> float | None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import DemoConfig
-    from ._demo import main as demo_main
+    from .demo import DemoConfig
+    from .demo import main as demo_main
 
     config = DemoConfig(
         threads=args.threads,
@@ -92,13 +92,13 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from ._bench import BenchConfig
-    from ._bench import main as bench_main
+    from .bench import BenchConfig
+    from .bench import main as bench_main
 
     if args.processes:
         import json
 
-        from ._bench_processes import bench_processes, format_report
+        from .bench_processes import bench_processes, format_report
 
         n, rounds = (100_000, 1) if args.quick else (1_000_000, 3)
         report = bench_processes(n=n, rounds=rounds)
@@ -133,8 +133,8 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from ._show import show
-    from .stores import StoreError
+    from ..stores import StoreError
+    from .show import show
 
     try:
         print(show(args.url, as_json=args.json))
@@ -163,7 +163,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="tallies",

@@ -1,7 +1,7 @@
 """The collections.Counter API of KeyedCounter, written once over a core.
 
-A core (the C ``tallies._keyed.KeyedCore`` or the pure
-``tallies._pure_keyed.KeyedCore``) provides exact per-key primitives:
+A core (the C ``tallies.keyed._core.KeyedCore`` or the pure
+``tallies._pure.keyed.KeyedCore``) provides exact per-key primitives:
 ``increment``, ``decrement``, ``value``, ``pop``, ``discard``, ``clear`` and a
 few private ones (``_set``, ``_get``, ``_setdefault``, ``_reset_key``,
 ``_prune``, ``_keys``, ``_items``, ``_drain``).  ``KeyedCounterMixin`` builds
@@ -59,7 +59,7 @@ from collections.abc import (
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
-from ._pure import INT64_MAX, INT64_MIN, to_int64
+from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
 
 __all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
 

@@ -1,4 +1,4 @@
-"""tallies._shm on its own: every offset is checked, bad layouts are refused."""
+"""tallies.stores._shm on its own: every offset is checked, bad layouts are refused."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import mmap
 
 import pytest
 
-from tallies import _shm
+from tallies.stores import _shm
 
 SIZE = 4 * 4096
 

@@ -341,7 +341,7 @@ _SIGINT_SCRIPT = textwrap.dedent(
 
 
 def test_sigint_interrupts_a_waiter_and_leaves_the_counter_usable(impl: ModuleType) -> None:
-    src = str(Path(impl.__file__).resolve().parents[1])
+    src = str(Path(impl.__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     proc = subprocess.run(

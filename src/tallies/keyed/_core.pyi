@@ -1,7 +1,7 @@
-"""Types of tallies._keyed, the C core under ``tallies.KeyedCounter``.
+"""Types of tallies.keyed._core, the C core under ``tallies.KeyedCounter``.
 
 ``KeyedCounter`` here is the very class users get as ``tallies.KeyedCounter``:
-``tallies.keyed`` installs the collections.Counter API (``_keyed_api``) on
+``tallies.keyed`` installs the collections.Counter API (``tallies.keyed.api``) on
 it at import.  Each key's count lives in a 32-byte int64 cell; counting an
 existing key is one dict lookup and one checked add.
 """
@@ -15,7 +15,7 @@ CELL_SIZE: int
 """Bytes per key's cell object (on top of the dict entry)."""
 
 def _register_count(cls: type[int], /) -> None:
-    """Adopt tallies._keyed_api.Count as what kc[key] returns (internal)."""
+    """Adopt tallies.keyed.api.Count as what kc[key] returns (internal)."""
 
 class KeyedCounter:
     """Exact int64 counts by key.  Every method is atomic for its key."""

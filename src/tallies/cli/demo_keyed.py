@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .keyed import KeyedCounter
+from ..keyed import KeyedCounter
 
 __all__ = ["format_report", "main", "run"]
 

@@ -1,4 +1,4 @@
-"""The free-threaded key-removal protocol (src/tallies/_keyed_cells.h), stressed
+"""The free-threaded key-removal protocol (src/tallies/_c/_keyed_cells.h), stressed
 from pthreads under ThreadSanitizer: tests/c/stress_keyed.c.
 
 No free-threaded CPython is installable here, so the extension's
@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEADERS = ROOT / "src" / "tallies"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HEADERS = ROOT / "src" / "tallies" / "_c"
 STRESS = ROOT / "tests" / "c" / "stress_keyed.c"
 
 

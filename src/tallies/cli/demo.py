@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import tallies
 
-from ._seed import ThreadSafeCounter, ThreadUnsafeCounter
+from .seed import ThreadSafeCounter, ThreadUnsafeCounter
 
 __all__ = [
     "SECTIONS",
@@ -67,7 +67,10 @@ def interpreter_description() -> str:
 
 def implementation_description() -> str:
     """``tallies.IMPLEMENTATION`` with the module it names."""
-    where = "tallies._core, C" if tallies.IMPLEMENTATION == "c" else "tallies._pure, pure Python"
+    if tallies.IMPLEMENTATION == "c":
+        where = "tallies.counter._core, C"
+    else:
+        where = "tallies._pure, pure Python"
     return f"{tallies.IMPLEMENTATION} ({where})"
 
 
@@ -296,11 +299,11 @@ def counters_section(config: DemoConfig) -> Section:
 
 
 def keyed_section(config: DemoConfig) -> Section:
-    """Events by key: the same threads count event kinds (see _demo_keyed)."""
-    from . import _demo_keyed
+    """Events by key: the same threads count event kinds (see demo_keyed)."""
+    from . import demo_keyed
 
     interval = config.switch_interval or sys.getswitchinterval()
-    found, notes = _demo_keyed.run(config.threads, config.increments, interval)
+    found, notes = demo_keyed.run(config.threads, config.increments, interval)
     rows = [
         Row(
             name=r["name"],

@@ -6,7 +6,7 @@ measured configuration counted exactly what its workers did.
 
 from __future__ import annotations
 
-from tallies._bench_processes import bench_processes, format_report
+from tallies.cli.bench_processes import bench_processes, format_report
 
 
 def test_bench_processes_runs_and_counts_exactly() -> None:

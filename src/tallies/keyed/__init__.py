@@ -8,15 +8,15 @@
     [('a', 7), ('b', 2)]
 
 A drop-in replacement for ``collections.Counter`` wherever the counts are
-integers, whose every single-key update is atomic (see ``_keyed_api`` for how
+integers, whose every single-key update is atomic (see ``tallies.keyed.api`` for how
 ``kc[key] += n`` stays exact under threads).  The per-key primitives are C
-(``tallies._keyed``) when the extension was built, else the pure-Python
-``tallies._pure_keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
+(``tallies.keyed._core``, from ``_c/keyed.c``) when the extension was built, else
+the pure-Python ``tallies._pure.keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
 same Python code for the ``collections.Counter`` API.
 
 Free-threading: with ``Py_GIL_DISABLED`` the C core updates each key's cell
 atomically and removes keys with the protocol described in
-``_keyed_cells.h``.  No free-threaded CPython is installable where this was
+``_c/_keyed_cells.h``.  No free-threaded CPython is installable where this was
 written: that protocol was stressed from pthreads under ThreadSanitizer
 (``tests/c/stress_keyed.c``), and the extension's free-threaded branches
 were only compile-checked (``tests/test_build_headers.py``: ``gcc
@@ -29,24 +29,24 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ._keyed_api import Count, install
+from .api import Count, install
 
 __all__ = ["IMPLEMENTATION", "Count", "KeyedCounter"]
 
 IMPLEMENTATION: str
 
 if TYPE_CHECKING:
-    from ._pure_keyed import KeyedCounter
+    from .._pure.keyed import KeyedCounter
 else:
-    _core = None
+    _native = None
     if os.environ.get("TALLIES_PURE") != "1":
         try:
-            from . import _keyed as _core
+            from . import _core as _native
         except ImportError:
-            _core = None
+            _native = None
 
-    if _core is None:
-        from ._pure_keyed import KeyedCounter
+    if _native is None:
+        from .._pure.keyed import KeyedCounter
 
         IMPLEMENTATION = "python"
     else:
@@ -54,7 +54,7 @@ else:
         # that kc.increment(key) takes CPython's fast path for C methods; the
         # collections.Counter API is installed on it.  Its C __getitem__,
         # __setitem__ and __delitem__ stay, and Count gets C arithmetic.
-        KeyedCounter = _core.KeyedCounter
+        KeyedCounter = _native.KeyedCounter
         install(KeyedCounter, skip=frozenset({"__getitem__", "__setitem__", "__delitem__"}))
-        _core._register_count(Count)
+        _native._register_count(Count)
         IMPLEMENTATION = "c"

@@ -1,4 +1,4 @@
-"""The cell engine (src/tallies/_cells.h) hammered by pthreads, under ThreadSanitizer.
+"""The cell engine (src/tallies/_c/_cells.h) hammered by pthreads, under ThreadSanitizer.
 
 ``tests/c/stress_cells.c`` checks its own exact results (see its header) and
 prints ``ok <section>`` per section.  It is built into a temporary directory:
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-HEADER_DIR = ROOT / "src" / "tallies"
+ROOT = Path(__file__).resolve().parents[2]
+HEADER_DIR = ROOT / "src" / "tallies" / "_c"
 STRESS_C = ROOT / "tests" / "c" / "stress_cells.c"
 SECTIONS = ["sanity", "add", "edge_max", "edge_min", "striped", "caslock", "publish"]
 TSAN_WARNING = "WARNING: ThreadSanitizer"

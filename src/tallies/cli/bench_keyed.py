@@ -1,7 +1,7 @@
 """Benchmarks of KeyedCounter (issue 3): ratios measured in one run.
 
 ``run()`` returns rows (dicts: name, ns or seconds, ratio, target, verdict);
-``format_rows(rows)`` renders them; ``python -m tallies._bench_keyed`` does
+``format_rows(rows)`` renders them; ``python -m tallies.cli.bench_keyed`` does
 both.  Benchmarks, not tests: the machine and its load decide the numbers.
 
 Single-thread costs: each statement is unrolled 50 times in a function that
@@ -30,7 +30,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from .keyed import IMPLEMENTATION, KeyedCounter
+from ..keyed import IMPLEMENTATION, KeyedCounter
 
 __all__ = ["format_rows", "main", "run"]
 

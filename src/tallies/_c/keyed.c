@@ -1,5 +1,5 @@
 /*
- * tallies._keyed: the C type under tallies.KeyedCounter.
+ * tallies.keyed._core: the C type under tallies.KeyedCounter.
  *
  * The type (named tallies.keyed.KeyedCounter) owns one dict that maps each
  * key to a small cell object (PyObject_HEAD + a tlk_cell: an int64 count and
@@ -19,7 +19,7 @@
  * Here: the per-key primitives, kc[key] (a tagged Count), kc[key] = v (a
  * tagged Count from this counter and key is applied as an atomic increment
  * by its difference) and del kc[key].  tallies.keyed then installs the rest
- * of the collections.Counter API (Python, _keyed_api.py) on this same type,
+ * of the collections.Counter API (Python, keyed/api.py) on this same type,
  * so that kc.increment(key) is called on an instance of exactly this C type:
  * CPython's call specialisations for C methods require the exact type, and a
  * Python subclass would cost about 30 ns more per call.
@@ -86,7 +86,7 @@ typedef struct {
 #define CELL(o) (&((CellObject *)(o))->c)
 
 /* Created once per process (the module is single-interpreter), like the
- * type pointers of tallies._core. */
+ * type pointers of tallies.counter._core. */
 static PyTypeObject *cell_type;
 
 static PyObject *
@@ -115,7 +115,7 @@ static PyType_Slot Cell_slots[] = {
 };
 
 static PyType_Spec Cell_spec = {
-    "tallies._keyed._Cell", sizeof(CellObject), 0,
+    "tallies.keyed._core._Cell", sizeof(CellObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Cell_slots,
 };
 
@@ -788,9 +788,9 @@ Keyed_contains(KeyedObject *self, PyObject *key)
 
 /* ---- kc[key], kc[key] = v, del kc[key] and the Count tag ------------------ */
 
-/* tallies._keyed_api.Count, registered by tallies.keyed at import: the int
+/* tallies.keyed.api.Count, registered by tallies.keyed at import: the int
  * subclass that kc[key] returns, tagged with (counter, key, value read) in
- * its `_tag` attribute (read _keyed_api's header comment). */
+ * its `_tag` attribute (read keyed/api.py's header comment). */
 static PyObject *count_type;
 static PyObject *str_tag;
 
@@ -1039,13 +1039,13 @@ static PyModuleDef_Slot keyed_slots[] = {
 
 static PyMethodDef keyed_functions[] = {
     {"_register_count", keyed_register_count, METH_O,
-     "Adopt tallies._keyed_api.Count: kc[key] returns it (internal)."},
+     "Adopt tallies.keyed.api.Count: kc[key] returns it (internal)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef keyed_module = {
     PyModuleDef_HEAD_INIT,
-    "tallies._keyed",
+    "tallies.keyed._core",
     "The C core of tallies.KeyedCounter: counts by key in int64 cells.",
     sizeof(module_state),
     keyed_functions,
@@ -1056,7 +1056,7 @@ static struct PyModuleDef keyed_module = {
 };
 
 PyMODINIT_FUNC
-PyInit__keyed(void)
+PyInit__core(void)
 {
     return PyModuleDef_Init(&keyed_module);
 }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tallies"
+SRC = Path(__file__).resolve().parents[2] / "src" / "tallies" / "_c"
 C_FILES = sorted(SRC.glob("*.c"))
 CC = shutil.which("gcc") or shutil.which("cc")
 

@@ -701,9 +701,9 @@ def test_c_counter_is_small(core: ModuleType) -> None:
 
 _REIMPORT_SCRIPT = """
 import importlib, sys
-import tallies._core as first
-del sys.modules["tallies._core"]
-second = importlib.import_module("tallies._core")  # multi-phase init: fresh types
+import tallies.counter._core as first
+del sys.modules["tallies.counter._core"]
+second = importlib.import_module("tallies.counter._core")  # multi-phase init: fresh types
 assert second.Counter is not first.Counter
 for cls in (second.Counter, second.ShardedCounter, first.Counter):
     c = cls(1)
@@ -716,7 +716,7 @@ print("ok")
 
 def test_c_core_still_works_after_a_reimport(core: ModuleType) -> None:
     """A second module object (re-import, sub-interpreter) has its own types; all must work."""
-    src = str(Path(core.__file__).resolve().parents[1])
+    src = str(Path(core.__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     proc = subprocess.run(

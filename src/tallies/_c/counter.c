@@ -1,5 +1,5 @@
 /*
- * tallies._core: Counter and ShardedCounter, thin Python types over the cell
+ * tallies.counter._core: Counter and ShardedCounter, thin Python types over the cell
  * engine in _cells.h (read that header first).
  *
  * With a GIL every method runs start to finish while holding it, so the cells
@@ -716,7 +716,7 @@ static PyModuleDef_Slot core_slots[] = {
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
-    "tallies._core",
+    "tallies.counter._core",
     "The C core of tallies: exact atomic counters over the cell engine.",
     sizeof(module_state),
     NULL,

@@ -1,5 +1,5 @@
 /*
- * tallies._shm: the hot path of counters shared by processes (shm://NAME).
+ * tallies.stores._shm: the hot path of counters shared by processes (shm://NAME).
  *
  * Read src/tallies/stores/shm.py first: it owns the segment file, its layout,
  * the name and key directories, slab ownership, folding and every lock.  This
@@ -650,7 +650,7 @@ static PyType_Slot Segment_slots[] = {
 };
 
 static PyType_Spec Segment_spec = {
-    "tallies._shm.Segment", sizeof(SegmentObject), 0,
+    "tallies.stores._shm.Segment", sizeof(SegmentObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Segment_slots,
 };
 
@@ -807,7 +807,7 @@ static PyType_Slot Cell_slots[] = {
 };
 
 static PyType_Spec Cell_spec = {
-    "tallies._shm.Cell", sizeof(CellObject), 0,
+    "tallies.stores._shm.Cell", sizeof(CellObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Cell_slots,
 };
 
@@ -1008,7 +1008,7 @@ static PyType_Slot Keyed_slots[] = {
 };
 
 static PyType_Spec Keyed_spec = {
-    "tallies._shm.KeyedCells", sizeof(KeyedObject), 0,
+    "tallies.stores._shm.KeyedCells", sizeof(KeyedObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
 };
 
@@ -1080,7 +1080,7 @@ static PyModuleDef_Slot shm_slots[] = {
 
 static struct PyModuleDef shm_module = {
     PyModuleDef_HEAD_INIT,
-    "tallies._shm",
+    "tallies.stores._shm",
     "The hot path of tallies' shared-memory counters (see tallies/stores/shm.py).",
     sizeof(module_state),
     NULL,
