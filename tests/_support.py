@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sysconfig
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -20,6 +21,9 @@ INT64_MAX = 2**63 - 1
 
 #: CI and the test command set TALLIES_REQUIRE_C=1: then a missing C core fails the tests.
 REQUIRE_C = os.environ.get("TALLIES_REQUIRE_C") == "1"
+
+#: True on a free-threaded CPython build (``--disable-gil``, e.g. 3.13t), whatever the GIL's state.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def core_import_error() -> BaseException | None:

@@ -20,6 +20,7 @@ import pytest
 
 import tallies
 from tallies.cli import main
+from tallies.cli.demo_keyed import _events_for
 
 SRC = str(Path(tallies.__file__).resolve().parent.parent)
 THREAD_SAFE = {
@@ -64,7 +65,8 @@ def test_demo_json_rows_add_up_and_safe_counters_lose_nothing(
     assert {row["name"] for row in rows} >= THREAD_SAFE | UNSAFE
     for row in rows:
         assert {"name", "expected", "final", "lost", "seconds"} <= row.keys()
-        assert row["expected"] == 4 * 20000
+        # Rows CPython makes slow without the GIL count fewer events (demo_keyed says so).
+        assert row["expected"] == 4 * _events_for(row["name"], 20000)
         assert row["final"] == row["expected"] - row["lost"]
         assert 0 <= row["lost"] <= row["expected"]
         assert row["seconds"] > 0

@@ -13,19 +13,19 @@ To add a part, write such a function and append it to ``SECTIONS``.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
 import sysconfig
 import textwrap
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import tallies
 
+from ._timing import timed_threads
 from .seed import ThreadSafeCounter, ThreadUnsafeCounter
 
 __all__ = [
@@ -138,9 +138,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-def _task(counter: _Counting, increments: int, start: threading.Barrier) -> None:
-    # The tutorial's task(), with the count as a parameter and a common start.
-    start.wait()
+def _task(counter: _Counting, increments: int) -> None:
+    # The tutorial's task(), with the count as a parameter.
     for _ in range(increments):
         counter.increment()
 
@@ -156,20 +155,13 @@ def run_threads(
     old_interval = sys.getswitchinterval()
     interval = config.switch_interval if not thread_safe else None
     counter = factory()
-    start = threading.Barrier(config.threads)
-    threads = [
-        threading.Thread(target=_task, args=(counter, config.increments, start))
-        for _ in range(config.threads)
-    ]
     try:
         if interval is not None:
             sys.setswitchinterval(interval)
-        t0 = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - t0
+        # Each thread reads the clock itself after the common start (see _timing).
+        seconds = timed_threads(
+            config.threads, lambda _: functools.partial(_task, counter, config.increments)
+        )
     finally:
         sys.setswitchinterval(old_interval)
     expected = config.threads * config.increments
