@@ -48,7 +48,7 @@ def extension(name: str, source: str, *headers: str) -> Extension:
     return Extension(
         name,
         sources=[C + source],
-        depends=[C + h for h in ("_cells.h", "_pyargs.h", *headers)],
+        depends=[C + h for h in ("_cells.h", "_pyargs.h", "_shared.h", *headers)],
         extra_compile_args=flags,
     )
 

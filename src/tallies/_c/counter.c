@@ -17,6 +17,7 @@
 
 #include "_cells.h"
 #include "_pyargs.h"
+#include "_shared.h"
 
 /* ---- errors and pickling ------------------------------------------------ */
 
@@ -439,6 +440,7 @@ Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     tl_striped_init(&self->s, v, n_cpus);
+    tl_share_prepare((PyObject *)self); /* 3.13t: see _shared.h */
     return (PyObject *)self;
 }
 
@@ -454,7 +456,25 @@ Sharded_dealloc(ShardedObject *self)
 static PyObject *
 sharded_update(ShardedObject *self, int64_t n, int sub, const char *op)
 {
+#if TL_SHARE_WIDELY
+    /* tl_striped_add, spelled out to see the first contention (a failed CAS
+     * on the base of a counter not yet inflated): that is when the object
+     * stops being reference counted (_shared.h). */
+    int r;
+    if (TL_LIKELY(atomic_load_explicit(&self->s.cells, memory_order_relaxed) != NULL)) {
+        r = tl_striped_add_slow(&self->s, n, sub);
+    }
+    else {
+        int64_t ignored;
+        r = tl_try_add(&self->s.base, n, sub, &ignored);
+        if (r > 0) {
+            tl_share_widely((PyObject *)self);
+            r = tl_striped_add_slow(&self->s, n, sub);
+        }
+    }
+#else
     int r = STRIPED_ADD(&self->s, n, sub);
+#endif
     if (TL_LIKELY(r == TL_OK)) {
         Py_RETURN_NONE;
     }
@@ -663,6 +683,7 @@ core_exec(PyObject *m)
     module_state *st = PyModule_GetState(m);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     n_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
+    tl_shared_configure();
 
     st->Counter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Counter_spec, NULL);
     if (st->Counter == NULL || PyModule_AddType(m, st->Counter) < 0) {
@@ -679,7 +700,8 @@ core_exec(PyObject *m)
     int ft = 0;
 #endif
     if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
-        PyModule_AddIntConstant(m, "CPU_SLOTS", (long)n_cpus) < 0) {
+        PyModule_AddIntConstant(m, "CPU_SLOTS", (long)n_cpus) < 0 ||
+        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0) {
         return -1;
     }
     return 0;
@@ -703,6 +725,19 @@ core_clear(PyObject *m)
     return 0;
 }
 
+static PyObject *
+core_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(tl_shared_remaining());
+}
+
+static PyMethodDef core_methods[] = {
+    {"_shared_remaining", core_shared_remaining, METH_NOARGS,
+     "How many more contended ShardedCounters this process may make immortal "
+     "(free-threaded 3.13 only; always 0 elsewhere; see _c/_shared.h)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
 #ifdef Py_mod_gil
@@ -719,7 +754,7 @@ static struct PyModuleDef core_module = {
     "tallies.counter._core",
     "The C core of tallies: exact atomic counters over the cell engine.",
     sizeof(module_state),
-    NULL,
+    core_methods,
     core_slots,
     core_traverse,
     core_clear,

@@ -1,7 +1,7 @@
 """The ``tallies`` console script.
 
     tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
-    tallies bench [--quick] [--processes] [--json]
+    tallies bench [--quick] [--processes | --threads] [--json]
     tallies show URL [--json]
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and
@@ -105,6 +105,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
 
+    if args.threads:
+        from .bench_threads import main as bench_threads_main
+
+        return bench_threads_main(quick=args.quick, as_json=args.json)
+
     config = BenchConfig.quick_run() if args.quick else BenchConfig.full_run()
     return bench_main(config, as_json=args.json)
 
@@ -127,6 +132,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="instead: counters shared by processes (shm://) against multiprocessing.Value "
         "and prometheus_client's multiprocess mode",
+    )
+    p.add_argument(
+        "--threads",
+        action="store_true",
+        help="instead: how throughput scales from 1 thread to one per CPU, for each form "
+        "of counting (the targets apply to free-threaded builds)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)

@@ -6,6 +6,11 @@ FREE_THREADED_BUILD: int
 """1 when this extension was compiled for a free-threaded (no-GIL) CPython."""
 CPU_SLOTS: int
 """How many striped cells a ShardedCounter allocates when it inflates."""
+SHARES_CONTENDED: int
+"""1 on free-threaded 3.13: a contended ShardedCounter stops being refcounted (_c/_shared.h)."""
+
+def _shared_remaining() -> int:
+    """How many more contended ShardedCounters may become immortal (0 where not 3.13t)."""
 
 class Counter:
     """An exact signed 64-bit counter that many threads may update at once.

@@ -1,0 +1,243 @@
+"""KeyedCounter and the stores' counters with threads that really run at the same time.
+
+KeyedCounter: inserts, increments, decrements, ``kc[k] += n``, pops, resets of one
+key and of all keys, and iteration/snapshots, all at once from every thread on a
+key space small enough that keys are removed and re-inserted all the time.  Each
+thread's ledger of what it added and what its pops and resets took must balance
+key by key:
+
+    count left + everything taken == everything added
+
+Stores: every store's counters and keyed counters are hammered the same way
+through ``tallies.open(url)`` (``STORE_URLS``); the shm:// segment's counters are
+also shared by two store objects at once.  Write-behind stores (sqlite://,
+redis://) join by adding their URL factory to ``STORE_URLS`` (their ``flush()``
+is called before the ledgers are checked).
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _ft_stress import ROUNDS, THREADS, Deadline, ops, together
+from _shm_support import new_url
+
+import tallies
+import tallies.keyed
+from tallies import _pure_keyed
+
+
+def _c_keyed() -> Any:
+    if tallies.keyed.IMPLEMENTATION != "c":
+        pytest.fail("the C extension tallies.keyed._core is not built")
+    return tallies.keyed.KeyedCounter
+
+
+@pytest.fixture(params=["c", "python"])
+def KC(request: pytest.FixtureRequest) -> Any:
+    return _c_keyed() if request.param == "c" else _pure_keyed.KeyedCounter
+
+
+def _keyed_workload(kc: Any, seed: int, n: int, keys: list[Any]) -> None:
+    """Run the mixed workload on ``kc`` and check the ledgers key by key."""
+    deadline = Deadline()
+
+    def work(t: int) -> tuple[collections.Counter[Any], collections.Counter[Any], int]:
+        rng = random.Random(seed * 104729 + t)
+        added: collections.Counter[Any] = collections.Counter()
+        taken: collections.Counter[Any] = collections.Counter()
+        reads = 0
+        for i in range(n):
+            if i % 128 == 0 and deadline.expired():
+                break
+            key = rng.choice(keys)
+            m = rng.randint(1, 9)
+            r = rng.random()
+            if r < 0.30:
+                kc.increment(key, m)
+                added[key] += m
+            elif r < 0.40:
+                kc.decrement(key, m)
+                added[key] -= m
+            elif r < 0.50:
+                kc[key] += m
+                added[key] += m
+            elif r < 0.56:
+                kc.update({key: m})
+                added[key] += m
+            elif r < 0.66:
+                taken[key] += kc.pop(key, 0)  # removes the key: the next update re-inserts it
+            elif r < 0.74:
+                taken[key] += kc.reset(key)
+            elif r < 0.76:
+                taken.update(kc.reset())
+            elif r < 0.86:
+                for k, v in kc.items():  # iteration while keys come and go
+                    assert type(v) is int and k in keys
+                    reads += 1
+            elif r < 0.93:
+                snap = kc.snapshot()
+                assert set(snap) <= set(keys)
+                reads += len(snap)
+            else:
+                _ = kc.value(key), kc.get(key), key in kc, len(kc), kc.total()
+                reads += 1
+        return added, taken, reads
+
+    results = together(THREADS, work)
+    for k in keys:
+        added = sum(a[k] for a, _, _ in results)
+        taken = sum(t[k] for _, t, _ in results)
+        assert kc.value(k) + taken == added, k
+    assert set(kc) <= set(keys)
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_keyed_every_mutator_balances_key_by_key(KC: Any, round_: int) -> None:
+    """Twelve str keys (on GIL builds the C core starts in small mode with these)."""
+    n = ops(20_000 if KC is not _pure_keyed.KeyedCounter else 4_000)
+    _keyed_workload(KC(), round_, n, [f"k{i}" for i in range(12)])
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_keyed_mixed_keys_balance_key_by_key(KC: Any, round_: int) -> None:
+    """int, str, tuple and frozenset keys: everything in cells from the start."""
+    n = ops(20_000 if KC is not _pure_keyed.KeyedCounter else 4_000)
+    keys: list[Any] = [*range(4), "a", "b", ("t", 1), frozenset({1, 2})]
+    _keyed_workload(KC(), round_ + 100, n, keys)
+
+
+def test_keyed_inserts_of_fresh_keys_from_every_thread(KC: Any) -> None:
+    """Every thread inserts keys nobody else has used and keys everybody uses, at once:
+    no insert is lost, no key appears twice."""
+    kc = KC()
+    n = ops(5_000 if KC is not _pure_keyed.KeyedCounter else 1_000)
+
+    def work(t: int) -> None:
+        for i in range(n):
+            kc.increment((t, i))
+            kc.increment(i % 50)
+
+    together(THREADS, work)
+    assert len(kc) == THREADS * n + min(50, n)
+    assert kc.total() == 2 * THREADS * n
+    assert all(kc.value((t, i)) == 1 for t in range(THREADS) for i in range(0, n, 97))
+
+
+# ---------------------------------------------------------------- stores
+
+
+@pytest.fixture
+def shm_store_url() -> Iterator[str]:
+    url = new_url("?names=64&keys=1024&slabs=16")
+    yield url
+    tallies.destroy(url)
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    url = f"memory://ft{secrets.token_hex(6)}"  # a named store: two handles share it
+    yield url
+    tallies.destroy(url)
+
+
+#: Fixtures that each yield the URL of a fresh store under stress.  The write-behind
+#: stores (sqlite://, redis://, on their own branches) add theirs here.
+STORE_URLS = ["memory_url", "shm_store_url"]
+
+
+@pytest.fixture(params=STORE_URLS)
+def store_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(request.param)
+    return url
+
+
+def _open_pair(url: str) -> tuple[Any, Any]:
+    """Two store objects on one URL: half the threads use each."""
+    return tallies.open(url), tallies.open(url)
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_store_counters_balance(store_url: str, round_: int) -> None:
+    """increment, decrement, += and reset on one named counter from every thread,
+    half of them through a second store object on the same URL."""
+    a, b = _open_pair(store_url)
+    n = ops(10_000)
+    deadline = Deadline()
+
+    def work(t: int) -> tuple[int, int]:
+        c = (a if t % 2 else b).counter("hits")
+        rng = random.Random(round_ * 31 + t)
+        applied = taken = 0
+        for i in range(n):
+            if i % 128 == 0 and deadline.expired():
+                break
+            m = rng.randint(1, 9)
+            r = rng.random()
+            if r < 0.5:
+                c.increment(m)
+                applied += m
+            elif r < 0.7:
+                c.decrement(m)
+                applied -= m
+            elif r < 0.95:
+                c.increment()
+                applied += 1
+            else:
+                taken += c.reset()
+        return applied, taken
+
+    try:
+        results = together(THREADS, work)
+        a.flush()
+        b.flush()
+        applied = sum(x for x, _ in results)
+        taken = sum(y for _, y in results)
+        assert a.counter("hits").value() + taken == applied
+        assert b.counter("hits").value() + taken == applied
+    finally:
+        a.close()
+        b.close()
+
+
+def test_store_keyed_counters_balance(store_url: str) -> None:
+    """increment, decrement and reset(key) on a store's keyed counter from every thread."""
+    a, b = _open_pair(store_url)
+    n = ops(5_000)
+    keys = [f"k{i}" for i in range(8)]
+
+    def work(t: int) -> tuple[collections.Counter[str], collections.Counter[str]]:
+        kc = (a if t % 2 else b).keyed("events")
+        rng = random.Random(t)
+        added: collections.Counter[str] = collections.Counter()
+        taken: collections.Counter[str] = collections.Counter()
+        for _ in range(n):
+            key = rng.choice(keys)
+            r = rng.random()
+            if r < 0.7:
+                kc.increment(key)
+                added[key] += 1
+            elif r < 0.9:
+                kc.decrement(key, 2)
+                added[key] -= 2
+            else:
+                taken[key] += kc.reset(key)
+        return added, taken
+
+    try:
+        results = together(THREADS, work)
+        a.flush()
+        b.flush()
+        kc = a.keyed("events")
+        for k in keys:
+            added = sum(x[k] for x, _ in results)
+            taken = sum(y[k] for _, y in results)
+            assert kc.value(k) + taken == added, k
+    finally:
+        a.close()
+        b.close()
