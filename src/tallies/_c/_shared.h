@@ -74,10 +74,15 @@
 
 static _Atomic long tl_shared_left = TL_SHARED_MAX;
 
-/* At module exec: read TALLIES_SHARED_MAX (a non-negative integer). */
+/* At the first module exec: read TALLIES_SHARED_MAX (a non-negative integer).
+ * A re-import does not refill the budget. */
 static inline void
 tl_shared_configure(void)
 {
+    static atomic_flag done = ATOMIC_FLAG_INIT;
+    if (atomic_flag_test_and_set(&done)) {
+        return;
+    }
     const char *env = getenv("TALLIES_SHARED_MAX");
     if (env != NULL && *env != '\0') {
         char *end = NULL;
