@@ -1,4 +1,11 @@
-"""Drive racy.hammer from two threads at once (TSan negative control)."""
+"""Drive racy.hammer from two threads at once (the ThreadSanitizer negative control).
+
+TSan reports a race between two accesses that no synchronisation orders.  If
+one thread finished before the other started (a loaded machine), the
+interpreter's own locks between them can order the accesses and hide the
+race; so the threads hammer in rounds until updates are lost, which proves
+that they ran at the same time (at most ROUNDS rounds).
+"""
 
 import sys
 import threading
@@ -7,17 +14,21 @@ import racy
 
 assert not sys._is_gil_enabled(), "GIL got enabled; the race would be hidden"
 N = 200_000
-barrier = threading.Barrier(2)
+ROUNDS = 50
+expected = 0
+for round_ in range(1, ROUNDS + 1):
+    barrier = threading.Barrier(2)
 
+    def work() -> None:
+        barrier.wait()
+        racy.hammer(N)
 
-def work():
-    barrier.wait()
-    racy.hammer(N)
-
-
-threads = [threading.Thread(target=work) for _ in range(2)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(f"counter={racy.value()} expected={2 * N}")
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected += 2 * N
+    if racy.value() < expected:
+        break
+print(f"rounds={round_} counter={racy.value()} expected={expected}")
