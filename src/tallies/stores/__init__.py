@@ -51,7 +51,7 @@ __all__ = [
     "schemes",
 ]
 
-BUILTIN_SCHEMES = ("memory", "shm")
+BUILTIN_SCHEMES = ("memory", "shm", "sqlite")
 _registry: dict[str, type[Store]] = {}
 _SCHEME = re.compile(r"[a-z][a-z0-9]*\Z")
 
