@@ -69,6 +69,7 @@ import collections
 import contextlib
 import math
 import os
+import secrets
 import signal
 import sqlite3
 import threading
@@ -105,7 +106,6 @@ MAGIC = "tallies"
 SCHEMA_VERSION = 1
 DEFAULT_FLUSH = 1.0
 DEFAULT_TIMEOUT = 5.0
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 SCHEMA = (
     "CREATE TABLE tallies_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -184,19 +184,52 @@ def sqlite_path(url: StoreURL) -> str:
     return path
 
 
-def _check_header(path: str) -> None:
-    """A non-empty file must start like an SQLite database and hold its first page."""
+def _check_path(path: str) -> None:
+    """Refuse a directory.  The file itself is checked by SQLite only: this
+    process must never open() and close() a database file that SQLite has
+    open, since closing any descriptor of a file drops every POSIX lock the
+    process holds on it, and another process could then checkpoint and reset
+    the WAL under our connections (SQLite's "how to corrupt", 2.2)."""
+    if os.path.isdir(path):
+        raise CorruptSegmentError(f"{path} is a directory, not a tallies database")
+
+
+def _create_file(path: str) -> None:
+    """Build a complete, empty tallies database under a temporary name and
+    link it into place, so that no process ever opens a half-made one.
+
+    (A brand-new database in WAL mode keeps its first pages in the -wal file
+    while the main file is still 0 bytes, and SQLite treats a -wal next to a
+    0-byte database as stale and deletes it: processes creating a database
+    at once lost whole commits that way.  Ours is built in rollback mode,
+    switched to WAL, closed, which leaves every page in the main file.)
+    The loser of the ``link`` race uses the winner's file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    )
     try:
-        with open(path, "rb") as f:
-            head = f.read(100)
-    except FileNotFoundError:
-        return
-    except IsADirectoryError:
-        raise CorruptSegmentError(f"{path} is a directory, not a tallies database") from None
-    if not head:
-        return  # an empty file: SQLite treats it as a new database
-    if len(head) < 100 or not head.startswith(SQLITE_HEADER):
-        raise CorruptSegmentError(f"{path} is not an SQLite database (truncated or garbage)")
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in SCHEMA:
+                conn.execute(stmt)
+            conn.executemany(
+                "INSERT INTO tallies_meta(key, value) VALUES (?, ?)",
+                [("magic", MAGIC), ("schema", str(SCHEMA_VERSION))],
+            )
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailableError(f"sqlite: cannot create {path}: {exc}") from exc
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp + suffix)
 
 
 def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
@@ -222,17 +255,18 @@ class SqliteBackend:
 
     def _connect(self, create: bool | None = None) -> sqlite3.Connection:
         create = self.create if create is None else create
-        _check_header(self.path)
-        mode = "rwc" if create else "rw"
-        if not create and not os.path.exists(self.path):
-            raise StoreNotFoundError(f"sqlite: no database at {self.path}")
-        uri = "file:" + _quote(os.path.abspath(self.path)) + f"?mode={mode}"
+        if not os.path.exists(self.path):
+            if not create:
+                raise StoreNotFoundError(f"sqlite: no database at {self.path}")
+            _create_file(self.path)
+        _check_path(self.path)
+        uri = "file:" + _quote(os.path.abspath(self.path)) + "?mode=rw"
         try:
             conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False
             )
         except sqlite3.OperationalError as exc:
-            if not create and not os.path.exists(self.path):
+            if not os.path.exists(self.path):
                 raise StoreNotFoundError(f"sqlite: no database at {self.path}") from exc
             raise StoreUnavailableError(f"sqlite: cannot open {self.path}: {exc}") from exc
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -252,29 +286,9 @@ class SqliteBackend:
         return conn
 
     def _validate(self, conn: sqlite3.Connection) -> None:
-        """Check (or, for an empty database, create) the schema; never write
-        to a file that is not ours."""
+        """Check the schema; never write to a file that is not ours."""
         try:
             tables = self._tables(conn)
-            if not tables:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreUnavailableError(f"sqlite: {self.path} cannot use WAL mode ({mode})")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if not self._tables(conn):
-                        for stmt in SCHEMA:
-                            conn.execute(stmt)
-                        conn.executemany(
-                            "INSERT INTO tallies_meta(key, value) VALUES (?, ?)",
-                            [("magic", MAGIC), ("schema", str(SCHEMA_VERSION))],
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                tables = self._tables(conn)
             self._check_meta(conn, tables)
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -357,6 +371,9 @@ class SqliteBackend:
                 raise StoreUnavailableError(f"sqlite: {self.path} does not exist now") from exc
             try:
                 self._check_meta(conn, self._tables(conn))
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise _corrupt(self.path, exc) from exc
             except BaseException:
                 conn.close()
                 raise
