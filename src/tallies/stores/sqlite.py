@@ -69,6 +69,7 @@ import collections
 import contextlib
 import math
 import os
+import random
 import secrets
 import signal
 import sqlite3
@@ -143,6 +144,14 @@ _RECORD = (
     "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?) "
     "ON CONFLICT(writer_id) DO UPDATE SET seq = excluded.seq, seen = excluded.seen"
 )
+
+PRUNE_EVERY = 60.0
+"""Seconds between two prunes of the writers table by one process."""
+
+
+class _Refused(Exception):
+    """A guarded UPSERT refused its row (an int64 overflow): redo exactly."""
+
 
 # ---- test hooks ----------------------------------------------------------------
 
@@ -249,6 +258,7 @@ class SqliteBackend:
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
+        self._pruned = 0.0
         self._w = self._open(validate=True)
 
     # -- connections -------------------------------------------------------------
@@ -279,6 +289,9 @@ class SqliteBackend:
                 st = os.stat(self.path)
                 self._ident = (st.st_dev, st.st_ino)
                 self._validate(conn)
+                # The writer waits for the write lock in _begin(), with short
+                # sleeps; SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms.
+                conn.execute("PRAGMA busy_timeout = 0")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             conn.close()
@@ -388,7 +401,7 @@ class SqliteBackend:
             conn = self._writer()
             _point("before-begin")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
                 try:
                     out = body(conn)
                     _point("before-commit")
@@ -398,7 +411,7 @@ class SqliteBackend:
                         with contextlib.suppress(Exception):
                             conn.execute("ROLLBACK")
                     raise
-            except CountOverflowError:
+            except (CountOverflowError, _Refused):
                 raise
             except sqlite3.Error as exc:
                 if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
@@ -407,17 +420,46 @@ class SqliteBackend:
             _point("after-commit")
             return out
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to ``timeout`` seconds for the write
+        lock with short randomised sleeps (50 us doubling to 2 ms)."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.00005
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.002)
+
     @staticmethod
     def _recorded(conn: sqlite3.Connection, writer_id: str) -> int:
         row = conn.execute("SELECT seq FROM writers WHERE writer_id = ?", (writer_id,)).fetchone()
         return int(row[0]) if row is not None else 0
 
     def apply(self, writer_id: str, batch: Batch) -> None:
-        def body(conn: sqlite3.Connection) -> None:
+        def body(conn: sqlite3.Connection, exact: bool) -> None:
             now = time.time()
-            if self._recorded(conn, writer_id) >= batch.seq:
-                conn.execute("UPDATE writers SET seen = ? WHERE writer_id = ?", (now, writer_id))
-                return
+            cur = conn.execute(
+                "UPDATE writers SET seq = ?, seen = ? WHERE writer_id = ? AND seq < ?",
+                (batch.seq, now, writer_id, batch.seq),
+            )
+            if cur.rowcount == 0:
+                row = conn.execute(
+                    "SELECT seq FROM writers WHERE writer_id = ?", (writer_id,)
+                ).fetchone()
+                if row is not None:  # recorded seq >= batch.seq: applied already
+                    conn.execute(
+                        "UPDATE writers SET seen = ? WHERE writer_id = ?", (now, writer_id)
+                    )
+                    return
+                conn.execute(
+                    "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?)",
+                    (writer_id, batch.seq, now),
+                )
             if batch.names:
                 conn.executemany(
                     "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", batch.names.items()
@@ -426,36 +468,47 @@ class SqliteBackend:
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
                     [(n,) for n, k in batch.names.items() if k == "counter"],
                 )
-            self._add(conn, batch)
-            conn.execute(_RECORD, (writer_id, batch.seq, now))
-            conn.execute("DELETE FROM writers WHERE seen < ?", (now - PRUNE_AFTER,))
+            if exact:
+                self._add_exact(conn, batch)
+            elif not self._add_fast(conn, batch):
+                raise _Refused
+            if now - self._pruned > PRUNE_EVERY:
+                conn.execute("DELETE FROM writers WHERE seen < ?", (now - PRUNE_AFTER,))
+                self._pruned = now
 
-        self._write(body)
+        try:
+            self._write(lambda conn: body(conn, False))
+        except _Refused:  # rolled back: redo with exact arithmetic (rare)
+            self._write(lambda conn: body(conn, True))
 
-    def _add(self, conn: sqlite3.Connection, batch: Batch) -> None:
+    @staticmethod
+    def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
+        """Guarded UPSERTs; False if any row refused (the caller rolls back)."""
         rows_c = list(batch.counters.items())
         rows_k = [(n, k, d) for n, m in batch.keyed.items() for k, d in m.items()]
-        if not (rows_c or rows_k):
-            return
-        small = all(INT64_MIN <= d <= INT64_MAX for _, d in rows_c) and all(
-            INT64_MIN <= d <= INT64_MAX for _, _, d in rows_k
-        )
-        if small:
-            conn.execute("SAVEPOINT fast")
-            changed = 0
-            if rows_c:
-                changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
-            if rows_k:
-                changed += conn.executemany(_ADD_KEY, rows_k).rowcount
-            if changed == len(rows_c) + len(rows_k):
-                conn.execute("RELEASE fast")
-                return
-            conn.execute("ROLLBACK TO fast")
-            conn.execute("RELEASE fast")
-        # Exact arithmetic in Python: find every sum that leaves int64.
+        for _, d in rows_c:
+            if not INT64_MIN <= d <= INT64_MAX:
+                return False
+        for _, _, d in rows_k:
+            if not INT64_MIN <= d <= INT64_MAX:
+                return False
+        changed = 0
+        if len(rows_c) == 1:
+            changed += conn.execute(_ADD_COUNTER, rows_c[0]).rowcount
+        elif rows_c:
+            changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
+        if len(rows_k) == 1:
+            changed += conn.execute(_ADD_KEY, rows_k[0]).rowcount
+        elif rows_k:
+            changed += conn.executemany(_ADD_KEY, rows_k).rowcount
+        return changed == len(rows_c) + len(rows_k)
+
+    def _add_exact(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Exact arithmetic in Python: raise CountOverflowError naming every
+        sum that leaves int64 (the caller rolls back), else write the sums."""
         bad: list[tuple[str, str | None]] = []
         new_c = []
-        for name, d in rows_c:
+        for name, d in batch.counters.items():
             row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
             v = (int(row[0]) if row else 0) + d
             if INT64_MIN <= v <= INT64_MAX:
@@ -463,15 +516,16 @@ class SqliteBackend:
             else:
                 bad.append((name, None))
         new_k = []
-        for name, key, d in rows_k:
-            row = conn.execute(
-                "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
-            ).fetchone()
-            v = (int(row[0]) if row else 0) + d
-            if INT64_MIN <= v <= INT64_MAX:
-                new_k.append((name, key, v))
-            else:
-                bad.append((name, key))
+        for name, m in batch.keyed.items():
+            for key, d in m.items():
+                row = conn.execute(
+                    "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
+                ).fetchone()
+                v = (int(row[0]) if row else 0) + d
+                if INT64_MIN <= v <= INT64_MAX:
+                    new_k.append((name, key, v))
+                else:
+                    bad.append((name, key))
         if bad:
             shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
             raise CountOverflowError(
