@@ -630,3 +630,35 @@ def test_model(tmp_path: Path, program: list[tuple[Any, ...]]) -> None:
     kstored = dict(raw(db, "select key, value from keyed"))
     assert nz(kstored) == nz(kmodel)
     tallies.destroy(u)
+
+
+def test_file_replaced_by_garbage_then_restored(db: Path, url: str) -> None:
+    """A corrupt file at the path while open: flushes fail (deltas kept),
+    nothing is written into the garbage, and once a good file is back the
+    pending batch lands exactly once."""
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        c.increment(5)
+        s.flush()
+        backup = db.parent / "backup.db"
+        src, dst = sqlite3.connect(db), sqlite3.connect(backup)
+        src.backup(dst)  # through SQLite: never open() a file SQLite has open
+        src.close()
+        dst.close()
+        garbage = db.parent / "garbage.bin"
+        garbage.write_bytes(os.urandom(16384))
+        before = digest(garbage)
+        os.replace(garbage, db)  # rename: the old inode stays SQLite's
+        for extra in ("-wal", "-shm"):
+            Path(str(db) + extra).unlink(missing_ok=True)
+        c.increment(2)
+        with pytest.raises(FlushError, match="removed or replaced"):
+            s.flush()
+        with pytest.raises(FlushError) as info:
+            s.flush()
+        assert isinstance(info.value.__cause__, CorruptSegmentError)
+        assert digest(db) == before  # the garbage was not written to
+        os.replace(backup, db)
+        s.flush()
+        assert c.value() == 7
+    assert raw(db, "select value from counters") == [(7,)]
