@@ -158,8 +158,17 @@ class _Refused(Exception):
 _hits: collections.Counter[str] = collections.Counter()
 
 
+_HOOK_VARS = ("TALLIES_SQLITE_CRASH", "TALLIES_SQLITE_FAIL")
+
+
+def _armed() -> bool:
+    """Whether a test hook is set (read once per transaction: cheap)."""
+    env = os.environ
+    return _HOOK_VARS[0] in env or _HOOK_VARS[1] in env
+
+
 def _point(tag: str) -> None:
-    for var, kill in (("TALLIES_SQLITE_CRASH", True), ("TALLIES_SQLITE_FAIL", False)):
+    for var, kill in ((_HOOK_VARS[0], True), (_HOOK_VARS[1], False)):
         spec = os.environ.get(var)
         if not spec:
             continue
@@ -399,12 +408,15 @@ class SqliteBackend:
         """Run body(conn) inside BEGIN IMMEDIATE ... COMMIT, with the crash points."""
         with self._wlock:
             conn = self._writer()
-            _point("before-begin")
+            armed = _armed()
+            if armed:
+                _point("before-begin")
             try:
                 self._begin(conn)
                 try:
                     out = body(conn)
-                    _point("before-commit")
+                    if armed:
+                        _point("before-commit")
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -417,7 +429,8 @@ class SqliteBackend:
                 if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
                     self._drop_writer()  # re-open on the next attempt
                 raise
-            _point("after-commit")
+            if armed:
+                _point("after-commit")
             return out
 
     def _begin(self, conn: sqlite3.Connection) -> None:
