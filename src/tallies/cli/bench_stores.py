@@ -37,6 +37,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import shutil
 import sqlite3
 import statistics
@@ -227,7 +228,17 @@ def _run_procs(target: Any, arg: str, procs: int, n: int) -> float:
     ps = [ctx.Process(target=target, args=(arg, n, barrier, out)) for _ in range(procs)]
     for p in ps:
         p.start()
-    spans = [out.get(timeout=600) for _ in ps]
+    spans: list[tuple[float, float]] = []
+    deadline = time.monotonic() + 600
+    while len(spans) < procs:
+        try:
+            spans.append(out.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in ps:
+                    p.kill()
+                raise RuntimeError(f"a benchmark worker failed (exit codes {dead})") from None
     for p in ps:
         p.join(60)
         if p.exitcode != 0:
