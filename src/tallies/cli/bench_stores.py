@@ -24,7 +24,8 @@ Parts (``PARTS``: a list; a scope adds its own ``StorePart`` there):
     per-event peers do fewer increments (they are ~1,000x slower), so the
     comparison is of throughput (increments per second, all processes
     together).  The candidates run interleaved for 3 rounds on fresh files
-    and each keeps its best rate.  Targets: write-behind >= 100x diskcache
+    and each keeps its best rate (``--quick``, for the tests: one round,
+    forked workers).  Targets: write-behind >= 100x diskcache
     and >= 50x the raw UPSERT; write-through >= 1x diskcache.
 """
 
@@ -221,8 +222,8 @@ def _w_upsert(path: str, n: int, barrier: Any, out: Any) -> None:
     out.put((t0, time.perf_counter()))
 
 
-def _run_procs(target: Any, arg: str, procs: int, n: int) -> float:
-    ctx = mp.get_context("spawn")
+def _run_procs(target: Any, arg: str, procs: int, n: int, method: str = "spawn") -> float:
+    ctx = mp.get_context(method)
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
     ps = [ctx.Process(target=target, args=(arg, n, barrier, out)) for _ in range(procs)]
@@ -253,6 +254,7 @@ def _sqlite_processes(quick: bool) -> list[Row]:
     n = 25_000 if quick else 250_000
     n_peer = 250 if quick else 2_500
     rounds = 1 if quick else 3
+    method = "fork" if quick and "fork" in mp.get_all_start_methods() else "spawn"
     have_dc = importlib.util.find_spec("diskcache") is not None
     diskcache: Any = importlib.import_module("diskcache") if have_dc else None
     best: dict[str, float] = {}
@@ -269,12 +271,12 @@ def _sqlite_processes(quick: bool) -> list[Row]:
         d = tempfile.mkdtemp(prefix="tallies-bench-")
         try:
             url = f"sqlite:///{d}/wb.db"
-            wall = _run_procs(_w_sqlite, url, procs, n)
+            wall = _run_procs(_w_sqlite, url, procs, n, method)
             with tallies.open(url) as s:
                 record("wb", procs * n / wall, s.counter("hits").value())
 
             url0 = f"sqlite:///{d}/wt.db?flush=0"
-            wall = _run_procs(_w_sqlite, url0, procs, n_peer)
+            wall = _run_procs(_w_sqlite, url0, procs, n_peer, method)
             with tallies.open(url0) as s:
                 record("wt", procs * n_peer / wall, s.counter("hits").value())
 
@@ -283,7 +285,7 @@ def _sqlite_processes(quick: bool) -> list[Row]:
             con.execute("PRAGMA journal_mode = WAL")
             con.execute("CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             con.close()
-            wall = _run_procs(_w_upsert, up, procs, n_peer)
+            wall = _run_procs(_w_upsert, up, procs, n_peer, method)
             con = sqlite3.connect(up)
             total_up = int(con.execute("SELECT value FROM counters").fetchone()[0])
             con.close()
@@ -291,7 +293,7 @@ def _sqlite_processes(quick: bool) -> list[Row]:
 
             if diskcache is not None:
                 dc = os.path.join(d, "dc")
-                wall = _run_procs(_w_diskcache, dc, procs, n_peer)
+                wall = _run_procs(_w_diskcache, dc, procs, n_peer, method)
                 with diskcache.Cache(dc) as cache:
                     record("dc", procs * n_peer / wall, int(cache.get("hits")))
         finally:
