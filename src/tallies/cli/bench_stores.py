@@ -223,7 +223,7 @@ def _w_upsert(path: str, n: int, barrier: Any, out: Any) -> None:
 
 
 def _run_procs(target: Any, arg: str, procs: int, n: int, method: str = "spawn") -> float:
-    ctx = mp.get_context(method)
+    ctx: Any = mp.get_context(method)
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
     ps = [ctx.Process(target=target, args=(arg, n, barrier, out)) for _ in range(procs)]
