@@ -569,7 +569,7 @@ ops = st.lists(
 
 
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -662,3 +662,26 @@ def test_file_replaced_by_garbage_then_restored(db: Path, url: str) -> None:
         s.flush()
         assert c.value() == 7
     assert raw(db, "select value from counters") == [(7,)]
+
+
+def test_pickle_reopens_by_url(db: Path, url: str) -> None:
+    import pickle
+
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        kc = s.keyed("k")
+        c.increment(4)
+        kc.increment("a", 2)
+        s.flush()
+        c2 = pickle.loads(pickle.dumps(c))
+        kc2 = pickle.loads(pickle.dumps(kc))
+        assert c2 is not c and c2.value() == 4 and kc2.value("a") == 2
+        c2.increment()  # another writer (a store opened by the unpickling)
+        assert c2.value() == 5 and c.value() == 4  # c2's delta is not flushed yet
+        assert repr(c) == "BufferedCounter('n', 4)"
+    from tallies.stores import writebehind
+
+    for wb in list(writebehind._live.values()):  # the stores the unpickling opened
+        if wb.url == url:
+            wb.close()
+    assert raw(db, "select value from counters") == [(5,)]
