@@ -1,0 +1,323 @@
+"""The Lua scripts and the key layout of ``redis://`` (no redis-py needed here).
+
+Key layout (``P`` is the URL's ``prefix``, ``tallies:`` by default)
+-----------------------------------------------------------------
+===============================  ==========================================
+``P{NAME}``                      a counter: a Redis integer (``GET``), or a
+                                 keyed counter: a Redis hash, field = key,
+                                 value = integer (``HGETALL``)
+``P~w{TAG}:WRITER``              a writer's last applied batch in that hash
+                                 tag, ``"SEQ:PART"``, expires (``writer_ttl``)
+``P~w:WRITER``                   the same on a standalone server (one per
+                                 writer for the whole store)
+``P~r{NAME}:WRITER``             the result of a writer's last ``reset()``
+                                 of NAME, ``"RID:RESULT"``, expires
+===============================  ==========================================
+
+``NAME`` and keys are UTF-8.  ``TAG`` is Redis Cluster's hash tag of
+``P{NAME}``: ``NAME`` up to its first ``}``.  Every key a script touches
+therefore lies in one hash slot, and different names spread over all slots
+(one tag per name, not one for the store).  Counts live under ``P{``; the
+bookkeeping under ``P~``, so ``SCAN MATCH P{*`` lists exactly the names.
+
+The apply script
+----------------
+``KEYS = [writer key, data key 1, ...]``, ``ARGV = [seq, part, ttl_ms, ops...]``
+with one op per data key, in order: ``"c", delta`` (a counter) or
+``"h", n, field1, delta1, ..., fieldn, deltan`` (a keyed counter).
+
+One flush batch (``seq``) is cut into parts of at most ``batch`` fields; parts
+of one writer key are numbered ``0..`` and sent in order.  The writer key
+holds the last ``(seq, part)`` applied, so the script:
+
+1. validates every argument (canonical int64 decimals, no repeated key or
+   field, the ops consume ARGV exactly);
+2. returns ``"dup"`` without writing when ``(seq, part)`` is not newer than
+   the recorded one (a retry after a lost reply or a timeout), before looking
+   at any value, so an applied batch stays applied whatever came after it;
+3. refuses (``TALLIES gap``) a part > 0 whose predecessor is not the recorded
+   one, so parts apply strictly in order even when a pipeline sends part 1
+   after part 0 failed;
+4. reads every current value (type ``string``/``hash``/none, canonical
+   int64 decimals) and checks that no sum leaves int64, all before the first
+   write: Lua does not roll back; a refusal writes nothing;
+5. adds with ``INCRBY``/``HINCRBY`` (exact int64 on the server, a key's TTL is
+   kept) and records ``SEQ:PART`` with the expiry.
+
+Exact int64 arithmetic in Redis' Lua 5.1 (numbers are doubles): a decimal is
+split into ``hi * 10^9 + lo`` (each exact in a double) for the overflow test.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPLY_LUA",
+    "RESET_LUA",
+    "data_key",
+    "name_from_data_key",
+    "reset_key",
+    "scan_pattern",
+    "tag_of",
+    "writer_key",
+]
+
+_INT64_LUA = r"""
+local function canon(s)
+  if type(s) ~= 'string' then return false end
+  if s == '0' then return true end
+  local digits = s
+  if string.sub(s, 1, 1) == '-' then digits = string.sub(s, 2) end
+  if not string.find(digits, '^[1-9]%d*$') then return false end
+  local n = #digits
+  if n < 19 then return true end
+  if n > 19 then return false end
+  if string.sub(s, 1, 1) == '-' then return digits <= '9223372036854775808' end
+  return digits <= '9223372036854775807'
+end
+
+local function split(s)
+  local neg = string.sub(s, 1, 1) == '-'
+  local d = s
+  if neg then d = string.sub(s, 2) end
+  local n = #d
+  local lo, hi
+  if n > 9 then
+    lo = tonumber(string.sub(d, n - 8)); hi = tonumber(string.sub(d, 1, n - 9))
+  else
+    lo = tonumber(d); hi = 0
+  end
+  return neg, hi, lo
+end
+
+-- true when a + b stays in int64 (a, b canonical int64 decimals)
+local function add_ok(a, b)
+  local na, ha, la = split(a)
+  local nb, hb, lb = split(b)
+  if (ha == 0 and la == 0) or (hb == 0 and lb == 0) or na ~= nb then return true end
+  local lo = la + lb
+  local hi = ha + hb
+  if lo >= 1000000000 then lo = lo - 1000000000; hi = hi + 1 end
+  local lim = 854775807
+  if na then lim = 854775808 end
+  if hi ~= 9223372036 then return hi < 9223372036 end
+  return lo <= lim
+end
+"""
+
+APPLY_LUA = (
+    _INT64_LUA
+    + r"""
+local function small(s, maxlen)
+  return type(s) == 'string' and #s <= maxlen and string.find(s, '^%d+$') ~= nil
+end
+if #KEYS < 1 then return redis.error_reply('TALLIES bad call: no writer key') end
+local seq_s, part_s, ttl_s = ARGV[1], ARGV[2], ARGV[3]
+if not (small(seq_s, 15) and small(part_s, 9) and small(ttl_s, 12)) then
+  return redis.error_reply('TALLIES bad call: seq, part, ttl')
+end
+local seq, part, ttl = tonumber(seq_s), tonumber(part_s), tonumber(ttl_s)
+if ttl < 1 then return redis.error_reply('TALLIES bad call: ttl') end
+
+-- 1. parse and validate every argument (nothing read or written yet)
+local ops = {}
+local seen = {}
+local a = 4
+local nargv = #ARGV
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  if seen[key] then return redis.error_reply('TALLIES bad call: key given twice') end
+  seen[key] = true
+  local kind = ARGV[a]
+  if kind == 'c' then
+    local d = ARGV[a + 1]
+    if not canon(d) then return redis.error_reply('TALLIES bad call: delta') end
+    ops[#ops + 1] = {key, false, d}
+    a = a + 2
+  elseif kind == 'h' then
+    local n_s = ARGV[a + 1]
+    if not small(n_s, 9) then return redis.error_reply('TALLIES bad call: field count') end
+    local n = tonumber(n_s)
+    if n < 1 or a + 1 + 2 * n > nargv then
+      return redis.error_reply('TALLIES bad call: field count')
+    end
+    local fields = {}
+    local fseen = {}
+    for j = 1, n do
+      local f, d = ARGV[a + 2 * j], ARGV[a + 2 * j + 1]
+      if fseen[f] then return redis.error_reply('TALLIES bad call: field given twice') end
+      fseen[f] = true
+      if not canon(d) then return redis.error_reply('TALLIES bad call: delta') end
+      fields[j] = f
+    end
+    ops[#ops + 1] = {key, fields, a + 2}
+    a = a + 2 + 2 * n
+  else
+    return redis.error_reply('TALLIES bad call: op kind')
+  end
+end
+if a ~= nargv + 1 then return redis.error_reply('TALLIES bad call: arguments left over') end
+
+-- 2. and 3. exactly once, parts in order (before any value is looked at, so
+-- a retry of an applied batch is "dup" whatever happened to the values since)
+local rec = redis.call('GET', KEYS[1])
+local rseq, rpart = -1, -1
+if rec then
+  local s1, p1 = string.match(rec, '^(%d+):(%d+)$')
+  if not s1 then return redis.error_reply('TALLIES bad writer record: ' .. KEYS[1]) end
+  rseq, rpart = tonumber(s1), tonumber(p1)
+end
+if rseq > seq or (rseq == seq and rpart >= part) then return 'dup' end
+if part > 0 and not (rseq == seq and rpart == part - 1) then
+  return redis.error_reply('TALLIES gap: part ' .. part_s .. ' of batch ' .. seq_s ..
+    ' before part ' .. (part - 1))
+end
+
+-- the current values: types, integers, no sum outside int64
+for _, op in ipairs(ops) do
+  local key, fields = op[1], op[2]
+  local t = redis.call('TYPE', key).ok
+  if fields then
+    if t ~= 'none' and t ~= 'hash' then
+      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
+        ', not a keyed counter')
+    end
+    local cur = redis.call('HMGET', key, unpack(fields))
+    for j = 1, #fields do
+      local c = cur[j] or '0'
+      local d = ARGV[op[3] + 2 * j - 1]
+      if not canon(c) then
+        return redis.error_reply('TALLIES not an integer: ' .. key .. ' field ' .. fields[j])
+      end
+      if not add_ok(c, d) then
+        return redis.error_reply('TALLIES overflow: ' .. key .. ' field ' .. fields[j] ..
+          ' is ' .. c .. ', adding ' .. d)
+      end
+    end
+  else
+    if t ~= 'none' and t ~= 'string' then
+      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
+        ', not a counter')
+    end
+    local cur = redis.call('GET', key) or '0'
+    if not canon(cur) then return redis.error_reply('TALLIES not an integer: ' .. key) end
+    if not add_ok(cur, op[3]) then
+      return redis.error_reply('TALLIES overflow: ' .. key .. ' is ' .. cur .. ', adding ' .. op[3])
+    end
+  end
+end
+
+-- 4. the writes (nothing above has written)
+for _, op in ipairs(ops) do
+  local key, fields, base = op[1], op[2], op[3]
+  if fields then
+    for j = 1, #fields do
+      redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j - 1])
+    end
+  else
+    redis.call('INCRBY', key, base)
+  end
+end
+redis.call('SET', KEYS[1], seq_s .. ':' .. part_s, 'PX', ttl_s)
+return 'ok'
+"""
+)
+
+RESET_LUA = (
+    _INT64_LUA
+    + r"""
+-- KEYS = [data key, reset record key]; ARGV = [mode, rid, ttl_ms, field?]
+-- mode 'c': a counter (returns its value), 'h': a whole keyed counter (returns
+-- the flat HGETALL array), 'f': one field of a keyed counter (its value).
+-- A retry with the same rid returns the recorded result and changes nothing.
+local mode, rid, ttl = ARGV[1], ARGV[2], ARGV[3]
+if type(rid) ~= 'string' or not string.find(rid, '^[%w-]+$') then
+  return redis.error_reply('TALLIES bad call: rid')
+end
+if type(ttl) ~= 'string' or not string.find(ttl, '^[1-9]%d*$') or #ttl > 12 then
+  return redis.error_reply('TALLIES bad call: ttl')
+end
+local rec = redis.call('GET', KEYS[2])
+if rec then
+  local r1, body = string.match(rec, '^([%w-]+):(.*)$')
+  if r1 == rid then
+    if mode == 'h' then return cjson.decode(body) end
+    return body
+  end
+end
+local key = KEYS[1]
+local t = redis.call('TYPE', key).ok
+local result, body
+if mode == 'c' then
+  if t ~= 'none' and t ~= 'string' then
+    return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t .. ', not a counter')
+  end
+  result = redis.call('GET', key) or '0'
+  if not canon(result) then return redis.error_reply('TALLIES not an integer: ' .. key) end
+  body = result
+elseif mode == 'h' or mode == 'f' then
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t .. ', not a keyed counter')
+  end
+  if mode == 'h' then
+    result = redis.call('HGETALL', key)
+    for i = 2, #result, 2 do
+      if not canon(result[i]) then
+        return redis.error_reply('TALLIES not an integer: ' .. key .. ' field ' .. result[i - 1])
+      end
+    end
+    if #result == 0 then body = '[]' else body = cjson.encode(result) end
+  else
+    if type(ARGV[4]) ~= 'string' then return redis.error_reply('TALLIES bad call: field') end
+    result = redis.call('HGET', key, ARGV[4]) or '0'
+    if not canon(result) then
+      return redis.error_reply('TALLIES not an integer: ' .. key .. ' field ' .. ARGV[4])
+    end
+    body = result
+  end
+else
+  return redis.error_reply('TALLIES bad call: mode')
+end
+if mode == 'f' then
+  redis.call('HDEL', key, ARGV[4])
+else
+  redis.call('DEL', key)
+end
+redis.call('SET', KEYS[2], rid .. ':' .. body, 'PX', ttl)
+return result
+"""
+)
+
+
+def tag_of(name: str) -> str:
+    """The hash tag of ``P{name}`` (``name`` up to its first ``}``)."""
+    return name.partition("}")[0]
+
+
+def data_key(prefix: str, name: str) -> str:
+    return f"{prefix}{{{name}}}"
+
+
+def writer_key(prefix: str, writer: str, tag: str | None) -> str:
+    """Where a writer's last applied ``SEQ:PART`` lives (per tag on a cluster)."""
+    if tag is None:
+        return f"{prefix}~w:{writer}"
+    return f"{prefix}~w{{{tag}}}:{writer}"
+
+
+def reset_key(prefix: str, writer: str, name: str) -> str:
+    """Where a writer's last ``reset()`` of ``name`` records its result."""
+    return f"{prefix}~r{{{name}}}:{writer}"
+
+
+def scan_pattern(prefix: str) -> str:
+    """A ``SCAN MATCH`` pattern for every data key under ``prefix``."""
+    escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix)
+    return escaped + "\\{*"
+
+
+def name_from_data_key(prefix: str, key: str) -> str | None:
+    """The name a data key holds, or None for a key that is not one of ours."""
+    if not key.startswith(prefix + "{") or not key.endswith("}"):
+        return None
+    name = key[len(prefix) + 1 : -1]
+    return name or None
