@@ -23,10 +23,11 @@ that is lost, a server that restarts, a ``NOSCRIPT`` after a restart or a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-import uuid
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -38,6 +39,7 @@ from redis.retry import Retry
 
 from ._redis_lua import (
     APPLY_LUA,
+    READ_LUA,
     RESET_LUA,
     data_key,
     name_from_data_key,
@@ -53,11 +55,14 @@ from .base import (
     StoreUnavailableError,
     StoreURL,
 )
+from .writebehind import Batch, Kind, Query, Read, Target
 
 __all__ = ["RedisBackend", "RedisOptions", "parse_redis_url"]
 
 _APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 _RESET_SHA = hashlib.sha1(RESET_LUA.encode()).hexdigest()
+_READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _WRITER_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 _MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
 
@@ -172,13 +177,46 @@ def _is_script_error(exc: BaseException, word: str) -> bool:
     return isinstance(exc, rexc.ResponseError) and str(exc).startswith(f"TALLIES {word}")
 
 
+@dataclass
+class _Call:
+    """One script call of a batch: one part of one group (writer key)."""
+
+    wkey: str
+    part: int
+    fields: list[tuple[str, str | None, int]]
+    keys: list[str]
+    args: list[str]
+
+
+@dataclass
+class _Op:
+    """The writer's operation whose outcome is not known yet (in flight)."""
+
+    seq: int
+    calls: list[_Call] | None = None  # an apply
+    target: Target | None = None  # a take
+
+
 class RedisBackend:
-    """One connection pool (or cluster client) and the scripts; thread-safe."""
+    """One connection pool (or cluster client) and the scripts; thread-safe.
+
+    Implements the write-behind's ``Backend`` protocol.  Every operation of
+    one writer runs under one lock, so the backend always knows which of its
+    operations is in flight (sent, outcome unknown: at most one, since the
+    write-behind settles a failed batch before it sends anything else) and
+    the last one acknowledged.  ``read()`` reports that acknowledged seq; when
+    an operation is in flight it reads the writer records in the same atomic
+    script as the values and subtracts the parts of the in-flight batch that
+    the records show applied, so a read is exact whatever the outcome.
+    """
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
         self.url = url
         self.prefix = options.prefix
+        self._lock = threading.RLock()
+        self._acked: dict[str, int] = {}
+        self._inflight: dict[str, _Op] = {}
         common: dict[str, Any] = {
             "username": options.username,
             "password": options.password,
@@ -224,106 +262,39 @@ class RedisBackend:
 
     def _refresh(self) -> None:
         if self.options.cluster:
-            self._client.nodes_manager.initialize()
+            with contextlib.suppress(*UNAVAILABLE):
+                self._client.nodes_manager.initialize()
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
-        return StoreUnavailableError(f"{self.url}: {what}: Redis did not answer: {exc}")
+        return StoreUnavailableError(
+            f"{self.url}: {what}: Redis did not answer ({type(exc).__name__}: {exc})"
+        )
 
     def ping(self) -> None:
         try:
             for c in self._all_nodes():
                 c.ping()
         except UNAVAILABLE as exc:
-            raise self._unavailable("ping", exc) from exc
+            raise self._unavailable("connect", exc) from exc
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(*UNAVAILABLE):
             self._client.close()
-        except UNAVAILABLE:
-            pass
-
-    # -- writing -------------------------------------------------------------
 
     def writer_name(self, writer_id: object) -> str:
+        """The writer id as it appears in keys (``host:pid:random`` is kept)."""
         w = str(writer_id)
         if _WRITER_OK.match(w):
             return w
         return hashlib.sha1(w.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def plan(
-        self,
-        writer_id: object,
-        seq: int,
-        counters: Mapping[str, int],
-        keyed: Mapping[str, Mapping[str, int]],
-    ) -> list[tuple[list[str], list[str]]]:
-        """The script calls (keys, args) that apply one batch, in sending order.
+    # -- running script calls ----------------------------------------------
 
-        Deterministic: the same batch gives the same calls, so a retry sends
-        the same ``(seq, part)`` for the same deltas.
-        """
-        if not 0 <= seq <= _MAX_SEQ:
-            raise ValueError(f"batch sequence number {seq} is outside [0, {_MAX_SEQ}]")
-        writer = self.writer_name(writer_id)
-        groups: dict[str | None, list[tuple[str, str | None, int]]] = {}
-        cluster = self.options.cluster
-        for name, delta in counters.items():
-            if delta:
-                groups.setdefault(tag_of(name) if cluster else None, []).append(
-                    (name, None, int(delta))
-                )
-        for name, keys in keyed.items():
-            for key, delta in keys.items():
-                if delta:
-                    groups.setdefault(tag_of(name) if cluster else None, []).append(
-                        (name, key, int(delta))
-                    )
-        calls: list[tuple[list[str], list[str]]] = []
-        ttl = str(self.options.writer_ttl_ms)
-        size = self.options.batch
-        for tag in sorted(groups, key=lambda t: "" if t is None else t):
-            fields = sorted(groups[tag], key=lambda f: (f[0], f[1] is not None, f[1] or ""))
-            wkey = writer_key(self.prefix, writer, tag)
-            for part, start in enumerate(range(0, len(fields), size)):
-                chunk = fields[start : start + size]
-                keys = [wkey]
-                args = [str(seq), str(part), ttl]
-                i = 0
-                while i < len(chunk):
-                    name, key, delta = chunk[i]
-                    keys.append(data_key(self.prefix, name))
-                    if key is None:
-                        args += ["c", str(delta)]
-                        i += 1
-                        continue
-                    j = i
-                    while j < len(chunk) and chunk[j][0] == name and chunk[j][1] is not None:
-                        j += 1
-                    args += ["h", str(j - i)]
-                    for _, k, d in chunk[i:j]:
-                        args += [k or "", str(d)]
-                    i = j
-                calls.append((keys, args))
-        return calls
-
-    def apply(
-        self,
-        writer_id: object,
-        seq: int,
-        counters: Mapping[str, int],
-        keyed: Mapping[str, Mapping[str, int]],
-    ) -> None:
-        """Apply one batch exactly once (idempotent per ``(writer_id, seq)``).
-
-        Raises :class:`StoreUnavailableError` when Redis does not answer (some
-        parts may be applied; a retry of the same batch applies the rest),
-        :class:`CountOverflowError` when a count would leave int64 and
-        :class:`CorruptStoreError` when a key holds something that is not a
-        tallies count (those parts are not applied; the others are).
-        """
-        self._run(_APPLY_SHA, APPLY_LUA, self.plan(writer_id, seq, counters, keyed), "flush")
-
-    def _run(self, sha: str, source: str, calls: list[tuple[list[str], list[str]]], what: str) -> list[Any]:
+    def _run(
+        self, sha: str, source: str, calls: Sequence[tuple[list[str], list[str]]], what: str
+    ) -> tuple[list[Any], list[tuple[int, BaseException]]]:
+        """Send script calls (pipelined per node, in order); retry NOSCRIPT,
+        MOVED/ASK/TRYAGAIN and ``gap``.  Returns (results, refused calls)."""
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         refused: list[tuple[int, BaseException]] = []
@@ -331,11 +302,11 @@ class RedisBackend:
             if not todo:
                 break
             by_node: dict[int, tuple[Any, list[int]]] = {}
+            again: list[int] = []
             try:
                 for i in todo:
                     client = self._node_client(calls[i][0][0])
                     by_node.setdefault(id(client), (client, []))[1].append(i)
-                again: list[int] = []
                 for client, idxs in by_node.values():
                     pipe = client.pipeline(transaction=False)
                     for i in idxs:
@@ -366,29 +337,163 @@ class RedisBackend:
             blocked = {calls[i][0][0] for i, _ in refused}
             todo = sorted(i for i in again if calls[i][0][0] not in blocked)
             if todo:
-                self._refresh_if_moved()
-        else:
-            if todo:
-                raise StoreUnavailableError(
-                    f"{self.url}: {what}: {len(todo)} script call(s) kept being redirected "
-                    "or refused; will retry"
-                )
-        if refused:
-            raise self._refusal(calls, refused)
-        return results
+                self._refresh()
+        if todo:
+            raise StoreUnavailableError(
+                f"{self.url}: {what}: {len(todo)} script call(s) kept being redirected; "
+                "will retry"
+            )
+        return results, refused
 
-    def _refresh_if_moved(self) -> None:
+    # -- apply -----------------------------------------------------------------
+
+    def plan(self, writer_id: object, batch: Batch) -> list[_Call]:
+        """The script calls that apply ``batch``, in sending order.
+
+        Deterministic: the same batch gives the same calls, so a retry sends
+        the same ``(seq, part)`` with the same deltas.  A newly registered
+        counter with no delta gets an ``INCRBY 0`` (its key then exists, at 0).
+        """
+        seq = batch.seq
+        if not 0 <= seq <= _MAX_SEQ:
+            raise ValueError(f"batch sequence number {seq} is outside [0, {_MAX_SEQ}]")
+        writer = self.writer_name(writer_id)
+        cluster = self.options.cluster
+        groups: dict[str | None, list[tuple[str, str | None, int]]] = {}
+
+        def add(name: str, key: str | None, delta: int) -> None:
+            groups.setdefault(tag_of(name) if cluster else None, []).append((name, key, delta))
+
+        for name, delta in batch.counters.items():
+            if delta:
+                add(name, None, int(delta))
+        for name, kind in batch.names.items():
+            if kind == "counter" and not batch.counters.get(name):
+                add(name, None, 0)
+        for name, keys in batch.keyed.items():
+            for key, delta in keys.items():
+                if delta:
+                    add(name, key, int(delta))
+        calls: list[_Call] = []
+        ttl = str(self.options.writer_ttl_ms)
+        size = self.options.batch
+        for tag in sorted(groups, key=lambda t: "" if t is None else t):
+            fields = sorted(groups[tag], key=lambda f: (f[0], f[1] is not None, f[1] or ""))
+            wkey = writer_key(self.prefix, writer, tag)
+            for part, start in enumerate(range(0, len(fields), size)):
+                chunk = fields[start : start + size]
+                keys = [wkey]
+                args = [str(seq), str(part), ttl]
+                i = 0
+                while i < len(chunk):
+                    name, key, delta = chunk[i]
+                    keys.append(data_key(self.prefix, name))
+                    if key is None:
+                        args += ["c", str(delta)]
+                        i += 1
+                        continue
+                    j = i
+                    while j < len(chunk) and chunk[j][0] == name and chunk[j][1] is not None:
+                        j += 1
+                    args += ["h", str(j - i)]
+                    for _, k, d in chunk[i:j]:
+                        args += [k or "", str(d)]
+                    i = j
+                calls.append(_Call(wkey, part, chunk, keys, args))
+        return calls
+
+    def apply(self, writer_id: str, batch: Batch) -> None:
+        """Apply ``batch`` exactly once (idempotent per ``(writer_id, batch.seq)``).
+
+        Raises :class:`StoreUnavailableError` when Redis does not answer (some
+        parts may be applied; the same batch sent again applies the rest),
+        :class:`CountOverflowError` when a count would leave int64 and nothing
+        of the batch is applied, and :class:`CorruptStoreError` when a key
+        holds something that is not a tallies count.
+        """
+        writer = self.writer_name(writer_id)
+        with self._lock:
+            calls = self.plan(writer, batch)
+            self._inflight[writer] = _Op(batch.seq, calls=calls)
+            if len(calls) > 1:
+                self._precheck(calls, batch.seq)
+            results, refused = self._run(
+                _APPLY_SHA, APPLY_LUA, [(c.keys, c.args) for c in calls], "flush"
+            )
+            if refused:
+                applied = any(r is not None for r in results)
+                raise self._refusal(calls, refused, applied)
+            self._inflight.pop(writer, None)
+            self._acked[writer] = max(self._acked.get(writer, 0), batch.seq)
+
+    def _precheck(self, calls: list[_Call], seq: int) -> None:
+        """Before a batch of several parts: would a count leave int64?
+
+        Only for groups that no part of this batch has reached yet, so a
+        CountOverflowError keeps its promise that nothing was applied.  (The
+        script checks again atomically; a count moved to the edge by another
+        writer between the two leaves the batch in flight, retried.)
+        """
         try:
-            self._refresh()
-        except UNAVAILABLE:
-            pass
+            records = self._get_many([c.wkey for c in calls])
+            for rec in records:
+                if rec is not None and int(rec.split(b":")[0]) >= seq:
+                    return  # a retry: parts may be applied, the scripts decide
+            bad: list[tuple[str, str | None]] = []
+            queries: list[tuple[str, str | None, int]] = [f for c in calls for f in c.fields]
+            by_node: dict[int, tuple[Any, list[tuple[str, str | None, int]]]] = {}
+            for f in queries:
+                client = self._node_client(data_key(self.prefix, f[0]))
+                by_node.setdefault(id(client), (client, []))[1].append(f)
+            for client, fs in by_node.values():
+                pipe = client.pipeline(transaction=False)
+                for name, key, _ in fs:
+                    dkey = data_key(self.prefix, name)
+                    if key is None:
+                        pipe.get(dkey)
+                    else:
+                        pipe.hget(dkey, key)
+                for (name, key, d), raw in zip(fs, pipe.execute(raise_on_error=False)):
+                    if raw is None or isinstance(raw, BaseException):
+                        continue  # a wrong type or a non-integer: the script says so
+                    with contextlib.suppress(ValueError):
+                        if not INT64_MIN <= int(raw) + d <= INT64_MAX:
+                            bad.append((name, key))
+        except UNAVAILABLE as exc:
+            raise self._unavailable("flush", exc) from exc
+        if bad:
+            raise CountOverflowError(
+                f"{self.url}: the flush would move {len(bad)} count(s) outside the signed "
+                f"64-bit range (first: {bad[0][0]!r}"
+                + (f", key {bad[0][1]!r})" if bad[0][1] is not None else ")")
+                + "; nothing of it was applied",
+                bad,
+            )
+
+    def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        unique = list(dict.fromkeys(keys))
+        by_node: dict[int, tuple[Any, list[str]]] = {}
+        for k in unique:
+            client = self._node_client(k)
+            by_node.setdefault(id(client), (client, []))[1].append(k)
+        got: dict[str, bytes | None] = {}
+        for client, ks in by_node.values():
+            pipe = client.pipeline(transaction=False)
+            for k in ks:
+                pipe.get(k)
+            for k, v in zip(ks, pipe.execute()):
+                got[k] = v
+        for k in unique:
+            out.append(got[k])
+        return out
 
     def _refusal(
-        self, calls: list[tuple[list[str], list[str]]], refused: list[tuple[int, BaseException]]
+        self, calls: list[_Call], refused: list[tuple[int, BaseException]], applied: bool
     ) -> StoreError:
         overflow = [e for _, e in refused if _is_script_error(e, "overflow")]
         first = str(refused[0][1])
-        if overflow and len(overflow) == len(refused):
+        if overflow and len(overflow) == len(refused) and not applied:
             items: list[tuple[str, str | None]] = []
             for e in overflow:
                 m = re.match(r"TALLIES overflow: (.*?)(?: field (.*))? is -?\d+, adding", str(e))
@@ -397,18 +502,73 @@ class RedisBackend:
                     if name is not None:
                         items.append((name, m.group(2)))
             return CountOverflowError(
-                f"{self.url}: {len(overflow)} part(s) of the flush would move a count "
-                f"outside the signed 64-bit range and were not applied ({first})",
+                f"{self.url}: the flush would move a count outside the signed 64-bit range "
+                f"({first}); nothing of it was applied",
                 items,
+            )
+        if overflow:
+            return StoreUnavailableError(
+                f"{self.url}: part of the flush was applied and a later part would move a "
+                f"count outside the signed 64-bit range ({first}); the batch stays in flight "
+                "and is retried until the count is back in range"
             )
         return CorruptStoreError(
             f"{self.url}: Redis refused {len(refused)} part(s) of the flush: {first}"
         )
 
-    # -- reading -------------------------------------------------------------
+    # -- take (reset) and fence -------------------------------------------------
+
+    def _reset_call(self, writer: str, seq: int, target: Target, mode: str) -> Any:
+        keys = [
+            data_key(self.prefix, target.name),
+            reset_key(self.prefix, writer, target.name),
+        ]
+        args = [mode, str(seq), str(self.options.writer_ttl_ms)]
+        if target.key is not None and mode == "f":
+            args.append(target.key)
+        results, refused = self._run(
+            _RESET_SHA, RESET_LUA, [(keys, args)], f"reset of {target.name!r}"
+        )
+        if refused:
+            raise CorruptStoreError(f"{self.url}: reset of {target.name!r}: {refused[0][1]}")
+        return results[0]
+
+    def take(self, writer_id: str, seq: int, target: Target) -> int | dict[str, int]:
+        """Read and zero ``target`` atomically (idempotent per seq); return what was stored."""
+        writer = self.writer_name(writer_id)
+        if target.kind == "counter":
+            mode = "c"
+        else:
+            mode = "h" if target.key is None else "f"
+        with self._lock:
+            self._inflight[writer] = _Op(seq, target=target)
+            raw = self._reset_call(writer, seq, target, mode)
+            self._inflight.pop(writer, None)
+            self._acked[writer] = max(self._acked.get(writer, 0), seq)
+        where = data_key(self.prefix, target.name)
+        if mode == "h":
+            it = iter(raw or [])
+            return {_text(k): self._int(v, where) for k, v in zip(it, it)}
+        return self._int(raw, where)
+
+    def fence(self, writer_id: str, seq: int) -> bool:
+        """True if take ``seq`` happened; else make sure it never can."""
+        writer = self.writer_name(writer_id)
+        with self._lock:
+            op = self._inflight.get(writer)
+            if op is None or op.seq != seq or op.target is None:
+                raise StoreError(
+                    f"{self.url}: cannot settle reset {seq}: this connection did not send it"
+                )
+            happened = bool(self._reset_call(writer, seq, op.target, "x"))
+            self._inflight.pop(writer, None)
+            self._acked[writer] = max(self._acked.get(writer, 0), seq)
+        return happened
+
+    # -- reading -----------------------------------------------------------------
 
     def _int(self, raw: Any, where: str) -> int:
-        if raw is None:
+        if raw is None or raw is False:
             return 0
         try:
             return int(raw)
@@ -417,157 +577,235 @@ class RedisBackend:
                 f"{self.url}: {where} holds {raw!r}, not an integer count"
             ) from None
 
-    def _wrong_type(self, exc: rexc.ResponseError, name: str, keyed: bool) -> StoreError | None:
-        if "WRONGTYPE" not in str(exc):
+    def kind_of(self, name: str) -> Kind | None:
+        dkey = data_key(self.prefix, name)
+        try:
+            t = _text(self._node_client(dkey).type(dkey))
+        except UNAVAILABLE as exc:
+            raise self._unavailable(f"looking up {name!r}", exc) from exc
+        if t == "string":
+            return "counter"
+        if t == "hash":
+            return "keyed"
+        if t == "none":
             return None
-        kind = "a keyed counter (a Redis hash)" if not keyed else "not a hash"
-        return CorruptStoreError(f"{self.url}: {name!r} is {kind} in this store")
+        raise CorruptStoreError(f"{self.url}: {dkey} is a Redis {t}, not a tallies count")
 
-    def read_counter(self, name: str) -> int:
-        key = data_key(self.prefix, name)
-        try:
-            raw = self._node_client(key).get(key)
-        except UNAVAILABLE as exc:
-            raise self._unavailable(f"reading {name!r}", exc) from exc
-        except rexc.ResponseError as exc:
-            raise self._wrong_type(exc, name, False) or CorruptStoreError(str(exc)) from exc
-        return self._int(raw, key)
-
-    def read_key(self, name: str, key: str) -> int:
-        dkey = data_key(self.prefix, name)
-        try:
-            raw = self._node_client(dkey).hget(dkey, key)
-        except UNAVAILABLE as exc:
-            raise self._unavailable(f"reading {name!r}", exc) from exc
-        except rexc.ResponseError as exc:
-            raise self._wrong_type(exc, name, True) or CorruptStoreError(str(exc)) from exc
-        return self._int(raw, f"{dkey} field {key!r}")
-
-    def read_keyed(self, name: str) -> dict[str, int]:
-        dkey = data_key(self.prefix, name)
-        try:
-            raw = self._node_client(dkey).hgetall(dkey)
-        except UNAVAILABLE as exc:
-            raise self._unavailable(f"reading {name!r}", exc) from exc
-        except rexc.ResponseError as exc:
-            raise self._wrong_type(exc, name, True) or CorruptStoreError(str(exc)) from exc
-        return {
-            k.decode("utf-8", "surrogateescape"): self._int(v, f"{dkey} field {k!r}")
-            for k, v in raw.items()
-        }
-
-    def kinds(self) -> dict[str, str]:
-        """Every name in Redis under the prefix: ``"counter"`` or ``"keyed"``.
+    def names(self) -> list[tuple[str, Kind]]:
+        """Every name in Redis under the prefix, sorted, with its kind.
 
         ``SCAN`` on every master; keys of other types under ``P{`` are skipped.
+        A keyed counter exists in Redis while it has a key.
         """
-        found: dict[str, str] = {}
+        found: dict[str, Kind] = {}
         pattern = scan_pattern(self.prefix)
         try:
             for client in self._all_nodes():
                 keys = list(client.scan_iter(match=pattern, count=1000))
-                if not keys:
-                    continue
-                pipe = client.pipeline(transaction=False)
-                for k in keys:
-                    pipe.type(k)
-                for k, t in zip(keys, pipe.execute()):
-                    name = name_from_data_key(self.prefix, k.decode("utf-8", "surrogateescape"))
-                    if name is None:
-                        continue
-                    t = t.decode() if isinstance(t, bytes) else str(t)
-                    if t == "string":
-                        found[name] = "counter"
-                    elif t == "hash":
-                        found[name] = "keyed"
+                for start in range(0, len(keys), 1000):
+                    chunk = keys[start : start + 1000]
+                    pipe = client.pipeline(transaction=False)
+                    for k in chunk:
+                        pipe.type(k)
+                    for k, t in zip(chunk, pipe.execute()):
+                        name = name_from_data_key(self.prefix, _text(k))
+                        if name is None:
+                            continue
+                        if _text(t) == "string":
+                            found[name] = "counter"
+                        elif _text(t) == "hash":
+                            found[name] = "keyed"
         except UNAVAILABLE as exc:
             raise self._unavailable("listing names", exc) from exc
-        return dict(sorted(found.items()))
+        return sorted(found.items())
 
-    def read_all(self, kinds: Mapping[str, str]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-        """The values of the given names (counters and keyed counters), pipelined per node."""
-        counters: dict[str, int] = {}
-        keyed: dict[str, dict[str, int]] = {}
-        by_node: dict[int, tuple[Any, list[str]]] = {}
+    def read(self, writer_id: str, query: Query) -> Read:
+        """The queried values, and the seq they reflect for this writer."""
+        writer = self.writer_name(writer_id)
+        ops: list[tuple[str, str, str | None]] = []  # (name, 'c'|'h'|'f', key)
+        if query.counters is None or query.keyed is None:
+            every = self.names()
+        if query.counters is None:
+            ops += [(n, "c", None) for n, k in every if k == "counter"]
+        else:
+            ops += [(n, "c", None) for n in query.counters]
+        if query.keyed is None:
+            ops += [(n, "h", None) for n, k in every if k == "keyed"]
+        else:
+            ops += [(n, "h", None) for n in query.keyed]
+        ops += [(n, "f", k) for n, k in query.keys]
+        with self._lock:
+            op = self._inflight.get(writer)
+            acked = self._acked.get(writer, 0)
+            if op is None:
+                values = self._read_plain(ops)
+                return self._assemble(acked, ops, values)
+            return self._read_inflight(writer, op, ops)
+
+    def _read_plain(self, ops: list[tuple[str, str, str | None]]) -> list[Any]:
+        values: list[Any] = [None] * len(ops)
+        by_node: dict[int, tuple[Any, list[int]]] = {}
         try:
-            for name in kinds:
+            for i, (name, _, _) in enumerate(ops):
                 client = self._node_client(data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(name)
-            for client, names in by_node.values():
-                pipe = client.pipeline(transaction=False)
-                for name in names:
-                    dkey = data_key(self.prefix, name)
-                    if kinds[name] == "keyed":
-                        pipe.hgetall(dkey)
-                    else:
-                        pipe.get(dkey)
-                for name, raw in zip(names, pipe.execute(raise_on_error=False)):
-                    dkey = data_key(self.prefix, name)
-                    if isinstance(raw, BaseException):
-                        if isinstance(raw, UNAVAILABLE):
-                            raise raw
-                        raise CorruptStoreError(f"{self.url}: reading {name!r}: {raw}")
-                    if kinds[name] == "keyed":
-                        keyed[name] = {
-                            k.decode("utf-8", "surrogateescape"): self._int(v, f"{dkey} field {k!r}")
-                            for k, v in raw.items()
-                        }
-                    else:
-                        counters[name] = self._int(raw, dkey)
+                by_node.setdefault(id(client), (client, []))[1].append(i)
+            for client, idxs in by_node.values():
+                for start in range(0, len(idxs), 1000):
+                    chunk = idxs[start : start + 1000]
+                    pipe = client.pipeline(transaction=False)
+                    for i in chunk:
+                        name, mode, key = ops[i]
+                        dkey = data_key(self.prefix, name)
+                        if mode == "c":
+                            pipe.get(dkey)
+                        elif mode == "h":
+                            pipe.hgetall(dkey)
+                        else:
+                            pipe.hget(dkey, key)
+                    for i, raw in zip(chunk, pipe.execute(raise_on_error=False)):
+                        if isinstance(raw, BaseException):
+                            if isinstance(raw, UNAVAILABLE):
+                                raise raw
+                            raise CorruptStoreError(
+                                f"{self.url}: reading {ops[i][0]!r}: {raw}"
+                            ) from raw
+                        values[i] = raw
         except UNAVAILABLE as exc:
             raise self._unavailable("reading", exc) from exc
-        return counters, keyed
+        return values
 
-    # -- reset, destroy --------------------------------------------------------
+    def _read_inflight(self, writer: str, op: _Op, ops: list[tuple[str, str, str | None]]) -> Read:
+        """Values and writer records in one atomic read per group; then the
+        parts of the in-flight batch that the records show applied are
+        subtracted (or a take that happened is acknowledged)."""
+        cluster = self.options.cluster
+        groups: dict[str | None, list[int]] = {}
+        for i, (name, _, _) in enumerate(ops):
+            groups.setdefault(tag_of(name) if cluster else None, []).append(i)
+        target = op.target
+        if target is not None:
+            t = tag_of(target.name) if cluster else None
+            groups.setdefault(t, [])
+        calls: list[tuple[list[str], list[str]]] = []
+        meta: list[tuple[str, list[int], bool]] = []
+        for tag, idxs in groups.items():
+            wkey = writer_key(self.prefix, writer, tag)
+            rkey = wkey
+            has_take = target is not None and (not cluster or tag_of(target.name) == tag)
+            if target is not None and has_take:
+                rkey = reset_key(self.prefix, writer, target.name)
+            for start in range(0, max(len(idxs), 1), 500):
+                chunk = idxs[start : start + 500]
+                keys = [wkey, rkey]
+                args: list[str] = []
+                for i in chunk:
+                    name, mode, key = ops[i]
+                    keys.append(data_key(self.prefix, name))
+                    args += [mode] if mode != "f" else ["f", key or ""]
+                calls.append((keys, args))
+                meta.append((wkey, chunk, has_take))
+        results, refused = self._run(_READ_SHA, READ_LUA, calls, "reading")
+        if refused:
+            raise CorruptStoreError(f"{self.url}: reading: {refused[0][1]}")
+        values: list[Any] = [None] * len(ops)
+        seq = op.seq - 1
+        for (wkey, chunk, has_take), res in zip(meta, results):
+            wrec, rrec, vals = res[0], res[1], res[2:]
+            for i, v in zip(chunk, vals):
+                values[i] = v
+            if has_take and rrec:
+                r1, _, body = _text(rrec).partition(":")
+                if r1.isdigit() and int(r1) == op.seq and body != "!":
+                    seq = op.seq  # the take happened
+            if op.calls is not None and wrec:
+                rs, _, rp = _text(wrec).partition(":")
+                if rs.isdigit() and rp.isdigit() and int(rs) == op.seq:
+                    applied = [c for c in op.calls if c.wkey == wkey and c.part <= int(rp)]
+                    self._subtract(ops, chunk, values, applied)
+        return self._assemble(seq, ops, values)
 
     @staticmethod
-    def new_reset_id() -> str:
-        return uuid.uuid4().hex
+    def _subtract(
+        ops: list[tuple[str, str, str | None]], idxs: list[int], values: list[Any], applied: list[_Call]
+    ) -> None:
+        """Remove the deltas of applied parts of the in-flight batch from values."""
+        counters: dict[str, int] = {}
+        keyed: dict[str, dict[str, int]] = {}
+        for c in applied:
+            for name, key, d in c.fields:
+                if key is None:
+                    counters[name] = counters.get(name, 0) + d
+                else:
+                    m = keyed.setdefault(name, {})
+                    m[key] = m.get(key, 0) + d
+        for i in idxs:
+            name, mode, key = ops[i]
+            if mode == "c" and name in counters:
+                values[i] = int(values[i] or 0) - counters[name]
+            elif mode == "f" and key is not None and key in keyed.get(name, {}):
+                values[i] = int(values[i] or 0) - keyed[name][key]
+            elif mode == "h" and name in keyed:
+                flat = list(values[i] or [])
+                d = {_text(k): int(v) for k, v in zip(flat[::2], flat[1::2])}
+                for k, dv in keyed[name].items():
+                    d[k] = d.get(k, 0) - dv
+                    if not d[k]:
+                        del d[k]
+                values[i] = d
 
-    def reset(self, writer_id: object, rid: str, name: str, mode: str, key: str | None = None) -> Any:
-        """Take a count (mode ``c``), a keyed counter (``h``) or one key (``f``) atomically.
+    def _assemble(self, seq: int, ops: list[tuple[str, str, str | None]], values: list[Any]) -> Read:
+        out = Read(seq)
+        for (name, mode, key), raw in zip(ops, values):
+            dkey = data_key(self.prefix, name)
+            if mode == "c":
+                out.counters[name] = self._int(raw, dkey)
+            elif mode == "f":
+                assert key is not None
+                out.keyed.setdefault(name, {})[key] = self._int(raw, f"{dkey} field {key!r}")
+            else:
+                if isinstance(raw, dict):
+                    items = list(raw.items())
+                else:
+                    flat = list(raw or [])
+                    items = list(zip(flat[::2], flat[1::2]))
+                m = out.keyed.setdefault(name, {})
+                for k, v in items:
+                    m[_text(k)] = self._int(v, f"{dkey} field {_text(k)!r}")
+        return out
 
-        Idempotent per ``rid``: sent again after a lost reply it returns the
-        same result and takes nothing more.  Returns an int, or for ``h`` a
-        dict of ints.
-        """
-        writer = self.writer_name(writer_id)
-        keys = [data_key(self.prefix, name), reset_key(self.prefix, writer, name)]
-        args = [mode, rid, str(self.options.writer_ttl_ms)]
-        if key is not None:
-            args.append(key)
-        (raw,) = self._run(_RESET_SHA, RESET_LUA, [(keys, args)], f"reset of {name!r}")
-        if mode == "h":
-            it = iter(raw or [])
-            return {
-                (k.decode("utf-8", "surrogateescape") if isinstance(k, bytes) else str(k)): self._int(
-                    v, keys[0]
-                )
-                for k, v in zip(it, it)
-            }
-        return self._int(raw, keys[0])
+    # -- destroy -------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether any key of the store is there."""
+        base = scan_pattern(self.prefix)[: -len("\\{*")]
+        try:
+            for client in self._all_nodes():
+                for pattern in (base + "\\{*", base + "~*"):
+                    for _ in client.scan_iter(match=pattern, count=1000):
+                        return True
+        except UNAVAILABLE as exc:
+            raise self._unavailable("looking for the store", exc) from exc
+        return False
 
     def delete_all(self) -> int:
         """Delete every key of the store (counts and bookkeeping); how many."""
         deleted = 0
-        escaped = scan_pattern(self.prefix)[: -len("\\{*")]
+        base = scan_pattern(self.prefix)[: -len("\\{*")]
         try:
             for client in self._all_nodes():
-                for pattern in (escaped + "\\{*", escaped + "~*"):
-                    batch: list[bytes] = []
-                    for k in client.scan_iter(match=pattern, count=1000):
-                        batch.append(k)
-                        if len(batch) >= 500:
-                            deleted += self._delete(client, batch)
-                            batch = []
-                    if batch:
-                        deleted += self._delete(client, batch)
+                for pattern in (base + "\\{*", base + "~*"):
+                    keys = list(client.scan_iter(match=pattern, count=1000))
+                    for start in range(0, len(keys), 500):
+                        pipe = client.pipeline(transaction=False)
+                        for k in keys[start : start + 500]:
+                            pipe.delete(k)
+                        deleted += sum(int(n) for n in pipe.execute())
         except UNAVAILABLE as exc:
             raise self._unavailable("destroy", exc) from exc
         return deleted
 
-    def _delete(self, client: Any, keys: Iterable[bytes]) -> int:
-        pipe = client.pipeline(transaction=False)
-        for k in keys:
-            pipe.delete(k)
-        return sum(int(n) for n in pipe.execute())
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "surrogateescape")
+    return str(raw)

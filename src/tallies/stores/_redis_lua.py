@@ -11,7 +11,7 @@ Key layout (``P`` is the URL's ``prefix``, ``tallies:`` by default)
 ``P~w:WRITER``                   the same on a standalone server (one per
                                  writer for the whole store)
 ``P~r{NAME}:WRITER``             the result of a writer's last ``reset()``
-                                 of NAME, ``"RID:RESULT"``, expires
+                                 of NAME, ``"SEQ:RESULT"``, expires
 ===============================  ==========================================
 
 ``NAME`` and keys are UTF-8.  ``TAG`` is Redis Cluster's hash tag of
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 __all__ = [
     "APPLY_LUA",
+    "READ_LUA",
     "RESET_LUA",
     "data_key",
     "name_from_data_key",
@@ -225,28 +226,44 @@ return 'ok'
 RESET_LUA = (
     _INT64_LUA
     + r"""
--- KEYS = [data key, reset record key]; ARGV = [mode, rid, ttl_ms, field?]
--- mode 'c': a counter (returns its value), 'h': a whole keyed counter (returns
--- the flat HGETALL array), 'f': one field of a keyed counter (its value).
--- A retry with the same rid returns the recorded result and changes nothing.
-local mode, rid, ttl = ARGV[1], ARGV[2], ARGV[3]
-if type(rid) ~= 'string' or not string.find(rid, '^[%w-]+$') then
-  return redis.error_reply('TALLIES bad call: rid')
+-- KEYS = [data key, reset record key]; ARGV = [mode, seq, ttl_ms, field?]
+-- mode 'c': take a counter (returns its value; the key stays, at 0),
+-- 'h': take a whole keyed counter (returns the flat HGETALL array; the hash
+-- is deleted), 'f': take one field of a keyed counter (returns its value),
+-- 'x': fence: 1 if take seq happened, else record seq so that it never can.
+-- The record is "SEQ:RESULT" ("SEQ:!" once fenced); a take is refused when
+-- the record is newer, and a retry with the recorded seq returns the recorded
+-- result and takes nothing more.
+local mode, seq_s, ttl = ARGV[1], ARGV[2], ARGV[3]
+if type(seq_s) ~= 'string' or not string.find(seq_s, '^%d+$') or #seq_s > 15 then
+  return redis.error_reply('TALLIES bad call: seq')
 end
 if type(ttl) ~= 'string' or not string.find(ttl, '^[1-9]%d*$') or #ttl > 12 then
   return redis.error_reply('TALLIES bad call: ttl')
 end
+local seq = tonumber(seq_s)
 local rec = redis.call('GET', KEYS[2])
+local rseq, body = -1, nil
 if rec then
-  local r1, body = string.match(rec, '^([%w-]+):(.*)$')
-  if r1 == rid then
-    if mode == 'h' then return cjson.decode(body) end
-    return body
-  end
+  local r1, b = string.match(rec, '^(%d+):(.*)$')
+  if not r1 then return redis.error_reply('TALLIES bad reset record: ' .. KEYS[2]) end
+  rseq, body = tonumber(r1), b
+end
+if mode == 'x' then
+  if rseq == seq and body ~= '!' then return 1 end
+  if rseq < seq then redis.call('SET', KEYS[2], seq_s .. ':!', 'PX', ttl) end
+  return 0
+end
+if rseq > seq or (rseq == seq and body == '!') then
+  return redis.error_reply('TALLIES stale: reset ' .. seq_s .. ' was fenced or superseded')
+end
+if rseq == seq then
+  if mode == 'h' then return cjson.decode(body) end
+  return body
 end
 local key = KEYS[1]
 local t = redis.call('TYPE', key).ok
-local result, body
+local result
 if mode == 'c' then
   if t ~= 'none' and t ~= 'string' then
     return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t .. ', not a counter')
@@ -256,7 +273,8 @@ if mode == 'c' then
   body = result
 elseif mode == 'h' or mode == 'f' then
   if t ~= 'none' and t ~= 'hash' then
-    return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t .. ', not a keyed counter')
+    return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
+      ', not a keyed counter')
   end
   if mode == 'h' then
     result = redis.call('HGETALL', key)
@@ -279,13 +297,40 @@ else
 end
 if mode == 'f' then
   redis.call('HDEL', key, ARGV[4])
-else
+elseif mode == 'h' then
   redis.call('DEL', key)
+elseif result ~= '0' then
+  redis.call('SET', key, '0', 'KEEPTTL')
 end
-redis.call('SET', KEYS[2], rid .. ':' .. body, 'PX', ttl)
+redis.call('SET', KEYS[2], seq_s .. ':' .. body, 'PX', ttl)
 return result
 """
 )
+
+READ_LUA = r"""
+-- KEYS = [writer key, reset record key, data keys...]; ARGV = one op per
+-- data key: 'c' (GET), 'h' (HGETALL) or 'f', field (HGET).  Returns
+-- {writer record or false, reset record or false, value...}: the values and
+-- the records of one slot in one atomic read.
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false}
+local a = 1
+for i = 3, #KEYS do
+  local op = ARGV[a]
+  if op == 'c' then
+    out[#out + 1] = redis.call('GET', KEYS[i]) or false
+    a = a + 1
+  elseif op == 'h' then
+    out[#out + 1] = redis.call('HGETALL', KEYS[i])
+    a = a + 1
+  elseif op == 'f' then
+    out[#out + 1] = redis.call('HGET', KEYS[i], ARGV[a + 1]) or false
+    a = a + 2
+  else
+    return redis.error_reply('TALLIES bad call: read op')
+  end
+end
+return out
+"""
 
 
 def tag_of(name: str) -> str:
