@@ -11,28 +11,39 @@ removes what the URL names (a shared-memory segment, a named memory store).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 from .base import (
     CapacityError,
     CorruptSegmentError,
+    CorruptStoreError,
+    CountOverflowError,
+    FlushError,
     Snapshot,
     Store,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
     StoreURL,
 )
 
 __all__ = [
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
+    "FlushError",
     "Snapshot",
     "Store",
     "StoreError",
     "StoreNotFoundError",
     "StoreURL",
+    "StoreUnavailableError",
+    "aopen",
     "destroy",
     "open",
     "parse_url",
@@ -123,3 +134,21 @@ def destroy(url: str) -> bool:
     """
     parsed = parse_url(url)
     return _store_class(parsed).destroy_url(parsed)
+
+
+@contextlib.asynccontextmanager
+async def aopen(url: str, *, create: bool = True) -> AsyncIterator[Store]:
+    """``async with tallies.aopen(url) as store:``, for asyncio programs.
+
+    Opening and the final ``close()`` (which flushes) run in a worker thread,
+    so the event loop is never blocked and the last flush happens before the
+    loop closes (``atexit`` cannot await).  Updates stay plain calls; use
+    ``await store.aflush()`` to flush from a coroutine.
+    """
+    import asyncio
+
+    store = await asyncio.to_thread(open, url, create=create)
+    try:
+        yield store
+    finally:
+        await asyncio.to_thread(store.close)
