@@ -51,7 +51,10 @@ __all__ = [
     "schemes",
 ]
 
-BUILTIN_SCHEMES = ("memory", "shm")
+BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm")
+# Schemes served by another scheme's module: redis:// over TLS and on a Cluster.
+_MODULE_OF = {"rediss": "redis", "redis+cluster": "redis", "rediss+cluster": "redis"}
+BUILTIN_SCHEMES += ("redis", *_MODULE_OF)
 _registry: dict[str, type[Store]] = {}
 _SCHEME = re.compile(r"[a-z][a-z0-9]*\Z")
 
@@ -103,7 +106,7 @@ def _store_class(url: StoreURL) -> type[Store]:
             f"{url.raw!r}: unknown store scheme {url.scheme!r} "
             f"(known: {', '.join(s + '://' for s in schemes())})"
         )
-    module = importlib.import_module(f"{__name__}.{url.scheme}")
+    module = importlib.import_module(f"{__name__}.{_MODULE_OF.get(url.scheme, url.scheme)}")
     cls = module.STORE
     if not (isinstance(cls, type) and issubclass(cls, Store)):
         raise TypeError(f"{module.__name__}.STORE is not a Store subclass")

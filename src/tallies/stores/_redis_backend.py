@@ -63,7 +63,7 @@ _APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 _RESET_SHA = hashlib.sha1(RESET_LUA.encode()).hexdigest()
 _READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_WRITER_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+_WRITER_OK = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 _MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
 
 #: Errors that mean "Redis did not answer (now)": the deltas stay, a later try.
@@ -314,7 +314,7 @@ class RedisBackend:
                         pipe.evalsha(sha, len(keys), *keys, *args)
                     replies = pipe.execute(raise_on_error=False)
                     noscript = False
-                    for i, r in zip(idxs, replies):
+                    for i, r in zip(idxs, replies, strict=False):
                         if not isinstance(r, BaseException):
                             results[i] = r
                         elif isinstance(r, rexc.NoScriptError):
@@ -340,8 +340,7 @@ class RedisBackend:
                 self._refresh()
         if todo:
             raise StoreUnavailableError(
-                f"{self.url}: {what}: {len(todo)} script call(s) kept being redirected; "
-                "will retry"
+                f"{self.url}: {what}: {len(todo)} script call(s) kept being redirected; will retry"
             )
         return results, refused
 
@@ -370,8 +369,8 @@ class RedisBackend:
         for name, kind in batch.names.items():
             if kind == "counter" and not batch.counters.get(name):
                 add(name, None, 0)
-        for name, keys in batch.keyed.items():
-            for key, delta in keys.items():
+        for name, deltas in batch.keyed.items():
+            for key, delta in deltas.items():
                 if delta:
                     add(name, key, int(delta))
         calls: list[_Call] = []
@@ -386,9 +385,9 @@ class RedisBackend:
                 args = [str(seq), str(part), ttl]
                 i = 0
                 while i < len(chunk):
-                    name, key, delta = chunk[i]
+                    name, fkey, delta = chunk[i]
                     keys.append(data_key(self.prefix, name))
-                    if key is None:
+                    if fkey is None:
                         args += ["c", str(delta)]
                         i += 1
                         continue
@@ -453,7 +452,9 @@ class RedisBackend:
                         pipe.get(dkey)
                     else:
                         pipe.hget(dkey, key)
-                for (name, key, d), raw in zip(fs, pipe.execute(raise_on_error=False)):
+                for (name, key, d), raw in zip(
+                    fs, pipe.execute(raise_on_error=False), strict=False
+                ):
                     if raw is None or isinstance(raw, BaseException):
                         continue  # a wrong type or a non-integer: the script says so
                     with contextlib.suppress(ValueError):
@@ -482,7 +483,7 @@ class RedisBackend:
             pipe = client.pipeline(transaction=False)
             for k in ks:
                 pipe.get(k)
-            for k, v in zip(ks, pipe.execute()):
+            for k, v in zip(ks, pipe.execute(), strict=False):
                 got[k] = v
         for k in unique:
             out.append(got[k])
@@ -536,10 +537,7 @@ class RedisBackend:
     def take(self, writer_id: str, seq: int, target: Target) -> int | dict[str, int]:
         """Read and zero ``target`` atomically (idempotent per seq); return what was stored."""
         writer = self.writer_name(writer_id)
-        if target.kind == "counter":
-            mode = "c"
-        else:
-            mode = "h" if target.key is None else "f"
+        mode = "c" if target.kind == "counter" else "h" if target.key is None else "f"
         with self._lock:
             self._inflight[writer] = _Op(seq, target=target)
             raw = self._reset_call(writer, seq, target, mode)
@@ -548,7 +546,7 @@ class RedisBackend:
         where = data_key(self.prefix, target.name)
         if mode == "h":
             it = iter(raw or [])
-            return {_text(k): self._int(v, where) for k, v in zip(it, it)}
+            return {_text(k): self._int(v, where) for k, v in zip(it, it, strict=False)}
         return self._int(raw, where)
 
     def fence(self, writer_id: str, seq: int) -> bool:
@@ -607,7 +605,7 @@ class RedisBackend:
                     pipe = client.pipeline(transaction=False)
                     for k in chunk:
                         pipe.type(k)
-                    for k, t in zip(chunk, pipe.execute()):
+                    for k, t in zip(chunk, pipe.execute(), strict=False):
                         name = name_from_data_key(self.prefix, _text(k))
                         if name is None:
                             continue
@@ -662,7 +660,7 @@ class RedisBackend:
                             pipe.hgetall(dkey)
                         else:
                             pipe.hget(dkey, key)
-                    for i, raw in zip(chunk, pipe.execute(raise_on_error=False)):
+                    for i, raw in zip(chunk, pipe.execute(raise_on_error=False), strict=False):
                         if isinstance(raw, BaseException):
                             if isinstance(raw, UNAVAILABLE):
                                 raise raw
@@ -709,9 +707,9 @@ class RedisBackend:
             raise CorruptStoreError(f"{self.url}: reading: {refused[0][1]}")
         values: list[Any] = [None] * len(ops)
         seq = op.seq - 1
-        for (wkey, chunk, has_take), res in zip(meta, results):
+        for (wkey, chunk, has_take), res in zip(meta, results, strict=False):
             wrec, rrec, vals = res[0], res[1], res[2:]
-            for i, v in zip(chunk, vals):
+            for i, v in zip(chunk, vals, strict=False):
                 values[i] = v
             if has_take and rrec:
                 r1, _, body = _text(rrec).partition(":")
@@ -726,7 +724,10 @@ class RedisBackend:
 
     @staticmethod
     def _subtract(
-        ops: list[tuple[str, str, str | None]], idxs: list[int], values: list[Any], applied: list[_Call]
+        ops: list[tuple[str, str, str | None]],
+        idxs: list[int],
+        values: list[Any],
+        applied: list[_Call],
     ) -> None:
         """Remove the deltas of applied parts of the in-flight batch from values."""
         counters: dict[str, int] = {}
@@ -746,16 +747,18 @@ class RedisBackend:
                 values[i] = int(values[i] or 0) - keyed[name][key]
             elif mode == "h" and name in keyed:
                 flat = list(values[i] or [])
-                d = {_text(k): int(v) for k, v in zip(flat[::2], flat[1::2])}
+                have = {_text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=False)}
                 for k, dv in keyed[name].items():
-                    d[k] = d.get(k, 0) - dv
-                    if not d[k]:
-                        del d[k]
-                values[i] = d
+                    have[k] = have.get(k, 0) - dv
+                    if not have[k]:
+                        del have[k]
+                values[i] = have
 
-    def _assemble(self, seq: int, ops: list[tuple[str, str, str | None]], values: list[Any]) -> Read:
+    def _assemble(
+        self, seq: int, ops: list[tuple[str, str, str | None]], values: list[Any]
+    ) -> Read:
         out = Read(seq)
-        for (name, mode, key), raw in zip(ops, values):
+        for (name, mode, key), raw in zip(ops, values, strict=False):
             dkey = data_key(self.prefix, name)
             if mode == "c":
                 out.counters[name] = self._int(raw, dkey)
@@ -767,7 +770,7 @@ class RedisBackend:
                     items = list(raw.items())
                 else:
                     flat = list(raw or [])
-                    items = list(zip(flat[::2], flat[1::2]))
+                    items = list(zip(flat[::2], flat[1::2], strict=False))
                 m = out.keyed.setdefault(name, {})
                 for k, v in items:
                     m[_text(k)] = self._int(v, f"{dkey} field {_text(k)!r}")

@@ -264,12 +264,8 @@ class LostReplyProxy:
             server.settimeout(None)
             self._conns += [client, server]
             state = {"drop_next": False, "silent": False}
-            threading.Thread(
-                target=self._up, args=(client, server, state), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._down, args=(server, client, state), daemon=True
-            ).start()
+            threading.Thread(target=self._up, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, state), daemon=True).start()
 
     def _up(self, client: socket.socket, server: socket.socket, state: dict[str, bool]) -> None:
         with contextlib.suppress(OSError):
@@ -320,3 +316,40 @@ def running(server: RedisServer) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+_prefix_counter = 0
+
+
+def unique_prefix(tag: str = "t") -> str:
+    """A key prefix no other test uses (tests share the session's server)."""
+    global _prefix_counter
+    _prefix_counter += 1
+    return f"{tag}{os.getpid()}x{_prefix_counter}:"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server (no persistence) for the whole session; tests use their own prefix."""
+    need_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster for the whole session."""
+    need_redis()
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of its own with appendonly yes + appendfsync always."""
+    need_redis()
+    server = RedisServer(tmp_path / "aof", aof=True).start()
+    yield server
+    server.stop()
