@@ -173,11 +173,14 @@ def test_overflow_is_refused_before_any_write(url: str, r: Any) -> None:
 
 
 def test_overflow_precheck_with_many_parts(redis_server: RedisServer, r: Any) -> None:
+    """A batch of several parts, a count near the edge already seen: checked
+    whole before sending, refused whole (CountOverflowError, nothing applied)."""
     url = redis_server.url(unique_prefix(), flush="60", batch="3")
     p = prefix_of(url)
     r.hset(f"{p}{{k}}", "z", -(2**63) + 1)
     with tallies.open(url) as store:
         kc = store.keyed("k")
+        assert kc.value("z") == -(2**63) + 1  # this store has now seen a count near the edge
         for i in range(10):
             kc.increment(f"a{i}")
         kc.decrement("z", 2)
@@ -187,6 +190,31 @@ def test_overflow_precheck_with_many_parts(redis_server: RedisServer, r: Any) ->
         got = {k.decode(): int(v) for k, v in r.hgetall(f"{p}{{k}}").items()}
         assert got == {**{f"a{i}": 1 for i in range(10)}, "z": -(2**63) + 1}
         kc.increment("z", 2)  # the held -2 cancelled: the final flush has nothing to refuse
+
+
+def test_overflow_in_a_later_part_keeps_the_batch_in_flight(
+    redis_server: RedisServer, r: Any
+) -> None:
+    """Not checked beforehand (no count near the edge seen yet): the parts
+    before the refused one are applied, so the batch stays in flight and is
+    retried; once the count is back in range it completes, each part once."""
+    url = redis_server.url(unique_prefix(), flush="60", batch="3")
+    p = prefix_of(url)
+    with tallies.open(url) as store:
+        kc = store.keyed("k")
+        for i in range(10):
+            kc.increment(f"a{i}")
+        kc.decrement("z", 2)
+        r.hset(f"{p}{{k}}", "z", -(2**63) + 1)  # another client, unseen by this store
+        with pytest.raises(FlushError, match="in flight"):
+            store.flush()
+        got = {k.decode(): int(v) for k, v in r.hgetall(f"{p}{{k}}").items()}
+        assert got == {**{f"a{i}": 1 for i in range(9)}, "z": -(2**63) + 1}
+        assert kc.value("a0") == 1 and kc.value("a9") == 1  # exact while in flight
+        r.hset(f"{p}{{k}}", "z", 0)
+        store.flush()
+        got = {k.decode(): int(v) for k, v in r.hgetall(f"{p}{{k}}").items()}
+        assert got == {**{f"a{i}": 1 for i in range(10)}, "z": -2}
 
 
 def test_big_flush_is_cut_into_parts_each_applied_once(redis_server: RedisServer, r: Any) -> None:

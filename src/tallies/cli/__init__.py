@@ -95,6 +95,16 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig
     from .bench import main as bench_main
 
+    if args.redis:
+        import json
+
+        from .bench_redis import bench_redis
+        from .bench_redis import format_report as redis_report
+
+        report = bench_redis(quick=args.quick)
+        print(json.dumps(report, indent=2) if args.json else redis_report(report))
+        return 0
+
     if args.processes:
         import json
 
@@ -127,6 +137,11 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="instead: counters shared by processes (shm://) against multiprocessing.Value "
         "and prometheus_client's multiprocess mode",
+    )
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="instead: redis:// against redis-py (starts its own redis-server on a free port)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)

@@ -167,7 +167,7 @@ def parse_redis_url(url: StoreURL) -> RedisOptions:
         password=unquote(parts.password) if parts.password is not None else None,
         prefix=prefix,
         timeout=_number(url, "timeout", 5.0, 0.01, 3600.0),
-        batch=int(_number(url, "batch", 200, 1, 100_000)),
+        batch=int(_number(url, "batch", 200, 1, 2000)),
         writer_ttl_ms=int(_number(url, "writer_ttl", 86400.0, 1.0, 10.0 * 365 * 86400) * 1000),
         ssl=ssl,
     )
@@ -217,6 +217,9 @@ class RedisBackend:
         self._lock = threading.RLock()
         self._acked: dict[str, int] = {}
         self._inflight: dict[str, _Op] = {}
+        # set once a count at 10^18 or beyond has been seen: from then on a
+        # batch of several parts is checked for overflow before it is sent
+        self._near_edge = False
         common: dict[str, Any] = {
             "username": options.username,
             "password": options.password,
@@ -414,13 +417,17 @@ class RedisBackend:
         with self._lock:
             calls = self.plan(writer, batch)
             self._inflight[writer] = _Op(batch.seq, calls=calls)
-            if len(calls) > 1:
+            if len(calls) > 1 and self._near_edge:
                 self._precheck(calls, batch.seq)
             results, refused = self._run(
                 _APPLY_SHA, APPLY_LUA, [(c.keys, c.args) for c in calls], "flush"
             )
+            if any(_text(r) == "big" for r in results if r is not None):
+                self._near_edge = True
             if refused:
                 applied = any(r is not None for r in results)
+                if any(_is_script_error(e, "overflow") for _, e in refused):
+                    self._near_edge = True
                 raise self._refusal(calls, refused, applied)
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), batch.seq)
@@ -428,10 +435,17 @@ class RedisBackend:
     def _precheck(self, calls: list[_Call], seq: int) -> None:
         """Before a batch of several parts: would a count leave int64?
 
-        Only for groups that no part of this batch has reached yet, so a
-        CountOverflowError keeps its promise that nothing was applied.  (The
-        script checks again atomically; a count moved to the edge by another
-        writer between the two leaves the batch in flight, retried.)
+        Each script call checks its own part atomically, but an overflow
+        refused in a later part would leave the earlier parts applied, and
+        CountOverflowError promises that nothing was.  So once this backend
+        has seen a count at 10^18 or beyond (the only way a sum can leave
+        int64), a batch of several parts is first checked here, unless a part
+        of it is already applied (a retry: the scripts decide).  A count
+        pushed to the edge by another writer between this check and the
+        scripts (or before this backend saw any count near the edge) can
+        still make a later part refuse after earlier ones applied: then the
+        batch stays in flight and is retried, nothing lost or doubled, until
+        the count is back in range.
         """
         try:
             records = self._get_many([c.wkey for c in calls])
@@ -439,27 +453,35 @@ class RedisBackend:
                 if rec is not None and int(rec.split(b":")[0]) >= seq:
                     return  # a retry: parts may be applied, the scripts decide
             bad: list[tuple[str, str | None]] = []
-            queries: list[tuple[str, str | None, int]] = [f for c in calls for f in c.fields]
-            by_node: dict[int, tuple[Any, list[tuple[str, str | None, int]]]] = {}
-            for f in queries:
-                client = self._node_client(data_key(self.prefix, f[0]))
-                by_node.setdefault(id(client), (client, []))[1].append(f)
-            for client, fs in by_node.values():
+            # one GET per counter and one HMGET per keyed counter, pipelined per node
+            deltas: dict[str, dict[str | None, int]] = {}
+            for c in calls:
+                for name, key, d in c.fields:
+                    deltas.setdefault(name, {})[key] = d
+            by_node: dict[int, tuple[Any, list[str]]] = {}
+            for name in deltas:
+                client = self._node_client(data_key(self.prefix, name))
+                by_node.setdefault(id(client), (client, []))[1].append(name)
+            for client, names in by_node.values():
                 pipe = client.pipeline(transaction=False)
-                for name, key, _ in fs:
-                    dkey = data_key(self.prefix, name)
-                    if key is None:
-                        pipe.get(dkey)
+                for name in names:
+                    fields = list(deltas[name])
+                    if fields == [None]:
+                        pipe.get(data_key(self.prefix, name))
                     else:
-                        pipe.hget(dkey, key)
-                for (name, key, d), raw in zip(
-                    fs, pipe.execute(raise_on_error=False), strict=False
-                ):
-                    if raw is None or isinstance(raw, BaseException):
-                        continue  # a wrong type or a non-integer: the script says so
-                    with contextlib.suppress(ValueError):
-                        if not INT64_MIN <= int(raw) + d <= INT64_MAX:
-                            bad.append((name, key))
+                        pipe.hmget(data_key(self.prefix, name), fields)
+                replies = pipe.execute(raise_on_error=False)
+                for name, raw in zip(names, replies, strict=True):
+                    if isinstance(raw, BaseException):
+                        continue  # a wrong type: the script says so
+                    fields = list(deltas[name])
+                    values = [raw] if fields == [None] else list(raw)
+                    for key, v in zip(fields, values, strict=True):
+                        if v is None:
+                            continue
+                        with contextlib.suppress(ValueError):
+                            if not INT64_MIN <= int(v) + deltas[name][key] <= INT64_MAX:
+                                bad.append((name, key))
         except UNAVAILABLE as exc:
             raise self._unavailable("flush", exc) from exc
         if bad:
@@ -569,11 +591,14 @@ class RedisBackend:
         if raw is None or raw is False:
             return 0
         try:
-            return int(raw)
+            v = int(raw)
         except ValueError:
             raise CorruptStoreError(
                 f"{self.url}: {where} holds {raw!r}, not an integer count"
             ) from None
+        if not -(10**18) < v < 10**18:
+            self._near_edge = True
+        return v
 
     def kind_of(self, name: str) -> Kind | None:
         dkey = data_key(self.prefix, name)

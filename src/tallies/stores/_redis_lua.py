@@ -41,8 +41,13 @@ holds the last ``(seq, part)`` applied, so the script:
 4. reads every current value (type ``string``/``hash``/none, canonical
    int64 decimals) and checks that no sum leaves int64, all before the first
    write: Lua does not roll back; a refusal writes nothing;
-5. adds with ``INCRBY``/``HINCRBY`` (exact int64 on the server, a key's TTL is
-   kept) and records ``SEQ:PART`` with the expiry.
+5. writes: ``INCRBY`` per counter (a key's TTL is kept); per keyed counter
+   one ``HSET`` of the new values of the fields whose current value and delta
+   are both below 10^15 (computed in the script, exact in a double: cheaper
+   for Redis than one ``HINCRBY`` each) and ``HINCRBY`` for the others (exact
+   int64 on the server); then records ``SEQ:PART`` with the expiry.  It
+   answers ``big`` instead of ``ok`` when a count is at 10^18 or beyond, so
+   the client checks whole batches for overflow before sending them.
 
 Exact int64 arithmetic in Redis' Lua 5.1 (numbers are doubles): a decimal is
 split into ``hi * 10^9 + lo`` (each exact in a double) for the overflow test.
@@ -92,6 +97,7 @@ end
 
 -- true when a + b stays in int64 (a, b canonical int64 decimals)
 local function add_ok(a, b)
+  if #a < 16 and #b < 16 then return true end  -- both below 10^15: no overflow
   local na, ha, la = split(a)
   local nb, hb, lb = split(b)
   if (ha == 0 and la == 0) or (hb == 0 and lb == 0) or na ~= nb then return true end
@@ -173,7 +179,11 @@ if part > 0 and not (rseq == seq and rpart == part - 1) then
     ' before part ' .. (part - 1))
 end
 
--- the current values: types, integers, no sum outside int64
+-- the current values: types, integers, no sum outside int64.  A field whose
+-- current value and delta are both below 10^15 gets its new value computed
+-- here (exact in a double) and written with one HSET per hash; the others
+-- get HINCRBY.  "big" tells the client that a count is near the int64 edge.
+local big = false
 for _, op in ipairs(ops) do
   local key, fields = op[1], op[2]
   local t = redis.call('TYPE', key).ok
@@ -183,17 +193,26 @@ for _, op in ipairs(ops) do
         ', not a keyed counter')
     end
     local cur = redis.call('HMGET', key, unpack(fields))
+    local set, incr = {}, {}
     for j = 1, #fields do
       local c = cur[j] or '0'
       local d = ARGV[op[3] + 2 * j - 1]
       if not canon(c) then
         return redis.error_reply('TALLIES not an integer: ' .. key .. ' field ' .. fields[j])
       end
-      if not add_ok(c, d) then
-        return redis.error_reply('TALLIES overflow: ' .. key .. ' field ' .. fields[j] ..
-          ' is ' .. c .. ', adding ' .. d)
+      if #c < 16 and #d < 16 then
+        set[#set + 1] = fields[j]
+        set[#set + 1] = string.format('%d', tonumber(c) + tonumber(d))
+      else
+        if not add_ok(c, d) then
+          return redis.error_reply('TALLIES overflow: ' .. key .. ' field ' .. fields[j] ..
+            ' is ' .. c .. ', adding ' .. d)
+        end
+        if #c >= 19 or #d >= 19 then big = true end
+        incr[#incr + 1] = j
       end
     end
+    op[4], op[5] = set, incr
   else
     if t ~= 'none' and t ~= 'string' then
       return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
@@ -204,14 +223,16 @@ for _, op in ipairs(ops) do
     if not add_ok(cur, op[3]) then
       return redis.error_reply('TALLIES overflow: ' .. key .. ' is ' .. cur .. ', adding ' .. op[3])
     end
+    if #cur >= 19 or #op[3] >= 19 then big = true end
   end
 end
 
--- 4. the writes (nothing above has written)
+-- 5. the writes (nothing above has written)
 for _, op in ipairs(ops) do
   local key, fields, base = op[1], op[2], op[3]
   if fields then
-    for j = 1, #fields do
+    if #op[4] > 0 then redis.call('HSET', key, unpack(op[4])) end
+    for _, j in ipairs(op[5]) do
       redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j - 1])
     end
   else
@@ -219,6 +240,7 @@ for _, op in ipairs(ops) do
   end
 end
 redis.call('SET', KEYS[1], seq_s .. ':' .. part_s, 'PX', ttl_s)
+if big then return 'big' end
 return 'ok'
 """
 )
