@@ -186,13 +186,12 @@ end
 local big = false
 for _, op in ipairs(ops) do
   local key, fields = op[1], op[2]
-  local t = redis.call('TYPE', key).ok
   if fields then
-    if t ~= 'none' and t ~= 'hash' then
-      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
-        ', not a keyed counter')
+    local cur = redis.pcall('HMGET', key, unpack(fields))
+    if cur.err then
+      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' ..
+        redis.call('TYPE', key).ok .. ', not a keyed counter')
     end
-    local cur = redis.call('HMGET', key, unpack(fields))
     local set, incr = {}, {}
     for j = 1, #fields do
       local c = cur[j] or '0'
@@ -214,11 +213,12 @@ for _, op in ipairs(ops) do
     end
     op[4], op[5] = set, incr
   else
-    if t ~= 'none' and t ~= 'string' then
-      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
-        ', not a counter')
+    local cur = redis.pcall('GET', key)
+    if type(cur) == 'table' and cur.err then
+      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' ..
+        redis.call('TYPE', key).ok .. ', not a counter')
     end
-    local cur = redis.call('GET', key) or '0'
+    cur = cur or '0'
     if not canon(cur) then return redis.error_reply('TALLIES not an integer: ' .. key) end
     if not add_ok(cur, op[3]) then
       return redis.error_reply('TALLIES overflow: ' .. key .. ' is ' .. cur .. ', adding ' .. op[3])
