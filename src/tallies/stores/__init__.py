@@ -51,7 +51,7 @@ __all__ = [
     "schemes",
 ]
 
-BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm")
+BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm", "sqlite")
 # Schemes served by another scheme's module: redis:// over TLS and on a Cluster.
 _MODULE_OF = {"rediss": "redis", "redis+cluster": "redis", "rediss+cluster": "redis"}
 BUILTIN_SCHEMES += ("redis", *_MODULE_OF)
