@@ -184,8 +184,8 @@ class _Call:
     wkey: str
     part: int
     fields: list[tuple[str, str | None, int]]
-    keys: list[str]
-    args: list[str]
+    keys: list[bytes]
+    args: list[bytes]
 
 
 @dataclass
@@ -294,7 +294,7 @@ class RedisBackend:
     # -- running script calls ----------------------------------------------
 
     def _run(
-        self, sha: str, source: str, calls: Sequence[tuple[list[str], list[str]]], what: str
+        self, sha: str, source: str, calls: Sequence[tuple[list[Any], list[Any]]], what: str
     ) -> tuple[list[Any], list[tuple[int, BaseException]]]:
         """Send script calls (pipelined per node, in order); retry NOSCRIPT,
         MOVED/ASK/TRYAGAIN and ``gap``.  Returns (results, refused calls)."""
@@ -401,7 +401,15 @@ class RedisBackend:
                     for _, k, d in chunk[i:j]:
                         args += [k or "", str(d)]
                     i = j
-                calls.append(_Call(wkey, part, chunk, keys, args))
+                calls.append(
+                    _Call(
+                        wkey,
+                        part,
+                        chunk,
+                        [k.encode("utf-8", "surrogateescape") for k in keys],
+                        [a.encode("utf-8", "surrogateescape") for a in args],
+                    )
+                )
         return calls
 
     def apply(self, writer_id: str, batch: Batch) -> None:
