@@ -441,3 +441,19 @@ def test_scheme_aliases() -> None:
 
     assert {"redis", "rediss", "redis+cluster"} <= set(schemes())
     assert tallies.stores._store_class(StoreURL("rediss://h", "rediss", "h")).scheme == "redis"
+
+
+def test_aopen_and_aflush(url: str, r: Any) -> None:
+    import asyncio
+
+    p = prefix_of(url)
+
+    async def main() -> None:
+        async with tallies.aopen(url) as store:
+            store.counter("async").increment(3)
+            await store.aflush()
+            assert r.get(f"{p}{{async}}") == b"3"
+            store.counter("async").increment(1)
+        assert r.get(f"{p}{{async}}") == b"4"  # the close in aopen flushed
+
+    asyncio.run(main())
