@@ -363,3 +363,38 @@ def test_background_flusher_writes_on_the_interval(tmp_path: Path) -> None:
         while stored_counter(db, "n") != 6 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert stored_counter(db, "n") == 6
+
+
+def _race_worker(url: str, n: int, barrier: Any, out: Any) -> None:
+    store = tallies.open(url)
+    c = store.counter("hits")  # also opens the reader connection
+    s = store.keyed("k")
+    s.snapshot()
+    barrier.wait()
+    for _ in range(n):
+        c.increment()
+    store.close()
+    out.put(os.getpid())
+
+
+def test_processes_creating_and_closing_together_lose_nothing(tmp_path: Path) -> None:
+    """Regression: processes that create the file at the same instant and
+    close together, each with a writer and a reader connection.  (Two bugs
+    lost whole commits here: a -wal next to a still-empty new database is
+    deleted by SQLite, and a stray open()/close() of the database file drops
+    this process's POSIX locks, letting another process reset the WAL.)"""
+    ctx = mp.get_context("fork")
+    for round_no in range(4):
+        db = tmp_path / f"race{round_no}.db"
+        url = url_of(db, "?flush=3600")
+        barrier = ctx.Barrier(4)
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_race_worker, args=(url, 20000, barrier, q)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            q.get(timeout=60)
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        assert stored_counter(db, "hits") == 80000

@@ -13,9 +13,11 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from _support import REQUIRE_C
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tallies.stores import writebehind as wbmod
 from tallies.stores.base import CountOverflowError, FlushError
 from tallies.stores.writebehind import (
     INT64_MAX,
@@ -144,6 +146,21 @@ class MemBackend:
         pass
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def counter_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every test runs with the C BufferedCounter and with the Python one."""
+    if request.param == "python":
+        cls: Any = wbmod.PyBufferedCounter
+    else:
+        cls = wbmod._counter_class()
+        if cls is wbmod.PyBufferedCounter:
+            if REQUIRE_C:
+                pytest.fail("TALLIES_REQUIRE_C=1 but the C BufferedCounter is not in use")
+            pytest.skip("the C core is not in use here")
+    monkeypatch.setattr(wbmod, "_counter_class", lambda: cls)
+    return cls
+
+
 @pytest.fixture
 def be() -> MemBackend:
     return MemBackend()
@@ -168,7 +185,7 @@ def test_increments_buffer_and_flush_applies(be: MemBackend) -> None:
     wb.flush()
     assert be.counters == {"hits": 3} and be.keyed == {"status": {"200": 5, "404": -1}}
     assert c.value() == 3 and kc.snapshot() == {"200": 5, "404": -1}
-    assert c.pending() == 0
+    assert c._pending() == 0
     wb.close()
 
 
@@ -471,7 +488,9 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops)
 def test_model(program: list[tuple[Any, ...]]) -> None:
     """Against a plain dict: every read equals the model; after a clean flush

@@ -1,4 +1,4 @@
-"""``tallies bench --redis``: what ``redis://`` costs, against redis-py, in one run.
+"""``tallies bench --stores``, part ``redis``: what ``redis://`` costs, against redis-py.
 
 It starts its own ``redis-server`` (no persistence) on a free 127.0.0.1 port
 in a temporary directory and stops it at the end; without ``redis-server`` or
@@ -32,7 +32,7 @@ from typing import Any
 
 from .bench import make_timer
 
-__all__ = ["bench_redis", "format_report", "redis_rows"]
+__all__ = ["bench_redis", "format_report", "redis_rows", "store_rows"]
 
 TARGET_INC_VS_CORE = 1.5
 TARGET_INC_VS_INCR = 1000.0
@@ -328,3 +328,84 @@ def format_report(report: dict[str, Any]) -> str:
     for a, b, c in rows:
         lines.append(f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip())
     return "\n".join(lines)
+
+
+def store_rows(quick: bool) -> list[Any]:
+    """The ``redis`` part of ``tallies bench --stores`` (``bench_stores.Row`` rows)."""
+    from .bench_stores import Row
+
+    report = bench_redis(quick=quick)
+    if report.get("status") != "ok":
+        return [Row("redis", "redis:// (every row)", None, "", detail=str(report.get("status")))]
+    inc = report["increment"]
+    rows = []
+    ratio = inc["redis_ns"] / inc["core_ns"]
+    rows.append(
+        Row(
+            "redis",
+            "increment() on redis:// vs Counter.increment()",
+            ratio,
+            "x",
+            f"<= {TARGET_INC_VS_CORE}x",
+            ratio <= TARGET_INC_VS_CORE,
+            f"{inc['redis_ns']:.1f} ns vs {inc['core_ns']:.1f} ns",
+        )
+    )
+    ratio = inc["incr_ns"] / inc["redis_ns"]
+    rows.append(
+        Row(
+            "redis",
+            "redis-py r.incr() per event vs redis:// increment()",
+            ratio,
+            "x",
+            f">= {TARGET_INC_VS_INCR:,.0f}x",
+            ratio >= TARGET_INC_VS_INCR,
+            f"r.incr {inc['incr_ns'] / 1000:.1f} us",
+        )
+    )
+    for label, f in report["flush"].items():
+        rows.append(
+            Row(
+                "redis",
+                f"flush() of {label}",
+                f["flush_ms"],
+                "ms",
+                f"<= {TARGET_FLUSH_MS:.0f} ms",
+                f["flush_ms"] <= TARGET_FLUSH_MS,
+            )
+        )
+        rows.append(
+            Row(
+                "redis",
+                f"  Redis blocked by it (INFO commandstats, {f['script_calls']} calls)",
+                f["blocked_ms"],
+                "ms",
+                f"<= {TARGET_BLOCKED_MS:.0f} ms",
+                f["blocked_ms"] <= TARGET_BLOCKED_MS,
+            )
+        )
+    p = report["processes"]
+    rows.append(
+        Row(
+            "redis",
+            f"{p['procs']} processes x {p['per_proc']:,} increments + flush()",
+            p["procs"] * p["per_proc"] / p["wall_s"],
+            "incr/s",
+            "exact",
+            bool(p["exact"]),
+            f"total {p['total']:,}",
+        )
+    )
+    ratio = p["pipeline_ns_per_event"] / p["ns_per_event"]
+    rows.append(
+        Row(
+            "redis",
+            "  vs pipelined INCRBY (1,000 per pipeline) per event",
+            ratio,
+            "x",
+            f">= {TARGET_PROCS_VS_PIPELINE:.0f}x",
+            ratio >= TARGET_PROCS_VS_PIPELINE,
+            f"INCRBY {p['pipeline_ns_per_event']:.0f} ns/event",
+        )
+    )
+    return rows

@@ -69,6 +69,8 @@ import collections
 import contextlib
 import math
 import os
+import random
+import secrets
 import signal
 import sqlite3
 import threading
@@ -105,7 +107,6 @@ MAGIC = "tallies"
 SCHEMA_VERSION = 1
 DEFAULT_FLUSH = 1.0
 DEFAULT_TIMEOUT = 5.0
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 SCHEMA = (
     "CREATE TABLE tallies_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -143,6 +144,14 @@ _RECORD = (
     "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?) "
     "ON CONFLICT(writer_id) DO UPDATE SET seq = excluded.seq, seen = excluded.seen"
 )
+
+PRUNE_EVERY = 60.0
+"""Seconds between two prunes of the writers table by one process."""
+
+
+class _Refused(Exception):
+    """A guarded UPSERT refused its row (an int64 overflow): redo exactly."""
+
 
 # ---- test hooks ----------------------------------------------------------------
 
@@ -184,19 +193,52 @@ def sqlite_path(url: StoreURL) -> str:
     return path
 
 
-def _check_header(path: str) -> None:
-    """A non-empty file must start like an SQLite database and hold its first page."""
+def _check_path(path: str) -> None:
+    """Refuse a directory.  The file itself is checked by SQLite only: this
+    process must never open() and close() a database file that SQLite has
+    open, since closing any descriptor of a file drops every POSIX lock the
+    process holds on it, and another process could then checkpoint and reset
+    the WAL under our connections (SQLite's "how to corrupt", 2.2)."""
+    if os.path.isdir(path):
+        raise CorruptSegmentError(f"{path} is a directory, not a tallies database")
+
+
+def _create_file(path: str) -> None:
+    """Build a complete, empty tallies database under a temporary name and
+    link it into place, so that no process ever opens a half-made one.
+
+    (A brand-new database in WAL mode keeps its first pages in the -wal file
+    while the main file is still 0 bytes, and SQLite treats a -wal next to a
+    0-byte database as stale and deletes it: processes creating a database
+    at once lost whole commits that way.  Ours is built in rollback mode,
+    switched to WAL, closed, which leaves every page in the main file.)
+    The loser of the ``link`` race uses the winner's file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    )
     try:
-        with open(path, "rb") as f:
-            head = f.read(100)
-    except FileNotFoundError:
-        return
-    except IsADirectoryError:
-        raise CorruptSegmentError(f"{path} is a directory, not a tallies database") from None
-    if not head:
-        return  # an empty file: SQLite treats it as a new database
-    if len(head) < 100 or not head.startswith(SQLITE_HEADER):
-        raise CorruptSegmentError(f"{path} is not an SQLite database (truncated or garbage)")
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in SCHEMA:
+                conn.execute(stmt)
+            conn.executemany(
+                "INSERT INTO tallies_meta(key, value) VALUES (?, ?)",
+                [("magic", MAGIC), ("schema", str(SCHEMA_VERSION))],
+            )
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailableError(f"sqlite: cannot create {path}: {exc}") from exc
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp + suffix)
 
 
 def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
@@ -216,23 +258,25 @@ class SqliteBackend:
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
+        self._pruned = 0.0
         self._w = self._open(validate=True)
 
     # -- connections -------------------------------------------------------------
 
     def _connect(self, create: bool | None = None) -> sqlite3.Connection:
         create = self.create if create is None else create
-        _check_header(self.path)
-        mode = "rwc" if create else "rw"
-        if not create and not os.path.exists(self.path):
-            raise StoreNotFoundError(f"sqlite: no database at {self.path}")
-        uri = "file:" + _quote(os.path.abspath(self.path)) + f"?mode={mode}"
+        if not os.path.exists(self.path):
+            if not create:
+                raise StoreNotFoundError(f"sqlite: no database at {self.path}")
+            _create_file(self.path)
+        _check_path(self.path)
+        uri = "file:" + _quote(os.path.abspath(self.path)) + "?mode=rw"
         try:
             conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False
             )
         except sqlite3.OperationalError as exc:
-            if not create and not os.path.exists(self.path):
+            if not os.path.exists(self.path):
                 raise StoreNotFoundError(f"sqlite: no database at {self.path}") from exc
             raise StoreUnavailableError(f"sqlite: cannot open {self.path}: {exc}") from exc
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -245,6 +289,9 @@ class SqliteBackend:
                 st = os.stat(self.path)
                 self._ident = (st.st_dev, st.st_ino)
                 self._validate(conn)
+                # The writer waits for the write lock in _begin(), with short
+                # sleeps; SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms.
+                conn.execute("PRAGMA busy_timeout = 0")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             conn.close()
@@ -252,29 +299,9 @@ class SqliteBackend:
         return conn
 
     def _validate(self, conn: sqlite3.Connection) -> None:
-        """Check (or, for an empty database, create) the schema; never write
-        to a file that is not ours."""
+        """Check the schema; never write to a file that is not ours."""
         try:
             tables = self._tables(conn)
-            if not tables:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreUnavailableError(f"sqlite: {self.path} cannot use WAL mode ({mode})")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if not self._tables(conn):
-                        for stmt in SCHEMA:
-                            conn.execute(stmt)
-                        conn.executemany(
-                            "INSERT INTO tallies_meta(key, value) VALUES (?, ?)",
-                            [("magic", MAGIC), ("schema", str(SCHEMA_VERSION))],
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                tables = self._tables(conn)
             self._check_meta(conn, tables)
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -357,6 +384,9 @@ class SqliteBackend:
                 raise StoreUnavailableError(f"sqlite: {self.path} does not exist now") from exc
             try:
                 self._check_meta(conn, self._tables(conn))
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise _corrupt(self.path, exc) from exc
             except BaseException:
                 conn.close()
                 raise
@@ -371,7 +401,7 @@ class SqliteBackend:
             conn = self._writer()
             _point("before-begin")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
                 try:
                     out = body(conn)
                     _point("before-commit")
@@ -381,7 +411,7 @@ class SqliteBackend:
                         with contextlib.suppress(Exception):
                             conn.execute("ROLLBACK")
                     raise
-            except CountOverflowError:
+            except (CountOverflowError, _Refused):
                 raise
             except sqlite3.Error as exc:
                 if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
@@ -390,17 +420,46 @@ class SqliteBackend:
             _point("after-commit")
             return out
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to ``timeout`` seconds for the write
+        lock with short randomised sleeps (50 us doubling to 2 ms)."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.00005
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.002)
+
     @staticmethod
     def _recorded(conn: sqlite3.Connection, writer_id: str) -> int:
         row = conn.execute("SELECT seq FROM writers WHERE writer_id = ?", (writer_id,)).fetchone()
         return int(row[0]) if row is not None else 0
 
     def apply(self, writer_id: str, batch: Batch) -> None:
-        def body(conn: sqlite3.Connection) -> None:
+        def body(conn: sqlite3.Connection, exact: bool) -> None:
             now = time.time()
-            if self._recorded(conn, writer_id) >= batch.seq:
-                conn.execute("UPDATE writers SET seen = ? WHERE writer_id = ?", (now, writer_id))
-                return
+            cur = conn.execute(
+                "UPDATE writers SET seq = ?, seen = ? WHERE writer_id = ? AND seq < ?",
+                (batch.seq, now, writer_id, batch.seq),
+            )
+            if cur.rowcount == 0:
+                row = conn.execute(
+                    "SELECT seq FROM writers WHERE writer_id = ?", (writer_id,)
+                ).fetchone()
+                if row is not None:  # recorded seq >= batch.seq: applied already
+                    conn.execute(
+                        "UPDATE writers SET seen = ? WHERE writer_id = ?", (now, writer_id)
+                    )
+                    return
+                conn.execute(
+                    "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?)",
+                    (writer_id, batch.seq, now),
+                )
             if batch.names:
                 conn.executemany(
                     "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", batch.names.items()
@@ -409,36 +468,47 @@ class SqliteBackend:
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
                     [(n,) for n, k in batch.names.items() if k == "counter"],
                 )
-            self._add(conn, batch)
-            conn.execute(_RECORD, (writer_id, batch.seq, now))
-            conn.execute("DELETE FROM writers WHERE seen < ?", (now - PRUNE_AFTER,))
+            if exact:
+                self._add_exact(conn, batch)
+            elif not self._add_fast(conn, batch):
+                raise _Refused
+            if now - self._pruned > PRUNE_EVERY:
+                conn.execute("DELETE FROM writers WHERE seen < ?", (now - PRUNE_AFTER,))
+                self._pruned = now
 
-        self._write(body)
+        try:
+            self._write(lambda conn: body(conn, False))
+        except _Refused:  # rolled back: redo with exact arithmetic (rare)
+            self._write(lambda conn: body(conn, True))
 
-    def _add(self, conn: sqlite3.Connection, batch: Batch) -> None:
+    @staticmethod
+    def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
+        """Guarded UPSERTs; False if any row refused (the caller rolls back)."""
         rows_c = list(batch.counters.items())
         rows_k = [(n, k, d) for n, m in batch.keyed.items() for k, d in m.items()]
-        if not (rows_c or rows_k):
-            return
-        small = all(INT64_MIN <= d <= INT64_MAX for _, d in rows_c) and all(
-            INT64_MIN <= d <= INT64_MAX for _, _, d in rows_k
-        )
-        if small:
-            conn.execute("SAVEPOINT fast")
-            changed = 0
-            if rows_c:
-                changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
-            if rows_k:
-                changed += conn.executemany(_ADD_KEY, rows_k).rowcount
-            if changed == len(rows_c) + len(rows_k):
-                conn.execute("RELEASE fast")
-                return
-            conn.execute("ROLLBACK TO fast")
-            conn.execute("RELEASE fast")
-        # Exact arithmetic in Python: find every sum that leaves int64.
+        for _, d in rows_c:
+            if not INT64_MIN <= d <= INT64_MAX:
+                return False
+        for _, _, d in rows_k:
+            if not INT64_MIN <= d <= INT64_MAX:
+                return False
+        changed = 0
+        if len(rows_c) == 1:
+            changed += conn.execute(_ADD_COUNTER, rows_c[0]).rowcount
+        elif rows_c:
+            changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
+        if len(rows_k) == 1:
+            changed += conn.execute(_ADD_KEY, rows_k[0]).rowcount
+        elif rows_k:
+            changed += conn.executemany(_ADD_KEY, rows_k).rowcount
+        return changed == len(rows_c) + len(rows_k)
+
+    def _add_exact(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Exact arithmetic in Python: raise CountOverflowError naming every
+        sum that leaves int64 (the caller rolls back), else write the sums."""
         bad: list[tuple[str, str | None]] = []
         new_c = []
-        for name, d in rows_c:
+        for name, d in batch.counters.items():
             row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
             v = (int(row[0]) if row else 0) + d
             if INT64_MIN <= v <= INT64_MAX:
@@ -446,15 +516,16 @@ class SqliteBackend:
             else:
                 bad.append((name, None))
         new_k = []
-        for name, key, d in rows_k:
-            row = conn.execute(
-                "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
-            ).fetchone()
-            v = (int(row[0]) if row else 0) + d
-            if INT64_MIN <= v <= INT64_MAX:
-                new_k.append((name, key, v))
-            else:
-                bad.append((name, key))
+        for name, m in batch.keyed.items():
+            for key, d in m.items():
+                row = conn.execute(
+                    "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
+                ).fetchone()
+                v = (int(row[0]) if row else 0) + d
+                if INT64_MIN <= v <= INT64_MAX:
+                    new_k.append((name, key, v))
+                else:
+                    bad.append((name, key))
         if bad:
             shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
             raise CountOverflowError(
