@@ -118,6 +118,21 @@ def test_reset_is_atomic_and_returns_stored_plus_pending(url: str, r: Any) -> No
         assert r.hgetall(f"{p}{{k}}") == {}
 
 
+def test_names_are_checked(url: str) -> None:
+    with tallies.open(url) as store:
+        for bad, exc in [
+            ("", ValueError),
+            ("}x", ValueError),
+            ("a\x00", ValueError),
+            (3, TypeError),
+        ]:
+            with pytest.raises(exc):
+                store.counter(bad)  # type: ignore[arg-type]
+            with pytest.raises(exc):
+                store.keyed(bad)  # type: ignore[arg-type]
+        assert store.counter("x}") is store.counter("x}")  # '}' later in a name is fine
+
+
 def test_kinds_clash(url: str, r: Any) -> None:
     p = prefix_of(url)
     r.hset(f"{p}{{h}}", "a", 1)

@@ -41,13 +41,16 @@ holds the last ``(seq, part)`` applied, so the script:
 4. reads every current value (type ``string``/``hash``/none, canonical
    int64 decimals) and checks that no sum leaves int64, all before the first
    write: Lua does not roll back; a refusal writes nothing;
-5. writes: ``INCRBY`` per counter (a key's TTL is kept); per keyed counter
-   one ``HSET`` of the new values of the fields whose current value and delta
-   are both below 10^15 (computed in the script, exact in a double: cheaper
-   for Redis than one ``HINCRBY`` each) and ``HINCRBY`` for the others (exact
-   int64 on the server); then records ``SEQ:PART`` with the expiry.  It
-   answers ``big`` instead of ``ok`` when a count is at 10^18 or beyond, so
-   the client checks whole batches for overflow before sending them.
+5. writes with ``INCRBY``/``HINCRBY`` (exact int64 on the server; a key's
+   TTL is kept) and records ``SEQ:PART`` with the expiry.  It answers ``big``
+   instead of ``ok`` when a count is at 10^18 or beyond, so the client checks
+   whole batches for overflow before sending them.
+
+What one call costs Redis here (hashtable hashes, 200 fields a call): about
+2.5 µs a field, of which the ``HINCRBY`` itself is about 1.2 µs, reading the
+current values 0.8 µs and the checks the rest.  (Computing the new values in
+Lua and writing one ``HSET`` was measured slower: ``string.format`` costs
+more than ``HINCRBY``.)
 
 Exact int64 arithmetic in Redis' Lua 5.1 (numbers are doubles): a decimal is
 split into ``hi * 10^9 + lo`` (each exact in a double) for the overflow test.
@@ -70,15 +73,13 @@ __all__ = [
 _INT64_LUA = r"""
 local function canon(s)
   if type(s) ~= 'string' then return false end
-  if s == '0' then return true end
-  local digits = s
-  if string.sub(s, 1, 1) == '-' then digits = string.sub(s, 2) end
-  if not string.find(digits, '^[1-9]%d*$') then return false end
-  local n = #digits
-  if n < 19 then return true end
-  if n > 19 then return false end
-  if string.sub(s, 1, 1) == '-' then return digits <= '9223372036854775808' end
-  return digits <= '9223372036854775807'
+  local n = #s
+  if n < 19 then return s == '0' or string.find(s, '^-?[1-9]%d*$') ~= nil end
+  if not string.find(s, '^-?[1-9]%d*$') then return false end
+  if string.byte(s, 1) == 45 then  -- '-'
+    return n < 20 or (n == 20 and string.sub(s, 2) <= '9223372036854775808')
+  end
+  return n == 19 and s <= '9223372036854775807'
 end
 
 local function split(s)
@@ -125,8 +126,10 @@ end
 local seq, part, ttl = tonumber(seq_s), tonumber(part_s), tonumber(ttl_s)
 if ttl < 1 then return redis.error_reply('TALLIES bad call: ttl') end
 
--- 1. parse and validate every argument (nothing read or written yet)
-local ops = {}
+-- 1. parse and validate every argument (nothing read or written yet); flat
+-- arrays, not a table per op: allocation is what a script pays most for
+local ckeys, cdeltas = {}, {}          -- counters: key, delta
+local hkeys, hfields, hbase = {}, {}, {}  -- keyed: key, its fields, ARGV index
 local seen = {}
 local a = 4
 local nargv = #ARGV
@@ -138,7 +141,8 @@ for i = 2, #KEYS do
   if kind == 'c' then
     local d = ARGV[a + 1]
     if not canon(d) then return redis.error_reply('TALLIES bad call: delta') end
-    ops[#ops + 1] = {key, false, d}
+    ckeys[#ckeys + 1] = key
+    cdeltas[#cdeltas + 1] = d
     a = a + 2
   elseif kind == 'h' then
     local n_s = ARGV[a + 1]
@@ -156,7 +160,9 @@ for i = 2, #KEYS do
       if not canon(d) then return redis.error_reply('TALLIES bad call: delta') end
       fields[j] = f
     end
-    ops[#ops + 1] = {key, fields, a + 2}
+    hkeys[#hkeys + 1] = key
+    hfields[#hfields + 1] = fields
+    hbase[#hbase + 1] = a + 1
     a = a + 2 + 2 * n
   else
     return redis.error_reply('TALLIES bad call: op kind')
@@ -179,65 +185,58 @@ if part > 0 and not (rseq == seq and rpart == part - 1) then
     ' before part ' .. (part - 1))
 end
 
--- the current values: types, integers, no sum outside int64.  A field whose
--- current value and delta are both below 10^15 gets its new value computed
--- here (exact in a double) and written with one HSET per hash; the others
--- get HINCRBY.  "big" tells the client that a count is near the int64 edge.
+-- the current values: types, integers, no sum outside int64 ("big" tells
+-- the client that a count is near the int64 edge)
 local big = false
-for _, op in ipairs(ops) do
-  local key, fields = op[1], op[2]
-  if fields then
-    local cur = redis.pcall('HMGET', key, unpack(fields))
-    if cur.err then
-      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' ..
-        redis.call('TYPE', key).ok .. ', not a keyed counter')
+for i = 1, #hkeys do
+  local key, fields, base = hkeys[i], hfields[i], hbase[i]
+  local cur = redis.pcall('HMGET', key, unpack(fields))
+  if cur.err then
+    return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' ..
+      redis.call('TYPE', key).ok .. ', not a keyed counter')
+  end
+  for j = 1, #fields do
+    local c = cur[j] or '0'
+    local d = ARGV[base + 2 * j]
+    if not canon(c) then
+      return redis.error_reply('TALLIES not an integer: ' .. key .. ' field ' .. fields[j])
     end
-    local set, incr = {}, {}
-    for j = 1, #fields do
-      local c = cur[j] or '0'
-      local d = ARGV[op[3] + 2 * j - 1]
-      if not canon(c) then
-        return redis.error_reply('TALLIES not an integer: ' .. key .. ' field ' .. fields[j])
+    if not add_ok(c, d) then
+      return redis.error_reply('TALLIES overflow: ' .. key .. ' field ' .. fields[j] ..
+        ' is ' .. c .. ', adding ' .. d)
+    end
+    if #c >= 19 or #d >= 19 then big = true end
+  end
+end
+if #ckeys > 0 then
+  local cur = redis.call('MGET', unpack(ckeys))  -- nil for a missing key or another type
+  for j = 1, #ckeys do
+    local key, d, c = ckeys[j], cdeltas[j], cur[j]
+    if not c then
+      local t = redis.call('TYPE', key).ok
+      if t ~= 'none' then
+        return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
+          ', not a counter')
       end
-      if #c < 16 and #d < 16 then
-        set[#set + 1] = fields[j]
-        set[#set + 1] = string.format('%d', tonumber(c) + tonumber(d))
-      else
-        if not add_ok(c, d) then
-          return redis.error_reply('TALLIES overflow: ' .. key .. ' field ' .. fields[j] ..
-            ' is ' .. c .. ', adding ' .. d)
-        end
-        if #c >= 19 or #d >= 19 then big = true end
-        incr[#incr + 1] = j
-      end
+      c = '0'
     end
-    op[4], op[5] = set, incr
-  else
-    local cur = redis.pcall('GET', key)
-    if type(cur) == 'table' and cur.err then
-      return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' ..
-        redis.call('TYPE', key).ok .. ', not a counter')
+    if not canon(c) then return redis.error_reply('TALLIES not an integer: ' .. key) end
+    if not add_ok(c, d) then
+      return redis.error_reply('TALLIES overflow: ' .. key .. ' is ' .. c .. ', adding ' .. d)
     end
-    cur = cur or '0'
-    if not canon(cur) then return redis.error_reply('TALLIES not an integer: ' .. key) end
-    if not add_ok(cur, op[3]) then
-      return redis.error_reply('TALLIES overflow: ' .. key .. ' is ' .. cur .. ', adding ' .. op[3])
-    end
-    if #cur >= 19 or #op[3] >= 19 then big = true end
+    if #c >= 19 or #d >= 19 then big = true end
   end
 end
 
 -- 5. the writes (nothing above has written)
-for _, op in ipairs(ops) do
-  local key, fields, base = op[1], op[2], op[3]
-  if fields then
-    if #op[4] > 0 then redis.call('HSET', key, unpack(op[4])) end
-    for _, j in ipairs(op[5]) do
-      redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j - 1])
-    end
-  else
-    redis.call('INCRBY', key, base)
+for i = 1, #hkeys do
+  local key, fields, base = hkeys[i], hfields[i], hbase[i]
+  for j = 1, #fields do
+    redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j])
   end
+end
+for j = 1, #ckeys do
+  redis.call('INCRBY', ckeys[j], cdeltas[j])
 end
 redis.call('SET', KEYS[1], seq_s .. ':' .. part_s, 'PX', ttl_s)
 if big then return 'big' end

@@ -10,8 +10,8 @@ URLs::
 Parameters: ``prefix`` (default ``tallies:``; no ``{`` or ``}``), ``flush``
 (seconds between background flushes, default 1.0; 0 = every update flushes
 before it returns), ``timeout`` (seconds per Redis call, default 5),
-``batch`` (fields per script call, default 200: one call blocks Redis for
-about half a millisecond), ``writer_ttl`` (seconds the per-writer bookkeeping
+``batch`` (fields per script call, default 200, at most 2,000: one call
+blocks Redis for about half a millisecond), ``writer_ttl`` (seconds the per-writer bookkeeping
 outlives a writer's last flush, default 86400).
 
 Increments touch only local cells (the write-behind machinery of
@@ -57,6 +57,16 @@ def _interval(url: StoreURL) -> float:
     if not 0 <= v <= 86400:
         raise ValueError(f"{url.raw!r}: flush={raw!r} is outside [0, 86400] seconds")
     return v
+
+
+def _check_redis_name(name: str) -> str:
+    """A store name that also works as a Redis Cluster hash tag: ``{name}``
+    must not be ``{}...``, whose tag Redis ignores (the keys of one script
+    would then spread over several slots)."""
+    check_name(name)
+    if name.startswith("}"):
+        raise ValueError(f"redis:// names must not start with '}}' (a hash tag): {name!r}")
+    return name
 
 
 class RedisStore(Store):
@@ -112,14 +122,12 @@ class RedisStore(Store):
     def counter(self, name: str) -> Any:
         """The counter called ``name``: a Redis integer at ``PREFIX{name}``."""
         self._check_open()
-        check_name(name)
-        return self._wb.counter(name)
+        return self._wb.counter(_check_redis_name(name))
 
     def keyed(self, name: str) -> Any:
         """The keyed counter called ``name``: a Redis hash at ``PREFIX{name}``."""
         self._check_open()
-        check_name(name)
-        return self._wb.keyed(name)
+        return self._wb.keyed(_check_redis_name(name))
 
     def names(self) -> list[str]:
         """Every name in Redis under the prefix (sorted), then this process's new ones."""
