@@ -352,64 +352,61 @@ class RedisBackend:
     def plan(self, writer_id: object, batch: Batch) -> list[_Call]:
         """The script calls that apply ``batch``, in sending order.
 
-        Deterministic: the same batch gives the same calls, so a retry sends
-        the same ``(seq, part)`` with the same deltas.  A newly registered
-        counter with no delta gets an ``INCRBY 0`` (its key then exists, at 0).
+        Deterministic: the same batch gives the same calls (names and keys
+        sorted), so a retry sends the same ``(seq, part)`` with the same
+        deltas.  A newly registered counter with no delta gets an ``INCRBY 0``
+        (its key then exists, at 0).
         """
         seq = batch.seq
         if not 0 <= seq <= _MAX_SEQ:
             raise ValueError(f"batch sequence number {seq} is outside [0, {_MAX_SEQ}]")
         writer = self.writer_name(writer_id)
         cluster = self.options.cluster
-        groups: dict[str | None, list[tuple[str, str | None, int]]] = {}
-
-        def add(name: str, key: str | None, delta: int) -> None:
-            groups.setdefault(tag_of(name) if cluster else None, []).append((name, key, delta))
-
-        for name, delta in batch.counters.items():
-            if delta:
-                add(name, None, int(delta))
+        counters = {n: int(d) for n, d in batch.counters.items() if d}
         for name, kind in batch.names.items():
-            if kind == "counter" and not batch.counters.get(name):
-                add(name, None, 0)
-        for name, deltas in batch.keyed.items():
-            for key, delta in deltas.items():
-                if delta:
-                    add(name, key, int(delta))
+            if kind == "counter" and name not in counters:
+                counters[name] = 0
+        keyed = {n: m for n, m in batch.keyed.items() if any(m.values())}
+        # groups: tag -> names (sorted); one group on a standalone server
+        groups: dict[str | None, list[str]] = {}
+        for name in sorted(counters.keys() | keyed.keys()):
+            groups.setdefault(tag_of(name) if cluster else None, []).append(name)
         calls: list[_Call] = []
-        ttl = str(self.options.writer_ttl_ms)
+        ttl = str(self.options.writer_ttl_ms).encode()
         size = self.options.batch
+        pfx = (self.prefix + "{").encode()
         for tag in sorted(groups, key=lambda t: "" if t is None else t):
-            fields = sorted(groups[tag], key=lambda f: (f[0], f[1] is not None, f[1] or ""))
+            fields: list[tuple[str, str | None, int]] = []
+            for name in groups[tag]:
+                if name in counters:
+                    fields.append((name, None, counters[name]))
+                else:
+                    m = keyed[name]
+                    fields.extend((name, k, int(m[k])) for k in sorted(m) if m[k])
             wkey = writer_key(self.prefix, writer, tag)
+            wkey_b = wkey.encode("utf-8", "surrogateescape")
+            seq_b = str(seq).encode()
             for part, start in enumerate(range(0, len(fields), size)):
                 chunk = fields[start : start + size]
-                keys = [wkey]
-                args = [str(seq), str(part), ttl]
+                keys = [wkey_b]
+                args = [seq_b, str(part).encode(), ttl]
                 i = 0
-                while i < len(chunk):
-                    name, fkey, delta = chunk[i]
-                    keys.append(data_key(self.prefix, name))
-                    if fkey is None:
-                        args += ["c", str(delta)]
+                n = len(chunk)
+                while i < n:
+                    name = chunk[i][0]
+                    keys.append(pfx + name.encode("utf-8", "surrogateescape") + b"}")
+                    if chunk[i][1] is None:
+                        args += (b"c", b"%d" % chunk[i][2])
                         i += 1
                         continue
                     j = i
-                    while j < len(chunk) and chunk[j][0] == name and chunk[j][1] is not None:
+                    while j < n and chunk[j][0] == name:
                         j += 1
-                    args += ["h", str(j - i)]
+                    args += (b"h", b"%d" % (j - i))
                     for _, k, d in chunk[i:j]:
-                        args += [k or "", str(d)]
+                        args += (k.encode("utf-8", "surrogateescape"), b"%d" % d)  # type: ignore[union-attr]
                     i = j
-                calls.append(
-                    _Call(
-                        wkey,
-                        part,
-                        chunk,
-                        [k.encode("utf-8", "surrogateescape") for k in keys],
-                        [a.encode("utf-8", "surrogateescape") for a in args],
-                    )
-                )
+                calls.append(_Call(wkey, part, chunk, keys, args))
         return calls
 
     def apply(self, writer_id: str, batch: Batch) -> None:
