@@ -123,6 +123,9 @@ def open(url: str, *, create: bool = True) -> Store:
     capacity at creation: ``?names=1024&keys=8192&slabs=64``).  With
     ``create=False`` a store that does not exist yet raises
     :class:`StoreNotFoundError` instead of being created.
+    ``redis://host:6379/0?prefix=app:`` (also ``rediss://`` and
+    ``redis+cluster://``): Redis, shared by every machine, written behind
+    (see :mod:`tallies.stores.redis`).
     """
     parsed = parse_url(url)
     return _store_class(parsed).open_url(parsed, create=create)
