@@ -472,3 +472,12 @@ def test_aopen_and_aflush(url: str, r: Any) -> None:
         assert r.get(f"{p}{{async}}") == b"4"  # the close in aopen flushed
 
     asyncio.run(main())
+
+
+def test_unreachable_cluster_is_a_clear_store_error() -> None:
+    from _redis_support import free_port
+
+    from tallies.stores.base import StoreUnavailableError
+
+    with pytest.raises(StoreUnavailableError, match="did not answer"):
+        tallies.open(f"redis+cluster://127.0.0.1:{free_port()}?timeout=0.5")

@@ -234,12 +234,15 @@ class RedisBackend:
         if options.cluster:
             from redis.cluster import RedisCluster
 
-            self._client = RedisCluster(
-                host=options.host,
-                port=options.port,
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-                **common,
-            )
+            try:
+                self._client = RedisCluster(
+                    host=options.host,
+                    port=options.port,
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+                    **common,
+                )
+            except UNAVAILABLE as exc:  # it asks the cluster for its slots now
+                raise self._unavailable("connect", exc) from exc
         else:
             self._client = redis.Redis(
                 host=options.host,
