@@ -569,7 +569,7 @@ ops = st.lists(
 
 
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -630,3 +630,58 @@ def test_model(tmp_path: Path, program: list[tuple[Any, ...]]) -> None:
     kstored = dict(raw(db, "select key, value from keyed"))
     assert nz(kstored) == nz(kmodel)
     tallies.destroy(u)
+
+
+def test_file_replaced_by_garbage_then_restored(db: Path, url: str) -> None:
+    """A corrupt file at the path while open: flushes fail (deltas kept),
+    nothing is written into the garbage, and once a good file is back the
+    pending batch lands exactly once."""
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        c.increment(5)
+        s.flush()
+        backup = db.parent / "backup.db"
+        src, dst = sqlite3.connect(db), sqlite3.connect(backup)
+        src.backup(dst)  # through SQLite: never open() a file SQLite has open
+        src.close()
+        dst.close()
+        garbage = db.parent / "garbage.bin"
+        garbage.write_bytes(os.urandom(16384))
+        before = digest(garbage)
+        os.replace(garbage, db)  # rename: the old inode stays SQLite's
+        for extra in ("-wal", "-shm"):
+            Path(str(db) + extra).unlink(missing_ok=True)
+        c.increment(2)
+        with pytest.raises(FlushError, match="removed or replaced"):
+            s.flush()
+        with pytest.raises(FlushError) as info:
+            s.flush()
+        assert isinstance(info.value.__cause__, CorruptSegmentError)
+        assert digest(db) == before  # the garbage was not written to
+        os.replace(backup, db)
+        s.flush()
+        assert c.value() == 7
+    assert raw(db, "select value from counters") == [(7,)]
+
+
+def test_pickle_reopens_by_url(db: Path, url: str) -> None:
+    import pickle
+
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        kc = s.keyed("k")
+        c.increment(4)
+        kc.increment("a", 2)
+        s.flush()
+        c2 = pickle.loads(pickle.dumps(c))
+        kc2 = pickle.loads(pickle.dumps(kc))
+        assert c2 is not c and c2.value() == 4 and kc2.value("a") == 2
+        c2.increment()  # another writer (a store opened by the unpickling)
+        assert c2.value() == 5 and c.value() == 4  # c2's delta is not flushed yet
+        assert repr(c) == "BufferedCounter('n', 4)"
+    from tallies.stores import writebehind
+
+    for wb in list(writebehind._live.values()):  # the stores the unpickling opened
+        if wb.url == url:
+            wb.close()
+    assert raw(db, "select value from counters") == [(5,)]

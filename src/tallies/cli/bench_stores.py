@@ -23,8 +23,10 @@ Parts (``PARTS``: a list; a scope adds its own ``StorePart`` there):
     synchronous=NORMAL) and ``sqlite://?flush=0`` (write-through).  The
     per-event peers do fewer increments (they are ~1,000x slower), so the
     comparison is of throughput (increments per second, all processes
-    together).  Targets: write-behind >= 100x diskcache and >= 50x the raw
-    UPSERT; write-through >= 1x diskcache.
+    together).  The candidates run interleaved for 3 rounds on fresh files
+    and each keeps its best rate (``--quick``, for the tests: one round,
+    forked workers).  Targets: write-behind >= 100x diskcache
+    and >= 50x the raw UPSERT; write-through >= 1x diskcache.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import shutil
 import sqlite3
 import statistics
@@ -219,14 +222,24 @@ def _w_upsert(path: str, n: int, barrier: Any, out: Any) -> None:
     out.put((t0, time.perf_counter()))
 
 
-def _run_procs(target: Any, arg: str, procs: int, n: int) -> float:
-    ctx = mp.get_context("spawn")
+def _run_procs(target: Any, arg: str, procs: int, n: int, method: str = "spawn") -> float:
+    ctx: Any = mp.get_context(method)
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
     ps = [ctx.Process(target=target, args=(arg, n, barrier, out)) for _ in range(procs)]
     for p in ps:
         p.start()
-    spans = [out.get(timeout=600) for _ in ps]
+    spans: list[tuple[float, float]] = []
+    deadline = time.monotonic() + 600
+    while len(spans) < procs:
+        try:
+            spans.append(out.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in ps:
+                    p.kill()
+                raise RuntimeError(f"a benchmark worker failed (exit codes {dead})") from None
     for p in ps:
         p.join(60)
         if p.exitcode != 0:
@@ -240,103 +253,117 @@ def _sqlite_processes(quick: bool) -> list[Row]:
     procs = 4
     n = 25_000 if quick else 250_000
     n_peer = 250 if quick else 2_500
-    rows: list[Row] = []
-    d = tempfile.mkdtemp(prefix="tallies-bench-")
-    try:
-        url = f"sqlite:///{d}/wb.db"
-        wall = _run_procs(_w_sqlite, url, procs, n)
-        with tallies.open(url) as s:
-            total = s.counter("hits").value()
-        exact = total == procs * n
-        rate_wb = procs * n / wall
+    rounds = 1 if quick else 3
+    method = "fork" if quick and "fork" in mp.get_all_start_methods() else "spawn"
+    have_dc = importlib.util.find_spec("diskcache") is not None
+    diskcache: Any = importlib.import_module("diskcache") if have_dc else None
+    best: dict[str, float] = {}
+    totals: dict[str, list[int]] = {}
+    expected = {"wb": procs * n, "wt": procs * n_peer, "up": procs * n_peer, "dc": procs * n_peer}
+
+    def record(key: str, rate: float, total: int) -> None:
+        best[key] = max(best.get(key, 0.0), rate)
+        totals.setdefault(key, []).append(total)
+
+    # Interleaved rounds, each candidate on fresh files; each keeps its best
+    # rate (the run least disturbed by the rest of the machine).
+    for _ in range(rounds):
+        d = tempfile.mkdtemp(prefix="tallies-bench-")
+        try:
+            url = f"sqlite:///{d}/wb.db"
+            wall = _run_procs(_w_sqlite, url, procs, n, method)
+            with tallies.open(url) as s:
+                record("wb", procs * n / wall, s.counter("hits").value())
+
+            url0 = f"sqlite:///{d}/wt.db?flush=0"
+            wall = _run_procs(_w_sqlite, url0, procs, n_peer, method)
+            with tallies.open(url0) as s:
+                record("wt", procs * n_peer / wall, s.counter("hits").value())
+
+            up = os.path.join(d, "upsert.db")
+            con = sqlite3.connect(up, isolation_level=None)
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            con.close()
+            wall = _run_procs(_w_upsert, up, procs, n_peer, method)
+            con = sqlite3.connect(up)
+            total_up = int(con.execute("SELECT value FROM counters").fetchone()[0])
+            con.close()
+            record("up", procs * n_peer / wall, total_up)
+
+            if diskcache is not None:
+                dc = os.path.join(d, "dc")
+                wall = _run_procs(_w_diskcache, dc, procs, n_peer, method)
+                with diskcache.Cache(dc) as cache:
+                    record("dc", procs * n_peer / wall, int(cache.get("hits")))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def exact(key: str) -> bool:
+        return all(t == expected[key] for t in totals[key])
+
+    def detail(key: str) -> str:
+        return f"best of {rounds}; totals {', '.join(f'{t:,}' for t in totals[key])}"
+
+    part = "sqlite-processes"
+    rows = [
+        Row(
+            part,
+            f"sqlite:// write-behind, {procs} x {n:,}",
+            best["wb"],
+            "incr/s",
+            "exact",
+            exact("wb"),
+            detail("wb"),
+        ),
+        Row(
+            part,
+            f"sqlite://?flush=0 write-through, {procs} x {n_peer:,}",
+            best["wt"],
+            "incr/s",
+            "exact",
+            exact("wt"),
+            detail("wt"),
+        ),
+        Row(
+            part,
+            f"raw UPSERT transaction per increment, {procs} x {n_peer:,}",
+            best["up"],
+            "incr/s",
+            detail=detail("up"),
+        ),
+    ]
+    rate_dc = best.get("dc")
+    if rate_dc is None:
         rows.append(
             Row(
-                "sqlite-processes",
-                f"sqlite:// write-behind, {procs} x {n:,}",
-                rate_wb,
+                part,
+                "diskcache Cache.incr",
+                None,
                 "incr/s",
-                "exact",
-                exact,
-                f"total {total:,} in {wall:.3f} s",
+                detail="not installed (pip install tallies[bench])",
             )
         )
-
-        url0 = f"sqlite:///{d}/wt.db?flush=0"
-        wall = _run_procs(_w_sqlite, url0, procs, n_peer)
-        with tallies.open(url0) as s:
-            total0 = s.counter("hits").value()
-        rate_wt = procs * n_peer / wall
+    else:
         rows.append(
             Row(
-                "sqlite-processes",
-                f"sqlite://?flush=0 write-through, {procs} x {n_peer:,}",
-                rate_wt,
+                part,
+                f"diskcache Cache.incr, {procs} x {n_peer:,}",
+                rate_dc,
                 "incr/s",
-                "exact",
-                total0 == procs * n_peer,
-                f"total {total0:,} in {wall:.3f} s",
+                detail=detail("dc"),
             )
         )
-
-        up = os.path.join(d, "upsert.db")
-        con = sqlite3.connect(up, isolation_level=None)
-        con.execute("PRAGMA journal_mode = WAL")
-        con.execute("CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        con.close()
-        wall = _run_procs(_w_upsert, up, procs, n_peer)
-        con = sqlite3.connect(up)
-        total_up = con.execute("SELECT value FROM counters").fetchone()[0]
-        con.close()
-        rate_up = procs * n_peer / wall
-        rows.append(
-            Row(
-                "sqlite-processes",
-                f"raw UPSERT transaction per increment, {procs} x {n_peer:,}",
-                rate_up,
-                "incr/s",
-                detail=f"total {total_up:,}",
-            )
-        )
-
-        rate_dc: float | None = None
-        if importlib.util.find_spec("diskcache") is None:
-            rows.append(
-                Row(
-                    "sqlite-processes",
-                    "diskcache Cache.incr",
-                    None,
-                    "incr/s",
-                    detail="not installed (pip install tallies[bench])",
-                )
-            )
-        else:
-            diskcache: Any = importlib.import_module("diskcache")
-            dc = os.path.join(d, "dc")
-            wall = _run_procs(_w_diskcache, dc, procs, n_peer)
-            with diskcache.Cache(dc) as cache:
-                total_dc = cache.get("hits")
-            rate_dc = procs * n_peer / wall
-            rows.append(
-                Row(
-                    "sqlite-processes",
-                    f"diskcache Cache.incr, {procs} x {n_peer:,}",
-                    rate_dc,
-                    "incr/s",
-                    detail=f"total {total_dc:,}",
-                )
-            )
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
     def vs(name: str, a: float, b: float | None, limit: float) -> Row:
-        r = a / b if b else None
+        ratio = a / b if b else None
         return Row(
-            "sqlite-processes", name, r, "x", f">= {limit:g}x", None if r is None else r >= limit
+            part, name, ratio, "x", f">= {limit:g}x", None if ratio is None else ratio >= limit
         )
 
-    rows.append(vs("write-behind vs diskcache Cache.incr", rate_wb, rate_dc, 100))
-    rows.append(vs("write-behind vs raw UPSERT per increment", rate_wb, rate_up, 50))
-    rows.append(vs("write-through (flush=0) vs diskcache Cache.incr", rate_wt, rate_dc, 1))
+    rows.append(vs("write-behind vs diskcache Cache.incr", best["wb"], rate_dc, 100))
+    rows.append(vs("write-behind vs raw UPSERT per increment", best["wb"], best["up"], 50))
+    rows.append(vs("write-through (flush=0) vs diskcache Cache.incr", best["wt"], rate_dc, 1))
     return rows
 
 

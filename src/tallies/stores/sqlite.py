@@ -23,9 +23,25 @@ ourselves), WAL mode (readers never block the writer; several processes and
 threads share the file; WAL needs shared memory between them, so one host
 only: never over NFS), and ``BEGIN IMMEDIATE`` for every write transaction
 (the write lock is taken up front, so two writers never deadlock upgrading a
-read lock: the classic SQLITE_BUSY bug of deferred transactions).  A store
-has one writer connection (used by flushes, under the flush lock) and one
-reader connection (reads are one short read transaction each).
+read lock: the classic SQLITE_BUSY bug of deferred transactions).  The
+writer waits for that lock itself, with randomised sleeps from 50 us doubling
+to 2 ms, up to ``timeout`` (SQLite's own busy handler sleeps 1, 2, 5, 10 ...
+ms, which halves throughput when processes contend).  A store has one writer
+connection (used by flushes, under the flush lock) and one reader connection
+(reads are one short read transaction each).
+
+Two rules this module keeps, each learnt from lost commits (see the
+regression test with processes creating and closing one file together):
+
+* It never ``open()``s the database file itself while SQLite may have it
+  open in this process: closing any descriptor of a file drops every POSIX
+  lock the process holds on it, and another process may then checkpoint and
+  reset the WAL under our connections.  Files are checked through SQLite.
+* A new file is built complete (schema, WAL mode set, connection closed so
+  every page is in the main file) under a temporary name and ``link()``-ed
+  into place: a new database in WAL mode keeps its first pages in the -wal
+  while the main file is still empty, and SQLite deletes a -wal it finds
+  beside an empty database.
 
 Schema (version 1; ``sqlite3 counts.db 'select * from counters'`` reads it)::
 
@@ -38,23 +54,27 @@ Schema (version 1; ``sqlite3 counts.db 'select * from counters'`` reads it)::
 Keys of keyed counters are str (TEXT); any other key raises TypeError on its
 first use (nothing else has a lossless, portable TEXT form).
 
-A flush is one transaction: check ``writers.seq`` (a batch already recorded is
-acknowledged and not applied again), insert new names, then for each delta
-``INSERT ... ON CONFLICT DO UPDATE SET value = value + excluded.value WHERE
-<the sum stays in int64>`` (SQLite would silently turn an overflowing integer
-sum into a REAL), then record (seq, now) for the writer and prune writers not
-seen for a day; COMMIT.  If any row refused its update, the transaction rolls
-back to a savepoint, recomputes exactly in Python and raises
-CountOverflowError with nothing applied.
+A flush is one transaction: ``UPDATE writers SET seq = batch seq WHERE seq <
+batch seq`` (no row changed and a row present: the batch was applied
+already, so it is acknowledged and not applied again; no row: insert it),
+insert new names, then for each delta ``INSERT ... ON CONFLICT DO UPDATE SET
+value = value + excluded.value WHERE <the sum stays in int64>`` (SQLite would
+silently turn an overflowing integer sum into a REAL), prune writers not seen
+for a day (at most once a minute per process); COMMIT.  If any row refused
+its update, the transaction is rolled back and done again with exact Python
+arithmetic, which raises CountOverflowError (nothing applied, the seq not
+recorded) naming every count that would leave int64.
 
 A file that is not an SQLite database, an SQLite database without our
-``tallies_meta`` (foreign), of a newer schema, truncated or garbage raises
-CorruptSegmentError (alias CorruptStoreError) on open, and nothing is written
-to it.  Before every write transaction the file's inode is compared with the
-one opened: a removed or replaced file fails that flush (deltas kept) and the
-next attempt reconnects (re-creating the file if the store was opened with
-``create=True``).  After any other failed write the connection is re-opened
-on the next attempt (a read-only or full file may have been fixed).
+``tallies_meta`` (foreign, or no tables at all), of a newer schema,
+truncated, empty or garbage raises CorruptSegmentError (alias
+CorruptStoreError) on open, and nothing is written to it.  Before every
+write transaction the file's inode is compared with the one opened: a
+removed or replaced file fails that flush (deltas kept) and the next attempt
+reconnects (re-creating the file if the store was opened with
+``create=True``).  After any other failed write both connections are
+re-opened on the next attempt (a read-only or full file may have been fixed,
+and connections of one process share a file's lock state).
 
 Crash points for the tests: ``TALLIES_SQLITE_CRASH=tag[:n]`` SIGKILLs this
 process at the n-th arrival (default the first) at ``before-begin``,
@@ -158,8 +178,17 @@ class _Refused(Exception):
 _hits: collections.Counter[str] = collections.Counter()
 
 
+_HOOK_VARS = ("TALLIES_SQLITE_CRASH", "TALLIES_SQLITE_FAIL")
+
+
+def _armed() -> bool:
+    """Whether a test hook is set (read once per transaction: cheap)."""
+    env = os.environ
+    return _HOOK_VARS[0] in env or _HOOK_VARS[1] in env
+
+
 def _point(tag: str) -> None:
-    for var, kill in (("TALLIES_SQLITE_CRASH", True), ("TALLIES_SQLITE_FAIL", False)):
+    for var, kill in ((_HOOK_VARS[0], True), (_HOOK_VARS[1], False)):
         spec = os.environ.get(var)
         if not spec:
             continue
@@ -399,12 +428,15 @@ class SqliteBackend:
         """Run body(conn) inside BEGIN IMMEDIATE ... COMMIT, with the crash points."""
         with self._wlock:
             conn = self._writer()
-            _point("before-begin")
+            armed = _armed()
+            if armed:
+                _point("before-begin")
             try:
                 self._begin(conn)
                 try:
                     out = body(conn)
-                    _point("before-commit")
+                    if armed:
+                        _point("before-commit")
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -417,7 +449,8 @@ class SqliteBackend:
                 if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
                     self._drop_writer()  # re-open on the next attempt
                 raise
-            _point("after-commit")
+            if armed:
+                _point("after-commit")
             return out
 
     def _begin(self, conn: sqlite3.Connection) -> None:

@@ -419,16 +419,12 @@ class BufferedKeyedCounter:
         if key not in self._known:
             key = self._first_use(key)
         self._cells.increment(key, n)
-        if self._wb.write_through:
-            self._wb.flush()
 
     def decrement(self, key: str, n: SupportsIndex = 1) -> None:
         """Subtract ``n`` from ``key``'s count (a local cell; no I/O)."""
         if key not in self._known:
             key = self._first_use(key)
         self._cells.decrement(key, n)
-        if self._wb.write_through:
-            self._wb.flush()
 
     def value(self, key: str) -> int:
         """Stored count + this process's pending delta (0 if never counted)."""
@@ -474,6 +470,20 @@ class BufferedKeyedCounter:
         return (_rebuild, (self._wb.url, self._name, "keyed"))
 
 
+class _WriteThroughKeyed(BufferedKeyedCounter):
+    """``flush=0``: every update returns after its flush committed."""
+
+    __slots__ = ()
+
+    def increment(self, key: str, n: SupportsIndex = 1) -> None:
+        super().increment(key, n)
+        self._wb.flush()
+
+    def decrement(self, key: str, n: SupportsIndex = 1) -> None:
+        super().decrement(key, n)
+        self._wb.flush()
+
+
 # ---- the machinery -------------------------------------------------------------
 
 
@@ -515,6 +525,8 @@ class WriteBehind:
         self.writer_id = new_writer_id()
         self._backend: Backend | None = backend
         self._connect = connect
+        self._be_lock = threading.Lock()
+        self._pid = os.getpid()
         self._seq = 0
         self._flush_lock = threading.Lock()
         self._state = threading.Lock()
@@ -574,7 +586,8 @@ class WriteBehind:
         with self._state:
             kc = self._keyed.get(name)
             if kc is None:
-                kc = self._keyed[name] = BufferedKeyedCounter(self, name)
+                cls = _WriteThroughKeyed if self.write_through else BufferedKeyedCounter
+                kc = self._keyed[name] = cls(self, name)
                 self._kinds[name] = "keyed"
         return kc
 
@@ -590,7 +603,10 @@ class WriteBehind:
     def _be(self) -> Backend:
         be = self._backend
         if be is None:
-            be = self._backend = self._connect()
+            with self._be_lock:
+                be = self._backend
+                if be is None:
+                    be = self._backend = self._connect()
         return be
 
     # -- flush ---------------------------------------------------------------------
@@ -950,8 +966,6 @@ class WriteBehind:
         if be is not None and self._pid == os.getpid():
             be.close()
 
-    _pid = os.getpid()
-
     # -- fork --------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
@@ -973,6 +987,7 @@ class WriteBehind:
             _inherited.append(self._backend)  # never closed nor used here
             self._backend = None
         self._pid = os.getpid()
+        self._be_lock = threading.Lock()
         self.failures = 0
         self._stop = threading.Event()
         self._start_flusher()
