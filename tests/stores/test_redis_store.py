@@ -481,3 +481,18 @@ def test_unreachable_cluster_is_a_clear_store_error() -> None:
 
     with pytest.raises(StoreUnavailableError, match="did not answer"):
         tallies.open(f"redis+cluster://127.0.0.1:{free_port()}?timeout=0.5")
+
+
+def test_scripts_are_loaded_again_after_script_flush(url: str, r: Any) -> None:
+    p = prefix_of(url)
+    with tallies.open(url) as store:
+        c = store.counter("n")
+        c.increment(2)
+        store.flush()
+        r.script_flush()  # as after a restart or a failover: NOSCRIPT next time
+        c.increment(3)
+        store.flush()
+        assert r.get(f"{p}{{n}}") == b"5"
+        r.script_flush()
+        assert c.reset() == 5
+        assert r.get(f"{p}{{n}}") == b"0"
