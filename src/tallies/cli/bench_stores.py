@@ -367,10 +367,17 @@ def _sqlite_processes(quick: bool) -> list[Row]:
     return rows
 
 
+def _redis(quick: bool) -> list[Row]:
+    from .bench_redis import store_rows  # starts its own redis-server
+
+    return store_rows(quick)
+
+
 PARTS: list[StorePart] = [
     StorePart("sqlite-increment", _sqlite_increment),
     StorePart("sqlite-flush", _sqlite_flush),
     StorePart("sqlite-processes", _sqlite_processes),
+    StorePart("redis", _redis),
 ]
 """The parts ``tallies bench --stores`` runs, in order.  Add a scope's parts here."""
 

@@ -51,7 +51,10 @@ __all__ = [
     "schemes",
 ]
 
-BUILTIN_SCHEMES = ("memory", "shm", "sqlite")
+BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm", "sqlite")
+# Schemes served by another scheme's module: redis:// over TLS and on a Cluster.
+_MODULE_OF = {"rediss": "redis", "redis+cluster": "redis", "rediss+cluster": "redis"}
+BUILTIN_SCHEMES += ("redis", *_MODULE_OF)
 _registry: dict[str, type[Store]] = {}
 _SCHEME = re.compile(r"[a-z][a-z0-9]*\Z")
 
@@ -103,7 +106,7 @@ def _store_class(url: StoreURL) -> type[Store]:
             f"{url.raw!r}: unknown store scheme {url.scheme!r} "
             f"(known: {', '.join(s + '://' for s in schemes())})"
         )
-    module = importlib.import_module(f"{__name__}.{url.scheme}")
+    module = importlib.import_module(f"{__name__}.{_MODULE_OF.get(url.scheme, url.scheme)}")
     cls = module.STORE
     if not (isinstance(cls, type) and issubclass(cls, Store)):
         raise TypeError(f"{module.__name__}.STORE is not a Store subclass")
@@ -120,6 +123,9 @@ def open(url: str, *, create: bool = True) -> Store:
     capacity at creation: ``?names=1024&keys=8192&slabs=64``).  With
     ``create=False`` a store that does not exist yet raises
     :class:`StoreNotFoundError` instead of being created.
+    ``redis://host:6379/0?prefix=app:`` (also ``rediss://`` and
+    ``redis+cluster://``): Redis, shared by every machine, written behind
+    (see :mod:`tallies.stores.redis`).
     """
     parsed = parse_url(url)
     return _store_class(parsed).open_url(parsed, create=create)
