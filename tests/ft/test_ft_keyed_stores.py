@@ -8,11 +8,11 @@ key by key:
 
     count left + everything taken == everything added
 
-Stores: every store's counters and keyed counters are hammered the same way
-through ``tallies.open(url)`` (``STORE_URLS``); the shm:// segment's counters are
-also shared by two store objects at once.  Write-behind stores (sqlite://,
-redis://) join by adding their URL factory to ``STORE_URLS`` (their ``flush()``
-is called before the ledgers are checked).
+Stores: every store's counters and keyed counters (memory://, shm://, and the
+write-behind sqlite:// and redis://, against a real file and a real
+redis-server) are hammered the same way through ``tallies.open(url)``
+(``STORE_URLS``), half the threads through a second store object on the same
+URL; both are flushed before the ledgers are checked.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import collections
 import random
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _ft_stress import ROUNDS, THREADS, Deadline, ops, together
+from _redis_support import unique_prefix
 from _shm_support import new_url
 
 import tallies
@@ -146,9 +148,23 @@ def memory_url() -> Iterator[str]:
     tallies.destroy(url)
 
 
-#: Fixtures that each yield the URL of a fresh store under stress.  The write-behind
-#: stores (sqlite://, redis://, on their own branches) add theirs here.
-STORE_URLS = ["memory_url", "shm_store_url"]
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path}/ft.db"
+    yield url
+    tallies.destroy(url)
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    url: str = redis_server.url(unique_prefix("ft"))
+    return url
+
+
+#: Fixtures that each yield the URL of a fresh store under stress.  A new store adds
+#: its own here; the write-behind ones (sqlite://, redis://) are flushed before the
+#: ledgers are checked.
+STORE_URLS = ["memory_url", "shm_store_url", "sqlite_url", "redis_url"]
 
 
 @pytest.fixture(params=STORE_URLS)

@@ -16,14 +16,18 @@ assert not sys._is_gil_enabled(), "GIL got enabled; the race would be hidden"
 N = 200_000
 ROUNDS = 50
 expected = 0
-for round_ in range(1, ROUNDS + 1):
+rounds = 0
+
+
+def work(barrier: threading.Barrier) -> None:
+    barrier.wait()
+    racy.hammer(N)
+
+
+while rounds < ROUNDS:
+    rounds += 1
     barrier = threading.Barrier(2)
-
-    def work() -> None:
-        barrier.wait()
-        racy.hammer(N)
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
+    threads = [threading.Thread(target=work, args=(barrier,)) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -31,4 +35,4 @@ for round_ in range(1, ROUNDS + 1):
     expected += 2 * N
     if racy.value() < expected:
         break
-print(f"rounds={round_} counter={racy.value()} expected={expected}")
+print(f"rounds={rounds} counter={racy.value()} expected={expected}")
