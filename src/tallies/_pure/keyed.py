@@ -12,8 +12,10 @@ picks it or the C one.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Hashable
+from operator import itemgetter
 from typing import Any, SupportsIndex
 
 from ..keyed.api import KeyedCounterMixin
@@ -134,6 +136,18 @@ class KeyedCore:
             for key, _ in items:
                 d[key] = 0
             return items
+
+    def _values(self) -> list[int]:
+        with self._lock:
+            return list(self._d.values())
+
+    def _total(self) -> int:
+        return sum(self._values())
+
+    def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]:
+        if n is None:
+            return sorted(self._items(), key=itemgetter(1), reverse=True)
+        return heapq.nlargest(n, self._items(), key=itemgetter(1))
 
     def __len__(self) -> int:
         return len(self._d)

@@ -43,8 +43,8 @@ tagged int keeps every single-threaded result identical to
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
+import os
 import types
 from collections.abc import (
     Hashable,
@@ -56,7 +56,6 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
@@ -66,7 +65,7 @@ __all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
 _MISSING: Any = object()
 
 
-class Count(int):
+class _PyCount(int):
     """What ``kc[key]`` returns: the count as an ``int`` that remembers where
     it was read, so that ``kc[key] += n`` is applied as an atomic increment.
 
@@ -81,7 +80,7 @@ class Count(int):
         r = int.__add__(self, other)
         if r is NotImplemented:
             return r
-        c = Count(r)
+        c = _PyCount(r)
         c._tag = self._tag
         return c
 
@@ -91,7 +90,7 @@ class Count(int):
         r = int.__sub__(self, other)
         if r is NotImplemented:
             return r
-        c = Count(r)
+        c = _PyCount(r)
         c._tag = self._tag
         return c
 
@@ -105,17 +104,33 @@ class Count(int):
         return int(self)
 
 
-def _make_count(counter: Any, key: Any, v: int) -> Count:
-    c = Count(v)
+def _py_make_count(counter: Any, key: Any, v: int) -> int:
+    c = _PyCount(v)
     c._tag = (counter, key, v)
     return c
+
+
+# With the C core, Count is its C type (tallies.keyed._core.Count: the tag in
+# C fields, one allocation per kc[key]); both cores then return it, so that
+# ``type(kc[key]) is tallies.keyed.api.Count`` holds for either.  The Python
+# class above is the fallback's (TALLIES_PURE=1 or no extension).
+Count: Any = _PyCount
+_make_count: Any = _py_make_count
+if os.environ.get("TALLIES_PURE") != "1":
+    try:
+        from . import _core as _native  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        pass
+    else:
+        Count = _native.Count
+        _make_count = _native._make_count
 
 
 class _ValuesView(ValuesView[int]):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[int]:
-        return iter([v for _, v in cast(Any, self)._mapping._items()])
+        return iter(cast(Any, self)._mapping._values())
 
 
 class _ItemsView(ItemsView[Any, int]):
@@ -212,6 +227,9 @@ class KeyedCounterMixin:
         def _keys(self) -> list[Any]: ...
         def _items(self) -> list[tuple[Any, int]]: ...
         def _drain(self) -> list[tuple[Any, int]]: ...
+        def _values(self) -> list[int]: ...
+        def _total(self) -> int: ...
+        def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]: ...
         def __len__(self) -> int: ...
         def __contains__(self, key: object) -> bool: ...
 
@@ -231,10 +249,7 @@ class KeyedCounterMixin:
 
     def __getitem__(self, key: Hashable) -> int:
         """The count of key as a ``Count`` (0 when absent; nothing inserted)."""
-        v = self.value(key)
-        c = Count(v)
-        c._tag = (self, key, v)
-        return c
+        return _make_count(self, key, self.value(key))  # type: ignore[no-any-return]
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The count of key, or default when absent (nothing inserted)."""
@@ -267,9 +282,7 @@ class KeyedCounterMixin:
     def most_common(self, n: int | None = None) -> list[tuple[Any, int]]:
         """The n most common keys and counts, most common first (ties in
         insertion order); all of them when n is None."""
-        if n is None:
-            return sorted(self._items(), key=itemgetter(1), reverse=True)
-        return heapq.nlargest(n, self._items(), key=itemgetter(1))
+        return self._most_common(n)
 
     def elements(self) -> Iterator[Any]:
         """Each key repeated as many times as its count (counts < 1: none)."""
@@ -277,16 +290,16 @@ class KeyedCounterMixin:
 
     def total(self) -> int:
         """The sum of the counts (per-key exact, not one instant)."""
-        return sum(v for _, v in self._items())
+        return self._total()
 
     # ---- writing -----------------------------------------------------------
 
     def __setitem__(self, key: Hashable, value: SupportsIndex) -> None:
         if type(value) is Count:
-            counter, read_key, read = value._tag
+            counter, read_key, read = cast(Any, value)._tag
             if counter is self and (read_key is key or read_key == key):
                 # kc[key] += n: apply the difference atomically.
-                self.increment(key, int.__sub__(value, read))
+                self.increment(key, int(cast(int, value)) - read)
                 return
         self._set(key, value)
 
