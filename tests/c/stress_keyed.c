@@ -140,7 +140,7 @@ writer(void *arg)
         unsigned r = next_rand(&s);
         skey *k = &keys[r % NIDS][(r >> 8) & 1];
         int64_t n = 1 + (int64_t)((r >> 12) & 3), out;
-        int rc = tkt_add(&map, k, k->id % 5, n, 0, &out);
+        int rc = tkt_add(&map, k, k->id % 5, n, 0, &out, NULL);
         if (rc != TL_OK) {
             printf("FAIL add returned %d\n", rc);
             abort();

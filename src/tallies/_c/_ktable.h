@@ -500,10 +500,10 @@ static int
 tkt_resize(tkt_map *m, int64_t extra, int stores_hashes)
 {
     tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
-    int64_t want = (atomic_load_explicit(&m->used, TKT_RLX) + extra) * 3;
+    int64_t used = atomic_load_explicit(&m->used, TKT_RLX);
     int64_t size = TKT_MINSIZE;
-    while (size < want) {
-        size <<= 1;
+    while (size < used * 3 || TKT_USABLE(size) < used + extra) {
+        size <<= 1; /* the dict's GROWTH_RATE: 3 * used */
     }
     tkt_table *n = tkt_table_new(size, stores_hashes);
     if (n == NULL) {
@@ -638,12 +638,17 @@ tkt_remove(tkt_map *m, void *key, tkt_hash_t hash, int only_if, int64_t *taken,
     }
 }
 
-/* Add n (sub: -n) to key's count, inserting it at 0 first when absent.
+/* Add n (sub: -n) to key's count, inserting it at 0 first when absent
+ * (then *fresh = 1, when fresh is not NULL).
  * TL_OK / TL_OVERFLOW (*out: the count that stays) / TKT_ERR / TKT_NOMEM. */
 static int
-tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out)
+tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out,
+        int *fresh)
 {
     tkt_pos pos;
+    if (fresh != NULL) {
+        *fresh = 0;
+    }
     for (;;) {
         int r = tkt_find(m, key, hash, &pos);
         if (r == TKT_FOUND) {
@@ -669,6 +674,9 @@ tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out
         r = tkt_insert(m, key, hash, first, &pos);
         if (r == TKT_FOUND) {
             *out = first;
+            if (fresh != NULL) {
+                *fresh = 1;
+            }
             return TL_OK;
         }
         if (r == TKT_NOMEM) {
@@ -743,8 +751,9 @@ tkt_get(tkt_map *m, void *key, tkt_hash_t hash, int insert, int64_t v, int64_t *
     }
 }
 
-/* Copy up to cap live entries (keys with TKT_INCREF, counts; take: exchange
- * each count with 0) in insertion order.  Returns how many were copied, or
+/* Copy up to cap live entries (keys with TKT_INCREF unless keys is NULL,
+ * counts unless counts is NULL; take: exchange each count with 0) in
+ * insertion order.  Returns how many were copied, or
  * -(live count) - 1 when cap is too small (nothing copied, nothing held). */
 static int64_t
 tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
@@ -774,8 +783,10 @@ tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
         if (k == NULL) {
             continue;
         }
-        TKT_INCREF(k);
-        keys[j] = k;
+        if (keys != NULL) {
+            TKT_INCREF(k);
+            keys[j] = k;
+        }
         if (counts != NULL) {
             counts[j] = take ? atomic_exchange_explicit(&t->counts[ix], 0,
                                                         TKT_CONCURRENT ? memory_order_seq_cst

@@ -77,12 +77,14 @@ key_fast_eq(PyObject *a, PyObject *b)
 static inline Py_hash_t
 key_hash(PyObject *key)
 {
+#if !TKT_CONCURRENT /* free-threaded: CPython sets a str's hash atomically */
     if (TL_LIKELY(PyUnicode_CheckExact(key))) {
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
         if (TL_LIKELY(h != -1)) {
             return h;
         }
     }
+#endif
     return PyObject_Hash(key);
 }
 
@@ -200,6 +202,34 @@ table_error(int r)
     return NULL; /* TKT_ERR: the key's __eq__ raised, the exception is set */
 }
 
+#if !TKT_CONCURRENT
+/* GIL builds: the count cell of an existing key found by identity along its
+ * probe sequence (the common case), else NULL: absent, or only equal (not
+ * identical), then the full lookup runs. */
+static inline tl_cell *
+first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
+{
+    tkt_table *t = atomic_load_explicit(&self->map.table, memory_order_relaxed);
+    if (TL_UNLIKELY(t == NULL)) {
+        return NULL;
+    }
+    size_t mask = (size_t)t->size - 1, perturb = (size_t)h, i = (size_t)h & mask;
+    for (;;) {
+        int64_t ix = tkt_get_index(t, i);
+        if (TL_LIKELY(ix >= 0)) {
+            if (TL_LIKELY(atomic_load_explicit(&t->keys[ix], memory_order_relaxed) == key)) {
+                return &t->counts[ix];
+            }
+        }
+        else if (ix == TKT_EMPTY) {
+            return NULL;
+        }
+        perturb >>= 5;
+        i = (i * 5 + perturb + 1) & mask;
+    }
+}
+#endif
+
 /* The hot path: count n (sub: -n) for key. */
 static PyObject *
 keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
@@ -211,19 +241,13 @@ keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
     int64_t v;
     int r;
 #if !TKT_CONCURRENT
-    /* The common case inline: an existing key found by identity. */
-    tkt_table *t = atomic_load_explicit(&self->map.table, memory_order_relaxed);
-    if (TL_LIKELY(t != NULL)) {
-        size_t i = (size_t)h & (size_t)(t->size - 1);
-        int64_t ix = tkt_get_index(t, i);
-        if (TL_LIKELY(ix >= 0) &&
-            atomic_load_explicit(&t->keys[ix], memory_order_relaxed) == key) {
-            r = tl_add_serial(&t->counts[ix], n, sub, &v);
-            goto done;
-        }
+    tl_cell *cell = first_probe(self, key, h); /* the common case, inline */
+    if (TL_LIKELY(cell != NULL)) {
+        r = tl_add_serial(cell, n, sub, &v);
+        goto done;
     }
 #endif
-    r = tkt_add(&self->map, key, h, n, sub, &v);
+    r = tkt_add(&self->map, key, h, n, sub, &v, NULL);
 #if !TKT_CONCURRENT
 done:
 #endif
@@ -271,6 +295,13 @@ keyed_lookup(KeyedObject *self, PyObject *key, int64_t *v)
     if (h == -1) {
         return -1;
     }
+#if !TKT_CONCURRENT
+    tl_cell *cell = first_probe(self, key, h);
+    if (TL_LIKELY(cell != NULL)) {
+        *v = atomic_load_explicit(cell, memory_order_relaxed);
+        return 1;
+    }
+#endif
     int r = tkt_get(&self->map, key, h, 0, 0, v);
     if (r < 0) {
         table_error(r);
@@ -454,19 +485,20 @@ typedef struct {
     int64_t n;
 } copy_buf;
 
-/* Copy the live entries (counts too when want_counts; take: exchange each
- * count with 0).  0, or -1 with an exception set. */
+/* Copy the live entries (keys, with references, when want_keys; counts when
+ * want_counts; take: exchange each count with 0).  0, or -1 with an
+ * exception set. */
 static int
-copy_out(KeyedObject *self, int want_counts, int take, copy_buf *b)
+copy_out2(KeyedObject *self, int want_keys, int want_counts, int take, copy_buf *b)
 {
     int64_t cap = tkt_len(&self->map) + 8;
     b->keys = NULL;
     b->counts = NULL;
     b->n = 0;
     for (;;) {
-        b->keys = PyMem_Malloc((size_t)cap * sizeof(void *));
+        b->keys = want_keys ? PyMem_Malloc((size_t)cap * sizeof(void *)) : NULL;
         b->counts = want_counts ? PyMem_Malloc((size_t)cap * sizeof(int64_t)) : NULL;
-        if (b->keys == NULL || (want_counts && b->counts == NULL)) {
+        if ((want_keys && b->keys == NULL) || (want_counts && b->counts == NULL)) {
             PyMem_Free(b->keys);
             PyMem_Free(b->counts);
             PyErr_NoMemory();
@@ -483,11 +515,18 @@ copy_out(KeyedObject *self, int want_counts, int take, copy_buf *b)
     }
 }
 
+/* The same with keys always. */
+static int
+copy_out(KeyedObject *self, int want_counts, int take, copy_buf *b)
+{
+    return copy_out2(self, 1, want_counts, take, b);
+}
+
 /* Drop the references a copy holds from index i on, and its buffers. */
 static void
 copy_free(copy_buf *b, int64_t from)
 {
-    for (int64_t i = from; i < b->n; i++) {
+    for (int64_t i = from; b->keys != NULL && i < b->n; i++) {
         Py_DECREF((PyObject *)b->keys[i]);
     }
     PyMem_Free(b->keys);
@@ -562,7 +601,7 @@ static PyObject *
 Keyed_values(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 {
     copy_buf b;
-    if (copy_out(self, 1, 0, &b) < 0) {
+    if (copy_out2(self, 0, 1, 0, &b) < 0) {
         return NULL;
     }
     PyObject *list = PyList_New((Py_ssize_t)b.n);
@@ -583,7 +622,7 @@ static PyObject *
 Keyed_total(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 {
     copy_buf b;
-    if (copy_out(self, 1, 0, &b) < 0) {
+    if (copy_out2(self, 0, 1, 0, &b) < 0) {
         return NULL;
     }
     PyObject *r = sum_to_pylong(b.counts, (Py_ssize_t)b.n);
@@ -691,6 +730,334 @@ Keyed_most_common(KeyedObject *self, PyObject *arg)
     return list;
 }
 
+/* _count_iter(iterable, sign) -> None: count every element once (sign 1) or
+ * take one off (sign -1): Counter(iterable), update(iterable),
+ * subtract(iterable).  Every element is hashed before anything changes (an
+ * unhashable one raises with the counter untouched); an overflow, or a key
+ * whose __eq__ raises, undoes the elements already counted (a key this call
+ * inserted is removed again) before the exception propagates. */
+static PyObject *
+Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_count_iter() takes exactly 2 arguments");
+        return NULL;
+    }
+    int64_t sign;
+    if (to_int64(args[1], "_count_iter", &sign) < 0) {
+        return NULL;
+    }
+    int sub = sign < 0;
+    PyObject *list = PySequence_List(args[0]); /* a private copy */
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    Py_hash_t *hashes = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Py_hash_t));
+    char *fresh = PyMem_Malloc((size_t)(n > 0 ? n : 1));
+    if (hashes == NULL || fresh == NULL) {
+        PyMem_Free(hashes);
+        PyMem_Free(fresh);
+        Py_DECREF(list);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = NULL;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        if ((hashes[i] = key_hash(PyList_GET_ITEM(list, i))) == -1) {
+            goto done;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(list, i);
+        int64_t v;
+        int r, f = 0;
+#if !TKT_CONCURRENT
+        tl_cell *cell = first_probe(self, key, hashes[i]);
+        if (TL_LIKELY(cell != NULL)) {
+            r = tl_add_serial(cell, 1, sub, &v);
+        }
+        else
+#endif
+        {
+            r = tkt_add(&self->map, key, hashes[i], 1, sub, &v, &f);
+        }
+        fresh[i] = (char)f;
+        if (TL_UNLIKELY(r != TL_OK)) {
+            if (r == TL_OVERFLOW) {
+                overflow_result(sub ? "decrement" : "increment", 1, key, v);
+            }
+            else {
+                table_error(r);
+            }
+            break;
+        }
+    }
+    if (i == n) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* Undo elements [0, i) in reverse, keeping the exception. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    while (i-- > 0) {
+        PyObject *key = PyList_GET_ITEM(list, i);
+        int64_t v, taken;
+        if (tkt_add(&self->map, key, hashes[i], 1, !sub, &v, NULL) != TL_OK) {
+            PyErr_Clear();
+        }
+        if (fresh[i] && keyed_remove(self, key, 1, &taken) < 0) {
+            PyErr_Clear();
+        }
+    }
+    PyErr_Restore(et, ev, tb);
+done:
+    PyMem_Free(hashes);
+    PyMem_Free(fresh);
+    Py_DECREF(list);
+    return res;
+}
+
+/* _set_many(pairs) -> None: kc[key] = value for each (key, value) pair, in
+ * order (the operators fill their fresh result with it). */
+static PyObject *
+Keyed_set_many(KeyedObject *self, PyObject *pairs)
+{
+    if (PyDict_CheckExact(pairs)) { /* a dict of counts: no pair tuples */
+        Py_ssize_t pos = 0;
+        PyObject *kv[2];
+        PyObject *copy = PyDict_Copy(pairs); /* its order, safe from changes */
+        if (copy == NULL) {
+            return NULL;
+        }
+        while (PyDict_Next(copy, &pos, &kv[0], &kv[1])) {
+            Py_INCREF(kv[0]);
+            Py_INCREF(kv[1]);
+            PyObject *r = Keyed_set(self, kv, 2);
+            Py_DECREF(kv[0]);
+            Py_DECREF(kv[1]);
+            if (r == NULL) {
+                Py_DECREF(copy);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(copy);
+        Py_RETURN_NONE;
+    }
+    PyObject *it = PyObject_GetIter(pairs);
+    if (it == NULL) {
+        return NULL;
+    }
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "_set_many() expects (key, value) pairs");
+            Py_DECREF(item);
+            break;
+        }
+        PyObject *r = Keyed_set(self, &PyTuple_GET_ITEM(item, 0), 2);
+        Py_DECREF(item);
+        if (r == NULL) {
+            break;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- iterators over a copy ------------------------------------------------
+ *
+ * iter(kc), kc.items() and kc.values() walk a copy of the live entries taken
+ * in one step (keys with references, counts), so they never raise "changed
+ * size during iteration" and build no list: items reuse their result tuple
+ * when the caller dropped it, as dict iterators do. */
+
+enum { SNAP_KEYS = 0, SNAP_ITEMS = 1, SNAP_VALUES = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    copy_buf b;
+    int64_t pos;
+    int kind;
+    PyObject *result; /* the reusable (key, count) tuple of SNAP_ITEMS */
+} SnapIterObject;
+
+static PyTypeObject *snapiter_type;
+
+static PyObject *
+snapiter_new(KeyedObject *self, int kind)
+{
+    SnapIterObject *it = PyObject_GC_New(SnapIterObject, snapiter_type);
+    if (it == NULL) {
+        return NULL;
+    }
+    it->b.keys = NULL;
+    it->b.counts = NULL;
+    it->b.n = 0;
+    it->pos = 0;
+    it->kind = kind;
+    it->result = NULL;
+    if (copy_out2(self, kind != SNAP_VALUES, kind != SNAP_KEYS, 0, &it->b) < 0) {
+        it->b.keys = NULL;
+        it->b.counts = NULL;
+        it->b.n = 0;
+        Py_DECREF(it);
+        return NULL;
+    }
+    PyObject_GC_Track(it);
+    return (PyObject *)it;
+}
+
+static int
+SnapIter_traverse(SnapIterObject *it, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(it));
+    for (int64_t i = it->pos; it->b.keys != NULL && i < it->b.n; i++) {
+        Py_VISIT((PyObject *)it->b.keys[i]);
+    }
+    Py_VISIT(it->result);
+    return 0;
+}
+
+static int
+SnapIter_clear(SnapIterObject *it)
+{
+    copy_buf b = it->b;
+    int64_t pos = it->pos;
+    it->b.keys = NULL;
+    it->b.counts = NULL;
+    it->b.n = 0;
+    Py_CLEAR(it->result);
+    copy_free(&b, pos);
+    return 0;
+}
+
+static void
+SnapIter_dealloc(SnapIterObject *it)
+{
+    PyTypeObject *tp = Py_TYPE(it);
+    PyObject_GC_UnTrack(it);
+    SnapIter_clear(it);
+    PyObject_GC_Del(it);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+SnapIter_next(SnapIterObject *it)
+{
+    if (it->pos >= it->b.n) {
+        return NULL;
+    }
+    int64_t i = it->pos++;
+    if (it->kind == SNAP_KEYS) {
+        PyObject *k = (PyObject *)it->b.keys[i];
+        it->b.keys[i] = NULL;
+        return k; /* our reference goes to the caller */
+    }
+    PyObject *count = PyLong_FromLongLong((long long)it->b.counts[i]);
+    if (count == NULL || it->kind == SNAP_VALUES) {
+        return count;
+    }
+    PyObject *key = (PyObject *)it->b.keys[i];
+    it->b.keys[i] = NULL;
+    PyObject *r = it->result;
+    if (r != NULL && Py_REFCNT(r) == 1) { /* nobody kept it: reuse */
+        PyObject *ok = PyTuple_GET_ITEM(r, 0), *ov = PyTuple_GET_ITEM(r, 1);
+        PyTuple_SET_ITEM(r, 0, key);
+        PyTuple_SET_ITEM(r, 1, count);
+        Py_INCREF(r);
+        Py_DECREF(ok);
+        Py_DECREF(ov);
+        if (!PyObject_GC_IsTracked(r)) {
+            PyObject_GC_Track(r);
+        }
+        return r;
+    }
+    r = PyTuple_New(2);
+    if (r == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(count);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 0, key);
+    PyTuple_SET_ITEM(r, 1, count);
+    Py_XSETREF(it->result, Py_NewRef(r));
+    return r;
+}
+
+static PyObject *
+SnapIter_length_hint(SnapIterObject *it, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong((long long)(it->b.n - it->pos));
+}
+
+static PyMethodDef SnapIter_methods[] = {
+    {"__length_hint__", (PyCFunction)SnapIter_length_hint, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot SnapIter_slots[] = {
+    {Py_tp_doc, "An iterator over a copy of a KeyedCounter's entries (internal)."},
+    {Py_tp_dealloc, SnapIter_dealloc},
+    {Py_tp_traverse, SnapIter_traverse},
+    {Py_tp_clear, SnapIter_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, SnapIter_next},
+    {Py_tp_methods, SnapIter_methods},
+    {0, NULL},
+};
+
+static PyType_Spec SnapIter_spec = {
+    "tallies.keyed._core._SnapshotIterator", sizeof(SnapIterObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    SnapIter_slots,
+};
+
+static PyObject *
+Keyed_iter_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return snapiter_new(self, SNAP_KEYS);
+}
+
+static PyObject *
+Keyed_iter_items(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return snapiter_new(self, SNAP_ITEMS);
+}
+
+static PyObject *
+Keyed_iter_values(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return snapiter_new(self, SNAP_VALUES);
+}
+
+/* _dict() -> dict {key: count} of a copy (the operators and comparisons). */
+static PyObject *
+Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    copy_buf b;
+    if (copy_out(self, 1, 0, &b) < 0) {
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    for (int64_t i = 0; d != NULL && i < b.n; i++) {
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        if (count == NULL || PyDict_SetItem(d, (PyObject *)b.keys[i], count) < 0) {
+            Py_XDECREF(count);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(count);
+    }
+    copy_free(&b, 0);
+    return d;
+}
+
 static Py_ssize_t
 Keyed_len(KeyedObject *self)
 {
@@ -744,35 +1111,42 @@ static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
 
-/* The number of digits of |v| (at least 1: CPython 3.12+ stores one for 0). */
-static inline Py_ssize_t
-digits_of(int64_t v)
+/* Write v into an int object's header word and digits (the layout of
+ * CPython's longintrepr.h: ob_size and digits up to 3.11, lv_tag and digits
+ * from 3.12). */
+static inline void
+count_fill(PyObject *r, int64_t v)
 {
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    Py_ssize_t n = 1;
-    while (u >>= PyLong_SHIFT) {
-        n++;
+    PyLongObject *o = (PyLongObject *)r;
+#if PY_VERSION_HEX >= 0x030C0000
+    digit *d = o->long_value.ob_digit;
+#else
+    digit *d = o->ob_digit;
+#endif
+    Py_ssize_t n = 0;
+    d[0] = 0;
+    while (u != 0) {
+        d[n++] = (digit)(u & PyLong_MASK);
+        u >>= PyLong_SHIFT;
     }
-    return n;
+#if PY_VERSION_HEX >= 0x030C0000
+    o->long_value.lv_tag = ((uintptr_t)n << _PyLong_NON_SIZE_BITS) |
+                           (uintptr_t)(v > 0 ? 0 : (v == 0 ? 1 : 2));
+#else
+    Py_SET_SIZE(o, v < 0 ? -n : n);
+#endif
 }
 
 /* A Count of value v tagged (counter, key, read). */
 static PyObject *
 count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read)
 {
-    PyObject *src = PyLong_FromLongLong((long long)v);
-    if (src == NULL) {
-        return NULL;
-    }
     PyObject *r = count_type->tp_alloc(count_type, count_nitems);
     if (r == NULL) {
-        Py_DECREF(src);
         return NULL;
     }
-    size_t head = sizeof(PyObject);
-    memcpy((char *)r + head, (char *)src + head,
-           sizeof(Py_ssize_t) + (size_t)digits_of(v) * sizeof(digit));
-    Py_DECREF(src);
+    count_fill(r, v);
     count_tag *t = COUNT_TAG(r);
     t->counter = Py_NewRef(counter);
     t->key = Py_NewRef(key);
@@ -1054,6 +1428,12 @@ static PyMethodDef Keyed_methods[] = {
     {"_items", (PyCFunction)Keyed_items, METH_NOARGS, NULL},
     {"_drain", (PyCFunction)Keyed_drain, METH_NOARGS, NULL},
     {"_values", (PyCFunction)Keyed_values, METH_NOARGS, NULL},
+    {"_count_iter", (PyCFunction)(void (*)(void))Keyed_count_iter, METH_FASTCALL, NULL},
+    {"_set_many", (PyCFunction)Keyed_set_many, METH_O, NULL},
+    {"_iter_keys", (PyCFunction)Keyed_iter_keys, METH_NOARGS, NULL},
+    {"_iter_items", (PyCFunction)Keyed_iter_items, METH_NOARGS, NULL},
+    {"_iter_values", (PyCFunction)Keyed_iter_values, METH_NOARGS, NULL},
+    {"_dict", (PyCFunction)Keyed_dict, METH_NOARGS, NULL},
     {"_total", (PyCFunction)Keyed_total, METH_NOARGS, NULL},
     {"_most_common", (PyCFunction)Keyed_most_common, METH_O, NULL},
     {"__sizeof__", (PyCFunction)Keyed_sizeof, METH_NOARGS,
@@ -1099,6 +1479,12 @@ keyed_exec(PyObject *m)
     }
     if (count_type_init(m) < 0) {
         return -1;
+    }
+    if (snapiter_type == NULL) {
+        snapiter_type = (PyTypeObject *)PyType_FromSpec(&SnapIter_spec); /* lives forever */
+        if (snapiter_type == NULL) {
+            return -1;
+        }
     }
 #ifdef Py_GIL_DISABLED
     int ft = 1;

@@ -149,6 +149,28 @@ class KeyedCore:
             return sorted(self._items(), key=itemgetter(1), reverse=True)
         return heapq.nlargest(n, self._items(), key=itemgetter(1))
 
+    def _count_iter(self, iterable: Any, sign: int, /) -> None:
+        mixin: Any = self  # the KeyedCounterMixin methods of KeyedCounter
+        fname = "update" if sign > 0 else "subtract"
+        mixin._apply(mixin._pairs(iterable, {}, fname, 1 if sign > 0 else -1))
+
+    def _set_many(self, pairs: Any, /) -> None:
+        for key, v in pairs.items() if isinstance(pairs, dict) else pairs:
+            self._set(key, v)
+
+    def _iter_keys(self) -> Any:
+        return iter(self._keys())
+
+    def _iter_items(self) -> Any:
+        return iter(self._items())
+
+    def _iter_values(self) -> Any:
+        return iter(self._values())
+
+    def _dict(self) -> dict[Any, int]:
+        with self._lock:
+            return dict(self._d)
+
     def __len__(self) -> int:
         return len(self._d)
 

@@ -130,7 +130,7 @@ class _ValuesView(ValuesView[int]):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(cast(Any, self)._mapping._values())
+        return cast(Any, self)._mapping._iter_values()  # type: ignore[no-any-return]
 
 
 class _ItemsView(ItemsView[Any, int]):
@@ -144,7 +144,7 @@ class _ItemsView(ItemsView[Any, int]):
         return v is not _MISSING and (v is value or v == value)
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
-        return iter(cast(Any, self)._mapping._items())
+        return cast(Any, self)._mapping._iter_items()  # type: ignore[no-any-return]
 
 
 # The KeyedCounter classes (C and pure); tallies.keyed registers the C one,
@@ -179,7 +179,7 @@ def _items_of(other: Any) -> list[tuple[Any, Any]]:
 def _as_counter(other: Any) -> dict[Any, int] | None:
     """The counts of a multiset operand (Counter or KeyedCounter), else None."""
     if isinstance(other, _KINDS):
-        return dict(cast(Any, other)._items())
+        return cast(Any, other)._dict()  # type: ignore[no-any-return]
     if isinstance(other, collections.Counter):
         return other
     return None
@@ -230,6 +230,12 @@ class KeyedCounterMixin:
         def _values(self) -> list[int]: ...
         def _total(self) -> int: ...
         def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]: ...
+        def _count_iter(self, iterable: Any, sign: int, /) -> None: ...
+        def _set_many(self, pairs: Any, /) -> None: ...
+        def _iter_keys(self) -> Iterator[Any]: ...
+        def _iter_items(self) -> Iterator[tuple[Any, int]]: ...
+        def _iter_values(self) -> Iterator[int]: ...
+        def _dict(self) -> dict[Any, int]: ...
         def __len__(self) -> int: ...
         def __contains__(self, key: object) -> bool: ...
 
@@ -263,12 +269,12 @@ class KeyedCounterMixin:
         made meanwhile to keys already read are not in it, and those made to
         keys not yet read are.  Exact as a whole once writers are quiescent.
         """
-        return collections.Counter(dict(self._items()))
+        return collections.Counter(self._dict())
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a copy of the keys taken at once (never raises
         "changed size during iteration")."""
-        return iter(self._keys())
+        return self._iter_keys()
 
     def keys(self) -> KeysView[Any]:
         return KeysView(self)
@@ -379,21 +385,27 @@ class KeyedCounterMixin:
         checked first; an amount that would overflow a count undoes the
         call's earlier additions before OverflowError is raised.
         """
+        if not kwds and iterable is not None and not isinstance(iterable, Mapping):
+            self._count_iter(iterable, 1)  # the core counts the elements
+            return
         pairs = self._pairs(iterable, kwds, "update", 1)
         self._apply(pairs)
 
     def subtract(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
         """Like update, but subtracts (counts may go to zero or below)."""
+        if not kwds and iterable is not None and not isinstance(iterable, Mapping):
+            self._count_iter(iterable, -1)
+            return
         pairs = self._pairs(iterable, kwds, "subtract", -1)
         self._apply(pairs)
 
     def copy(self) -> Any:
-        return type(self)(dict(self._items()))
+        return type(self)(self._dict())
 
     __copy__ = copy
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (dict(self._items()),))
+        return (type(self), (self._dict(),))
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -408,7 +420,7 @@ class KeyedCounterMixin:
         o = _as_counter(other)
         if o is None:
             return None
-        return dict(self._items()), o
+        return self._dict(), o
 
     def __eq__(self, other: object) -> bool:
         """Equal counts, missing counting as zero (collections.Counter's rule);
@@ -416,9 +428,11 @@ class KeyedCounterMixin:
         pair = self._cmp(other)
         if pair is None:
             if isinstance(other, Mapping):
-                return dict(self._items()) == other
+                return self._dict() == other
             return NotImplemented
         s, o = pair
+        if dict.__eq__(s, cast(dict[Any, int], o)) is True:
+            return True  # the same keys and counts: equal (fast, in C)
         return all(s.get(e, 0) == o.get(e, 0) for c in (s, o) for e in c)
 
     def __ne__(self, other: object) -> bool:
@@ -459,43 +473,44 @@ class KeyedCounterMixin:
 
     # ---- multiset operators (new counters; keep positive counts) -----------
 
-    def _result(self, pairs: Iterable[tuple[Any, int]]) -> Any:
+    def _result(self, pairs: Any) -> Any:
         result = type(self)()
-        for key, n in pairs:
-            result._set(key, n)
+        result._set_many(pairs)
         return result
 
+    # Each returns the result's counts as a dict, in collections.Counter's
+    # order: the left operand's keys first, then the right one's new keys.
     @staticmethod
-    def _add_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, c + o.get(e, 0)) for e, c in s.items()]
-        out = [(e, c) for e, c in out if c > 0]
-        out += [(e, c) for e, c in o.items() if e not in s and c > 0]
+    def _add_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        out = {e: n for e, c in s.items() if (n := c + get(e, 0)) > 0}
+        out.update({e: c for e, c in o.items() if c > 0 and e not in s})
         return out
 
     @staticmethod
-    def _sub_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, c - o.get(e, 0)) for e, c in s.items()]
-        out = [(e, c) for e, c in out if c > 0]
-        out += [(e, 0 - c) for e, c in o.items() if e not in s and c < 0]
+    def _sub_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        out = {e: n for e, c in s.items() if (n := c - get(e, 0)) > 0}
+        out.update({e: 0 - c for e, c in o.items() if c < 0 and e not in s})
         return out
 
     @staticmethod
-    def _or_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, max(c, o.get(e, 0))) for e, c in s.items()]
-        out = [(e, c) for e, c in out if c > 0]
-        out += [(e, c) for e, c in o.items() if e not in s and c > 0]
+    def _or_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        out = {e: n for e, c in s.items() if (n := c if c >= (oc := get(e, 0)) else oc) > 0}
+        out.update({e: c for e, c in o.items() if c > 0 and e not in s})
         return out
 
     @staticmethod
-    def _and_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, min(c, o.get(e, 0))) for e, c in s.items()]
-        return [(e, c) for e, c in out if c > 0]
+    def _and_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        return {e: n for e, c in s.items() if (n := c if c <= (oc := get(e, 0)) else oc) > 0}
 
     def _binop(self, other: Any, op: Any, reflected: bool) -> Any:
         o = _as_counter(other)
         if o is None:
             return NotImplemented
-        s = dict(self._items())
+        s = self._dict()
         return self._result(op(o, s) if reflected else op(s, o))
 
     def __add__(self, other: Any) -> Any:
