@@ -88,6 +88,9 @@ key_hash(PyObject *key)
     return PyObject_Hash(key);
 }
 
+static inline Py_ssize_t digits_of(int64_t v);
+static inline void count_fill(PyObject *r, int64_t v);
+
 /* ---- arguments (the shared rules are in _pyargs.h) ---------------------- */
 
 /* increment(key, n=1) / decrement(key, n=1), vectorcall form. */
@@ -884,7 +887,10 @@ typedef struct {
     copy_buf b;
     int64_t pos;
     int kind;
-    PyObject *result; /* the reusable (key, count) tuple of SNAP_ITEMS */
+    PyObject *result;  /* the reusable (key, count) tuple of SNAP_ITEMS */
+    PyObject *pool[2]; /* the two ints that SNAP_ITEMS alternates */
+    Py_ssize_t room[2]; /* the digits each was allocated with */
+    int flip;
 } SnapIterObject;
 
 static PyTypeObject *snapiter_type;
@@ -902,6 +908,9 @@ snapiter_new(KeyedObject *self, int kind)
     it->pos = 0;
     it->kind = kind;
     it->result = NULL;
+    it->pool[0] = it->pool[1] = NULL;
+    it->room[0] = it->room[1] = 0;
+    it->flip = 0;
     if (copy_out2(self, kind != SNAP_VALUES, kind != SNAP_KEYS, 0, &it->b) < 0) {
         it->b.keys = NULL;
         it->b.counts = NULL;
@@ -921,6 +930,8 @@ SnapIter_traverse(SnapIterObject *it, visitproc visit, void *arg)
         Py_VISIT((PyObject *)it->b.keys[i]);
     }
     Py_VISIT(it->result);
+    Py_VISIT(it->pool[0]);
+    Py_VISIT(it->pool[1]);
     return 0;
 }
 
@@ -933,6 +944,8 @@ SnapIter_clear(SnapIterObject *it)
     it->b.counts = NULL;
     it->b.n = 0;
     Py_CLEAR(it->result);
+    Py_CLEAR(it->pool[0]);
+    Py_CLEAR(it->pool[1]);
     copy_free(&b, pos);
     return 0;
 }
@@ -959,13 +972,48 @@ SnapIter_next(SnapIterObject *it)
         it->b.keys[i] = NULL;
         return k; /* our reference goes to the caller */
     }
-    PyObject *count = PyLong_FromLongLong((long long)it->b.counts[i]);
+    int64_t v = it->b.counts[i];
+    PyObject *r = it->result;
+#if !TKT_CONCURRENT
+    /* for k, v in kc.items(): the caller unpacks the tuple and lets it go,
+     * and its v still holds the previous count while we make the next one.
+     * So two ints alternate: one that nobody but this iterator holds any
+     * more is rewritten in place (never a shared small int; only with room
+     * for the new digits), as dict iterators reuse their result tuple. */
+    if (it->kind == SNAP_ITEMS && r != NULL && Py_REFCNT(r) == 1 && (v < -5 || v > 256)) {
+        int j = it->flip ^= 1;
+        PyObject *n = it->pool[j];
+        if (n == NULL || Py_REFCNT(n) != 1 || it->room[j] < digits_of(v)) {
+            n = PyLong_FromLongLong((long long)v);
+            if (n == NULL) {
+                return NULL;
+            }
+            Py_XSETREF(it->pool[j], n);
+            it->room[j] = digits_of(v);
+        }
+        else {
+            count_fill(n, v);
+        }
+        PyObject *key = (PyObject *)it->b.keys[i], *ok = PyTuple_GET_ITEM(r, 0),
+                 *ov = PyTuple_GET_ITEM(r, 1);
+        it->b.keys[i] = NULL;
+        PyTuple_SET_ITEM(r, 0, key);
+        PyTuple_SET_ITEM(r, 1, Py_NewRef(n));
+        Py_INCREF(r);
+        Py_DECREF(ok);
+        Py_DECREF(ov);
+        if (!PyObject_GC_IsTracked(r)) {
+            PyObject_GC_Track(r);
+        }
+        return r;
+    }
+#endif
+    PyObject *count = PyLong_FromLongLong((long long)v);
     if (count == NULL || it->kind == SNAP_VALUES) {
         return count;
     }
     PyObject *key = (PyObject *)it->b.keys[i];
     it->b.keys[i] = NULL;
-    PyObject *r = it->result;
     if (r != NULL && Py_REFCNT(r) == 1) { /* nobody kept it: reuse */
         PyObject *ok = PyTuple_GET_ITEM(r, 0), *ov = PyTuple_GET_ITEM(r, 1);
         PyTuple_SET_ITEM(r, 0, key);
@@ -1058,6 +1106,277 @@ Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     return d;
 }
 
+/* ---- multiset operators and == in C ---------------------------------------
+ *
+ * An operand is this type (its entries copied out, looked up live) or a dict
+ * (collections.Counter: its items copied out, looked up in it).  The result is
+ * built in collections.Counter's order: the left operand's keys first, then
+ * the right one's new keys. */
+
+typedef struct {
+    KeyedObject *kc; /* or NULL: dict */
+    PyObject *dict;
+    copy_buf b;      /* the entries (dict values converted) */
+} operand;
+
+static int
+operand_init(operand *o, PyObject *obj, PyTypeObject *kind)
+{
+    o->kc = NULL;
+    o->dict = NULL;
+    o->b.keys = NULL;
+    o->b.counts = NULL;
+    o->b.n = 0;
+    if (PyObject_TypeCheck(obj, kind)) {
+        o->kc = (KeyedObject *)obj;
+        return copy_out(o->kc, 1, 0, &o->b);
+    }
+    PyObject *copy = PyDict_Copy(obj); /* safe from changes while we walk it */
+    if (copy == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyDict_GET_SIZE(copy), pos = 0, i = 0;
+    o->b.keys = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(void *));
+    o->b.counts = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
+    if (o->b.keys == NULL || o->b.counts == NULL) {
+        Py_DECREF(copy);
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *k, *v;
+    while (PyDict_Next(copy, &pos, &k, &v)) {
+        if (to_int64(v, "set", &o->b.counts[i]) < 0) {
+            Py_DECREF(copy);
+            return -1;
+        }
+        o->b.keys[i++] = Py_NewRef(k);
+        o->b.n = i;
+    }
+    o->dict = copy;
+    return 0;
+}
+
+static void
+operand_free(operand *o)
+{
+    copy_free(&o->b, 0);
+    Py_XDECREF(o->dict);
+}
+
+/* key's count in o: 1 found, 0 absent (*v = 0), -1 error. */
+static int
+operand_get(operand *o, PyObject *key, int64_t *v)
+{
+    if (o->kc != NULL) {
+        return keyed_lookup(o->kc, key, v);
+    }
+    *v = 0;
+    PyObject *x = PyDict_GetItemWithError(o->dict, key);
+    if (x == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(x);
+    int r = to_int64(x, "set", v);
+    Py_DECREF(x);
+    return r < 0 ? -1 : 1;
+}
+
+/* result[key] = v (a fresh counter: nobody else counts in it). */
+static int
+result_set(KeyedObject *res, PyObject *key, int64_t v)
+{
+    int64_t old;
+    Py_hash_t h = key_hash(key);
+    if (h == -1) {
+        return -1;
+    }
+    int r = tkt_exchange(&res->map, key, h, v, 1, &old);
+    if (r < 0) {
+        table_error(r);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+combine_overflow(int64_t a, int64_t b, int sub)
+{
+    PyObject *x = PyLong_FromLongLong((long long)a), *y = PyLong_FromLongLong((long long)b);
+    PyObject *r = (x && y) ? (sub ? PyNumber_Subtract(x, y) : PyNumber_Add(x, y)) : NULL;
+    if (r != NULL) {
+        PyErr_Format(PyExc_OverflowError,
+                     "set() argument %R is outside the signed 64-bit range", r);
+    }
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    Py_XDECREF(r);
+    return -1;
+}
+
+enum { OP_ADD = 0, OP_SUB = 1, OP_OR = 2, OP_AND = 3 };
+
+/* _combine(other, op, reflected) -> a new counter of type(self), or
+ * NotImplemented when other is neither this type nor a dict. */
+static PyObject *
+Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_combine() takes exactly 3 arguments");
+        return NULL;
+    }
+    PyTypeObject *kind = Py_TYPE(self);
+    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
+        kind = kind->tp_base; /* the C type under Python subclasses */
+    }
+    PyObject *other = args[0];
+    if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    long op = PyLong_AsLong(args[1]);
+    int reflected = PyObject_IsTrue(args[2]);
+    if ((op == -1 && PyErr_Occurred()) || reflected < 0) {
+        return NULL;
+    }
+    operand ops[2];
+    memset(ops, 0, sizeof(ops));
+    operand *L = &ops[0], *R = &ops[1];
+    int ok = operand_init(&ops[0], reflected ? other : (PyObject *)self, kind);
+    ok = ok < 0 ? -1 : operand_init(&ops[1], reflected ? (PyObject *)self : other, kind);
+    PyObject *res = NULL;
+    if (ok < 0) {
+        goto done;
+    }
+    res = PyObject_CallNoArgs((PyObject *)Py_TYPE(self));
+    if (res == NULL) {
+        goto done;
+    }
+    if (!PyObject_TypeCheck(res, kind)) {
+        PyErr_SetString(PyExc_TypeError, "_combine(): the result is not a KeyedCounter");
+        goto fail;
+    }
+    for (int64_t i = 0; i < L->b.n; i++) {
+        PyObject *e = (PyObject *)L->b.keys[i];
+        int64_t c = L->b.counts[i], oc, n;
+        if (operand_get(R, e, &oc) < 0) {
+            goto fail;
+        }
+        switch (op) {
+        case OP_ADD: /* beyond int64: an error if kept (> 0), else dropped */
+            if (TL_ADD_OVERFLOWS(c, oc, &n)) {
+                if (c < 0) {
+                    continue;
+                }
+                combine_overflow(c, oc, 0);
+                goto fail;
+            }
+            break;
+        case OP_SUB:
+            if (TL_SUB_OVERFLOWS(c, oc, &n)) {
+                if (c < 0) {
+                    continue;
+                }
+                combine_overflow(c, oc, 1);
+                goto fail;
+            }
+            break;
+        case OP_OR:
+            n = c >= oc ? c : oc;
+            break;
+        default:
+            n = c <= oc ? c : oc;
+            break;
+        }
+        if (n > 0 && result_set((KeyedObject *)res, e, n) < 0) {
+            goto fail;
+        }
+    }
+    if (op != OP_AND) {
+        for (int64_t i = 0; i < R->b.n; i++) {
+            PyObject *e = (PyObject *)R->b.keys[i];
+            int64_t c = R->b.counts[i], lc;
+            int wanted = op == OP_SUB ? c < 0 : c > 0;
+            if (!wanted) {
+                continue;
+            }
+            int in_left = operand_get(L, e, &lc);
+            if (in_left < 0) {
+                goto fail;
+            }
+            if (in_left) {
+                continue;
+            }
+            if (op == OP_SUB && c == INT64_MIN) {
+                combine_overflow(0, c, 1);
+                goto fail;
+            }
+            if (result_set((KeyedObject *)res, e, op == OP_SUB ? -c : c) < 0) {
+                goto fail;
+            }
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(res);
+done:
+    operand_free(&ops[0]);
+    operand_free(&ops[1]);
+    return res;
+}
+
+/* _equal(other) -> bool: collections.Counter's ==: every count equal, a
+ * missing key counting as 0; NotImplemented when other is neither this type
+ * nor a dict, or when one of its values is not an int64 (then Python
+ * compares). */
+static PyObject *
+Keyed_equal(KeyedObject *self, PyObject *other)
+{
+    PyTypeObject *kind = Py_TYPE(self);
+    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
+        kind = kind->tp_base;
+    }
+    if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    operand ops[2];
+    memset(ops, 0, sizeof(ops));
+    PyObject *res = NULL;
+    int equal = 1;
+    if (operand_init(&ops[0], (PyObject *)self, kind) < 0 ||
+        operand_init(&ops[1], other, kind) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) ||
+            PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear(); /* a value that is not an int64: Python decides */
+            res = Py_NewRef(Py_NotImplemented);
+        }
+        goto done;
+    }
+    for (int side = 0; side < 2 && equal; side++) {
+        operand *mine = &ops[side], *theirs = &ops[1 - side];
+        for (int64_t i = 0; i < mine->b.n; i++) {
+            int64_t oc;
+            int r = operand_get(theirs, (PyObject *)mine->b.keys[i], &oc);
+            if (r < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
+                    !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                    goto done;
+                }
+                PyErr_Clear();
+                res = Py_NewRef(Py_NotImplemented);
+                goto done;
+            }
+            if (oc != mine->b.counts[i]) {
+                equal = 0;
+                break;
+            }
+        }
+    }
+    res = Py_NewRef(equal ? Py_True : Py_False);
+done:
+    operand_free(&ops[0]);
+    operand_free(&ops[1]);
+    return res;
+}
+
 static Py_ssize_t
 Keyed_len(KeyedObject *self)
 {
@@ -1110,6 +1429,18 @@ static Py_ssize_t count_tag_offset; /* bytes from the object's start */
 static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
+
+/* The number of digits of |v| (at least 1). */
+static inline Py_ssize_t
+digits_of(int64_t v)
+{
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    Py_ssize_t n = 1;
+    while (u >>= PyLong_SHIFT) {
+        n++;
+    }
+    return n;
+}
 
 /* Write v into an int object's header word and digits (the layout of
  * CPython's longintrepr.h: ob_size and digits up to 3.11, lv_tag and digits
@@ -1434,6 +1765,8 @@ static PyMethodDef Keyed_methods[] = {
     {"_iter_items", (PyCFunction)Keyed_iter_items, METH_NOARGS, NULL},
     {"_iter_values", (PyCFunction)Keyed_iter_values, METH_NOARGS, NULL},
     {"_dict", (PyCFunction)Keyed_dict, METH_NOARGS, NULL},
+    {"_combine", (PyCFunction)(void (*)(void))Keyed_combine, METH_FASTCALL, NULL},
+    {"_equal", (PyCFunction)Keyed_equal, METH_O, NULL},
     {"_total", (PyCFunction)Keyed_total, METH_NOARGS, NULL},
     {"_most_common", (PyCFunction)Keyed_most_common, METH_O, NULL},
     {"__sizeof__", (PyCFunction)Keyed_sizeof, METH_NOARGS,

@@ -13,6 +13,7 @@ picks it or the C one.
 from __future__ import annotations
 
 import heapq
+import sys
 import threading
 from collections.abc import Hashable
 from operator import itemgetter
@@ -170,6 +171,9 @@ class KeyedCore:
     def _dict(self) -> dict[Any, int]:
         with self._lock:
             return dict(self._d)
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + sys.getsizeof(self._d)
 
     def __len__(self) -> int:
         return len(self._d)

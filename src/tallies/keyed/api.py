@@ -185,6 +185,11 @@ def _as_counter(other: Any) -> dict[Any, int] | None:
     return None
 
 
+# The C core combines counters in C (_combine(other, opcode, reflected)) and
+# compares them (_equal); these are the opcodes of the *_pairs functions.
+_OPCODES = {"_add_pairs": 0, "_sub_pairs": 1, "_or_pairs": 2, "_and_pairs": 3}
+
+
 class KeyedCounterMixin:
     """KeyedCounter(iterable_or_mapping=None, /, **kwds)
 
@@ -425,6 +430,11 @@ class KeyedCounterMixin:
     def __eq__(self, other: object) -> bool:
         """Equal counts, missing counting as zero (collections.Counter's rule);
         with a plain dict: the same keys and counts (dict equality)."""
+        equal = getattr(self, "_equal", None)
+        if equal is not None and isinstance(other, (*_KINDS, collections.Counter)):
+            res = equal(other)
+            if res is not NotImplemented:
+                return res  # type: ignore[no-any-return]
         pair = self._cmp(other)
         if pair is None:
             if isinstance(other, Mapping):
@@ -507,6 +517,11 @@ class KeyedCounterMixin:
         return {e: n for e, c in s.items() if (n := c if c <= (oc := get(e, 0)) else oc) > 0}
 
     def _binop(self, other: Any, op: Any, reflected: bool) -> Any:
+        combine = getattr(self, "_combine", None)
+        if combine is not None and isinstance(other, (*_KINDS, collections.Counter)):
+            res = combine(other, _OPCODES[op.__name__], reflected)
+            if res is not NotImplemented:
+                return res
         o = _as_counter(other)
         if o is None:
             return NotImplemented
@@ -538,10 +553,10 @@ class KeyedCounterMixin:
         return self._binop(other, self._and_pairs, True)
 
     def __pos__(self) -> Any:
-        return self._result((e, c) for e, c in self._items() if c > 0)
+        return self._binop(collections.Counter(), self._add_pairs, False)  # counts > 0
 
     def __neg__(self) -> Any:
-        return self._result((e, 0 - c) for e, c in self._items() if c < 0)
+        return self._binop(collections.Counter(), self._sub_pairs, True)  # 0 - counts < 0
 
     # ---- in-place operators: per-key atomic increments, then keep positive --
 
