@@ -159,7 +159,7 @@ take_all(tkt_table *t)
     }
     int64_t count = atomic_load_explicit(&t->nentries, memory_order_relaxed);
     for (int64_t ix = 0; ix < count; ix++) {
-        skey *k = atomic_load_explicit(&t->keys[ix], memory_order_relaxed);
+        skey *k = atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
         if (k != NULL) {
             atomic_fetch_add(&taken[k->id], atomic_load(&t->counts[ix]));
         }

@@ -154,16 +154,20 @@ enum {
 };
 
 typedef struct {
-    int64_t size;              /* index slots, a power of two */
-    int64_t usable;            /* entry capacity */
     _Atomic int64_t nentries;  /* entries appended, removed ones included */
-    int width;                 /* bytes per index slot: 1, 2, 4 or 8 */
-    int stores_hashes;         /* hashes[] present */
-    void *index;
-    void *_Atomic *keys;
+    uint8_t log2_size;         /* index slots: 1 << log2_size */
+    uint8_t width;             /* bytes per index slot: 1, 2, 4 or 8 */
+    uint8_t stores_hashes;     /* hashes[] present (after counts[]) */
+    uint8_t log2_index_bytes;  /* the index's bytes: keys[] follow it */
     tl_cell *counts;
-    tkt_hash_t *hashes;        /* NULL unless stores_hashes */
+    /* then, in the same allocation: the index, keys[], counts[], hashes[] */
 } tkt_table;
+
+#define TKT_SIZE(t) ((int64_t)1 << (t)->log2_size)
+#define TKT_INDEX(t) ((void *)((t) + 1))
+#define TKT_KEYS(t) \
+    ((void *_Atomic *)((char *)TKT_INDEX(t) + ((size_t)1 << (t)->log2_index_bytes)))
+#define TKT_HASHES(t) ((tkt_hash_t *)((t)->counts + TKT_USABLE(TKT_SIZE(t))))
 
 typedef struct {
     _Atomic int64_t n;
@@ -272,13 +276,13 @@ tkt_get_index(const tkt_table *t, size_t i)
 {
     switch (t->width) {
     case 1:
-        return atomic_load_explicit(&((_Atomic int8_t *)t->index)[i], TKT_ACQ);
+        return atomic_load_explicit(&((_Atomic int8_t *)TKT_INDEX(t))[i], TKT_ACQ);
     case 2:
-        return atomic_load_explicit(&((_Atomic int16_t *)t->index)[i], TKT_ACQ);
+        return atomic_load_explicit(&((_Atomic int16_t *)TKT_INDEX(t))[i], TKT_ACQ);
     case 4:
-        return atomic_load_explicit(&((_Atomic int32_t *)t->index)[i], TKT_ACQ);
+        return atomic_load_explicit(&((_Atomic int32_t *)TKT_INDEX(t))[i], TKT_ACQ);
     default:
-        return atomic_load_explicit(&((_Atomic int64_t *)t->index)[i], TKT_ACQ);
+        return atomic_load_explicit(&((_Atomic int64_t *)TKT_INDEX(t))[i], TKT_ACQ);
     }
 }
 
@@ -287,16 +291,16 @@ tkt_set_index(tkt_table *t, size_t i, int64_t ix)
 {
     switch (t->width) {
     case 1:
-        atomic_store_explicit(&((_Atomic int8_t *)t->index)[i], (int8_t)ix, TKT_REL);
+        atomic_store_explicit(&((_Atomic int8_t *)TKT_INDEX(t))[i], (int8_t)ix, TKT_REL);
         break;
     case 2:
-        atomic_store_explicit(&((_Atomic int16_t *)t->index)[i], (int16_t)ix, TKT_REL);
+        atomic_store_explicit(&((_Atomic int16_t *)TKT_INDEX(t))[i], (int16_t)ix, TKT_REL);
         break;
     case 4:
-        atomic_store_explicit(&((_Atomic int32_t *)t->index)[i], (int32_t)ix, TKT_REL);
+        atomic_store_explicit(&((_Atomic int32_t *)TKT_INDEX(t))[i], (int32_t)ix, TKT_REL);
         break;
     default:
-        atomic_store_explicit(&((_Atomic int64_t *)t->index)[i], ix, TKT_REL);
+        atomic_store_explicit(&((_Atomic int64_t *)TKT_INDEX(t))[i], ix, TKT_REL);
         break;
     }
 }
@@ -304,13 +308,13 @@ tkt_set_index(tkt_table *t, size_t i, int64_t ix)
 static inline void *
 tkt_key_at(const tkt_table *t, int64_t ix)
 {
-    return atomic_load_explicit(&t->keys[ix], TKT_ACQ);
+    return atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ);
 }
 
 static inline tkt_hash_t
 tkt_hash_at(const tkt_table *t, int64_t ix, void *key)
 {
-    return t->stores_hashes ? t->hashes[ix] : (tkt_hash_t)TKT_CACHED_HASH(key);
+    return t->stores_hashes ? TKT_HASHES(t)[ix] : (tkt_hash_t)TKT_CACHED_HASH(key);
 }
 
 /* Bytes of a table of `size` index slots. */
@@ -319,8 +323,7 @@ tkt_table_bytes(int64_t size, int stores_hashes)
 {
     int width = size <= 0x80 ? 1 : size <= 0x8000 ? 2 : size <= 0x80000000LL ? 4 : 8;
     size_t usable = (size_t)TKT_USABLE(size);
-    size_t b = sizeof(tkt_table) + (size_t)size * (size_t)width;
-    b = (b + 7) & ~(size_t)7;
+    size_t b = sizeof(tkt_table) + (size_t)size * (size_t)width; /* size >= 8 */
     b += usable * (sizeof(void *) + sizeof(int64_t));
     if (stores_hashes) {
         b += usable * sizeof(tkt_hash_t);
@@ -337,28 +340,28 @@ tkt_table_new(int64_t size, int stores_hashes)
         return NULL;
     }
     int64_t usable = TKT_USABLE(size);
-    t->size = size;
-    t->usable = usable;
+    int log2 = 0;
+    while (((int64_t)1 << log2) < size) {
+        log2++;
+    }
     atomic_init(&t->nentries, 0);
-    t->width = size <= 0x80 ? 1 : size <= 0x8000 ? 2 : size <= 0x80000000LL ? 4 : 8;
-    t->stores_hashes = stores_hashes;
-    char *p = (char *)(t + 1);
-    t->index = p;
+    t->log2_size = (uint8_t)log2;
+    t->width = (uint8_t)(size <= 0x80 ? 1 : size <= 0x8000 ? 2 : size <= 0x80000000LL ? 4 : 8);
+    t->stores_hashes = (uint8_t)(stores_hashes != 0);
+    char *p = (char *)TKT_INDEX(t);
     memset(p, 0xff, (size_t)size * (size_t)t->width); /* every slot TKT_EMPTY */
+    int log2_width = t->width == 1 ? 0 : t->width == 2 ? 1 : t->width == 4 ? 2 : 3;
+    t->log2_index_bytes = (uint8_t)(log2 + log2_width); /* >= 3: keys[] aligned */
     p += (size_t)size * (size_t)t->width;
-    p = (char *)(((uintptr_t)p + 7) & ~(uintptr_t)7);
-    t->keys = (void *_Atomic *)p;
     p += (size_t)usable * sizeof(void *);
     t->counts = (tl_cell *)p;
-    p += (size_t)usable * sizeof(int64_t);
-    t->hashes = stores_hashes ? (tkt_hash_t *)p : NULL;
     return t;
 }
 
 static inline size_t
 tkt_table_size_bytes(const tkt_table *t)
 {
-    return t == NULL ? 0 : tkt_table_bytes(t->size, t->stores_hashes);
+    return t == NULL ? 0 : tkt_table_bytes(TKT_SIZE(t), t->stores_hashes);
 }
 
 /* First EMPTY slot of hash's probe sequence (tables being built: no dummies
@@ -366,7 +369,7 @@ tkt_table_size_bytes(const tkt_table *t)
 static size_t
 tkt_find_empty(const tkt_table *t, tkt_hash_t hash)
 {
-    size_t mask = (size_t)t->size - 1, perturb = (size_t)hash;
+    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)hash;
     size_t i = (size_t)hash & mask;
     while (tkt_get_index(t, i) != TKT_EMPTY) {
         perturb >>= 5;
@@ -420,7 +423,7 @@ restart:
         pos->ix = -1;
         return TKT_ABSENT;
     }
-    size_t mask = (size_t)t->size - 1, perturb = (size_t)hash;
+    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)hash;
     size_t i = (size_t)hash & mask;
     for (;;) {
         int64_t ix = tkt_get_index(t, i);
@@ -477,15 +480,15 @@ tkt_rebuild(tkt_table *n, tkt_table *t)
     if (t != NULL) {
         int64_t count = atomic_load_explicit(&t->nentries, TKT_RLX);
         for (int64_t ix = 0; ix < count; ix++) {
-            void *k = atomic_load_explicit(&t->keys[ix], TKT_RLX);
+            void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_RLX);
             if (k == NULL) {
                 continue;
             }
             tkt_hash_t h = tkt_hash_at(t, ix, k);
-            atomic_init(&n->keys[j], k);
+            atomic_init(&TKT_KEYS(n)[j], k);
             atomic_init(&n->counts[j], atomic_load_explicit(&t->counts[ix], TKT_RLX));
             if (n->stores_hashes) {
-                n->hashes[j] = h;
+                TKT_HASHES(n)[j] = h;
             }
             tkt_set_index(n, tkt_find_empty(n, h), j);
             j++;
@@ -538,7 +541,7 @@ tkt_insert(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, tkt_pos *pos)
     tkt_table *t = pos->t;
     if (t != NULL) {
         /* Continue the probe: insertions since the lookup filled EMPTY slots. */
-        size_t mask = (size_t)t->size - 1, i = pos->slot, perturb = pos->perturb;
+        size_t mask = (size_t)TKT_SIZE(t) - 1, i = pos->slot, perturb = pos->perturb;
         for (;;) {
             int64_t ix = tkt_get_index(t, i);
             if (ix == TKT_EMPTY) {
@@ -562,7 +565,7 @@ tkt_insert(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, tkt_pos *pos)
         pos->slot = i;
     }
     int need_hashes = !TKT_CACHES_HASH(key);
-    if (t == NULL || atomic_load_explicit(&t->nentries, TKT_RLX) >= t->usable ||
+    if (t == NULL || atomic_load_explicit(&t->nentries, TKT_RLX) >= TKT_USABLE(TKT_SIZE(t)) ||
         (need_hashes && !t->stores_hashes)) {
         int r = tkt_resize(m, 1, need_hashes || (t != NULL && t->stores_hashes));
         if (r < 0) {
@@ -574,10 +577,10 @@ tkt_insert(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, tkt_pos *pos)
     }
     int64_t n = atomic_load_explicit(&t->nentries, TKT_RLX);
     TKT_INCREF(key);
-    atomic_store_explicit(&t->keys[n], key, TKT_RLX);
+    atomic_store_explicit(&TKT_KEYS(t)[n], key, TKT_RLX);
     atomic_store_explicit(&t->counts[n], v, TKT_RLX);
     if (t->stores_hashes) {
-        t->hashes[n] = hash;
+        TKT_HASHES(t)[n] = hash;
     }
     tkt_set_index(t, pos->slot, n); /* release: the entry is complete */
     atomic_store_explicit(&t->nentries, n + 1, TKT_REL);
@@ -594,9 +597,9 @@ static void *
 tkt_unlink(tkt_map *m, tkt_pos *pos, int64_t *taken)
 {
     tkt_table *t = pos->t;
-    void *k = atomic_load_explicit(&t->keys[pos->ix], TKT_RLX);
+    void *k = atomic_load_explicit(&TKT_KEYS(t)[pos->ix], TKT_RLX);
     *taken = atomic_exchange_explicit(&t->counts[pos->ix], 0, TKT_RLX);
-    atomic_store_explicit(&t->keys[pos->ix], NULL, TKT_REL);
+    atomic_store_explicit(&TKT_KEYS(t)[pos->ix], NULL, TKT_REL);
     tkt_set_index(t, pos->slot, TKT_DUMMY);
     atomic_fetch_sub_explicit(&m->used, 1, TKT_RLX);
     atomic_fetch_add_explicit(&m->version, 1, memory_order_seq_cst);
@@ -770,7 +773,7 @@ tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
         /* Might still fit once removed entries are skipped: count them. */
         int64_t n = 0;
         for (int64_t ix = 0; ix < count; ix++) {
-            n += atomic_load_explicit(&t->keys[ix], TKT_ACQ) != NULL;
+            n += atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ) != NULL;
         }
         if (n > cap) {
             tkt_leave(m);
@@ -779,7 +782,7 @@ tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
     }
     int64_t j = 0;
     for (int64_t ix = 0; ix < count; ix++) {
-        void *k = atomic_load_explicit(&t->keys[ix], TKT_ACQ);
+        void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ);
         if (k == NULL) {
             continue;
         }
@@ -824,9 +827,9 @@ tkt_table_release(tkt_table *t)
     }
     int64_t count = atomic_load_explicit(&t->nentries, TKT_RLX);
     for (int64_t ix = 0; ix < count; ix++) {
-        void *k = atomic_load_explicit(&t->keys[ix], TKT_RLX);
+        void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_RLX);
         if (k != NULL) {
-            atomic_store_explicit(&t->keys[ix], NULL, TKT_RLX);
+            atomic_store_explicit(&TKT_KEYS(t)[ix], NULL, TKT_RLX);
             TKT_DECREF(k);
         }
     }

@@ -170,7 +170,7 @@ Keyed_traverse(KeyedObject *self, visitproc visit, void *arg)
     if (t != NULL) {
         int64_t count = atomic_load_explicit(&t->nentries, memory_order_acquire);
         for (int64_t ix = 0; ix < count; ix++) {
-            PyObject *k = (PyObject *)atomic_load_explicit(&t->keys[ix], memory_order_acquire);
+            PyObject *k = (PyObject *)atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_acquire);
             Py_VISIT(k);
         }
     }
@@ -216,11 +216,11 @@ first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
     if (TL_UNLIKELY(t == NULL)) {
         return NULL;
     }
-    size_t mask = (size_t)t->size - 1, perturb = (size_t)h, i = (size_t)h & mask;
+    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)h, i = (size_t)h & mask;
     for (;;) {
         int64_t ix = tkt_get_index(t, i);
         if (TL_LIKELY(ix >= 0)) {
-            if (TL_LIKELY(atomic_load_explicit(&t->keys[ix], memory_order_relaxed) == key)) {
+            if (TL_LIKELY(atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed) == key)) {
                 return &t->counts[ix];
             }
         }

@@ -247,7 +247,8 @@ class KeyedCounterMixin:
     __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
-        self.update(iterable, **kwds)
+        if iterable is not None or kwds:
+            self.update(iterable, **kwds)
 
     @classmethod
     def fromkeys(cls, iterable: Any, v: Any = None) -> Any:
