@@ -19,13 +19,18 @@ __all__ = [
     "IMPLEMENTATION",
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
     "Counter",
+    "FlushError",
     "KeyedCounter",
     "ShardedCounter",
     "Store",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "__version__",
+    "aopen",
     "destroy",
 ]
 # tallies.open is exported but kept out of __all__: `from tallies import *`
@@ -37,9 +42,14 @@ from .keyed import KeyedCounter  # picks its core the same way (tallies.keyed)
 from .stores import (  # after the core, which stores use
     CapacityError,
     CorruptSegmentError,
+    CorruptStoreError,
+    CountOverflowError,
+    FlushError,
     Store,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
+    aopen,
     destroy,
 )
 from .stores import open as open

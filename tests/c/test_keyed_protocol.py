@@ -2,62 +2,42 @@
 TKT_CONCURRENT 1), stressed from pthreads under ThreadSanitizer:
 tests/c/stress_keyed.c (its header says what it checks).
 
-No free-threaded CPython is installable here, so the extension's
-Py_GIL_DISABLED code path itself does not run; this runs the same table code
-(the header is plain C11, keys are opaque pointers) with real concurrent
-threads instead: inserts, increments, removals, prunes, exchanges, clears and
-the resizes they cause, all at once.
-
-With TALLIES_REQUIRE_C=1 (CI) a missing compiler or ThreadSanitizer runtime
-is a failure, not a skip.
+The header is plain C11 (keys are opaque pointers with a hash and an equality
+callback): this runs the same table code as the extension's free-threaded
+build, with real concurrent threads, independent of any interpreter: inserts,
+increments, removals, prunes, exchanges, clears and the resizes they cause,
+all at once.  With TALLIES_REQUIRE_C=1 (CI, ./run-tests) a missing compiler
+or ThreadSanitizer runtime fails these tests instead of skipping them
+(tests/c/_tsan.py).
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import subprocess
 
-import pytest
+from _tsan import HEADER_DIR as HEADERS
+from _tsan import ROOT, compile_c, compiler, require_tsan, run
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-HEADERS = ROOT / "src" / "tallies" / "_c"
 STRESS = ROOT / "tests" / "c" / "stress_keyed.c"
-REQUIRED = os.environ.get("TALLIES_REQUIRE_C") == "1"
+TSAN_OPTIONS = "halt_on_error=1 exitcode=66"
 
 
-def _compiler() -> str:
-    cc = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
-    if cc is None:
-        if REQUIRED:
-            pytest.fail("TALLIES_REQUIRE_C=1 and no C compiler on PATH")
-        pytest.skip("no C compiler on PATH")
-    return cc
-
-
-def _build(cc: str, include: pathlib.Path, out: pathlib.Path, tsan: bool = True) -> None:
-    cmd = [cc, "-std=gnu11", "-g", "-Wall", "-Wextra", "-Werror", "-pthread"]
-    cmd += ["-O1", "-fsanitize=thread"] if tsan else ["-O2"]
-    cmd += [f"-I{include}", str(STRESS), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert res.returncode == 0, f"cannot build the stress (ThreadSanitizer runtime?):\n{res.stderr}"
+def _build(include: pathlib.Path, out: pathlib.Path, tsan: bool = True) -> None:
+    if tsan:
+        require_tsan()
+    compiler()
+    compile_c(STRESS, out, ["-O1", "-fsanitize=thread"] if tsan else ["-O2"], include=include)
 
 
 def _run(exe: pathlib.Path) -> subprocess.CompletedProcess[str]:
-    cmd = [str(exe)]
-    env = {"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
-    if "unexpected memory mapping" in res.stderr and shutil.which("setarch"):
-        # Kernels with large mmap randomisation defeat older TSan runtimes.
-        cmd = ["setarch", os.uname().machine, "-R", *cmd]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
-    return res
+    return run(exe, tsan_options=TSAN_OPTIONS)
 
 
 def test_table_balances_under_tsan(tmp_path: pathlib.Path) -> None:
     exe = tmp_path / "stress_keyed"
-    _build(_compiler(), HEADERS, exe)
+    _build(HEADERS, exe)
     res = _run(exe)
     assert "ThreadSanitizer" not in res.stderr, res.stderr
     assert res.returncode == 0, res.stdout + res.stderr
@@ -68,7 +48,7 @@ def test_table_balances_under_tsan(tmp_path: pathlib.Path) -> None:
 
 def test_table_balances_at_o2(tmp_path: pathlib.Path) -> None:
     exe = tmp_path / "stress_keyed_o2"
-    _build(_compiler(), HEADERS, exe, tsan=False)
+    _build(HEADERS, exe, tsan=False)
     res = _run(exe)
     assert res.returncode == 0 and "balanced" in res.stdout, res.stdout + res.stderr
 
@@ -87,7 +67,7 @@ def test_the_stress_catches_a_broken_protocol(tmp_path: pathlib.Path) -> None:
     assert src.count(needle) == 1
     (mutant / "_ktable.h").write_text(src.replace(needle, "while (0) {"))
     exe = tmp_path / "stress_mutant"
-    _build(_compiler(), mutant, exe)
+    _build(mutant, exe)
     outcomes = []
     for _ in range(6):
         outcomes.append(_run(exe))
