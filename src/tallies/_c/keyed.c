@@ -263,6 +263,25 @@ done:
     return table_error(r);
 }
 
+/* increment(key) / decrement(key) of an existing str key, inline: the
+ * common case of the hot path (everything else goes through keyed_add). */
+static inline PyObject *
+keyed_step(KeyedObject *self, PyObject *key, int sub)
+{
+#if !TKT_CONCURRENT
+    if (TL_LIKELY(PyUnicode_CheckExact(key))) {
+        Py_hash_t h = ((PyASCIIObject *)key)->hash;
+        tl_cell *cell;
+        int64_t v;
+        if (TL_LIKELY(h != -1) && (cell = first_probe(self, key, h)) != NULL &&
+            TL_LIKELY(tl_add_serial(cell, 1, sub, &v) == TL_OK)) {
+            Py_RETURN_NONE;
+        }
+    }
+#endif
+    return keyed_add(self, key, 1, sub, sub ? "decrement" : "increment");
+}
+
 static PyObject *
 Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
                 PyObject *kwnames)
@@ -270,7 +289,7 @@ Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *key;
     int64_t n;
     if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
-        return keyed_add(self, args[0], 1, 0, "increment");
+        return keyed_step(self, args[0], 0);
     }
     if (parse_key_amount(args, nargs, kwnames, "increment", &key, &n) < 0) {
         return NULL;
@@ -284,6 +303,9 @@ Keyed_decrement(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
 {
     PyObject *key;
     int64_t n;
+    if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
+        return keyed_step(self, args[0], 1);
+    }
     if (parse_key_amount(args, nargs, kwnames, "decrement", &key, &n) < 0) {
         return NULL;
     }
