@@ -132,9 +132,13 @@ parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
     }
     double nbd = ceil(w / r);
     if (nbd > (double)TLR_MAX_BUCKETS) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s() window / resolution needs %.0f buckets; the limit is %d",
-                     fname, nbd, TLR_MAX_BUCKETS);
+        PyObject *need = PyLong_FromDouble(nbd);
+        if (need != NULL) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s() window / resolution needs %S buckets; the limit is %d",
+                         fname, need, TLR_MAX_BUCKETS);
+            Py_DECREF(need);
+        }
         return -1;
     }
     if (clock != NULL && clock != Py_None && !PyCallable_Check(clock)) {
@@ -1139,6 +1143,12 @@ KRate_len(KRateObject *self)
 }
 
 static PyObject *
+KRate_keys(KRateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyDict_Keys(self->dict);
+}
+
+static PyObject *
 KRate_repr(KRateObject *self)
 {
     PyObject *a = spec_repr_args(&self->sp);
@@ -1167,6 +1177,8 @@ static PyMethodDef KRate_methods[] = {
     {"sweep", (PyCFunction)KRate_sweep, METH_NOARGS,
      "sweep() -> int\n\nDrop the keys whose buckets have all expired; how many."},
     {"clear", (PyCFunction)KRate_clear, METH_NOARGS, "clear() -> None\n\nDrop every key."},
+    {"_keys", (PyCFunction)KRate_keys, METH_NOARGS,
+     "_keys() -> list\n\nThe keys held now, swept or not (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 

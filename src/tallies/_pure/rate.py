@@ -374,6 +374,10 @@ class KeyedRateCounter:
         with self._lock:
             self._rings.clear()
 
+    def _keys(self) -> list[Any]:
+        with self._lock:
+            return list(self._rings)
+
     def __len__(self) -> int:
         now = self._sp.now()
         with self._lock:
