@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from _rates_support import Clock, RateModel, rates_impl  # noqa: F401 - fixture
+from _rates_support import Clock, RateModel
 from _support import INT64_MAX, INT64_MIN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

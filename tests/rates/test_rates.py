@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from _rates_support import Clock, RateModel, rates_impl  # noqa: F401 - fixture
+from _rates_support import Clock, RateModel
 from _support import INT64_MAX, INT64_MIN, NOT_INTEGERS, OUT_OF_RANGE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -340,7 +340,7 @@ def test_bad_clock_values_change_nothing(
 
 
 def test_a_clock_that_raises_changes_nothing(rates_impl: ModuleType) -> None:
-    rc, clock = _bound(rates_impl)
+    rc, _ = _bound(rates_impl)
 
     def broken() -> float:
         raise ZeroDivisionError("no time today")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
-from _rates_support import Clock, rates_impl  # noqa: F401 - fixture
+from _rates_support import Clock
 
 
 @pytest.fixture
