@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from .base import (
     CapacityError,
     CorruptSegmentError,
+    RatesUnsupportedError,
     Snapshot,
     Store,
     StoreError,
@@ -28,6 +29,7 @@ from .base import (
 __all__ = [
     "CapacityError",
     "CorruptSegmentError",
+    "RatesUnsupportedError",
     "Snapshot",
     "Store",
     "StoreError",
