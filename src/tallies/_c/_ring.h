@@ -142,11 +142,7 @@ tlr_lock(tlr_ring *r)
 static inline void
 tlr_unlock(tlr_ring *r)
 {
-#ifdef TLR_MUTANT_RELAXED_UNLOCK
-    atomic_store_explicit(&r->lock, 0, memory_order_relaxed); /* broken on purpose */
-#else
     atomic_store_explicit(&r->lock, 0, memory_order_release);
-#endif
 }
 
 /* Lock held: make `slot` the newest bucket (slot > latest). */
@@ -155,17 +151,16 @@ tlr_rotate_locked(tlr_ring *r, int64_t slot, int64_t boundary)
 {
     atomic_fetch_add_explicit(&r->seq, 1, memory_order_seq_cst);
     tlr_mark *m = &r->marks[tlr_index(r, slot)];
-#ifdef TLR_MUTANT_PLAIN_MARK
-    /* broken on purpose: a plain (non-atomic) write of the mark */
-    *(int64_t *)&m->value = atomic_load_explicit(&r->total, memory_order_seq_cst);
-#else
     atomic_store_explicit(&m->value,
                           atomic_load_explicit(&r->total, memory_order_seq_cst),
                           memory_order_relaxed);
-#endif
     atomic_store_explicit(&m->slot, slot, memory_order_relaxed);
     atomic_store_explicit(&r->latest, slot, memory_order_relaxed);
+#ifdef TLR_MUTANT_PLAIN_BOUNDARY
+    *(int64_t *)&r->boundary = boundary; /* broken on purpose: a plain store */
+#else
     atomic_store_explicit(&r->boundary, boundary, memory_order_relaxed);
+#endif
     atomic_fetch_add_explicit(&r->seq, 1, memory_order_seq_cst);
 }
 
