@@ -54,8 +54,8 @@ def show(url: str, as_json: bool = False) -> str:
 def _rate_lines(snap: Any) -> list[str]:
     """Rates as count-in-window and per second, one row per rate and per key::
 
-        RATE      KEY   IN WINDOW    PER SECOND  TOTAL
-        requests  -     1,234 / 60 s     20.567  98,765
+    RATE      KEY   IN WINDOW    PER SECOND  TOTAL
+    requests  -     1,234 / 60 s     20.567  98,765
     """
     rows: list[tuple[str, str, str, str, str]] = []
     for name, r in snap.get("rates", {}).items():
