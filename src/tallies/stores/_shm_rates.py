@@ -46,11 +46,11 @@ primitives: an increment costs about a microsecond, not the in-process ~20 ns.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, SupportsIndex
 
 from .._pure.counter import to_int64
-from .._pure.rate import COARSE_GRANULARITY_NS, _Spec, most_common
-from .base import CapacityError
+from .._pure.rate import COARSE_GRANULARITY_NS, MAX_BUCKETS, _Spec, most_common
+from .base import CorruptSegmentError
 
 if TYPE_CHECKING:
     from .shm import _Segment
@@ -228,7 +228,7 @@ class ShmRate(_RateBase):
 
     def __init__(self, seg: _Segment, idx: int, name: str, url: str, sp: _Spec) -> None:
         self._seg, self._idx, self._name, self._url, self._sp = seg, idx, name, url, sp
-        unit = seg.c.load(seg.L.rmeta(idx) + 24)
+        unit = check_unit(seg, seg.c.load(seg.L.rmeta(idx) + 24), sp.nb, f"rate {name!r}")
         self._ring = _Ring(seg, unit, sp.nb, sp.res_ns, sp.window_ns)
 
     def increment(self, n: SupportsIndex = 1) -> None:
@@ -285,8 +285,7 @@ class ShmKeyedRate(_RateBase):
 
         L = self._seg.L
         unit = self._seg.c.load(L.keys_off + (cell - L.names_cap) * KEY_ENTRY + 24) - 1
-        if unit < 0:
-            raise CapacityError(f"shm://{self._seg.name}: key entry {cell} has no ring")
+        check_unit(self._seg, unit, self._sp.nb, f"key entry {cell - L.names_cap}")
         return _Ring(self._seg, unit, self._sp.nb, self._sp.res_ns, self._sp.window_ns)
 
     def _ring(self, key: object, fname: str, create: bool) -> _Ring | None:
@@ -351,11 +350,27 @@ class ShmKeyedRate(_RateBase):
 
 
 def spec_from_meta(seg: _Segment, idx: int, kind_name: str) -> _Spec:
-    """The window and resolution a rate was created with (read back from its meta)."""
+    """The window and resolution a rate was created with (read back from its
+    meta entry, checked: a damaged entry is a CorruptSegmentError)."""
     c, m = seg.c, seg.L.rmeta(idx)
-    res_ns, window_ns = c.load(m + 8), c.load(m + 16)
-    return _Spec(kind_name, window_ns / 1e9, res_ns / 1e9, None)
+    nb, res_ns, window_ns = c.load(m), c.load(m + 8), c.load(m + 16)
+    try:
+        sp = _Spec(kind_name, window_ns / 1e9, res_ns / 1e9, None)
+    except (TypeError, ValueError):
+        sp = None
+    if (
+        sp is None
+        or not 1 <= nb <= MAX_BUCKETS
+        or abs(nb - sp.nb) > 1  # the creator's ceil(window / resolution), in floats
+        or sp.window_ns != window_ns
+        or sp.res_ns != res_ns
+    ):
+        raise CorruptSegmentError(f"{seg.path}: the rate meta of name entry {idx} is corrupt")
+    sp.nb = nb
+    return sp
 
 
-def reduce_args(obj: Any) -> tuple[str, str, float, float]:
-    return (obj._url, obj._name, obj.window, obj.resolution)
+def check_unit(seg: _Segment, unit: int, nb: int, where: str) -> int:
+    if not 0 <= unit <= seg.L.buckets_cap - nb - 2:
+        raise CorruptSegmentError(f"{seg.path}: the ring of {where} is outside the rate region")
+    return unit

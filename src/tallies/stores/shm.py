@@ -1244,7 +1244,7 @@ class ShmStore(Store):
 
     def _get_rate(self, name: str, kind: int, window: float, resolution: float) -> Any:
         from .._pure.rate import _Spec
-        from ._shm_rates import ShmKeyedRate, ShmRate
+        from ._shm_rates import ShmRate
 
         self._check_open()
         what = "RateCounter" if kind == KIND_RATE else "KeyedRateCounter"
@@ -1255,16 +1255,7 @@ class ShmStore(Store):
             if obj is None:
                 seg = self._seg
                 idx = seg.register_name(name, kind, (sp.nb, sp.res_ns, sp.window_ns))
-                m = seg.L.rmeta(idx)
-                have = seg.c.load(m + 16), seg.c.load(m + 8)
-                if have != (sp.window_ns, sp.res_ns):
-                    raise ValueError(
-                        f"{name!r} is a rate with window={have[0] / 1e9!r}, "
-                        f"resolution={have[1] / 1e9!r} in {self._url.raw}, not "
-                        f"window={sp.window!r}, resolution={sp.resolution!r}"
-                    )
-                cls = ShmRate if kind == KIND_RATE else ShmKeyedRate
-                obj = self._rates[name] = cls(seg, idx, name, self._url.raw, sp)
+                obj = self._rates[name] = self._rate_at(idx, name, kind)
         if isinstance(obj, ShmRate) != (kind == KIND_RATE):
             raise ValueError(
                 f"{name!r} is {KIND_NAMES[KIND_KEYED_RATE if kind == KIND_RATE else KIND_RATE]}"
