@@ -16,7 +16,8 @@ both.  Benchmarks, not tests: the machine and its load decide the numbers.
   ``SlidingWindowCounterRateLimiter.hit`` with a limit of 1,000,000 per
   minute.  The ``limits`` strategies are slow enough that they run for a
   bounded time (``peer_seconds``); their row says how many events that was,
-  and the bytes are scaled to 1,000,000 from the bytes per event measured.
+  and its bytes are those held after that many (with bytes per event, to
+  extrapolate an O(events) structure).
 """
 
 from __future__ import annotations
@@ -143,14 +144,17 @@ def _measure(
     row: Row = {
         "name": f"{EVENTS:,} events in a 60 s window: {name}",
         "ns": round(seconds / done * 1e9, 1),
-        "bytes": round(held / done * EVENTS),
+        "bytes": held,
+        "bytes_per_event": round(held / done, 1),
         "events_measured": done,
         "target": "",
         "verdict": "",
     }
     if done < EVENTS:
         why = " (time bound)" if done < events else ""
-        row["note"] = f"measured over {done:,} events{why}, bytes scaled to {EVENTS:,}"
+        row["note"] = (
+            f"measured over {done:,} events{why}: bytes held then, {held / done:.1f} B per event"
+        )
     return row
 
 
