@@ -170,3 +170,40 @@ def test_keyed_bad_input_changes_nothing(rates_impl: ModuleType) -> None:
     )
     assert kr.snapshot() == {"a": 2, "big": INT64_MAX}
     assert len(kr) == 2
+
+
+class _Colliding:
+    """Keys that share one hash, so a dict compares them with __eq__; the
+    counter's own __eq__ may count a key of the same counter meanwhile."""
+
+    def __init__(self, name: str, on_eq: Any = None) -> None:
+        self.name = name
+        self.on_eq = on_eq
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        if self.on_eq is not None:
+            hook, self.on_eq = self.on_eq, None
+            hook()
+        return isinstance(other, _Colliding) and other.name == self.name
+
+    def __repr__(self) -> str:
+        return f"K({self.name})"
+
+
+def test_an_increment_during_a_keys_removal_is_not_lost(rates_impl: ModuleType) -> None:
+    clock = Clock(0.0)
+    kr = rates_impl.KeyedRateCounter(10.0, 1.0, clock=clock)
+    x, y = _Colliding("x"), _Colliding("y")
+    kr.increment(x)
+    kr.increment(y)
+    clock.t = 5.0
+    kr.increment(x)  # x stays young (and it sits before y in the probe chain)
+    clock.t = 12.0  # y's only bucket (0) has left the window; x's (5) has not
+    x.on_eq = lambda: kr.increment(y, 3)  # runs while the sweep deletes y
+    assert kr.sweep() == 1
+    assert kr.count(y) == 3  # counted again in a fresh ring, at the sweep's time
+    assert kr.count(x) == 1  # x's bucket 0 has left the window, bucket 5 has not
+    assert kr.snapshot() == {x: 1, y: 3}

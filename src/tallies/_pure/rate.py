@@ -298,9 +298,13 @@ class KeyedRateCounter:
 
     def _sweep_locked(self, now: tuple[int, int, float]) -> int:
         oldest = now[1] - self._sp.nb + 1
-        dead = [k for k, r in self._rings.items() if r.latest == NONE or r.latest < oldest]
-        for k in dead:
-            del self._rings[k]
+        dead = [(k, r) for k, r in self._rings.items() if r.latest == NONE or r.latest < oldest]
+        for k, r in dead:
+            before = r.total
+            del self._rings[k]  # may run k's __eq__, which may count k again
+            if r.total != before:  # counted while being removed: count it again, now
+                fresh = self._rings.setdefault(k, _Ring(self._sp.nb))
+                fresh.add(now[1], r.total - before)
         return len(dead)
 
     def _add(self, key: Hashable, n: int, sub: bool, op: str) -> None:
