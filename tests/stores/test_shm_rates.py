@@ -10,7 +10,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from _rates_support import RateModel
 from _shm_support import SRC, new_url, run_python
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tallies
 from tallies.stores.base import CapacityError
@@ -178,3 +181,51 @@ def test_bad_input_changes_nothing(rate_url: str) -> None:
         with pytest.raises(OverflowError, match="outside the signed 64-bit range; nothing"):
             r.increment(2)
         assert r.total() == 2**63 - 1 and "bad" not in s.names()
+
+
+class _DrivenNs:
+    """A nanosecond clock the test moves (installed on the rate's ring)."""
+
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("inc"), st.integers(0, 5)),
+            st.tuples(st.just("fwd"), st.integers(0, 3000)),  # ms
+            st.tuples(st.just("count"), st.integers(1, 10)),  # seconds
+            st.tuples(st.just("reset"), st.just(0)),
+        ),
+        max_size=40,
+    )
+)
+def test_shm_rate_matches_the_model(ops: list[tuple[str, int]]) -> None:
+    """The shm:// ring (marks per slab, the reset's bucket and bases) against the
+    same exact model as the in-process RateCounter, with a driven clock."""
+    url = new_url("?names=4&keys=4&slabs=2&buckets=64")
+    try:
+        with tallies.open(url) as s:
+            r = s.rate("r", window=10.0, resolution=0.5)
+            clock = _DrivenNs(10**12)
+            r._ring.now = clock
+            model = RateModel(10.0, 0.5)
+            for op, arg in ops:
+                t = clock.ns / 1e9
+                if op == "inc":
+                    r.increment(arg)
+                    model.add(t, arg)
+                elif op == "fwd":
+                    clock.ns += arg * 1_000_000
+                elif op == "reset":
+                    assert r.reset() == model.reset(t)
+                else:
+                    assert r.count(float(arg)) == model.count(t, float(arg))
+                assert r.total() == model.total
+    finally:
+        tallies.destroy(url.partition("?")[0])
