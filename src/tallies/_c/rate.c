@@ -16,8 +16,9 @@
  * With a GIL every method runs from the clock read to the update while
  * holding it, so the total uses the engine's `_serial` add (TLR_SERIAL).
  * With Py_GIL_DISABLED it uses the atomic add, keys are removed with the
- * writer-count protocol of _keyed_cells.h (applied to each key's ring), and
- * the module declares Py_MOD_GIL_NOT_USED.
+ * writer-count protocol of _keyed_cells.h (applied to each key's ring), one
+ * sweep runs at a time (an atomic flag; others skip), and the module declares
+ * Py_MOD_GIL_NOT_USED.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -716,10 +717,7 @@ typedef struct {
     PyObject *dict; /* key -> ring */
     spec sp;
     _Atomic int64_t next_sweep; /* ns (default clock) or slot (user clock) */
-    int sweeping;
-#ifdef Py_GIL_DISABLED
-    PyMutex sweep_mutex;
-#endif
+    _Atomic int sweeping;       /* a sweep is running (in any thread, or up the stack) */
 } KRateObject;
 
 static PyObject *
@@ -747,7 +745,7 @@ KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_XINCREF(sp.clock);
     self->sp = sp;
     atomic_init(&self->next_sweep, INT64_MIN);
-    self->sweeping = 0;
+    atomic_init(&self->sweeping, 0);
     return (PyObject *)self;
 }
 
@@ -866,18 +864,18 @@ krate_add_at(KRateObject *self, PyObject *key, const instant *in, int64_t n, int
 
 /* Remove the keys whose rings satisfy the predicate (every ring when force,
  * else those whose newest bucket left the window); an increment that raced
- * with a removal is counted again in a fresh ring (readd).  The number of
- * keys removed, or -1. */
+ * with a removal is counted again in a fresh ring.  The number of keys
+ * removed, or -1.  One sweep at a time: a sweep that finds another one
+ * running (in another thread, or up its own stack, re-entered from a key's
+ * __eq__) returns 0 and leaves the work to it.  clear() (force) always runs;
+ * two removers of one ring are kept apart by the ring's RETIRED bit. */
 static Py_ssize_t
 krate_remove(KRateObject *self, const instant *in, int force)
 {
-    if (self->sweeping) {
-        return 0; /* re-entered from a key's __eq__: the outer sweep goes on */
+    int idle = 0;
+    if (!force && !atomic_compare_exchange_strong(&self->sweeping, &idle, 1)) {
+        return 0;
     }
-#ifdef Py_GIL_DISABLED
-    PyMutex_Lock(&self->sweep_mutex);
-#endif
-    self->sweeping = 1;
     Py_ssize_t removed = 0;
     PyObject *items = PyDict_Items(self->dict);
     if (items == NULL) {
@@ -935,10 +933,9 @@ krate_remove(KRateObject *self, const instant *in, int force)
     }
     Py_DECREF(items);
 done:
-    self->sweeping = 0;
-#ifdef Py_GIL_DISABLED
-    PyMutex_Unlock(&self->sweep_mutex);
-#endif
+    if (!force) {
+        atomic_store(&self->sweeping, 0);
+    }
     return removed;
 }
 
