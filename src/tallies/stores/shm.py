@@ -36,6 +36,10 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
                 owner pid, owner start time
     archive     ncells int64 cells: counts folded out of dead writers' slabs
     slabs       slabs_cap slabs of ncells int64 cells, each padded to 128 bytes
+    rate meta   names_cap entries of 64 bytes: a rate's buckets, resolution and
+                window in ns, its ring unit, the bucket of its last reset + 1
+    rate rings  slabs_cap regions of buckets_cap 16-byte ring units (layout
+                version 2; see ``_shm_rates.py``, which owns this part)
 
 ``ncells = names_cap + keys_cap``: name ``i`` owns cell ``i`` in every slab
 and in the archive, key entry ``j`` owns cell ``names_cap + j``.  The value of
@@ -108,7 +112,7 @@ is not a snapshot of concurrent writes); once writers are quiescent, reads are
 exact.  ``reset()`` exchanges every cell of the counter with 0 under the lock:
 each increment lands either in what reset() returns or in a later value.
 
-Limits: capacities are fixed at creation (``?names=&keys=&slabs=``) and
+Limits: capacities are fixed at creation (``?names=&keys=&slabs=&buckets=``) and
 running out raises :class:`CapacityError` before anything is written; keys
 and names are never removed (``reset`` zeroes them).  A file is validated on
 open (size, magic, byte order, version, capacities, offsets); a file that
