@@ -19,7 +19,10 @@ __all__ = [
     "IMPLEMENTATION",
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
     "Counter",
+    "FlushError",
     "KeyedCounter",
     "KeyedRateCounter",
     "RateCounter",
@@ -27,7 +30,9 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "__version__",
+    "aopen",
     "destroy",
 ]
 # tallies.open is exported but kept out of __all__: `from tallies import *`
@@ -40,9 +45,14 @@ from .rates import KeyedRateCounter, RateCounter  # likewise (tallies.rates)
 from .stores import (  # after the core, which stores use
     CapacityError,
     CorruptSegmentError,
+    CorruptStoreError,
+    CountOverflowError,
+    FlushError,
     Store,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
+    aopen,
     destroy,
 )
 from .stores import open as open

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
+    "FlushError",
     "KeyedRateSnapshot",
     "RateSnapshot",
     "RatesUnsupportedError",
@@ -41,6 +44,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreRate",
     "StoreURL",
+    "StoreUnavailableError",
 ]
 
 
@@ -58,6 +62,35 @@ class CorruptSegmentError(StoreError, ValueError):
 
 class StoreNotFoundError(StoreError, FileNotFoundError):
     """``open(url, create=False)`` found nothing at that URL."""
+
+
+CorruptStoreError = CorruptSegmentError
+"""The general name: a store's file or keyspace is not (or no longer) one of
+ours, or of a newer schema.  ``CorruptSegmentError`` is the same class."""
+
+
+class StoreUnavailableError(StoreError, OSError):
+    """The backing store cannot be used now (locked past the timeout, disk full,
+    read-only, removed, server down).  Nothing was lost: buffered deltas are
+    kept and written by a later flush."""
+
+
+class FlushError(StoreUnavailableError):
+    """A flush (or a reset, or a write-through update) failed; the deltas it
+    carried are kept, and the same batch is retried first by the next flush,
+    so nothing is lost and nothing is applied twice.  ``__cause__`` is the
+    backend's error."""
+
+
+class CountOverflowError(StoreError, OverflowError):
+    """Applying buffered deltas would move a stored count outside the signed
+    64-bit range.  Nothing of that batch was applied; ``items`` lists the
+    offending ``(name, key)`` pairs (key None for a counter), whose deltas are
+    held (still in ``value()``) and retried by every later flush."""
+
+    def __init__(self, message: str, items: Iterable[tuple[str, str | None]] = ()) -> None:
+        super().__init__(message)
+        self.items: list[tuple[str, str | None]] = list(items)
 
 
 class RatesUnsupportedError(StoreError, NotImplementedError):
@@ -233,6 +266,12 @@ class Store(abc.ABC):
 
     def flush(self) -> None:  # noqa: B027 - a no-op by design where writes are immediate
         """Push buffered writes to the backing store (no-op here)."""
+
+    async def aflush(self) -> None:
+        """``await store.aflush()``: ``flush()`` in a worker thread (asyncio)."""
+        import asyncio
+
+        await asyncio.to_thread(self.flush)
 
     def close(self) -> None:
         """Flush and release the store; calling it again does nothing."""
