@@ -259,6 +259,8 @@ def test_kill_after_commit_then_retry_in_a_live_process_not_doubled(tmp_path: Pa
 # ---- fork, spawn, pools, exit -----------------------------------------------------
 
 
+# The store's flusher is a thread: CPython 3.12+ warns on any fork() then.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_child_does_not_flush_the_parents_deltas(tmp_path: Path) -> None:
     db = tmp_path / "fork.db"
     store = tallies.open(url_of(db, "?flush=3600"))

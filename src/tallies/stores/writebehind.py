@@ -96,6 +96,19 @@ in-flight batch and the history, takes a new writer id (seq from 0), drops
 the parent's backend connection without closing it, and starts its own
 flusher.
 
+A new durable scope
+-------------------
+Implement :class:`Backend` (every method atomic on the backend; reads
+consistent with the writer's recorded seq); in the Store's ``open_url``
+open and validate one backend, then ``WriteBehind(backend, connect,
+interval=..., url=url.raw)`` (``connect`` makes a fresh backend after fork);
+delegate ``counter``/``keyed``/``names``/``snapshot``/``flush``/``close`` to
+it.  ``SqliteStore`` in ``sqlite.py`` is the example;
+``tests/stores/test_writebehind.py`` has a dict backend with fault injection.
+Errors for the scope to raise are in ``base.py`` (StoreUnavailableError,
+FlushError, CountOverflowError, CorruptStoreError); ``tallies.aopen`` and
+``Store.aflush`` work for every scope.
+
 Writer bookkeeping
 ------------------
 Backends keep ``writer_id -> (last seq, last seen)``.  Entries not seen for
