@@ -47,6 +47,23 @@ PYEOF
     fi
 }
 
+_need_test_tools() {
+    # The tests start a real Prometheus server and drive `tallies watch` in tmux.
+    # Installed only when missing, only as root; without them those tests fail
+    # (TALLIES_REQUIRE_C=1) with the reason.  Debian's package starts or enables
+    # a prometheus service: stop and disable it, the tests run their own.
+    local missing=()
+    command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    _apt_install --no-install-recommends "${missing[@]}" || return 0
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        { command -v systemctl && systemctl disable --now prometheus; } >/dev/null 2>&1 || true
+        { command -v service && service prometheus stop; } >/dev/null 2>&1 || true
+        { command -v update-rc.d && update-rc.d prometheus disable; } >/dev/null 2>&1 || true
+    fi
+}
+
 _stamp() {
     (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f ! -path '*.egg-info/*' ! -path '*/__pycache__/*' \
         ! -name '*.so' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
@@ -57,6 +74,7 @@ _stamp() {
 bootstrap_tallies() {
     local extra="${1:-}"
     _need_system_packages
+    case ",$extra," in *,test,*) _need_test_tools ;; esac
     if [ ! -x "$VENV/bin/python" ]; then
         _say "creating $VENV"
         "$PY" -m venv "$VENV"

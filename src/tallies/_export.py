@@ -106,32 +106,37 @@ def map_names(
     invalid: re.Pattern[str],
     occupies: Callable[[str, str], Iterable[str]],
     stem: Callable[[str, str], str] = lambda kind, base: base,
+    taken: Iterable[str] = (),
 ) -> dict[tuple[str, str], str]:
     """Map each ``(kind, store name)`` to a unique name (the module's rule).
 
     ``occupies(kind, base)`` lists every name a series with that base name
     takes in the target (for a Prometheus counter ``base`` and
     ``base_total``), so collisions between derived names are caught too.
+    ``stem(kind, base)`` is where a disambiguating suffix goes (a Prometheus
+    counter ``x_total`` becomes ``x_<tag>``, exposed as ``x_<tag>_total``).
+    ``taken`` are names handed out earlier that new entries must avoid.
     """
     items = sorted(set(entries), key=lambda e: (e[1], KINDS.index(e[0]) if e[0] in KINDS else 9))
     bases = {e: sanitize(e[1], prefix, invalid) for e in items}
     clean = [e for e in items if bases[e] == prefix + e[1]]
     changed = [e for e in items if bases[e] != prefix + e[1]]
-    taken: set[str] = set()
+    used = set(taken)
     result: dict[tuple[str, str], str] = {}
     for entry in clean + changed:
         base = bases[entry]
         names = set(occupies(entry[0], base))
-        if names & taken:
+        if names & used:
             root = stem(entry[0], base)
-            base = f"{root}_{_tag(*entry)}"
+            tag = _tag(*entry)
+            base = f"{root}_{tag}"
             names = set(occupies(entry[0], base))
             n = 2
-            while names & taken:  # a hash collision on top of a name collision
-                base = f"{root}_{_tag(*entry)}_{n}"
+            while names & used:  # a hash collision on top of a name collision
+                base = f"{root}_{tag}_{n}"
                 names = set(occupies(entry[0], base))
                 n += 1
-        taken |= names
+        used |= names
         result[entry] = base
     return result
 
