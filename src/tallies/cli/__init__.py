@@ -90,9 +90,11 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "(default: 1e-6; 0 keeps the interpreter's setting)"
         ),
     )
+    from .look import non_negative_int
+
     p.add_argument(
         "--processes",
-        type=int,
+        type=non_negative_int,
         default=4,
         metavar="N",
         help="processes for the shm:// part with a progress bar (default: 4; 0 skips it)",

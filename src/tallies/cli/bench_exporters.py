@@ -310,12 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         description="gunicorn workers recycled under load: tallies serve vs "
         "prometheus_client's multiprocess mode, in one run",
     )
-    p.add_argument("--requests", type=int, default=20_000)
-    p.add_argument("--clients", type=int, default=6)
+    p.add_argument("--requests", type=int, default=1_500)
+    p.add_argument("--clients", type=int, default=4)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--max-requests", type=int, default=8)
-    p.add_argument("--jitter", type=int, default=4)
-    p.add_argument("--deadline", type=float, default=240.0)
+    p.add_argument("--max-requests", type=int, default=1)
+    p.add_argument("--jitter", type=int, default=1)
+    p.add_argument("--deadline", type=float, default=900.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     results = [

@@ -52,6 +52,18 @@ def _top(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """``tallies demo --processes N``: 0 skips the part."""
+    message = f"expected 0 or a positive integer, not {text!r}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
 def user_errors(command: str, run: Callable[[], int]) -> int:
     """Run ``run()``; a user's mistake becomes one line on stderr and status 2."""
     from ..stores import StoreError, StoreNotFoundError
