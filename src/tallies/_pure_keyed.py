@@ -1,7 +1,7 @@
-"""Where tallies 0.1.0's pure-Python KeyedCounter lived; kept so its pickles load.
+"""The pickled name of the pure-Python KeyedCounter: ``tallies._pure_keyed.KeyedCounter``.
 
-The fallback is in ``tallies._pure.keyed`` now.  Pickles written by 0.1.0 name
-``tallies._pure_keyed.KeyedCounter``; this alias resolves them.
+The fallback lives in ``tallies._pure.keyed``; its class keeps the dotted name
+it had in tallies 0.1.0, so pickles written by either version load in both.
 """
 
 from ._pure.keyed import KeyedCounter

@@ -16,76 +16,31 @@ prints ``ok <section>`` per section.  It is built into a temporary directory:
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _tsan import ROOT, TSAN, TSAN_WARNING, require_tsan
+from _tsan import compile_c as _compile
+from _tsan import run as _run
 
-ROOT = Path(__file__).resolve().parents[2]
-HEADER_DIR = ROOT / "src" / "tallies" / "_c"
 STRESS_C = ROOT / "tests" / "c" / "stress_cells.c"
 SECTIONS = ["sanity", "add", "edge_max", "edge_min", "striped", "caslock", "publish"]
-TSAN_WARNING = "WARNING: ThreadSanitizer"
-CFLAGS = ["-std=gnu11", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{HEADER_DIR}"]
-TSAN = ["-O1", "-fsanitize=thread"]
-
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux", reason="the stress harness uses Linux pthreads"
-)
 
 
-def compiler() -> str:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler (gcc or cc) on PATH")
-    return cc
-
-
-def compile_c(out: Path, flags: list[str], source: Path = STRESS_C) -> None:
-    proc = subprocess.run(
-        [compiler(), *CFLAGS, *flags, str(source), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"compiling {source.name} {flags} failed:\n{proc.stderr}"
+def compile_c(out: Path, flags: list[str]) -> None:
+    _compile(STRESS_C, out, flags)
 
 
 def run(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a test binary; retry once without ASLR if TSan cannot map its shadow memory."""
-    cmd = [str(binary), *args]
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 exitcode=66 history_size=4")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if "unexpected memory mapping" in proc.stderr and shutil.which("setarch"):
-        # Kernels with large mmap randomisation defeat older TSan runtimes.
-        cmd = ["setarch", platform.machine(), "-R", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    return proc
+    return _run(binary, *args, tsan_options="halt_on_error=0 exitcode=66 history_size=4")
 
 
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary directory for the binaries, once TSan is known to work here."""
-    d = tmp_path_factory.mktemp("stress_cells")
-    probe = d / "probe.c"
-    probe.write_text("#include <pthread.h>\nint main(void) { return 0; }\n")
-    proc = subprocess.run(
-        [compiler(), "-fsanitize=thread", "-pthread", str(probe), "-o", str(d / "probe")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if proc.returncode != 0:
-        # Only a missing sanitizer runtime (Debian: libtsan2 / libgcc-12-dev) is a
-        # reason to skip; anything else is a failure of the harness.
-        missing = "libtsan" in proc.stderr or "-ltsan" in proc.stderr
-        if missing:
-            pytest.skip(f"the ThreadSanitizer runtime is not installed: {proc.stderr.strip()}")
-        pytest.fail(f"cannot build with -fsanitize=thread:\n{proc.stderr}")
-    return d
+    require_tsan()
+    return tmp_path_factory.mktemp("stress_cells")
 
 
 def assert_all_sections_pass(proc: subprocess.CompletedProcess[str]) -> None:

@@ -185,20 +185,28 @@ def test_pop_racing_with_increments_loses_nothing(KC: Any) -> None:
 def test_iteration_never_raises_while_keys_change(KC: Any) -> None:
     kc = KC("seed")
     stop = threading.Event()
+    writer_errors: list[BaseException] = []
+    inserted = [0]
 
     def writer() -> None:
         i = 0
-        while not stop.is_set():
-            kc.increment(i)  # insert a key ...
-            kc.discard(i - 40)  # ... and remove an old one: about 40 live keys
-            i += 1
+        try:
+            while not stop.is_set():
+                kc.increment(i)  # insert a key ...
+                kc.discard(i - 40)  # ... and remove an old one: about 40 live keys
+                i += 1
+                inserted[0] = i
+        except BaseException as exc:  # reported below
+            writer_errors.append(exc)
 
     w = threading.Thread(target=writer)
     w.start()
+    seen_during_reads: list[int] = []
     try:
 
         def reader(t: int) -> None:
             for _ in range(40):
+                seen_during_reads.append(inserted[0])
                 for _k in kc:
                     pass
                 list(kc.keys())
@@ -214,3 +222,11 @@ def test_iteration_never_raises_while_keys_change(KC: Any) -> None:
     finally:
         stop.set()
         w.join()
+    assert not writer_errors, writer_errors
+    # The writer really ran while the readers iterated: the readers saw its
+    # progress move, so they walked a changing counter, not a static one.
+    assert len(set(seen_during_reads)) > 1, "the writer made no progress during the reads"
+    # Its last 40 keys are live (the seed's letters too), each counted once.
+    last = inserted[0]
+    assert all(kc.value(k) == 1 for k in range(max(0, last - 40), last))
+    assert all(kc.value(k) == 0 for k in range(0, max(0, last - 40)))

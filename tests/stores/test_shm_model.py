@@ -110,5 +110,5 @@ class ShmModel(RuleBasedStateMachine):
         assert self.store.snapshot() == {"counters": self.counts, "keyed": self.keyed}
 
 
-ShmModel.TestCase.settings = settings(max_examples=20, stateful_step_count=15, deadline=None)
+ShmModel.TestCase.settings = settings(max_examples=50, stateful_step_count=40, deadline=None)
 test_shm_store_matches_its_model = ShmModel.TestCase

@@ -36,7 +36,7 @@ class KeyedCore:
     """The per-key primitives of KeyedCounter over a dict and a lock."""
 
     __slots__ = ("_d", "_lock")
-    __module__ = "tallies._pure.keyed"
+    __module__ = "tallies._pure_keyed"  # 0.1.0 pickles name it so
 
     _d: dict[Any, int]
     _lock: threading.RLock
@@ -145,5 +145,5 @@ class KeyedCore:
 
 class KeyedCounter(KeyedCounterMixin, KeyedCore):
     __slots__ = ()
-    __module__ = "tallies._pure.keyed"
+    __module__ = "tallies._pure_keyed"  # 0.1.0 pickles name it so
     __doc__ = KeyedCounterMixin.__doc__

@@ -1,0 +1,62 @@
+"""The layout's rules (README, "Layout"): the library never imports the command
+line tools, C sources live in one folder, each extension's .pyi sits beside it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tallies"
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute dotted names of every module ``path`` imports."""
+    package = ".".join(("tallies", *path.relative_to(SRC).parent.parts))
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join([*base, node.module] if node.module else base)
+            else:
+                mod = node.module or ""
+            found.append(mod)
+            found += [f"{mod}.{a.name}" for a in node.names]
+    return found
+
+
+def test_the_library_never_imports_the_command_line_tools() -> None:
+    # __main__.py is `python -m tallies`: the command line's other entry point.
+    library = [
+        p
+        for p in SRC.rglob("*.py")
+        if "cli" not in p.relative_to(SRC).parts and p.name != "__main__.py"
+    ]
+    assert len(library) > 10
+    offenders = {
+        str(p.relative_to(SRC)): name
+        for p in library
+        for name in _imports(p)
+        if name == "tallies.cli" or name.startswith("tallies.cli.")
+    }
+    assert offenders == {}
+
+
+def test_the_import_scanner_sees_relative_imports() -> None:
+    """The scanner above resolves ``from .x import y`` (so it can catch ``.cli``)."""
+    assert "tallies.cli.demo" in _imports(SRC / "cli" / "bench.py")
+    assert "tallies._pure.keyed.KeyedCounter" in _imports(SRC / "keyed" / "__init__.py")
+
+
+def test_c_sources_live_in_one_folder() -> None:
+    outside = [p for p in SRC.rglob("*.[ch]") if p.parent.name != "_c"]
+    assert outside == []
+    assert {p.name for p in (SRC / "_c").glob("*.h")} >= {"_cells.h", "_pyargs.h", "_keyed_cells.h"}
+
+
+def test_each_extension_has_its_pyi_beside_it() -> None:
+    for module in ("counter/_core", "keyed/_core", "stores/_shm"):
+        assert (SRC / f"{module}.pyi").is_file(), module
