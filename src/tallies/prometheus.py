@@ -90,11 +90,6 @@ class Collector(_CollectorBase):
     """
 
     def __init__(self, store: Store | str, *, namespace: str = "tallies_", label: str = "key"):
-        if isinstance(store, str):
-            store = open_store(store, create=False)
-        if not isinstance(store, Store):
-            kind = type(store).__name__
-            raise TypeError(f"Collector() expects a tallies Store or a URL, not {kind!r}")
         if not isinstance(namespace, str) or (namespace and not PROMETHEUS_LABEL.match(namespace)):
             raise ValueError(
                 f"namespace {namespace!r} is not a valid metric name prefix "
@@ -109,6 +104,11 @@ class Collector(_CollectorBase):
                 f"label {label!r} is not a valid Prometheus label name "
                 "([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
             )
+        if isinstance(store, str):
+            store = open_store(store, create=False)
+        if not isinstance(store, Store):
+            kind = type(store).__name__
+            raise TypeError(f"Collector() expects a tallies Store or a URL, not {kind!r}")
         self.store = store
         self.namespace = namespace
         self.label = label

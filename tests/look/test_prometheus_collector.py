@@ -229,3 +229,36 @@ def test_importing_tallies_does_not_import_the_integrations() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["[]", "[]"]
+
+
+BLOCK = "import sys\nfor m in {mods!r}: sys.modules[m] = None  # as if not installed\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("tallies.prometheus", ["prometheus_client"], "tallies[prometheus]"),
+        ("tallies.otel", ["opentelemetry", "opentelemetry.metrics"], "tallies[otel]"),
+    ],
+)
+def test_a_missing_extra_is_a_clear_import_error(
+    module: str, blocked: list[str], extra: str
+) -> None:
+    code = BLOCK.format(mods=blocked) + (
+        f"try:\n    import {module}\nexcept ImportError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert f"pip install {extra}" in done.stdout
+
+
+def test_serve_without_prometheus_client_says_so_in_one_line(shm_url: str) -> None:
+    with tallies.open(shm_url):
+        code = BLOCK.format(mods=["prometheus_client"]) + (
+            "from tallies.cli import main\n"
+            f"sys.exit(main(['serve', {shm_url.partition('?')[0]!r}, '--port', '0']))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "tallies serve: prometheus_client is not installed: pip install tallies[prometheus]\n"
+    )

@@ -38,7 +38,7 @@ def make_server(store: Store, host: str, port: int) -> ThreadingHTTPServer:
         from ..prometheus import Collector
     except ImportError:
         raise UserError(
-            "tallies serve needs prometheus_client: pip install tallies[prometheus]"
+            "prometheus_client is not installed: pip install tallies[prometheus]"
         ) from None
 
     registry = CollectorRegistry(auto_describe=False)
