@@ -58,7 +58,10 @@ def test_prometheus_client_multiprocess_mode_keeps_a_file_per_worker() -> None:
         deadline=60,
     )
     print("\n" + format_table([r]))
-    assert r.sent == 90 and r.errors == 0 and r.scrape_errors == []
-    assert r.final_total == r.ok  # exact as well, but:
+    assert r.sent == 90 and r.errors == 0
+    # Its scrapes can fail while a new worker creates its file (HTTP 500 seen here):
+    # recorded by the scenario and shown in the README's table, not asserted either way.
+    print(f"prometheus_client failed scrapes: {len(r.scrape_errors)}", r.scrape_errors[:1])
+    assert r.final_total == r.ok  # exact as well, once the load stops, but:
     assert r.scrapes[-1].files >= r.pids  # one file per worker pid, never removed
     assert r.scrapes[-1].files > r.scrapes[0].files

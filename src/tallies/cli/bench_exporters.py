@@ -289,15 +289,16 @@ def format_table(results: list[Result]) -> str:
     head = (
         "| exporter | requests answered 200 | last scrape's total | workers that served"
         " (recycles) | files on disk, first → last scrape | bytes, first → last"
-        " | scrape ms, first → last (min of 3) |"
+        " | scrape ms, first → last (min of 3) | failed scrapes |"
     )
-    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         first, last = r.first(), r.last()
         lines.append(
             f"| {r.exporter} | {r.ok:,} | {r.final_total if r.final_total is not None else '-':,} "
             f"| {r.pids:,} ({r.recycles:,}) | {first[0].files:,} → {last[-1].files:,} "
-            f"| {first[0].bytes:,} → {last[-1].bytes:,} | {_ms(first)} → {_ms(last)} |"
+            f"| {first[0].bytes:,} → {last[-1].bytes:,} | {_ms(first)} → {_ms(last)} "
+            f"| {len(r.scrape_errors)} of {len(r.scrapes) + len(r.scrape_errors)} |"
         )
     return "\n".join(lines)
 
