@@ -26,10 +26,6 @@ from .look import UserError
 __all__ = ["make_server", "serve"]
 
 
-class _Stop(Exception):
-    pass
-
-
 def make_server(store: Store, host: str, port: int) -> ThreadingHTTPServer:
     """An HTTP server answering ``/metrics`` for ``store`` (not yet serving)."""
     try:
@@ -77,6 +73,7 @@ def make_server(store: Store, host: str, port: int) -> ThreadingHTTPServer:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        block_on_close = False  # a scrape in flight does not hold up the exit
         allow_reuse_address = True
 
     try:
@@ -104,7 +101,9 @@ def serve(url: str, host: str, port: int) -> int:
         bound_host, bound_port = server.server_address[:2]
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            raise _Stop
+            # Never raise from here (it could land anywhere, inside a lock):
+            # ask serve_forever to return, from a thread, as shutdown() waits for it.
+            threading.Thread(target=server.shutdown, daemon=True).start()
 
         old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -115,8 +114,6 @@ def serve(url: str, host: str, port: int) -> int:
                 flush=True,
             )
             server.serve_forever(poll_interval=0.2)
-        except _Stop:
-            pass
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)

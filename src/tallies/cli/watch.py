@@ -231,8 +231,22 @@ def watch(url: str, *, interval: float = 1.0, top: int = 5, plain: bool = False)
         raise UserError("no terminal: standard output is closed") from None
     store = open_store(url, create=False)
 
+    state = {"stop": False, "sleeping": False}
+
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise _Stop
+        # Interrupt only the sleep between refreshes; while a refresh is drawn
+        # (rich holds its locks) just ask the loop to end after it.
+        state["stop"] = True
+        if state["sleeping"]:
+            raise _Stop
+
+    def pause(started: float) -> None:
+        state["sleeping"] = True
+        try:
+            if not state["stop"]:
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        finally:
+            state["sleeping"] = False
 
     handlers = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -244,19 +258,19 @@ def watch(url: str, *, interval: float = 1.0, top: int = 5, plain: bool = False)
             from rich.live import Live
 
             with Live(console=console, auto_refresh=False, vertical_overflow="ellipsis") as live:
-                while True:
+                while not state["stop"]:
                     now = time.monotonic()
                     table = list(rows(read_series(store.snapshot()), history, now, top))
                     live.update(_rich_table(url, table, interval), refresh=True)
-                    time.sleep(max(0.0, interval - (time.monotonic() - now)))
+                    pause(now)
         else:
-            while True:
+            while not state["stop"]:
                 now = time.monotonic()
                 table = list(rows(read_series(store.snapshot()), history, now, top))
                 _plain(url, table, stream)
-                time.sleep(max(0.0, interval - (time.monotonic() - now)))
+                pause(now)
     except (_Stop, KeyboardInterrupt):
-        return 0
+        pass
     except (BrokenPipeError, OSError) as exc:
         if isinstance(exc, BrokenPipeError) or exc.errno in (5, 32):  # EIO, EPIPE
             _quiet_stdout()
@@ -266,6 +280,7 @@ def watch(url: str, *, interval: float = 1.0, top: int = 5, plain: bool = False)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         store.close()
+    return 0
 
 
 def _quiet_stdout() -> None:
