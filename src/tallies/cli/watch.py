@@ -9,8 +9,9 @@ per rate (``RateCounter``) its count in the window and per second.
 With rich installed (``pip install tallies[watch]``) and a capable terminal
 (a TTY, not ``TERM=dumb``, at least 60 columns) the view is a rich ``Live``
 table redrawn in place; otherwise (no rich, a dumb or narrow terminal, a pipe,
-``--plain``) it prints a block of plain lines per refresh.  Ctrl-C, SIGTERM
-and SIGHUP end it cleanly: rich restores the cursor, the exit status is 0.
+``--plain``) it prints a block of plain lines per refresh.  Ctrl-C and SIGTERM
+end it cleanly (rich restores the cursor, the exit status is 0); so does SIGHUP,
+the terminal closing (status 2 if the goodbye cannot be written any more).
 """
 
 from __future__ import annotations
