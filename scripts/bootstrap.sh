@@ -64,6 +64,23 @@ _need_test_tools() {
     fi
 }
 
+# The redis:// tests start their own redis-server (and a 3-node cluster) on free
+# loopback ports; install it for the test extra when it is missing.  Debian's
+# package may start a service on 6379: stop and disable it, the tests never use it.
+_need_redis_server() {
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+    _apt_install redis-server redis-tools || {
+        _say "redis-server is missing: the redis:// tests will be skipped (CI fails them)"
+        return 0
+    }
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now redis-server >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        service redis-server stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null 2>&1 && update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
+}
+
 _stamp() {
     (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f ! -path '*.egg-info/*' ! -path '*/__pycache__/*' \
         ! -name '*.so' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
@@ -74,6 +91,7 @@ _stamp() {
 bootstrap_tallies() {
     local extra="${1:-}"
     _need_system_packages
+    if [ "$extra" = test ]; then _need_redis_server; fi
     case ",$extra," in *,test,*) _need_test_tools ;; esac
     if [ ! -x "$VENV/bin/python" ]; then
         _say "creating $VENV"

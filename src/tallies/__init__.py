@@ -19,13 +19,20 @@ __all__ = [
     "IMPLEMENTATION",
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
     "Counter",
+    "FlushError",
     "KeyedCounter",
+    "KeyedRateCounter",
+    "RateCounter",
     "ShardedCounter",
     "Store",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "__version__",
+    "aopen",
     "destroy",
     "progress",
 ]
@@ -37,12 +44,18 @@ from ._progress import Progress as Progress  # stdlib only: the bar for tallies.
 from ._progress import progress
 from .counter import IMPLEMENTATION, Counter, ShardedCounter
 from .keyed import KeyedCounter  # picks its core the same way (tallies.keyed)
+from .rates import KeyedRateCounter, RateCounter  # likewise (tallies.rates)
 from .stores import (  # after the core, which stores use
     CapacityError,
     CorruptSegmentError,
+    CorruptStoreError,
+    CountOverflowError,
+    FlushError,
     Store,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
+    aopen,
     destroy,
 )
 from .stores import open as open

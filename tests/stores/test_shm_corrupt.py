@@ -93,7 +93,9 @@ def test_wrong_byte_order(good: tuple[str, bytes]) -> None:
 
 
 def test_wrong_version(good: tuple[str, bytes]) -> None:
-    _refused(_patch(good[1], 16, 2), "layout version 2; this tallies reads version 1")
+    _refused(_patch(good[1], 16, 3), "layout version 3; this tallies reads version 2")
+    # a segment of the layout before rates (version 1) is refused the same way
+    _refused(_patch(good[1], 16, 1), "layout version 1; this tallies reads version 2")
 
 
 def test_impossible_capacity(good: tuple[str, bytes]) -> None:

@@ -1,7 +1,7 @@
 """The ``tallies`` console script.
 
     tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
-    tallies bench [--quick] [--processes] [--json]
+    tallies bench [--quick] [--processes | --stores] [--json]
     tallies show URL [--json]
     tallies serve URL [--host 127.0.0.1] [--port 9464]
     tallies watch URL [--interval S] [--top N]
@@ -107,6 +107,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig
     from .bench import main as bench_main
 
+    if args.stores:
+        from .bench_stores import main as stores_main
+
+        return stores_main(quick=args.quick, as_json=args.json)
     if args.processes:
         import json
 
@@ -139,6 +143,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="instead: counters shared by processes (shm://) against multiprocessing.Value "
         "and prometheus_client's multiprocess mode",
+    )
+    p.add_argument(
+        "--stores",
+        action="store_true",
+        help="instead: the durable scopes (sqlite://) against the in-process core, "
+        "diskcache and a raw SQLite UPSERT per increment",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)

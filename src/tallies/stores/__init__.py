@@ -11,28 +11,41 @@ removes what the URL names (a shared-memory segment, a named memory store).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 from .base import (
     CapacityError,
     CorruptSegmentError,
+    CorruptStoreError,
+    CountOverflowError,
+    FlushError,
+    RatesUnsupportedError,
     Snapshot,
     Store,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
     StoreURL,
 )
 
 __all__ = [
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
+    "FlushError",
+    "RatesUnsupportedError",
     "Snapshot",
     "Store",
     "StoreError",
     "StoreNotFoundError",
     "StoreURL",
+    "StoreUnavailableError",
+    "aopen",
     "destroy",
     "open",
     "parse_url",
@@ -40,7 +53,10 @@ __all__ = [
     "schemes",
 ]
 
-BUILTIN_SCHEMES = ("memory", "shm")
+BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm", "sqlite")
+# Schemes served by another scheme's module: redis:// over TLS and on a Cluster.
+_MODULE_OF = {"rediss": "redis", "redis+cluster": "redis", "rediss+cluster": "redis"}
+BUILTIN_SCHEMES += ("redis", *_MODULE_OF)
 _registry: dict[str, type[Store]] = {}
 _SCHEME = re.compile(r"[a-z][a-z0-9]*\Z")
 
@@ -92,7 +108,7 @@ def _store_class(url: StoreURL) -> type[Store]:
             f"{url.raw!r}: unknown store scheme {url.scheme!r} "
             f"(known: {', '.join(s + '://' for s in schemes())})"
         )
-    module = importlib.import_module(f"{__name__}.{url.scheme}")
+    module = importlib.import_module(f"{__name__}.{_MODULE_OF.get(url.scheme, url.scheme)}")
     cls = module.STORE
     if not (isinstance(cls, type) and issubclass(cls, Store)):
         raise TypeError(f"{module.__name__}.STORE is not a Store subclass")
@@ -106,9 +122,13 @@ def open(url: str, *, create: bool = True) -> Store:
     ``memory://`` (a private in-process store) or ``memory://NAME`` (shared by
     everything in this process that opens the same name); ``shm://NAME``
     (shared memory, shared by every process on this machine that opens it;
-    capacity at creation: ``?names=1024&keys=8192&slabs=64``).  With
+    capacity at creation: ``?names=1024&keys=8192&slabs=64&buckets=4096``,
+    buckets being rate ring units).  With
     ``create=False`` a store that does not exist yet raises
     :class:`StoreNotFoundError` instead of being created.
+    ``redis://host:6379/0?prefix=app:`` (also ``rediss://`` and
+    ``redis+cluster://``): Redis, shared by every machine, written behind
+    (see :mod:`tallies.stores.redis`).
     """
     parsed = parse_url(url)
     return _store_class(parsed).open_url(parsed, create=create)
@@ -123,3 +143,21 @@ def destroy(url: str) -> bool:
     """
     parsed = parse_url(url)
     return _store_class(parsed).destroy_url(parsed)
+
+
+@contextlib.asynccontextmanager
+async def aopen(url: str, *, create: bool = True) -> AsyncIterator[Store]:
+    """``async with tallies.aopen(url) as store:``, for asyncio programs.
+
+    Opening and the final ``close()`` (which flushes) run in a worker thread,
+    so the event loop is never blocked and the last flush happens before the
+    loop closes (``atexit`` cannot await).  Updates stay plain calls; use
+    ``await store.aflush()`` to flush from a coroutine.
+    """
+    import asyncio
+
+    store = await asyncio.to_thread(open, url, create=create)
+    try:
+        yield store
+    finally:
+        await asyncio.to_thread(store.close)

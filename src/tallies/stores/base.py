@@ -21,18 +21,30 @@ import collections
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired
 
 __all__ = [
     "CapacityError",
     "CorruptSegmentError",
+    "CorruptStoreError",
+    "CountOverflowError",
+    "FlushError",
+    "KeyedRateSnapshot",
+    "RateSnapshot",
+    "RatesUnsupportedError",
     "Snapshot",
     "Store",
     "StoreCounter",
     "StoreError",
     "StoreKeyedCounter",
+    "StoreKeyedRate",
     "StoreNotFoundError",
+    "StoreRate",
     "StoreURL",
+    "StoreUnavailableError",
 ]
 
 
@@ -52,11 +64,64 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """``open(url, create=False)`` found nothing at that URL."""
 
 
+CorruptStoreError = CorruptSegmentError
+"""The general name: a store's file or keyspace is not (or no longer) one of
+ours, or of a newer schema.  ``CorruptSegmentError`` is the same class."""
+
+
+class StoreUnavailableError(StoreError, OSError):
+    """The backing store cannot be used now (locked past the timeout, disk full,
+    read-only, removed, server down).  Nothing was lost: buffered deltas are
+    kept and written by a later flush."""
+
+
+class FlushError(StoreUnavailableError):
+    """A flush (or a reset, or a write-through update) failed; the deltas it
+    carried are kept, and the same batch is retried first by the next flush,
+    so nothing is lost and nothing is applied twice.  ``__cause__`` is the
+    backend's error."""
+
+
+class CountOverflowError(StoreError, OverflowError):
+    """Applying buffered deltas would move a stored count outside the signed
+    64-bit range.  Nothing of that batch was applied; ``items`` lists the
+    offending ``(name, key)`` pairs (key None for a counter), whose deltas are
+    held (still in ``value()``) and retried by every later flush."""
+
+    def __init__(self, message: str, items: Iterable[tuple[str, str | None]] = ()) -> None:
+        super().__init__(message)
+        self.items: list[tuple[str, str | None]] = list(items)
+
+
+class RatesUnsupportedError(StoreError, NotImplementedError):
+    """This store (scheme) does not support rates yet; nothing was created."""
+
+
+class RateSnapshot(TypedDict):
+    """One rate in ``snapshot()["rates"]``."""
+
+    window: float
+    resolution: float
+    count: int
+    per_second: float
+    total: int
+
+
+class KeyedRateSnapshot(TypedDict):
+    """One keyed rate in ``snapshot()["keyed_rates"]`` (keys at 0 left out)."""
+
+    window: float
+    resolution: float
+    counts: dict[str, int]
+
+
 class Snapshot(TypedDict):
     """All counts of a store as plain data."""
 
     counters: dict[str, int]
     keyed: dict[str, dict[str, int]]
+    rates: NotRequired[dict[str, RateSnapshot]]  # only when the store has rates
+    keyed_rates: NotRequired[dict[str, KeyedRateSnapshot]]
 
 
 class StoreCounter(Protocol):
@@ -79,6 +144,30 @@ class StoreKeyedCounter(Protocol):
     def keys(self) -> Iterable[str]: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[str]: ...
+
+
+class StoreRate(Protocol):
+    """What ``store.rate(name, ...)`` returns (the ``tallies.RateCounter`` API)."""
+
+    def increment(self, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, n: SupportsIndex = 1) -> None: ...
+    def count(self, window: float | None = None) -> int: ...
+    def per_second(self, window: float | None = None) -> float: ...
+    def total(self) -> int: ...
+    def reset(self) -> int: ...
+
+
+class StoreKeyedRate(Protocol):
+    """What ``store.keyed_rate(name, ...)`` returns (``tallies.KeyedRateCounter``'s API)."""
+
+    def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...
+    def count(self, key: str, window: float | None = None) -> int: ...
+    def per_second(self, key: str, window: float | None = None) -> float: ...
+    def snapshot(self, window: float | None = None) -> dict[Any, int]: ...
+    def most_common(
+        self, n: SupportsIndex | None = None, window: float | None = None
+    ) -> list[tuple[Any, int]]: ...
 
 
 @dataclass(frozen=True)
@@ -152,6 +241,21 @@ class Store(abc.ABC):
     def keyed(self, name: str) -> StoreKeyedCounter:
         """The keyed counter called ``name`` (str keys)."""
 
+    def rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> StoreRate:
+        """The rate called ``name``: events in the last ``window`` seconds, in
+        buckets of ``resolution`` (fixed when the name is first used)."""
+        raise RatesUnsupportedError(
+            f"{self._url.raw}: this store ({self.scheme}://) does not support rates yet"
+        )
+
+    def keyed_rate(
+        self, name: str, window: float = 60.0, resolution: float = 1.0
+    ) -> StoreKeyedRate:
+        """The keyed rate called ``name`` (str keys)."""
+        raise RatesUnsupportedError(
+            f"{self._url.raw}: this store ({self.scheme}://) does not support rates yet"
+        )
+
     @abc.abstractmethod
     def names(self) -> list[str]:
         """Every counter and keyed counter name, in the order they appeared."""
@@ -162,6 +266,12 @@ class Store(abc.ABC):
 
     def flush(self) -> None:  # noqa: B027 - a no-op by design where writes are immediate
         """Push buffered writes to the backing store (no-op here)."""
+
+    async def aflush(self) -> None:
+        """``await store.aflush()``: ``flush()`` in a worker thread (asyncio)."""
+        import asyncio
+
+        await asyncio.to_thread(self.flush)
 
     def close(self) -> None:
         """Flush and release the store; calling it again does nothing."""

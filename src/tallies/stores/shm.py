@@ -36,6 +36,10 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
                 owner pid, owner start time
     archive     ncells int64 cells: counts folded out of dead writers' slabs
     slabs       slabs_cap slabs of ncells int64 cells, each padded to 128 bytes
+    rate meta   names_cap entries of 64 bytes: a rate's buckets, resolution and
+                window in ns, its ring unit, the bucket of its last reset + 1
+    rate rings  slabs_cap regions of buckets_cap 16-byte ring units (layout
+                version 2; see ``_shm_rates.py``, which owns this part)
 
 ``ncells = names_cap + keys_cap``: name ``i`` owns cell ``i`` in every slab
 and in the archive, key entry ``j`` owns cell ``names_cap + j``.  The value of
@@ -108,7 +112,7 @@ is not a snapshot of concurrent writes); once writers are quiescent, reads are
 exact.  ``reset()`` exchanges every cell of the counter with 0 under the lock:
 each increment lands either in what reset() returns or in a later value.
 
-Limits: capacities are fixed at creation (``?names=&keys=&slabs=``) and
+Limits: capacities are fixed at creation (``?names=&keys=&slabs=&buckets=``) and
 running out raises :class:`CapacityError` before anything is written; keys
 and names are never removed (``reset`` zeroes them).  A file is validated on
 open (size, magic, byte order, version, capacities, offsets); a file that
@@ -167,7 +171,7 @@ __all__ = [
 
 MAGIC = b"TALLYSHM"
 BYTE_ORDER_WORD = 0x0102030405060708
-VERSION = 1
+VERSION = 2  # 2: rates (the rate meta and ring sections, ?buckets=); 1 had none
 PAGE = 4096
 LINE = 128
 HEADER_BYTES = PAGE
@@ -181,19 +185,34 @@ DESC_STRIDE = 64
 DEFAULT_NAMES = 1024
 DEFAULT_KEYS = 8192
 DEFAULT_SLABS = 64
-LIMITS = {"names": (1, 1 << 20), "keys": (0, 1 << 24), "slabs": (1, 1 << 12)}
+DEFAULT_BUCKETS = 4096
+LIMITS = {
+    "names": (1, 1 << 20),
+    "keys": (0, 1 << 24),
+    "slabs": (1, 1 << 12),
+    "buckets": (0, 1 << 24),
+}
+RMETA_STRIDE = 64  # per name: a rate's nb, res_ns, window_ns, ring unit, reset slot + 1
+RING_UNIT = 16  # bytes: one bucket's (slot + 1, mark) pair; a ring takes nb + 2 units
 MAX_TOTAL = 1 << 36  # 64 GiB: refuse anything larger as garbage
 SEGMENT_NAME_MAX = 200
 
-# The static header: magic then 17 int64 fields.
-_STATIC = struct.Struct("=8s17q")
+# The static header: magic then 21 int64 fields.
+_STATIC = struct.Struct("=8s21q")
 # Mutable header words (byte offsets), each group on its own cache line.
 NAMES_USED = 256
 KEYS_USED = 264
+BUCKETS_USED = 272  # ring units handed out to rates
 SEQ = 384
 J_STATE, J_SLAB, J_CELL, J_OLD, J_VAL = 512, 520, 528, 536, 544
 
-KIND_COUNTER, KIND_KEYED = 1, 2
+KIND_COUNTER, KIND_KEYED, KIND_RATE, KIND_KEYED_RATE = 1, 2, 3, 4
+KIND_NAMES = {
+    KIND_COUNTER: "a counter",
+    KIND_KEYED: "a keyed counter",
+    KIND_RATE: "a rate",
+    KIND_KEYED_RATE: "a keyed rate",
+}
 SLAB_FREE, SLAB_LIVE, SLAB_FOLDING = 0, 1, 2
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -209,6 +228,7 @@ class Layout:
     names_cap: int
     keys_cap: int
     slabs_cap: int
+    buckets_cap: int = DEFAULT_BUCKETS
 
     @functools.cached_property
     def ncells(self) -> int:
@@ -239,8 +259,27 @@ class Layout:
         return _round_up(self.archive_off + self.slab_bytes, PAGE)
 
     @functools.cached_property
-    def total(self) -> int:
+    def rmeta_off(self) -> int:
         return _round_up(self.slabs_off + self.slabs_cap * self.slab_bytes, PAGE)
+
+    @functools.cached_property
+    def rate_slab_bytes(self) -> int:
+        return _round_up(self.buckets_cap * RING_UNIT, LINE)
+
+    @functools.cached_property
+    def rates_off(self) -> int:
+        return _round_up(self.rmeta_off + self.names_cap * RMETA_STRIDE, PAGE)
+
+    @functools.cached_property
+    def total(self) -> int:
+        return _round_up(self.rates_off + self.slabs_cap * self.rate_slab_bytes, PAGE)
+
+    def rmeta(self, idx: int) -> int:
+        return self.rmeta_off + idx * RMETA_STRIDE
+
+    def ring_off(self, s: int, unit: int) -> int:
+        """Where slab s keeps the ring that starts at ring unit ``unit``."""
+        return self.rates_off + s * self.rate_slab_bytes + unit * RING_UNIT
 
     def static_fields(self) -> tuple[int, ...]:
         return (
@@ -261,6 +300,10 @@ class Layout:
             self.desc_off,
             self.archive_off,
             self.slabs_off,
+            self.buckets_cap,
+            self.rate_slab_bytes,
+            self.rmeta_off,
+            self.rates_off,
         )
 
     def header(self) -> bytes:
@@ -301,12 +344,17 @@ def read_layout(fd: int, where: str) -> Layout:
             f"{where} has segment layout version {fields[1]}; this tallies reads "
             f"version {VERSION} (destroy it, or use the tallies that made it)"
         )
-    names_cap, keys_cap, slabs_cap = fields[4], fields[5], fields[6]
-    for label, value in (("names", names_cap), ("keys", keys_cap), ("slabs", slabs_cap)):
+    names_cap, keys_cap, slabs_cap, buckets_cap = fields[4], fields[5], fields[6], fields[17]
+    for label, value in (
+        ("names", names_cap),
+        ("keys", keys_cap),
+        ("slabs", slabs_cap),
+        ("buckets", buckets_cap),
+    ):
         lo, hi = LIMITS[label]
         if not lo <= value <= hi:
             raise CorruptSegmentError(f"{where}: header capacity {label}={value} is impossible")
-    layout = Layout(names_cap, keys_cap, slabs_cap)
+    layout = Layout(names_cap, keys_cap, slabs_cap, buckets_cap)
     if tuple(fields) != layout.static_fields():
         raise CorruptSegmentError(f"{where}: header fields are inconsistent (corrupt header)")
     if layout.total > MAX_TOTAL:
@@ -429,6 +477,7 @@ def _parse_caps(url: StoreURL) -> dict[str, int]:
         caps.get("names", DEFAULT_NAMES),
         caps.get("keys", DEFAULT_KEYS),
         caps.get("slabs", DEFAULT_SLABS),
+        caps.get("buckets", DEFAULT_BUCKETS),
     )
     if layout.total > MAX_TOTAL:
         raise ValueError(f"{url.raw!r}: that segment would be {layout.total} bytes")
@@ -648,7 +697,7 @@ class _Segment:
         for i in range(len(self.names), n_names):
             off = L.names_off + i * NAME_ENTRY
             state, kind, length = c.load(off), c.load(off + 8), c.load(off + 16)
-            if state != 1 or kind not in (KIND_COUNTER, KIND_KEYED) or not 0 < length <= NAME_MAX:
+            if state != 1 or kind not in KIND_NAMES or not 0 < length <= NAME_MAX:
                 raise CorruptSegmentError(f"{self.path}: name entry {i} is corrupt")
             name = _text(self.mm[off + TEXT_OFF : off + TEXT_OFF + length], self.path)
             self.names.append((name, kind))
@@ -659,7 +708,7 @@ class _Segment:
             if (
                 state != 1
                 or not 0 <= owner < len(self.names)
-                or self.names[owner][1] != KIND_KEYED
+                or self.names[owner][1] not in (KIND_KEYED, KIND_KEYED_RATE)
                 or not 0 <= length <= KEY_MAX
             ):
                 raise CorruptSegmentError(f"{self.path}: key entry {j} is corrupt")
@@ -667,7 +716,9 @@ class _Segment:
             self.keys.setdefault(owner, {}).setdefault(key, L.names_cap + j)
             self.keys_seen = j + 1
 
-    def register_name(self, name: str, kind: int) -> int:
+    def register_name(self, name: str, kind: int, meta: tuple[int, int, int] | None = None) -> int:
+        """The entry index of ``name``, registering it (with a rate's ``meta``:
+        nb, res_ns, window_ns) on first use."""
         idx = self.name_index.get(name)
         if idx is None:
             self.refresh()
@@ -685,12 +736,30 @@ class _Segment:
                             "create the segment with a larger ?names="
                         )
                     off = self.L.names_off + idx * NAME_ENTRY
+                    if meta is not None:  # a rate: its meta goes in before the name
+                        unit = self.alloc_units(meta[0]) if kind == KIND_RATE else -1
+                        m = self.L.rmeta(idx)
+                        for i, v in enumerate((*meta, unit, 0)):
+                            self.c.store(m + 8 * i, v)
                     self._publish_entry(off, raw, kind, NAMES_USED, idx + 1)
         have = self.names[idx][1]
         if have != kind:
-            what = "a keyed counter" if have == KIND_KEYED else "a counter"
-            raise ValueError(f"{name!r} is {what} in shm://{self.name}")
+            raise ValueError(f"{name!r} is {KIND_NAMES[have]} in shm://{self.name}")
         return idx
+
+    def alloc_units(self, nb: int) -> int:
+        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held)."""
+        used = self.c.load(BUCKETS_USED)
+        if not 0 <= used <= self.L.buckets_cap:
+            raise CorruptSegmentError(f"{self.path}: the rate bucket count is impossible")
+        if used + nb + 2 > self.L.buckets_cap:
+            raise CapacityError(
+                f"shm://{self.name}: a ring of {nb} buckets needs {nb + 2} bucket units and "
+                f"{self.L.buckets_cap - used} of {self.L.buckets_cap} are left; create the "
+                "segment with a larger ?buckets="
+            )
+        self.c.store(BUCKETS_USED, used + nb + 2)
+        return used
 
     def _publish_entry(self, off: int, raw: bytes, tag: int, used_word: int, used: int) -> None:
         """Write a directory entry (text, tag, length), mark it ready, then count it.
@@ -740,6 +809,9 @@ class _Segment:
                     "create the segment with a larger ?keys="
                 )
             off = self.L.keys_off + j * KEY_ENTRY
+            if self.names[owner][1] == KIND_KEYED_RATE:  # the key's ring, before the key
+                nb = self.c.load(self.L.rmeta(owner))
+                self.c.store(off + 24, self.alloc_units(nb) + 1)
             self._publish_entry(off, raw, owner, KEYS_USED, j + 1)
             return self.L.names_cap + j
 
@@ -897,6 +969,7 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
                     caps.get("names", DEFAULT_NAMES),
                     caps.get("keys", DEFAULT_KEYS),
                     caps.get("slabs", DEFAULT_SLABS),
+                    caps.get("buckets", DEFAULT_BUCKETS),
                 )
                 fd = _create(name, path, layout)
             try:
@@ -909,7 +982,12 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
                 raise
             _segments[seg.ident] = weakref.ref(seg)
             _all_segments.add(seg)
-    have = {"names": seg.L.names_cap, "keys": seg.L.keys_cap, "slabs": seg.L.slabs_cap}
+    have = {
+        "names": seg.L.names_cap,
+        "keys": seg.L.keys_cap,
+        "slabs": seg.L.slabs_cap,
+        "buckets": seg.L.buckets_cap,
+    }
     for label, value in caps.items():
         if have[label] != value:
             raise ValueError(
@@ -1095,6 +1173,7 @@ class ShmStore(Store):
         super().__init__(url)
         self._seg = seg
         self._objects: dict[str, Any] = {}
+        self._rates: dict[str, Any] = {}  # ShmRate / ShmKeyedRate by name
         self._lock = threading.Lock()
 
     @classmethod
@@ -1158,6 +1237,41 @@ class ShmStore(Store):
         obj: ShmKeyedCounter = self._get(name, KIND_KEYED)
         return obj
 
+    def rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> Any:
+        """The shared rate called ``name`` (see ``tallies/stores/_shm_rates.py``);
+        window and resolution are fixed by its first use, in any process."""
+        return self._get_rate(name, KIND_RATE, window, resolution)
+
+    def keyed_rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> Any:
+        """The shared keyed rate called ``name`` (str keys, never removed)."""
+        return self._get_rate(name, KIND_KEYED_RATE, window, resolution)
+
+    def _get_rate(self, name: str, kind: int, window: float, resolution: float) -> Any:
+        from .._pure.rate import _Spec
+        from ._shm_rates import ShmRate
+
+        self._check_open()
+        what = "RateCounter" if kind == KIND_RATE else "KeyedRateCounter"
+        sp = _Spec(what, window, resolution, None)
+        check_name(name, max_bytes=NAME_MAX)
+        with self._lock:
+            obj = self._rates.get(name)
+            if obj is None:
+                seg = self._seg
+                idx = seg.register_name(name, kind, (sp.nb, sp.res_ns, sp.window_ns))
+                obj = self._rates[name] = self._rate_at(idx, name, kind)
+        if isinstance(obj, ShmRate) != (kind == KIND_RATE):
+            raise ValueError(
+                f"{name!r} is {KIND_NAMES[KIND_KEYED_RATE if kind == KIND_RATE else KIND_RATE]}"
+                f" in shm://{self._seg.name}"
+            )
+        if (obj._sp.window_ns, obj._sp.res_ns) != (sp.window_ns, sp.res_ns):
+            raise ValueError(
+                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
+                f"in {self._url.raw}, not window={sp.window!r}, resolution={sp.resolution!r}"
+            )
+        return obj
+
     def names(self) -> list[str]:
         self._check_open()
         self._seg.refresh()
@@ -1179,16 +1293,35 @@ class ShmStore(Store):
         for idx, (_, kind) in enumerate(names):
             if kind == KIND_COUNTER:
                 cells.append(idx)
-            else:
+            elif kind == KIND_KEYED:
                 cells.extend(keys[idx].values())
         vals = iter(seg.sum_many(cells))
         out: Snapshot = {"counters": {}, "keyed": {}}
+        rates: dict[str, Any] = {}
         for idx, (name, kind) in enumerate(names):
             if kind == KIND_COUNTER:
                 out["counters"][name] = next(vals)
-            else:
+            elif kind == KIND_KEYED:
                 out["keyed"][name] = {key: next(vals) for key in keys[idx]}
+            else:
+                rates[name] = self._rate_at(idx, name, kind)
+        if rates:
+            from ._rates import snapshot_rates
+
+            snapshot_rates(out, rates)
         return out
+
+    def _rate_at(self, idx: int, name: str, kind: int) -> Any:
+        """The rate object for entry idx, with the window it was created with."""
+        from ._shm_rates import ShmKeyedRate, ShmRate, spec_from_meta
+
+        obj = self._rates.get(name)
+        if obj is None:
+            what = "RateCounter" if kind == KIND_RATE else "KeyedRateCounter"
+            sp = spec_from_meta(self._seg, idx, what)
+            cls = ShmRate if kind == KIND_RATE else ShmKeyedRate
+            obj = cls(self._seg, idx, name, self._url.raw, sp)
+        return obj
 
     def fold(self) -> int:
         """Fold the slabs of dead processes into the archive now; how many."""
@@ -1214,6 +1347,7 @@ class ShmStore(Store):
 
     def _release(self) -> None:
         self._objects.clear()
+        self._rates.clear()
 
 
 STORE = ShmStore

@@ -1,0 +1,847 @@
+"""The Redis side of ``redis://``: exactly-once batches, reads, resets, names.
+
+Imported only when a ``redis://`` store is opened (it needs redis-py); the key
+layout and the Lua scripts are in :mod:`tallies.stores._redis_lua`, whose
+docstring explains them.  :class:`RedisBackend` knows nothing about local
+cells: the write-behind (:mod:`tallies.stores.writebehind`) calls
+:meth:`RedisBackend.apply` with one batch of deltas, the same ``(writer, seq)``
+again with the same deltas when a try failed, and this module turns a batch
+into script calls:
+
+- standalone server: the batch is cut into parts of at most ``batch`` fields
+  (counters and keys), one ``EVALSHA`` each, all in one pipeline, recorded
+  under one writer key;
+- Redis Cluster: the batch is grouped by hash tag (one per name), each group
+  cut into parts and recorded under the writer key of that tag; calls are
+  pipelined per node (each call goes to the node that owns its slot).
+
+A part already applied answers ``dup``; a part whose predecessor failed
+answers ``gap`` and is sent again after it.  So a call that times out, a reply
+that is lost, a server that restarts, a ``NOSCRIPT`` after a restart or a
+``MOVED`` after a resharding all end the same way: each part applied once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.exceptions as rexc
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from ._redis_lua import (
+    APPLY_LUA,
+    READ_LUA,
+    RESET_LUA,
+    data_key,
+    name_from_data_key,
+    reset_key,
+    scan_pattern,
+    tag_of,
+    writer_key,
+)
+from .base import (
+    CorruptStoreError,
+    CountOverflowError,
+    StoreError,
+    StoreUnavailableError,
+    StoreURL,
+)
+from .writebehind import Batch, Kind, Query, Read, Target
+
+__all__ = ["RedisBackend", "RedisOptions", "parse_redis_url"]
+
+_APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
+_RESET_SHA = hashlib.sha1(RESET_LUA.encode()).hexdigest()
+_READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_WRITER_OK = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
+_MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
+
+#: Errors that mean "Redis did not answer (now)": the deltas stay, a later try.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.BusyLoadingError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.ClusterError,
+    rexc.RedisClusterException,
+    rexc.ReadOnlyError,
+    rexc.OutOfMemoryError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """What a ``redis://`` URL says (everything but the write-behind's own options)."""
+
+    cluster: bool
+    tls: bool
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    prefix: str
+    timeout: float
+    batch: int
+    writer_ttl_ms: int
+    ssl: Mapping[str, str]
+
+
+#: The parameters this module reads from the URL (the write-behind has its own).
+URL_PARAMS = frozenset(
+    {
+        "prefix",
+        "timeout",
+        "batch",
+        "writer_ttl",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+    }
+)
+_SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _number(url: StoreURL, name: str, default: float, lo: float, hi: float) -> float:
+    raw = url.params.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a number") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{url.raw!r}: {name}={raw!r} is outside [{lo:g}, {hi:g}]")
+    return v
+
+
+def parse_redis_url(url: StoreURL) -> RedisOptions:
+    """Split ``redis[s][+cluster]://[user:password@]host[:port][/db]?...``."""
+    scheme = url.scheme
+    if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        raise ValueError(f"{url.raw!r}: not a redis:// URL")
+    cluster = scheme.endswith("+cluster")
+    tls = scheme.startswith("rediss")
+    try:
+        parts = urlsplit("//" + url.target)
+        host = parts.hostname
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ValueError(f"{url.raw!r}: {exc}") from None
+    if not host:
+        raise ValueError(f"{url.raw!r}: no host (expected {scheme}://host:port/db)")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url.raw!r}: the database must be a number, not {path!r}")
+    db = int(path or 0)
+    if cluster and db != 0:
+        raise ValueError(f"{url.raw!r}: Redis Cluster has only database 0")
+    prefix = url.params.get("prefix", "tallies:")
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(f"{url.raw!r}: the prefix must not contain '{{' or '}}' (hash tags)")
+    if len(prefix.encode()) > 200:
+        raise ValueError(f"{url.raw!r}: the prefix is longer than 200 bytes")
+    ssl = {k: url.params[k] for k in _SSL_PARAMS if k in url.params}
+    if ssl and not tls:
+        raise ValueError(f"{url.raw!r}: ssl_* parameters need rediss://")
+    return RedisOptions(
+        cluster=cluster,
+        tls=tls,
+        host=host,
+        port=port,
+        db=db,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        prefix=prefix,
+        timeout=_number(url, "timeout", 5.0, 0.01, 3600.0),
+        batch=int(_number(url, "batch", 200, 1, 2000)),
+        writer_ttl_ms=int(_number(url, "writer_ttl", 86400.0, 1.0, 10.0 * 365 * 86400) * 1000),
+        ssl=ssl,
+    )
+
+
+def _is_script_error(exc: BaseException, word: str) -> bool:
+    return isinstance(exc, rexc.ResponseError) and str(exc).startswith(f"TALLIES {word}")
+
+
+@dataclass
+class _Call:
+    """One script call of a batch: one part of one group (writer key)."""
+
+    wkey: str
+    part: int
+    fields: list[tuple[str, str | None, int]]
+    keys: list[bytes]
+    args: list[bytes]
+
+
+@dataclass
+class _Op:
+    """The writer's operation whose outcome is not known yet (in flight)."""
+
+    seq: int
+    calls: list[_Call] | None = None  # an apply
+    target: Target | None = None  # a take
+
+
+class RedisBackend:
+    """One connection pool (or cluster client) and the scripts; thread-safe.
+
+    Implements the write-behind's ``Backend`` protocol.  Every operation of
+    one writer runs under one lock, so the backend always knows which of its
+    operations is in flight (sent, outcome unknown: at most one, since the
+    write-behind settles a failed batch before it sends anything else) and
+    the last one acknowledged.  ``read()`` reports that acknowledged seq; when
+    an operation is in flight it reads the writer records in the same atomic
+    script as the values and subtracts the parts of the in-flight batch that
+    the records show applied, so a read is exact whatever the outcome.
+    """
+
+    def __init__(self, options: RedisOptions, url: str) -> None:
+        self.options = options
+        self.url = url
+        self.prefix = options.prefix
+        self._lock = threading.RLock()
+        self._acked: dict[str, int] = {}
+        self._inflight: dict[str, _Op] = {}
+        # set once a count at 10^18 or beyond has been seen: from then on a
+        # batch of several parts is checked for overflow before it is sent
+        self._near_edge = False
+        common: dict[str, Any] = {
+            "username": options.username,
+            "password": options.password,
+            "socket_timeout": options.timeout,
+            "socket_connect_timeout": options.timeout,
+        }
+        if options.tls:
+            common["ssl"] = True
+            for k, v in options.ssl.items():
+                common[k] = v
+        self._client: Any
+        if options.cluster:
+            from redis.cluster import RedisCluster
+
+            try:
+                self._client = RedisCluster(
+                    host=options.host,
+                    port=options.port,
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+                    **common,
+                )
+            except UNAVAILABLE as exc:  # it asks the cluster for its slots now
+                raise self._unavailable("connect", exc) from exc
+        else:
+            self._client = redis.Redis(
+                host=options.host,
+                port=options.port,
+                db=options.db,
+                retry=Retry(NoBackoff(), 1),
+                **common,
+            )
+
+    # -- connection helpers ------------------------------------------------
+
+    def _node_client(self, key: str) -> Any:
+        """The client that serves ``key`` (the node that owns its slot)."""
+        if not self.options.cluster:
+            return self._client
+        node = self._client.get_node_from_key(key)
+        return self._client.get_redis_connection(node)
+
+    def _all_nodes(self) -> list[Any]:
+        if not self.options.cluster:
+            return [self._client]
+        return [self._client.get_redis_connection(n) for n in self._client.get_primaries()]
+
+    def _refresh(self) -> None:
+        if self.options.cluster:
+            with contextlib.suppress(*UNAVAILABLE):
+                self._client.nodes_manager.initialize()
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"{self.url}: {what}: Redis did not answer ({type(exc).__name__}: {exc})"
+        )
+
+    def ping(self) -> None:
+        try:
+            for c in self._all_nodes():
+                c.ping()
+        except UNAVAILABLE as exc:
+            raise self._unavailable("connect", exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(*UNAVAILABLE):
+            self._client.close()
+
+    def writer_name(self, writer_id: object) -> str:
+        """The writer id as it appears in keys (``host:pid:random`` is kept)."""
+        w = str(writer_id)
+        if _WRITER_OK.match(w):
+            return w
+        return hashlib.sha1(w.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    # -- running script calls ----------------------------------------------
+
+    def _run(
+        self, sha: str, source: str, calls: Sequence[tuple[list[Any], list[Any]]], what: str
+    ) -> tuple[list[Any], list[tuple[int, BaseException]]]:
+        """Send script calls (pipelined per node, in order); retry NOSCRIPT,
+        MOVED/ASK/TRYAGAIN and ``gap``.  Returns (results, refused calls)."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        refused: list[tuple[int, BaseException]] = []
+        for _round in range(6):
+            if not todo:
+                break
+            by_node: dict[int, tuple[Any, list[int]]] = {}
+            again: list[int] = []
+            try:
+                for i in todo:
+                    client = self._node_client(calls[i][0][0])
+                    by_node.setdefault(id(client), (client, []))[1].append(i)
+                for client, idxs in by_node.values():
+                    pipe = client.pipeline(transaction=False)
+                    for i in idxs:
+                        keys, args = calls[i]
+                        pipe.evalsha(sha, len(keys), *keys, *args)
+                    replies = pipe.execute(raise_on_error=False)
+                    noscript = False
+                    for i, r in zip(idxs, replies, strict=False):
+                        if not isinstance(r, BaseException):
+                            results[i] = r
+                        elif isinstance(r, rexc.NoScriptError):
+                            noscript = True
+                            again.append(i)
+                        elif isinstance(r, (rexc.AskError, rexc.TryAgainError)) or _is_script_error(
+                            r, "gap"
+                        ):
+                            again.append(i)
+                        elif isinstance(r, UNAVAILABLE):
+                            raise r
+                        else:
+                            refused.append((i, r))
+                    if noscript:
+                        client.script_load(source)
+            except UNAVAILABLE as exc:
+                raise self._unavailable(what, exc) from exc
+            # a part after a refused part of the same writer key can only
+            # answer "gap": it is not applied, and the batch stays unacknowledged
+            blocked = {calls[i][0][0] for i, _ in refused}
+            todo = sorted(i for i in again if calls[i][0][0] not in blocked)
+            if todo:
+                self._refresh()
+        if todo:
+            raise StoreUnavailableError(
+                f"{self.url}: {what}: {len(todo)} script call(s) kept being redirected; will retry"
+            )
+        return results, refused
+
+    # -- apply -----------------------------------------------------------------
+
+    def plan(self, writer_id: object, batch: Batch) -> list[_Call]:
+        """The script calls that apply ``batch``, in sending order.
+
+        Deterministic: the same batch gives the same calls (names and keys
+        sorted), so a retry sends the same ``(seq, part)`` with the same
+        deltas.  A newly registered counter with no delta gets an ``INCRBY 0``
+        (its key then exists, at 0).
+        """
+        seq = batch.seq
+        if not 0 <= seq <= _MAX_SEQ:
+            raise ValueError(f"batch sequence number {seq} is outside [0, {_MAX_SEQ}]")
+        writer = self.writer_name(writer_id)
+        cluster = self.options.cluster
+        counters = {n: int(d) for n, d in batch.counters.items() if d}
+        for name, kind in batch.names.items():
+            if kind == "counter" and name not in counters:
+                counters[name] = 0
+        keyed = {n: m for n, m in batch.keyed.items() if any(m.values())}
+        # groups: tag -> names (sorted); one group on a standalone server
+        groups: dict[str | None, list[str]] = {}
+        for name in sorted(counters.keys() | keyed.keys()):
+            groups.setdefault(tag_of(name) if cluster else None, []).append(name)
+        calls: list[_Call] = []
+        ttl = str(self.options.writer_ttl_ms).encode()
+        size = self.options.batch
+        pfx = (self.prefix + "{").encode()
+        for tag in sorted(groups, key=lambda t: "" if t is None else t):
+            fields: list[tuple[str, str | None, int]] = []
+            for name in groups[tag]:
+                if name in counters:
+                    fields.append((name, None, counters[name]))
+                else:
+                    m = keyed[name]
+                    fields.extend((name, k, int(m[k])) for k in sorted(m) if m[k])
+            wkey = writer_key(self.prefix, writer, tag)
+            wkey_b = wkey.encode("utf-8", "surrogateescape")
+            seq_b = str(seq).encode()
+            for part, start in enumerate(range(0, len(fields), size)):
+                chunk = fields[start : start + size]
+                keys = [wkey_b]
+                args = [seq_b, str(part).encode(), ttl]
+                i = 0
+                n = len(chunk)
+                while i < n:
+                    name = chunk[i][0]
+                    keys.append(pfx + name.encode("utf-8", "surrogateescape") + b"}")
+                    if chunk[i][1] is None:
+                        args += (b"c", b"%d" % chunk[i][2])
+                        i += 1
+                        continue
+                    j = i
+                    while j < n and chunk[j][0] == name:
+                        j += 1
+                    args += (b"h", b"%d" % (j - i))
+                    for _, k, d in chunk[i:j]:
+                        args += (k.encode("utf-8", "surrogateescape"), b"%d" % d)  # type: ignore[union-attr]
+                    i = j
+                calls.append(_Call(wkey, part, chunk, keys, args))
+        return calls
+
+    def apply(self, writer_id: str, batch: Batch) -> None:
+        """Apply ``batch`` exactly once (idempotent per ``(writer_id, batch.seq)``).
+
+        Raises :class:`StoreUnavailableError` when Redis does not answer (some
+        parts may be applied; the same batch sent again applies the rest),
+        :class:`CountOverflowError` when a count would leave int64 and nothing
+        of the batch is applied, and :class:`CorruptStoreError` when a key
+        holds something that is not a tallies count.
+        """
+        writer = self.writer_name(writer_id)
+        with self._lock:
+            calls = self.plan(writer, batch)
+            self._inflight[writer] = _Op(batch.seq, calls=calls)
+            if len(calls) > 1 and self._near_edge:
+                self._precheck(calls, batch.seq)
+            results, refused = self._run(
+                _APPLY_SHA, APPLY_LUA, [(c.keys, c.args) for c in calls], "flush"
+            )
+            if any(_text(r) == "big" for r in results if r is not None):
+                self._near_edge = True
+            if refused:
+                applied = any(r is not None for r in results)
+                if any(_is_script_error(e, "overflow") for _, e in refused):
+                    self._near_edge = True
+                raise self._refusal(calls, refused, applied)
+            self._inflight.pop(writer, None)
+            self._acked[writer] = max(self._acked.get(writer, 0), batch.seq)
+
+    def _precheck(self, calls: list[_Call], seq: int) -> None:
+        """Before a batch of several parts: would a count leave int64?
+
+        Each script call checks its own part atomically, but an overflow
+        refused in a later part would leave the earlier parts applied, and
+        CountOverflowError promises that nothing was.  So once this backend
+        has seen a count at 10^18 or beyond (the only way a sum can leave
+        int64), a batch of several parts is first checked here, unless a part
+        of it is already applied (a retry: the scripts decide).  A count
+        pushed to the edge by another writer between this check and the
+        scripts (or before this backend saw any count near the edge) can
+        still make a later part refuse after earlier ones applied: then the
+        batch stays in flight and is retried, nothing lost or doubled, until
+        the count is back in range.
+        """
+        try:
+            records = self._get_many([c.wkey for c in calls])
+            for rec in records:
+                if rec is not None and int(rec.split(b":")[0]) >= seq:
+                    return  # a retry: parts may be applied, the scripts decide
+            bad: list[tuple[str, str | None]] = []
+            # one GET per counter and one HMGET per keyed counter, pipelined per node
+            deltas: dict[str, dict[str | None, int]] = {}
+            for c in calls:
+                for name, key, d in c.fields:
+                    deltas.setdefault(name, {})[key] = d
+            by_node: dict[int, tuple[Any, list[str]]] = {}
+            for name in deltas:
+                client = self._node_client(data_key(self.prefix, name))
+                by_node.setdefault(id(client), (client, []))[1].append(name)
+            for client, names in by_node.values():
+                pipe = client.pipeline(transaction=False)
+                for name in names:
+                    fields = list(deltas[name])
+                    if fields == [None]:
+                        pipe.get(data_key(self.prefix, name))
+                    else:
+                        pipe.hmget(data_key(self.prefix, name), fields)
+                replies = pipe.execute(raise_on_error=False)
+                for name, raw in zip(names, replies, strict=True):
+                    if isinstance(raw, BaseException):
+                        continue  # a wrong type: the script says so
+                    fields = list(deltas[name])
+                    values = [raw] if fields == [None] else list(raw)
+                    for key, v in zip(fields, values, strict=True):
+                        if v is None:
+                            continue
+                        with contextlib.suppress(ValueError):
+                            if not INT64_MIN <= int(v) + deltas[name][key] <= INT64_MAX:
+                                bad.append((name, key))
+        except UNAVAILABLE as exc:
+            raise self._unavailable("flush", exc) from exc
+        if bad:
+            raise CountOverflowError(
+                f"{self.url}: the flush would move {len(bad)} count(s) outside the signed "
+                f"64-bit range (first: {bad[0][0]!r}"
+                + (f", key {bad[0][1]!r})" if bad[0][1] is not None else ")")
+                + "; nothing of it was applied",
+                bad,
+            )
+
+    def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        unique = list(dict.fromkeys(keys))
+        by_node: dict[int, tuple[Any, list[str]]] = {}
+        for k in unique:
+            client = self._node_client(k)
+            by_node.setdefault(id(client), (client, []))[1].append(k)
+        got: dict[str, bytes | None] = {}
+        for client, ks in by_node.values():
+            pipe = client.pipeline(transaction=False)
+            for k in ks:
+                pipe.get(k)
+            for k, v in zip(ks, pipe.execute(), strict=False):
+                got[k] = v
+        for k in unique:
+            out.append(got[k])
+        return out
+
+    def _refusal(
+        self, calls: list[_Call], refused: list[tuple[int, BaseException]], applied: bool
+    ) -> StoreError:
+        overflow = [e for _, e in refused if _is_script_error(e, "overflow")]
+        first = str(refused[0][1])
+        if overflow and len(overflow) == len(refused) and not applied:
+            items: list[tuple[str, str | None]] = []
+            for e in overflow:
+                m = re.match(r"TALLIES overflow: (.*?)(?: field (.*))? is -?\d+, adding", str(e))
+                if m:
+                    name = name_from_data_key(self.prefix, m.group(1))
+                    if name is not None:
+                        items.append((name, m.group(2)))
+            return CountOverflowError(
+                f"{self.url}: the flush would move a count outside the signed 64-bit range "
+                f"({first}); nothing of it was applied",
+                items,
+            )
+        if overflow:
+            return StoreUnavailableError(
+                f"{self.url}: part of the flush was applied and a later part would move a "
+                f"count outside the signed 64-bit range ({first}); the batch stays in flight "
+                "and is retried until the count is back in range"
+            )
+        return CorruptStoreError(
+            f"{self.url}: Redis refused {len(refused)} part(s) of the flush: {first}"
+        )
+
+    # -- take (reset) and fence -------------------------------------------------
+
+    def _reset_call(self, writer: str, seq: int, target: Target, mode: str) -> Any:
+        keys = [
+            data_key(self.prefix, target.name),
+            reset_key(self.prefix, writer, target.name),
+        ]
+        args = [mode, str(seq), str(self.options.writer_ttl_ms)]
+        if target.key is not None and mode == "f":
+            args.append(target.key)
+        results, refused = self._run(
+            _RESET_SHA, RESET_LUA, [(keys, args)], f"reset of {target.name!r}"
+        )
+        if refused:
+            raise CorruptStoreError(f"{self.url}: reset of {target.name!r}: {refused[0][1]}")
+        return results[0]
+
+    def take(self, writer_id: str, seq: int, target: Target) -> int | dict[str, int]:
+        """Read and zero ``target`` atomically (idempotent per seq); return what was stored."""
+        writer = self.writer_name(writer_id)
+        mode = "c" if target.kind == "counter" else "h" if target.key is None else "f"
+        with self._lock:
+            self._inflight[writer] = _Op(seq, target=target)
+            raw = self._reset_call(writer, seq, target, mode)
+            self._inflight.pop(writer, None)
+            self._acked[writer] = max(self._acked.get(writer, 0), seq)
+        where = data_key(self.prefix, target.name)
+        if mode == "h":
+            it = iter(raw or [])
+            return {_text(k): self._int(v, where) for k, v in zip(it, it, strict=False)}
+        return self._int(raw, where)
+
+    def fence(self, writer_id: str, seq: int) -> bool:
+        """True if take ``seq`` happened; else make sure it never can."""
+        writer = self.writer_name(writer_id)
+        with self._lock:
+            op = self._inflight.get(writer)
+            if op is None or op.seq != seq or op.target is None:
+                raise StoreError(
+                    f"{self.url}: cannot settle reset {seq}: this connection did not send it"
+                )
+            happened = bool(self._reset_call(writer, seq, op.target, "x"))
+            self._inflight.pop(writer, None)
+            self._acked[writer] = max(self._acked.get(writer, 0), seq)
+        return happened
+
+    # -- reading -----------------------------------------------------------------
+
+    def _int(self, raw: Any, where: str) -> int:
+        if raw is None or raw is False:
+            return 0
+        try:
+            v = int(raw)
+        except ValueError:
+            raise CorruptStoreError(
+                f"{self.url}: {where} holds {raw!r}, not an integer count"
+            ) from None
+        if not -(10**18) < v < 10**18:
+            self._near_edge = True
+        return v
+
+    def kind_of(self, name: str) -> Kind | None:
+        dkey = data_key(self.prefix, name)
+        try:
+            t = _text(self._node_client(dkey).type(dkey))
+        except UNAVAILABLE as exc:
+            raise self._unavailable(f"looking up {name!r}", exc) from exc
+        if t == "string":
+            return "counter"
+        if t == "hash":
+            return "keyed"
+        if t == "none":
+            return None
+        raise CorruptStoreError(f"{self.url}: {dkey} is a Redis {t}, not a tallies count")
+
+    def names(self) -> list[tuple[str, Kind]]:
+        """Every name in Redis under the prefix, sorted, with its kind.
+
+        ``SCAN`` on every master; keys of other types under ``P{`` are skipped.
+        A keyed counter exists in Redis while it has a key.
+        """
+        found: dict[str, Kind] = {}
+        pattern = scan_pattern(self.prefix)
+        try:
+            for client in self._all_nodes():
+                keys = list(client.scan_iter(match=pattern, count=1000))
+                for start in range(0, len(keys), 1000):
+                    chunk = keys[start : start + 1000]
+                    pipe = client.pipeline(transaction=False)
+                    for k in chunk:
+                        pipe.type(k)
+                    for k, t in zip(chunk, pipe.execute(), strict=False):
+                        name = name_from_data_key(self.prefix, _text(k))
+                        if name is None:
+                            continue
+                        if _text(t) == "string":
+                            found[name] = "counter"
+                        elif _text(t) == "hash":
+                            found[name] = "keyed"
+        except UNAVAILABLE as exc:
+            raise self._unavailable("listing names", exc) from exc
+        return sorted(found.items())
+
+    def read(self, writer_id: str, query: Query) -> Read:
+        """The queried values, and the seq they reflect for this writer."""
+        writer = self.writer_name(writer_id)
+        ops: list[tuple[str, str, str | None]] = []  # (name, 'c'|'h'|'f', key)
+        if query.counters is None or query.keyed is None:
+            every = self.names()
+        if query.counters is None:
+            ops += [(n, "c", None) for n, k in every if k == "counter"]
+        else:
+            ops += [(n, "c", None) for n in query.counters]
+        if query.keyed is None:
+            ops += [(n, "h", None) for n, k in every if k == "keyed"]
+        else:
+            ops += [(n, "h", None) for n in query.keyed]
+        ops += [(n, "f", k) for n, k in query.keys]
+        with self._lock:
+            op = self._inflight.get(writer)
+            acked = self._acked.get(writer, 0)
+            if op is None:
+                values = self._read_plain(ops)
+                return self._assemble(acked, ops, values)
+            return self._read_inflight(writer, op, ops)
+
+    def _read_plain(self, ops: list[tuple[str, str, str | None]]) -> list[Any]:
+        values: list[Any] = [None] * len(ops)
+        by_node: dict[int, tuple[Any, list[int]]] = {}
+        try:
+            for i, (name, _, _) in enumerate(ops):
+                client = self._node_client(data_key(self.prefix, name))
+                by_node.setdefault(id(client), (client, []))[1].append(i)
+            for client, idxs in by_node.values():
+                for start in range(0, len(idxs), 1000):
+                    chunk = idxs[start : start + 1000]
+                    pipe = client.pipeline(transaction=False)
+                    for i in chunk:
+                        name, mode, key = ops[i]
+                        dkey = data_key(self.prefix, name)
+                        if mode == "c":
+                            pipe.get(dkey)
+                        elif mode == "h":
+                            pipe.hgetall(dkey)
+                        else:
+                            pipe.hget(dkey, key)
+                    for i, raw in zip(chunk, pipe.execute(raise_on_error=False), strict=False):
+                        if isinstance(raw, BaseException):
+                            if isinstance(raw, UNAVAILABLE):
+                                raise raw
+                            raise CorruptStoreError(
+                                f"{self.url}: reading {ops[i][0]!r}: {raw}"
+                            ) from raw
+                        values[i] = raw
+        except UNAVAILABLE as exc:
+            raise self._unavailable("reading", exc) from exc
+        return values
+
+    def _read_inflight(self, writer: str, op: _Op, ops: list[tuple[str, str, str | None]]) -> Read:
+        """Values and writer records in one atomic read per group; then the
+        parts of the in-flight batch that the records show applied are
+        subtracted (or a take that happened is acknowledged)."""
+        cluster = self.options.cluster
+        groups: dict[str | None, list[int]] = {}
+        for i, (name, _, _) in enumerate(ops):
+            groups.setdefault(tag_of(name) if cluster else None, []).append(i)
+        target = op.target
+        if target is not None:
+            t = tag_of(target.name) if cluster else None
+            groups.setdefault(t, [])
+        calls: list[tuple[list[str], list[str]]] = []
+        meta: list[tuple[str, list[int], bool]] = []
+        for tag, idxs in groups.items():
+            wkey = writer_key(self.prefix, writer, tag)
+            rkey = wkey
+            has_take = target is not None and (not cluster or tag_of(target.name) == tag)
+            if target is not None and has_take:
+                rkey = reset_key(self.prefix, writer, target.name)
+            for start in range(0, max(len(idxs), 1), 500):
+                chunk = idxs[start : start + 500]
+                keys = [wkey, rkey]
+                args: list[str] = []
+                for i in chunk:
+                    name, mode, key = ops[i]
+                    keys.append(data_key(self.prefix, name))
+                    args += [mode] if mode != "f" else ["f", key or ""]
+                calls.append((keys, args))
+                meta.append((wkey, chunk, has_take))
+        results, refused = self._run(_READ_SHA, READ_LUA, calls, "reading")
+        if refused:
+            raise CorruptStoreError(f"{self.url}: reading: {refused[0][1]}")
+        values: list[Any] = [None] * len(ops)
+        seq = op.seq - 1
+        for (wkey, chunk, has_take), res in zip(meta, results, strict=False):
+            wrec, rrec, vals = res[0], res[1], res[2:]
+            for i, v in zip(chunk, vals, strict=False):
+                values[i] = v
+            if has_take and rrec:
+                r1, _, body = _text(rrec).partition(":")
+                if r1.isdigit() and int(r1) == op.seq and body != "!":
+                    seq = op.seq  # the take happened
+            if op.calls is not None and wrec:
+                rs, _, rp = _text(wrec).partition(":")
+                if rs.isdigit() and rp.isdigit() and int(rs) == op.seq:
+                    applied = [c for c in op.calls if c.wkey == wkey and c.part <= int(rp)]
+                    self._subtract(ops, chunk, values, applied)
+        return self._assemble(seq, ops, values)
+
+    @staticmethod
+    def _subtract(
+        ops: list[tuple[str, str, str | None]],
+        idxs: list[int],
+        values: list[Any],
+        applied: list[_Call],
+    ) -> None:
+        """Remove the deltas of applied parts of the in-flight batch from values."""
+        counters: dict[str, int] = {}
+        keyed: dict[str, dict[str, int]] = {}
+        for c in applied:
+            for name, key, d in c.fields:
+                if key is None:
+                    counters[name] = counters.get(name, 0) + d
+                else:
+                    m = keyed.setdefault(name, {})
+                    m[key] = m.get(key, 0) + d
+        for i in idxs:
+            name, mode, key = ops[i]
+            if mode == "c" and name in counters:
+                values[i] = int(values[i] or 0) - counters[name]
+            elif mode == "f" and key is not None and key in keyed.get(name, {}):
+                values[i] = int(values[i] or 0) - keyed[name][key]
+            elif mode == "h" and name in keyed:
+                flat = list(values[i] or [])
+                have = {_text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=False)}
+                for k, dv in keyed[name].items():
+                    have[k] = have.get(k, 0) - dv
+                    if not have[k]:
+                        del have[k]
+                values[i] = have
+
+    def _assemble(
+        self, seq: int, ops: list[tuple[str, str, str | None]], values: list[Any]
+    ) -> Read:
+        out = Read(seq)
+        for (name, mode, key), raw in zip(ops, values, strict=False):
+            dkey = data_key(self.prefix, name)
+            if mode == "c":
+                out.counters[name] = self._int(raw, dkey)
+            elif mode == "f":
+                assert key is not None
+                out.keyed.setdefault(name, {})[key] = self._int(raw, f"{dkey} field {key!r}")
+            else:
+                if isinstance(raw, dict):
+                    items = list(raw.items())
+                else:
+                    flat = list(raw or [])
+                    items = list(zip(flat[::2], flat[1::2], strict=False))
+                m = out.keyed.setdefault(name, {})
+                for k, v in items:
+                    m[_text(k)] = self._int(v, f"{dkey} field {_text(k)!r}")
+        return out
+
+    # -- destroy -------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether any key of the store is there."""
+        base = scan_pattern(self.prefix)[: -len("\\{*")]
+        try:
+            for client in self._all_nodes():
+                for pattern in (base + "\\{*", base + "~*"):
+                    for _ in client.scan_iter(match=pattern, count=1000):
+                        return True
+        except UNAVAILABLE as exc:
+            raise self._unavailable("looking for the store", exc) from exc
+        return False
+
+    def delete_all(self) -> int:
+        """Delete every key of the store (counts and bookkeeping); how many."""
+        deleted = 0
+        base = scan_pattern(self.prefix)[: -len("\\{*")]
+        try:
+            for client in self._all_nodes():
+                for pattern in (base + "\\{*", base + "~*"):
+                    keys = list(client.scan_iter(match=pattern, count=1000))
+                    for start in range(0, len(keys), 500):
+                        pipe = client.pipeline(transaction=False)
+                        for k in keys[start : start + 500]:
+                            pipe.delete(k)
+                        deleted += sum(int(n) for n in pipe.execute())
+        except UNAVAILABLE as exc:
+            raise self._unavailable("destroy", exc) from exc
+        return deleted
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "surrogateescape")
+    return str(raw)

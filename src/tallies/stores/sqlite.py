@@ -1,0 +1,816 @@
+"""``sqlite:///counts.db``: durable counts in an SQLite file, write-behind.
+
+Design (the machinery is in ``writebehind.py``; read its docstring first)
+=========================================================================
+
+URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (the
+SQLAlchemy convention: the path is what follows the third slash).
+Parameters:
+
+``flush=SECONDS``  write-behind interval (default 1.0).  ``flush=0`` is
+                   write-through: every update returns only after the
+                   transaction carrying it committed, so that update does I/O
+                   (and can raise FlushError: its delta is then kept and
+                   written by a later flush; do not retry it).
+``timeout=SECONDS`` busy timeout: how long a transaction waits for another
+                   writer's lock before failing (default 5.0).
+``synchronous=NORMAL|FULL`` SQLite's ``PRAGMA synchronous`` (default NORMAL:
+                   a committed flush survives the process being killed; FULL
+                   also survives a power loss, at an fsync per commit).
+
+Every connection uses ``isolation_level=None`` (we issue BEGIN/COMMIT
+ourselves), WAL mode (readers never block the writer; several processes and
+threads share the file; WAL needs shared memory between them, so one host
+only: never over NFS), and ``BEGIN IMMEDIATE`` for every write transaction
+(the write lock is taken up front, so two writers never deadlock upgrading a
+read lock: the classic SQLITE_BUSY bug of deferred transactions).  The
+writer waits for that lock itself, with randomised sleeps from 50 us doubling
+to 2 ms, up to ``timeout`` (SQLite's own busy handler sleeps 1, 2, 5, 10 ...
+ms, which halves throughput when processes contend).  A store has one writer
+connection (used by flushes, under the flush lock) and one reader connection
+(reads are one short read transaction each).
+
+Two rules this module keeps, each learnt from lost commits (see the
+regression test with processes creating and closing one file together):
+
+* It never ``open()``s the database file itself while SQLite may have it
+  open in this process: closing any descriptor of a file drops every POSIX
+  lock the process holds on it, and another process may then checkpoint and
+  reset the WAL under our connections.  Files are checked through SQLite.
+* A new file is built complete (schema, WAL mode set, connection closed so
+  every page is in the main file) under a temporary name and ``link()``-ed
+  into place: a new database in WAL mode keeps its first pages in the -wal
+  while the main file is still empty, and SQLite deletes a -wal it finds
+  beside an empty database.
+
+Schema (version 1; ``sqlite3 counts.db 'select * from counters'`` reads it)::
+
+    tallies_meta(key TEXT PRIMARY KEY, value TEXT)      magic='tallies', schema='1'
+    names(name TEXT PRIMARY KEY, kind TEXT)             'counter' | 'keyed', in creation order
+    counters(name TEXT PRIMARY KEY, value INTEGER)      one row per counter
+    keyed(name TEXT, key TEXT, value INTEGER, PRIMARY KEY(name, key))
+    writers(writer_id TEXT PRIMARY KEY, seq INTEGER, seen REAL)
+
+Keys of keyed counters are str (TEXT); any other key raises TypeError on its
+first use (nothing else has a lossless, portable TEXT form).
+
+A flush is one transaction: ``UPDATE writers SET seq = batch seq WHERE seq <
+batch seq`` (no row changed and a row present: the batch was applied
+already, so it is acknowledged and not applied again; no row: insert it),
+insert new names, then for each delta ``INSERT ... ON CONFLICT DO UPDATE SET
+value = value + excluded.value WHERE <the sum stays in int64>`` (SQLite would
+silently turn an overflowing integer sum into a REAL), prune writers not seen
+for a day (at most once a minute per process); COMMIT.  If any row refused
+its update, the transaction is rolled back and done again with exact Python
+arithmetic, which raises CountOverflowError (nothing applied, the seq not
+recorded) naming every count that would leave int64.
+
+A file that is not an SQLite database, an SQLite database without our
+``tallies_meta`` (foreign, or no tables at all), of a newer schema,
+truncated, empty or garbage raises CorruptSegmentError (alias
+CorruptStoreError) on open, and nothing is written to it.  Before every
+write transaction the file's inode is compared with the one opened: a
+removed or replaced file fails that flush (deltas kept) and the next attempt
+reconnects (re-creating the file if the store was opened with
+``create=True``).  After any other failed write both connections are
+re-opened on the next attempt (a read-only or full file may have been fixed,
+and connections of one process share a file's lock state).
+
+Crash points for the tests: ``TALLIES_SQLITE_CRASH=tag[:n]`` SIGKILLs this
+process at the n-th arrival (default the first) at ``before-begin``,
+``before-commit`` (every write done) or ``after-commit`` (before the batch is
+marked done); ``TALLIES_SQLITE_FAIL=tag[:n]`` raises OSError there instead
+(an error the caller sees after a commit: a lost reply).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import random
+import secrets
+import signal
+import sqlite3
+import threading
+import time
+from typing import Any, ClassVar
+
+from .base import (
+    CorruptSegmentError,
+    CountOverflowError,
+    Snapshot,
+    Store,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+    StoreURL,
+)
+from .writebehind import (
+    INT64_MAX,
+    INT64_MIN,
+    PRUNE_AFTER,
+    Batch,
+    BufferedCounter,
+    BufferedKeyedCounter,
+    Kind,
+    Query,
+    Read,
+    Target,
+    WriteBehind,
+)
+
+__all__ = ["MAGIC", "SCHEMA_VERSION", "STORE", "SqliteBackend", "SqliteStore", "sqlite_path"]
+
+MAGIC = "tallies"
+SCHEMA_VERSION = 1
+DEFAULT_FLUSH = 1.0
+DEFAULT_TIMEOUT = 5.0
+
+SCHEMA = (
+    "CREATE TABLE tallies_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE names(name TEXT PRIMARY KEY, kind TEXT NOT NULL"
+    " CHECK (kind IN ('counter', 'keyed')))",
+    "CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE keyed(name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL,"
+    " PRIMARY KEY(name, key))",
+    "CREATE TABLE writers(writer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, seen REAL NOT NULL)",
+)
+TABLES = {"tallies_meta", "names", "counters", "keyed", "writers"}
+
+# The sum value + d stays in int64 (both sides computed without overflow).
+_FITS = (
+    "(excluded.value >= 0 AND value <= 9223372036854775807 - excluded.value) OR "
+    "(excluded.value < 0 AND value >= (-9223372036854775807 - 1) - excluded.value)"
+)
+_ADD_COUNTER = (
+    "INSERT INTO counters(name, value) VALUES (?, ?) "
+    f"ON CONFLICT(name) DO UPDATE SET value = value + excluded.value WHERE {_FITS}"
+)
+_ADD_KEY = (
+    "INSERT INTO keyed(name, key, value) VALUES (?, ?, ?) "
+    f"ON CONFLICT(name, key) DO UPDATE SET value = value + excluded.value WHERE {_FITS}"
+)
+_SET_COUNTER = (
+    "INSERT INTO counters(name, value) VALUES (?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+)
+_SET_KEY = (
+    "INSERT INTO keyed(name, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT(name, key) DO UPDATE SET value = excluded.value"
+)
+_RECORD = (
+    "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?) "
+    "ON CONFLICT(writer_id) DO UPDATE SET seq = excluded.seq, seen = excluded.seen"
+)
+
+PRUNE_EVERY = 60.0
+"""Seconds between two prunes of the writers table by one process."""
+
+
+class _Refused(Exception):
+    """A guarded UPSERT refused its row (an int64 overflow): redo exactly."""
+
+
+# ---- test hooks ----------------------------------------------------------------
+
+_hits: collections.Counter[str] = collections.Counter()
+
+
+_HOOK_VARS = ("TALLIES_SQLITE_CRASH", "TALLIES_SQLITE_FAIL")
+
+
+def _armed() -> bool:
+    """Whether a test hook is set (read once per transaction: cheap)."""
+    env = os.environ
+    return _HOOK_VARS[0] in env or _HOOK_VARS[1] in env
+
+
+def _point(tag: str) -> None:
+    for var, kill in ((_HOOK_VARS[0], True), (_HOOK_VARS[1], False)):
+        spec = os.environ.get(var)
+        if not spec:
+            continue
+        name, _, nth = spec.partition(":")
+        if name != tag:
+            continue
+        _hits[var + tag] += 1
+        if _hits[var + tag] == int(nth or 1):
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(10)  # pragma: no cover - the signal is on its way
+            raise OSError(f"injected failure at {tag} ({var})")
+
+
+# ---- the file --------------------------------------------------------------------
+
+
+def sqlite_path(url: StoreURL) -> str:
+    """The file a ``sqlite:///...`` URL names (relative to the working directory
+    unless it starts with a fourth slash)."""
+    target = url.target
+    if not target.startswith("/") or len(target) < 2:
+        raise ValueError(
+            f"{url.raw!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = target[1:]
+    if path == ":memory:" or path.startswith("file:"):
+        raise ValueError(f"{url.raw!r}: sqlite:// stores are files (no :memory:, no file: URIs)")
+    if "\x00" in path:
+        raise ValueError(f"{url.raw!r}: the path contains a NUL character")
+    return path
+
+
+def _check_path(path: str) -> None:
+    """Refuse a directory.  The file itself is checked by SQLite only: this
+    process must never open() and close() a database file that SQLite has
+    open, since closing any descriptor of a file drops every POSIX lock the
+    process holds on it, and another process could then checkpoint and reset
+    the WAL under our connections (SQLite's "how to corrupt", 2.2)."""
+    if os.path.isdir(path):
+        raise CorruptSegmentError(f"{path} is a directory, not a tallies database")
+
+
+def _create_file(path: str) -> None:
+    """Build a complete, empty tallies database under a temporary name and
+    link it into place, so that no process ever opens a half-made one.
+
+    (A brand-new database in WAL mode keeps its first pages in the -wal file
+    while the main file is still 0 bytes, and SQLite treats a -wal next to a
+    0-byte database as stale and deletes it: processes creating a database
+    at once lost whole commits that way.  Ours is built in rollback mode,
+    switched to WAL, closed, which leaves every page in the main file.)
+    The loser of the ``link`` race uses the winner's file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    )
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in SCHEMA:
+                conn.execute(stmt)
+            conn.executemany(
+                "INSERT INTO tallies_meta(key, value) VALUES (?, ?)",
+                [("magic", MAGIC), ("schema", str(SCHEMA_VERSION))],
+            )
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailableError(f"sqlite: cannot create {path}: {exc}") from exc
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp + suffix)
+
+
+def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
+    return CorruptSegmentError(f"{path} is not a readable tallies database: {exc}")
+
+
+class SqliteBackend:
+    """The :class:`~tallies.stores.writebehind.Backend` over one SQLite file."""
+
+    def __init__(self, path: str, *, create: bool, timeout: float, synchronous: str) -> None:
+        self.path = path
+        self.create = create
+        self.timeout = timeout
+        self.synchronous = synchronous
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._w: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+        self._ident: tuple[int, int] | None = None
+        self._pruned = 0.0
+        self._w = self._open(validate=True)
+
+    # -- connections -------------------------------------------------------------
+
+    def _connect(self, create: bool | None = None) -> sqlite3.Connection:
+        create = self.create if create is None else create
+        if not os.path.exists(self.path):
+            if not create:
+                raise StoreNotFoundError(f"sqlite: no database at {self.path}")
+            _create_file(self.path)
+        _check_path(self.path)
+        uri = "file:" + _quote(os.path.abspath(self.path)) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False
+            )
+        except sqlite3.OperationalError as exc:
+            if not os.path.exists(self.path):
+                raise StoreNotFoundError(f"sqlite: no database at {self.path}") from exc
+            raise StoreUnavailableError(f"sqlite: cannot open {self.path}: {exc}") from exc
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        return conn
+
+    def _open(self, validate: bool) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            if validate:  # the writer: remember which file it opened
+                st = os.stat(self.path)
+                self._ident = (st.st_dev, st.st_ino)
+                self._validate(conn)
+                # The writer waits for the write lock in _begin(), with short
+                # sleeps; SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms.
+                conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _validate(self, conn: sqlite3.Connection) -> None:
+        """Check the schema; never write to a file that is not ours."""
+        try:
+            tables = self._tables(conn)
+            self._check_meta(conn, tables)
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _transient(exc):
+                raise StoreUnavailableError(f"sqlite: {self.path}: {exc}") from exc
+            raise _corrupt(self.path, exc) from exc
+
+    @staticmethod
+    def _tables(conn: sqlite3.Connection) -> set[str]:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {r[0] for r in rows}
+
+    def _check_meta(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        if "tallies_meta" not in tables:
+            raise CorruptSegmentError(
+                f"{self.path} is an SQLite database but not a tallies one (no tallies_meta); "
+                "refusing to touch it"
+            )
+        meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
+        if meta.get("magic") != MAGIC:
+            raise CorruptSegmentError(f"{self.path}: tallies_meta has no magic {MAGIC!r}")
+        try:
+            version = int(meta.get("schema", ""))
+        except ValueError:
+            raise CorruptSegmentError(f"{self.path}: unreadable schema version") from None
+        if version > SCHEMA_VERSION:
+            raise CorruptSegmentError(
+                f"{self.path} has schema version {version}, newer than this tallies "
+                f"({SCHEMA_VERSION}); upgrade tallies"
+            )
+        if version < 1 or not tables >= TABLES:
+            raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
+
+    def _writer(self) -> sqlite3.Connection:
+        """The writer connection, after checking that the file is still the
+        one we opened (a removed or replaced file fails this attempt)."""
+        conn = self._w
+        if conn is None:
+            # Close the reader too: connections of one process share a file's
+            # lock and shared-memory state (a read-only -shm, say).
+            self._drop_writer()
+            conn = self._w = self._open(validate=True)
+            return conn
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._ident
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self._drop_writer()
+            raise StoreUnavailableError(
+                f"sqlite: {self.path} was removed or replaced while open; "
+                "the next attempt opens the file now at that path"
+            )
+        return conn
+
+    def _drop_writer(self) -> None:
+        """Close both connections (the caller holds _wlock; the order is
+        always _wlock then _rlock)."""
+        conn, self._w = self._w, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        with self._rlock:
+            rconn, self._r = self._r, None
+            if rconn is not None:
+                with contextlib.suppress(Exception):
+                    rconn.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """The reader connection; it never creates the file (a removed file
+        makes reads fail until a flush re-creates it)."""
+        conn = self._r
+        if conn is None:
+            try:
+                conn = self._connect(create=False)
+            except StoreNotFoundError as exc:
+                raise StoreUnavailableError(f"sqlite: {self.path} does not exist now") from exc
+            try:
+                self._check_meta(conn, self._tables(conn))
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise _corrupt(self.path, exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._r = conn
+        return conn
+
+    # -- write transactions ------------------------------------------------------
+
+    def _write(self, body: Any) -> Any:
+        """Run body(conn) inside BEGIN IMMEDIATE ... COMMIT, with the crash points."""
+        with self._wlock:
+            conn = self._writer()
+            armed = _armed()
+            if armed:
+                _point("before-begin")
+            try:
+                self._begin(conn)
+                try:
+                    out = body(conn)
+                    if armed:
+                        _point("before-commit")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(Exception):
+                            conn.execute("ROLLBACK")
+                    raise
+            except (CountOverflowError, _Refused):
+                raise
+            except sqlite3.Error as exc:
+                if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
+                    self._drop_writer()  # re-open on the next attempt
+                raise
+            if armed:
+                _point("after-commit")
+            return out
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to ``timeout`` seconds for the write
+        lock with short randomised sleeps (50 us doubling to 2 ms)."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.00005
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.002)
+
+    @staticmethod
+    def _recorded(conn: sqlite3.Connection, writer_id: str) -> int:
+        row = conn.execute("SELECT seq FROM writers WHERE writer_id = ?", (writer_id,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def apply(self, writer_id: str, batch: Batch) -> None:
+        def body(conn: sqlite3.Connection, exact: bool) -> None:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE writers SET seq = ?, seen = ? WHERE writer_id = ? AND seq < ?",
+                (batch.seq, now, writer_id, batch.seq),
+            )
+            if cur.rowcount == 0:
+                row = conn.execute(
+                    "SELECT seq FROM writers WHERE writer_id = ?", (writer_id,)
+                ).fetchone()
+                if row is not None:  # recorded seq >= batch.seq: applied already
+                    conn.execute(
+                        "UPDATE writers SET seen = ? WHERE writer_id = ?", (now, writer_id)
+                    )
+                    return
+                conn.execute(
+                    "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?)",
+                    (writer_id, batch.seq, now),
+                )
+            if batch.names:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", batch.names.items()
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
+                    [(n,) for n, k in batch.names.items() if k == "counter"],
+                )
+            if exact:
+                self._add_exact(conn, batch)
+            elif not self._add_fast(conn, batch):
+                raise _Refused
+            if now - self._pruned > PRUNE_EVERY:
+                conn.execute("DELETE FROM writers WHERE seen < ?", (now - PRUNE_AFTER,))
+                self._pruned = now
+
+        try:
+            self._write(lambda conn: body(conn, False))
+        except _Refused:  # rolled back: redo with exact arithmetic (rare)
+            self._write(lambda conn: body(conn, True))
+
+    @staticmethod
+    def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
+        """Guarded UPSERTs; False if any row refused (the caller rolls back)."""
+        rows_c = list(batch.counters.items())
+        rows_k = [(n, k, d) for n, m in batch.keyed.items() for k, d in m.items()]
+        for _, d in rows_c:
+            if not INT64_MIN <= d <= INT64_MAX:
+                return False
+        for _, _, d in rows_k:
+            if not INT64_MIN <= d <= INT64_MAX:
+                return False
+        changed = 0
+        if len(rows_c) == 1:
+            changed += conn.execute(_ADD_COUNTER, rows_c[0]).rowcount
+        elif rows_c:
+            changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
+        if len(rows_k) == 1:
+            changed += conn.execute(_ADD_KEY, rows_k[0]).rowcount
+        elif rows_k:
+            changed += conn.executemany(_ADD_KEY, rows_k).rowcount
+        return changed == len(rows_c) + len(rows_k)
+
+    def _add_exact(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Exact arithmetic in Python: raise CountOverflowError naming every
+        sum that leaves int64 (the caller rolls back), else write the sums."""
+        bad: list[tuple[str, str | None]] = []
+        new_c = []
+        for name, d in batch.counters.items():
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            v = (int(row[0]) if row else 0) + d
+            if INT64_MIN <= v <= INT64_MAX:
+                new_c.append((name, v))
+            else:
+                bad.append((name, None))
+        new_k = []
+        for name, m in batch.keyed.items():
+            for key, d in m.items():
+                row = conn.execute(
+                    "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
+                ).fetchone()
+                v = (int(row[0]) if row else 0) + d
+                if INT64_MIN <= v <= INT64_MAX:
+                    new_k.append((name, key, v))
+                else:
+                    bad.append((name, key))
+        if bad:
+            shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
+            raise CountOverflowError(
+                f"sqlite: {self.path}: adding the pending delta would move {shown}"
+                f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
+                "nothing of this flush was applied; those deltas are held (still in value()) "
+                "and every later flush tries them again",
+                bad,
+            )
+        conn.executemany(_SET_COUNTER, new_c)
+        conn.executemany(_SET_KEY, new_k)
+
+    def take(self, writer_id: str, seq: int, target: Target) -> int | dict[str, int]:
+        def body(conn: sqlite3.Connection) -> int | dict[str, int]:
+            if self._recorded(conn, writer_id) >= seq:
+                raise StoreError(f"sqlite: reset sequence {seq} of {writer_id} already used")
+            out: int | dict[str, int]
+            if target.kind == "counter":
+                row = conn.execute(
+                    "SELECT value FROM counters WHERE name = ?", (target.name,)
+                ).fetchone()
+                out = int(row[0]) if row else 0
+                conn.execute("UPDATE counters SET value = 0 WHERE name = ?", (target.name,))
+            elif target.key is None:
+                rows = conn.execute(
+                    "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (target.name,)
+                ).fetchall()
+                out = {str(k): int(v) for k, v in rows}
+                conn.execute("UPDATE keyed SET value = 0 WHERE name = ?", (target.name,))
+            else:
+                row = conn.execute(
+                    "SELECT value FROM keyed WHERE name = ? AND key = ?", (target.name, target.key)
+                ).fetchone()
+                out = int(row[0]) if row else 0
+                conn.execute(
+                    "UPDATE keyed SET value = 0 WHERE name = ? AND key = ?",
+                    (target.name, target.key),
+                )
+            conn.execute(_RECORD, (writer_id, seq, time.time()))
+            return out
+
+        result: int | dict[str, int] = self._write(body)
+        return result
+
+    def fence(self, writer_id: str, seq: int) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            if self._recorded(conn, writer_id) >= seq:
+                return True
+            conn.execute(_RECORD, (writer_id, seq, time.time()))
+            return False
+
+        applied: bool = self._write(body)
+        return applied
+
+    # -- reads -----------------------------------------------------------------------
+
+    def _read_tx(self, body: Any) -> Any:
+        with self._rlock:
+            conn = self._reader()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return body(conn)
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                rconn, self._r = self._r, None
+                if rconn is not None:
+                    with contextlib.suppress(Exception):
+                        rconn.close()
+                raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
+
+    def read(self, writer_id: str, query: Query) -> Read:
+        def body(conn: sqlite3.Connection) -> Read:
+            r = Read(self._recorded(conn, writer_id))
+            if query.counters is None:
+                rows = conn.execute(
+                    "SELECT c.name, c.value FROM counters c LEFT JOIN names n USING (name) "
+                    "ORDER BY n.rowid"
+                ).fetchall()
+                r.counters = {str(n): int(v) for n, v in rows}
+            else:
+                for name in query.counters:
+                    row = conn.execute(
+                        "SELECT value FROM counters WHERE name = ?", (name,)
+                    ).fetchone()
+                    r.counters[name] = int(row[0]) if row else 0
+            if query.keyed is None:
+                for (name,) in conn.execute(
+                    "SELECT name FROM names WHERE kind = 'keyed' ORDER BY rowid"
+                ).fetchall():
+                    r.keyed[str(name)] = {}
+                for name, key, v in conn.execute(
+                    "SELECT name, key, value FROM keyed ORDER BY rowid"
+                ).fetchall():
+                    r.keyed.setdefault(str(name), {})[str(key)] = int(v)
+            else:
+                for name in query.keyed:
+                    rows = conn.execute(
+                        "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (name,)
+                    ).fetchall()
+                    r.keyed[name] = {str(k): int(v) for k, v in rows}
+            for name, key in query.keys:
+                row = conn.execute(
+                    "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
+                ).fetchone()
+                r.keyed.setdefault(name, {})[key] = int(row[0]) if row else 0
+            return r
+
+        result: Read = self._read_tx(body)
+        return result
+
+    def names(self) -> list[tuple[str, Kind]]:
+        def body(conn: sqlite3.Connection) -> list[tuple[str, Kind]]:
+            rows = conn.execute("SELECT name, kind FROM names ORDER BY rowid").fetchall()
+            return [(str(n), "keyed" if k == "keyed" else "counter") for n, k in rows]
+
+        result: list[tuple[str, Kind]] = self._read_tx(body)
+        return result
+
+    def kind_of(self, name: str) -> Kind | None:
+        def body(conn: sqlite3.Connection) -> Kind | None:
+            row = conn.execute("SELECT kind FROM names WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            return "keyed" if row[0] == "keyed" else "counter"
+
+        result: Kind | None = self._read_tx(body)
+        return result
+
+    def close(self) -> None:
+        with self._wlock:
+            self._drop_writer()
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _transient(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return _busy(exc) or "unable to open" in text or "readonly" in text or "disk" in text
+
+
+# ---- the store ---------------------------------------------------------------------
+
+
+def _param_float(url: StoreURL, name: str, default: float) -> float:
+    raw = url.params.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{url.raw!r}: {name}={raw!r} must be a finite number >= 0")
+    return v
+
+
+class SqliteStore(Store):
+    """Durable counters in an SQLite file: see the module docstring."""
+
+    scheme: ClassVar[str] = "sqlite"
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"flush", "timeout", "synchronous"})
+
+    def __init__(self, url: StoreURL, backend: SqliteBackend, wb: WriteBehind) -> None:
+        super().__init__(url)
+        self._backend = backend
+        self._wb = wb
+
+    @classmethod
+    def open_url(cls, url: StoreURL, *, create: bool = True) -> SqliteStore:
+        url.reject_unknown(cls.PARAMS)
+        path = sqlite_path(url)
+        interval = _param_float(url, "flush", DEFAULT_FLUSH)
+        timeout = _param_float(url, "timeout", DEFAULT_TIMEOUT)
+        sync = url.params.get("synchronous", "NORMAL").upper()
+        if sync not in ("NORMAL", "FULL"):
+            raise ValueError(f"{url.raw!r}: synchronous must be NORMAL or FULL, not {sync!r}")
+
+        def connect() -> SqliteBackend:
+            return SqliteBackend(path, create=create, timeout=timeout, synchronous=sync)
+
+        backend = connect()
+        wb = WriteBehind(backend, connect, interval=interval, url=url.raw)
+        return cls(url, backend, wb)
+
+    @classmethod
+    def destroy_url(cls, url: StoreURL) -> bool:
+        path = sqlite_path(url)
+        found = False
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(path + suffix)
+            except FileNotFoundError:
+                continue
+            found = found or suffix == ""
+        return found
+
+    @property
+    def path(self) -> str:
+        return self._backend.path
+
+    @property
+    def writer_id(self) -> str:
+        return self._wb.writer_id
+
+    def counter(self, name: str) -> BufferedCounter:
+        """The durable counter called ``name`` (write-behind; see the module doc)."""
+        self._check_open()
+        return self._wb.counter(name)
+
+    def keyed(self, name: str) -> BufferedKeyedCounter:
+        """The durable keyed counter called ``name`` (str keys)."""
+        self._check_open()
+        return self._wb.keyed(name)
+
+    def names(self) -> list[str]:
+        self._check_open()
+        return self._wb.names()
+
+    def snapshot(self) -> Snapshot:
+        """Every stored count plus this process's pending deltas."""
+        self._check_open()
+        return self._wb.snapshot()
+
+    def flush(self) -> None:
+        """Write every pending delta now, in one transaction (FlushError if it
+        fails: the deltas are kept and retried, exactly once)."""
+        self._check_open()
+        self._wb.flush()
+
+    def close(self) -> None:
+        """Flush and close.  If the final flush fails it raises FlushError and
+        the deltas stay queued (retried in the background and at exit)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wb.close()
+
+    def pending(self) -> dict[str, Any]:
+        """This process's unacknowledged state (writer id, seq, in-flight batch)."""
+        return self._wb.pending()
+
+
+STORE = SqliteStore

@@ -1,0 +1,687 @@
+"""sqlite:// in one process: URLs, schema, persistence, reads, resets,
+overflow, corrupt and foreign files, and every failure a flush can meet
+(locked, lost reply, removed file, read-only, disk full), each keeping the
+deltas and then succeeding exactly once.  Real files throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _shm_support import SRC, run_python
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tallies
+from tallies.stores import sqlite as sqlite_mod
+from tallies.stores.base import (
+    CorruptSegmentError,
+    CountOverflowError,
+    FlushError,
+    StoreNotFoundError,
+)
+from tallies.stores.sqlite import SCHEMA_VERSION
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fault_points() -> None:
+    sqlite_mod._hits.clear()
+
+
+def url_of(path: Path, params: str = "") -> str:
+    return f"sqlite:///{path}{params}"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "counts.db"
+
+
+@pytest.fixture
+def url(db: Path) -> Iterator[str]:
+    yield url_of(db, "?flush=3600")
+    tallies.destroy(url_of(db))
+
+
+def raw(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def nz(d: Any) -> dict[Any, int]:
+    """The non-zero entries (negative counts kept, unlike Counter's unary +)."""
+    return {k: v for k, v in dict(d).items() if v}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- URLs, schema, persistence ---------------------------------------------------
+
+
+def test_relative_and_absolute_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with tallies.open("sqlite:///rel.db") as s:
+        s.counter("a").increment(2)
+    assert (tmp_path / "rel.db").exists()
+    with tallies.open(f"sqlite:///{tmp_path}/rel.db") as s:  # four slashes: absolute
+        assert s.counter("a").value() == 2
+    assert tallies.destroy("sqlite:///rel.db") is True
+    assert not list(tmp_path.glob("rel.db*"))
+    assert tallies.destroy("sqlite:///rel.db") is False
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "sqlite://rel.db",
+        "sqlite:///:memory:",
+        "sqlite:///x.db?flush=-1",
+        "sqlite:///x.db?flush=abc",
+        "sqlite:///x.db?timeout=nan",
+        "sqlite:///x.db?synchronous=OFF",
+        "sqlite:///x.db?bogus=1",
+    ],
+)
+def test_bad_urls(bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError):
+        tallies.open(bad)
+    assert not list(tmp_path.iterdir())
+
+
+def test_create_false(db: Path) -> None:
+    with pytest.raises(StoreNotFoundError):
+        tallies.open(url_of(db), create=False)
+    assert not db.exists()
+
+
+def test_schema_is_readable_without_tallies(db: Path, url: str) -> None:
+    with tallies.open(url) as s:
+        s.counter("requests").increment(12)
+        s.keyed("status").increment("200", 10)
+        s.keyed("status").increment("404", 2)
+        s.keyed("empty")
+    assert raw(db, "select * from counters") == [("requests", 12)]
+    assert raw(db, "select * from keyed order by key") == [
+        ("status", "200", 10),
+        ("status", "404", 2),
+    ]
+    assert dict(raw(db, "select * from tallies_meta")) == {
+        "magic": "tallies",
+        "schema": str(SCHEMA_VERSION),
+    }
+    assert raw(db, "select name, kind from names order by rowid") == [
+        ("requests", "counter"),
+        ("status", "keyed"),
+        ("empty", "keyed"),
+    ]
+    assert raw(db, "pragma journal_mode") == [("wal",)]
+    with tallies.open(url, create=False) as s:
+        assert s.snapshot() == {
+            "counters": {"requests": 12},
+            "keyed": {"status": {"200": 10, "404": 2}, "empty": {}},
+        }
+        assert s.names() == ["requests", "status", "empty"]
+
+
+def test_read_your_writes_and_no_io_until_flush(db: Path, url: str) -> None:
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        kc = s.keyed("k")
+        s.flush()
+        c.increment(3)
+        c -= 1
+        kc.increment("a", 4)
+        assert c.value() == 2 and int(c) == 2 and kc["a"] == 4 and "a" in kc
+        assert raw(db, "select value from counters") == [(0,)]  # not written yet
+        assert s.snapshot()["counters"] == {"n": 2}
+        s.flush()
+        assert raw(db, "select value from counters") == [(2,)]
+        assert c.value() == 2 and kc.snapshot() == {"a": 4} and len(kc) == 1
+        assert list(kc) == ["a"] and kc.items() == [("a", 4)]
+
+
+def test_store_counters_follow_the_counter_api(url: str) -> None:
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        assert s.counter("n") is c
+        with pytest.raises(TypeError):
+            c.increment(1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="is a counter"):
+            s.keyed("n")
+        kc = s.keyed("k")
+        with pytest.raises(TypeError, match="key must be a str"):
+            kc.increment(3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            kc.increment(b"x")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            kc.increment("x" * 2000)
+        with pytest.raises(TypeError):
+            s.counter(3)  # type: ignore[arg-type]
+        assert c.value() == 0 and kc.snapshot() == {}
+    with pytest.raises(ValueError, match="closed"):
+        c.increment()
+
+
+def test_write_through(db: Path) -> None:
+    u = url_of(db, "?flush=0")
+    with tallies.open(u) as s:
+        c = s.counter("n")
+        kc = s.keyed("k")
+        c.increment(2)
+        assert raw(db, "select value from counters") == [(2,)]
+        c += 1
+        kc.increment("x")
+        assert raw(db, "select value from counters") == [(3,)]
+        assert raw(db, "select key, value from keyed") == [("x", 1)]
+    tallies.destroy(u)
+
+
+def test_reset_takes_stored_plus_own_pending_only(db: Path, url: str) -> None:
+    a = tallies.open(url)
+    b = tallies.open(url)  # another writer (its own pending deltas)
+    try:
+        a.counter("n").increment(5)
+        a.flush()
+        a.counter("n").increment(2)
+        b.counter("n").increment(100)  # b's pending: lands after the reset
+        assert a.counter("n").reset() == 7
+        assert a.counter("n").value() == 0
+        b.flush()
+        assert a.counter("n").value() == 100
+        kc = a.keyed("k")
+        kc.increment("x", 3)
+        a.flush()
+        kc.increment("y")
+        assert kc.reset("x") == 3
+        assert kc.reset() == collections.Counter({"x": 0, "y": 1})
+        assert raw(db, "select key, value from keyed order by key") == [("x", 0)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_aopen_and_aflush(db: Path, url: str) -> None:
+    async def main() -> int:
+        async with tallies.aopen(url) as store:
+            store.counter("n").increment(4)
+            await store.aflush()
+            assert raw(db, "select value from counters") == [(4,)]
+            store.counter("n").increment(1)  # flushed by the exit of the block
+        return 0
+
+    asyncio.run(main())
+    assert raw(db, "select value from counters") == [(5,)]
+
+
+def test_show_and_destroy(db: Path, url: str) -> None:
+    with tallies.open(url) as s:
+        s.counter("jobs").increment(3)
+        s.keyed("by").increment("x", 2)
+    from tallies.cli.show import show
+
+    text = show(url_of(db))
+    assert "jobs" in text and "3" in text and "x" in text
+    proc = run_python(
+        f"import tallies.cli; raise SystemExit(tallies.cli.main(['show', {url_of(db)!r}]))"
+    )
+    assert proc.returncode == 0 and "jobs" in proc.stdout
+    missing = url_of(db.parent / "missing.db")
+    proc = run_python(
+        f"import tallies.cli; raise SystemExit(tallies.cli.main(['show', {missing!r}]))"
+    )
+    assert proc.returncode == 1 and "no database" in proc.stderr and "Traceback" not in proc.stderr
+    with tallies.open(url) as s:  # leave -wal and -shm behind
+        s.counter("jobs").increment()
+        s.flush()
+        assert list(db.parent.glob("counts.db*"))
+        assert tallies.destroy(url_of(db)) is True
+    assert not list(db.parent.glob("counts.db*"))  # nothing left to flush: nothing recreated
+
+
+# ---- corrupt, foreign, newer ------------------------------------------------------
+
+
+def _make_valid(db: Path) -> None:
+    with tallies.open(url_of(db)) as s:
+        for i in range(200):
+            s.keyed("k").increment(f"key-{i}" * 5, i)
+
+
+@pytest.mark.parametrize(
+    "kind", ["garbage", "truncated", "short", "empty", "foreign", "notables", "newer", "nomagic"]
+)
+def test_corrupt_foreign_newer_files_are_refused_untouched(db: Path, kind: str) -> None:
+    if kind == "garbage":
+        db.write_bytes(os.urandom(8192))
+    elif kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "notables":
+        con = sqlite3.connect(db)
+        con.execute("pragma user_version = 7")
+        con.commit()
+        con.close()
+    elif kind == "short":
+        db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 20)
+    elif kind == "truncated":
+        _make_valid(db)
+        for extra in ("-wal", "-shm"):
+            Path(str(db) + extra).unlink(missing_ok=True)
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 3])
+    elif kind == "foreign":
+        con = sqlite3.connect(db)
+        con.execute("create table users(id integer primary key, name text)")
+        con.commit()
+        con.close()
+    elif kind in ("newer", "nomagic"):
+        _make_valid(db)
+        con = sqlite3.connect(db)
+        if kind == "newer":
+            con.execute("update tallies_meta set value = '99' where key = 'schema'")
+        else:
+            con.execute("delete from tallies_meta where key = 'magic'")
+        con.commit()
+        con.close()
+    before = digest(db)
+    with pytest.raises(CorruptSegmentError) as info, tallies.open(url_of(db)) as s:
+        s.snapshot()  # a truncated file may only be noticed on reading
+    assert isinstance(info.value, tallies.CorruptStoreError)
+    assert digest(db) == before
+    if kind == "newer":
+        assert "newer" in str(info.value)
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.db").mkdir()
+    with pytest.raises(CorruptSegmentError):
+        tallies.open(url_of(tmp_path / "d.db"))
+
+
+# ---- overflow ---------------------------------------------------------------------
+
+
+def test_overflow_is_held_not_applied_not_lost(db: Path, url: str) -> None:
+    with tallies.open(url) as s:
+        big = s.counter("big")
+        kc = s.keyed("k")
+        s.flush()
+        con = sqlite3.connect(db)
+        con.execute("update counters set value = ? where name = 'big'", (INT64_MAX - 1,))
+        con.commit()
+        con.close()
+        big.increment(5)
+        kc.increment("fine", 2)
+        with pytest.raises(CountOverflowError) as info:
+            s.flush()
+        assert isinstance(info.value, OverflowError) and info.value.items == [("big", None)]
+        assert raw(db, "select value from counters") == [(INT64_MAX - 1,)]
+        assert raw(db, "select value from keyed") == [(2,)]  # the rest went through
+        assert big.value() == INT64_MAX + 4
+        with pytest.raises(CountOverflowError):
+            s.flush()
+        big.decrement(4)
+        s.flush()
+        assert raw(db, "select value from counters") == [(INT64_MAX,)]
+        big.decrement(INT64_MAX)
+        big.decrement(1)
+        s.flush()
+        assert big.value() == -1
+    assert raw(db, "select value from counters") == [(-1,)]
+
+
+# ---- failures: each keeps the deltas, then succeeds exactly once -------------------
+
+
+def test_locked_past_the_timeout(db: Path) -> None:
+    u = url_of(db, "?flush=3600&timeout=0.1")
+    with tallies.open(u) as s:
+        c = s.counter("n")
+        c.increment(3)
+        s.flush()
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        c.increment(4)
+        with pytest.raises(FlushError, match="locked") as info:
+            s.flush()
+        assert isinstance(info.value, tallies.StoreUnavailableError)
+        assert c.value() == 7  # readers are not blocked (WAL), pending still counted
+        holder.execute("ROLLBACK")
+        holder.close()
+        s.flush()
+    assert raw(db, "select value from counters") == [(7,)]
+
+
+@pytest.mark.parametrize("point", ["before-begin", "before-commit", "after-commit"])
+def test_failure_at_each_step_is_retried_exactly_once(
+    db: Path, url: str, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        kc = s.keyed("k")
+        c.increment(5)
+        s.flush()
+        c.increment(7)
+        kc.increment("x", 2)
+        monkeypatch.setenv("TALLIES_SQLITE_FAIL", point)
+        with pytest.raises(FlushError, match="injected"):
+            s.flush()
+        monkeypatch.delenv("TALLIES_SQLITE_FAIL")
+        expected = 12 if point == "after-commit" else 5
+        assert raw(db, "select value from counters") == [(expected,)]
+        assert c.value() == 12 and kc["x"] == 2  # read: not doubled, not missed
+        c.increment(1)
+        s.flush()  # the same batch first (recognised if it committed), then the new one
+        assert raw(db, "select value from counters") == [(13,)]
+        assert raw(db, "select value from keyed") == [(2,)]
+
+
+def test_removed_file_fails_one_flush_then_recreates(db: Path, url: str) -> None:
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        c.increment(2)
+        s.flush()
+        tallies.destroy(url_of(db))
+        c.increment(3)
+        with pytest.raises(FlushError, match="removed or replaced"):
+            s.flush()
+        with pytest.raises(tallies.StoreUnavailableError, match="does not exist"):
+            c.value()  # nothing at the path to read now
+        s.flush()
+    assert raw(db, "select value from counters") == [(3,)]
+
+
+def _can_mount() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["mount", "--version"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only), unmounted after the test."""
+    if not _can_mount():
+        pytest.skip("needs root and mount(8) for a private tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_read_only_file() -> None:
+    """A database file (and its -shm) made read-only: the store still reads,
+    flushes fail and keep the deltas, and succeed once the modes are fixed.
+    Root ignores file modes, so then the writer becomes user nobody."""
+    d = tempfile.mkdtemp(prefix="tallies-ro-")
+    try:
+        os.chmod(d, 0o777)
+        db = os.path.join(d, "ro.db")
+        code = textwrap.dedent(
+            f"""
+            import os, urllib.parse, tallies, tallies.stores.sqlite, tallies.stores.writebehind
+            if os.geteuid() == 0:  # root ignores file modes: become nobody
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            p = {db!r}
+            u = "sqlite:///" + p + "?flush=3600&timeout=0.2"
+            with tallies.open(u) as s:
+                s.counter("n").increment(1)
+            os.chmod(p, 0o444)
+            s = tallies.open(u)
+            c = s.counter("n")
+            c.increment(2)
+            for _ in range(2):
+                try:
+                    s.flush()
+                except tallies.FlushError as exc:
+                    assert "readonly" in str(exc), exc
+                    print("failed")
+            assert c.value() == 3
+            for x in ("", "-wal", "-shm"):
+                if os.path.exists(p + x):
+                    os.chmod(p + x, 0o644)
+            s.flush()
+            s.close()
+            print("ok")
+            """
+        )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = SRC
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=d,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["failed", "failed", "ok"]
+        assert raw(Path(db), "select value from counters") == [(3,)]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_disk_full_tmpfs(tmpfs: Path) -> None:
+    db = tmpfs / "full.db"
+    u = url_of(db, "?flush=3600")
+    filler = tmpfs / "filler"
+    with tallies.open(u) as s:
+        kc = s.keyed("k")
+        kc.increment("first")
+        s.flush()
+        with open(filler, "wb") as f:  # fill the filesystem
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        for i in range(3000):
+            kc.increment(f"key-{i:05d}-" + "x" * 40)
+        with pytest.raises(FlushError, match=r"full|disk"):
+            s.flush()
+        assert kc.value("key-00001-" + "x" * 40) == 1
+        filler.unlink()
+        s.flush()
+    rows = raw(db, "select count(*), sum(value) from keyed")
+    assert rows == [(3001, 3001)]
+
+
+def test_disk_full_rlimit_fsize(tmp_path: Path) -> None:
+    """Disk full without root: RLIMIT_FSIZE in a child process."""
+    db = tmp_path / "lim.db"
+    code = textwrap.dedent(
+        f"""
+        import resource, signal, os, tallies
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        s = tallies.open({url_of(db, "?flush=3600")!r})
+        kc = s.keyed("k")
+        kc.increment("first")
+        s.flush()
+        size = max(os.path.getsize({str(db)!r}), os.path.getsize({str(db)!r} + "-wal"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 4096, hard))
+        for i in range(3000):
+            kc.increment(f"key-{{i:05d}}-" + "x" * 40)
+        try:
+            s.flush()
+        except tallies.FlushError as exc:
+            print("failed:", exc)
+        else:
+            raise SystemExit("the flush should have failed")
+        assert kc.value("key-00007-" + "x" * 40) == 1
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        s.flush()
+        s.close()
+        print("ok")
+        """
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed:" in proc.stdout and "ok" in proc.stdout
+    assert raw(db, "select count(*), sum(value) from keyed") == [(3001, 3001)]
+
+
+# ---- model-based ---------------------------------------------------------------------
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("inc"), st.sampled_from("ab"), st.integers(-3, 3)),
+        st.tuples(st.just("kinc"), st.sampled_from("xy"), st.integers(-3, 3)),
+        st.tuples(st.just("flush")),
+        st.tuples(st.just("fail"), st.sampled_from(["before-commit", "after-commit"])),
+        st.tuples(st.just("reset"), st.sampled_from("ab")),
+        st.tuples(st.just("kreset"), st.sampled_from(["x", None])),
+        st.tuples(st.just("other")),
+        st.tuples(st.just("reopen")),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(program=ops)
+def test_model(tmp_path: Path, program: list[tuple[Any, ...]]) -> None:
+    """Every read equals a plain dict's; after close the file holds it exactly.
+    "other" is a second writer on the same file adding 10 and closing."""
+    db = tmp_path / f"m{os.urandom(4).hex()}.db"
+    u = url_of(db, "?flush=3600")
+    model: collections.Counter[str] = collections.Counter()
+    kmodel: collections.Counter[str] = collections.Counter()
+    s = tallies.open(u)
+    try:
+        for op in program:
+            kind = op[0]
+            if kind == "inc":
+                s.counter(op[1]).increment(op[2])
+                model[op[1]] += op[2]
+            elif kind == "kinc":
+                s.keyed("k").increment(op[1], op[2])
+                kmodel[op[1]] += op[2]
+            elif kind == "flush":
+                s.flush()
+            elif kind == "fail":
+                sqlite_mod._hits.clear()
+                os.environ["TALLIES_SQLITE_FAIL"] = op[1]
+                try:
+                    s.flush()
+                except FlushError:
+                    pass
+                finally:
+                    del os.environ["TALLIES_SQLITE_FAIL"]
+            elif kind == "reset":
+                assert s.counter(op[1]).reset() == model[op[1]]
+                model[op[1]] = 0
+            elif kind == "kreset":
+                got = s.keyed("k").reset(op[1])
+                if op[1] is None:
+                    assert nz(got) == nz(kmodel)
+                    kmodel.clear()
+                else:
+                    assert got == kmodel[op[1]]
+                    kmodel[op[1]] = 0
+            elif kind == "other":
+                with tallies.open(u) as o:
+                    o.counter("a").increment(10)
+                model["a"] += 10
+            elif kind == "reopen":
+                s.close()
+                s = tallies.open(u)
+            for name in "ab":
+                assert s.counter(name).value() == model[name]
+            assert nz(s.keyed("k").snapshot()) == nz(kmodel)
+    finally:
+        s.close()
+    stored = dict(raw(db, "select name, value from counters"))
+    assert nz(stored) == nz(model)
+    kstored = dict(raw(db, "select key, value from keyed"))
+    assert nz(kstored) == nz(kmodel)
+    tallies.destroy(u)
+
+
+def test_file_replaced_by_garbage_then_restored(db: Path, url: str) -> None:
+    """A corrupt file at the path while open: flushes fail (deltas kept),
+    nothing is written into the garbage, and once a good file is back the
+    pending batch lands exactly once."""
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        c.increment(5)
+        s.flush()
+        backup = db.parent / "backup.db"
+        src, dst = sqlite3.connect(db), sqlite3.connect(backup)
+        src.backup(dst)  # through SQLite: never open() a file SQLite has open
+        src.close()
+        dst.close()
+        garbage = db.parent / "garbage.bin"
+        garbage.write_bytes(os.urandom(16384))
+        before = digest(garbage)
+        os.replace(garbage, db)  # rename: the old inode stays SQLite's
+        for extra in ("-wal", "-shm"):
+            Path(str(db) + extra).unlink(missing_ok=True)
+        c.increment(2)
+        with pytest.raises(FlushError, match="removed or replaced"):
+            s.flush()
+        with pytest.raises(FlushError) as info:
+            s.flush()
+        assert isinstance(info.value.__cause__, CorruptSegmentError)
+        assert digest(db) == before  # the garbage was not written to
+        os.replace(backup, db)
+        s.flush()
+        assert c.value() == 7
+    assert raw(db, "select value from counters") == [(7,)]
+
+
+def test_pickle_reopens_by_url(db: Path, url: str) -> None:
+    import pickle
+
+    with tallies.open(url) as s:
+        c = s.counter("n")
+        kc = s.keyed("k")
+        c.increment(4)
+        kc.increment("a", 2)
+        s.flush()
+        c2 = pickle.loads(pickle.dumps(c))
+        kc2 = pickle.loads(pickle.dumps(kc))
+        assert c2 is not c and c2.value() == 4 and kc2.value("a") == 2
+        c2.increment()  # another writer (a store opened by the unpickling)
+        assert c2.value() == 5 and c.value() == 4  # c2's delta is not flushed yet
+        assert repr(c) == "BufferedCounter('n', 4)"
+    from tallies.stores import writebehind
+
+    for wb in list(writebehind._live.values()):  # the stores the unpickling opened
+        if wb.url == url:
+            wb.close()
+    assert raw(db, "select value from counters") == [(5,)]
