@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from _look_support import env
@@ -14,9 +14,6 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import tallies
 from tallies.otel import observe
-from tallies.stores import register
-from tallies.stores.base import Snapshot
-from tallies.stores.memory import MemoryStore
 
 
 def collect(reader: InMemoryMetricReader) -> dict[str, dict[tuple[tuple[str, Any], ...], Any]]:
@@ -144,46 +141,6 @@ def test_names_otel_rejects_are_mapped(shm_url: str, reader: InMemoryMetricReade
         "Über": 3,
         "HITS_per_sec": 4,
     }
-
-
-class RatesStore(MemoryStore):
-    """A memory store whose snapshot carries the rate sections (mapping test only)."""
-
-    scheme: ClassVar[str] = "lookotelrates"
-    extra: ClassVar[dict[str, Any]] = {}
-
-    def snapshot(self) -> Snapshot:
-        snap: Any = dict(super().snapshot())
-        snap.update(self.extra)
-        return snap  # type: ignore[no-any-return]
-
-
-def test_rates_are_gauges_and_a_total(reader: InMemoryMetricReader) -> None:
-    register("lookotelrates", RatesStore)
-    RatesStore.extra = {
-        "rates": {
-            "logins": {
-                "window": 60.0,
-                "resolution": 1.0,
-                "count": 120,
-                "per_second": 2.0,
-                "total": 9001,
-            }
-        },
-        "keyed_rates": {
-            "errors": {"window": 10.0, "resolution": 1.0, "counts": {"db": 30, "io": 5}}
-        },
-    }
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    with tallies.open("lookotelrates://") as store:
-        observe(store, meter)
-        assert collect(reader) == {
-            "tallies.logins.window_count": {(): 120},
-            "tallies.logins.per_second": {(): 2.0},
-            "tallies.logins": {(): 9001},
-            "tallies.errors.window_count": {(("key", "db"),): 30, (("key", "io"),): 5},
-            "tallies.errors.per_second": {(("key", "db"),): 3.0, (("key", "io"),): 0.5},
-        }
 
 
 def test_bad_arguments(reader: InMemoryMetricReader) -> None:

@@ -88,22 +88,6 @@ def test_no_total_shows_count_and_rate() -> None:
     assert re.fullmatch(r"12,345 \[00:00, [\d,.]+/s\]\n", out.getvalue())
 
 
-def test_an_object_with_total_instead_of_value() -> None:
-    # RateCounter exposes total() (all-time count); progress falls back to it.
-    class Totals:
-        def __init__(self) -> None:
-            self.n = 0
-
-        def total(self) -> int:
-            return self.n
-
-    rate = Totals()
-    out = io.StringIO()
-    with tallies.progress(rate, total=10, desc="events", file=out):
-        rate.n = 10
-    assert "10/10" in out.getvalue() and "100%" in out.getvalue()
-
-
 def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="value\\(\\)"):
         tallies.progress(object())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -19,11 +18,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tallies
-from tallies._export import PROMETHEUS_INVALID, read_series
+from tallies._export import PROMETHEUS_INVALID
 from tallies.prometheus import Collector, metric_names
-from tallies.stores import register
-from tallies.stores.base import Snapshot
-from tallies.stores.memory import MemoryStore
 
 
 def scrape(collector: Collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -168,54 +164,6 @@ def test_mapping_is_valid_injective_order_free(entries: list[tuple[str, str]]) -
         else:
             produced.append(base.removesuffix("_total") + "_total")
     assert len(produced) == len(set(produced))
-
-
-# ---------------------------------------------------------------- rates
-
-
-class RatesStore(MemoryStore):
-    """A memory store whose snapshot also carries the rate sections (mapping test only)."""
-
-    scheme: ClassVar[str] = "lookrates"
-    rates: ClassVar[dict[str, Any]] = {}
-    keyed_rates: ClassVar[dict[str, Any]] = {}
-
-    def snapshot(self) -> Snapshot:
-        snap: Any = dict(super().snapshot())
-        snap["rates"] = self.rates
-        snap["keyed_rates"] = self.keyed_rates
-        return snap  # type: ignore[no-any-return]
-
-
-def test_rates_become_gauges_and_a_total_counter() -> None:
-    register("lookrates", RatesStore)
-    RatesStore.rates = {
-        "logins": {
-            "window": 60.0,
-            "resolution": 1.0,
-            "count": 120,
-            "per_second": 2.0,
-            "total": 9001,
-        },
-    }
-    RatesStore.keyed_rates = {
-        "errors": {"window": 10.0, "resolution": 1.0, "counts": {"db": 30, "io": 5}}
-    }
-    with tallies.open("lookrates://") as store:
-        store.counter("requests").increment(7)
-        got = scrape(Collector(store))
-    assert got == {
-        ("tallies_requests_total", ()): 7,
-        ("tallies_logins_window_count", ()): 120,
-        ("tallies_logins_per_second", ()): 2.0,
-        ("tallies_logins_total", ()): 9001,
-        ("tallies_errors_window_count", (("key", "db"),)): 30,
-        ("tallies_errors_window_count", (("key", "io"),)): 5,
-        ("tallies_errors_per_second", (("key", "db"),)): 3.0,
-        ("tallies_errors_per_second", (("key", "io"),)): 0.5,
-    }
-    (series,) = read_series({"rates": RatesStore.rates})
-    assert (series.kind, series.value, series.total, series.window) == ("rate", 120, 9001, 60.0)
 
 
 def test_importing_tallies_does_not_import_the_integrations() -> None:
