@@ -55,7 +55,7 @@ from .._pure.rate import COARSE_GRANULARITY_NS, MAX_BUCKETS, _Spec, most_common
 from .base import CorruptSegmentError
 
 if TYPE_CHECKING:
-    from .shm import _Segment
+    from ._shm_segment import _Segment
 
 __all__ = ["ShmKeyedRate", "ShmRate"]
 
@@ -132,7 +132,7 @@ class _Ring:
 
     def _repair(self, s: int, off: int) -> None:
         """seq stayed odd: if slab s's owner is dead, finish its mark (lock held)."""
-        from .shm import SLAB_LIVE, process_start
+        from ._shm_segment import SLAB_LIVE, process_start
 
         seg = self.seg
         with seg.locked():
@@ -208,7 +208,7 @@ class _RateBase:
 
     def _bracketed(self, ring: _Ring, w_ns: int) -> tuple[int, int]:
         """A read that no reset() runs through (the header sequence word)."""
-        from .shm import SEQ
+        from ._shm_segment import SEQ
 
         seg = self._seg
         for _ in range(100):
@@ -282,7 +282,7 @@ class ShmKeyedRate(_RateBase):
         self._rings: dict[str, _Ring] = {}
 
     def _ring_at(self, cell: int) -> _Ring:
-        from .shm import KEY_ENTRY
+        from ._shm_segment import KEY_ENTRY
 
         L = self._seg.L
         unit = self._seg.c.load(L.keys_off + (cell - L.names_cap) * KEY_ENTRY + 24) - 1
