@@ -120,9 +120,10 @@ bootstrap_tallies() {
     have="$(cat "$VENV/.tallies-stamp" 2>/dev/null || true)"
     if ! _satisfied "$have" "$want"; then
         # Keep what was installed before (another command's extras, -Werror).
-        local werror="${TALLIES_WERROR:-0}" extras
-        extras="$(_union "$(cut -d' ' -f3 <<<"$have")" "$extra")"
-        [ "$(cut -d' ' -f2 <<<"$have")" = 1 ] && werror=1
+        local werror="${TALLIES_WERROR:-0}" extras _hh hw hx
+        read -r _hh hw hx <<<"$have" || true
+        extras="$(_union "${hx:-}" "$extra")"
+        [ "${hw:-0}" = 1 ] && werror=1
         _say "installing tallies${extras:+[$extras]} into $VENV (builds the C core)"
         local spec="$TALLIES_ROOT" log="$VENV/tallies-install.log"
         [ -n "$extras" ] && spec="$TALLIES_ROOT[$extras]"
