@@ -47,6 +47,23 @@ PYEOF
     fi
 }
 
+_need_test_tools() {
+    # The tests start a real Prometheus server and drive `tallies watch` in tmux.
+    # Installed only when missing, only as root; without them those tests fail
+    # (TALLIES_REQUIRE_C=1) with the reason.  Debian's package starts or enables
+    # a prometheus service: stop and disable it, the tests run their own.
+    local missing=()
+    command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    _apt_install --no-install-recommends "${missing[@]}" || return 0
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        { command -v systemctl && systemctl disable --now prometheus; } >/dev/null 2>&1 || true
+        { command -v service && service prometheus stop; } >/dev/null 2>&1 || true
+        { command -v update-rc.d && update-rc.d prometheus disable; } >/dev/null 2>&1 || true
+    fi
+}
+
 # The redis:// tests start their own redis-server (and a 3-node cluster) on free
 # loopback ports; install it for the test extra when it is missing.  Debian's
 # package may start a service on 6379: stop and disable it, the tests never use it.
@@ -64,35 +81,59 @@ _need_redis_server() {
     fi
 }
 
-_stamp() {
+# The install stamp: "<hash of the sources> <werror 0|1> <extras, comma-separated>".
+_src_hash() {
     (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f ! -path '*.egg-info/*' ! -path '*/__pycache__/*' \
         ! -name '*.so' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum \
         | sha256sum | cut -c1-16)
-    printf '%s %s\n' "${1:-}" "${TALLIES_WERROR:-0}"
+}
+
+# _union A B: the extras of both comma lists, sorted, once each.
+_union() { printf '%s,%s' "$1" "$2" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -; }
+
+# _satisfied HAVE WANT: the install HAVE serves WANT: same sources, built with
+# -Werror if WANT asks for it, and every extra WANT needs already installed.
+# (So ./tallies and ./run-tests, which ask for different extras, share .venv
+# without reinstalling after each other.)
+_satisfied() {
+    local hh hw hx wh ww wx e
+    read -r hh hw hx <<<"$1"
+    read -r wh ww wx <<<"$2"
+    [ -n "$hh" ] && [ "$hh" = "$wh" ] || return 1
+    [ "$hw" = 1 ] || [ "$ww" = 0 ] || return 1
+    for e in ${wx//,/ }; do
+        case ",$hx," in *,"$e",*) ;; *) return 1 ;; esac
+    done
 }
 
 bootstrap_tallies() {
     local extra="${1:-}"
     _need_system_packages
-    if [ "$extra" = test ]; then _need_redis_server; fi
+    case ",$extra," in *,test,*) _need_redis_server ;; esac
+    case ",$extra," in *,test,*) _need_test_tools ;; esac
     if [ ! -x "$VENV/bin/python" ]; then
         _say "creating $VENV"
         "$PY" -m venv "$VENV"
     fi
     local want have
-    want="$(_stamp "$extra")"
+    want="$(_src_hash) ${TALLIES_WERROR:-0} $(_union "" "$extra")"
     have="$(cat "$VENV/.tallies-stamp" 2>/dev/null || true)"
-    if [ "$want" != "$have" ]; then
-        _say "installing tallies${extra:+[$extra]} into $VENV (builds the C core)"
+    if ! _satisfied "$have" "$want"; then
+        # Keep what was installed before (another command's extras, -Werror).
+        local werror="${TALLIES_WERROR:-0}" extras _hh hw hx
+        read -r _hh hw hx <<<"$have" || true
+        extras="$(_union "${hx:-}" "$extra")"
+        [ "${hw:-0}" = 1 ] && werror=1
+        _say "installing tallies${extras:+[$extras]} into $VENV (builds the C core)"
         local spec="$TALLIES_ROOT" log="$VENV/tallies-install.log"
-        [ -n "$extra" ] && spec="$TALLIES_ROOT[$extra]"
+        [ -n "$extras" ] && spec="$TALLIES_ROOT[$extras]"
         if ! { "$VENV/bin/python" -m pip install --upgrade pip "setuptools>=77" wheel &&
-               "$VENV/bin/python" -m pip install --no-build-isolation "$spec"; } >"$log" 2>&1; then
+               TALLIES_WERROR="$werror" "$VENV/bin/python" -m pip install --no-build-isolation "$spec"; } >"$log" 2>&1; then
             cat "$log" >&2
             _say "installing tallies failed (log above, also in $log)"
             return 1
         fi
         grep -E "tallies: the C core could not be built" "$log" >&2 || true
-        printf '%s' "$want" >"$VENV/.tallies-stamp"
+        printf '%s %s %s' "$(_src_hash)" "$werror" "$extras" >"$VENV/.tallies-stamp"
     fi
 }

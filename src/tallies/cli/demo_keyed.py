@@ -160,7 +160,7 @@ def run(
                     "expected": expected,
                     "final": final,
                     "lost": expected - final,
-                    "seconds": round(secs, 3),
+                    "seconds": round(secs, 6),
                     "safe": safe,
                 }
             )

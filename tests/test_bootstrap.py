@@ -1,0 +1,44 @@
+"""scripts/bootstrap.sh's install stamp: when .venv must be reinstalled.
+
+./tallies asks for its own extras (prometheus, watch) without -Werror and
+./run-tests for the test extra with -Werror; one install that covers both
+must serve both, and a changed source always reinstalls."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bootstrap.sh"
+
+
+def _bash(call: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f'. "{SCRIPT}" && {call}'], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize(
+    ("have", "want", "served"),
+    [
+        ("h1 1 prometheus,test,watch", "h1 0 prometheus,watch", True),
+        ("h1 1 prometheus,test,watch", "h1 1 test", True),
+        ("h1 1 test", "h1 0 ", True),
+        ("h1 0 prometheus,watch", "h1 1 test", False),  # -Werror and the test extra missing
+        ("h1 1 prometheus,watch", "h1 1 prometheus,test", False),  # test missing
+        ("h1 0 prometheus,test,watch", "h1 1 test", False),  # built without -Werror
+        ("h1 1 prometheus,test,watch", "h2 0 ", False),  # the sources changed
+        ("", "h1 0 ", False),  # nothing installed yet
+    ],
+)
+def test_an_install_serves_what_it_covers(have: str, want: str, served: bool) -> None:
+    done = _bash(f'_satisfied "{have}" "{want}"')
+    assert (done.returncode == 0) is served, done.stderr
+
+
+def test_reinstalls_keep_the_union_of_extras() -> None:
+    done = _bash('_union "test,prometheus" "watch,prometheus"')
+    assert done.stdout.strip() == "prometheus,test,watch"
+    assert _bash('_union "" ""').stdout.strip() == ""
