@@ -685,3 +685,32 @@ def test_pickle_reopens_by_url(db: Path, url: str) -> None:
         if wb.url == url:
             wb.close()
     assert raw(db, "select value from counters") == [(5,)]
+
+
+def test_reads_stay_exact_after_an_idle_writers_entry_is_pruned(db: Path, url: str) -> None:
+    """A writer that did not flush for more than PRUNE_AFTER loses its
+    ``writers`` row to another writer's flush (the documented pruning).  Its
+    reads must still count each of its batches once: the pruned row must not
+    make the batches it already applied look unseen."""
+    with tallies.open(url) as a:
+        c = a.counter("n")
+        kc = a.keyed("k")
+        for _ in range(3):
+            c.increment(5)
+            kc.increment("x", 2)
+            a.flush()
+        assert c.value() == 15 and kc["x"] == 6
+        con = sqlite3.connect(db)  # a day without a flush from `a`, as the file would show it
+        with con:
+            con.execute("UPDATE writers SET seen = seen - ?", (sqlite_mod.PRUNE_AFTER + 60,))
+        con.close()
+        with tallies.open(url) as b:
+            b.counter("n").increment(1)
+            b.flush()  # its first flush prunes entries not seen for PRUNE_AFTER
+            assert raw(db, "select writer_id from writers") == [(b.writer_id,)]
+        assert c.value() == 16 and kc["x"] == 6
+        assert a.snapshot() == {"counters": {"n": 16}, "keyed": {"k": {"x": 6}}}
+        c.increment(2)
+        assert c.value() == 18
+    with tallies.open(url) as s:
+        assert s.counter("n").value() == 18 and s.keyed("k")["x"] == 6

@@ -288,6 +288,10 @@ class SqliteBackend:
         self._r: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
         self._pruned = 0.0
+        # writer id -> highest seq this connection saw acknowledged; a read
+        # reports at least that (see read()), since the writers row of a
+        # writer idle for PRUNE_AFTER may have been pruned by another writer
+        self._acked: dict[str, int] = {}
         self._w = self._open(validate=True)
 
     # -- connections -------------------------------------------------------------
@@ -513,6 +517,12 @@ class SqliteBackend:
             self._write(lambda conn: body(conn, False))
         except _Refused:  # rolled back: redo with exact arithmetic (rare)
             self._write(lambda conn: body(conn, True))
+        self._ack(writer_id, batch.seq)
+
+    def _ack(self, writer_id: str, seq: int) -> None:
+        with self._wlock:
+            if seq > self._acked.get(writer_id, 0):
+                self._acked[writer_id] = seq
 
     @staticmethod
     def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
@@ -601,6 +611,7 @@ class SqliteBackend:
             return out
 
         result: int | dict[str, int] = self._write(body)
+        self._ack(writer_id, seq)
         return result
 
     def fence(self, writer_id: str, seq: int) -> bool:
@@ -611,6 +622,7 @@ class SqliteBackend:
             return False
 
         applied: bool = self._write(body)
+        self._ack(writer_id, seq)
         return applied
 
     # -- reads -----------------------------------------------------------------------
@@ -633,8 +645,12 @@ class SqliteBackend:
                 raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
 
     def read(self, writer_id: str, query: Query) -> Read:
+        # a batch acknowledged before this read transaction starts is in its
+        # snapshot even when the writers row is gone (pruned while idle)
+        acked = self._acked.get(writer_id, 0)
+
         def body(conn: sqlite3.Connection) -> Read:
-            r = Read(self._recorded(conn, writer_id))
+            r = Read(max(self._recorded(conn, writer_id), acked))
             if query.counters is None:
                 rows = conn.execute(
                     "SELECT c.name, c.value FROM counters c LEFT JOIN names n USING (name) "
