@@ -59,6 +59,7 @@ setup(
         extension("tallies.keyed._core", "keyed.c", "_keyed_cells.h"),
         extension("tallies.stores._shm", "shm.c"),
         extension("tallies.stores._buffered", "buffered.c"),
+        extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),
     ],
     cmdclass={"build_ext": optional_build_ext},
 )

@@ -58,5 +58,5 @@ def test_c_sources_live_in_one_folder() -> None:
 
 
 def test_each_extension_has_its_pyi_beside_it() -> None:
-    for module in ("counter/_core", "keyed/_core", "stores/_shm"):
+    for module in ("counter/_core", "keyed/_core", "stores/_shm", "rates/_core"):
         assert (SRC / f"{module}.pyi").is_file(), module

@@ -24,6 +24,8 @@ __all__ = [
     "Counter",
     "FlushError",
     "KeyedCounter",
+    "KeyedRateCounter",
+    "RateCounter",
     "ShardedCounter",
     "Store",
     "StoreError",
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 
 from .counter import IMPLEMENTATION, Counter, ShardedCounter
 from .keyed import KeyedCounter  # picks its core the same way (tallies.keyed)
+from .rates import KeyedRateCounter, RateCounter  # likewise (tallies.rates)
 from .stores import (  # after the core, which stores use
     CapacityError,
     CorruptSegmentError,

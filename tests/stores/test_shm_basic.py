@@ -13,7 +13,8 @@ from _shm_support import SHM_DIR, new_url
 
 import tallies
 from tallies.cli.show import show
-from tallies.stores.shm import KEY_MAX, NAME_MAX, ShmCounter, ShmKeyedCounter, ShmStore
+from tallies.stores._shm_segment import KEY_MAX, NAME_MAX
+from tallies.stores.shm import ShmCounter, ShmKeyedCounter, ShmStore
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -429,7 +430,7 @@ def test_threads_registering_names_and_keys_at_once(shm_url: str) -> None:
 def test_layout_gives_each_slab_its_own_cache_lines(names: int, keys: int, slabs: int) -> None:
     """Two processes writing one name write two cells >= 128 bytes apart, in
     regions that start on 128-byte boundaries: never one cache line (pair)."""
-    from tallies.stores.shm import Layout
+    from tallies.stores._shm_segment import Layout
 
     L = Layout(names, keys, slabs)
     assert L.slab_bytes % 128 == 0 and L.slab_bytes >= 8 * (names + keys)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tallies
-from tallies.stores import shm as shm_mod
+from tallies.stores import _shm_segment as segment_mod
 
 CorruptSegmentError = tallies.CorruptSegmentError
 
@@ -93,7 +93,9 @@ def test_wrong_byte_order(good: tuple[str, bytes]) -> None:
 
 
 def test_wrong_version(good: tuple[str, bytes]) -> None:
-    _refused(_patch(good[1], 16, 2), "layout version 2; this tallies reads version 1")
+    _refused(_patch(good[1], 16, 3), "layout version 3; this tallies reads version 2")
+    # a segment of the layout before rates (version 1) is refused the same way
+    _refused(_patch(good[1], 16, 1), "layout version 1; this tallies reads version 2")
 
 
 def test_impossible_capacity(good: tuple[str, bytes]) -> None:
@@ -123,10 +125,10 @@ def test_header_claims_a_capacity_matching_another_size(good: tuple[str, bytes])
 @pytest.mark.parametrize(
     ("offset", "value", "message"),
     [
-        (shm_mod.NAMES_USED, 99, "directory counts are impossible"),
-        (shm_mod.KEYS_USED, -1, "directory counts are impossible"),
-        (shm_mod.HEADER_BYTES + 16, 10_000, "name entry 0 is corrupt"),  # name length
-        (shm_mod.HEADER_BYTES + 8, 7, "name entry 0 is corrupt"),  # kind
+        (segment_mod.NAMES_USED, 99, "directory counts are impossible"),
+        (segment_mod.KEYS_USED, -1, "directory counts are impossible"),
+        (segment_mod.HEADER_BYTES + 16, 10_000, "name entry 0 is corrupt"),  # name length
+        (segment_mod.HEADER_BYTES + 8, 7, "name entry 0 is corrupt"),  # kind
     ],
 )
 def test_corrupt_directories(
@@ -136,24 +138,24 @@ def test_corrupt_directories(
 
 
 def test_corrupt_key_entry_owner(good: tuple[str, bytes]) -> None:
-    layout = shm_mod.Layout(4, 8, 4)
+    layout = segment_mod.Layout(4, 8, 4)
     _refused(_patch(good[1], layout.keys_off + 8, 0), "key entry 0 is corrupt")  # 'a' is a counter
 
 
 def test_invalid_utf8_name(good: tuple[str, bytes]) -> None:
-    off = shm_mod.HEADER_BYTES + shm_mod.TEXT_OFF
+    off = segment_mod.HEADER_BYTES + segment_mod.TEXT_OFF
     data = good[1][:off] + b"\xff" + good[1][off + 1 :]
     _refused(data, "not UTF-8")
 
 
 def test_corrupt_slab_state(good: tuple[str, bytes]) -> None:
-    layout = shm_mod.Layout(4, 8, 4)
+    layout = segment_mod.Layout(4, 8, 4)
     _refused(_patch(good[1], layout.desc(2), 77), "slab 2 has impossible state 77")
 
 
 def test_corrupt_fold_journal(good: tuple[str, bytes]) -> None:
-    data = _patch(good[1], shm_mod.J_STATE, 1)
-    data = _patch(data, shm_mod.J_SLAB, 1000)
+    data = _patch(good[1], segment_mod.J_STATE, 1)
+    data = _patch(data, segment_mod.J_SLAB, 1000)
     _refused(data, "fold journal is corrupt")
 
 
@@ -162,7 +164,7 @@ def test_corruption_after_open_is_reported_not_crashed(good: tuple[str, bytes]) 
     with tallies.open(url) as s:
         assert s.counter("a").value() == 5
         with open(_path(url), "r+b") as f:
-            f.seek(shm_mod.NAMES_USED)
+            f.seek(segment_mod.NAMES_USED)
             f.write(struct.pack("=q", 1 << 40))
         with pytest.raises(CorruptSegmentError, match="directory counts"):
             s.counter("new")
@@ -221,12 +223,12 @@ def _fuzz_open(data: bytes, check: Callable[[tallies.Store], object]) -> None:
 
 # The fuzzed layout (names=4, keys=8, slabs=4): every byte that means
 # something, and none of the page padding between the regions.
-_FUZZ_LAYOUT = shm_mod.Layout(names_cap=4, keys_cap=8, slabs_cap=4)
+_FUZZ_LAYOUT = segment_mod.Layout(names_cap=4, keys_cap=8, slabs_cap=4)
 _FUZZ_REGIONS = [
-    (0, shm_mod.HEADER_BYTES),
-    (_FUZZ_LAYOUT.names_off, _FUZZ_LAYOUT.names_off + 4 * shm_mod.NAME_ENTRY),
-    (_FUZZ_LAYOUT.keys_off, _FUZZ_LAYOUT.keys_off + 8 * shm_mod.KEY_ENTRY),
-    (_FUZZ_LAYOUT.desc_off, _FUZZ_LAYOUT.desc_off + 4 * shm_mod.DESC_STRIDE),
+    (0, segment_mod.HEADER_BYTES),
+    (_FUZZ_LAYOUT.names_off, _FUZZ_LAYOUT.names_off + 4 * segment_mod.NAME_ENTRY),
+    (_FUZZ_LAYOUT.keys_off, _FUZZ_LAYOUT.keys_off + 8 * segment_mod.KEY_ENTRY),
+    (_FUZZ_LAYOUT.desc_off, _FUZZ_LAYOUT.desc_off + 4 * segment_mod.DESC_STRIDE),
 ]
 _fuzz_offsets = st.one_of(*(st.integers(lo, hi - 1) for lo, hi in _FUZZ_REGIONS))
 
@@ -235,10 +237,10 @@ def test_the_fuzzed_regions_are_the_layouts_own() -> None:
     """The fuzz covers the header, both directories and the slab descriptors."""
     assert len(_good_bytes()) == _FUZZ_LAYOUT.total
     assert (
-        _FUZZ_LAYOUT.keys_off > _FUZZ_LAYOUT.names_off + 4 * shm_mod.NAME_ENTRY
+        _FUZZ_LAYOUT.keys_off > _FUZZ_LAYOUT.names_off + 4 * segment_mod.NAME_ENTRY
     )  # padding between
     # The key directory holds the keys written by _good_bytes() (key "x"):
-    keys = _good_bytes()[_FUZZ_LAYOUT.keys_off : _FUZZ_LAYOUT.keys_off + 8 * shm_mod.KEY_ENTRY]
+    keys = _good_bytes()[_FUZZ_LAYOUT.keys_off : _FUZZ_LAYOUT.keys_off + 8 * segment_mod.KEY_ENTRY]
     assert b"x" in keys
 
 

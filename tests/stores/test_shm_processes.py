@@ -19,6 +19,7 @@ import pytest
 from _shm_support import SHM_DIR, new_url, run_python
 
 import tallies
+from tallies.stores import _shm_segment as segment_mod
 from tallies.stores import shm as shm_mod
 
 KEYS = ["a", "b", "c", "d"]
@@ -478,13 +479,16 @@ def test_a_fold_interrupted_by_death_is_completed_exactly_once(shm_url: str, cra
     with tallies.open(shm_url) as s:
         expected = _dead_writers(s)
         r = run_python(FOLD_CODE.format(url=shm_url), env={"TALLIES_SHM_CRASH": crash})
-        assert r.returncode == shm_mod.CRASH_EXIT, (r.returncode, r.stderr)  # it did die mid-fold
+        assert r.returncode == segment_mod.CRASH_EXIT, (
+            r.returncode,
+            r.stderr,
+        )  # it did die mid-fold
         assert s.snapshot() == expected  # read right after the death: nothing lost or doubled
         s.fold()
         assert s.info()["slabs"] == []
         assert s.snapshot() == expected
         seg = s._seg
-        assert seg.c.load(shm_mod.J_STATE) == 0 and seg.c.load(shm_mod.SEQ) % 2 == 0
+        assert seg.c.load(segment_mod.J_STATE) == 0 and seg.c.load(segment_mod.SEQ) % 2 == 0
         r = run_python(FOLD_CODE.format(url=shm_url))
         assert r.returncode == 0 and r.stdout.strip() == "0"
         assert s.snapshot() == expected
@@ -494,13 +498,13 @@ def test_recovery_interrupted_by_death_is_redone_exactly_once(shm_url: str) -> N
     with tallies.open(shm_url) as s:
         expected = _dead_writers(s)
         r = run_python(FOLD_CODE.format(url=shm_url), env={"TALLIES_SHM_CRASH": "fold-archived:2"})
-        assert r.returncode == shm_mod.CRASH_EXIT
+        assert r.returncode == segment_mod.CRASH_EXIT
         # the next process dies too, in the middle of redoing the journal
         r = run_python(FOLD_CODE.format(url=shm_url), env={"TALLIES_SHM_CRASH": "recover-archived"})
-        assert r.returncode == shm_mod.CRASH_EXIT
+        assert r.returncode == segment_mod.CRASH_EXIT
         # and the one after dies in the fold that recovery resumes
         r = run_python(FOLD_CODE.format(url=shm_url), env={"TALLIES_SHM_CRASH": "fold-zeroed"})
-        assert r.returncode == shm_mod.CRASH_EXIT
+        assert r.returncode == segment_mod.CRASH_EXIT
         assert s.snapshot() == expected
         # Of the two dead writers' slabs, the second process's recovery
         # finished the first; the third died folding the other, which is
@@ -515,12 +519,12 @@ def test_a_reader_during_an_interrupted_fold_waits_for_recovery(shm_url: str) ->
     with tallies.open(shm_url) as s:
         _dead_writers(s)
         r = run_python(FOLD_CODE.format(url=shm_url), env={"TALLIES_SHM_CRASH": "fold-archived"})
-        assert r.returncode == shm_mod.CRASH_EXIT
+        assert r.returncode == segment_mod.CRASH_EXIT
         seg = s._seg
-        assert seg.c.load(shm_mod.SEQ) % 2 == 1  # left odd by the dead folder
+        assert seg.c.load(segment_mod.SEQ) % 2 == 1  # left odd by the dead folder
         assert seg.c.sum(0) is None  # the lock-free read refuses...
         assert s.counter("a").value() == 7  # ...so value() recovers under the lock
-        assert seg.c.load(shm_mod.SEQ) % 2 == 0
+        assert seg.c.load(segment_mod.SEQ) % 2 == 0
 
 
 def test_death_while_claiming_a_slab_or_registering_a_name(shm_url: str) -> None:
@@ -530,13 +534,13 @@ def test_death_while_claiming_a_slab_or_registering_a_name(shm_url: str) -> None
             f"import tallies; tallies.open({shm_url!r}).counter('first').increment()",
             env={"TALLIES_SHM_CRASH": "bind-owner-written"},
         )
-        assert r.returncode == shm_mod.CRASH_EXIT
+        assert r.returncode == segment_mod.CRASH_EXIT
         assert [sl["mine"] for sl in s.info()["slabs"]] == [True]  # no half-claimed slab
         r = run_python(
             f"import tallies; tallies.open({shm_url!r}).counter('ghost')",
             env={"TALLIES_SHM_CRASH": "register-entry-written"},
         )
-        assert r.returncode == shm_mod.CRASH_EXIT
+        assert r.returncode == segment_mod.CRASH_EXIT
         assert s.names() == ["first"]  # the half-registered name is not visible
         s.counter("real").increment(2)  # and its entry is reused
         assert s.names() == ["first", "real"]

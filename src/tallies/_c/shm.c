@@ -1,8 +1,9 @@
 /*
  * tallies.stores._shm: the hot path of counters shared by processes (shm://NAME).
  *
- * Read src/tallies/stores/shm.py first: it owns the segment file, its layout,
- * the name and key directories, slab ownership, folding and every lock.  This
+ * Read src/tallies/stores/shm.py first (its design comment), then
+ * stores/_shm_segment.py: it owns the segment file, its layout, the name and
+ * key directories, slab ownership, folding and every lock.  This
  * file only does what must be fast or atomic: cell updates, exact sums across
  * slabs, and the atomic loads/stores/exchanges that the Python side uses on
  * the same memory.

@@ -472,11 +472,31 @@ def _render_keyed(data: Report) -> list[str]:
     return ["KeyedCounter: counting events by key", *(f"  {line}" for line in lines)]
 
 
+def run_rates(config: BenchConfig) -> Report:
+    from . import bench_rates
+
+    rows = bench_rates.run(
+        rounds=7 if config.quick else 15,
+        iterations=400 if config.quick else 4000,
+        peer_seconds=0.5 if config.quick else 10.0,
+        events=50_000 if config.quick else 1_000_000,
+    )
+    return {"rows": rows}
+
+
+def _render_rates(data: Report) -> list[str]:
+    from .bench_rates import format_rows
+
+    lines = format_rows(data["rows"]).splitlines()
+    return ["RateCounter: events in the last N seconds", *(f"  {line}" for line in lines)]
+
+
 PARTS: list[Part] = [
     Part("single_thread", run_single_thread, _render_single),
     Part("workload", run_workload, _render_workload),
     Part("sizes", run_sizes, _render_sizes),
     Part("keyed", run_keyed, _render_keyed),
+    Part("rates", run_rates, _render_rates),
 ]
 """The bench's parts, in order; each adds ``report[key]``.  Append one to add a part."""
 
@@ -610,11 +630,30 @@ def keyed_targets(report: Report) -> list[Target]:
     return out
 
 
+def rates_targets(report: Report) -> list[Target]:
+    """The rate rows carry their own target and verdict (see bench_rates)."""
+    verdicts = {"met": "PASS", "missed": "FAIL"}
+    return [
+        Target(
+            row["name"].replace(" 1 thread, ns per op:", ""),
+            verdicts[row["verdict"]],
+            None,
+            0,
+            "",
+            "",
+            f"{row['ns']:.1f} ns; target {row['target']}",
+        )
+        for row in report["rates"]["rows"]
+        if row.get("target") and row.get("verdict") in verdicts
+    ]
+
+
 TARGETS: list[Callable[[Report], list[Target]]] = [
     speed_targets,
     workload_targets,
     size_targets,
     keyed_targets,
+    rates_targets,
 ]
 """Functions that check the report against the project's targets.  Append one to add some."""
 

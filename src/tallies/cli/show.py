@@ -7,6 +7,7 @@ a segment name is an error, not a new empty segment) and never writes.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ..stores import open as open_store
 
@@ -35,8 +36,11 @@ def show(url: str, as_json: bool = False) -> str:
             rows.append((name, "(no keys)", ""))
         for key, value in keys.items():
             rows.append((name, key, str(value)))
-    if not rows:
+    rates = _rate_lines(snap)
+    if not rows and not rates:
         return f"{url}: no counters"
+    if not rows:
+        return "\n".join([url, *rates])
     table = [("NAME", "KEY", "VALUE")] + [(_clean(n), _clean(k), v) for n, k, v in rows]
     widths = [max(len(r[i]) for r in table) for i in range(3)]
     lines = [url]
@@ -44,7 +48,51 @@ def show(url: str, as_json: bool = False) -> str:
         lines.append(
             f"{col_name:<{widths[0]}}  {col_key:<{widths[1]}}  {col_value:>{widths[2]}}".rstrip()
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] if rates else []) + rates)
+
+
+def _rate_lines(snap: Any) -> list[str]:
+    """Rates as count-in-window and per second, one row per rate and per key::
+
+    RATE      KEY   IN WINDOW    PER SECOND  TOTAL
+    requests  -     1,234 / 60 s     20.567  98,765
+    """
+    rows: list[tuple[str, str, str, str, str]] = []
+    for name, r in snap.get("rates", {}).items():
+        rows.append(
+            (
+                _clean(name),
+                "",
+                f"{r['count']:,} / {_secs(r['window'])}",
+                f"{r['per_second']:.3f}",
+                f"{r['total']:,}",
+            )
+        )
+    for name, r in snap.get("keyed_rates", {}).items():
+        if not r["counts"]:
+            rows.append((_clean(name), "(no keys)", f"0 / {_secs(r['window'])}", "0.000", ""))
+        for key, count in r["counts"].items():
+            rows.append(
+                (
+                    _clean(name),
+                    _clean(key),
+                    f"{count:,} / {_secs(r['window'])}",
+                    f"{count / r['window']:.3f}",
+                    "",
+                )
+            )
+    if not rows:
+        return []
+    table = [("RATE", "KEY", "IN WINDOW", "PER SECOND", "TOTAL"), *rows]
+    w = [max(len(r[i]) for r in table) for i in range(5)]
+    return [
+        f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}  {e:>{w[4]}}".rstrip()
+        for a, b, c, d, e in table
+    ]
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:g} s"
 
 
 def _clean(text: str) -> str:

@@ -23,6 +23,7 @@ from .base import (
     CorruptStoreError,
     CountOverflowError,
     FlushError,
+    RatesUnsupportedError,
     Snapshot,
     Store,
     StoreError,
@@ -37,6 +38,7 @@ __all__ = [
     "CorruptStoreError",
     "CountOverflowError",
     "FlushError",
+    "RatesUnsupportedError",
     "Snapshot",
     "Store",
     "StoreError",
@@ -120,7 +122,8 @@ def open(url: str, *, create: bool = True) -> Store:
     ``memory://`` (a private in-process store) or ``memory://NAME`` (shared by
     everything in this process that opens the same name); ``shm://NAME``
     (shared memory, shared by every process on this machine that opens it;
-    capacity at creation: ``?names=1024&keys=8192&slabs=64``).  With
+    capacity at creation: ``?names=1024&keys=8192&slabs=64&buckets=4096``,
+    buckets being rate ring units).  With
     ``create=False`` a store that does not exist yet raises
     :class:`StoreNotFoundError` instead of being created.
     ``redis://host:6379/0?prefix=app:`` (also ``rediss://`` and

@@ -21,7 +21,10 @@ import collections
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired
 
 __all__ = [
     "CapacityError",
@@ -29,12 +32,17 @@ __all__ = [
     "CorruptStoreError",
     "CountOverflowError",
     "FlushError",
+    "KeyedRateSnapshot",
+    "RateSnapshot",
+    "RatesUnsupportedError",
     "Snapshot",
     "Store",
     "StoreCounter",
     "StoreError",
     "StoreKeyedCounter",
+    "StoreKeyedRate",
     "StoreNotFoundError",
+    "StoreRate",
     "StoreURL",
     "StoreUnavailableError",
 ]
@@ -85,11 +93,35 @@ class CountOverflowError(StoreError, OverflowError):
         self.items: list[tuple[str, str | None]] = list(items)
 
 
+class RatesUnsupportedError(StoreError, NotImplementedError):
+    """This store (scheme) does not support rates yet; nothing was created."""
+
+
+class RateSnapshot(TypedDict):
+    """One rate in ``snapshot()["rates"]``."""
+
+    window: float
+    resolution: float
+    count: int
+    per_second: float
+    total: int
+
+
+class KeyedRateSnapshot(TypedDict):
+    """One keyed rate in ``snapshot()["keyed_rates"]`` (keys at 0 left out)."""
+
+    window: float
+    resolution: float
+    counts: dict[str, int]
+
+
 class Snapshot(TypedDict):
     """All counts of a store as plain data."""
 
     counters: dict[str, int]
     keyed: dict[str, dict[str, int]]
+    rates: NotRequired[dict[str, RateSnapshot]]  # only when the store has rates
+    keyed_rates: NotRequired[dict[str, KeyedRateSnapshot]]
 
 
 class StoreCounter(Protocol):
@@ -112,6 +144,30 @@ class StoreKeyedCounter(Protocol):
     def keys(self) -> Iterable[str]: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[str]: ...
+
+
+class StoreRate(Protocol):
+    """What ``store.rate(name, ...)`` returns (the ``tallies.RateCounter`` API)."""
+
+    def increment(self, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, n: SupportsIndex = 1) -> None: ...
+    def count(self, window: float | None = None) -> int: ...
+    def per_second(self, window: float | None = None) -> float: ...
+    def total(self) -> int: ...
+    def reset(self) -> int: ...
+
+
+class StoreKeyedRate(Protocol):
+    """What ``store.keyed_rate(name, ...)`` returns (``tallies.KeyedRateCounter``'s API)."""
+
+    def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...
+    def count(self, key: str, window: float | None = None) -> int: ...
+    def per_second(self, key: str, window: float | None = None) -> float: ...
+    def snapshot(self, window: float | None = None) -> dict[Any, int]: ...
+    def most_common(
+        self, n: SupportsIndex | None = None, window: float | None = None
+    ) -> list[tuple[Any, int]]: ...
 
 
 @dataclass(frozen=True)
@@ -184,6 +240,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def keyed(self, name: str) -> StoreKeyedCounter:
         """The keyed counter called ``name`` (str keys)."""
+
+    def rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> StoreRate:
+        """The rate called ``name``: events in the last ``window`` seconds, in
+        buckets of ``resolution`` (fixed when the name is first used)."""
+        raise RatesUnsupportedError(
+            f"{self._url.raw}: this store ({self.scheme}://) does not support rates yet"
+        )
+
+    def keyed_rate(
+        self, name: str, window: float = 60.0, resolution: float = 1.0
+    ) -> StoreKeyedRate:
+        """The keyed rate called ``name`` (str keys)."""
+        raise RatesUnsupportedError(
+            f"{self._url.raw}: this store ({self.scheme}://) does not support rates yet"
+        )
 
     @abc.abstractmethod
     def names(self) -> list[str]:

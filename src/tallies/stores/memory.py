@@ -23,6 +23,7 @@ class _Counts:
         self.lock = threading.Lock()
         self.counters: dict[str, Any] = {}
         self.keyed: dict[str, Any] = {}
+        self.rates: dict[str, Any] = {}  # RateCounter / KeyedRateCounter by name
         self.order: list[str] = []
 
 
@@ -71,8 +72,8 @@ class MemoryStore(Store):
         with c.lock:
             obj = mine.get(name)
             if obj is None:
-                if name in other:
-                    kind = "a counter" if keyed else "a keyed counter"
+                if name in other or name in c.rates:
+                    kind = _kind(c, name)
                     raise ValueError(f"{name!r} is {kind} in this store")
                 if keyed:
                     from tallies import KeyedCounter
@@ -94,6 +95,40 @@ class MemoryStore(Store):
         """The ``tallies.KeyedCounter`` called ``name``."""
         return self._get(name, keyed=True)
 
+    def rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> Any:
+        """The ``tallies.RateCounter`` called ``name`` (window and resolution are
+        fixed by the first call; a later call must ask for the same or neither)."""
+        return self._get_rate(name, False, window, resolution)
+
+    def keyed_rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> Any:
+        """The ``tallies.KeyedRateCounter`` called ``name``."""
+        return self._get_rate(name, True, window, resolution)
+
+    def _get_rate(self, name: str, keyed: bool, window: float, resolution: float) -> Any:
+        from tallies import KeyedRateCounter, RateCounter
+
+        self._check_open()
+        check_name(name)
+        cls = KeyedRateCounter if keyed else RateCounter
+        c = self._counts
+        with c.lock:
+            obj = c.rates.get(name)
+            if obj is None:
+                if name in c.counters or name in c.keyed:
+                    raise ValueError(f"{name!r} is {_kind(c, name)} in this store")
+                obj = c.rates[name] = cls(window, resolution)
+                c.order.append(name)
+                return obj
+        if not isinstance(obj, cls):
+            raise ValueError(f"{name!r} is {_kind(c, name)} in this store")
+        probe = cls(window, resolution)  # the same argument checks and messages
+        if (probe.window, probe.resolution) != (obj.window, obj.resolution):
+            raise ValueError(
+                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
+                f"in this store, not window={probe.window!r}, resolution={probe.resolution!r}"
+            )
+        return obj
+
     def names(self) -> list[str]:
         self._check_open()
         with self._counts.lock:
@@ -104,12 +139,26 @@ class MemoryStore(Store):
         with self._counts.lock:
             counters = dict(self._counts.counters)
             keyed = dict(self._counts.keyed)
-        return {
+            rates = dict(self._counts.rates)
+        snap: Snapshot = {
             "counters": {n: int(c.value()) for n, c in counters.items()},
             "keyed": {
                 n: {str(k): int(v) for k, v in kc.snapshot().items()} for n, kc in keyed.items()
             },
         }
+        if rates:
+            from ._rates import snapshot_rates
+
+            snapshot_rates(snap, rates)
+        return snap
+
+
+def _kind(c: _Counts, name: str) -> str:
+    if name in c.counters:
+        return "a counter"
+    if name in c.keyed:
+        return "a keyed counter"
+    return "a keyed rate" if hasattr(c.rates[name], "most_common") else "a rate"
 
 
 STORE = MemoryStore

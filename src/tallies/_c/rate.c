@@ -1,0 +1,1290 @@
+/*
+ * tallies.rates._core: RateCounter and KeyedRateCounter over the ring in
+ * _ring.h (read its header comment first: one running total per ring plus a
+ * mark per bucket; an increment is a clock read, a compare and one checked
+ * add).
+ *
+ * The default clock is CLOCK_MONOTONIC_COARSE when the resolution is at
+ * least 10x its granularity (clock_getres: the kernel tick, 1-4 ms), else
+ * CLOCK_MONOTONIC.  On this project's machine CLOCK_MONOTONIC costs 66 ns a
+ * read and the coarse clock 8 ns: the coarse clock is what lets increment()
+ * cost about what Counter.increment() costs.  Its granularity shifts bucket
+ * boundaries by at most one tick.  A user `clock` (a callable returning
+ * seconds) is called on every operation and bucketed as floor(t / resolution)
+ * in double arithmetic, exactly as the pure fallback does.
+ *
+ * With a GIL every method runs from the clock read to the update while
+ * holding it, so the total uses the engine's `_serial` add (TLR_SERIAL).
+ * With Py_GIL_DISABLED it uses the atomic add, keys are removed with the
+ * writer-count protocol of _keyed_cells.h (applied to each key's ring), one
+ * sweep runs at a time (an atomic flag; others skip), and the module declares
+ * Py_MOD_GIL_NOT_USED.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stddef.h>
+#include <time.h>
+
+#ifndef Py_GIL_DISABLED
+#define TLR_SERIAL
+#endif
+#include "_keyed_cells.h"
+#include "_ring.h"
+#include "_pyargs.h"
+
+#define MAX_WINDOW 1e9 /* seconds: keeps every nanosecond count in int64 */
+#define MIN_RESOLUTION 1e-9
+#define NS 1000000000LL
+
+static int64_t coarse_gran_ns = -1; /* CLOCK_MONOTONIC_COARSE granularity; -1: none */
+
+/* ---- arguments ----------------------------------------------------------- */
+
+static PyObject *
+float_repr(double v)
+{
+    char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromString(s);
+    PyMem_Free(s);
+    return r;
+}
+
+/* A number of seconds (int, float, anything with __float__/__index__). */
+static int
+to_seconds(PyObject *obj, const char *fname, const char *what, double *out)
+{
+    if (PyUnicode_Check(obj) || PyBytes_Check(obj) || obj == Py_None ||
+        PyComplex_Check(obj)) {
+        goto bad;
+    }
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear(); /* an int too large for a float: out of range */
+            v = Py_HUGE_VAL;
+        }
+        else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            goto bad;
+        }
+        else {
+            return -1;
+        }
+    }
+    *out = v;
+    return 0;
+bad:
+    PyErr_Format(PyExc_TypeError, "%s() %s must be a number of seconds, not '%.200s'",
+                 fname, what, type_name(Py_TYPE(obj)));
+    return -1;
+}
+
+static int
+value_error_float(const char *fmt_head, double v, const char *tail)
+{
+    PyObject *r = float_repr(v);
+    if (r != NULL) {
+        PyErr_Format(PyExc_ValueError, "%s%U%s", fmt_head, r, tail);
+        Py_DECREF(r);
+    }
+    return -1;
+}
+
+typedef struct {
+    double window, resolution;
+    int64_t window_ns, res_ns, nb;
+    clockid_t clk;
+    PyObject *clock; /* NULL: the default clock */
+} spec;
+
+static int
+parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
+           spec *sp)
+{
+    double w = 60.0, r = 1.0;
+    char head[200];
+    if (wobj != NULL && to_seconds(wobj, fname, "window", &w) < 0) {
+        return -1;
+    }
+    if (robj != NULL && to_seconds(robj, fname, "resolution", &r) < 0) {
+        return -1;
+    }
+    if (!(w > 0.0 && w <= MAX_WINDOW)) { /* also NaN */
+        PyOS_snprintf(head, sizeof head,
+                      "%s() window must be a number of seconds > 0 and <= 1e9, not ",
+                      fname);
+        return value_error_float(head, w, "");
+    }
+    if (!(r >= MIN_RESOLUTION && r <= w)) {
+        PyObject *wr = float_repr(w);
+        if (wr == NULL) {
+            return -1;
+        }
+        PyOS_snprintf(head, sizeof head,
+                      "%s() resolution must be a number of seconds >= 1e-9 and <= "
+                      "the window (%s), not ",
+                      fname, PyUnicode_AsUTF8(wr));
+        Py_DECREF(wr);
+        return value_error_float(head, r, "");
+    }
+    double nbd = ceil(w / r);
+    if (nbd > (double)TLR_MAX_BUCKETS) {
+        PyObject *need = PyLong_FromDouble(nbd);
+        if (need != NULL) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s() window / resolution needs %S buckets; the limit is %d",
+                         fname, need, TLR_MAX_BUCKETS);
+            Py_DECREF(need);
+        }
+        return -1;
+    }
+    if (clock != NULL && clock != Py_None && !PyCallable_Check(clock)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() clock must be a callable returning seconds, or None, "
+                     "not '%.200s'",
+                     fname, type_name(Py_TYPE(clock)));
+        return -1;
+    }
+    sp->window = w;
+    sp->resolution = r;
+    sp->nb = (int64_t)nbd;
+    sp->window_ns = llround(w * 1e9);
+    sp->res_ns = llround(r * 1e9);
+    if (sp->res_ns < 1) {
+        sp->res_ns = 1;
+    }
+    sp->clk = (coarse_gran_ns > 0 && sp->res_ns >= 10 * coarse_gran_ns)
+                  ? CLOCK_MONOTONIC_COARSE
+                  : CLOCK_MONOTONIC;
+    sp->clock = (clock == NULL || clock == Py_None) ? NULL : clock;
+    return 0;
+}
+
+/* count(window=None) / per_second(window=None): the width to read. */
+static int
+parse_width(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+            Py_ssize_t first, const char *fname, const spec *sp, double *w)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *obj = NULL;
+    if (nargs + nkw > first + 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd arguments (%zd given)",
+                     fname, first + 1, nargs + nkw);
+        return -1;
+    }
+    if (nargs < first) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'", fname);
+        return -1;
+    }
+    if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (PyUnicode_CompareWithASCIIString(name, "window") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                         fname, name);
+            return -1;
+        }
+        obj = args[nargs];
+    }
+    else if (nargs == first + 1) {
+        obj = args[first];
+    }
+    *w = sp->window;
+    if (obj == NULL || obj == Py_None) {
+        return 0;
+    }
+    if (to_seconds(obj, fname, "window", w) < 0) {
+        return -1;
+    }
+    if (!(*w > 0.0 && *w <= sp->window)) {
+        char head[200];
+        PyObject *wr = float_repr(sp->window);
+        if (wr == NULL) {
+            return -1;
+        }
+        PyOS_snprintf(head, sizeof head,
+                      "%s() window must be a number of seconds > 0 and <= %s, not ",
+                      fname, PyUnicode_AsUTF8(wr));
+        Py_DECREF(wr);
+        return value_error_float(head, *w, "");
+    }
+    return 0;
+}
+
+/* ---- clocks ------------------------------------------------------------- */
+
+static inline int64_t
+now_ns(const spec *sp)
+{
+    struct timespec ts;
+    clock_gettime(sp->clk, &ts);
+    return (int64_t)ts.tv_sec * NS + (int64_t)ts.tv_nsec;
+}
+
+/* Call the user clock: seconds in *t and its slot in *slot. */
+static int
+user_time(const spec *sp, double *t, int64_t *slot)
+{
+    PyObject *res = PyObject_CallNoArgs(sp->clock);
+    if (res == NULL) {
+        return -1;
+    }
+    double v;
+    int bad = PyUnicode_Check(res) || PyBytes_Check(res) || res == Py_None;
+    if (!bad) {
+        v = PyFloat_AsDouble(res);
+        if (v == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                Py_DECREF(res);
+                return -1;
+            }
+            PyErr_Clear();
+            bad = 1;
+        }
+    }
+    if (bad) {
+        PyErr_Format(PyExc_TypeError, "clock() must return a number of seconds, not '%.200s'",
+                     type_name(Py_TYPE(res)));
+        Py_DECREF(res);
+        return -1;
+    }
+    Py_DECREF(res);
+    double q = floor(v / sp->resolution);
+    if (!(fabs(q) < 4e18) || !(fabs(v) <= 4e18)) { /* also NaN and inf */
+        return value_error_float("clock() returned ", v,
+                                 "; expected a finite number of seconds within "
+                                 "4e18 buckets of 0");
+    }
+    *t = v;
+    *slot = (int64_t)q;
+    return 0;
+}
+
+/* Read the clock: *cur (the current slot), and for ns mode *ns; for a user
+ * clock *t.  The slot the counting goes to is max(cur, latest) (the ring). */
+typedef struct {
+    int64_t ns, slot;
+    double t;
+} instant;
+
+static int
+read_clock(const spec *sp, instant *in)
+{
+    if (sp->clock == NULL) {
+        in->ns = now_ns(sp);
+        in->slot = tlr_floordiv(in->ns, sp->res_ns);
+        return 0;
+    }
+    return user_time(sp, &in->t, &in->slot);
+}
+
+/* The first slot a read of width w counts (see tlr_first_slot_ns). */
+static int64_t
+first_slot(const spec *sp, const instant *in, double w, int64_t latest)
+{
+    if (sp->clock == NULL) {
+        int64_t cur;
+        int64_t w_ns = (w == sp->window) ? sp->window_ns : llround(w * 1e9);
+        return tlr_first_slot_ns(in->ns, w_ns, sp->res_ns, latest, sp->nb, &cur);
+    }
+    int64_t cur = in->slot;
+    int64_t j = (int64_t)floor((in->t - w) / sp->resolution) + 1;
+    if (latest != TLR_NONE && cur < latest) {
+        j += latest - cur;
+        cur = latest;
+    }
+    if (j > cur) {
+        j = cur;
+    }
+    if (j < cur - sp->nb + 1) {
+        j = cur - sp->nb + 1;
+    }
+    return j;
+}
+
+/* total - base exactly, as a Python int. */
+static PyObject *
+difference(int64_t total, int64_t base)
+{
+    int64_t d;
+    if (TL_LIKELY(!TL_SUB_OVERFLOWS(total, base, &d))) {
+        return PyLong_FromLongLong((long long)d);
+    }
+    PyObject *a = PyLong_FromLongLong((long long)total);
+    PyObject *b = PyLong_FromLongLong((long long)base);
+    PyObject *r = (a && b) ? PyNumber_Subtract(a, b) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return r;
+}
+
+static PyObject *
+ring_count(tlr_ring *ring, const spec *sp, const instant *in, double w)
+{
+    int64_t total, base;
+    int64_t j = first_slot(sp, in, w, tlr_latest(ring));
+    tlr_read(ring, j, &total, &base);
+    return difference(total, base);
+}
+
+static PyObject *
+per_second(PyObject *count, double w)
+{
+    if (count == NULL) {
+        return NULL;
+    }
+    double c = PyLong_AsDouble(count);
+    Py_DECREF(count);
+    if (c == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(c / w);
+}
+
+/* Add n (sub: -n) to ring at instant in.  TL_OK or TL_OVERFLOW (*cur). */
+static inline int
+ring_add(tlr_ring *ring, const spec *sp, const instant *in, int64_t n, int sub,
+         int64_t *cur)
+{
+    if (sp->clock == NULL) {
+        return tlr_add_ns(ring, in->ns, sp->res_ns, n, sub, cur);
+    }
+    return tlr_add_slot(ring, in->slot, n, sub, cur);
+}
+
+static PyObject *
+spec_repr_args(const spec *sp)
+{
+    PyObject *w = float_repr(sp->window), *r = float_repr(sp->resolution);
+    PyObject *out = NULL;
+    if (w != NULL && r != NULL) {
+        out = PyUnicode_FromFormat("window=%U, resolution=%U", w, r);
+    }
+    Py_XDECREF(w);
+    Py_XDECREF(r);
+    return out;
+}
+
+/* ---- RateCounter ------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    tlr_ring ring;
+    spec sp;
+} RateObject;
+
+static PyObject *
+Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"window", "resolution", "clock", NULL};
+    PyObject *wobj = NULL, *robj = NULL, *clock = NULL;
+    spec sp;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$O:RateCounter", kwlist, &wobj,
+                                     &robj, &clock)) {
+        return NULL;
+    }
+    if (parse_spec("RateCounter", wobj, robj, clock, &sp) < 0) {
+        return NULL;
+    }
+    RateObject *self = (RateObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (tlr_init(&self->ring, sp.nb) < 0) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    Py_XINCREF(sp.clock);
+    self->sp = sp;
+    return (PyObject *)self;
+}
+
+static int
+Rate_traverse(RateObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->sp.clock);
+    return 0;
+}
+
+static int
+Rate_clear(RateObject *self)
+{
+    Py_CLEAR(self->sp.clock); /* a clock that refers back: fall back to default */
+    return 0;
+}
+
+static void
+Rate_dealloc(RateObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->sp.clock);
+    tlr_free(&self->ring);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+rate_overflow(const char *op, int64_t n, int64_t current)
+{
+    PyErr_Format(PyExc_OverflowError,
+                 "%s(%lld) would move the rate's total outside the signed 64-bit "
+                 "range; it stays at %lld",
+                 op, (long long)n, (long long)current);
+    return NULL;
+}
+
+static inline PyObject *
+rate_add(RateObject *self, int64_t n, int sub, const char *op)
+{
+    int64_t v;
+    int r;
+    if (TL_LIKELY(self->sp.clock == NULL)) {
+        r = tlr_add_ns(&self->ring, now_ns(&self->sp), self->sp.res_ns, n, sub, &v);
+    }
+    else {
+        instant in;
+        if (user_time(&self->sp, &in.t, &in.slot) < 0) {
+            return NULL;
+        }
+        r = tlr_add_slot(&self->ring, in.slot, n, sub, &v);
+    }
+    if (TL_UNLIKELY(r != TL_OK)) {
+        return rate_overflow(op, n, v);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Rate_increment(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    int64_t n = 1;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
+            return NULL;
+        }
+    }
+    return rate_add(self, n, 0, "increment");
+}
+
+static PyObject *
+Rate_decrement(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    int64_t n = 1;
+    if (nargs != 0 || kwnames != NULL) {
+        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
+            return NULL;
+        }
+    }
+    return rate_add(self, n, 1, "decrement");
+}
+
+static PyObject *
+rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames, const char *fname, double *w)
+{
+    instant in;
+    if (parse_width(args, nargs, kwnames, 0, fname, &self->sp, w) < 0 ||
+        read_clock(&self->sp, &in) < 0) {
+        return NULL;
+    }
+    return ring_count(&self->ring, &self->sp, &in, *w);
+}
+
+static PyObject *
+Rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double w;
+    return rate_count(self, args, nargs, kwnames, "count", &w);
+}
+
+static PyObject *
+Rate_per_second(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    double w;
+    PyObject *c = rate_count(self, args, nargs, kwnames, "per_second", &w);
+    return per_second(c, w);
+}
+
+static PyObject *
+Rate_total(RateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong((long long)tlr_total(&self->ring));
+}
+
+static PyObject *
+Rate_reset(RateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    instant in;
+    if (read_clock(&self->sp, &in) < 0) {
+        return NULL;
+    }
+    int64_t boundary = self->sp.clock == NULL ? (in.slot + 1) * self->sp.res_ns : INT64_MIN;
+    return PyLong_FromLongLong((long long)tlr_reset(&self->ring, in.slot, boundary));
+}
+
+static PyObject *
+Rate_repr(RateObject *self)
+{
+    PyObject *a = spec_repr_args(&self->sp);
+    if (a == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("%s(%U, total=%lld)", type_name(Py_TYPE(self)), a,
+                                       (long long)tlr_total(&self->ring));
+    Py_DECREF(a);
+    return r;
+}
+
+static PyObject *
+get_window(PyObject *self, void *off)
+{
+    spec *sp = (spec *)((char *)self + (Py_ssize_t)off);
+    return PyFloat_FromDouble(sp->window);
+}
+
+static PyObject *
+get_resolution(PyObject *self, void *off)
+{
+    spec *sp = (spec *)((char *)self + (Py_ssize_t)off);
+    return PyFloat_FromDouble(sp->resolution);
+}
+
+static PyObject *
+get_buckets(PyObject *self, void *off)
+{
+    spec *sp = (spec *)((char *)self + (Py_ssize_t)off);
+    return PyLong_FromLongLong((long long)sp->nb);
+}
+
+static PyObject *
+get_clock(PyObject *self, void *off)
+{
+    spec *sp = (spec *)((char *)self + (Py_ssize_t)off);
+    return Py_NewRef(sp->clock == NULL ? Py_None : sp->clock);
+}
+
+#define SPEC_GETSET(type)                                                             \
+    {"window", get_window, NULL, "The window in seconds (count()'s default and maximum).", \
+     (void *)offsetof(type, sp)},                                                     \
+        {"resolution", get_resolution, NULL, "The bucket width in seconds.",          \
+         (void *)offsetof(type, sp)},                                                 \
+        {"buckets", get_buckets, NULL, "ceil(window / resolution).",                  \
+         (void *)offsetof(type, sp)},                                                 \
+        {"clock", get_clock, NULL, "The clock callable, or None for the default.",    \
+         (void *)offsetof(type, sp)},                                                 \
+        {NULL, NULL, NULL, NULL, NULL}
+
+static PyGetSetDef Rate_getset[] = {SPEC_GETSET(RateObject)};
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef Rate_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))Rate_increment, FASTKW,
+     "increment(n=1) -> None\n\nCount n events now."},
+    {"decrement", (PyCFunction)(void (*)(void))Rate_decrement, FASTKW,
+     "decrement(n=1) -> None\n\nCount -n events now."},
+    {"count", (PyCFunction)(void (*)(void))Rate_count, FASTKW,
+     "count(window=None) -> int\n\nEvents in the current bucket and the buckets "
+     "fully inside the last `window` seconds."},
+    {"per_second", (PyCFunction)(void (*)(void))Rate_per_second, FASTKW,
+     "per_second(window=None) -> float\n\ncount(window) / window."},
+    {"total", (PyCFunction)Rate_total, METH_NOARGS,
+     "total() -> int\n\nEvents since creation or the last reset()."},
+    {"reset", (PyCFunction)Rate_reset, METH_NOARGS,
+     "reset() -> int\n\nTake the total and empty every bucket."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Rate_slots[] = {
+    {Py_tp_doc, "RateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
+                "Events in the last `window` seconds, in buckets of `resolution`."},
+    {Py_tp_new, Rate_new},
+    {Py_tp_dealloc, Rate_dealloc},
+    {Py_tp_traverse, Rate_traverse},
+    {Py_tp_clear, Rate_clear},
+    {Py_tp_methods, Rate_methods},
+    {Py_tp_getset, Rate_getset},
+    {Py_tp_repr, Rate_repr},
+    {0, NULL},
+};
+
+static PyType_Spec Rate_spec = {
+    "tallies.RateCounter", sizeof(RateObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Rate_slots,
+};
+
+/* ---- KeyedRateCounter: a dict of key -> ring object ------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    tlr_ring ring;
+    _Atomic int64_t state; /* _keyed_cells.h's removal protocol (free-threaded) */
+} RingObject;
+
+static PyTypeObject *ring_type;
+
+static void
+Ring_dealloc(RingObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tlr_free(&self->ring);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Ring_slots[] = {
+    {Py_tp_doc, "One key's ring inside a KeyedRateCounter (internal)."},
+    {Py_tp_dealloc, Ring_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec Ring_spec = {
+    "tallies.rates._core._Ring", sizeof(RingObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Ring_slots,
+};
+
+static PyObject *
+ring_new(int64_t nb)
+{
+    RingObject *r = PyObject_New(RingObject, ring_type);
+    if (r == NULL) {
+        return NULL;
+    }
+    if (tlr_init(&r->ring, nb) < 0) {
+        r->ring.marks = NULL;
+        Py_DECREF(r);
+        return PyErr_NoMemory();
+    }
+    atomic_init(&r->state, 0);
+    return (PyObject *)r;
+}
+
+#define RING(o) (&((RingObject *)(o))->ring)
+#define RSTATE(o) (&((RingObject *)(o))->state)
+
+#ifdef Py_GIL_DISABLED
+/* The protocol of _keyed_cells.h, on the ring's state word. */
+static inline int
+ring_enter(_Atomic int64_t *s)
+{
+    int64_t v = atomic_fetch_add_explicit(s, 1, memory_order_seq_cst);
+    if (TL_UNLIKELY(v & TLK_CLOSED)) {
+        atomic_fetch_sub_explicit(s, 1, memory_order_relaxed);
+        return 0;
+    }
+    return 1;
+}
+static inline void
+ring_leave(_Atomic int64_t *s)
+{
+    atomic_fetch_sub_explicit(s, 1, memory_order_release);
+}
+#endif
+
+static inline int
+ring_retire(_Atomic int64_t *s)
+{
+    return (atomic_fetch_or_explicit(s, TLK_RETIRED, memory_order_seq_cst) &
+            TLK_RETIRED) == 0;
+}
+
+static inline void
+ring_unretire(_Atomic int64_t *s)
+{
+    atomic_fetch_and_explicit(s, ~TLK_RETIRED, memory_order_seq_cst);
+}
+
+static inline void
+ring_close(_Atomic int64_t *s)
+{
+    int64_t v = atomic_fetch_or_explicit(s, TLK_CLOSED, memory_order_seq_cst);
+    while ((v & TLK_WRITERS) != 0) {
+        sched_yield();
+        v = atomic_load_explicit(s, memory_order_acquire);
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict; /* key -> ring */
+    spec sp;
+    _Atomic int64_t next_sweep; /* ns (default clock) or slot (user clock) */
+    _Atomic int sweeping;       /* a sweep is running (in any thread, or up the stack) */
+} KRateObject;
+
+static PyObject *
+KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"window", "resolution", "clock", NULL};
+    PyObject *wobj = NULL, *robj = NULL, *clock = NULL;
+    spec sp;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$O:KeyedRateCounter", kwlist, &wobj,
+                                     &robj, &clock)) {
+        return NULL;
+    }
+    if (parse_spec("KeyedRateCounter", wobj, robj, clock, &sp) < 0) {
+        return NULL;
+    }
+    KRateObject *self = (KRateObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->dict = PyDict_New();
+    if (self->dict == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_XINCREF(sp.clock);
+    self->sp = sp;
+    atomic_init(&self->next_sweep, INT64_MIN);
+    atomic_init(&self->sweeping, 0);
+    return (PyObject *)self;
+}
+
+static int
+KRate_traverse(KRateObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->dict);
+    Py_VISIT(self->sp.clock);
+    return 0;
+}
+
+static int
+KRate_clear_gc(KRateObject *self)
+{
+    if (self->dict != NULL) {
+        PyDict_Clear(self->dict);
+    }
+    Py_CLEAR(self->sp.clock);
+    return 0;
+}
+
+static void
+KRate_dealloc(KRateObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->sp.clock);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static inline int
+lookup(PyObject *dict, PyObject *key, PyObject **ring)
+{
+#ifdef Py_GIL_DISABLED
+    return PyDict_GetItemRef(dict, key, ring);
+#else
+    PyObject *r = PyDict_GetItemWithError(dict, key);
+    if (r == NULL) {
+        *ring = NULL;
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    *ring = Py_NewRef(r);
+    return 1;
+#endif
+}
+
+static PyObject *
+keyed_overflow(const char *op, int64_t n, PyObject *key, int64_t current)
+{
+    PyErr_Format(PyExc_OverflowError,
+                 "%s(%lld) would move the total of %R outside the signed 64-bit "
+                 "range; it stays at %lld",
+                 op, (long long)n, key, (long long)current);
+    return NULL;
+}
+
+/* Count n (sub: -n) for key at instant in.  0, or -1 with an exception. */
+static int
+krate_add_at(KRateObject *self, PyObject *key, const instant *in, int64_t n, int sub,
+             const char *op)
+{
+    int64_t v;
+    for (;;) {
+        PyObject *ring;
+        int found = lookup(self->dict, key, &ring);
+        if (found < 0) {
+            return -1;
+        }
+        if (found == 0) {
+            int64_t first;
+            if (sub ? TL_SUB_OVERFLOWS((int64_t)0, n, &first)
+                    : TL_ADD_OVERFLOWS((int64_t)0, n, &first)) {
+                keyed_overflow(op, n, key, 0);
+                return -1;
+            }
+            PyObject *mine = ring_new(self->sp.nb);
+            if (mine == NULL) {
+                return -1;
+            }
+#ifdef Py_GIL_DISABLED
+            int r = PyDict_SetDefaultRef(self->dict, key, mine, &ring);
+            Py_DECREF(mine);
+            if (r < 0) {
+                return -1;
+            }
+#else
+            ring = PyDict_SetDefault(self->dict, key, mine);
+            Py_DECREF(mine);
+            if (ring == NULL) {
+                return -1;
+            }
+            Py_INCREF(ring);
+#endif
+        }
+#ifdef Py_GIL_DISABLED
+        if (!ring_enter(RSTATE(ring))) {
+            Py_DECREF(ring); /* closed by a remover: it has left the dict */
+            continue;
+        }
+        int r = ring_add(RING(ring), &self->sp, in, n, sub, &v);
+        ring_leave(RSTATE(ring));
+#else
+        int r = ring_add(RING(ring), &self->sp, in, n, sub, &v);
+#endif
+        Py_DECREF(ring);
+        if (TL_UNLIKELY(r != TL_OK)) {
+            keyed_overflow(op, n, key, v);
+            return -1;
+        }
+        return 0;
+    }
+}
+
+/* Remove the keys whose rings satisfy the predicate (every ring when force,
+ * else those whose newest bucket left the window); an increment that raced
+ * with a removal is counted again in a fresh ring.  The number of keys
+ * removed, or -1.  One sweep at a time: a sweep that finds another one
+ * running (in another thread, or up its own stack, re-entered from a key's
+ * __eq__) returns 0 and leaves the work to it.  clear() (force) always runs;
+ * two removers of one ring are kept apart by the ring's RETIRED bit. */
+static Py_ssize_t
+krate_remove(KRateObject *self, const instant *in, int force)
+{
+    int idle = 0;
+    if (!force && !atomic_compare_exchange_strong(&self->sweeping, &idle, 1)) {
+        return 0;
+    }
+    Py_ssize_t removed = 0;
+    PyObject *items = PyDict_Items(self->dict);
+    if (items == NULL) {
+        removed = -1;
+        goto done;
+    }
+    int64_t oldest = in->slot - self->sp.nb + 1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        PyObject *key = PyTuple_GET_ITEM(pair, 0), *ring = PyTuple_GET_ITEM(pair, 1);
+        int64_t latest = tlr_latest(RING(ring));
+        if (!force && latest != TLR_NONE && latest >= oldest) {
+            continue;
+        }
+        if (!ring_retire(RSTATE(ring))) {
+            continue;
+        }
+        int64_t before = tlr_total(RING(ring));
+        PyObject *now_there;
+        int found = lookup(self->dict, key, &now_there);
+        int del = -1;
+        if (found > 0) {
+            del = now_there == ring ? PyDict_DelItem(self->dict, key) : 1;
+            Py_DECREF(now_there);
+        }
+        if (found < 0 || del < 0) {
+            ring_unretire(RSTATE(ring));
+            removed = -1;
+            break;
+        }
+        if (found == 0 || del == 1) {
+            ring_unretire(RSTATE(ring));
+            continue;
+        }
+        ring_close(RSTATE(ring));
+        removed++;
+        int64_t after = tlr_total(RING(ring)), d;
+        if (!force && after != before) {
+            /* increments that raced with the removal: count them again now */
+            int r;
+            if (!TL_SUB_OVERFLOWS(after, before, &d)) {
+                r = krate_add_at(self, key, in, d, 0, "increment");
+            }
+            else {
+                r = krate_add_at(self, key, in, after, 0, "increment");
+                if (r == 0) {
+                    r = krate_add_at(self, key, in, before, 1, "decrement");
+                }
+            }
+            if (r < 0) {
+                removed = -1;
+                break;
+            }
+        }
+    }
+    Py_DECREF(items);
+done:
+    if (!force) {
+        atomic_store(&self->sweeping, 0);
+    }
+    return removed;
+}
+
+static inline int64_t
+sweep_clock(const spec *sp, const instant *in)
+{
+    return sp->clock == NULL ? in->ns : in->slot;
+}
+
+/* Run the periodic sweep if it is due (at most once per window). */
+static int
+maybe_sweep(KRateObject *self, const instant *in)
+{
+    int64_t now = sweep_clock(&self->sp, in);
+    int64_t due = atomic_load_explicit(&self->next_sweep, memory_order_relaxed);
+    if (TL_LIKELY(now < due)) {
+        return 0;
+    }
+    int64_t next = now + (self->sp.clock == NULL ? self->sp.window_ns : self->sp.nb);
+    if (!atomic_compare_exchange_strong(&self->next_sweep, &due, next)) {
+        return 0; /* another thread sweeps */
+    }
+    return krate_remove(self, in, 0) < 0 ? -1 : 0;
+}
+
+static PyObject *
+krate_update(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames, int sub, const char *fname)
+{
+    PyObject *key;
+    int64_t n = 1;
+    if (TL_UNLIKELY(nargs != 1 || kwnames != NULL)) {
+        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        if (nargs < 1) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'", fname);
+            return NULL;
+        }
+        if (nargs + nkw > 2) {
+            PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)",
+                         fname, nargs + nkw);
+            return NULL;
+        }
+        if (nkw == 1 &&
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "n") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                         fname, PyTuple_GET_ITEM(kwnames, 0));
+            return NULL;
+        }
+        if (nargs + nkw == 2 && to_int64(args[1], fname, &n) < 0) {
+            return NULL;
+        }
+    }
+    key = args[0];
+    instant in;
+#ifndef Py_GIL_DISABLED
+    if (TL_LIKELY(self->sp.clock == NULL)) {
+        /* The hot path: one lookup, the ring's compare and add. */
+        in.ns = now_ns(&self->sp);
+        PyObject *ring = PyDict_GetItemWithError(self->dict, key);
+        if (TL_LIKELY(ring != NULL) &&
+            TL_LIKELY(in.ns < atomic_load_explicit(&self->next_sweep, memory_order_relaxed))) {
+            int64_t v;
+            if (TL_UNLIKELY(tlr_add_ns(RING(ring), in.ns, self->sp.res_ns, n, sub, &v) !=
+                            TL_OK)) {
+                return keyed_overflow(fname, n, key, v);
+            }
+            Py_RETURN_NONE;
+        }
+        if (ring == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+        in.slot = tlr_floordiv(in.ns, self->sp.res_ns);
+    }
+    else if (read_clock(&self->sp, &in) < 0) {
+        return NULL;
+    }
+#else
+    if (read_clock(&self->sp, &in) < 0) {
+        return NULL;
+    }
+#endif
+    if (krate_add_at(self, key, &in, n, sub, fname) < 0) {
+        return NULL;
+    }
+    if (maybe_sweep(self, &in) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+KRate_increment(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    return krate_update(self, args, nargs, kwnames, 0, "increment");
+}
+
+static PyObject *
+KRate_decrement(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    return krate_update(self, args, nargs, kwnames, 1, "decrement");
+}
+
+static PyObject *
+krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *kwnames, const char *fname, double *w)
+{
+    instant in;
+    if (parse_width(args, nargs, kwnames, 1, fname, &self->sp, w) < 0) {
+        return NULL;
+    }
+    PyObject *ring;
+    int found = lookup(self->dict, args[0], &ring);
+    if (found <= 0) {
+        return found < 0 ? NULL : PyLong_FromLong(0);
+    }
+    PyObject *r = read_clock(&self->sp, &in) < 0 ? NULL
+                                                 : ring_count(RING(ring), &self->sp, &in, *w);
+    Py_DECREF(ring);
+    return r;
+}
+
+static PyObject *
+KRate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double w;
+    return krate_count(self, args, nargs, kwnames, "count", &w);
+}
+
+static PyObject *
+KRate_per_second(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    double w;
+    PyObject *c = krate_count(self, args, nargs, kwnames, "per_second", &w);
+    return per_second(c, w);
+}
+
+static PyObject *
+KRate_sweep(KRateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    instant in;
+    if (read_clock(&self->sp, &in) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = krate_remove(self, &in, 0);
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+KRate_clear(KRateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    instant in = {0, 0, 0.0};
+    if (krate_remove(self, &in, 1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* snapshot(window=None) -> dict: every key with a non-zero count (sweeps first). */
+static PyObject *
+KRate_snapshot(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    double w;
+    instant in;
+    if (parse_width(args, nargs, kwnames, 0, "snapshot", &self->sp, &w) < 0 ||
+        read_clock(&self->sp, &in) < 0 || krate_remove(self, &in, 0) < 0) {
+        return NULL;
+    }
+    PyObject *items = PyDict_Items(self->dict);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyDict_New();
+    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        PyObject *c = ring_count(RING(PyTuple_GET_ITEM(pair, 1)), &self->sp, &in, w);
+        if (c == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        int nonzero = PyObject_IsTrue(c);
+        if (nonzero && PyDict_SetItem(out, PyTuple_GET_ITEM(pair, 0), c) < 0) {
+            Py_CLEAR(out);
+        }
+        Py_DECREF(c);
+    }
+    Py_DECREF(items);
+    return out;
+}
+
+static Py_ssize_t
+KRate_len(KRateObject *self)
+{
+    instant in;
+    if (read_clock(&self->sp, &in) < 0 || krate_remove(self, &in, 0) < 0) {
+        return -1;
+    }
+    return PyDict_Size(self->dict);
+}
+
+static PyObject *
+KRate_keys(KRateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyDict_Keys(self->dict);
+}
+
+static PyObject *
+KRate_repr(KRateObject *self)
+{
+    PyObject *a = spec_repr_args(&self->sp);
+    if (a == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("%s(%U, keys=%zd)", type_name(Py_TYPE(self)), a,
+                                       PyDict_Size(self->dict));
+    Py_DECREF(a);
+    return r;
+}
+
+static PyGetSetDef KRate_getset[] = {SPEC_GETSET(KRateObject)};
+
+static PyMethodDef KRate_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))KRate_increment, FASTKW,
+     "increment(key, n=1) -> None\n\nCount n events of key now."},
+    {"decrement", (PyCFunction)(void (*)(void))KRate_decrement, FASTKW,
+     "decrement(key, n=1) -> None\n\nCount -n events of key now."},
+    {"count", (PyCFunction)(void (*)(void))KRate_count, FASTKW,
+     "count(key, window=None) -> int\n\nkey's events in the window."},
+    {"per_second", (PyCFunction)(void (*)(void))KRate_per_second, FASTKW,
+     "per_second(key, window=None) -> float\n\ncount(key, window) / window."},
+    {"snapshot", (PyCFunction)(void (*)(void))KRate_snapshot, FASTKW,
+     "snapshot(window=None) -> dict\n\nEvery key with a non-zero count in the window."},
+    {"sweep", (PyCFunction)KRate_sweep, METH_NOARGS,
+     "sweep() -> int\n\nDrop the keys whose buckets have all expired; how many."},
+    {"clear", (PyCFunction)KRate_clear, METH_NOARGS, "clear() -> None\n\nDrop every key."},
+    {"_keys", (PyCFunction)KRate_keys, METH_NOARGS,
+     "_keys() -> list\n\nThe keys held now, swept or not (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot KRate_slots[] = {
+    {Py_tp_doc, "KeyedRateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
+                "A RateCounter per key."},
+    {Py_tp_new, KRate_new},
+    {Py_tp_dealloc, KRate_dealloc},
+    {Py_tp_traverse, KRate_traverse},
+    {Py_tp_clear, KRate_clear_gc},
+    {Py_tp_methods, KRate_methods},
+    {Py_tp_getset, KRate_getset},
+    {Py_tp_repr, KRate_repr},
+    {Py_mp_length, KRate_len},
+    {0, NULL},
+};
+
+static PyType_Spec KRate_spec = {
+    "tallies.KeyedRateCounter", sizeof(KRateObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, KRate_slots,
+};
+
+/* ---- module --------------------------------------------------------------- */
+
+typedef struct {
+    PyTypeObject *RateCounter;
+    PyTypeObject *KeyedRateCounter;
+    PyTypeObject *Ring;
+} module_state;
+
+static int
+rate_exec(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    struct timespec res;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
+        coarse_gran_ns = res.tv_nsec;
+    }
+    st->RateCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Rate_spec, NULL);
+    if (st->RateCounter == NULL || PyModule_AddType(m, st->RateCounter) < 0) {
+        return -1;
+    }
+    st->KeyedRateCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &KRate_spec, NULL);
+    if (st->KeyedRateCounter == NULL || PyModule_AddType(m, st->KeyedRateCounter) < 0) {
+        return -1;
+    }
+    st->Ring = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Ring_spec, NULL);
+    if (st->Ring == NULL) {
+        return -1;
+    }
+    ring_type = st->Ring;
+#ifdef Py_GIL_DISABLED
+    int ft = 1;
+#else
+    int ft = 0;
+#endif
+    if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_BUCKETS", TLR_MAX_BUCKETS) < 0 ||
+        PyModule_AddIntConstant(m, "COARSE_GRANULARITY_NS", (long)coarse_gran_ns) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+rate_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_VISIT(st->RateCounter);
+    Py_VISIT(st->KeyedRateCounter);
+    Py_VISIT(st->Ring);
+    return 0;
+}
+
+static int
+rate_clear(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_CLEAR(st->RateCounter);
+    Py_CLEAR(st->KeyedRateCounter);
+    Py_CLEAR(st->Ring);
+    return 0;
+}
+
+static PyModuleDef_Slot rate_slots[] = {
+    {Py_mod_exec, rate_exec},
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef rate_module = {
+    PyModuleDef_HEAD_INIT,
+    "tallies.rates._core",
+    "The C core of tallies' rates: RateCounter and KeyedRateCounter.",
+    sizeof(module_state),
+    NULL,
+    rate_slots,
+    rate_traverse,
+    rate_clear,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&rate_module);
+}

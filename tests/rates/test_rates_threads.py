@@ -1,0 +1,157 @@
+"""Rates under real threads: the tutorial's workload, and increments racing rotations."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import pytest
+from _rates_support import Clock
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> None:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_ten_threads_one_window(rates_impl: ModuleType) -> None:
+    """10 threads x 100,000 increments within one 60 s window: count() == 1,000,000."""
+    rc = rates_impl.RateCounter(60.0, 1.0)
+
+    def task(_: int) -> None:
+        inc = rc.increment
+        for _ in range(100_000):
+            inc()
+
+    run_threads(10, task)
+    assert rc.total() == 1_000_000
+    assert rc.count() == 1_000_000
+
+
+def test_increments_racing_rotations(rates_impl: ModuleType, fast_switching: None) -> None:
+    """A 1 ms resolution and a driven clock that another thread keeps moving
+    (mostly forward, sometimes back): total() stays exact and a count() read
+    before total() never exceeds it."""
+    clock = Clock(0.0)
+    rc = rates_impl.RateCounter(0.05, 0.001, clock=clock)
+    stop = threading.Event()
+    bad: list[tuple[int, int]] = []
+    per_thread = 20_000
+    writers = 4
+
+    def tick() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            clock.t += -0.003 if k % 17 == 0 else 0.0007
+
+    def read() -> None:
+        while not stop.is_set():
+            c = rc.count()
+            t = rc.total()
+            if c > t or c < 0:
+                bad.append((c, t))
+
+    def write(i: int) -> None:
+        inc = rc.increment
+        for _ in range(per_thread):
+            inc()
+
+    side = [threading.Thread(target=tick), threading.Thread(target=read)]
+    for t in side:
+        t.start()
+    try:
+        run_threads(writers, write)
+    finally:
+        stop.set()
+        for t in side:
+            t.join()
+    assert rc.total() == writers * per_thread
+    assert bad == []
+    clock.t += 1.0
+    assert rc.count() == 0
+
+
+def test_keyed_threads_one_window(rates_impl: ModuleType, fast_switching: None) -> None:
+    """10 threads x 20,000 increments over 50 keys, sweeps and snapshots racing them."""
+    clock = Clock(100.0)
+    kr = rates_impl.KeyedRateCounter(10.0, 1.0, clock=clock)
+    stop = threading.Event()
+
+    def sweeper() -> None:
+        while not stop.is_set():
+            kr.sweep()
+            kr.snapshot()
+            len(kr)
+
+    def write(i: int) -> None:
+        inc = kr.increment
+        for j in range(20_000):
+            inc(f"k{(i * 7 + j) % 50}")
+
+    side = threading.Thread(target=sweeper)
+    side.start()
+    try:
+        run_threads(10, write)
+    finally:
+        stop.set()
+        side.join()
+    snap = kr.snapshot()
+    assert sum(snap.values()) == 200_000
+    assert len(snap) == 50 and set(snap.values()) == {4000}
+
+
+def test_keyed_expiry_racing_increments(rates_impl: ModuleType, fast_switching: None) -> None:
+    """Keys expire and are swept while other threads count them again: every
+    increment is in the final window (the clock stops moving before the end)."""
+    clock = Clock(0.0)
+    kr = rates_impl.KeyedRateCounter(0.01, 0.001, clock=clock)
+    stop = threading.Event()
+    moving = threading.Event()
+    moving.set()
+    step = threading.Lock()
+
+    def tick() -> None:
+        while not stop.is_set():
+            with step:
+                if moving.is_set():
+                    clock.t += 0.004
+            kr.sweep()
+
+    side = threading.Thread(target=tick)
+    side.start()
+    added = [0] * 4
+
+    def write(i: int) -> None:
+        for j in range(5_000):
+            kr.increment(f"k{j % 5}")
+            added[i] += 1
+
+    try:
+        run_threads(4, write)
+        with step:
+            moving.clear()  # time stands still from here on
+        before = dict(kr.snapshot())
+        run_threads(4, write)
+    finally:
+        stop.set()
+        side.join()
+    after = kr.snapshot()
+    # with time frozen and a 10-bucket window, the second round all counts
+    assert sum(after.values()) - sum(before.values()) == 20_000
+    assert sum(added) == 40_000
