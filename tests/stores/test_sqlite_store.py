@@ -714,3 +714,30 @@ def test_reads_stay_exact_after_an_idle_writers_entry_is_pruned(db: Path, url: s
         assert c.value() == 18
     with tallies.open(url) as s:
         assert s.counter("n").value() == 18 and s.keyed("k")["x"] == 6
+
+
+def test_names_registered_again_in_a_file_recreated_under_an_open_store(db: Path, url: str) -> None:
+    """destroy() while a store has the file open: that store's next flush fails
+    (file removed), the one after re-creates the file and writes its deltas.
+    The names it had registered in the old file must be registered in the new
+    one too, or another store could open a counter's name as a keyed counter."""
+    with tallies.open(url) as b:
+        c = b.counter("n")
+        kc = b.keyed("k")
+        c.increment(3)
+        kc.increment("a")
+        b.flush()
+        assert tallies.destroy(url_of(db))
+        c.increment(4)
+        with pytest.raises(FlushError, match="removed or replaced"):
+            b.flush()
+        b.flush()
+        assert raw(db, "select name, kind from names order by rowid") == [
+            ("n", "counter"),
+            ("k", "keyed"),
+        ]
+        with tallies.open(url) as s:
+            assert s.names() == ["n", "k"]
+            with pytest.raises(ValueError, match="'n' is a counter"):
+                s.keyed("n")
+            assert s.snapshot() == {"counters": {"n": 4}, "keyed": {"k": {}}}

@@ -292,6 +292,11 @@ class SqliteBackend:
         # reports at least that (see read()), since the writers row of a
         # writer idle for PRUNE_AFTER may have been pruned by another writer
         self._acked: dict[str, int] = {}
+        # every name registered through this connection; registered again
+        # when the writer reopens a different file (removed and re-created
+        # while open), whose names table no longer has them
+        self._names: dict[str, Kind] = {}
+        self._new_file = False
         self._w = self._open(validate=True)
 
     # -- connections -------------------------------------------------------------
@@ -387,6 +392,7 @@ class SqliteBackend:
             same = False
         if not same:
             self._drop_writer()
+            self._new_file = True  # (a re-created file may even reuse the inode)
             raise StoreUnavailableError(
                 f"sqlite: {self.path} was removed or replaced while open; "
                 "the next attempt opens the file now at that path"
@@ -497,13 +503,14 @@ class SqliteBackend:
                     "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?)",
                     (writer_id, batch.seq, now),
                 )
-            if batch.names:
+            names = {**self._names, **batch.names} if self._new_file else batch.names
+            if names:
                 conn.executemany(
-                    "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", batch.names.items()
+                    "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", names.items()
                 )
                 conn.executemany(
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
-                    [(n,) for n, k in batch.names.items() if k == "counter"],
+                    [(n,) for n, k in names.items() if k == "counter"],
                 )
             if exact:
                 self._add_exact(conn, batch)
@@ -518,6 +525,9 @@ class SqliteBackend:
         except _Refused:  # rolled back: redo with exact arithmetic (rare)
             self._write(lambda conn: body(conn, True))
         self._ack(writer_id, batch.seq)
+        with self._wlock:
+            self._names.update(batch.names)
+            self._new_file = False
 
     def _ack(self, writer_id: str, seq: int) -> None:
         with self._wlock:
