@@ -56,7 +56,7 @@ def extension(name: str, source: str, *headers: str) -> Extension:
 setup(
     ext_modules=[
         extension("tallies.counter._core", "counter.c"),
-        extension("tallies.keyed._core", "keyed.c", "_keyed_cells.h"),
+        extension("tallies.keyed._core", "keyed.c", "_ktable.h"),
         extension("tallies.stores._shm", "shm.c"),
         extension("tallies.stores._buffered", "buffered.c"),
         extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),

@@ -47,6 +47,23 @@ PYEOF
     fi
 }
 
+_need_test_tools() {
+    # The tests start a real Prometheus server and drive `tallies watch` in tmux.
+    # Installed only when missing, only as root; without them those tests fail
+    # (TALLIES_REQUIRE_C=1) with the reason.  Debian's package starts or enables
+    # a prometheus service: stop and disable it, the tests run their own.
+    local missing=()
+    command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    _apt_install --no-install-recommends "${missing[@]}" || return 0
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        { command -v systemctl && systemctl disable --now prometheus; } >/dev/null 2>&1 || true
+        { command -v service && service prometheus stop; } >/dev/null 2>&1 || true
+        { command -v update-rc.d && update-rc.d prometheus disable; } >/dev/null 2>&1 || true
+    fi
+}
+
 # The redis:// tests start their own redis-server (and a 3-node cluster) on free
 # loopback ports; install it for the test extra when it is missing.  Debian's
 # package may start a service on 6379: stop and disable it, the tests never use it.
@@ -75,6 +92,7 @@ bootstrap_tallies() {
     local extra="${1:-}"
     _need_system_packages
     if [ "$extra" = test ]; then _need_redis_server; fi
+    case ",$extra," in *,test,*) _need_test_tools ;; esac
     if [ ! -x "$VENV/bin/python" ]; then
         _say "creating $VENV"
         "$PY" -m venv "$VENV"

@@ -34,11 +34,14 @@ __all__ = [
     "__version__",
     "aopen",
     "destroy",
+    "progress",
 ]
 # tallies.open is exported but kept out of __all__: `from tallies import *`
 # must not shadow the builtin open().
 __version__ = "0.1.0"
 
+from ._progress import Progress as Progress  # stdlib only: the bar for tallies.progress()
+from ._progress import progress
 from .counter import IMPLEMENTATION, Counter, ShardedCounter
 from .keyed import KeyedCounter  # picks its core the same way (tallies.keyed)
 from .rates import KeyedRateCounter, RateCounter  # likewise (tallies.rates)

@@ -1,151 +1,241 @@
 /*
- * Stress the key-removal protocol of src/tallies/_keyed_cells.h from pthreads
- * (build with -fsanitize=thread; tests/test_keyed_protocol.py does).
+ * Stress KeyedCounter's table (src/tallies/_c/_ktable.h, concurrent mode)
+ * from pthreads; build with -fsanitize=thread (tests/c/test_keyed_protocol.py
+ * does).
  *
- * A mock "dict" stands in for CPython's: NKEYS slots, each mapping a key to
- * a cell pointer, every slot operation (lookup, setdefault, delete) atomic
- * under one mutex, as dict operations are.  Cells are never freed during the
- * run (CPython keeps a cell alive while a thread holds a reference to it).
+ * Keys are small structs with an id.  Each id has two distinct key objects,
+ * so lookups go through the equality callback (not only identity), and ids
+ * collide on purpose (hash = id % 5), so probes are long and equal-hash keys
+ * are common.  Half of the ids "cache their hash" (as exact str do in the
+ * extension), the other half do not, so tables switch from the 16-byte to the
+ * 24-byte entry layout while threads count.  Some keys decide equality in
+ * TKT_FAST_EQ, others only through TKT_EQ, which the table calls outside its
+ * regions (and re-validates after).
  *
- * Writers do what KeyedCore's increment does without a GIL: look up (insert a
- * fresh cell when absent), tlk_add, and on TLK_RETRY look up again.  Removers
- * do what pop does: retire, delete from the map, close, wait, take.  Some
- * removers abandon after retiring (as when a key's __eq__ raises during the
- * deletion) and unretire.  Resetters exchange a found cell's value with 0.
+ * Threads:
+ *   writers   add 1..4 to random keys (inserting them when absent);
+ *   removers  pop keys, prune them (only_if 1 and 2), exchange counts with
+ *             0, and now and then clear everything: all of these move counts
+ *             out, into `taken`, and make entries dead, so the table resizes
+ *             (compacts, grows, changes layout) again and again while the
+ *             writers count;
+ *   a reader  takes snapshots and checks that no id appears twice (a torn
+ *             table or a racy insertion would show as a duplicate) and no
+ *             count is negative (every amount is positive).
+ * Old tables go to a graveyard freed at the end, so a broken protocol shows as
+ * a wrong total rather than as a crash.  Writers pause now and then inside a
+ * region (TKT_REGION_HOOK), and go on until at least MIN_RETIRED tables were
+ * replaced, so resizes and removals really run during increments.
  *
- * At the end, for every key: what is left in its cell + everything taken by
- * pops and resets == everything writers added.  And every closed cell holds 0
- * with no writer inside: nothing was applied to a cell after it left the map.
+ * At the end, for every id: its count left in the table + everything taken
+ * == everything the writers added ("balanced"), and every key object's
+ * reference count is back to 0 after the map is freed.
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "_keyed_cells.h"
+typedef struct {
+    int id;
+    int slow_eq;
+    _Atomic long refs;
+} skey;
 
-#define NKEYS 4
-#define WRITERS 6
-#define REMOVERS 2
-#define RESETTERS 1
-#define OPS 40000
-#define POOL (NKEYS + (REMOVERS + WRITERS) * OPS)
+#define NIDS 24
+static skey keys[NIDS][2];
 
-static pthread_mutex_t map_lock = PTHREAD_MUTEX_INITIALIZER;
-static tlk_cell *slots[NKEYS];
+static _Atomic long eq_calls;
 
-static tlk_cell *pool;
-static _Atomic long pool_next;
-
-static _Atomic int64_t added[NKEYS];
-static _Atomic int64_t taken[NKEYS];
-
-static tlk_cell *
-map_lookup(int key)
+static int
+key_eq(void *a, void *b)
 {
-    pthread_mutex_lock(&map_lock);
-    tlk_cell *c = slots[key];
-    pthread_mutex_unlock(&map_lock);
-    return c;
+    atomic_fetch_add_explicit(&eq_calls, 1, memory_order_relaxed);
+    return ((skey *)a)->id == ((skey *)b)->id;
 }
 
-static tlk_cell *
-map_setdefault(int key, tlk_cell *fresh)
+static int
+key_fast_eq(void *a, void *b)
 {
-    pthread_mutex_lock(&map_lock);
-    if (slots[key] == NULL) {
-        slots[key] = fresh;
+    skey *x = a, *y = b;
+    if (x->slow_eq || y->slow_eq) {
+        return -2;
     }
-    tlk_cell *c = slots[key];
-    pthread_mutex_unlock(&map_lock);
-    return c;
+    return x->id == y->id;
 }
+
+/* The graveyard: tables are freed at exit only. */
+static pthread_mutex_t grave_lock = PTHREAD_MUTEX_INITIALIZER;
+static void **grave;
+static long grave_n, grave_cap;
 
 static void
-map_delete(int key, tlk_cell *c)
+bury(void *p)
 {
-    pthread_mutex_lock(&map_lock);
-    if (slots[key] != c) { /* only the retiring remover deletes its cell */
-        fprintf(stderr, "protocol broken: deleting a cell that is not mapped\n");
-        abort();
+    pthread_mutex_lock(&grave_lock);
+    if (grave_n == grave_cap) {
+        grave_cap = grave_cap ? grave_cap * 2 : 1024;
+        grave = realloc(grave, (size_t)grave_cap * sizeof(void *));
+        if (grave == NULL) {
+            abort();
+        }
     }
-    slots[key] = NULL;
-    pthread_mutex_unlock(&map_lock);
+    grave[grave_n++] = p;
+    pthread_mutex_unlock(&grave_lock);
 }
 
-static tlk_cell *
-new_cell(void)
+static long
+graveyard_size(void)
 {
-    long i = atomic_fetch_add(&pool_next, 1);
-    if (i >= POOL) {
-        fprintf(stderr, "cell pool exhausted\n");
-        abort();
-    }
-    tlk_init(&pool[i], 0);
-    return &pool[i];
+    pthread_mutex_lock(&grave_lock);
+    long n = grave_n;
+    pthread_mutex_unlock(&grave_lock);
+    return n;
 }
+
+#define TKT_CONCURRENT 1
+typedef pthread_mutex_t tkt_lock_t;
+#define TKT_LOCK(l) pthread_mutex_lock(l)
+#define TKT_UNLOCK(l) pthread_mutex_unlock(l)
+#define TKT_EQ(a, b) key_eq((a), (b))
+#define TKT_FAST_EQ(a, b) key_fast_eq((a), (b))
+#define TKT_INCREF(k) atomic_fetch_add_explicit(&((skey *)(k))->refs, 1, memory_order_relaxed)
+#define TKT_DECREF(k) atomic_fetch_sub_explicit(&((skey *)(k))->refs, 1, memory_order_relaxed)
+#define TKT_CACHES_HASH(k) (((skey *)(k))->id % 2 == 0)
+#define TKT_CACHED_HASH(k) (((skey *)(k))->id % 5)
+#define TKT_FREE_TABLE(p) bury(p)
+/* Now and then a writer pauses between finding its slot and adding to it:
+ * the window in which a broken protocol lets a resize move the count away. */
+static _Thread_local unsigned hook_n;
+#define TKT_REGION_HOOK() ((++hook_n & 31) == 0 ? (void)sched_yield() : (void)0)
+
+#include "_ktable.h"
+
+#define WRITERS 4
+#define REMOVERS 2
+#define OPS 30000
+#define MIN_RETIRED 20 /* writers go on (up to 4 * OPS) until this many tables were replaced */
+
+static tkt_map map;
+static _Atomic int64_t added[NIDS];
+static _Atomic int64_t taken[NIDS];
+static _Atomic int bad_snapshot;
+static _Atomic int writers_done;
 
 static unsigned
 next_rand(unsigned *s)
 {
-    *s = *s * 1103515245u + 12345u;
-    return *s >> 16;
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
 }
 
 static void *
 writer(void *arg)
 {
-    unsigned seed = (unsigned)(uintptr_t)arg;
-    for (int i = 0; i < OPS; i++) {
-        int key = (int)(next_rand(&seed) % NKEYS);
-        int64_t n = 1 + (int64_t)(next_rand(&seed) % 3), out;
-        for (;;) {
-            tlk_cell *c = map_lookup(key);
-            if (c == NULL) {
-                c = map_setdefault(key, new_cell()); /* a lost race leaks one pool cell */
-            }
-            int r = tlk_add(c, n, 0, &out);
-            if (r == TL_OK) {
-                atomic_fetch_add(&added[key], n);
-                break;
-            }
-            if (r != TLK_RETRY) {
-                abort();
-            }
+    unsigned s = (unsigned)(uintptr_t)arg * 2654435761u + 1;
+    for (long i = 0; i < OPS || (i < 4 * OPS && graveyard_size() < MIN_RETIRED); i++) {
+        unsigned r = next_rand(&s);
+        skey *k = &keys[r % NIDS][(r >> 8) & 1];
+        int64_t n = 1 + (int64_t)((r >> 12) & 3), out;
+        int rc = tkt_add(&map, k, k->id % 5, n, 0, &out, NULL);
+        if (rc != TL_OK) {
+            printf("FAIL add returned %d\n", rc);
+            abort();
+        }
+        atomic_fetch_add_explicit(&added[k->id], n, memory_order_relaxed);
+    }
+    atomic_fetch_add(&writers_done, 1);
+    return NULL;
+}
+
+static void
+take_all(tkt_table *t)
+{
+    if (t == NULL) {
+        return;
+    }
+    int64_t count = atomic_load_explicit(&t->nentries, memory_order_relaxed);
+    for (int64_t ix = 0; ix < count; ix++) {
+        skey *k = atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
+        if (k != NULL) {
+            atomic_fetch_add(&taken[k->id], atomic_load(&t->counts[ix]));
         }
     }
-    return NULL;
+    tkt_table_release(t);
 }
 
 static void *
 remover(void *arg)
 {
-    unsigned seed = (unsigned)(uintptr_t)arg;
-    for (int i = 0; i < OPS; i++) {
-        int key = (int)(next_rand(&seed) % NKEYS);
-        tlk_cell *c = map_lookup(key);
-        if (c == NULL || !tlk_retire(c)) {
-            continue; /* absent, or another remover owns it */
-        }
-        if (next_rand(&seed) % 8 == 0) {
-            tlk_unretire(c); /* the deletion "failed": the cell stays */
+    unsigned s = (unsigned)(uintptr_t)arg * 40503u + 7;
+    while (atomic_load(&writers_done) < WRITERS) {
+        unsigned r = next_rand(&s);
+        skey *k = &keys[r % NIDS][(r >> 8) & 1];
+        int64_t v = 0;
+        void *removed = NULL;
+        int rc;
+        switch ((r >> 12) % 8) {
+        case 0:
+        case 1:
+        case 2:
+            rc = tkt_remove(&map, k, k->id % 5, 0, &v, &removed);
+            break;
+        case 3:
+            rc = tkt_remove(&map, k, k->id % 5, 1 + (int)((r >> 16) & 1), &v, &removed);
+            break;
+        case 4:
+        case 5:
+            rc = tkt_exchange(&map, k, k->id % 5, 0, 0, &v);
+            break;
+        case 6:
+            rc = tkt_get(&map, k, k->id % 5, 0, 0, &v);
+            v = 0; /* a read takes nothing */
+            break;
+        default:
+            if ((r >> 16) % 64 == 0) {
+                take_all(tkt_detach_all(&map));
+            }
             continue;
         }
-        map_delete(key, c);
-        atomic_fetch_add(&taken[key], tlk_close_and_take(c));
+        if (rc < 0) {
+            printf("FAIL remove/exchange returned %d\n", rc);
+            abort();
+        }
+        if (removed != NULL) {
+            TKT_DECREF(removed);
+        }
+        atomic_fetch_add(&taken[k->id], v);
     }
     return NULL;
 }
 
 static void *
-resetter(void *arg)
+reader(void *arg)
 {
-    unsigned seed = (unsigned)(uintptr_t)arg;
-    for (int i = 0; i < OPS; i++) {
-        int key = (int)(next_rand(&seed) % NKEYS);
-        tlk_cell *c = map_lookup(key);
-        if (c != NULL) {
-            atomic_fetch_add(&taken[key], tl_exchange(&c->value, 0));
+    (void)arg;
+    void *ks[4 * NIDS];
+    int64_t cs[4 * NIDS];
+    while (atomic_load(&writers_done) < WRITERS) {
+        int64_t n = tkt_snapshot(&map, ks, cs, 4 * NIDS, 0);
+        if (n < 0) {
+            printf("FAIL snapshot wanted %lld slots\n", (long long)(-n - 1));
+            atomic_store(&bad_snapshot, 1);
+            return NULL;
         }
+        int seen[NIDS] = {0};
+        for (int64_t i = 0; i < n; i++) {
+            skey *k = ks[i];
+            if (seen[k->id]++ || cs[i] < 0) {
+                printf("FAIL snapshot: id %d twice or negative count %lld\n", k->id,
+                       (long long)cs[i]);
+                atomic_store(&bad_snapshot, 1);
+            }
+            TKT_DECREF(k);
+        }
+        sched_yield();
     }
     return NULL;
 }
@@ -153,50 +243,64 @@ resetter(void *arg)
 int
 main(void)
 {
-    pool = calloc(POOL, sizeof(tlk_cell));
-    if (pool == NULL) {
+    for (int id = 0; id < NIDS; id++) {
+        for (int j = 0; j < 2; j++) {
+            keys[id][j].id = id;
+            keys[id][j].slow_eq = (id % 3 == 0);
+            atomic_init(&keys[id][j].refs, 0);
+        }
+    }
+    if (tkt_map_init(&map) != 0) {
         return 2;
     }
-    pthread_t th[WRITERS + REMOVERS + RESETTERS];
-    int k = 0;
-    for (int i = 0; i < WRITERS; i++, k++) {
-        pthread_create(&th[k], NULL, writer, (void *)(uintptr_t)(k + 1));
+    pthread_t w[WRITERS], rm[REMOVERS], rd;
+    for (long i = 0; i < WRITERS; i++) {
+        pthread_create(&w[i], NULL, writer, (void *)(i + 1));
     }
-    for (int i = 0; i < REMOVERS; i++, k++) {
-        pthread_create(&th[k], NULL, remover, (void *)(uintptr_t)(k + 1));
+    for (long i = 0; i < REMOVERS; i++) {
+        pthread_create(&rm[i], NULL, remover, (void *)(i + 1));
     }
-    for (int i = 0; i < RESETTERS; i++, k++) {
-        pthread_create(&th[k], NULL, resetter, (void *)(uintptr_t)(k + 1));
+    pthread_create(&rd, NULL, reader, NULL);
+    for (int i = 0; i < WRITERS; i++) {
+        pthread_join(w[i], NULL);
     }
-    for (int i = 0; i < k; i++) {
-        pthread_join(th[i], NULL);
+    for (int i = 0; i < REMOVERS; i++) {
+        pthread_join(rm[i], NULL);
     }
-    int ok = 1;
-    int64_t total_added = 0, total_taken = 0;
-    for (int key = 0; key < NKEYS; key++) {
-        int64_t left = slots[key] ? tl_load(&slots[key]->value) : 0;
-        int64_t a = atomic_load(&added[key]), t = atomic_load(&taken[key]);
-        total_added += a;
-        total_taken += t;
-        if (left + t != a) {
-            fprintf(stderr, "key %d: left %lld + taken %lld != added %lld\n", key,
-                    (long long)left, (long long)t, (long long)a);
+    pthread_join(rd, NULL);
+
+    int ok = !atomic_load(&bad_snapshot);
+    int64_t total_added = 0, total_left = 0;
+    for (int id = 0; id < NIDS; id++) {
+        int64_t left = 0;
+        tkt_get(&map, &keys[id][0], id % 5, 0, 0, &left);
+        total_added += added[id];
+        total_left += left;
+        if (left + taken[id] != added[id]) {
+            printf("LOST OR DOUBLE-COUNTED: id %d added %lld, taken %lld, left %lld\n", id,
+                   (long long)added[id], (long long)taken[id], (long long)left);
             ok = 0;
         }
     }
-    long used = atomic_load(&pool_next), closed = 0;
-    for (long i = 0; i < used; i++) {
-        int64_t s = atomic_load(&pool[i].state);
-        if (s & TLK_CLOSED) {
-            closed++;
-            if (tl_load(&pool[i].value) != 0 || (s & TLK_WRITERS) != 0) {
-                fprintf(stderr, "a closed cell was written after it was taken\n");
+    tkt_map_free(&map);
+    for (int id = 0; id < NIDS; id++) {
+        for (int j = 0; j < 2; j++) {
+            if (atomic_load(&keys[id][j].refs) != 0) {
+                printf("FAIL key %d/%d holds %ld references after free\n", id, j,
+                       atomic_load(&keys[id][j].refs));
                 ok = 0;
             }
         }
     }
-    printf("added %lld taken %lld cells %ld closed %ld: %s\n", (long long)total_added,
-           (long long)total_taken, used, closed, ok ? "balanced" : "LOST OR DOUBLE-COUNTED");
-    free(pool);
-    return ok ? 0 : 1;
+    printf("tables retired %ld, eq calls %ld, added %lld, left at the end %lld\n", grave_n,
+           (long)atomic_load(&eq_calls), (long long)total_added, (long long)total_left);
+    for (long i = 0; i < grave_n; i++) {
+        free(grave[i]);
+    }
+    free(grave);
+    if (!ok) {
+        return 1;
+    }
+    printf("balanced\n");
+    return 0;
 }

@@ -21,8 +21,12 @@ def test_demo_rows_are_real_and_safe_patterns_exact() -> None:
 
 
 def test_bench_rows_have_the_promised_fields() -> None:
-    st = _bench_keyed._single_thread(rounds=1, iterations=20)
-    assert "floor: l.clear()" in st and "KeyedCounter.increment(key)" in st
+    st = _bench_keyed._per_call(rounds=1, iterations=20)
+    assert "floor: l.clear()" in st and "KeyedCounter.increment(key), count >= 1,000" in st
+    per_call = _bench_keyed._per_call_rows(st)
+    assert all(r["verdict"] in ("meets", "misses") for r in per_call if r["target"])
+    bulk = _bench_keyed._bulk(1, 500)
+    assert all(r["verdict"] in ("meets", "misses") and r["counter_seconds"] > 0 for r in bulk)
     rows = _bench_keyed._seed_workload(1, threads=2, per_thread=1_000, nkeys=100)
     assert all(r["exact"] for r in rows), rows
     mem = _bench_keyed._memory(500)

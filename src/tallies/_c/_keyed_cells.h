@@ -1,9 +1,11 @@
 /*
- * tallies keyed cells: the per-key cell of KeyedCounter and the protocol
- * that lets a key be removed while other threads are counting it.
+ * tallies keyed cells: a per-key cell and the protocol that lets a key be
+ * removed while other threads are counting it.  KeyedCounter used it until
+ * it got a table of its own (_ktable.h); KeyedRateCounter's rings (rate.c)
+ * use it.  The text below describes it as it was written, over a dict.
  *
  * Plain C11 over _cells.h (no Python API), so that the protocol can be
- * stressed from pthreads under ThreadSanitizer (tests/c/stress_keyed.c).
+ * stressed from pthreads under ThreadSanitizer (tests/c/stress_keyed_cells.c).
  *
  * The problem
  * -----------

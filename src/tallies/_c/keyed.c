@@ -1,20 +1,25 @@
 /*
  * tallies.keyed._core: the C type under tallies.KeyedCounter.
  *
- * The type (named tallies.keyed.KeyedCounter) owns one dict that maps each
- * key to a small cell object (PyObject_HEAD + a tlk_cell: an int64 count and
- * a state word, 32 bytes).  Counting an existing key is one dict lookup and
- * one checked add on the cell, with no Python int allocated and no dict
- * write.  A missing key gets a fresh cell through PyDict_SetDefault, so two
- * threads inserting the same key end up on the same cell.
+ * The type (named tallies.keyed.KeyedCounter) owns a hash table of its own
+ * (_ktable.h: read its header comment for the layout and for the
+ * free-threaded protocol): each key's int64 count is stored inline next to
+ * the key, so counting an existing key is one probe and one checked add in
+ * place, with no Python int allocated and no dict write, and a key costs a
+ * dict entry's bytes whatever its count.
  *
- * With a GIL every method here runs from lookup to update while holding it
- * (no Python code runs in between), so the cells use the engine's `_serial`
- * arithmetic.  With Py_GIL_DISABLED the lookups use the strong-reference
- * dict API (PyDict_GetItemRef / PyDict_SetDefaultRef) and the updates the
- * atomic ones, inside the removal protocol of _keyed_cells.h (read its
- * header comment): an increment that races with pop/discard/del of the same
- * key is neither lost nor applied to a cell that left the dict.
+ * With a GIL the table runs in serial mode: every method runs with the GIL
+ * held, and the only code that can run in the middle of one is a key's
+ * __eq__ (and __hash__, before the table is touched); the table re-checks
+ * after every __eq__, as CPython's dict does.  With Py_GIL_DISABLED it runs
+ * in concurrent mode: lock-free lookups and atomic adds inside announced
+ * regions, a PyMutex for insertions, and removals and resizes that close the
+ * map while they move counts, so that nothing is lost or counted twice.
+ *
+ * Nothing here runs Python code while the table is being read (keys are
+ * copied out, with references, before any Python object is built), so a
+ * finaliser or a garbage collection that touches the same counter meanwhile
+ * cannot pull the table from under a loop.
  *
  * Here: the per-key primitives, kc[key] (a tagged Count), kc[key] = v (a
  * tagged Count from this counter and key is applied as an atomic increment
@@ -27,8 +32,64 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "_keyed_cells.h"
+#include "_cells.h"
 #include "_pyargs.h"
+
+/* ---- the table's configuration (see _ktable.h) --------------------------- */
+
+#ifdef Py_GIL_DISABLED
+#define TKT_CONCURRENT 1
+typedef PyMutex tkt_lock_t;
+#define TKT_LOCK(l) PyMutex_Lock(l)
+#define TKT_UNLOCK(l) PyMutex_Unlock(l)
+#else
+#define TKT_CONCURRENT 0
+#endif
+
+/* Exact str and exact int compare without running Python code. */
+static inline int
+key_fast_eq(PyObject *a, PyObject *b)
+{
+    if (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+        int kind = PyUnicode_KIND(a);
+        return n == PyUnicode_GET_LENGTH(b) && kind == (int)PyUnicode_KIND(b) &&
+               memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * (size_t)kind) == 0;
+    }
+    if (PyLong_CheckExact(a) && PyLong_CheckExact(b)) {
+        return PyObject_RichCompareBool(a, b, Py_EQ); /* no Python code: 0 or 1 */
+    }
+    return -2;
+}
+
+#define TKT_EQ(a, b) PyObject_RichCompareBool((PyObject *)(a), (PyObject *)(b), Py_EQ)
+#define TKT_FAST_EQ(a, b) key_fast_eq((PyObject *)(a), (PyObject *)(b))
+#define TKT_INCREF(k) Py_INCREF((PyObject *)(k))
+#define TKT_DECREF(k) Py_DECREF((PyObject *)(k))
+#define TKT_CACHES_HASH(k) PyUnicode_CheckExact((PyObject *)(k))
+#define TKT_CACHED_HASH(k) (((PyASCIIObject *)(k))->hash)
+#define TKT_MALLOC(n) PyMem_Malloc(n)
+#define TKT_FREE(p) PyMem_Free(p)
+
+#include "_ktable.h"
+
+/* A key's hash: a str's cached one without a call. */
+static inline Py_hash_t
+key_hash(PyObject *key)
+{
+#if !TKT_CONCURRENT /* free-threaded: CPython sets a str's hash atomically */
+    if (TL_LIKELY(PyUnicode_CheckExact(key))) {
+        Py_hash_t h = ((PyASCIIObject *)key)->hash;
+        if (TL_LIKELY(h != -1)) {
+            return h;
+        }
+    }
+#endif
+    return PyObject_Hash(key);
+}
+
+static inline Py_ssize_t digits_of(int64_t v);
+static inline void count_fill(PyObject *r, int64_t v);
 
 /* ---- arguments (the shared rules are in _pyargs.h) ---------------------- */
 
@@ -76,243 +137,15 @@ overflow_result(const char *op, int64_t n, PyObject *key, int64_t current)
     return NULL;
 }
 
-/* ---- cells -------------------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    tlk_cell c;
-} CellObject;
-
-#define CELL(o) (&((CellObject *)(o))->c)
-
-/* Created once per process (the module is single-interpreter), like the
- * type pointers of tallies.counter._core. */
-static PyTypeObject *cell_type;
-
-static PyObject *
-cell_new(int64_t v)
-{
-    CellObject *c = PyObject_New(CellObject, cell_type);
-    if (c == NULL) {
-        return NULL;
-    }
-    tlk_init(&c->c, v);
-    return (PyObject *)c;
-}
-
-static void
-Cell_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_Free(self);
-    Py_DECREF(tp);
-}
-
-static PyType_Slot Cell_slots[] = {
-    {Py_tp_doc, "One key's count inside a KeyedCore (internal)."},
-    {Py_tp_dealloc, Cell_dealloc},
-    {0, NULL},
-};
-
-static PyType_Spec Cell_spec = {
-    "tallies.keyed._core._Cell", sizeof(CellObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Cell_slots,
-};
-
-/* ---- dict access: strong references on both builds ------------------------ */
-
-/* 1 and a new reference in *cell when found, 0 when absent, -1 on error. */
-static inline int
-get_cell(PyObject *dict, PyObject *key, PyObject **cell)
-{
-#ifdef Py_GIL_DISABLED
-    return PyDict_GetItemRef(dict, key, cell);
-#else
-    PyObject *c = PyDict_GetItemWithError(dict, key);
-    if (c == NULL) {
-        *cell = NULL;
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    *cell = Py_NewRef(c);
-    return 1;
-#endif
-}
 
 /* ---- the KeyedCounter type ------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *dict; /* key -> cell (or shared small int in small mode) */
-    int small;      /* small mode, below */
+    tkt_map map;
 } KeyedObject;
 
-/* ---- small mode (GIL builds) -----------------------------------------------
- *
- * collections.Counter stores each count as a Python int, and counts in
- * [-5, 256] are CPython's shared small ints: they cost no memory.  To stay
- * within 2x of Counter's memory, a GIL build stores such counts the same way
- * (the shared small int as the dict value) and only a count outside that
- * range in a cell, whose 32 bytes are what Counter's own int object costs.
- * Updating a small-int count replaces the dict value (a second lookup);
- * once the count leaves the range it lives in a cell, updated in place.
- *
- * Replacing a value is a lookup then a store, and no Python code may run
- * between them (it could count the same key, and the store would overwrite
- * that).  Hashing and comparing exact str/int/bool/float/bytes/None, and
- * tuples of those, never runs Python code, so small mode lasts while every
- * key is one of those; the
- * first mutation with any other key turns every small-int count into a cell
- * (to_cells), for good.  Free-threaded builds always use cells: an atomic
- * in-place update needs one.
- */
-#ifdef Py_GIL_DISABLED
-#define SMALL_MODE_AT_START 0
-#define IS_CELL(o) 1
-static inline int
-ensure_cells(KeyedObject *Py_UNUSED(self), PyObject *Py_UNUSED(key))
-{
-    return 0;
-}
-static inline PyObject *
-count_obj(int64_t v)
-{
-    return cell_new(v);
-}
-#else
-#define SMALL_MODE_AT_START 1
-#define IS_CELL(o) Py_IS_TYPE((o), cell_type)
-
-static int
-safe_key_at(PyObject *k, int depth)
-{
-    if (PyUnicode_CheckExact(k) || PyLong_CheckExact(k) || PyBool_Check(k) ||
-        PyFloat_CheckExact(k) || PyBytes_CheckExact(k) || k == Py_None) {
-        return 1;
-    }
-    if (PyTuple_CheckExact(k) && depth < 4) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(k); i++) {
-            if (!safe_key_at(PyTuple_GET_ITEM(k, i), depth + 1)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    return 0;
-}
-
-/* Hashing and comparing such keys (with each other) never runs Python code. */
-static inline int
-safe_key(PyObject *k)
-{
-    return PyUnicode_CheckExact(k) || safe_key_at(k, 0);
-}
-
-/* The dict value for count v: a shared small int, or a cell. */
-static inline PyObject *
-count_obj(int64_t v)
-{
-    return (v >= -5 && v <= 256) ? PyLong_FromLong((long)v) : cell_new(v);
-}
-#endif
-
-/* The count a dict value holds. */
-static inline int64_t
-value_of(PyObject *v)
-{
-    if (TL_LIKELY(IS_CELL(v))) {
-        return tl_load(&CELL(v)->value);
-    }
-    return (int64_t)PyLong_AsLongLong(v); /* a small int: cannot fail */
-}
-
-#ifndef Py_GIL_DISABLED
-/* Leave small mode: every small-int count becomes a cell. */
-static int
-to_cells(KeyedObject *self)
-{
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    while (PyDict_Next(self->dict, &pos, &k, &v)) {
-        if (!IS_CELL(v)) { /* replacing values of existing keys is allowed */
-            PyObject *c = cell_new(value_of(v));
-            if (c == NULL) {
-                return -1;
-            }
-            int r = PyDict_SetItem(self->dict, k, c);
-            Py_DECREF(c);
-            if (r < 0) {
-                return -1;
-            }
-        }
-    }
-    self->small = 0;
-    return 0;
-}
-
-/* Before a mutation with key: leave small mode if key is not a safe key. */
-static inline int
-ensure_cells(KeyedObject *self, PyObject *key)
-{
-    return (self->small && !safe_key(key)) ? to_cells(self) : 0;
-}
-
-/* Small mode, safe key, current count old (0 when absent): store old +/- n. */
-static PyObject *
-small_add(KeyedObject *self, PyObject *key, int64_t old, int64_t n, int sub,
-          const char *op)
-{
-    int64_t new_;
-    if (sub ? TL_SUB_OVERFLOWS(old, n, &new_) : TL_ADD_OVERFLOWS(old, n, &new_)) {
-        return overflow_result(op, n, key, old);
-    }
-    PyObject *nv = count_obj(new_);
-    if (nv == NULL) {
-        return NULL;
-    }
-    int r = PyDict_SetItem(self->dict, key, nv);
-    Py_DECREF(nv);
-    if (r < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-#endif
-
-/* The value of key (a cell, or in small mode possibly a small int),
- * inserting `initial` when absent; a new reference, or NULL on error.
- * *fresh is 1 when our value went in.  In small mode the caller has made sure
- * (ensure_cells) that key is a safe key. */
-static PyObject *
-get_or_insert(KeyedObject *self, PyObject *key, int64_t initial, int *fresh)
-{
-    PyObject *cell, *dict = self->dict;
-    int found = get_cell(dict, key, &cell);
-    *fresh = 0;
-    if (found != 0) {
-        return found < 0 ? NULL : cell;
-    }
-    PyObject *mine = self->small ? count_obj(initial) : cell_new(initial);
-    if (mine == NULL) {
-        return NULL;
-    }
-#ifdef Py_GIL_DISABLED
-    if (PyDict_SetDefaultRef(dict, key, mine, &cell) < 0) {
-        Py_DECREF(mine);
-        return NULL;
-    }
-#else
-    cell = PyDict_SetDefault(dict, key, mine);
-    if (cell == NULL) {
-        Py_DECREF(mine);
-        return NULL;
-    }
-    Py_INCREF(cell);
-#endif
-    *fresh = cell == mine;
-    Py_DECREF(mine);
-    return cell;
-}
-
+#define MAP(self) (&((KeyedObject *)(self))->map)
 
 static PyObject *
 Keyed_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
@@ -322,11 +155,9 @@ Keyed_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
     if (self == NULL) {
         return NULL;
     }
-    self->small = SMALL_MODE_AT_START;
-    self->dict = PyDict_New();
-    if (self->dict == NULL) {
+    if (tkt_map_init(&self->map) < 0) {
         Py_DECREF(self);
-        return NULL;
+        return PyErr_NoMemory();
     }
     return (PyObject *)self;
 }
@@ -335,18 +166,22 @@ static int
 Keyed_traverse(KeyedObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->dict);
+    tkt_table *t = atomic_load_explicit(&self->map.table, memory_order_acquire);
+    if (t != NULL) {
+        int64_t count = atomic_load_explicit(&t->nentries, memory_order_acquire);
+        for (int64_t ix = 0; ix < count; ix++) {
+            PyObject *k = (PyObject *)atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_acquire);
+            Py_VISIT(k);
+        }
+    }
     return 0;
 }
 
 static int
 Keyed_clear_gc(KeyedObject *self)
 {
-    /* Break cycles through the keys but keep the dict, so that a method
-     * called during collection still finds a valid (empty) dict. */
-    if (self->dict != NULL) {
-        PyDict_Clear(self->dict);
-    }
+    /* Break cycles through the keys; the map stays valid (empty). */
+    tkt_table_release(tkt_detach_all(&self->map));
     return 0;
 }
 
@@ -355,72 +190,96 @@ Keyed_dealloc(KeyedObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->dict);
+    tkt_map_free(&self->map);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
+
+/* Turn a table result that is an error into a Python exception: NULL. */
+static PyObject *
+table_error(int r)
+{
+    if (r == TKT_NOMEM) {
+        return PyErr_NoMemory();
+    }
+    return NULL; /* TKT_ERR: the key's __eq__ raised, the exception is set */
+}
+
+#if !TKT_CONCURRENT
+/* GIL builds: the count cell of an existing key found by identity along its
+ * probe sequence (the common case), else NULL: absent, or only equal (not
+ * identical), then the full lookup runs. */
+static inline tl_cell *
+first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
+{
+    tkt_table *t = atomic_load_explicit(&self->map.table, memory_order_relaxed);
+    if (TL_UNLIKELY(t == NULL)) {
+        return NULL;
+    }
+    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)h, i = (size_t)h & mask;
+    for (;;) {
+        int64_t ix = tkt_get_index(t, i);
+        if (TL_LIKELY(ix >= 0)) {
+            if (TL_LIKELY(atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed) == key)) {
+                return &t->counts[ix];
+            }
+        }
+        else if (ix == TKT_EMPTY) {
+            return NULL;
+        }
+        perturb >>= 5;
+        i = (i * 5 + perturb + 1) & mask;
+    }
+}
+#endif
 
 /* The hot path: count n (sub: -n) for key. */
 static PyObject *
 keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
 {
+    Py_hash_t h = key_hash(key);
+    if (TL_UNLIKELY(h == -1)) {
+        return NULL;
+    }
     int64_t v;
-#ifndef Py_GIL_DISABLED
-    /* Lookup and update run under the GIL with no Python code in between. */
-    PyObject *cell = PyDict_GetItemWithError(self->dict, key);
+    int r;
+#if !TKT_CONCURRENT
+    tl_cell *cell = first_probe(self, key, h); /* the common case, inline */
     if (TL_LIKELY(cell != NULL)) {
-        if (TL_LIKELY(IS_CELL(cell))) {
-            if (TL_UNLIKELY(tl_add_serial(&CELL(cell)->value, n, sub, &v) != TL_OK)) {
-                return overflow_result(op, n, key, v);
-            }
-            Py_RETURN_NONE;
-        }
-        if (safe_key(key)) { /* a small-int count (small mode) */
-            return small_add(self, key, value_of(cell), n, sub, op);
-        }
-    }
-    else if (PyErr_Occurred()) {
-        return NULL;
-    }
-    else if (self->small && safe_key(key)) {
-        return small_add(self, key, 0, n, sub, op);
+        r = tl_add_serial(cell, n, sub, &v);
+        goto done;
     }
 #endif
-    if (ensure_cells(self, key) < 0) {
-        return NULL;
-    }
-    /* A fresh key starts at 0: refuse before inserting what cannot fit. */
-    int64_t first;
-    int fresh;
-    if (sub ? TL_SUB_OVERFLOWS((int64_t)0, n, &first)
-            : TL_ADD_OVERFLOWS((int64_t)0, n, &first)) {
-        PyObject *cell0;
-        int found = get_cell(self->dict, key, &cell0);
-        if (found <= 0) {
-            return found < 0 ? NULL : overflow_result(op, n, key, 0);
-        }
-        Py_DECREF(cell0); /* it exists: the update below decides */
-    }
-    for (;;) {
-        PyObject *cell = get_or_insert(self, key, 0, &fresh); /* a cell here */
-        if (cell == NULL) {
-            return NULL;
-        }
-#ifdef Py_GIL_DISABLED
-        int r = tlk_add(CELL(cell), n, sub, &v);
-#else
-        int r = tl_add_serial(&CELL(cell)->value, n, sub, &v);
+    r = tkt_add(&self->map, key, h, n, sub, &v, NULL);
+#if !TKT_CONCURRENT
+done:
 #endif
-        Py_DECREF(cell);
-        if (TL_LIKELY(r == TL_OK)) {
+    if (TL_LIKELY(r == TL_OK)) {
+        Py_RETURN_NONE;
+    }
+    if (r == TL_OVERFLOW) {
+        return overflow_result(op, n, key, v);
+    }
+    return table_error(r);
+}
+
+/* increment(key) / decrement(key) of an existing str key, inline: the
+ * common case of the hot path (everything else goes through keyed_add). */
+static inline PyObject *
+keyed_step(KeyedObject *self, PyObject *key, int sub)
+{
+#if !TKT_CONCURRENT
+    if (TL_LIKELY(PyUnicode_CheckExact(key))) {
+        Py_hash_t h = ((PyASCIIObject *)key)->hash;
+        tl_cell *cell;
+        int64_t v;
+        if (TL_LIKELY(h != -1) && (cell = first_probe(self, key, h)) != NULL &&
+            TL_LIKELY(tl_add_serial(cell, 1, sub, &v) == TL_OK)) {
             Py_RETURN_NONE;
         }
-        if (r == TL_OVERFLOW) {
-            return overflow_result(op, n, key, v);
-        }
-        /* TLK_RETRY: the cell was closed by a remover; it is out of the
-         * dict, so the next lookup finds or inserts another one. */
     }
+#endif
+    return keyed_add(self, key, 1, sub, sub ? "decrement" : "increment");
 }
 
 static PyObject *
@@ -430,7 +289,7 @@ Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *key;
     int64_t n;
     if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
-        return keyed_add(self, args[0], 1, 0, "increment");
+        return keyed_step(self, args[0], 0);
     }
     if (parse_key_amount(args, nargs, kwnames, "increment", &key, &n) < 0) {
         return NULL;
@@ -444,22 +303,45 @@ Keyed_decrement(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
 {
     PyObject *key;
     int64_t n;
+    if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
+        return keyed_step(self, args[0], 1);
+    }
     if (parse_key_amount(args, nargs, kwnames, "decrement", &key, &n) < 0) {
         return NULL;
     }
     return keyed_add(self, key, n, 1, "decrement");
 }
 
+/* The count of key: 1 (found), 0 (absent: *v = 0), -1 error. */
+static int
+keyed_lookup(KeyedObject *self, PyObject *key, int64_t *v)
+{
+    Py_hash_t h = key_hash(key);
+    if (h == -1) {
+        return -1;
+    }
+#if !TKT_CONCURRENT
+    tl_cell *cell = first_probe(self, key, h);
+    if (TL_LIKELY(cell != NULL)) {
+        *v = atomic_load_explicit(cell, memory_order_relaxed);
+        return 1;
+    }
+#endif
+    int r = tkt_get(&self->map, key, h, 0, 0, v);
+    if (r < 0) {
+        table_error(r);
+        return -1;
+    }
+    return r == TKT_FOUND;
+}
+
 static PyObject *
 Keyed_value(KeyedObject *self, PyObject *key)
 {
-    PyObject *cell;
-    int found = get_cell(self->dict, key, &cell);
-    if (found <= 0) {
-        return found < 0 ? NULL : PyLong_FromLong(0);
+    int64_t v;
+    if (keyed_lookup(self, key, &v) < 0) {
+        return NULL;
     }
-    int64_t v = value_of(cell);
-    Py_DECREF(cell);
     return PyLong_FromLongLong((long long)v);
 }
 
@@ -467,17 +349,15 @@ Keyed_value(KeyedObject *self, PyObject *key)
 static PyObject *
 Keyed_get(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *cell;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "_get() takes exactly 2 arguments");
         return NULL;
     }
-    int found = get_cell(self->dict, args[0], &cell);
+    int64_t v;
+    int found = keyed_lookup(self, args[0], &v);
     if (found <= 0) {
         return found < 0 ? NULL : Py_NewRef(args[1]);
     }
-    int64_t v = value_of(cell);
-    Py_DECREF(cell);
     return PyLong_FromLongLong((long long)v);
 }
 
@@ -485,8 +365,7 @@ Keyed_get(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Keyed_setdefault(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int64_t v;
-    int fresh;
+    int64_t v, out;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "_setdefault() takes exactly 2 arguments");
         return NULL;
@@ -494,61 +373,35 @@ Keyed_setdefault(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (to_int64(args[1], "setdefault", &v) < 0) {
         return NULL;
     }
-    if (ensure_cells(self, args[0]) < 0) {
+    Py_hash_t h = key_hash(args[0]);
+    if (h == -1) {
         return NULL;
     }
-    PyObject *cell = get_or_insert(self, args[0], v, &fresh);
-    if (cell == NULL) {
-        return NULL;
+    int r = tkt_get(&self->map, args[0], h, 1, v, &out);
+    if (r < 0) {
+        return table_error(r);
     }
-    v = value_of(cell);
-    Py_DECREF(cell);
-    return PyLong_FromLongLong((long long)v);
+    return PyLong_FromLongLong((long long)out);
 }
 
 /* _set(key, v): assignment, inserting the key when absent. */
 static PyObject *
 Keyed_set(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int64_t v;
+    int64_t v, old;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "_set() takes exactly 2 arguments");
         return NULL;
     }
-    if (to_int64(args[1], "set", &v) < 0 || ensure_cells(self, args[0]) < 0) {
+    Py_hash_t h = key_hash(args[0]);
+    if (h == -1 || to_int64(args[1], "set", &v) < 0) {
         return NULL;
     }
-#ifndef Py_GIL_DISABLED
-    if (self->small) { /* a safe key: replace the value */
-        PyObject *nv = count_obj(v);
-        int r = nv == NULL ? -1 : PyDict_SetItem(self->dict, args[0], nv);
-        Py_XDECREF(nv);
-        if (r < 0) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
+    int r = tkt_exchange(&self->map, args[0], h, v, 1, &old);
+    if (r < 0) {
+        return table_error(r);
     }
-#endif
-    for (;;) {
-        int fresh;
-        PyObject *cell = get_or_insert(self, args[0], v, &fresh);
-        if (cell == NULL) {
-            return NULL;
-        }
-        int r = TL_OK;
-        if (!fresh) {
-#ifdef Py_GIL_DISABLED
-            int64_t old;
-            r = tlk_exchange(CELL(cell), v, &old);
-#else
-            atomic_store_explicit(&CELL(cell)->value, v, memory_order_relaxed);
-#endif
-        }
-        Py_DECREF(cell);
-        if (r == TL_OK) {
-            Py_RETURN_NONE;
-        }
-    }
+    Py_RETURN_NONE;
 }
 
 /* _reset_key(key) -> int: zero the count, return what it held; an absent key
@@ -556,62 +409,35 @@ Keyed_set(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Keyed_reset_key(KeyedObject *self, PyObject *key)
 {
-    PyObject *cell;
-    if (ensure_cells(self, key) < 0) {
+    int64_t old;
+    Py_hash_t h = key_hash(key);
+    if (h == -1) {
         return NULL;
     }
-    int found = get_cell(self->dict, key, &cell);
-    if (found <= 0) {
-        return found < 0 ? NULL : PyLong_FromLong(0);
+    int r = tkt_exchange(&self->map, key, h, 0, 0, &old);
+    if (r < 0) {
+        return table_error(r);
     }
-    int64_t v;
-    if (IS_CELL(cell)) {
-        v = tl_exchange(&CELL(cell)->value, 0);
-    }
-    else { /* small mode, safe key: no Python code runs in between */
-        v = value_of(cell);
-        PyObject *zero = PyLong_FromLong(0);
-        if (PyDict_SetItem(self->dict, key, zero) < 0) {
-            Py_DECREF(zero);
-            Py_DECREF(cell);
-            return NULL;
-        }
-        Py_DECREF(zero);
-    }
-    Py_DECREF(cell);
-    return PyLong_FromLongLong((long long)v);
+    return PyLong_FromLongLong((long long)old);
 }
 
-/* Remove key (protocol of _keyed_cells.h): 1 and the final count in *taken,
- * 0 when absent (or already being removed by another caller), -1 on error. */
+/* Remove key (only_if: see tkt_remove): 1 and the final count in *taken,
+ * 0 when absent (or kept), -1 on error. */
 static int
-keyed_remove(KeyedObject *self, PyObject *key, int64_t *taken)
+keyed_remove(KeyedObject *self, PyObject *key, int only_if, int64_t *taken)
 {
-    PyObject *cell;
-    if (ensure_cells(self, key) < 0) {
+    void *removed = NULL;
+    Py_hash_t h = key_hash(key);
+    if (h == -1) {
         return -1;
     }
-    int found = get_cell(self->dict, key, &cell);
-    if (found <= 0) {
-        return found;
-    }
-    if (!IS_CELL(cell)) { /* small mode, safe key: no Python code runs */
-        *taken = value_of(cell);
-        Py_DECREF(cell);
-        return PyDict_DelItem(self->dict, key) < 0 ? -1 : 1;
-    }
-    if (!tlk_retire(CELL(cell))) {
-        Py_DECREF(cell);
-        return 0;
-    }
-    if (PyDict_DelItem(self->dict, key) < 0) {
-        tlk_unretire(CELL(cell)); /* the key's __eq__ raised: nothing moved */
-        Py_DECREF(cell);
+    int r = tkt_remove(&self->map, key, h, only_if, taken, &removed);
+    if (r < 0) {
+        table_error(r);
         return -1;
     }
-    *taken = tlk_close_and_take(CELL(cell));
-    Py_DECREF(cell);
-    return 1;
+    Py_XDECREF((PyObject *)removed); /* may run a finaliser: the table is done */
+    return r == TKT_FOUND;
 }
 
 static PyObject *
@@ -623,7 +449,7 @@ Keyed_pop(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
                      "pop expected 1 or 2 arguments, got %zd", nargs);
         return NULL;
     }
-    int r = keyed_remove(self, args[0], &taken);
+    int r = keyed_remove(self, args[0], 0, &taken);
     if (r < 0) {
         return NULL;
     }
@@ -641,16 +467,15 @@ static PyObject *
 Keyed_discard(KeyedObject *self, PyObject *key)
 {
     int64_t taken;
-    if (keyed_remove(self, key, &taken) < 0) {
+    if (keyed_remove(self, key, 0, &taken) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
 /* _prune(key, nonpositive) -> bool: remove key if its count is 0 (or <= 0
- * when nonpositive is true).  A count that does not qualify (for instance
- * because another thread counted it meanwhile) is added back, so it is never
- * lost; True when the key was removed. */
+ * when nonpositive is true), deciding with the map closed, so that a count
+ * raised meanwhile by another thread keeps its key; True when removed. */
 static PyObject *
 Keyed_prune(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -663,103 +488,125 @@ Keyed_prune(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (nonpositive < 0) {
         return NULL;
     }
-    int r = keyed_remove(self, args[0], &taken);
-    if (r <= 0) {
-        return r < 0 ? NULL : Py_NewRef(Py_False);
-    }
-    if (taken == 0 || (nonpositive && taken < 0)) {
-        Py_RETURN_TRUE;
-    }
-    PyObject *res = keyed_add(self, args[0], taken, 0, "increment");
-    if (res == NULL) {
+    int r = keyed_remove(self, args[0], nonpositive ? 2 : 1, &taken);
+    if (r < 0) {
         return NULL;
     }
-    Py_DECREF(res);
-    Py_RETURN_FALSE;
+    return Py_NewRef(r ? Py_True : Py_False);
 }
 
 static PyObject *
 Keyed_clear(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *keys = PyDict_Keys(self->dict);
-    if (keys == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
-        int64_t taken;
-        if (keyed_remove(self, PyList_GET_ITEM(keys, i), &taken) < 0) {
-            Py_DECREF(keys);
-            return NULL;
-        }
-    }
-    Py_DECREF(keys);
+    tkt_table_release(tkt_detach_all(&self->map)); /* keys dropped after */
     Py_RETURN_NONE;
+}
+
+/* ---- copies: keys (with references) and counts, out of the table --------- */
+
+typedef struct {
+    void **keys;
+    int64_t *counts;
+    int64_t n;
+} copy_buf;
+
+/* Copy the live entries (keys, with references, when want_keys; counts when
+ * want_counts; take: exchange each count with 0).  0, or -1 with an
+ * exception set. */
+static int
+copy_out2(KeyedObject *self, int want_keys, int want_counts, int take, copy_buf *b)
+{
+    int64_t cap = tkt_len(&self->map) + 8;
+    b->keys = NULL;
+    b->counts = NULL;
+    b->n = 0;
+    for (;;) {
+        b->keys = want_keys ? PyMem_Malloc((size_t)cap * sizeof(void *)) : NULL;
+        b->counts = want_counts ? PyMem_Malloc((size_t)cap * sizeof(int64_t)) : NULL;
+        if ((want_keys && b->keys == NULL) || (want_counts && b->counts == NULL)) {
+            PyMem_Free(b->keys);
+            PyMem_Free(b->counts);
+            PyErr_NoMemory();
+            return -1;
+        }
+        int64_t n = tkt_snapshot(&self->map, b->keys, b->counts, cap, take);
+        if (n >= 0) {
+            b->n = n;
+            return 0;
+        }
+        PyMem_Free(b->keys);
+        PyMem_Free(b->counts);
+        cap = -n - 1 + 8;
+    }
+}
+
+/* The same with keys always. */
+static int
+copy_out(KeyedObject *self, int want_counts, int take, copy_buf *b)
+{
+    return copy_out2(self, 1, want_counts, take, b);
+}
+
+/* Drop the references a copy holds from index i on, and its buffers. */
+static void
+copy_free(copy_buf *b, int64_t from)
+{
+    for (int64_t i = from; b->keys != NULL && i < b->n; i++) {
+        Py_DECREF((PyObject *)b->keys[i]);
+    }
+    PyMem_Free(b->keys);
+    PyMem_Free(b->counts);
 }
 
 static PyObject *
 Keyed_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyDict_Keys(self->dict); /* one atomic copy of the keys */
-}
-
-/* Zero key's count, storing what it held in *v (0 when the key is gone).
- * A fresh lookup, not the value in an earlier copy of the items: in small
- * mode the dict value of a key is replaced by every update. */
-static int
-take_count(KeyedObject *self, PyObject *key, int64_t *v)
-{
-    PyObject *cur;
-    int found = get_cell(self->dict, key, &cur);
-    *v = 0;
-    if (found <= 0) {
-        return found;
+    copy_buf b;
+    if (copy_out(self, 0, 0, &b) < 0) {
+        return NULL;
     }
-    int r = 0;
-    if (IS_CELL(cur)) {
-        *v = tl_exchange(&CELL(cur)->value, 0);
+    PyObject *list = PyList_New((Py_ssize_t)b.n);
+    if (list == NULL) {
+        copy_free(&b, 0);
+        return NULL;
     }
-    else if ((*v = value_of(cur)) != 0) { /* small mode: no Python code runs */
-        PyObject *zero = PyLong_FromLong(0);
-        r = PyDict_SetItem(self->dict, key, zero);
-        Py_DECREF(zero);
+    for (int64_t i = 0; i < b.n; i++) {
+        PyList_SET_ITEM(list, (Py_ssize_t)i, (PyObject *)b.keys[i]); /* steals */
     }
-    Py_DECREF(cur);
-    return r;
+    b.n = 0;
+    copy_free(&b, 0);
+    return list;
 }
 
 /* A list of (key, count) pairs; take: exchange each count with 0. */
 static PyObject *
 keyed_items(KeyedObject *self, int take)
 {
-    PyObject *items = PyDict_Items(self->dict); /* (key, cell), atomic copy */
-    if (items == NULL) {
+    copy_buf b;
+    if (copy_out(self, 1, take, &b) < 0) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *pair = PyList_GET_ITEM(items, i);
-        PyObject *obj = PyTuple_GET_ITEM(pair, 1);
-        int64_t v = 0;
-        if (!take) {
-            v = value_of(obj);
-        }
-        else if (take_count(self, PyTuple_GET_ITEM(pair, 0), &v) < 0) {
-            Py_DECREF(items);
-            return NULL;
-        }
-        PyObject *count = PyLong_FromLongLong((long long)v);
-        if (count == NULL) {
-            Py_DECREF(items);
-            return NULL;
-        }
-        PyObject *fresh = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), count);
-        Py_DECREF(count);
-        if (fresh == NULL) {
-            Py_DECREF(items);
-            return NULL;
-        }
-        PyList_SetItem(items, i, fresh);
+    PyObject *list = PyList_New((Py_ssize_t)b.n);
+    if (list == NULL) {
+        copy_free(&b, 0);
+        return NULL;
     }
-    return items;
+    for (int64_t i = 0; i < b.n; i++) {
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        PyObject *pair = count == NULL ? NULL : PyTuple_New(2);
+        if (pair == NULL) {
+            Py_XDECREF(count);
+            copy_free(&b, i);
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(pair, 0, (PyObject *)b.keys[i]); /* steals */
+        PyTuple_SET_ITEM(pair, 1, count);
+        PyList_SET_ITEM(list, (Py_ssize_t)i, pair);
+    }
+    b.n = 0;
+    copy_free(&b, 0);
+    return list;
 }
 
 static PyObject *
@@ -774,48 +621,1059 @@ Keyed_drain(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     return keyed_items(self, 1);
 }
 
+/* _values() -> list of the counts. */
+static PyObject *
+Keyed_values(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    copy_buf b;
+    if (copy_out2(self, 0, 1, 0, &b) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)b.n);
+    for (int64_t i = 0; list != NULL && i < b.n; i++) {
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        if (count == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, count);
+    }
+    copy_free(&b, 0);
+    return list;
+}
+
+/* _total() -> int: the sum of the counts (exact: a Python int). */
+static PyObject *
+Keyed_total(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    copy_buf b;
+    if (copy_out2(self, 0, 1, 0, &b) < 0) {
+        return NULL;
+    }
+    PyObject *r = sum_to_pylong(b.counts, (Py_ssize_t)b.n);
+    copy_free(&b, 0);
+    return r;
+}
+
+/* most_common's order: larger count first, then earlier insertion. */
+typedef struct {
+    int64_t count;
+    int64_t ix;
+} mc_item;
+
+static inline int
+mc_before(const mc_item *a, const mc_item *b)
+{
+    return a->count > b->count || (a->count == b->count && a->ix < b->ix);
+}
+
+/* A heap whose root is the item that comes LAST in that order. */
+static void
+mc_sift_down(mc_item *heap, int64_t n, int64_t i)
+{
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, worst = i;
+        if (l < n && mc_before(&heap[worst], &heap[l])) {
+            worst = l;
+        }
+        if (r < n && mc_before(&heap[worst], &heap[r])) {
+            worst = r;
+        }
+        if (worst == i) {
+            return;
+        }
+        mc_item tmp = heap[i];
+        heap[i] = heap[worst];
+        heap[worst] = tmp;
+        i = worst;
+    }
+}
+
+static int
+mc_cmp(const void *pa, const void *pb)
+{
+    const mc_item *a = pa, *b = pb;
+    return mc_before(a, b) ? -1 : (mc_before(b, a) ? 1 : 0);
+}
+
+/* _most_common(n) -> list of the n (None: all) most common (key, count),
+ * most common first, ties in insertion order (collections.Counter's). */
+static PyObject *
+Keyed_most_common(KeyedObject *self, PyObject *arg)
+{
+    Py_ssize_t want = PY_SSIZE_T_MAX;
+    if (arg != Py_None) {
+        want = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+        if (want == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (want < 0) {
+            want = 0;
+        }
+    }
+    copy_buf b;
+    if (copy_out(self, 1, 0, &b) < 0) {
+        return NULL;
+    }
+    int64_t k = want < b.n ? (int64_t)want : b.n;
+    mc_item *order = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof(mc_item));
+    if (order == NULL) {
+        copy_free(&b, 0);
+        return PyErr_NoMemory();
+    }
+    for (int64_t i = 0; i < k; i++) {
+        order[i].count = b.counts[i];
+        order[i].ix = i;
+    }
+    if (k > 0 && k < b.n) { /* the k best: a heap whose root is the worst kept */
+        for (int64_t i = k / 2 - 1; i >= 0; i--) {
+            mc_sift_down(order, k, i);
+        }
+        for (int64_t i = k; i < b.n; i++) {
+            mc_item it = {b.counts[i], i};
+            if (mc_before(&it, &order[0])) {
+                order[0] = it;
+                mc_sift_down(order, k, 0);
+            }
+        }
+    }
+    qsort(order, (size_t)k, sizeof(mc_item), mc_cmp);
+    PyObject *list = PyList_New((Py_ssize_t)k);
+    for (int64_t j = 0; list != NULL && j < k; j++) {
+        int64_t i = order[j].ix;
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        PyObject *pair = count == NULL ? NULL : PyTuple_Pack(2, (PyObject *)b.keys[i], count);
+        Py_XDECREF(count);
+        if (pair == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)j, pair);
+    }
+    PyMem_Free(order);
+    copy_free(&b, 0);
+    return list;
+}
+
+/* _count_iter(iterable, sign) -> None: count every element once (sign 1) or
+ * take one off (sign -1): Counter(iterable), update(iterable),
+ * subtract(iterable).  Every element is hashed before anything changes (an
+ * unhashable one raises with the counter untouched); an overflow, or a key
+ * whose __eq__ raises, undoes the elements already counted (a key this call
+ * inserted is removed again) before the exception propagates. */
+static PyObject *
+Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_count_iter() takes exactly 2 arguments");
+        return NULL;
+    }
+    int64_t sign;
+    if (to_int64(args[1], "_count_iter", &sign) < 0) {
+        return NULL;
+    }
+    int sub = sign < 0;
+    PyObject *list = PySequence_List(args[0]); /* a private copy */
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    Py_hash_t *hashes = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Py_hash_t));
+    char *fresh = PyMem_Malloc((size_t)(n > 0 ? n : 1));
+    if (hashes == NULL || fresh == NULL) {
+        PyMem_Free(hashes);
+        PyMem_Free(fresh);
+        Py_DECREF(list);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = NULL;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        if ((hashes[i] = key_hash(PyList_GET_ITEM(list, i))) == -1) {
+            goto done;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(list, i);
+        int64_t v;
+        int r, f = 0;
+#if !TKT_CONCURRENT
+        tl_cell *cell = first_probe(self, key, hashes[i]);
+        if (TL_LIKELY(cell != NULL)) {
+            r = tl_add_serial(cell, 1, sub, &v);
+        }
+        else
+#endif
+        {
+            r = tkt_add(&self->map, key, hashes[i], 1, sub, &v, &f);
+        }
+        fresh[i] = (char)f;
+        if (TL_UNLIKELY(r != TL_OK)) {
+            if (r == TL_OVERFLOW) {
+                overflow_result(sub ? "decrement" : "increment", 1, key, v);
+            }
+            else {
+                table_error(r);
+            }
+            break;
+        }
+    }
+    if (i == n) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* Undo elements [0, i) in reverse, keeping the exception. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    while (i-- > 0) {
+        PyObject *key = PyList_GET_ITEM(list, i);
+        int64_t v, taken;
+        if (tkt_add(&self->map, key, hashes[i], 1, !sub, &v, NULL) != TL_OK) {
+            PyErr_Clear();
+        }
+        if (fresh[i] && keyed_remove(self, key, 1, &taken) < 0) {
+            PyErr_Clear();
+        }
+    }
+    PyErr_Restore(et, ev, tb);
+done:
+    PyMem_Free(hashes);
+    PyMem_Free(fresh);
+    Py_DECREF(list);
+    return res;
+}
+
+/* _set_many(pairs) -> None: kc[key] = value for each (key, value) pair, in
+ * order (the operators fill their fresh result with it). */
+static PyObject *
+Keyed_set_many(KeyedObject *self, PyObject *pairs)
+{
+    if (PyDict_CheckExact(pairs)) { /* a dict of counts: no pair tuples */
+        Py_ssize_t pos = 0;
+        PyObject *kv[2];
+        PyObject *copy = PyDict_Copy(pairs); /* its order, safe from changes */
+        if (copy == NULL) {
+            return NULL;
+        }
+        while (PyDict_Next(copy, &pos, &kv[0], &kv[1])) {
+            Py_INCREF(kv[0]);
+            Py_INCREF(kv[1]);
+            PyObject *r = Keyed_set(self, kv, 2);
+            Py_DECREF(kv[0]);
+            Py_DECREF(kv[1]);
+            if (r == NULL) {
+                Py_DECREF(copy);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(copy);
+        Py_RETURN_NONE;
+    }
+    PyObject *it = PyObject_GetIter(pairs);
+    if (it == NULL) {
+        return NULL;
+    }
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "_set_many() expects (key, value) pairs");
+            Py_DECREF(item);
+            break;
+        }
+        PyObject *r = Keyed_set(self, &PyTuple_GET_ITEM(item, 0), 2);
+        Py_DECREF(item);
+        if (r == NULL) {
+            break;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- iterators over a copy ------------------------------------------------
+ *
+ * iter(kc), kc.items() and kc.values() walk a copy of the live entries taken
+ * in one step (keys with references, counts), so they never raise "changed
+ * size during iteration" and build no list: items reuse their result tuple
+ * when the caller dropped it, as dict iterators do. */
+
+enum { SNAP_KEYS = 0, SNAP_ITEMS = 1, SNAP_VALUES = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    copy_buf b;
+    int64_t pos;
+    int kind;
+    PyObject *result;  /* the reusable (key, count) tuple of SNAP_ITEMS */
+    PyObject *pool[2]; /* the two ints that SNAP_ITEMS alternates */
+    Py_ssize_t room[2]; /* the digits each was allocated with */
+    int flip;
+} SnapIterObject;
+
+static PyTypeObject *snapiter_type;
+
+static PyObject *
+snapiter_new(KeyedObject *self, int kind)
+{
+    SnapIterObject *it = PyObject_GC_New(SnapIterObject, snapiter_type);
+    if (it == NULL) {
+        return NULL;
+    }
+    it->b.keys = NULL;
+    it->b.counts = NULL;
+    it->b.n = 0;
+    it->pos = 0;
+    it->kind = kind;
+    it->result = NULL;
+    it->pool[0] = it->pool[1] = NULL;
+    it->room[0] = it->room[1] = 0;
+    it->flip = 0;
+    if (copy_out2(self, kind != SNAP_VALUES, kind != SNAP_KEYS, 0, &it->b) < 0) {
+        it->b.keys = NULL;
+        it->b.counts = NULL;
+        it->b.n = 0;
+        Py_DECREF(it);
+        return NULL;
+    }
+    PyObject_GC_Track(it);
+    return (PyObject *)it;
+}
+
+static int
+SnapIter_traverse(SnapIterObject *it, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(it));
+    for (int64_t i = it->pos; it->b.keys != NULL && i < it->b.n; i++) {
+        Py_VISIT((PyObject *)it->b.keys[i]);
+    }
+    Py_VISIT(it->result);
+    Py_VISIT(it->pool[0]);
+    Py_VISIT(it->pool[1]);
+    return 0;
+}
+
+static int
+SnapIter_clear(SnapIterObject *it)
+{
+    copy_buf b = it->b;
+    int64_t pos = it->pos;
+    it->b.keys = NULL;
+    it->b.counts = NULL;
+    it->b.n = 0;
+    Py_CLEAR(it->result);
+    Py_CLEAR(it->pool[0]);
+    Py_CLEAR(it->pool[1]);
+    copy_free(&b, pos);
+    return 0;
+}
+
+static void
+SnapIter_dealloc(SnapIterObject *it)
+{
+    PyTypeObject *tp = Py_TYPE(it);
+    PyObject_GC_UnTrack(it);
+    SnapIter_clear(it);
+    PyObject_GC_Del(it);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+SnapIter_next(SnapIterObject *it)
+{
+    if (it->pos >= it->b.n) {
+        return NULL;
+    }
+    int64_t i = it->pos++;
+    if (it->kind == SNAP_KEYS) {
+        PyObject *k = (PyObject *)it->b.keys[i];
+        it->b.keys[i] = NULL;
+        return k; /* our reference goes to the caller */
+    }
+    int64_t v = it->b.counts[i];
+    PyObject *r = it->result;
+#if !TKT_CONCURRENT
+    /* for k, v in kc.items(): the caller unpacks the tuple and lets it go,
+     * and its v still holds the previous count while we make the next one.
+     * So two ints alternate: one that nobody but this iterator holds any
+     * more is rewritten in place (never a shared small int; only with room
+     * for the new digits), as dict iterators reuse their result tuple. */
+    if (it->kind == SNAP_ITEMS && r != NULL && Py_REFCNT(r) == 1 && (v < -5 || v > 256)) {
+        int j = it->flip ^= 1;
+        PyObject *n = it->pool[j];
+        if (n == NULL || Py_REFCNT(n) != 1 || it->room[j] < digits_of(v)) {
+            n = PyLong_FromLongLong((long long)v);
+            if (n == NULL) {
+                return NULL;
+            }
+            Py_XSETREF(it->pool[j], n);
+            it->room[j] = digits_of(v);
+        }
+        else {
+            count_fill(n, v);
+        }
+        PyObject *key = (PyObject *)it->b.keys[i], *ok = PyTuple_GET_ITEM(r, 0),
+                 *ov = PyTuple_GET_ITEM(r, 1);
+        it->b.keys[i] = NULL;
+        PyTuple_SET_ITEM(r, 0, key);
+        PyTuple_SET_ITEM(r, 1, Py_NewRef(n));
+        Py_INCREF(r);
+        Py_DECREF(ok);
+        Py_DECREF(ov);
+        if (!PyObject_GC_IsTracked(r)) {
+            PyObject_GC_Track(r);
+        }
+        return r;
+    }
+#endif
+    PyObject *count = PyLong_FromLongLong((long long)v);
+    if (count == NULL || it->kind == SNAP_VALUES) {
+        return count;
+    }
+    PyObject *key = (PyObject *)it->b.keys[i];
+    it->b.keys[i] = NULL;
+    if (r != NULL && Py_REFCNT(r) == 1) { /* nobody kept it: reuse */
+        PyObject *ok = PyTuple_GET_ITEM(r, 0), *ov = PyTuple_GET_ITEM(r, 1);
+        PyTuple_SET_ITEM(r, 0, key);
+        PyTuple_SET_ITEM(r, 1, count);
+        Py_INCREF(r);
+        Py_DECREF(ok);
+        Py_DECREF(ov);
+        if (!PyObject_GC_IsTracked(r)) {
+            PyObject_GC_Track(r);
+        }
+        return r;
+    }
+    r = PyTuple_New(2);
+    if (r == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(count);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 0, key);
+    PyTuple_SET_ITEM(r, 1, count);
+    Py_XSETREF(it->result, Py_NewRef(r));
+    return r;
+}
+
+static PyObject *
+SnapIter_length_hint(SnapIterObject *it, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong((long long)(it->b.n - it->pos));
+}
+
+static PyMethodDef SnapIter_methods[] = {
+    {"__length_hint__", (PyCFunction)SnapIter_length_hint, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot SnapIter_slots[] = {
+    {Py_tp_doc, "An iterator over a copy of a KeyedCounter's entries (internal)."},
+    {Py_tp_dealloc, SnapIter_dealloc},
+    {Py_tp_traverse, SnapIter_traverse},
+    {Py_tp_clear, SnapIter_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, SnapIter_next},
+    {Py_tp_methods, SnapIter_methods},
+    {0, NULL},
+};
+
+static PyType_Spec SnapIter_spec = {
+    "tallies.keyed._core._SnapshotIterator", sizeof(SnapIterObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    SnapIter_slots,
+};
+
+static PyObject *
+Keyed_iter_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return snapiter_new(self, SNAP_KEYS);
+}
+
+static PyObject *
+Keyed_iter_items(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return snapiter_new(self, SNAP_ITEMS);
+}
+
+static PyObject *
+Keyed_iter_values(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return snapiter_new(self, SNAP_VALUES);
+}
+
+/* _dict() -> dict {key: count} of a copy (the operators and comparisons). */
+static PyObject *
+Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    copy_buf b;
+    if (copy_out(self, 1, 0, &b) < 0) {
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    for (int64_t i = 0; d != NULL && i < b.n; i++) {
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        if (count == NULL || PyDict_SetItem(d, (PyObject *)b.keys[i], count) < 0) {
+            Py_XDECREF(count);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(count);
+    }
+    copy_free(&b, 0);
+    return d;
+}
+
+/* ---- multiset operators and == in C ---------------------------------------
+ *
+ * An operand is this type (its entries copied out, looked up live) or a dict
+ * (collections.Counter: its items copied out, looked up in it).  The result is
+ * built in collections.Counter's order: the left operand's keys first, then
+ * the right one's new keys. */
+
+typedef struct {
+    KeyedObject *kc; /* or NULL: dict */
+    PyObject *dict;
+    copy_buf b;      /* the entries (dict values converted) */
+} operand;
+
+static int
+operand_init(operand *o, PyObject *obj, PyTypeObject *kind)
+{
+    o->kc = NULL;
+    o->dict = NULL;
+    o->b.keys = NULL;
+    o->b.counts = NULL;
+    o->b.n = 0;
+    if (PyObject_TypeCheck(obj, kind)) {
+        o->kc = (KeyedObject *)obj;
+        return copy_out(o->kc, 1, 0, &o->b);
+    }
+    PyObject *copy = PyDict_Copy(obj); /* safe from changes while we walk it */
+    if (copy == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyDict_GET_SIZE(copy), pos = 0, i = 0;
+    o->b.keys = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(void *));
+    o->b.counts = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
+    if (o->b.keys == NULL || o->b.counts == NULL) {
+        Py_DECREF(copy);
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *k, *v;
+    while (PyDict_Next(copy, &pos, &k, &v)) {
+        if (to_int64(v, "set", &o->b.counts[i]) < 0) {
+            Py_DECREF(copy);
+            return -1;
+        }
+        o->b.keys[i++] = Py_NewRef(k);
+        o->b.n = i;
+    }
+    o->dict = copy;
+    return 0;
+}
+
+static void
+operand_free(operand *o)
+{
+    copy_free(&o->b, 0);
+    Py_XDECREF(o->dict);
+}
+
+/* key's count in o: 1 found, 0 absent (*v = 0), -1 error. */
+static int
+operand_get(operand *o, PyObject *key, int64_t *v)
+{
+    if (o->kc != NULL) {
+        return keyed_lookup(o->kc, key, v);
+    }
+    *v = 0;
+    PyObject *x = PyDict_GetItemWithError(o->dict, key);
+    if (x == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(x);
+    int r = to_int64(x, "set", v);
+    Py_DECREF(x);
+    return r < 0 ? -1 : 1;
+}
+
+/* result[key] = v (a fresh counter: nobody else counts in it). */
+static int
+result_set(KeyedObject *res, PyObject *key, int64_t v)
+{
+    int64_t old;
+    Py_hash_t h = key_hash(key);
+    if (h == -1) {
+        return -1;
+    }
+    int r = tkt_exchange(&res->map, key, h, v, 1, &old);
+    if (r < 0) {
+        table_error(r);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+combine_overflow(int64_t a, int64_t b, int sub)
+{
+    PyObject *x = PyLong_FromLongLong((long long)a), *y = PyLong_FromLongLong((long long)b);
+    PyObject *r = (x && y) ? (sub ? PyNumber_Subtract(x, y) : PyNumber_Add(x, y)) : NULL;
+    if (r != NULL) {
+        PyErr_Format(PyExc_OverflowError,
+                     "set() argument %R is outside the signed 64-bit range", r);
+    }
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    Py_XDECREF(r);
+    return -1;
+}
+
+enum { OP_ADD = 0, OP_SUB = 1, OP_OR = 2, OP_AND = 3 };
+
+/* _combine(other, op, reflected) -> a new counter of type(self), or
+ * NotImplemented when other is neither this type nor a dict. */
+static PyObject *
+Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_combine() takes exactly 3 arguments");
+        return NULL;
+    }
+    PyTypeObject *kind = Py_TYPE(self);
+    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
+        kind = kind->tp_base; /* the C type under Python subclasses */
+    }
+    PyObject *other = args[0];
+    if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    long op = PyLong_AsLong(args[1]);
+    int reflected = PyObject_IsTrue(args[2]);
+    if ((op == -1 && PyErr_Occurred()) || reflected < 0) {
+        return NULL;
+    }
+    operand ops[2];
+    memset(ops, 0, sizeof(ops));
+    operand *L = &ops[0], *R = &ops[1];
+    int ok = operand_init(&ops[0], reflected ? other : (PyObject *)self, kind);
+    ok = ok < 0 ? -1 : operand_init(&ops[1], reflected ? (PyObject *)self : other, kind);
+    PyObject *res = NULL;
+    if (ok < 0) {
+        goto done;
+    }
+    res = PyObject_CallNoArgs((PyObject *)Py_TYPE(self));
+    if (res == NULL) {
+        goto done;
+    }
+    if (!PyObject_TypeCheck(res, kind)) {
+        PyErr_SetString(PyExc_TypeError, "_combine(): the result is not a KeyedCounter");
+        goto fail;
+    }
+    for (int64_t i = 0; i < L->b.n; i++) {
+        PyObject *e = (PyObject *)L->b.keys[i];
+        int64_t c = L->b.counts[i], oc, n;
+        if (operand_get(R, e, &oc) < 0) {
+            goto fail;
+        }
+        switch (op) {
+        case OP_ADD: /* beyond int64: an error if kept (> 0), else dropped */
+            if (TL_ADD_OVERFLOWS(c, oc, &n)) {
+                if (c < 0) {
+                    continue;
+                }
+                combine_overflow(c, oc, 0);
+                goto fail;
+            }
+            break;
+        case OP_SUB:
+            if (TL_SUB_OVERFLOWS(c, oc, &n)) {
+                if (c < 0) {
+                    continue;
+                }
+                combine_overflow(c, oc, 1);
+                goto fail;
+            }
+            break;
+        case OP_OR:
+            n = c >= oc ? c : oc;
+            break;
+        default:
+            n = c <= oc ? c : oc;
+            break;
+        }
+        if (n > 0 && result_set((KeyedObject *)res, e, n) < 0) {
+            goto fail;
+        }
+    }
+    if (op != OP_AND) {
+        for (int64_t i = 0; i < R->b.n; i++) {
+            PyObject *e = (PyObject *)R->b.keys[i];
+            int64_t c = R->b.counts[i], lc;
+            int wanted = op == OP_SUB ? c < 0 : c > 0;
+            if (!wanted) {
+                continue;
+            }
+            int in_left = operand_get(L, e, &lc);
+            if (in_left < 0) {
+                goto fail;
+            }
+            if (in_left) {
+                continue;
+            }
+            if (op == OP_SUB && c == INT64_MIN) {
+                combine_overflow(0, c, 1);
+                goto fail;
+            }
+            if (result_set((KeyedObject *)res, e, op == OP_SUB ? -c : c) < 0) {
+                goto fail;
+            }
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(res);
+done:
+    operand_free(&ops[0]);
+    operand_free(&ops[1]);
+    return res;
+}
+
+/* _equal(other) -> bool: collections.Counter's ==: every count equal, a
+ * missing key counting as 0; NotImplemented when other is neither this type
+ * nor a dict, or when one of its values is not an int64 (then Python
+ * compares). */
+static PyObject *
+Keyed_equal(KeyedObject *self, PyObject *other)
+{
+    PyTypeObject *kind = Py_TYPE(self);
+    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
+        kind = kind->tp_base;
+    }
+    if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    operand ops[2];
+    memset(ops, 0, sizeof(ops));
+    PyObject *res = NULL;
+    int equal = 1;
+    if (operand_init(&ops[0], (PyObject *)self, kind) < 0 ||
+        operand_init(&ops[1], other, kind) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) ||
+            PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear(); /* a value that is not an int64: Python decides */
+            res = Py_NewRef(Py_NotImplemented);
+        }
+        goto done;
+    }
+    for (int side = 0; side < 2 && equal; side++) {
+        operand *mine = &ops[side], *theirs = &ops[1 - side];
+        for (int64_t i = 0; i < mine->b.n; i++) {
+            int64_t oc;
+            int r = operand_get(theirs, (PyObject *)mine->b.keys[i], &oc);
+            if (r < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
+                    !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                    goto done;
+                }
+                PyErr_Clear();
+                res = Py_NewRef(Py_NotImplemented);
+                goto done;
+            }
+            if (oc != mine->b.counts[i]) {
+                equal = 0;
+                break;
+            }
+        }
+    }
+    res = Py_NewRef(equal ? Py_True : Py_False);
+done:
+    operand_free(&ops[0]);
+    operand_free(&ops[1]);
+    return res;
+}
+
 static Py_ssize_t
 Keyed_len(KeyedObject *self)
 {
-    return PyDict_Size(self->dict);
+    return (Py_ssize_t)tkt_len(&self->map);
 }
 
 static int
 Keyed_contains(KeyedObject *self, PyObject *key)
 {
-    return PyDict_Contains(self->dict, key);
+    int64_t v;
+    return keyed_lookup(self, key, &v);
 }
 
-/* ---- kc[key], kc[key] = v, del kc[key] and the Count tag ------------------ */
+static PyObject *
+Keyed_sizeof(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    size_t n = (size_t)Py_TYPE(self)->tp_basicsize;
+    tkt_enter(&self->map);
+    n += tkt_table_size_bytes(atomic_load_explicit(&self->map.table, memory_order_acquire));
+    tkt_leave(&self->map);
+#if TKT_CONCURRENT
+    n += sizeof(tkt_stripe) * TKT_NSTRIPES;
+#endif
+    return PyLong_FromSize_t(n);
+}
 
-/* tallies.keyed.api.Count, registered by tallies.keyed at import: the int
- * subclass that kc[key] returns, tagged with (counter, key, value read) in
- * its `_tag` attribute (read keyed/api.py's header comment). */
-static PyObject *count_type;
-static PyObject *str_tag;
+/* ---- kc[key], kc[key] = v, del kc[key] and the Count tag ------------------
+ *
+ * tallies.keyed.api.Count is this C type when the extension is built: an int
+ * subclass whose instances carry a tag (counter, key, value read) in C
+ * fields, so that kc[key] costs one allocation (no instance __dict__, no tag
+ * tuple).  The int's own header word and digits are copied from a regular
+ * int of the same value (their layout differs between CPython versions, the
+ * bytes do not need interpreting); the tag lives at a fixed offset after
+ * room for the digits of any int64 (at most 3 digits of 30 bits, or 5 of
+ * 15).  Only values in the int64 range are made Counts: an addition whose
+ * result leaves that range gives a plain int (assigning it raises
+ * OverflowError either way). */
+
+typedef struct {
+    PyObject *counter;
+    PyObject *key;
+    int64_t read;
+} count_tag;
+
+#define COUNT_MAX_DIGITS ((64 + PyLong_SHIFT - 1) / PyLong_SHIFT)
+
+static PyTypeObject *count_type;
+static Py_ssize_t count_tag_offset; /* bytes from the object's start */
+static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
+
+#define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
+
+/* The number of digits of |v| (at least 1). */
+static inline Py_ssize_t
+digits_of(int64_t v)
+{
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    Py_ssize_t n = 1;
+    while (u >>= PyLong_SHIFT) {
+        n++;
+    }
+    return n;
+}
+
+/* Write v into an int object's header word and digits (the layout of
+ * CPython's longintrepr.h: ob_size and digits up to 3.11, lv_tag and digits
+ * from 3.12). */
+static inline void
+count_fill(PyObject *r, int64_t v)
+{
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    PyLongObject *o = (PyLongObject *)r;
+#if PY_VERSION_HEX >= 0x030C0000
+    digit *d = o->long_value.ob_digit;
+#else
+    digit *d = o->ob_digit;
+#endif
+    Py_ssize_t n = 0;
+    d[0] = 0;
+    while (u != 0) {
+        d[n++] = (digit)(u & PyLong_MASK);
+        u >>= PyLong_SHIFT;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    o->long_value.lv_tag = ((uintptr_t)n << _PyLong_NON_SIZE_BITS) |
+                           (uintptr_t)(v > 0 ? 0 : (v == 0 ? 1 : 2));
+#else
+    Py_SET_SIZE(o, v < 0 ? -n : n);
+#endif
+}
+
+/* A Count of value v tagged (counter, key, read). */
+static PyObject *
+count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read)
+{
+    PyObject *r = count_type->tp_alloc(count_type, count_nitems);
+    if (r == NULL) {
+        return NULL;
+    }
+    count_fill(r, v);
+    count_tag *t = COUNT_TAG(r);
+    t->counter = Py_NewRef(counter);
+    t->key = Py_NewRef(key);
+    t->read = read;
+    return r;
+}
+
+static int
+Count_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(COUNT_TAG(self)->counter);
+    Py_VISIT(COUNT_TAG(self)->key);
+    return 0;
+}
+
+static int
+Count_clear(PyObject *self)
+{
+    Py_CLEAR(COUNT_TAG(self)->counter);
+    Py_CLEAR(COUNT_TAG(self)->key);
+    return 0;
+}
+
+static void
+Count_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Count_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* The value of an int (or Count) that fits in int64: 1, else 0. */
+static inline int
+as_int64(PyObject *o, int64_t *v)
+{
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *v = (int64_t)x;
+    return 1;
+}
+
+/* Count + n, n + Count, Count - n: a Count with the same tag (n - Count and
+ * results outside int64: a plain int). */
+static PyObject *
+count_arith(PyObject *a, PyObject *b, int sub)
+{
+    binaryfunc f = sub ? PyLong_Type.tp_as_number->nb_subtract
+                       : PyLong_Type.tp_as_number->nb_add;
+    PyObject *r = f(a, b);
+    if (r == NULL || r == Py_NotImplemented) {
+        return r;
+    }
+    PyObject *tagged = Py_IS_TYPE(a, count_type) ? a : (sub ? NULL : b);
+    int64_t v;
+    if (tagged == NULL || !as_int64(r, &v)) {
+        return r;
+    }
+    Py_DECREF(r);
+    count_tag *t = COUNT_TAG(tagged);
+    return count_new(v, t->counter, t->key, t->read);
+}
+
+static PyObject *Count_add(PyObject *a, PyObject *b) { return count_arith(a, b, 0); }
+static PyObject *Count_sub(PyObject *a, PyObject *b) { return count_arith(a, b, 1); }
 
 static PyObject *
-make_count(PyObject *value, PyObject *tag)
+Count_int(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *r = PyObject_Vectorcall(count_type, &value, 1, NULL);
-    if (r != NULL && PyObject_SetAttr(r, str_tag, tag) < 0) {
-        Py_CLEAR(r);
+    return PyNumber_Long(self); /* an exact int */
+}
+
+static PyObject *
+Count_deepcopy(PyObject *self, PyObject *Py_UNUSED(memo))
+{
+    return PyNumber_Long(self);
+}
+
+static PyObject *
+Count_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *v = PyNumber_Long(self);
+    if (v == NULL) {
+        return NULL;
     }
+    PyObject *r = Py_BuildValue("(O(O))", (PyObject *)&PyLong_Type, v);
+    Py_DECREF(v);
     return r;
+}
+
+static PyObject *
+Count_get_tag(PyObject *self, void *Py_UNUSED(closure))
+{
+    count_tag *t = COUNT_TAG(self);
+    if (t->counter == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_tag");
+        return NULL;
+    }
+    return Py_BuildValue("(OOL)", t->counter, t->key, (long long)t->read);
+}
+
+static PyObject *
+Count_new(PyTypeObject *Py_UNUSED(type), PyObject *Py_UNUSED(args),
+          PyObject *Py_UNUSED(kwds))
+{
+    PyErr_SetString(PyExc_TypeError,
+                    "Count is made by kc[key]; use int(...) for a plain int");
+    return NULL;
+}
+
+static PyMethodDef Count_methods[] = {
+    {"__reduce__", Count_reduce, METH_NOARGS, "Pickles as a plain int."},
+    {"__copy__", Count_int, METH_NOARGS, "A plain int."},
+    {"__deepcopy__", Count_deepcopy, METH_O, "A plain int."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Count_getset[] = {
+    {"_tag", Count_get_tag, NULL, "(counter, key, value read)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Count_slots[] = {
+    {Py_tp_doc,
+     "What kc[key] returns: the count as an int that remembers where it was\n"
+     "read, so that kc[key] += n is applied as an atomic increment.\n\n"
+     "Behaves as the int it equals; + and - with an int keep the memory,\n"
+     "every other operation gives a plain int.  Pickling and copying give a\n"
+     "plain int."},
+    {Py_tp_new, Count_new},
+    {Py_tp_dealloc, Count_dealloc},
+    {Py_tp_traverse, Count_traverse},
+    {Py_tp_clear, Count_clear},
+    {Py_tp_methods, Count_methods},
+    {Py_tp_getset, Count_getset},
+    {Py_nb_add, Count_add},
+    {Py_nb_subtract, Count_sub},
+    {0, NULL},
+};
+
+static PyType_Spec Count_spec = {
+    "tallies.keyed.api.Count", 0, 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Count_slots,
+};
+
+/* _make_count(counter, key, v) -> Count (the pure core's kc[key]). */
+static PyObject *
+keyed_make_count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_make_count() takes exactly 3 arguments");
+        return NULL;
+    }
+    if (to_int64(args[2], "_make_count", &v) < 0) {
+        return NULL;
+    }
+    return count_new(v, args[0], args[1], v);
 }
 
 static PyObject *
 Keyed_subscript(KeyedObject *self, PyObject *key)
 {
-    PyObject *v = Keyed_value(self, key);
-    if (v == NULL || count_type == NULL) {
-        return v;
+    int64_t v;
+    if (keyed_lookup(self, key, &v) < 0) {
+        return NULL;
     }
-    PyObject *tag = PyTuple_Pack(3, (PyObject *)self, key, v);
-    PyObject *r = tag == NULL ? NULL : make_count(v, tag);
-    Py_XDECREF(tag);
-    Py_DECREF(v);
-    return r;
+    return count_new(v, (PyObject *)self, key, v);
 }
 
 /* 1 when value is a Count read from this counter and this key, with the
@@ -823,27 +1681,27 @@ Keyed_subscript(KeyedObject *self, PyObject *key)
 static int
 count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
 {
-    if (count_type == NULL || (PyObject *)Py_TYPE(value) != count_type) {
+    if (!Py_IS_TYPE(value, count_type)) {
         return 0;
     }
-    PyObject *tag = PyObject_GetAttr(value, str_tag);
-    if (tag == NULL) {
+    count_tag *t = COUNT_TAG(value);
+    if (t->counter != (PyObject *)self) {
+        return 0;
+    }
+    if (t->key != key) {
+        int eq = PyObject_RichCompareBool(t->key, key, Py_EQ);
+        if (eq <= 0) {
+            return eq;
+        }
+    }
+    int64_t v;
+    if (!as_int64(value, &v) || TL_SUB_OVERFLOWS(v, t->read, delta)) {
+        PyErr_Format(PyExc_OverflowError,
+                     "increment() argument %R is outside the signed 64-bit range",
+                     value);
         return -1;
     }
-    int ours = 0;
-    if (PyTuple_Check(tag) && PyTuple_GET_SIZE(tag) == 3 &&
-        PyTuple_GET_ITEM(tag, 0) == (PyObject *)self) {
-        PyObject *read_key = PyTuple_GET_ITEM(tag, 1);
-        ours = read_key == key ? 1 : PyObject_RichCompareBool(read_key, key, Py_EQ);
-    }
-    if (ours == 1) {
-        PyObject *d = PyLong_Type.tp_as_number->nb_subtract(
-            value, PyTuple_GET_ITEM(tag, 2));
-        ours = d == NULL ? -1 : (to_int64(d, "increment", delta) < 0 ? -1 : 1);
-        Py_XDECREF(d);
-    }
-    Py_DECREF(tag);
-    return ours;
+    return 1;
 }
 
 static int
@@ -851,7 +1709,7 @@ Keyed_ass_subscript(KeyedObject *self, PyObject *key, PyObject *value)
 {
     int64_t n;
     if (value == NULL) { /* del kc[key]: like collections.Counter, no KeyError */
-        return keyed_remove(self, key, &n) < 0 ? -1 : 0;
+        return keyed_remove(self, key, 0, &n) < 0 ? -1 : 0;
     }
     int r = count_delta(self, key, value, &n);
     if (r < 0) {
@@ -872,53 +1730,30 @@ Keyed_ass_subscript(KeyedObject *self, PyObject *key, PyObject *value)
     return 0;
 }
 
-/* Count + n, n + Count, Count - n: an int with the same tag. */
-static PyObject *
-count_arith(PyObject *self, PyObject *other, int sub)
+/* Create the Count type (once per process, like the other type pointers). */
+static int
+count_type_init(PyObject *m)
 {
-    binaryfunc f = sub ? PyLong_Type.tp_as_number->nb_subtract
-                       : PyLong_Type.tp_as_number->nb_add;
-    PyObject *r = f(self, other);
-    if (r == NULL || r == Py_NotImplemented) {
-        return r;
+    if (count_type != NULL) {
+        return PyModule_AddObjectRef(m, "Count", (PyObject *)count_type);
     }
-    PyObject *tag = PyObject_GetAttr(self, str_tag);
-    if (tag == NULL) {
-        Py_DECREF(r);
-        return NULL;
+    Py_ssize_t base = PyLong_Type.tp_basicsize, item = PyLong_Type.tp_itemsize;
+    Py_ssize_t off = base + (Py_ssize_t)(COUNT_MAX_DIGITS + 1) * item;
+    off = (off + 7) & ~(Py_ssize_t)7;
+    /* tp_alloc(type, n) allocates base + (n + 1) * item bytes (rounded up). */
+    Py_ssize_t need = off + (Py_ssize_t)sizeof(count_tag) - base;
+    count_nitems = (need + item - 1) / item;
+    count_tag_offset = off;
+    PyObject *bases = PyTuple_Pack(1, (PyObject *)&PyLong_Type);
+    if (bases == NULL) {
+        return -1;
     }
-    PyObject *c = make_count(r, tag);
-    Py_DECREF(tag);
-    Py_DECREF(r);
-    return c;
-}
-
-static PyObject *count_add(PyObject *self, PyObject *other) { return count_arith(self, other, 0); }
-static PyObject *count_sub(PyObject *self, PyObject *other) { return count_arith(self, other, 1); }
-
-static PyMethodDef count_add_def = {"__add__", count_add, METH_O, "Count + n: a Count with the same tag."};
-static PyMethodDef count_radd_def = {"__radd__", count_add, METH_O, "n + Count: a Count with the same tag."};
-static PyMethodDef count_sub_def = {"__sub__", count_sub, METH_O, "Count - n: a Count with the same tag."};
-
-/* _register_count(Count): adopt the Count class, giving it C arithmetic. */
-static PyObject *
-keyed_register_count(PyObject *Py_UNUSED(module), PyObject *cls)
-{
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyLong_Type)) {
-        PyErr_SetString(PyExc_TypeError, "_register_count() expects an int subclass");
-        return NULL;
+    count_type = (PyTypeObject *)PyType_FromSpecWithBases(&Count_spec, bases);
+    Py_DECREF(bases);
+    if (count_type == NULL) {
+        return -1;
     }
-    PyMethodDef *defs[] = {&count_add_def, &count_radd_def, &count_sub_def};
-    for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
-        PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, defs[i]);
-        if (d == NULL || PyObject_SetAttrString(cls, defs[i]->ml_name, d) < 0) {
-            Py_XDECREF(d);
-            return NULL;
-        }
-        Py_DECREF(d);
-    }
-    Py_XSETREF(count_type, Py_NewRef(cls));
-    Py_RETURN_NONE;
+    return PyModule_AddObjectRef(m, "Count", (PyObject *)count_type);
 }
 
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
@@ -945,6 +1780,19 @@ static PyMethodDef Keyed_methods[] = {
     {"_keys", (PyCFunction)Keyed_keys, METH_NOARGS, NULL},
     {"_items", (PyCFunction)Keyed_items, METH_NOARGS, NULL},
     {"_drain", (PyCFunction)Keyed_drain, METH_NOARGS, NULL},
+    {"_values", (PyCFunction)Keyed_values, METH_NOARGS, NULL},
+    {"_count_iter", (PyCFunction)(void (*)(void))Keyed_count_iter, METH_FASTCALL, NULL},
+    {"_set_many", (PyCFunction)Keyed_set_many, METH_O, NULL},
+    {"_iter_keys", (PyCFunction)Keyed_iter_keys, METH_NOARGS, NULL},
+    {"_iter_items", (PyCFunction)Keyed_iter_items, METH_NOARGS, NULL},
+    {"_iter_values", (PyCFunction)Keyed_iter_values, METH_NOARGS, NULL},
+    {"_dict", (PyCFunction)Keyed_dict, METH_NOARGS, NULL},
+    {"_combine", (PyCFunction)(void (*)(void))Keyed_combine, METH_FASTCALL, NULL},
+    {"_equal", (PyCFunction)Keyed_equal, METH_O, NULL},
+    {"_total", (PyCFunction)Keyed_total, METH_NOARGS, NULL},
+    {"_most_common", (PyCFunction)Keyed_most_common, METH_O, NULL},
+    {"__sizeof__", (PyCFunction)Keyed_sizeof, METH_NOARGS,
+     "Bytes of the object and of its table."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -974,25 +1822,22 @@ static PyType_Spec Keyed_spec = {
 
 typedef struct {
     PyTypeObject *KeyedCounter;
-    PyTypeObject *Cell;
 } module_state;
 
 static int
 keyed_exec(PyObject *m)
 {
     module_state *st = PyModule_GetState(m);
-    st->Cell = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Cell_spec, NULL);
-    if (st->Cell == NULL) {
-        return -1;
-    }
     st->KeyedCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
     if (st->KeyedCounter == NULL || PyModule_AddType(m, st->KeyedCounter) < 0) {
         return -1;
     }
-    if (cell_type == NULL) {
-        cell_type = (PyTypeObject *)Py_NewRef(st->Cell); /* lives forever */
-        str_tag = PyUnicode_InternFromString("_tag");
-        if (str_tag == NULL) {
+    if (count_type_init(m) < 0) {
+        return -1;
+    }
+    if (snapiter_type == NULL) {
+        snapiter_type = (PyTypeObject *)PyType_FromSpec(&SnapIter_spec); /* lives forever */
+        if (snapiter_type == NULL) {
             return -1;
         }
     }
@@ -1002,7 +1847,7 @@ keyed_exec(PyObject *m)
     int ft = 0;
 #endif
     if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
-        PyModule_AddIntConstant(m, "CELL_SIZE", (long)sizeof(CellObject)) < 0) {
+        PyModule_AddIntConstant(m, "ENTRY_SIZE", (long)(sizeof(void *) + sizeof(int64_t))) < 0) {
         return -1;
     }
     return 0;
@@ -1013,7 +1858,6 @@ keyed_traverse(PyObject *m, visitproc visit, void *arg)
 {
     module_state *st = PyModule_GetState(m);
     Py_VISIT(st->KeyedCounter);
-    Py_VISIT(st->Cell);
     return 0;
 }
 
@@ -1022,7 +1866,6 @@ keyed_clear(PyObject *m)
 {
     module_state *st = PyModule_GetState(m);
     Py_CLEAR(st->KeyedCounter);
-    Py_CLEAR(st->Cell);
     return 0;
 }
 
@@ -1038,15 +1881,15 @@ static PyModuleDef_Slot keyed_slots[] = {
 };
 
 static PyMethodDef keyed_functions[] = {
-    {"_register_count", keyed_register_count, METH_O,
-     "Adopt tallies.keyed.api.Count: kc[key] returns it (internal)."},
+    {"_make_count", (PyCFunction)(void (*)(void))keyed_make_count, METH_FASTCALL,
+     "_make_count(counter, key, v) -> Count (internal)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef keyed_module = {
     PyModuleDef_HEAD_INIT,
     "tallies.keyed._core",
-    "The C core of tallies.KeyedCounter: counts by key in int64 cells.",
+    "The C core of tallies.KeyedCounter: a hash table of int64 counts by key.",
     sizeof(module_state),
     keyed_functions,
     keyed_slots,

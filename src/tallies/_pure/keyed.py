@@ -12,8 +12,11 @@ picks it or the C one.
 
 from __future__ import annotations
 
+import heapq
+import sys
 import threading
 from collections.abc import Hashable
+from operator import itemgetter
 from typing import Any, SupportsIndex
 
 from ..keyed.api import KeyedCounterMixin
@@ -134,6 +137,43 @@ class KeyedCore:
             for key, _ in items:
                 d[key] = 0
             return items
+
+    def _values(self) -> list[int]:
+        with self._lock:
+            return list(self._d.values())
+
+    def _total(self) -> int:
+        return sum(self._values())
+
+    def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]:
+        if n is None:
+            return sorted(self._items(), key=itemgetter(1), reverse=True)
+        return heapq.nlargest(n, self._items(), key=itemgetter(1))
+
+    def _count_iter(self, iterable: Any, sign: int, /) -> None:
+        mixin: Any = self  # the KeyedCounterMixin methods of KeyedCounter
+        fname = "update" if sign > 0 else "subtract"
+        mixin._apply(mixin._pairs(iterable, {}, fname, 1 if sign > 0 else -1))
+
+    def _set_many(self, pairs: Any, /) -> None:
+        for key, v in pairs.items() if isinstance(pairs, dict) else pairs:
+            self._set(key, v)
+
+    def _iter_keys(self) -> Any:
+        return iter(self._keys())
+
+    def _iter_items(self) -> Any:
+        return iter(self._items())
+
+    def _iter_values(self) -> Any:
+        return iter(self._values())
+
+    def _dict(self) -> dict[Any, int]:
+        with self._lock:
+            return dict(self._d)
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + sys.getsizeof(self._d)
 
     def __len__(self) -> int:
         return len(self._d)

@@ -3,6 +3,8 @@
     tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
     tallies bench [--quick] [--processes | --stores] [--json]
     tallies show URL [--json]
+    tallies serve URL [--host 127.0.0.1] [--port 9464]
+    tallies watch URL [--interval S] [--top N]
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and
 sets ``run`` to a function taking the parsed arguments; add one to add a command.
@@ -49,6 +51,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         threads=args.threads,
         increments=args.increments,
         switch_interval=args.switch_interval,
+        processes=args.processes,
     )
     return demo_main(config, as_json=args.json)
 
@@ -86,6 +89,15 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "sys.setswitchinterval() for the unsafe counters' runs only, restored after "
             "(default: 1e-6; 0 keeps the interpreter's setting)"
         ),
+    )
+    from .look import non_negative_int
+
+    p.add_argument(
+        "--processes",
+        type=non_negative_int,
+        default=4,
+        metavar="N",
+        help="processes for the shm:// part with a progress bar (default: 4; 0 skips it)",
     )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.set_defaults(run=_run_demo)
@@ -165,10 +177,24 @@ def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(run=_run_show)
 
 
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .look import add_serve
+
+    add_serve(commands)
+
+
+def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .look import add_watch
+
+    add_watch(commands)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_demo,
     _add_bench,
     _add_show,
+    _add_serve,
+    _add_watch,
 ]
 
 

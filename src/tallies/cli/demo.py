@@ -116,6 +116,8 @@ class DemoConfig:
     increments: int = 100_000
     switch_interval: float | None = 1e-6
     """Switch interval for the unsafe runs only; None keeps the interpreter's."""
+    processes: int = 4
+    """Processes for the shm:// part (0 skips it)."""
 
 
 @dataclass
@@ -321,7 +323,36 @@ def keyed_section(config: DemoConfig) -> Section:
     return Section(title, rows, notes)
 
 
-SECTIONS: list[Callable[[DemoConfig], Section]] = [counters_section, keyed_section]
+def processes_section(config: DemoConfig) -> Section | None:
+    """The same work done by processes into one shm:// counter, with a progress bar."""
+    if not config.processes:
+        return None
+    from . import demo_processes
+
+    total = config.threads * config.increments
+    found, notes = demo_processes.run(config.processes, total)
+    rows = [
+        Row(
+            name=r["name"],
+            expected=r["expected"],
+            final=r["final"],
+            lost=r["lost"],
+            seconds=r["seconds"],
+            ns_per_op=r["seconds"] * 1e9 / r["expected"],
+            thread_safe=r["safe"],
+            switch_interval=sys.getswitchinterval(),
+        )
+        for r in found
+    ]
+    title = f"The same {total:,} increments by {config.processes} processes"
+    return Section(title, rows, notes)
+
+
+SECTIONS: list[Callable[[DemoConfig], Section | None]] = [
+    counters_section,
+    keyed_section,
+    processes_section,
+]
 """The demo's parts, in order.  Append a function to add one."""
 
 
@@ -373,6 +404,8 @@ def main(config: DemoConfig, *, as_json: bool = False) -> int:
     sections = []
     for make in SECTIONS:
         section = make(config)
+        if section is None:
+            continue
         for row in section.rows:
             row.section = section.title
         sections.append(section)

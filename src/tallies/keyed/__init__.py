@@ -14,14 +14,16 @@ integers, whose every single-key update is atomic (see ``tallies.keyed.api`` for
 the pure-Python ``tallies._pure.keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
 same Python code for the ``collections.Counter`` API.
 
-Free-threading: with ``Py_GIL_DISABLED`` the C core updates each key's cell
-atomically and removes keys with the protocol described in
-``_c/_keyed_cells.h``.  No free-threaded CPython is installable where this was
-written: that protocol was stressed from pthreads under ThreadSanitizer
-(``tests/c/stress_keyed.c``), and the extension's free-threaded branches
-were only compile-checked (``tests/test_build_headers.py``: ``gcc
--fsyntax-only -Wall -Wextra -Werror -DPy_GIL_DISABLED`` against CPython 3.13
-headers, where such headers are on the machine), never run.
+Free-threading: with ``Py_GIL_DISABLED`` the C core's table (``_c/_ktable.h``,
+read its header comment) looks keys up without a lock, adds to counts
+atomically in place, and inserts, removes and resizes under a mutex with a
+protocol that loses and doubles nothing.  No free-threaded CPython is
+installable where this was written: that table code was stressed from
+pthreads under ThreadSanitizer (``tests/c/stress_keyed.c``, with a mutant it
+must catch), and the extension's free-threaded branches were only
+compile-checked (``tests/c/test_build_headers.py``: ``gcc -fsyntax-only -Wall
+-Wextra -Werror -DPy_GIL_DISABLED`` against CPython 3.13 headers, where such
+headers are on the machine), never run.
 """
 
 from __future__ import annotations
@@ -53,8 +55,7 @@ else:
         # The C type itself is the class (not a Python subclass of it), so
         # that kc.increment(key) takes CPython's fast path for C methods; the
         # collections.Counter API is installed on it.  Its C __getitem__,
-        # __setitem__ and __delitem__ stay, and Count gets C arithmetic.
+        # __setitem__ and __delitem__ stay (kc[key] makes the C Count).
         KeyedCounter = _native.KeyedCounter
         install(KeyedCounter, skip=frozenset({"__getitem__", "__setitem__", "__delitem__"}))
-        _native._register_count(Count)
         IMPLEMENTATION = "c"

@@ -2,8 +2,9 @@
 
 ``KeyedCounter`` here is the very class users get as ``tallies.KeyedCounter``:
 ``tallies.keyed`` installs the collections.Counter API (``tallies.keyed.api``) on
-it at import.  Each key's count lives in a 32-byte int64 cell; counting an
-existing key is one dict lookup and one checked add.
+it at import.  Each key's int64 count is stored inline in the counter's own
+hash table (next to the key); counting an existing key is one probe and one
+checked add.
 """
 
 from collections.abc import Hashable
@@ -11,11 +12,18 @@ from typing import Any, SupportsIndex
 
 FREE_THREADED_BUILD: int
 """1 when this extension was compiled for a free-threaded (no-GIL) CPython."""
-CELL_SIZE: int
-"""Bytes per key's cell object (on top of the dict entry)."""
+ENTRY_SIZE: int
+"""Bytes per entry of a table whose keys are all str (other keys: 8 more, for
+the hash); the index adds 1 to 8 bytes per slot, as a dict's does."""
 
-def _register_count(cls: type[int], /) -> None:
-    """Adopt tallies.keyed.api.Count as what kc[key] returns (internal)."""
+class Count(int):
+    """What kc[key] returns: an int that remembers (counter, key, value read)."""
+
+    @property
+    def _tag(self) -> tuple[Any, Any, int]: ...
+
+def _make_count(counter: Any, key: Any, v: int, /) -> Count:
+    """A Count of v read from counter's key (internal)."""
 
 class KeyedCounter:
     """Exact int64 counts by key.  Every method is atomic for its key."""
@@ -44,6 +52,10 @@ class KeyedCounter:
     def _keys(self) -> list[Any]: ...
     def _items(self) -> list[tuple[Any, int]]: ...
     def _drain(self) -> list[tuple[Any, int]]: ...
+    def _values(self) -> list[int]: ...
+    def _total(self) -> int: ...
+    def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]: ...
+    def __sizeof__(self) -> int: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: object) -> bool: ...
     def __getitem__(self, key: Hashable) -> int: ...

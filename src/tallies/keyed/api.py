@@ -43,8 +43,8 @@ tagged int keeps every single-threaded result identical to
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
+import os
 import types
 from collections.abc import (
     Hashable,
@@ -56,7 +56,6 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
@@ -66,7 +65,7 @@ __all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
 _MISSING: Any = object()
 
 
-class Count(int):
+class _PyCount(int):
     """What ``kc[key]`` returns: the count as an ``int`` that remembers where
     it was read, so that ``kc[key] += n`` is applied as an atomic increment.
 
@@ -81,7 +80,7 @@ class Count(int):
         r = int.__add__(self, other)
         if r is NotImplemented:
             return r
-        c = Count(r)
+        c = _PyCount(r)
         c._tag = self._tag
         return c
 
@@ -91,7 +90,7 @@ class Count(int):
         r = int.__sub__(self, other)
         if r is NotImplemented:
             return r
-        c = Count(r)
+        c = _PyCount(r)
         c._tag = self._tag
         return c
 
@@ -105,17 +104,33 @@ class Count(int):
         return int(self)
 
 
-def _make_count(counter: Any, key: Any, v: int) -> Count:
-    c = Count(v)
+def _py_make_count(counter: Any, key: Any, v: int) -> int:
+    c = _PyCount(v)
     c._tag = (counter, key, v)
     return c
+
+
+# With the C core, Count is its C type (tallies.keyed._core.Count: the tag in
+# C fields, one allocation per kc[key]); both cores then return it, so that
+# ``type(kc[key]) is tallies.keyed.api.Count`` holds for either.  The Python
+# class above is the fallback's (TALLIES_PURE=1 or no extension).
+Count: Any = _PyCount
+_make_count: Any = _py_make_count
+if os.environ.get("TALLIES_PURE") != "1":
+    try:
+        from . import _core as _native  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        pass
+    else:
+        Count = _native.Count
+        _make_count = _native._make_count
 
 
 class _ValuesView(ValuesView[int]):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[int]:
-        return iter([v for _, v in cast(Any, self)._mapping._items()])
+        return cast(Any, self)._mapping._iter_values()  # type: ignore[no-any-return]
 
 
 class _ItemsView(ItemsView[Any, int]):
@@ -129,7 +144,7 @@ class _ItemsView(ItemsView[Any, int]):
         return v is not _MISSING and (v is value or v == value)
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
-        return iter(cast(Any, self)._mapping._items())
+        return cast(Any, self)._mapping._iter_items()  # type: ignore[no-any-return]
 
 
 # The KeyedCounter classes (C and pure); tallies.keyed registers the C one,
@@ -164,10 +179,15 @@ def _items_of(other: Any) -> list[tuple[Any, Any]]:
 def _as_counter(other: Any) -> dict[Any, int] | None:
     """The counts of a multiset operand (Counter or KeyedCounter), else None."""
     if isinstance(other, _KINDS):
-        return dict(cast(Any, other)._items())
+        return cast(Any, other)._dict()  # type: ignore[no-any-return]
     if isinstance(other, collections.Counter):
         return other
     return None
+
+
+# The C core combines counters in C (_combine(other, opcode, reflected)) and
+# compares them (_equal); these are the opcodes of the *_pairs functions.
+_OPCODES = {"_add_pairs": 0, "_sub_pairs": 1, "_or_pairs": 2, "_and_pairs": 3}
 
 
 class KeyedCounterMixin:
@@ -212,13 +232,23 @@ class KeyedCounterMixin:
         def _keys(self) -> list[Any]: ...
         def _items(self) -> list[tuple[Any, int]]: ...
         def _drain(self) -> list[tuple[Any, int]]: ...
+        def _values(self) -> list[int]: ...
+        def _total(self) -> int: ...
+        def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]: ...
+        def _count_iter(self, iterable: Any, sign: int, /) -> None: ...
+        def _set_many(self, pairs: Any, /) -> None: ...
+        def _iter_keys(self) -> Iterator[Any]: ...
+        def _iter_items(self) -> Iterator[tuple[Any, int]]: ...
+        def _iter_values(self) -> Iterator[int]: ...
+        def _dict(self) -> dict[Any, int]: ...
         def __len__(self) -> int: ...
         def __contains__(self, key: object) -> bool: ...
 
     __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
-        self.update(iterable, **kwds)
+        if iterable is not None or kwds:
+            self.update(iterable, **kwds)
 
     @classmethod
     def fromkeys(cls, iterable: Any, v: Any = None) -> Any:
@@ -231,10 +261,7 @@ class KeyedCounterMixin:
 
     def __getitem__(self, key: Hashable) -> int:
         """The count of key as a ``Count`` (0 when absent; nothing inserted)."""
-        v = self.value(key)
-        c = Count(v)
-        c._tag = (self, key, v)
-        return c
+        return _make_count(self, key, self.value(key))  # type: ignore[no-any-return]
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The count of key, or default when absent (nothing inserted)."""
@@ -248,12 +275,12 @@ class KeyedCounterMixin:
         made meanwhile to keys already read are not in it, and those made to
         keys not yet read are.  Exact as a whole once writers are quiescent.
         """
-        return collections.Counter(dict(self._items()))
+        return collections.Counter(self._dict())
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a copy of the keys taken at once (never raises
         "changed size during iteration")."""
-        return iter(self._keys())
+        return self._iter_keys()
 
     def keys(self) -> KeysView[Any]:
         return KeysView(self)
@@ -267,9 +294,7 @@ class KeyedCounterMixin:
     def most_common(self, n: int | None = None) -> list[tuple[Any, int]]:
         """The n most common keys and counts, most common first (ties in
         insertion order); all of them when n is None."""
-        if n is None:
-            return sorted(self._items(), key=itemgetter(1), reverse=True)
-        return heapq.nlargest(n, self._items(), key=itemgetter(1))
+        return self._most_common(n)
 
     def elements(self) -> Iterator[Any]:
         """Each key repeated as many times as its count (counts < 1: none)."""
@@ -277,16 +302,16 @@ class KeyedCounterMixin:
 
     def total(self) -> int:
         """The sum of the counts (per-key exact, not one instant)."""
-        return sum(v for _, v in self._items())
+        return self._total()
 
     # ---- writing -----------------------------------------------------------
 
     def __setitem__(self, key: Hashable, value: SupportsIndex) -> None:
         if type(value) is Count:
-            counter, read_key, read = value._tag
+            counter, read_key, read = cast(Any, value)._tag
             if counter is self and (read_key is key or read_key == key):
                 # kc[key] += n: apply the difference atomically.
-                self.increment(key, int.__sub__(value, read))
+                self.increment(key, int(cast(int, value)) - read)
                 return
         self._set(key, value)
 
@@ -366,21 +391,27 @@ class KeyedCounterMixin:
         checked first; an amount that would overflow a count undoes the
         call's earlier additions before OverflowError is raised.
         """
+        if not kwds and iterable is not None and not isinstance(iterable, Mapping):
+            self._count_iter(iterable, 1)  # the core counts the elements
+            return
         pairs = self._pairs(iterable, kwds, "update", 1)
         self._apply(pairs)
 
     def subtract(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
         """Like update, but subtracts (counts may go to zero or below)."""
+        if not kwds and iterable is not None and not isinstance(iterable, Mapping):
+            self._count_iter(iterable, -1)
+            return
         pairs = self._pairs(iterable, kwds, "subtract", -1)
         self._apply(pairs)
 
     def copy(self) -> Any:
-        return type(self)(dict(self._items()))
+        return type(self)(self._dict())
 
     __copy__ = copy
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (dict(self._items()),))
+        return (type(self), (self._dict(),))
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -395,17 +426,24 @@ class KeyedCounterMixin:
         o = _as_counter(other)
         if o is None:
             return None
-        return dict(self._items()), o
+        return self._dict(), o
 
     def __eq__(self, other: object) -> bool:
         """Equal counts, missing counting as zero (collections.Counter's rule);
         with a plain dict: the same keys and counts (dict equality)."""
+        equal = getattr(self, "_equal", None)
+        if equal is not None and isinstance(other, (*_KINDS, collections.Counter)):
+            res = equal(other)
+            if res is not NotImplemented:
+                return res  # type: ignore[no-any-return]
         pair = self._cmp(other)
         if pair is None:
             if isinstance(other, Mapping):
-                return dict(self._items()) == other
+                return self._dict() == other
             return NotImplemented
         s, o = pair
+        if dict.__eq__(s, cast(dict[Any, int], o)) is True:
+            return True  # the same keys and counts: equal (fast, in C)
         return all(s.get(e, 0) == o.get(e, 0) for c in (s, o) for e in c)
 
     def __ne__(self, other: object) -> bool:
@@ -446,43 +484,49 @@ class KeyedCounterMixin:
 
     # ---- multiset operators (new counters; keep positive counts) -----------
 
-    def _result(self, pairs: Iterable[tuple[Any, int]]) -> Any:
+    def _result(self, pairs: Any) -> Any:
         result = type(self)()
-        for key, n in pairs:
-            result._set(key, n)
+        result._set_many(pairs)
         return result
 
+    # Each returns the result's counts as a dict, in collections.Counter's
+    # order: the left operand's keys first, then the right one's new keys.
     @staticmethod
-    def _add_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, c + o.get(e, 0)) for e, c in s.items()]
-        out = [(e, c) for e, c in out if c > 0]
-        out += [(e, c) for e, c in o.items() if e not in s and c > 0]
+    def _add_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        out = {e: n for e, c in s.items() if (n := c + get(e, 0)) > 0}
+        out.update({e: c for e, c in o.items() if c > 0 and e not in s})
         return out
 
     @staticmethod
-    def _sub_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, c - o.get(e, 0)) for e, c in s.items()]
-        out = [(e, c) for e, c in out if c > 0]
-        out += [(e, 0 - c) for e, c in o.items() if e not in s and c < 0]
+    def _sub_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        out = {e: n for e, c in s.items() if (n := c - get(e, 0)) > 0}
+        out.update({e: 0 - c for e, c in o.items() if c < 0 and e not in s})
         return out
 
     @staticmethod
-    def _or_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, max(c, o.get(e, 0))) for e, c in s.items()]
-        out = [(e, c) for e, c in out if c > 0]
-        out += [(e, c) for e, c in o.items() if e not in s and c > 0]
+    def _or_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        out = {e: n for e, c in s.items() if (n := c if c >= (oc := get(e, 0)) else oc) > 0}
+        out.update({e: c for e, c in o.items() if c > 0 and e not in s})
         return out
 
     @staticmethod
-    def _and_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> list[tuple[Any, int]]:
-        out = [(e, min(c, o.get(e, 0))) for e, c in s.items()]
-        return [(e, c) for e, c in out if c > 0]
+    def _and_pairs(s: Mapping[Any, int], o: Mapping[Any, int]) -> dict[Any, int]:
+        get = o.get
+        return {e: n for e, c in s.items() if (n := c if c <= (oc := get(e, 0)) else oc) > 0}
 
     def _binop(self, other: Any, op: Any, reflected: bool) -> Any:
+        combine = getattr(self, "_combine", None)
+        if combine is not None and isinstance(other, (*_KINDS, collections.Counter)):
+            res = combine(other, _OPCODES[op.__name__], reflected)
+            if res is not NotImplemented:
+                return res
         o = _as_counter(other)
         if o is None:
             return NotImplemented
-        s = dict(self._items())
+        s = self._dict()
         return self._result(op(o, s) if reflected else op(s, o))
 
     def __add__(self, other: Any) -> Any:
@@ -510,10 +554,10 @@ class KeyedCounterMixin:
         return self._binop(other, self._and_pairs, True)
 
     def __pos__(self) -> Any:
-        return self._result((e, c) for e, c in self._items() if c > 0)
+        return self._binop(collections.Counter(), self._add_pairs, False)  # counts > 0
 
     def __neg__(self) -> Any:
-        return self._result((e, 0 - c) for e, c in self._items() if c < 0)
+        return self._binop(collections.Counter(), self._sub_pairs, True)  # 0 - counts < 0
 
     # ---- in-place operators: per-key atomic increments, then keep positive --
 

@@ -1,0 +1,849 @@
+/*
+ * tallies key table: the hash table under KeyedCounter, with each key's
+ * int64 count stored inline next to the key.
+ *
+ * Plain C11 over _cells.h (no Python API): keys are opaque pointers with a
+ * hash and an equality callback supplied by the includer, so the very same
+ * code is compiled into the extension and, under ThreadSanitizer, into a
+ * pthread stress (tests/c/stress_ktable.c).
+ *
+ * Layout (CPython's compact dict, with the count where the dict keeps a
+ * pointer to an int object)
+ * --------------------------------------------------------------------------
+ * One allocation per table: an index of `size` slots (a power of two; 1, 2, 4
+ * or 8 bytes each, the narrowest that holds an entry number, as the dict
+ * does) and `usable` = 2/3 size entries stored as parallel arrays keys[],
+ * counts[] (int64) and, only when some key does not cache its own hash,
+ * hashes[].  An index slot holds TKT_EMPTY, TKT_DUMMY (a removed entry) or
+ * the number of an entry.  Entries are appended in insertion order, so
+ * iteration order is insertion order, as in a dict.  A removed entry keeps
+ * its place with key NULL until the next resize compacts the table.  For
+ * keys that cache their hash (exact str in the extension) an entry is 16
+ * bytes, for others 24; the count needs no object, so a key costs what a
+ * dict entry costs whatever its count (collections.Counter adds a 32-byte
+ * int object for every count outside [-5, 256]).  Probing is the dict's
+ * (i = 5i + 1 + perturb; perturb >>= 5).  Resizes grow to the smallest power
+ * of two >= 3 * live keys (the dict's GROWTH_RATE); the table never shrinks
+ * except through clear().  A table is allocated on the first insertion.
+ *
+ * Serial mode (TKT_CONCURRENT 0: interpreters with a GIL)
+ * ---------------------------------------------------------
+ * The caller excludes other threads, except during TKT_EQ, which may run
+ * arbitrary code (a key's __eq__) that may change this very table: insert,
+ * remove, resize.  So, as CPython's dict does, a lookup holds the stored key
+ * it compares (TKT_INCREF) and afterwards checks that the map's `version`
+ * (bumped by every removal and resize) did not move; if it did, the lookup
+ * starts over.  Insertions do not bump the version: they only fill EMPTY
+ * index slots and append entries, which a lookup walking the same probe
+ * sequence either sees or may ignore (it reports the key absent, and the
+ * insertion then re-checks the slots it has not seen, see below).  An
+ * equality that is still undecided when the probe has moved on is never
+ * assumed.
+ *
+ * Concurrent mode (TKT_CONCURRENT 1: free-threaded builds)
+ * ---------------------------------------------------------
+ * Hot path: counts are updated with atomic checked adds (tl_add) in place;
+ * a lookup takes no lock.  Structural changes (insert, remove, resize,
+ * clear) take the map's mutex (TKT_LOCK, a PyMutex in the extension).
+ *
+ * Lookups and count updates run inside a *region*: a thread announces itself
+ * on one of TKT_NSTRIPES padded counters chosen by its thread (a striped
+ * reader count, so threads counting different keys do not share a cache
+ * line), then checks the map's `closed` flag:
+ *
+ *     enter:  fetch_add(stripe, 1)  [seq_cst]
+ *             if load(closed) [seq_cst]: fetch_sub(stripe, 1); lock; unlock;
+ *                                        start over
+ *     ... load the table pointer, probe, tl_add on counts[ix] ...
+ *     leave:  fetch_sub(stripe, 1)  [release]
+ *
+ * A structural change that moves or drops counts (remove, resize, clear),
+ * holding the mutex, *closes* the map:
+ *
+ *     store(closed, 1) [seq_cst]; wait until every stripe reads 0 [seq_cst];
+ *     ... now no thread is inside a region: move the counts (plain loads),
+ *         drop entries, publish the new table, free the old one ...
+ *     version += 1; store(closed, 0) [release]; unlock
+ *
+ * Why nothing is lost or counted twice: a writer's announcement and the
+ * closer's flag are two seq_cst stores each followed by a seq_cst load of
+ * the other (Dekker): they cannot both miss each other.  Either the closer
+ * sees the writer's announcement and waits for it to leave (the writer's add
+ * happens before its release fetch_sub, so the migration reads it), or the
+ * writer sees `closed` and backs off before touching anything, waits for the
+ * mutex (the change is done once it gets it) and starts over on the new
+ * table.  No thread is inside a region when a table is freed, so a reader
+ * never sees a torn or freed table.  Regions contain no callback and no
+ * allocation (nothing that could run Python code, take a lock or wait), so
+ * a closer waits only a few instructions; TKT_EQ runs outside regions: the
+ * lookup holds the candidate key, leaves, compares, re-enters and checks
+ * `version` as in serial mode.
+ *
+ * Insertions do not close the map.  Under the mutex the inserter re-checks
+ * that `version` did not move since its lookup, continues the probe from
+ * where the lookup stopped (an equal key inserted meanwhile is found there:
+ * insertions only fill EMPTY slots, and the lookup stopped at the first one it
+ * saw), writes the entry (key, hash, count), then publishes the entry number
+ * in the index with a release store (readers load index slots with acquire)
+ * and then `nentries`.  A probe that meets a non-identical key with the same
+ * hash under the mutex cannot call TKT_EQ there (it may re-enter the map),
+ * so the inserter unlocks and starts over from the lookup.  No code runs
+ * under the mutex except this table's own (TKT_FAST_EQ is a pure function).
+ *
+ * One hot key on many threads (later, issue 7): every slot's count is one
+ * int64, so a key hammered by many threads is one contended cache line.  The
+ * design leaves room for inflating such a key the way ShardedCounter does:
+ * a count word can become a tagged pointer to a tl_striped (the top values of
+ * the range reserved as a marker under the mutex, readers summing the
+ * stripes), and since migration and removal already run with the map closed,
+ * they can fold the stripes exactly.  Not implemented.
+ *
+ * What the includer defines before including this header:
+ *     TKT_CONCURRENT              0 or 1
+ *     TKT_EQ(stored, key)         1 equal, 0 not, -1 error; may run any code
+ *     TKT_FAST_EQ(stored, key)    1, 0, or -2 (undecided: call TKT_EQ);
+ *                                 pure, no side effects, no locks
+ *     TKT_INCREF(k), TKT_DECREF(k)  (DECREF is only called outside regions
+ *                                 and without the mutex)
+ *     TKT_CACHES_HASH(k)          the key object keeps its hash
+ *     TKT_CACHED_HASH(k)          that hash (for such keys)
+ *     TKT_MALLOC(n), TKT_FREE(p), TKT_FREE_TABLE(p) (defaults: malloc/free)
+ *     TKT_REGION_HOOK()           optional: runs inside a region between a
+ *                                 lookup and its add (tests widen races)
+ *     concurrent mode: tkt_lock_t, TKT_LOCK(l), TKT_UNLOCK(l) (zeroed memory
+ *     must be an unlocked lock)
+ */
+#ifndef TALLIES_KTABLE_H
+#define TALLIES_KTABLE_H
+
+#include <sched.h>
+#include <stddef.h>
+
+#include "_cells.h"
+
+#ifndef TKT_CONCURRENT
+#error "define TKT_CONCURRENT (0 or 1) before including _ktable.h"
+#endif
+#ifndef TKT_MALLOC
+#define TKT_MALLOC(n) malloc(n)
+#define TKT_FREE(p) free(p)
+#endif
+#ifndef TKT_FREE_TABLE
+#define TKT_FREE_TABLE(p) TKT_FREE(p)
+#endif
+#ifndef TKT_REGION_HOOK
+#define TKT_REGION_HOOK() ((void)0) /* the stress widens race windows here */
+#endif
+#ifndef TKT_NSTRIPES
+#define TKT_NSTRIPES 16
+#endif
+
+typedef intptr_t tkt_hash_t;
+
+#define TKT_EMPTY ((int64_t)-1)
+#define TKT_DUMMY ((int64_t)-2)
+#define TKT_MINSIZE 8
+#define TKT_USABLE(size) (((size) << 1) / 3)
+
+enum {
+    TKT_ERR = -10,  /* TKT_EQ raised (the includer's error state is set) */
+    TKT_ABSENT = 0,
+    TKT_FOUND = 1,
+    TKT_RETRY = 2,  /* internal: start the operation over */
+    TKT_NOMEM = -11, /* (distinct from _cells.h's TL_OK / TL_OVERFLOW) */
+};
+
+typedef struct {
+    _Atomic int64_t nentries;  /* entries appended, removed ones included */
+    uint8_t log2_size;         /* index slots: 1 << log2_size */
+    uint8_t width;             /* bytes per index slot: 1, 2, 4 or 8 */
+    uint8_t stores_hashes;     /* hashes[] present (after counts[]) */
+    uint8_t log2_index_bytes;  /* the index's bytes: keys[] follow it */
+    tl_cell *counts;
+    /* then, in the same allocation: the index, keys[], counts[], hashes[] */
+} tkt_table;
+
+#define TKT_SIZE(t) ((int64_t)1 << (t)->log2_size)
+#define TKT_INDEX(t) ((void *)((t) + 1))
+#define TKT_KEYS(t) \
+    ((void *_Atomic *)((char *)TKT_INDEX(t) + ((size_t)1 << (t)->log2_index_bytes)))
+#define TKT_HASHES(t) ((tkt_hash_t *)((t)->counts + TKT_USABLE(TKT_SIZE(t))))
+
+typedef struct {
+    _Atomic int64_t n;
+    char pad[TL_LINE - sizeof(int64_t)];
+} tkt_stripe;
+
+typedef struct {
+    tkt_table *_Atomic table;  /* NULL until the first insertion */
+    _Atomic uint64_t version;  /* bumped by every removal, resize and clear */
+    _Atomic int64_t used;      /* live keys */
+#if TKT_CONCURRENT
+    _Atomic int closed;
+    tkt_lock_t lock;
+    tkt_stripe *stripes;       /* TKT_NSTRIPES of them */
+#endif
+} tkt_map;
+
+/* Where a lookup ended. */
+typedef struct {
+    tkt_table *t;
+    int64_t ix;       /* the entry, when found */
+    size_t slot;      /* the index slot (of the entry, or the EMPTY one) */
+    size_t perturb;
+    uint64_t version;
+} tkt_pos;
+
+/* ---- memory orders of the two modes ------------------------------------- */
+
+#if TKT_CONCURRENT
+#define TKT_ACQ memory_order_acquire
+#define TKT_REL memory_order_release
+#else
+#define TKT_ACQ memory_order_relaxed
+#define TKT_REL memory_order_relaxed
+#endif
+#define TKT_RLX memory_order_relaxed
+
+/* ---- regions (concurrent mode) ------------------------------------------- */
+
+#if TKT_CONCURRENT
+static _Thread_local char tkt_thread_anchor;
+
+static inline tkt_stripe *
+tkt_my_stripe(tkt_map *m)
+{
+    uint64_t a = (uint64_t)(uintptr_t)&tkt_thread_anchor;
+    a *= 0x9E3779B97F4A7C15ull;
+    _Static_assert(TKT_NSTRIPES == 16, "the shift below picks one of 16");
+    return &m->stripes[a >> (64 - 4)];
+}
+
+static inline void
+tkt_enter(tkt_map *m)
+{
+    tkt_stripe *s = tkt_my_stripe(m);
+    for (;;) {
+        atomic_fetch_add_explicit(&s->n, 1, memory_order_seq_cst);
+        if (TL_LIKELY(!atomic_load_explicit(&m->closed, memory_order_seq_cst))) {
+            return;
+        }
+        atomic_fetch_sub_explicit(&s->n, 1, memory_order_release);
+        TKT_LOCK(&m->lock); /* the closer holds it until it reopens */
+        TKT_UNLOCK(&m->lock);
+    }
+}
+
+static inline void
+tkt_leave(tkt_map *m)
+{
+    atomic_fetch_sub_explicit(&tkt_my_stripe(m)->n, 1, memory_order_release);
+}
+
+/* With the mutex held: shut regions out and wait for those inside. */
+static inline void
+tkt_close(tkt_map *m)
+{
+    atomic_store_explicit(&m->closed, 1, memory_order_seq_cst);
+    for (int i = 0; i < TKT_NSTRIPES; i++) {
+        while (atomic_load_explicit(&m->stripes[i].n, memory_order_seq_cst) != 0) {
+            sched_yield();
+        }
+    }
+}
+
+static inline void
+tkt_reopen(tkt_map *m)
+{
+    atomic_store_explicit(&m->closed, 0, memory_order_release);
+}
+
+#define TKT_MLOCK(m) TKT_LOCK(&(m)->lock)
+#define TKT_MUNLOCK(m) TKT_UNLOCK(&(m)->lock)
+#else
+#define tkt_enter(m) ((void)(m))
+#define tkt_leave(m) ((void)(m))
+#define tkt_close(m) ((void)(m))
+#define tkt_reopen(m) ((void)(m))
+#define TKT_MLOCK(m) ((void)(m))
+#define TKT_MUNLOCK(m) ((void)(m))
+#endif
+
+/* ---- tables --------------------------------------------------------------- */
+
+static inline int64_t
+tkt_get_index(const tkt_table *t, size_t i)
+{
+    switch (t->width) {
+    case 1:
+        return atomic_load_explicit(&((_Atomic int8_t *)TKT_INDEX(t))[i], TKT_ACQ);
+    case 2:
+        return atomic_load_explicit(&((_Atomic int16_t *)TKT_INDEX(t))[i], TKT_ACQ);
+    case 4:
+        return atomic_load_explicit(&((_Atomic int32_t *)TKT_INDEX(t))[i], TKT_ACQ);
+    default:
+        return atomic_load_explicit(&((_Atomic int64_t *)TKT_INDEX(t))[i], TKT_ACQ);
+    }
+}
+
+static inline void
+tkt_set_index(tkt_table *t, size_t i, int64_t ix)
+{
+    switch (t->width) {
+    case 1:
+        atomic_store_explicit(&((_Atomic int8_t *)TKT_INDEX(t))[i], (int8_t)ix, TKT_REL);
+        break;
+    case 2:
+        atomic_store_explicit(&((_Atomic int16_t *)TKT_INDEX(t))[i], (int16_t)ix, TKT_REL);
+        break;
+    case 4:
+        atomic_store_explicit(&((_Atomic int32_t *)TKT_INDEX(t))[i], (int32_t)ix, TKT_REL);
+        break;
+    default:
+        atomic_store_explicit(&((_Atomic int64_t *)TKT_INDEX(t))[i], ix, TKT_REL);
+        break;
+    }
+}
+
+static inline void *
+tkt_key_at(const tkt_table *t, int64_t ix)
+{
+    return atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ);
+}
+
+static inline tkt_hash_t
+tkt_hash_at(const tkt_table *t, int64_t ix, void *key)
+{
+    return t->stores_hashes ? TKT_HASHES(t)[ix] : (tkt_hash_t)TKT_CACHED_HASH(key);
+}
+
+/* Bytes of a table of `size` index slots. */
+static inline size_t
+tkt_table_bytes(int64_t size, int stores_hashes)
+{
+    int width = size <= 0x80 ? 1 : size <= 0x8000 ? 2 : size <= 0x80000000LL ? 4 : 8;
+    size_t usable = (size_t)TKT_USABLE(size);
+    size_t b = sizeof(tkt_table) + (size_t)size * (size_t)width; /* size >= 8 */
+    b += usable * (sizeof(void *) + sizeof(int64_t));
+    if (stores_hashes) {
+        b += usable * sizeof(tkt_hash_t);
+    }
+    return b;
+}
+
+static tkt_table *
+tkt_table_new(int64_t size, int stores_hashes)
+{
+    size_t bytes = tkt_table_bytes(size, stores_hashes);
+    tkt_table *t = (tkt_table *)TKT_MALLOC(bytes);
+    if (t == NULL) {
+        return NULL;
+    }
+    int64_t usable = TKT_USABLE(size);
+    int log2 = 0;
+    while (((int64_t)1 << log2) < size) {
+        log2++;
+    }
+    atomic_init(&t->nentries, 0);
+    t->log2_size = (uint8_t)log2;
+    t->width = (uint8_t)(size <= 0x80 ? 1 : size <= 0x8000 ? 2 : size <= 0x80000000LL ? 4 : 8);
+    t->stores_hashes = (uint8_t)(stores_hashes != 0);
+    char *p = (char *)TKT_INDEX(t);
+    memset(p, 0xff, (size_t)size * (size_t)t->width); /* every slot TKT_EMPTY */
+    int log2_width = t->width == 1 ? 0 : t->width == 2 ? 1 : t->width == 4 ? 2 : 3;
+    t->log2_index_bytes = (uint8_t)(log2 + log2_width); /* >= 3: keys[] aligned */
+    p += (size_t)size * (size_t)t->width;
+    p += (size_t)usable * sizeof(void *);
+    t->counts = (tl_cell *)p;
+    return t;
+}
+
+static inline size_t
+tkt_table_size_bytes(const tkt_table *t)
+{
+    return t == NULL ? 0 : tkt_table_bytes(TKT_SIZE(t), t->stores_hashes);
+}
+
+/* First EMPTY slot of hash's probe sequence (tables being built: no dummies
+ * matter, no key compared). */
+static size_t
+tkt_find_empty(const tkt_table *t, tkt_hash_t hash)
+{
+    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)hash;
+    size_t i = (size_t)hash & mask;
+    while (tkt_get_index(t, i) != TKT_EMPTY) {
+        perturb >>= 5;
+        i = (i * 5 + perturb + 1) & mask;
+    }
+    return i;
+}
+
+/* ---- the map ---------------------------------------------------------------- */
+
+/* 0, or TKT_NOMEM. */
+static inline int
+tkt_map_init(tkt_map *m)
+{
+    atomic_init(&m->table, NULL);
+    atomic_init(&m->version, 0);
+    atomic_init(&m->used, 0);
+#if TKT_CONCURRENT
+    atomic_init(&m->closed, 0);
+    memset(&m->lock, 0, sizeof(m->lock));
+    m->stripes = (tkt_stripe *)TKT_MALLOC(sizeof(tkt_stripe) * TKT_NSTRIPES);
+    if (m->stripes == NULL) {
+        return TKT_NOMEM;
+    }
+    for (int i = 0; i < TKT_NSTRIPES; i++) {
+        atomic_init(&m->stripes[i].n, 0);
+    }
+#endif
+    return 0;
+}
+
+static inline int64_t
+tkt_len(tkt_map *m)
+{
+    return atomic_load_explicit(&m->used, TKT_RLX);
+}
+
+/* Find key.  TKT_FOUND / TKT_ABSENT return INSIDE a region (concurrent mode;
+ * the caller acts on pos and calls tkt_leave), TKT_ERR outside it. */
+static int
+tkt_find(tkt_map *m, void *key, tkt_hash_t hash, tkt_pos *pos)
+{
+restart:
+    tkt_enter(m);
+    pos->version = atomic_load_explicit(&m->version, TKT_ACQ);
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_ACQ);
+    pos->t = t;
+    if (t == NULL) {
+        pos->slot = 0;
+        pos->perturb = (size_t)hash;
+        pos->ix = -1;
+        return TKT_ABSENT;
+    }
+    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)hash;
+    size_t i = (size_t)hash & mask;
+    for (;;) {
+        int64_t ix = tkt_get_index(t, i);
+        if (ix == TKT_EMPTY) {
+            pos->slot = i;
+            pos->perturb = perturb;
+            pos->ix = -1;
+            return TKT_ABSENT;
+        }
+        if (ix >= 0) {
+            void *ek = tkt_key_at(t, ix);
+            if (ek == key) {
+                goto found;
+            }
+            if (ek != NULL && tkt_hash_at(t, ix, ek) == hash) {
+                int eq = TKT_FAST_EQ(ek, key);
+                if (eq == -2) {
+                    uint64_t v = pos->version;
+                    TKT_INCREF(ek);
+                    tkt_leave(m);
+                    eq = TKT_EQ(ek, key);
+                    TKT_DECREF(ek);
+                    if (eq < 0) {
+                        return TKT_ERR;
+                    }
+                    tkt_enter(m);
+                    if (atomic_load_explicit(&m->version, TKT_ACQ) != v) {
+                        tkt_leave(m); /* removed or resized meanwhile */
+                        goto restart;
+                    }
+                    /* Same version: same table, entry ix still holds ek. */
+                }
+                if (eq == 1) {
+                    goto found;
+                }
+            }
+        }
+        perturb >>= 5;
+        i = (i * 5 + perturb + 1) & mask;
+        continue;
+    found:
+        pos->ix = ix;
+        pos->slot = i;
+        pos->perturb = perturb;
+        return TKT_FOUND;
+    }
+}
+
+/* Copy the live entries of t (may be NULL) into the empty table n, in order. */
+static void
+tkt_rebuild(tkt_table *n, tkt_table *t)
+{
+    int64_t j = 0;
+    if (t != NULL) {
+        int64_t count = atomic_load_explicit(&t->nentries, TKT_RLX);
+        for (int64_t ix = 0; ix < count; ix++) {
+            void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_RLX);
+            if (k == NULL) {
+                continue;
+            }
+            tkt_hash_t h = tkt_hash_at(t, ix, k);
+            atomic_init(&TKT_KEYS(n)[j], k);
+            atomic_init(&n->counts[j], atomic_load_explicit(&t->counts[ix], TKT_RLX));
+            if (n->stores_hashes) {
+                TKT_HASHES(n)[j] = h;
+            }
+            tkt_set_index(n, tkt_find_empty(n, h), j);
+            j++;
+        }
+    }
+    atomic_init(&n->nentries, j);
+}
+
+/* With the mutex held: replace the table by one with room for `extra` more
+ * keys (and hashes stored when stores_hashes).  0 or TKT_NOMEM. */
+static int
+tkt_resize(tkt_map *m, int64_t extra, int stores_hashes)
+{
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
+    int64_t used = atomic_load_explicit(&m->used, TKT_RLX);
+    int64_t size = TKT_MINSIZE;
+    while (size < used * 3 || TKT_USABLE(size) < used + extra) {
+        size <<= 1; /* the dict's GROWTH_RATE: 3 * used */
+    }
+    tkt_table *n = tkt_table_new(size, stores_hashes);
+    if (n == NULL) {
+        return TKT_NOMEM;
+    }
+    /* The copy reads counts that writers may still change: copy with the
+     * map closed, so that every add is either in the old count read here or
+     * made, after the reopening, on the new table. */
+    tkt_close(m);
+    tkt_rebuild(n, t);
+    atomic_store_explicit(&m->table, n, TKT_REL);
+    atomic_fetch_add_explicit(&m->version, 1, memory_order_seq_cst);
+    tkt_reopen(m);
+    if (t != NULL) {
+        TKT_FREE_TABLE(t);
+    }
+    return 0;
+}
+
+/* Insert key (known absent at pos, found by tkt_find and left) with count v.
+ * TKT_FOUND: inserted.  TKT_RETRY: the map changed or an undecided equal-hash
+ * key appeared: look up again.  TKT_NOMEM. */
+static int
+tkt_insert(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, tkt_pos *pos)
+{
+    TKT_MLOCK(m);
+    if (atomic_load_explicit(&m->version, TKT_ACQ) != pos->version ||
+        atomic_load_explicit(&m->table, TKT_ACQ) != pos->t) {
+        TKT_MUNLOCK(m);
+        return TKT_RETRY;
+    }
+    tkt_table *t = pos->t;
+    if (t != NULL) {
+        /* Continue the probe: insertions since the lookup filled EMPTY slots. */
+        size_t mask = (size_t)TKT_SIZE(t) - 1, i = pos->slot, perturb = pos->perturb;
+        for (;;) {
+            int64_t ix = tkt_get_index(t, i);
+            if (ix == TKT_EMPTY) {
+                break;
+            }
+            if (ix >= 0) {
+                void *ek = tkt_key_at(t, ix);
+                if (ek == key) {
+                    TKT_MUNLOCK(m);
+                    return TKT_RETRY;
+                }
+                if (ek != NULL && tkt_hash_at(t, ix, ek) == hash &&
+                    TKT_FAST_EQ(ek, key) != 0) {
+                    TKT_MUNLOCK(m); /* equal, or only TKT_EQ can tell */
+                    return TKT_RETRY;
+                }
+            }
+            perturb >>= 5;
+            i = (i * 5 + perturb + 1) & mask;
+        }
+        pos->slot = i;
+    }
+    int need_hashes = !TKT_CACHES_HASH(key);
+    if (t == NULL || atomic_load_explicit(&t->nentries, TKT_RLX) >= TKT_USABLE(TKT_SIZE(t)) ||
+        (need_hashes && !t->stores_hashes)) {
+        int r = tkt_resize(m, 1, need_hashes || (t != NULL && t->stores_hashes));
+        if (r < 0) {
+            TKT_MUNLOCK(m);
+            return r;
+        }
+        t = atomic_load_explicit(&m->table, TKT_RLX);
+        pos->slot = tkt_find_empty(t, hash); /* every key there is not ours */
+    }
+    int64_t n = atomic_load_explicit(&t->nentries, TKT_RLX);
+    TKT_INCREF(key);
+    atomic_store_explicit(&TKT_KEYS(t)[n], key, TKT_RLX);
+    atomic_store_explicit(&t->counts[n], v, TKT_RLX);
+    if (t->stores_hashes) {
+        TKT_HASHES(t)[n] = hash;
+    }
+    tkt_set_index(t, pos->slot, n); /* release: the entry is complete */
+    atomic_store_explicit(&t->nentries, n + 1, TKT_REL);
+    atomic_fetch_add_explicit(&m->used, 1, TKT_RLX);
+    pos->t = t;
+    pos->ix = n;
+    TKT_MUNLOCK(m);
+    return TKT_FOUND;
+}
+
+/* With the mutex held and the map closed: unlink entry pos->ix, returning its
+ * key (the caller decrefs it after reopening and unlocking). */
+static void *
+tkt_unlink(tkt_map *m, tkt_pos *pos, int64_t *taken)
+{
+    tkt_table *t = pos->t;
+    void *k = atomic_load_explicit(&TKT_KEYS(t)[pos->ix], TKT_RLX);
+    *taken = atomic_exchange_explicit(&t->counts[pos->ix], 0, TKT_RLX);
+    atomic_store_explicit(&TKT_KEYS(t)[pos->ix], NULL, TKT_REL);
+    tkt_set_index(t, pos->slot, TKT_DUMMY);
+    atomic_fetch_sub_explicit(&m->used, 1, TKT_RLX);
+    atomic_fetch_add_explicit(&m->version, 1, memory_order_seq_cst);
+    return k;
+}
+
+/* Remove key: always (only_if 0), or only if its count is 0 (only_if 1) or
+ * <= 0 (only_if 2), decided with the map closed so that no concurrent add
+ * can slip in between the check and the removal.  TKT_FOUND with its final
+ * count in *taken and its key in *removed (the caller drops that reference
+ * outside any region), TKT_ABSENT (absent, or kept), or TKT_ERR. */
+static int
+tkt_remove(tkt_map *m, void *key, tkt_hash_t hash, int only_if, int64_t *taken,
+           void **removed)
+{
+    tkt_pos pos;
+    for (;;) {
+        int r = tkt_find(m, key, hash, &pos);
+        if (r != TKT_FOUND) {
+            if (r == TKT_ABSENT) {
+                tkt_leave(m);
+            }
+            return r;
+        }
+        tkt_leave(m);
+        TKT_MLOCK(m);
+        if (atomic_load_explicit(&m->version, TKT_ACQ) == pos.version) {
+            tkt_close(m);
+            int64_t v = atomic_load_explicit(&pos.t->counts[pos.ix], TKT_RLX);
+            int go = only_if == 0 || v == 0 || (only_if == 2 && v < 0);
+            if (go) {
+                *removed = tkt_unlink(m, &pos, taken);
+            }
+            tkt_reopen(m);
+            TKT_MUNLOCK(m);
+            return go ? TKT_FOUND : TKT_ABSENT;
+        }
+        TKT_MUNLOCK(m); /* removed or resized since the lookup */
+    }
+}
+
+/* Add n (sub: -n) to key's count, inserting it at 0 first when absent
+ * (then *fresh = 1, when fresh is not NULL).
+ * TL_OK / TL_OVERFLOW (*out: the count that stays) / TKT_ERR / TKT_NOMEM. */
+static int
+tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out,
+        int *fresh)
+{
+    tkt_pos pos;
+    if (fresh != NULL) {
+        *fresh = 0;
+    }
+    for (;;) {
+        int r = tkt_find(m, key, hash, &pos);
+        if (r == TKT_FOUND) {
+            TKT_REGION_HOOK();
+#if TKT_CONCURRENT
+            r = tl_add(&pos.t->counts[pos.ix], n, sub, out);
+#else
+            r = tl_add_serial(&pos.t->counts[pos.ix], n, sub, out);
+#endif
+            tkt_leave(m);
+            return r;
+        }
+        if (r == TKT_ERR) {
+            return r;
+        }
+        tkt_leave(m);
+        int64_t first;
+        if (sub ? TL_SUB_OVERFLOWS((int64_t)0, n, &first)
+                : TL_ADD_OVERFLOWS((int64_t)0, n, &first)) {
+            *out = 0;
+            return TL_OVERFLOW;
+        }
+        r = tkt_insert(m, key, hash, first, &pos);
+        if (r == TKT_FOUND) {
+            *out = first;
+            if (fresh != NULL) {
+                *fresh = 1;
+            }
+            return TL_OK;
+        }
+        if (r == TKT_NOMEM) {
+            return r;
+        }
+    }
+}
+
+/* Exchange key's count with v, inserting the key with v when absent
+ * (insert_absent) or leaving it absent.  TKT_FOUND with the old count in
+ * *old, TKT_ABSENT (inserted when insert_absent), TKT_ERR, TKT_NOMEM. */
+static int
+tkt_exchange(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int insert_absent,
+             int64_t *old)
+{
+    tkt_pos pos;
+    for (;;) {
+        int r = tkt_find(m, key, hash, &pos);
+        if (r == TKT_FOUND) {
+            *old = atomic_exchange_explicit(&pos.t->counts[pos.ix], v,
+                                            TKT_CONCURRENT ? memory_order_seq_cst
+                                                           : memory_order_relaxed);
+            tkt_leave(m);
+            return TKT_FOUND;
+        }
+        if (r == TKT_ERR) {
+            return r;
+        }
+        tkt_leave(m);
+        *old = 0;
+        if (!insert_absent) {
+            return TKT_ABSENT;
+        }
+        r = tkt_insert(m, key, hash, v, &pos);
+        if (r == TKT_FOUND) {
+            return TKT_ABSENT;
+        }
+        if (r == TKT_NOMEM) {
+            return r;
+        }
+    }
+}
+
+/* Key's count when present (TKT_FOUND), inserting v when absent and insert
+ * (then TKT_ABSENT with *out = v); TKT_ERR, TKT_NOMEM. */
+static int
+tkt_get(tkt_map *m, void *key, tkt_hash_t hash, int insert, int64_t v, int64_t *out)
+{
+    tkt_pos pos;
+    for (;;) {
+        int r = tkt_find(m, key, hash, &pos);
+        if (r == TKT_FOUND) {
+            *out = tl_load(&pos.t->counts[pos.ix]);
+            tkt_leave(m);
+            return TKT_FOUND;
+        }
+        if (r == TKT_ERR) {
+            return r;
+        }
+        tkt_leave(m);
+        *out = v;
+        if (!insert) {
+            return TKT_ABSENT;
+        }
+        r = tkt_insert(m, key, hash, v, &pos);
+        if (r == TKT_FOUND) {
+            return TKT_ABSENT;
+        }
+        if (r == TKT_NOMEM) {
+            return r;
+        }
+    }
+}
+
+/* Copy up to cap live entries (keys with TKT_INCREF unless keys is NULL,
+ * counts unless counts is NULL; take: exchange each count with 0) in
+ * insertion order.  Returns how many were copied, or
+ * -(live count) - 1 when cap is too small (nothing copied, nothing held). */
+static int64_t
+tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
+{
+    tkt_enter(m);
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_ACQ);
+    int64_t live = atomic_load_explicit(&m->used, TKT_RLX);
+    if (t == NULL) {
+        tkt_leave(m);
+        return 0;
+    }
+    int64_t count = atomic_load_explicit(&t->nentries, TKT_ACQ);
+    if (count > cap) {
+        /* Might still fit once removed entries are skipped: count them. */
+        int64_t n = 0;
+        for (int64_t ix = 0; ix < count; ix++) {
+            n += atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ) != NULL;
+        }
+        if (n > cap) {
+            tkt_leave(m);
+            return -(n > live ? n : live) - 1;
+        }
+    }
+    int64_t j = 0;
+    for (int64_t ix = 0; ix < count; ix++) {
+        void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ);
+        if (k == NULL) {
+            continue;
+        }
+        if (keys != NULL) {
+            TKT_INCREF(k);
+            keys[j] = k;
+        }
+        if (counts != NULL) {
+            counts[j] = take ? atomic_exchange_explicit(&t->counts[ix], 0,
+                                                        TKT_CONCURRENT ? memory_order_seq_cst
+                                                                       : memory_order_relaxed)
+                             : tl_load(&t->counts[ix]);
+        }
+        j++;
+    }
+    tkt_leave(m);
+    return j;
+}
+
+/* Detach every entry: the old table is returned (the caller drops its keys
+ * with tkt_table_release, outside any lock), the map is empty. */
+static tkt_table *
+tkt_detach_all(tkt_map *m)
+{
+    TKT_MLOCK(m);
+    tkt_close(m);
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
+    atomic_store_explicit(&m->table, NULL, TKT_REL);
+    atomic_store_explicit(&m->used, 0, TKT_RLX);
+    atomic_fetch_add_explicit(&m->version, 1, memory_order_seq_cst);
+    tkt_reopen(m);
+    TKT_MUNLOCK(m);
+    return t;
+}
+
+/* Drop the keys of a detached table and free it. */
+static void
+tkt_table_release(tkt_table *t)
+{
+    if (t == NULL) {
+        return;
+    }
+    int64_t count = atomic_load_explicit(&t->nentries, TKT_RLX);
+    for (int64_t ix = 0; ix < count; ix++) {
+        void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_RLX);
+        if (k != NULL) {
+            atomic_store_explicit(&TKT_KEYS(t)[ix], NULL, TKT_RLX);
+            TKT_DECREF(k);
+        }
+    }
+    TKT_FREE_TABLE(t);
+}
+
+static inline void
+tkt_map_free(tkt_map *m)
+{
+    tkt_table_release(tkt_detach_all(m));
+#if TKT_CONCURRENT
+    TKT_FREE(m->stripes);
+    m->stripes = NULL;
+#endif
+}
+
+#endif /* TALLIES_KTABLE_H */
