@@ -85,7 +85,7 @@ def test_other_clients_writes_are_read_back(url: str, r: Any) -> None:
 
 
 def test_writer_bookkeeping_expires(redis_server: RedisServer, r: Any) -> None:
-    url = redis_server.url(unique_prefix(), flush="60", writer_ttl="120")
+    url = redis_server.url(unique_prefix(), flush="60", writer_ttl="600")
     p = prefix_of(url)
     with tallies.open(url) as store:
         store.counter("a").increment()
@@ -93,8 +93,19 @@ def test_writer_bookkeeping_expires(redis_server: RedisServer, r: Any) -> None:
         wkeys = r.keys(f"{p}~w*")
         assert len(wkeys) == 1
         ttl = r.pttl(wkeys[0])
-        assert 0 < ttl <= 120_000
+        assert 0 < ttl <= 600_000
         assert r.get(wkeys[0]).decode().startswith("1:")
+
+
+@pytest.mark.parametrize("ttl", ["1", "599.9"])
+def test_a_writer_ttl_shorter_than_the_retry_horizon_is_refused(
+    redis_server: RedisServer, ttl: str
+) -> None:
+    """Below 600 s (20 x the flusher's longest back-off) a lost reply could be
+    retried after its writer record expired, and counted twice."""
+    url = redis_server.url(unique_prefix(), writer_ttl=ttl)
+    with pytest.raises(ValueError, match=r"writer_ttl=.* is outside \[600, "):
+        tallies.open(url)
 
 
 def test_reset_is_atomic_and_returns_stored_plus_pending(url: str, r: Any) -> None:

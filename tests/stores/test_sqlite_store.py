@@ -685,3 +685,59 @@ def test_pickle_reopens_by_url(db: Path, url: str) -> None:
         if wb.url == url:
             wb.close()
     assert raw(db, "select value from counters") == [(5,)]
+
+
+def test_reads_stay_exact_after_an_idle_writers_entry_is_pruned(db: Path, url: str) -> None:
+    """A writer that did not flush for more than PRUNE_AFTER loses its
+    ``writers`` row to another writer's flush (the documented pruning).  Its
+    reads must still count each of its batches once: the pruned row must not
+    make the batches it already applied look unseen."""
+    with tallies.open(url) as a:
+        c = a.counter("n")
+        kc = a.keyed("k")
+        for _ in range(3):
+            c.increment(5)
+            kc.increment("x", 2)
+            a.flush()
+        assert c.value() == 15 and kc["x"] == 6
+        con = sqlite3.connect(db)  # a day without a flush from `a`, as the file would show it
+        with con:
+            con.execute("UPDATE writers SET seen = seen - ?", (sqlite_mod.PRUNE_AFTER + 60,))
+        con.close()
+        with tallies.open(url) as b:
+            b.counter("n").increment(1)
+            b.flush()  # its first flush prunes entries not seen for PRUNE_AFTER
+            assert raw(db, "select writer_id from writers") == [(b.writer_id,)]
+        assert c.value() == 16 and kc["x"] == 6
+        assert a.snapshot() == {"counters": {"n": 16}, "keyed": {"k": {"x": 6}}}
+        c.increment(2)
+        assert c.value() == 18
+    with tallies.open(url) as s:
+        assert s.counter("n").value() == 18 and s.keyed("k")["x"] == 6
+
+
+def test_names_registered_again_in_a_file_recreated_under_an_open_store(db: Path, url: str) -> None:
+    """destroy() while a store has the file open: that store's next flush fails
+    (file removed), the one after re-creates the file and writes its deltas.
+    The names it had registered in the old file must be registered in the new
+    one too, or another store could open a counter's name as a keyed counter."""
+    with tallies.open(url) as b:
+        c = b.counter("n")
+        kc = b.keyed("k")
+        c.increment(3)
+        kc.increment("a")
+        b.flush()
+        assert tallies.destroy(url_of(db))
+        c.increment(4)
+        with pytest.raises(FlushError, match="removed or replaced"):
+            b.flush()
+        b.flush()
+        assert raw(db, "select name, kind from names order by rowid") == [
+            ("n", "counter"),
+            ("k", "keyed"),
+        ]
+        with tallies.open(url) as s:
+            assert s.names() == ["n", "k"]
+            with pytest.raises(ValueError, match="'n' is a counter"):
+                s.keyed("n")
+            assert s.snapshot() == {"counters": {"n": 4}, "keyed": {"k": {}}}

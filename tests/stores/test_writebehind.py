@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -564,3 +565,62 @@ def test_model(program: list[tuple[Any, ...]]) -> None:
     assert {k: v for k, v in be.keyed.get("k", {}).items() if v} == {
         k: v for k, v in kmodel.items() if v
     }
+
+
+def _count_until_closed(
+    c: Any,
+    kc: Any,
+    i: int,
+    started: threading.Barrier,
+    done: list[int],
+    errors: list[BaseException],
+) -> None:
+    """Count (odd i: the counter; even i: a new key each time) until ValueError."""
+    started.wait()
+    j = 0
+    while True:
+        try:
+            if i % 2:
+                c.increment()
+            else:
+                kc.increment(f"{i}-{j}")
+        except ValueError:
+            return
+        except BaseException as exc:  # pragma: no cover - the bug
+            errors.append(exc)
+            return
+        done[i] += 1
+        j += 1
+
+
+def test_updates_racing_close_land_in_the_final_flush_or_raise(be: MemBackend) -> None:
+    """close() from one thread while others count (the keyed ones each on a
+    new key: its first use): every update that returned is in the backend,
+    every other one raised ValueError.  A tiny switch interval makes threads
+    stop between a check and the update it guards."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for r in range(12):
+            wb = make(be)
+            c = wb.counter(f"n{r}")
+            kc = wb.keyed(f"k{r}")
+            done = [0] * 4
+            errors: list[BaseException] = []
+            started = threading.Barrier(5)
+            threads = [
+                threading.Thread(target=_count_until_closed, args=(c, kc, i, started, done, errors))
+                for i in range(4)
+            ]
+            for t in threads:
+                t.start()
+            started.wait()
+            time.sleep(0.01)
+            wb.close()
+            for t in threads:
+                t.join()
+            assert errors == []
+            assert be.counters.get(f"n{r}", 0) == done[1] + done[3]
+            assert sum(be.keyed.get(f"k{r}", {}).values()) == done[0] + done[2]
+    finally:
+        sys.setswitchinterval(old)

@@ -55,7 +55,7 @@ from .base import (
     StoreUnavailableError,
     StoreURL,
 )
-from .writebehind import Batch, Kind, Query, Read, Target
+from .writebehind import MAX_BACKOFF, Batch, Kind, Query, Read, Target
 
 __all__ = ["RedisBackend", "RedisOptions", "parse_redis_url"]
 
@@ -115,6 +115,12 @@ URL_PARAMS = frozenset(
 _SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
+#: The shortest ``writer_ttl``: 20 times the flusher's longest back-off, so a
+#: batch whose reply was lost is retried long before its writer record expires
+#: (unless Redis stays unreachable for longer than this).
+MIN_WRITER_TTL = 20 * MAX_BACKOFF
+
+
 def _number(url: StoreURL, name: str, default: float, lo: float, hi: float) -> float:
     raw = url.params.get(name)
     if raw is None:
@@ -168,7 +174,9 @@ def parse_redis_url(url: StoreURL) -> RedisOptions:
         prefix=prefix,
         timeout=_number(url, "timeout", 5.0, 0.01, 3600.0),
         batch=int(_number(url, "batch", 200, 1, 2000)),
-        writer_ttl_ms=int(_number(url, "writer_ttl", 86400.0, 1.0, 10.0 * 365 * 86400) * 1000),
+        writer_ttl_ms=int(
+            _number(url, "writer_ttl", 86400.0, MIN_WRITER_TTL, 10.0 * 365 * 86400) * 1000
+        ),
         ssl=ssl,
     )
 

@@ -288,6 +288,15 @@ class SqliteBackend:
         self._r: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
         self._pruned = 0.0
+        # writer id -> highest seq this connection saw acknowledged; a read
+        # reports at least that (see read()), since the writers row of a
+        # writer idle for PRUNE_AFTER may have been pruned by another writer
+        self._acked: dict[str, int] = {}
+        # every name registered through this connection; registered again
+        # when the writer reopens a different file (removed and re-created
+        # while open), whose names table no longer has them
+        self._names: dict[str, Kind] = {}
+        self._new_file = False
         self._w = self._open(validate=True)
 
     # -- connections -------------------------------------------------------------
@@ -383,6 +392,7 @@ class SqliteBackend:
             same = False
         if not same:
             self._drop_writer()
+            self._new_file = True  # (a re-created file may even reuse the inode)
             raise StoreUnavailableError(
                 f"sqlite: {self.path} was removed or replaced while open; "
                 "the next attempt opens the file now at that path"
@@ -493,13 +503,14 @@ class SqliteBackend:
                     "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?)",
                     (writer_id, batch.seq, now),
                 )
-            if batch.names:
+            names = {**self._names, **batch.names} if self._new_file else batch.names
+            if names:
                 conn.executemany(
-                    "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", batch.names.items()
+                    "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", names.items()
                 )
                 conn.executemany(
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
-                    [(n,) for n, k in batch.names.items() if k == "counter"],
+                    [(n,) for n, k in names.items() if k == "counter"],
                 )
             if exact:
                 self._add_exact(conn, batch)
@@ -513,6 +524,15 @@ class SqliteBackend:
             self._write(lambda conn: body(conn, False))
         except _Refused:  # rolled back: redo with exact arithmetic (rare)
             self._write(lambda conn: body(conn, True))
+        self._ack(writer_id, batch.seq)
+        with self._wlock:
+            self._names.update(batch.names)
+            self._new_file = False
+
+    def _ack(self, writer_id: str, seq: int) -> None:
+        with self._wlock:
+            if seq > self._acked.get(writer_id, 0):
+                self._acked[writer_id] = seq
 
     @staticmethod
     def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
@@ -601,6 +621,7 @@ class SqliteBackend:
             return out
 
         result: int | dict[str, int] = self._write(body)
+        self._ack(writer_id, seq)
         return result
 
     def fence(self, writer_id: str, seq: int) -> bool:
@@ -611,6 +632,7 @@ class SqliteBackend:
             return False
 
         applied: bool = self._write(body)
+        self._ack(writer_id, seq)
         return applied
 
     # -- reads -----------------------------------------------------------------------
@@ -633,8 +655,12 @@ class SqliteBackend:
                 raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
 
     def read(self, writer_id: str, query: Query) -> Read:
+        # a batch acknowledged before this read transaction starts is in its
+        # snapshot even when the writers row is gone (pruned while idle)
+        acked = self._acked.get(writer_id, 0)
+
         def body(conn: sqlite3.Connection) -> Read:
-            r = Read(self._recorded(conn, writer_id))
+            r = Read(max(self._recorded(conn, writer_id), acked))
             if query.counters is None:
                 rows = conn.execute(
                     "SELECT c.name, c.value FROM counters c LEFT JOIN names n USING (name) "

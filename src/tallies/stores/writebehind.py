@@ -134,6 +134,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, SupportsIndex
 
 from .. import KeyedCounter, ShardedCounter
+from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from .base import CountOverflowError, FlushError, Snapshot, StoreError, check_name
 
 __all__ = [
@@ -293,10 +294,11 @@ class PyBufferedCounter(ShardedCounter):
     built or TALLIES_PURE=1.  Same behaviour; a call through a Python
     subclass of a C type costs CPython about 9 ns more."""
 
-    __slots__ = ("_name", "_wb")
+    __slots__ = ("_guard", "_name", "_wb")
 
     _wb: Any
     _name: str
+    _guard: threading.Lock
 
     def __new__(cls, owner: Any, name: str, write_through: bool = False) -> PyBufferedCounter:
         if write_through:
@@ -307,6 +309,7 @@ class PyBufferedCounter(ShardedCounter):
         super().__init__()
         self._wb = owner
         self._name = name
+        self._guard = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -327,8 +330,34 @@ class PyBufferedCounter(ShardedCounter):
     _take = ShardedCounter.reset
     _pending = ShardedCounter.value
 
+    # The closed check and the update under one lock that _close() takes
+    # too: an update racing with close() lands before the final flush's
+    # drain or raises.  (The pure core's update is Python code, so a thread
+    # can stop between the method lookup and the add; the C type needs no
+    # lock, the GIL makes its check-and-add one step.)
+    def _guarded(self, update: Callable[[Any, SupportsIndex], Any], n: SupportsIndex) -> None:
+        with self._guard:
+            if type(self) is _PyClosedCounter:
+                raise ValueError(f"counter {self._name!r}: its store is closed")
+            update(self, n)
+
+    def increment(self, n: SupportsIndex = 1) -> None:
+        self._guarded(ShardedCounter.increment, n)
+
+    def decrement(self, n: SupportsIndex = 1) -> None:
+        self._guarded(ShardedCounter.decrement, n)
+
+    def __iadd__(self, n: SupportsIndex) -> PyBufferedCounter:
+        self._guarded(ShardedCounter.__iadd__, n)
+        return self
+
+    def __isub__(self, n: SupportsIndex) -> PyBufferedCounter:
+        self._guarded(ShardedCounter.__isub__, n)
+        return self
+
     def _close(self) -> None:
-        self.__class__ = _PyClosedCounter
+        with self._guard:
+            self.__class__ = _PyClosedCounter
 
     def __int__(self) -> int:
         return self.value()
@@ -420,23 +449,41 @@ class BufferedKeyedCounter:
     def name(self) -> str:
         return self._name
 
-    def _first_use(self, key: object) -> str:
+    def _closed_error(self) -> ValueError:
+        return ValueError(f"keyed counter {self._name!r}: its store {self._wb.url!r} is closed")
+
+    def _first_use(self, key: object, n: SupportsIndex, sub: bool) -> None:
+        """A key's first update, under the state lock: close() marks the
+        counter closed under that lock before its final flush drains the
+        cells, so this update either lands before the drain or raises (a
+        thread could otherwise stop between the check and the update and add
+        to cells nobody flushes any more).  The pure-Python core's update is
+        Python code itself, so then every update takes this path."""
         if self._closed:
-            raise ValueError(f"keyed counter {self._name!r}: its store {self._wb.url!r} is closed")
+            raise self._closed_error()
         k = check_key(key)
-        self._known.add(k)  # type: ignore[union-attr]
-        return k
+        with self._wb._state:
+            if self._closed:
+                raise self._closed_error()
+            if sub:
+                self._cells.decrement(k, n)
+            else:
+                self._cells.increment(k, n)
+            if _KEYED_IMPLEMENTATION == "c":
+                self._known.add(k)  # type: ignore[union-attr]
 
     def increment(self, key: str, n: SupportsIndex = 1) -> None:
         """Add ``n`` to ``key``'s count (a local cell; no I/O)."""
         if key not in self._known:
-            key = self._first_use(key)
+            self._first_use(key, n, False)
+            return
         self._cells.increment(key, n)
 
     def decrement(self, key: str, n: SupportsIndex = 1) -> None:
         """Subtract ``n`` from ``key``'s count (a local cell; no I/O)."""
         if key not in self._known:
-            key = self._first_use(key)
+            self._first_use(key, n, True)
+            return
         self._cells.decrement(key, n)
 
     def value(self, key: str) -> int:
