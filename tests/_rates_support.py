@@ -14,7 +14,7 @@ import math
 from types import ModuleType
 
 import pytest
-from _support import REQUIRE_C
+from _support import unavailable
 
 
 def _c_rates() -> ModuleType:
@@ -22,9 +22,7 @@ def _c_rates() -> ModuleType:
         return importlib.import_module("tallies.rates._core")
     except ImportError as exc:
         reason = f"the C core tallies.rates._core is not importable: {exc!r}"
-        if REQUIRE_C:
-            pytest.fail(f"{reason}, and TALLIES_REQUIRE_C=1 requires it", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 @pytest.fixture(params=["c", "pure"])

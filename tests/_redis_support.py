@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import unavailable
 
 REQUIRE_REDIS = os.environ.get("TALLIES_REQUIRE_REDIS") == "1" or os.environ.get("CI") == "true"
 REDIS_SERVER = shutil.which("redis-server")
@@ -48,9 +49,7 @@ def need_redis() -> None:
         missing.append("redis-py (pip install tallies[redis])")
     if missing:
         reason = "not installed: " + "; ".join(missing)
-        if REQUIRE_REDIS:
-            pytest.fail(f"{reason}, and CI / TALLIES_REQUIRE_REDIS=1 requires it", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason, required=REQUIRE_REDIS, by="CI / TALLIES_REQUIRE_REDIS=1")
 
 
 _port_lock = threading.Lock()

@@ -11,7 +11,7 @@ import os
 import sysconfig
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import strategies as st
@@ -24,6 +24,16 @@ REQUIRE_C = os.environ.get("TALLIES_REQUIRE_C") == "1"
 
 #: True on a free-threaded CPython build (``--disable-gil``, e.g. 3.13t), whatever the GIL's state.
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def unavailable(
+    reason: str, *, required: bool = REQUIRE_C, by: str = "TALLIES_REQUIRE_C=1"
+) -> NoReturn:
+    """A test's prerequisite is missing: skip it, or fail it where ``required``
+    (CI and ./run-tests) says the prerequisite must be there."""
+    if required:
+        pytest.fail(f"{reason}, and {by} requires it", pytrace=False)
+    pytest.skip(reason)
 
 
 def core_import_error() -> BaseException | None:

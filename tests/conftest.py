@@ -19,7 +19,7 @@ import pytest
 from _rates_support import rates_impl  # noqa: F401 - the rates implementation fixture
 from _redis_support import aof_server, redis_cluster, redis_server  # noqa: F401 - real servers
 from _shm_support import shm_url  # noqa: F401 - the shm:// segment fixture
-from _support import REQUIRE_C, core_import_error
+from _support import core_import_error, unavailable
 
 
 def c_core() -> ModuleType:
@@ -27,9 +27,7 @@ def c_core() -> ModuleType:
     exc = core_import_error()
     if exc is not None:
         reason = f"the C core tallies.counter._core is not importable: {exc!r}"
-        if REQUIRE_C:
-            pytest.fail(f"{reason}, and TALLIES_REQUIRE_C=1 requires it", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
     return importlib.import_module("tallies.counter._core")
 
 

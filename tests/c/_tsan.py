@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from _support import REQUIRE_C
+from _support import unavailable as _unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER_DIR = ROOT / "src" / "tallies" / "_c"
@@ -27,9 +27,7 @@ TSAN_WARNING = "WARNING: ThreadSanitizer"
 
 def unavailable(reason: str) -> None:
     """Skip, or fail when TALLIES_REQUIRE_C=1 says the C checks must run."""
-    if REQUIRE_C:
-        pytest.fail(f"{reason}, and TALLIES_REQUIRE_C=1 requires the C checks", pytrace=False)
-    pytest.skip(reason)
+    _unavailable(reason, by="TALLIES_REQUIRE_C=1 (the C checks)")
 
 
 def compiler() -> str:

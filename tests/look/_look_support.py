@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from _support import unavailable
 
 import tallies
 
@@ -38,9 +38,7 @@ def need_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         reason = f"{name} is not installed (scripts/bootstrap.sh installs it for ./run-tests)"
-        if REQUIRE:
-            pytest.fail(f"{reason}, and TALLIES_REQUIRE_C=1 requires it", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason, required=REQUIRE, by="CI / TALLIES_REQUIRE_C=1")
     return path
 
 

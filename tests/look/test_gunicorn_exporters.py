@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
 from _look_support import REQUIRE
+from _support import unavailable
 
 from tallies.cli.bench_exporters import format_table, run_scenario
 
@@ -21,9 +21,7 @@ from tallies.cli.bench_exporters import format_table, run_scenario
 def need_gunicorn() -> None:
     if importlib.util.find_spec("gunicorn") is None:
         reason = "gunicorn is not installed (it is in the test extra)"
-        if REQUIRE:
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason, required=REQUIRE, by="CI / TALLIES_REQUIRE_C=1")
 
 
 def test_recycled_gunicorn_workers_count_exactly_and_the_state_stays_flat() -> None:
