@@ -58,7 +58,7 @@ setup(
         extension("tallies.counter._core", "counter.c"),
         extension("tallies.keyed._core", "keyed.c", "_ktable.h"),
         extension("tallies.stores._shm", "shm.c"),
-        extension("tallies.stores._buffered", "buffered.c"),
+        extension("tallies.stores._buffered", "buffered.c", "_gate.h"),
         extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),
     ],
     cmdclass={"build_ext": optional_build_ext},

@@ -27,6 +27,15 @@
  * region (TKT_REGION_HOOK), and go on until at least MIN_RETIRED tables were
  * replaced, so resizes and removals really run during increments.
  *
+ * Hot keys: three of the writers put 3 adds in 4 on ids 0 and 1, so that
+ * threads really collide on one count: its CAS fails and the key inflates
+ * into hot cells (the "hot keys" section of _ktable.h), which the removers'
+ * removals, exchanges and clears and the resizes must then fold exactly.
+ * Hot cells here fold at 16 (TKT_HOT_CELL_MAX), so cells fill up and fold
+ * all the time while other threads add to them; now and then those writers
+ * also add more than any hot cell may hold (2**53 + k), which folds at once.  The run counts inflations (TKT_INFLATE_HOOK)
+ * and fails unless some happened.
+ *
  * At the end, for every id: its count left in the table + everything taken
  * == everything the writers added ("balanced"), and every key object's
  * reference count is back to 0 after the map is freed.
@@ -105,6 +114,17 @@ typedef pthread_mutex_t tkt_lock_t;
 #define TKT_CACHES_HASH(k) (((skey *)(k))->id % 2 == 0)
 #define TKT_CACHED_HASH(k) (((skey *)(k))->id % 5)
 #define TKT_FREE_TABLE(p) bury(p)
+#define TKT_FREE_HOT(p) bury(p)
+/* A hot cell folds once it would pass 16 (in the extension: 2**53), so the
+ * fold path runs a hundred times or more per run, during other threads' adds. */
+#define TKT_HOT_CELL_MAX 16
+static _Atomic long inflations;
+#define TKT_INFLATE_HOOK() atomic_fetch_add_explicit(&inflations, 1, memory_order_relaxed)
+static _Atomic long folds;
+/* A fold pauses after reading the cells: with the map closed nobody can add
+ * meanwhile; a fold that did not close it would lose what they add. */
+#define TKT_FOLD_HOOK() \
+    (atomic_fetch_add_explicit(&folds, 1, memory_order_relaxed), (void)sched_yield())
 /* Now and then a writer pauses between finding its slot and adding to it:
  * the window in which a broken protocol lets a resize move the count away. */
 static _Thread_local unsigned hook_n;
@@ -132,14 +152,21 @@ next_rand(unsigned *s)
     return *s;
 }
 
+#define BIG ((int64_t)1 << 53) /* more than any hot cell holds: the fold path */
+
 static void *
 writer(void *arg)
 {
-    unsigned s = (unsigned)(uintptr_t)arg * 2654435761u + 1;
+    long me = (long)(uintptr_t)arg;
+    int hot = me <= 3; /* writers 1-3 collide on ids 0 and 1 */
+    unsigned s = (unsigned)me * 2654435761u + 1;
     for (long i = 0; i < OPS || (i < 4 * OPS && graveyard_size() < MIN_RETIRED); i++) {
         unsigned r = next_rand(&s);
-        skey *k = &keys[r % NIDS][(r >> 8) & 1];
+        skey *k = hot && (i & 3) ? &keys[(r >> 3) & 1][(r >> 8) & 1] : &keys[r % NIDS][(r >> 8) & 1];
         int64_t n = 1 + (int64_t)((r >> 12) & 3), out;
+        if (hot && (i & 4095) == 4095) {
+            n += BIG; /* at most 3 * 4 * OPS / 4096 of these: the sums stay in int64 */
+        }
         int rc = tkt_add(&map, k, k->id % 5, n, 0, &out, NULL);
         if (rc != TL_OK) {
             printf("FAIL add returned %d\n", rc);
@@ -161,7 +188,7 @@ take_all(tkt_table *t)
     for (int64_t ix = 0; ix < count; ix++) {
         skey *k = atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
         if (k != NULL) {
-            atomic_fetch_add(&taken[k->id], atomic_load(&t->counts[ix]));
+            atomic_fetch_add(&taken[k->id], tkt_count_at(t, ix));
         }
     }
     tkt_table_release(t);
@@ -250,6 +277,7 @@ main(void)
             atomic_init(&keys[id][j].refs, 0);
         }
     }
+    tkt_set_cpus(4); /* 4 hot cells per key, counts in >= 4 blocks */
     if (tkt_map_init(&map) != 0) {
         return 2;
     }
@@ -292,8 +320,15 @@ main(void)
             }
         }
     }
-    printf("tables retired %ld, eq calls %ld, added %lld, left at the end %lld\n", grave_n,
-           (long)atomic_load(&eq_calls), (long long)total_added, (long long)total_left);
+    printf("tables retired %ld, eq calls %ld, hot-key inflations %ld, folds %ld, added %lld, "
+           "left at the end %lld\n",
+           grave_n, (long)atomic_load(&eq_calls), (long)atomic_load(&inflations),
+           (long)atomic_load(&folds),
+           (long long)total_added, (long long)total_left);
+    if (atomic_load(&inflations) == 0) {
+        printf("FAIL no key inflated: the hot-key paths were not exercised\n");
+        ok = 0;
+    }
     for (long i = 0; i < grave_n; i++) {
         free(grave[i]);
     }

@@ -197,8 +197,16 @@ tl_striped_inflated(tl_striped *s)
     return atomic_load_explicit(&s->cells, memory_order_acquire) != NULL;
 }
 
-/* Per-thread probe: which cell this thread tries first. 0 = not yet seeded. */
-static _Thread_local uint32_t tl_probe;
+/* Per-thread probe: which cell this thread tries first. 0 = not yet seeded.
+ * The initial-exec TLS model makes reading it one instruction instead of a
+ * call to __tls_get_addr (it takes 4 bytes of the static TLS space that the
+ * C library reserves for modules loaded later: that is what it is for). */
+#if defined(__GNUC__) && !defined(__SANITIZE_THREAD__)
+#define TL_TLS_FAST __attribute__((tls_model("initial-exec")))
+#else
+#define TL_TLS_FAST
+#endif
+static _Thread_local TL_TLS_FAST uint32_t tl_probe;
 
 static inline uint32_t
 tl_probe_get(void)

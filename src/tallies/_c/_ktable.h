@@ -25,6 +25,9 @@
  * (i = 5i + 1 + perturb; perturb >>= 5).  Resizes grow to the smallest power
  * of two >= 3 * live keys (the dict's GROWTH_RATE); the table never shrinks
  * except through clear().  A table is allocated on the first insertion.
+ * (Concurrent mode lays counts[] out in whole 128-byte blocks instead, at
+ * least one per CPU: TKT_CIX says why; about 4 bytes more per key in a large
+ * table, up to a block per CPU in a small one.)
  *
  * Serial mode (TKT_CONCURRENT 0: interpreters with a GIL)
  * ---------------------------------------------------------
@@ -90,13 +93,14 @@
  * so the inserter unlocks and starts over from the lookup.  No code runs
  * under the mutex except this table's own (TKT_FAST_EQ is a pure function).
  *
- * One hot key on many threads (later, issue 7): every slot's count is one
- * int64, so a key hammered by many threads is one contended cache line.  The
- * design leaves room for inflating such a key the way ShardedCounter does:
- * a count word can become a tagged pointer to a tl_striped (the top values of
- * the range reserved as a marker under the mutex, readers summing the
- * stripes), and since migration and removal already run with the map closed,
- * they can fold the stripes exactly.  Not implemented.
+ * Scaling (concurrent mode).  Three things keep threads that count at once
+ * off each other's cache lines: a thread's region stripe is its own (handed
+ * out round-robin, tkt_my_stripe); counts are laid out in blocks so that keys
+ * inserted one after another never share a line (TKT_CIX); and a key that
+ * two threads update at the same instant inflates into per-CPU hot cells
+ * (the "hot keys" section, which says how counts stay exact and in range).
+ * The KeyedCounter object's own reference count is the extension's business
+ * (keyed.c, _shared.h).
  *
  * What the includer defines before including this header:
  *     TKT_CONCURRENT              0 or 1
@@ -110,6 +114,13 @@
  *     TKT_MALLOC(n), TKT_FREE(p), TKT_FREE_TABLE(p) (defaults: malloc/free)
  *     TKT_REGION_HOOK()           optional: runs inside a region between a
  *                                 lookup and its add (tests widen races)
+ *     TKT_INFLATE_HOOK(), TKT_FOLD_HOOK()  optional: a key inflated; a fold
+ *                                 read the cells (the stress counts them)
+ *     TKT_FREE_HOT(p)             frees hot cells (default: free)
+ *     TKT_HOT_CELL_MAX            optional, <= 2**53: a lower bound folds
+ *                                 more often (the stress)
+ *     and it calls tkt_set_cpus(n) once, before any map is used (concurrent
+ *     mode; the default is 2)
  *     concurrent mode: tkt_lock_t, TKT_LOCK(l), TKT_UNLOCK(l) (zeroed memory
  *     must be an unlocked lock)
  */
@@ -137,6 +148,15 @@
 #ifndef TKT_NSTRIPES
 #define TKT_NSTRIPES 16
 #endif
+#ifndef TKT_FREE_HOT
+#define TKT_FREE_HOT(p) free(p) /* hot cells come from aligned_alloc */
+#endif
+#ifndef TKT_INFLATE_HOOK
+#define TKT_INFLATE_HOOK() ((void)0) /* the stress counts inflations */
+#endif
+#ifndef TKT_FOLD_HOOK
+#define TKT_FOLD_HOOK() ((void)0) /* and folds */
+#endif
 
 typedef intptr_t tkt_hash_t;
 
@@ -159,7 +179,12 @@ typedef struct {
     uint8_t width;             /* bytes per index slot: 1, 2, 4 or 8 */
     uint8_t stores_hashes;     /* hashes[] present (after counts[]) */
     uint8_t log2_index_bytes;  /* the index's bytes: keys[] follow it */
+    uint8_t log2_rows;         /* concurrent mode: counts[] is 1 << log2_rows blocks */
     tl_cell *counts;
+#if TKT_CONCURRENT
+    tl_padded_cell *_Atomic *_Atomic hot; /* NULL, or usable pointers: hot cells */
+    int64_t nhot;              /* entries with hot cells (under the mutex) */
+#endif
     /* then, in the same allocation: the index, keys[], counts[], hashes[] */
 } tkt_table;
 
@@ -167,7 +192,30 @@ typedef struct {
 #define TKT_INDEX(t) ((void *)((t) + 1))
 #define TKT_KEYS(t) \
     ((void *_Atomic *)((char *)TKT_INDEX(t) + ((size_t)1 << (t)->log2_index_bytes)))
-#define TKT_HASHES(t) ((tkt_hash_t *)((t)->counts + TKT_USABLE(TKT_SIZE(t))))
+
+/* Where entry ix's count lives.  Serial mode: counts[ix].  Concurrent mode:
+ * counts[] is 2**log2_rows blocks of TKT_CPB counts, one TL_LINE each (the
+ * array aligned to TL_LINE), and entry ix's count sits in block
+ * ix mod 2**log2_rows, at position ix / 2**log2_rows: entries appended one
+ * after another (keys that threads start counting at about the same time)
+ * never share a cache line, as they would in a plain array (16 counts to a
+ * 128-byte line pair), where two threads counting two such keys would write
+ * one line.  Two entries share a block only when their numbers differ by a
+ * multiple of the row count, which is at least the CPU count rounded up to a
+ * power of two (tkt_min_rows), and at least enough for `usable` entries.  A
+ * removal leaves the layout alone; a resize lays the survivors out anew. */
+#define TKT_CPB ((int64_t)(TL_LINE / sizeof(int64_t)))
+#if TKT_CONCURRENT
+static uint8_t tkt_min_log2_rows = 1;
+#define TKT_CIX(t, ix) \
+    ((((ix) & (((int64_t)1 << (t)->log2_rows) - 1)) * TKT_CPB) + ((ix) >> (t)->log2_rows))
+#define TKT_NCOUNTS(t) (TKT_CPB << (t)->log2_rows)
+#else
+#define TKT_CIX(t, ix) (ix)
+#define TKT_NCOUNTS(t) TKT_USABLE(TKT_SIZE(t))
+#endif
+#define TKT_COUNT(t, ix) (&(t)->counts[TKT_CIX((t), (ix))])
+#define TKT_HASHES(t) ((tkt_hash_t *)((t)->counts + TKT_NCOUNTS(t)))
 
 typedef struct {
     _Atomic int64_t n;
@@ -208,15 +256,22 @@ typedef struct {
 /* ---- regions (concurrent mode) ------------------------------------------- */
 
 #if TKT_CONCURRENT
-static _Thread_local char tkt_thread_anchor;
+/* Each thread's stripe, handed out round-robin at its first region: threads
+ * started one after another never share one (a hash of the thread could, and
+ * two threads on one stripe write one cache line on every update). */
+static _Thread_local TL_TLS_FAST int tkt_my_slot = -1;
+static _Atomic unsigned tkt_next_slot;
 
 static inline tkt_stripe *
 tkt_my_stripe(tkt_map *m)
 {
-    uint64_t a = (uint64_t)(uintptr_t)&tkt_thread_anchor;
-    a *= 0x9E3779B97F4A7C15ull;
-    _Static_assert(TKT_NSTRIPES == 16, "the shift below picks one of 16");
-    return &m->stripes[a >> (64 - 4)];
+    int s = tkt_my_slot;
+    if (TL_UNLIKELY(s < 0)) {
+        s = (int)(atomic_fetch_add_explicit(&tkt_next_slot, 1, memory_order_relaxed) %
+                  TKT_NSTRIPES);
+        tkt_my_slot = s;
+    }
+    return &m->stripes[s];
 }
 
 static inline void
@@ -317,6 +372,22 @@ tkt_hash_at(const tkt_table *t, int64_t ix, void *key)
     return t->stores_hashes ? TKT_HASHES(t)[ix] : (tkt_hash_t)TKT_CACHED_HASH(key);
 }
 
+/* log2 of the blocks of counts[] of a table of `size` slots (concurrent mode). */
+static inline int
+tkt_log2_rows(int64_t size)
+{
+    int r = 0;
+#if TKT_CONCURRENT
+    r = tkt_min_log2_rows;
+    while ((TKT_CPB << r) < TKT_USABLE(size)) {
+        r++;
+    }
+#else
+    (void)size;
+#endif
+    return r;
+}
+
 /* Bytes of a table of `size` index slots. */
 static inline size_t
 tkt_table_bytes(int64_t size, int stores_hashes)
@@ -324,7 +395,13 @@ tkt_table_bytes(int64_t size, int stores_hashes)
     int width = size <= 0x80 ? 1 : size <= 0x8000 ? 2 : size <= 0x80000000LL ? 4 : 8;
     size_t usable = (size_t)TKT_USABLE(size);
     size_t b = sizeof(tkt_table) + (size_t)size * (size_t)width; /* size >= 8 */
-    b += usable * (sizeof(void *) + sizeof(int64_t));
+    b += usable * sizeof(void *);
+#if TKT_CONCURRENT
+    b += TL_LINE; /* to align counts[] */
+    b += (size_t)(TKT_CPB << tkt_log2_rows(size)) * sizeof(int64_t);
+#else
+    b += usable * sizeof(int64_t);
+#endif
     if (stores_hashes) {
         b += usable * sizeof(tkt_hash_t);
     }
@@ -354,7 +431,15 @@ tkt_table_new(int64_t size, int stores_hashes)
     t->log2_index_bytes = (uint8_t)(log2 + log2_width); /* >= 3: keys[] aligned */
     p += (size_t)size * (size_t)t->width;
     p += (size_t)usable * sizeof(void *);
+    t->log2_rows = (uint8_t)tkt_log2_rows(size);
+#if TKT_CONCURRENT
+    p += (TL_LINE - (uintptr_t)p % TL_LINE) % TL_LINE;
+#endif
     t->counts = (tl_cell *)p;
+#if TKT_CONCURRENT
+    atomic_init(&t->hot, NULL);
+    t->nhot = 0;
+#endif
     return t;
 }
 
@@ -376,6 +461,175 @@ tkt_find_empty(const tkt_table *t, tkt_hash_t hash)
         i = (i * 5 + perturb + 1) & mask;
     }
     return i;
+}
+
+
+/* ---- hot keys (concurrent mode) --------------------------------------------
+ *
+ * A key that threads update at the same instant is one contended cache line.
+ * The first time the CAS on a key's count fails (another thread changed it
+ * between our load and our swap: the evidence LongAdder uses), the key
+ * *inflates*: under the mutex, with the map closed, it gets tkt_hot_slots
+ * cells of TL_LINE bytes each (the CPU count, rounded up to a power of two,
+ * 2..64), published in the table's `hot` array (allocated at the table's
+ * first inflation: one pointer per entry).  From then on adds go to the cell
+ * picked by the thread's probe (_cells.h); the key's count is its word plus
+ * its cells, read one by one (not a snapshot, as ShardedCounter's value).
+ *
+ * Exactness and range.  Every add is still checked, and no sum can leave
+ * int64: a key inflates only while |word| <= TKT_HOT_WORD_MAX (2**62); while
+ * it is inflated nothing but a take (exchange with 0) writes the word, and a
+ * cell never holds more than TKT_HOT_CELL_MAX (2**53) either way, so
+ * |word + cells| <= 2**62 + 64 * 2**53 < 2**63.  An add whose |n| or whose
+ * cell would pass that bound *folds* instead: under the mutex with the map
+ * closed, word + cells + n is computed and checked exactly (overflow: refused,
+ * nothing changes) and stored in the word, and the cells are emptied (or
+ * freed, when the new count is beyond 2**62: the key inflates again at a
+ * later contention once it is back in range).  Setting a hot key's count
+ * (tkt_exchange) folds the same way.
+ *
+ * Nothing lost or doubled.  Cells are only published, folded and freed with
+ * the map closed, so no thread is inside a region then: an adder that looked
+ * up the cells adds to them before the closer can move them, and one that
+ * enters after sees the new state.  A resize folds every key's cells into
+ * its count in the new table (the new table starts with none); a removal takes
+ * word and cells; a take (tkt_snapshot with take) exchanges each with 0, so
+ * every add is taken exactly once.  At most TKT_HOT_MAX keys per table
+ * inflate (each costs tkt_hot_slots * TL_LINE bytes); later ones stay one
+ * cell: exact, just contended.
+ */
+#if TKT_CONCURRENT
+#define TKT_HOT_WORD_MAX ((int64_t)1 << 62)
+#ifndef TKT_HOT_CELL_MAX /* the stress lowers it, to fold often; never above 2**53 */
+#define TKT_HOT_CELL_MAX ((int64_t)1 << 53)
+#endif
+_Static_assert(TKT_HOT_CELL_MAX <= ((int64_t)1 << 53), "see \"hot keys\"");
+#define TKT_HOT_MAX 256
+#define TKT_FOLD 3 /* internal: the add must fold */
+
+static uint32_t tkt_hot_slots = 2;
+
+/* The includer's module init: the CPU count (hot cells per key, and the
+ * fewest blocks of counts, see TKT_CIX). */
+static inline void
+tkt_set_cpus(long ncpu)
+{
+    uint32_t n = 2;
+    uint8_t log2 = 1;
+    while ((long)n < ncpu && n < 64) {
+        n <<= 1;
+        log2++;
+    }
+    tkt_hot_slots = n;
+    tkt_min_log2_rows = log2;
+}
+
+static inline tl_padded_cell *
+tkt_hot_at(const tkt_table *t, int64_t ix)
+{
+    tl_padded_cell *_Atomic *hot = atomic_load_explicit(&((tkt_table *)t)->hot, memory_order_acquire);
+    return hot == NULL ? NULL : atomic_load_explicit(&hot[ix], memory_order_acquire);
+}
+
+static inline int
+tkt_magnitude_over(int64_t v, int64_t bound)
+{
+    return v > bound || v < -bound;
+}
+
+/* Add to one of a hot key's cells: TL_OK, or TKT_FOLD. */
+static inline int
+tkt_hot_add(tl_padded_cell *cells, int64_t n, int sub)
+{
+    if (tkt_magnitude_over(n, TKT_HOT_CELL_MAX)) {
+        return TKT_FOLD;
+    }
+    uint32_t p = tl_probe_get();
+    for (;;) {
+        tl_cell *c = &cells[p & (tkt_hot_slots - 1)].value;
+        int64_t old = atomic_load_explicit(c, memory_order_relaxed);
+        int64_t new_ = sub ? old - n : old + n; /* |old|, |n| <= 2**53: no overflow */
+        if (tkt_magnitude_over(new_, TKT_HOT_CELL_MAX)) {
+            return TKT_FOLD;
+        }
+        if (atomic_compare_exchange_strong_explicit(c, &old, new_, memory_order_seq_cst,
+                                                    memory_order_relaxed)) {
+            return TL_OK;
+        }
+        p = tl_probe_advance(p);
+    }
+}
+
+/* Free entry ix's cells and forget them (the map closed, or the table private). */
+static inline void
+tkt_hot_drop(tkt_table *t, int64_t ix)
+{
+    tl_padded_cell *_Atomic *hot = atomic_load_explicit(&t->hot, memory_order_relaxed);
+    if (hot != NULL) {
+        tl_padded_cell *cells = atomic_load_explicit(&hot[ix], memory_order_relaxed);
+        if (cells != NULL) {
+            atomic_store_explicit(&hot[ix], NULL, memory_order_relaxed);
+            t->nhot--;
+            TKT_FREE_HOT(cells);
+        }
+    }
+}
+
+/* Free a table with whatever hot cells it still has. */
+static inline void
+tkt_table_free(tkt_table *t)
+{
+    tl_padded_cell *_Atomic *hot = atomic_load_explicit(&t->hot, memory_order_relaxed);
+    if (hot != NULL) {
+        int64_t count = atomic_load_explicit(&t->nentries, memory_order_relaxed);
+        for (int64_t ix = 0; ix < count; ix++) {
+            tl_padded_cell *cells = atomic_load_explicit(&hot[ix], memory_order_relaxed);
+            if (cells != NULL) {
+                TKT_FREE_HOT(cells);
+            }
+        }
+        TKT_FREE_HOT(hot);
+    }
+    TKT_FREE_TABLE(t);
+}
+#else
+#define tkt_table_free(t) TKT_FREE_TABLE(t)
+#endif
+
+/* Entry ix's count (inside a region, or with the map closed, or a private
+ * table): its word plus its hot cells. */
+static inline int64_t
+tkt_count_at(const tkt_table *t, int64_t ix)
+{
+    int64_t v = atomic_load_explicit(TKT_COUNT((tkt_table *)t, ix),
+                                     TKT_CONCURRENT ? memory_order_acquire : memory_order_relaxed);
+#if TKT_CONCURRENT
+    tl_padded_cell *cells = tkt_hot_at(t, ix);
+    if (cells != NULL) {
+        for (uint32_t i = 0; i < tkt_hot_slots; i++) {
+            v += tl_load(&cells[i].value); /* in range: see "hot keys" */
+        }
+    }
+#endif
+    return v;
+}
+
+/* Exchange entry ix's count with 0, returning it (same places as above). */
+static inline int64_t
+tkt_take_at(tkt_table *t, int64_t ix)
+{
+    int64_t v = atomic_exchange_explicit(TKT_COUNT(t, ix), 0,
+                                         TKT_CONCURRENT ? memory_order_seq_cst
+                                                        : memory_order_relaxed);
+#if TKT_CONCURRENT
+    tl_padded_cell *cells = tkt_hot_at(t, ix);
+    if (cells != NULL) {
+        for (uint32_t i = 0; i < tkt_hot_slots; i++) {
+            v += tl_exchange(&cells[i].value, 0);
+        }
+    }
+#endif
+    return v;
 }
 
 /* ---- the map ---------------------------------------------------------------- */
@@ -486,7 +740,7 @@ tkt_rebuild(tkt_table *n, tkt_table *t)
             }
             tkt_hash_t h = tkt_hash_at(t, ix, k);
             atomic_init(&TKT_KEYS(n)[j], k);
-            atomic_init(&n->counts[j], atomic_load_explicit(&t->counts[ix], TKT_RLX));
+            atomic_init(TKT_COUNT(n, j), tkt_count_at(t, ix)); /* hot cells folded in */
             if (n->stores_hashes) {
                 TKT_HASHES(n)[j] = h;
             }
@@ -521,7 +775,7 @@ tkt_resize(tkt_map *m, int64_t extra, int stores_hashes)
     atomic_fetch_add_explicit(&m->version, 1, memory_order_seq_cst);
     tkt_reopen(m);
     if (t != NULL) {
-        TKT_FREE_TABLE(t);
+        tkt_table_free(t);
     }
     return 0;
 }
@@ -578,7 +832,7 @@ tkt_insert(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, tkt_pos *pos)
     int64_t n = atomic_load_explicit(&t->nentries, TKT_RLX);
     TKT_INCREF(key);
     atomic_store_explicit(&TKT_KEYS(t)[n], key, TKT_RLX);
-    atomic_store_explicit(&t->counts[n], v, TKT_RLX);
+    atomic_store_explicit(TKT_COUNT(t, n), v, TKT_RLX);
     if (t->stores_hashes) {
         TKT_HASHES(t)[n] = hash;
     }
@@ -598,7 +852,10 @@ tkt_unlink(tkt_map *m, tkt_pos *pos, int64_t *taken)
 {
     tkt_table *t = pos->t;
     void *k = atomic_load_explicit(&TKT_KEYS(t)[pos->ix], TKT_RLX);
-    *taken = atomic_exchange_explicit(&t->counts[pos->ix], 0, TKT_RLX);
+    *taken = tkt_take_at(t, pos->ix);
+#if TKT_CONCURRENT
+    tkt_hot_drop(t, pos->ix);
+#endif
     atomic_store_explicit(&TKT_KEYS(t)[pos->ix], NULL, TKT_REL);
     tkt_set_index(t, pos->slot, TKT_DUMMY);
     atomic_fetch_sub_explicit(&m->used, 1, TKT_RLX);
@@ -628,7 +885,7 @@ tkt_remove(tkt_map *m, void *key, tkt_hash_t hash, int only_if, int64_t *taken,
         TKT_MLOCK(m);
         if (atomic_load_explicit(&m->version, TKT_ACQ) == pos.version) {
             tkt_close(m);
-            int64_t v = atomic_load_explicit(&pos.t->counts[pos.ix], TKT_RLX);
+            int64_t v = tkt_count_at(pos.t, pos.ix);
             int go = only_if == 0 || v == 0 || (only_if == 2 && v < 0);
             if (go) {
                 *removed = tkt_unlink(m, &pos, taken);
@@ -641,9 +898,119 @@ tkt_remove(tkt_map *m, void *key, tkt_hash_t hash, int only_if, int64_t *taken,
     }
 }
 
+#if TKT_CONCURRENT
+/* After a failed CAS on the count of entry pos->ix (found by a lookup whose
+ * region was left): give it hot cells ("hot keys" above).  Returns 1 when
+ * the caller should simply look up again (inflated, already hot, or the map
+ * changed meanwhile), 0 when the key stays one cell (no memory, TKT_HOT_MAX
+ * reached, or its count is too large to inflate). */
+static int
+tkt_inflate(tkt_map *m, tkt_pos *pos)
+{
+    TKT_MLOCK(m);
+    tkt_table *t = pos->t;
+    if (atomic_load_explicit(&m->version, TKT_ACQ) != pos->version ||
+        atomic_load_explicit(&m->table, TKT_ACQ) != t) {
+        TKT_MUNLOCK(m);
+        return 1;
+    }
+    tl_padded_cell *_Atomic *hot = atomic_load_explicit(&t->hot, memory_order_relaxed);
+    if (hot != NULL && atomic_load_explicit(&hot[pos->ix], memory_order_relaxed) != NULL) {
+        TKT_MUNLOCK(m);
+        return 1;
+    }
+    if (t->nhot >= TKT_HOT_MAX) {
+        TKT_MUNLOCK(m);
+        return 0;
+    }
+    if (hot == NULL) {
+        /* Published at once: all NULL, a reader sees no cells either way. */
+        hot = (tl_padded_cell *_Atomic *)calloc((size_t)TKT_USABLE(TKT_SIZE(t)), sizeof(*hot));
+        if (hot == NULL) {
+            TKT_MUNLOCK(m);
+            return 0;
+        }
+        atomic_store_explicit(&t->hot, hot, memory_order_release);
+    }
+    tl_padded_cell *cells =
+        (tl_padded_cell *)aligned_alloc(TL_LINE, (size_t)tkt_hot_slots * sizeof(tl_padded_cell));
+    if (cells == NULL) {
+        TKT_MUNLOCK(m);
+        return 0;
+    }
+    for (uint32_t i = 0; i < tkt_hot_slots; i++) {
+        atomic_init(&cells[i].value, 0);
+    }
+    int done = 0;
+    tkt_close(m); /* no adder may still be adding to the word it read as unbounded */
+    if (!tkt_magnitude_over(atomic_load_explicit(TKT_COUNT(t, pos->ix), TKT_RLX),
+                            TKT_HOT_WORD_MAX)) {
+        atomic_store_explicit(&hot[pos->ix], cells, memory_order_release);
+        t->nhot++;
+        cells = NULL;
+        done = 1;
+        TKT_INFLATE_HOOK();
+    }
+    tkt_reopen(m);
+    TKT_MUNLOCK(m);
+    if (cells != NULL) {
+        TKT_FREE_HOT(cells);
+    }
+    return done;
+}
+
+/* Fold entry pos->ix's hot cells into its word, then add n (sub: -n) to the
+ * whole count, checked (set: replace it by n instead, *out = the old count);
+ * the key keeps its (now empty) cells unless the count is too large for them.
+ * Under the mutex, with the map closed.
+ * TL_OK (*out: the new count, or the old one with set), TL_OVERFLOW (*out:
+ * the count that stays), or TKT_RETRY (the map changed since the lookup). */
+static int
+tkt_fold(tkt_map *m, tkt_pos *pos, int64_t n, int sub, int set, int64_t *out)
+{
+    TKT_MLOCK(m);
+    tkt_table *t = pos->t;
+    if (atomic_load_explicit(&m->version, TKT_ACQ) != pos->version ||
+        atomic_load_explicit(&m->table, TKT_ACQ) != t) {
+        TKT_MUNLOCK(m);
+        return TKT_RETRY;
+    }
+    tkt_close(m);
+    int64_t total = tkt_count_at(t, pos->ix), new_;
+    TKT_FOLD_HOOK();
+    int r = TL_OK;
+    if (set) {
+        new_ = n;
+        *out = total;
+    }
+    else if (sub ? TL_SUB_OVERFLOWS(total, n, &new_) : TL_ADD_OVERFLOWS(total, n, &new_)) {
+        new_ = total;
+        *out = total;
+        r = TL_OVERFLOW;
+    }
+    else {
+        *out = new_;
+    }
+    atomic_store_explicit(TKT_COUNT(t, pos->ix), new_, TKT_RLX);
+    tl_padded_cell *cells = tkt_hot_at(t, pos->ix);
+    if (tkt_magnitude_over(new_, TKT_HOT_WORD_MAX)) {
+        tkt_hot_drop(t, pos->ix); /* too large to stay hot */
+    }
+    else {
+        for (uint32_t i = 0; i < tkt_hot_slots; i++) {
+            atomic_store_explicit(&cells[i].value, 0, TKT_RLX); /* folded: stays hot */
+        }
+    }
+    tkt_reopen(m);
+    TKT_MUNLOCK(m);
+    return r;
+}
+#endif
+
 /* Add n (sub: -n) to key's count, inserting it at 0 first when absent
  * (then *fresh = 1, when fresh is not NULL).
- * TL_OK / TL_OVERFLOW (*out: the count that stays) / TKT_ERR / TKT_NOMEM. */
+ * TL_OK / TL_OVERFLOW (*out: the count that stays) / TKT_ERR / TKT_NOMEM.
+ * (With TL_OK, *out is the new count except for a hot key: unspecified.) */
 static int
 tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out,
         int *fresh)
@@ -652,16 +1019,39 @@ tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out
     if (fresh != NULL) {
         *fresh = 0;
     }
+#if TKT_CONCURRENT
+    int may_inflate = 1;
+#endif
     for (;;) {
         int r = tkt_find(m, key, hash, &pos);
         if (r == TKT_FOUND) {
             TKT_REGION_HOOK();
 #if TKT_CONCURRENT
-            r = tl_add(&pos.t->counts[pos.ix], n, sub, out);
-#else
-            r = tl_add_serial(&pos.t->counts[pos.ix], n, sub, out);
-#endif
+            tl_padded_cell *cells = tkt_hot_at(pos.t, pos.ix);
+            if (cells != NULL) {
+                r = tkt_hot_add(cells, n, sub);
+                tkt_leave(m);
+                if (TL_LIKELY(r == TL_OK)) {
+                    *out = 0;
+                    return r;
+                }
+                r = tkt_fold(m, &pos, n, sub, 0, out);
+                if (r == TKT_RETRY) {
+                    continue;
+                }
+                return r;
+            }
+            r = may_inflate ? tl_try_add(TKT_COUNT(pos.t, pos.ix), n, sub, out)
+                            : tl_add(TKT_COUNT(pos.t, pos.ix), n, sub, out);
             tkt_leave(m);
+            if (TL_UNLIKELY(r > 0)) { /* a failed CAS: another thread counts this key now */
+                may_inflate = tkt_inflate(m, &pos);
+                continue;
+            }
+#else
+            r = tl_add_serial(TKT_COUNT(pos.t, pos.ix), n, sub, out);
+            tkt_leave(m);
+#endif
             return r;
         }
         if (r == TKT_ERR) {
@@ -698,8 +1088,17 @@ tkt_exchange(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int insert_absen
     tkt_pos pos;
     for (;;) {
         int r = tkt_find(m, key, hash, &pos);
+#if TKT_CONCURRENT
+        if (r == TKT_FOUND && tkt_hot_at(pos.t, pos.ix) != NULL) {
+            tkt_leave(m); /* a hot key's count is set by folding its cells */
+            if (tkt_fold(m, &pos, v, 0, 1, old) == TKT_RETRY) {
+                continue;
+            }
+            return TKT_FOUND;
+        }
+#endif
         if (r == TKT_FOUND) {
-            *old = atomic_exchange_explicit(&pos.t->counts[pos.ix], v,
+            *old = atomic_exchange_explicit(TKT_COUNT(pos.t, pos.ix), v,
                                             TKT_CONCURRENT ? memory_order_seq_cst
                                                            : memory_order_relaxed);
             tkt_leave(m);
@@ -732,7 +1131,7 @@ tkt_get(tkt_map *m, void *key, tkt_hash_t hash, int insert, int64_t v, int64_t *
     for (;;) {
         int r = tkt_find(m, key, hash, &pos);
         if (r == TKT_FOUND) {
-            *out = tl_load(&pos.t->counts[pos.ix]);
+            *out = tkt_count_at(pos.t, pos.ix);
             tkt_leave(m);
             return TKT_FOUND;
         }
@@ -791,10 +1190,7 @@ tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
             keys[j] = k;
         }
         if (counts != NULL) {
-            counts[j] = take ? atomic_exchange_explicit(&t->counts[ix], 0,
-                                                        TKT_CONCURRENT ? memory_order_seq_cst
-                                                                       : memory_order_relaxed)
-                             : tl_load(&t->counts[ix]);
+            counts[j] = take ? tkt_take_at(t, ix) : tkt_count_at(t, ix);
         }
         j++;
     }
@@ -833,7 +1229,7 @@ tkt_table_release(tkt_table *t)
             TKT_DECREF(k);
         }
     }
-    TKT_FREE_TABLE(t);
+    tkt_table_free(t);
 }
 
 static inline void

@@ -56,8 +56,16 @@
  *     counted and never uncounted, so the count can only be too high (never
  *     freed: that is the point), never too low.  A merged object is never
  *     queued for merging again, so nothing turns it back into a mortal one.
- * Objects of GC-tracked types (subclass instances with a __dict__) are left
- * alone.  The single-thread cost on 3.13t: a prepared object's refcount
+ * Objects of GC-tracked types are left alone (subclass instances with a
+ * __dict__), except KeyedCounter's own exact type (tl_share_prepare_ex with
+ * gc_ok): an immortal GC object is untracked by the next collection (3.13t's
+ * gc_free_threading.c excludes immortal objects), so the objects it refers
+ * to are kept alive through it, as through any immortal object; nothing is
+ * freed early.  A KeyedCounter has no failed CAS to show contention on
+ * distinct keys, so keyed.c also counts how often the updating thread
+ * changes (TKT_SWITCHES_TO_SHARE; keyed.c's header comment).  Each
+ * extension (counter._core, keyed._core) has its own budget of
+ * TL_SHARED_MAX objects.  The single-thread cost on 3.13t: a prepared object's refcount
  * updates are atomic adds instead of plain stores (a few ns per call).
  */
 #ifndef TALLIES_SHARED_H
@@ -100,18 +108,33 @@ tl_shared_remaining(void)
     return v < 0 ? 0 : v;
 }
 
-/* In tp_new, before the object is visible to any other thread. */
+/* In tp_new, before the object is visible to any other thread.  gc_ok: the
+ * caller's exact type is GC-tracked and may be made immortal (see the top). */
 static inline void
-tl_share_prepare(PyObject *op)
+tl_share_prepare_ex(PyObject *op, int gc_ok)
 {
-    if (PyType_IS_GC(Py_TYPE(op)) || _Py_IsImmortal(op) || tl_shared_remaining() == 0 ||
-        op->ob_tid != _Py_ThreadId() || op->ob_ref_shared != 0) {
+    if ((PyType_IS_GC(Py_TYPE(op)) && !gc_ok) || _Py_IsImmortal(op) ||
+        tl_shared_remaining() == 0 || op->ob_tid != _Py_ThreadId() || op->ob_ref_shared != 0) {
         return;
     }
     Py_ssize_t refs = (Py_ssize_t)op->ob_ref_local;
     op->ob_ref_local = 0;
     op->ob_ref_shared = _Py_REF_SHARED(refs, _Py_REF_MERGED);
     _Py_atomic_store_uintptr_relaxed(&op->ob_tid, _Py_UNOWNED_TID);
+}
+
+static inline void
+tl_share_prepare(PyObject *op)
+{
+    tl_share_prepare_ex(op, 0);
+}
+
+/* A prepared object that is still mortal (the only ones worth watching). */
+static inline int
+tl_share_pending(PyObject *op)
+{
+    return _Py_atomic_load_uintptr_relaxed(&op->ob_tid) == _Py_UNOWNED_TID &&
+           !_Py_IsImmortal(op);
 }
 
 /* On contention, from any thread: make a prepared object immortal. */
@@ -133,6 +156,8 @@ tl_share_widely(PyObject *op)
 static inline void tl_shared_configure(void) {}
 static inline long tl_shared_remaining(void) { return 0; }
 static inline void tl_share_prepare(PyObject *op) { (void)op; }
+static inline void tl_share_prepare_ex(PyObject *op, int gc_ok) { (void)op; (void)gc_ok; }
+static inline int tl_share_pending(PyObject *op) { (void)op; return 0; }
 static inline void tl_share_widely(PyObject *op) { (void)op; }
 #endif
 

@@ -19,12 +19,20 @@
  *
  * mode: 0 buffered, 1 write-through (every update then calls owner.flush()
  * and returns only once it committed), 2 closed (updates raise ValueError).
+ *
+ * Closing, free-threaded builds.  The store's close() closes every counter
+ * and then flushes once: an update must either land before that flush takes
+ * the cells, or raise.  With a GIL the check and the add are one step (the C
+ * method holds it).  Without, each update passes a gate (_gate.h, read its
+ * comment): Cell_close() closes it and waits for the adds that got through,
+ * so they are in the cells before the flush takes them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <unistd.h>
 
 #include "_cells.h"
+#include "_gate.h"
 #include "_pyargs.h"
 
 #ifdef Py_GIL_DISABLED
@@ -42,10 +50,20 @@ typedef struct {
     tl_striped s;
     PyObject *owner;
     PyObject *name;
-    int mode;
+    _Atomic int mode;
 } CellObject;
 
 static uint32_t n_cpus = 1;
+
+static inline int
+cell_mode(CellObject *self)
+{
+    return atomic_load_explicit(&self->mode, memory_order_relaxed);
+}
+
+#ifdef Py_GIL_DISABLED
+static tl_gate_flight in_flight __attribute__((aligned(TL_LINE))); /* _gate.h */
+#endif
 
 static PyObject *
 Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -64,7 +82,7 @@ Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     tl_striped_init(&self->s, 0, n_cpus);
     self->owner = Py_NewRef(owner);
     self->name = Py_NewRef(name);
-    self->mode = write_through ? MODE_WRITE_THROUGH : MODE_BUFFERED;
+    atomic_init(&self->mode, write_through ? MODE_WRITE_THROUGH : MODE_BUFFERED);
     return (PyObject *)self;
 }
 
@@ -118,7 +136,7 @@ closed_error(CellObject *self)
 static PyObject *
 after_update(CellObject *self)
 {
-    if (self->mode == MODE_WRITE_THROUGH && self->owner != NULL) {
+    if (cell_mode(self) == MODE_WRITE_THROUGH && self->owner != NULL) {
         PyObject *r = PyObject_CallMethod(self->owner, "flush", NULL);
         if (r == NULL) {
             return NULL;
@@ -131,10 +149,19 @@ after_update(CellObject *self)
 static PyObject *
 cell_update(CellObject *self, int64_t n, int sub, const char *op)
 {
-    if (TL_UNLIKELY(self->mode == MODE_CLOSED)) {
+#ifdef Py_GIL_DISABLED
+    _Atomic long *passed = tl_gate_enter(&in_flight, &self->mode, MODE_CLOSED);
+    if (TL_UNLIKELY(passed == NULL)) {
         return closed_error(self);
     }
     int r = STRIPED_ADD(&self->s, n, sub);
+    tl_gate_leave(passed);
+#else
+    if (TL_UNLIKELY(cell_mode(self) == MODE_CLOSED)) {
+        return closed_error(self);
+    }
+    int r = STRIPED_ADD(&self->s, n, sub);
+#endif
     if (TL_LIKELY(r == TL_OK)) {
         return after_update(self);
     }
@@ -160,7 +187,7 @@ Cell_increment(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
 #ifndef Py_GIL_DISABLED
     int64_t ignored;
-    if (TL_LIKELY(self->mode == MODE_BUFFERED) &&
+    if (TL_LIKELY(cell_mode(self) == MODE_BUFFERED) &&
         TL_LIKELY(tl_add_serial(&self->s.base, n, 0, &ignored) == TL_OK)) {
         Py_RETURN_NONE;
     }
@@ -184,7 +211,7 @@ Cell_decrement(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *
 Cell_value(CellObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->mode == MODE_CLOSED) {
+    if (cell_mode(self) == MODE_CLOSED) {
         return closed_error(self);
     }
     return ask_owner(self, "_cell_value");
@@ -193,7 +220,7 @@ Cell_value(CellObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Cell_reset(CellObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->mode == MODE_CLOSED) {
+    if (cell_mode(self) == MODE_CLOSED) {
         return closed_error(self);
     }
     return ask_owner(self, "_cell_reset");
@@ -218,7 +245,11 @@ Cell_pending(CellObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Cell_close(CellObject *self, PyObject *Py_UNUSED(ignored))
 {
-    self->mode = MODE_CLOSED;
+#ifdef Py_GIL_DISABLED
+    tl_gate_close(&in_flight, &self->mode, MODE_CLOSED);
+#else
+    atomic_store_explicit(&self->mode, MODE_CLOSED, memory_order_relaxed);
+#endif
     Py_RETURN_NONE;
 }
 
@@ -237,7 +268,7 @@ Cell_int(CellObject *self)
 static PyObject *
 Cell_repr(CellObject *self)
 {
-    if (self->mode == MODE_CLOSED) {
+    if (cell_mode(self) == MODE_CLOSED) {
         return PyUnicode_FromFormat("BufferedCounter(%R, closed)", self->name);
     }
     PyObject *v = Cell_value(self, NULL);
@@ -283,7 +314,7 @@ Cell_get_inflated(CellObject *self, void *Py_UNUSED(closure))
 static PyObject *
 Cell_get_closed(CellObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(self->mode == MODE_CLOSED);
+    return PyBool_FromLong(cell_mode(self) == MODE_CLOSED);
 }
 
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)

@@ -32,8 +32,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <unistd.h>
+
 #include "_cells.h"
 #include "_pyargs.h"
+#include "_shared.h"
 
 /* ---- the table's configuration (see _ktable.h) --------------------------- */
 
@@ -143,7 +146,51 @@ overflow_result(const char *op, int64_t n, PyObject *key, int64_t current)
 typedef struct {
     PyObject_HEAD
     tkt_map map;
+#if TL_SHARE_WIDELY
+    _Atomic uintptr_t last_tid; /* the thread of the last update (see below) */
+    _Atomic uint32_t switches;  /* how often that changed */
+#endif
 } KeyedObject;
+
+/* tallies.keyed.KeyedCounter itself (not a subclass): the only type whose
+ * objects are ever made immortal (the module is single-interpreter). */
+static PyTypeObject *keyed_exact_type;
+
+#if TL_SHARE_WIDELY
+/* Free-threaded 3.13: a KeyedCounter that threads update at once stops being
+ * reference counted (_shared.h: its object header would otherwise be one
+ * cache line written by every thread on every call).  Threads counting
+ * distinct keys never fail a CAS, so the evidence here is the updating thread
+ * changing TKT_SWITCHES_TO_SHARE times: two threads that really alternate get
+ * there within microseconds; a counter handed from one thread to the next now
+ * and then, much later or never.  Until then this costs one read of a field
+ * in the object's header line; afterwards (or for an object that was not
+ * prepared) one read of the header. */
+#define TKT_SWITCHES_TO_SHARE 64
+
+static void
+keyed_note_thread_slow(KeyedObject *self)
+{
+    uintptr_t me = _Py_ThreadId();
+    if (atomic_load_explicit(&self->last_tid, memory_order_relaxed) != me) {
+        atomic_store_explicit(&self->last_tid, me, memory_order_relaxed);
+        if (atomic_fetch_add_explicit(&self->switches, 1, memory_order_relaxed) + 1 ==
+            TKT_SWITCHES_TO_SHARE) {
+            tl_share_widely((PyObject *)self);
+        }
+    }
+}
+
+static inline void
+keyed_note_thread(KeyedObject *self)
+{
+    if (TL_UNLIKELY(tl_share_pending((PyObject *)self))) {
+        keyed_note_thread_slow(self);
+    }
+}
+#else
+#define keyed_note_thread(self) ((void)(self))
+#endif
 
 #define MAP(self) (&((KeyedObject *)(self))->map)
 
@@ -159,6 +206,11 @@ Keyed_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
+#if TL_SHARE_WIDELY
+    atomic_init(&self->last_tid, 0);
+    atomic_init(&self->switches, 0);
+#endif
+    tl_share_prepare_ex((PyObject *)self, type == keyed_exact_type); /* 3.13t: _shared.h */
     return (PyObject *)self;
 }
 
@@ -243,6 +295,7 @@ keyed_add(KeyedObject *self, PyObject *key, int64_t n, int sub, const char *op)
     }
     int64_t v;
     int r;
+    keyed_note_thread(self);
 #if !TKT_CONCURRENT
     tl_cell *cell = first_probe(self, key, h); /* the common case, inline */
     if (TL_LIKELY(cell != NULL)) {
@@ -1421,6 +1474,13 @@ Keyed_sizeof(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     tkt_leave(&self->map);
 #if TKT_CONCURRENT
     n += sizeof(tkt_stripe) * TKT_NSTRIPES;
+    TKT_MLOCK(&self->map); /* the hot cells: nhot changes under the mutex */
+    tkt_table *t = atomic_load_explicit(&self->map.table, memory_order_acquire);
+    if (t != NULL && atomic_load_explicit(&t->hot, memory_order_relaxed) != NULL) {
+        n += (size_t)TKT_USABLE(TKT_SIZE(t)) * sizeof(void *);
+        n += (size_t)t->nhot * tkt_hot_slots * sizeof(tl_padded_cell);
+    }
+    TKT_MUNLOCK(&self->map);
 #endif
     return PyLong_FromSize_t(n);
 }
@@ -1832,6 +1892,11 @@ keyed_exec(PyObject *m)
     if (st->KeyedCounter == NULL || PyModule_AddType(m, st->KeyedCounter) < 0) {
         return -1;
     }
+    keyed_exact_type = st->KeyedCounter;
+    tl_shared_configure();
+#if TKT_CONCURRENT
+    tkt_set_cpus(sysconf(_SC_NPROCESSORS_ONLN));
+#endif
     if (count_type_init(m) < 0) {
         return -1;
     }
@@ -1847,6 +1912,12 @@ keyed_exec(PyObject *m)
     int ft = 0;
 #endif
     if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
+        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0 ||
+#if TKT_CONCURRENT
+        PyModule_AddIntConstant(m, "HOT_SLOTS", (long)tkt_hot_slots) < 0 ||
+#else
+        PyModule_AddIntConstant(m, "HOT_SLOTS", 0) < 0 ||
+#endif
         PyModule_AddIntConstant(m, "ENTRY_SIZE", (long)(sizeof(void *) + sizeof(int64_t))) < 0) {
         return -1;
     }
@@ -1880,7 +1951,37 @@ static PyModuleDef_Slot keyed_slots[] = {
     {0, NULL},
 };
 
+static PyObject *
+keyed_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(tl_shared_remaining());
+}
+
+static PyObject *
+keyed_hot_keys(PyObject *Py_UNUSED(m), PyObject *kc)
+{
+    if (!PyObject_TypeCheck(kc, keyed_exact_type)) {
+        PyErr_SetString(PyExc_TypeError, "_hot_keys() takes a KeyedCounter");
+        return NULL;
+    }
+    long n = 0;
+#if TKT_CONCURRENT
+    tkt_map *m = MAP(kc);
+    TKT_MLOCK(m); /* nhot changes under the mutex only */
+    tkt_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+    n = t == NULL ? 0 : (long)t->nhot;
+    TKT_MUNLOCK(m);
+#endif
+    return PyLong_FromLong(n);
+}
+
 static PyMethodDef keyed_functions[] = {
+    {"_shared_remaining", keyed_shared_remaining, METH_NOARGS,
+     "_shared_remaining() -> int: how many more KeyedCounters may become immortal "
+     "(free-threaded 3.13 only; always 0 elsewhere; see _c/_shared.h)."},
+    {"_hot_keys", keyed_hot_keys, METH_O,
+     "_hot_keys(kc) -> int: keys of kc's table inflated into hot cells "
+     "(free-threaded builds; always 0 elsewhere)."},
     {"_make_count", (PyCFunction)(void (*)(void))keyed_make_count, METH_FASTCALL,
      "_make_count(counter, key, v) -> Count (internal)."},
     {NULL, NULL, 0, NULL},

@@ -15,6 +15,10 @@ drops with them; so each thread also reads its wall and CPU clocks every
 chunks during which all the threads were running at once ("while all ran"):
 how the code scales when the threads really run together.
 
+The first row, a loop that shares nothing (``x += 1`` on a thread's own
+local), is the ceiling this machine allows at that moment: no counter can
+scale better than the interpreter's own loop does.
+
 With a GIL, threads take turns and nothing scales (about 1x at best): the
 targets are checked only on a free-threaded build running without the GIL,
 with at least 2 CPUs.
@@ -101,6 +105,26 @@ def _keyed(distinct: bool) -> tuple[Work, Callable[[], int]]:
     return make, kc.total
 
 
+def _floor() -> tuple[Work, Callable[[], int]]:
+    """Nothing shared: each thread adds 1 to its own local int (the same loop
+    around no call at all): how far this machine lets any code scale now."""
+    totals: list[list[int]] = []
+
+    def make(i: int, n: int) -> Callable[[], object]:
+        mine = [0]
+        totals.append(mine)
+
+        def loop() -> None:
+            x = 0
+            for _ in range(n):
+                x += 1
+            mine[0] += x
+
+        return loop
+
+    return make, lambda: sum(m[0] for m in totals)
+
+
 def _lock() -> tuple[Work, Callable[[], int]]:
     lock = threading.Lock()
     box = [0]
@@ -117,6 +141,7 @@ def _lock() -> tuple[Work, Callable[[], int]]:
 
 
 FORMS: list[Form] = [
+    Form("floor: x += 1 on a local int, nothing shared", _floor),
     Form("Counter: counter.increment()", lambda: _counter_method(tallies.Counter)),
     Form(
         "ShardedCounter: counter.increment()",
@@ -343,7 +368,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(*, quick: bool = False, as_json: bool = False, threads: int | None = None) -> int:
     t = threads or max(2, os.cpu_count() or 1)
-    n, rounds = (20_000, 1) if quick else (500_000, 7)
+    n, rounds = (20_000, 1) if quick else (500_000, 11)
     report = run(n, rounds, t)
     print(json.dumps(report, indent=2) if as_json else format_report(report))
     return 0

@@ -17,13 +17,15 @@ same Python code for the ``collections.Counter`` API.
 Free-threading: with ``Py_GIL_DISABLED`` the C core's table (``_c/_ktable.h``,
 read its header comment) looks keys up without a lock, adds to counts
 atomically in place, and inserts, removes and resizes under a mutex with a
-protocol that loses and doubles nothing.  No free-threaded CPython is
-installable where this was written: that table code was stressed from
-pthreads under ThreadSanitizer (``tests/c/stress_keyed.c``, with a mutant it
-must catch), and the extension's free-threaded branches were only
-compile-checked (``tests/c/test_build_headers.py``: ``gcc -fsyntax-only -Wall
--Wextra -Werror -DPy_GIL_DISABLED`` against CPython 3.13 headers, where such
-headers are on the machine), never run.
+protocol that loses and doubles nothing; a key that threads update at the
+same instant inflates into per-CPU hot cells, and keys inserted one after
+another never share a cache line.  On 3.13t a KeyedCounter that threads
+update at once stops being reference counted (it becomes immortal: never
+freed; ``_c/_shared.h``).  The table is stressed from pthreads under
+ThreadSanitizer (``tests/c/stress_keyed.c``, with mutants it must catch), and
+the whole suite, with free-threaded stresses of its own (``tests/ft``), runs on
+a free-threaded CPython 3.13 built by ``scripts/free-threaded``, and under
+ThreadSanitizer by ``scripts/ft-tsan``.
 """
 
 from __future__ import annotations

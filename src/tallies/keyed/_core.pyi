@@ -15,6 +15,17 @@ FREE_THREADED_BUILD: int
 ENTRY_SIZE: int
 """Bytes per entry of a table whose keys are all str (other keys: 8 more, for
 the hash); the index adds 1 to 8 bytes per slot, as a dict's does."""
+SHARES_CONTENDED: int
+"""1 on free-threaded 3.13: a KeyedCounter that threads update at once stops
+being reference counted (_c/_shared.h, _c/keyed.c)."""
+HOT_SLOTS: int
+"""Hot cells a contended key inflates into (free-threaded builds; 0 with a GIL)."""
+
+def _shared_remaining() -> int:
+    """How many more KeyedCounters may become immortal (0 where not 3.13t)."""
+
+def _hot_keys(kc: KeyedCounter, /) -> int:
+    """How many keys of kc's table have hot cells (always 0 with a GIL)."""
 
 class Count(int):
     """What kc[key] returns: an int that remembers (counter, key, value read)."""
