@@ -264,16 +264,30 @@ table_error(int r)
 static inline tl_cell *
 first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
 {
-    tkt_table *t = atomic_load_explicit(&self->map.table, memory_order_relaxed);
-    if (TL_UNLIKELY(t == NULL)) {
+    const tkt_map *m = &self->map; /* its geo: the table's shape, one load away */
+    if (TL_UNLIKELY(m->geo.index == NULL)) {
         return NULL;
     }
-    size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)h, i = (size_t)h & mask;
+    size_t mask = m->geo.mask, perturb = (size_t)h, i = (size_t)h & mask;
     for (;;) {
-        int64_t ix = tkt_get_index(t, i);
+        int64_t ix;
+        switch (m->geo.width) {
+        case 1:
+            ix = ((const int8_t *)m->geo.index)[i];
+            break;
+        case 2:
+            ix = ((const int16_t *)m->geo.index)[i];
+            break;
+        case 4:
+            ix = ((const int32_t *)m->geo.index)[i];
+            break;
+        default:
+            ix = ((const int64_t *)m->geo.index)[i];
+            break;
+        }
         if (TL_LIKELY(ix >= 0)) {
-            if (TL_LIKELY(atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed) == key)) {
-                return &t->counts[ix];
+            if (TL_LIKELY(atomic_load_explicit(&m->geo.keys[ix], memory_order_relaxed) == key)) {
+                return &m->geo.counts[ix];
             }
         }
         else if (ix == TKT_EMPTY) {
@@ -970,6 +984,18 @@ typedef struct {
 
 static PyTypeObject *snapiter_type;
 
+/* A reused result tuple must be tracked by the collector when it may be part
+ * of a cycle; one holding an exact str and an int cannot be (neither refers
+ * to anything: CPython's _PyTuple_MaybeUntrack reasons the same way), which
+ * spares the common case a call per item. */
+static inline void
+track_result(PyObject *r, PyObject *key)
+{
+    if (!PyUnicode_CheckExact(key) && !PyObject_GC_IsTracked(r)) {
+        PyObject_GC_Track(r);
+    }
+}
+
 static PyObject *
 snapiter_new(KeyedObject *self, int kind)
 {
@@ -1077,9 +1103,7 @@ SnapIter_next(SnapIterObject *it)
         Py_INCREF(r);
         Py_DECREF(ok);
         Py_DECREF(ov);
-        if (!PyObject_GC_IsTracked(r)) {
-            PyObject_GC_Track(r);
-        }
+        track_result(r, key);
         return r;
     }
 #endif
@@ -1096,9 +1120,7 @@ SnapIter_next(SnapIterObject *it)
         Py_INCREF(r);
         Py_DECREF(ok);
         Py_DECREF(ov);
-        if (!PyObject_GC_IsTracked(r)) {
-            PyObject_GC_Track(r);
-        }
+        track_result(r, key);
         return r;
     }
     r = PyTuple_New(2);
