@@ -31,8 +31,10 @@ def test_bench_threads_quick_json_has_every_form_and_a_verdict_per_target() -> N
         elif gil:
             assert row["verdict"] == row["overlap_verdict"] == "n/a (GIL)"
         else:
-            assert row["verdict"] in {"met", "missed"}
+            # one quick round cannot make the 3 rounds a verdict needs
+            assert row["verdict"] == "inconclusive"
             assert row["overlap_verdict"] in {"met", "missed", "no overlap seen"}
+        assert len(row["floor_ratios"]) == 1 and row["floor_ratios"][0] > 0
 
 
 def test_bench_threads_text_names_the_interpreter_and_the_load() -> None:
@@ -63,3 +65,14 @@ def test_overlap_counts_only_chunks_during_which_every_thread_ran() -> None:
     t1 = [(5, 0), (30, 25)]
     assert bench_threads._overlap([t0, t1]) == (10, 1)
     assert bench_threads._overlap([t0]) == (20, 2)
+
+
+def test_the_verdict_counts_only_rounds_in_which_the_paired_floor_scaled() -> None:
+    """Rounds whose nothing-shared loop did not reach 0.9 * T are reported but do not
+    decide; with fewer than 3 deciding rounds the verdict is inconclusive."""
+    res = bench_threads.Result("form", 1.7, 1000)
+    res.ratios = [1.9, 1.1, 1.8, 1.2, 2.0]
+    res.floor_ratios = [1.95, 1.15, 1.85, 1.79, 1.81]
+    assert res.counted(2) == [1.9, 1.8, 2.0]
+    assert res.median == 1.8
+    assert res.counted(4) == []
