@@ -246,7 +246,7 @@ reader(void *arg)
     void *ks[4 * NIDS];
     int64_t cs[4 * NIDS];
     while (atomic_load(&writers_done) < WRITERS) {
-        int64_t n = tkt_snapshot(&map, ks, cs, 4 * NIDS, 0);
+        int64_t n = tkt_snapshot(&map, ks, cs, 4 * NIDS, 0, 1);
         if (n < 0) {
             printf("FAIL snapshot wanted %lld slots\n", (long long)(-n - 1));
             atomic_store(&bad_snapshot, 1);

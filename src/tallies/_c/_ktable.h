@@ -1181,12 +1181,13 @@ tkt_get(tkt_map *m, void *key, tkt_hash_t hash, int insert, int64_t v, int64_t *
     }
 }
 
-/* Copy up to cap live entries (keys with TKT_INCREF unless keys is NULL,
- * counts unless counts is NULL; take: exchange each count with 0) in
+/* Copy up to cap live entries (keys unless keys is NULL: with TKT_INCREF when
+ * hold, else borrowed, which only a caller that keeps them alive otherwise
+ * may do; counts unless counts is NULL; take: exchange each count with 0) in
  * insertion order.  Returns how many were copied, or
  * -(live count) - 1 when cap is too small (nothing copied, nothing held). */
 static int64_t
-tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
+tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take, int hold)
 {
     tkt_enter(m);
     tkt_table *t = atomic_load_explicit(&m->table, TKT_ACQ);
@@ -1214,7 +1215,9 @@ tkt_snapshot(tkt_map *m, void **keys, int64_t *counts, int64_t cap, int take)
             continue;
         }
         if (keys != NULL) {
-            TKT_INCREF(k);
+            if (hold) {
+                TKT_INCREF(k);
+            }
             keys[j] = k;
         }
         if (counts != NULL) {
