@@ -76,3 +76,34 @@ def test_the_verdict_counts_only_rounds_in_which_the_paired_floor_scaled() -> No
     assert res.counted(2) == [1.9, 1.8, 2.0]
     assert res.median == 1.8
     assert res.counted(4) == []
+
+
+def test_a_target_asks_the_same_share_of_perfect_scaling_at_every_count() -> None:
+    assert bench_threads.target_at(1.7, 2) == 1.7
+    assert bench_threads.target_at(1.7, 8) == 6.8
+    assert bench_threads.target_at(None, 16) is None
+
+
+def test_a_list_of_counts_runs_each_and_ends_with_the_curve() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tallies", "bench", "--threads", "1,3", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "1 thread against 1 threads" in out and "1 thread against 3 threads" in out
+    curve = out[out.index("Scaling curve") :]
+    header = next(line for line in curve.splitlines() if line.strip().startswith("form"))
+    assert "1 threads" in header and "3 threads" in header
+    for form in bench_threads.FORMS:
+        assert form.name in curve
+
+
+def test_of_floor_is_the_median_of_the_per_round_shares() -> None:
+    res = bench_threads.Result("form", None, 1000)
+    res.ratios = [1.0, 1.8, 3.0]
+    res.floor_ratios = [2.0, 2.0, 2.0]
+    assert res.of_floor == 0.9

@@ -186,7 +186,9 @@ def test_bench_quick_text_lists_every_part() -> None:
             ["demo", "--switch-interval", "-1"],
             "argument --switch-interval: expected a non-negative",
         ),
-        (["bench", "--threads", "2"], "unrecognized arguments: 2"),  # --threads takes no count
+        (["bench", "--threads", "0"], "argument --threads: expected thread counts from 1"),
+        (["bench", "--threads", "2,x"], "such as 2,4,8, not '2,x'"),
+        (["bench", "--threads", "--rounds", "0"], "argument --rounds: expected a positive"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(

@@ -763,3 +763,46 @@ def test_refcounts_do_not_leak(KC: Any) -> None:
     assert sys.getrefcount(key) == base + 1  # the dict's one reference
     kc.pop(key)
     assert sys.getrefcount(key) == base
+
+
+def test_a_count_made_after_others_were_freed_is_whole(KC: Any) -> None:
+    """Freed Counts are reused (the C core keeps a few on GIL builds): a new one
+    carries only its own value, counter and key, with nothing left of the old."""
+    a, b = KC(x=5), KC(y=-(2**62))
+    for i in range(3):
+        counts = [a["x"] for _ in range(40)]  # more than the free list keeps
+        assert counts == [5 - 5 * i] * 40
+        del counts  # all freed, some kept for reuse
+        big = b["y"]
+        assert big == -(2**62) + 8 * i and type(big) is Count
+        b.increment("y")  # in between: kept, since only the difference is applied
+        b["y"] = big + 7  # to b's "y", not to a's "x"
+        small = a["x"]
+        a["x"] = small - 5
+    assert a == collections.Counter(x=-10) and b == collections.Counter(y=-(2**62) + 24)
+    zero = a["absent"]
+    assert zero == 0 and "absent" not in a
+    a["absent"] = zero + 1
+    assert a["absent"] == 1
+
+
+def test_a_count_in_a_reference_cycle_is_collected(KC: Any) -> None:
+    """A reused Count is tracked by the collector like a new one: a cycle through
+    it (key -> Count -> counter -> key) is freed by gc.collect()."""
+    import gc
+    import weakref
+
+    class Key:
+        def __hash__(self) -> int:
+            return 1
+
+    for _ in range(3):  # the second and third rounds take Counts from the free list
+        kc = KC()
+        key = Key()
+        kc[key] += 1
+        key.count = kc[key]  # type: ignore[attr-defined]
+        assert gc.is_tracked(key.count)  # type: ignore[attr-defined]
+        gone = weakref.ref(key)
+        del kc, key
+        gc.collect()
+        assert gone() is None

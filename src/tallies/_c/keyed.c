@@ -1695,11 +1695,38 @@ count_fill(PyObject *r, int64_t v)
 #endif
 }
 
+/* Freed Counts kept for reuse (GIL builds: the GIL guards the list).  A read
+ * kc[k] makes a Count where collections.Counter's c[k] returns an int the
+ * dict already holds; `x = kc[k]` in a loop frees one Count and makes the
+ * next, and taking it from here instead of the allocator (no malloc, no
+ * zeroing, no free) is what keeps that read near c[k].  Every Count has the
+ * same size (count_nitems), so any one fits; the list holds a few at most and
+ * keeps their memory for the life of the process. */
+#ifndef Py_GIL_DISABLED
+#define COUNT_FREE_MAX 16
+static PyObject *count_free[COUNT_FREE_MAX];
+static int count_nfree;
+#endif
+
 /* A Count of value v tagged (counter, key, read). */
 static PyObject *
 count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read)
 {
-    PyObject *r = count_type->tp_alloc(count_type, count_nitems);
+    PyObject *r;
+#ifndef Py_GIL_DISABLED
+    if (count_nfree > 0) {
+        r = count_free[--count_nfree];
+        (void)PyObject_Init(r, count_type); /* type (a new reference), refcount 1 */
+        count_fill(r, v);
+        count_tag *t = COUNT_TAG(r);
+        t->counter = Py_NewRef(counter);
+        t->key = Py_NewRef(key);
+        t->read = read;
+        PyObject_GC_Track(r);
+        return r;
+    }
+#endif
+    r = count_type->tp_alloc(count_type, count_nitems);
     if (r == NULL) {
         return NULL;
     }
@@ -1734,6 +1761,13 @@ Count_dealloc(PyObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     Count_clear(self);
+#ifndef Py_GIL_DISABLED
+    if (tp == count_type && count_nfree < COUNT_FREE_MAX) {
+        count_free[count_nfree++] = self; /* untracked, no references held */
+        Py_DECREF(tp);
+        return;
+    }
+#endif
     tp->tp_free(self);
     Py_DECREF(tp);
 }

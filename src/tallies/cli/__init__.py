@@ -1,7 +1,7 @@
 """The ``tallies`` console script.
 
     tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
-    tallies bench [--quick] [--processes | --stores | --threads] [--json]
+    tallies bench [--quick] [--processes | --stores | --threads [N,N...] [--rounds N]] [--json]
     tallies show URL [--json]
     tallies serve URL [--host 127.0.0.1] [--port 9464]
     tallies watch URL [--interval S] [--top N]
@@ -29,6 +29,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
     return value
+
+
+def _thread_counts(text: str) -> list[int]:
+    """``--threads 2,4,8``: thread counts from 1 to 1024."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 1024:
+            raise argparse.ArgumentTypeError(
+                f"expected thread counts from 1 to 1024 such as 2,4,8, not {text!r}"
+            )
+        counts.append(int(part))
+    return counts
 
 
 def _switch_interval(text: str) -> float | None:
@@ -121,10 +134,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
 
-    if args.threads:
+    if args.threads is not None:
         from .bench_threads import main as bench_threads_main
 
-        return bench_threads_main(quick=args.quick, as_json=args.json)
+        return bench_threads_main(
+            quick=args.quick, as_json=args.json, threads=args.threads, rounds=args.rounds
+        )
 
     config = BenchConfig.quick_run() if args.quick else BenchConfig.full_run()
     return bench_main(config, as_json=args.json)
@@ -157,9 +172,19 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--threads",
-        action="store_true",
-        help="instead: how throughput scales from 1 thread to one per CPU, for each form "
-        "of counting (the targets apply to free-threaded builds)",
+        nargs="?",
+        const=[],
+        type=_thread_counts,
+        metavar="N,N...",
+        help="instead: how throughput scales from 1 thread to one per CPU (or to each "
+        "count given, e.g. 2,4,8,16), for each form of counting (the targets apply to "
+        "free-threaded builds)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        help="interleaved rounds for --threads (default: 11; 1 with --quick)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)

@@ -27,6 +27,13 @@ scaled to at least FLOOR_OK * T: rounds in which the machine delivered the
 CPUs.  All rounds are still reported; with fewer than MIN_ROUNDS such rounds
 the verdict is "inconclusive".
 
+Each form's target is stated for 2 threads; with T threads it asks for the
+same share of perfect scaling (``target * T / 2``: 1.7x at 2 threads is 6.8x
+at 8).  ``--threads 2,4,8,16`` runs the whole report for each count and ends
+with the curve: every form's scaling at each count, and the same as a share
+of the paired floor's ("of floor": how close the form comes to code that
+shares nothing, on the machine as it is at that moment).
+
 With a GIL, threads take turns and nothing scales (about 1x at best): the
 targets are checked only on a free-threaded build running without the GIL,
 with at least 2 CPUs.
@@ -68,7 +75,8 @@ class Form:
     setup: Callable[[], tuple[Work, Callable[[], int]]]
     """Returns (make, count): ``count()`` is what the object holds afterwards."""
     target: float | None = None
-    """Minimum scaling (2 threads on 2 cores) a free-threaded build must reach."""
+    """Minimum scaling of 2 threads (on 2 free cores) a free-threaded build must reach;
+    with T threads, ``target * T / 2``."""
     weight: float = 1.0
     """Fraction of ``n`` this form runs (slow forms run fewer updates)."""
 
@@ -195,6 +203,11 @@ class Result:
     def median(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def of_floor(self) -> float:
+        """Median over the rounds of this form's scaling over its paired floor's."""
+        return statistics.median(r / f for r, f in zip(self.ratios, self.floor_ratios, strict=True))
+
     def counted(self, threads: int) -> list[float]:
         """This form's ratios in the rounds whose paired floor scaled."""
         return [
@@ -273,8 +286,15 @@ def gil_enabled() -> bool:
     return bool(probe())
 
 
+def target_at(target: float | None, threads: int) -> float | None:
+    """A 2-thread target asked of ``threads`` threads: the same share of perfect scaling."""
+    return None if target is None else target * threads / 2
+
+
 def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
-    results = [Result(f.name, f.target, max(1, int(n * f.weight))) for f in FORMS]
+    results = [
+        Result(f.name, target_at(f.target, threads), max(1, int(n * f.weight))) for f in FORMS
+    ]
     floor = FORMS[0]
     load_before = os.getloadavg()
     for _ in range(rounds):
@@ -294,11 +314,20 @@ def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
                 res.overlap_ns[slot] += ns
                 res.overlap_chunks[slot] += chunks
     load_after = os.getloadavg()
-    checked = not gil_enabled() and threads >= 2 and (os.cpu_count() or 1) >= 2
+    unchecked = (
+        "n/a (GIL)"
+        if gil_enabled()
+        else "n/a (1 thread)"
+        if threads < 2
+        else "n/a (1 CPU)"
+        if (os.cpu_count() or 1) < 2
+        else None
+    )
     rows = []
     for res in results:
         row = asdict(res)
         row["median"] = res.median
+        row["of_floor"] = res.of_floor
         row["min"] = min(res.ratios)
         row["max"] = max(res.ratios)
         (ns1, ns_t), (c1, c_t) = res.overlap_ns, res.overlap_chunks
@@ -308,8 +337,8 @@ def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
         row["counted_median"] = statistics.median(counted) if counted else None
         if res.target is None:
             row["verdict"] = row["overlap_verdict"] = "shown"
-        elif not checked:
-            row["verdict"] = row["overlap_verdict"] = "n/a (GIL)"
+        elif unchecked:
+            row["verdict"] = row["overlap_verdict"] = unchecked
         else:
             if len(counted) < MIN_ROUNDS:
                 row["verdict"] = "inconclusive"
@@ -354,6 +383,7 @@ def format_report(report: dict[str, Any]) -> str:
         "min",
         "max",
         "floor ok: median (rounds)",
+        "of floor",
         "target",
         "",
         "while all ran",
@@ -372,6 +402,7 @@ def format_report(report: dict[str, Any]) -> str:
                 "-"
                 if r["counted_median"] is None
                 else f"{r['counted_median']:.2f}x ({r['counted_rounds']}/{report['rounds']})",
+                f"{r['of_floor']:.0%}",
                 f">= {r['target']:.2f}x" if r["target"] else "",
                 r["verdict"],
                 "-" if r["overlap"] is None else f"{r['overlap']:.2f}x ({r['overlap_chunks'][1]})",
@@ -392,7 +423,8 @@ def format_report(report: dict[str, Any]) -> str:
         f" ok' is the median over the rounds in which the nothing-shared loop, run right"
         f" before the form, scaled to >= {FLOOR_OK * t:.2f}x (the machine delivered the"
         f" CPUs), with their number: the verdict uses it (fewer than {MIN_ROUNDS} such"
-        " rounds: inconclusive).  'while all ran' is the same ratio taken only over the"
+        " rounds: inconclusive).  'of floor' is the median over all rounds of the form's"
+        " scaling over its paired floor's.  'while all ran' is the same ratio taken only over the"
         f" chunks of {CHUNK:,} updates during which every thread was on a CPU (CPU time"
         " >= 97 % of wall time) at the same time (their number in brackets): what the"
         " code does when the threads really run together, whatever else loads the"
@@ -404,9 +436,57 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(*, quick: bool = False, as_json: bool = False, threads: int | None = None) -> int:
-    t = threads or max(2, os.cpu_count() or 1)
-    n, rounds = (20_000, 1) if quick else (500_000, 11)
-    report = run(n, rounds, t)
-    print(json.dumps(report, indent=2) if as_json else format_report(report))
+def format_curve(reports: list[dict[str, Any]]) -> str:
+    """Every form's scaling at each thread count, and as a share of the paired floor's."""
+    counts = [r["threads"] for r in reports]
+    head = ("form", *(f"{t} threads" for t in counts))
+    cells = []
+    for i, form in enumerate(FORMS):
+        row = [form.name]
+        for rep in reports:
+            r = rep["rows"][i]
+            verdict = f" {r['verdict']}" if r["target"] is not None else ""
+            row.append(f"{r['median']:.2f}x ({r['of_floor']:.0%}){verdict}")
+        cells.append(tuple(row))
+    widths = [max(len(str(c[i])) for c in [head, *cells]) for i in range(len(head))]
+    first = reports[0]
+    lines = [
+        *textwrap.wrap(
+            f"Scaling curve: {first['interpreter']}, {first['cpus']} CPUs, {first['rounds']}"
+            " rounds per count: aggregate throughput of T threads over 1 thread (median),"
+            " in brackets as a share of the nothing-shared floor's in the same rounds; the"
+            " verdict as in each count's table (targets scaled to T: target * T / 2).",
+            width=100,
+        ),
+        "",
+    ]
+    for c in [head, *cells]:
+        lines.append(
+            "  "
+            + c[0].ljust(widths[0])
+            + "  "
+            + "  ".join(str(x).rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))
+        )
+    return "\n".join(lines)
+
+
+def main(
+    *,
+    quick: bool = False,
+    as_json: bool = False,
+    threads: list[int] | None = None,
+    rounds: int | None = None,
+) -> int:
+    counts = threads or [max(2, os.cpu_count() or 1)]
+    n, default_rounds = (20_000, 1) if quick else (500_000, 11)
+    reports = []
+    for t in counts:
+        report = run(n, rounds or default_rounds, t)
+        reports.append(report)
+        if not as_json:
+            print(format_report(report), end="\n\n", flush=True)
+    if as_json:
+        print(json.dumps(reports[0] if len(reports) == 1 else {"reports": reports}, indent=2))
+    elif len(reports) > 1:
+        print(format_curve(reports))
     return 0

@@ -43,52 +43,72 @@ class EventTally:
         self.counts[kind] = self._checked(self.counts.get(kind, 0) + 1)
 
 
-def _pattern_counter_augmented() -> tuple[Callable[[str], None], Callable[[], int]]:
+# Each pattern returns (bind, final): every worker thread calls bind() once, in
+# that thread, for its own recorder (a function or bound method of its own, as
+# `kc.increment(kind)` written in the worker's loop would be).  One recorder
+# object shared by every thread would be a reference count that all of them
+# write on every call, a cost of the demo's plumbing, not of the pattern.
+Bind = Callable[[], Callable[[str], None]]
+
+
+def _pattern_counter_augmented() -> tuple[Bind, Callable[[], int]]:
     c: collections.Counter[str] = collections.Counter()
 
-    def record(kind: str) -> None:
-        c[kind] += 1
+    def bind() -> Callable[[str], None]:
+        def record(kind: str) -> None:
+            c[kind] += 1
 
-    return record, lambda: sum(c.values())
+        return record
+
+    return bind, lambda: sum(c.values())
 
 
-def _pattern_dict_get() -> tuple[Callable[[str], None], Callable[[], int]]:
+def _pattern_dict_get() -> tuple[Bind, Callable[[], int]]:
     d: dict[str, int] = {}
 
-    def record(kind: str) -> None:
-        d[kind] = d.get(kind, 0) + 1
+    def bind() -> Callable[[str], None]:
+        def record(kind: str) -> None:
+            d[kind] = d.get(kind, 0) + 1
 
-    return record, lambda: sum(d.values())
+        return record
+
+    return bind, lambda: sum(d.values())
 
 
-def _pattern_helper() -> tuple[Callable[[str], None], Callable[[], int]]:
+def _pattern_helper() -> tuple[Bind, Callable[[], int]]:
     t = EventTally()
-    return t.record, lambda: sum(t.counts.values())
+    return lambda: t.record, lambda: sum(t.counts.values())
 
 
-def _pattern_counter_lock() -> tuple[Callable[[str], None], Callable[[], int]]:
+def _pattern_counter_lock() -> tuple[Bind, Callable[[], int]]:
     c: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
 
-    def record(kind: str) -> None:
-        with lock:
-            c[kind] += 1
+    def bind() -> Callable[[str], None]:
+        def record(kind: str) -> None:
+            with lock:
+                c[kind] += 1
 
-    return record, lambda: sum(c.values())
+        return record
+
+    return bind, lambda: sum(c.values())
 
 
-def _pattern_keyed_increment() -> tuple[Callable[[str], None], Callable[[], int]]:
+def _pattern_keyed_increment() -> tuple[Bind, Callable[[], int]]:
     kc = KeyedCounter()
-    return kc.increment, kc.total
+    return lambda: kc.increment, kc.total
 
 
-def _pattern_keyed_augmented() -> tuple[Callable[[str], None], Callable[[], int]]:
+def _pattern_keyed_augmented() -> tuple[Bind, Callable[[], int]]:
     kc = KeyedCounter()
 
-    def record(kind: str) -> None:
-        kc[kind] += 1
+    def bind() -> Callable[[str], None]:
+        def record(kind: str) -> None:
+            kc[kind] += 1
 
-    return record, kc.total
+        return record
+
+    return bind, kc.total
 
 
 PATTERNS: list[tuple[str, bool, Callable[[], Any]]] = [
@@ -125,11 +145,11 @@ def _events_for(name: str, events: int) -> int:
 
 
 def _one(factory: Callable[[], Any], threads: int, events: int) -> tuple[int, float]:
-    record, final = factory()
+    bind, final = factory()
 
     def prepare(t: int) -> Callable[[], None]:
         seq = [KINDS[(i + t) % len(KINDS)] for i in range(events)]
-        rec = record
+        rec = bind()  # this thread's own recorder (see Bind)
 
         def work() -> None:
             for kind in seq:
