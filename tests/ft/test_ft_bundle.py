@@ -1,0 +1,75 @@
+"""scripts/ft-bundle: the free-threaded interpreter with tallies, packed to run elsewhere.
+
+The bundle is what carried the free-threaded build to a 16-CPU machine (README,
+"Scaling on 16 CPUs"); this checks that it runs on its own: unpacked in a fresh
+folder, with an empty environment, from another working directory, its tallies
+has the C core, the GIL stays off, and `tallies bench --threads` runs there.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import tarfile
+
+import pytest
+from _support import FREE_THREADED
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    not FREE_THREADED,
+    reason="the bundle packs the free-threaded build: this runs in scripts/free-threaded's leg",
+)
+
+
+def test_the_bundle_runs_tallies_on_its_own(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "ft.tar.xz"
+    env = {**os.environ, "XZ_OPT": "-T0 -0"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ft-bundle"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        assert "ft/bin/python3.13t" in names
+        assert not any("/test/" in n or n.endswith(".a") for n in names)
+        tar.extractall(tmp_path / "x", filter="tar")
+    py = tmp_path / "x" / "ft" / "bin" / "python3.13t"
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    probe = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import sys, tallies; print(tallies.IMPLEMENTATION, sys._is_gil_enabled(),"
+            " tallies.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={},
+        cwd=here,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    impl, gil, where = probe.stdout.split()
+    assert (impl, gil) == ("c", "False")
+    assert pathlib.Path(where).is_relative_to(tmp_path / "x")  # its own copy, not this tree's
+    bench = subprocess.run(
+        [str(py), "-m", "tallies", "bench", "--threads", "1,2", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={},
+        cwd=here,
+        check=False,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "Scaling curve" in bench.stdout and "Every count was exact" in bench.stdout
