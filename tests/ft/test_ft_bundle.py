@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import sysconfig
 import tarfile
 
 import pytest
@@ -18,10 +19,16 @@ from _support import FREE_THREADED
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    not FREE_THREADED,
-    reason="the bundle packs the free-threaded build: this runs in scripts/free-threaded's leg",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not FREE_THREADED,
+        reason="the bundle packs the free-threaded build: this runs in scripts/free-threaded's leg",
+    ),
+    pytest.mark.skipif(
+        "--with-thread-sanitizer" in (sysconfig.get_config_var("CONFIG_ARGS") or ""),
+        reason="the bundle packs the plain free-threaded build, checked in its own leg",
+    ),
+]
 
 
 def test_the_bundle_runs_tallies_on_its_own(tmp_path: pathlib.Path) -> None:
