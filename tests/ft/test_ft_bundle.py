@@ -51,32 +51,28 @@ def test_the_bundle_runs_tallies_on_its_own(tmp_path: pathlib.Path) -> None:
     py = tmp_path / "x" / "ft" / "bin" / "python3.13t"
     here = tmp_path / "elsewhere"
     here.mkdir()
-    probe = subprocess.run(
-        [
-            str(py),
-            "-c",
-            "import sys, tallies; print(tallies.IMPLEMENTATION, sys._is_gil_enabled(),"
-            " tallies.__file__)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={},
-        cwd=here,
-        check=False,
+
+    def bundled(*args: str) -> subprocess.CompletedProcess[str]:
+        """The bundled interpreter, with an empty environment, in another folder."""
+        return subprocess.run(
+            [str(py), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={},
+            cwd=here,
+            check=False,
+        )
+
+    probe = bundled(
+        "-c",
+        "import sys, tallies;"
+        " print(tallies.IMPLEMENTATION, sys._is_gil_enabled(), tallies.__file__)",
     )
     assert probe.returncode == 0, probe.stderr
     impl, gil, where = probe.stdout.split()
     assert (impl, gil) == ("c", "False")
     assert pathlib.Path(where).is_relative_to(tmp_path / "x")  # its own copy, not this tree's
-    bench = subprocess.run(
-        [str(py), "-m", "tallies", "bench", "--threads", "1,2", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={},
-        cwd=here,
-        check=False,
-    )
+    bench = bundled("-m", "tallies", "bench", "--threads", "1,2", "--quick")
     assert bench.returncode == 0, bench.stderr
     assert "Scaling curve" in bench.stdout and "Every count was exact" in bench.stdout

@@ -362,6 +362,18 @@ def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
     }
 
 
+def _table(head: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[str]:
+    """Rows of text: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+    return [
+        "  "
+        + c[0].ljust(widths[0])
+        + "  "
+        + "  ".join(x.rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))
+        for c in [head, *cells]
+    ]
+
+
 def format_report(report: dict[str, Any]) -> str:
     t = report["threads"]
     gil = "GIL enabled" if report["gil_enabled"] else "no GIL"
@@ -389,7 +401,7 @@ def format_report(report: dict[str, Any]) -> str:
         "while all ran",
         "",
     )
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for r in report["rows"]:
         cells.append(
             (
@@ -409,14 +421,7 @@ def format_report(report: dict[str, Any]) -> str:
                 r["overlap_verdict"],
             )
         )
-    widths = [max(len(str(c[i])) for c in [head, *cells]) for i in range(len(head))]
-    for c in [head, *cells]:
-        lines.append(
-            "  "
-            + c[0].ljust(widths[0])
-            + "  "
-            + "  ".join(str(x).rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))
-        )
+    lines += _table(head, cells)
     note = (
         f"ns/op with {t} threads is wall time over all updates (aggregate); scaling is"
         f" aggregate throughput over one thread's, per round (median, min, max).  'floor"
@@ -440,7 +445,7 @@ def format_curve(reports: list[dict[str, Any]]) -> str:
     """Every form's scaling at each thread count, and as a share of the paired floor's."""
     counts = [r["threads"] for r in reports]
     head = ("form", *(f"{t} threads" for t in counts))
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for i, form in enumerate(FORMS):
         row = [form.name]
         for rep in reports:
@@ -448,7 +453,6 @@ def format_curve(reports: list[dict[str, Any]]) -> str:
             verdict = f" {r['verdict']}" if r["target"] is not None else ""
             row.append(f"{r['median']:.2f}x ({r['of_floor']:.0%}){verdict}")
         cells.append(tuple(row))
-    widths = [max(len(str(c[i])) for c in [head, *cells]) for i in range(len(head))]
     first = reports[0]
     lines = [
         *textwrap.wrap(
@@ -459,14 +463,8 @@ def format_curve(reports: list[dict[str, Any]]) -> str:
             width=100,
         ),
         "",
+        *_table(head, cells),
     ]
-    for c in [head, *cells]:
-        lines.append(
-            "  "
-            + c[0].ljust(widths[0])
-            + "  "
-            + "  ".join(str(x).rjust(w) for x, w in zip(c[1:], widths[1:], strict=True))
-        )
     return "\n".join(lines)
 
 
