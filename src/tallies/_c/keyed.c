@@ -1712,29 +1712,28 @@ static int count_nfree;
 static PyObject *
 count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read)
 {
-    PyObject *r;
+    PyObject *r = NULL;
 #ifndef Py_GIL_DISABLED
     if (count_nfree > 0) {
         r = count_free[--count_nfree];
         (void)PyObject_Init(r, count_type); /* type (a new reference), refcount 1 */
-        count_fill(r, v);
-        count_tag *t = COUNT_TAG(r);
-        t->counter = Py_NewRef(counter);
-        t->key = Py_NewRef(key);
-        t->read = read;
-        PyObject_GC_Track(r);
-        return r;
     }
 #endif
-    r = count_type->tp_alloc(count_type, count_nitems);
-    if (r == NULL) {
-        return NULL;
+    int reused = r != NULL;
+    if (!reused) {
+        r = count_type->tp_alloc(count_type, count_nitems); /* zeroed, tracked */
+        if (r == NULL) {
+            return NULL;
+        }
     }
     count_fill(r, v);
     count_tag *t = COUNT_TAG(r);
     t->counter = Py_NewRef(counter);
     t->key = Py_NewRef(key);
     t->read = read;
+    if (reused) {
+        PyObject_GC_Track(r); /* complete now: the collector may look at it */
+    }
     return r;
 }
 
