@@ -9,16 +9,21 @@ import sys
 from tallies.cli import bench_threads
 
 
-def test_bench_threads_quick_json_has_every_form_and_a_verdict_per_target() -> None:
+def bench(*args: str) -> str:
+    """``tallies bench ARGS`` in a subprocess: its standard output (it must succeed)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tallies", "bench", "--threads", "--quick", "--json"],
+        [sys.executable, "-m", "tallies", "bench", *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    return done.stdout
+
+
+def test_bench_threads_quick_json_has_every_form_and_a_verdict_per_target() -> None:
+    report = json.loads(bench("--threads", "--quick", "--json"))
     assert report["threads"] >= 2 and report["rounds"] == 1
     assert [r["name"] for r in report["rows"]] == [f.name for f in bench_threads.FORMS]
     gil = report["gil_enabled"]
@@ -85,15 +90,7 @@ def test_a_target_asks_the_same_share_of_perfect_scaling_at_every_count() -> Non
 
 
 def test_a_list_of_counts_runs_each_and_ends_with_the_curve() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tallies", "bench", "--threads", "1,3", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    out = bench("--threads", "1,3", "--quick")
     assert "1 thread against 1 threads" in out and "1 thread against 3 threads" in out
     curve = out[out.index("Scaling curve") :]
     header = next(line for line in curve.splitlines() if line.strip().startswith("form"))

@@ -245,3 +245,10 @@ def test_bench_processes_quick_json_counts_exactly() -> None:
     assert report["shm_total"] == report["shm_expected"]
     assert report["shm_ns"] > 0 and report["core_ns"] > 0
     assert report["lone_s"] > 0 and all(t > 0 for t in report["pair_s"])
+
+
+def test_rounds_without_threads_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--rounds", "3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "tallies bench: --rounds applies to --threads only\n"
+    assert captured.out == ""

@@ -134,6 +134,9 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
 
+    if args.rounds is not None and args.threads is None:
+        print("tallies bench: --rounds applies to --threads only", file=sys.stderr)
+        return 2
     if args.threads is not None:
         from .bench_threads import main as bench_threads_main
 

@@ -291,6 +291,17 @@ def target_at(target: float | None, threads: int) -> float | None:
     return None if target is None else target * threads / 2
 
 
+def _why_unchecked(threads: int) -> str | None:
+    """Why this run's scaling cannot be held to a target, or None when it can."""
+    if gil_enabled():
+        return "n/a (GIL)"
+    if threads < 2:
+        return "n/a (1 thread)"
+    if (os.cpu_count() or 1) < 2:
+        return "n/a (1 CPU)"
+    return None
+
+
 def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
     results = [
         Result(f.name, target_at(f.target, threads), max(1, int(n * f.weight))) for f in FORMS
@@ -314,15 +325,7 @@ def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
                 res.overlap_ns[slot] += ns
                 res.overlap_chunks[slot] += chunks
     load_after = os.getloadavg()
-    unchecked = (
-        "n/a (GIL)"
-        if gil_enabled()
-        else "n/a (1 thread)"
-        if threads < 2
-        else "n/a (1 CPU)"
-        if (os.cpu_count() or 1) < 2
-        else None
-    )
+    unchecked = _why_unchecked(threads)
     rows = []
     for res in results:
         row = asdict(res)
