@@ -220,6 +220,7 @@ class RedisBackend:
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
+        self.timeout = options.timeout
         self.url = url
         self.prefix = options.prefix
         self._lock = threading.RLock()
