@@ -119,6 +119,7 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
             "--protected-mode", "yes",
+            "--repl-diskless-sync-delay", "0",  # a replica syncs at once
         ]  # fmt: skip
         if self.aof:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
@@ -180,6 +181,36 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0?{query}"
 
 
+def info(port: int, section: str = "replication") -> dict[str, str]:
+    """``INFO section`` of the server on ``port`` as a dict."""
+    out = {}
+    for line in redis_cli(port, "info", section).splitlines():
+        k, sep, v = line.strip().partition(":")
+        if sep:
+            out[k] = v
+    return out
+
+
+def start_replica(master: RedisServer, directory: Path, *, aof: bool = False) -> RedisServer:
+    """A replica of ``master`` on a free port, returned once its link is up."""
+    replica = RedisServer(
+        directory, aof=aof, extra=("--replicaof", "127.0.0.1", str(master.port))
+    ).start()
+    wait_in_sync(master, [replica])
+    return replica
+
+
+def wait_in_sync(master: RedisServer, replicas: list[RedisServer], timeout: float = 30) -> None:
+    """Until every replica's link to ``master`` is up and the master sees them all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ups = [info(r.port).get("master_link_status") == "up" for r in replicas]
+        if all(ups) and int(info(master.port).get("connected_slaves", "0")) >= len(replicas):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"replicas of port {master.port} did not come in sync")
+
+
 class RedisCluster:
     """Three masters, no replicas, on free ports."""
 
@@ -213,6 +244,59 @@ class RedisCluster:
         from redis.cluster import RedisCluster as Client
 
         return Client(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=10)
+
+    def url(self, prefix: str, **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in {"prefix": prefix, **params}.items())
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}?{query}"
+
+
+class ReplicatedCluster:
+    """A Redis Cluster of one master (every slot) and its replicas, joined by
+    hand (``redis-cli --cluster create`` wants three masters): enough for
+    ``wait=`` and ``CLUSTER FAILOVER TAKEOVER``, which promotes a replica
+    without the votes one master cannot give."""
+
+    def __init__(self, directory: Path, replicas: int = 1) -> None:
+        self.nodes = [
+            RedisServer(directory / f"node{i}", cluster=True, aof=True) for i in range(1 + replicas)
+        ]
+
+    def node_id(self, node: RedisServer) -> str:
+        return redis_cli(node.port, "cluster", "myid").strip()
+
+    def start(self) -> ReplicatedCluster:
+        for n in self.nodes:
+            n.start()
+        first = self.nodes[0]
+        redis_cli(first.port, "cluster", "addslotsrange", "0", "16383")
+        for n in self.nodes[1:]:
+            redis_cli(n.port, "cluster", "meet", "127.0.0.1", str(first.port))
+        master_id = self.node_id(first)
+        deadline = time.monotonic() + 30
+        for n in self.nodes[1:]:
+            while "OK" not in redis_cli(n.port, "cluster", "replicate", master_id):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a replica could not join the cluster")
+                time.sleep(0.1)
+        self.wait_ok(self.nodes)
+        return self
+
+    def wait_ok(self, nodes: list[RedisServer], timeout: float = 30) -> None:
+        """Until ``nodes`` say cluster_state:ok and every replica's link is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [redis_cli(n.port, "cluster", "info") for n in nodes]
+            links = [info(n.port) for n in nodes]
+            if all("cluster_state:ok" in st for st in states) and all(
+                i.get("role") == "master" or i.get("master_link_status") == "up" for i in links
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not reach cluster_state:ok with its replicas in sync")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
     def url(self, prefix: str, **params: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in {"prefix": prefix, **params}.items())
