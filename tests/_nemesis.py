@@ -657,6 +657,7 @@ class Run:
         self.proxies: dict[str, Proc] = {}
         self.writers = {w: Writer(w) for w in self.writer_hosts}
         self.stop_file = self.dir / "stop"
+        self.version = "?"
 
     # -- setup -----------------------------------------------------------------------
 
@@ -667,6 +668,13 @@ class Run:
     def start(self) -> None:
         self.nodes["r1"].start(None)
         self.nodes["r2"].start(self.nodes["r1"].addr)
+        raw = self.net.call(ask, (self.nodes["r1"].addr, REDIS_PORT), "INFO", "server")
+        info = dict(ln.split(":", 1) for ln in raw.decode().splitlines() if ":" in ln)
+        self.version = (
+            f"Valkey {info['valkey_version']}"
+            if "valkey_version" in info
+            else f"Redis {info.get('redis_version', '?')}"
+        )
         self.wait_synced()
         conf = self.dir / "sentinel.conf"
         conf.write_text(
@@ -1013,6 +1021,7 @@ def run(
         report["sigterm_exit"] = result["sigterm_rc"]
         report["proxy"] = result["proxy"]
         report["seconds"] = round(time.monotonic() - r.t0, 1)
+        report["server"] = r.version
         report["wait"] = wait
         report["seed"] = seed
         return r.tally, report
@@ -1024,7 +1033,7 @@ def run(
 def format_report(tally: Tally, report: dict[str, Any]) -> str:
     r = report
     lines = [
-        f"nemesis, wait={r['wait']}, seed {r['seed']}, {r['seconds']} s:",
+        f"nemesis on {r['server']}, wait={r['wait']}, seed {r['seed']}, {r['seconds']} s:",
         f"  faults: {tally.partitions} partitions, {tally.writer_kills} writer kills, "
         f"{tally.redis_kills} Redis kills, {tally.failovers} failovers",
         f"  proxies: {r['proxy']}",

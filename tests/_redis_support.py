@@ -34,13 +34,21 @@ import pytest
 from _support import unavailable
 
 REQUIRE_REDIS = os.environ.get("TALLIES_REQUIRE_REDIS") == "1" or os.environ.get("CI") == "true"
-REDIS_SERVER = shutil.which("redis-server")
-REDIS_CLI = shutil.which("redis-cli")
+#: The server the tests start: ``TALLIES_REDIS_SERVER`` (a path: another
+#: version, Valkey, a wrapper such as those ``scripts/redis-matrix`` makes for
+#: Debian unstable's binaries) or ``redis-server`` on the PATH; the same for
+#: ``TALLIES_REDIS_CLI``.
+REDIS_SERVER = os.environ.get("TALLIES_REDIS_SERVER") or shutil.which("redis-server")
+REDIS_CLI = os.environ.get("TALLIES_REDIS_CLI") or shutil.which("redis-cli")
 
 
 def need_redis() -> None:
     """Skip (or fail under CI) when redis-server / redis-cli / redis-py are missing."""
     missing = []
+    for env in ("TALLIES_REDIS_SERVER", "TALLIES_REDIS_CLI"):
+        path = os.environ.get(env)
+        if path and not os.access(path, os.X_OK):
+            missing.append(f"{env}={path} (not an executable file)")
     if REDIS_SERVER is None or REDIS_CLI is None:
         missing.append("redis-server and redis-cli (apt-get install redis-server redis-tools)")
     try:
