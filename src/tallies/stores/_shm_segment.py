@@ -17,6 +17,7 @@ import functools
 import mmap
 import os
 import secrets
+import signal
 import stat
 import struct
 import tempfile
@@ -288,20 +289,25 @@ def _identity() -> tuple[int, int]:
 # ---- test hook: die at a named point ------------------------------------------
 
 CRASH_EXIT = 86
-_crash_hits: collections.Counter[str] = collections.Counter()
+_crash_hits: collections.Counter[tuple[str, str]] = collections.Counter()
 
 
 def _crash_point(tag: str) -> None:
     """For tests: ``TALLIES_SHM_CRASH=tag[:n]`` makes the n-th arrival here
-    (default the first) end the process at once, as a SIGKILL would."""
-    spec = os.environ.get("TALLIES_SHM_CRASH")
-    if not spec:
-        return
-    name, _, nth = spec.partition(":")
-    if name == tag:
-        _crash_hits[tag] += 1
-        if _crash_hits[tag] >= int(nth or 1):
-            os._exit(CRASH_EXIT)
+    (default the first) end the process at once, as a SIGKILL would;
+    ``TALLIES_SHM_STOP=tag[:n]`` stops it there with SIGSTOP (as a debugger or
+    a frozen container would) until someone sends SIGCONT."""
+    for var in ("TALLIES_SHM_CRASH", "TALLIES_SHM_STOP"):
+        spec = os.environ.get(var)
+        if not spec:
+            continue
+        name, _, nth = spec.partition(":")
+        if name == tag:
+            _crash_hits[var, tag] += 1
+            if _crash_hits[var, tag] == int(nth or 1):
+                if var == "TALLIES_SHM_CRASH":
+                    os._exit(CRASH_EXIT)
+                os.kill(os.getpid(), signal.SIGSTOP)
 
 
 # ---- naming --------------------------------------------------------------------
