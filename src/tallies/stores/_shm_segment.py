@@ -597,7 +597,11 @@ class _Segment:
 
     def register_name(self, name: str, kind: int, meta: tuple[int, int, int] | None = None) -> int:
         """The entry index of ``name``, registering it (with a rate's ``meta``:
-        nb, res_ns, window_ns) on first use."""
+        nb, res_ns, window_ns) on first use.
+
+        Every check (names left, bucket units left, a writer slab for this
+        process) passes before anything is written: a refused name changes
+        nothing (see :meth:`_can_write`)."""
         idx = self.name_index.get(name)
         if idx is None:
             self.refresh()
@@ -615,6 +619,9 @@ class _Segment:
                             "create the segment with a larger ?names="
                         )
                     off = self.L.names_off + idx * NAME_ENTRY
+                    if meta is not None and kind == KIND_RATE:
+                        self.units_left(meta[0])
+                    self._can_write()
                     if meta is not None:  # a rate: its meta goes in before the name
                         unit = self.alloc_units(meta[0]) if kind == KIND_RATE else -1
                         m = self.L.rmeta(idx)
@@ -626,8 +633,34 @@ class _Segment:
             raise ValueError(f"{name!r} is {KIND_NAMES[have]} in shm://{self.name}")
         return idx
 
-    def alloc_units(self, nb: int) -> int:
-        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held)."""
+    def _can_write(self) -> None:
+        """CapacityError unless this process owns a writer slab or could claim
+        one (a free slab, or one whose owner is dead); lock held, reads only.
+
+        Checked before a name or key is registered, so a process that cannot
+        write (every slab held by a live process) gets the error before the
+        entry uses up a name, a key or a ring's bucket units, not from its
+        first update after.  A process that only reads claims no slab."""
+        if self.c.bound_slab() >= 0:
+            return
+        for s, state in enumerate(self._slab_states()):
+            if state == SLAB_FREE:
+                return
+            if state == SLAB_LIVE:
+                desc = self.L.desc(s)
+                pid, start = self.c.load(desc + 8), self.c.load(desc + 16)
+                if pid <= 0 or pid > 2**31 or process_start(pid) != start:
+                    return  # dead: its slab is folded and freed by the claim
+                if (pid, start) == _identity():
+                    return  # ours already (an earlier store of this process)
+        raise CapacityError(
+            f"shm://{self.name}: all {self.L.slabs_cap} writer slabs belong to live "
+            "processes; create the segment with a larger ?slabs="
+        )
+
+    def units_left(self, nb: int) -> int:
+        """The first free ring unit, if a ring of nb buckets fits (lock held);
+        CapacityError (nothing written) if not."""
         used = self.c.load(BUCKETS_USED)
         if not 0 <= used <= self.L.buckets_cap:
             raise CorruptSegmentError(f"{self.path}: the rate bucket count is impossible")
@@ -637,6 +670,11 @@ class _Segment:
                 f"{self.L.buckets_cap - used} of {self.L.buckets_cap} are left; create the "
                 "segment with a larger ?buckets="
             )
+        return used
+
+    def alloc_units(self, nb: int) -> int:
+        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held)."""
+        used = self.units_left(nb)
         self.c.store(BUCKETS_USED, used + nb + 2)
         return used
 
@@ -688,8 +726,12 @@ class _Segment:
                     "create the segment with a larger ?keys="
                 )
             off = self.L.keys_off + j * KEY_ENTRY
-            if self.names[owner][1] == KIND_KEYED_RATE:  # the key's ring, before the key
-                nb = self.c.load(self.L.rmeta(owner))
+            rated = self.names[owner][1] == KIND_KEYED_RATE
+            nb = self.c.load(self.L.rmeta(owner)) if rated else 0
+            if rated:
+                self.units_left(nb)
+            self._can_write()
+            if rated:  # the key's ring, before the key
                 self.c.store(off + 24, self.alloc_units(nb) + 1)
             self._publish_entry(off, raw, owner, KEYS_USED, j + 1)
             return self.L.names_cap + j
