@@ -43,7 +43,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from ._export import Series, map_names, read_series
-from .stores import Store
+from .stores import Store, redact_url
 
 try:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -106,7 +106,7 @@ class Observed:
         return added
 
     def _counter(self, base: str, name: str, callback: Callable[..., Iterable[Observation]]) -> str:
-        what = f"tallies {name!r} in {self.store.url}"
+        what = f"tallies {name!r} in {redact_url(self.store.url)}"
         make = (
             self.meter.create_observable_up_down_counter
             if self._is_up_down(name)
@@ -142,7 +142,7 @@ class Observed:
                 return [Observation(v, {attr: k}) for k, v in counts.items()]
 
             return [self._counter(base, name, keyed)]
-        what = f"tallies {kind.replace('_', ' ')} {name!r} in {store.url}"
+        what = f"tallies {kind.replace('_', ' ')} {name!r} in {redact_url(store.url)}"
         if kind == "rate":
 
             def window(options: CallbackOptions) -> Iterable[Observation]:

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._export import PROMETHEUS_INVALID, PROMETHEUS_LABEL, Series, map_names, read_series
-from .stores import Store
+from .stores import Store, redact_url
 from .stores import open as open_store
 
 try:
@@ -125,7 +125,7 @@ class Collector(_CollectorBase):
             yield from self._families(s, names[(s.kind, s.name)])
 
     def _families(self, s: Series, base: str) -> Iterator[Metric]:
-        what = f"tallies {s.kind.replace('_', ' ')} {s.name!r} in {self.store.url}"
+        what = f"tallies {s.kind.replace('_', ' ')} {s.name!r} in {redact_url(self.store.url)}"
         if s.kind == "counter":
             yield CounterMetricFamily(base, what, value=s.value)
         elif s.kind == "keyed":

@@ -348,9 +348,9 @@ def _parse_caps(url: StoreURL) -> dict[str, int]:
         try:
             value = int(text, 10)
         except ValueError:
-            raise ValueError(f"{url.raw!r}: {label}={text!r} is not an integer") from None
+            raise ValueError(f"{url.shown!r}: {label}={text!r} is not an integer") from None
         if not lo <= value <= hi:
-            raise ValueError(f"{url.raw!r}: {label}={value} is outside {lo}..{hi}")
+            raise ValueError(f"{url.shown!r}: {label}={value} is outside {lo}..{hi}")
         caps[label] = value
     layout = Layout(
         caps.get("names", DEFAULT_NAMES),
@@ -359,7 +359,7 @@ def _parse_caps(url: StoreURL) -> dict[str, int]:
         caps.get("buckets", DEFAULT_BUCKETS),
     )
     if layout.total > MAX_TOTAL:
-        raise ValueError(f"{url.raw!r}: that segment would be {layout.total} bytes")
+        raise ValueError(f"{url.shown!r}: that segment would be {layout.total} bytes")
     return caps
 
 

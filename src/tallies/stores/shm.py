@@ -400,7 +400,7 @@ class ShmStore(Store):
                 self._objects[name] = obj
             elif isinstance(obj, ShmCounter) != (kind == KIND_COUNTER):
                 what = "a counter" if isinstance(obj, ShmCounter) else "a keyed counter"
-                raise ValueError(f"{name!r} is {what} in {self._url.raw}")
+                raise ValueError(f"{name!r} is {what} in {self._url.shown}")
         return obj
 
     def counter(self, name: str) -> ShmCounter:
@@ -444,7 +444,7 @@ class ShmStore(Store):
         if (obj._sp.window_ns, obj._sp.res_ns) != (sp.window_ns, sp.res_ns):
             raise ValueError(
                 f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in {self._url.raw}, not window={sp.window!r}, resolution={sp.resolution!r}"
+                f"in {self._url.shown}, not window={sp.window!r}, resolution={sp.resolution!r}"
             )
         return obj
 
