@@ -31,6 +31,7 @@ from .base import (
     CapacityError,
     CorruptSegmentError,
     StoreNotFoundError,
+    StoreUnavailableError,
     StoreURL,
     check_name,
 )
@@ -314,9 +315,21 @@ def _crash_point(tag: str) -> None:
 
 
 def segment_dir() -> str:
-    """Where segment files live: $TALLIES_SHM_DIR, else /dev/shm, else the temp dir."""
+    """Where segment files live: $TALLIES_SHM_DIR, else /dev/shm, else the temp dir.
+
+    TALLIES_SHM_DIR must name an existing directory by an absolute path: a
+    relative one is refused (each process would resolve it against its own
+    working directory and miss the others' segments)."""
     env = os.environ.get("TALLIES_SHM_DIR")
     if env:
+        if not os.path.isabs(env):
+            raise StoreUnavailableError(
+                f"TALLIES_SHM_DIR={env!r} is a relative path; set it to an absolute "
+                "directory (every process must find the same segments)"
+            )
+        if not os.path.isdir(env):
+            what = "is not a directory" if os.path.exists(env) else "does not exist"
+            raise StoreUnavailableError(f"TALLIES_SHM_DIR={env!r} {what}")
         return env
     if os.path.isdir("/dev/shm"):
         return "/dev/shm"
@@ -823,7 +836,12 @@ def _create(name: str, path: str, layout: Layout) -> int:
     Returns an fd of the segment now at ``path`` (ours or a racing creator's)."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".tallies.{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"shm://{name}: cannot create a segment in {directory}: {exc.strerror}"
+        ) from exc
     try:
         try:
             if hasattr(os, "posix_fallocate"):
@@ -837,7 +855,11 @@ def _create(name: str, path: str, layout: Layout) -> int:
         os.pwrite(fd, layout.header(), 0)
         try:
             os.link(tmp, path)
-        except FileExistsError:
+        except OSError as exc:
+            if not isinstance(exc, FileExistsError):
+                raise StoreUnavailableError(
+                    f"shm://{name}: cannot create a segment in {directory}: {exc.strerror}"
+                ) from exc
             os.close(fd)
             fd = -1
             existing = _open_existing(path)
