@@ -79,6 +79,7 @@ def test_redact_url() -> None:
     assert redact_url("redis://:p/w#x@h/0") == "redis://***@h/0"  # not a valid URL: still hidden
     assert redact_url("redis://h/0?password=pw&prefix=x") == "redis://h/0?password=***&prefix=x"
     assert redact_url("x://h?api_key=k&Token=t&auth=a") == "x://h?api_key=***&Token=***&auth=***"
+    assert redact_url("shm://a?names=4&keys=9") == "shm://a?names=4&keys=9"  # not secrets
     assert redact_url("shm://team@app") == "shm://team@app"  # a segment name, not userinfo
     assert redact_url("sqlite:////data/a@b.db") == "sqlite:////data/a@b.db"
     assert redact_url("user:pw@host") == "***@host"

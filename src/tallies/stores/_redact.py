@@ -6,9 +6,10 @@ itself (``store.url`` keeps the real one, to reopen the store).  It hides:
 
 - the userinfo (``user:password@``, or a lone ``token@``) of any URL that has
   a network location, wholly: ``redis://***@host:6379/0``;
-- the value of every query parameter whose name looks like a secret
-  (``password``, ``passwd``, ``pwd``, ``pass``, ``token``, ``secret``,
-  ``auth``, ``key``, ``credential``, ``sig``...): ``?password=***``.
+- the value of every query parameter whose name has a word that names a
+  secret (``password``, ``pwd``, ``pass``, ``token``, ``secret``, ``auth``,
+  ``key``, ``api_key``, ``credential``, ``sig``...; words are split at ``_``,
+  ``-`` and ``.``): ``?password=***``, but ``?keys=256`` as it is.
 
 It works on any string, even one that is not a valid URL (error messages show
 what the user typed): everything before the last ``@`` of the part before the
@@ -28,14 +29,39 @@ MASK = "***"
 #: Schemes whose target is a name or a path, never ``user@host``.
 _NO_USERINFO = frozenset({"shm", "memory", "sqlite"})
 
-_SECRET_PARAM = re.compile(r"pass|pwd|token|secret|auth|key|credential|sig", re.IGNORECASE)
+#: A query parameter is secret when a word of its name (split at ``_ - .``) is one of these.
+_SECRET_WORDS = frozenset(
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "passphrase",
+        "token",
+        "secret",
+        "auth",
+        "authorization",
+        "key",
+        "apikey",
+        "accesskey",
+        "secretkey",
+        "credential",
+        "credentials",
+        "sig",
+        "signature",
+    ]
+)
+
+
+def _secret(name: str) -> bool:
+    return any(w in _SECRET_WORDS for w in re.split(r"[-_.]", name.lower()))
 
 
 def _query(query: str) -> str:
     parts = []
     for part in query.split("&"):
         name, sep, _ = part.partition("=")
-        parts.append(f"{name}={MASK}" if sep and _SECRET_PARAM.search(name) else part)
+        parts.append(f"{name}={MASK}" if sep and _secret(name) else part)
     return "&".join(parts)
 
 
