@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 import tallies
 from tallies.otel import observe
 from tallies.prometheus import Collector
-from tallies.stores import redact_url
 
 SECRET = "s3cret-pw-" + secrets.token_hex(6)
 
@@ -73,6 +72,8 @@ def _clean(what: str, text: str) -> str:
 
 
 def test_redact_url() -> None:
+    from tallies.stores import redact_url
+
     assert redact_url("redis://:pw@h:6379/0?prefix=a") == "redis://***@h:6379/0?prefix=a"
     assert redact_url("rediss://user:pw@h/0") == "rediss://***@h/0"
     assert redact_url("redis://token@h") == "redis://***@h"

@@ -359,10 +359,10 @@ class ShmKeyedRate(_RateBase):
 
 
 class UnusableRateError(CorruptSegmentError):
-    """A rate whose stored ring is too short for its window: created by tallies
-    before 0.x normalised window and resolution (the bucket count was computed
-    from the floats, the width from rounded nanoseconds).  Only that rate is
-    unusable; ``snapshot()`` leaves it out with a warning."""
+    """A rate whose stored ring is too short for its window: created by a
+    tallies that did not yet normalise window and resolution (0.1.0 computed the
+    bucket count from the floats and the width from rounded nanoseconds).  Only
+    that rate is unusable; ``snapshot()`` leaves it out with a warning."""
 
 
 def spec_from_meta(seg: _Segment, idx: int, kind_name: str, name: str) -> _Spec:
