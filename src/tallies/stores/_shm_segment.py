@@ -653,7 +653,10 @@ class _Segment:
         Checked before a name or key is registered, so a process that cannot
         write (every slab held by a live process) gets the error before the
         entry uses up a name, a key or a ring's bucket units, not from its
-        first update after.  A process that only reads claims no slab."""
+        first update after.  A process that only reads claims no slab, so a
+        free slab seen here can still be taken by another process before this
+        one's first write (then that write raises CapacityError, and the name
+        it registered stays: a race this check narrows, not closes)."""
         if self.c.bound_slab() >= 0:
             return
         for s, state in enumerate(self._slab_states()):
