@@ -294,7 +294,7 @@ def _flush_all(stores: list[Any], budget: float, signame: str) -> None:
                 except Exception as exc:
                     log.error(
                         "tallies: flush of %s on %s failed; its unflushed deltas are lost: %s",
-                        wb.url,
+                        wb.shown,
                         signame,
                         exc,
                     )
@@ -308,7 +308,7 @@ def _flush_all(stores: list[Any], budget: float, signame: str) -> None:
             log.error(
                 "tallies: flush of %s on %s did not finish within %.1f s; "
                 "its unflushed deltas are lost",
-                wb.url,
+                wb.shown,
                 signame,
                 budget,
             )
