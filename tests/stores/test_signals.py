@@ -377,6 +377,33 @@ def test_sigterm_while_the_main_thread_waits_inside_a_flush(tmp_path: Path) -> N
     assert scope.counter("n") == 1000
 
 
+HOLDS_LIVE_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    import tallies
+    from tallies.stores import writebehind
+
+    store = tallies.open(sys.argv[1])
+    store.counter("n").increment(1000)
+    with writebehind._live_lock:  # as close() holds it for a moment
+        print("flushing", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_sigterm_while_the_main_thread_holds_the_registry_lock(tmp_path: Path) -> None:
+    """The handler finds the open stores without the lock that registers
+    them (the main thread may be stopped holding it, in ``close()``)."""
+    scope = _sqlite_scope(tmp_path)
+    p = start_writer_code(HOLDS_LIVE_LOCK, scope.url)
+    read_until(p, "flushing")
+    p.send_signal(signal.SIGTERM)
+    rc, err = finish(p)
+    assert rc == -signal.SIGTERM, err
+    assert scope.counter("n") == 1000
+
+
 def start_writer_code(code: str, *args: str) -> Any:
     env = dict(os.environ)
     env.pop(_signals.ENV, None)
@@ -423,11 +450,14 @@ def test_sigterm_with_redis_not_answering_ends_within_the_timeout(tmp_path: Path
 def defaults() -> Iterator[None]:
     """Run with Python's default SIGTERM / SIGINT handlers; restore them after."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    installed = set(_signals._installed)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for s, h in saved.items():
         signal.signal(s, h)
+    _signals._installed.clear()
+    _signals._installed.update(installed)
 
 
 def test_installed_while_a_store_is_open_and_the_defaults_come_back(
@@ -509,3 +539,36 @@ def test_a_store_opened_in_another_thread_installs_nothing(
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         got[0].close()
+
+
+def _blocked(native_id: int) -> int:
+    """The signal mask of one of this process's threads (from /proc)."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16)
+
+
+def test_tallies_threads_leave_sigterm_and_sigint_to_the_main_thread(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal the kernel hands to a background thread runs its Python
+    handler only when the main thread next runs Python code: an idle
+    ``Pool`` worker, blocked on a lock, would never end.  So tallies' flusher
+    and helper threads block both signals."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc/self/task here to read thread signal masks from")
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    store = tallies.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        ours = [
+            t
+            for t in threading.enumerate()
+            if t.name.startswith(("tallies-flush", "tallies-signals")) and t.native_id
+        ]
+        assert {t.name.split()[0] for t in ours} == {"tallies-flush", "tallies-signals"}
+        both = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        for t in ours:
+            assert t.native_id is not None
+            assert _blocked(t.native_id) & both == both, t.name
+        assert _blocked(threading.get_native_id()) & both == 0  # the main thread takes them
+    finally:
+        store.close()

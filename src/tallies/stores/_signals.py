@@ -77,7 +77,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["ENV", "install", "installed", "release", "wanted"]
+__all__ = ["ENV", "install", "installed", "keep_signals_off_this_thread", "release", "wanted"]
 
 log = logging.getLogger("tallies.stores")
 
@@ -94,7 +94,10 @@ DEFAULT_TIMEOUT = 5.0
 _OWN_CODE = ("tallies.stores.", "tallies._pure", "tallies.counter", "tallies.keyed")
 
 _installed: set[int] = set()
-_deferred: set[int] = set()  # signals waiting for the main thread to leave tallies' code
+#: signal -> the number of its deferral, while it waits for the main thread to
+#: leave tallies' code (a deadline acts only on the deferral it was set for)
+_deferred: dict[int, int] = {}
+_deferrals = 0
 _forced: set[int] = set()  # deferred too long: act wherever the main thread is
 _busy = False  # the final flush is running (a nested signal returns at once)
 _we_trace = False  # sys.settrace was set by a deferral (main thread only)
@@ -137,13 +140,14 @@ def install() -> None:
         return
     for sig in sigs:
         current = signal.getsignal(sig)
-        if current is _on_signal or current is not _DEFAULTS[sig]:
-            continue
-        try:
-            signal.signal(sig, _on_signal)
-        except ValueError:  # not the main interpreter
-            return
-        _installed.add(sig)
+        if current is not _on_signal:
+            if current is not _DEFAULTS[sig]:
+                continue
+            try:
+                signal.signal(sig, _on_signal)
+            except ValueError:  # not the main interpreter
+                return
+        _installed.add(sig)  # (again, if something else put the handler back)
         _start_worker()
 
 
@@ -156,6 +160,17 @@ def release() -> None:
         if signal.getsignal(sig) is _on_signal:
             signal.signal(sig, _DEFAULTS[sig])
         _installed.discard(sig)
+
+
+def keep_signals_off_this_thread() -> None:
+    """Block SIGTERM and SIGINT in the calling thread (tallies' own threads:
+    the flushers, the helper).  The kernel then delivers them to the main
+    thread, whose blocking call they interrupt so that the handler runs at
+    once; delivered to a background thread, they would wait until the main
+    thread next runs Python code, which a main thread blocked on a lock
+    (``multiprocessing.Pool``'s idle workers) may never do."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no pthread_sigmask
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
 
 
 # ---- the helper thread -----------------------------------------------------------
@@ -172,6 +187,7 @@ def _start_worker() -> None:
 def _work(jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]]) -> None:
     """Run each job when it is due (timers and flushes share this one thread,
     which never runs inside a signal handler)."""
+    keep_signals_off_this_thread()
     timers: list[tuple[float, Callable[[], None]]] = []
     while True:
         wait = None
@@ -196,7 +212,7 @@ def _after_fork_in_child() -> None:
     _forced.clear()
     _busy = False
     _worker_pid = 0
-    if _installed:
+    if any(signal.getsignal(s) is _on_signal for s in _DEFAULTS):
         _start_worker()  # the child inherits the handler, not the thread
 
 
@@ -220,15 +236,13 @@ def _outermost_own_frame(frame: FrameType | None) -> FrameType | None:
 
 
 def _open_stores() -> list[Any]:
+    """The open write-behind stores.  Read without ``_live_lock``: the main
+    thread may be stopped holding it, and copying a dict's values is one
+    step for the interpreter (a lock of the dict's own on free-threaded
+    builds)."""
     from . import writebehind
 
-    lock = writebehind._live_lock
-    if not lock.acquire(timeout=1.0):  # pragma: no cover - held by a stopped thread
-        return []
-    try:
-        return list(writebehind._live.values())
-    finally:
-        lock.release()
+    return list(writebehind._live.values())
 
 
 def _timeout(wb: Any) -> float:
@@ -251,7 +265,7 @@ def _stop_tracing() -> None:
 
 def _defer(signum: int, outer: FrameType, budget: float) -> None:
     """Act on ``signum`` when ``outer`` returns (or at the deadline)."""
-    global _we_trace
+    global _we_trace, _deferrals
     chained = [outer.f_trace]  # a debugger's or coverage's, still called
 
     def on_return(frame: FrameType, event: str, arg: Any) -> Any:
@@ -259,7 +273,7 @@ def _defer(signum: int, outer: FrameType, budget: float) -> None:
             chained[0] = chained[0](frame, event, arg)
         if event == "return" and frame is outer:
             _stop_tracing()
-            if signum in _deferred:
+            if _deferred.get(signum) == token:
                 _finish(signum, frame)  # may raise KeyboardInterrupt or end the process
         return on_return
 
@@ -269,11 +283,12 @@ def _defer(signum: int, outer: FrameType, budget: float) -> None:
     if sys.gettrace() is None:
         sys.settrace(_no_call_trace)
         _we_trace = True
-    _deferred.add(signum)
+    _deferrals += 1
+    token = _deferred[signum] = _deferrals
     main = threading.main_thread().ident
 
     def deadline() -> None:
-        if signum in _deferred and main is not None:
+        if _deferred.get(signum) == token and main is not None:
             _forced.add(signum)
             with contextlib.suppress(OSError, ValueError):  # the main thread is gone
                 signal.pthread_kill(main, signum)
@@ -335,7 +350,7 @@ def _finish(signum: int, frame: FrameType | None) -> None:
     """Flush every open store (bounded), then end the process by ``signum``
     (SIGTERM) or raise KeyboardInterrupt (SIGINT).  Main thread."""
     global _busy
-    _deferred.discard(signum)
+    _deferred.pop(signum, None)
     _stop_tracing()
     stores = _open_stores()
     if stores:

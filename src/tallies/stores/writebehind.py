@@ -1064,6 +1064,7 @@ class WriteBehind:
 
 
 def _flusher(ref: weakref.ref[WriteBehind], stop: threading.Event) -> None:
+    _signals.keep_signals_off_this_thread()
     wb = ref()
     if wb is None:
         return
