@@ -423,7 +423,7 @@ def test_background_flusher_backs_off_and_recovers(caplog: pytest.LogCaptureFixt
     # one apply per attempt until the fourth succeeds
     t = be.apply_times
     assert len(t) >= 4
-    waits = [b - a for a, b in zip(t, t[1:4])]
+    waits = [t[k + 1] - t[k] for k in range(3)]
     assert [w >= base * 2**k for k, w in enumerate(waits, 1)] == [True] * 3, waits
     msgs = [r.getMessage() for r in caplog.records]
     failed = [m for m in msgs if "failed" in m]
