@@ -89,26 +89,41 @@ def test_unrelated_process_and_show(rate_url: str) -> None:
             s.rate("paths", 30, 0.5)
 
 
-def _count_then_die(url: str, n: int) -> None:
+def _count_then_die(url: str, n: int, slabs: mp.SimpleQueue[list[int]] | None = None) -> None:
     with tallies.open(url) as s:
         r = s.rate("requests", 60, 1)
         for _ in range(n):
             r.increment()
+        if slabs is not None:  # the slab this writer claimed: (index, its pid)
+            slabs.put(next([d["slab"], d["pid"]] for d in s.info()["slabs"] if d["mine"]))
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_killed_writer_still_counts_and_its_slab_is_reused(rate_url: str) -> None:
-    for _ in range(3):  # more writers than one slab each at a time: slabs are reused
-        p = CTX.Process(target=_count_then_die, args=(rate_url, 1000))
-        p.start()
-        p.join(60)
-        assert p.exitcode == -signal.SIGKILL
-    with tallies.open(rate_url) as s:
-        assert s.fold() >= 0
-        r = s.rate("requests", 60, 1)
-        assert r.total() == 3000 and r.count() == 3000
-        r.increment(5)
-        assert r.total() == 3005 and r.count() == 3005
+def test_a_killed_writer_still_counts_and_its_slab_is_reused() -> None:
+    """A segment with ONE writer slab: three writers in turn, each SIGKILLed
+    after counting, each claims that same slab (the dead one's counts are
+    folded out first), and so does the reader's first write at the end."""
+    url = new_url("?names=16&keys=64&slabs=1&buckets=1024")
+    try:
+        slabs: mp.SimpleQueue[list[int]] = CTX.SimpleQueue()
+        pids = []
+        for _ in range(3):
+            p = CTX.Process(target=_count_then_die, args=(url, 1000, slabs))
+            p.start()
+            p.join(60)
+            assert p.exitcode == -signal.SIGKILL
+            pids.append(p.pid)
+        assert [slabs.get() for _ in range(3)] == [[0, pid] for pid in pids]
+        with tallies.open(url) as s:
+            r = s.rate("requests", 60, 1)
+            assert r.total() == 3000 and r.count() == 3000
+            r.increment(5)  # claims the slab the last dead writer held
+            assert [(d["slab"], d["pid"], d["mine"]) for d in s.info()["slabs"]] == [
+                (0, os.getpid(), True)
+            ]
+            assert r.total() == 3005 and r.count() == 3005
+    finally:
+        tallies.destroy(url.partition("?")[0])
 
 
 def _hammer(url: str, n: int) -> None:
