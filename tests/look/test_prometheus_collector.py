@@ -155,6 +155,7 @@ def test_mapping_is_valid_injective_order_free(entries: list[tuple[str, str]]) -
     mapped = metric_names(entries)
     again = metric_names(list(reversed(entries)))
     assert mapped == again
+    assert set(mapped) == set(entries)  # every series named: none dropped, none invented
     produced: list[str] = []
     for (kind, _), base in mapped.items():
         assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", base)
