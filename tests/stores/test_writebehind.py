@@ -947,7 +947,8 @@ def _count_until_closed(
 def test_updates_racing_close_land_in_the_final_flush_or_raise(be: MemBackend) -> None:
     """close() from one thread while others count (the keyed ones each on a
     new key: its first use): every update that returned is in the backend,
-    every other one raised ValueError.  A tiny switch interval makes threads
+    every other one raised ValueError.  close() comes once every thread has
+    counted 100 times (asserted), and a tiny switch interval makes threads
     stop between a check and the update it guards."""
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
@@ -966,11 +967,14 @@ def test_updates_racing_close_land_in_the_final_flush_or_raise(be: MemBackend) -
             for t in threads:
                 t.start()
             started.wait()
-            time.sleep(0.01)
+            deadline = time.monotonic() + 10
+            while min(done) < 100 and time.monotonic() < deadline:
+                time.sleep(0.001)  # close() comes while every thread is counting
             wb.close()
             for t in threads:
                 t.join()
             assert errors == []
+            assert min(done) >= 100  # every thread was counting when close() came
             assert be.counters.get(f"n{r}", 0) == done[1] + done[3]
             assert sum(be.keyed.get(f"k{r}", {}).values()) == done[0] + done[2]
     finally:
