@@ -37,10 +37,17 @@ def _run(exe: pathlib.Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_table_balances_under_tsan(tmp_path: pathlib.Path) -> None:
+    """Every run must balance without a report; a run in which no key went
+    hot (the threads did not collide enough, on a loaded machine) is run
+    again, up to 5 times: the hot-key paths must have been exercised."""
     exe = tmp_path / "stress_keyed"
     _build(HEADERS, exe)
-    res = _run(exe)
-    assert "ThreadSanitizer" not in res.stderr, res.stderr
+    for _ in range(5):
+        res = _run(exe)
+        assert "ThreadSanitizer" not in res.stderr, res.stderr
+        fails = [line for line in res.stdout.splitlines() if line.startswith("FAIL")]
+        if fails != ["FAIL no key inflated: the hot-key paths were not exercised"]:
+            break
     assert res.returncode == 0, res.stdout + res.stderr
     assert "balanced" in res.stdout
     retired = int(res.stdout.split("tables retired ")[1].split(",")[0])
