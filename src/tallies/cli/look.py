@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Callable
 
-__all__ = ["UserError", "add_serve", "add_watch", "user_errors"]
+__all__ = ["UserError", "add_serve", "add_watch", "non_negative_int", "positive_int", "user_errors"]
 
 
 class UserError(Exception):
@@ -45,6 +45,18 @@ def _seconds(text: str) -> float:
 def _top(text: str) -> int:
     try:
         value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``tallies demo --threads N`` (and the benchmarks' ``--rounds N``): 1 or more;
+    ``100_000`` and ``100,000`` are read as 100000."""
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
     if value < 1:
