@@ -179,11 +179,18 @@ def make_timer(stmt: str, names: Sequence[str] = ("c",), unroll: int = 16) -> Ti
 
 
 def interleave(
-    cases: Mapping[str, Callable[[], float]], rounds: int, *, once: Iterable[str] = ()
+    cases: Mapping[str, Callable[[], float]],
+    rounds: int,
+    *,
+    once: Iterable[str] = (),
+    repeat: int = 1,
 ) -> dict[str, list[float]]:
     """Run every case once per round, the order rotated by one each round; returns
-    each case's value in every round.  The cases named in ``once`` (peers many
-    times slower) run in the first round only."""
+    each case's value in every round.  With ``repeat``, a case's value in a round
+    is the least of that many timings taken back to back: one the scheduler
+    interrupted is dropped, while the machine's state (which changes over seconds)
+    is the same for all of them.  The cases named in ``once`` (peers many times
+    slower) run in the first round only."""
     names = list(cases)
     first_only = set(once)
     out: dict[str, list[float]] = {name: [] for name in names}
@@ -191,7 +198,7 @@ def interleave(
         shift = r % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
             if r == 0 or name not in first_only:
-                out[name].append(cases[name]())
+                out[name].append(min(cases[name]() for _ in range(repeat)))
     return out
 
 
@@ -213,12 +220,14 @@ def per_call(
     loops: int | None = None,
     target_ns: float = 2_000_000,
     calls: Mapping[str, int] | None = None,
+    repeat: int = 5,
 ) -> PerCall:
     """ns per call of each case ``name: (statement, its locals)``, in interleaved
-    rounds, the cost of the empty loop (timed in every round too) subtracted.  Each statement
-    runs ``loops`` iterations, or as many as take about ``target_ns``; ``calls``
-    says how many calls one statement makes (default 1).  The garbage collector
-    is off while timing."""
+    rounds, the cost of the empty loop (timed in every round too) subtracted.  In
+    a round each statement runs ``loops`` iterations, or as many as take about
+    ``target_ns``, as ``repeat`` timings back to back of which the fastest counts
+    (``interleave``); ``calls`` says how many calls one statement makes (default
+    1).  The garbage collector is off while timing."""
     timed: dict[str, Callable[[], float]] = {}
     counts: dict[str, int] = {}
     errors: dict[str, str] = {}
@@ -234,7 +243,7 @@ def per_call(
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
             continue
-        counts[name] = loops or max(20, int(target_ns / max(per_loop, 1.0)))
+        counts[name] = max(1, round((loops or max(20, target_ns / max(per_loop, 1.0))) / repeat))
         timed[name] = case(timer, counts[name], values)
     empty = make_timer("", (), unroll)
     empty(100)
@@ -242,7 +251,7 @@ def per_call(
     was = gc.isenabled()
     gc.disable()
     try:
-        raw = interleave(timed, rounds)
+        raw = interleave(timed, rounds, repeat=repeat)
     finally:
         if was:
             gc.enable()
@@ -254,7 +263,7 @@ def per_call(
         name: [max(t - empty_ns, 0.0) / unroll / (calls or {}).get(name, 1) for t in times]
         for name, times in raw.items()
     }
-    ran = {name: (200 + rounds * counts[name]) * unroll for name in ns}
+    ran = {name: (200 + rounds * repeat * counts[name]) * unroll for name in ns}
     return PerCall(ns, errors, ran)
 
 

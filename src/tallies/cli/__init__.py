@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except BrokenPipeError:
-        # The reader went away (``tallies bench | head``): stop quietly, and keep
+        # The reader went away (``tallies show URL | head``): stop quietly, and keep
         # the interpreter from complaining again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
