@@ -4,11 +4,11 @@ tutorial's workload, and the objects' sizes (parts of ``tallies bench``).
 * Single thread: each candidate's statement exactly as a user writes it
   (``c.increment()`` on a local ``c``; the bound method is not cached), 16 per
   loop, through ``harness.per_call`` (interleaved rounds, the empty loop's
-  cost subtracted).  The floor is ``c.clear()`` on an empty list, the
+  cost subtracted in each).  The floor is ``c.clear()`` on an empty list, the
   cheapest call of a C method there is; each row's ratio is taken per round.
 * Workload: the tutorial's experiment (10 threads x 100,000 increments on one
   counter), each thread timing itself from a common start, against one thread
-  doing all the increments in the same round.
+  doing all the increments in the same round (each the fastest of 3 runs).
 * Sizes: ``sys.getsizeof`` of a new counter.
 
 Peers that are not installed are reported as such, never given a number;
@@ -211,7 +211,7 @@ def workload(rounds: int, threads: int, per_thread: int) -> list[Row]:
         finals[work.name] = []
         cases[f"{work.name} many"] = _threads_case(work, threads, per_thread, finals[work.name])
         cases[f"{work.name} one"] = _threads_case(work, 1, total, [])
-    times = interleave(cases, rounds)
+    times = interleave(cases, rounds, repeat=3)
     for name, fin in finals.items():
         row = rows[name]
         many, one = times[f"{name} many"], times[f"{name} one"]

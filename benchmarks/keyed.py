@@ -11,7 +11,8 @@ round in this same run (``harness``):
   keys (counts 1..1,000) built the same way for both sides; in each round a
   side's time is the least of 3 back-to-back timings.
 * Threads: 10 threads x 100,000 increments over 1,000 keys, each thread timing
-  itself from a common start; each candidate's result checked exactly.
+  itself from a common start (the fastest of 3 runs a round); each candidate's
+  result checked exactly.
 * Memory: tracemalloc (the bytes requested while the structure was built; the
   key objects exist before and are shared by both), cross-checked with
   ``sys.getsizeof`` of the KeyedCounter, which counts its table.
@@ -308,7 +309,7 @@ def _seed_workload(rounds: int, threads: int, per_thread: int, nkeys: int) -> li
         return case
 
     # cereggii is many times slower: one round says enough.
-    times = interleave({n: timing(n, s) for n, s in setups.items()}, rounds, once=[peer])
+    times = interleave({n: timing(n, s) for n, s in setups.items()}, rounds, once=[peer], repeat=3)
     rows: list[Row] = []
     for name, secs in times.items():
         row = Row(
