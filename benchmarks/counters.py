@@ -4,7 +4,7 @@ tutorial's workload, and the objects' sizes (parts of ``tallies bench``).
 * Single thread: each candidate's statement exactly as a user writes it
   (``c.increment()`` on a local ``c``; the bound method is not cached), 16 per
   loop, through ``harness.per_call`` (interleaved rounds, the empty loop's
-  cost subtracted in each).  The floor is ``c.clear()`` on an empty list, the
+  cost subtracted).  The floor is ``c.clear()`` on an empty list, the
   cheapest call of a C method there is; each row's ratio is taken per round.
 * Workload: the tutorial's experiment (10 threads x 100,000 increments on one
   counter), each thread timing itself from a common start, against one thread

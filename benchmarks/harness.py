@@ -15,9 +15,9 @@ shared).  The method, written once here:
 * Per-call costs (``per_call``): a statement exactly as a user writes it
   (``c.increment()`` on a local ``c``) written out ``unroll`` times in a
   generated loop over locals; the same loop with nothing in it is timed in
-  every round too, and its cost subtracted in that round.  In a round each case
-  keeps the fastest of a few back-to-back timings: one the scheduler
-  interrupted does not decide the round.
+  every round too, and its median cost subtracted.  In a round each case keeps
+  the fastest of a few back-to-back timings: one the scheduler interrupted
+  does not decide the round.
 * Threads (``timed_threads``, the demo's helper in ``tallies.cli._timing``):
   every thread reads its own clock after a common start.  Processes
   (``spawn_workers``): spawned workers wait at a barrier and time themselves.
@@ -225,7 +225,8 @@ def per_call(
     repeat: int = 5,
 ) -> PerCall:
     """ns per call of each case ``name: (statement, its locals)``, in interleaved
-    rounds, the cost of the empty loop timed in the same round subtracted.  In
+    rounds, the cost of the empty loop (timed in every round too; its median)
+    subtracted.  In
     a round each statement runs ``loops`` iterations, or as many as take about
     ``target_ns``, as ``repeat`` timings back to back of which the fastest counts
     (``interleave``); ``calls`` says how many calls one statement makes (default
@@ -257,14 +258,13 @@ def per_call(
     finally:
         if was:
             gc.enable()
-    # The loop's own cost, timed in every round with the others, is subtracted in
-    # the round it was timed.
-    loop_ns = raw.pop("")
+    # The loop's own cost is timed in every round with the others, and its median
+    # over the rounds subtracted: subtracted round by round, one disturbed timing
+    # of a loop that does nothing swung that round's ratios (0.25x to 5.6x for
+    # Counter.increment() against the floor at load 12 on 2 CPUs).
+    loop_ns = median(raw.pop(""))
     ns = {
-        name: [
-            max(t - e, 0.0) / unroll / (calls or {}).get(name, 1)
-            for t, e in zip(times, loop_ns, strict=True)
-        ]
+        name: [max(t - loop_ns, 0.0) / unroll / (calls or {}).get(name, 1) for t in times]
         for name, times in raw.items()
     }
     ran = {name: (200 + rounds * repeat * counts[name]) * unroll for name in ns}

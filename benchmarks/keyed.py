@@ -9,7 +9,7 @@ round in this same run (``harness``):
   50,000 distinct str keys, minus the same loop with nothing in it (timed in
   the same round).  Whole-counter operations: counters of 50,000 distinct str
   keys (counts 1..1,000) built the same way for both sides; in each round a
-  side's time is the least of 3 back-to-back timings.
+  side's time is the least of 5 back-to-back timings.
 * Threads: 10 threads x 100,000 increments over 1,000 keys, each thread timing
   itself from a common start (the fastest of 3 runs a round); each candidate's
   result checked exactly.
@@ -196,7 +196,7 @@ def _bulk(rounds: int, nkeys: int) -> list[Row]:
     timings: dict[str, Callable[[], float]] = {"empty": timing(empty_loop)}
     for name, (theirs, ours, _target) in cases.items():
         timings[f"{name} theirs"], timings[f"{name} ours"] = timing(theirs), timing(ours)
-    times = interleave(timings, rounds, repeat=3)
+    times = interleave(timings, rounds, repeat=5)
     rows: list[Row] = []
     for name, (_t, _o, target) in cases.items():
         ours_s, theirs_s = times[f"{name} ours"], times[f"{name} theirs"]

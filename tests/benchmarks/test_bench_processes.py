@@ -16,7 +16,7 @@ from benchmarks import processes
 
 
 def test_every_configuration_counts_exactly_and_every_ratio_is_per_round() -> None:
-    rows = processes.run(n=2000, rounds=2, peers=True, op_loops=2000)
+    rows = processes.run(n=2000, rounds=2, peers=True, op_ns=200_000)
     by_name = {r.name: r for r in rows}
     total = by_name["shm:// total"]
     assert total.value == 2 * 5 * 2000 and total.verdict == "met"
@@ -35,7 +35,7 @@ def test_every_configuration_counts_exactly_and_every_ratio_is_per_round() -> No
     ):
         assert len(by_name[name].ratios) == 2 and all(x > 0 for x in by_name[name].ratios)
     single = by_name["shm:// increment() vs in-process Counter.increment()"]
-    assert len(single.ratios) == 6 and single.verdict in {"met", "missed"}  # 3 a round, 5 at least
+    assert len(single.ratios) == 31 and single.verdict in {"met", "missed"}
 
 
 def test_quick_json_report_counts_exactly() -> None:
