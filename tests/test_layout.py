@@ -5,6 +5,8 @@ extension's .pyi sits beside it."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +85,23 @@ def test_c_sources_live_in_one_folder() -> None:
 def test_each_extension_has_its_pyi_beside_it() -> None:
     for module in ("counter/_core", "keyed/_core", "stores/_shm", "rates/_core"):
         assert (SRC / f"{module}.pyi").is_file(), module
+
+
+def test_a_module_deleted_from_src_is_not_installed_from_a_stale_build(tmp_path: Path) -> None:
+    """setuptools reuses build/lib; the package's build step drops what src/ no longer has
+    (the old tallies/cli/bench*.py of a checkout that built before they moved out)."""
+    stale = tmp_path / "tallies" / "cli" / "bench.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("raise SystemExit('a stale module')\n")
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+    assert (tmp_path / "tallies" / "cli" / "demo.py").is_file()
+    assert (tmp_path / "tallies" / "counter" / "_core.pyi").is_file()
