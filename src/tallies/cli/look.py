@@ -42,19 +42,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _top(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
-
-
 def positive_int(text: str) -> int:
-    """``tallies demo --threads N`` (and the benchmarks' ``--rounds N``): 1 or more;
-    ``100_000`` and ``100,000`` are read as 100000."""
+    """``tallies demo --threads N``, ``tallies watch --top N`` (and the benchmarks'
+    ``--rounds N``): 1 or more; ``100_000`` and ``100,000`` are read as 100000."""
     try:
         value = int(text.replace("_", "").replace(",", ""))
     except ValueError:
@@ -145,7 +135,7 @@ def add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="seconds between refreshes (default: 1)",
     )
     p.add_argument(
-        "--top", type=_top, default=5, metavar="N", help="keys shown per keyed counter (default: 5)"
+        "--top", type=positive_int, default=5, metavar="N", help="keys shown per keyed counter (default: 5)"
     )
     p.add_argument("--plain", action="store_true", help="plain lines even on a capable terminal")
     p.set_defaults(run=_run_watch)
