@@ -135,7 +135,11 @@ def add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="seconds between refreshes (default: 1)",
     )
     p.add_argument(
-        "--top", type=positive_int, default=5, metavar="N", help="keys shown per keyed counter (default: 5)"
+        "--top",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="keys shown per keyed counter (default: 5)",
     )
     p.add_argument("--plain", action="store_true", help="plain lines even on a capable terminal")
     p.set_defaults(run=_run_watch)
