@@ -1,130 +1,117 @@
-"""What ``wait=1`` costs a ``redis://`` flush, against ``wait=0``, with one local replica.
+"""``tallies bench --stores``, part ``redis-wait``: what ``wait=1`` costs a ``redis://`` flush.
 
-    python benchmarks/redis_wait.py [--rounds 40] [--counters 100] [--json FILE]
+    python -m benchmarks.redis_wait [--quick] [--json]     (this part alone)
 
-Standalone (the shared harness in ``benchmarks/`` will absorb it): starts a
-master and one replica (``redis-server`` from ``TALLIES_REDIS_SERVER`` or the
-PATH; no persistence, the replica on the same host over loopback), opens one
-store with ``wait=0`` and one with ``wait=1``, and in every round dirties
-``--counters`` counters and 10 keys of a keyed counter in each and times one
-``flush()`` of each, in an order that alternates per round.  It reports the
-median and spread of each, and the ratio wait=1 / wait=0 taken per round
-(the machine is shared: only ratios inside one run mean anything).
+It starts a master and one replica (``servers.RedisServer``: no persistence,
+loopback, the binary from ``TALLIES_REDIS_SERVER`` or the PATH), opens one
+store with ``wait=0`` and one with ``wait=1``, and in every round dirties 100
+counters and 10 keys of a keyed counter in each and times one ``flush()`` of
+each (``harness.interleave``: the order rotates per round).  Rows: each
+store's median flush, and wait=1 against wait=0 as the median of the
+per-round ratios.  The counts are checked against Redis at the end.
 
 Then a second pair with append-only files on both (``appendfsync always``)
-measures raw commands on one connection: ``INCRBY`` alone, followed by
+times raw commands on one connection: ``INCRBY`` alone, followed by
 ``WAIT 1``, and where the server has ``WAITAOF`` (Redis 7.2+, Valkey) by
 ``WAITAOF 0 1`` (the replica's fsync) and ``WAITAOF 1 1``: what the store
-would pay for the stronger promise it does not make (``README.md``, "What
-is promised").
+would pay for the stronger promise it does not make (``README.md``, "What is
+promised").
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import shutil
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tallies
 
-SERVER = os.environ.get("TALLIES_REDIS_SERVER") or shutil.which("redis-server")
+from .harness import Row, emit, interleave, median, per_round
+from .servers import REDIS_SERVER, RedisServer
+
+__all__ = ["rows", "why_not"]
+
+PART = "redis-wait"
+COUNTERS = 100
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def why_not() -> str | None:
+    """Why this run cannot measure, or None."""
+    if REDIS_SERVER is None:
+        return "not measured: redis-server not installed"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "not measured: redis-py not installed (benchmarks/requirements.txt)"
+    return None
 
 
-class Server:
-    def __init__(self, directory: Path, *args: str) -> None:
-        assert SERVER is not None
-        directory.mkdir(parents=True)
-        self.port = free_port()
-        argv = [SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)]
-        argv += ["--save", "", "--logfile", str(directory / "log"), *args]
-        argv += ["--repl-diskless-sync-delay", "0"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        self.client = self._connect()
+def _pair(directory: Path, *, aof: bool) -> tuple[RedisServer, RedisServer]:
+    """A master and one replica in sync (with ``aof``: both fsync every write)."""
+    import redis
 
-    def _connect(self) -> Any:
-        import redis
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                c = redis.Redis(port=self.port, socket_timeout=10)
-                c.ping()
-                return c
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def version(self) -> str:
-        info = self.client.info("server")
-        name = "valkey" if "valkey_version" in info else "redis"
-        return f"{name} {info.get('valkey_version') or info['redis_version']}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def replicate(master: Server, directory: Path, *args: str) -> Server:
-    replica = Server(directory, "--replicaof", "127.0.0.1", str(master.port), *args)
+    master = RedisServer(directory / "master", aof=aof).start()
+    replica = RedisServer(
+        directory / "replica", aof=aof, extra=("--replicaof", "127.0.0.1", str(master.port))
+    ).start()
+    client = redis.Redis(port=replica.port)
     deadline = time.monotonic() + 30
-    while replica.client.info("replication").get("master_link_status") != "up":
+    while client.info("replication").get("master_link_status") != "up":
         if time.monotonic() > deadline:
             raise RuntimeError("the replica did not sync")
-        time.sleep(0.05)
-    return replica
+        time.sleep(0.02)
+    client.close()
+    return master, replica
 
 
-def spread(xs: list[float]) -> str:
-    xs = sorted(xs)
-    p10, p90 = xs[len(xs) // 10], xs[len(xs) * 9 // 10]
-    return f"median {statistics.median(xs):.3f}  (p10 {p10:.3f}, p90 {p90:.3f})"
-
-
-def flush_rounds(port: int, rounds: int, counters: int) -> dict[str, Any]:
+def _flushes(port: int, rounds: int) -> list[Row]:
     stores = {
         w: tallies.open(f"redis://127.0.0.1:{port}/0?prefix=bw{w}:&flush=3600&wait={w}")
         for w in (0, 1)
     }
-    times: dict[int, list[float]] = {0: [], 1: []}
-    for r in range(rounds + 3):
-        order = (0, 1) if r % 2 == 0 else (1, 0)
-        for w in order:
-            s = stores[w]
-            for i in range(counters):
-                s.counter(f"c{i}").increment(r + 1)
-            kc = s.keyed("k")
+    made: dict[int, int] = {0: 0, 1: 0}
+
+    def case(w: int) -> Callable[[], float]:
+        s = stores[w]
+        counters = [s.counter(f"c{i}") for i in range(COUNTERS)]
+        kc = s.keyed("k")
+
+        def flush() -> float:
+            for c in counters:
+                c.increment()
             for i in range(10):
                 kc.increment(f"x{i}")
+            made[w] += 1
             t0 = time.perf_counter()
             s.flush()
-            if r >= 3:  # the first rounds load the scripts and open connections
-                times[w].append((time.perf_counter() - t0) * 1000)
-    for s in stores.values():
-        assert s.counter("c0").value() == sum(range(1, rounds + 4)), "the counts are wrong"
-        s.close()
-    ratios = [b / a for a, b in zip(times[0], times[1], strict=True)]
-    return {"ms": times, "ratio": ratios}
+            return (time.perf_counter() - t0) * 1000
+
+        return flush
+
+    try:
+        for w in (0, 1):
+            case(w)()  # the scripts loaded, the connections open
+        ms = interleave({"wait=0": case(0), "wait=1": case(1)}, rounds)
+        for w, s in stores.items():
+            if s.counter("c0").value() != made[w]:
+                raise RuntimeError(f"wait={w}: counted {s.counter('c0').value()} of {made[w]}")
+    finally:
+        for s in stores.values():
+            s.close()
+    what = f"flush() of {COUNTERS} counters + 10 keys, one replica"
+    zero = Row(PART, f"{what}, wait=0", median(ms["wait=0"]), "ms")
+    one = Row(PART, f"{what}, wait=1", median(ms["wait=1"]), "ms")
+    cost = Row(PART, "  wait=1 vs wait=0", unit="x")
+    cost.ratios, cost.of = per_round(ms["wait=1"], ms["wait=0"]), "wait=0"
+    cost.value = cost.ratio
+    zero.data, one.data = {"ms": ms["wait=0"]}, {"ms": ms["wait=1"]}
+    return [zero, one, cost]
 
 
-def has_waitaof(client: Any) -> bool:
+def _has_waitaof(client: Any) -> bool:
     import redis
 
     try:
@@ -134,84 +121,82 @@ def has_waitaof(client: Any) -> bool:
     return True
 
 
-def raw_rounds(
-    client: Any, rounds: int, aof: bool
-) -> tuple[dict[str, list[float]], dict[str, int]]:
-    cases: dict[str, list[Any]] = {"INCRBY": [], "INCRBY + WAIT 1": []}
-    if aof:
-        cases["INCRBY + WAITAOF 0 1"] = ["WAITAOF", 0, 1, 2000]
-        cases["INCRBY + WAITAOF 1 1"] = ["WAITAOF", 1, 1, 2000]
-    cases["INCRBY + WAIT 1"] = ["WAIT", 1, 2000]
-    out: dict[str, list[float]] = {k: [] for k in cases}
-    short: dict[str, int] = dict.fromkeys(cases, 0)  # replies with no replica confirming
-    names = list(cases)
-    for r in range(rounds + 3):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+def _raw(port: int, rounds: int) -> list[Row]:
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=10)
+    cases: dict[str, tuple[Any, ...]] = {"INCRBY": (), "INCRBY + WAIT 1": ("WAIT", 1, 2000)}
+    if _has_waitaof(client):
+        cases["INCRBY + WAITAOF 0 1"] = ("WAITAOF", 0, 1, 2000)
+        cases["INCRBY + WAITAOF 1 1"] = ("WAITAOF", 1, 1, 2000)
+    unconfirmed = dict.fromkeys(cases, 0)
+
+    def case(name: str) -> Callable[[], float]:
+        def run() -> float:
             pipe = client.pipeline(transaction=False)
             pipe.incrby("raw", 1)
             if cases[name]:
                 pipe.execute_command(*cases[name])
             t0 = time.perf_counter()
             replies = pipe.execute()
-            if r >= 3:
-                out[name].append((time.perf_counter() - t0) * 1000)
+            took = (time.perf_counter() - t0) * 1000
             if cases[name]:
                 got = replies[1] if cases[name][0] == "WAIT" else replies[1][1]
-                short[name] += int(got) < 1
-    return out, short
+                unconfirmed[name] += int(got) < 1
+            return took
+
+        return run
+
+    try:
+        ms = interleave({name: case(name) for name in cases}, rounds)
+    finally:
+        client.close()
+    out = []
+    for name, values in ms.items():
+        row = Row(PART, f"{name} (fsync always on both)", median(values), "ms")
+        row.data = {"ms": values}
+        if unconfirmed[name]:
+            row.detail = f"{unconfirmed[name]} of {len(values)} timed out unconfirmed"
+        out.append(row)
+    return out
+
+
+def rows(quick: bool) -> list[Row]:
+    """This part's rows, or one saying why none."""
+    why = why_not()
+    if why is not None:
+        return [Row(PART, "wait=1 against wait=0 (every row)", detail=why)]
+    import redis
+
+    with tempfile.TemporaryDirectory(prefix="tallies-bench-wait-") as d:
+        master, replica = _pair(Path(d) / "memory", aof=False)
+        try:
+            info = redis.Redis(port=master.port).info("server")
+            out = _flushes(master.port, 9 if quick else 61)
+        finally:
+            replica.stop()
+            master.stop()
+        master, replica = _pair(Path(d) / "aof", aof=True)
+        try:
+            out += _raw(master.port, 3 if quick else 9)
+        finally:
+            replica.stop()
+            master.stop()
+    server = f"Valkey {info['valkey_version']}" if "valkey_version" in info else None
+    server = server or f"Redis {info.get('redis_version', '?')}"
+    for row in out:
+        row.detail = "; ".join(filter(None, (row.detail, server)))
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--counters", type=int, default=100)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if SERVER is None:
-        print("not measured: redis-server not installed (or TALLIES_REDIS_SERVER)")
-        return 0
-    report: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
-        "python": platform.python_version(),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        master = Server(Path(tmp) / "m")
-        replica = replicate(master, Path(tmp) / "r")
-        try:
-            report["server"] = master.version()
-            print(f"{report['date']}  {report['machine']}  Python {report['python']}")
-            print(f"{report['server']}: master + 1 replica on 127.0.0.1, no persistence")
-            res = flush_rounds(master.port, args.rounds, args.counters)
-            report["flush"] = res
-            what = f"flush() of {args.counters} counters + 10 keys"
-            print(f"{what}, wait=0: {spread(res['ms'][0])} ms")
-            print(f"{what}, wait=1: {spread(res['ms'][1])} ms")
-            print(f"wait=1 / wait=0, per round: {spread(res['ratio'])}")
-            aof = has_waitaof(master.client)
-        finally:
-            replica.stop()
-            master.stop()
-        master = Server(Path(tmp) / "m2", "--appendonly", "yes", "--appendfsync", "always")
-        replica = replicate(
-            master, Path(tmp) / "r2", "--appendonly", "yes", "--appendfsync", "always"
-        )
-        try:
-            label = "append-only files, fsync always" if aof else "WAITAOF not available"
-            print(f"raw commands on one connection ({label}):")
-            raw, short = raw_rounds(master.client, args.rounds * 2, aof)
-            report["raw"] = raw
-            report["raw_unconfirmed"] = short
-            for name, xs in raw.items():
-                miss = f"  ({short[name]} timed out)" if short[name] else ""
-                print(f"  {name:22} {spread(xs)} ms{miss}")
-        finally:
-            replica.stop()
-            master.stop()
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    emit("python -m benchmarks.redis_wait", rows(args.quick), as_json=args.json)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import _nemesis
 import pytest
-from _support import unavailable
+from _support import REQUIRE_SERVERS, unavailable
 
 pytestmark = pytest.mark.nemesis
 
-REQUIRE = os.environ.get("CI") == "true" or os.environ.get("TALLIES_REQUIRE_NEMESIS") == "1"
+REQUIRE = REQUIRE_SERVERS or os.environ.get("TALLIES_REQUIRE_NEMESIS") == "1"
 
 
 def seed() -> int:
