@@ -133,7 +133,7 @@ def _raw(port: int, rounds: int) -> list[Row]:
 
     def case(name: str) -> Callable[[], float]:
         def run() -> float:
-            pipe = client.pipeline(transaction=False)
+            pipe: Any = client.pipeline(transaction=False)
             pipe.incrby("raw", 1)
             if cases[name]:
                 pipe.execute_command(*cases[name])
