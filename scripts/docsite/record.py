@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/docs record", description=__doc__.split("\n")[0])
     p.add_argument("name", help="the run's name: " + ", ".join(COMMANDS) + " (or KIND-anything)")
     p.add_argument("--note", default="", help="shown under the run's figures")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="more arguments for the command")
-    a = p.parse_args(argv)
+    a, rest = p.parse_known_args(argv)
     kind = a.name.split("-")[0]
     if kind not in COMMANDS:
         p.error(f"unknown kind {kind!r}: the name starts with one of {', '.join(COMMANDS)}")
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print("scripts/docs record: commit your changes first (the run records the commit)",
               file=sys.stderr)
         return 2
-    extra = [x for x in a.args if x != "--"]
+    extra = [x for x in rest if x != "--"]
     cmd = [str(runs.ROOT / "tallies"), *COMMANDS[kind], *extra]
     print("running " + " ".join(cmd), file=sys.stderr)
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
