@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     run = _demo_envelope(data, extra) if kind == "demo" else data
     if a.note:
         run["note"] = a.note
+    runs.RUNS.mkdir(exist_ok=True)
     path = runs.RUNS / f"{a.name}.json"
     path.write_text(json.dumps(run, indent=1) + "\n")
     print(f"wrote {path.relative_to(runs.ROOT)}", file=sys.stderr)
