@@ -76,7 +76,11 @@ def _stamp(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
 
 def _draw_per_call(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
     (_, run), = sources
-    rows = [r for r in run["rows"] if r["part"].startswith(PER_CALL_PART) and r.get("ratios")]
+    rows = [
+        r
+        for r in run["rows"]
+        if r["part"].startswith(PER_CALL_PART) and r.get("ratios") and r.get("of") == "floor"
+    ]
     rows.sort(key=lambda r: r["ratio"])
     ax = fig.add_axes((0.36, 0.24, 0.6, 0.66))
     names = [r["name"] for r in rows]
