@@ -107,7 +107,7 @@ _need_chromium() {
     command -v chromium >/dev/null 2>&1 && return 0
     _apt_install --no-install-recommends chromium || {
         if _servers_required; then
-            _say "cannot install chromium, which CI=true requires (tests/docs/test_browser.py)"
+            _say "cannot install chromium, which CI=true requires (tests/docs/test_docs_browser.py)"
             return 1
         fi
         _say "chromium is missing: the docs' browser check will be skipped (CI fails it)"

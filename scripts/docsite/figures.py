@@ -17,7 +17,7 @@ A page asks for a figure with a directive, expanded at build time by
 
 Every generated figure is wrapped in an element with ``data-date``,
 ``data-machine`` and ``data-commit`` (checked in the built HTML by
-``tests/docs/test_figures.py``), and ``TYPED_FIGURE`` is the rule that test
+``tests/docs/test_docs_figures.py``), and ``TYPED_FIGURE`` is the rule that test
 uses to find figures typed into a page by hand: a section of a page that has
 one must carry a ``run_record``.
 """

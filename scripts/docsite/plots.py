@@ -5,7 +5,7 @@ never a dependency of tallies) with its runs' date, machine and commit written
 into the picture itself, so that it carries them wherever it is shown (the
 README shows one).  The SVG is deterministic (no date, a fixed hash salt, text
 kept as text): ``scripts/docs plots`` redraws every plot, the build redraws any
-plot whose run changed, and ``tests/docs/test_figures.py`` checks that the files
+plot whose run changed, and ``tests/docs/test_docs_figures.py`` checks that the files
 in the repository are exactly what their runs draw.
 
 * ``per-call``: one increment's cost against the floor and the peers
