@@ -252,14 +252,20 @@ Keyed_clear_gc(KeyedObject *self)
     return 0;
 }
 
+/* Freeing a counter drops its keys, and a key may hold another counter (a
+ * Count remembers its counter; an iterator over one holds it): chains of any
+ * length are freed through CPython's trashcan, which defers the deeper links
+ * instead of recursing without bound (as CPython's own containers do). */
 static void
 Keyed_dealloc(KeyedObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Keyed_dealloc)
     tkt_map_free(&self->map);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* Turn a table result that is an error into a Python exception: NULL. */
@@ -1168,9 +1174,11 @@ SnapIter_dealloc(SnapIterObject *it)
 {
     PyTypeObject *tp = Py_TYPE(it);
     PyObject_GC_UnTrack(it);
+    Py_TRASHCAN_BEGIN(it, SnapIter_dealloc) /* it holds keys (Keyed_dealloc says why) */
     SnapIter_clear(it);
     PyObject_GC_Del(it);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* The key of entry i, a reference for the caller. */
@@ -1754,21 +1762,26 @@ Count_clear(PyObject *self)
     return 0;
 }
 
+/* A Count holds its key, which may be another Count (`x = kc[x]` in a loop
+ * makes a chain): freed through the trashcan, as Keyed_dealloc. */
 static void
 Count_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Count_dealloc)
     Count_clear(self);
 #ifndef Py_GIL_DISABLED
     if (tp == count_type && count_nfree < COUNT_FREE_MAX) {
         count_free[count_nfree++] = self; /* untracked, no references held */
-        Py_DECREF(tp);
-        return;
     }
+    else
 #endif
-    tp->tp_free(self);
+    {
+        tp->tp_free(self);
+    }
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* The value of an int (or Count) that fits in int64: 1, else 0. */
