@@ -1335,88 +1335,79 @@ Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 
 /* ---- multiset operators and == in C ---------------------------------------
  *
- * An operand is this type (its entries copied out, looked up live) or a dict
- * (collections.Counter: its items copied out, looked up in it).  The result is
- * built in collections.Counter's order: the left operand's keys first, then
- * the right one's new keys. */
+ * An operand is this type or a dict (collections.Counter).  Both are read
+ * from snapshots (_ktable.h, "snapshots: the binary operations"): a counter
+ * is frozen into a private copy of its table, a dict is converted into a
+ * private map of its own (its values checked as int64 first), and the join
+ * reads only those, so that other threads, finalisers and the keys' own
+ * __hash__ and __eq__ cannot change what the result is computed from.  The
+ * result is built in collections.Counter's order: the left operand's keys
+ * first, then the right one's new keys. */
 
 typedef struct {
-    KeyedObject *kc; /* or NULL: dict */
-    PyObject *dict;
-    copy_buf b;      /* the entries (dict values converted) */
+    tkt_operand o;
+    tkt_map own;  /* a dict's entries (o.src then points here) */
+    int has_own;
 } operand;
 
+/* 0, or -1 with an exception set (a dict value that is not an int64: the
+ * TypeError or OverflowError of to_int64). */
 static int
-operand_init(operand *o, PyObject *obj, PyTypeObject *kind)
+operand_init(operand *op, PyObject *obj, PyTypeObject *kind)
 {
-    o->kc = NULL;
-    o->dict = NULL;
-    o->b.keys = NULL;
-    o->b.counts = NULL;
-    o->b.n = 0;
+    op->has_own = 0;
+    op->o.snap = NULL;
     if (PyObject_TypeCheck(obj, kind)) {
-        o->kc = (KeyedObject *)obj;
-        return copy_out(o->kc, 1, 0, &o->b);
+        if (tkt_operand_init(&op->o, MAP(obj), 0) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        return 0;
     }
-    PyObject *copy = PyDict_Copy(obj); /* safe from changes while we walk it */
-    if (copy == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PyDict_GET_SIZE(copy), pos = 0, i = 0;
-    o->b.keys = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(void *));
-    o->b.counts = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
-    if (o->b.keys == NULL || o->b.counts == NULL) {
-        Py_DECREF(copy);
+    if (tkt_map_init(&op->own) < 0) {
         PyErr_NoMemory();
         return -1;
     }
+    op->has_own = 1;
+    tkt_operand_init(&op->o, &op->own, 1); /* private: no copy */
+    PyObject *copy = PyDict_Copy(obj);     /* safe from changes while we walk it */
+    if (copy == NULL) {
+        return -1;
+    }
+    Py_ssize_t pos = 0;
     PyObject *k, *v;
+    int64_t n, old;
     while (PyDict_Next(copy, &pos, &k, &v)) {
-        if (to_int64(v, "set", &o->b.counts[i]) < 0) {
+        Py_hash_t h;
+        int r = 0;
+        if (to_int64(v, "set", &n) < 0 || (h = key_hash(k)) == -1 ||
+            (r = tkt_exchange(&op->own, k, h, n, 1, &old)) < 0) {
+            if (r < 0) {
+                table_error(r);
+            }
             Py_DECREF(copy);
             return -1;
         }
-        o->b.keys[i++] = Py_NewRef(k);
-        o->b.n = i;
     }
-    o->dict = copy;
+    Py_DECREF(copy);
     return 0;
 }
 
 static void
-operand_free(operand *o)
+operand_free(operand *op)
 {
-    copy_free(&o->b, 0);
-    Py_XDECREF(o->dict);
-}
-
-/* key's count in o: 1 found, 0 absent (*v = 0), -1 error. */
-static int
-operand_get(operand *o, PyObject *key, int64_t *v)
-{
-    if (o->kc != NULL) {
-        return keyed_lookup(o->kc, key, v);
+    tkt_operand_free(&op->o);
+    if (op->has_own) {
+        tkt_map_free(&op->own);
+        op->has_own = 0;
     }
-    *v = 0;
-    PyObject *x = PyDict_GetItemWithError(o->dict, key);
-    if (x == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    Py_INCREF(x);
-    int r = to_int64(x, "set", v);
-    Py_DECREF(x);
-    return r < 0 ? -1 : 1;
 }
 
 /* result[key] = v (a fresh counter: nobody else counts in it). */
 static int
-result_set(KeyedObject *res, PyObject *key, int64_t v)
+result_set(KeyedObject *res, PyObject *key, Py_hash_t h, int64_t v)
 {
     int64_t old;
-    Py_hash_t h = key_hash(key);
-    if (h == -1) {
-        return -1;
-    }
     int r = tkt_exchange(&res->map, key, h, v, 1, &old);
     if (r < 0) {
         table_error(r);
@@ -1442,6 +1433,91 @@ combine_overflow(int64_t a, int64_t b, int sub)
 
 enum { OP_ADD = 0, OP_SUB = 1, OP_OR = 2, OP_AND = 3 };
 
+typedef struct {
+    KeyedObject *res;
+    long op;
+} combine_ctx;
+
+/* One key of a + b, a - b, a | b, a & b (tkt_join's callback): 0, or -1 with
+ * an exception set. */
+static int
+combine_each(void *ctx, void *key, tkt_hash_t h, int64_t c, int64_t oc, int where)
+{
+    combine_ctx *cx = ctx;
+    int64_t n;
+    if (where == TKT_ONLY_B) { /* in the right operand only: c is 0 */
+        int wanted = cx->op == OP_SUB ? oc < 0 : oc > 0;
+        if (!wanted) {
+            return 0;
+        }
+        if (cx->op == OP_SUB && oc == INT64_MIN) {
+            return combine_overflow(0, oc, 1);
+        }
+        return result_set(cx->res, key, h, cx->op == OP_SUB ? -oc : oc);
+    }
+    switch (cx->op) {
+    case OP_ADD: /* beyond int64: an error if kept (> 0), else dropped */
+        if (TL_ADD_OVERFLOWS(c, oc, &n)) {
+            return c < 0 ? 0 : combine_overflow(c, oc, 0);
+        }
+        break;
+    case OP_SUB:
+        if (TL_SUB_OVERFLOWS(c, oc, &n)) {
+            return c < 0 ? 0 : combine_overflow(c, oc, 1);
+        }
+        break;
+    case OP_OR:
+        n = c >= oc ? c : oc;
+        break;
+    default:
+        n = c <= oc ? c : oc;
+        break;
+    }
+    return n > 0 ? result_set(cx->res, key, h, n) : 0;
+}
+
+/* The C type under Python subclasses of it. */
+static PyTypeObject *
+keyed_base(PyObject *self)
+{
+    PyTypeObject *kind = Py_TYPE(self);
+    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
+        kind = kind->tp_base;
+    }
+    return kind;
+}
+
+/* Freeze both operands (one snapshot when they are the same counter): 0, or
+ * -1 with an exception set (ops are then freed). */
+static int
+operands_init(operand ops[2], PyObject *a, PyObject *b, PyTypeObject *kind)
+{
+    memset(ops, 0, 2 * sizeof(operand));
+    if (operand_init(&ops[0], a, kind) < 0) {
+        operand_free(&ops[0]);
+        return -1;
+    }
+    if (b == a) {
+        return 0; /* the caller joins ops[0] with itself */
+    }
+    if (operand_init(&ops[1], b, kind) < 0) {
+        operand_free(&ops[0]);
+        operand_free(&ops[1]);
+        return -1;
+    }
+    return 0;
+}
+
+/* A join result that is an error: the exception set (-1 after it). */
+static void
+join_error(int r)
+{
+    if (r == TKT_NOMEM) {
+        PyErr_NoMemory();
+    }
+    /* TKT_ERR: a key's __eq__ raised; -1: the callback set it */
+}
+
 /* _combine(other, op, reflected) -> a new counter of type(self), or
  * NotImplemented when other is neither this type nor a dict. */
 static PyObject *
@@ -1451,10 +1527,7 @@ Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "_combine() takes exactly 3 arguments");
         return NULL;
     }
-    PyTypeObject *kind = Py_TYPE(self);
-    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
-        kind = kind->tp_base; /* the C type under Python subclasses */
-    }
+    PyTypeObject *kind = keyed_base((PyObject *)self);
     PyObject *other = args[0];
     if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
         Py_RETURN_NOTIMPLEMENTED;
@@ -1465,89 +1538,37 @@ Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     operand ops[2];
-    memset(ops, 0, sizeof(ops));
-    operand *L = &ops[0], *R = &ops[1];
-    int ok = operand_init(&ops[0], reflected ? other : (PyObject *)self, kind);
-    ok = ok < 0 ? -1 : operand_init(&ops[1], reflected ? (PyObject *)self : other, kind);
-    PyObject *res = NULL;
-    if (ok < 0) {
-        goto done;
+    PyObject *left = reflected ? other : (PyObject *)self;
+    PyObject *right = reflected ? (PyObject *)self : other;
+    if (operands_init(ops, left, right, kind) < 0) {
+        return NULL;
     }
-    res = PyObject_CallNoArgs((PyObject *)Py_TYPE(self));
-    if (res == NULL) {
-        goto done;
-    }
-    if (!PyObject_TypeCheck(res, kind)) {
+    tkt_operand *R = right == left ? &ops[0].o : &ops[1].o;
+    PyObject *res = PyObject_CallNoArgs((PyObject *)Py_TYPE(self));
+    if (res != NULL && !PyObject_TypeCheck(res, kind)) {
         PyErr_SetString(PyExc_TypeError, "_combine(): the result is not a KeyedCounter");
-        goto fail;
+        Py_CLEAR(res);
     }
-    for (int64_t i = 0; i < L->b.n; i++) {
-        PyObject *e = (PyObject *)L->b.keys[i];
-        int64_t c = L->b.counts[i], oc, n;
-        if (operand_get(R, e, &oc) < 0) {
-            goto fail;
-        }
-        switch (op) {
-        case OP_ADD: /* beyond int64: an error if kept (> 0), else dropped */
-            if (TL_ADD_OVERFLOWS(c, oc, &n)) {
-                if (c < 0) {
-                    continue;
-                }
-                combine_overflow(c, oc, 0);
-                goto fail;
-            }
-            break;
-        case OP_SUB:
-            if (TL_SUB_OVERFLOWS(c, oc, &n)) {
-                if (c < 0) {
-                    continue;
-                }
-                combine_overflow(c, oc, 1);
-                goto fail;
-            }
-            break;
-        case OP_OR:
-            n = c >= oc ? c : oc;
-            break;
-        default:
-            n = c <= oc ? c : oc;
-            break;
-        }
-        if (n > 0 && result_set((KeyedObject *)res, e, n) < 0) {
-            goto fail;
+    if (res != NULL) {
+        combine_ctx cx = {(KeyedObject *)res, op};
+        int r = tkt_join(&ops[0].o, R, op != OP_AND, combine_each, &cx);
+        if (r != 0) {
+            join_error(r);
+            Py_CLEAR(res);
         }
     }
-    if (op != OP_AND) {
-        for (int64_t i = 0; i < R->b.n; i++) {
-            PyObject *e = (PyObject *)R->b.keys[i];
-            int64_t c = R->b.counts[i], lc;
-            int wanted = op == OP_SUB ? c < 0 : c > 0;
-            if (!wanted) {
-                continue;
-            }
-            int in_left = operand_get(L, e, &lc);
-            if (in_left < 0) {
-                goto fail;
-            }
-            if (in_left) {
-                continue;
-            }
-            if (op == OP_SUB && c == INT64_MIN) {
-                combine_overflow(0, c, 1);
-                goto fail;
-            }
-            if (result_set((KeyedObject *)res, e, op == OP_SUB ? -c : c) < 0) {
-                goto fail;
-            }
-        }
-    }
-    goto done;
-fail:
-    Py_CLEAR(res);
-done:
     operand_free(&ops[0]);
     operand_free(&ops[1]);
     return res;
+}
+
+/* One key of ==: stop (1) at the first count that differs, a missing key
+ * counting as 0. */
+static int
+equal_each(void *Py_UNUSED(ctx), void *Py_UNUSED(key), tkt_hash_t Py_UNUSED(h), int64_t c,
+           int64_t oc, int Py_UNUSED(where))
+{
+    return c != oc;
 }
 
 /* _equal(other) -> bool: collections.Counter's ==: every count equal, a
@@ -1557,51 +1578,28 @@ done:
 static PyObject *
 Keyed_equal(KeyedObject *self, PyObject *other)
 {
-    PyTypeObject *kind = Py_TYPE(self);
-    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
-        kind = kind->tp_base;
-    }
+    PyTypeObject *kind = keyed_base((PyObject *)self);
     if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
         Py_RETURN_NOTIMPLEMENTED;
     }
     operand ops[2];
-    memset(ops, 0, sizeof(ops));
-    PyObject *res = NULL;
-    int equal = 1;
-    if (operand_init(&ops[0], (PyObject *)self, kind) < 0 ||
-        operand_init(&ops[1], other, kind) < 0) {
+    if (operands_init(ops, (PyObject *)self, other, kind) < 0) {
         if (PyErr_ExceptionMatches(PyExc_TypeError) ||
             PyErr_ExceptionMatches(PyExc_OverflowError)) {
             PyErr_Clear(); /* a value that is not an int64: Python decides */
-            res = Py_NewRef(Py_NotImplemented);
+            Py_RETURN_NOTIMPLEMENTED;
         }
-        goto done;
+        return NULL;
     }
-    for (int side = 0; side < 2 && equal; side++) {
-        operand *mine = &ops[side], *theirs = &ops[1 - side];
-        for (int64_t i = 0; i < mine->b.n; i++) {
-            int64_t oc;
-            int r = operand_get(theirs, (PyObject *)mine->b.keys[i], &oc);
-            if (r < 0) {
-                if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
-                    !PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                    goto done;
-                }
-                PyErr_Clear();
-                res = Py_NewRef(Py_NotImplemented);
-                goto done;
-            }
-            if (oc != mine->b.counts[i]) {
-                equal = 0;
-                break;
-            }
-        }
-    }
-    res = Py_NewRef(equal ? Py_True : Py_False);
-done:
+    tkt_operand *B = other == (PyObject *)self ? &ops[0].o : &ops[1].o;
+    int r = tkt_join(&ops[0].o, B, 1, equal_each, NULL);
     operand_free(&ops[0]);
     operand_free(&ops[1]);
-    return res;
+    if (r < 0) {
+        join_error(r);
+        return NULL;
+    }
+    return Py_NewRef(r == 0 ? Py_True : Py_False);
 }
 
 static Py_ssize_t
