@@ -288,3 +288,49 @@ def test_binary_operations_read_one_snapshot_of_each_operand(KC: Any) -> None:
         t.join()
     assert not errors, errors
     assert not wrong, f"{len(wrong)} inconsistent results, e.g. {wrong[:3]}"
+
+
+class YieldingKey(str):
+    """A str key whose hashing lets other threads run (sleep(0) releases the GIL)."""
+
+    def __hash__(self) -> int:
+        time.sleep(0)
+        return str.__hash__(self)
+
+
+def test_in_place_and_reads_one_snapshot_of_the_other_operand(KC: Any) -> None:
+    """``left &= right`` read right key by key, live (issue 27: every operation
+    must read its operands as snapshots).  One thread keeps at least one of
+    right's keys "p" and "q" present (at 10) at every instant, so ``left &=
+    right`` on p: 10, q: 10 must keep a total of at least 10; reading p at an
+    instant when only q is there and q at one when only p is there gave 0."""
+    right = KC(p=10)
+    # Hashing left's keys lets the mover run between the lookups of p and q.
+    left_counts = {YieldingKey("p"): 10, YieldingKey("q"): 10}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            while not stop.is_set():
+                for here, gone in (("q", "p"), ("p", "q")):
+                    right[here] = 10
+                    time.sleep(0)  # both present
+                    del right[gone]
+                    time.sleep(0)  # only `here`
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=move)
+    t.start()
+    totals = []
+    try:
+        for _ in range(500):
+            left = KC(left_counts)
+            left &= right
+            totals.append(left.total())
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert min(totals) >= 10, f"{sum(1 for x in totals if x < 10)} results lost both keys"

@@ -585,9 +585,11 @@ class KeyedCounterMixin:
         return self._keep_positive()
 
     def __iand__(self, other: Any) -> Any:
-        lookup = cast(Any, other)._get if isinstance(other, _KINDS) else None
+        # A KeyedCounter operand is read once (one snapshot, a missing key
+        # counting 0), not key by key while other threads change it.
+        counts = cast(Any, other)._dict() if isinstance(other, _KINDS) else None
         for key, count in self._items():
-            other_count = lookup(key, 0) if lookup is not None else other[key]
+            other_count = counts.get(key, 0) if counts is not None else other[key]
             if other_count < count:
                 self.decrement(key, count - other_count)
         return self._keep_positive()
