@@ -1315,6 +1315,32 @@ tkt_freeze(tkt_map *m, tkt_map *out)
     if (tkt_map_init(out) < 0) {
         return TKT_NOMEM;
     }
+#if !TKT_CONCURRENT
+    /* Serial mode: nothing else runs meanwhile; the table is copied as it is
+     * (index, entries, removed ones included), each live key held. */
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
+    if (t == NULL) {
+        return 0;
+    }
+    size_t bytes = tkt_table_size_bytes(t);
+    tkt_table *n = (tkt_table *)TKT_MALLOC(bytes);
+    if (n == NULL) {
+        tkt_map_free(out);
+        return TKT_NOMEM;
+    }
+    memcpy(n, t, bytes);
+    n->counts = (tl_cell *)((char *)n + ((char *)t->counts - (char *)t));
+    int64_t count = atomic_load_explicit(&t->nentries, TKT_RLX);
+    for (int64_t ix = 0; ix < count; ix++) {
+        void *k = atomic_load_explicit(&TKT_KEYS(n)[ix], TKT_RLX);
+        if (k != NULL) {
+            TKT_INCREF(k);
+        }
+    }
+    tkt_publish(out, n);
+    atomic_store_explicit(&out->used, atomic_load_explicit(&m->used, TKT_RLX), TKT_RLX);
+    return 0;
+#else
     int64_t want = tkt_len(m);
     for (;;) {
         tkt_table *n = NULL;
@@ -1367,6 +1393,7 @@ tkt_freeze(tkt_map *m, tkt_map *out)
         }
         return 0;
     }
+#endif
 }
 
 /* One operand of a binary operation: the map it names (src) and what the
@@ -1405,11 +1432,30 @@ tkt_operand_free(tkt_operand *o)
 }
 
 /* key's count in the operand's snapshot (never its live map): TKT_FOUND,
- * TKT_ABSENT (*v = 0) or TKT_ERR. */
+ * TKT_ABSENT (*v = 0) or TKT_ERR.  Serial mode first walks key's probe
+ * sequence for the key itself (the common case: both operands hold the same
+ * key objects), which needs no call. */
 static inline int
 tkt_operand_get(tkt_operand *o, void *key, tkt_hash_t hash, int64_t *v)
 {
-    return tkt_get(o->snap, key, hash, 0, 0, v);
+    tkt_map *m = o->snap;
+#if !TKT_CONCURRENT
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
+    if (t != NULL) {
+        size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)hash;
+        for (size_t i = (size_t)hash & mask;; i = (i * 5 + (perturb >>= 5) + 1) & mask) {
+            int64_t ix = tkt_get_index(t, i);
+            if (ix == TKT_EMPTY) {
+                break;
+            }
+            if (ix >= 0 && tkt_key_at(t, ix) == key) {
+                *v = tkt_count_at(t, ix);
+                return TKT_FOUND;
+            }
+        }
+    }
+#endif
+    return tkt_get(m, key, hash, 0, 0, v);
 }
 
 /* What tkt_join calls for each key: its counts in a and b (0 where absent)
@@ -1436,6 +1482,9 @@ tkt_join(tkt_operand *a, tkt_operand *b, int b_only, tkt_join_fn each, void *ctx
         int64_t count = t == NULL ? 0 : atomic_load_explicit(&t->nentries, TKT_RLX);
         for (int64_t ix = 0; ix < count; ix++) {
             void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_RLX);
+            if (k == NULL) {
+                continue; /* a removed entry (a serial-mode snapshot keeps them) */
+            }
             int64_t c = atomic_load_explicit(TKT_COUNT(t, ix), TKT_RLX), oc;
             tkt_hash_t h = tkt_hash_at(t, ix, k);
             int r = tkt_operand_get(theirs, k, h, &oc);
@@ -1455,6 +1504,17 @@ tkt_join(tkt_operand *a, tkt_operand *b, int b_only, tkt_join_fn each, void *ctx
         TKT_JOIN_HOOK();
     }
     return 0;
+}
+
+/* Make room for n keys in a map that has none yet (a private one): its first
+ * n insertions then never resize.  0 or TKT_NOMEM. */
+static inline int
+tkt_reserve(tkt_map *m, int64_t n)
+{
+    TKT_MLOCK(m);
+    int r = atomic_load_explicit(&m->table, TKT_RLX) != NULL ? 0 : tkt_resize(m, n, TKT_CONCURRENT);
+    TKT_MUNLOCK(m);
+    return r;
 }
 
 /* Give the private map `from` (filled by one thread) to m if m has no key:

@@ -283,9 +283,8 @@ table_error(int r)
  * probe sequence (the common case), else NULL: absent, or only equal (not
  * identical), then the full lookup runs. */
 static inline tl_cell *
-first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
+map_first_probe(const tkt_map *m, PyObject *key, Py_hash_t h)
 {
-    const tkt_map *m = &self->map; /* its geo: the table's shape, one load away */
     if (TL_UNLIKELY(m->geo.index == NULL)) {
         return NULL;
     }
@@ -317,6 +316,12 @@ first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
         perturb >>= 5;
         i = (i * 5 + perturb + 1) & mask;
     }
+}
+
+static inline tl_cell *
+first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
+{
+    return map_first_probe(&self->map, key, h); /* geo: the table's shape, one load away */
 }
 #endif
 
@@ -855,10 +860,21 @@ Keyed_most_common(KeyedObject *self, PyObject *arg)
 
 /* _count_iter(iterable, sign) -> None: count every element once (sign 1) or
  * take one off (sign -1): Counter(iterable), update(iterable),
- * subtract(iterable).  Every element is hashed before anything changes (an
- * unhashable one raises with the counter untouched); an overflow, or a key
- * whose __eq__ raises, undoes the elements already counted (a key this call
- * inserted is removed again) before the exception propagates. */
+ * subtract(iterable).
+ *
+ * The iterable is consumed one element at a time and counted into a private
+ * map of its own first (one entry per distinct element): memory grows with
+ * the distinct keys, not with the input's length, and nothing of this
+ * counter changes until the input is exhausted.  So an element that cannot be
+ * hashed, a key whose __eq__ raises and an iterable that raises leave the
+ * counter untouched.  Then the private map is applied: adopted whole when
+ * this counter has no key (Counter(iterable): its table is the private one,
+ * no second pass), else key by key, each key's number of occurrences as one
+ * atomic add; an overflow, or a key whose __eq__ raises, undoes the keys
+ * already applied (a key this call inserted is removed again) before the
+ * exception propagates. */
+#define TKT_PRESIZE_MAX ((int64_t)1 << 16)
+
 static PyObject *
 Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -871,44 +887,101 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int sub = sign < 0;
-    PyObject *list = PySequence_List(args[0]); /* a private copy */
-    if (list == NULL) {
+    PyObject *it = PyObject_GetIter(args[0]);
+    if (it == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    Py_hash_t *hashes = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Py_hash_t));
-    char *fresh = PyMem_Malloc((size_t)(n > 0 ? n : 1));
-    if (hashes == NULL || fresh == NULL) {
-        PyMem_Free(hashes);
-        PyMem_Free(fresh);
-        Py_DECREF(list);
+    tkt_map local;
+    if (tkt_map_init(&local) < 0) {
+        Py_DECREF(it);
         return PyErr_NoMemory();
     }
-    PyObject *res = NULL;
-    Py_ssize_t i;
-    for (i = 0; i < n; i++) {
-        if ((hashes[i] = key_hash(PyList_GET_ITEM(list, i))) == -1) {
+    /* Room for as many distinct keys as this counter has, when the input is at
+     * least that long (an update often counts keys the counter already has),
+     * at most TKT_PRESIZE_MAX: no table growth on the way for most updates. */
+    Py_ssize_t hint = PyObject_LengthHint(args[0], 0);
+    if (hint < 0) {
+        PyErr_Clear();
+        hint = 0;
+    }
+    int64_t room = tkt_len(&self->map);
+    room = room < (int64_t)hint ? room : (int64_t)hint;
+    if (room > 8 && tkt_reserve(&local, room < TKT_PRESIZE_MAX ? room : TKT_PRESIZE_MAX) < 0) {
+        Py_DECREF(it);
+        tkt_map_free(&local);
+        return PyErr_NoMemory();
+    }
+    iternextfunc next = Py_TYPE(it)->tp_iternext;
+    PyObject *key, *res = NULL;
+    int64_t v;
+    int r = TL_OK;
+    while ((key = next(it)) != NULL) {
+        Py_hash_t h = key_hash(key);
+        if (TL_UNLIKELY(h == -1)) {
+            Py_DECREF(key);
             goto done;
         }
-    }
-    for (i = 0; i < n; i++) {
-        PyObject *key = PyList_GET_ITEM(list, i);
-        int64_t v;
-        int r, f = 0;
 #if !TKT_CONCURRENT
-        tl_cell *cell = first_probe(self, key, hashes[i]);
+        tl_cell *cell = map_first_probe(&local, key, h);
         if (TL_LIKELY(cell != NULL)) {
             r = tl_add_serial(cell, 1, sub, &v);
         }
         else
 #endif
         {
-            r = tkt_add(&self->map, key, hashes[i], 1, sub, &v, &f);
+            r = tkt_add(&local, key, h, 1, sub, &v, NULL); /* counts as they will be */
         }
-        fresh[i] = (char)f;
-        if (TL_UNLIKELY(r != TL_OK)) {
+        if (TL_UNLIKELY(r != TL_OK)) { /* more than 2**63 - 1 of one key, or __eq__ */
             if (r == TL_OVERFLOW) {
                 overflow_result(sub ? "decrement" : "increment", 1, key, v);
+            }
+            else {
+                table_error(r);
+            }
+            Py_DECREF(key);
+            goto done;
+        }
+        Py_DECREF(key);
+    }
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            goto done;
+        }
+        PyErr_Clear();
+    }
+    if (tkt_adopt(&self->map, &local)) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* Apply the private map's entries in order; undo them if one fails. */
+    tkt_table *t = atomic_load_explicit(&local.table, memory_order_relaxed);
+    int64_t count = t == NULL ? 0 : atomic_load_explicit(&t->nentries, memory_order_relaxed);
+    char *fresh = PyMem_Malloc((size_t)(count > 0 ? count : 1));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t ix;
+    for (ix = 0; ix < count; ix++) {
+        PyObject *k = (PyObject *)atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
+        int64_t n = atomic_load_explicit(TKT_COUNT(t, ix), memory_order_relaxed);
+        n = sub ? -n : n; /* the number of occurrences */
+        int f = 0;
+        tkt_hash_t h = tkt_hash_at(t, ix, k);
+#if !TKT_CONCURRENT
+        tl_cell *cell = first_probe(self, k, h); /* an existing key: the common case */
+        if (TL_LIKELY(cell != NULL)) {
+            r = tl_add_serial(cell, n, sub, &v);
+        }
+        else
+#endif
+        {
+            r = tkt_add(&self->map, k, h, n, sub, &v, &f);
+        }
+        fresh[ix] = (char)f;
+        if (TL_UNLIKELY(r != TL_OK)) {
+            if (r == TL_OVERFLOW) {
+                overflow_result(sub ? "decrement" : "increment", n, k, v);
             }
             else {
                 table_error(r);
@@ -916,28 +989,29 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
     }
-    if (i == n) {
+    if (ix == count) {
         res = Py_NewRef(Py_None);
-        goto done;
     }
-    /* Undo elements [0, i) in reverse, keeping the exception. */
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    while (i-- > 0) {
-        PyObject *key = PyList_GET_ITEM(list, i);
-        int64_t v, taken;
-        if (tkt_add(&self->map, key, hashes[i], 1, !sub, &v, NULL) != TL_OK) {
-            PyErr_Clear();
+    else { /* undo entries [0, ix) in reverse, keeping the exception */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        while (ix-- > 0) {
+            PyObject *k = (PyObject *)atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
+            int64_t n = atomic_load_explicit(TKT_COUNT(t, ix), memory_order_relaxed), taken;
+            n = sub ? -n : n;
+            if (tkt_add(&self->map, k, tkt_hash_at(t, ix, k), n, !sub, &v, NULL) != TL_OK) {
+                PyErr_Clear();
+            }
+            if (fresh[ix] && keyed_remove(self, k, 1, &taken) < 0) {
+                PyErr_Clear();
+            }
         }
-        if (fresh[i] && keyed_remove(self, key, 1, &taken) < 0) {
-            PyErr_Clear();
-        }
+        PyErr_Restore(et, ev, tb);
     }
-    PyErr_Restore(et, ev, tb);
-done:
-    PyMem_Free(hashes);
     PyMem_Free(fresh);
-    Py_DECREF(list);
+done:
+    Py_DECREF(it);
+    tkt_map_free(&local);
     return res;
 }
 
