@@ -31,6 +31,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <unistd.h>
 
@@ -148,6 +149,7 @@ struct SnapIterObject;
 typedef struct {
     PyObject_HEAD
     tkt_map map;
+    PyObject *weakreflist; /* weakref.ref(kc) works, as for collections.Counter */
 #if !TKT_CONCURRENT
     struct SnapIterObject *borrowing; /* iterators whose copy borrows keys */
 #endif
@@ -262,6 +264,9 @@ Keyed_dealloc(KeyedObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     Py_TRASHCAN_BEGIN(self, Keyed_dealloc)
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     tkt_map_free(&self->map);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -2118,6 +2123,11 @@ static PyMethodDef Keyed_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Keyed_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(KeyedObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCounter(iterable_or_mapping=None, /, **kwds)\n--\n\n"
                 "Exact int64 counts by key (tallies.keyed adds the "
@@ -2127,6 +2137,7 @@ static PyType_Slot Keyed_slots[] = {
     {Py_tp_traverse, Keyed_traverse},
     {Py_tp_clear, Keyed_clear_gc},
     {Py_tp_methods, Keyed_methods},
+    {Py_tp_members, Keyed_members},
     {Py_mp_length, Keyed_len},
     {Py_sq_length, Keyed_len},
     {Py_sq_contains, Keyed_contains},
