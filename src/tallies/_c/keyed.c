@@ -175,6 +175,75 @@ static PyTypeObject *keyed_exact_type;
  * prepared) one read of the header. */
 #define TKT_SWITCHES_TO_SHARE 64
 
+/* What immortal KeyedCounters keep.  An immortal object is never freed, and a
+ * KeyedCounter holds its table and its keys: _shared.h's budget of
+ * TL_SHARED_MAX objects alone bounds nothing (each may hold any number of
+ * keys), and 400 counters of 5,000 keys each, filled by two threads and
+ * dropped, kept 214 MiB (issue 27).  Its reference count is no longer kept,
+ * so nothing can tell when its last user reference goes: what it holds then
+ * stays.  So the memory is budgeted instead: a KeyedCounter becomes immortal
+ * only while the tables of every KeyedCounter already immortal, measured at
+ * that moment (with whatever they have grown to since), and its own come to
+ * at most keyed_shared_bytes (TALLIES_SHARED_KEYED_BYTES at import, default
+ * 16 MiB; 0: none becomes immortal).  The bound on what is kept is therefore
+ * that budget, plus what the immortal counters grow by after the last check
+ * (none is made immortal once their tables pass it), plus their key objects
+ * (not counted: their size is the program's).  The immortal ones are listed
+ * here (never freed, so the pointers stay valid) to be measured. */
+#define TKT_SHARED_BYTES_DEFAULT ((int64_t)16 << 20)
+
+static int64_t keyed_shared_bytes = TKT_SHARED_BYTES_DEFAULT;
+static PyMutex keyed_share_lock;
+static KeyedObject **keyed_immortal; /* under keyed_share_lock */
+static Py_ssize_t keyed_nimmortal, keyed_immortal_cap;
+
+static int64_t
+keyed_table_bytes(KeyedObject *kc)
+{
+    tkt_enter(&kc->map); /* no resize frees the table meanwhile */
+    int64_t n = (int64_t)tkt_table_size_bytes(
+        atomic_load_explicit(&kc->map.table, memory_order_acquire));
+    tkt_leave(&kc->map);
+    return n;
+}
+
+/* The bytes of the tables of every immortal KeyedCounter, now (plus `extra`),
+ * counting at most up to `stop`.  With keyed_share_lock held. */
+static int64_t
+keyed_kept_locked(int64_t extra, int64_t stop)
+{
+    int64_t kept = extra;
+    for (Py_ssize_t i = 0; i < keyed_nimmortal && kept <= stop; i++) {
+        kept += keyed_table_bytes(keyed_immortal[i]);
+    }
+    return kept;
+}
+
+/* Make self immortal if both budgets allow (never while another thread
+ * decides about another counter). */
+static void
+keyed_share(KeyedObject *self)
+{
+    PyMutex_Lock(&keyed_share_lock);
+    if (keyed_kept_locked(keyed_table_bytes(self), keyed_shared_bytes) <= keyed_shared_bytes) {
+        if (keyed_nimmortal == keyed_immortal_cap) {
+            Py_ssize_t cap = keyed_immortal_cap ? 2 * keyed_immortal_cap : 64;
+            KeyedObject **grown = realloc(keyed_immortal, (size_t)cap * sizeof(*grown));
+            if (grown != NULL) {
+                keyed_immortal = grown;
+                keyed_immortal_cap = cap;
+            }
+        }
+        if (keyed_nimmortal < keyed_immortal_cap) { /* else no memory: stays mortal */
+            tl_share_widely((PyObject *)self);
+            if (_Py_IsImmortal((PyObject *)self)) {
+                keyed_immortal[keyed_nimmortal++] = self;
+            }
+        }
+    }
+    PyMutex_Unlock(&keyed_share_lock);
+}
+
 static void
 keyed_note_thread_slow(KeyedObject *self)
 {
@@ -183,7 +252,7 @@ keyed_note_thread_slow(KeyedObject *self)
         atomic_store_explicit(&self->last_tid, me, memory_order_relaxed);
         if (atomic_fetch_add_explicit(&self->switches, 1, memory_order_relaxed) + 1 ==
             TKT_SWITCHES_TO_SHARE) {
-            tl_share_widely((PyObject *)self);
+            keyed_share(self);
         }
     }
 }
@@ -2167,6 +2236,16 @@ keyed_exec(PyObject *m)
     }
     keyed_exact_type = st->KeyedCounter;
     tl_shared_configure();
+#if TL_SHARE_WIDELY
+    const char *env = getenv("TALLIES_SHARED_KEYED_BYTES"); /* keyed_share's budget */
+    if (env != NULL && *env != '\0') {
+        char *end = NULL;
+        long long v = strtoll(env, &end, 10);
+        if (end != NULL && *end == '\0' && v >= 0) {
+            keyed_shared_bytes = (int64_t)v;
+        }
+    }
+#endif
 #if TKT_CONCURRENT
     tkt_set_cpus(sysconf(_SC_NPROCESSORS_ONLN));
 #endif
@@ -2230,6 +2309,22 @@ keyed_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(tl_shared_remaining());
 }
 
+/* _shared_bytes() -> (kept, budget): the bytes the tables of the immortal
+ * KeyedCounters hold now, and keyed_share's budget ((0, 0) where nothing is
+ * ever made immortal). */
+static PyObject *
+keyed_shared_bytes_of(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    long long kept = 0, budget = 0;
+#if TL_SHARE_WIDELY
+    PyMutex_Lock(&keyed_share_lock);
+    kept = (long long)keyed_kept_locked(0, INT64_MAX);
+    PyMutex_Unlock(&keyed_share_lock);
+    budget = (long long)keyed_shared_bytes;
+#endif
+    return Py_BuildValue("(LL)", kept, budget);
+}
+
 static PyObject *
 keyed_hot_keys(PyObject *Py_UNUSED(m), PyObject *kc)
 {
@@ -2252,6 +2347,10 @@ static PyMethodDef keyed_functions[] = {
     {"_shared_remaining", keyed_shared_remaining, METH_NOARGS,
      "_shared_remaining() -> int: how many more KeyedCounters may become immortal "
      "(free-threaded 3.13 only; always 0 elsewhere; see _c/_shared.h)."},
+    {"_shared_bytes", keyed_shared_bytes_of, METH_NOARGS,
+     "_shared_bytes() -> (kept, budget): bytes of the tables of the immortal KeyedCounters, "
+     "and the budget past which no more become immortal (free-threaded 3.13 only; (0, 0) "
+     "elsewhere; see keyed.c)."},
     {"_hot_keys", keyed_hot_keys, METH_O,
      "_hot_keys(kc) -> int: keys of kc's table inflated into hot cells "
      "(free-threaded builds; always 0 elsewhere)."},
