@@ -190,3 +190,20 @@ def test_what_still_differs_from_counter_is_what_the_docs_say(KC: Any) -> None:
     assert json.loads(json.dumps({"k": kc.snapshot()})) == {"k": START}
     doc = tallies.keyed.KeyedCounter.__doc__ or ""
     assert "drop-in" not in doc and "json.dumps(kc.snapshot())" in doc
+
+
+def test_an_iterables_length_hint_is_not_asked(KC: Any) -> None:
+    """Counting an iterable asks nothing of it but its elements, as Counter
+    does: a __length_hint__ that raises does not matter."""
+
+    class Elements:
+        def __iter__(self) -> Any:
+            return iter("abca")
+
+        def __length_hint__(self) -> int:
+            raise ValueError("not asked")
+
+    kc, c = KC(a=1), collections.Counter(a=1)
+    kc.update(Elements())
+    c.update(Elements())
+    assert list(kc.items()) == list(c.items())

@@ -92,7 +92,9 @@ key_hash(PyObject *key)
     return PyObject_Hash(key);
 }
 
+#if !TKT_CONCURRENT /* the item iterators' int reuse (GIL builds only) */
 static inline Py_ssize_t digits_of(int64_t v);
+#endif
 static inline void count_fill(PyObject *r, int64_t v);
 
 /* ---- arguments (the shared rules are in _pyargs.h) ---------------------- */
@@ -970,16 +972,14 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(it);
         return PyErr_NoMemory();
     }
-    /* Room for as many distinct keys as this counter has, when the input is at
-     * least that long (an update often counts keys the counter already has),
-     * at most TKT_PRESIZE_MAX: no table growth on the way for most updates. */
-    Py_ssize_t hint = PyObject_LengthHint(args[0], 0);
-    if (hint < 0) {
-        PyErr_Clear();
-        hint = 0;
-    }
+    /* Room for as many distinct keys as this counter has, when the input (a
+     * list or tuple) is at least that long (an update often counts keys the
+     * counter already has), at most TKT_PRESIZE_MAX: no table growth on the
+     * way for most updates. */
+    PyObject *src = args[0]; /* its length only when that runs no Python code */
+    int64_t hint = PyList_CheckExact(src) || PyTuple_CheckExact(src) ? (int64_t)Py_SIZE(src) : 0;
     int64_t room = tkt_len(&self->map);
-    room = room < (int64_t)hint ? room : (int64_t)hint;
+    room = room < hint ? room : hint;
     if (room > 8 && tkt_reserve(&local, room < TKT_PRESIZE_MAX ? room : TKT_PRESIZE_MAX) < 0) {
         Py_DECREF(it);
         tkt_map_free(&local);
@@ -1810,6 +1810,7 @@ static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
 
+#if !TKT_CONCURRENT
 /* The number of digits of |v| (at least 1). */
 static inline Py_ssize_t
 digits_of(int64_t v)
@@ -1821,6 +1822,7 @@ digits_of(int64_t v)
     }
     return n;
 }
+#endif
 
 /* Write v into an int object's header word and digits (the layout of
  * CPython's longintrepr.h: ob_size and digits up to 3.11, lv_tag and digits
