@@ -35,13 +35,13 @@ from . import runs
 DIRECTIVE = re.compile(r"\{\{\s*(?P<fn>[a-z_]+)\((?P<args>.*?)\)\s*\}\}", re.S)
 
 #: A measured figure typed as text: a time per operation ("26.9 ns", "2.5 µs",
-#: "3.5 ms"), a ratio ("1.27x", "25.5×") or a rate ("8.5 M increments/s",
+#: "3.5 ms"), a ratio ("1.27x", "25.5 times, as x or the multiplication sign") or a rate ("8.5 M increments/s",
 #: "22.74 M/s", "9,023,640 incr/s").  A limit written with its operator
 #: ("≤ 1.5x", ">= 100x") is a target, not a figure.
 TYPED_FIGURE = re.compile(
     r"(?<![≤≥<>=~\w.,])(?<![≤≥<>=] )"
     r"\d[\d,]*(?:\.\d+)?"
-    r"(?:\s?(?:ns|µs|us|ms)(?![\w/])|\s?ns/op|[x×](?!\w)|\s?M(?: \w+)?/s|\s?incr/s)"
+    r"(?:\s?(?:ns|µs|us|ms)(?![\w/])|\s?ns/op|[x\u00d7](?!\w)|\s?M(?: \w+)?/s|\s?incr/s)"
 )
 
 
@@ -178,7 +178,9 @@ def bench_value(name: str, row: str, field: str = "auto") -> str:
         text = amount(r.get("value"), r.get("unit", ""))
     p = runs.provenance(run)
     title = html.escape(f"run {name}: {p['date']}, commit {p['commit']}, {p['machine']}")
-    return f'<span class="bench-value" {_attrs(run, name)} title="{title}">{html.escape(text)}</span>'
+    return (
+        f'<span class="bench-value" {_attrs(run, name)} title="{title}">{html.escape(text)}</span>'
+    )
 
 
 DEMO_COLUMNS = ("expected", "final", "lost", "seconds", "ns/op")
@@ -187,7 +189,10 @@ DEMO_COLUMNS = ("expected", "final", "lost", "seconds", "ns/op")
 def demo_table(name: str, section: str | None = None) -> str:
     run = runs.load(name)
     selected = _select(run, name, section, None)
-    lines = ["| counter | expected | final | lost | seconds | ns per update |", "|---|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| counter | expected | final | lost | seconds | ns per update |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
     for r in selected:
         lost = r["lost"]
         lost_text = f"{lost:,} ({100 * lost / r['expected']:.1f} %)" if lost else "0"
@@ -225,7 +230,8 @@ def bench_plot(plot: str, alt: str = "") -> str:
     run_name, run = sources[0]
     if len(sources) > 1:
         body += "\n\n" + "\n\n".join(
-            f'<p class="bench-caption" markdown="1">{runs.caption(r, n)}</p>' for n, r in sources[1:]
+            f'<p class="bench-caption" markdown="1">{runs.caption(r, n)}</p>'
+            for n, r in sources[1:]
         )
     return _figure(run, run_name, body, "plot")
 

@@ -22,7 +22,7 @@ from mkdocs.exceptions import PluginError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from docsite import figures, plots, runs  # noqa: E402
+from docsite import figures, plots, runs
 
 INCLUDE = re.compile(r"\{\{\s*include\(\s*\"(?P<path>[^\"]+)\"\s*\)\s*\}\}")
 

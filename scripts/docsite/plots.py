@@ -75,7 +75,7 @@ def _stamp(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 def _draw_per_call(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
-    (_, run), = sources
+    ((_, run),) = sources
     rows = [
         r
         for r in run["rows"]
@@ -141,8 +141,11 @@ def _draw_keys(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 PLOTS: dict[str, Plot] = {
-    "per-call": Plot("Cost of one increment against the floor and the peers",
-                     lambda: (PER_CALL_RUN,), _draw_per_call),
+    "per-call": Plot(
+        "Cost of one increment against the floor and the peers",
+        lambda: (PER_CALL_RUN,),
+        _draw_per_call,
+    ),
     "threads": Plot("Thread scaling", lambda: THREADS_RUNS, _draw_threads),
     "keys": Plot("Memory per key as keys grow", lambda: KEYS_RUNS, _draw_keys),
 }

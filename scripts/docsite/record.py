@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown kind {kind!r}: the name starts with one of {', '.join(COMMANDS)}")
     dirty = subprocess.run(
         ["git", "-C", str(runs.ROOT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     if dirty.strip():
-        print("scripts/docs record: commit your changes first (the run records the commit)",
-              file=sys.stderr)
+        print(
+            "scripts/docs record: commit your changes first (the run records the commit)",
+            file=sys.stderr,
+        )
         return 2
     extra = [x for x in rest if x != "--"]
     cmd = [str(runs.ROOT / "tallies"), *COMMANDS[kind], *extra]

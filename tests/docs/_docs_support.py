@@ -115,6 +115,8 @@ def blocks(path: Path) -> list[Block]:
         prev = next((ln for ln in reversed(lines[:start]) if ln.strip()), "")
         mark = MARK.fullmatch(prev.strip())
         lang = m["info"].strip().split(" ")[0].lower()
-        out.append(Block(path, start + 1, lang, "\n".join(body) + "\n", mark["what"] if mark else ""))
+        out.append(
+            Block(path, start + 1, lang, "\n".join(body) + "\n", mark["what"] if mark else "")
+        )
         i += 1
     return out

@@ -38,9 +38,27 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 PAGES = [
     # (file, screenshot, words of the title, texts the page must show, an element it must have)
-    ("index.html", "home.png", "tallies", ["Exact, C-fast counters", "What it counts, and where"], "table"),
-    ("api.html", "api.png", "API reference", ["tallies.Counter", "increment", "tallies.Store"], "#tallies\\.Counter"),
-    ("performance.html", "performance.png", "Performance", ["Method", "One increment, single thread", "Recorded run"], "img[src$='per-call.svg']"),
+    (
+        "index.html",
+        "home.png",
+        "tallies",
+        ["Exact, C-fast counters", "What it counts, and where"],
+        "table",
+    ),
+    (
+        "api.html",
+        "api.png",
+        "API reference",
+        ["tallies.Counter", "increment", "tallies.Store"],
+        "#tallies\\.Counter",
+    ),
+    (
+        "performance.html",
+        "performance.png",
+        "Performance",
+        ["Method", "One increment, single thread", "Recorded run"],
+        "img[src$='per-call.svg']",
+    ),
 ]
 
 
@@ -141,10 +159,15 @@ def errors(events: list[dict[str, Any]]) -> list[str]:
     for e in events:
         method, p = e.get("method"), e.get("params", {})
         if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            found.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            found.append(
+                "console.error: "
+                + " ".join(str(a.get("value", a.get("description"))) for a in p["args"])
+            )
         elif method == "Runtime.exceptionThrown":
             d = p["exceptionDetails"]
-            found.append("exception: " + d.get("exception", {}).get("description", d.get("text", "")))
+            found.append(
+                "exception: " + d.get("exception", {}).get("description", d.get("text", ""))
+            )
         elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
             found.append(f"log: {p['entry']['text']} {p['entry'].get('url', '')}".strip())
     return found
@@ -197,7 +220,9 @@ def test_the_console_check_hears_errors(browser: Browser, tmp_path: Path) -> Non
     assert any("404" in e or "missing.png" in e for e in found), found
 
 
-@pytest.mark.parametrize(("page", "shot", "title", "texts", "selector"), PAGES, ids=[p[0] for p in PAGES])
+@pytest.mark.parametrize(
+    ("page", "shot", "title", "texts", "selector"), PAGES, ids=[p[0] for p in PAGES]
+)
 def test_page_opens_in_chromium_without_console_errors(
     browser: Browser,
     site: Site,
@@ -214,14 +239,18 @@ def test_page_opens_in_chromium_without_console_errors(
         text = browser.evaluate("document.body.innerText")
         for t in texts:
             assert t in text, f"{page} does not show {t!r}"
-        assert browser.evaluate(f"document.querySelector({json.dumps(selector)}) !== null"), selector
+        assert browser.evaluate(f"document.querySelector({json.dumps(selector)}) !== null"), (
+            selector
+        )
         # every image on the page has loaded and has a size (a plot that did not load has none)
         broken = browser.evaluate(
             "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
         )
         assert broken == [], f"{page}: images that did not load: {broken}"
         # the screenshot shows the element the page is about (the plot, the reference)
-        browser.evaluate(f"document.querySelector({json.dumps(selector)}).scrollIntoView({{block: 'center'}})")
+        browser.evaluate(
+            f"document.querySelector({json.dumps(selector)}).scrollIntoView({{block: 'center'}})"
+        )
         time.sleep(0.3)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         browser.screenshot(SCREENSHOTS / shot)

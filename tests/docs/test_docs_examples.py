@@ -59,13 +59,19 @@ def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Path]:
 def _substitute(block: Block, request: pytest.FixtureRequest) -> str:
     code = block.code
     if block.mark == "redis":
-        assert REDIS_PLACEHOLDER in code, f"{block.id} is marked redis but never names {REDIS_PLACEHOLDER}"
+        assert REDIS_PLACEHOLDER in code, (
+            f"{block.id} is marked redis but never names {REDIS_PLACEHOLDER}"
+        )
         server = request.getfixturevalue("redis_server")
         code = code.replace(REDIS_PLACEHOLDER, f"redis://127.0.0.1:{server.port}")
     elif block.mark == "redis-cluster":
-        assert CLUSTER_PLACEHOLDER in code, f"{block.id} is marked redis-cluster but never names {CLUSTER_PLACEHOLDER}"
+        assert CLUSTER_PLACEHOLDER in code, (
+            f"{block.id} is marked redis-cluster but never names {CLUSTER_PLACEHOLDER}"
+        )
         cluster = request.getfixturevalue("redis_cluster")
-        code = code.replace(CLUSTER_PLACEHOLDER, f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}")
+        code = code.replace(
+            CLUSTER_PLACEHOLDER, f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}"
+        )
     else:
         assert "localhost:6379" not in code and "localhost:7000" not in code, (
             f"{block.id} names a Redis server: mark it <!-- test: redis --> so that it runs"
@@ -84,7 +90,9 @@ def test_example_runs_as_written(
     if block.mark == "fragment":
         return  # compiled above: a fragment's syntax is checked, it cannot run alone
     if block.path in _failed:
-        pytest.fail(f"an earlier example of this page failed ({_failed[block.path]})", pytrace=False)
+        pytest.fail(
+            f"an earlier example of this page failed ({_failed[block.path]})", pytrace=False
+        )
     code = _substitute(block, request)
     if code != block.code:
         compiled = compile(code, block.id, "exec")

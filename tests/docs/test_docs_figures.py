@@ -34,11 +34,17 @@ def test_each_recorded_run_states_its_date_machine_and_commit(name: str) -> None
     assert run["rows"]
 
 
-def test_a_run_without_its_commit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_without_its_commit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(runs, "RUNS", tmp_path)
     runs.load.cache_clear()
     good = json.loads((DOCS / "runs" / "default.json").read_text())
-    for broken in ({**good, "commit": ""}, {**good, "commit": "abc1234-dirty"}, {**good, "machine": {}}):
+    for broken in (
+        {**good, "commit": ""},
+        {**good, "commit": "abc1234-dirty"},
+        {**good, "machine": {}},
+    ):
         (tmp_path / "x.json").write_text(json.dumps(broken))
         runs.load.cache_clear()
         with pytest.raises(runs.RunError):
@@ -81,7 +87,7 @@ def test_every_figure_in_the_site_carries_its_run(site: Site) -> None:
     [
         ("took 26.9 ns per call", "26.9 ns"),
         ("1.27x the floor", "1.27x"),
-        ("25.5× slower", "25.5×"),
+        ("25.5\u00d7 slower", "25.5\u00d7"),
         ("8.5 M increments/s", "8.5 M increments/s"),
         ("22.74 M/s", "22.74 M/s"),
         ("3.5 ms", "3.5 ms"),
@@ -103,7 +109,7 @@ HEADING = re.compile(r"^#{1,6} ", re.M)
 def _sections(text: str) -> list[str]:
     # fenced blocks stay in their section: a demo's output is a figure too
     starts = [0] + [m.start() for m in HEADING.finditer(text)]
-    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)], strict=True)]
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
 @pytest.mark.parametrize("page", pages(), ids=rel)

@@ -57,7 +57,9 @@ class _Refs(html.parser.HTMLParser):
         for k, v in attrs:
             if k in ("id", "name") and v:
                 self.ids.add(v)
-            if v and ((k == "href" and tag in ("a", "link")) or (k == "src" and tag in ("img", "script"))):
+            if v and (
+                (k == "href" and tag in ("a", "link")) or (k == "src" and tag in ("img", "script"))
+            ):
                 self.refs.append(v)
 
 
@@ -106,7 +108,8 @@ def _public(cls: type) -> list[str]:
     return [
         n
         for n, v in inspect.getmembers(cls)
-        if not n.startswith("_") and (callable(v) or isinstance(v, property))
+        if not n.startswith("_")
+        and (callable(v) or isinstance(v, property))
         and n not in ("open_url", "destroy_url")  # reached through tallies.open / destroy
     ]
 
