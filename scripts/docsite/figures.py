@@ -35,8 +35,8 @@ from . import runs
 DIRECTIVE = re.compile(r"\{\{\s*(?P<fn>[a-z_]+)\((?P<args>.*?)\)\s*\}\}", re.S)
 
 #: A measured figure typed as text: a time per operation ("26.9 ns", "2.5 µs",
-#: "3.5 ms"), a ratio ("1.27x", "25.5 times, as x or the multiplication sign") or a rate ("8.5 M increments/s",
-#: "22.74 M/s", "9,023,640 incr/s").  A limit written with its operator
+#: "3.5 ms"), a ratio ("1.27x", or with the multiplication sign) or a rate
+#: ("8.5 M increments/s", "22.74 M/s", "9,023,640 incr/s").  A limit written with its operator
 #: ("≤ 1.5x", ">= 100x") is a target, not a figure.
 TYPED_FIGURE = re.compile(
     r"(?<![≤≥<>=~\w.,])(?<![≤≥<>=] )"
