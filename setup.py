@@ -8,14 +8,26 @@ set it) makes a failed build fatal.
 """
 
 import os
+import shutil
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build import build
 from setuptools.command.build_ext import build_ext
 
 flags = ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
 if os.environ.get("TALLIES_WERROR") == "1":
     flags.append("-Werror")
+
+
+class fresh_build(build):
+    """Build into an empty build/lib: a file gone from src/ (an extension of an
+    earlier layout, a module moved out of the package) must not ride along from
+    an earlier build into the wheel."""
+
+    def run(self) -> None:
+        shutil.rmtree(self.build_lib, ignore_errors=True)
+        super().run()
 
 
 class optional_build_ext(build_ext):
@@ -43,23 +55,30 @@ class optional_build_ext(build_ext):
 
 C = "src/tallies/_c/"  # every C source and shared header lives here
 
-
-def extension(name: str, source: str, *headers: str) -> Extension:
-    return Extension(
-        name,
-        sources=[C + source],
-        depends=[C + h for h in ("_cells.h", "_pyargs.h", "_shared.h", *headers)],
-        extra_compile_args=flags,
-    )
-
+# One extension module, tallies._tallies: module.c has its only module init,
+# each other file adds its types (src/tallies/_c/_module.h says why they are
+# separate translation units).
+SOURCES = ["module.c", "counter.c", "keyed.c", "rate.c", "shm.c", "buffered.c"]
+HEADERS = [
+    "_cells.h",
+    "_counter_methods.h",
+    "_gate.h",
+    "_keyed_cells.h",
+    "_ktable.h",
+    "_module.h",
+    "_pyargs.h",
+    "_ring.h",
+    "_shared.h",
+]
 
 setup(
     ext_modules=[
-        extension("tallies.counter._core", "counter.c"),
-        extension("tallies.keyed._core", "keyed.c", "_ktable.h"),
-        extension("tallies.stores._shm", "shm.c"),
-        extension("tallies.stores._buffered", "buffered.c", "_gate.h"),
-        extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),
+        Extension(
+            "tallies._tallies",
+            sources=[C + s for s in SOURCES],
+            depends=[C + h for h in HEADERS],
+            extra_compile_args=flags,
+        )
     ],
-    cmdclass={"build_ext": optional_build_ext},
+    cmdclass={"build": fresh_build, "build_ext": optional_build_ext},
 )

@@ -80,7 +80,9 @@ def test_counter_every_mutator_balances(impl: ModuleType, round_: int) -> None:
     compare_and_set, all at once on one Counter."""
     c = impl.Counter(round_)
     kinds = (*COUNTER_OPS, "reset", "cas")
-    ledgers = _mixed(c, round_, ops(20_000 if impl.__name__.endswith("_core") else 4_000), kinds)
+    ledgers = _mixed(
+        c, round_, ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000), kinds
+    )
     applied = sum(a for a, _ in ledgers)
     taken = sum(t for _, t in ledgers)
     assert c.value() + taken == round_ + applied
@@ -91,7 +93,7 @@ def test_counter_add_hands_out_every_value_exactly_once(impl: ModuleType, round_
     """add(1) is one atomic read-modify-write: the values it returns to all threads
     together are exactly 1..N, each once, and increase within each thread."""
     c = impl.Counter()
-    n = ops(20_000 if impl.__name__.endswith("_core") else 4_000)
+    n = ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000)
 
     def work(i: int) -> list[int]:
         add = c.add
@@ -153,7 +155,9 @@ def test_sharded_every_mutator_balances(impl: ModuleType, round_: int) -> None:
     which inflates into striped cells during the updates when they collide."""
     c = impl.ShardedCounter(round_)
     kinds = ("increment", "increment()", "decrement", "decrement()", "iadd", "isub", "reset")
-    ledgers = _mixed(c, round_, ops(20_000 if impl.__name__.endswith("_core") else 4_000), kinds)
+    ledgers = _mixed(
+        c, round_, ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000), kinds
+    )
     applied = sum(a for a, _ in ledgers)
     taken = sum(t for _, t in ledgers)
     assert c.value() + taken == round_ + applied
@@ -195,7 +199,7 @@ def test_a_reader_never_sees_the_count_go_back(impl: ModuleType, cls: str) -> No
     calls never decrease and never exceed what was applied (a ShardedCounter read
     sums base and cells one by one: not a snapshot, but monotonic)."""
     c = getattr(impl, cls)()
-    n = ops(20_000 if impl.__name__.endswith("_core") else 4_000)
+    n = ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000)
     total = (THREADS - 1) * n
 
     def work(i: int) -> bool:

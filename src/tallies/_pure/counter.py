@@ -8,30 +8,18 @@ it is just slower.  Error messages match the C core word for word.
 from __future__ import annotations
 
 import math
-import operator
 import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
+
+from .._common import INT64_MAX, INT64_MIN, to_int64
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["CPU_SLOTS", "FREE_THREADED_BUILD", "Counter", "ShardedCounter"]
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 FREE_THREADED_BUILD = 0
 CPU_SLOTS = 1
-
-
-def to_int64(obj: object, fname: str) -> int:
-    """Convert an object with ``__index__`` to an int in the int64 range."""
-    if isinstance(obj, int) or hasattr(type(obj), "__index__"):
-        v = operator.index(obj)  # type: ignore[arg-type]
-    else:
-        raise TypeError(f"{fname}() expects an integer, not {type(obj).__name__!r}")
-    if not INT64_MIN <= v <= INT64_MAX:
-        raise OverflowError(f"{fname}() argument {obj!r} is outside the signed 64-bit range")
-    return v
 
 
 def _overflow(op: str, n: int, current: int) -> OverflowError:

@@ -50,8 +50,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, SupportsIndex
 
-from .._pure.counter import to_int64
-from .._pure.rate import COARSE_GRANULARITY_NS, MAX_BUCKETS, _Spec, most_common
+from .._common import (
+    COARSE_GRANULARITY_NS,
+    MAX_BUCKETS,
+    _RateSettings,
+    _Spec,
+    most_common,
+    to_int64,
+)
 from .base import CorruptSegmentError
 
 if TYPE_CHECKING:
@@ -176,28 +182,15 @@ class _Ring:
         return count, total
 
 
-class _RateBase:
+class _RateBase(_RateSettings):
     _seg: _Segment
     _name: str
     _url: str
     _idx: int
-    _sp: _Spec
 
     @property
     def name(self) -> str:
         return self._name
-
-    @property
-    def window(self) -> float:
-        return self._sp.window
-
-    @property
-    def resolution(self) -> float:
-        return self._sp.resolution
-
-    @property
-    def buckets(self) -> int:
-        return self._sp.nb
 
     def _reset_slot(self) -> int:
         return self._seg.c.load(self._seg.L.rmeta(self._idx) + 32) - 1
