@@ -43,7 +43,7 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
 
 ``ncells = names_cap + keys_cap``: name ``i`` owns cell ``i`` in every slab
 and in the archive, key entry ``j`` owns cell ``names_cap + j``.  The value of
-a cell is the archive's plus every non-FREE slab's (``_shm.Segment.sum``).
+a cell is the archive's plus every non-FREE slab's (``Segment.sum`` in ``_c/shm.c``).
 
 Directories are append-only.  Registration happens under the segment lock:
 the entry is written, its state set to 1 (a release store), then
