@@ -6,12 +6,11 @@
  * A BufferedCounter is the pending delta of one counter name in this
  * process: ShardedCounter's striped cells (_cells.h), updated by the same
  * code (_counter_methods.h: the methods are generated from Buffered_update),
- * plus a reference to its owner (the
- * WriteBehind) and its name.  increment/decrement never leave C and never do
- * I/O; value(), reset(), repr and pickling ask the owner, which adds the
- * stored value.  The flusher takes the deltas out with _take() (every cell
- * exchanged with 0: each update lands in exactly one _take() result or stays
- * for the next).
+ * plus a reference to its owner (the WriteBehind) and its name.
+ * increment/decrement never leave C and never do I/O; value(), reset(), repr
+ * and pickling ask the owner, which adds the stored value.  The flusher takes
+ * the deltas out with _take() (every cell exchanged with 0: each update lands
+ * in exactly one _take() result or stays for the next).
  *
  * Why a type of its own rather than a Python subclass of ShardedCounter:
  * CPython specialises a call of a C method only when the object's type is
