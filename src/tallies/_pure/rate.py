@@ -124,10 +124,10 @@ class RateCounter(_Rate):
         self._add(to_int64(n, "decrement"), True, "decrement")
 
     def _count(self, window: object, fname: str) -> tuple[int, float]:
-        w = self._sp.width(window, fname)
+        w, w_ns = self._sp.width(window, fname)
         now = self._sp.now()
         with self._lock:
-            return self._ring.count(self._sp.first_slot(now, w, self._ring.latest)), w
+            return self._ring.count(self._sp.first_slot(now, w_ns, self._ring.latest)), w
 
     def count(self, window: float | None = None) -> int:
         return self._count(window, "count")[0]
@@ -166,7 +166,7 @@ class KeyedRateCounter(_Rate):
         self._lock = threading.RLock()  # a key's __eq__ may call back in
         self._next_sweep = INT64_MIN
 
-    def _sweep_locked(self, now: tuple[int, int, float]) -> int:
+    def _sweep_locked(self, now: tuple[int, int]) -> int:
         oldest = now[1] - self._sp.nb + 1
         dead = [(k, r) for k, r in self._rings.items() if r.latest == NONE or r.latest < oldest]
         for k, r in dead:
@@ -209,14 +209,14 @@ class KeyedRateCounter(_Rate):
         self._add(key, to_int64(n, "decrement"), True, "decrement")
 
     def _count(self, key: Hashable, window: object, fname: str) -> tuple[int, float]:
-        w = self._sp.width(window, fname)
+        w, w_ns = self._sp.width(window, fname)
         with self._lock:
             ring = self._rings.get(key)
         if ring is None:
             return 0, w
         now = self._sp.now()
         with self._lock:
-            return ring.count(self._sp.first_slot(now, w, ring.latest)), w
+            return ring.count(self._sp.first_slot(now, w_ns, ring.latest)), w
 
     def count(self, key: Hashable, window: float | None = None) -> int:
         return self._count(key, window, "count")[0]
@@ -226,13 +226,13 @@ class KeyedRateCounter(_Rate):
         return c / w
 
     def snapshot(self, window: float | None = None) -> dict[Any, int]:
-        w = self._sp.width(window, "snapshot")
+        _, w_ns = self._sp.width(window, "snapshot")
         now = self._sp.now()
         out: dict[Any, int] = {}
         with self._lock:
             self._sweep_locked(now)
             for k, ring in self._rings.items():
-                c = ring.count(self._sp.first_slot(now, w, ring.latest))
+                c = ring.count(self._sp.first_slot(now, w_ns, ring.latest))
                 if c:
                     out[k] = c
         return out
