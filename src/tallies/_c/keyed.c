@@ -92,7 +92,9 @@ key_hash(PyObject *key)
     return PyObject_Hash(key);
 }
 
+#if !TKT_CONCURRENT
 static inline Py_ssize_t digits_of(int64_t v);
+#endif
 static inline void count_fill(PyObject *r, int64_t v);
 
 /* ---- errors (the argument rules are in _pyargs.h) ------------------------- */
@@ -1611,6 +1613,7 @@ static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
 
+#if !TKT_CONCURRENT /* only the GIL build's iterators reuse Counts (clang: unused) */
 /* The number of digits of |v| (at least 1). */
 static inline Py_ssize_t
 digits_of(int64_t v)
@@ -1622,6 +1625,7 @@ digits_of(int64_t v)
     }
     return n;
 }
+#endif
 
 /* Write v into an int object's header word and digits (the layout of
  * CPython's longintrepr.h: ob_size and digits up to 3.11, lv_tag and digits
