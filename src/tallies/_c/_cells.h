@@ -104,7 +104,7 @@ tl_compare_and_set(tl_cell *c, int64_t expected, int64_t desired)
         c, &expected, desired, memory_order_seq_cst, memory_order_acquire);
 }
 
-/* The checked step of every update: *new_ = old + n (sub=0) or old - n
+/* The checked step of an update: *new_ = old + n (sub=0) or old - n
  * (sub=1); nonzero, with *new_ unspecified, when that leaves int64. */
 static inline int
 tl_step_overflows(int64_t old, int64_t n, int sub, int64_t *new_)
@@ -120,7 +120,8 @@ tl_add(tl_cell *c, int64_t n, int sub, int64_t *out)
 {
     int64_t old = atomic_load_explicit(c, memory_order_relaxed), new_;
     do {
-        if (TL_UNLIKELY(tl_step_overflows(old, n, sub, &new_))) {
+        if (TL_UNLIKELY(sub ? TL_SUB_OVERFLOWS(old, n, &new_)
+                            : TL_ADD_OVERFLOWS(old, n, &new_))) {
             *out = old;
             return TL_OVERFLOW;
         }
@@ -131,7 +132,7 @@ tl_add(tl_cell *c, int64_t n, int sub, int64_t *out)
 }
 
 /* One CAS attempt: TL_OK, TL_OVERFLOW, or 1 when another writer got there
- * first (contention). */
+ * first (contention; *out is then unspecified). */
 static inline int
 tl_try_add(tl_cell *c, int64_t n, int sub, int64_t *out)
 {
