@@ -8,26 +8,16 @@ set it) makes a failed build fatal.
 """
 
 import os
-import shutil
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
-from setuptools.command.build import build
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 flags = ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
 if os.environ.get("TALLIES_WERROR") == "1":
     flags.append("-Werror")
-
-
-class fresh_build(build):
-    """Build into an empty build/lib: a file gone from src/ (an extension of an
-    earlier layout, a module moved out of the package) must not ride along from
-    an earlier build into the wheel."""
-
-    def run(self) -> None:
-        shutil.rmtree(self.build_lib, ignore_errors=True)
-        super().run()
 
 
 class optional_build_ext(build_ext):
@@ -70,15 +60,39 @@ HEADERS = [
     "_ring.h",
     "_shared.h",
 ]
+EXTENSION = Extension(
+    "tallies._tallies",
+    sources=[C + s for s in SOURCES],
+    depends=[C + h for h in HEADERS],
+    extra_compile_args=flags,
+)
+
+
+class pruned_build_py(build_py):
+    """setuptools reuses build/lib between builds: a module deleted from src/ (the
+    benchmarks, which moved to benchmarks/; the five extensions of the layout
+    before tallies._tallies) would still be installed from there.  After
+    copying the package, drop every Python file that src/ no longer has and
+    every compiled module other than EXTENSION."""
+
+    def run(self) -> None:
+        super().run()
+        built = Path(self.build_lib, "tallies")
+        source = Path(__file__).resolve().parent / "src" / "tallies"
+        ours = Path(*EXTENSION.name.split("."))
+        for path in list(built.rglob("*")):
+            if path.suffix in (".py", ".pyi"):
+                stale = not (source / path.relative_to(built)).exists()
+            elif path.suffix in (".so", ".pyd"):
+                module = path.relative_to(self.build_lib).parent / path.name.split(".")[0]
+                stale = module != ours
+            else:
+                continue
+            if stale:
+                path.unlink()
+
 
 setup(
-    ext_modules=[
-        Extension(
-            "tallies._tallies",
-            sources=[C + s for s in SOURCES],
-            depends=[C + h for h in HEADERS],
-            extra_compile_args=flags,
-        )
-    ],
-    cmdclass={"build": fresh_build, "build_ext": optional_build_ext},
+    ext_modules=[EXTENSION],
+    cmdclass={"build_ext": optional_build_ext, "build_py": pruned_build_py},
 )

@@ -1,12 +1,14 @@
 """The layout's rules (README, "Layout"): one compiled extension with a complete
 stub, C sources in one folder, no import cycle, the library never imports the
-package root or the command line tools."""
+package root or the command line tools, the package holds no benchmark."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import inspect
+import subprocess
+import sys
 import sysconfig
 import types
 from pathlib import Path
@@ -15,7 +17,8 @@ from _support import unavailable
 
 import tallies
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tallies"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "tallies"
 INSTALLED = Path(tallies.__file__).resolve().parent
 EXTENSION = "_tallies"
 
@@ -50,10 +53,14 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
 
 
 def _imports(path: Path) -> list[str]:
-    """The tallies modules ``path`` imports (the module itself for ``from M
-    import f``, the submodule for ``from P import m``), plus ``tallies`` for
-    a name taken from the package root."""
+    """The modules ``path`` imports (the module itself for ``from M import f``,
+    the submodule for ``from P import m``; ``tallies`` for a name taken from
+    the package root)."""
     return _imports_of(path.read_text(), _module_name(path), path.name == "__init__.py")
+
+
+def _tallies_imports(path: Path) -> list[str]:
+    return [n for n in _imports(path) if n == "tallies" or n.startswith("tallies.")]
 
 
 def _imports_of(source: str, me: str, is_package: bool) -> list[str]:
@@ -72,7 +79,7 @@ def _imports_of(source: str, me: str, is_package: bool) -> list[str]:
             for a in node.names:
                 sub = f"{mod}.{a.name}"
                 found.append(sub if _is_module(sub) else mod)
-    return [n for n in found if n == "tallies" or n.startswith("tallies.")]
+    return found
 
 
 def _library() -> list[Path]:
@@ -100,16 +107,34 @@ def test_the_library_never_imports_the_command_line_tools() -> None:
     offenders = {
         str(p.relative_to(SRC)): name
         for p in library
-        for name in _imports(p)
+        for name in _tallies_imports(p)
         if name == "tallies.cli" or name.startswith("tallies.cli.")
     }
     assert offenders == {}
 
 
+def test_the_package_holds_no_benchmark_and_never_imports_one() -> None:
+    """The benchmarks live in benchmarks/ at the repository's root (the wheel is the
+    library and its command line); nothing under src/ imports them."""
+    assert [p.name for p in SRC.rglob("*bench*") if "__pycache__" not in p.parts] == []
+    offenders = {
+        str(p.relative_to(SRC)): name
+        for p in SRC.rglob("*.py")
+        for name in _imports(p)
+        if name == "benchmarks" or name.startswith("benchmarks.")
+    }
+    assert offenders == {}
+    assert (ROOT / "benchmarks" / "harness.py").is_file()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "\nbench = " not in pyproject  # no `bench` extra: benchmarks/requirements.txt
+
+
 def test_the_library_never_imports_the_package_root() -> None:
     """``tallies/__init__.py`` imports every scope; a scope importing it back
     would be a cycle through the root (``from .. import X`` included)."""
-    offenders = sorted(str(p.relative_to(SRC)) for p in _library() if "tallies" in _imports(p))
+    offenders = sorted(
+        str(p.relative_to(SRC)) for p in _library() if "tallies" in _tallies_imports(p)
+    )
     assert offenders == []
 
 
@@ -117,7 +142,7 @@ def test_the_library_has_no_import_cycle() -> None:
     graph: dict[str, set[str]] = {}
     for p in _library():
         me = _module_name(p)
-        graph[me] = {e for t in _imports(p) for e in _runtime_edges(me, t) if e != me}
+        graph[me] = {e for t in _tallies_imports(p) for e in _runtime_edges(me, t) if e != me}
     cycles = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
@@ -160,8 +185,9 @@ def later():
         "tallies.keyed.api",
         "tallies.rates",
         "tallies.stores.base",
+        "typing",
     ]
-    assert "tallies.cli.demo" in _imports(SRC / "cli" / "bench.py")
+    assert "tallies.cli.look" in _imports(SRC / "cli" / "__init__.py")
     assert _runtime_edges("tallies._pure.keyed", "tallies.keyed.api") == [
         "tallies.keyed",
         "tallies.keyed.api",
@@ -180,6 +206,32 @@ def test_c_sources_live_in_one_folder() -> None:
         "_ktable.h",
         "_keyed_cells.h",
     }
+
+
+def test_a_module_deleted_from_src_is_not_installed_from_a_stale_build(tmp_path: Path) -> None:
+    """setuptools reuses build/lib; the package's build step drops what src/ no longer has
+    (the old tallies/cli/bench*.py of a checkout that built before they moved out, the
+    extensions of the layout before tallies._tallies) and keeps the one extension."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    stale = tmp_path / "tallies" / "cli" / "bench.py"
+    stale_ext = tmp_path / "tallies" / "counter" / f"_core{suffix}"
+    ours = tmp_path / "tallies" / f"{EXTENSION}{suffix}"
+    for path in (stale, stale_ext, ours):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("raise SystemExit('a stale module')\n")
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists() and not stale_ext.exists()
+    assert ours.exists()
+    assert (tmp_path / "tallies" / "cli" / "demo.py").is_file()
+    assert (tmp_path / "tallies" / f"{EXTENSION}.pyi").is_file()
 
 
 # ---- the one extension, as installed ------------------------------------------
