@@ -1,16 +1,19 @@
 """What the C core and the pure fallback share in Python: one copy of each rule.
 
 The int64 range and the conversion of amounts (``to_int64``: the messages of
-``_c/_pyargs.h`` word for word), the rate settings (``_Spec``: window,
-resolution, buckets and clock, validated as ``_c/rate.c`` validates them;
-``shm://`` rates use it for their rings in shared memory) and
-``KeyedRateCounter.most_common``, which ``tallies.rates`` installs on the C
-type and the fallback's class alike.  ``tallies._pure`` is only the fallback;
-both paths import these from here.
+``_c/_pyargs.h`` word for word), what a subclass instance pickles besides its
+counts (``instance_state``, as ``_c/counter.c``'s ``subclass_state`` does),
+the rate settings (``_Spec``: window, resolution, buckets and clock,
+validated as ``_c/rate.c`` validates them; ``shm://`` rates use it for their
+rings in shared memory) and ``KeyedRateCounter.most_common``, which
+``tallies.rates`` installs on the C type and the fallback's class alike.
+``tallies._pure`` is only the fallback; both paths import these from here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copyreg
 import math
 import operator
 import time
@@ -24,6 +27,7 @@ __all__ = [
     "INT64_MIN",
     "MAX_BUCKETS",
     "NONE",
+    "instance_state",
     "most_common",
     "to_int64",
 ]
@@ -41,6 +45,22 @@ def to_int64(obj: object, fname: str) -> int:
     if not INT64_MIN <= v <= INT64_MAX:
         raise OverflowError(f"{fname}() argument {obj!r} is outside the signed 64-bit range")
     return v
+
+
+def instance_state(obj: object, own: frozenset[str] = frozenset()) -> Any:
+    """What pickle and copy restore on a subclass instance besides its counts:
+    its ``__dict__`` and the values of its ``__slots__`` (the names
+    ``copyreg._slotnames`` gives, less the implementation's own slots ``own``),
+    in the state format they understand: the dict, or ``(dict or None, {slot:
+    value})``; None when there is nothing.  The C core does the same
+    (``subclass_state`` in ``_c/counter.c``)."""
+    state = getattr(obj, "__dict__", None) or None
+    slots = {}
+    for name in copyreg._slotnames(type(obj)):  # type: ignore[attr-defined]
+        if name not in own:
+            with contextlib.suppress(AttributeError):  # a slot never set: skipped
+                slots[name] = getattr(obj, name)
+    return (state, slots) if slots else state
 
 
 # ---- rates ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ are the rates (``_c/_ring.h`` is the design); ``Segment``, ``Cell`` and
 (``tallies/stores/writebehind.py``).
 """
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, SupportsIndex
 
 FREE_THREADED_BUILD: int
@@ -113,6 +113,10 @@ class ShardedCounter:
 
 def _keyed_shared_remaining() -> int:
     """How many more KeyedCounters may become immortal (0 where not 3.13t)."""
+
+def _keyed_shared_bytes() -> tuple[int, int]:
+    """(kept, budget): bytes of the tables of the immortal KeyedCounters, and the
+    budget past which no more become immortal ((0, 0) where not 3.13t)."""
 
 def _hot_keys(kc: KeyedCounter, /) -> int:
     """How many keys of kc's table have hot cells (always 0 with a GIL)."""
@@ -290,8 +294,18 @@ class KeyedCells:
     """The write side of one shared keyed counter."""
 
     segment: Segment
-    cells: dict[str, int]
-    def __init__(self, segment: Segment, register: Callable[[str], int]) -> None: ...
+    @property
+    def cells(self) -> Mapping[str, int]:
+        """A read-only view of the cells known so far (only the C code writes them,
+        each checked against the segment)."""
+    def __init__(
+        self,
+        segment: Segment,
+        register: Callable[[str], int],
+        find: Callable[[str], int | None] | None = None,
+    ) -> None: ...
+    def lookup(self, key: str, /) -> int | None:
+        """key's cell, asking ``find`` when it is not known yet; None when it has none."""
     def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
     def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...
 

@@ -82,14 +82,18 @@ typedef struct {
 extern TL_HIDDEN uint32_t tl_cpus;
 
 /* The whole tp_dealloc of a heap type after its own frees: untrack it (GC
- * types), tp_clear (clear may be NULL), free it, and drop the reference the
+ * types), clear its weak references (weakreflist: NULL for a type without
+ * them), tp_clear (clear may be NULL), free it, and drop the reference the
  * instance held to its type. */
 static inline void
-tl_dealloc(PyObject *self, inquiry clear)
+tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
 {
     PyTypeObject *tp = Py_TYPE(self);
     if (PyType_IS_GC(tp)) {
         PyObject_GC_UnTrack(self);
+    }
+    if (weakreflist != NULL && *weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
     }
     if (clear != NULL) {
         (void)clear(self);

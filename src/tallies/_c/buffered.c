@@ -97,11 +97,16 @@ Cell_clear(CellObject *self)
     return 0;
 }
 
+/* The owner is any object, another BufferedCounter included: a chain of them
+ * is freed through CPython's trashcan instead of one C frame per link. */
 static void
 Cell_dealloc(CellObject *self)
 {
+    PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Cell_dealloc)
     tl_striped_free(&self->s);
-    tl_dealloc((PyObject *)self, (inquiry)Cell_clear);
+    tl_dealloc((PyObject *)self, (inquiry)Cell_clear, NULL);
+    Py_TRASHCAN_END
 }
 
 /* Ask the owner: owner.<meth>(name). */

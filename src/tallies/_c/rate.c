@@ -473,7 +473,7 @@ static void
 Rate_dealloc(RateObject *self)
 {
     tlr_free(&self->ring);
-    tl_dealloc((PyObject *)self, (inquiry)Rate_clear);
+    tl_dealloc((PyObject *)self, (inquiry)Rate_clear, NULL);
 }
 
 static PyObject *

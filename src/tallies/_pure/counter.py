@@ -11,7 +11,7 @@ import math
 import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from .._common import INT64_MAX, INT64_MIN, to_int64
+from .._common import INT64_MAX, INT64_MIN, instance_state, to_int64
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -28,10 +28,13 @@ def _overflow(op: str, n: int, current: int) -> OverflowError:
     )
 
 
+_OWN_SLOTS = frozenset({"_lock", "_value", "_waiting", "_cond"})
+
+
 def _reduce(obj: object, value: int) -> tuple[Any, ...]:
-    """(type, (value,)) plus a subclass instance's __dict__, like the C core."""
-    state = getattr(obj, "__dict__", None)
-    if state:
+    """(type, (value,)) plus a subclass instance's state, like the C core."""
+    state = instance_state(obj, _OWN_SLOTS)
+    if state is not None:
         return (type(obj), (value,), state)
     return (type(obj), (value,))
 
@@ -44,7 +47,7 @@ class _LockedInt:
     the lock makes every other thread queue behind it).
     """
 
-    __slots__ = ("_lock", "_value", "_waiting")
+    __slots__ = ("__weakref__", "_lock", "_value", "_waiting")
     _kind = "Counter"  # the constructor's name in error messages, as in the C core
     _cond: threading.Condition  # set by Counter, used only while _waiting > 0
 
@@ -102,7 +105,12 @@ class _LockedInt:
 
 
 class Counter(_LockedInt):
-    """An exact signed 64-bit counter that many threads may update."""
+    """An exact signed 64-bit counter that many threads may update.
+
+    Counters compare and hash by identity, as threading primitives do (a
+    shared cell other threads change at any moment); compare values with
+    ``a.value() == b.value()``.
+    """
 
     __slots__ = ("_cond",)
     __module__ = "tallies._pure"
@@ -157,7 +165,11 @@ class Counter(_LockedInt):
 
 
 class ShardedCounter(_LockedInt):
-    """The striped counter's API over one locked int (striping needs the C core)."""
+    """The striped counter's API over one locked int (striping needs the C core).
+
+    Counters compare and hash by identity, as threading primitives do; compare
+    values with ``a.value() == b.value()``.
+    """
 
     __slots__ = ()
     __module__ = "tallies._pure"

@@ -7,12 +7,14 @@
     >>> kc.most_common(2)
     [('a', 7), ('b', 2)]
 
-A drop-in replacement for ``collections.Counter`` wherever the counts are
-integers, whose every single-key update is atomic (see ``tallies.keyed.api`` for how
-``kc[key] += n`` stays exact under threads).  The per-key primitives are C
-(``_c/keyed.c``) or the pure-Python ``tallies._pure.keyed``, as ``tallies._impl``
-decides; both run the same Python code for the ``collections.Counter`` API
-(``api.py``; the fallback's class is ``fallback.py``).
+``collections.Counter``'s API wherever the counts are integers, with every
+single-key update atomic (see ``tallies.keyed.api`` for how ``kc[key] += n``
+stays exact under threads).  It is not a ``dict``: ``KeyedCounter.__doc__``
+lists what differs from ``collections.Counter`` (``json.dumps(kc.snapshot())``
+serialises it).  The per-key primitives are C (``_c/keyed.c``) or the
+pure-Python ``tallies._pure.keyed``, as ``tallies._impl`` decides; both run the
+same Python code for the ``collections.Counter`` API (``api.py``; the
+fallback's class is ``fallback.py``).
 
 Free-threading: with ``Py_GIL_DISABLED`` the C core's table (``_c/_ktable.h``,
 read its header comment) looks keys up without a lock, adds to counts
