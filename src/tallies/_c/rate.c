@@ -440,27 +440,26 @@ typedef struct {
     spec sp;
 } RateObject;
 
-/* The constructor's arguments, (window=60.0, resolution=1.0, *, clock=None),
- * as settings; fmt ends with ":" and the type's name (the name in messages). */
-static int
-parse_new_args(PyObject *args, PyObject *kwds, const char *fmt, spec *sp)
+/* A new instance of type, its constructor's arguments (window=60.0,
+ * resolution=1.0, *, clock=None) parsed into *sp first; fmt ends with ":" and
+ * the type's name (the name in messages).  NULL with an exception. */
+static PyObject *
+alloc_with_spec(PyTypeObject *type, PyObject *args, PyObject *kwds, const char *fmt, spec *sp)
 {
     static char *kwlist[] = {"window", "resolution", "clock", NULL};
     PyObject *wobj = NULL, *robj = NULL, *clock = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &wobj, &robj, &clock)) {
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &wobj, &robj, &clock) ||
+        parse_spec(strchr(fmt, ':') + 1, wobj, robj, clock, sp) < 0) {
+        return NULL;
     }
-    return parse_spec(strchr(fmt, ':') + 1, wobj, robj, clock, sp);
+    return type->tp_alloc(type, 0);
 }
 
 static PyObject *
 Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     spec sp;
-    if (parse_new_args(args, kwds, "|OO$O:RateCounter", &sp) < 0) {
-        return NULL;
-    }
-    RateObject *self = (RateObject *)type->tp_alloc(type, 0);
+    RateObject *self = (RateObject *)alloc_with_spec(type, args, kwds, "|OO$O:RateCounter", &sp);
     if (self == NULL) {
         return NULL;
     }
@@ -743,10 +742,8 @@ static PyObject *
 KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     spec sp;
-    if (parse_new_args(args, kwds, "|OO$O:KeyedRateCounter", &sp) < 0) {
-        return NULL;
-    }
-    KRateObject *self = (KRateObject *)type->tp_alloc(type, 0);
+    KRateObject *self =
+        (KRateObject *)alloc_with_spec(type, args, kwds, "|OO$O:KeyedRateCounter", &sp);
     if (self == NULL) {
         return NULL;
     }
