@@ -39,6 +39,7 @@ A target at 10^6 keys is inconclusive when ``--max-keys`` stops below it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -76,7 +77,8 @@ NOTE = (
     "key incremented once, then flush(), reads of one key and snapshot(). Per-key costs are "
     "the whole operation divided by the keys; increments of an existing key walk a sample "
     f"of at most {SAMPLE:,} keys, interleaved round by round with KeyedCounter on the same "
-    "keys. Times are this machine's; the ratios are per round."
+    "keys. Resident memory is the growth of RSS (page-sized steps: noise at 1,000 keys). "
+    "Times are this machine's; the ratios are per round."
 )
 
 
@@ -99,10 +101,8 @@ def _disk(directory: str) -> int:
     total = 0
     for base, _, files in os.walk(directory):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):  # removed meanwhile
                 total += os.stat(os.path.join(base, f)).st_blocks * 512
-            except OSError:
-                pass
     return total
 
 
@@ -177,11 +177,14 @@ def child(store: str, n: int, where: str, rounds: int, redis_port: int = 0) -> d
     cases = {"store": _loop(kc.increment), "floor": _loop(floor.increment), "empty": empty}
     for case in cases.values():  # warm up: the same calls on both
         case(sample)
+
+    def on_sample(c: Callable[[Sequence[str]], int]) -> Callable[[], float]:
+        return lambda: float(c(sample))
+
     was = gc.isenabled()
     gc.disable()
     try:
-        raw = interleave({name: (lambda c=c: float(c(sample))) for name, c in cases.items()},
-                         rounds, repeat=3)  # fmt: skip
+        raw = interleave({name: on_sample(c) for name, c in cases.items()}, rounds, repeat=3)
     finally:
         if was:
             gc.enable()
@@ -274,6 +277,13 @@ def _n(n: int) -> str:
     return f"{n:,} keys"
 
 
+def _took(seconds: float) -> str:
+    """``12.5 ms``, ``3.1 s``: a whole operation's time, for the detail column."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} us"
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
 def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
             why_not: dict[str, str]) -> list[Row]:  # fmt: skip
     """The report's rows from every (store, N)'s figures, with issue 19's targets."""
@@ -317,7 +327,7 @@ def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
 
     def first(store: str, n: int, res: dict[str, Any]) -> Row:
         row = Row(part, f"{store}, {_n(n)}", res["first_ns"], "ns")
-        row.detail = f"{res['first_ns'] * n / 1e9:.3g} s for {n:,} keys"
+        row.detail = f"{_took(res['first_ns'] * n / 1e9)} for {n:,} keys"
         if store == "shm://":
             row.judge(Target("<=", 2000, "ns"), res["first_ns"])
         return row
@@ -340,12 +350,14 @@ def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
     each(part, existing)
 
     # one-key reads
-    part = "scale: one-key read kc[key] (ms)"
+    part = "scale: one-key read kc[key] (us)"
 
     def read(store: str, n: int, res: dict[str, Any]) -> Row:
-        row = Row(part, f"{store}, {_n(n)}, after flush()", median(res["read_ms"]), "ms")
-        pending = median(res["read_pending_ms"])
-        row.detail = f"{len(res['read_ms'])} reads; {pending:.3g} ms with every key pending"
+        us = median(res["read_ms"]) * 1e3
+        row = Row(part, f"{store}, {_n(n)}, after flush()", us, "us")
+        pending = median(res["read_pending_ms"]) / 1e3
+        reads = len(res["read_ms"])
+        row.detail = f"median of {reads} reads; {_took(pending)} with every key pending"
         row.data = {"ms": res["read_ms"], "pending_ms": res["read_pending_ms"]}
         return row
 
@@ -360,13 +372,13 @@ def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
                               missing(store, top if res is None else min(SIZES))))  # fmt: skip
 
     # flush
-    part = "scale: flush() of every key dirty"
+    part = "scale: flush() of every key dirty (ns per key)"
 
     def flush(store: str, n: int, res: dict[str, Any]) -> Row | None:
         if store == FLOOR:
             return None
-        row = Row(part, f"{store}, {_n(n)}", res["flush_s"] * 1e3, "ms")
-        row.detail = f"{res['flush_s'] / n * 1e9:,.0f} ns per key"
+        row = Row(part, f"{store}, {_n(n)}", res["flush_s"] / n * 1e9, "ns")
+        row.detail = f"{_took(res['flush_s'])} for {n:,} keys"
         red = res.get("redis")
         if red:
             per = red["usec_per_call"]
@@ -397,11 +409,11 @@ def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
     rows[-1].detail = how
 
     # snapshot
-    part = "scale: snapshot()"
+    part = "scale: snapshot() (ns per key)"
 
     def snapshot(store: str, n: int, res: dict[str, Any]) -> Row:
-        row = Row(part, f"{store}, {_n(n)}", res["snapshot_s"] * 1e3, "ms")
-        row.detail = f"{res['snapshot_s'] / n * 1e9:,.0f} ns per key"
+        row = Row(part, f"{store}, {_n(n)}", res["snapshot_s"] / n * 1e9, "ns")
+        row.detail = f"{_took(res['snapshot_s'])} for {n:,} keys"
         return row
 
     each(part, snapshot)
