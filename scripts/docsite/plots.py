@@ -175,7 +175,7 @@ def _draw_scale(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
         series: dict[str, dict[int, float]] = defaultdict(dict)
         for r in run["rows"]:
             m = SCALE_ROW.match(r["name"])
-            if r["part"].startswith(part) and m and r.get("value") is not None:
+            if r["part"].startswith(part) and m and (r.get("value") or 0) > 0:  # log axes
                 series[m["store"]][int(m["keys"].replace(",", ""))] = r["value"]
         for store, pts in series.items():
             color = colors.setdefault(store, palette[len(colors) % len(palette)])
