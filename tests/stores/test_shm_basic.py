@@ -480,12 +480,15 @@ def test_layout_gives_each_slab_its_own_cache_lines(names: int, keys: int, slabs
     assert L.slabs_off % 4096 == 0 and L.archive_off % 4096 == 0
     for s in range(slabs - 1):
         assert L.slab_off(s + 1) - L.slab_off(s) == L.slab_bytes
-    # sections do not overlap, in order, and the file ends after the last slab
-    assert L.names_off + names * 256 <= L.keys_off
-    assert L.keys_off + keys * 256 <= L.desc_off
+    # sections do not overlap, in order, and the file ends after the bitmap
+    assert L.names_off + names * 256 <= L.hash_off
+    assert L.hash_slots >= 2 * keys and L.hash_off + L.hash_slots * 4 <= L.keys_off
+    assert L.keys_off + keys * 32 <= L.desc_off
     assert L.desc_off + slabs * 64 <= L.archive_off
     assert L.archive_off + 8 * (names + keys) <= L.slabs_off
-    assert L.slab_off(slabs - 1) + L.slab_bytes <= L.total
+    assert L.slab_off(slabs - 1) + L.slab_bytes <= L.rmeta_off
+    assert L.heap_off + L.heap_cap <= L.bitmap_off
+    assert (L.total - L.bitmap_off) * 8 >= L.total // 4096  # a bit per page
 
 
 def test_a_keyed_counters_cells_cannot_be_pointed_elsewhere(shm_url: str) -> None:

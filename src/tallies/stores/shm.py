@@ -380,13 +380,11 @@ class ShmStore(Store):
                 else:
                     seg, owner = self._seg, idx
 
-                    def register(key: object) -> int:
+                    def register(key: object) -> int:  # (unused: owner= inserts in C)
                         return seg.register_key(owner, key)
 
-                    def find(key: str) -> int | None:
-                        return seg.find_key(owner, key)
-
-                    obj = ShmKeyedCounter(self._seg.c, register, find)
+                    # New keys are inserted by the C increment itself, lock-free.
+                    obj = ShmKeyedCounter(self._seg.c, register, owner=owner)
                     obj._idx = idx
                 obj._seg = self._seg
                 obj._name = name
