@@ -99,8 +99,8 @@ def main(argv: list[str]) -> int:
         f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
     print(
-        f"{'N':>9} {'first inc':>11} {'(cpu)':>9} {'vs KC':>7} {'existing':>10} {'vs KeyedCounter':>22} "
-        f"{'disk used':>11} {'file size':>11}"
+        f"{'N':>9} {'first inc':>11} {'(cpu)':>9} {'vs KC':>7} {'existing':>10} "
+        f"{'vs KeyedCounter':>22} {'disk used':>11} {'file size':>11}"
     )
     for n in ns:
         m = measure(n)
