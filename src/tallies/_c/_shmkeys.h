@@ -168,7 +168,7 @@ tkd_probe(const tkd_dir *d, int64_t owner, const char *key, int64_t len, uint64_
 static inline int64_t
 tkd_find(const tkd_dir *d, int64_t owner, const char *key, int64_t len)
 {
-    uint64_t empty;
+    uint64_t empty = d->slots;
     return tkd_probe(d, owner, key, len, tkd_hash(owner, key, len), &empty);
 }
 
@@ -194,7 +194,7 @@ tkd_claim(tl_cell *word, int64_t n, int64_t cap)
 static inline int64_t
 tkd_insert(tkd_dir *d, int64_t owner, const char *key, int64_t len, int64_t ring1)
 {
-    uint64_t h = tkd_hash(owner, key, len), empty;
+    uint64_t h = tkd_hash(owner, key, len), empty = d->slots;
     int64_t j = tkd_probe(d, owner, key, len, h, &empty);
     if (j != TKD_ABSENT) {
         return j;
