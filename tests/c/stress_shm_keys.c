@@ -181,6 +181,7 @@ main(void)
     dir.used = &used;
     dir.heap_used = &heap_used;
     dir.reserve = NULL;
+    dir.written = NULL;
     for (int k = 0; k < NKEYS; k++) {
         /* "k17", "k17-x...": lengths 2..30, prefixes of one another */
         int n = snprintf(texts[k], sizeof texts[k], "k%d%.*s", k / 3, (k % 5) * 6,

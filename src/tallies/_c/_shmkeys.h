@@ -97,6 +97,9 @@ struct tkd_dir {
     /* Called before `len` bytes at `addr` are first written: make sure the
      * memory behind them exists (0, or -1 to refuse).  May be NULL. */
     int (*reserve)(tkd_dir *d, void *addr, int64_t len);
+    /* May the hash word at `addr` have been written (else it reads as 0
+     * without being loaded: the page behind it may not exist)?  May be NULL. */
+    int (*written)(tkd_dir *d, const void *addr);
     void *ctx;
 };
 
@@ -144,7 +147,9 @@ tkd_probe(const tkd_dir *d, int64_t owner, const char *key, int64_t len, uint64_
     uint64_t mask = d->slots - 1;
     for (uint64_t i = 0; i < d->slots; i++) {
         uint64_t s = (h + i) & mask;
-        uint32_t v = atomic_load_explicit(&d->hash[s], memory_order_acquire);
+        uint32_t v = d->written != NULL && !d->written((tkd_dir *)d, (const void *)&d->hash[s])
+                         ? 0
+                         : atomic_load_explicit(&d->hash[s], memory_order_acquire);
         if (v == 0) {
             *empty = s;
             return TKD_ABSENT;

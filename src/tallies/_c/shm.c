@@ -128,6 +128,25 @@ typedef struct {
  * first time, reserving is one load.  A full file system is then a
  * CapacityError from the call that needed the page, with nothing changed. */
 
+/* Was the page at `off` ever reserved?  If not, nothing was ever written
+ * there and it reads as 0: readers test this before loading from the sparse
+ * parts, because on tmpfs even a read fault of a hole allocates a page (and
+ * a full file system would make it a SIGBUS).  A writer sets the bit before
+ * its first write, so a reader that sees it clear reads before that write. */
+static inline int
+seg_written(SegmentObject *s, Py_ssize_t off)
+{
+    Py_ssize_t p = off / SEG_PAGE;
+    return s->bitmap == NULL ||
+           (atomic_load_explicit(&s->bitmap[p / 64], memory_order_acquire) >> (p % 64)) & 1;
+}
+
+static inline int64_t
+seg_read(SegmentObject *s, Py_ssize_t off)
+{
+    return seg_written(s, off) ? tl_load((tl_cell *)(s->base + off)) : 0;
+}
+
 static int
 seg_reserve_off(SegmentObject *s, Py_ssize_t off, Py_ssize_t len)
 {
@@ -163,6 +182,13 @@ seg_reserve_off(SegmentObject *s, Py_ssize_t off, Py_ssize_t len)
         p = q;
     }
     return 0;
+}
+
+static int
+seg_tkd_written(tkd_dir *d, const void *addr)
+{
+    SegmentObject *s = d->ctx;
+    return seg_written(s, (const char *)addr - s->base);
 }
 
 static int
@@ -518,10 +544,10 @@ static Py_ssize_t
 collect_cell(SegmentObject *s, Py_ssize_t cell, int64_t *vals)
 {
     Py_ssize_t k = 0;
-    vals[k++] = tl_load(seg_at(s, s->archive_off + cell * 8));
+    vals[k++] = seg_read(s, s->archive_off + cell * 8);
     for (Py_ssize_t i = 0; i < s->nslabs; i++) {
         if (slab_in_use(s, i)) {
-            vals[k++] = tl_load(seg_at(s, s->slabs_off + i * s->slab_bytes + cell * 8));
+            vals[k++] = seg_read(s, s->slabs_off + i * s->slab_bytes + cell * 8);
         }
     }
     return k;
@@ -616,9 +642,9 @@ done:
 }
 
 static inline int64_t
-take_one(tl_cell *c)
+take_one(SegmentObject *s, Py_ssize_t off)
 {
-    return tl_load(c) == 0 ? 0 : tl_exchange(c, 0);
+    return seg_read(s, off) == 0 ? 0 : tl_exchange(seg_at(s, off), 0);
 }
 
 /* take(cell) -> int: exchange archive[cell] and every non-FREE slab's cell
@@ -642,11 +668,10 @@ Segment_take(SegmentObject *self, PyObject *arg)
      * for it (an increment after it lands in a later value), and a page of
      * the sparse file that nobody wrote stays unallocated. */
     Py_ssize_t k = 0;
-    sc.vals[k++] = take_one(seg_at(self, self->archive_off + cell * 8));
+    sc.vals[k++] = take_one(self, self->archive_off + cell * 8);
     for (Py_ssize_t i = 0; i < self->nslabs; i++) {
         if (slab_in_use(self, i)) {
-            sc.vals[k++] = take_one(
-                seg_at(self, self->slabs_off + i * self->slab_bytes + cell * 8));
+            sc.vals[k++] = take_one(self, self->slabs_off + i * self->slab_bytes + cell * 8);
         }
     }
     PyObject *r = sum_to_pylong(sc.vals, k);
@@ -685,7 +710,7 @@ Segment_nonzero(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     for (Py_ssize_t c = lo; c < hi; c++) {
-        int64_t v = tl_load(seg_at(self, off + c * 8));
+        int64_t v = seg_read(self, off + c * 8);
         if (v != 0) {
             PyObject *t = Py_BuildValue("(nL)", c, (long long)v);
             if (t == NULL || PyList_Append(out, t) < 0) {
@@ -794,6 +819,7 @@ Segment_attach_keys(SegmentObject *self, PyObject *args)
     self->keys.used = seg_at(self, used_off);
     self->keys.heap_used = seg_at(self, heap_used_off);
     self->keys.reserve = seg_tkd_reserve;
+    self->keys.written = seg_tkd_written;
     self->keys.ctx = self;
     self->keys.hash = (_Atomic uint32_t *)(self->base + hash_off); /* last: attached */
     Py_RETURN_NONE;
@@ -864,6 +890,10 @@ seg_key_cell(SegmentObject *s, Py_ssize_t owner, PyObject *key, int insert, int6
 {
     Py_ssize_t len;
     const char *raw = seg_key_bytes(key, &len, fname);
+    if (raw == NULL && !insert && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear(); /* too long, or a lone surrogate: never a key, so absent */
+        return -2;
+    }
     if (raw == NULL || seg_need_keys(s) < 0) {
         return -1;
     }
@@ -960,6 +990,16 @@ Segment_key_entries(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     for (Py_ssize_t j = lo; j < hi; j++) {
         tkd_dir *d = &self->keys;
+        if (!seg_written(self, (char *)tkd_word(d, j, 0) - self->base)) {
+            /* claimed by a writer that died before writing it: never a key */
+            PyObject *t = Py_BuildValue("(iiiO)", TKD_WRITING, -1, 0, Py_None);
+            if (t == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, j - lo, t);
+            continue;
+        }
         int64_t state = atomic_load_explicit(tkd_word(d, j, 0), memory_order_acquire);
         int64_t owner = tl_load(tkd_word(d, j, 1));
         int64_t w2 = tl_load(tkd_word(d, j, 2)), off = tl_load(tkd_word(d, j, 3));
