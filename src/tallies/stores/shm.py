@@ -273,10 +273,11 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
 class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
     """A keyed counter in shared memory (str keys); the ``KeyedCounter`` API.
 
-    ``increment(key, n=1)``/``decrement(key, n=1)`` are lock-free after a
-    key's first use in this process.  A key is registered in the segment on
-    its first update and is never removed: ``reset(key)`` zeroes it.  Keys are
-    at most 224 bytes of UTF-8.
+    ``increment(key, n=1)``/``decrement(key, n=1)`` are lock-free, a key's
+    first update included (it inserts the key into the segment's key
+    directory in C; only a process's first write takes the segment lock, to
+    claim its slab).  A key is never removed: ``reset(key)`` zeroes it.  Keys
+    are at most 224 bytes of UTF-8.
     """
 
     __slots__ = ("_idx", "_name", "_seg", "_url")
