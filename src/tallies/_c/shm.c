@@ -6,8 +6,9 @@
  * stores/_shm_segment.py: it owns the segment file, its layout, the name and
  * key directories, slab ownership, folding and every lock.  This
  * file only does what must be fast or atomic: cell updates, exact sums across
- * slabs, and the atomic loads/stores/exchanges that the Python side uses on
- * the same memory.
+ * slabs, the lock-free insert of new keys (_shmkeys.h), the page reservations
+ * of the sparse file (seg_reserve_off, seg_written), and the atomic
+ * loads/stores/exchanges that the Python side uses on the same memory.
  *
  * The segment, in one paragraph
  * -----------------------------
