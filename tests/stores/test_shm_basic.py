@@ -217,6 +217,9 @@ def test_keyed_errors_change_nothing(shm_url: str) -> None:
             k.increment("x" * (KEY_MAX + 1))
         with pytest.raises(ValueError, match="not valid Unicode"):
             k.increment("\udc80")
+        # reads of such a key answer that it has no count (it can never have one)
+        assert k.value("x" * (KEY_MAX + 1)) == 0 and "\udc80" not in k
+        assert k.reset("\udc80") == 0
         k.increment("", 1)  # the empty string is a key like any other
         k.increment("a", INT64_MAX - 2)
         with pytest.raises(OverflowError, match="would move this process's cell"):
