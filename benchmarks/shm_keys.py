@@ -50,7 +50,7 @@ def measure(n: int) -> dict[str, float]:
     from tallies.stores._shm_segment import DEFAULT_KEYS
 
     name = f"bench-keys-{uuid.uuid4().hex[:8]}"
-    url = f"shm://{name}" + (f"?keys={n}" if n > DEFAULT_KEYS else "")
+    url = f"shm://{name}" + (f"?keys={n + 1}" if n + 1 > DEFAULT_KEYS else "")
     keys = [f"user:{i}" for i in range(n)]
     try:
         with tallies.open(url) as store:
