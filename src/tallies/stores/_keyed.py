@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from .._pure.counter import to_int64
+from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
 from ..keyed.api import Count, _make_count
 from .base import check_key
 
@@ -36,18 +36,12 @@ class StoreKeyedMixin:
 
     __slots__ = ()
 
-    # what the class provides
-    def increment(self, key: str, n: SupportsIndex = 1) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # what the class provides (a C base may: no Python stubs here)
 
-    def decrement(self, key: str, n: SupportsIndex = 1) -> None:
-        raise NotImplementedError
-
-    def value(self, key: str) -> int:
-        raise NotImplementedError
-
-    def snapshot(self) -> collections.Counter[str]:
-        raise NotImplementedError
+        def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
+        def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...
+        def value(self, key: str) -> int: ...
+        def snapshot(self) -> collections.Counter[str]: ...
 
     # ---- reading ------------------------------------------------------------------
 
@@ -96,6 +90,9 @@ class StoreKeyedMixin:
             if counter is self and (read_key is key or read_key == key):
                 self.increment(key, int(value) - read)
                 return
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            # kc[key] += n past the int64 edge (a sum outside int64 is a plain int)
+            raise OverflowError(f"{value!r} is outside the signed 64-bit range")
         raise TypeError(
             f"{type(self).__name__} takes no plain assignment (kc[key] = v): setting a "
             "count cannot be atomic with other processes' updates; use kc[key] += n, "

@@ -360,6 +360,8 @@ def check_key(key: object) -> str:
     """A keyed counter's key, by the rule every store shares: a str of 1 to
     1024 UTF-8 bytes, no NUL, no lone surrogate (``shm://`` holds at most
     224 bytes).  TypeError for a non-str, ValueError otherwise."""
-    if not isinstance(key, str):
-        raise TypeError(f"key must be a str, not {type(key).__name__!r}")
-    return check_name(str.__str__(key), "key", max_bytes=KEY_MAX_BYTES)
+    if type(key) is not str:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__!r}")
+        key = str.__str__(key)
+    return check_name(key, "key", max_bytes=KEY_MAX_BYTES)

@@ -242,6 +242,7 @@ __all__ = [
 log = logging.getLogger("tallies.stores")
 
 HISTORY = 16
+_EVERY: Any = object()  # reset() without a key
 
 
 def _what(name: str, key: str | None) -> str:
@@ -542,13 +543,13 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         """Every key's count (stored + pending; keys at 0 included)."""
         return collections.Counter(self._wb.value_keyed(self._name))
 
-    def reset(self, key: str | None = None) -> Any:
+    def reset(self, key: str = _EVERY) -> Any:
         """``reset(key) -> int`` or ``reset() -> collections.Counter``: zero the
         stored counts and this process's pending deltas in one transaction
         (the keys stay listed, at 0)."""
         if self._closed:
             raise self._closed_error()
-        if key is None:
+        if key is _EVERY:
             v = self._wb.take(Target("keyed", self._name))
             assert isinstance(v, dict)
             return collections.Counter(v)
@@ -909,10 +910,10 @@ class WriteBehind:
         if self._inflight is batch:
             self._inflight = None
         self._registered.update(batch.names)
-        for name, m in batch.keyed.items():
+        for name, m in batch.keyed.items() if batch.take is None else ():
             kc = self._keyed.get(name)
             if kc is not None:
-                kc._stored.update(m)
+                kc._stored.update(m)  # (a take's deltas are not stored: its keys are not)
         if batch.has_deltas():
             self._history.append(batch)
             while len(self._history) > HISTORY:
