@@ -25,8 +25,6 @@ from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_key, chec
 
 __all__ = ["STORE", "MemoryKeyedCounter", "MemoryStore"]
 
-_EVERY: Any = object()
-
 
 class MemoryKeyedCounter(KeyedCounter):
     """``memory://``'s keyed counter: a ``tallies.KeyedCounter`` whose keys are
@@ -50,8 +48,9 @@ class MemoryKeyedCounter(KeyedCounter):
         v: int = KeyedCounter.__getitem__(self, check_key(key))
         return v
 
-    def reset(self, key: Hashable = _EVERY) -> Any:
-        if key is _EVERY:
+    def reset(self, key: Hashable = None) -> Any:
+        """``reset(key)`` or ``reset()`` (also ``reset(None)``, as in every store)."""
+        if key is None:
             return KeyedCounter.reset(self)
         return KeyedCounter.reset(self, check_key(key))
 
