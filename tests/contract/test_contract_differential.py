@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 import pytest
-from _contract import STORES, destroy, facts
+from _contract import STORES, another_writer, destroy, facts
 from _support import INT64_MAX, INT64_MIN, in_int64
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -311,6 +311,21 @@ class StoreVsModel(RuleBasedStateMachine):
             assert other.snapshot() == self.model.snapshot()
             for name in self.model.counters:
                 assert other.counter(name).value() == self.model.counters[name]
+
+    @rule()
+    def another_writer_reads_what_was_flushed(self) -> None:
+        """After a flush, the counts as another process reads them (keys at 0
+        included): another store on the same backing store."""
+        self.store.flush()
+        want = self.model.snapshot()
+        names = sorted(self.model.kinds)
+        if not self.facts.empty_keyed_shared:  # Redis has no empty hash
+            empty = {n for n, m in want["keyed"].items() if not m}
+            want["keyed"] = {n: m for n, m in want["keyed"].items() if n not in empty}
+            names = [n for n in names if n not in empty]
+        with tallies.open(another_writer(self.url)) as other:
+            assert other.snapshot() == want
+            assert other.names() == names
 
     @invariant()
     def the_store_matches_the_model(self) -> None:

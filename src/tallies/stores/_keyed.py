@@ -88,7 +88,11 @@ class StoreKeyedMixin:
         if tag is not None:
             counter, read_key, read = tag
             if counter is self and (read_key is key or read_key == key):
-                self.increment(key, int(value) - read)
+                delta = int(value) - read
+                if delta == 2**63:  # kc[key] -= INT64_MIN
+                    self.decrement(key, INT64_MIN)
+                else:
+                    self.increment(key, delta)
                 return
         if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
             # kc[key] += n past the int64 edge (a sum outside int64 is a plain int)

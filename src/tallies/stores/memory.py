@@ -62,10 +62,15 @@ class MemoryKeyedCounter(KeyedCounter):
         return v
 
     def _checked_keys(self, iterable: Any, kwds: Mapping[str, Any]) -> Any:
+        """Every key checked before the first is counted (a mapping's too)."""
         for k in kwds:
             check_key(k)
-        if iterable is None or isinstance(iterable, Mapping):
-            return iterable  # every key goes through increment()
+        if iterable is None:
+            return None
+        if isinstance(iterable, Mapping):
+            for k in iterable:
+                check_key(k)
+            return iterable
         keys = list(iterable)
         for k in keys:
             check_key(k)
