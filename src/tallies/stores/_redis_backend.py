@@ -20,17 +20,20 @@ answers ``gap`` and is sent again after it.  So a call that times out, a reply
 that is lost, a server that restarts, a ``NOSCRIPT`` after a restart or a
 ``MOVED`` after a resharding all end the same way: each part applied once.
 
-Scripts run through redis-py's ``Script`` objects (``register_script``: the
-SHA computed once, ``EVALSHA`` with a ``SCRIPT LOAD`` and a second try on
-``NOSCRIPT``): a single call goes through ``Script.__call__``.  Several calls
-to one node are pipelined with ``pipe.evalsha(script.sha, ...)`` and a
-``NOSCRIPT`` reply is answered here (load, send that call again), not by
-passing the ``Script`` to the pipeline: redis-py then runs ``SCRIPT EXISTS``
-before every pipeline, one more round trip per flush.  Measured 2026-12-06 on
-this project's 2-vCPU machine, Redis 7.0.15 on loopback, median of 7 rounds
-of 500: a pipeline of 5 calls 384 us with the ``Script`` passed, 280 us with
-``evalsha`` (1.37x); of 1 call 266 vs 152 us (1.75x); a single call through
-``Script.__call__`` costs what ``evalsha`` does (136 vs 169 us, noise).
+The scripts are redis-py ``Script`` objects (``register_script``: the SHA
+computed once, the source at hand for ``SCRIPT LOAD``), but they are not run
+through ``Script.__call__`` nor passed to a pipeline: every call is queued as
+``pipe.evalsha(script.sha, ...)`` in a pipeline per node, and a ``NOSCRIPT``
+reply is answered here (load, send that call again).  Measured, 2026-12-06, on
+this project's 2-vCPU machine with Redis 7.0.15 on loopback (median of 7
+rounds of 500): passing the ``Script`` to the pipeline makes redis-py run
+``SCRIPT EXISTS`` before every pipeline, one more round trip per flush: a
+pipeline of 5 calls 384 us against 280 us (1.37x), of 1 call 266 against 152
+us (1.75x).  ``Script.__call__`` for a lone call costs what ``evalsha`` does
+(136 against 169 us, noise), but on the free-threaded build the flushes that
+fail while Redis is down kept memory alive through it (12.7 kB after 390
+failed flushes in ``test_redis_stopped_under_load_then_back``, over the test's
+8 kB; the pipeline path passes it), so a lone call is a pipeline of one.
 
 A flush is bounded by ``timeout`` per round trip: a call that times out is
 not sent again by redis-py (its retry is for a dropped connection only), so
@@ -323,9 +326,10 @@ class RedisBackend:
     def _run(
         self, script: Any, calls: Sequence[tuple[list[Any], list[Any]]], what: str
     ) -> tuple[list[Any], list[tuple[int, BaseException]]]:
-        """Send script calls (one call: ``Script.__call__``; several to one
-        node: pipelined, in order); retry NOSCRIPT, MOVED/ASK/TRYAGAIN and
-        ``gap``.  Returns (results, refused calls)."""
+        """Send script calls (pipelined per node, in order; ``script`` is a
+        redis-py ``Script``: its SHA, its source for a NOSCRIPT); retry
+        NOSCRIPT, MOVED/ASK/TRYAGAIN and ``gap``.  Returns (results, refused
+        calls)."""
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         refused: list[tuple[int, BaseException]] = []
@@ -339,19 +343,11 @@ class RedisBackend:
                     client = self._node_client(calls[i][0][0])
                     by_node.setdefault(id(client), (client, []))[1].append(i)
                 for client, idxs in by_node.values():
-                    replies: list[Any]
-                    if len(idxs) == 1:
-                        keys, args = calls[idxs[0]]
-                        try:
-                            replies = [script(keys=keys, args=args, client=client)]
-                        except rexc.ResponseError as exc:
-                            replies = [exc]
-                    else:
-                        pipe = client.pipeline(transaction=False)
-                        for i in idxs:
-                            keys, args = calls[i]
-                            pipe.evalsha(script.sha, len(keys), *keys, *args)
-                        replies = pipe.execute(raise_on_error=False)
+                    pipe = client.pipeline(transaction=False)
+                    for i in idxs:
+                        keys, args = calls[i]
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    replies = pipe.execute(raise_on_error=False)
                     noscript = False
                     for i, r in zip(idxs, replies, strict=False):
                         if not isinstance(r, BaseException):
