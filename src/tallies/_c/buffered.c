@@ -29,7 +29,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <unistd.h>
 
 #include "_cells.h"
 #include "_gate.h"
@@ -62,7 +61,7 @@ cell_mode(CellObject *self)
 }
 
 #ifdef Py_GIL_DISABLED
-static tl_gate_flight in_flight __attribute__((aligned(TL_LINE))); /* _gate.h */
+static TL_ALIGNED(TL_LINE) tl_gate_flight in_flight; /* _gate.h */
 #endif
 
 static PyObject *
@@ -370,7 +369,7 @@ static PyType_Spec Cell_spec = {
 static int
 buffered_exec(PyObject *m)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = tl_cpu_count();
     n_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
     PyObject *tp = PyType_FromModuleAndSpec(m, &Cell_spec, NULL);
     if (tp == NULL) {

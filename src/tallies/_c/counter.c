@@ -13,7 +13,6 @@
 #include <Python.h>
 #include <pythread.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "_cells.h"
 #include "_pyargs.h"
@@ -681,7 +680,7 @@ static int
 core_exec(PyObject *m)
 {
     module_state *st = PyModule_GetState(m);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = tl_cpu_count();
     n_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
     tl_shared_configure();
 
@@ -701,7 +700,8 @@ core_exec(PyObject *m)
 #endif
     if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
         PyModule_AddIntConstant(m, "CPU_SLOTS", (long)n_cpus) < 0 ||
-        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0) {
+        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0 ||
+        PyModule_AddStringConstant(m, "CPYTHON_INTERNALS", TL_INTERNALS_USED) < 0) {
         return -1;
     }
     return 0;
