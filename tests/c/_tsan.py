@@ -70,7 +70,16 @@ def compile_c(source: Path, out: Path, flags: list[str], include: Path = HEADER_
     """Build ``source``; its headers come from ``include`` (a mutant's folder, say),
     then from the real ones (the headers a mutant does not change: _platform.h)."""
     proc = subprocess.run(
-        [compiler(), *CFLAGS, f"-I{include}", f"-I{HEADER_DIR}", *flags, str(source), "-o", str(out)],
+        [
+            compiler(),
+            *CFLAGS,
+            f"-I{include}",
+            f"-I{HEADER_DIR}",
+            *flags,
+            str(source),
+            "-o",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

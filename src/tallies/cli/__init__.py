@@ -56,7 +56,20 @@ def _switch_interval(text: str) -> float | None:
     return value or None
 
 
+def _say_fallback() -> None:
+    """demo and bench measure tallies: first say so when it runs on its fallback
+    (on stderr, which --json leaves alone)."""
+    import tallies
+
+    from .._build import fallback_notice
+
+    notice = fallback_notice(tallies.BUILD)
+    if notice:
+        print(f"NOTE: {notice}", file=sys.stderr, flush=True)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    _say_fallback()
     from .demo import DemoConfig
     from .demo import main as demo_main
 
@@ -117,6 +130,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    _say_fallback()
     from .bench import BenchConfig
     from .bench import main as bench_main
 

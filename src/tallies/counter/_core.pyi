@@ -8,6 +8,8 @@ CPU_SLOTS: int
 """How many striped cells a ShardedCounter allocates when it inflates."""
 SHARES_CONTENDED: int
 """1 on free-threaded 3.13: a contended ShardedCounter stops being refcounted (_c/_shared.h)."""
+CPYTHON_INTERNALS: str
+"""The CPython internals compiled in, comma-separated ("" for none): _c/_internals.h."""
 
 def _shared_remaining() -> int:
     """How many more contended ShardedCounters may become immortal (0 where not 3.13t)."""
