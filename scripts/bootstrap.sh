@@ -18,8 +18,10 @@ _say() { printf 'tallies setup: %s\n' "$*" >&2; }
 _apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         _say "installing $* with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+        # Lock::Timeout: CI builds caches in the background (scripts/ci-prebuild), whose
+        # apt-get may hold the lock for a while.
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >/dev/null
     else
         _say "missing system packages: $* (install them, e.g. 'sudo apt-get install $*')"
         return 1
