@@ -38,7 +38,8 @@ def compile_flags(compiler_type: str) -> list[str]:
 def describe(exc: Exception) -> str:
     """A compiler failure in one line: the command and its status, not its arguments."""
     text = str(exc).strip()
-    failed = re.match(r"Command '\[(.*?)\]' returned non-zero exit status (\d+)", text, re.S)
+    # CalledProcessError: "Command '[...]' returned ..." ("Command [...]" from 3.15)
+    failed = re.match(r"Command '?\[(.*?)\]'? returned non-zero exit status (\d+)", text, re.S)
     if failed:
         program = failed.group(1).split(",")[0].strip(" '\"")
         return f"command '{program}' failed with exit status {failed.group(2)}"
