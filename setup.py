@@ -15,9 +15,11 @@ it (tallies/_build.py).
 import os
 import re
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 WERROR = os.environ.get("TALLIES_WERROR") == "1"
 FAILED = "_build_failed.txt"  # read by tallies/_build.py
@@ -99,6 +101,20 @@ class optional_build_ext(build_ext):
                 f.write(reason + "\n")
 
 
+class pruned_build_py(build_py):
+    """setuptools reuses build/lib between builds: a module deleted from src/ (the
+    benchmarks, which moved to benchmarks/) would still be installed from there.
+    After copying the package, drop every Python file that src/ no longer has."""
+
+    def run(self) -> None:
+        super().run()
+        built = Path(self.build_lib, "tallies")
+        source = Path(__file__).resolve().parent / "src" / "tallies"
+        for path in list(built.rglob("*")):
+            if path.suffix in (".py", ".pyi") and not (source / path.relative_to(built)).exists():
+                path.unlink()
+
+
 C = "src/tallies/_c/"  # every C source and shared header lives here
 HEADERS = ("_cells.h", "_internals.h", "_platform.h", "_pyargs.h", "_shared.h")
 
@@ -120,5 +136,5 @@ setup(
         extension("tallies.stores._buffered", "buffered.c", "_gate.h"),
         extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),
     ],
-    cmdclass={"build_ext": optional_build_ext},
+    cmdclass={"build_ext": optional_build_ext, "build_py": pruned_build_py},
 )

@@ -37,6 +37,7 @@ import redis.exceptions as rexc
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from ._redact import redact_url
 from ._redis_lua import (
     APPLY_LUA,
     READ_LUA,
@@ -128,9 +129,9 @@ def _number(url: StoreURL, name: str, default: float, lo: float, hi: float) -> f
     try:
         v = float(raw)
     except ValueError:
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a number") from None
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a number") from None
     if not lo <= v <= hi:
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is outside [{lo:g}, {hi:g}]")
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is outside [{lo:g}, {hi:g}]")
     return v
 
 
@@ -138,7 +139,7 @@ def parse_redis_url(url: StoreURL) -> RedisOptions:
     """Split ``redis[s][+cluster]://[user:password@]host[:port][/db]?...``."""
     scheme = url.scheme
     if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        raise ValueError(f"{url.raw!r}: not a redis:// URL")
+        raise ValueError(f"{url.shown!r}: not a redis:// URL")
     cluster = scheme.endswith("+cluster")
     tls = scheme.startswith("rediss")
     try:
@@ -146,23 +147,23 @@ def parse_redis_url(url: StoreURL) -> RedisOptions:
         host = parts.hostname
         port = parts.port or 6379
     except ValueError as exc:
-        raise ValueError(f"{url.raw!r}: {exc}") from None
+        raise ValueError(f"{url.shown!r}: {exc}") from None
     if not host:
-        raise ValueError(f"{url.raw!r}: no host (expected {scheme}://host:port/db)")
+        raise ValueError(f"{url.shown!r}: no host (expected {scheme}://host:port/db)")
     path = parts.path.strip("/")
     if path and not path.isdigit():
-        raise ValueError(f"{url.raw!r}: the database must be a number, not {path!r}")
+        raise ValueError(f"{url.shown!r}: the database must be a number, not {path!r}")
     db = int(path or 0)
     if cluster and db != 0:
-        raise ValueError(f"{url.raw!r}: Redis Cluster has only database 0")
+        raise ValueError(f"{url.shown!r}: Redis Cluster has only database 0")
     prefix = url.params.get("prefix", "tallies:")
     if "{" in prefix or "}" in prefix:
-        raise ValueError(f"{url.raw!r}: the prefix must not contain '{{' or '}}' (hash tags)")
+        raise ValueError(f"{url.shown!r}: the prefix must not contain '{{' or '}}' (hash tags)")
     if len(prefix.encode()) > 200:
-        raise ValueError(f"{url.raw!r}: the prefix is longer than 200 bytes")
+        raise ValueError(f"{url.shown!r}: the prefix is longer than 200 bytes")
     ssl = {k: url.params[k] for k in _SSL_PARAMS if k in url.params}
     if ssl and not tls:
-        raise ValueError(f"{url.raw!r}: ssl_* parameters need rediss://")
+        raise ValueError(f"{url.shown!r}: ssl_* parameters need rediss://")
     return RedisOptions(
         cluster=cluster,
         tls=tls,
@@ -220,7 +221,7 @@ class RedisBackend:
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
-        self.url = url
+        self.url = redact_url(url)  # only ever shown (messages)
         self.prefix = options.prefix
         self._lock = threading.RLock()
         self._acked: dict[str, int] = {}

@@ -53,9 +53,9 @@ def _interval(url: StoreURL) -> float:
     try:
         v = float(raw)
     except ValueError:
-        raise ValueError(f"{url.raw!r}: flush={raw!r} is not a number of seconds") from None
+        raise ValueError(f"{url.shown!r}: flush={raw!r} is not a number of seconds") from None
     if not 0 <= v <= 86400:
-        raise ValueError(f"{url.raw!r}: flush={raw!r} is outside [0, 86400] seconds")
+        raise ValueError(f"{url.shown!r}: flush={raw!r} is outside [0, 86400] seconds")
     return v
 
 
@@ -94,7 +94,7 @@ class RedisStore(Store):
             backend.ping()
             if not create and not backend.exists():
                 raise StoreNotFoundError(
-                    f"{url.raw!r}: no keys under the prefix {options.prefix!r}"
+                    f"{url.shown!r}: no keys under the prefix {options.prefix!r}"
                 )
         except BaseException:
             backend.close()
@@ -163,7 +163,7 @@ class RedisStore(Store):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<RedisStore {self._url.raw!r} {state}>"
+        return f"<RedisStore {self._url.shown!r} {state}>"
 
 
 STORE = RedisStore

@@ -212,13 +212,13 @@ def sqlite_path(url: StoreURL) -> str:
     target = url.target
     if not target.startswith("/") or len(target) < 2:
         raise ValueError(
-            f"{url.raw!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            f"{url.shown!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     path = target[1:]
     if path == ":memory:" or path.startswith("file:"):
-        raise ValueError(f"{url.raw!r}: sqlite:// stores are files (no :memory:, no file: URIs)")
+        raise ValueError(f"{url.shown!r}: sqlite:// stores are files (no :memory:, no file: URIs)")
     if "\x00" in path:
-        raise ValueError(f"{url.raw!r}: the path contains a NUL character")
+        raise ValueError(f"{url.shown!r}: the path contains a NUL character")
     return path
 
 
@@ -747,9 +747,9 @@ def _param_float(url: StoreURL, name: str, default: float) -> float:
     try:
         v = float(raw)
     except ValueError:
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a number of seconds") from None
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a number of seconds") from None
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} must be a finite number >= 0")
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} must be a finite number >= 0")
     return v
 
 
@@ -772,7 +772,7 @@ class SqliteStore(Store):
         timeout = _param_float(url, "timeout", DEFAULT_TIMEOUT)
         sync = url.params.get("synchronous", "NORMAL").upper()
         if sync not in ("NORMAL", "FULL"):
-            raise ValueError(f"{url.raw!r}: synchronous must be NORMAL or FULL, not {sync!r}")
+            raise ValueError(f"{url.shown!r}: synchronous must be NORMAL or FULL, not {sync!r}")
 
         def connect() -> SqliteBackend:
             return SqliteBackend(path, create=create, timeout=timeout, synchronous=sync)

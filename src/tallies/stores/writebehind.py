@@ -135,6 +135,7 @@ from typing import Any, Literal, Protocol, SupportsIndex
 
 from .. import KeyedCounter, ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
+from ._redact import redact_url
 from .base import CountOverflowError, FlushError, Snapshot, StoreError, check_name
 
 __all__ = [
@@ -450,7 +451,7 @@ class BufferedKeyedCounter:
         return self._name
 
     def _closed_error(self) -> ValueError:
-        return ValueError(f"keyed counter {self._name!r}: its store {self._wb.url!r} is closed")
+        return ValueError(f"keyed counter {self._name!r}: its store {self._wb.shown!r} is closed")
 
     def _first_use(self, key: object, n: SupportsIndex, sub: bool) -> None:
         """A key's first update, under the state lock: close() marks the
@@ -579,7 +580,8 @@ class WriteBehind:
         interval: float,
         url: str,
     ) -> None:
-        self.url = url
+        self.url = url  # to reopen (pickles); messages and logs show self.shown
+        self.shown = redact_url(url)
         self.interval = interval
         self.write_through = interval == 0
         self.writer_id = new_writer_id()
@@ -613,13 +615,13 @@ class WriteBehind:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"the store {self.url!r} is closed")
+            raise ValueError(f"the store {self.shown!r} is closed")
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
         have = self._kinds.get(name) or self._be().kind_of(name)
         if have is not None and have != kind:
             what = "a counter" if have == "counter" else "a keyed counter"
-            raise ValueError(f"{name!r} is {what} in {self.url}")
+            raise ValueError(f"{name!r} is {what} in {self.shown}")
 
     def counter(self, name: str) -> BufferedCounter:
         c = self._counters.get(name)
@@ -724,7 +726,7 @@ class WriteBehind:
                 continue
             except Exception as exc:
                 raise FlushError(
-                    f"{self.url}: flush failed: {type(exc).__name__}: {exc}; "
+                    f"{self.shown}: flush failed: {type(exc).__name__}: {exc}; "
                     f"{batch.describe()} is kept and retried first by the next flush"
                 ) from exc
             with self._state:
@@ -732,7 +734,7 @@ class WriteBehind:
             if overflow is not None:
                 raise overflow
             return
-        raise FlushError(f"{self.url}: flush kept meeting overflows; {batch.describe()} is kept")
+        raise FlushError(f"{self.shown}: flush kept meeting overflows; {batch.describe()} is kept")
 
     def _hold(self, batch: Batch, bad: set[tuple[str, str | None]]) -> Batch | None:
         """Move the deltas named in ``bad`` to the held maps (caller holds
@@ -778,7 +780,7 @@ class WriteBehind:
             applied = self._be().fence(self.writer_id, batch.seq)
         except Exception as exc:
             raise FlushError(
-                f"{self.url}: cannot settle the reset of {batch.take.name!r} "
+                f"{self.shown}: cannot settle the reset of {batch.take.name!r} "
                 f"({type(exc).__name__}: {exc}); its pending delta is kept"
             ) from exc
         with self._state:
@@ -839,7 +841,7 @@ class WriteBehind:
                 stored = self._be().take(self.writer_id, batch.seq, target)
             except Exception as exc:
                 raise FlushError(
-                    f"{self.url}: reset of {name!r} failed ({type(exc).__name__}: {exc}); "
+                    f"{self.shown}: reset of {name!r} failed ({type(exc).__name__}: {exc}); "
                     "whether it happened is settled by the next flush (if it did not, "
                     "this process's pending delta is kept; if it did, this call's "
                     "result is lost)"
@@ -969,7 +971,7 @@ class WriteBehind:
     def _start_flusher(self) -> None:
         ref = weakref.ref(self)
         t = threading.Thread(
-            target=_flusher, args=(ref, self._stop), name=f"tallies-flush {self.url}", daemon=True
+            target=_flusher, args=(ref, self._stop), name=f"tallies-flush {self.shown}", daemon=True
         )
         self._thread = t
         t.start()
@@ -987,19 +989,19 @@ class WriteBehind:
             self.failures += 1
             log.warning(
                 "tallies: background flush of %s failed (%d in a row): %s",
-                self.url,
+                self.shown,
                 self.failures,
                 exc,
             )
             return False
         except Exception:
             self.failures += 1
-            log.exception("tallies: background flush of %s failed unexpectedly", self.url)
+            log.exception("tallies: background flush of %s failed unexpectedly", self.shown)
             return False
         finally:
             self._flush_lock.release()
         if self.failures:
-            log.warning("tallies: flushes of %s succeed again", self.url)
+            log.warning("tallies: flushes of %s succeed again", self.shown)
             self.failures = 0
         return True
 
@@ -1125,7 +1127,9 @@ def flush_all() -> None:
             wb.flush()
         except Exception as exc:
             log.error(
-                "tallies: final flush of %s failed; its unflushed deltas are lost: %s", wb.url, exc
+                "tallies: final flush of %s failed; its unflushed deltas are lost: %s",
+                wb.shown,
+                exc,
             )
 
 
