@@ -68,4 +68,7 @@ from .stores import (  # after the core, which stores use
 from .stores import open as open
 
 BUILD: Build = _detect(IMPLEMENTATION)
+"""Which build of tallies runs: the implementation, free-threaded or not, the
+CPython internals its C core was compiled to use, why the fallback runs (see
+Platforms and Python versions)."""
 _warn_if_fallback(BUILD)

@@ -98,6 +98,8 @@ class RedisOptions:
     batch: int
     writer_ttl_ms: int
     ssl: Mapping[str, str]
+    #: replicas that must acknowledge a batch (``WAIT``) before it counts as applied
+    wait: int = 0
 
 
 #: The parameters this module reads from the URL (the write-behind has its own).
@@ -107,6 +109,7 @@ URL_PARAMS = frozenset(
         "timeout",
         "batch",
         "writer_ttl",
+        "wait",
         "ssl_cert_reqs",
         "ssl_ca_certs",
         "ssl_certfile",
@@ -120,6 +123,8 @@ _SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 #: batch whose reply was lost is retried long before its writer record expires
 #: (unless Redis stays unreachable for longer than this).
 MIN_WRITER_TTL = 20 * MAX_BACKOFF
+#: The most replicas ``wait`` can ask for.
+MAX_WAIT = 100
 
 
 def _number(url: StoreURL, name: str, default: float, lo: float, hi: float) -> float:
@@ -162,6 +167,10 @@ def parse_redis_url(url: StoreURL) -> RedisOptions:
     if len(prefix.encode()) > 200:
         raise ValueError(f"{url.shown!r}: the prefix is longer than 200 bytes")
     ssl = {k: url.params[k] for k in _SSL_PARAMS if k in url.params}
+    wait = _number(url, "wait", 0, 0, MAX_WAIT)
+    if wait != int(wait):
+        raw = url.params["wait"]
+        raise ValueError(f"{url.shown!r}: wait={raw!r} is not a whole number of replicas")
     if ssl and not tls:
         raise ValueError(f"{url.shown!r}: ssl_* parameters need rediss://")
     return RedisOptions(
@@ -179,6 +188,7 @@ def parse_redis_url(url: StoreURL) -> RedisOptions:
             _number(url, "writer_ttl", 86400.0, MIN_WRITER_TTL, 10.0 * 365 * 86400) * 1000
         ),
         ssl=ssl,
+        wait=int(wait),
     )
 
 
@@ -221,6 +231,7 @@ class RedisBackend:
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
+        self.timeout = options.timeout
         self.url = redact_url(url)  # only ever shown (messages)
         self.prefix = options.prefix
         self._lock = threading.RLock()
@@ -446,8 +457,47 @@ class RedisBackend:
                 if any(_is_script_error(e, "overflow") for _, e in refused):
                     self._near_edge = True
                 raise self._refusal(calls, refused, applied)
+            self._replicated([c.wkey for c in calls], f"flush of {batch.describe()}")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), batch.seq)
+
+    def _replicated(self, keys: Sequence[str], what: str) -> None:
+        """``wait=N``: return once N replicas of each node that holds one of
+        ``keys`` have every write made so far on that node; else raise
+        :class:`StoreUnavailableError` (the operation stays in flight and is
+        sent again with the same numbers: its applied parts answer ``dup``).
+
+        ``WAIT`` counts the replicas that reached the replication offset of
+        the calling connection's last write, and a retried part that answers
+        ``dup`` writes nothing.  So each node first gets a ``PEXPIRE`` of the
+        writer (or reset) record on the connection that then sends ``WAIT``:
+        a write that brings that connection's offset past every earlier write
+        on the node, this operation's included, whichever connection made it.
+        ``WAIT`` waits at most half of ``timeout`` (the socket waits for all of
+        it).
+        """
+        n = self.options.wait
+        if not n:
+            return
+        ms = max(1, int(self.options.timeout * 500))
+        by_node: dict[int, tuple[Any, str]] = {}
+        for key in keys:
+            client = self._node_client(key)
+            by_node.setdefault(id(client), (client, key))
+        for client, key in by_node.values():
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.pexpire(key, self.options.writer_ttl_ms)
+                pipe.execute_command("WAIT", n, ms)
+                _, acked = pipe.execute()
+            except UNAVAILABLE as exc:
+                raise self._unavailable(what, exc) from exc
+            if int(acked) < n:
+                raise StoreUnavailableError(
+                    f"{self.url}: {what}: WAIT {n}: {int(acked)} of {n} replica(s) "
+                    f"acknowledged it within {ms} ms; it stays in flight and is sent "
+                    "again with the same numbers (applied parts answer dup)"
+                )
 
     def _precheck(self, calls: list[_Call], seq: int) -> None:
         """Before a batch of several parts: would a count leave int64?
@@ -580,6 +630,7 @@ class RedisBackend:
         with self._lock:
             self._inflight[writer] = _Op(seq, target=target)
             raw = self._reset_call(writer, seq, target, mode)
+            self._replicated([reset_key(self.prefix, writer, target.name)], "reset")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         where = data_key(self.prefix, target.name)
@@ -598,6 +649,7 @@ class RedisBackend:
                     f"{self.url}: cannot settle reset {seq}: this connection did not send it"
                 )
             happened = bool(self._reset_call(writer, seq, op.target, "x"))
+            self._replicated([reset_key(self.prefix, writer, op.target.name)], "reset")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         return happened

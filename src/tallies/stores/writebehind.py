@@ -86,7 +86,8 @@ once more.  Updates after ``close()`` raise ValueError (closed counters
 change class; an update racing with ``close()`` lands in the final flush or
 raises).  Interpreter exit (``atexit``, and multiprocessing's exit hook in
 fork/forkserver children, which leave through ``os._exit``) flushes every
-open store.
+open store.  So do SIGTERM and SIGINT while their handlers are Python's
+defaults (``_signals.py``: the process still ends by the signal).
 
 ``fork()``: ``os.register_at_fork`` takes every store's flush lock and state
 lock before the fork (so no flush is half done in the child's copy) and
@@ -135,6 +136,7 @@ from typing import Any, Literal, Protocol, SupportsIndex
 
 from .. import KeyedCounter, ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
+from . import _signals
 from ._redact import redact_url
 from .base import CountOverflowError, FlushError, Snapshot, StoreError, check_name
 
@@ -606,6 +608,9 @@ class WriteBehind:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+        #: seconds one backend call may take (bounds the flush on SIGTERM/SIGINT)
+        self.timeout = float(getattr(backend, "timeout", _signals.DEFAULT_TIMEOUT))
+        _signals.install()  # flush on SIGTERM / SIGINT (see _signals.py)
         _ensure_exit_hook()
         with _live_lock:
             _live[id(self)] = self
@@ -1021,6 +1026,9 @@ class WriteBehind:
         self._stop.set()
         with _live_lock:
             _live.pop(id(self), None)
+            last = not _live
+        if last:
+            _signals.release()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
@@ -1056,6 +1064,7 @@ class WriteBehind:
 
 
 def _flusher(ref: weakref.ref[WriteBehind], stop: threading.Event) -> None:
+    _signals.keep_signals_off_this_thread()
     wb = ref()
     if wb is None:
         return
