@@ -6,11 +6,12 @@
     >>> c.value()
     1
 
-The C core (``tallies.counter._core``) is used when it was built; otherwise,
-or when the environment sets ``TALLIES_PURE=1``, the pure-Python fallback
-(``tallies._pure``) with the same behaviour.  ``IMPLEMENTATION`` says which,
-``BUILD`` says more (free-threaded or not, the CPython internals compiled in,
-why the fallback runs); a fallback nobody chose warns (``tallies._build``).
+The C core (the extension ``tallies._tallies``) is used when it was built;
+otherwise, or when the environment sets ``TALLIES_PURE=1``, the pure-Python
+fallback (``tallies._pure``) with the same behaviour.  ``IMPLEMENTATION``
+says which (``tallies._impl`` decides, once, for every type), ``BUILD`` says
+more (free-threaded or not, the CPython internals compiled in, why the
+fallback runs); a fallback nobody chose warns (``tallies._build``).
 The package is laid out by scope: ``counter``, ``keyed``, ``stores``; the
 ``tallies`` command lives apart in ``tallies.cli``.
 """

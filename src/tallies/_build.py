@@ -23,7 +23,7 @@ from typing import NamedTuple
 __all__ = ["Build", "detect", "fallback_notice", "warn_if_fallback"]
 
 #: The extension whose import decides ``tallies.IMPLEMENTATION``.
-CORE = "tallies.counter._core"
+CORE = "tallies._tallies"
 FAILED_FILE = Path(__file__).with_name("_build_failed.txt")
 
 HOW_TO_GET_IT = (

@@ -17,6 +17,16 @@
  *                                (ELF only: one instruction instead of a call
  *                                to __tls_get_addr), else nothing
  *   TL_ALIGNED(n)                alignment of a static object (C11 _Alignas)
+ *   TL_HIDDEN                    a global of the extension that the files
+ *                                share (_module.h's tl_cpus): hidden
+ *                                visibility, read without the GOT; else
+ *                                nothing (a DLL exports nothing by default)
+ *   TL_ALWAYS_INLINE             `inline` that the compiler must honour on
+ *                                a hot path; else plain `inline`
+ *   TL_COLD                      a static error path (cold, never inlined,
+ *                                and no warning where a file does not call
+ *                                it); else `inline`, which in C11 also keeps
+ *                                an unused static function quiet
  * Operating system
  *   tl_cpu_count()               online CPUs (sysconf; GetActiveProcessorCount)
  *   tl_yield()                   give up the CPU (sched_yield; SwitchToThread)
@@ -102,6 +112,16 @@ tl_sub_overflows_i64(int64_t a, int64_t b, int64_t *r)
 #endif
 
 #define TL_ALIGNED(n) _Alignas(n)
+
+#if (defined(__GNUC__) || defined(__clang__)) && !TL_PORTABLE
+#define TL_HIDDEN __attribute__((visibility("hidden")))
+#define TL_ALWAYS_INLINE inline __attribute__((always_inline))
+#define TL_COLD __attribute__((cold, noinline, unused))
+#else
+#define TL_HIDDEN
+#define TL_ALWAYS_INLINE inline
+#define TL_COLD inline
+#endif
 
 static inline long
 tl_cpu_count(void)

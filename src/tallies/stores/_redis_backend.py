@@ -37,6 +37,7 @@ import redis.exceptions as rexc
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from .._common import INT64_MAX, INT64_MIN
 from ._redact import redact_url
 from ._redis_lua import (
     APPLY_LUA,
@@ -63,7 +64,6 @@ __all__ = ["RedisBackend", "RedisOptions", "parse_redis_url"]
 _APPLY_SHA = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 _RESET_SHA = hashlib.sha1(RESET_LUA.encode()).hexdigest()
 _READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _WRITER_OK = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 _MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
 

@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover - Windows
         "on Windows use memory://, sqlite:// or redis://"
     ) from None
 
+from .._common import INT64_MAX, INT64_MIN
+from .._impl import native as _shm  # the extension (None without a compiler)
 from .base import (
     CapacityError,
     CorruptSegmentError,
@@ -47,12 +49,6 @@ from .base import (
     StoreURL,
     check_name,
 )
-
-try:
-    from . import _shm
-except ImportError:  # pragma: no cover - exercised only without a compiler
-    _shm = None  # type: ignore[assignment]
-
 
 # ---- layout ------------------------------------------------------------------
 
@@ -101,7 +97,6 @@ KIND_NAMES = {
     KIND_KEYED_RATE: "a keyed rate",
 }
 SLAB_FREE, SLAB_LIVE, SLAB_FOLDING = 0, 1, 2
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _round_up(n: int, to: int) -> int:

@@ -235,14 +235,23 @@ def _outermost_own_frame(frame: FrameType | None) -> FrameType | None:
     return outer
 
 
+_live: dict[int, Any] = {}
+"""writebehind.py's registry of open stores, handed over by ``stores_from``
+(this module does not import writebehind: writebehind imports it)."""
+
+
+def stores_from(live: dict[int, Any]) -> None:
+    """Where the open write-behind stores are registered (writebehind's ``_live``)."""
+    global _live
+    _live = live
+
+
 def _open_stores() -> list[Any]:
     """The open write-behind stores.  Read without ``_live_lock``: the main
     thread may be stopped holding it, and copying a dict's values is one
     step for the interpreter (a lock of the dict's own on free-threaded
     builds)."""
-    from . import writebehind
-
-    return list(writebehind._live.values())
+    return list(_live.values())
 
 
 def _timeout(wb: Any) -> float:

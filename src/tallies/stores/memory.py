@@ -11,6 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
+from ..counter import Counter
+from ..keyed import KeyedCounter
+from ..rates import KeyedRateCounter, RateCounter
 from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_name
 
 __all__ = ["STORE", "MemoryStore"]
@@ -75,14 +78,7 @@ class MemoryStore(Store):
                 if name in other or name in c.rates:
                     kind = _kind(c, name)
                     raise ValueError(f"{name!r} is {kind} in this store")
-                if keyed:
-                    from tallies import KeyedCounter
-
-                    obj = KeyedCounter()
-                else:
-                    from tallies import Counter
-
-                    obj = Counter()
+                obj = KeyedCounter() if keyed else Counter()
                 mine[name] = obj
                 c.order.append(name)
         return obj
@@ -105,8 +101,6 @@ class MemoryStore(Store):
         return self._get_rate(name, True, window, resolution)
 
     def _get_rate(self, name: str, keyed: bool, window: float, resolution: float) -> Any:
-        from tallies import KeyedRateCounter, RateCounter
-
         self._check_open()
         check_name(name)
         cls = KeyedRateCounter if keyed else RateCounter

@@ -97,6 +97,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
+from .._common import INT64_MAX, INT64_MIN
 from .base import (
     CorruptSegmentError,
     CountOverflowError,
@@ -108,8 +109,6 @@ from .base import (
     StoreURL,
 )
 from .writebehind import (
-    INT64_MAX,
-    INT64_MIN,
     PRUNE_AFTER,
     Batch,
     BufferedCounter,

@@ -10,8 +10,8 @@ Design (read this before the code)
 
 Increments
 ----------
-``store.counter(name)`` is a ``BufferedCounter`` (``tallies.stores._buffered``,
-``_c/buffered.c``): ShardedCounter's striped cells updated by ShardedCounter's
+``store.counter(name)`` is a ``BufferedCounter`` (``_c/buffered.c``, in the
+extension ``tallies._tallies``): ShardedCounter's striped cells updated by ShardedCounter's
 own code, plus a reference to its owner.  An increment adds to a local cell
 and does nothing else: no I/O, no lock, no Python-level code, and it cannot
 fail because of the backend (only for the core's own reasons: a non-int
@@ -134,8 +134,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, SupportsIndex
 
-from .. import KeyedCounter, ShardedCounter
+from .._impl import BufferedCounter as _CBufferedCounter
+from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
+from ..keyed import KeyedCounter
 from . import _signals
 from ._redact import redact_url
 from .base import CountOverflowError, FlushError, Snapshot, StoreError, check_name
@@ -163,7 +165,6 @@ PRUNE_AFTER = 86400.0
 KEY_MAX_BYTES = 1024
 MAX_BACKOFF = 30.0
 HISTORY = 16
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_key(key: object) -> str:
@@ -421,15 +422,8 @@ class _PyClosedCounter(PyBufferedCounter):
 
 def _counter_class() -> Callable[..., BufferedCounter]:
     """The C BufferedCounter when the C core is in use, else the Python one."""
-    from ..counter import IMPLEMENTATION
-
-    if IMPLEMENTATION == "c":
-        try:
-            from ._buffered import BufferedCounter as CBufferedCounter
-        except ImportError:  # pragma: no cover - built together with the core
-            pass
-        else:
-            return CBufferedCounter
+    if _CBufferedCounter is not None:
+        return _CBufferedCounter  # type: ignore[no-any-return]
     return PyBufferedCounter
 
 
@@ -1084,6 +1078,7 @@ def _flusher(ref: weakref.ref[WriteBehind], stop: threading.Event) -> None:
 
 _live: dict[int, WriteBehind] = {}  # open stores: strong refs (pending deltas live here)
 _live_lock = threading.Lock()
+_signals.stores_from(_live)  # the signal flush reads it (_signals.py)
 _fork_lock = threading.Lock()
 _held_for_fork: list[WriteBehind] = []
 _inherited: list[Backend] = []
