@@ -32,7 +32,7 @@ DEFINES = [
 
 def compile_flags(compiler_type: str) -> list[str]:
     """ISO C11 (compiler specifics live in _c/_platform.h), warnings on."""
-    if compiler_type == "msvc":  # planned, not built by CI (README: Platforms)
+    if compiler_type == "msvc":  # planned, not built by CI (docs/platforms.md)
         return ["/std:c11", "/experimental:c11atomics", "/O2", "/W3"] + (["/WX"] if WERROR else [])
     return ["-std=c11", "-O2", "-Wall", "-Wextra"] + (["-Werror"] if WERROR else [])
 

@@ -34,7 +34,7 @@
  * With -DTL_PORTABLE=1 every compiler extension above is replaced by its plain
  * C form even on GCC/Clang, so CI builds and runs the code a compiler without
  * them would get (tests: scripts/test-compilers).  Windows (MSVC) and macOS
- * are planned, not built here: README, "Platforms".  The shared-memory store's
+ * are planned, not built here: docs/platforms.md.  The shared-memory store's
  * platform specifics (/dev/shm, fcntl locks, mmap of a file) are Python, in
  * tallies/stores/_shm_segment.py.
  *
