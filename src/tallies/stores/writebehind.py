@@ -973,7 +973,7 @@ class WriteBehind:
             target=_flusher, args=(ref, self._stop), name=f"tallies-flush {self.shown}", daemon=True
         )
         self._thread = t
-        t.start()
+        _signals.start_without_signals(t)
 
     def _background_flush(self) -> bool:
         """One background attempt; False on failure (logged)."""
