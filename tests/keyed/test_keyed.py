@@ -148,6 +148,42 @@ def test_item_assignment_and_augmented_forms(KC: Any) -> None:
     assert list(kc.items()) == list(c.items())
 
 
+def test_assigning_a_value_read_earlier_restores_it(KC: Any) -> None:
+    """saved = kc[k]; ...; kc[k] = saved restores saved, as in Counter (issue
+    24, 6): the value a Count remembers only serves kc[k] += n / -= n."""
+    for between in (
+        lambda o: o.__setitem__("a", 0),
+        lambda o: o.__delitem__("a"),
+        lambda o: o.update(a=10),
+        lambda o: o.subtract(a=2),
+    ):
+        kc, c = KC(a=5), collections.Counter(a=5)
+        for obj in (kc, c):
+            saved = obj["a"]
+            between(obj)
+            obj["a"] = saved
+        assert kc["a"] == c["a"] == 5
+    kc = KC(a=5)
+    kc.reset()
+    saved = 5
+    kc["a"] = kc["a"]  # read and assigned back at once: a plain assignment of 0
+    assert kc["a"] == 0
+    kc["a"] += saved
+    assert kc["a"] == 5
+
+
+def test_subtracting_int64_min_in_place(KC: Any) -> None:
+    """kc[k] -= INT64_MIN where it fits: a difference of 2**63, applied as a
+    decrement by INT64_MIN (found by the store differential test)."""
+    kc, c = KC(y=INT64_MIN), collections.Counter(y=INT64_MIN)
+    for obj in (kc, c):
+        obj["y"] -= INT64_MIN
+    assert kc["y"] == c["y"] == 0
+    with pytest.raises(OverflowError):
+        kc["y"] -= INT64_MIN  # 0 + 2**63 does not fit
+    assert kc["y"] == 0
+
+
 def test_increment_decrement_value(KC: Any) -> None:
     kc = KC()
     kc.increment("a")
@@ -549,6 +585,7 @@ class KeyedVsCounter(RuleBasedStateMachine):
     def start(self, start: collections.Counter[Any]) -> None:
         self.kc = self.cls(start)
         self.model = collections.Counter(start)
+        self.saved: list[tuple[Any, Any]] = []  # (key, value read earlier by kc[key])
 
     def _expect_overflow(self, new: int, fn: Any) -> bool:
         if _fits(new):
@@ -599,6 +636,21 @@ class KeyedVsCounter(RuleBasedStateMachine):
         assert self.kc.value(key) == self.model[key]
         assert self.kc.get(key, None) == self.model.get(key, None)
         assert (key in self.kc) == (key in self.model)
+
+    @rule(key=st.one_of(KEYS, EDGE_KEYS))
+    def save(self, key: Any) -> None:
+        """Keep a value read with kc[key] for a later assignment (issue 24, 6)."""
+        self.saved.append((key, self.kc[key]))
+
+    @rule(which=st.integers(0, 7))
+    def restore(self, which: int) -> None:
+        """kc[key] = a value read earlier: a plain assignment, whatever was done
+        to the key since (assignments, del, update, reset), as in Counter."""
+        if not self.saved:
+            return
+        key, value = self.saved[which % len(self.saved)]
+        self.kc[key] = value
+        self.model[key] = int(value)
 
     @rule(key=KEYS)
     def delete(self, key: Any) -> None:

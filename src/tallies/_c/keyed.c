@@ -1743,12 +1743,18 @@ Keyed_sizeof(KeyedObject *self, PyObject *Py_UNUSED(ignored))
  * room for the digits of any int64 (at most 3 digits of 30 bits, or 5 of
  * 15).  Only values in the int64 range are made Counts: an addition whose
  * result leaves that range gives a plain int (assigning it raises
- * OverflowError either way). */
+ * OverflowError either way).
+ *
+ * Only a Count made by + or - (derived: the value of kc[key] += n) is applied
+ * as a difference.  A Count read and assigned back unchanged (saved = kc[k];
+ * ...; kc[k] = saved) is a plain assignment, as collections.Counter's: its
+ * read value must never turn a later assignment into a difference. */
 
 typedef struct {
     PyObject *counter;
     PyObject *key;
     int64_t read;
+    int derived; /* made by Count + n, n + Count or Count - n */
 } count_tag;
 
 #define COUNT_MAX_DIGITS ((64 + PyLong_SHIFT - 1) / PyLong_SHIFT)
@@ -1841,9 +1847,9 @@ static PyObject *count_free[COUNT_FREE_MAX];
 static int count_nfree;
 #endif
 
-/* A Count of value v tagged (counter, key, read). */
+/* A Count of value v tagged (counter, key, read); derived: made by + or -. */
 static PyObject *
-count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read)
+count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived)
 {
     PyObject *r = NULL;
 #ifdef COUNT_FREE_MAX
@@ -1871,6 +1877,7 @@ count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read)
     t->counter = Py_NewRef(counter);
     t->key = Py_NewRef(key);
     t->read = read;
+    t->derived = derived;
     if (reused) {
         PyObject_GC_Track(r); /* complete now: the collector may look at it */
     }
@@ -1948,7 +1955,7 @@ count_arith(PyObject *a, PyObject *b, int sub)
     }
     Py_DECREF(r);
     count_tag *t = COUNT_TAG(tagged);
-    return count_new(v, t->counter, t->key, t->read);
+    return count_new(v, t->counter, t->key, t->read, 1);
 }
 
 static PyObject *Count_add(PyObject *a, PyObject *b) { return count_arith(a, b, 0); }
@@ -1982,7 +1989,7 @@ static PyObject *
 Count_get_tag(PyObject *self, void *Py_UNUSED(closure))
 {
     count_tag *t = COUNT_TAG(self);
-    if (t->counter == NULL) {
+    if (t->counter == NULL || !t->derived) {
         PyErr_SetString(PyExc_AttributeError, "_tag");
         return NULL;
     }
@@ -2006,7 +2013,8 @@ static PyMethodDef Count_methods[] = {
 };
 
 static PyGetSetDef Count_getset[] = {
-    {"_tag", Count_get_tag, NULL, "(counter, key, value read)", NULL},
+    {"_tag", Count_get_tag, NULL,
+     "(counter, key, value read) of a Count made by + or - (else no attribute)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2048,7 +2056,7 @@ keyed_make_count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     if (to_int64(args[2], "_make_count", &v) < 0) {
         return NULL;
     }
-    return count_new(v, args[0], args[1], v);
+    return count_new(v, args[0], args[1], v, 0);
 }
 
 static PyObject *
@@ -2058,11 +2066,14 @@ Keyed_subscript(KeyedObject *self, PyObject *key)
     if (keyed_lookup(self, key, &v) < 0) {
         return NULL;
     }
-    return count_new(v, (PyObject *)self, key, v);
+    return count_new(v, (PyObject *)self, key, v, 0);
 }
 
-/* 1 when value is a Count read from this counter and this key, with the
- * difference (value - read) in *delta; 0 when it is any other value. */
+/* 1 when value is a Count derived (by + or -) from a Count read from this
+ * counter and this key, with the difference (value - read) in *delta; 2 when
+ * that difference is 2**63 (kc[k] -= INT64_MIN), to be applied as a decrement
+ * by INT64_MIN; 0 when it is any other value (a Count assigned back unchanged
+ * included). */
 static int
 count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
 {
@@ -2070,7 +2081,7 @@ count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
         return 0;
     }
     count_tag *t = COUNT_TAG(value);
-    if (t->counter != (PyObject *)self) {
+    if (t->counter != (PyObject *)self || !t->derived) {
         return 0;
     }
     if (t->key != key) {
@@ -2080,6 +2091,11 @@ count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
         }
     }
     int64_t v;
+    if (as_int64(value, &v) && TL_SUB_OVERFLOWS(v, t->read, delta) &&
+        (uint64_t)v - (uint64_t)t->read == (uint64_t)1 << 63) {
+        *delta = INT64_MIN;
+        return 2;
+    }
     if (!as_int64(value, &v) || TL_SUB_OVERFLOWS(v, t->read, delta)) {
         PyErr_Format(PyExc_OverflowError,
                      "increment() argument %R is outside the signed 64-bit range",
@@ -2103,6 +2119,9 @@ Keyed_ass_subscript(KeyedObject *self, PyObject *key, PyObject *value)
     PyObject *res;
     if (r == 1) { /* kc[key] += n: the difference, as one atomic increment */
         res = keyed_add(self, key, n, 0, "increment");
+    }
+    else if (r == 2) { /* kc[key] -= INT64_MIN: a difference of 2**63 */
+        res = keyed_add(self, key, n, 1, "decrement");
     }
     else {
         PyObject *args[2] = {key, value};

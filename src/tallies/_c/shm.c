@@ -875,6 +875,15 @@ seg_key_bytes(PyObject *key, Py_ssize_t *len, const char *fname)
         }
         return NULL;
     }
+    /* The rule every store shares (stores/base.py check_key), in its words. */
+    if (*len == 0) {
+        PyErr_SetString(PyExc_ValueError, "key must not be empty");
+        return NULL;
+    }
+    if (memchr(raw, 0, (size_t)*len) != NULL) {
+        PyErr_Format(PyExc_ValueError, "key %R contains a NUL character", key);
+        return NULL;
+    }
     if (*len > TKD_KEY_MAX) {
         PyErr_Format(PyExc_ValueError, "key is %zd bytes in UTF-8; the limit is %d", *len,
                      TKD_KEY_MAX);
@@ -1502,6 +1511,19 @@ Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
     int64_t n = 1, v;
     if (slots[1] != NULL && to_int64(slots[1], fname, &n) < 0) {
         return NULL;
+    }
+    if (TL_UNLIKELY(sub && n == INT64_MIN) && self->cells != NULL &&
+        PyUnicode_Check(slots[0])) {
+        /* 0 - INT64_MIN overflows the cell of a key this object never wrote (its
+         * own cell is 0): refuse before the key is registered, so that a refused
+         * update lists nothing (docs/contract.md). */
+        int known = PyDict_Contains(self->cells, slots[0]);
+        if (known < 0) {
+            return NULL;
+        }
+        if (!known) {
+            return overflow_result(fname, n);
+        }
     }
     Py_ssize_t cell = keyed_cell(self, slots[0], fname);
     if (cell < 0) {

@@ -16,11 +16,16 @@ and a plain assignment would overwrite that count (a lost update).  So
 ``kc[key]`` returns a ``Count``: an ``int`` subclass that remembers the
 counter, the key and the value it read.  ``Count + n``, ``n + Count`` and
 ``Count - n`` return a ``Count`` that carries the same memory.  When
-``kc[key] = value`` receives a ``Count`` read from this counter and this key,
-it applies the difference ``value - read`` as one atomic increment, so every
-concurrent update survives; any other value is a plain assignment.  Single
-threaded, ``read + (value - read) == value``: the behaviour is exactly that of
-``collections.Counter``.  The costs: ``type(kc[key]) is not int`` (it is an
+``kc[key] = value`` receives a ``Count`` made that way (by ``+`` or ``-``) from
+a ``Count`` read from this counter and this key, it applies the difference
+``value - read`` as one atomic increment, so every concurrent update
+survives; any other value is a plain assignment, a ``Count`` read and
+assigned back unchanged included (``saved = kc[k]; ...; kc[k] = saved``
+restores ``saved``, as ``collections.Counter`` does).  Single threaded,
+``read + (value - read) == value``: the behaviour is exactly that of
+``collections.Counter``, except for a sum computed from ``kc[k]`` and
+assigned later, after other changes to ``k``: that is applied as the
+difference, as ``kc[k] += n`` is.  The costs: ``type(kc[key]) is not int`` (it is an
 ``int`` subclass: arithmetic, comparisons, hashing, formatting and JSON are
 those of the int), reading with ``kc[key]`` allocates a small object and is
 slower than ``value(key)``, and a ``Count`` keeps its counter alive while it
@@ -75,18 +80,23 @@ class _PyCount(int):
 
     Behaves as the int it equals; ``+`` and ``-`` with an int keep the
     memory, every other operation gives a plain int.  Pickling and copying
-    give a plain int.
+    give a plain int.  Only a Count made by ``+`` or ``-`` has ``_tag`` (and
+    is applied as a difference by ``kc[key] = value``).
     """
 
-    _tag: tuple[Any, Any, int]  # (counter, key, value read)
+    _src: tuple[Any, Any, int]  # (counter, key, value read)
+    _tag: tuple[Any, Any, int]  # the same, set only on a Count made by + or -
+
+    def _derived(self, r: int) -> _PyCount:
+        c = _PyCount(r)
+        c._src = c._tag = self._src
+        return c
 
     def __add__(self, other: Any) -> Any:
         r = int.__add__(self, other)
         if r is NotImplemented:
             return r
-        c = _PyCount(r)
-        c._tag = self._tag
-        return c
+        return self._derived(r)
 
     __radd__ = __add__
 
@@ -94,9 +104,7 @@ class _PyCount(int):
         r = int.__sub__(self, other)
         if r is NotImplemented:
             return r
-        c = _PyCount(r)
-        c._tag = self._tag
-        return c
+        return self._derived(r)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (int, (int(self),))
@@ -110,7 +118,7 @@ class _PyCount(int):
 
 def _py_make_count(counter: Any, key: Any, v: int) -> int:
     c = _PyCount(v)
-    c._tag = (counter, key, v)
+    c._src = (counter, key, v)
     return c
 
 
@@ -327,11 +335,16 @@ class KeyedCounterMixin(_Core):
     # ---- writing -----------------------------------------------------------
 
     def __setitem__(self, key: Hashable, value: SupportsIndex) -> None:
-        if type(value) is Count:
-            counter, read_key, read = cast(Any, value)._tag
+        tag = getattr(value, "_tag", None) if type(value) is Count else None
+        if tag is not None:
+            counter, read_key, read = tag
             if counter is self and (read_key is key or read_key == key):
                 # kc[key] += n: apply the difference atomically.
-                self.increment(key, int(cast(int, value)) - read)
+                delta = int(cast(int, value)) - read
+                if delta == 2**63:  # kc[key] -= INT64_MIN
+                    self.decrement(key, INT64_MIN)
+                else:
+                    self.increment(key, delta)
                 return
         self._set(key, value)
 

@@ -261,10 +261,22 @@ _live: dict[int, Any] = {}
 (this module does not import writebehind: writebehind imports it)."""
 
 
-def stores_from(live: dict[int, Any]) -> None:
-    """Where the open write-behind stores are registered (writebehind's ``_live``)."""
-    global _live
+def _plain_flush(wb: Any) -> None:
+    wb.flush()
+
+
+#: How one store is flushed before the process ends (writebehind's
+#: ``final_flush``: a file replaced while open is reopened and flushed).
+_final_flush: Callable[[Any], None] = _plain_flush
+
+
+def stores_from(live: dict[int, Any], final_flush: Callable[[Any], None] | None = None) -> None:
+    """Where the open write-behind stores are registered (writebehind's
+    ``_live``), and how each one is flushed last (``final_flush``)."""
+    global _live, _final_flush
     _live = live
+    if final_flush is not None:
+        _final_flush = final_flush
 
 
 def _open_stores() -> list[Any]:
@@ -335,7 +347,7 @@ def _flush_all(stores: list[Any], budget: float, signame: str) -> None:
         try:
             for wb in stores:
                 try:
-                    wb.flush()
+                    _final_flush(wb)
                 except Exception as exc:
                     log.error(
                         "tallies: flush of %s on %s failed; its unflushed deltas are lost: %s",

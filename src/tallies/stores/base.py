@@ -33,6 +33,7 @@ __all__ = [
     "CountOverflowError",
     "FlushError",
     "KeyedRateSnapshot",
+    "KindClashError",
     "RateSnapshot",
     "RatesUnsupportedError",
     "Snapshot",
@@ -83,10 +84,26 @@ class FlushError(StoreUnavailableError):
 
 
 class CountOverflowError(StoreError, OverflowError):
-    """Applying buffered deltas would move a stored count outside the signed
-    64-bit range.  Nothing of that batch was applied; ``items`` lists the
-    offending ``(name, key)`` pairs (key None for a counter), whose deltas are
-    held (still in ``value()``) and retried by every later flush."""
+    """An update would move a stored count outside the signed 64-bit range.
+
+    Raised by ``flush()`` (and by every update of a write-through store):
+    ``items`` lists the offending ``(name, key)`` pairs (key None for a
+    counter), and the message says exactly what happened to the rest.  From
+    ``flush()``: the offending deltas were not applied and are held (still in
+    ``value()``, retried by every later flush), every other delta of the
+    flush was applied.  From a write-through update: that update was not
+    applied at all."""
+
+    def __init__(self, message: str, items: Iterable[tuple[str, str | None]] = ()) -> None:
+        super().__init__(message)
+        self.items: list[tuple[str, str | None]] = list(items)
+
+
+class KindClashError(StoreError, ValueError):
+    """A name is a counter in the store and a keyed counter here (or the other
+    way round): another process registered it first.  ``items`` lists the
+    ``(name, None)`` pairs; their deltas were not applied and are set aside
+    (``pending()["set_aside"]``), every other delta was applied."""
 
     def __init__(self, message: str, items: Iterable[tuple[str, str | None]] = ()) -> None:
         super().__init__(message)
@@ -311,8 +328,16 @@ class Store(abc.ABC):
         return f"<{type(self).__name__} {self._url.shown!r} {state}>"
 
 
-def check_name(name: object, what: str = "counter name", max_bytes: int = 200) -> str:
-    """A non-empty str of at most ``max_bytes`` UTF-8 bytes, without NUL."""
+NAME_MAX_BYTES = 224
+"""The longest name of a counter (or keyed counter, or rate), in UTF-8 bytes
+(what a ``shm://`` name entry holds)."""
+KEY_MAX_BYTES = 1024
+"""The longest key of a keyed counter, in UTF-8 bytes (``shm://`` holds 224)."""
+
+
+def check_name(name: object, what: str = "counter name", max_bytes: int = NAME_MAX_BYTES) -> str:
+    """A non-empty str of at most ``max_bytes`` UTF-8 bytes, without NUL or
+    lone surrogates."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, not {type(name).__name__!r}")
     if not name:
@@ -326,3 +351,35 @@ def check_name(name: object, what: str = "counter name", max_bytes: int = 200) -
     if size > max_bytes:
         raise ValueError(f"{what} is {size} bytes in UTF-8; the limit is {max_bytes}")
     return name
+
+
+def counter_name(name: object) -> str:
+    """The name of a counter, keyed counter or rate, by the rule every store
+    shares (docs/contract.md): a str of 1 to 224 UTF-8 bytes, no NUL, no lone
+    surrogate, not starting with ``}`` (Redis Cluster would read ``{}...``
+    as an empty hash tag).  TypeError for a non-str, ValueError otherwise."""
+    check_name(name)
+    assert isinstance(name, str)
+    if name.startswith("}"):
+        raise ValueError(f"counter name {name!r} starts with '}}', which no store accepts")
+    return str.__str__(name)
+
+
+def check_key(key: object) -> str:
+    """A keyed counter's key, by the rule every store shares: a str of 1 to
+    1024 UTF-8 bytes, no NUL, no lone surrogate (``shm://`` holds at most
+    224 bytes).  TypeError for a non-str, ValueError otherwise."""
+    if type(key) is not str:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__!r}")
+        key = str.__str__(key)
+    return check_name(key, "key", max_bytes=KEY_MAX_BYTES)
+
+
+def rate_mismatch(name: str, have: Any, want: Any, where: str) -> ValueError:
+    """The error for a rate asked for with other settings than it has
+    (``have``, ``want``: objects with ``window`` and ``resolution``)."""
+    return ValueError(
+        f"{name!r} is a rate with window={have.window!r}, resolution={have.resolution!r} "
+        f"in {where}, not window={want.window!r}, resolution={want.resolution!r}"
+    )

@@ -148,7 +148,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, SupportsIndex
 
 from .._impl import native as _shm  # the extension, even under TALLIES_PURE=1
-from ._shm_rates import UnusableRateError
+from ._keyed import StoreKeyedMixin
+from ._shm_rates import Named, UnusableRateError
 from ._shm_segment import (  # the segment itself (and names tests and _shm_rates use)
     DEFAULT_KEYS,
     DEFAULT_NAMES,
@@ -159,7 +160,6 @@ from ._shm_segment import (  # the segment itself (and names tests and _shm_rate
     KIND_NAMES,
     KIND_RATE,
     LIMITS,
-    NAME_MAX,
     _open_segment,
     _parse_caps,
     _Segment,
@@ -171,7 +171,9 @@ from .base import (
     Snapshot,
     Store,
     StoreURL,
-    check_name,
+    check_key,
+    counter_name,
+    rate_mismatch,
 )
 
 log = logging.getLogger("tallies.stores")
@@ -222,7 +224,7 @@ else:  # pragma: no cover - without the C extension nothing below is reachable
     _CellBase = _KeyedBase = object
 
 
-class ShmCounter(_CellBase):  # type: ignore[misc]
+class ShmCounter(Named, _CellBase):  # type: ignore[misc]
     """A counter in shared memory: the in-process ``Counter`` API across processes.
 
     ``increment``/``decrement`` (and ``+=``/``-=``) are lock-free atomic adds
@@ -235,14 +237,6 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
     """
 
     __slots__ = ("_name", "_seg", "_url")
-
-    _seg: _Segment
-    _name: str
-    _url: str
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def value(self) -> int:
         """The sum over every process (exact; not a snapshot of concurrent writes)."""
@@ -269,30 +263,27 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
         return (_rebuild_counter, (self._url, self._name))
 
 
-class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
-    """A keyed counter in shared memory (str keys); the ``KeyedCounter`` API.
+class ShmKeyedCounter(Named, StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
+    """A keyed counter in shared memory (str keys); the keyed API every store
+    shares (``_keyed.StoreKeyedMixin``: ``kc[key] += n``, ``get``, ``update``,
+    ``most_common`` ...).
 
     ``increment(key, n=1)``/``decrement(key, n=1)`` are lock-free, a key's
     first update included (it inserts the key into the segment's key
     directory in C; only a process's first write takes the segment lock, to
     claim its slab).  A key is never removed: ``reset(key)`` zeroes it.  Keys
-    are at most 224 bytes of UTF-8.
+    follow the rule every store shares (``base.check_key``, checked in C with
+    the same words), and hold at most 224 bytes of UTF-8 here.
     """
 
     __slots__ = ("_idx", "_name", "_seg", "_url")
 
-    _seg: _Segment
-    _name: str
     _idx: int
-    _url: str
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
+        check_key(key)
         cell: int | None = self.lookup(key)  # C: the cache is not writable from Python
         return cell
 
@@ -301,11 +292,8 @@ class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
         cell = self._cell(key, "value")
         return 0 if cell is None else self._seg.sum(cell)
 
-    def __getitem__(self, key: str) -> int:
-        return self.value(key)
-
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._cell(key, "__contains__") is not None
+        return isinstance(key, str) and key in self._all()
 
     def _all(self) -> dict[str, int]:
         self._seg.refresh()
@@ -388,7 +376,7 @@ class ShmStore(Store):
         obj = self._objects.get(name)
         if obj is not None and isinstance(obj, ShmCounter) == (kind == KIND_COUNTER):
             return obj
-        check_name(name, max_bytes=NAME_MAX)
+        counter_name(name)
         with self._lock:
             obj = self._objects.get(name)
             if obj is None:
@@ -399,7 +387,7 @@ class ShmStore(Store):
                     seg, owner = self._seg, idx
 
                     def register(key: object) -> int:  # (unused: owner= inserts in C)
-                        return seg.register_key(owner, key)
+                        return seg.register_key(owner, check_key(key))
 
                     # New keys are inserted by the C increment itself, lock-free.
                     obj = ShmKeyedCounter(self._seg.c, register, owner=owner)
@@ -439,7 +427,7 @@ class ShmStore(Store):
         self._check_open()
         what = "RateCounter" if kind == KIND_RATE else "KeyedRateCounter"
         sp = _Spec(what, window, resolution, None)
-        check_name(name, max_bytes=NAME_MAX)
+        counter_name(name)
         with self._lock:
             obj = self._rates.get(name)
             if obj is None:
@@ -452,16 +440,14 @@ class ShmStore(Store):
                 f" in shm://{self._seg.name}"
             )
         if (obj._sp.window_ns, obj._sp.res_ns) != (sp.window_ns, sp.res_ns):
-            raise ValueError(
-                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in {self._url.shown}, not window={sp.window!r}, resolution={sp.resolution!r}"
-            )
+            raise rate_mismatch(name, obj, sp, self._url.shown)
         return obj
 
     def names(self) -> list[str]:
+        """Every name, sorted."""
         self._check_open()
         self._seg.refresh()
-        return [name for name, _ in self._seg.names]
+        return sorted(name for name, _ in self._seg.names)
 
     def snapshot(self) -> Snapshot:
         """Every count; one stable read of the whole segment (folds and resets
@@ -483,12 +469,20 @@ class ShmStore(Store):
                 cells.extend(keys[idx].values())
         vals = iter(seg.sum_many(cells))
         out: Snapshot = {"counters": {}, "keyed": {}}
+        order = sorted(range(len(names)), key=lambda i: names[i][0])
+        got: dict[int, Any] = {}
         rates: dict[str, Any] = {}
-        for idx, (name, kind) in enumerate(names):
+        for idx, (_, kind) in enumerate(names):
             if kind == KIND_COUNTER:
-                out["counters"][name] = next(vals)
+                got[idx] = next(vals)
             elif kind == KIND_KEYED:
-                out["keyed"][name] = {key: next(vals) for key in keys[idx]}
+                got[idx] = {key: next(vals) for key in keys[idx]}
+        for idx in order:  # sorted by name
+            name, kind = names[idx]
+            if kind == KIND_COUNTER:
+                out["counters"][name] = got[idx]
+            elif kind == KIND_KEYED:
+                out["keyed"][name] = got[idx]
             else:
                 try:
                     rates[name] = self._rate_at(idx, name, kind)

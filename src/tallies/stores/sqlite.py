@@ -51,8 +51,15 @@ Schema (version 1; ``sqlite3 counts.db 'select * from counters'`` reads it)::
     keyed(name TEXT, key TEXT, value INTEGER, PRIMARY KEY(name, key))
     writers(writer_id TEXT PRIMARY KEY, seq INTEGER, seen REAL)
 
-Keys of keyed counters are str (TEXT); any other key raises TypeError on its
-first use (nothing else has a lossless, portable TEXT form).
+Names and keys follow the rules every store shares (docs/contract.md;
+``base.counter_name``, ``base.check_key``): keys are str (TEXT; nothing else
+has a lossless, portable TEXT form), a non-str key raises TypeError, a bad str
+(empty, over 1024 UTF-8 bytes, NUL, lone surrogate) ValueError.  A name keeps
+the kind it was registered with; a flush that would register it with the
+other kind raises KindClashError from inside the transaction (nothing applied)
+and the write-behind sets that name aside.  ``SqliteStore`` is a
+``WriteBehindStore``: its URL parameters are ``PARAMS`` (parsed by
+``_params.py``), its backend ``SqliteBackend``.
 
 A flush is one transaction: ``UPDATE writers SET seq = batch seq WHERE seq <
 batch seq`` (no row changed and a row present: the batch was applied
@@ -87,7 +94,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import os
 import random
 import secrets
@@ -95,36 +101,34 @@ import signal
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .._common import INT64_MAX, INT64_MIN
+from ._params import FLUSH, choice, seconds
+from ._protocol import INT64_MAX, INT64_MIN, PRUNE_AFTER, Batch, Kind, Query, Read, Target
 from .base import (
     CorruptSegmentError,
     CountOverflowError,
-    Snapshot,
-    Store,
+    KindClashError,
     StoreError,
     StoreNotFoundError,
     StoreUnavailableError,
     StoreURL,
 )
-from .writebehind import (
-    PRUNE_AFTER,
-    Batch,
-    BufferedCounter,
-    BufferedKeyedCounter,
-    Kind,
-    Query,
-    Read,
-    Target,
-    WriteBehind,
-)
+from .writebehind import WriteBehindStore
 
-__all__ = ["MAGIC", "SCHEMA_VERSION", "STORE", "SqliteBackend", "SqliteStore", "sqlite_path"]
+__all__ = [
+    "MAGIC",
+    "SCHEMA_VERSION",
+    "STORE",
+    "SqliteBackend",
+    "SqliteOptions",
+    "SqliteStore",
+    "sqlite_path",
+]
 
 MAGIC = "tallies"
 SCHEMA_VERSION = 1
-DEFAULT_FLUSH = 1.0
 DEFAULT_TIMEOUT = 5.0
 
 SCHEMA = (
@@ -286,6 +290,7 @@ class SqliteBackend:
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
+        self._rident: tuple[int, int] | None = None
         self._pruned = 0.0
         # writer id -> highest seq this connection saw acknowledged; a read
         # reports at least that (see read()), since the writers row of a
@@ -374,6 +379,15 @@ class SqliteBackend:
         if version < 1 or not tables >= TABLES:
             raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
 
+    def _same_file(self, ident: tuple[int, int] | None) -> bool:
+        """Whether the path still names the file a connection opened (``ident``:
+        its device and inode)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == ident
+
     def _writer(self) -> sqlite3.Connection:
         """The writer connection, after checking that the file is still the
         one we opened (a removed or replaced file fails this attempt)."""
@@ -384,18 +398,15 @@ class SqliteBackend:
             self._drop_writer()
             conn = self._w = self._open(validate=True)
             return conn
-        try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._ident
-        except FileNotFoundError:
-            same = False
-        if not same:
+        if not self._same_file(self._ident):
             self._drop_writer()
             self._new_file = True  # (a re-created file may even reuse the inode)
-            raise StoreUnavailableError(
+            exc = StoreUnavailableError(
                 f"sqlite: {self.path} was removed or replaced while open; "
                 "the next attempt opens the file now at that path"
             )
+            exc.retry_now = True  # type: ignore[attr-defined]  # the exit flush retries at once
+            raise exc
         return conn
 
     def _drop_writer(self) -> None:
@@ -413,21 +424,34 @@ class SqliteBackend:
 
     def _reader(self) -> sqlite3.Connection:
         """The reader connection; it never creates the file (a removed file
-        makes reads fail until a flush re-creates it)."""
+        makes reads fail until a flush re-creates it).  Before each read the
+        file's inode is compared with the one the reader opened: a file
+        removed and created again (by ``destroy`` in another process, say) is
+        read from now on, never the deleted one."""
         conn = self._r
+        if conn is not None and not self._same_file(self._rident):
+            self._r = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            conn = None
         if conn is None:
             try:
                 conn = self._connect(create=False)
             except StoreNotFoundError as exc:
                 raise StoreUnavailableError(f"sqlite: {self.path} does not exist now") from exc
             try:
+                st = os.stat(self.path)
                 self._check_meta(conn, self._tables(conn))
             except sqlite3.DatabaseError as exc:
                 conn.close()
                 raise _corrupt(self.path, exc) from exc
+            except FileNotFoundError as exc:
+                conn.close()
+                raise StoreUnavailableError(f"sqlite: {self.path} does not exist now") from exc
             except BaseException:
                 conn.close()
                 raise
+            self._rident = (st.st_dev, st.st_ino)
             self._r = conn
         return conn
 
@@ -452,7 +476,7 @@ class SqliteBackend:
                         with contextlib.suppress(Exception):
                             conn.execute("ROLLBACK")
                     raise
-            except (CountOverflowError, _Refused):
+            except (CountOverflowError, KindClashError, _Refused):
                 raise
             except sqlite3.Error as exc:
                 if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
@@ -507,6 +531,7 @@ class SqliteBackend:
                 conn.executemany(
                     "INSERT OR IGNORE INTO names(name, kind) VALUES (?, ?)", names.items()
                 )
+                self._check_kinds(conn, names)
                 conn.executemany(
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
                     [(n,) for n, k in names.items() if k == "counter"],
@@ -527,6 +552,22 @@ class SqliteBackend:
         with self._wlock:
             self._names.update(batch.names)
             self._new_file = False
+
+    def _check_kinds(self, conn: sqlite3.Connection, names: dict[str, Kind]) -> None:
+        """Refuse the batch (KindClashError: the caller rolls back) if a name
+        it registers is registered with the other kind (another writer used
+        the name first, the other way)."""
+        clash: list[tuple[str, str | None]] = []
+        for name, kind in names.items():
+            row = conn.execute("SELECT kind FROM names WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != kind:
+                clash.append((name, None))
+        if clash:
+            raise KindClashError(
+                f"sqlite: {self.path}: {', '.join(repr(n) for n, _ in clash)} registered "
+                "with the other kind",
+                clash,
+            )
 
     def _ack(self, writer_id: str, seq: int) -> None:
         with self._wlock:
@@ -739,46 +780,39 @@ def _transient(exc: sqlite3.OperationalError) -> bool:
 # ---- the store ---------------------------------------------------------------------
 
 
-def _param_float(url: StoreURL, name: str, default: float) -> float:
-    raw = url.params.get(name)
-    if raw is None:
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a number of seconds") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{url.shown!r}: {name}={raw!r} must be a finite number >= 0")
-    return v
+@dataclass(frozen=True)
+class SqliteOptions:
+    """What a ``sqlite://`` URL says: the file (the same file however the URL
+    spells its path) and the connection options."""
+
+    path: str = field(compare=False)
+    real: str
+    timeout: float
+    synchronous: str
 
 
-class SqliteStore(Store):
+class SqliteStore(WriteBehindStore):
     """Durable counters in an SQLite file: see the module docstring."""
 
     scheme: ClassVar[str] = "sqlite"
-    PARAMS: ClassVar[frozenset[str]] = frozenset({"flush", "timeout", "synchronous"})
-
-    def __init__(self, url: StoreURL, backend: SqliteBackend, wb: WriteBehind) -> None:
-        super().__init__(url)
-        self._backend = backend
-        self._wb = wb
+    PARAMS = (
+        FLUSH,
+        seconds("timeout", DEFAULT_TIMEOUT, 0, 86400),
+        choice("synchronous", "NORMAL", ("NORMAL", "FULL")),
+    )
 
     @classmethod
-    def open_url(cls, url: StoreURL, *, create: bool = True) -> SqliteStore:
-        url.reject_unknown(cls.PARAMS)
+    def backend_options(cls, url: StoreURL, values: dict[str, Any]) -> SqliteOptions:
         path = sqlite_path(url)
-        interval = _param_float(url, "flush", DEFAULT_FLUSH)
-        timeout = _param_float(url, "timeout", DEFAULT_TIMEOUT)
-        sync = url.params.get("synchronous", "NORMAL").upper()
-        if sync not in ("NORMAL", "FULL"):
-            raise ValueError(f"{url.shown!r}: synchronous must be NORMAL or FULL, not {sync!r}")
+        return SqliteOptions(path, os.path.realpath(path), values["timeout"], values["synchronous"])
 
-        def connect() -> SqliteBackend:
-            return SqliteBackend(path, create=create, timeout=timeout, synchronous=sync)
-
-        backend = connect()
-        wb = WriteBehind(backend, connect, interval=interval, url=url.raw)
-        return cls(url, backend, wb)
+    @classmethod
+    def connect(
+        cls, url: StoreURL, options: SqliteOptions, create: bool, first: bool
+    ) -> SqliteBackend:
+        return SqliteBackend(
+            options.path, create=create, timeout=options.timeout, synchronous=options.synchronous
+        )
 
     @classmethod
     def destroy_url(cls, url: StoreURL) -> bool:
@@ -794,48 +828,8 @@ class SqliteStore(Store):
 
     @property
     def path(self) -> str:
-        return self._backend.path
-
-    @property
-    def writer_id(self) -> str:
-        return self._wb.writer_id
-
-    def counter(self, name: str) -> BufferedCounter:
-        """The durable counter called ``name`` (write-behind; see the module doc)."""
-        self._check_open()
-        return self._wb.counter(name)
-
-    def keyed(self, name: str) -> BufferedKeyedCounter:
-        """The durable keyed counter called ``name`` (str keys)."""
-        self._check_open()
-        return self._wb.keyed(name)
-
-    def names(self) -> list[str]:
-        self._check_open()
-        return self._wb.names()
-
-    def snapshot(self) -> Snapshot:
-        """Every stored count plus this process's pending deltas."""
-        self._check_open()
-        return self._wb.snapshot()
-
-    def flush(self) -> None:
-        """Write every pending delta now, in one transaction (FlushError if it
-        fails: the deltas are kept and retried, exactly once)."""
-        self._check_open()
-        self._wb.flush()
-
-    def close(self) -> None:
-        """Flush and close.  If the final flush fails it raises FlushError and
-        the deltas stay queued (retried in the background and at exit)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wb.close()
-
-    def pending(self) -> dict[str, Any]:
-        """This process's unacknowledged state (writer id, seq, in-flight batch)."""
-        return self._wb.pending()
+        path: str = self._options.path  # type: ignore[attr-defined]
+        return path
 
 
 STORE = SqliteStore

@@ -1,9 +1,12 @@
-"""Write-behind counters: local cells, a backend, and an exactly-once flush.
+"""Write-behind stores: local cells, a backend, and an exactly-once flush.
 
-Shared by the durable scopes (``sqlite://``; ``redis://`` reuses it).  A scope
-provides a :class:`Backend`; this module provides everything else: the
-counter objects users hold, the flush protocol, the background flusher, fork
-and exit handling.
+The durable scopes (``sqlite://``, ``redis://``) are :class:`WriteBehindStore`
+subclasses: a scope declares its URL parameters and opens a
+:class:`~tallies.stores._protocol.Backend`; this module provides everything
+else: the store object, the counter objects users hold, the flush protocol,
+the background flusher, close, fork and exit handling.  The flush path goes
+one way down: store -> :class:`WriteBehind` -> backend, and the backend
+knows only the types of ``_protocol.py``.
 
 Design (read this before the code)
 ==================================
@@ -21,8 +24,10 @@ call only for the method's exact type (a subclass costs ~9 ns more per call);
 without the C core ``PyBufferedCounter`` (a subclass) does the same job.
 ``store.keyed(name)`` is a :class:`BufferedKeyedCounter`
 whose pending deltas live in a ``tallies.KeyedCounter``; a key's first use
-checks it (str, at most 1024 UTF-8 bytes, see ``check_key``), later uses are a
-set lookup plus the core's increment.
+checks it (``base.check_key``: the key rule every store shares), later uses
+are a set lookup plus the core's increment.  Its ``collections.Counter``-like
+API (``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
+``_keyed.StoreKeyedMixin``, shared with ``shm://``.
 
 The batch, and exactly once
 ---------------------------
@@ -42,14 +47,22 @@ it again.  So:
   A failed batch is never merged back into the cells under a new seq: that
   is exactly where double counting hides.  New increments meanwhile simply
   accumulate in the cells.
-* the only failure whose outcome is known is :class:`CountOverflowError`:
-  the backend raises it from inside its transaction, before recording the
-  seq, when a stored count would leave int64.  Then nothing was applied, so
-  the offending deltas move to a local "held" map (still counted by
-  ``value()``, merged into every later batch, so the error repeats on each
-  flush until a decrement or a ``reset()`` brings the count back in range:
-  never lost, never a busy loop), and the rest of the batch is sent again
-  under the same seq (safe: that seq was not recorded).
+* two failures have a known outcome, raised by the backend from inside its
+  transaction before it records the seq, so nothing was applied:
+  :class:`CountOverflowError` (a stored count would leave int64) and
+  :class:`KindClashError` (a name of the batch is registered with the other
+  kind: two processes first used one name both ways).  The offending deltas
+  leave the batch and the rest is sent again under the same seq (safe: that
+  seq was not recorded).  An overflowing delta goes to a local "held" map
+  (still counted by ``value()``, merged into every later batch, so the error
+  repeats on each flush until a decrement or a ``reset()`` brings the count
+  back in range: never lost, never a busy loop).  A clashing name's deltas
+  are set aside for good (``pending()["set_aside"]``), the name is marked
+  clashed in this process: its later deltas are set aside by every flush
+  without another error, and reading it raises KindClashError.  Either way
+  ``flush()`` raises ONE error after the rest has landed, composed here so
+  that it reads the same on every store: what was not applied and why, and
+  that every other delta of the flush was applied.
 
 ``reset()`` is a "take": it first settles the in-flight batch, takes this
 process's pending delta for the target out of the cells, and asks the backend
@@ -61,6 +74,25 @@ atomically reports whether the seq was recorded and, if not, records it so
 that a late copy can never apply.  If the take happened, its pending delta was
 consumed by it (the failed ``reset()`` call lost its return value, as the
 error says); if not, the delta goes back to "held" and is flushed normally.
+
+Keys at 0 (the contract: a key that has been counted stays listed, at 0
+after a reset): each keyed counter remembers which keys the backend lists
+(``_stored``); a key not among them is sent even when its delta is 0, so the
+backend lists it too.  Backends zero keys on reset and never delete them.
+
+Write-through (``flush=0``)
+---------------------------
+Every update is one flush that carries it: the counter objects are then
+Python objects (:class:`WriteThroughCounter`, :class:`WriteThroughKeyed`)
+whose update adds to the cells and flushes under the flush lock, in one step
+for the other write-through updates.  An update that raises was not applied:
+if the flush refuses its delta (CountOverflowError, KindClashError) the delta
+is taken back out of the held / set-aside maps before the error is raised;
+an overflow of another count (an earlier update's) does not make this one
+raise.  Only FlushError (the backend did not answer) leaves the delta queued:
+it is written by a later flush, exactly once, so the update must not be
+retried.  (Write-through is I/O per update: the Python objects cost nothing
+measurable there.)
 
 Reads: read-your-writes, exactly
 --------------------------------
@@ -74,20 +106,34 @@ not counted twice.  If the history no longer reaches back to ``S`` (a very
 slow read), the read is retried, finally under the flush lock.  Reads never
 wait for a flush's I/O except in that last case.
 
+One store per URL per process
+-----------------------------
+``tallies.open(url)`` of a URL that is already open in this process (same
+backing store, same parameters) returns a new handle on the SAME
+:class:`WriteBehind`: one writer, one flusher, one connection, and every
+handle reads what any of them counted.  Unpickling a counter attaches to it
+too (or opens it once, for good, if it is not open).  The write-behind closes
+when the last handle that ``open()`` returned is closed.
+
 The flusher, close, exit, fork
 ------------------------------
 Each store has one daemon thread that flushes every ``interval`` seconds; on
 failure it logs a warning through ``logging`` (logger ``tallies.stores``) and
 backs off (doubling, at most 30 s); it never drops anything.  ``flush()``
 raises :class:`FlushError` (``__cause__``: the backend's error) and keeps the
-deltas.  ``close()`` flushes; if that final flush fails it raises and the
-deltas stay queued: the flusher keeps retrying and interpreter exit tries
-once more.  Updates after ``close()`` raise ValueError (closed counters
-change class; an update racing with ``close()`` lands in the final flush or
-raises).  Interpreter exit (``atexit``, and multiprocessing's exit hook in
-fork/forkserver children, which leave through ``os._exit``) flushes every
-open store.  So do SIGTERM and SIGINT while their handlers are Python's
-defaults (``_signals.py``: the process still ends by the signal).
+deltas.  ``close()`` closes every counter (updates raise ValueError from then
+on: closed counters change class; an update racing with ``close()`` lands in
+the final flush or raises) and flushes; the store refuses calls from then on.
+If that final flush fails ``close()`` raises and the deltas stay queued: the
+flusher keeps retrying, ``close()`` or ``flush()`` called again try again,
+and interpreter exit tries once more.  Interpreter exit (``atexit``, and
+multiprocessing's exit hook in fork/forkserver children, which leave through
+``os._exit``) flushes every open store; a failure that says the next attempt
+reconnects (a file replaced while open) is retried once there.  So do
+SIGTERM and SIGINT while their handlers are Python's defaults
+(``_signals.py``: the process still ends by the signal); that is also what
+keeps ``with multiprocessing.Pool() as pool:`` exact, whose exit stops the
+workers with SIGTERM.
 
 ``fork()``: ``os.register_at_fork`` takes every store's flush lock and state
 lock before the fork (so no flush is half done in the child's copy) and
@@ -99,16 +145,18 @@ flusher.
 
 A new durable scope
 -------------------
-Implement :class:`Backend` (every method atomic on the backend; reads
-consistent with the writer's recorded seq); in the Store's ``open_url``
-open and validate one backend, then ``WriteBehind(backend, connect,
-interval=..., url=url.raw)`` (``connect`` makes a fresh backend after fork);
-delegate ``counter``/``keyed``/``names``/``snapshot``/``flush``/``close`` to
-it.  ``SqliteStore`` in ``sqlite.py`` is the example;
-``tests/stores/test_writebehind.py`` has a dict backend with fault injection.
-Errors for the scope to raise are in ``base.py`` (StoreUnavailableError,
-FlushError, CountOverflowError, CorruptStoreError); ``tallies.aopen`` and
-``Store.aflush`` work for every scope.
+Subclass :class:`WriteBehindStore`: ``PARAMS`` (its URL parameters,
+``_params.FLUSH`` among them), ``backend_options(url, values)`` (a hashable
+description of the backing store and its options: equal options mean the
+same store) and ``connect(url, options, create, first)`` (a new
+:class:`Backend`; ``first`` when the store is being opened: validate it, and
+refuse a missing one unless ``create``); ``destroy_url``.  Implement the
+``Backend`` protocol (``_protocol.py``; every method atomic on the backend;
+reads consistent with the writer's recorded seq).  ``sqlite.py`` is the
+example; ``tests/stores/test_writebehind.py`` has a dict backend with fault
+injection, and adding the scheme to ``STORES`` in
+``tests/contract/_contract.py`` runs the store contract suite on it
+(docs/contract.md is what it checks).
 
 Writer bookkeeping
 ------------------
@@ -124,25 +172,54 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import operator
 import os
 import secrets
 import socket
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, SupportsIndex
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any, ClassVar, Protocol, SupportsIndex
 
 from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from ..keyed import KeyedCounter
 from . import _signals
+from ._keyed import StoreKeyedMixin
+from ._params import Param, parse
+from ._protocol import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_BACKOFF,
+    PRUNE_AFTER,
+    Backend,
+    Batch,
+    Kind,
+    Query,
+    Read,
+    Target,
+)
 from ._redact import redact_url
-from .base import CountOverflowError, FlushError, Snapshot, StoreError, check_name
+from .base import (
+    KEY_MAX_BYTES,
+    CountOverflowError,
+    FlushError,
+    KindClashError,
+    Snapshot,
+    Store,
+    StoreError,
+    StoreURL,
+    check_key,
+    counter_name,
+)
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "KEY_MAX_BYTES",
+    "MAX_BACKOFF",
     "PRUNE_AFTER",
     "Backend",
     "Batch",
@@ -154,121 +231,40 @@ __all__ = [
     "Read",
     "Target",
     "WriteBehind",
+    "WriteBehindStore",
+    "WriteThroughCounter",
+    "WriteThroughKeyed",
     "check_key",
 ]
 
 log = logging.getLogger("tallies.stores")
 
-Kind = Literal["counter", "keyed"]
-PRUNE_AFTER = 86400.0
-"""Seconds after which a writer's bookkeeping entry may be pruned."""
-KEY_MAX_BYTES = 1024
-MAX_BACKOFF = 30.0
 HISTORY = 16
 
 
-def check_key(key: object) -> str:
-    """A keyed counter's key: a str of 1..1024 UTF-8 bytes without NUL."""
-    if not isinstance(key, str):
-        raise TypeError(f"key must be a str, not {type(key).__name__!r}")
-    return check_name(str.__str__(key), "key", max_bytes=KEY_MAX_BYTES)
+def _what(name: str, key: str | None) -> str:
+    return repr(name) if key is None else f"{name}[{key!r}]"
 
 
-# ---- what travels to a backend -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a reset takes: a counter, a keyed counter (key None) or one key."""
-
-    kind: Kind
-    name: str
-    key: str | None = None
-
-
-@dataclass
-class Batch:
-    """Deltas numbered by the writer's sequence.  ``names`` are names this
-    writer has not yet seen registered (with their kind).  ``take`` marks a
-    reset: then the deltas are this process's pending part of the target,
-    returned to the caller and not applied by the backend."""
-
-    seq: int
-    counters: dict[str, int] = field(default_factory=dict)
-    keyed: dict[str, dict[str, int]] = field(default_factory=dict)
-    names: dict[str, Kind] = field(default_factory=dict)
-    take: Target | None = None
-
-    def has_deltas(self) -> bool:
-        return bool(self.counters) or any(self.keyed.values())
-
-    def describe(self) -> str:
-        n = len(self.counters) + sum(len(m) for m in self.keyed.values())
-        return f"batch {self.seq} ({n} delta(s))"
-
-
-@dataclass(frozen=True)
-class Query:
-    """What to read: counter names, keyed names (every key), single keys.
-    ``None`` means every name of that kind."""
-
-    counters: Sequence[str] | None = ()
-    keyed: Sequence[str] | None = ()
-    keys: Sequence[tuple[str, str]] = ()
-
-
-@dataclass
-class Read:
-    """A consistent read: ``seq`` is the writer's recorded sequence number in
-    the same snapshot as the values (0 when the writer has no entry)."""
-
-    seq: int
-    counters: dict[str, int] = field(default_factory=dict)
-    keyed: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-class Backend(Protocol):
-    """What a durable scope implements.  Every method is atomic on the
-    backend; any exception means "outcome unknown" except where stated."""
-
-    def apply(self, writer_id: str, batch: Batch) -> None:
-        """Atomically: if ``batch.seq`` <= the writer's recorded seq, only
-        refresh its last-seen time (already applied); else register
-        ``batch.names``, add every delta, record (seq, now), and prune writer
-        entries not seen for more than PRUNE_AFTER seconds.  If a stored count
-        would leave int64, raise :class:`CountOverflowError` listing every
-        offending (name, key) with NOTHING applied and the seq not recorded
-        (the one failure with a known outcome)."""
-
-    def take(self, writer_id: str, seq: int, target: Target) -> int | dict[str, int]:
-        """Atomically read and zero ``target`` (a keyed name: every key) and
-        record the seq; return what was stored (0 / {} when absent)."""
-
-    def fence(self, writer_id: str, seq: int) -> bool:
-        """Atomically: True if ``seq`` <= the recorded seq; else record it
-        (so it can never apply later) and return False."""
-
-    def read(self, writer_id: str, query: Query) -> Read:
-        """The queried values and the writer's recorded seq, consistently."""
-
-    def names(self) -> list[tuple[str, Kind]]:
-        """Every registered name with its kind, in registration order."""
-
-    def kind_of(self, name: str) -> Kind | None:
-        """The kind a name is registered with, or None."""
-
-    def close(self) -> None:
-        """Release connections (never called on a connection inherited
-        across fork)."""
+def _shown(items: list[tuple[str, str | None]]) -> str:
+    shown = ", ".join(_what(n, k) for n, k in items[:5])
+    return shown + (f" and {len(items) - 5} more" if len(items) > 5 else "")
 
 
 # ---- the objects users hold ----------------------------------------------------
 
 
 def _rebuild(url: str, name: str, kind: Kind) -> Any:
-    from . import open as open_store
+    """Unpickling a counter: the store of ``url`` open in this process (one
+    store per URL per process), opened once if it is not."""
+    from . import _store_class, parse_url
 
-    store = open_store(url)
+    parsed = parse_url(url)
+    cls = _store_class(parsed)
+    if issubclass(cls, WriteBehindStore):
+        store: Any = cls._attach(parsed, create=True, owned=False)
+    else:  # pragma: no cover - write-behind counters come from write-behind stores
+        store = cls.open_url(parsed)
     return store.counter(name) if kind == "counter" else store.keyed(name)
 
 
@@ -304,12 +300,10 @@ class PyBufferedCounter(ShardedCounter):
     _name: str
     _guard: threading.Lock
 
-    def __new__(cls, owner: Any, name: str, write_through: bool = False) -> PyBufferedCounter:
-        if write_through:
-            cls = _PyWriteThroughCounter
+    def __new__(cls, owner: Any, name: str) -> PyBufferedCounter:
         return super().__new__(cls)
 
-    def __init__(self, owner: Any, name: str, write_through: bool = False) -> None:
+    def __init__(self, owner: Any, name: str) -> None:
         super().__init__()
         self._wb = owner
         self._name = name
@@ -374,28 +368,6 @@ class PyBufferedCounter(ShardedCounter):
         return r
 
 
-class _PyWriteThroughCounter(PyBufferedCounter):
-    """``flush=0``: every update returns after its flush committed."""
-
-    __slots__ = ()
-
-    def increment(self, n: SupportsIndex = 1) -> None:
-        super().increment(n)
-        self._wb.flush()
-
-    def decrement(self, n: SupportsIndex = 1) -> None:
-        super().decrement(n)
-        self._wb.flush()
-
-    def __iadd__(self, n: SupportsIndex) -> _PyWriteThroughCounter:
-        self.increment(n)
-        return self
-
-    def __isub__(self, n: SupportsIndex) -> _PyWriteThroughCounter:
-        self.decrement(n)
-        return self
-
-
 class _PyClosedCounter(PyBufferedCounter):
     """What a counter becomes when its store closes."""
 
@@ -427,19 +399,89 @@ def _counter_class() -> Callable[..., BufferedCounter]:
     return PyBufferedCounter
 
 
-class BufferedKeyedCounter:
-    """A durable keyed counter (str keys): ``increment(key, n=1)``,
-    ``decrement``, ``value(key)``, ``kc[key]``, ``keys()``, ``items()``,
-    ``snapshot()``, ``reset(key=None)``, ``len``, ``in``, iteration.  Updates
-    go to a local ``tallies.KeyedCounter``; reads add the stored counts."""
+class WriteThroughCounter:
+    """``store.counter(name)`` of a write-through store (``flush=0``): every
+    update returns after the flush carrying it committed; an update that
+    raises was not applied (except FlushError: see the module docstring).
+    Its pending delta (only while a flush is failing) lives in a buffered
+    counter, ``_cells``."""
 
-    __slots__ = ("__weakref__", "_cells", "_closed", "_known", "_name", "_wb")
+    __slots__ = ("__weakref__", "_cells", "_name", "_wb")
+
+    def __init__(self, wb: WriteBehind, name: str) -> None:
+        self._wb = wb
+        self._name = name
+        self._cells: BufferedCounter = wb._make_counter(wb, name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self._cells, "closed", False))
+
+    def increment(self, n: SupportsIndex = 1) -> None:
+        self._wb._write_through(self._cells.increment, self._name, None, n, 1)
+
+    def decrement(self, n: SupportsIndex = 1) -> None:
+        self._wb._write_through(self._cells.decrement, self._name, None, n, -1)
+
+    def __iadd__(self, n: SupportsIndex) -> WriteThroughCounter:
+        self.increment(n)
+        return self
+
+    def __isub__(self, n: SupportsIndex) -> WriteThroughCounter:
+        self.decrement(n)
+        return self
+
+    def value(self) -> int:
+        if self.closed:
+            raise ValueError(f"counter {self._name!r}: its store is closed")
+        return self._wb._cell_value(self._name)
+
+    def reset(self) -> int:
+        if self.closed:
+            raise ValueError(f"counter {self._name!r}: its store is closed")
+        return self._wb._cell_reset(self._name)
+
+    def _take(self) -> int:
+        return self._cells._take()
+
+    def _pending(self) -> int:
+        return self._cells._pending()
+
+    def _close(self) -> None:
+        self._cells._close()
+
+    def __int__(self) -> int:
+        return self.value()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"WriteThroughCounter({self._name!r}, closed)"
+        return f"WriteThroughCounter({self._name!r}, {self.value()})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self._wb._cell_reduce(self._name)
+
+
+class BufferedKeyedCounter(StoreKeyedMixin):
+    """A durable keyed counter (str keys): ``increment(key, n=1)``,
+    ``decrement``, ``value(key)``, ``kc[key]``, ``kc[key] += n``, ``get``,
+    ``keys()``, ``items()``, ``snapshot()``, ``most_common``, ``total``,
+    ``update``, ``subtract``, ``reset(key=None)``, ``len``, ``in``,
+    iteration.  Updates go to a local ``tallies.KeyedCounter``; reads add the
+    stored counts."""
+
+    __slots__ = ("__weakref__", "_cells", "_closed", "_known", "_name", "_stored", "_wb")
 
     def __init__(self, wb: WriteBehind, name: str) -> None:
         self._wb = wb
         self._name = name
         self._cells = KeyedCounter()
         self._known: set[str] | frozenset[str] = set()
+        self._stored: set[str] = set()  # keys the backend lists (see the module docstring)
         self._closed = False
 
     @property
@@ -487,36 +529,21 @@ class BufferedKeyedCounter:
         """Stored count + this process's pending delta (0 if never counted)."""
         return self._wb.value_key(self._name, check_key(key))
 
-    def __getitem__(self, key: str) -> int:
-        return self.value(key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self.snapshot()
-
     def snapshot(self) -> collections.Counter[str]:
         """Every key's count (stored + pending; keys at 0 included)."""
         return collections.Counter(self._wb.value_keyed(self._name))
 
-    def keys(self) -> list[str]:
-        return list(self.snapshot())
-
-    def items(self) -> list[tuple[str, int]]:
-        return list(self.snapshot().items())
-
     def reset(self, key: str | None = None) -> Any:
         """``reset(key) -> int`` or ``reset() -> collections.Counter``: zero the
-        stored counts and this process's pending deltas in one transaction."""
+        stored counts and this process's pending deltas in one transaction
+        (the keys stay listed, at 0)."""
+        if self._closed:
+            raise self._closed_error()
         if key is None:
             v = self._wb.take(Target("keyed", self._name))
             assert isinstance(v, dict)
             return collections.Counter(v)
         return self._wb.take(Target("keyed", self._name, check_key(key)))
-
-    def __len__(self) -> int:
-        return len(self.snapshot())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
 
     def __repr__(self) -> str:
         if self._closed:
@@ -527,18 +554,31 @@ class BufferedKeyedCounter:
         return (_rebuild, (self._wb.url, self._name, "keyed"))
 
 
-class _WriteThroughKeyed(BufferedKeyedCounter):
-    """``flush=0``: every update returns after its flush committed."""
+class WriteThroughKeyed(BufferedKeyedCounter):
+    """``store.keyed(name)`` of a write-through store (``flush=0``): every
+    update returns after the flush carrying it committed; an update that
+    raises was not applied (except FlushError)."""
 
     __slots__ = ()
 
+    def _update(self, key: object, n: SupportsIndex, sign: int) -> None:
+        if self._closed:
+            raise self._closed_error()
+        k = check_key(key)
+        add = self._cells.increment if sign > 0 else self._cells.decrement
+
+        def update(amount: SupportsIndex) -> None:
+            if self._closed:
+                raise self._closed_error()
+            add(k, amount)
+
+        self._wb._write_through(update, self._name, k, n, sign)
+
     def increment(self, key: str, n: SupportsIndex = 1) -> None:
-        super().increment(key, n)
-        self._wb.flush()
+        self._update(key, n, 1)
 
     def decrement(self, key: str, n: SupportsIndex = 1) -> None:
-        super().decrement(key, n)
-        self._wb.flush()
+        self._update(key, n, -1)
 
 
 # ---- the machinery -------------------------------------------------------------
@@ -581,6 +621,7 @@ class WriteBehind:
         self.interval = interval
         self.write_through = interval == 0
         self.writer_id = new_writer_id()
+        self.handles = 0  # open handles that tallies.open() returned (WriteBehindStore)
         self._backend: Backend | None = backend
         self._connect = connect
         self._be_lock = threading.Lock()
@@ -588,17 +629,21 @@ class WriteBehind:
         self._seq = 0
         self._flush_lock = threading.Lock()
         self._state = threading.Lock()
-        self._counters: dict[str, BufferedCounter] = {}
+        self._counters: dict[str, Any] = {}
         self._make_counter = _counter_class()
         self._keyed: dict[str, BufferedKeyedCounter] = {}
         self._kinds: dict[str, Kind] = {}
         self._registered: set[str] = set()
         self._held_c: dict[str, int] = {}
         self._held_k: dict[str, dict[str, int]] = {}
+        self._clashed: dict[str, tuple[Kind, str]] = {}  # name -> (our kind, the message)
+        self._aside_c: dict[str, int] = {}
+        self._aside_k: dict[str, dict[str, int]] = {}
         self._inflight: Batch | None = None
         self._history: collections.deque[Batch] = collections.deque()
         self._known_from = 1
-        self._closed = False
+        self._closing = False  # close() began: counters refuse updates
+        self._closed = False  # close() finished: the final flush succeeded
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -610,10 +655,18 @@ class WriteBehind:
             _live[id(self)] = self
         self._start_flusher()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     # -- objects -----------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closing:
             raise ValueError(f"the store {self.shown!r} is closed")
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
@@ -622,42 +675,41 @@ class WriteBehind:
             what = "a counter" if have == "counter" else "a keyed counter"
             raise ValueError(f"{name!r} is {what} in {self.shown}")
 
-    def counter(self, name: str) -> BufferedCounter:
+    def counter(self, name: str) -> Any:
         c = self._counters.get(name)
-        if c is not None:
-            return c
-        self._check_open()
-        check_name(name)
-        self._kind_clash(name, "counter")
-        with self._state:
-            c = self._counters.get(name)
-            if c is None:
-                c = self._make_counter(self, name, self.write_through)
-                self._counters[name] = c
-                self._kinds[name] = "counter"
-        return c
+        return c if c is not None else self._first_use(name, "counter")
 
     def keyed(self, name: str) -> BufferedKeyedCounter:
         kc = self._keyed.get(name)
-        if kc is not None:
-            return kc
+        return kc if kc is not None else self._first_use(name, "keyed")
+
+    def _first_use(self, name: str, kind: Kind) -> Any:
+        """The counter or keyed counter ``name``, made on its first use here."""
         self._check_open()
-        check_name(name)
-        self._kind_clash(name, "keyed")
+        counter_name(name)
+        self._kind_clash(name, kind)
+        objects: dict[str, Any] = self._counters if kind == "counter" else self._keyed
         with self._state:
-            kc = self._keyed.get(name)
-            if kc is None:
-                cls = _WriteThroughKeyed if self.write_through else BufferedKeyedCounter
-                kc = self._keyed[name] = cls(self, name)
-                self._kinds[name] = "keyed"
-        return kc
+            obj = objects.get(name)
+            if obj is None:
+                if kind == "keyed":
+                    cls = WriteThroughKeyed if self.write_through else BufferedKeyedCounter
+                    obj = cls(self, name)
+                elif self.write_through:
+                    obj = WriteThroughCounter(self, name)
+                else:
+                    obj = self._make_counter(self, name)
+                objects[name] = obj
+                self._kinds[name] = kind
+        return obj
 
     def names(self) -> list[str]:
-        out = [n for n, _ in self._be().names()]
-        seen = set(out)
+        """Every name: registered in the backend, and this process's own (sorted)."""
+        self._check_open()
+        out = {n for n, _ in self._be().names()}
         with self._state:
-            out.extend(n for n in self._kinds if n not in seen)
-        return out
+            out.update(n for n in self._kinds if n not in self._clashed)
+        return sorted(out)
 
     # -- the backend connection -------------------------------------------------
 
@@ -673,13 +725,47 @@ class WriteBehind:
     # -- flush ---------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Settle the in-flight batch, then send every pending delta.
-        Raises FlushError (deltas kept) or CountOverflowError (the rest sent)."""
+        """Settle the in-flight batch, then send every pending delta.  Raises
+        FlushError (deltas kept), or, once everything else has landed,
+        CountOverflowError / KindClashError naming what was not applied."""
+        if self._closed:
+            return  # the final flush succeeded: nothing can be pending
         with self._flush_lock:
-            self._settle()
-            batch = self._build()
-            if batch is not None:
-                self._send(batch)
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        known = self._settle()
+        batch = self._build()
+        if batch is not None:
+            known += self._send(batch)
+        if known:
+            raise self._known_error(known)
+
+    def _known_error(self, known: list[StoreError]) -> StoreError:
+        """One error for the refusals of one flush, worded the same on every
+        store: what was not applied, why, where it is, and that everything
+        else was applied."""
+        over = [it for e in known if isinstance(e, CountOverflowError) for it in e.items]
+        clash = [it for e in known if isinstance(e, KindClashError) for it in e.items]
+        over = list(dict.fromkeys(over))
+        clash = list(dict.fromkeys(clash))
+        parts = []
+        if over:
+            parts.append(
+                f"adding the pending delta would move {_shown(over)} outside the signed "
+                "64-bit range: not applied, held (still in value()) and tried again by "
+                "every later flush"
+            )
+        if clash:
+            parts.append(
+                "; ".join(self._clashed[n][1] for n, _ in clash if n in self._clashed)
+                or f"{_shown(clash)}: registered with the other kind"
+            )
+        message = f"{self.shown}: flush: " + "; ".join(parts)
+        message += "; every other delta of this flush was applied"
+        if over:
+            return CountOverflowError(message, over)
+        return KindClashError(message, clash)
 
     def _build(self) -> Batch | None:
         with self._state:
@@ -687,19 +773,30 @@ class WriteBehind:
             for name, c in self._counters.items():
                 d = c._take()
                 if d:
-                    counters[name] = d
+                    if name in self._clashed:
+                        _add_into(self._aside_c, {name: d})
+                    else:
+                        counters[name] = d
             _add_into(counters, self._held_c)
             self._held_c = {}
             keyed: dict[str, dict[str, int]] = {}
             for name, kc in self._keyed.items():
-                m = {k: v for k, v in kc._cells._drain() if v}
+                stored = kc._stored
+                m = {k: v for k, v in kc._cells._drain() if v or k not in stored}
                 held = self._held_k.get(name)
                 if held:
-                    _add_into(m, held)
-                if m:
+                    for k, v in held.items():
+                        m[k] = m.get(k, 0) + v
+                if name in self._clashed:
+                    _add_into(self._aside_k.setdefault(name, {}), m)
+                elif m:
                     keyed[name] = m
             self._held_k = {}
-            names = {n: k for n, k in self._kinds.items() if n not in self._registered}
+            names = {
+                n: k
+                for n, k in self._kinds.items()
+                if n not in self._registered and n not in self._clashed
+            }
             if not (counters or keyed or names):
                 return None
             self._seq += 1
@@ -707,33 +804,40 @@ class WriteBehind:
             self._inflight = batch
             return batch
 
-    def _send(self, batch: Batch) -> None:
-        overflow: CountOverflowError | None = None
+    def _send(self, batch: Batch) -> list[StoreError]:
+        """Apply ``batch``; the refusals with a known outcome (their deltas
+        held or set aside, the rest applied) are returned, any other failure
+        raises FlushError (the batch stays in flight)."""
+        known: list[StoreError] = []
         for _ in range(4):
             try:
                 self._be().apply(self.writer_id, batch)
-            except CountOverflowError as exc:
-                # Known outcome: nothing applied, seq not recorded.  Hold the
-                # offending deltas; send the rest under the same seq.
-                overflow = exc
+            except (CountOverflowError, KindClashError) as exc:
+                # Known outcome: nothing applied, seq not recorded.  Hold or set
+                # aside the offending deltas; send the rest under the same seq.
                 with self._state:
-                    rest = self._hold(batch, set(exc.items))
+                    if isinstance(exc, KindClashError):
+                        rest = self._set_aside(batch, exc)
+                    else:
+                        rest = self._hold(batch, set(exc.items))
                     self._inflight = rest
+                known.append(exc)
                 if rest is None:
-                    raise
+                    return known
                 batch = rest
                 continue
             except Exception as exc:
+                before = ""
+                if known:
+                    before = f" (before that: {self._known_error(known)})"
                 raise FlushError(
                     f"{self.shown}: flush failed: {type(exc).__name__}: {exc}; "
-                    f"{batch.describe()} is kept and retried first by the next flush"
+                    f"{batch.describe()} is kept and retried first by the next flush{before}"
                 ) from exc
             with self._state:
                 self._committed(batch)
-            if overflow is not None:
-                raise overflow
-            return
-        raise FlushError(f"{self.shown}: flush kept meeting overflows; {batch.describe()} is kept")
+            return known
+        raise FlushError(f"{self.shown}: flush kept meeting refusals; {batch.describe()} is kept")
 
     def _hold(self, batch: Batch, bad: set[tuple[str, str | None]]) -> Batch | None:
         """Move the deltas named in ``bad`` to the held maps (caller holds
@@ -748,11 +852,43 @@ class WriteBehind:
             keep = {}
             for key, d in m.items():
                 if (name, key) in bad:
-                    _add_into(self._held_k.setdefault(name, {}), {key: d})
+                    held = self._held_k.setdefault(name, {})
+                    held[key] = held.get(key, 0) + d
                 else:
                     keep[key] = d
             if keep:
                 rest.keyed[name] = keep
+        if not (rest.has_deltas() or rest.names):
+            return None
+        return rest
+
+    def _set_aside(self, batch: Batch, exc: KindClashError) -> Batch | None:
+        """A clash: set the named names' deltas aside for good, mark them
+        clashed (caller holds _state); return the rest (same seq) or None."""
+        names = {n for n, _ in exc.items}
+        for name in names:
+            ours = self._kinds.get(name, "keyed" if name in batch.keyed else "counter")
+            theirs = "a keyed counter" if ours == "counter" else "a counter"
+            aside_c = batch.counters.get(name, 0) + self._held_c.pop(name, 0)
+            aside_k = dict(batch.keyed.get(name, {}))
+            for k, v in self._held_k.pop(name, {}).items():
+                aside_k[k] = aside_k.get(k, 0) + v
+            n = (1 if aside_c else 0) + sum(1 for v in aside_k.values() if v)
+            ours_what = "counter" if ours == "counter" else "keyed counter"
+            message = (
+                f"{name!r} is {theirs} in the store (another process used the name first): "
+                f"this process's {ours_what} {name!r} cannot be stored; its {n} unflushed "
+                "delta(s) are set aside (pending()['set_aside']) and so will be its later "
+                "ones, and reading it raises"
+            )
+            self._clashed[name] = (ours, message)
+            if aside_c:
+                _add_into(self._aside_c, {name: aside_c})
+            if aside_k:
+                _add_into(self._aside_k.setdefault(name, {}), aside_k)
+        rest = Batch(batch.seq, names={n: k for n, k in batch.names.items() if n not in names})
+        rest.counters = {n: d for n, d in batch.counters.items() if n not in names}
+        rest.keyed = {n: m for n, m in batch.keyed.items() if n not in names}
         if not (rest.has_deltas() or rest.names):
             return None
         return rest
@@ -762,19 +898,22 @@ class WriteBehind:
         if self._inflight is batch:
             self._inflight = None
         self._registered.update(batch.names)
+        for name, m in batch.keyed.items() if batch.take is None else ():
+            kc = self._keyed.get(name)
+            if kc is not None:
+                kc._stored.update(m)  # (a take's deltas are not stored: its keys are not)
         if batch.has_deltas():
             self._history.append(batch)
             while len(self._history) > HISTORY:
                 self._known_from = self._history.popleft().seq + 1
 
-    def _settle(self) -> None:
+    def _settle(self) -> list[StoreError]:
         """Resolve the in-flight batch (caller holds _flush_lock)."""
         batch = self._inflight
         if batch is None:
-            return
+            return []
         if batch.take is None:
-            self._send(batch)
-            return
+            return self._send(batch)
         try:
             applied = self._be().fence(self.writer_id, batch.seq)
         except Exception as exc:
@@ -790,6 +929,55 @@ class WriteBehind:
                 _add_into(self._held_c, batch.counters)
                 for name, m in batch.keyed.items():
                     _add_into(self._held_k.setdefault(name, {}), m)
+        return []
+
+    # -- write-through -------------------------------------------------------------
+
+    def _write_through(
+        self,
+        update: Callable[[SupportsIndex], Any],
+        name: str,
+        key: str | None,
+        n: SupportsIndex,
+        sign: int,
+    ) -> None:
+        """One write-through update: add ``n`` to the cells and flush, under
+        the flush lock.  If the flush refuses this update's delta, take it
+        back out (it was not applied) and raise."""
+        with self._flush_lock:
+            update(n)  # the checks (type, int64, closed) raise before anything changed
+            try:
+                self._flush_locked()
+            except (CountOverflowError, KindClashError) as exc:
+                item = (name, key)
+                if item not in exc.items:
+                    return  # this update landed; the refusal was an earlier one's
+                self._unhold(item, sign * operator.index(n), isinstance(exc, KindClashError))
+                if isinstance(exc, KindClashError):
+                    raise KindClashError(
+                        f"{self.shown}: {self._clashed[name][1]}; this update was not applied",
+                        [item],
+                    ) from None
+                op = "increment" if sign > 0 else "decrement"
+                raise CountOverflowError(
+                    f"{self.shown}: {op}({operator.index(n)}) would move {_what(name, key)} "
+                    "outside the signed 64-bit range; this update was not applied",
+                    [item],
+                ) from None
+
+    def _unhold(self, item: tuple[str, str | None], delta: int, clash: bool) -> None:
+        name, key = item
+        with self._state:
+            if key is None:
+                _add_into(self._aside_c if clash else self._held_c, {name: -delta})
+            else:
+                maps = self._aside_k if clash else self._held_k
+                m = maps.setdefault(name, {})
+                m[key] = m.get(key, 0) - delta
+                if not m[key]:
+                    del m[key]
+                if not m:
+                    maps.pop(name, None)
 
     # -- what the counter objects call --------------------------------------------
 
@@ -804,15 +992,22 @@ class WriteBehind:
     def _cell_reduce(self, name: str) -> tuple[Any, ...]:
         return (_rebuild, (self.url, name, "counter"))
 
+    def _check_clash(self, name: str) -> None:
+        clash = self._clashed.get(name)
+        if clash is not None:
+            raise KindClashError(f"{self.shown}: {clash[1]}", [(name, None)])
+
     # -- reset (take) --------------------------------------------------------------
 
     def take(self, target: Target) -> int | dict[str, int]:
         self._check_open()
+        self._check_clash(target.name)
         with self._flush_lock:
             self._settle()
             with self._state:
                 batch = Batch(self._seq + 1, take=target)
                 name = target.name
+                keys: list[str] = []  # every key the result lists
                 if target.kind == "counter":
                     c = self._counters.get(name)
                     d = (c._take() if c is not None else 0) + self._held_c.pop(name, 0)
@@ -824,8 +1019,13 @@ class WriteBehind:
                     m: dict[str, int] = {}
                     if target.key is None:
                         if kc is not None:
-                            m = {k: v for k, v in kc._cells._drain() if v}
-                        _add_into(m, held)
+                            for k, v in kc._cells._drain():
+                                keys.append(k)
+                                if v:
+                                    m[k] = v
+                        for k, v in held.items():
+                            m[k] = m.get(k, 0) + v
+                        keys.extend(held)
                         self._held_k.pop(name, None)
                     else:
                         v = kc._cells._reset_key(target.key) if kc is not None else 0
@@ -849,8 +1049,9 @@ class WriteBehind:
                 self._committed(batch)
         if isinstance(stored, dict):
             out = dict(stored)
-            _add_into(out, batch.keyed.get(name, {}))
-            for k in stored:
+            for k, v in batch.keyed.get(name, {}).items():
+                out[k] = out.get(k, 0) + v
+            for k in keys:
                 out.setdefault(k, 0)
             return out
         if target.kind == "keyed":
@@ -894,8 +1095,10 @@ class WriteBehind:
         out: dict[str, int] = {}
         kc = self._keyed.get(name)
         if kc is not None:
+            stored = kc._stored
             for k, v in kc._cells._items():
-                out[k] = out.get(k, 0) + v
+                if v or k not in stored:  # a key at 0 the backend lists is its to list
+                    out[k] = out.get(k, 0) + v
         for k, v in self._held_k.get(name, {}).items():
             out[k] = out.get(k, 0) + v
         for b in self._unseen(seq):
@@ -904,6 +1107,8 @@ class WriteBehind:
         return out
 
     def value_counter(self, name: str) -> int:
+        self._check_clash(name)
+
         def local(r: Read) -> int:
             return r.counters.get(name, 0) + self._pending_counter(name, r.seq)
 
@@ -911,6 +1116,8 @@ class WriteBehind:
         return v
 
     def value_key(self, name: str, key: str) -> int:
+        self._check_clash(name)
+
         def local(r: Read) -> int:
             stored = r.keyed.get(name, {}).get(key, 0)
             return stored + self._pending_keyed(name, r.seq).get(key, 0)
@@ -919,6 +1126,8 @@ class WriteBehind:
         return v
 
     def value_keyed(self, name: str) -> dict[str, int]:
+        self._check_clash(name)
+
         def local(r: Read) -> dict[str, int]:
             out = dict(r.keyed.get(name, {}))
             for k, v in self._pending_keyed(name, r.seq).items():
@@ -929,10 +1138,14 @@ class WriteBehind:
         return v
 
     def snapshot(self) -> Snapshot:
+        """Every stored count plus this process's pending deltas, names sorted."""
+
         def local(r: Read) -> Snapshot:
             counters = dict(r.counters)
             keyed = {n: dict(m) for n, m in r.keyed.items()}
             for name, kind in self._kinds.items():
+                if name in self._clashed:
+                    continue
                 if kind == "counter":
                     counters[name] = counters.get(name, 0) + self._pending_counter(name, r.seq)
                 else:
@@ -942,27 +1155,27 @@ class WriteBehind:
             for name, d in self._held_c.items():  # held for names not opened here
                 if name not in self._kinds:
                     counters[name] = counters.get(name, 0) + d
-            return {"counters": counters, "keyed": keyed}
+            return {
+                "counters": dict(sorted(counters.items())),
+                "keyed": dict(sorted(keyed.items())),
+            }
 
         snap: Snapshot = self._read(Query(counters=None, keyed=None), local)
-        names = [n for n, _ in self._be().names()]
-        order = {n: i for i, n in enumerate(names)}
-        end = len(order)
-        for section in ("counters", "keyed"):
-            d: dict[str, Any] = snap[section]
-            items = sorted(d.items(), key=lambda kv: order.get(kv[0], end))
-            d.clear()
-            d.update(items)
         return snap
 
     def pending(self) -> dict[str, Any]:
-        """This process's deltas not yet acknowledged by the backend (tests, tools)."""
+        """This process's deltas not yet acknowledged by the backend, and the
+        deltas set aside by a kind clash (tests, tools)."""
         with self._state:
             return {
                 "writer_id": self.writer_id,
                 "seq": self._seq,
                 "in_flight": self._inflight.describe() if self._inflight else None,
                 "held": {"counters": dict(self._held_c), "keyed": dict(self._held_k)},
+                "set_aside": {
+                    "counters": dict(self._aside_c),
+                    "keyed": {n: dict(m) for n, m in self._aside_k.items()},
+                },
             }
 
     # -- the flusher -------------------------------------------------------------
@@ -980,10 +1193,7 @@ class WriteBehind:
         if not self._flush_lock.acquire(blocking=False):
             return True  # someone is flushing right now
         try:
-            self._settle()
-            batch = self._build()
-            if batch is not None:
-                self._send(batch)
+            self._flush_locked()
         except StoreError as exc:
             self.failures += 1
             log.warning(
@@ -1005,17 +1215,19 @@ class WriteBehind:
         return True
 
     def close(self) -> None:
-        """Flush and stop; if the final flush fails, raise and keep retrying
-        in the background (and at exit)."""
+        """Close every counter, flush, stop.  If the final flush fails, raise;
+        the deltas stay queued (retried in the background, by a later
+        ``close()`` or ``flush()``, and at exit)."""
         if self._closed:
             return
         with self._state:
+            self._closing = True
             for c in self._counters.values():
                 c._close()
             for kc in self._keyed.values():
                 kc._closed = True
                 kc._known = frozenset()
-        self.flush()  # raises on failure: stays live, the flusher keeps retrying
+        self.flush()  # raises on failure: the flusher keeps retrying
         self._closed = True
         self._stop.set()
         with _live_lock:
@@ -1041,6 +1253,8 @@ class WriteBehind:
             kc._cells._drain()
         self._held_c = {}
         self._held_k = {}
+        self._aside_c = {}
+        self._aside_k = {}
         self._inflight = None
         self._history.clear()
         self._known_from = 1
@@ -1074,11 +1288,148 @@ def _flusher(ref: weakref.ref[WriteBehind], stop: threading.Event) -> None:
         del wb
 
 
+# ---- the store --------------------------------------------------------------------
+
+_engines: dict[Hashable, WriteBehind] = {}  # (store class, options) -> the open write-behind
+_engines_lock = threading.RLock()
+
+
+class WriteBehindStore(Store):
+    """The base of the write-behind scopes (``sqlite://``, ``redis://``): a
+    handle on the one :class:`WriteBehind` of its URL in this process.
+
+    A scope declares ``PARAMS`` (its URL parameters, ``_params.FLUSH`` among
+    them) and implements ``backend_options`` and ``connect`` (see the module
+    docstring, "A new durable scope")."""
+
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, url: StoreURL, wb: WriteBehind, options: Hashable, owned: bool) -> None:
+        super().__init__(url)
+        self._wb = wb
+        self._options = options
+        self._owned = owned
+
+    # -- what a scope implements -----------------------------------------------------
+
+    @classmethod
+    def params(cls) -> tuple[Param, ...]:
+        """The URL parameters (a scope may compute them on first use)."""
+        return cls.PARAMS
+
+    @classmethod
+    def backend_options(cls, url: StoreURL, values: dict[str, Any]) -> Hashable:
+        """What the URL says about the backing store (``values``: the typed
+        parameters): equal options are the same store."""
+        raise NotImplementedError
+
+    @classmethod
+    def connect(cls, url: StoreURL, options: Any, create: bool, first: bool) -> Backend:
+        """A new backend connection; ``first``: the store is being opened."""
+        raise NotImplementedError
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open_url(cls, url: StoreURL, *, create: bool = True) -> WriteBehindStore:
+        return cls._attach(url, create=create, owned=True)
+
+    @classmethod
+    def _attach(cls, url: StoreURL, *, create: bool, owned: bool) -> WriteBehindStore:
+        values = parse(url, cls.params())
+        interval = float(values["flush"])
+        options = cls.backend_options(url, values)
+        key = (cls, options, interval)
+        with _engines_lock:
+            wb = _engines.get(key)
+            if wb is None or wb.closing:
+                backend = cls.connect(url, options, create, True)
+
+                def reconnect() -> Backend:
+                    return cls.connect(url, options, create, False)
+
+                wb = WriteBehind(backend, reconnect, interval=interval, url=url.raw)
+                _engines[key] = wb
+            if owned:
+                wb.handles += 1
+        return cls(url, wb, options, owned)
+
+    # -- the Store interface -----------------------------------------------------------
+
+    @property
+    def writer_id(self) -> str:
+        return str(self._wb.writer_id)
+
+    def counter(self, name: str) -> Any:
+        """The counter called ``name`` (write-behind; see the scope's docs)."""
+        self._check_open()
+        return self._wb.counter(counter_name(name))
+
+    def keyed(self, name: str) -> BufferedKeyedCounter:
+        """The keyed counter called ``name`` (str keys)."""
+        self._check_open()
+        return self._wb.keyed(counter_name(name))
+
+    def names(self) -> list[str]:
+        """Every name in the store and this process's own, sorted."""
+        self._check_open()
+        return self._wb.names()
+
+    def snapshot(self) -> Snapshot:
+        """Every stored count plus this process's pending deltas."""
+        self._check_open()
+        return self._wb.snapshot()
+
+    def flush(self) -> None:
+        """Send every pending delta now (FlushError if that fails: the deltas
+        are kept and retried, exactly once).  After ``close()``: delivers what
+        a failed final flush left, else does nothing."""
+        if self._closed and self._wb.closed:
+            return
+        self._wb.flush()
+
+    def pending(self) -> dict[str, Any]:
+        """This process's unacknowledged state (writer id, seq, in-flight
+        batch, held and set-aside deltas)."""
+        return self._wb.pending()
+
+    def close(self) -> None:
+        """Flush and close.  The last handle's close() closes the counters
+        (their updates raise ValueError).  If the final flush fails it raises
+        FlushError; the deltas stay queued (retried in the background, by
+        ``close()`` or ``flush()`` called again, and at exit)."""
+        if self._closed:
+            if self._owned and self._wb.closing and not self._wb.closed:
+                self._close_engine()
+            return
+        self._closed = True
+        last = False
+        if self._owned:
+            with _engines_lock:
+                self._wb.handles -= 1
+                last = self._wb.handles == 0
+        if last:
+            self._close_engine()
+        else:
+            self._wb.flush()
+
+    def _close_engine(self) -> None:
+        wb = self._wb
+        wb.close()
+        with _engines_lock:
+            for key, other in list(_engines.items()):
+                if other is wb:
+                    del _engines[key]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self._url.shown!r} {state}>"
+
+
 # ---- process-wide hooks ----------------------------------------------------------
 
 _live: dict[int, WriteBehind] = {}  # open stores: strong refs (pending deltas live here)
 _live_lock = threading.Lock()
-_signals.stores_from(_live)  # the signal flush reads it (_signals.py)
 _fork_lock = threading.Lock()
 _held_for_fork: list[WriteBehind] = []
 _inherited: list[Backend] = []
@@ -1106,9 +1457,10 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _live_lock, _fork_lock
+    global _live_lock, _fork_lock, _engines_lock
     _live_lock = threading.Lock()
     _fork_lock = threading.Lock()
+    _engines_lock = threading.RLock()
     _held_for_fork.clear()
     for wb in list(_live.values()):
         wb._after_fork_in_child()
@@ -1122,13 +1474,35 @@ if hasattr(os, "register_at_fork"):
     )
 
 
+def _retry_now(exc: BaseException) -> bool:
+    """Whether a failed flush says that the very next attempt reconnects
+    (a file removed or replaced while open)."""
+    cause = exc.__cause__
+    return bool(getattr(cause, "retry_now", False) or getattr(exc, "retry_now", False))
+
+
+def final_flush(wb: WriteBehind) -> None:
+    """The last flush of ``wb`` before the process ends (at exit, and on
+    SIGTERM/SIGINT: ``_signals`` calls it): ``flush()``, and once more at once
+    when the failure says that the next attempt reconnects."""
+    try:
+        wb.flush()
+    except Exception as exc:
+        if not _retry_now(exc):
+            raise
+        wb.flush()
+
+
+_signals.stores_from(_live, final_flush)  # the signal flush reads them (_signals.py)
+
+
 def flush_all() -> None:
     """Flush every open write-behind store (at exit); log failures."""
     with _live_lock:
         stores = list(_live.values())
     for wb in stores:
         try:
-            wb.flush()
+            final_flush(wb)
         except Exception as exc:
             log.error(
                 "tallies: final flush of %s failed; its unflushed deltas are lost: %s",
