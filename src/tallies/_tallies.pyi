@@ -23,6 +23,8 @@ CPU_SLOTS: int
 SHARES_CONTENDED: int
 """1 on free-threaded 3.13: a contended ShardedCounter, or a KeyedCounter that
 threads update at once, stops being refcounted (_c/_shared.h, _c/keyed.c)."""
+CPYTHON_INTERNALS: str
+"""The CPython internals compiled in, comma-separated ("" for none): _c/_internals.h."""
 ENTRY_SIZE: int
 """Bytes per entry of a KeyedCounter table whose keys are all str (other keys:
 8 more, for the hash); the index adds 1 to 8 bytes per slot, as a dict's does."""

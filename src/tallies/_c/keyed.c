@@ -71,8 +71,13 @@ key_fast_eq(PyObject *a, PyObject *b)
 #define TKT_FAST_EQ(a, b) key_fast_eq((PyObject *)(a), (PyObject *)(b))
 #define TKT_INCREF(k) Py_INCREF((PyObject *)(k))
 #define TKT_DECREF(k) Py_DECREF((PyObject *)(k))
+#if TL_STR_HASH_CACHE /* _internals.h */
 #define TKT_CACHES_HASH(k) PyUnicode_CheckExact((PyObject *)(k))
 #define TKT_CACHED_HASH(k) (((PyASCIIObject *)(k))->hash)
+#else /* every table stores its hashes: never asked for a cached one */
+#define TKT_CACHES_HASH(k) ((void)(k), 0)
+#define TKT_CACHED_HASH(k) PyObject_Hash((PyObject *)(k))
+#endif
 #define TKT_MALLOC(n) PyMem_Malloc(n)
 #define TKT_FREE(p) PyMem_Free(p)
 
@@ -82,7 +87,7 @@ key_fast_eq(PyObject *a, PyObject *b)
 static inline Py_hash_t
 key_hash(PyObject *key)
 {
-#if !TKT_CONCURRENT /* free-threaded: CPython sets a str's hash atomically */
+#if TL_STR_HASH_CACHE /* not free-threaded, where CPython sets a str's hash atomically */
     if (TL_LIKELY(PyUnicode_CheckExact(key))) {
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
         if (TL_LIKELY(h != -1)) {
@@ -93,10 +98,12 @@ key_hash(PyObject *key)
     return PyObject_Hash(key);
 }
 
+#if TL_INT_LAYOUT /* _internals.h */
 #if !TKT_CONCURRENT /* the item iterators' int reuse (GIL builds only) */
 static inline Py_ssize_t digits_of(int64_t v);
 #endif
 static inline void count_fill(PyObject *r, int64_t v);
+#endif
 
 /* ---- the KeyedCounter type ------------------------------------------------- */
 
@@ -391,7 +398,7 @@ done:
 static inline PyObject *
 keyed_step(KeyedObject *self, PyObject *key, int sub)
 {
-#if !TKT_CONCURRENT
+#if TL_STR_HASH_CACHE
     if (TL_LIKELY(PyUnicode_CheckExact(key))) {
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
         tl_cell *cell;
@@ -1297,7 +1304,7 @@ SnapIter_next(SnapIterObject *it)
     }
     int64_t v = it->b.counts[i];
     PyObject *r = it->result;
-#if !TKT_CONCURRENT
+#if !TKT_CONCURRENT && TL_INT_LAYOUT
     /* for k, v in kc.items(): the caller unpacks the tuple and lets it go,
      * and its v still holds the previous count while we make the next one.
      * So two ints alternate: one that nobody but this iterator holds any
@@ -1758,6 +1765,7 @@ static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
 
+#if TL_INT_LAYOUT
 #if !TKT_CONCURRENT
 /* The number of digits of |v| (at least 1). */
 static inline Py_ssize_t
@@ -1798,6 +1806,33 @@ count_fill(PyObject *r, int64_t v)
     Py_SET_SIZE(o, v < 0 ? -n : n);
 #endif
 }
+#else
+/* The documented way (interpreters where CI has not run the layout above):
+ * int.__new__(Count, v) copies a plain int's value into an allocation that
+ * Count's tp_alloc makes large enough for the tag. */
+static PyObject *
+count_alloc(PyTypeObject *type, Py_ssize_t nitems)
+{
+    return PyType_GenericAlloc(type, nitems > count_nitems ? nitems : count_nitems);
+}
+
+static PyObject *
+count_from_int(int64_t v)
+{
+    PyObject *n = PyLong_FromLongLong((long long)v);
+    if (n == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, n);
+    Py_DECREF(n);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyLong_Type.tp_new(count_type, args, NULL);
+    Py_DECREF(args);
+    return r;
+}
+#endif
 
 /* Freed Counts kept for reuse (GIL builds: the GIL guards the list).  A read
  * kc[k] makes a Count where collections.Counter's c[k] returns an int the
@@ -1806,7 +1841,7 @@ count_fill(PyObject *r, int64_t v)
  * zeroing, no free) is what keeps that read near c[k].  Every Count has the
  * same size (count_nitems), so any one fits; the list holds a few at most and
  * keeps their memory for the life of the process. */
-#ifndef Py_GIL_DISABLED
+#if !defined(Py_GIL_DISABLED) && TL_INT_LAYOUT
 #define COUNT_FREE_MAX 16
 static PyObject *count_free[COUNT_FREE_MAX];
 static int count_nfree;
@@ -1817,13 +1852,14 @@ static PyObject *
 count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived)
 {
     PyObject *r = NULL;
-#ifndef Py_GIL_DISABLED
+#ifdef COUNT_FREE_MAX
     if (count_nfree > 0) {
         r = count_free[--count_nfree];
         (void)PyObject_Init(r, count_type); /* type (a new reference), refcount 1 */
     }
 #endif
     int reused = r != NULL;
+#if TL_INT_LAYOUT
     if (!reused) {
         r = count_type->tp_alloc(count_type, count_nitems); /* zeroed, tracked */
         if (r == NULL) {
@@ -1831,6 +1867,12 @@ count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived
         }
     }
     count_fill(r, v);
+#else
+    r = count_from_int(v); /* zeroed tag, tracked */
+    if (r == NULL) {
+        return NULL;
+    }
+#endif
     count_tag *t = COUNT_TAG(r);
     t->counter = Py_NewRef(counter);
     t->key = Py_NewRef(key);
@@ -1854,7 +1896,7 @@ Count_dealloc(PyObject *self)
     PyObject_GC_UnTrack(self);
     Py_TRASHCAN_BEGIN(self, Count_dealloc)
     Count_clear(self);
-#ifndef Py_GIL_DISABLED
+#ifdef COUNT_FREE_MAX
     if (tp == count_type && count_nfree < COUNT_FREE_MAX) {
         count_free[count_nfree++] = self; /* untracked, no references held */
     }
@@ -1977,6 +2019,9 @@ static PyType_Slot Count_slots[] = {
     {Py_tp_getset, Count_getset},
     {Py_nb_add, Count_add},
     {Py_nb_subtract, Count_sub},
+#if !TL_INT_LAYOUT
+    {Py_tp_alloc, count_alloc},
+#endif
     {0, NULL},
 };
 
