@@ -168,6 +168,11 @@ _RECORD = (
     "ON CONFLICT(writer_id) DO UPDATE SET seq = excluded.seq, seen = excluded.seen"
 )
 
+_READ_KEY = (
+    "SELECT (SELECT seq FROM writers WHERE writer_id = ?), "
+    "(SELECT value FROM keyed WHERE name = ? AND key = ?)"
+)
+
 PRUNE_EVERY = 60.0
 """Seconds between two prunes of the writers table by one process."""
 
@@ -700,6 +705,8 @@ class SqliteBackend:
         # a batch acknowledged before this read transaction starts is in its
         # snapshot even when the writers row is gone (pruned while idle)
         acked = self._acked.get(writer_id, 0)
+        if len(query.keys) == 1 and query.counters == () and query.keyed == ():
+            return self._read_key(writer_id, *query.keys[0], acked)
 
         def body(conn: sqlite3.Connection) -> Read:
             r = Read(max(self._recorded(conn, writer_id), acked))
@@ -739,6 +746,22 @@ class SqliteBackend:
 
         result: Read = self._read_tx(body)
         return result
+
+    def _read_key(self, writer_id: str, name: str, key: str, acked: int) -> Read:
+        """One key and the writer's recorded seq in ONE statement (its own
+        read transaction: both from the same snapshot), two index lookups."""
+        with self._rlock:
+            conn = self._reader()
+            try:
+                row = conn.execute(_READ_KEY, (writer_id, name, key)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                rconn, self._r = self._r, None
+                if rconn is not None:
+                    with contextlib.suppress(Exception):
+                        rconn.close()
+                raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
+        seq, v = row
+        return Read(max(int(seq or 0), acked), keyed={name: {key: int(v or 0)}})
 
     def names(self) -> list[tuple[str, Kind]]:
         def body(conn: sqlite3.Connection) -> list[tuple[str, Kind]]:

@@ -104,7 +104,10 @@ seq > ``S``.  So a batch is counted once whether the read happened before or
 after its commit, and a batch whose reply was lost but which did commit is
 not counted twice.  If the history no longer reaches back to ``S`` (a very
 slow read), the read is retried, finally under the flush lock.  Reads never
-wait for a flush's I/O except in that last case.
+wait for a flush's I/O except in that last case.  A read of one key costs
+the same whatever the number of keys: the backend reads that key (one SQL
+statement, one Redis round trip) and the pending part is that key's cell,
+held delta and batch entries, each looked up by key (``_pending_key``).
 
 One store per URL per process
 -----------------------------
@@ -1120,6 +1123,23 @@ class WriteBehind:
                 out[k] = out.get(k, 0) + v
         return out
 
+    def _pending_key(self, name: str, key: str, seq: int) -> int:
+        """One key's pending delta: its cell, its held delta and the unseen
+        batches' (each a dict lookup: O(1) in the number of keys; caller
+        holds _state)."""
+        total = 0
+        kc = self._keyed.get(name)
+        if kc is not None:
+            total = kc._cells.value(key)
+        held = self._held_k.get(name)
+        if held:
+            total += held.get(key, 0)
+        for b in self._unseen(seq):
+            m = b.keyed.get(name)
+            if m:
+                total += m.get(key, 0)
+        return total
+
     def value_counter(self, name: str) -> int:
         self._check_clash(name)
 
@@ -1133,8 +1153,7 @@ class WriteBehind:
         self._check_clash(name)
 
         def local(r: Read) -> int:
-            stored = r.keyed.get(name, {}).get(key, 0)
-            return stored + self._pending_keyed(name, r.seq).get(key, 0)
+            return r.keyed.get(name, {}).get(key, 0) + self._pending_key(name, key, r.seq)
 
         v: int = self._read(Query(keys=((name, key),)), local)
         return v
