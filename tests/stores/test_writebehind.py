@@ -804,6 +804,43 @@ def test_reads_stay_exact_under_a_fast_flusher_with_lost_replies() -> None:
     wb.close()
 
 
+def test_a_key_counted_to_zero_is_listed_once_flushed(be: MemBackend) -> None:
+    """A key whose first updates sum to 0 still goes into the next batch (at
+    0, so the backend lists it), also through a failed flush and its retry;
+    after that, batches carry only the keys whose delta is not 0."""
+    wb = make(be)
+    kc = wb.keyed("k")
+    kc.increment("a", 5)
+    kc.decrement("a", 5)
+    assert dict(kc.snapshot()) == {"a": 0}
+    be.fail.append(("apply", "before"))
+    with pytest.raises(FlushError):
+        wb.flush()
+    assert dict(kc.snapshot()) == {"a": 0}  # in flight
+    wb.flush()
+    assert be.keyed["k"] == {"a": 0}
+    for i in range(50):
+        kc.increment(f"k{i}")
+    wb.flush()
+    kc.increment("k3")
+    kc.increment("b")
+    kc.decrement("b")
+    sent: list[Batch] = []
+    apply = be.apply
+
+    def recording(writer_id: str, batch: Batch) -> None:
+        sent.append(batch)
+        apply(writer_id, batch)
+
+    be.apply = recording  # type: ignore[method-assign]
+    wb.flush()
+    assert [b.keyed for b in sent] == [{"k": {"k3": 1, "b": 0}}]
+    assert dict(kc.snapshot()) == {"a": 0, "b": 0, "k3": 2} | {
+        f"k{i}": 1 for i in range(50) if i != 3
+    }
+    wb.close()
+
+
 class _Unwalkable:
     """A keyed counter's cells that refuse to be walked: a one-key read
     must look its key up, not build every key's pending delta."""

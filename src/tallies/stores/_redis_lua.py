@@ -71,6 +71,7 @@ __all__ = [
     "APPLY_LUA",
     "READ_LUA",
     "RESET_LUA",
+    "SCAN_LUA",
     "data_key",
     "name_from_data_key",
     "reset_key",
@@ -90,6 +91,7 @@ _INT64_LUA = _script("int64.lua")
 APPLY_LUA = _INT64_LUA + _script("apply.lua")
 RESET_LUA = _INT64_LUA + _script("reset.lua")
 READ_LUA = _script("read.lua")
+SCAN_LUA = _script("scan.lua")
 
 
 def tag_of(name: str) -> str:

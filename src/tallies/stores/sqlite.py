@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import random
 import secrets
@@ -583,25 +584,28 @@ class SqliteBackend:
 
     @staticmethod
     def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
-        """Guarded UPSERTs; False if any row refused (the caller rolls back)."""
+        """Guarded UPSERTs; False if any row refused (the caller rolls back).
+        A keyed counter's rows are fed to ``executemany`` by C iterators
+        (``zip``, ``repeat``): no tuple built in Python per key."""
         rows_c = list(batch.counters.items())
-        rows_k = [(n, k, d) for n, m in batch.keyed.items() for k, d in m.items()]
         for _, d in rows_c:
             if not INT64_MIN <= d <= INT64_MAX:
                 return False
-        for _, _, d in rows_k:
-            if not INT64_MIN <= d <= INT64_MAX:
+        for m in batch.keyed.values():
+            if m and not (min(m.values()) >= INT64_MIN and max(m.values()) <= INT64_MAX):
                 return False
         changed = 0
         if len(rows_c) == 1:
             changed += conn.execute(_ADD_COUNTER, rows_c[0]).rowcount
         elif rows_c:
             changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
-        if len(rows_k) == 1:
-            changed += conn.execute(_ADD_KEY, rows_k[0]).rowcount
-        elif rows_k:
-            changed += conn.executemany(_ADD_KEY, rows_k).rowcount
-        return changed == len(rows_c) + len(rows_k)
+        want = len(rows_c)
+        for name, m in batch.keyed.items():
+            if m:
+                rows = zip(itertools.repeat(name), m.keys(), m.values())
+                changed += conn.executemany(_ADD_KEY, rows).rowcount
+                want += len(m)
+        return changed == want
 
     def _add_exact(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Exact arithmetic in Python: raise CountOverflowError naming every
@@ -723,20 +727,20 @@ class SqliteBackend:
                     ).fetchone()
                     r.counters[name] = int(row[0]) if row else 0
             if query.keyed is None:
-                for (name,) in conn.execute(
-                    "SELECT name FROM names WHERE kind = 'keyed' ORDER BY rowid"
-                ).fetchall():
-                    r.keyed[str(name)] = {}
-                for name, key, v in conn.execute(
-                    "SELECT name, key, value FROM keyed ORDER BY rowid"
-                ).fetchall():
-                    r.keyed.setdefault(str(name), {})[str(key)] = int(v)
-            else:
-                for name in query.keyed:
-                    rows = conn.execute(
-                        "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (name,)
+                query_keyed: Any = [
+                    str(name)
+                    for (name,) in conn.execute(
+                        "SELECT name FROM names WHERE kind = 'keyed' ORDER BY rowid"
                     ).fetchall()
-                    r.keyed[name] = {str(k): int(v) for k, v in rows}
+                ]
+            else:
+                query_keyed = query.keyed
+            for name in query_keyed:  # TEXT and INTEGER columns: str and int already
+                r.keyed[name] = dict(
+                    conn.execute(
+                        "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (name,)
+                    )
+                )
             for name, key in query.keys:
                 row = conn.execute(
                     "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)

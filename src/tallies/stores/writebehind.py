@@ -76,9 +76,13 @@ consumed by it (the failed ``reset()`` call lost its return value, as the
 error says); if not, the delta goes back to "held" and is flushed normally.
 
 Keys at 0 (the contract: a key that has been counted stays listed, at 0
-after a reset): each keyed counter remembers which keys the backend lists
-(``_stored``); a key not among them is sent even when its delta is 0, so the
-backend lists it too.  Backends zero keys on reset and never delete them.
+after a reset): each keyed counter remembers the keys first counted since
+they last went into a batch (``_fresh``); the next batch carries each of them
+even when its delta is 0, so the backend lists it too.  Every other key of a
+batch has a delta that is not 0: a flush takes from the cells only the counts
+that are not 0 (the core's ``_nonzero(take=True)``: one pass in C, one dict),
+so its cost follows the keys counted since the last flush, not every key ever
+counted.  Backends zero keys on reset and never delete them.
 
 Write-through (``flush=0``)
 ---------------------------
@@ -488,14 +492,14 @@ class BufferedKeyedCounter(StoreKeyedMixin):
     iteration.  Updates go to a local ``tallies.KeyedCounter``; reads add the
     stored counts."""
 
-    __slots__ = ("__weakref__", "_cells", "_closed", "_known", "_name", "_stored", "_wb")
+    __slots__ = ("__weakref__", "_cells", "_closed", "_fresh", "_known", "_name", "_wb")
 
     def __init__(self, wb: WriteBehind, name: str) -> None:
         self._wb = wb
         self._name = name
         self._cells = KeyedCounter()
         self._known: set[str] | frozenset[str] = set()
-        self._stored: set[str] = set()  # keys the backend lists (see the module docstring)
+        self._fresh: set[str] = set()  # keys not yet in a batch (see the module docstring)
         self._closed = False
 
     @property
@@ -522,6 +526,7 @@ class BufferedKeyedCounter(StoreKeyedMixin):
                 self._cells.decrement(k, n)
             else:
                 self._cells.increment(k, n)
+            self._fresh.add(k)
             if _KEYED_IMPLEMENTATION == "c":
                 self._known.add(k)  # type: ignore[union-attr]
 
@@ -585,6 +590,8 @@ class WriteThroughKeyed(BufferedKeyedCounter):
             if self._closed:
                 raise self._closed_error()
             add(k, amount)
+            with self._wb._state:
+                self._fresh.add(k)
 
         self._wb._write_through(update, self._name, k, n, sign)
 
@@ -602,6 +609,13 @@ def new_writer_id() -> str:
     """host:pid:random, unique per process (and per fork)."""
     host = socket.gethostname().split(".")[0][:40] or "host"
     return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def _with_zeros(keys: set[str], m: dict[str, int]) -> dict[str, int]:
+    """``m`` with every key of ``keys`` that it lacks at 0 (C-speed dict ops)."""
+    out = dict.fromkeys(keys, 0)
+    out.update(m)
+    return out
 
 
 def _add_into(dst: dict[str, int], src: Mapping[str, int]) -> None:
@@ -798,8 +812,10 @@ class WriteBehind:
             self._held_c = {}
             keyed: dict[str, dict[str, int]] = {}
             for name, kc in self._keyed.items():
-                stored = kc._stored
-                m = {k: v for k, v in kc._cells._drain() if v or k not in stored}
+                m = kc._cells._nonzero(True)
+                if kc._fresh:
+                    m = _with_zeros(kc._fresh, m)
+                    kc._fresh = set()
                 held = self._held_k.get(name)
                 if held:
                     for k, v in held.items():
@@ -915,10 +931,6 @@ class WriteBehind:
         if self._inflight is batch:
             self._inflight = None
         self._registered.update(batch.names)
-        for name, m in batch.keyed.items() if batch.take is None else ():
-            kc = self._keyed.get(name)
-            if kc is not None:
-                kc._stored.update(m)  # (a take's deltas are not stored: its keys are not)
         if batch.has_deltas():
             self._history.append(batch)
             while len(self._history) > HISTORY:
@@ -1112,10 +1124,9 @@ class WriteBehind:
         out: dict[str, int] = {}
         kc = self._keyed.get(name)
         if kc is not None:
-            stored = kc._stored
-            for k, v in kc._cells._items():
-                if v or k not in stored:  # a key at 0 the backend lists is its to list
-                    out[k] = out.get(k, 0) + v
+            out = kc._cells._nonzero(False)
+            if kc._fresh:  # a key at 0 the backend lists is its to list
+                out = _with_zeros(kc._fresh, out)
         for k, v in self._held_k.get(name, {}).items():
             out[k] = out.get(k, 0) + v
         for b in self._unseen(seq):
@@ -1162,7 +1173,7 @@ class WriteBehind:
         self._check_clash(name)
 
         def local(r: Read) -> dict[str, int]:
-            out = dict(r.keyed.get(name, {}))
+            out = r.keyed.get(name, {})  # the read's own dict: no copy
             for k, v in self._pending_keyed(name, r.seq).items():
                 out[k] = out.get(k, 0) + v
             return out
@@ -1174,8 +1185,8 @@ class WriteBehind:
         """Every stored count plus this process's pending deltas, names sorted."""
 
         def local(r: Read) -> Snapshot:
-            counters = dict(r.counters)
-            keyed = {n: dict(m) for n, m in r.keyed.items()}
+            counters = r.counters  # the read's own dicts: no copy
+            keyed = r.keyed
             for name, kind in self._kinds.items():
                 if name in self._clashed:
                     continue
@@ -1280,7 +1291,7 @@ class WriteBehind:
         for c in self._counters.values():
             c._take()  # the parent's pending deltas: the parent flushes them
         for kc in self._keyed.values():
-            kc._cells._drain()
+            kc._cells._nonzero(True)
         self._held_c = {}
         self._held_k = {}
         self._aside_c = {}
