@@ -2,7 +2,9 @@
 
 The scripts are files shipped with the package (``tallies/stores/lua/*.lua``,
 package data): ``apply.lua`` and ``reset.lua`` with ``int64.lua`` (exact
-int64 checks) prepended, and ``read.lua``; this module loads them once.
+int64 checks) prepended, ``read.lua`` and ``scan.lua`` (a page of a keyed
+counter's hash as one JSON string, for snapshots); this module loads them
+once.
 
 Key layout (``P`` is the URL's ``prefix``, ``tallies:`` by default)
 -----------------------------------------------------------------
