@@ -48,9 +48,9 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -83,6 +83,7 @@ from .base import (
 )
 
 __all__ = ["PARAMS", "RedisBackend", "RedisOptions", "parse_redis_url", "redis_options"]
+_T = TypeVar("_T")
 _WRITER_OK = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 _MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
 SCAN_COUNT = 2000  # fields per page of a snapshot's HSCAN (_scan_hash)
@@ -122,6 +123,8 @@ class RedisOptions:
     batch: int
     writer_ttl_ms: int
     ssl: tuple[tuple[str, str], ...]  # (name, value) pairs for redis-py, sorted
+    #: replicas that must acknowledge a batch (``WAIT``) before it counts as applied
+    wait: int = 0
 
 
 _SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -131,6 +134,8 @@ _SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 #: batch whose reply was lost is retried long before its writer record expires
 #: (unless Redis stays unreachable for longer than this).
 MIN_WRITER_TTL = 20 * MAX_BACKOFF
+#: The most replicas ``wait`` can ask for.
+MAX_WAIT = 100
 
 #: Every parameter of a ``redis://`` URL, ``flush`` (the write-behind's) included.
 PARAMS: tuple[Param, ...] = (
@@ -139,6 +144,7 @@ PARAMS: tuple[Param, ...] = (
     seconds("timeout", 5.0, 0.01, 3600.0),
     integer("batch", 200, 1, 2000),
     seconds("writer_ttl", 86400.0, MIN_WRITER_TTL, 10.0 * 365 * 86400),
+    integer("wait", 0, 0, MAX_WAIT, counting="replicas"),
     *(text(name, None) for name in _SSL_PARAMS),
 )
 
@@ -190,6 +196,7 @@ def redis_options(url: StoreURL, values: dict[str, Any]) -> RedisOptions:
         batch=values["batch"],
         writer_ttl_ms=int(values["writer_ttl"] * 1000),
         ssl=ssl,
+        wait=values["wait"],
     )
 
 
@@ -232,6 +239,7 @@ class RedisBackend:
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
+        self.timeout = options.timeout
         self.url = redact_url(url)  # only ever shown (messages)
         self.prefix = options.prefix
         self._lock = threading.RLock()
@@ -470,10 +478,23 @@ class RedisBackend:
                 if any(_is_script_error(e, "overflow") for _, e in refused):
                     self._near_edge = True
                 raise self._refusal(calls, refused, applied)
+            self._replicated([c.wkey for c in calls], f"flush of {batch.describe()}")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), batch.seq)
             for c in calls:
                 self._verified.update(name for name, _, _ in c.fields)
+
+    def _by_node(self, items: Iterable[_T], key: Callable[[_T], str]) -> list[tuple[Any, list[_T]]]:
+        """``items`` grouped by the node that holds each one's Redis key
+        ``key(item)`` (one group on a standalone server): ``(client, items)``."""
+        by_node: dict[int, tuple[Any, list[_T]]] = {}
+        for item in items:
+            client = self._node_client(key(item))
+            by_node.setdefault(id(client), (client, []))[1].append(item)
+        return list(by_node.values())
+
+    def _data_key(self, name: str) -> str:
+        return data_key(self.prefix, name)
 
     def _precheck_kinds(self, calls: list[_Call], seq: int) -> None:
         """Before a batch of several calls: is a name of it a key of the other
@@ -499,12 +520,8 @@ class RedisBackend:
             for rec in self._get_many([c.wkey for c in calls]):
                 if rec is not None and int(rec.split(b":")[0]) >= seq:
                     return
-            by_node: dict[int, tuple[Any, list[str]]] = {}
-            for name in want:
-                client = self._node_client(data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(name)
             clash: list[tuple[str, str | None]] = []
-            for client, names in by_node.values():
+            for client, names in self._by_node(want, self._data_key):
                 pipe = client.pipeline(transaction=False)
                 for name in names:
                     pipe.type(data_key(self.prefix, name))
@@ -519,6 +536,44 @@ class RedisBackend:
                 "other kind; nothing of the flush was applied",
                 clash,
             )
+
+    def _replicated(self, keys: Sequence[str], what: str) -> None:
+        """``wait=N``: return once N replicas of each node that holds one of
+        ``keys`` have every write made so far on that node; else raise
+        :class:`StoreUnavailableError` (the operation stays in flight and is
+        sent again with the same numbers: its applied parts answer ``dup``).
+
+        ``WAIT`` counts the replicas that reached the replication offset of
+        the calling connection's last write, and a retried part that answers
+        ``dup`` writes nothing.  So each node first gets a ``PEXPIRE`` of the
+        writer (or reset) record on the connection that then sends ``WAIT``:
+        a write that brings that connection's offset past every earlier write
+        on the node, this operation's included, whichever connection made it.
+        ``WAIT`` waits at most half of ``timeout`` (the socket waits for all of
+        it).
+        """
+        n = self.options.wait
+        if not n:
+            return
+        ms = max(1, int(self.options.timeout * 500))
+        by_node: dict[int, tuple[Any, str]] = {}
+        for key in keys:
+            client = self._node_client(key)
+            by_node.setdefault(id(client), (client, key))
+        for client, key in by_node.values():
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.pexpire(key, self.options.writer_ttl_ms)
+                pipe.execute_command("WAIT", n, ms)
+                _, acked = pipe.execute()
+            except UNAVAILABLE as exc:
+                raise self._unavailable(what, exc) from exc
+            if int(acked) < n:
+                raise StoreUnavailableError(
+                    f"{self.url}: {what}: WAIT {n}: {int(acked)} of {n} replica(s) "
+                    f"acknowledged it within {ms} ms; it stays in flight and is sent "
+                    "again with the same numbers (applied parts answer dup)"
+                )
 
     def _precheck(self, calls: list[_Call], seq: int) -> None:
         """Before a batch of several parts: would a count leave int64?
@@ -546,11 +601,7 @@ class RedisBackend:
             for c in calls:
                 for name, key, d in c.fields:
                     deltas.setdefault(name, {})[key] = d
-            by_node: dict[int, tuple[Any, list[str]]] = {}
-            for name in deltas:
-                client = self._node_client(data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(name)
-            for client, names in by_node.values():
+            for client, names in self._by_node(deltas, self._data_key):
                 pipe = client.pipeline(transaction=False)
                 for name in names:
                     fields = list(deltas[name])
@@ -584,12 +635,8 @@ class RedisBackend:
     def _get_many(self, keys: list[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
         unique = list(dict.fromkeys(keys))
-        by_node: dict[int, tuple[Any, list[str]]] = {}
-        for k in unique:
-            client = self._node_client(k)
-            by_node.setdefault(id(client), (client, []))[1].append(k)
         got: dict[str, bytes | None] = {}
-        for client, ks in by_node.values():
+        for client, ks in self._by_node(unique, str):
             pipe = client.pipeline(transaction=False)
             for k in ks:
                 pipe.get(k)
@@ -661,6 +708,7 @@ class RedisBackend:
         with self._lock:
             self._inflight[writer] = _Op(seq, target=target)
             raw = self._reset_call(writer, seq, target, mode)
+            self._replicated([reset_key(self.prefix, writer, target.name)], "reset")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         where = data_key(self.prefix, target.name)
@@ -679,6 +727,7 @@ class RedisBackend:
                     f"{self.url}: cannot settle reset {seq}: this connection did not send it"
                 )
             happened = bool(self._reset_call(writer, seq, op.target, "x"))
+            self._replicated([reset_key(self.prefix, writer, op.target.name)], "reset")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         return happened
@@ -765,16 +814,13 @@ class RedisBackend:
 
     def _read_plain(self, ops: list[tuple[str, str, str | None]]) -> list[Any]:
         values: list[Any] = [None] * len(ops)
-        by_node: dict[int, tuple[Any, list[int]]] = {}
         try:
-            for i, (name, _, _) in enumerate(ops):
-                client = self._node_client(data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(i)
-            for client, idxs in by_node.values():
-                hashes = [i for i in idxs if ops[i][1] == "h"]
-                idxs = [i for i in idxs if ops[i][1] != "h"]
-                for i in hashes:
-                    values[i] = self._scan_hash(ops[i][0])
+            hashes = [i for i, op in enumerate(ops) if op[1] == "h"]
+            for i in hashes:
+                values[i] = self._scan_hash(ops[i][0])
+            rest = [i for i, op in enumerate(ops) if op[1] != "h"]
+            by_node = self._by_node(rest, lambda i: data_key(self.prefix, ops[i][0]))
+            for client, idxs in by_node:
                 for start in range(0, len(idxs), 1000):
                     chunk = idxs[start : start + 1000]
                     pipe = client.pipeline(transaction=False)

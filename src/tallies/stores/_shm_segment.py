@@ -23,10 +23,12 @@ import struct
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .._common import INT64_MAX, INT64_MIN
+from .._impl import native as _shm  # the extension (None without a compiler)
 from .base import (
     CapacityError,
     CorruptSegmentError,
@@ -35,12 +37,6 @@ from .base import (
     StoreURL,
     check_name,
 )
-
-try:
-    from . import _shm
-except ImportError:  # pragma: no cover - exercised only without a compiler
-    _shm = None  # type: ignore[assignment]
-
 
 # ---- layout ------------------------------------------------------------------
 
@@ -89,7 +85,6 @@ KIND_NAMES = {
     KIND_KEYED_RATE: "a keyed rate",
 }
 SLAB_FREE, SLAB_LIVE, SLAB_FOLDING = 0, 1, 2
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _round_up(n: int, to: int) -> int:
@@ -754,22 +749,23 @@ class _Segment:
 
     # -- reads and resets --------------------------------------------------
 
-    def sum(self, cell: int) -> int:
-        v = self.c.sum(cell)
+    def _stable(self, read: Callable[[Any], Any], arg: Any) -> Any:
+        """``read(arg)`` (a C sum, None when a slab changed under it), again
+        under the segment lock when the lock-free read was not stable."""
+        v = read(arg)
         if v is None:
             with self.locked():
-                v = self.c.sum(cell)
+                v = read(arg)
         if v is None:  # pragma: no cover - impossible while we hold the lock
             raise RuntimeError("tallies: no stable read under the segment lock")
         return v
 
+    def sum(self, cell: int) -> int:
+        v: int = self._stable(self.c.sum, cell)
+        return v
+
     def sum_many(self, cells: list[int]) -> list[int]:
-        vals = self.c.sum_many(cells)
-        if vals is None:
-            with self.locked():
-                vals = self.c.sum_many(cells)
-        if vals is None:  # pragma: no cover - impossible while we hold the lock
-            raise RuntimeError("tallies: no stable read under the segment lock")
+        vals: list[int] = self._stable(self.c.sum_many, cells)
         return vals
 
     def take(self, cells: list[int]) -> list[int]:

@@ -22,8 +22,19 @@ import threading
 from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, SupportsIndex
 
-from .. import KeyedCounter
-from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_key, check_name, counter_name
+from ..counter import Counter
+from ..keyed import KeyedCounter
+from ..rates import KeyedRateCounter, RateCounter
+from .base import (
+    Snapshot,
+    Store,
+    StoreNotFoundError,
+    StoreURL,
+    check_key,
+    check_name,
+    counter_name,
+    rate_mismatch,
+)
 
 __all__ = ["STORE", "MemoryKeyedCounter", "MemoryStore"]
 
@@ -160,12 +171,7 @@ class MemoryStore(Store):
                 if name in other or name in c.rates:
                     kind = _kind(c, name)
                     raise ValueError(f"{name!r} is {kind} in this store")
-                if keyed:
-                    obj = MemoryKeyedCounter()
-                else:
-                    from tallies import Counter
-
-                    obj = Counter()
+                obj = MemoryKeyedCounter() if keyed else Counter()
                 mine[name] = obj
                 c.order.append(name)
         return obj
@@ -188,8 +194,6 @@ class MemoryStore(Store):
         return self._get_rate(name, True, window, resolution)
 
     def _get_rate(self, name: str, keyed: bool, window: float, resolution: float) -> Any:
-        from tallies import KeyedRateCounter, RateCounter
-
         self._check_open()
         counter_name(name)
         cls = KeyedRateCounter if keyed else RateCounter
@@ -206,10 +210,7 @@ class MemoryStore(Store):
             raise ValueError(f"{name!r} is {_kind(c, name)} in this store")
         probe = cls(window, resolution)  # the same argument checks and messages
         if (probe.window, probe.resolution) != (obj.window, obj.resolution):
-            raise ValueError(
-                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in this store, not window={probe.window!r}, resolution={probe.resolution!r}"
-            )
+            raise rate_mismatch(name, obj, probe, "this store")
         return obj
 
     def names(self) -> list[str]:

@@ -43,7 +43,7 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
 
 ``ncells = names_cap + keys_cap``: name ``i`` owns cell ``i`` in every slab
 and in the archive, key entry ``j`` owns cell ``names_cap + j``.  The value of
-a cell is the archive's plus every non-FREE slab's (``_shm.Segment.sum``).
+a cell is the archive's plus every non-FREE slab's (``Segment.sum`` in ``_c/shm.c``).
 
 Directories are append-only.  Registration happens under the segment lock:
 the entry is written, its state set to 1 (a release store), then
@@ -130,21 +130,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, SupportsIndex
 
+from .._impl import native as _shm  # the extension, even under TALLIES_PURE=1
 from ._keyed import StoreKeyedMixin
-from .base import (
-    Snapshot,
-    Store,
-    StoreURL,
-    check_key,
-    counter_name,
-)
-
-try:
-    from . import _shm
-except ImportError:  # pragma: no cover - exercised only without a compiler
-    _shm = None  # type: ignore[assignment]
-
-from ._shm_rates import UnusableRateError
+from ._shm_rates import Named, UnusableRateError
 from ._shm_segment import (  # the segment itself (and names tests and _shm_rates use)
     DEFAULT_KEYS,
     DEFAULT_NAMES,
@@ -161,6 +149,14 @@ from ._shm_segment import (  # the segment itself (and names tests and _shm_rate
     check_segment_name,
     segment_dir,
     segment_path,
+)
+from .base import (
+    Snapshot,
+    Store,
+    StoreURL,
+    check_key,
+    counter_name,
+    rate_mismatch,
 )
 
 log = logging.getLogger("tallies.stores")
@@ -183,7 +179,7 @@ __all__ = [
 def _need_c() -> None:
     if _shm is None:
         raise RuntimeError(
-            "shm:// needs the tallies C extension (tallies.stores._shm), which was not "
+            "shm:// needs the tallies C extension (tallies._tallies), which was not "
             "built here; reinstall with a C compiler (TALLIES_REQUIRE_C=1 to see why)"
         )
 
@@ -211,7 +207,7 @@ else:  # pragma: no cover - without the C extension nothing below is reachable
     _CellBase = _KeyedBase = object
 
 
-class ShmCounter(_CellBase):  # type: ignore[misc]
+class ShmCounter(Named, _CellBase):  # type: ignore[misc]
     """A counter in shared memory: the in-process ``Counter`` API across processes.
 
     ``increment``/``decrement`` (and ``+=``/``-=``) are lock-free atomic adds
@@ -225,14 +221,6 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
 
     __slots__ = ("_name", "_seg", "_url")
 
-    _seg: _Segment
-    _name: str
-    _url: str
-
-    @property
-    def name(self) -> str:
-        return self._name
-
     def value(self) -> int:
         """The sum over every process (exact; not a snapshot of concurrent writes)."""
         return self._seg.sum(self.cell)
@@ -244,7 +232,7 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
     def set(self, v: SupportsIndex) -> None:
         """Make the value ``v``: reset() then add v, under the segment lock.
         Increments by other processes during the call land before or after."""
-        from .._pure import to_int64
+        from .._common import to_int64
 
         self._seg.put(self.cell, to_int64(v, "set"))
 
@@ -258,7 +246,7 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
         return (_rebuild_counter, (self._url, self._name))
 
 
-class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
+class ShmKeyedCounter(Named, StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     """A keyed counter in shared memory (str keys); the keyed API every store
     shares (``_keyed.StoreKeyedMixin``: ``kc[key] += n``, ``get``, ``update``,
     ``most_common`` ...).
@@ -272,14 +260,7 @@ class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
 
     __slots__ = ("_idx", "_name", "_seg", "_url")
 
-    _seg: _Segment
-    _name: str
     _idx: int
-    _url: str
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
@@ -424,7 +405,7 @@ class ShmStore(Store):
         return self._get_rate(name, KIND_KEYED_RATE, window, resolution)
 
     def _get_rate(self, name: str, kind: int, window: float, resolution: float) -> Any:
-        from .._pure.rate import _Spec
+        from .._common import _Spec
         from ._shm_rates import ShmRate
 
         self._check_open()
@@ -443,10 +424,7 @@ class ShmStore(Store):
                 f" in shm://{self._seg.name}"
             )
         if (obj._sp.window_ns, obj._sp.res_ns) != (sp.window_ns, sp.res_ns):
-            raise ValueError(
-                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in {self._url.shown}, not window={sp.window!r}, resolution={sp.resolution!r}"
-            )
+            raise rate_mismatch(name, obj, sp, self._url.shown)
         return obj
 
     def names(self) -> list[str]:
