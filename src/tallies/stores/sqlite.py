@@ -735,9 +735,7 @@ class SqliteBackend:
                 query_keyed = query.keyed
             for name in query_keyed:  # TEXT and INTEGER columns: str and int already
                 r.keyed[name] = dict(
-                    conn.execute(
-                        "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (name,)
-                    )
+                    conn.execute("SELECT key, value FROM keyed WHERE name = ?", (name,))
                 )
             for name, key in query.keys:
                 row = conn.execute(
