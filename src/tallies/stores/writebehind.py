@@ -488,7 +488,8 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         self._name = name
         self._cells = KeyedCounter()
         self._known: set[str] | frozenset[str] = set()
-        self._fresh: set[str] = set()  # keys not yet in a batch (see the module docstring)
+        # keys not yet in a batch, in first-use order (see the module docstring)
+        self._fresh: dict[str, None] = {}
         self._closed = False
 
     @property
@@ -515,7 +516,7 @@ class BufferedKeyedCounter(StoreKeyedMixin):
                 self._cells.decrement(k, n)
             else:
                 self._cells.increment(k, n)
-            self._fresh.add(k)
+            self._fresh[k] = None
             if _KEYED_IMPLEMENTATION == "c":
                 self._known.add(k)  # type: ignore[union-attr]
 
@@ -580,7 +581,7 @@ class WriteThroughKeyed(BufferedKeyedCounter):
                 raise self._closed_error()
             add(k, amount)
             with self._wb._state:
-                self._fresh.add(k)
+                self._fresh[k] = None
 
         self._wb._write_through(update, self._name, k, n, sign)
 
@@ -600,11 +601,15 @@ def new_writer_id() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
-def _with_zeros(keys: set[str], m: dict[str, int]) -> dict[str, int]:
-    """``m`` with every key of ``keys`` that it lacks at 0 (C-speed dict ops)."""
-    out = dict.fromkeys(keys, 0)
-    out.update(m)
-    return out
+def _with_zeros(keys: dict[str, None], m: dict[str, int]) -> dict[str, int]:
+    """``m`` (changed in place) with every key of ``keys`` that it lacks, at 0.
+    C-speed set and dict operations; ``m`` keeps its order (the cells': first
+    use), which SQLite's index takes far better than a hash order (a flush of
+    a million new keys in a set's order was measured many times slower)."""
+    missing = keys.keys() - m.keys()
+    if missing:
+        m.update(dict.fromkeys(missing, 0))
+    return m
 
 
 def _add_into(dst: dict[str, int], src: Mapping[str, int]) -> None:
@@ -801,7 +806,7 @@ class WriteBehind:
                 m = kc._cells._nonzero(True)
                 if kc._fresh:
                     m = _with_zeros(kc._fresh, m)
-                    kc._fresh = set()
+                    kc._fresh = {}
                 held = self._held_k.get(name)
                 if held:
                     for k, v in held.items():
