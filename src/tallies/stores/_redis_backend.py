@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 import threading
@@ -251,6 +252,8 @@ class RedisBackend:
         # set once a count at 10^18 or beyond has been seen: from then on a
         # batch of several parts is checked for overflow before it is sent
         self._near_edge = False
+        # (client, script SHA) pairs loaded by this backend (see _run)
+        self._loaded: set[tuple[int, str]] = set()
         common: dict[str, Any] = {
             "username": options.username,
             "password": options.password,
@@ -355,6 +358,11 @@ class RedisBackend:
                     client = self._node_client(calls[i][0][0])
                     by_node.setdefault(id(client), (client, []))[1].append(i)
                 for client, idxs in by_node.values():
+                    if len(idxs) > 1 and (id(client), script.sha) not in self._loaded:
+                        # a server without the script would answer NOSCRIPT to
+                        # every call of a big batch, all sent twice: load it first
+                        client.script_load(script.script)
+                        self._loaded.add((id(client), script.sha))
                     pipe = client.pipeline(transaction=False)
                     for i in idxs:
                         keys, args = calls[i]
@@ -426,7 +434,8 @@ class RedisBackend:
                     fields.append((name, None, counters[name]))
                 else:
                     m = keyed[name]
-                    fields.extend((name, k, int(m[k])) for k in sorted(m))
+                    ks = sorted(m)
+                    fields.extend(zip(itertools.repeat(name), ks, map(m.__getitem__, ks)))
             wkey = writer_key(self.prefix, writer, tag)
             wkey_b = wkey.encode("utf-8", "surrogateescape")
             seq_b = str(seq).encode()
