@@ -852,7 +852,7 @@ class RedisBackend:
             raise self._unavailable("reading", exc) from exc
         return values
 
-    def _scan_hash(self, name: str) -> dict[str, str]:
+    def _scan_hash(self, name: str) -> dict[str, int]:
         """Every field of a keyed counter's hash, a page (``SCAN_COUNT``
         fields) per script call: Redis is never blocked for more than one
         page, however many keys (``HGETALL`` of a million fields blocks it
@@ -880,7 +880,11 @@ class RedisBackend:
             if page != b"[]":
                 flat.extend(json.loads(page))
             if int(cursor) == 0:
-                return dict(zip(flat[::2], flat[1::2], strict=True))
+                break
+        try:  # str keys already (JSON); counts are decimal strings
+            return dict(zip(flat[::2], map(int, flat[1::2]), strict=True))
+        except ValueError:  # a bad count: _hash names it
+            return self._hash(list(zip(flat[::2], flat[1::2], strict=True)), dkey)
 
     def _read_inflight(self, writer: str, op: _Op, ops: list[tuple[str, str, str | None]]) -> Read:
         """Values and writer records in one atomic read per group; then the
@@ -975,12 +979,14 @@ class RedisBackend:
             elif mode == "f":
                 assert key is not None
                 out.keyed.setdefault(name, {})[key] = self._int(raw, f"{dkey} field {key!r}")
-            else:
-                if isinstance(raw, dict):
-                    items = list(raw.items())
-                else:
-                    flat = list(raw or [])
-                    items = list(zip(flat[::2], flat[1::2], strict=False))
+            elif isinstance(raw, dict):  # _scan_hash's or _subtract's: counts already
+                m = out.keyed.setdefault(name, {})
+                m.update(raw)
+                if raw and not (min(raw.values()) > -(10**18) and max(raw.values()) < 10**18):
+                    self._near_edge = True
+            else:  # the read script's HGETALL: a flat list of bytes
+                flat = list(raw or [])
+                items = list(zip(flat[::2], flat[1::2], strict=False))
                 m = out.keyed.setdefault(name, {})
                 m.update(self._hash(items, dkey))
         return out
