@@ -742,3 +742,27 @@ def test_names_registered_again_in_a_file_recreated_under_an_open_store(db: Path
             with pytest.raises(ValueError, match="'n' is a counter"):
                 s.keyed("n")
             assert s.snapshot() == {"counters": {"n": 4}, "keyed": {"k": {}}}
+
+
+def test_a_one_key_read_is_one_statement(url: str) -> None:
+    """kc[key] reads the key and this writer's recorded seq in one SELECT (its
+    own read transaction), whatever the number of keys (issue 19)."""
+    store = tallies.open(url)
+    try:
+        kc = store.keyed("k")
+        for i in range(1000):
+            kc.increment(f"k{i}", i)
+        store.flush()
+        kc.increment("k5", 10)
+        conn = store._wb._be()._reader()
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        try:
+            assert kc["k5"] == 15
+            assert kc["missing"] == 0
+        finally:
+            conn.set_trace_callback(None)
+        assert len(statements) == 2, statements
+        assert all(s.startswith("SELECT (SELECT seq FROM writers") for s in statements)
+    finally:
+        store.close()

@@ -1430,6 +1430,39 @@ Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     return d;
 }
 
+/* _nonzero(take) -> dict {key: count} of the keys whose count is not 0; take:
+ * exchange every count with 0 in the same pass (each increment lands in
+ * exactly one result or stays for the next, as with _drain()).  One dict,
+ * no pair per key: what a write-behind flush and snapshot need of their
+ * pending buffer (stores/writebehind.py). */
+static PyObject *
+Keyed_nonzero(KeyedObject *self, PyObject *take)
+{
+    int t = PyObject_IsTrue(take);
+    if (t < 0) {
+        return NULL;
+    }
+    copy_buf b;
+    if (copy_out(self, 1, t, &b) < 0) {
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    for (int64_t i = 0; d != NULL && i < b.n; i++) {
+        if (b.counts[i] == 0) {
+            continue;
+        }
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        if (count == NULL || PyDict_SetItem(d, (PyObject *)b.keys[i], count) < 0) {
+            Py_XDECREF(count);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(count);
+    }
+    copy_free(&b, 0);
+    return d;
+}
+
 /* ---- multiset operators and == in C ---------------------------------------
  *
  * An operand is this type or a dict (collections.Counter).  Both are read
@@ -2175,6 +2208,7 @@ static PyMethodDef Keyed_methods[] = {
     {"_iter_items", (PyCFunction)Keyed_iter_items, METH_NOARGS, NULL},
     {"_iter_values", (PyCFunction)Keyed_iter_values, METH_NOARGS, NULL},
     {"_dict", (PyCFunction)Keyed_dict, METH_NOARGS, NULL},
+    {"_nonzero", (PyCFunction)Keyed_nonzero, METH_O, NULL},
     {"_combine", (PyCFunction)(void (*)(void))Keyed_combine, METH_FASTCALL, NULL},
     {"_equal", (PyCFunction)Keyed_equal, METH_O, NULL},
     {"_total", (PyCFunction)Keyed_total, METH_NOARGS, NULL},
