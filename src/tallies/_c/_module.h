@@ -97,6 +97,25 @@ tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
     Py_DECREF(tp);
 }
 
+/* tp_traverse and tp_clear of a GC type written once from one list of its
+ * object references: FIELDS(X) applies X to each (an expression of `self`),
+ * so no reference can be visited but not cleared.  Traverse also visits the
+ * heap type, which its instances own. */
+#define TL_VISIT_FIELD(ref) Py_VISIT(ref);
+#define TL_CLEAR_FIELD(ref) Py_CLEAR(ref);
+#define TL_GC_FUNCS(prefix, Type, FIELDS)                                  \
+    static int prefix##_traverse(Type *self, visitproc visit, void *arg)  \
+    {                                                                      \
+        Py_VISIT(Py_TYPE(self));                                           \
+        FIELDS(TL_VISIT_FIELD)                                             \
+        return 0;                                                          \
+    }                                                                      \
+    static int prefix##_clear(Type *self)                                  \
+    {                                                                      \
+        FIELDS(TL_CLEAR_FIELD)                                             \
+        return 0;                                                          \
+    }
+
 /* Make the type of `spec` for module m, keep it in the state's slot `which`
  * and, when `add`, add it to m under its name.  A borrowed reference (the
  * state's), or NULL with an exception set. */

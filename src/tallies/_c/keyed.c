@@ -1917,22 +1917,8 @@ count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived
     return r;
 }
 
-static int
-Count_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(COUNT_TAG(self)->counter);
-    Py_VISIT(COUNT_TAG(self)->key);
-    return 0;
-}
-
-static int
-Count_clear(PyObject *self)
-{
-    Py_CLEAR(COUNT_TAG(self)->counter);
-    Py_CLEAR(COUNT_TAG(self)->key);
-    return 0;
-}
+#define COUNT_REFS(X) X(COUNT_TAG(self)->counter) X(COUNT_TAG(self)->key)
+TL_GC_FUNCS(Count, PyObject, COUNT_REFS)
 
 /* A Count holds its key, which may be another Count (`x = kc[x]` in a loop
  * makes a chain): freed through the trashcan, as Keyed_dealloc. */

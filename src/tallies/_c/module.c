@@ -49,23 +49,27 @@ tl_module_exec(PyObject *m)
     return 0;
 }
 
+/* The module's GC: its state holds a reference to each type, which
+ * traverse visits and clear drops (OP: Py_VISIT or Py_CLEAR). */
+#define TL_EACH_STATE_TYPE(m, OP)                                 \
+    do {                                                          \
+        tl_module_state *st_ = PyModule_GetState(m);              \
+        for (int i_ = 0; i_ < TL_NTYPES; i_++) {                  \
+            OP(st_->types[i_]);                                   \
+        }                                                         \
+    } while (0)
+
 static int
 tl_module_traverse(PyObject *m, visitproc visit, void *arg)
 {
-    tl_module_state *st = PyModule_GetState(m);
-    for (int i = 0; i < TL_NTYPES; i++) {
-        Py_VISIT(st->types[i]);
-    }
+    TL_EACH_STATE_TYPE(m, Py_VISIT);
     return 0;
 }
 
 static int
 tl_module_clear(PyObject *m)
 {
-    tl_module_state *st = PyModule_GetState(m);
-    for (int i = 0; i < TL_NTYPES; i++) {
-        Py_CLEAR(st->types[i]);
-    }
+    TL_EACH_STATE_TYPE(m, Py_CLEAR);
     return 0;
 }
 

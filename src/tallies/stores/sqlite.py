@@ -423,10 +423,15 @@ class SqliteBackend:
             with contextlib.suppress(Exception):
                 conn.close()
         with self._rlock:
-            rconn, self._r = self._r, None
-            if rconn is not None:
-                with contextlib.suppress(Exception):
-                    rconn.close()
+            self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        """Close the reader connection (the caller holds _rlock): the next
+        read opens a fresh one."""
+        rconn, self._r = self._r, None
+        if rconn is not None:
+            with contextlib.suppress(Exception):
+                rconn.close()
 
     def _reader(self) -> sqlite3.Connection:
         """The reader connection; it never creates the file (a removed file
@@ -697,10 +702,7 @@ class SqliteBackend:
                     if conn.in_transaction:
                         conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                rconn, self._r = self._r, None
-                if rconn is not None:
-                    with contextlib.suppress(Exception):
-                        rconn.close()
+                self._drop_reader()
                 raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
 
     def read(self, writer_id: str, query: Query) -> Read:
@@ -755,10 +757,7 @@ class SqliteBackend:
             try:
                 row = conn.execute(_READ_KEY, (writer_id, name, key)).fetchone()
             except sqlite3.DatabaseError as exc:
-                rconn, self._r = self._r, None
-                if rconn is not None:
-                    with contextlib.suppress(Exception):
-                        rconn.close()
+                self._drop_reader()
                 raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
         seq, v = row
         return Read(max(int(seq or 0), acked), keyed={name: {key: int(v or 0)}})
