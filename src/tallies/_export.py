@@ -6,30 +6,50 @@ module turns one snapshot into :class:`Series` (one per counter, keyed
 counter, rate or keyed rate) and maps store names to names a metrics system
 accepts.  It imports nothing outside the standard library.
 
-The name rule (:func:`map_names`), the same for every exporter:
+The name rule (:func:`escape_name`), the same for every exporter: a series
+name is a function of the store name alone, never of which other names
+exist, and two store names never share one (an escape, not a guess):
 
 1. the exporter's prefix (``tallies_`` for Prometheus, ``tallies.`` for
-   OpenTelemetry) is put in front of the store name;
-2. every character the target does not accept becomes ``_``;
-3. a name that would still start with a digit gets a leading ``_``;
-4. a name that collides with another after steps 1-3 (``a-b`` and ``a.b``,
-   or a counter ``x`` and a counter ``x_total``, which Prometheus exposes
-   the same way) is disambiguated deterministically: names that were already
-   valid are served first and keep their name; every later one that collides
-   gets ``_`` plus the first 8 hex digits of the SHA-256 of its kind and
-   original name.  The result depends only on the set of names in the store,
-   never on the order in which they appeared.
+   OpenTelemetry) goes in front of the store name; when the result is a valid
+   name for the target, does not start with ``U__`` or ``H__`` (either case),
+   does not end with a suffix a series or family name is built with
+   (Prometheus ``_total``, ``_created``, ``_window_count``, ``_per_second``,
+   which OpenMetrics reserves next to a counter family or a rate's gauges;
+   OpenTelemetry ``.window_count``, ``.per_second``), and for OpenTelemetry
+   (whose names are case-insensitive) has no capital letter, that is the name;
+2. otherwise the name is escaped, reversibly (Prometheus 3's ``U__`` escape):
+   prefix + ``U__`` + the store name with ``_`` written ``__`` and every other
+   character outside the target's plain set written ``_<hex code point>_``
+   (``api.errors`` is ``tallies_U__api_2e_errors``; for OpenTelemetry a capital
+   ``R`` is ``_52_``), plus a final ``_`` when that would end with a reserved
+   suffix (``hits_total`` is ``tallies_U__hits__total_``, exposed as
+   ``tallies_U__hits__total__total``);
+3. where the target limits the length (OpenTelemetry: 255 characters with the
+   ``.window_count`` suffix, so 242 for the base), a name still too long is
+   prefix + ``H__`` + the start of its escape + ``_`` + 16 hex digits of the
+   SHA-256 of the store name.
+
+Keys (label and attribute values) are text as they are, except a key that is
+not valid Unicode (a lone surrogate, as ``os.fsdecode`` gives for a file name
+that is not UTF-8): its offending code points are written ``\\udcXX``
+(Python's ``backslashreplace``), so one odd key never fails a whole scrape.
+If that collides with another key of the same series, the odd key is left
+out and a warning is logged (logger ``tallies``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Series", "map_names", "read_series", "sanitize"]
+__all__ = ["Series", "escape_name", "read_series", "text"]
+
+log = logging.getLogger("tallies")
 
 #: Kinds of series, in the order they are emitted.
 KINDS = ("counter", "keyed", "rate", "keyed_rate")
@@ -60,7 +80,7 @@ def read_series(snapshot: Mapping[str, Any]) -> list[Series]:
     for name, value in (snapshot.get("counters") or {}).items():
         out.append(Series("counter", name, value=int(value)))
     for name, keys in (snapshot.get("keyed") or {}).items():
-        out.append(Series("keyed", name, keys={str(k): int(v) for k, v in keys.items()}))
+        out.append(Series("keyed", name, keys=_keys(name, keys)))
     for name, rate in (snapshot.get("rates") or {}).items():
         total = rate.get("total")
         out.append(
@@ -75,12 +95,11 @@ def read_series(snapshot: Mapping[str, Any]) -> list[Series]:
             )
         )
     for name, rate in (snapshot.get("keyed_rates") or {}).items():
-        counts = rate.get("counts") or {}
         out.append(
             Series(
                 "keyed_rate",
                 name,
-                keys={str(k): int(v) for k, v in counts.items()},
+                keys=_keys(name, rate.get("counts") or {}),
                 window=float(rate.get("window", 0.0)),
                 resolution=float(rate.get("resolution", 0.0)),
             )
@@ -88,60 +107,84 @@ def read_series(snapshot: Mapping[str, Any]) -> list[Series]:
     return out
 
 
-def sanitize(name: str, prefix: str, invalid: re.Pattern[str]) -> str:
-    """Steps 1-3 of the name rule."""
-    mapped = invalid.sub("_", prefix + name)
-    if not mapped or mapped[0].isdigit():
-        mapped = "_" + mapped
-    return mapped
+def text(value: object) -> str:
+    """``str(value)``, with code points UTF-8 cannot encode written ``\\udcXX``."""
+    s = str(value)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s
 
 
-def _tag(kind: str, name: str) -> str:
-    return hashlib.sha256(f"{kind}:{name}".encode("utf-8", "surrogatepass")).hexdigest()[:8]
+def _keys(name: str, keys: Mapping[Any, Any]) -> dict[str, int]:
+    """The counts by key as text (see the module doc: odd keys escaped, or skipped)."""
+    shown = {k: text(k) for k in keys}
+    plain = {t for k, t in shown.items() if t == str(k)}
+    out: dict[str, int] = {}
+    for k, v in keys.items():
+        t = shown[k]
+        if t != str(k) and (t in plain or t in out):
+            log.warning(
+                "tallies: key %r of %r is not valid Unicode and its escape %r is another "
+                "key; left out of this export",
+                k,
+                name,
+                t,
+            )
+            continue
+        out[t] = int(v)
+    return out
 
 
-def map_names(
-    entries: Iterable[tuple[str, str]],
+def escape_name(
+    name: str,
     prefix: str,
-    invalid: re.Pattern[str],
-    occupies: Callable[[str, str], Iterable[str]],
-    stem: Callable[[str, str], str] = lambda kind, base: base,
-    taken: Iterable[str] = (),
-) -> dict[tuple[str, str], str]:
-    """Map each ``(kind, store name)`` to a unique name (the module's rule).
+    valid: re.Pattern[str],
+    plain: re.Pattern[str],
+    reserved: tuple[str, ...],
+    *,
+    fold_case: bool = False,
+    limit: int | None = None,
+) -> str:
+    """The base name of a store name (the module's rule).
 
-    ``occupies(kind, base)`` lists every name a series with that base name
-    takes in the target (for a Prometheus counter ``base`` and
-    ``base_total``), so collisions between derived names are caught too.
-    ``stem(kind, base)`` is where a disambiguating suffix goes (a Prometheus
-    counter ``x_total`` becomes ``x_<tag>``, exposed as ``x_<tag>_total``).
-    ``taken`` are names handed out earlier that new entries must avoid.
-    """
-    items = sorted(set(entries), key=lambda e: (e[1], KINDS.index(e[0]) if e[0] in KINDS else 9))
-    bases = {e: sanitize(e[1], prefix, invalid) for e in items}
-    clean = [e for e in items if bases[e] == prefix + e[1]]
-    changed = [e for e in items if bases[e] != prefix + e[1]]
-    used = set(taken)
-    result: dict[tuple[str, str], str] = {}
-    for entry in clean + changed:
-        base = bases[entry]
-        names = set(occupies(entry[0], base))
-        if names & used:
-            root = stem(entry[0], base)
-            tag = _tag(*entry)
-            base = f"{root}_{tag}"
-            names = set(occupies(entry[0], base))
-            n = 2
-            while names & used:  # a hash collision on top of a name collision
-                base = f"{root}_{tag}_{n}"
-                names = set(occupies(entry[0], base))
-                n += 1
-        used |= names
-        result[entry] = base
-    return result
+    ``valid`` matches a whole valid name; ``plain`` one character an escape
+    keeps as it is; ``reserved`` the suffixes the exporter appends; with
+    ``fold_case`` the target compares names case-insensitively; ``limit`` is
+    the longest base name (None: no limit)."""
+    full = prefix + name
+    if (
+        valid.fullmatch(full)
+        and not name.upper().startswith(("U__", "H__"))
+        and not full.endswith(reserved)
+        and not (fold_case and name != name.lower())
+        and (limit is None or len(full) <= limit)
+    ):
+        return full
+    esc = "".join(c if plain.fullmatch(c) else "__" if c == "_" else f"_{ord(c):x}_" for c in name)
+    out = prefix + "U__" + esc
+    if out.endswith(reserved):
+        out += "_"  # never ends with a reserved suffix (and "..._" is no complete escape)
+    if limit is not None and len(out) > limit:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        out = prefix + "H__" + esc[: max(limit - len(prefix) - 20, 0)] + "_" + digest
+    return out
 
 
 #: Prometheus metric names: [a-zA-Z_:][a-zA-Z0-9_:]*; colons are reserved for
-#: recording rules, so tallies maps them to "_" as well.
-PROMETHEUS_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+#: recording rules, so tallies escapes them as well.
+PROMETHEUS_VALID = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+PROMETHEUS_PLAIN = re.compile(r"[a-zA-Z0-9]")
+PROMETHEUS_INVALID = re.compile(r"[^a-zA-Z0-9_]")  # no character outside a valid name
+#: Suffixes of the names a counter family (OpenMetrics: B, B_total,
+#: B_created) or a rate (B_window_count, B_per_second) occupies: no base ends so.
+PROMETHEUS_RESERVED = ("_total", "_created", "_window_count", "_per_second")
 PROMETHEUS_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+#: OpenTelemetry instrument names: a letter, then up to 254 of [a-zA-Z0-9_./-],
+#: compared case-insensitively.
+OTEL_VALID = re.compile(r"[a-zA-Z][-_./a-zA-Z0-9]{0,254}")
+OTEL_PLAIN = re.compile(r"[-./a-z0-9]")
+OTEL_RESERVED = (".window_count", ".per_second")
+OTEL_LIMIT = 255 - len(".window_count")

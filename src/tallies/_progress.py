@@ -80,6 +80,11 @@ class Progress:
         for what, value in (("interval", interval), ("plain_interval", plain_interval)):
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+        if not interval <= threading.TIMEOUT_MAX:  # the polling thread waits that long
+            raise ValueError(
+                f"interval must be a positive number of seconds <= {threading.TIMEOUT_MAX:g}, "
+                f"not {interval!r}"
+            )
         self.total = total
         self.desc = str(desc)
         self.file = file
@@ -221,8 +226,9 @@ def progress(
 
     ``total`` is the value at which the work is done (None: no percentage or
     ETA); ``file`` defaults to ``sys.stderr``; ``interval`` is the polling
-    period; ``plain_interval`` the least time between two lines when ``file``
-    is not a terminal.
+    period (at most ``threading.TIMEOUT_MAX`` seconds; a longer one, ``inf``
+    included, is a ValueError here); ``plain_interval`` the least time between
+    two lines when ``file`` is not a terminal.
     """
     return Progress(
         counter, total, desc, file=file, interval=interval, plain_interval=plain_interval

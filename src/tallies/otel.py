@@ -29,21 +29,38 @@ Counters that go down (``decrement``, ``reset``) should be observed as
 up-down counters: ``up_down=True`` for all, or a collection of names.
 
 Instrument names follow the rule in ``tallies._export``: prefix ``tallies.``
-(``prefix=``), characters outside ``[-_./a-zA-Z0-9]`` become ``_``, and names
-that then collide (OpenTelemetry compares them case-insensitively) get a
-deterministic ``_`` + 8 hex digit suffix.  Names created in the store after
-``observe()`` get instruments when you call ``refresh()`` on its result
-(instruments cannot be created from inside a collection).
+(``prefix=``); a name depends on the store name alone, and no two store names
+share one (OpenTelemetry compares names case-insensitively).  A lowercase name
+valid as it is keeps it (``tallies.api.errors``); any other is escaped
+reversibly (``U__``, ``_`` as ``__``, other characters and capitals as
+``_<hex>_``: ``Api`` is ``tallies.U___41_pi``), and one still longer than the
+255 characters OpenTelemetry allows (with ``.window_count``) ends in a hash.
+Names created in the store after ``observe()`` get instruments when you call
+``refresh()`` on its result (instruments cannot be created from inside a
+collection).
+
+A collection reads the store once: the first callback a collection calls takes
+one ``snapshot()``, and every other instrument's callback reads that same
+snapshot (a callback called again starts the next collection's read).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from ._export import Series, map_names, read_series
-from .stores import Store
+from ._export import (
+    OTEL_LIMIT,
+    OTEL_PLAIN,
+    OTEL_RESERVED,
+    OTEL_VALID,
+    Series,
+    escape_name,
+    read_series,
+)
+from .stores import Store, redact_url
 
 try:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -52,19 +69,17 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without the
         "tallies.otel needs the OpenTelemetry API: pip install tallies[otel]"
     ) from exc
 
-__all__ = ["Observed", "observe"]
+__all__ = ["Observed", "instrument_name", "observe"]
 
-OTEL_INVALID = re.compile(r"[^-_./a-zA-Z0-9]")
 _ATTRIBUTE = re.compile(r"[^\x00]{1,255}\Z")
 
 
-def _occupies(kind: str, base: str) -> list[str]:
-    base = base.lower()  # instrument names are case-insensitive
-    if kind in ("counter", "keyed"):
-        return [base]
-    if kind == "rate":
-        return [base, base + ".window_count", base + ".per_second"]
-    return [base + ".window_count", base + ".per_second"]
+def instrument_name(name: str, prefix: str = "tallies.") -> str:
+    """The base instrument name of the store name ``name`` (the module's rule);
+    a rate adds ``.window_count`` and ``.per_second``."""
+    return escape_name(
+        name, prefix, OTEL_VALID, OTEL_PLAIN, OTEL_RESERVED, fold_case=True, limit=OTEL_LIMIT
+    )
 
 
 class Observed:
@@ -86,6 +101,12 @@ class Observed:
         self.up_down = up_down
         self.names: dict[tuple[str, str], str] = {}
         self.instruments: list[Any] = []
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], Series] | None = None
+        self._served: set[int] = set()
+        self._callbacks: list[str] = []  # one token per callback
+        self.reads = 0
+        """How many times a collection read the store (one per collection)."""
 
     def _is_up_down(self, name: str) -> bool:
         if isinstance(self.up_down, bool):
@@ -94,19 +115,27 @@ class Observed:
 
     def refresh(self) -> list[str]:
         """Register instruments for names that appeared in the store; returns their names."""
-        series = read_series(self.store.snapshot())
-        new = [(s.kind, s.name) for s in series if (s.kind, s.name) not in self.names]
-        taken = [n for (kind, _), base in self.names.items() for n in _occupies(kind, base)]
-        mapped = map_names(new, self.prefix, OTEL_INVALID, _occupies, taken=taken)
         added: list[str] = []
-        for entry in sorted(mapped, key=lambda e: (e[1], e[0])):
-            base = mapped[entry]
-            self.names[entry] = base
-            added += self._register(entry[0], entry[1], base)
+        for s in read_series(self.store.snapshot()):
+            entry = (s.kind, s.name)
+            if entry not in self.names:
+                base = self.names[entry] = instrument_name(s.name, self.prefix)
+                added += self._register(s.kind, s.name, base)
         return added
 
+    def _read(self, token: int) -> dict[tuple[str, str], Series]:
+        """The collection's snapshot: read when a callback is called a second
+        time since the last read (a new collection), else shared."""
+        with self._lock:
+            if self._series is None or token in self._served:
+                self._series = {(s.kind, s.name): s for s in read_series(self.store.snapshot())}
+                self._served = set()
+                self.reads += 1
+            self._served.add(token)
+            return self._series
+
     def _counter(self, base: str, name: str, callback: Callable[..., Iterable[Observation]]) -> str:
-        what = f"tallies {name!r} in {self.store.url}"
+        what = f"tallies {name!r} in {redact_url(self.store.url)}"
         make = (
             self.meter.create_observable_up_down_counter
             if self._is_up_down(name)
@@ -121,62 +150,64 @@ class Observed:
         )
         return base
 
-    def _rate(self, name: str, kind: str) -> Series | None:
-        for s in read_series(self.store.snapshot()):
-            if s.kind == kind and s.name == name:
-                return s
-        return None
-
     def _register(self, kind: str, name: str, base: str) -> list[str]:
-        store, attr = self.store, self.attribute
-        if kind == "counter":
+        attr = self.attribute
 
-            def counter(options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(store.counter(name).value())]
+        def reader(part: str) -> Callable[[], Series | None]:
+            token = len(self._callbacks)
+            self._callbacks.append(part)
 
-            return [self._counter(base, name, counter)]
-        if kind == "keyed":
+            def get() -> Series | None:
+                return self._read(token).get((kind, name))
 
-            def keyed(options: CallbackOptions) -> Iterable[Observation]:
-                counts = store.keyed(name).snapshot()
-                return [Observation(v, {attr: k}) for k, v in counts.items()]
+            return get
 
-            return [self._counter(base, name, keyed)]
-        what = f"tallies {kind.replace('_', ' ')} {name!r} in {store.url}"
-        if kind == "rate":
+        if kind in ("counter", "keyed"):
+            get = reader("value")
 
-            def window(options: CallbackOptions) -> Iterable[Observation]:
-                s = self._rate(name, "rate")
-                return [] if s is None else [Observation(s.value)]
+            def value(options: CallbackOptions) -> Iterable[Observation]:
+                s = get()
+                if s is None:
+                    return []
+                if kind == "counter":
+                    return [Observation(s.value)]
+                return [Observation(v, {attr: k}) for k, v in s.keys.items()]
 
-            def per_second(options: CallbackOptions) -> Iterable[Observation]:
-                s = self._rate(name, "rate")
-                return [] if s is None else [Observation(s.per_second)]
+            return [self._counter(base, name, value)]
+        what = f"tallies {kind.replace('_', ' ')} {name!r} in {redact_url(self.store.url)}"
+        get_window, get_rate = reader("window"), reader("per_second")
 
-            def total(options: CallbackOptions) -> Iterable[Observation]:
-                s = self._rate(name, "rate")
-                return [] if s is None or s.total is None else [Observation(s.total)]
+        def window(options: CallbackOptions) -> Iterable[Observation]:
+            s = get_window()
+            if s is None:
+                return []
+            if kind == "rate":
+                return [Observation(s.value)]
+            return [Observation(v, {attr: k}) for k, v in s.keys.items()]
 
-            return [
-                self._gauge(base + ".window_count", f"{what}: count in the window", window),
-                self._gauge(base + ".per_second", f"{what}: per second", per_second),
-                self._counter(base, name, total),
-            ]
-
-        def keyed_window(options: CallbackOptions) -> Iterable[Observation]:
-            s = self._rate(name, "keyed_rate")
-            return [] if s is None else [Observation(v, {attr: k}) for k, v in s.keys.items()]
-
-        def keyed_per_second(options: CallbackOptions) -> Iterable[Observation]:
-            s = self._rate(name, "keyed_rate")
-            if s is None or s.window <= 0:
+        def per_second(options: CallbackOptions) -> Iterable[Observation]:
+            s = get_rate()
+            if s is None:
+                return []
+            if kind == "rate":
+                return [Observation(s.per_second)]
+            if s.window <= 0:
                 return []
             return [Observation(v / s.window, {attr: k}) for k, v in s.keys.items()]
 
-        return [
-            self._gauge(base + ".window_count", f"{what}: count in the window", keyed_window),
-            self._gauge(base + ".per_second", f"{what}: per second", keyed_per_second),
+        made = [
+            self._gauge(base + ".window_count", f"{what}: count in the window", window),
+            self._gauge(base + ".per_second", f"{what}: per second", per_second),
         ]
+        if kind == "rate":
+            get_total = reader("total")
+
+            def total(options: CallbackOptions) -> Iterable[Observation]:
+                s = get_total()
+                return [] if s is None or s.total is None else [Observation(s.total)]
+
+            made.append(self._counter(base, name, total))
+        return made
 
 
 def observe(
@@ -190,10 +221,10 @@ def observe(
     """Register an observable instrument for every name now in ``store`` (see the module doc)."""
     if not isinstance(store, Store):
         raise TypeError(f"observe() expects a tallies Store, not {type(store).__name__!r}")
-    if not isinstance(prefix, str) or not re.fullmatch(r"[a-zA-Z][-_./a-zA-Z0-9]*", prefix):
+    if not isinstance(prefix, str) or not re.fullmatch(r"[a-zA-Z][-_./a-zA-Z0-9]{0,99}", prefix):
         raise ValueError(
             f"prefix {prefix!r} is not a valid instrument name start "
-            "(a letter, then letters, digits, '-', '_', '.', '/')"
+            "(a letter, then letters, digits, '-', '_', '.', '/'; at most 100 characters)"
         )
     if not isinstance(attribute, str) or not _ATTRIBUTE.match(attribute):
         raise ValueError(f"attribute {attribute!r} must be a non-empty str")

@@ -22,12 +22,18 @@ keyed rate ``errors``      gauges ``tallies_errors_window_count{key=...}``
                            and ``tallies_errors_per_second{key=...}``
 =========================  ===============================================
 
-Names: the prefix (``namespace=``, default ``tallies_``) goes in front, and
-names Prometheus rejects are mapped by the rule in ``tallies._export``: every
-character outside ``[a-zA-Z0-9_]`` becomes ``_``, a leading digit gets a
-``_`` in front, and a collision (``a-b`` and ``a.b``) gives the name that was
-changed a suffix ``_`` + 8 hex digits of a SHA-256 of its original name,
-the same on every scrape.
+Names: the prefix (``namespace=``, default ``tallies_``) goes in front; a
+name's series depend on that name alone, never on the other names in the
+store, and two names never share a series (the rule in ``tallies._export``):
+a name that is valid as it is keeps it (``api_errors`` is
+``tallies_api_errors_total``); any other is escaped reversibly, Prometheus 3
+style: ``U__``, ``_`` as ``__``, other characters as ``_<hex>_``
+(``api.errors`` is ``tallies_U__api_2e_errors_total``; names ending in
+``_total``, ``_created``, ``_window_count`` or ``_per_second``, which
+OpenMetrics would confuse with another name's series, are escaped too: a
+counter called ``hits_total`` is ``tallies_U__hits__total__total``).  A key that is not valid
+Unicode (a lone surrogate) is exported with ``\\udcXX`` escapes rather than
+failing the scrape (see ``tallies._export``).
 
 Exactness: Prometheus stores every sample as a float64, so counts are exact
 up to 2**53 (9,007,199,254,740,992) in magnitude; beyond that a sample is the
@@ -44,8 +50,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._export import PROMETHEUS_INVALID, PROMETHEUS_LABEL, Series, map_names, read_series
-from .stores import Store
+from ._export import (
+    PROMETHEUS_LABEL,
+    PROMETHEUS_PLAIN,
+    PROMETHEUS_RESERVED,
+    PROMETHEUS_VALID,
+    Series,
+    escape_name,
+    read_series,
+)
+from .stores import Store, redact_url
 from .stores import open as open_store
 
 try:
@@ -56,30 +70,22 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without the
         "tallies.prometheus needs prometheus_client: pip install tallies[prometheus]"
     ) from exc
 
-__all__ = ["Collector", "metric_names"]
+__all__ = ["Collector", "metric_name", "metric_names"]
 
 
-def _stem(kind: str, base: str) -> str:
-    if kind in ("counter", "keyed") and base.endswith("_total"):
-        return base[: -len("_total")]
-    return base
-
-
-def _occupies(kind: str, base: str) -> list[str]:
-    if kind in ("counter", "keyed"):
-        stem = _stem(kind, base)
-        return [stem, stem + "_total"]
-    if kind == "rate":
-        return [base, base + "_total", base + "_window_count", base + "_per_second"]
-    return [base + "_window_count", base + "_per_second"]
+def metric_name(name: str, namespace: str = "tallies_") -> str:
+    """The base metric name of the store name ``name`` (the module's rule): a
+    counter is exposed as base + ``_total``, a rate as base + ``_window_count``,
+    ``_per_second`` and ``_total``."""
+    return escape_name(name, namespace, PROMETHEUS_VALID, PROMETHEUS_PLAIN, PROMETHEUS_RESERVED)
 
 
 def metric_names(
     series: Iterable[Series] | Iterable[tuple[str, str]], namespace: str = "tallies_"
 ) -> dict[tuple[str, str], str]:
-    """The base metric name of each ``(kind, store name)`` (the module's rule)."""
+    """The base metric name of each ``(kind, store name)`` (see :func:`metric_name`)."""
     entries = [(s.kind, s.name) if isinstance(s, Series) else s for s in series]
-    return map_names(entries, namespace, PROMETHEUS_INVALID, _occupies, _stem)
+    return {(kind, name): metric_name(name, namespace) for kind, name in entries}
 
 
 class Collector(_CollectorBase):
@@ -119,17 +125,17 @@ class Collector(_CollectorBase):
 
     def collect(self) -> Iterator[Metric]:
         snap: Any = self.store.snapshot()
-        series = read_series(snap)
-        names = metric_names(series, self.namespace)
-        for s in series:
-            yield from self._families(s, names[(s.kind, s.name)])
+        for s in read_series(snap):
+            yield from self._families(s, metric_name(s.name, self.namespace))
 
     def _families(self, s: Series, base: str) -> Iterator[Metric]:
-        what = f"tallies {s.kind.replace('_', ' ')} {s.name!r} in {self.store.url}"
+        what = f"tallies {s.kind.replace('_', ' ')} {s.name!r} in {redact_url(self.store.url)}"
+        # a counter family is given base + "_total": prometheus_client strips
+        # exactly that suffix, so the series is base + "_total" for every base
         if s.kind == "counter":
-            yield CounterMetricFamily(base, what, value=s.value)
+            yield CounterMetricFamily(base + "_total", what, value=s.value)
         elif s.kind == "keyed":
-            family = CounterMetricFamily(base, what, labels=[self.label])
+            family = CounterMetricFamily(base + "_total", what, labels=[self.label])
             for key, value in s.keys.items():
                 family.add_metric([key], value)
             yield family
@@ -142,7 +148,7 @@ class Collector(_CollectorBase):
                 base + "_per_second", f"{what}: per second over the {window}", value=s.per_second
             )
             if s.total is not None:
-                yield CounterMetricFamily(base, f"{what}: all-time total", value=s.total)
+                yield CounterMetricFamily(base + "_total", f"{what}: all-time total", value=s.total)
         else:
             window = f"{s.window:g} s window"
             counts = GaugeMetricFamily(

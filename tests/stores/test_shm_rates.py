@@ -155,14 +155,24 @@ def test_bucket_capacity_is_fixed_and_refusal_changes_nothing() -> None:
 
 
 def test_a_writer_that_died_mid_mark_is_repaired(rate_url: str) -> None:
+    """Readers read around a seq left odd (they never wait for a writer); the
+    slab's next owner finishes it before its own first mark."""
     with tallies.open(rate_url) as s:
         r = s.rate("requests", 60, 1)
+        clock = _DrivenNs(10**12)
+        r._ring.now = clock
         r.increment(7)
         seg = s._seg  # type: ignore[attr-defined]
         off = seg.L.ring_off(5, r._ring.unit)  # a slab nobody owns
         seg.c.store(off, 1)  # seq left odd, as by a process killed inside a mark
         assert r.count() == 7 and r.total() == 7
-        assert seg.c.load(off) == 2
+        assert seg.c.load(off) == 1  # nobody waited for it, nobody touched it
+        mine = seg.L.ring_off(seg.c.bound_slab(), r._ring.unit)
+        seg.c.store(mine, seg.c.load(mine) + 1)  # as if our slab's dead former owner left it odd
+        clock.ns += 2 * 10**9  # a new bucket: our next increment writes a mark
+        r.increment()
+        assert seg.c.load(mine) % 2 == 0
+        assert r.count() == 8 and r.total() == 8
 
 
 def test_bad_input_changes_nothing(rate_url: str) -> None:

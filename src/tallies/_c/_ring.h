@@ -9,7 +9,7 @@
  * -----------------
  * Time is cut into buckets of `resolution`; the bucket of an instant t is its
  * slot, floor(t / resolution) (an int64).  A ring remembers the last `nb`
- * buckets, nb = ceil(window / resolution).
+ * buckets, nb = ceil(window / resolution) (both in whole nanoseconds).
  *
  * The design: one running total, and a mark per bucket
  * ---------------------------------------------------

@@ -9,9 +9,11 @@
  * CLOCK_MONOTONIC.  On this project's machine CLOCK_MONOTONIC costs 66 ns a
  * read and the coarse clock 8 ns: the coarse clock is what lets increment()
  * cost about what Counter.increment() costs.  Its granularity shifts bucket
- * boundaries by at most one tick.  A user `clock` (a callable returning
- * seconds) is called on every operation and bucketed as floor(t / resolution)
- * in double arithmetic, exactly as the pure fallback does.
+ * boundaries by at most one tick.  Window and resolution are normalised once
+ * (parse_spec) to whole nanoseconds, and the bucket count is derived from those
+ * integers.  A user `clock` (a callable returning seconds) is called on every
+ * operation; its reading is rounded to whole nanoseconds exactly (seconds_ns)
+ * and bucketed like the default clock's, exactly as the pure fallback does.
  *
  * With a GIL every method runs from the clock read to the update while
  * holding it, so the total uses the engine's `_serial` add (TLR_SERIAL).
@@ -94,6 +96,35 @@ value_error_float(const char *fmt_head, double v, const char *tail)
     return -1;
 }
 
+/* A finite number of seconds (|v| <= 4e18) in whole nanoseconds, rounded half up
+ * from the double's exact value: floor(v * 1e9 + 1/2) without rounding error
+ * (v = m * 2^e with m a 53-bit integer; m * 1e9 < 2^83).  _pure/rate.py's
+ * seconds_ns() computes the same with Python ints. */
+static __int128
+seconds_ns(double v)
+{
+    int e;
+    double m = frexp(v, &e);
+    __int128 x = (__int128)(int64_t)ldexp(m, 53) * 1000000000;
+    e -= 53;
+    if (e >= 0) {
+        return x * ((__int128)1 << e);
+    }
+    if (e < -120) {
+        return 0; /* |v * 1e9| < 2^-37 */
+    }
+    int s = -e;
+    __int128 y = x + ((__int128)1 << (s - 1));
+    return y >= 0 ? y >> s : -((-y + ((__int128)1 << s) - 1) >> s);
+}
+
+static inline __int128
+floordiv128(__int128 a, int64_t b)
+{
+    __int128 q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
 typedef struct {
     double window, resolution;
     int64_t window_ns, res_ns, nb;
@@ -131,17 +162,6 @@ parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
         Py_DECREF(wr);
         return value_error_float(head, r, "");
     }
-    double nbd = ceil(w / r);
-    if (nbd > (double)TLR_MAX_BUCKETS) {
-        PyObject *need = PyLong_FromDouble(nbd);
-        if (need != NULL) {
-            PyErr_Format(PyExc_ValueError,
-                         "%s() window / resolution needs %S buckets; the limit is %d",
-                         fname, need, TLR_MAX_BUCKETS);
-            Py_DECREF(need);
-        }
-        return -1;
-    }
     if (clock != NULL && clock != Py_None && !PyCallable_Check(clock)) {
         PyErr_Format(PyExc_TypeError,
                      "%s() clock must be a callable returning seconds, or None, "
@@ -149,14 +169,25 @@ parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
                      fname, type_name(Py_TYPE(clock)));
         return -1;
     }
-    sp->window = w;
-    sp->resolution = r;
-    sp->nb = (int64_t)nbd;
-    sp->window_ns = llround(w * 1e9);
-    sp->res_ns = llround(r * 1e9);
-    if (sp->res_ns < 1) {
-        sp->res_ns = 1;
+    /* Normalised once, as _pure/rate.py's _Spec does: whole nanoseconds (w <= 1e9 s
+     * and r >= 1e-9 s, so 1 <= res_ns <= window_ns <= 1e18), and the bucket count
+     * from those integers, so the ring always covers the whole window. */
+    int64_t window_ns = (int64_t)seconds_ns(w), res_ns = (int64_t)seconds_ns(r);
+    int64_t nb = window_ns / res_ns + (window_ns % res_ns != 0);
+    if (nb > TLR_MAX_BUCKETS) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s() window / resolution needs %lld buckets; the limit is %d", fname,
+                     (long long)nb, TLR_MAX_BUCKETS);
+        return -1;
     }
+    sp->window_ns = window_ns;
+    sp->res_ns = res_ns;
+    sp->nb = nb;
+    /* Reported in seconds as the double nearest to ns / 1e9 (Python's exact
+     * ns / 10**9): up to 2^53 ns the division is exact-rounded as written; above,
+     * doubles are more than 1 ns apart, so that double is the one given. */
+    sp->window = window_ns <= ((int64_t)1 << 53) ? (double)window_ns / 1e9 : w;
+    sp->resolution = res_ns <= ((int64_t)1 << 53) ? (double)res_ns / 1e9 : r;
     sp->clk = (coarse_gran_ns > 0 && sp->res_ns >= 10 * coarse_gran_ns)
                   ? CLOCK_MONOTONIC_COARSE
                   : CLOCK_MONOTONIC;
@@ -167,7 +198,7 @@ parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
 /* count(window=None) / per_second(window=None): the width to read. */
 static int
 parse_width(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-            Py_ssize_t first, const char *fname, const spec *sp, double *w)
+            Py_ssize_t first, const char *fname, const spec *sp, double *w, int64_t *w_ns)
 {
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *obj = NULL;
@@ -193,13 +224,17 @@ parse_width(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
         obj = args[first];
     }
     *w = sp->window;
+    *w_ns = sp->window_ns;
     if (obj == NULL || obj == Py_None) {
         return 0;
     }
     if (to_seconds(obj, fname, "window", w) < 0) {
         return -1;
     }
-    if (!(*w > 0.0 && *w <= sp->window)) {
+    if (*w > 0.0 && *w <= MAX_WINDOW) {
+        *w_ns = (int64_t)seconds_ns(*w);
+    }
+    if (!(*w > 0.0 && *w <= MAX_WINDOW && *w_ns <= sp->window_ns)) {
         char head[200];
         PyObject *wr = float_repr(sp->window);
         if (wr == NULL) {
@@ -224,9 +259,9 @@ now_ns(const spec *sp)
     return (int64_t)ts.tv_sec * NS + (int64_t)ts.tv_nsec;
 }
 
-/* Call the user clock: seconds in *t and its slot in *slot. */
+/* Call the user clock: its reading in whole ns in *tn and its slot in *slot. */
 static int
-user_time(const spec *sp, double *t, int64_t *slot)
+user_time(const spec *sp, __int128 *tn, int64_t *slot)
 {
     PyObject *res = PyObject_CallNoArgs(sp->clock);
     if (res == NULL) {
@@ -237,12 +272,18 @@ user_time(const spec *sp, double *t, int64_t *slot)
     if (!bad) {
         v = PyFloat_AsDouble(res);
         if (v == -1.0 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear(); /* an int too large for a float: out of range */
+                v = Py_HUGE_VAL;
+            }
+            else if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
                 Py_DECREF(res);
                 return -1;
             }
-            PyErr_Clear();
-            bad = 1;
+            else {
+                PyErr_Clear();
+                bad = 1;
+            }
         }
     }
     if (bad) {
@@ -252,22 +293,24 @@ user_time(const spec *sp, double *t, int64_t *slot)
         return -1;
     }
     Py_DECREF(res);
-    double q = floor(v / sp->resolution);
-    if (!(fabs(q) < 4e18) || !(fabs(v) <= 4e18)) { /* also NaN and inf */
-        return value_error_float("clock() returned ", v,
-                                 "; expected a finite number of seconds within "
-                                 "4e18 buckets of 0");
+    if (fabs(v) <= 4e18) { /* not NaN or inf */
+        __int128 n = seconds_ns(v), q = floordiv128(n, sp->res_ns);
+        if (q < (__int128)4000000000000000000LL && q > -(__int128)4000000000000000000LL) {
+            *tn = n;
+            *slot = (int64_t)q;
+            return 0;
+        }
     }
-    *t = v;
-    *slot = (int64_t)q;
-    return 0;
+    return value_error_float("clock() returned ", v,
+                             "; expected a finite number of seconds within "
+                             "4e18 buckets of 0");
 }
 
 /* Read the clock: *cur (the current slot), and for ns mode *ns; for a user
  * clock *t.  The slot the counting goes to is max(cur, latest) (the ring). */
 typedef struct {
     int64_t ns, slot;
-    double t;
+    __int128 tn; /* a user clock's reading in whole ns */
 } instant;
 
 static int
@@ -278,20 +321,19 @@ read_clock(const spec *sp, instant *in)
         in->slot = tlr_floordiv(in->ns, sp->res_ns);
         return 0;
     }
-    return user_time(sp, &in->t, &in->slot);
+    return user_time(sp, &in->tn, &in->slot);
 }
 
-/* The first slot a read of width w counts (see tlr_first_slot_ns). */
+/* The first slot a read of w_ns counts (see tlr_first_slot_ns). */
 static int64_t
-first_slot(const spec *sp, const instant *in, double w, int64_t latest)
+first_slot(const spec *sp, const instant *in, int64_t w_ns, int64_t latest)
 {
     if (sp->clock == NULL) {
         int64_t cur;
-        int64_t w_ns = (w == sp->window) ? sp->window_ns : llround(w * 1e9);
         return tlr_first_slot_ns(in->ns, w_ns, sp->res_ns, latest, sp->nb, &cur);
     }
     int64_t cur = in->slot;
-    int64_t j = (int64_t)floor((in->t - w) / sp->resolution) + 1;
+    int64_t j = (int64_t)floordiv128(in->tn - w_ns, sp->res_ns) + 1;
     if (latest != TLR_NONE && cur < latest) {
         j += latest - cur;
         cur = latest;
@@ -322,10 +364,10 @@ difference(int64_t total, int64_t base)
 }
 
 static PyObject *
-ring_count(tlr_ring *ring, const spec *sp, const instant *in, double w)
+ring_count(tlr_ring *ring, const spec *sp, const instant *in, int64_t w_ns)
 {
     int64_t total, base;
-    int64_t j = first_slot(sp, in, w, tlr_latest(ring));
+    int64_t j = first_slot(sp, in, w_ns, tlr_latest(ring));
     tlr_read(ring, j, &total, &base);
     return difference(total, base);
 }
@@ -448,7 +490,7 @@ rate_add(RateObject *self, int64_t n, int sub, const char *op)
     }
     else {
         instant in;
-        if (user_time(&self->sp, &in.t, &in.slot) < 0) {
+        if (user_time(&self->sp, &in.tn, &in.slot) < 0) {
             return NULL;
         }
         r = tlr_add_slot(&self->ring, in.slot, n, sub, &v);
@@ -490,11 +532,12 @@ rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
            PyObject *kwnames, const char *fname, double *w)
 {
     instant in;
-    if (parse_width(args, nargs, kwnames, 0, fname, &self->sp, w) < 0 ||
+    int64_t w_ns;
+    if (parse_width(args, nargs, kwnames, 0, fname, &self->sp, w, &w_ns) < 0 ||
         read_clock(&self->sp, &in) < 0) {
         return NULL;
     }
-    return ring_count(&self->ring, &self->sp, &in, *w);
+    return ring_count(&self->ring, &self->sp, &in, w_ns);
 }
 
 static PyObject *
@@ -576,7 +619,7 @@ get_clock(PyObject *self, void *off)
      (void *)offsetof(type, sp)},                                                     \
         {"resolution", get_resolution, NULL, "The bucket width in seconds.",          \
          (void *)offsetof(type, sp)},                                                 \
-        {"buckets", get_buckets, NULL, "ceil(window / resolution).",                  \
+        {"buckets", get_buckets, NULL, "ceil(window_ns / resolution_ns).",            \
          (void *)offsetof(type, sp)},                                                 \
         {"clock", get_clock, NULL, "The clock callable, or None for the default.",    \
          (void *)offsetof(type, sp)},                                                 \
@@ -1045,7 +1088,8 @@ krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject *kwnames, const char *fname, double *w)
 {
     instant in;
-    if (parse_width(args, nargs, kwnames, 1, fname, &self->sp, w) < 0) {
+    int64_t w_ns;
+    if (parse_width(args, nargs, kwnames, 1, fname, &self->sp, w, &w_ns) < 0) {
         return NULL;
     }
     PyObject *ring;
@@ -1054,7 +1098,7 @@ krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
         return found < 0 ? NULL : PyLong_FromLong(0);
     }
     PyObject *r = read_clock(&self->sp, &in) < 0 ? NULL
-                                                 : ring_count(RING(ring), &self->sp, &in, *w);
+                                                 : ring_count(RING(ring), &self->sp, &in, w_ns);
     Py_DECREF(ring);
     return r;
 }
@@ -1089,7 +1133,7 @@ KRate_sweep(KRateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 KRate_clear(KRateObject *self, PyObject *Py_UNUSED(ignored))
 {
-    instant in = {0, 0, 0.0};
+    instant in = {0, 0, 0};
     if (krate_remove(self, &in, 1) < 0) {
         return NULL;
     }
@@ -1102,8 +1146,9 @@ KRate_snapshot(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
                PyObject *kwnames)
 {
     double w;
+    int64_t w_ns;
     instant in;
-    if (parse_width(args, nargs, kwnames, 0, "snapshot", &self->sp, &w) < 0 ||
+    if (parse_width(args, nargs, kwnames, 0, "snapshot", &self->sp, &w, &w_ns) < 0 ||
         read_clock(&self->sp, &in) < 0 || krate_remove(self, &in, 0) < 0) {
         return NULL;
     }
@@ -1114,7 +1159,7 @@ KRate_snapshot(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *out = PyDict_New();
     for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(items); i++) {
         PyObject *pair = PyList_GET_ITEM(items, i);
-        PyObject *c = ring_count(RING(PyTuple_GET_ITEM(pair, 1)), &self->sp, &in, w);
+        PyObject *c = ring_count(RING(PyTuple_GET_ITEM(pair, 1)), &self->sp, &in, w_ns);
         if (c == NULL) {
             Py_CLEAR(out);
             break;

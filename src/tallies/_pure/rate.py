@@ -74,7 +74,23 @@ def most_common(
     return items if k is None else items[:k]
 
 
+def seconds_ns(seconds: float) -> int:
+    """A finite number of seconds in whole nanoseconds, rounded half up, exactly
+    (from the float's exact value, as ``_c/rate.c``'s ``seconds_ns`` does)."""
+    p, q = seconds.as_integer_ratio()
+    return (2 * p * 1_000_000_000 + q) // (2 * q)
+
+
 class _Spec:
+    """The window and resolution, validated and normalised once.
+
+    Both are kept in whole nanoseconds (rounded half up from the float given);
+    the ring has ``ceil(window_ns / res_ns)`` buckets, so it always covers the
+    whole window; ``.window`` and ``.resolution`` report the rounded values.
+    The C core (``parse_spec`` in ``_c/rate.c``) and ``shm://`` (which uses
+    this class) apply the same rule, with the same messages.
+    """
+
     __slots__ = ("clk", "clock", "nb", "res_ns", "resolution", "window", "window_ns")
 
     def __init__(self, fname: str, window: object, resolution: object, clock: object) -> None:
@@ -89,41 +105,56 @@ class _Spec:
                 f"{fname}() resolution must be a number of seconds >= 1e-9 and <= "
                 f"the window ({w!r}), not {r!r}"
             )
-        nb = math.ceil(w / r)
-        if nb > MAX_BUCKETS:
-            raise ValueError(
-                f"{fname}() window / resolution needs {nb} buckets; the limit is {MAX_BUCKETS}"
-            )
         if clock is not None and not callable(clock):
             raise TypeError(
                 f"{fname}() clock must be a callable returning seconds, or None, "
                 f"not {type(clock).__name__!r}"
             )
-        self.window = w
-        self.resolution = r
-        self.nb = nb
-        self.window_ns = round(w * 1e9)
-        self.res_ns = max(1, round(r * 1e9))
-        coarse = _COARSE is not None and 0 < COARSE_GRANULARITY_NS * 10 <= self.res_ns
-        self.clk: int = _COARSE if coarse and _COARSE is not None else time.CLOCK_MONOTONIC
+        self._set(fname, seconds_ns(w), seconds_ns(r))
         self.clock: Callable[[], Any] | None = clock
 
-    def width(self, window: object, fname: str) -> float:
+    @classmethod
+    def from_ns(cls, fname: str, window_ns: int, res_ns: int) -> _Spec:
+        """The spec of a rate stored as whole nanoseconds (``shm://``'s meta);
+        ValueError when they are out of range or need too many buckets."""
+        sp = cls.__new__(cls)
+        if not (0 < window_ns <= 10**18 and 1 <= res_ns <= window_ns):
+            raise ValueError(f"{fname}() window {window_ns} ns, resolution {res_ns} ns")
+        sp._set(fname, window_ns, res_ns)
+        sp.clock = None
+        return sp
+
+    def _set(self, fname: str, window_ns: int, res_ns: int) -> None:
+        nb = -(-window_ns // res_ns)
+        if nb > MAX_BUCKETS:
+            raise ValueError(
+                f"{fname}() window / resolution needs {nb} buckets; the limit is {MAX_BUCKETS}"
+            )
+        self.window_ns = window_ns
+        self.res_ns = res_ns
+        self.nb = nb
+        self.window = window_ns / 10**9  # exactly rounded (int / int)
+        self.resolution = res_ns / 10**9
+        coarse = _COARSE is not None and 0 < COARSE_GRANULARITY_NS * 10 <= res_ns
+        self.clk: int = _COARSE if coarse and _COARSE is not None else time.CLOCK_MONOTONIC
+
+    def width(self, window: object, fname: str) -> tuple[float, int]:
+        """(w, w_ns) of a read; None: the configured window."""
         if window is None:
-            return self.window
+            return self.window, self.window_ns
         w = _seconds(window, fname, "window")
-        if not 0.0 < w <= self.window:
+        if not (0.0 < w <= MAX_WINDOW and seconds_ns(w) <= self.window_ns):
             raise ValueError(
                 f"{fname}() window must be a number of seconds > 0 and <= {self.window!r}, "
                 f"not {w!r}"
             )
-        return w
+        return w, seconds_ns(w)
 
-    def now(self) -> tuple[int, int, float]:
-        """(ns, slot, t): ns for the default clock, t for a user clock."""
+    def now(self) -> tuple[int, int]:
+        """(ns, slot): the clock in whole nanoseconds and its bucket."""
         if self.clock is None:
             ns = time.clock_gettime_ns(self.clk)
-            return ns, ns // self.res_ns, 0.0
+            return ns, ns // self.res_ns
         v = self.clock()
         if isinstance(v, (str, bytes)) or v is None:
             raise TypeError(f"clock() must return a number of seconds, not {type(v).__name__!r}")
@@ -135,21 +166,20 @@ class _Spec:
             ) from None
         except OverflowError:
             t = math.inf
-        q = math.floor(t / self.resolution) if math.isfinite(t / self.resolution) else math.inf
-        if not (abs(q) < 4e18 and abs(t) <= 4e18):
-            raise ValueError(
-                f"clock() returned {t!r}; expected a finite number of seconds within "
-                "4e18 buckets of 0"
-            )
-        return 0, int(q), t
+        if math.isfinite(t) and abs(t) <= 4e18:
+            ns = seconds_ns(t)
+            slot = ns // self.res_ns
+            if abs(slot) < 4e18:
+                return ns, slot
+        raise ValueError(
+            f"clock() returned {t!r}; expected a finite number of seconds within 4e18 buckets of 0"
+        )
 
-    def first_slot(self, now: tuple[int, int, float], w: float, latest: int) -> int:
-        ns, cur, t = now
-        if self.clock is None:
-            w_ns = self.window_ns if w == self.window else round(w * 1e9)
-            j = (ns - w_ns) // self.res_ns + 1
-        else:
-            j = math.floor((t - w) / self.resolution) + 1
+    def first_slot(self, now: tuple[int, int], w_ns: int, latest: int) -> int:
+        """The oldest bucket a read of w_ns counts: the current one and every
+        bucket fully inside (now - w, now], at most ``nb`` of them."""
+        ns, cur = now
+        j = (ns - w_ns) // self.res_ns + 1
         if latest != NONE and cur < latest:
             j += latest - cur
             cur = latest
@@ -238,10 +268,10 @@ class RateCounter:
         self._add(to_int64(n, "decrement"), True, "decrement")
 
     def _count(self, window: object, fname: str) -> tuple[int, float]:
-        w = self._sp.width(window, fname)
+        w, w_ns = self._sp.width(window, fname)
         now = self._sp.now()
         with self._lock:
-            return self._ring.count(self._sp.first_slot(now, w, self._ring.latest)), w
+            return self._ring.count(self._sp.first_slot(now, w_ns, self._ring.latest)), w
 
     def count(self, window: float | None = None) -> int:
         return self._count(window, "count")[0]
@@ -296,7 +326,7 @@ class KeyedRateCounter:
         self._lock = threading.RLock()  # a key's __eq__ may call back in
         self._next_sweep = INT64_MIN
 
-    def _sweep_locked(self, now: tuple[int, int, float]) -> int:
+    def _sweep_locked(self, now: tuple[int, int]) -> int:
         oldest = now[1] - self._sp.nb + 1
         dead = [(k, r) for k, r in self._rings.items() if r.latest == NONE or r.latest < oldest]
         for k, r in dead:
@@ -339,14 +369,14 @@ class KeyedRateCounter:
         self._add(key, to_int64(n, "decrement"), True, "decrement")
 
     def _count(self, key: Hashable, window: object, fname: str) -> tuple[int, float]:
-        w = self._sp.width(window, fname)
+        w, w_ns = self._sp.width(window, fname)
         with self._lock:
             ring = self._rings.get(key)
         if ring is None:
             return 0, w
         now = self._sp.now()
         with self._lock:
-            return ring.count(self._sp.first_slot(now, w, ring.latest)), w
+            return ring.count(self._sp.first_slot(now, w_ns, ring.latest)), w
 
     def count(self, key: Hashable, window: float | None = None) -> int:
         return self._count(key, window, "count")[0]
@@ -356,13 +386,13 @@ class KeyedRateCounter:
         return c / w
 
     def snapshot(self, window: float | None = None) -> dict[Any, int]:
-        w = self._sp.width(window, "snapshot")
+        _, w_ns = self._sp.width(window, "snapshot")
         now = self._sp.now()
         out: dict[Any, int] = {}
         with self._lock:
             self._sweep_locked(now)
             for k, ring in self._rings.items():
-                c = ring.count(self._sp.first_slot(now, w, ring.latest))
+                c = ring.count(self._sp.first_slot(now, w_ns, ring.latest))
                 if c:
                     out[k] = c
         return out

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
-from ..stores import Store
+from ..stores import Store, redact_url
 from .look import UserError
 
 __all__ = ["make_server", "serve"]
@@ -37,6 +37,7 @@ def make_server(store: Store, host: str, port: int) -> ThreadingHTTPServer:
             "prometheus_client is not installed: pip install tallies[prometheus]"
         ) from None
 
+    shown = redact_url(store.url)  # never the password: see stores/_redact.py
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(store))
     lock = threading.Lock()  # one snapshot at a time: scrapes are rare, keep them cheap
@@ -51,12 +52,12 @@ def make_server(store: Store, host: str, port: int) -> ThreadingHTTPServer:
                     with lock:
                         body = generate_latest(registry)
                 except Exception as exc:  # a corrupt or removed store: say so, keep serving
-                    text = f"tallies: cannot read {store.url}: {exc}\n"
+                    text = f"tallies: cannot read {shown}: {redact_url(str(exc))}\n"
                     self._send(500, text.encode(), "text/plain; charset=utf-8")
                     return
                 self._send(200, body, CONTENT_TYPE_LATEST)
             elif path == "/":
-                text = f"tallies serve {store.url}: metrics at /metrics\n"
+                text = f"tallies serve {shown}: metrics at /metrics\n"
                 self._send(200, text.encode(), "text/plain; charset=utf-8")
             else:
                 self._send(404, b"not found; metrics are at /metrics\n", "text/plain")
@@ -108,7 +109,7 @@ def serve(url: str, host: str, port: int) -> int:
         old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             print(
-                f"tallies serve: {url} at http://{bound_host!s}:{bound_port}/metrics"
+                f"tallies serve: {redact_url(url)} at http://{bound_host!s}:{bound_port}/metrics"
                 " (Ctrl-C stops)",
                 file=sys.stderr,
                 flush=True,

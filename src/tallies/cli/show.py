@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from ..stores import open as open_store
+from ..stores import redact_url
 
 __all__ = ["show"]
 
@@ -26,6 +27,7 @@ def show(url: str, as_json: bool = False) -> str:
     """
     with open_store(url, create=False) as store:
         snap = store.snapshot()
+    url = redact_url(url)  # shown without its password: see stores/_redact.py
     if as_json:
         return json.dumps({"url": url, **snap}, indent=2, ensure_ascii=False)
     rows: list[tuple[str, str, str]] = []

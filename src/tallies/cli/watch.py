@@ -11,12 +11,15 @@ With rich installed (``pip install tallies[watch]``) and a capable terminal
 table redrawn in place; otherwise (no rich, a dumb or narrow terminal, a pipe,
 ``--plain``) it prints a block of plain lines per refresh.  Ctrl-C and SIGTERM
 end it cleanly (rich restores the cursor, the exit status is 0); so does SIGHUP,
-the terminal closing (status 2 if the goodbye cannot be written any more).
+the terminal closing (status 2 if the goodbye cannot be written any more), and
+a reader that closes the pipe (``tallies watch --plain | head -3``: status 0,
+nothing printed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -222,6 +225,7 @@ def _rich_table(url: str, table: list[Row], interval: float) -> Any:
 def watch(url: str, *, interval: float = 1.0, top: int = 5, plain: bool = False) -> int:
     """Show the store at ``url`` until Ctrl-C (SIGINT), SIGTERM or SIGHUP."""
     from ..stores import open as open_store
+    from ..stores import redact_url
 
     stream = sys.stdout
     if stream is None:
@@ -231,6 +235,7 @@ def watch(url: str, *, interval: float = 1.0, top: int = 5, plain: bool = False)
     except (ValueError, OSError):
         raise UserError("no terminal: standard output is closed") from None
     store = open_store(url, create=False)
+    shown = redact_url(url)  # never the password: see stores/_redact.py
 
     state = {"stop": False, "sleeping": False}
 
@@ -262,21 +267,25 @@ def watch(url: str, *, interval: float = 1.0, top: int = 5, plain: bool = False)
                 while not state["stop"]:
                     now = time.monotonic()
                     table = list(rows(read_series(store.snapshot()), history, now, top))
-                    live.update(_rich_table(url, table, interval), refresh=True)
+                    live.update(_rich_table(shown, table, interval), refresh=True)
                     pause(now)
         else:
             while not state["stop"]:
                 now = time.monotonic()
                 table = list(rows(read_series(store.snapshot()), history, now, top))
-                _plain(url, table, stream)
+                _plain(shown, table, stream)
                 pause(now)
     except (_Stop, KeyboardInterrupt):
         pass
     except (BrokenPipeError, OSError) as exc:
-        if isinstance(exc, BrokenPipeError) or exc.errno in (5, 32):  # EIO, EPIPE
+        if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+            # the reader went away (``tallies watch --plain | head -3``): a normal end
+            _quiet_stdout()
+        elif exc.errno == errno.EIO:  # the terminal itself went away
             _quiet_stdout()
             raise UserError("the terminal went away") from None
-        raise
+        else:
+            raise
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

@@ -17,6 +17,7 @@ import re
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
+from ._redact import redact_url
 from .base import (
     CapacityError,
     CorruptSegmentError,
@@ -49,6 +50,7 @@ __all__ = [
     "destroy",
     "open",
     "parse_url",
+    "redact_url",
     "register",
     "schemes",
 ]
@@ -76,25 +78,27 @@ def schemes() -> list[str]:
 
 
 def parse_url(url: str) -> StoreURL:
-    """Split ``scheme://target?k=v&...``; a clear ValueError if it is not one."""
+    """Split ``scheme://target?k=v&...``; a clear ValueError if it is not one
+    (the URL shown without its secrets: see ``_redact.py``)."""
     if not isinstance(url, str):
         raise TypeError(f"a store URL must be a str, not {type(url).__name__!r}")
+    shown = redact_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme:
-        raise ValueError(f"{url!r} is not a store URL (expected scheme://..., e.g. shm://app)")
+        raise ValueError(f"{shown!r} is not a store URL (expected scheme://..., e.g. shm://app)")
     scheme = scheme.lower()
     if "#" in rest:
-        raise ValueError(f"{url!r}: store URLs have no #fragment")
+        raise ValueError(f"{shown!r}: store URLs have no #fragment")
     target, _, query = rest.partition("?")
     params: dict[str, str] = {}
     if query:
         try:
             pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
         except ValueError:
-            raise ValueError(f"{url!r}: malformed query {query!r}") from None
+            raise ValueError(f"{shown!r}: malformed query {shown.partition('?')[2]!r}") from None
         for k, v in pairs:
             if k in params:
-                raise ValueError(f"{url!r}: parameter {k!r} given twice")
+                raise ValueError(f"{shown!r}: parameter {k!r} given twice")
             params[k] = v
     return StoreURL(raw=url, scheme=scheme, target=target, params=params)
 
@@ -105,7 +109,7 @@ def _store_class(url: StoreURL) -> type[Store]:
         return cls
     if url.scheme not in BUILTIN_SCHEMES:
         raise ValueError(
-            f"{url.raw!r}: unknown store scheme {url.scheme!r} "
+            f"{url.shown!r}: unknown store scheme {url.scheme!r} "
             f"(known: {', '.join(s + '://' for s in schemes())})"
         )
     module = importlib.import_module(f"{__name__}.{_MODULE_OF.get(url.scheme, url.scheme)}")

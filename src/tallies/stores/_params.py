@@ -36,14 +36,14 @@ def number(
     try:
         v = float(raw)
     except ValueError:
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a number{of}") from None
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a number{of}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a finite number{of}")
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a finite number{of}")
     if integer and v != int(v):
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is not a whole number")
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a whole number")
     if not lo <= v <= hi:
         after = f" {unit}" if unit else ""
-        raise ValueError(f"{url.raw!r}: {name}={raw!r} is outside [{lo:g}, {hi:g}]{after}")
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is outside [{lo:g}, {hi:g}]{after}")
     return v
 
 
@@ -76,7 +76,7 @@ def choice(name: str, default: str, choices: Iterable[str]) -> Param:
     def read(url: StoreURL, key: str, raw: str) -> str:
         v = raw.upper()
         if v not in allowed:
-            raise ValueError(f"{url.raw!r}: {key} must be {' or '.join(allowed)}, not {raw!r}")
+            raise ValueError(f"{url.shown!r}: {key} must be {' or '.join(allowed)}, not {raw!r}")
         return v
 
     return Param(name, default, read)
@@ -95,7 +95,7 @@ def _flush(url: StoreURL, key: str, raw: str) -> float:
     v = number(url, key, raw, 0, 86400, unit="seconds")
     if 0 < v < FLUSH_FLOOR:
         raise ValueError(
-            f"{url.raw!r}: {key}={raw!r} is below the {FLUSH_FLOOR:g} s floor "
+            f"{url.shown!r}: {key}={raw!r} is below the {FLUSH_FLOOR:g} s floor "
             "(flush=0 is write-through: every update flushes before it returns)"
         )
     return v

@@ -56,6 +56,7 @@ from redis.retry import Retry
 
 from ._params import FLUSH, Param, integer, parse, seconds, text
 from ._protocol import INT64_MAX, INT64_MIN, MAX_BACKOFF, Batch, Kind, Query, Read, Target
+from ._redact import redact_url
 from ._redis_lua import (
     APPLY_LUA,
     READ_LUA,
@@ -145,7 +146,7 @@ def redis_options(url: StoreURL, values: dict[str, Any]) -> RedisOptions:
     """The options of a redis URL whose parameters ``values`` are parsed."""
     scheme = url.scheme
     if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        raise ValueError(f"{url.raw!r}: not a redis:// URL")
+        raise ValueError(f"{url.shown!r}: not a redis:// URL")
     cluster = scheme.endswith("+cluster")
     tls = scheme.startswith("rediss")
     try:
@@ -153,23 +154,23 @@ def redis_options(url: StoreURL, values: dict[str, Any]) -> RedisOptions:
         host = parts.hostname
         port = parts.port or 6379
     except ValueError as exc:
-        raise ValueError(f"{url.raw!r}: {exc}") from None
+        raise ValueError(f"{url.shown!r}: {exc}") from None
     if not host:
-        raise ValueError(f"{url.raw!r}: no host (expected {scheme}://host:port/db)")
+        raise ValueError(f"{url.shown!r}: no host (expected {scheme}://host:port/db)")
     path = parts.path.strip("/")
     if path and not path.isdigit():
-        raise ValueError(f"{url.raw!r}: the database must be a number, not {path!r}")
+        raise ValueError(f"{url.shown!r}: the database must be a number, not {path!r}")
     db = int(path or 0)
     if cluster and db != 0:
-        raise ValueError(f"{url.raw!r}: Redis Cluster has only database 0")
+        raise ValueError(f"{url.shown!r}: Redis Cluster has only database 0")
     prefix = values["prefix"]
     if "{" in prefix or "}" in prefix:
-        raise ValueError(f"{url.raw!r}: the prefix must not contain '{{' or '}}' (hash tags)")
+        raise ValueError(f"{url.shown!r}: the prefix must not contain '{{' or '}}' (hash tags)")
     if len(prefix.encode()) > 200:
-        raise ValueError(f"{url.raw!r}: the prefix is longer than 200 bytes")
+        raise ValueError(f"{url.shown!r}: the prefix is longer than 200 bytes")
     ssl = tuple(sorted((k, values[k]) for k in _SSL_PARAMS if values.get(k) is not None))
     if ssl and not tls:
-        raise ValueError(f"{url.raw!r}: ssl_* parameters need rediss://")
+        raise ValueError(f"{url.shown!r}: ssl_* parameters need rediss://")
     return RedisOptions(
         cluster=cluster,
         tls=tls,
@@ -225,7 +226,7 @@ class RedisBackend:
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
-        self.url = url
+        self.url = redact_url(url)  # only ever shown (messages)
         self.prefix = options.prefix
         self._lock = threading.RLock()
         self._acked: dict[str, int] = {}

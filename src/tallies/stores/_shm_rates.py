@@ -26,10 +26,23 @@ a mark of a bucket after the reset's bucket is later, any other is earlier).
 That is exact per bucket, lock-free, and needs no fold: a dead process's ring
 stays where it is, its events keep counting until they leave the window (and
 in ``total()`` for good), and the next process that claims the slab simply
-continues the ring.  A process that died in the middle of a mark leaves ``seq``
-odd: readers wait a little, then repair it under the segment lock if the
-slab's owner is dead (a mark half written is never used: its bucket is above
-``latest`` or it still carries its old bucket number).
+continues the ring.
+
+Readers never wait for a writer.  ``seq`` is odd while the owner rewrites a
+mark: it stores the mark's total, then its bucket, then ``latest``.  A reader
+loads ``seq`` *before* it reads the clock, so a mark being written (for a
+bucket S the writer took from the same clock, earlier) is at most the reader's
+current bucket; the ring slot it overwrites held bucket S - nb or older, which
+is below every window the reader can ask for (at most ``nb`` buckets ending at
+the current one).  The reader then reads ``latest``, the marks of its window,
+and the total last: if ``latest`` is not yet S, the mark is not looked at; if
+it is, the mark was complete before ``latest`` moved.  It then checks that
+``seq`` has not moved (a new mark started or finished meanwhile: read again,
+with a fresh clock).  So a writer stopped in the middle of a mark (SIGSTOP, a
+debugger, a frozen container) or killed there changes nothing for readers:
+their counts are exact per bucket (the stopped writer has not counted anything
+in its new bucket yet).  The slab's next owner finishes the odd ``seq`` of a
+dead one before its first mark.
 
 ``reset()`` runs under the segment lock inside the header's sequence bracket
 (like counter resets): it records the current bucket and, per slab, moves
@@ -48,7 +61,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from .._pure.counter import to_int64
 from .._pure.rate import COARSE_GRANULARITY_NS, MAX_BUCKETS, _Spec, most_common
@@ -58,8 +71,6 @@ if TYPE_CHECKING:
     from ._shm_segment import _Segment
 
 __all__ = ["ShmKeyedRate", "ShmRate"]
-
-SEQ_SPINS = 2000
 
 
 class _Ring:
@@ -102,6 +113,8 @@ class _Ring:
             ) from None
 
     def _rotate(self, s: int, off: int, ns: int) -> None:
+        from ._shm_segment import _crash_point
+
         c = self.seg.c
         slot = ns // self.res_ns
         with self.seg.tlock:  # the threads of this process, which owns slab s
@@ -112,68 +125,57 @@ class _Ring:
                 c.add(off, 1)
                 m = off + 32 + (slot % self.nb) * 16
                 c.store(m + 8, c.load(off + 8))
+                _crash_point("rate-mark")  # tests stop or kill the writer here
                 c.store(m, slot + 1)
                 c.store(off + 16, slot + 1)
                 c.add(off, 1)
                 latest = slot
             self._boundary[s] = (latest + 1) * self.res_ns
 
-    def _stable(self, s: int, off: int) -> tuple[int, int, int]:
-        """(seq, total, latest) of slab s's ring at an even seq."""
-        c = self.seg.c
-        for spin in range(SEQ_SPINS * 2):
-            seq = c.load(off)
-            if seq % 2 == 0:
-                return seq, c.load(off + 8), c.load(off + 16) - 1
-            if spin == SEQ_SPINS:
-                self._repair(s, off)
-            time.sleep(0)
-        raise TimeoutError(f"shm://{self.seg.name}: slab {s}'s rate ring stays busy")
-
-    def _repair(self, s: int, off: int) -> None:
-        """seq stayed odd: if slab s's owner is dead, finish its mark (lock held)."""
-        from ._shm_segment import SLAB_LIVE, process_start
-
-        seg = self.seg
-        with seg.locked():
-            desc = seg.L.desc(s)
-            state = seg.c.load(desc)
-            pid, start = seg.c.load(desc + 8), seg.c.load(desc + 16)
-            alive = state == SLAB_LIVE and 0 < pid <= 2**31 and process_start(pid) == start
-            if not alive and seg.c.load(off) % 2:
-                seg.c.add(off, 1)
-
     def read(self, w_ns: int, reset_slot: int) -> tuple[int, int]:
-        """(events in the window, total since the last reset), over every slab."""
+        """(events in the window, total since the last reset), over every slab.
+
+        Lock-free and never waits for a writer (see the module doc): each
+        slab's ``seq`` is loaded before the clock is read."""
         c, L = self.seg.c, self.seg.L
+        offs = [L.ring_off(s, self.unit) for s in range(L.slabs_cap)]
+        seqs = [c.load(off) for off in offs]
         ns = self.now()
-        cur = ns // self.res_ns
-        j = min((ns - w_ns) // self.res_ns + 1, cur)
-        j = max(j, cur - self.nb + 1)
         count = total = 0
-        for s in range(L.slabs_cap):
-            off = L.ring_off(s, self.unit)
+        for off, seq in zip(offs, seqs, strict=True):
             while True:
-                seq, t, latest = self._stable(s, off)
+                latest = c.load(off + 16) - 1
                 base = c.load(off + 24)
-                if latest < 0 and t == 0 and base == 0:
-                    break  # a slab that never counted this rate
-                b = base
+                b = None
+                cur = ns // self.res_ns
+                j = max(min((ns - w_ns) // self.res_ns + 1, cur), cur - self.nb + 1)
                 if latest >= j:
+                    b = base
                     for k in range(max(j, latest - self.nb + 1), latest + 1):
                         m = off + 32 + (k % self.nb) * 16
                         if c.load(m) == k + 1:
                             if k > reset_slot:
                                 b = c.load(m + 8)
                             break
-                    part = t - b
-                else:
-                    part = 0
-                if c.load(off) == seq:
-                    count += part
+                t = c.load(off + 8)
+                again = c.load(off)
+                if again == seq:
+                    count += 0 if b is None else t - b
                     total += t - base
                     break
+                seq = again  # a mark started or ended meanwhile: read this slab again
+                ns = self.now()
         return count, total
+
+
+def _rebuild_rate(url: str, name: str, keyed: bool, window: float, resolution: float) -> Any:
+    """Unpickle a rate: the same rate of the same segment, in this process."""
+    from . import open as open_store
+
+    store = open_store(url)
+    if keyed:
+        return store.keyed_rate(name, window, resolution)
+    return store.rate(name, window, resolution)
 
 
 class _RateBase:
@@ -199,12 +201,18 @@ class _RateBase:
     def buckets(self) -> int:
         return self._sp.nb
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by URL and name, like shm:// counters: a worker process (a
+        ProcessPoolExecutor, multiprocessing) gets the same shared rate.  The
+        window and resolution are the normalised ones, which round-trip exactly."""
+        keyed = isinstance(self, ShmKeyedRate)
+        return (_rebuild_rate, (self._url, self._name, keyed, self.window, self.resolution))
+
     def _reset_slot(self) -> int:
         return self._seg.c.load(self._seg.L.rmeta(self._idx) + 32) - 1
 
     def _w_ns(self, window: object, fname: str) -> tuple[float, int]:
-        w = self._sp.width(window, fname)
-        return w, (self._sp.window_ns if w == self._sp.window else round(w * 1e9))
+        return self._sp.width(window, fname)
 
     def _bracketed(self, ring: _Ring, w_ns: int) -> tuple[int, int]:
         """A read that no reset() runs through (the header sequence word)."""
@@ -350,23 +358,36 @@ class ShmKeyedRate(_RateBase):
         return f"ShmKeyedRate({self._name!r}, {self._sp.repr_args()}, keys={len(self)})"
 
 
-def spec_from_meta(seg: _Segment, idx: int, kind_name: str) -> _Spec:
+class UnusableRateError(CorruptSegmentError):
+    """A rate whose stored ring is too short for its window: created by a
+    tallies that did not yet normalise window and resolution (0.1.0 computed the
+    bucket count from the floats and the width from rounded nanoseconds).  Only
+    that rate is unusable; ``snapshot()`` leaves it out with a warning."""
+
+
+def spec_from_meta(seg: _Segment, idx: int, kind_name: str, name: str) -> _Spec:
     """The window and resolution a rate was created with (read back from its
-    meta entry, checked: a damaged entry is a CorruptSegmentError)."""
+    meta entry, checked: a damaged entry is a CorruptSegmentError).
+
+    The ring keeps the bucket count it was created with (``nb``, its
+    geometry); any count from ``ceil(window_ns / res_ns)`` up covers the window
+    exactly.  A shorter one (written by the old float rule) cannot: that rate
+    raises :class:`UnusableRateError`, naming it."""
     c, m = seg.c, seg.L.rmeta(idx)
     nb, res_ns, window_ns = c.load(m), c.load(m + 8), c.load(m + 16)
     try:
-        sp = _Spec(kind_name, window_ns / 1e9, res_ns / 1e9, None)
-    except (TypeError, ValueError):
+        sp = _Spec.from_ns(kind_name, window_ns, res_ns)
+    except ValueError:
         sp = None
-    if (
-        sp is None
-        or not 1 <= nb <= MAX_BUCKETS
-        or abs(nb - sp.nb) > 1  # the creator's ceil(window / resolution), in floats
-        or sp.window_ns != window_ns
-        or sp.res_ns != res_ns
-    ):
+    if sp is None or not 1 <= nb <= MAX_BUCKETS:
         raise CorruptSegmentError(f"{seg.path}: the rate meta of name entry {idx} is corrupt")
+    if nb < sp.nb:
+        raise UnusableRateError(
+            f"shm://{seg.name}: the rate {name!r} was created by an older tallies with "
+            f"{nb} buckets of {res_ns} ns, too few for its window of {window_ns} ns "
+            f"({sp.nb} buckets); it cannot count its window. The rest of the segment "
+            "is readable; destroy the segment (tallies.destroy) to use this name again"
+        )
     sp.nb = nb
     return sp
 

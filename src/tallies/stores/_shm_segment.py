@@ -17,6 +17,7 @@ import functools
 import mmap
 import os
 import secrets
+import signal
 import stat
 import struct
 import tempfile
@@ -30,6 +31,7 @@ from .base import (
     CapacityError,
     CorruptSegmentError,
     StoreNotFoundError,
+    StoreUnavailableError,
     StoreURL,
     check_name,
 )
@@ -288,29 +290,46 @@ def _identity() -> tuple[int, int]:
 # ---- test hook: die at a named point ------------------------------------------
 
 CRASH_EXIT = 86
-_crash_hits: collections.Counter[str] = collections.Counter()
+_crash_hits: collections.Counter[tuple[str, str]] = collections.Counter()
 
 
 def _crash_point(tag: str) -> None:
     """For tests: ``TALLIES_SHM_CRASH=tag[:n]`` makes the n-th arrival here
-    (default the first) end the process at once, as a SIGKILL would."""
-    spec = os.environ.get("TALLIES_SHM_CRASH")
-    if not spec:
-        return
-    name, _, nth = spec.partition(":")
-    if name == tag:
-        _crash_hits[tag] += 1
-        if _crash_hits[tag] >= int(nth or 1):
-            os._exit(CRASH_EXIT)
+    (default the first) end the process at once, as a SIGKILL would;
+    ``TALLIES_SHM_STOP=tag[:n]`` stops it there with SIGSTOP (as a debugger or
+    a frozen container would) until someone sends SIGCONT."""
+    for var in ("TALLIES_SHM_CRASH", "TALLIES_SHM_STOP"):
+        spec = os.environ.get(var)
+        if not spec:
+            continue
+        name, _, nth = spec.partition(":")
+        if name == tag:
+            _crash_hits[var, tag] += 1
+            if _crash_hits[var, tag] == int(nth or 1):
+                if var == "TALLIES_SHM_CRASH":
+                    os._exit(CRASH_EXIT)
+                os.kill(os.getpid(), signal.SIGSTOP)
 
 
 # ---- naming --------------------------------------------------------------------
 
 
 def segment_dir() -> str:
-    """Where segment files live: $TALLIES_SHM_DIR, else /dev/shm, else the temp dir."""
+    """Where segment files live: $TALLIES_SHM_DIR, else /dev/shm, else the temp dir.
+
+    TALLIES_SHM_DIR must name an existing directory by an absolute path: a
+    relative one is refused (each process would resolve it against its own
+    working directory and miss the others' segments)."""
     env = os.environ.get("TALLIES_SHM_DIR")
     if env:
+        if not os.path.isabs(env):
+            raise StoreUnavailableError(
+                f"TALLIES_SHM_DIR={env!r} is a relative path; set it to an absolute "
+                "directory (every process must find the same segments)"
+            )
+        if not os.path.isdir(env):
+            what = "is not a directory" if os.path.exists(env) else "does not exist"
+            raise StoreUnavailableError(f"TALLIES_SHM_DIR={env!r} {what}")
         return env
     if os.path.isdir("/dev/shm"):
         return "/dev/shm"
@@ -342,9 +361,9 @@ def _parse_caps(url: StoreURL) -> dict[str, int]:
         try:
             value = int(text, 10)
         except ValueError:
-            raise ValueError(f"{url.raw!r}: {label}={text!r} is not an integer") from None
+            raise ValueError(f"{url.shown!r}: {label}={text!r} is not an integer") from None
         if not lo <= value <= hi:
-            raise ValueError(f"{url.raw!r}: {label}={value} is outside {lo}..{hi}")
+            raise ValueError(f"{url.shown!r}: {label}={value} is outside {lo}..{hi}")
         caps[label] = value
     layout = Layout(
         caps.get("names", DEFAULT_NAMES),
@@ -353,7 +372,7 @@ def _parse_caps(url: StoreURL) -> dict[str, int]:
         caps.get("buckets", DEFAULT_BUCKETS),
     )
     if layout.total > MAX_TOTAL:
-        raise ValueError(f"{url.raw!r}: that segment would be {layout.total} bytes")
+        raise ValueError(f"{url.shown!r}: that segment would be {layout.total} bytes")
     return caps
 
 
@@ -591,7 +610,11 @@ class _Segment:
 
     def register_name(self, name: str, kind: int, meta: tuple[int, int, int] | None = None) -> int:
         """The entry index of ``name``, registering it (with a rate's ``meta``:
-        nb, res_ns, window_ns) on first use."""
+        nb, res_ns, window_ns) on first use.
+
+        Every check (names left, bucket units left, a writer slab for this
+        process) passes before anything is written: a refused name changes
+        nothing (see :meth:`_can_write`)."""
         idx = self.name_index.get(name)
         if idx is None:
             self.refresh()
@@ -609,6 +632,9 @@ class _Segment:
                             "create the segment with a larger ?names="
                         )
                     off = self.L.names_off + idx * NAME_ENTRY
+                    if meta is not None and kind == KIND_RATE:
+                        self.units_left(meta[0])
+                    self._can_write()
                     if meta is not None:  # a rate: its meta goes in before the name
                         unit = self.alloc_units(meta[0]) if kind == KIND_RATE else -1
                         m = self.L.rmeta(idx)
@@ -620,8 +646,37 @@ class _Segment:
             raise ValueError(f"{name!r} is {KIND_NAMES[have]} in shm://{self.name}")
         return idx
 
-    def alloc_units(self, nb: int) -> int:
-        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held)."""
+    def _can_write(self) -> None:
+        """CapacityError unless this process owns a writer slab or could claim
+        one (a free slab, or one whose owner is dead); lock held, reads only.
+
+        Checked before a name or key is registered, so a process that cannot
+        write (every slab held by a live process) gets the error before the
+        entry uses up a name, a key or a ring's bucket units, not from its
+        first update after.  A process that only reads claims no slab, so a
+        free slab seen here can still be taken by another process before this
+        one's first write (then that write raises CapacityError, and the name
+        it registered stays: a race this check narrows, not closes)."""
+        if self.c.bound_slab() >= 0:
+            return
+        for s, state in enumerate(self._slab_states()):
+            if state == SLAB_FREE:
+                return
+            if state == SLAB_LIVE:
+                desc = self.L.desc(s)
+                pid, start = self.c.load(desc + 8), self.c.load(desc + 16)
+                if pid <= 0 or pid > 2**31 or process_start(pid) != start:
+                    return  # dead: its slab is folded and freed by the claim
+                if (pid, start) == _identity():
+                    return  # ours already (an earlier store of this process)
+        raise CapacityError(
+            f"shm://{self.name}: all {self.L.slabs_cap} writer slabs belong to live "
+            "processes; create the segment with a larger ?slabs="
+        )
+
+    def units_left(self, nb: int) -> int:
+        """The first free ring unit, if a ring of nb buckets fits (lock held);
+        CapacityError (nothing written) if not."""
         used = self.c.load(BUCKETS_USED)
         if not 0 <= used <= self.L.buckets_cap:
             raise CorruptSegmentError(f"{self.path}: the rate bucket count is impossible")
@@ -631,6 +686,11 @@ class _Segment:
                 f"{self.L.buckets_cap - used} of {self.L.buckets_cap} are left; create the "
                 "segment with a larger ?buckets="
             )
+        return used
+
+    def alloc_units(self, nb: int) -> int:
+        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held)."""
+        used = self.units_left(nb)
         self.c.store(BUCKETS_USED, used + nb + 2)
         return used
 
@@ -682,8 +742,12 @@ class _Segment:
                     "create the segment with a larger ?keys="
                 )
             off = self.L.keys_off + j * KEY_ENTRY
-            if self.names[owner][1] == KIND_KEYED_RATE:  # the key's ring, before the key
-                nb = self.c.load(self.L.rmeta(owner))
+            rated = self.names[owner][1] == KIND_KEYED_RATE
+            nb = self.c.load(self.L.rmeta(owner)) if rated else 0
+            if rated:
+                self.units_left(nb)
+            self._can_write()
+            if rated:  # the key's ring, before the key
                 self.c.store(off + 24, self.alloc_units(nb) + 1)
             self._publish_entry(off, raw, owner, KEYS_USED, j + 1)
             return self.L.names_cap + j
@@ -775,7 +839,12 @@ def _create(name: str, path: str, layout: Layout) -> int:
     Returns an fd of the segment now at ``path`` (ours or a racing creator's)."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".tallies.{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"shm://{name}: cannot create a segment in {directory}: {exc.strerror}"
+        ) from exc
     try:
         try:
             if hasattr(os, "posix_fallocate"):
@@ -789,7 +858,11 @@ def _create(name: str, path: str, layout: Layout) -> int:
         os.pwrite(fd, layout.header(), 0)
         try:
             os.link(tmp, path)
-        except FileExistsError:
+        except OSError as exc:
+            if not isinstance(exc, FileExistsError):
+                raise StoreUnavailableError(
+                    f"shm://{name}: cannot create a segment in {directory}: {exc.strerror}"
+                ) from exc
             os.close(fd)
             fd = -1
             existing = _open_existing(path)

@@ -201,12 +201,20 @@ class StoreURL:
     target: str
     params: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def shown(self) -> str:
+        """The URL as messages, logs, reprs and exporters show it: without its
+        password, token or userinfo (``raw`` keeps them, to reopen the store)."""
+        from ._redact import redact_url
+
+        return redact_url(self.raw)
+
     def reject_unknown(self, allowed: frozenset[str]) -> None:
         unknown = sorted(set(self.params) - allowed)
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"
             raise ValueError(
-                f"{self.raw!r}: unknown parameter(s) {', '.join(unknown)} "
+                f"{self.shown!r}: unknown parameter(s) {', '.join(unknown)} "
                 f"for {self.scheme}:// (accepted: {names})"
             )
 
@@ -248,7 +256,7 @@ class Store(abc.ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"the store {self._url.raw!r} is closed")
+            raise ValueError(f"the store {self._url.shown!r} is closed")
 
     @abc.abstractmethod
     def counter(self, name: str) -> StoreCounter:
@@ -262,7 +270,7 @@ class Store(abc.ABC):
         """The rate called ``name``: events in the last ``window`` seconds, in
         buckets of ``resolution`` (fixed when the name is first used)."""
         raise RatesUnsupportedError(
-            f"{self._url.raw}: this store ({self.scheme}://) does not support rates yet"
+            f"{self._url.shown}: this store ({self.scheme}://) does not support rates yet"
         )
 
     def keyed_rate(
@@ -270,7 +278,7 @@ class Store(abc.ABC):
     ) -> StoreKeyedRate:
         """The keyed rate called ``name`` (str keys)."""
         raise RatesUnsupportedError(
-            f"{self._url.raw}: this store ({self.scheme}://) does not support rates yet"
+            f"{self._url.shown}: this store ({self.scheme}://) does not support rates yet"
         )
 
     @abc.abstractmethod
@@ -317,7 +325,7 @@ class Store(abc.ABC):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<{type(self).__name__} {self._url.raw!r} {state}>"
+        return f"<{type(self).__name__} {self._url.shown!r} {state}>"
 
 
 NAME_MAX_BYTES = 200

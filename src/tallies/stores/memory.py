@@ -45,14 +45,14 @@ class MemoryStore(Store):
         url.reject_unknown(frozenset())
         if not url.target:
             if not create:
-                raise StoreNotFoundError(f"{url.raw!r}: a private memory store never exists yet")
+                raise StoreNotFoundError(f"{url.shown!r}: a private memory store never exists yet")
             return cls(url, _Counts())
         name = check_name(url.target, "memory store name")
         with _named_lock:
             counts = _named.get(name)
             if counts is None:
                 if not create:
-                    raise StoreNotFoundError(f"{url.raw!r}: no memory store called {name!r}")
+                    raise StoreNotFoundError(f"{url.shown!r}: no memory store called {name!r}")
                 counts = _named[name] = _Counts()
         return cls(url, counts)
 

@@ -74,7 +74,7 @@ class RedisStore(WriteBehindStore):
             backend.ping()
             if not create and not backend.exists():
                 raise StoreNotFoundError(
-                    f"{url.raw!r}: no keys under the prefix {options.prefix!r}"
+                    f"{url.shown!r}: no keys under the prefix {options.prefix!r}"
                 )
         except BaseException:
             backend.close()

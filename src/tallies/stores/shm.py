@@ -123,6 +123,7 @@ shared mapping would.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 import threading
@@ -141,6 +142,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without a compiler
     _shm = None  # type: ignore[assignment]
 
+from ._shm_rates import UnusableRateError
 from ._shm_segment import (  # the segment itself (and names tests and _shm_rates use)
     DEFAULT_KEYS,
     DEFAULT_NAMES,
@@ -159,6 +161,8 @@ from ._shm_segment import (  # the segment itself (and names tests and _shm_rate
     segment_dir,
     segment_path,
 )
+
+log = logging.getLogger("tallies.stores")
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -396,7 +400,7 @@ class ShmStore(Store):
                 self._objects[name] = obj
             elif isinstance(obj, ShmCounter) != (kind == KIND_COUNTER):
                 what = "a counter" if isinstance(obj, ShmCounter) else "a keyed counter"
-                raise ValueError(f"{name!r} is {what} in {self._url.raw}")
+                raise ValueError(f"{name!r} is {what} in {self._url.shown}")
         return obj
 
     def counter(self, name: str) -> ShmCounter:
@@ -440,7 +444,7 @@ class ShmStore(Store):
         if (obj._sp.window_ns, obj._sp.res_ns) != (sp.window_ns, sp.res_ns):
             raise ValueError(
                 f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in {self._url.raw}, not window={sp.window!r}, resolution={sp.resolution!r}"
+                f"in {self._url.shown}, not window={sp.window!r}, resolution={sp.resolution!r}"
             )
         return obj
 
@@ -476,7 +480,10 @@ class ShmStore(Store):
             elif kind == KIND_KEYED:
                 out["keyed"][name] = {key: next(vals) for key in keys[idx]}
             else:
-                rates[name] = self._rate_at(idx, name, kind)
+                try:
+                    rates[name] = self._rate_at(idx, name, kind)
+                except UnusableRateError as exc:  # only that rate: see spec_from_meta
+                    log.warning("tallies: %s (left out of the snapshot)", exc)
         if rates:
             from ._rates import snapshot_rates
 
@@ -490,7 +497,7 @@ class ShmStore(Store):
         obj = self._rates.get(name)
         if obj is None:
             what = "RateCounter" if kind == KIND_RATE else "KeyedRateCounter"
-            sp = spec_from_meta(self._seg, idx, what)
+            sp = spec_from_meta(self._seg, idx, what, name)
             cls = ShmRate if kind == KIND_RATE else ShmKeyedRate
             obj = cls(self._seg, idx, name, self._url.raw, sp)
         return obj

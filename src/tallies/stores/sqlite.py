@@ -208,13 +208,13 @@ def sqlite_path(url: StoreURL) -> str:
     target = url.target
     if not target.startswith("/") or len(target) < 2:
         raise ValueError(
-            f"{url.raw!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            f"{url.shown!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     path = target[1:]
     if path == ":memory:" or path.startswith("file:"):
-        raise ValueError(f"{url.raw!r}: sqlite:// stores are files (no :memory:, no file: URIs)")
+        raise ValueError(f"{url.shown!r}: sqlite:// stores are files (no :memory:, no file: URIs)")
     if "\x00" in path:
-        raise ValueError(f"{url.raw!r}: the path contains a NUL character")
+        raise ValueError(f"{url.shown!r}: the path contains a NUL character")
     return path
 
 

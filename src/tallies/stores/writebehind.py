@@ -204,6 +204,7 @@ from ._protocol import (
     Read,
     Target,
 )
+from ._redact import redact_url
 from .base import (
     KEY_MAX_BYTES,
     CountOverflowError,
@@ -498,7 +499,7 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         return self._name
 
     def _closed_error(self) -> ValueError:
-        return ValueError(f"keyed counter {self._name!r}: its store {self._wb.url!r} is closed")
+        return ValueError(f"keyed counter {self._name!r}: its store {self._wb.shown!r} is closed")
 
     def _first_use(self, key: object, n: SupportsIndex, sub: bool) -> None:
         """A key's first update, under the state lock: close() marks the
@@ -625,7 +626,8 @@ class WriteBehind:
         interval: float,
         url: str,
     ) -> None:
-        self.url = url
+        self.url = url  # to reopen (pickles); messages and logs show self.shown
+        self.shown = redact_url(url)
         self.interval = interval
         self.write_through = interval == 0
         self.writer_id = new_writer_id()
@@ -673,13 +675,13 @@ class WriteBehind:
 
     def _check_open(self) -> None:
         if self._closing:
-            raise ValueError(f"the store {self.url!r} is closed")
+            raise ValueError(f"the store {self.shown!r} is closed")
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
         have = self._kinds.get(name) or self._be().kind_of(name)
         if have is not None and have != kind:
             what = "a counter" if have == "counter" else "a keyed counter"
-            raise ValueError(f"{name!r} is {what} in {self.url}")
+            raise ValueError(f"{name!r} is {what} in {self.shown}")
 
     def counter(self, name: str) -> Any:
         c = self._counters.get(name)
@@ -772,7 +774,7 @@ class WriteBehind:
                 "; ".join(self._clashed[n][1] for n, _ in clash if n in self._clashed)
                 or f"{_shown(clash)}: registered with the other kind"
             )
-        message = f"{self.url}: flush: " + "; ".join(parts)
+        message = f"{self.shown}: flush: " + "; ".join(parts)
         message += "; every other delta of this flush was applied"
         if over:
             return CountOverflowError(message, over)
@@ -842,13 +844,13 @@ class WriteBehind:
                 if known:
                     before = f" (before that: {self._known_error(known)})"
                 raise FlushError(
-                    f"{self.url}: flush failed: {type(exc).__name__}: {exc}; "
+                    f"{self.shown}: flush failed: {type(exc).__name__}: {exc}; "
                     f"{batch.describe()} is kept and retried first by the next flush{before}"
                 ) from exc
             with self._state:
                 self._committed(batch)
             return known
-        raise FlushError(f"{self.url}: flush kept meeting refusals; {batch.describe()} is kept")
+        raise FlushError(f"{self.shown}: flush kept meeting refusals; {batch.describe()} is kept")
 
     def _hold(self, batch: Batch, bad: set[tuple[str, str | None]]) -> Batch | None:
         """Move the deltas named in ``bad`` to the held maps (caller holds
@@ -929,7 +931,7 @@ class WriteBehind:
             applied = self._be().fence(self.writer_id, batch.seq)
         except Exception as exc:
             raise FlushError(
-                f"{self.url}: cannot settle the reset of {batch.take.name!r} "
+                f"{self.shown}: cannot settle the reset of {batch.take.name!r} "
                 f"({type(exc).__name__}: {exc}); its pending delta is kept"
             ) from exc
         with self._state:
@@ -966,12 +968,12 @@ class WriteBehind:
                 self._unhold(item, sign * operator.index(n), isinstance(exc, KindClashError))
                 if isinstance(exc, KindClashError):
                     raise KindClashError(
-                        f"{self.url}: {self._clashed[name][1]}; this update was not applied",
+                        f"{self.shown}: {self._clashed[name][1]}; this update was not applied",
                         [item],
                     ) from None
                 op = "increment" if sign > 0 else "decrement"
                 raise CountOverflowError(
-                    f"{self.url}: {op}({operator.index(n)}) would move {_what(name, key)} "
+                    f"{self.shown}: {op}({operator.index(n)}) would move {_what(name, key)} "
                     "outside the signed 64-bit range; this update was not applied",
                     [item],
                 ) from None
@@ -1006,7 +1008,7 @@ class WriteBehind:
     def _check_clash(self, name: str) -> None:
         clash = self._clashed.get(name)
         if clash is not None:
-            raise KindClashError(f"{self.url}: {clash[1]}", [(name, None)])
+            raise KindClashError(f"{self.shown}: {clash[1]}", [(name, None)])
 
     # -- reset (take) --------------------------------------------------------------
 
@@ -1051,7 +1053,7 @@ class WriteBehind:
                 stored = self._be().take(self.writer_id, batch.seq, target)
             except Exception as exc:
                 raise FlushError(
-                    f"{self.url}: reset of {name!r} failed ({type(exc).__name__}: {exc}); "
+                    f"{self.shown}: reset of {name!r} failed ({type(exc).__name__}: {exc}); "
                     "whether it happened is settled by the next flush (if it did not, "
                     "this process's pending delta is kept; if it did, this call's "
                     "result is lost)"
@@ -1194,7 +1196,7 @@ class WriteBehind:
     def _start_flusher(self) -> None:
         ref = weakref.ref(self)
         t = threading.Thread(
-            target=_flusher, args=(ref, self._stop), name=f"tallies-flush {self.url}", daemon=True
+            target=_flusher, args=(ref, self._stop), name=f"tallies-flush {self.shown}", daemon=True
         )
         self._thread = t
         t.start()
@@ -1209,19 +1211,19 @@ class WriteBehind:
             self.failures += 1
             log.warning(
                 "tallies: background flush of %s failed (%d in a row): %s",
-                self.url,
+                self.shown,
                 self.failures,
                 exc,
             )
             return False
         except Exception:
             self.failures += 1
-            log.exception("tallies: background flush of %s failed unexpectedly", self.url)
+            log.exception("tallies: background flush of %s failed unexpectedly", self.shown)
             return False
         finally:
             self._flush_lock.release()
         if self.failures:
-            log.warning("tallies: flushes of %s succeed again", self.url)
+            log.warning("tallies: flushes of %s succeed again", self.shown)
             self.failures = 0
         return True
 
@@ -1430,7 +1432,7 @@ class WriteBehindStore(Store):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<{type(self).__name__} {self._url.raw!r} {state}>"
+        return f"<{type(self).__name__} {self._url.shown!r} {state}>"
 
 
 # ---- process-wide hooks ----------------------------------------------------------
@@ -1504,7 +1506,7 @@ def flush_all() -> None:
                     continue
                 log.error(
                     "tallies: final flush of %s failed; its unflushed deltas are lost: %s",
-                    wb.url,
+                    wb.shown,
                     exc,
                 )
             break
