@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _redis_support import free_port
 from _support import unavailable
 
@@ -53,9 +54,7 @@ def pg_bindir() -> str | None:
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
         return os.path.dirname(found)
-    dirs = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2] or 0)
-    )
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2] or 0))
     for d in reversed(dirs):
         if os.access(os.path.join(d, "initdb"), os.X_OK):
             return d
@@ -204,7 +203,7 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server(*, fsync: bool = False) -> Iterator[PostgresServer]:
+def postgres_server_cm(*, fsync: bool = False) -> Iterator[PostgresServer]:
     need_postgres()
     server = PostgresServer(fsync=fsync)
     try:
@@ -280,3 +279,21 @@ def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session; each test uses a schema
+    of its own (:func:`unique_schema`) in the database ``postgres``."""
+    with postgres_server_cm() as server:
+        yield server
+
+
+_schema_counter = 0
+
+
+def unique_schema(tag: str = "t") -> str:
+    """A schema name no other test uses (tests share the session's server)."""
+    global _schema_counter
+    _schema_counter += 1
+    return f"{tag}{os.getpid()}_{_schema_counter}"

@@ -681,8 +681,13 @@ class PostgresBackend:
                 return False
             s = sql.Identifier(self.schema)
             with conn.transaction():
+                for view in ("counters", "keyed"):
+                    conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view)))
                 for t in TABLES:
-                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(s, sql.Identifier(t)))
+                    if t not in ("counters", "keyed"):
+                        conn.execute(
+                            sql.SQL("DROP TABLE IF EXISTS {}.{}").format(s, sql.Identifier(t))
+                        )
                 left = conn.execute(
                     "SELECT count(*) FROM pg_class c JOIN pg_namespace n "
                     "ON n.oid = c.relnamespace WHERE n.nspname = %s",

@@ -108,7 +108,7 @@ from urllib.parse import unquote, urlsplit
 
 from ._params import FLUSH, Param, seconds, text
 from ._protocol import Backend
-from .base import StoreError, StoreURL
+from .base import StoreError, StoreNotFoundError, StoreURL
 from .writebehind import WriteBehindStore
 
 __all__ = ["STORE", "PostgresMissingError", "PostgresOptions", "PostgresStore", "postgres_options"]
@@ -264,6 +264,8 @@ class PostgresStore(WriteBehindStore):
         )
         try:
             return bool(backend.drop())
+        except StoreNotFoundError:
+            return False
         finally:
             backend.close()
 
