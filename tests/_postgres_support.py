@@ -217,13 +217,15 @@ class ReplyDropper:
     the next client message containing ``marker`` is swallowed (and every
     later byte from the server on that connection), while the connection
     stays open: the client hears nothing and must time out.  ``dropped`` is
-    set once it happened."""
+    set once it happened.  While ``refuse`` is set, new connections are
+    closed as soon as they are accepted."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.port = free_port()
         self._marker: bytes | None = None
         self.dropped = threading.Event()
+        self.refuse = threading.Event()  # set: new connections are closed at once
         self._lsock = socket.create_server(("127.0.0.1", self.port))
         self._stop = False
         self._socks: list[socket.socket] = []
@@ -238,6 +240,9 @@ class ReplyDropper:
                 client, _ = self._lsock.accept()
             except OSError:
                 return
+            if self.refuse.is_set():
+                client.close()
+                continue
             server = socket.create_connection(("127.0.0.1", self.target))
             self._socks += [client, server]
             swallow = threading.Event()

@@ -373,46 +373,68 @@ class PostgresBackend:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _call(self, which: str, body: Callable[[psycopg.Connection[Any]], _T], what: str) -> _T:
+    def _conn(self, which: str) -> psycopg.Connection[Any]:
+        """The writer ("w") or reader ("r") connection, connected if needed
+        (the caller holds its lock)."""
+        conn = self._w if which == "w" else self._r
+        if conn is None or conn.closed or conn.broken:
+            self._drop(which)
+            conn = self._connect()
+            if which == "w":
+                self._claim_stripe(conn)
+                self._w = conn
+            else:
+                self._r = conn
+        return conn
+
+    def _call(
+        self,
+        which: str,
+        body: Callable[[psycopg.Connection[Any]], _T],
+        what: str,
+        *,
+        retry: bool = False,
+    ) -> _T:
         """Run body(conn) on the writer ("w") or reader ("r") connection,
         under its lock and the watchdog's deadline.  Errors become store
         errors; a connection that failed is dropped (the next call
-        reconnects and checks the schema again)."""
+        reconnects and checks the schema again).  With ``retry`` (bodies
+        that may run twice: reads, and writes made idempotent by the
+        writer's sequence number) a lost connection or reply is retried
+        once on a new connection."""
         lock = self._wlock if which == "w" else self._rlock
         with lock:
             if os.getpid() != self._pid:
                 raise StoreError(f"{self.shown}: a connection inherited across fork is not used")
-            conn = self._w if which == "w" else self._r
-            if conn is None or conn.closed or conn.broken:
-                self._drop(which)
-                conn = self._connect()
-                if which == "w":
-                    self._claim_stripe(conn)
-                    self._w = conn
-                else:
-                    self._r = conn
-            token = _watchdog.arm(conn.pgconn.socket, self.timeout + 1.0)
-            try:
-                out = body(conn)
-            except (CountOverflowError, KindClashError, _Overflow):
+            for attempt in (1, 2):
+                conn = self._conn(which)
+                token = _watchdog.arm(conn.pgconn.socket, self.timeout + 1.0)
+                try:
+                    out = body(conn)
+                except (CountOverflowError, KindClashError, _Overflow):
+                    _watchdog.disarm(token)
+                    raise
+                except psycopg.Error as exc:
+                    answered = _watchdog.disarm(token)  # before the socket is closed
+                    self._drop(which)
+                    lost = not answered or isinstance(exc, psycopg.OperationalError)
+                    if retry and attempt == 1 and lost:
+                        log.debug("tallies: %s: %s: retrying once: %s", self.shown, what, exc)
+                        continue
+                    if not answered:
+                        raise StoreUnavailableError(
+                            f"{self.shown}: {what}: no reply from PostgreSQL within "
+                            f"{self.timeout + 1.0:g} s (outcome unknown; "
+                            "the same batch is sent again, and applied once)"
+                        ) from exc
+                    raise self._error(what, exc) from exc
+                except BaseException:
+                    _watchdog.disarm(token)
+                    self._drop(which)
+                    raise
                 _watchdog.disarm(token)
-                raise
-            except psycopg.Error as exc:
-                answered = _watchdog.disarm(token)  # before the socket is closed
-                self._drop(which)
-                if not answered:
-                    raise StoreUnavailableError(
-                        f"{self.shown}: {what}: no reply from PostgreSQL within "
-                        f"{self.timeout + 1.0:g} s (outcome unknown; "
-                        "the same batch is sent again, and applied once)"
-                    ) from exc
-                raise self._error(what, exc) from exc
-            except BaseException:
-                _watchdog.disarm(token)
-                self._drop(which)
-                raise
-            _watchdog.disarm(token)
-            return out
+                return out
+            raise AssertionError("unreachable")  # pragma: no cover
 
     def _error(self, what: str, exc: psycopg.Error) -> StoreError:
         msg = _first_line(exc)
@@ -455,7 +477,7 @@ class PostgresBackend:
                             "w",
                             lambda conn: self._apply_fast(conn, writer_id, batch.seq, names,
                                                           counters, keyed),
-                            f"flush of batch {batch.seq}",
+                            f"flush of batch {batch.seq}", retry=True,
                         )  # fmt: skip
                         break
                     except _Overflow:
@@ -464,7 +486,7 @@ class PostgresBackend:
                     "w",
                     lambda conn: self._apply_exact(conn, writer_id, batch.seq, names, counters,
                                                    keyed),
-                    f"flush of batch {batch.seq}",
+                    f"flush of batch {batch.seq}", retry=True,
                 )  # fmt: skip
                 break
             except StoreUnavailableError as exc:
@@ -618,7 +640,7 @@ class PostgresBackend:
         def body(conn: psycopg.Connection[Any]) -> bool:
             return conn.execute(self._stmts.record, (writer_id, seq)).fetchone() is None
 
-        applied = self._call("w", body, f"settling batch {seq}")
+        applied = self._call("w", body, f"settling batch {seq}", retry=True)
         self._ack(writer_id, seq)
         return applied
 
@@ -651,14 +673,14 @@ class PostgresBackend:
                 r.keyed.setdefault(name, {}).setdefault(key, 0)
             return r
 
-        return self._call("r", body, "read")
+        return self._call("r", body, "read", retry=True)
 
     def names(self) -> list[tuple[str, Kind]]:
         def body(conn: psycopg.Connection[Any]) -> list[tuple[str, Kind]]:
             rows = conn.execute(self._stmts.names).fetchall()
             return [(str(n), "keyed" if k == "keyed" else "counter") for n, k in rows]
 
-        return self._call("r", body, "names")
+        return self._call("r", body, "names", retry=True)
 
     def kind_of(self, name: str) -> Kind | None:
         def body(conn: psycopg.Connection[Any]) -> Kind | None:
@@ -667,11 +689,11 @@ class PostgresBackend:
                 return None
             return "keyed" if row[0] == "keyed" else "counter"
 
-        return self._call("r", body, "read")
+        return self._call("r", body, "read", retry=True)
 
     def exists(self) -> bool:
         """Whether the schema holds a tallies store (checked on the reader)."""
-        return self._call("r", lambda conn: self._check(conn), "read")
+        return self._call("r", lambda conn: self._check(conn), "read", retry=True)
 
     def drop(self) -> bool:
         """Drop the store's tables (and the schema if nothing else is in it)."""
@@ -682,7 +704,9 @@ class PostgresBackend:
             s = sql.Identifier(self.schema)
             with conn.transaction():
                 for view in ("counters", "keyed"):
-                    conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view)))
+                    conn.execute(
+                        sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view))
+                    )
                 for t in TABLES:
                     if t not in ("counters", "keyed"):
                         conn.execute(
