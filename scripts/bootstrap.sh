@@ -81,6 +81,25 @@ _need_redis_server() {
     fi
 }
 
+# The postgresql:// tests start their own PostgreSQL server (initdb into a
+# temporary directory, pg_ctl on a free loopback port); install Debian's server
+# packages when no initdb is found.  Debian's package starts a cluster on 5432:
+# stop and disable it, the tests never use it.
+_need_postgres_server() {
+    command -v initdb >/dev/null 2>&1 && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+    _apt_install postgresql || {
+        _say "PostgreSQL is missing: the postgresql:// tests will be skipped (CI fails them)"
+        return 0
+    }
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now postgresql >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        service postgresql stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null 2>&1 && update-rc.d postgresql disable >/dev/null 2>&1 || true
+    fi
+}
+
 # The install stamp: "<hash of the sources> <werror 0|1> <extras, comma-separated>".
 _src_hash() {
     (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f ! -path '*.egg-info/*' ! -path '*/__pycache__/*' \
@@ -110,6 +129,7 @@ bootstrap_tallies() {
     local extra="${1:-}"
     _need_system_packages
     case ",$extra," in *,test,*) _need_redis_server ;; esac
+    case ",$extra," in *,test,*) _need_postgres_server ;; esac
     case ",$extra," in *,test,*) _need_test_tools ;; esac
     if [ ! -x "$VENV/bin/python" ]; then
         _say "creating $VENV"

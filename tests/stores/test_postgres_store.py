@@ -504,3 +504,34 @@ def test_write_through(postgres_server: PostgresServer, url: str, schema: str) -
         with pytest.raises(CountOverflowError):
             store.keyed("k").increment("a")  # refused, and not applied
         assert rows(postgres_server, f"SELECT value FROM {schema}.keyed") == [(INT64_MAX,)]
+
+
+def test_a_big_flush_is_one_transaction_of_chunks(
+    postgres_server: PostgresServer, url: str, schema: str
+) -> None:
+    """More than CHUNK (10,000) deltas: one transaction of statements of
+    10,000 rows (each within statement_timeout), applied once; a count at
+    the edge among them is refused alone (its stripes locked, exact), the
+    other 24,999 are applied."""
+    with tallies.open(url) as store:
+        kc = store.keyed("many")
+        for i in range(25_000):
+            kc.increment(f"k{i}", i)
+        store.flush()
+        ((n, total),) = rows(postgres_server, f"SELECT count(*), sum(value) FROM {schema}.keyed")
+        assert (n, total) == (25_000, sum(range(25_000)))
+        kc.increment("k7", INT64_MAX - 7)  # k7 = INT64_MAX: spread over its stripes
+        store.flush()
+        for i in range(25_000):
+            kc.increment(f"k{i}", 1)  # k7 overflows, the others do not
+        with pytest.raises(CountOverflowError) as info:
+            store.flush()
+        assert info.value.items == [("many", "k7")]
+        ((total,),) = rows(postgres_server, f"SELECT sum(value) FROM {schema}.keyed")
+        assert total == sum(range(25_000)) + INT64_MAX - 7 + 24_999
+        assert kc.value("k7") == INT64_MAX + 1  # held, still counted here
+        kc.decrement("k7", 1)
+        store.flush()
+        assert rows(postgres_server, f"SELECT value FROM {schema}.keyed WHERE key = 'k7'") == [
+            (INT64_MAX,)
+        ]

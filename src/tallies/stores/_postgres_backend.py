@@ -18,6 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -49,6 +50,10 @@ TABLES = (
     "counters",
     "keyed",
 )
+
+CHUNK = 10_000
+"""Rows per statement: a flush of more is a transaction of such statements
+(each one within ``statement_timeout``); of fewer, one statement."""
 
 PRUNE_EVERY = 60.0
 """Seconds between two prunes of the writers table by one process."""
@@ -160,6 +165,13 @@ class _Watchdog:
             self._cond.notify()
             return self._next
 
+    def kick(self, token: int, seconds: float) -> None:
+        """Move a deadline: a long transaction's next statement gets its own."""
+        with self._cond:
+            armed = self._armed.get(token)
+            if armed is not None:
+                self._armed[token] = (time.monotonic() + seconds, armed[1])
+
     def disarm(self, token: int) -> bool:
         """False if the deadline passed and the socket was shut down."""
         with self._cond:
@@ -251,6 +263,7 @@ class PostgresBackend:
         self._acked: dict[str, int] = {}
         self._stmts = _Statements(schema)
         self._stripe = 1  # set by _claim_stripe() on every writer connection
+        self._token = 0  # the watchdog's token of the writer's call in progress
         _backends.add(self)
 
     # -- connections ---------------------------------------------------------------
@@ -409,6 +422,8 @@ class PostgresBackend:
             for attempt in (1, 2):
                 conn = self._conn(which)
                 token = _watchdog.arm(conn.pgconn.socket, self.timeout + 1.0)
+                if which == "w":
+                    self._token = token
                 try:
                     out = body(conn)
                 except (CountOverflowError, KindClashError, _Overflow):
@@ -469,33 +484,37 @@ class PostgresBackend:
             INT64_MIN <= d <= INT64_MAX for *_, d in keyed
         )
         names = sorted(batch.names.items())
-        for attempt in range(5):
+        what = f"flush of batch {batch.seq}"
+        everything = False  # lock every count of the batch (after a race at an edge)
+        for _attempt in range(5):
             try:
                 if not exact:
                     try:
                         self._call(
                             "w",
-                            lambda conn: self._apply_fast(conn, writer_id, batch.seq, names,
-                                                          counters, keyed),
-                            f"flush of batch {batch.seq}", retry=True,
+                            lambda c: self._apply_fast(c, writer_id, batch.seq, names,
+                                                       counters, keyed),
+                            what, retry=True,
                         )  # fmt: skip
                         break
                     except _Overflow:
                         exact = True
-                self._call(
-                    "w",
-                    lambda conn: self._apply_exact(conn, writer_id, batch.seq, names, counters,
-                                                   keyed),
-                    f"flush of batch {batch.seq}", retry=True,
-                )  # fmt: skip
-                break
+                try:
+                    self._call("w", partial(self._apply_exact, writer_id=writer_id,
+                                            seq=batch.seq, names=names, counters=counters,
+                                            keyed=keyed, everything=everything),
+                               what, retry=True)  # fmt: skip
+                    break
+                except _Overflow:
+                    everything = True
             except StoreUnavailableError as exc:
-                # deadlock or serialization failure: rolled back for sure, try again
-                if attempt < 4 and isinstance(
-                    exc.__cause__, (pge.DeadlockDetected, pge.SerializationFailure)
-                ):
-                    continue
-                raise
+                # a deadlock or serialization failure was rolled back for sure: again
+                if not isinstance(exc.__cause__, (pge.DeadlockDetected, pge.SerializationFailure)):
+                    raise
+        else:
+            raise StoreUnavailableError(
+                f"{self.shown}: {what}: rolled back 5 times by concurrent flushes; will retry"
+            )
         self._ack(writer_id, batch.seq)
         now = time.monotonic()
         if now - self._pruned > PRUNE_EVERY:
@@ -517,6 +536,30 @@ class PostgresBackend:
                 clash,
             )
 
+    def _add(
+        self,
+        conn: psycopg.Connection[Any],
+        counters: list[tuple[str, int]],
+        keyed: list[tuple[str, str, int]],
+    ) -> None:
+        """Add deltas to this writer's stripe, CHUNK rows per statement, in
+        the global lock order (inside the caller's transaction)."""
+        st = self._stmts
+        for i in range(0, len(counters), CHUNK):
+            part = counters[i : i + CHUNK]
+            conn.execute(
+                st.add_counters, (self._stripe, [n for n, _ in part], [d for _, d in part])
+            )
+            _watchdog.kick(self._token, self.timeout + 1.0)
+        for i in range(0, len(keyed), CHUNK):
+            kpart = keyed[i : i + CHUNK]
+            conn.execute(
+                st.add_keyed,
+                (self._stripe, [n for n, _, _ in kpart], [k for _, k, _ in kpart],
+                 [d for *_, d in kpart]),
+            )  # fmt: skip
+            _watchdog.kick(self._token, self.timeout + 1.0)
+
     def _apply_fast(
         self,
         conn: psycopg.Connection[Any],
@@ -526,27 +569,36 @@ class PostgresBackend:
         counters: list[tuple[str, int]],
         keyed: list[tuple[str, str, int]],
     ) -> None:
-        params = {
-            "w": writer_id,
-            "seq": seq,
-            "st": self._stripe,
-            "cn": [n for n, _ in counters],
-            "cd": [d for _, d in counters],
-            "kn": [n for n, _, _ in keyed],
-            "kk": [k for _, k, _ in keyed],
-            "kd": [d for *_, d in keyed],
-        }
         try:
-            if names:  # new names: one transaction with the registration (rare)
-                with conn.transaction():
+            if not names and len(counters) + len(keyed) <= CHUNK:
+                # the usual flush: ONE statement, committed as it ends
+                row = conn.execute(
+                    self._stmts.apply,
+                    {
+                        "w": writer_id,
+                        "seq": seq,
+                        "st": self._stripe,
+                        "cn": [n for n, _ in counters],
+                        "cd": [d for _, d in counters],
+                        "kn": [n for n, _, _ in keyed],
+                        "kk": [k for _, k, _ in keyed],
+                        "kd": [d for *_, d in keyed],
+                    },
+                ).fetchone()
+                if row is None or not row[0]:  # applied already (a lost reply)
+                    conn.execute(self._stmts.seen, (writer_id,))
+                return
+            # new names (registered in the same transaction), or a big batch
+            # (statements of CHUNK rows: each within statement_timeout)
+            with conn.transaction():
+                if names:
                     self._register(conn, names)
-                    row = conn.execute(self._stmts.apply, params).fetchone()
-            else:  # the usual flush: ONE statement, committed as it ends
-                row = conn.execute(self._stmts.apply, params).fetchone()
+                if conn.execute(self._stmts.record, (writer_id, seq)).fetchone() is None:
+                    conn.execute(self._stmts.seen, (writer_id,))  # applied already
+                    return
+                self._add(conn, counters, keyed)
         except (pge.NumericValueOutOfRange, pge.CheckViolation) as exc:
-            raise _Overflow from exc  # a stripe (or a sum) at its edge
-        if row is None or not row[0]:  # applied already (a lost reply): refresh seen
-            conn.execute(self._stmts.seen, (writer_id,))
+            raise _Overflow from exc  # a stripe (or a sum) at its edge: nothing applied
 
     def _apply_exact(
         self,
@@ -556,39 +608,44 @@ class PostgresBackend:
         names: list[tuple[str, Kind]],
         counters: list[tuple[str, int]],
         keyed: list[tuple[str, str, int]],
+        everything: bool,
     ) -> None:
-        """The rare path (a stripe or a sum at its edge): lock every stripe of
-        the batch's counts (in the global lock order), add in Python, refuse
-        what leaves int64, and spread each new total over the stripes."""
+        """The rare path: a stripe or a sum at its edge.  The counts near an
+        edge (all of them if ``everything``) get every stripe locked (in the
+        global lock order), are added in Python, refused if they leave int64
+        and spread over the stripes; the others are added as usual."""
         st = self._stmts
         with conn.transaction():
             if names:
                 self._register(conn, names)
-            row = conn.execute(st.record, (writer_id, seq)).fetchone()
-            if row is None:  # applied already
-                conn.execute(st.seen, (writer_id,))
+            if conn.execute(st.record, (writer_id, seq)).fetchone() is None:
+                conn.execute(st.seen, (writer_id,))  # applied already
                 return
-            cn = [n for n, _ in counters]
+            if everything:
+                edge_c, edge_k = counters, keyed
+            else:
+                edge_c, edge_k = self._near_edge(conn, counters, keyed)
+            cn = [n for n, _ in edge_c]
             conn.execute(st.touch_counters, (cn,))
             have_c: dict[str, int] = {}
             for name, v in conn.execute(st.lock_counters, (cn,)).fetchall():
                 have_c[str(name)] = have_c.get(str(name), 0) + int(v)
-            kn = [n for n, _, _ in keyed]
-            kk = [k for _, k, _ in keyed]
+            kn = [n for n, _, _ in edge_k]
+            kk = [k for _, k, _ in edge_k]
             conn.execute(st.touch_keyed, (kn, kk))
             have_k: dict[tuple[str, str], int] = {}
             for name, key, v in conn.execute(st.lock_keyed, (kn, kk)).fetchall():
                 have_k[(str(name), str(key))] = have_k.get((str(name), str(key)), 0) + int(v)
             bad: list[tuple[str, str | None]] = []
             new_c: list[tuple[str, int]] = []
-            for name, d in counters:
+            for name, d in edge_c:
                 v = have_c.get(name, 0) + d
                 if INT64_MIN <= v <= INT64_MAX:
                     new_c.append((name, v))
                 else:
                     bad.append((name, None))
             new_k: list[tuple[str, str, int]] = []
-            for name, key, d in keyed:
+            for name, key, d in edge_k:
                 v = have_k.get((name, key), 0) + d
                 if INT64_MIN <= v <= INT64_MAX:
                     new_k.append((name, key, v))
@@ -608,6 +665,53 @@ class PostgresBackend:
             rows_k = [(n, k, i, v) for n, k, total in new_k for i, v in enumerate(spread(total))]
             if rows_k:
                 conn.execute(st.set_keyed, [list(col) for col in zip(*rows_k, strict=True)])
+            if not everything:
+                done_c = {n for n, _ in edge_c}
+                done_k = {(n, k) for n, k, _ in edge_k}
+                try:
+                    self._add(
+                        conn,
+                        [(n, d) for n, d in counters if n not in done_c],
+                        [(n, k, d) for n, k, d in keyed if (n, k) not in done_k],
+                    )
+                except (pge.NumericValueOutOfRange, pge.CheckViolation) as exc:
+                    raise _Overflow from exc  # moved to the edge meanwhile: lock them all
+
+    def _near_edge(
+        self,
+        conn: psycopg.Connection[Any],
+        counters: list[tuple[str, int]],
+        keyed: list[tuple[str, str, int]],
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
+        """The deltas whose own stripe would leave its range, or whose sum
+        is within 2**62 of an edge (read without locks: a count that moves
+        there meanwhile makes the usual add fail, and the caller then locks
+        every count of the batch)."""
+        st = self._stmts
+        own: dict[tuple[str, str | None], int] = {}
+        total: dict[tuple[str, str | None], int] = {}
+        for name, stripe, v in conn.execute(
+            st.peek_counters, ([n for n, _ in counters],)
+        ).fetchall():
+            key: tuple[str, str | None] = (str(name), None)
+            total[key] = total.get(key, 0) + int(v)
+            if stripe == self._stripe:
+                own[key] = int(v)
+        for name, k, stripe, v in conn.execute(
+            st.peek_keyed, ([n for n, _, _ in keyed], [k for _, k, _ in keyed])
+        ).fetchall():
+            key = (str(name), str(k))
+            total[key] = total.get(key, 0) + int(v)
+            if stripe == self._stripe:
+                own[key] = int(v)
+
+        def edge(key: tuple[str, str | None], d: int) -> bool:
+            return abs(own.get(key, 0) + d) > CAP or abs(total.get(key, 0)) + abs(d) >= 2**62
+
+        return (
+            [(n, d) for n, d in counters if edge((n, None), d)],
+            [(n, k, d) for n, k, d in keyed if edge((n, k), d)],
+        )
 
     def _ack(self, writer_id: str, seq: int) -> None:
         with self._wlock:
@@ -758,6 +862,27 @@ class _Statements:
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
             " RETURNING 1)"
             " SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM k)"
+        )
+        # the same adds, one chunk each, inside a transaction that recorded the seq
+        self.add_counters = q(
+            "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
+            " SELECT u.n, %s, u.d FROM unnest(%s::text[], %s::bigint[]) AS u(n, d)"
+            ' ORDER BY u.n COLLATE "C"'
+            " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        self.add_keyed = q(
+            "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
+            " SELECT u.n, u.k, %s, u.d"
+            " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(n, k, d)"
+            ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
+            " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        self.peek_counters = q(
+            "SELECT name, stripe, value FROM {s}.counter_stripes WHERE name = ANY(%s::text[])"
+        )
+        self.peek_keyed = q(
+            "SELECT t.name, t.key, t.stripe, t.value FROM {s}.keyed_stripes t"
+            " JOIN unnest(%s::text[], %s::text[]) AS u(n, k) ON t.name = u.n AND t.key = u.k"
         )
         self.record = q(
             "INSERT INTO {s}.writers AS t (writer_id, seq, seen) VALUES (%s, %s, now())"
