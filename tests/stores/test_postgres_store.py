@@ -363,8 +363,10 @@ def test_messages_never_show_the_password(postgres_server: PostgresServer, url: 
 
 
 def test_unreachable_server_is_a_clear_store_error() -> None:
+    from _postgres_support import need_postgres
     from _redis_support import free_port
 
+    need_postgres()
     with pytest.raises(StoreUnavailableError, match="cannot connect to PostgreSQL"):
         tallies.open(f"postgresql://u:pw@127.0.0.1:{free_port()}/db?timeout=1")
 

@@ -542,23 +542,40 @@ class PostgresBackend:
         counters: list[tuple[str, int]],
         keyed: list[tuple[str, str, int]],
     ) -> None:
-        """Add deltas to this writer's stripe, CHUNK rows per statement, in
-        the global lock order (inside the caller's transaction)."""
+        """Add deltas to this writer's stripe, in the global lock order,
+        inside the caller's transaction: up to CHUNK rows as statements with
+        array parameters; more through COPY into a temporary table and one
+        statement from it (``statement_timeout`` raised for this
+        transaction in proportion: the rows are this writer's own)."""
         st = self._stmts
-        for i in range(0, len(counters), CHUNK):
-            part = counters[i : i + CHUNK]
-            conn.execute(
-                st.add_counters, (self._stripe, [n for n, _ in part], [d for _, d in part])
-            )
-            _watchdog.kick(self._token, self.timeout + 1.0)
-        for i in range(0, len(keyed), CHUNK):
-            kpart = keyed[i : i + CHUNK]
-            conn.execute(
-                st.add_keyed,
-                (self._stripe, [n for n, _, _ in kpart], [k for _, k, _ in kpart],
-                 [d for *_, d in kpart]),
-            )  # fmt: skip
-            _watchdog.kick(self._token, self.timeout + 1.0)
+        if len(counters) + len(keyed) <= CHUNK:
+            if counters:
+                conn.execute(
+                    st.add_counters, (self._stripe, [n for n, _ in counters],
+                                      [d for _, d in counters])
+                )  # fmt: skip
+            if keyed:
+                conn.execute(
+                    st.add_keyed,
+                    (self._stripe, [n for n, _, _ in keyed], [k for _, k, _ in keyed],
+                     [d for *_, d in keyed]),
+                )  # fmt: skip
+            return
+        budget = self.timeout * (1 + (len(counters) + len(keyed)) // CHUNK)
+        conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
+        _watchdog.kick(self._token, budget + 1.0)
+        conn.execute(st.temp_tables)
+        if counters:
+            with conn.cursor().copy(st.copy_counters) as copy:
+                for row in counters:
+                    copy.write_row(row)
+            conn.execute(st.merge_counters, (self._stripe,))
+            _watchdog.kick(self._token, budget + 1.0)
+        if keyed:
+            with conn.cursor().copy(st.copy_keyed) as copy:
+                for krow in keyed:
+                    copy.write_row(krow)
+            conn.execute(st.merge_keyed, (self._stripe,))
 
     def _apply_fast(
         self,
@@ -875,6 +892,28 @@ class _Statements:
             " SELECT u.n, u.k, %s, u.d"
             " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(n, k, d)"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
+            " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        # a big batch: COPY into temporary tables, then one statement each
+        self.temp_tables = (
+            "CREATE TEMP TABLE IF NOT EXISTS tallies_in_counters"
+            " (name text NOT NULL, value numeric NOT NULL) ON COMMIT DELETE ROWS;"
+            " CREATE TEMP TABLE IF NOT EXISTS tallies_in_keyed"
+            " (name text NOT NULL, key text NOT NULL, value numeric NOT NULL)"
+            " ON COMMIT DELETE ROWS"
+        )
+        self.copy_counters = "COPY pg_temp.tallies_in_counters (name, value) FROM STDIN"
+        self.copy_keyed = "COPY pg_temp.tallies_in_keyed (name, key, value) FROM STDIN"
+        self.merge_counters = q(
+            "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
+            " SELECT i.name, %s, i.value::bigint FROM pg_temp.tallies_in_counters i"
+            ' ORDER BY i.name COLLATE "C"'
+            " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        self.merge_keyed = q(
+            "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
+            " SELECT i.name, i.key, %s, i.value::bigint FROM pg_temp.tallies_in_keyed i"
+            ' ORDER BY i.name COLLATE "C", i.key COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
         self.peek_counters = q(

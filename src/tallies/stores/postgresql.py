@@ -30,20 +30,27 @@ The schema (version 1; ``SELECT * FROM tallies.counters`` reads it)
 
 Created on first open (``CREATE SCHEMA IF NOT EXISTS`` and the tables, under
 a transaction-level advisory lock, so any number of processes may open a new
-store at once)::
+store at once; a schema a DBA created empty is used as it is)::
 
-    tallies_meta(key text PRIMARY KEY, value text)       magic='tallies', schema='1'
-    names(name text PRIMARY KEY, kind text)               'counter' | 'keyed'
-    counters(name text PRIMARY KEY, value bigint)         one row per counter
-    keyed(name text, key text, value bigint, PRIMARY KEY (name, key))
+    tallies_meta(key text PRIMARY KEY, value text)    magic='tallies', schema='1'
+    names(name text PRIMARY KEY, kind text)            'counter' | 'keyed'
+    counter_stripes(name text, stripe smallint, value bigint, PRIMARY KEY (name, stripe))
+    keyed_stripes(name text, key text, stripe smallint, value bigint,
+                  PRIMARY KEY (name, key, stripe))
     writers(writer_id text PRIMARY KEY, seq bigint, seen timestamptz)
+    VIEW counters(name, value)       = sum of a name's stripes
+    VIEW keyed(name, key, value)     = sum of a key's stripes
 
-Names and keys are ``COLLATE "C"`` (byte order: every writer locks rows in
-the same order, whatever the database's collation).  ``counters`` and
-``keyed`` have ``fillfactor = 50``, so an update finds room on its page and
-is a HOT update (no index write).  A reset zeroes rows and never deletes
-them (a counted key stays listed at 0).  ``writers`` is the exactly-once
-bookkeeping: the last sequence number each writer process applied.
+What other programs read is the two views (plain SQL, any language).  A count
+is up to 16 rows: stripe 0 (the base) and writer stripes 1..15.  A ``CHECK``
+keeps each writer stripe in [-2**58, 2**58] and the base in the rest of the
+int64 range, so the sum of any stripes is an int64.  Names and keys are
+``COLLATE "C"`` (byte order: every writer locks rows in the same order,
+whatever the database's collation).  The stripe tables have ``fillfactor =
+50``, so an update finds room on its page and is a HOT update (no index
+write).  A reset zeroes rows and never deletes them (a counted key stays
+listed at 0).  ``writers`` is the exactly-once bookkeeping: the last
+sequence number each writer process applied, pruned after a day unseen.
 
 A schema that has some of these tables but no ``tallies_meta`` is foreign,
 one with a newer version was written by a newer tallies, one with tables
@@ -55,46 +62,59 @@ The flush, and why no writer queues behind a hot row
 ====================================================
 
 The convoy (issue 22): writers that flush the same names update the same
-rows, and a row lock is held until COMMIT.  If a transaction takes its locks
-in a different order each time, two of them deadlock; if it holds them
-across a round trip to its client (UPDATE ... ; then COMMIT sent after the
-reply), every other writer waits for that round trip too, and for the
-client's scheduling, per row, one writer after another (Unleash's pods
-queued 25-47 s that way).
+rows, and a row lock is held until COMMIT.  With one row per count every
+writer's flush waits for the previous one's whole statement and commit on
+the first shared row, then the next writer for it: the flushes run one
+after another, and a lock holder that the scheduler pauses stalls them all.
+(Taking the rows in a different order in each writer also deadlocks: every
+deadlock costs ``deadlock_timeout``, 1 s; a transaction held open across
+round trips to its client makes each wait longer still: Unleash's pods
+queued 25-47 s that way.)
 
-A flush here is ONE statement, sent in autocommit mode::
+So each writer adds to rows of its own.  A store's writer connection claims
+a stripe 1..15 that no other open connection holds (``pg_try_advisory_lock``
+on a session: released when the connection ends; with more than 15 writers
+open some share a stripe, and only those wait on each other).  A flush is
+ONE statement in autocommit mode::
 
     WITH w AS (INSERT INTO writers ... ON CONFLICT DO UPDATE SET seq = $seq
                WHERE writers.seq < $seq RETURNING 1),
-         c AS (INSERT INTO counters SELECT * FROM unnest($names, $deltas)
+         c AS (INSERT INTO counter_stripes SELECT name, $stripe, delta FROM unnest(...)
                WHERE EXISTS (SELECT FROM w) ORDER BY name
-               ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value),
-         k AS (the same for keyed, ordered by (name, key), after c)
+               ON CONFLICT DO UPDATE SET value = counter_stripes.value + excluded.value),
+         k AS (the same for keys, ordered by (name, key), after c)
     SELECT ...
 
 so (1) the batch and its sequence record commit together or not at all, and
-a batch already recorded (its reply was lost) changes nothing; (2) every
-writer locks rows in one global order (its writers row, counters by name,
-keys by (name, key)): no deadlock; (3) the server commits as the statement
-ends: a row lock is held only for the server's own work on the rest of the
-batch plus the WAL flush, never for a network round trip or this process's
-scheduling.  A flush that registers new names (a writer's first use of a
-name) adds the registration in a short transaction around that statement.
-A sum that would leave int64 makes the statement fail (``bigint out of
-range``: nothing applied); the batch is then redone with the rows locked in
-the same order and exact arithmetic, which raises CountOverflowError naming
-the offending counts.
+a batch already recorded (its reply was lost) changes nothing; (2) the
+server commits as the statement ends: no lock is held across a round trip
+to this process; (3) rows are taken in one global order (the writer's row,
+counts by name, keys by (name, key), stripe last), so a shared stripe, a
+reset (which locks every stripe of its count) or the exact path below never
+deadlock with a flush.  A flush that registers new names, or carries more
+than 10,000 deltas (statements of 10,000 rows, each within
+``statement_timeout``), is a transaction of such statements instead.
 
-Measured against the alternatives (MEASUREMENTS), on this 2-vCPU machine,
-16 writer processes each flushing the same 1,000 keys every 100 ms:
+At an edge (a stripe would leave its range: the ``CHECK`` fails, nothing is
+applied) the flush is redone in a transaction that locks every stripe of
+the counts near an edge (in the same order), adds in Python, raises
+CountOverflowError (nothing applied) if a sum would leave int64, or spreads
+the new total over the stripes; the other counts are added as usual.
 
-    see benchmarks/postgres_convoy.py for the numbers and how to rerun them
+Measured (``benchmarks/postgres_store.py``; 2026-12-06, this 2-vCPU machine
+shared with other builds, fsync on; 16 writer processes each adding 1 to
+the same 1,000 keys every 100 ms and flushing, one run, every mode in it)::
 
-Per-writer delta rows folded into totals later (each writer touching only
-its own rows) were the other candidate: they move the same number of row
-writes (one per key per flush) plus the fold's deletes, make every read a
-sum, and cannot refuse an int64 overflow exactly without serialising the
-writers of a name again.
+    MEASUREMENTS
+
+The stripes make the shared keys cost what keys of one's own cost (the
+control row); the rest of the latency is the machine (16 writer processes
+and 16 server processes on 2 vCPUs).  Per-writer delta rows folded into
+totals later were the other candidate: they remove the shared locks too,
+but a reader must add up every unfolded row, the fold is one more moving
+part, and an int64 overflow of a sum can only be refused exactly by
+serialising the writers of a name again; bounded stripes keep every sum in
+range by construction and need no fold.
 """
 
 from __future__ import annotations
