@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from .._pure.counter import to_int64
+from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
 from ..keyed.api import Count, _make_count
 from .base import check_key
 
@@ -36,18 +36,12 @@ class StoreKeyedMixin:
 
     __slots__ = ()
 
-    # what the class provides
-    def increment(self, key: str, n: SupportsIndex = 1) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # what the class provides (a C base may: no Python stubs here)
 
-    def decrement(self, key: str, n: SupportsIndex = 1) -> None:
-        raise NotImplementedError
-
-    def value(self, key: str) -> int:
-        raise NotImplementedError
-
-    def snapshot(self) -> collections.Counter[str]:
-        raise NotImplementedError
+        def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
+        def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...
+        def value(self, key: str) -> int: ...
+        def snapshot(self) -> collections.Counter[str]: ...
 
     # ---- reading ------------------------------------------------------------------
 
@@ -94,8 +88,15 @@ class StoreKeyedMixin:
         if tag is not None:
             counter, read_key, read = tag
             if counter is self and (read_key is key or read_key == key):
-                self.increment(key, int(value) - read)
+                delta = int(value) - read
+                if delta == 2**63:  # kc[key] -= INT64_MIN
+                    self.decrement(key, INT64_MIN)
+                else:
+                    self.increment(key, delta)
                 return
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            # kc[key] += n past the int64 edge (a sum outside int64 is a plain int)
+            raise OverflowError(f"{value!r} is outside the signed 64-bit range")
         raise TypeError(
             f"{type(self).__name__} takes no plain assignment (kc[key] = v): setting a "
             "count cannot be atomic with other processes' updates; use kc[key] += n, "
@@ -105,7 +106,9 @@ class StoreKeyedMixin:
     def update(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
         """Add counts: from a mapping (key -> amount), from an iterable of
         keys (one each), and from keyword arguments.  Every key and amount is
-        checked before the first is added; the adds are not one atomic step."""
+        checked before the first is added, and an add that fails (a count
+        leaving int64) takes back the ones before it: all or nothing, though
+        not one atomic step for other processes."""
         self._add_all(iterable, kwds, 1, "update")
 
     def subtract(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
@@ -131,8 +134,18 @@ class StoreKeyedMixin:
             totals[k] = totals.get(k, 0) + v
         for v in totals.values():
             to_int64(v, fname)  # the amounts of one key together (before any add)
-        for k, v in totals.items():
-            if sign > 0:
-                self.increment(k, v)
-            else:
-                self.decrement(k, v)
+        done: list[tuple[str, int]] = []
+        try:
+            for k, v in totals.items():
+                if sign > 0:
+                    self.increment(k, v)
+                else:
+                    self.decrement(k, v)
+                done.append((k, v))
+        except BaseException:
+            for k, v in reversed(done):
+                if sign > 0:
+                    self.decrement(k, v)
+                else:
+                    self.increment(k, v)
+            raise

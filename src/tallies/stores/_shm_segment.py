@@ -782,12 +782,23 @@ class _Segment:
                 self._end()
 
     def put(self, cell: int, value: int) -> None:
-        """Make the cell's value exactly ``value`` (set())."""
+        """Make the cell's value exactly ``value`` (set()).  The value goes to
+        this process's own slab, so that this process's next update is
+        checked against it (``set(2**63 - 1); increment(1)`` raises); if a
+        concurrent update of ours makes that overflow, to the archive."""
+        if self.c.bound_slab() < 0:
+            self._bind()
         with self.locked():
             self._begin()
             try:
                 self.c.take(cell)
-                self.c.store(self.L.archive_off + cell * 8, value)
+                mine = self.c.bound_slab()
+                try:
+                    if mine < 0:
+                        raise OverflowError("no slab")  # pragma: no cover - bound above
+                    self.c.add(self.L.slab_off(mine) + cell * 8, value)
+                except OverflowError:
+                    self.c.store(self.L.archive_off + cell * 8, value)
             finally:
                 self._end()
 
@@ -838,6 +849,7 @@ def _create(name: str, path: str, layout: Layout) -> int:
     """Build a segment under a temporary name and link it into place.
     Returns an fd of the segment now at ``path`` (ours or a racing creator's)."""
     directory = os.path.dirname(path)
+    _check_room(name, layout)
     tmp = os.path.join(directory, f".tallies.{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
@@ -879,6 +891,24 @@ def _create(name: str, path: str, layout: Layout) -> int:
             os.unlink(tmp)
 
 
+def _check_room(name: str, layout: Layout) -> None:
+    """Refuse a segment that would reserve more than half of this machine's
+    memory (a typo in ?names= or ?keys= must not take the machine's memory
+    silently; posix_fallocate only refuses what the filesystem cannot hold)."""
+    try:
+        phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf
+        return
+    if phys > 0 and layout.total > phys // 2:
+        gib = 1 << 30
+        raise CapacityError(
+            f"shm://{name}: names={layout.names_cap}, keys={layout.keys_cap}, "
+            f"slabs={layout.slabs_cap} would reserve {layout.total / gib:.1f} GiB of shared "
+            f"memory, more than half of this machine's {phys / gib:.1f} GiB; nothing was "
+            "created (ask for smaller capacities)"
+        )
+
+
 def _open_existing(path: str) -> int | None:
     """An fd of the segment file at path; None if there is none."""
     try:
@@ -907,20 +937,25 @@ def _open_segment(name: str, caps: dict[str, int], create: bool) -> _Segment:
         ref = _segments.get(ident) if ident is not None else None
         seg = ref() if ref is not None else None
         if seg is None:
-            fd = _open_existing(path)
-            if fd is None:
-                if not create:
-                    raise StoreNotFoundError(f"shm://{name}: no segment at {path}")
-                layout = Layout(
-                    caps.get("names", DEFAULT_NAMES),
-                    caps.get("keys", DEFAULT_KEYS),
-                    caps.get("slabs", DEFAULT_SLABS),
-                    caps.get("buckets", DEFAULT_BUCKETS),
-                )
-                fd = _create(name, path, layout)
+            try:
+                fd = _open_existing(path)
+                if fd is None:
+                    if not create:
+                        raise StoreNotFoundError(f"shm://{name}: no segment at {path}")
+                    layout = Layout(
+                        caps.get("names", DEFAULT_NAMES),
+                        caps.get("keys", DEFAULT_KEYS),
+                        caps.get("slabs", DEFAULT_SLABS),
+                        caps.get("buckets", DEFAULT_BUCKETS),
+                    )
+                    fd = _create(name, path, layout)
+            except PermissionError as exc:
+                raise StoreUnavailableError(f"shm://{name}: {exc}") from exc
             try:
                 if os.fstat(fd).st_uid != os.geteuid():
-                    raise PermissionError(f"{path} belongs to another user; refusing it")
+                    raise StoreUnavailableError(
+                        f"shm://{name}: {path} belongs to another user; refusing it"
+                    )
                 layout = read_layout(fd, path)
                 seg = _Segment(name, path, fd, layout)
             except BaseException:

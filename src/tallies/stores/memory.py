@@ -4,16 +4,93 @@
 NAME that everything in this process shares (until ``destroy("memory://NAME")``).
 Writes are immediate, so ``flush()`` does nothing; counters keep working after
 ``close()`` (they are plain in-process objects), the store refuses new calls.
+
+A keyed counter here is a :class:`MemoryKeyedCounter`: a ``tallies.KeyedCounter``
+(the whole ``collections.Counter`` API) that takes the keys every store takes
+(``base.check_key``: str, 1 to 1024 UTF-8 bytes, no NUL), so that a program
+moves between stores unchanged and a snapshot never merges two keys (404 and
+"404") into one.  The check is a Python method in front of the C increment:
+about 130 ns an update instead of 27 (``tallies.KeyedCounter`` itself takes
+any hashable key at C speed).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar, SupportsIndex
 
-from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_name
+from .. import KeyedCounter
+from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_key, check_name, counter_name
 
-__all__ = ["STORE", "MemoryStore"]
+__all__ = ["STORE", "MemoryKeyedCounter", "MemoryStore"]
+
+
+class MemoryKeyedCounter(KeyedCounter):
+    """``memory://``'s keyed counter: a ``tallies.KeyedCounter`` whose keys are
+    checked by the rule every store shares (every way a key gets in).  The
+    results of ``+``, ``-``, ``|``, ``&`` and ``copy()`` are plain
+    ``KeyedCounter`` objects."""
+
+    __slots__ = ()
+
+    def increment(self, key: Hashable, /, n: SupportsIndex = 1) -> None:
+        KeyedCounter.increment(self, check_key(key), n)
+
+    def decrement(self, key: Hashable, /, n: SupportsIndex = 1) -> None:
+        KeyedCounter.decrement(self, check_key(key), n)
+
+    def value(self, key: Hashable, /) -> int:
+        v: int = KeyedCounter.value(self, check_key(key))
+        return v
+
+    def __getitem__(self, key: Hashable) -> int:
+        v: int = KeyedCounter.__getitem__(self, check_key(key))
+        return v
+
+    def reset(self, key: Hashable = None) -> Any:
+        """``reset(key)`` or ``reset()`` (also ``reset(None)``, as in every store)."""
+        if key is None:
+            return KeyedCounter.reset(self)
+        return KeyedCounter.reset(self, check_key(key))
+
+    def __setitem__(self, key: Hashable, value: SupportsIndex) -> None:
+        KeyedCounter.__setitem__(self, check_key(key), value)
+
+    def setdefault(self, key: Hashable, default: SupportsIndex = 0) -> int:
+        v: int = KeyedCounter.setdefault(self, check_key(key), default)
+        return v
+
+    def _checked_keys(self, iterable: Any, kwds: Mapping[str, Any]) -> Any:
+        """Every key checked before the first is counted (a mapping's too)."""
+        for k in kwds:
+            check_key(k)
+        if iterable is None:
+            return None
+        if isinstance(iterable, Mapping):
+            for k in iterable:
+                check_key(k)
+            return iterable
+        keys = list(iterable)
+        for k in keys:
+            check_key(k)
+        return keys
+
+    def update(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
+        KeyedCounter.update(self, self._checked_keys(iterable, kwds), **kwds)
+
+    def subtract(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
+        KeyedCounter.subtract(self, self._checked_keys(iterable, kwds), **kwds)
+
+    def _result(self, pairs: Any) -> Any:
+        result = KeyedCounter()
+        result._set_many(pairs)
+        return result
+
+    def copy(self) -> Any:
+        return KeyedCounter(self._dict())
+
+    __copy__ = copy
 
 
 class _Counts:
@@ -63,7 +140,7 @@ class MemoryStore(Store):
 
     def _get(self, name: str, keyed: bool) -> Any:
         self._check_open()
-        check_name(name)
+        counter_name(name)
         c = self._counts
         mine, other = (c.keyed, c.counters) if keyed else (c.counters, c.keyed)
         obj = mine.get(name)
@@ -76,9 +153,7 @@ class MemoryStore(Store):
                     kind = _kind(c, name)
                     raise ValueError(f"{name!r} is {kind} in this store")
                 if keyed:
-                    from tallies import KeyedCounter
-
-                    obj = KeyedCounter()
+                    obj = MemoryKeyedCounter()
                 else:
                     from tallies import Counter
 
@@ -108,7 +183,7 @@ class MemoryStore(Store):
         from tallies import KeyedRateCounter, RateCounter
 
         self._check_open()
-        check_name(name)
+        counter_name(name)
         cls = KeyedRateCounter if keyed else RateCounter
         c = self._counts
         with c.lock:
@@ -130,9 +205,10 @@ class MemoryStore(Store):
         return obj
 
     def names(self) -> list[str]:
+        """Every name, sorted."""
         self._check_open()
         with self._counts.lock:
-            return list(self._counts.order)
+            return sorted(self._counts.order)
 
     def snapshot(self) -> Snapshot:
         self._check_open()
@@ -141,9 +217,9 @@ class MemoryStore(Store):
             keyed = dict(self._counts.keyed)
             rates = dict(self._counts.rates)
         snap: Snapshot = {
-            "counters": {n: int(c.value()) for n, c in counters.items()},
+            "counters": {n: int(counters[n].value()) for n in sorted(counters)},
             "keyed": {
-                n: {str(k): int(v) for k, v in kc.snapshot().items()} for n, kc in keyed.items()
+                n: {k: int(v) for k, v in keyed[n].snapshot().items()} for n in sorted(keyed)
             },
         }
         if rates:

@@ -130,11 +130,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, SupportsIndex
 
+from ._keyed import StoreKeyedMixin
 from .base import (
     Snapshot,
     Store,
     StoreURL,
-    check_name,
+    check_key,
+    counter_name,
 )
 
 try:
@@ -153,7 +155,6 @@ from ._shm_segment import (  # the segment itself (and names tests and _shm_rate
     KIND_NAMES,
     KIND_RATE,
     LIMITS,
-    NAME_MAX,
     _open_segment,
     _parse_caps,
     _Segment,
@@ -257,13 +258,16 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
         return (_rebuild_counter, (self._url, self._name))
 
 
-class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
-    """A keyed counter in shared memory (str keys); the ``KeyedCounter`` API.
+class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
+    """A keyed counter in shared memory (str keys); the keyed API every store
+    shares (``_keyed.StoreKeyedMixin``: ``kc[key] += n``, ``get``, ``update``,
+    ``most_common`` ...).
 
     ``increment(key, n=1)``/``decrement(key, n=1)`` are lock-free after a
     key's first use in this process.  A key is registered in the segment on
-    its first update and is never removed: ``reset(key)`` zeroes it.  Keys are
-    at most 224 bytes of UTF-8.
+    its first update and is never removed: ``reset(key)`` zeroes it.  Keys
+    follow the rule every store shares (``base.check_key``), and hold at most
+    224 bytes of UTF-8 here.
     """
 
     __slots__ = ("_idx", "_name", "_seg", "_url")
@@ -281,6 +285,9 @@ class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
         if not isinstance(key, str):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
         cell: int | None = self.cells.get(key)
+        if cell is not None:
+            return cell
+        check_key(key)
         if cell is None:
             cell = self._seg.find_key(self._idx, key)
             if cell is not None:
@@ -292,11 +299,8 @@ class ShmKeyedCounter(_KeyedBase):  # type: ignore[misc]
         cell = self._cell(key, "value")
         return 0 if cell is None else self._seg.sum(cell)
 
-    def __getitem__(self, key: str) -> int:
-        return self.value(key)
-
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._cell(key, "__contains__") is not None
+        return isinstance(key, str) and key in self._all()
 
     def _all(self) -> dict[str, int]:
         self._seg.refresh()
@@ -379,7 +383,7 @@ class ShmStore(Store):
         obj = self._objects.get(name)
         if obj is not None and isinstance(obj, ShmCounter) == (kind == KIND_COUNTER):
             return obj
-        check_name(name, max_bytes=NAME_MAX)
+        counter_name(name)
         with self._lock:
             obj = self._objects.get(name)
             if obj is None:
@@ -390,7 +394,7 @@ class ShmStore(Store):
                     seg, owner = self._seg, idx
 
                     def register(key: object) -> int:
-                        return seg.register_key(owner, key)
+                        return seg.register_key(owner, check_key(key))
 
                     obj = ShmKeyedCounter(self._seg.c, register)
                     obj._idx = idx
@@ -429,7 +433,7 @@ class ShmStore(Store):
         self._check_open()
         what = "RateCounter" if kind == KIND_RATE else "KeyedRateCounter"
         sp = _Spec(what, window, resolution, None)
-        check_name(name, max_bytes=NAME_MAX)
+        counter_name(name)
         with self._lock:
             obj = self._rates.get(name)
             if obj is None:
@@ -449,9 +453,10 @@ class ShmStore(Store):
         return obj
 
     def names(self) -> list[str]:
+        """Every name, sorted."""
         self._check_open()
         self._seg.refresh()
-        return [name for name, _ in self._seg.names]
+        return sorted(name for name, _ in self._seg.names)
 
     def snapshot(self) -> Snapshot:
         """Every count; one stable read of the whole segment (folds and resets
@@ -473,12 +478,20 @@ class ShmStore(Store):
                 cells.extend(keys[idx].values())
         vals = iter(seg.sum_many(cells))
         out: Snapshot = {"counters": {}, "keyed": {}}
+        order = sorted(range(len(names)), key=lambda i: names[i][0])
+        got: dict[int, Any] = {}
         rates: dict[str, Any] = {}
-        for idx, (name, kind) in enumerate(names):
+        for idx, (_, kind) in enumerate(names):
             if kind == KIND_COUNTER:
-                out["counters"][name] = next(vals)
+                got[idx] = next(vals)
             elif kind == KIND_KEYED:
-                out["keyed"][name] = {key: next(vals) for key in keys[idx]}
+                got[idx] = {key: next(vals) for key in keys[idx]}
+        for idx in order:  # sorted by name
+            name, kind = names[idx]
+            if kind == KIND_COUNTER:
+                out["counters"][name] = got[idx]
+            elif kind == KIND_KEYED:
+                out["keyed"][name] = got[idx]
             else:
                 try:
                     rates[name] = self._rate_at(idx, name, kind)

@@ -911,10 +911,10 @@ class WriteBehind:
         if self._inflight is batch:
             self._inflight = None
         self._registered.update(batch.names)
-        for name, m in batch.keyed.items():
+        for name, m in batch.keyed.items() if batch.take is None else ():
             kc = self._keyed.get(name)
             if kc is not None:
-                kc._stored.update(m)
+                kc._stored.update(m)  # (a take's deltas are not stored: its keys are not)
         if batch.has_deltas():
             self._history.append(batch)
             while len(self._history) > HISTORY:
@@ -1495,6 +1495,8 @@ def _retry_now(exc: BaseException) -> bool:
 
 def flush_all() -> None:
     """Flush every open write-behind store (at exit); log failures."""
+    global _leaving
+    _leaving = True  # a SIGTERM from now on waits for this flush (see _exit_on_sigterm)
     with _live_lock:
         stores = list(_live.values())
     for wb in stores:
@@ -1557,12 +1559,18 @@ def _mp_after_fork(_: object) -> None:
 
 
 _sigterm_pid = 0
+_leaving = False
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM in a multiprocessing child with a write-behind store open:
     leave the normal way, so that the exit hooks flush (see the module
-    docstring)."""
+    docstring).  A SIGTERM that arrives while the process is already leaving
+    (``Pool.terminate()`` races with a worker that got its sentinel) lets
+    the exit flush finish; the process is on its way out anyway."""
+    util = sys.modules.get("multiprocessing.util")
+    if _leaving or getattr(util, "_exiting", False):  # its exit hooks are running
+        return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
     raise SystemExit(128 + signal.SIGTERM)
 
