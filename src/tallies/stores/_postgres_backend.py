@@ -61,9 +61,9 @@ PRUNE_EVERY = 60.0
 _T = TypeVar("_T")
 
 
-STRIPES = 16
-"""Rows per count: stripe 0 (the base) and 15 writer stripes."""
-CAP = 2**58
+STRIPES = 32
+"""Rows per count: stripe 0 (the base) and 31 writer stripes."""
+CAP = 2**57
 """A writer stripe holds a value in [-CAP, CAP]; the base holds the rest."""
 BASE_MIN = INT64_MIN + (STRIPES - 1) * CAP
 BASE_MAX = INT64_MAX - (STRIPES - 1) * CAP

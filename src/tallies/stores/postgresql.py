@@ -42,8 +42,8 @@ store at once; a schema a DBA created empty is used as it is)::
     VIEW keyed(name, key, value)     = sum of a key's stripes
 
 What other programs read is the two views (plain SQL, any language).  A count
-is up to 16 rows: stripe 0 (the base) and writer stripes 1..15.  A ``CHECK``
-keeps each writer stripe in [-2**58, 2**58] and the base in the rest of the
+is up to 32 rows: stripe 0 (the base) and writer stripes 1..31.  A ``CHECK``
+keeps each writer stripe in [-2**57, 2**57] and the base in the rest of the
 int64 range, so the sum of any stripes is an int64.  Names and keys are
 ``COLLATE "C"`` (byte order: every writer locks rows in the same order,
 whatever the database's collation).  The stripe tables have ``fillfactor =
@@ -72,8 +72,8 @@ round trips to its client makes each wait longer still: Unleash's pods
 queued 25-47 s that way.)
 
 So each writer adds to rows of its own.  A store's writer connection claims
-a stripe 1..15 that no other open connection holds (``pg_try_advisory_lock``
-on a session: released when the connection ends; with more than 15 writers
+a stripe 1..31 that no other open connection holds (``pg_try_advisory_lock``
+on a session: released when the connection ends; with more than 31 writers
 open some share a stripe, and only those wait on each other).  A flush is
 ONE statement in autocommit mode::
 
