@@ -15,11 +15,19 @@ PY="${PYTHON:-python3}"
 
 _say() { printf 'tallies setup: %s\n' "$*" >&2; }
 
+# CI (CI=true) and TALLIES_REQUIRE_REDIS=1 require every server and tool the
+# tests use: then failing to install one is an error, not a skip later.
+_servers_required() {
+    [ "${CI:-}" = true ] || [ "${TALLIES_REQUIRE_REDIS:-0}" = 1 ]
+}
+
 _apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         _say "installing $* with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+        # (another apt-get, e.g. scripts/ft-python's, may hold dpkg's lock: wait for it)
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null &&
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+                "$@" >/dev/null
     else
         _say "missing system packages: $* (install them, e.g. 'sudo apt-get install $*')"
         return 1
@@ -50,13 +58,20 @@ PYEOF
 _need_test_tools() {
     # The tests start a real Prometheus server and drive `tallies watch` in tmux.
     # Installed only when missing, only as root; without them those tests fail
-    # (TALLIES_REQUIRE_C=1) with the reason.  Debian's package starts or enables
-    # a prometheus service: stop and disable it, the tests run their own.
+    # (TALLIES_REQUIRE_C=1) with the reason, and under CI=true so does this.
+    # Debian's package starts or enables a prometheus service: stop and disable
+    # it, the tests run their own.
     local missing=()
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)
     [ ${#missing[@]} -eq 0 ] && return 0
-    _apt_install --no-install-recommends "${missing[@]}" || return 0
+    _apt_install --no-install-recommends "${missing[@]}" || {
+        if _servers_required; then
+            _say "cannot install ${missing[*]}, which CI requires (CI=true)"
+            return 1
+        fi
+        return 0
+    }
     if [[ " ${missing[*]} " == *" prometheus "* ]]; then
         { command -v systemctl && systemctl disable --now prometheus; } >/dev/null 2>&1 || true
         { command -v service && service prometheus stop; } >/dev/null 2>&1 || true
@@ -70,6 +85,10 @@ _need_test_tools() {
 _need_redis_server() {
     command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
     _apt_install redis-server redis-tools || {
+        if _servers_required; then
+            _say "cannot install redis-server, which CI=true / TALLIES_REQUIRE_REDIS=1 require"
+            return 1
+        fi
         _say "redis-server is missing: the redis:// tests will be skipped (CI fails them)"
         return 0
     }

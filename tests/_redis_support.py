@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import unavailable
+from _support import REQUIRE_SERVERS, unavailable
 
-REQUIRE_REDIS = os.environ.get("TALLIES_REQUIRE_REDIS") == "1" or os.environ.get("CI") == "true"
+REQUIRE_REDIS = os.environ.get("TALLIES_REQUIRE_REDIS") == "1" or REQUIRE_SERVERS
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 

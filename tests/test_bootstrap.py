@@ -6,6 +6,7 @@ must serve both, and a changed source always reinstalls."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,3 +43,33 @@ def test_reinstalls_keep_the_union_of_extras() -> None:
     done = _bash('_union "test,prometheus" "watch,prometheus"')
     assert done.stdout.strip() == "prometheus,test,watch"
     assert _bash('_union "" ""').stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("setting", "status"),
+    [({"CI": "true"}, 1), ({"TALLIES_REQUIRE_REDIS": "1"}, 1), ({}, 0)],
+    ids=["CI", "TALLIES_REQUIRE_REDIS", "developer"],
+)
+@pytest.mark.parametrize("need", ["_need_redis_server", "_need_test_tools"])
+def test_a_server_that_cannot_be_installed_fails_where_servers_are_required(
+    need: str, setting: dict[str, str], status: int
+) -> None:
+    """redis-server, prometheus and tmux missing, and apt-get failing: CI and
+    TALLIES_REQUIRE_REDIS=1 stop right there; a developer's run goes on (the
+    tests then skip, saying why)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TALLIES_REQUIRE_REDIS")}
+    env.update(setting)
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'. "{SCRIPT}" && _apt_install() {{ return 1; }} && PATH=/nonexistent {need}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert done.returncode == status, done.stderr
+    if status:
+        assert "CI" in done.stderr and "requir" in done.stderr

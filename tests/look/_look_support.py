@@ -25,12 +25,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from _support import unavailable
+from _support import REQUIRE_SERVERS, unavailable
 
 import tallies
 
 SRC = str(Path(tallies.__file__).resolve().parent.parent)
-REQUIRE = os.environ.get("TALLIES_REQUIRE_C") == "1" or os.environ.get("CI") == "true"
+REQUIRE = os.environ.get("TALLIES_REQUIRE_C") == "1" or REQUIRE_SERVERS
 
 
 def need_tool(name: str) -> str:
