@@ -31,6 +31,7 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -291,6 +292,8 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {os.uname().nodename}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}; psycopg {psycopg.__version__} "
           f"({psycopg.pq.__impl__}); PostgreSQL server fsync on", flush=True)  # fmt: skip
+    # a kill by timeout(1) still stops the server (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = PostgresServer(fsync=True)
     rows: list[tuple[str, float, str, bool]] = []
     try:
