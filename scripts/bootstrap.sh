@@ -2,6 +2,7 @@
 # Sourced by ./tallies and ./run-tests: make .venv with tallies installed.
 #
 #   bootstrap_tallies [EXTRA]    EXTRA is a pip extra such as "test" (or empty)
+#   bootstrap_benchmarks         the peers of benchmarks/requirements.txt (./tallies bench)
 #
 # On a fresh Debian machine with nothing but python3, it installs (as root, via
 # apt-get) what a virtual environment and the C build need: python3-venv,
@@ -174,5 +175,21 @@ bootstrap_tallies() {
         fi
         grep -E "tallies: the C core could not be built" "$log" >&2 || true
         printf '%s %s %s' "$(_src_hash)" "$werror" "$extras" >"$VENV/.tallies-stamp"
+    fi
+}
+
+# The peers the benchmarks compare with, from benchmarks/requirements.txt, into
+# the same .venv; installed again only when that file changed.  Without them
+# (no network) the benchmarks still run and their rows say "not installed".
+bootstrap_benchmarks() {
+    local req="$TALLIES_ROOT/benchmarks/requirements.txt" stamp="$VENV/.benchmarks-stamp"
+    local log="$VENV/benchmarks-install.log" want
+    want="$(sha256sum "$req" | cut -c1-16)"
+    [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && return 0
+    _say "installing the benchmarks' peers into $VENV (benchmarks/requirements.txt)"
+    if "$VENV/bin/python" -m pip install -r "$req" >"$log" 2>&1; then
+        printf '%s' "$want" >"$stamp"
+    else
+        _say "could not install them (log: $log); their rows will say \"not installed\""
     fi
 }
