@@ -23,6 +23,7 @@ this machine.  Parts (``PARTS``: a list; a scope adds its own ``StorePart``):
     tests: one round, forked workers).  Targets: write-behind >= 100x
     diskcache and >= 50x the raw UPSERT; write-through >= 1x diskcache.
 ``redis``  ``redis_store.py``.
+``postgresql``  ``postgres_store.py``.
 """
 
 from __future__ import annotations
@@ -270,11 +271,18 @@ def _redis(quick: bool) -> list[Row]:
     return rows(quick)
 
 
+def _postgresql(quick: bool) -> list[Row]:
+    from .postgres_store import rows  # starts its own PostgreSQL server
+
+    return rows(quick)
+
+
 PARTS: list[StorePart] = [
     StorePart("sqlite-increment", _sqlite_increment),
     StorePart("sqlite-flush", _sqlite_flush),
     StorePart("sqlite-processes", _sqlite_processes),
     StorePart("redis", _redis),
+    StorePart("postgresql", _postgresql),
 ]
 """The parts ``tallies bench --stores`` runs, in order.  Add a scope's parts here."""
 
