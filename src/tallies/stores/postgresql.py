@@ -101,19 +101,20 @@ the counts near an edge (in the same order), adds in Python, raises
 CountOverflowError (nothing applied) if a sum would leave int64, or spreads
 the new total over the stripes; the other counts are added as usual.
 
-Measured (``benchmarks/postgres_store.py``; 2026-12-06, this 2-vCPU machine
-shared with other builds, load 13-16, fsync on; 16 writer processes each
+Measured (``tallies bench --stores``, part ``postgresql``:
+``benchmarks/postgres_store.py``; 2026-12-06 01:59 UTC, this 2-vCPU machine
+shared with other builds, load 13-14, fsync on; 16 writer processes each
 adding 1 to the same 1,000 keys every 100 ms and flushing for 30 s, every
 mode in one run; latency of a flush, or of one period's writes)::
 
                                                    p50        p99   flushes done
-    this store (own stripes, one statement)       105 ms     330 ms   3,736 / 4,800
-    control: this store, each writer own keys     114 ms     328 ms   3,418 / 4,800
-    one row per key, one sorted UPSERT per flush  979 ms   7,304 ms     299 / 4,800
+    this store (own stripes, one statement)       108 ms     242 ms   3,920 / 4,800
+    control: this store, each writer own keys     113 ms     342 ms   3,528 / 4,800
+    one row per key, one sorted UPSERT per flush 1,234 ms   9,843 ms     262 / 4,800
     one row per key, client transaction, BEGIN;
       an UPSERT per key in the writer's order;
-      COMMIT (126 deadlocks, 1 s each)         96,647 ms 102,859 ms      17 / 4,800
-    UPDATE ... SET n = n + 1 per event          3,551 ms   8,623 ms     120 / 4,800
+      COMMIT (120 deadlocks, 1 s each)         97,527 ms 102,617 ms      16 / 4,800
+    UPDATE ... SET n = n + 1 per event          5,563 ms  15,846 ms      81 / 4,800
 
 (The same comparison before stripes, with one row per key written by this
 statement: p50 741 ms against 122 ms for the control, in a 10 s run.)
