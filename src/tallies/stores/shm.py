@@ -284,9 +284,8 @@ class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
+        check_key(key)
         cell: int | None = self.lookup(key)  # C: the cache is not writable from Python
-        if cell is None:
-            check_key(key)  # a key never found is checked by the shared rule
         return cell
 
     def value(self, key: str) -> int:
