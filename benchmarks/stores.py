@@ -23,6 +23,8 @@ this machine.  Parts (``PARTS``: a list; a scope adds its own ``StorePart``):
     tests: one round, forked workers).  Targets: write-behind >= 100x
     diskcache and >= 50x the raw UPSERT; write-through >= 1x diskcache.
 ``redis``  ``redis_store.py``.
+``redis-wait``  ``redis_wait.py``: a flush with ``wait=1`` against ``wait=0``
+    (one replica), and ``WAIT`` / ``WAITAOF`` as raw commands.
 ``postgresql``  ``postgres_store.py``.
 """
 
@@ -271,6 +273,12 @@ def _redis(quick: bool) -> list[Row]:
     return rows(quick)
 
 
+def _redis_wait(quick: bool) -> list[Row]:
+    from .redis_wait import rows  # starts a master and a replica
+
+    return rows(quick)
+
+
 def _postgresql(quick: bool) -> list[Row]:
     from .postgres_store import rows  # starts its own PostgreSQL server
 
@@ -282,6 +290,7 @@ PARTS: list[StorePart] = [
     StorePart("sqlite-flush", _sqlite_flush),
     StorePart("sqlite-processes", _sqlite_processes),
     StorePart("redis", _redis),
+    StorePart("redis-wait", _redis_wait),
     StorePart("postgresql", _postgresql),
 ]
 """The parts ``tallies bench --stores`` runs, in order.  Add a scope's parts here."""

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import errors as pge
 from psycopg import sql
 
+from . import _signals
 from ._protocol import INT64_MAX, INT64_MIN, PRUNE_AFTER, Batch, Kind, Query, Read, Target
 from .base import (
     CorruptStoreError,
@@ -182,6 +183,7 @@ class _Watchdog:
             return True
 
     def _run(self) -> None:
+        _signals.keep_signals_off_this_thread()  # SIGTERM/SIGINT go to the main thread
         pid = os.getpid()
         with self._cond:
             while self._pid == pid:
