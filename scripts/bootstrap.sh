@@ -109,9 +109,12 @@ _need_redis_server() {
 # temporary directory, pg_ctl on a free loopback port); install Debian's server
 # packages when no initdb is found.  Debian's package starts a cluster on 5432:
 # stop and disable it, the tests never use it.
+# (Debian keeps initdb off PATH, under _PG_LIB/<version>/bin; the tests that
+# check this function point _PG_LIB elsewhere.)
+_PG_LIB=/usr/lib/postgresql
 _need_postgres_server() {
     command -v initdb >/dev/null 2>&1 && return 0
-    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+    compgen -G "$_PG_LIB/*/bin/initdb" >/dev/null && return 0
     _apt_install postgresql || {
         if _servers_required; then
             _say "cannot install PostgreSQL, which CI=true requires (the postgresql:// tests)"
