@@ -160,7 +160,9 @@ class _Watchdog:
                 self._pid = os.getpid()
                 self._armed.clear()
                 self._fired.clear()
-                threading.Thread(target=self._run, name="tallies-pg-watchdog", daemon=True).start()
+                _signals.start_without_signals(  # SIGTERM/SIGINT go to the main thread
+                    threading.Thread(target=self._run, name="tallies-pg-watchdog", daemon=True)
+                )
             self._next += 1
             self._armed[self._next] = (time.monotonic() + seconds, fd)
             self._cond.notify()
@@ -183,7 +185,7 @@ class _Watchdog:
             return True
 
     def _run(self) -> None:
-        _signals.keep_signals_off_this_thread()  # SIGTERM/SIGINT go to the main thread
+        _signals.keep_signals_off_this_thread()
         pid = os.getpid()
         with self._cond:
             while self._pid == pid:
