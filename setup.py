@@ -59,6 +59,7 @@ HEADERS = [
     "_pyargs.h",
     "_ring.h",
     "_shared.h",
+    "_shmkeys.h",
 ]
 EXTENSION = Extension(
     "tallies._tallies",

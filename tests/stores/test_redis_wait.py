@@ -113,6 +113,7 @@ def test_no_replica_confirms_then_the_same_batch_applies_once(
         with pytest.raises(FlushError, match="WAIT 1"):
             store.flush()  # the retry answers dup, and still no replica confirms
         assert mc.get(f"{prefix}{{n}}") == b"5"
+    wait_in_sync(master, [replica])  # back and caught up (slow to resume under load)
     store.flush()  # the replica is back: batch 1 confirmed, then batch 2
     assert mc.get(f"{prefix}{{n}}") == b"7"
     assert store.pending()["in_flight"] is None
@@ -146,6 +147,7 @@ def test_a_retry_on_a_new_connection_waits_for_the_first_write(
             assert master.client().get(f"{prefix}{{n}}") == b"9"
             with pytest.raises(FlushError, match=r"WAIT 1: 0 of 1"):
                 store.flush()
+        wait_in_sync(master, [replica])  # back and caught up (slow to resume under load)
         store.flush()
         assert master.client().get(f"{prefix}{{n}}") == b"9"
         assert replica.client().get(f"{prefix}{{n}}") == b"9"
@@ -166,6 +168,7 @@ def test_a_reset_waits_for_the_replica_too(pair: tuple[RedisServer, RedisServer]
         with pytest.raises(FlushError, match="reset of 'n' failed"):
             c.reset()
         assert master.client().get(f"{prefix}{{n}}") == b"0"  # it happened on the master
+    wait_in_sync(master, [replica])  # back and caught up (slow to resume under load)
     store.flush()  # settles it: the reset happened, its pending delta went with it
     assert c.value() == 0
     assert replica.client().get(f"{prefix}{{n}}") == b"0"
