@@ -41,13 +41,7 @@
 #include <Python.h>
 #include <stdint.h>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define TL_HIDDEN __attribute__((visibility("hidden")))
-#define TL_ALWAYS_INLINE inline __attribute__((always_inline))
-#define TL_COLD __attribute__((cold, noinline, unused)) /* unused: not every file calls it */
-#else
-#error "tallies needs GCC or Clang"
-#endif
+#include "_platform.h" /* TL_HIDDEN, TL_ALWAYS_INLINE, TL_COLD */
 
 /* The free-threaded switch: 1 when compiled for a CPython without a GIL. */
 #ifdef Py_GIL_DISABLED

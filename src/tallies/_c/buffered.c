@@ -56,7 +56,7 @@ cell_mode(CellObject *self)
 }
 
 #if TL_FREE_THREADED
-static tl_gate_flight in_flight __attribute__((aligned(TL_LINE))); /* _gate.h */
+static TL_ALIGNED(TL_LINE) tl_gate_flight in_flight; /* _gate.h */
 #endif
 
 static PyObject *

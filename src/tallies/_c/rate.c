@@ -725,7 +725,7 @@ ring_close(_Atomic int64_t *s)
 {
     int64_t v = atomic_fetch_or_explicit(s, TLK_CLOSED, memory_order_seq_cst);
     while ((v & TLK_WRITERS) != 0) {
-        sched_yield();
+        tl_yield();
         v = atomic_load_explicit(s, memory_order_acquire);
     }
 }

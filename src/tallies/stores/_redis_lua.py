@@ -2,7 +2,9 @@
 
 The scripts are files shipped with the package (``tallies/stores/lua/*.lua``,
 package data): ``apply.lua`` and ``reset.lua`` with ``int64.lua`` (exact
-int64 checks) prepended, and ``read.lua``; this module loads them once.
+int64 checks) prepended, ``read.lua`` and ``scan.lua`` (a page of a keyed
+counter's hash as one JSON string, for snapshots); this module loads them
+once.
 
 Key layout (``P`` is the URL's ``prefix``, ``tallies:`` by default)
 -----------------------------------------------------------------
@@ -71,6 +73,7 @@ __all__ = [
     "APPLY_LUA",
     "READ_LUA",
     "RESET_LUA",
+    "SCAN_LUA",
     "data_key",
     "name_from_data_key",
     "reset_key",
@@ -90,6 +93,7 @@ _INT64_LUA = _script("int64.lua")
 APPLY_LUA = _INT64_LUA + _script("apply.lua")
 RESET_LUA = _INT64_LUA + _script("reset.lua")
 READ_LUA = _script("read.lua")
+SCAN_LUA = _script("scan.lua")
 
 
 def tag_of(name: str) -> str:
