@@ -11,6 +11,14 @@
   ``redis-cli --cluster create``, ready when every node says
   ``cluster_state:ok``.
 
+- :class:`PostgresServer`: ``initdb`` into a temporary directory (as
+  ``nobody`` under root: PostgreSQL refuses root), ``pg_ctl start`` on a free
+  port with its unix socket in that directory, ``stop("immediate")`` for the
+  crash tests; the superuser ``tallies`` has a password (:data:`PG_PASSWORD`).
+  fsync is off unless asked for: a killed server process loses nothing that
+  way (a commit ``write()``s its WAL before it is acknowledged), only an
+  operating-system crash would; the benchmarks run with fsync on.
+
 ``tests/_redis_support.py`` builds its fixtures on these (and decides what a
 missing ``redis-server`` means for a test); ``benchmarks/redis_store.py``
 starts its server with them.  Nothing in the library imports this module.
@@ -18,22 +26,31 @@ starts its server with them.  Nothing in the library imports this module.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PG_PASSWORD",
+    "PG_PASSWORD_IN_URL",
+    "PG_SUPERUSER",
     "REDIS_CLI",
     "REDIS_SERVER",
+    "PostgresServer",
     "RedisCluster",
     "RedisServer",
     "free_port",
+    "pg_bindir",
     "redis_cli",
     "stop_process",
 ]
@@ -225,3 +242,149 @@ class RedisCluster:
     def url(self, prefix: str, **params: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in {"prefix": prefix, **params}.items())
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}?{query}"
+
+
+# ---- PostgreSQL ------------------------------------------------------------------
+
+PG_SUPERUSER = "tallies"
+PG_PASSWORD = "pg-s3cret/pw"  # has a '/': the URL must percent-encode it
+PG_PASSWORD_IN_URL = "pg-s3cret%2Fpw"
+
+
+def pg_bindir() -> str | None:
+    """The directory of the newest installed PostgreSQL's ``initdb`` and ``pg_ctl``."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return os.path.dirname(found)
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2] or 0))
+    for d in reversed(dirs):
+        if os.access(os.path.join(d, "initdb"), os.X_OK):
+            return d
+    return None
+
+
+def _run_as() -> dict[str, Any]:
+    """subprocess keywords: run as ``nobody`` when we are root."""
+    if os.geteuid() != 0:
+        return {}
+    pw = pwd.getpwnam("nobody")
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+class PostgresServer:
+    """One PostgreSQL cluster in a temporary directory, on 127.0.0.1:port."""
+
+    def __init__(self, *, fsync: bool = False) -> None:
+        bindir = pg_bindir()
+        assert bindir is not None
+        self.bindir = bindir
+        self.fsync = fsync
+        # not under pytest's tmp dir: that one is private to root
+        self.dir = Path(tempfile.mkdtemp(prefix="tallies-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.port = free_port()
+        self.as_user = _run_as()
+        if self.as_user:
+            os.chown(self.dir, self.as_user["user"], self.as_user["group"])
+        pwfile = self.dir / "pw"
+        pwfile.write_text(PG_PASSWORD + "\n")
+        if self.as_user:
+            os.chown(pwfile, self.as_user["user"], self.as_user["group"])
+        self._tool(
+            "initdb",
+            "-D", str(self.data),
+            "-U", PG_SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E", "UTF8",
+            "--no-sync",
+        )  # fmt: skip
+        pwfile.unlink()
+        self.running = False
+        self.start()
+
+    def _tool(self, name: str, *args: str, timeout: float = 120.0) -> str:
+        out = subprocess.run(
+            [os.path.join(self.bindir, name), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.dir,
+            **self.as_user,
+        )
+        if out.returncode != 0:
+            log = self.log.read_text()[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{name} failed ({out.returncode}): {out.stderr}{out.stdout}\n{log}")
+        return str(out.stdout)
+
+    def start(self) -> None:
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.dir} -c max_connections=200 "
+            f"-c fsync={'on' if self.fsync else 'off'} -c shared_buffers=64MB"
+        )
+        self._tool(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
+            "-o", opts,
+        )  # fmt: skip
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE``: ``immediate`` kills every server process at once."""
+        self._tool("pg_ctl", "stop", "-w", "-t", "60", "-D", str(self.data), "-m", mode)
+        self.running = False
+
+    def url(
+        self,
+        dbname: str = "postgres",
+        *,
+        user: str = PG_SUPERUSER,
+        password: str | None = PG_PASSWORD_IN_URL,
+        port: int | None = None,
+        **params: object,
+    ) -> str:
+        auth = user + (f":{password}" if password is not None else "")
+        q = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://{auth}@127.0.0.1:{port or self.port}/{dbname}" + (
+            f"?{q}" if q else ""
+        )
+
+    def connect(self, dbname: str = "postgres", **kw: Any) -> Any:
+        """A psycopg connection as the superuser (autocommit), for plain SQL."""
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=PG_SUPERUSER,
+            password=PG_PASSWORD,
+            dbname=dbname,
+            autocommit=True,
+            **kw,
+        )
+
+    def sql(self, query: str, *args: Any, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run one statement as the superuser; the rows it returns (if any)."""
+        with self.connect(dbname) as conn:
+            cur = conn.execute(query, args or None)
+            return cur.fetchall() if cur.description is not None else []
+
+    _db_counter = 0
+    _db_lock = threading.Lock()
+
+    def new_database(self) -> str:
+        """A fresh, empty database (each test gets its own)."""
+        with PostgresServer._db_lock:
+            PostgresServer._db_counter += 1
+            name = f"t{os.getpid()}_{PostgresServer._db_counter}"
+        self.sql(f"CREATE DATABASE {name}")
+        return name
+
+    def close(self) -> None:
+        if self.running:
+            with contextlib.suppress(Exception):
+                self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -25,6 +25,7 @@ this machine.  Parts (``PARTS``: a list; a scope adds its own ``StorePart``):
 ``redis``  ``redis_store.py``.
 ``redis-wait``  ``redis_wait.py``: a flush with ``wait=1`` against ``wait=0``
     (one replica), and ``WAIT`` / ``WAITAOF`` as raw commands.
+``postgresql``  ``postgres_store.py``.
 """
 
 from __future__ import annotations
@@ -278,12 +279,19 @@ def _redis_wait(quick: bool) -> list[Row]:
     return rows(quick)
 
 
+def _postgresql(quick: bool) -> list[Row]:
+    from .postgres_store import rows  # starts its own PostgreSQL server
+
+    return rows(quick)
+
+
 PARTS: list[StorePart] = [
     StorePart("sqlite-increment", _sqlite_increment),
     StorePart("sqlite-flush", _sqlite_flush),
     StorePart("sqlite-processes", _sqlite_processes),
     StorePart("redis", _redis),
     StorePart("redis-wait", _redis_wait),
+    StorePart("postgresql", _postgresql),
 ]
 """The parts ``tallies bench --stores`` runs, in order.  Add a scope's parts here."""
 

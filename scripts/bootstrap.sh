@@ -105,6 +105,32 @@ _need_redis_server() {
     fi
 }
 
+# The postgresql:// tests start their own PostgreSQL server (initdb into a
+# temporary directory, pg_ctl on a free loopback port); install Debian's server
+# packages when no initdb is found.  Debian's package starts a cluster on 5432:
+# stop and disable it, the tests never use it.
+# (Debian keeps initdb off PATH, under _PG_LIB/<version>/bin; the tests that
+# check this function point _PG_LIB elsewhere.)
+_PG_LIB=/usr/lib/postgresql
+_need_postgres_server() {
+    command -v initdb >/dev/null 2>&1 && return 0
+    compgen -G "$_PG_LIB/*/bin/initdb" >/dev/null && return 0
+    _apt_install postgresql || {
+        if _servers_required; then
+            _say "cannot install PostgreSQL, which CI=true requires (the postgresql:// tests)"
+            return 1
+        fi
+        _say "PostgreSQL is missing: the postgresql:// tests will be skipped (CI fails them)"
+        return 0
+    }
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now postgresql >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        service postgresql stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null 2>&1 && update-rc.d postgresql disable >/dev/null 2>&1 || true
+    fi
+}
+
 # The docs tests open the built site in headless Chromium (Debian's chromium).
 _need_chromium() {
     command -v chromium >/dev/null 2>&1 && return 0
@@ -147,6 +173,7 @@ bootstrap_tallies() {
     local extra="${1:-}"
     _need_system_packages
     case ",$extra," in *,test,*) _need_redis_server ;; esac
+    case ",$extra," in *,test,*) _need_postgres_server ;; esac
     case ",$extra," in *,test,*) _need_test_tools ;; esac
     case ",$extra," in *,test,*) _need_chromium ;; esac
     if [ ! -x "$VENV/bin/python" ]; then

@@ -16,6 +16,7 @@ import importlib
 from types import ModuleType
 
 import pytest
+from _postgres_support import postgres_server  # noqa: F401 - a real server
 from _rates_support import rates_impl  # noqa: F401 - the rates implementation fixture
 from _redis_support import aof_server, redis_cluster, redis_server  # noqa: F401 - real servers
 from _shm_support import shm_url  # noqa: F401 - the shm:// segment fixture

@@ -50,20 +50,23 @@ def test_reinstalls_keep_the_union_of_extras() -> None:
     [({"CI": "true"}, 1), ({"TALLIES_REQUIRE_REDIS": "1"}, 1), ({}, 0)],
     ids=["CI", "TALLIES_REQUIRE_REDIS", "developer"],
 )
-@pytest.mark.parametrize("need", ["_need_redis_server", "_need_test_tools", "_need_chromium"])
+@pytest.mark.parametrize(
+    "need", ["_need_redis_server", "_need_postgres_server", "_need_test_tools", "_need_chromium"]
+)
 def test_a_server_that_cannot_be_installed_fails_where_servers_are_required(
     need: str, setting: dict[str, str], status: int
 ) -> None:
-    """redis-server, prometheus, tmux or chromium missing, and apt-get failing: CI and
-    TALLIES_REQUIRE_REDIS=1 stop right there; a developer's run goes on (the
-    tests then skip, saying why)."""
+    """redis-server, PostgreSQL, prometheus, tmux or chromium missing, and
+    apt-get failing: CI and TALLIES_REQUIRE_REDIS=1 stop right there; a
+    developer's run goes on (the tests then skip, saying why)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TALLIES_REQUIRE_REDIS")}
     env.update(setting)
     done = subprocess.run(
         [
             "bash",
             "-c",
-            f'. "{SCRIPT}" && _apt_install() {{ return 1; }} && PATH=/nonexistent {need}',
+            f'. "{SCRIPT}" && _apt_install() {{ return 1; }} && _PG_LIB=/nonexistent '
+            f"&& PATH=/nonexistent {need}",
         ],
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from _postgres_support import unique_schema
 from _redis_support import unique_prefix
 from _shm_support import new_url as new_shm_url
 
@@ -26,6 +27,11 @@ from tallies.stores import parse_url
 def _sqlite(request: pytest.FixtureRequest, flush: str) -> str:
     tmp = request.getfixturevalue("tmp_path")
     return f"sqlite:///{tmp}/contract-{secrets.token_hex(4)}.db?flush={flush}"
+
+
+def _postgres(request: pytest.FixtureRequest, flush: str) -> str:
+    server = request.getfixturevalue("postgres_server")
+    return str(server.url(schema=unique_schema("c"), flush=flush))
 
 
 STORES: dict[str, Callable[[pytest.FixtureRequest], str]] = {
@@ -40,6 +46,8 @@ STORES: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "redis+cluster": lambda rq: rq.getfixturevalue("redis_cluster").url(
         unique_prefix("c"), flush="3600"
     ),
+    "postgresql": lambda rq: _postgres(rq, "3600"),
+    "postgresql-write-through": lambda rq: _postgres(rq, "0"),
 }
 """Every store scheme the contract suite runs on (id -> a fresh URL)."""
 
@@ -60,7 +68,7 @@ class Facts:
 def facts(url: str) -> Facts:
     u = parse_url(url)
     scheme = "redis" if u.scheme.startswith("redis") else u.scheme
-    write_behind = scheme in ("sqlite", "redis")
+    write_behind = scheme in ("sqlite", "redis", "postgresql", "postgres")
     return Facts(
         shared=scheme != "memory",
         write_behind=write_behind,
@@ -77,7 +85,7 @@ def another_writer(url: str) -> str:
     writer, as another process would be): the same backing store under
     other parameters.  memory:// and shm:// have one store per name."""
     scheme = parse_url(url).scheme
-    if scheme == "sqlite" or scheme.startswith("redis"):
+    if scheme in ("sqlite", "postgresql", "postgres") or scheme.startswith("redis"):
         return url + "&timeout=4.5"
     return url
 

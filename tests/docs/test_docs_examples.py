@@ -11,7 +11,9 @@ test's).  A comment line right before a block may say:
   the tests' own redis-server (``tests/_redis_support.py``), whose URL is
   substituted before it runs (the text users read stays as it is);
 - ``<!-- test: redis-cluster -->``: likewise, ``redis+cluster://localhost:7000``
-  for the tests' 3-master Redis Cluster.
+  for the tests' 3-master Redis Cluster;
+- ``<!-- test: postgresql -->``: likewise, ``postgresql://app:secret@localhost:5432/app``
+  for the tests' PostgreSQL server (``tests/_postgres_support.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from _docs_support import Block, blocks, pages, rel
 
 REDIS_PLACEHOLDER = "redis://localhost:6379"
 CLUSTER_PLACEHOLDER = "redis+cluster://localhost:7000"
-MARKS = {"", "fragment", "redis", "redis-cluster"}
+POSTGRES_PLACEHOLDER = "postgresql://app:secret@localhost:5432/app"
+MARKS = {"", "fragment", "redis", "redis-cluster", "postgresql"}
 MAX_FRAGMENTS = 3
 
 EXAMPLES = [b for page in pages() for b in blocks(page) if b.lang in ("python", "py", "python3")]
@@ -72,6 +75,12 @@ def _substitute(block: Block, request: pytest.FixtureRequest) -> str:
         code = code.replace(
             CLUSTER_PLACEHOLDER, f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}"
         )
+    elif block.mark == "postgresql":
+        assert POSTGRES_PLACEHOLDER in code, (
+            f"{block.id} is marked postgresql but never names {POSTGRES_PLACEHOLDER}"
+        )
+        server = request.getfixturevalue("postgres_server")
+        code = code.replace(POSTGRES_PLACEHOLDER, server.url().partition("?")[0])
     else:
         assert "localhost:6379" not in code and "localhost:7000" not in code, (
             f"{block.id} names a Redis server: mark it <!-- test: redis --> so that it runs"

@@ -2,10 +2,11 @@
 still ends the way it would have (``stores/_signals.py``).
 
 Real processes, as deployments stop them: a long flush interval (nothing is
-flushed on its own), a signal, then the counts are read from the SQLite file
-or with plain Redis commands.  A handler the application installed stays and
-is the one called; ``TALLIES_SIGNAL_FLUSH=0`` turns the flush off; a fork
-child and ``multiprocessing.Pool`` workers (which ``Pool.__exit__`` stops
+flushed on its own), a signal, then the counts are read from the SQLite file,
+with plain Redis commands or with plain SQL (each test with a scope runs on
+sqlite://, redis:// and postgresql://). A handler the application installed
+stays and is the one called; ``TALLIES_SIGNAL_FLUSH=0`` turns the flush off; a
+fork child and ``multiprocessing.Pool`` workers (which ``Pool.__exit__`` stops
 with SIGTERM) flush too; the main thread stopped inside a flush neither
 deadlocks the handler nor loses its batch; an unresponsive Redis delays the
 end by at most the store's timeout."""
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _postgres_support import PostgresServer, unique_schema
 from _redis_support import RedisServer, need_redis, unique_prefix
 
 import tallies
@@ -82,10 +84,33 @@ def _redis_scope(server: RedisServer, **params: str) -> Scope:
     return Scope("redis", server.url(prefix, flush="3600", **params), counter, keyed)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+def _postgres_scope(server: PostgresServer) -> Scope:
+    schema = unique_schema("sig")
+
+    def rows(query: str, name: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        try:
+            return server.sql(query.format(schema=schema), name)
+        except psycopg.errors.UndefinedTable:  # the writer has not created the schema yet
+            return []
+
+    def counter(name: str) -> int:
+        r = rows("SELECT value FROM {schema}.counters WHERE name = %s", name)
+        return int(r[0][0]) if r else 0
+
+    def keyed(name: str) -> dict[str, int]:
+        return dict(rows("SELECT key, value FROM {schema}.keyed WHERE name = %s", name))
+
+    return Scope("postgresql", server.url(schema=schema, flush="3600"), counter, keyed)
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgresql"])
 def scope(request: pytest.FixtureRequest, tmp_path: Path) -> Scope:
     if request.param == "sqlite":
         return _sqlite_scope(tmp_path)
+    if request.param == "postgresql":
+        return _postgres_scope(request.getfixturevalue("postgres_server"))
     server: RedisServer = request.getfixturevalue("redis_server")
     return _redis_scope(server)
 
@@ -573,6 +598,26 @@ def test_tallies_threads_leave_sigterm_and_sigint_to_the_main_thread(
             assert t.native_id is not None
             assert _blocked(t.native_id) & both == both, t.name
         assert _blocked(threading.get_native_id()) & both == 0  # the main thread takes them
+    finally:
+        store.close()
+
+
+def test_the_postgresql_watchdog_thread_leaves_them_to_the_main_thread_too(
+    postgres_server: PostgresServer, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """postgresql:// has one more thread of its own (the watchdog that ends a
+    call whose reply never comes): it blocks both signals as well."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc/self/task here to read thread signal masks from")
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    store = tallies.open(postgres_server.url(schema=unique_schema("sigw")))
+    try:
+        store.counter("n").increment()
+        store.flush()  # a call to the server: the watchdog thread runs from now on
+        (watchdog,) = [t for t in threading.enumerate() if t.name == "tallies-pg-watchdog"]
+        assert watchdog.native_id is not None
+        both = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        assert _blocked(watchdog.native_id) & both == both
     finally:
         store.close()
 

@@ -58,9 +58,15 @@ __all__ = [
 ]
 
 BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm", "sqlite")
-# Schemes served by another scheme's module: redis:// over TLS and on a Cluster.
-_MODULE_OF = {"rediss": "redis", "redis+cluster": "redis", "rediss+cluster": "redis"}
-BUILTIN_SCHEMES += ("redis", *_MODULE_OF)
+# Schemes served by another scheme's module: redis:// over TLS and on a Cluster,
+# postgres:// (libpq's other spelling).
+_MODULE_OF = {
+    "rediss": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
+    "postgres": "postgresql",
+}
+BUILTIN_SCHEMES += ("redis", "postgresql", *_MODULE_OF)
 _registry: dict[str, type[Store]] = {}
 _SCHEME = re.compile(r"[a-z][a-z0-9]*\Z")
 
@@ -135,6 +141,9 @@ def open(url: str, *, create: bool = True) -> Store:
     ``redis://host:6379/0?prefix=app:`` (also ``rediss://`` and
     ``redis+cluster://``): Redis, shared by every machine, written behind
     (see :mod:`tallies.stores.redis`).
+    ``postgresql://user:password@host:5432/dbname?schema=tallies`` (also
+    ``postgres://``): PostgreSQL, written behind (see
+    :mod:`tallies.stores.postgresql`).
     """
     parsed = parse_url(url)
     return _store_class(parsed).open_url(parsed, create=create)
