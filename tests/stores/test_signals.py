@@ -119,13 +119,15 @@ def scope(request: pytest.FixtureRequest, tmp_path: Path) -> Scope:
 
 WRITER = textwrap.dedent(
     """
-    import signal, sys, time
+    import os, signal, sys, time
     import tallies
 
     url, mode = sys.argv[1], sys.argv[2]
 
     def user_handler(signum, frame):
-        print("user handler", signum, flush=True)
+        # os.write, not print: the signal may land inside print("ready"), and a
+        # print from the handler would re-enter stdout's buffer (RuntimeError on 3.14)
+        os.write(1, f"user handler {signum}\\n".encode())
         sys.exit(3)
 
     if mode == "user-before":
