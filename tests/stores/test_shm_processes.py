@@ -675,3 +675,47 @@ def test_dead_writers_do_not_fill_the_segment() -> None:
             assert s.info()["slabs"] == [] and c.value() == 45
     finally:
         tallies.destroy(_base(url))
+
+
+class _LoadHook:
+    """A segment's C object whose first load of a directory count runs a hook."""
+
+    def __init__(self, c: Any, hook: Any) -> None:
+        self._c, self._hook = c, hook
+
+    def load(self, off: int) -> int:
+        if off in (segment_mod.NAMES_USED, segment_mod.KEYS_USED) and self._hook is not None:
+            v = self._c.load(off)
+            hook, self._hook = self._hook, None
+            hook()
+            return int(v)
+        return int(self._c.load(off))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+
+def test_a_name_and_its_first_key_registered_while_a_reader_counts_them(shm_url: str) -> None:
+    """Another process registers a keyed counter and inserts its first key
+    (lock-free) between this process's two loads of the directory counts:
+    the key must be read once its name is, never as a corrupt entry (it was
+    "key entry 0 is corrupt" when the names were counted first)."""
+    with tallies.open(shm_url) as s:
+        s.counter("first").increment()
+        seg = s._seg  # type: ignore[attr-defined]
+        seg.refresh()
+
+        def other_process_registers() -> None:
+            r = run_python(
+                f"import tallies; s = tallies.open({shm_url!r}); s.keyed('late').increment('x', 3)"
+            )
+            assert r.returncode == 0, r.stderr
+
+        real = seg.c
+        seg.c = _LoadHook(real, other_process_registers)
+        try:
+            seg.refresh()  # no error; the new key may wait for the next look
+        finally:
+            seg.c = real
+        seg.refresh()
+        assert s.keyed("late")["x"] == 3

@@ -596,7 +596,12 @@ class _Segment:
         return complete
 
     def _used(self) -> tuple[int, int]:
-        n_names, n_keys = self.c.load(NAMES_USED), self.c.load(KEYS_USED)
+        # Keys first: a key is inserted (lock-free, in C) only after its name was
+        # registered, so every key counted here has its name counted below.  In
+        # the other order a name and its first key registered between the two
+        # loads made a key whose owner this process did not know yet: "corrupt".
+        n_keys = self.c.load(KEYS_USED)
+        n_names = self.c.load(NAMES_USED)
         if not 0 <= n_names <= self.L.names_cap or not 0 <= n_keys <= self.L.keys_cap:
             raise CorruptSegmentError(f"{self.path}: directory counts are impossible")
         return n_names, n_keys
