@@ -233,7 +233,7 @@ def test_show_of_a_missing_segment_is_a_clear_error_and_creates_nothing() -> Non
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2  # a user's mistake, as in serve and watch (issue 24, 9)
     assert done.stderr.startswith("tallies show: ")
     assert "no segment" in done.stderr
     with pytest.raises(tallies.StoreNotFoundError):

@@ -53,6 +53,7 @@ class Facts:
     counters_outlive_close: bool  # memory, shm: counters are in-process objects / mapped memory
     key_max_bytes: int  # 1024; shm:// holds 224
     whole_counter_api: bool  # memory: the in-process Counter / KeyedCounter themselves
+    empty_keyed_shared: bool  # other processes see a keyed counter before its first key
 
 
 def facts(url: str) -> Facts:
@@ -65,6 +66,7 @@ def facts(url: str) -> Facts:
         counters_outlive_close=not write_behind,
         key_max_bytes=224 if scheme == "shm" else 1024,
         whole_counter_api=scheme == "memory",
+        empty_keyed_shared=scheme != "redis",
     )
 
 

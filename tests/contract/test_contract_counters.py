@@ -5,7 +5,7 @@ Every test runs on every store of ``_contract.STORES``."""
 from __future__ import annotations
 
 import pytest
-from _contract import facts
+from _contract import another_writer, facts
 from _support import INT64_MAX, INT64_MIN, Index
 
 import tallies
@@ -122,3 +122,37 @@ def test_the_low_edge_too(store_url: str) -> None:
             with pytest.raises(OverflowError):
                 c.decrement(1)
             assert c.value() == INT64_MIN
+
+
+def test_an_overflow_says_exactly_what_was_applied(store_url: str) -> None:
+    """Issue 28, 1: the message said "nothing of it was applied" while the rest
+    of the flush had landed (a caller who trusted it and sent again counted
+    twice).  Now: the offending count is named and not applied, every other
+    delta is, and the message says so; an update refused at the update says
+    that it was not applied."""
+    with tallies.open(store_url) as s:
+        big, other, k = s.counter("big"), s.counter("other"), s.keyed("k")
+        big.increment(INT64_MAX)
+        s.flush()
+        if facts(store_url).buffered:
+            big += 1
+            other += 4
+            k["x"] += 7
+            with pytest.raises(CountOverflowError) as info:
+                s.flush()
+            message = str(info.value)
+            assert "'big' outside the signed 64-bit range: not applied, held" in message
+            assert message.endswith("every other delta of this flush was applied")
+            assert "nothing" not in message
+            assert info.value.items == [("big", None)]
+            big -= 1  # back in range: the held delta is 0
+        else:
+            with pytest.raises(OverflowError) as over:
+                big += 1
+            said = str(over.value)
+            assert any(w in said for w in ("not applied", "it stays at", "nothing was changed"))
+            other += 4
+            k["x"] += 7
+    with tallies.open(another_writer(store_url)) as r:  # what was applied
+        assert r.counter("other").value() == 4 and r.keyed("k")["x"] == 7
+        assert r.counter("big").value() == INT64_MAX

@@ -17,8 +17,8 @@ import tallies
         ("", ValueError),
         ("a\x00b", ValueError),
         ("\udc80", ValueError),
-        ("x" * 201, ValueError),
-        ("é" * 101, ValueError),
+        ("x" * 225, ValueError),
+        ("é" * 113, ValueError),
         ("}a", ValueError),
     ],
 )
@@ -33,7 +33,7 @@ def test_bad_names_raise_and_create_nothing(store_url: str, name: object, error:
 
 
 def test_names_may_hold_any_other_text(store_url: str) -> None:
-    good = ["a}", "{x}", "{", "a b", "é✓", "x" * 200, "tab\tname", "a:b*"]
+    good = ["a}", "{x}", "{", "a b", "é✓", "x" * 224, "tab\tname", "a:b*"]
     with tallies.open(store_url) as s:
         for name in good:
             s.counter(name).increment()

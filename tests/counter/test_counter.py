@@ -6,7 +6,6 @@ Each test runs on the C core and on the pure fallback (the ``impl`` fixture).
 from __future__ import annotations
 
 import copy
-import enum
 import os
 import pickle
 import subprocess
@@ -22,9 +21,6 @@ from _support import (
     INDEX_LIKE,
     INT64_MAX,
     INT64_MIN,
-    NOT_INTEGERS,
-    OUT_OF_RANGE,
-    BadIndex,
     Index,
     amounts,
     arg_overflow,
@@ -309,122 +305,15 @@ def test_inplace_operators_keep_the_object(impl: ModuleType) -> None:
     assert c.value() == 8
 
 
-# ---- bad input -------------------------------------------------------------------
-
-
-def _iadd(c: Any, v: Any) -> None:
-    x = c
-    x += v
-    assert x is c
-
-
-def _isub(c: Any, v: Any) -> None:
-    x = c
-    x -= v
-    assert x is c
-
-
-# Every Counter method that takes an integer: (id, name in messages, call(counter, arg)).
-ARG_TAKERS: list[tuple[str, str, Callable[[Any, Any], Any]]] = [
-    ("increment", "increment", lambda c, v: c.increment(v)),
-    ("increment-n=", "increment", lambda c, v: c.increment(n=v)),
-    ("decrement", "decrement", lambda c, v: c.decrement(v)),
-    ("decrement-n=", "decrement", lambda c, v: c.decrement(n=v)),
-    ("add", "add", lambda c, v: c.add(v)),
-    ("set", "set", lambda c, v: c.set(v)),
-    ("cas-expected", "compare_and_set", lambda c, v: c.compare_and_set(v, 0)),
-    ("cas-new", "compare_and_set", lambda c, v: c.compare_and_set(c.value(), v)),
-    ("+=", "+=", _iadd),
-    ("-=", "-=", _isub),
-    ("wait_until", "wait_until", lambda c, v: c.wait_until(v, timeout=0)),
-]
-ARG_TAKER_PARAMS = [pytest.param(name, call, id=i) for i, name, call in ARG_TAKERS]
-
-
-@pytest.mark.parametrize("bad", NOT_INTEGERS)
-@pytest.mark.parametrize(("fname", "call"), ARG_TAKER_PARAMS)
-def test_non_integers_raise_type_error_and_change_nothing(
-    impl: ModuleType, fname: str, call: Callable[[Any, Any], Any], bad: Any
-) -> None:
-    c = impl.Counter(42)
-    with pytest.raises(TypeError) as info:
-        call(c, bad)
-    assert type(info.value) is TypeError
-    message = str(info.value)
-    assert message.startswith(f"{fname}() expects an integer, not '")
-    assert type(bad).__name__ in message  # names the type
-    assert c.value() == 42
-
-
-@pytest.mark.parametrize("bad", NOT_INTEGERS)
-def test_constructor_rejects_non_integers(impl: ModuleType, bad: Any) -> None:
-    with pytest.raises(TypeError) as info:
-        impl.Counter(bad)
-    assert type(info.value) is TypeError
-    assert str(info.value).startswith("Counter() expects an integer, not '")
-    assert type(bad).__name__ in str(info.value)
-
-
-@pytest.mark.parametrize("big", OUT_OF_RANGE)
-@pytest.mark.parametrize(("fname", "call"), ARG_TAKER_PARAMS)
-def test_ints_outside_int64_raise_overflow_and_change_nothing(
-    impl: ModuleType, fname: str, call: Callable[[Any, Any], Any], big: Any
-) -> None:
-    c = impl.Counter(42)
-    with pytest.raises(OverflowError) as info:
-        call(c, big)
-    assert type(info.value) is OverflowError
-    assert str(info.value) == arg_overflow(fname, big)
-    assert c.value() == 42
-
-
-@pytest.mark.parametrize("big", OUT_OF_RANGE)
-def test_constructor_rejects_ints_outside_int64(impl: ModuleType, big: Any) -> None:
-    with pytest.raises(OverflowError) as info:
-        impl.Counter(big)
-    assert type(info.value) is OverflowError
-    assert str(info.value) == arg_overflow("Counter", big)
-
-
-@pytest.mark.parametrize(("fname", "call"), ARG_TAKER_PARAMS)
-def test_a_failing_index_method_propagates_and_changes_nothing(
-    impl: ModuleType, fname: str, call: Callable[[Any, Any], Any]
-) -> None:
-    c = impl.Counter(42)
-    with pytest.raises(ZeroDivisionError):
-        call(c, BadIndex())
-    assert c.value() == 42
-
-
-class Colour(enum.IntEnum):
-    GREEN = 3
-
-
-class StrictInt(int):
-    """An int subclass: its int value counts, whatever its __int__ says."""
-
-    def __int__(self) -> int:
-        return 99
-
-    def __index__(self) -> int:
-        return 98
+# ---- Counter's own methods (what it shares with ShardedCounter: test_both_counters.py) --
 
 
 @pytest.mark.parametrize(("obj", "meaning"), INDEX_LIKE)
-def test_index_likes_are_accepted_everywhere(impl: ModuleType, obj: Any, meaning: int) -> None:
-    assert impl.Counter(obj).value() == meaning
+def test_index_likes_are_accepted_by_counters_own_methods(
+    impl: ModuleType, obj: Any, meaning: int
+) -> None:
     c = impl.Counter(100)
-    c.increment(obj)
-    assert c.value() == 100 + meaning
-    c.increment(n=obj)
-    c.decrement(obj)
-    c.decrement(n=obj)
-    assert c.value() == 100
     assert c.add(obj) == 100 + meaning
-    c += obj
-    c -= obj
-    c -= obj
-    assert c.value() == 100
     c.set(obj)
     assert c.value() == meaning
     assert c.compare_and_set(obj, 5) is True
@@ -448,83 +337,7 @@ def test_numpy_integers_are_accepted(impl: ModuleType) -> None:
     assert c.value() == 11
 
 
-def test_int_subclasses_count_by_their_int_value(impl: ModuleType) -> None:
-    c = impl.Counter(Colour.GREEN)
-    c.increment(StrictInt(5))
-    assert c.value() == 8
-    with pytest.raises(OverflowError):
-        c.increment(StrictInt(2**64))
-    assert c.value() == 8
-
-
-# ---- overflow at both edges, for every update method ------------------------------
-
-# (id, name in messages, subtracts?, call(counter, n))
-UPDATES: list[tuple[str, str, bool, Callable[[Any, int], Any]]] = [
-    ("increment", "increment", False, lambda c, n: c.increment(n)),
-    ("increment-n=", "increment", False, lambda c, n: c.increment(n=n)),
-    ("decrement", "decrement", True, lambda c, n: c.decrement(n)),
-    ("decrement-n=", "decrement", True, lambda c, n: c.decrement(n=n)),
-    ("add", "add", False, lambda c, n: c.add(n)),
-    ("+=", "+=", False, _iadd),
-    ("-=", "-=", True, _isub),
-]
-UPDATE_PARAMS = [pytest.param(name, sub, call, id=i) for i, name, sub, call in UPDATES]
-
-# (start, n): each is applied as "start + n" by the adding methods and "start - n"
-# by the subtracting ones; Python's int arithmetic says which must overflow.
-EDGE_CASES = [
-    (INT64_MAX, 1),
-    (INT64_MAX - 1, 1),
-    (INT64_MAX, -1),
-    (INT64_MIN, 1),
-    (INT64_MIN, -1),
-    (INT64_MIN + 1, -1),
-    (INT64_MIN + 1, 1),
-    (0, INT64_MAX),
-    (1, INT64_MAX),
-    (-1, INT64_MAX),
-    (-2, INT64_MAX),
-    (0, INT64_MIN),
-    (-1, INT64_MIN),
-    (1, INT64_MIN),
-    (INT64_MIN, INT64_MIN),
-    (INT64_MAX, INT64_MIN),
-    (INT64_MIN, INT64_MAX),
-    (INT64_MAX, INT64_MAX),
-]
-
-
-@pytest.mark.parametrize(("start", "n"), EDGE_CASES)
-@pytest.mark.parametrize(("op", "sub", "call"), UPDATE_PARAMS)
-def test_updates_at_the_int64_edges(
-    impl: ModuleType, op: str, sub: bool, call: Callable[[Any, int], Any], start: int, n: int
-) -> None:
-    c = impl.Counter(start)
-    expected = start - n if sub else start + n
-    if in_int64(expected):
-        result = call(c, n)
-        assert c.value() == expected
-        if op == "add":
-            assert result == expected
-    else:
-        with pytest.raises(OverflowError) as info:
-            call(c, n)
-        assert type(info.value) is OverflowError
-        assert str(info.value) == result_overflow(op, n, start)
-        assert c.value() == start
-
-
-def test_decrement_by_int64_min_where_it_fits(impl: ModuleType) -> None:
-    c = impl.Counter(-1)
-    c.decrement(INT64_MIN)  # -1 - (-2**63) == 2**63 - 1
-    assert c.value() == INT64_MAX
-    c = impl.Counter(INT64_MIN)
-    c -= INT64_MIN
-    assert c.value() == 0
-    with pytest.raises(OverflowError):
-        c.decrement(INT64_MIN)  # 0 - (-2**63) does not fit
-    assert c.value() == 0
+# ---- the whole range ------------------------------------------------------------
 
 
 def test_the_whole_range_is_usable(impl: ModuleType) -> None:
@@ -561,139 +374,7 @@ def test_wait_until_rejects_non_number_timeouts(impl: ModuleType, timeout: Any) 
     )
 
 
-# ---- C and pure say exactly the same thing ---------------------------------------
-
-
-def _outcome(call: Callable[[], Any]) -> tuple[str, str]:
-    try:
-        return ("returned", repr(call()))
-    except Exception as exc:
-        return (type(exc).__name__, str(exc))
-
-
-def _scenarios() -> list[Any]:
-    """(id, scenario(module) -> outcome) for every way to get an error."""
-    out: list[Any] = []
-    bad_args = [p.values[0] for p in NOT_INTEGERS] + [p.values[0] for p in OUT_OF_RANGE]
-    bad_args += [BadIndex(), StrictInt(2**64), Index(2**100)]
-    bad_ids = [p.id for p in NOT_INTEGERS] + [p.id for p in OUT_OF_RANGE]
-    bad_ids += ["BadIndex", "StrictInt(2**64)", "Index(2**100)"]
-    for taker_id, _, call in ARG_TAKERS:
-        for bad_id, bad in zip(bad_ids, bad_args, strict=True):
-
-            def scenario(m: ModuleType, call: Any = call, bad: Any = bad) -> Any:
-                c = m.Counter(7)
-                return _outcome(lambda: call(c, bad)), c.value()
-
-            out.append(pytest.param(scenario, id=f"{taker_id}-{bad_id}"))
-        for start, n in [(INT64_MAX, 1), (INT64_MIN, -1), (INT64_MIN, 1), (-1, INT64_MIN)]:
-
-            def scenario(m: ModuleType, call: Any = call, start: int = start, n: int = n) -> Any:
-                c = m.Counter(start)
-                return _outcome(lambda: call(c, n)), c.value()
-
-            out.append(pytest.param(scenario, id=f"{taker_id}-at-{start}-by-{n}"))
-    for bad_id, bad in zip(bad_ids, bad_args, strict=True):
-
-        def scenario(m: ModuleType, bad: Any = bad) -> Any:
-            return _outcome(lambda: m.Counter(bad))
-
-        out.append(pytest.param(scenario, id=f"Counter-{bad_id}"))
-    for timeout in [-1, float("nan"), "x", "0.01", [1], 10**400, float("inf"), 1e10]:
-
-        def scenario(m: ModuleType, timeout: Any = timeout) -> Any:
-            return _outcome(lambda: m.Counter(5).wait_until(5, timeout))
-
-        out.append(pytest.param(scenario, id=f"wait_until-timeout-{timeout!r:.12}"))
-    return out
-
-
-@pytest.mark.parametrize("scenario", _scenarios())
-def test_c_and_pure_report_identical_errors(
-    core: ModuleType, pure: ModuleType, scenario: Callable[[ModuleType], Any]
-) -> None:
-    assert scenario(core) == scenario(pure)
-
-
-# ---- pickle, copy, repr, subclasses, size --------------------------------------------
-
-
-VALUES = [0, 5, -5, INT64_MAX, INT64_MIN]
-
-
-@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
-@pytest.mark.parametrize("v", VALUES)
-def test_pickle_keeps_the_value(impl: ModuleType, protocol: int, v: int) -> None:
-    c = impl.Counter(v)
-    clone = pickle.loads(pickle.dumps(c, protocol))
-    assert type(clone) is type(c)
-    assert clone.value() == v
-    clone.decrement(1 if v > INT64_MIN else -1)
-    assert c.value() == v
-
-
-@pytest.mark.parametrize("v", VALUES)
-def test_copy_and_deepcopy_keep_the_value(impl: ModuleType, v: int) -> None:
-    c = impl.Counter(v)
-    for clone in (copy.copy(c), copy.deepcopy(c), copy.deepcopy([c, c])[0]):
-        assert type(clone) is type(c)
-        assert clone is not c
-        assert clone.value() == v
-        clone.set(1 if v != 1 else 2)
-        assert c.value() == v
-
-
-def test_repr(impl: ModuleType) -> None:
-    assert repr(impl.Counter()) == "Counter(0)"
-    assert repr(impl.Counter(-12)) == "Counter(-12)"
-    assert repr(impl.Counter(INT64_MAX)) == "Counter(9223372036854775807)"
-
-
-def subclass_of(base: type) -> type:
-    """A module-level subclass of ``base`` (so that pickle can find it) with a __dict__."""
-    name = f"Tagged{base.__name__}_{base.__module__.replace('.', '_')}"
-    cls = globals().get(name)
-    if cls is None:
-
-        def describe(self: Any) -> str:
-            return f"{self.tag}={self.value()}"
-
-        def increment(self: Any, n: int = 1) -> None:
-            self.calls = getattr(self, "calls", 0) + 1
-            base.increment(self, n)  # type: ignore[attr-defined]
-
-        cls = type(name, (base,), {"__module__": __name__, "describe": describe})
-        cls.increment = increment  # type: ignore[attr-defined]
-        cls.__qualname__ = name
-        globals()[name] = cls
-    return cls
-
-
-def test_subclass_works(impl: ModuleType) -> None:
-    Tagged = subclass_of(impl.Counter)
-    c = Tagged(3)
-    c.tag = "jobs"
-    c.increment(2)
-    c += 1
-    assert isinstance(c, impl.Counter)
-    assert c.value() == 6
-    assert c.calls == 1
-    assert c.describe() == "jobs=6"
-    assert repr(c) == f"{Tagged.__name__}(6)"
-
-
-@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
-def test_subclass_pickles_with_its_attributes(impl: ModuleType, protocol: int) -> None:
-    Tagged = subclass_of(impl.Counter)
-    c = Tagged(-40)
-    c.tag = "queue"
-    clone = pickle.loads(pickle.dumps(c, protocol))
-    assert type(clone) is Tagged
-    assert clone.value() == -40
-    assert clone.tag == "queue"
-    for other in (copy.copy(c), copy.deepcopy(c)):
-        assert other.value() == -40
-        assert other.tag == "queue"
+# ---- size, re-import ------------------------------------------------------------
 
 
 def test_c_counter_is_small(core: ModuleType) -> None:

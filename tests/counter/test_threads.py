@@ -17,46 +17,14 @@ from __future__ import annotations
 import random
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 import pytest
+from _threads import interleaving as fast_switching
+from _threads import run_threads
 
 THREADS = 32
-
-
-@contextmanager
-def fast_switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
-
-def run_threads(n: int, work: Callable[[int], None]) -> None:
-    """Run work(0..n-1) in n threads that all start together; re-raise any failure."""
-    barrier = threading.Barrier(n)
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        try:
-            barrier.wait()
-            work(i)
-        except BaseException as exc:  # a thread's failure must fail the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    with fast_switching():
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
 
 
 def mixed_workload(counter: Any, kinds: list[str], ops: int, seed: int) -> tuple[int, int]:

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
 
 from _support import FREE_THREADED
+from _threads import interleaving, run_threads
 
-T = TypeVar("T")
+__all__ = [
+    "GIL_OFF",
+    "ROUNDS",
+    "ROUND_SECONDS",
+    "THREADS",
+    "Deadline",
+    "interleaving",
+    "ops",
+    "together",
+]
 
 #: Threads per test: two per core on this project's 2-core machine, so that threads
 #: both run in parallel and get preempted in the middle of an update.
@@ -40,17 +46,6 @@ def ops(n: int) -> int:
     return max(10, int(n * SCALE))
 
 
-@contextmanager
-def interleaving() -> Iterator[None]:
-    """With a GIL, switch threads as often as the interpreter can; without, nothing to do."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
-
 class Deadline:
     """``expired()`` is cheap enough to call every few hundred operations."""
 
@@ -61,27 +56,4 @@ class Deadline:
         return time.monotonic() >= self.end
 
 
-def together(n: int, work: Callable[[int], T]) -> list[T]:
-    """Run ``work(0..n-1)`` in ``n`` threads released by one barrier; returns their
-    results in order and re-raises the first failure of any of them."""
-    barrier = threading.Barrier(n)
-    results: list[T | None] = [None] * n
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as exc:  # a thread's failure must fail the test
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    with interleaving():
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
-    return results  # type: ignore[return-value]
+together = run_threads  # the shared helper, under the name these tests use

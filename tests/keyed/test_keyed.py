@@ -171,6 +171,18 @@ def test_assigning_a_value_read_earlier_restores_it(KC: Any) -> None:
     assert kc["a"] == 5
 
 
+def test_subtracting_int64_min_in_place(KC: Any) -> None:
+    """kc[k] -= INT64_MIN where it fits: a difference of 2**63, applied as a
+    decrement by INT64_MIN (found by the store differential test)."""
+    kc, c = KC(y=INT64_MIN), collections.Counter(y=INT64_MIN)
+    for obj in (kc, c):
+        obj["y"] -= INT64_MIN
+    assert kc["y"] == c["y"] == 0
+    with pytest.raises(OverflowError):
+        kc["y"] -= INT64_MIN  # 0 + 2**63 does not fit
+    assert kc["y"] == 0
+
+
 def test_increment_decrement_value(KC: Any) -> None:
     kc = KC()
     kc.increment("a")

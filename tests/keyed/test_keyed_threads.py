@@ -18,12 +18,12 @@ import collections
 import os
 import pickle
 import random
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _threads import interleaving, run_threads
 
 import tallies.keyed
 from tallies import _pure_keyed
@@ -49,31 +49,8 @@ def KC(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture(autouse=True)
 def tiny_switch_interval() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with interleaving():
         yield
-    finally:
-        sys.setswitchinterval(old)
-
-
-def run_threads(n: int, target: Callable[[int], None]) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def wrapped(i: int) -> None:
-        try:
-            barrier.wait()
-            target(i)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
 
 
 @pytest.mark.parametrize("keys", ["str", "mixed"])

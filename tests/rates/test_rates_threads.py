@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 from _rates_support import Clock
+from _threads import interleaving, run_threads
 
 
 @pytest.fixture
 def fast_switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with interleaving():
         yield
-    finally:
-        sys.setswitchinterval(old)
-
-
-def run_threads(n: int, target: Callable[[int], None]) -> None:
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 def test_ten_threads_one_window(rates_impl: ModuleType) -> None:

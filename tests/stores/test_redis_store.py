@@ -379,7 +379,7 @@ def test_tallies_show(url: str) -> None:
         timeout=60,
         check=False,
     )
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # a user's mistake, as in serve and watch (issue 24, 9)
     assert "Traceback" not in bad.stderr
     assert "no keys under the prefix" in bad.stderr
 

@@ -57,14 +57,14 @@ def test_a_process_without_a_slab_registers_no_name_key_or_ring() -> None:
                 assert _in_child(attempt) == 0
                 # not one byte changed: no name, no key, no ring units taken
                 assert path.read_bytes() == before
-            assert s.names() == ["owner", "k", "kr"]
+            assert s.names() == ["k", "kr", "owner"]  # sorted (docs/contract.md)
             assert (s.info()["names"], s.info()["keys"]) == (info["names"], info["keys"])
             # the owner still has every name, key and bucket unit it had
             s.counter("d").increment()  # the 4th name of 4
             k.increment("y")
             k.increment("z")
             kr.increment("y")  # the 4th key of 4, and its ring: 62 more units (124 of 200)
-            assert s.names() == ["owner", "k", "kr", "d"]
+            assert s.names() == ["d", "k", "kr", "owner"]
             assert s.info()["keys"] == 4 and kr.snapshot() == {"y": 1}
     finally:
         tallies.destroy(url.partition("?")[0])
@@ -100,6 +100,6 @@ def test_the_owner_is_not_blocked_by_failed_children(kind: str) -> None:
                 assert _in_child(lambda name=name, make=make: make(name)) == 0  # type: ignore[misc]
             assert s.names() == ["owner"]
             s.counter("d").increment()
-            assert s.names() == ["owner", "d"]
+            assert s.names() == ["d", "owner"]
     finally:
         tallies.destroy(url.partition("?")[0])

@@ -251,7 +251,7 @@ def test_show_and_destroy(db: Path, url: str) -> None:
     proc = run_python(
         f"import tallies.cli; raise SystemExit(tallies.cli.main(['show', {missing!r}]))"
     )
-    assert proc.returncode == 1 and "no database" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no database" in proc.stderr and "Traceback" not in proc.stderr
     with tallies.open(url) as s:  # leave -wal and -shm behind
         s.counter("jobs").increment()
         s.flush()

@@ -1922,8 +1922,10 @@ Keyed_subscript(KeyedObject *self, PyObject *key)
 }
 
 /* 1 when value is a Count derived (by + or -) from a Count read from this
- * counter and this key, with the difference (value - read) in *delta; 0 when
- * it is any other value (a Count assigned back unchanged included). */
+ * counter and this key, with the difference (value - read) in *delta; 2 when
+ * that difference is 2**63 (kc[k] -= INT64_MIN), to be applied as a decrement
+ * by INT64_MIN; 0 when it is any other value (a Count assigned back unchanged
+ * included). */
 static int
 count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
 {
@@ -1941,6 +1943,11 @@ count_delta(KeyedObject *self, PyObject *key, PyObject *value, int64_t *delta)
         }
     }
     int64_t v;
+    if (as_int64(value, &v) && TL_SUB_OVERFLOWS(v, t->read, delta) &&
+        (uint64_t)v - (uint64_t)t->read == (uint64_t)1 << 63) {
+        *delta = INT64_MIN;
+        return 2;
+    }
     if (!as_int64(value, &v) || TL_SUB_OVERFLOWS(v, t->read, delta)) {
         PyErr_Format(PyExc_OverflowError,
                      "increment() argument %R is outside the signed 64-bit range",
@@ -1964,6 +1971,9 @@ Keyed_ass_subscript(KeyedObject *self, PyObject *key, PyObject *value)
     PyObject *res;
     if (r == 1) { /* kc[key] += n: the difference, as one atomic increment */
         res = keyed_add(self, key, n, 0, "increment");
+    }
+    else if (r == 2) { /* kc[key] -= INT64_MIN: a difference of 2**63 */
+        res = keyed_add(self, key, n, 1, "decrement");
     }
     else {
         PyObject *args[2] = {key, value};

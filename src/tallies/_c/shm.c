@@ -954,6 +954,19 @@ keyed_update(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (slots[1] != NULL && to_int64(slots[1], fname, &n) < 0) {
         return NULL;
     }
+    if (TL_UNLIKELY(sub && n == INT64_MIN) && self->cells != NULL &&
+        PyUnicode_Check(slots[0])) {
+        /* 0 - INT64_MIN overflows the cell of a key this object never wrote (its
+         * own cell is 0): refuse before the key is registered, so that a refused
+         * update lists nothing (docs/contract.md). */
+        int known = PyDict_Contains(self->cells, slots[0]);
+        if (known < 0) {
+            return NULL;
+        }
+        if (!known) {
+            return overflow_result(fname, n);
+        }
+    }
     Py_ssize_t cell = keyed_cell(self, slots[0], fname);
     if (cell < 0) {
         return NULL;

@@ -194,15 +194,14 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from ..stores import StoreError
+    from .look import user_errors
     from .show import show
 
-    try:
+    def run() -> int:
         print(show(args.url, as_json=args.json))
-    except (StoreError, OSError, ValueError) as exc:
-        print(f"tallies show: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return user_errors("show", run)  # a user's mistake: one line, status 2 (as serve, watch)
 
 
 def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

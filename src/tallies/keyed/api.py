@@ -320,7 +320,11 @@ class KeyedCounterMixin:
             counter, read_key, read = tag
             if counter is self and (read_key is key or read_key == key):
                 # kc[key] += n: apply the difference atomically.
-                self.increment(key, int(cast(int, value)) - read)
+                delta = int(cast(int, value)) - read
+                if delta == 2**63:  # kc[key] -= INT64_MIN
+                    self.decrement(key, INT64_MIN)
+                else:
+                    self.increment(key, delta)
                 return
         self._set(key, value)
 

@@ -88,7 +88,11 @@ class StoreKeyedMixin:
         if tag is not None:
             counter, read_key, read = tag
             if counter is self and (read_key is key or read_key == key):
-                self.increment(key, int(value) - read)
+                delta = int(value) - read
+                if delta == 2**63:  # kc[key] -= INT64_MIN
+                    self.decrement(key, INT64_MIN)
+                else:
+                    self.increment(key, delta)
                 return
         if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
             # kc[key] += n past the int64 edge (a sum outside int64 is a plain int)
@@ -102,7 +106,9 @@ class StoreKeyedMixin:
     def update(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
         """Add counts: from a mapping (key -> amount), from an iterable of
         keys (one each), and from keyword arguments.  Every key and amount is
-        checked before the first is added; the adds are not one atomic step."""
+        checked before the first is added, and an add that fails (a count
+        leaving int64) takes back the ones before it: all or nothing, though
+        not one atomic step for other processes."""
         self._add_all(iterable, kwds, 1, "update")
 
     def subtract(self, iterable: Any = None, /, **kwds: SupportsIndex) -> None:
@@ -128,8 +134,18 @@ class StoreKeyedMixin:
             totals[k] = totals.get(k, 0) + v
         for v in totals.values():
             to_int64(v, fname)  # the amounts of one key together (before any add)
-        for k, v in totals.items():
-            if sign > 0:
-                self.increment(k, v)
-            else:
-                self.decrement(k, v)
+        done: list[tuple[str, int]] = []
+        try:
+            for k, v in totals.items():
+                if sign > 0:
+                    self.increment(k, v)
+                else:
+                    self.decrement(k, v)
+                done.append((k, v))
+        except BaseException:
+            for k, v in reversed(done):
+                if sign > 0:
+                    self.decrement(k, v)
+                else:
+                    self.increment(k, v)
+            raise

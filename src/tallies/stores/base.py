@@ -374,8 +374,9 @@ class Store(abc.ABC):
         return f"<{type(self).__name__} {self._url.shown!r} {state}>"
 
 
-NAME_MAX_BYTES = 200
-"""The longest name of a counter (or keyed counter, or rate), in UTF-8 bytes."""
+NAME_MAX_BYTES = 224
+"""The longest name of a counter (or keyed counter, or rate), in UTF-8 bytes
+(what a ``shm://`` name entry holds)."""
 KEY_MAX_BYTES = 1024
 """The longest key of a keyed counter, in UTF-8 bytes (``shm://`` holds 224)."""
 
@@ -400,7 +401,7 @@ def check_name(name: object, what: str = "counter name", max_bytes: int = NAME_M
 
 def counter_name(name: object) -> str:
     """The name of a counter, keyed counter or rate, by the rule every store
-    shares (docs/contract.md): a str of 1 to 200 UTF-8 bytes, no NUL, no lone
+    shares (docs/contract.md): a str of 1 to 224 UTF-8 bytes, no NUL, no lone
     surrogate, not starting with ``}`` (Redis Cluster would read ``{}...``
     as an empty hash tag).  TypeError for a non-str, ValueError otherwise."""
     check_name(name)

@@ -25,8 +25,6 @@ from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_key, chec
 
 __all__ = ["STORE", "MemoryKeyedCounter", "MemoryStore"]
 
-_EVERY: Any = object()
-
 
 class MemoryKeyedCounter(KeyedCounter):
     """``memory://``'s keyed counter: a ``tallies.KeyedCounter`` whose keys are
@@ -50,8 +48,9 @@ class MemoryKeyedCounter(KeyedCounter):
         v: int = KeyedCounter.__getitem__(self, check_key(key))
         return v
 
-    def reset(self, key: Hashable = _EVERY) -> Any:
-        if key is _EVERY:
+    def reset(self, key: Hashable = None) -> Any:
+        """``reset(key)`` or ``reset()`` (also ``reset(None)``, as in every store)."""
+        if key is None:
             return KeyedCounter.reset(self)
         return KeyedCounter.reset(self, check_key(key))
 
@@ -63,10 +62,15 @@ class MemoryKeyedCounter(KeyedCounter):
         return v
 
     def _checked_keys(self, iterable: Any, kwds: Mapping[str, Any]) -> Any:
+        """Every key checked before the first is counted (a mapping's too)."""
         for k in kwds:
             check_key(k)
-        if iterable is None or isinstance(iterable, Mapping):
-            return iterable  # every key goes through increment()
+        if iterable is None:
+            return None
+        if isinstance(iterable, Mapping):
+            for k in iterable:
+                check_key(k)
+            return iterable
         keys = list(iterable)
         for k in keys:
             check_key(k)

@@ -179,8 +179,6 @@ __all__ = [
 
 # ---- the user-facing objects ------------------------------------------------
 
-_EVERY: Any = object()  # reset() without a key
-
 
 def _need_c() -> None:
     if _shm is None:
@@ -321,10 +319,10 @@ class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
         vals = self._seg.sum_many(list(cells.values()))
         return collections.Counter(dict(zip(cells, vals, strict=True)))
 
-    def reset(self, key: str = _EVERY) -> Any:
+    def reset(self, key: str | None = None) -> Any:
         """``reset(key) -> int``: zero one key, return what it held.
         ``reset() -> collections.Counter``: zero every key, return what each held."""
-        if key is not _EVERY:
+        if key is not None:
             cell = self._cell(key, "reset")
             return 0 if cell is None else self._seg.take([cell])[0]
         cells = self._all()

@@ -245,7 +245,6 @@ __all__ = [
 log = logging.getLogger("tallies.stores")
 
 HISTORY = 16
-_EVERY: Any = object()  # reset() without a key
 
 
 def _what(name: str, key: str | None) -> str:
@@ -546,13 +545,13 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         """Every key's count (stored + pending; keys at 0 included)."""
         return collections.Counter(self._wb.value_keyed(self._name))
 
-    def reset(self, key: str = _EVERY) -> Any:
+    def reset(self, key: str | None = None) -> Any:
         """``reset(key) -> int`` or ``reset() -> collections.Counter``: zero the
         stored counts and this process's pending deltas in one transaction
         (the keys stay listed, at 0)."""
         if self._closed:
             raise self._closed_error()
-        if key is _EVERY:
+        if key is None:
             v = self._wb.take(Target("keyed", self._name))
             assert isinstance(v, dict)
             return collections.Counter(v)
@@ -1644,6 +1643,8 @@ def _retry_now(exc: BaseException) -> bool:
 
 def flush_all() -> None:
     """Flush every open write-behind store (at exit); log failures."""
+    global _leaving
+    _leaving = True  # a SIGTERM from now on waits for this flush (see _exit_on_sigterm)
     with _live_lock:
         stores = list(_live.values())
     for wb in stores:
@@ -1706,12 +1707,18 @@ def _mp_after_fork(_: object) -> None:
 
 
 _sigterm_pid = 0
+_leaving = False
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM in a multiprocessing child with a write-behind store open:
     leave the normal way, so that the exit hooks flush (see the module
-    docstring)."""
+    docstring).  A SIGTERM that arrives while the process is already leaving
+    (``Pool.terminate()`` races with a worker that got its sentinel) lets
+    the exit flush finish; the process is on its way out anyway."""
+    util = sys.modules.get("multiprocessing.util")
+    if _leaving or getattr(util, "_exiting", False):  # its exit hooks are running
+        return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
     raise SystemExit(128 + signal.SIGTERM)
 
