@@ -64,7 +64,7 @@ def test_a_keyed_rate_counts_each_key(store_url: str) -> None:
 def test_window_and_resolution_are_fixed_by_the_first_use(store_url: str) -> None:
     with tallies.open(store_url) as s:
         s.rate("r", 10, 0.5)
-        with pytest.raises(ValueError, match="window=10.0, resolution=0.5"):
+        with pytest.raises(ValueError, match=r"window=10\.0, resolution=0\.5"):
             s.rate("r", 20, 0.5)
         with pytest.raises(ValueError, match="is a rate"):
             s.keyed_rate("r", 10, 0.5)

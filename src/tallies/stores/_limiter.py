@@ -93,7 +93,9 @@ def _seconds(obj: object, what: str) -> float:
         if obj is not None and hasattr(type(obj), "__float__") and not isinstance(obj, str):
             obj = float(obj)  # type: ignore[arg-type]
         else:
-            raise TypeError(f"limiter() {what} must be a number of seconds, not {type(obj).__name__!r}")
+            raise TypeError(
+                f"limiter() {what} must be a number of seconds, not {type(obj).__name__!r}"
+            )
     v = float(obj)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"limiter() {what} must be a finite number of seconds > 0, not {obj!r}")
@@ -107,7 +109,7 @@ def limit_spec(
     name = counter_name(name)
     if isinstance(limit, bool) or not hasattr(type(limit), "__index__"):
         raise TypeError(f"limiter() limit must be an integer, not {type(limit).__name__!r}")
-    lim = operator.index(limit)  # type: ignore[call-overload]
+    lim = operator.index(limit)  # type: ignore[arg-type]
     if lim <= 0:
         raise ValueError(f"limiter() limit must be > 0, not {lim}")
     if lim > INT64_MAX:
@@ -118,9 +120,7 @@ def limit_spec(
     per_ns = round(per_s * NS)
     min_s = min_res_ns / NS
     if per_ns < min_res_ns:
-        raise ValueError(
-            f"limiter() per={per!r} is finer than {where}'s resolution ({min_s:g} s)"
-        )
+        raise ValueError(f"limiter() per={per!r} is finer than {where}'s resolution ({min_s:g} s)")
     if resolution is None:
         res_ns = max(min_res_ns, -(-per_ns // 60))
     else:
@@ -147,7 +147,7 @@ def check_hits(n: object, fname: str = "hit") -> int:
     """``n`` of hit()/test(): an int >= 1 (a bool is refused)."""
     if isinstance(n, bool) or not hasattr(type(n), "__index__"):
         raise TypeError(f"{fname}() n must be an integer, not {type(n).__name__!r}")
-    v = operator.index(n)  # type: ignore[call-overload]
+    v = operator.index(n)  # type: ignore[arg-type]
     if v <= 0:
         raise ValueError(f"{fname}() n must be >= 1, not {v}")
     if v > INT64_MAX:
@@ -563,7 +563,7 @@ class LeaseLimiter(_Spec):
             for k, slot, left in leases:
                 try:
                     self._backend().limit_acquire(self.spec, k, 0, 0, (slot, left))
-                except Exception:  # noqa: BLE001 - the units stay counted: refusals only
+                except Exception:
                     return
 
     def close(self) -> None:

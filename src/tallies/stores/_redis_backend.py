@@ -81,9 +81,9 @@ from ._redis_lua import (
     fixed_window_key,
     limiter_key,
     limiter_spec_key,
+    name_from_data_key,
     rate_bucket_key,
     rate_meta_key,
-    name_from_data_key,
     reset_key,
     scan_pattern,
     tag_of,
@@ -496,8 +496,12 @@ class RedisBackend:
                 ops.append((rate_meta_key(self.prefix, name), "h", None, [("t", sum(m.values()))]))
                 for slot in sorted(m):
                     ops.append(
-                        (rate_bucket_key(self.prefix, name, slot), "e", spec.keep_ms(slot),
-                         [("n", m[slot])])
+                        (
+                            rate_bucket_key(self.prefix, name, slot),
+                            "e",
+                            spec.keep_ms(slot),
+                            [("n", m[slot])],
+                        )
                     )
             by_slot: dict[int, list[tuple[str, int]]] = {}
             for k, b in sorted(batch.keyed_rates.get(name, {}).items()):
@@ -505,8 +509,12 @@ class RedisBackend:
                     by_slot.setdefault(slot, []).append((k, d))
             for slot in sorted(by_slot):
                 ops.append(
-                    (rate_bucket_key(self.prefix, name, slot), "e", spec.keep_ms(slot),
-                     by_slot[slot])
+                    (
+                        rate_bucket_key(self.prefix, name, slot),
+                        "e",
+                        spec.keep_ms(slot),
+                        by_slot[slot],
+                    )
                 )
         size = self.options.batch
         parts: list[tuple[list[bytes], list[bytes], list[tuple[str, str, int]]]] = []
@@ -957,8 +965,8 @@ class RedisBackend:
                 keys = [wkey, rkey]
                 args: list[str] = []
                 for i in chunk:
-                    name, mode, key, rkey = ops[i]
-                    keys.append(rkey or data_key(self.prefix, name))
+                    name, mode, key, okey = ops[i]
+                    keys.append(okey or data_key(self.prefix, name))
                     args += [mode] if mode != "f" else ["f", key or ""]
                 calls.append((keys, args))
                 meta.append((wkey, chunk, has_take))
@@ -1000,16 +1008,16 @@ class RedisBackend:
                 else:
                     m = keyed.setdefault(name, {})
                     m[key] = m.get(key, 0) + d
-            for rkey, f, d in c.rfields:
-                rm = rated.setdefault(rkey, {})
-                rm[f] = rm.get(f, 0) + d
+            for bkey, f, d in c.rfields:
+                fm = rated.setdefault(bkey, {})
+                fm[f] = fm.get(f, 0) + d
         for i in idxs:
             name, mode, key, rkey = ops[i]
             if rkey is not None:
                 rm = rated.get(rkey)
                 if not rm:
                     continue
-                if mode == "f" and key in rm:
+                if mode == "f" and key is not None and key in rm:
                     values[i] = int(values[i] or 0) - rm[key]
                 elif mode == "h":
                     flat = list(values[i] or [])
@@ -1041,7 +1049,7 @@ class RedisBackend:
         out = Read(seq)
         rate_ops = {i for i, _, _ in rinfo}
         for i, q, slot in rinfo:
-            total, buckets = out.rates.setdefault(q.name, (0, {}))
+            _, buckets = out.rates.setdefault(q.name, (0, {}))
             raw = values[i]
             where = ops[i][3] or q.name
             if slot is None:

@@ -214,7 +214,7 @@ class BufferedRate(_RateBase):
 
     def total(self) -> int:
         """Events since the rate was created or last reset, every writer's."""
-        _, lo, hi = self._range(None, "total")
+        _, _, hi = self._range(None, "total")
         return self._wb.rate_read(self, hi + 1, hi)[1]
 
     def reset(self) -> int:
@@ -343,7 +343,9 @@ def stored(read: Read, name: str) -> tuple[int, dict[str, dict[int, int]]]:
 # ---- what the write-behind calls (see its methods rate, rate_read, ...) -----------
 
 
-def open_rate(wb: WriteBehind, name: str, kind: RateKind, window: object, resolution: object) -> Any:
+def open_rate(
+    wb: WriteBehind, name: str, kind: RateKind, window: object, resolution: object
+) -> Any:
     """Create this process's object for rate ``name``, registering it in the
     backend (which keeps the first spec asked for)."""
     from .base import RatesUnsupportedError
@@ -358,7 +360,7 @@ def open_rate(wb: WriteBehind, name: str, kind: RateKind, window: object, resolu
     if have is not None:
         what = "a counter" if have == "counter" else "a keyed counter"
         raise ValueError(f"{name!r} is {what} in {wb.shown}")
-    stored: RateSpec = be.register_rate(name, spec)  # type: ignore[attr-defined]
+    stored: RateSpec = be.register_rate(name, spec)
     if stored != spec:
         raise _mismatch(wb, name, stored, spec)
     cls = BufferedRate if kind == "rate" else BufferedKeyedRate
@@ -463,7 +465,7 @@ def take_pending(wb: WriteBehind, batch: Any, name: str) -> None:
 def pending_plain(wb: WriteBehind, rate: Any, seq: int) -> dict[int, int]:
     """This process's buckets of ``rate`` that a read at recorded seq ``seq``
     does not include (caller holds the state lock)."""
-    out = rate._items()
+    out: dict[int, int] = rate._items()
     add_buckets(out, wb._held_r.get(rate.name, {}))
     for b in wb._unseen(seq):
         add_buckets(out, b.rates.get(rate.name, {}))
@@ -471,7 +473,7 @@ def pending_plain(wb: WriteBehind, rate: Any, seq: int) -> dict[int, int]:
 
 
 def pending_keyed(wb: WriteBehind, rate: Any, seq: int) -> dict[str, dict[int, int]]:
-    out = rate._items()
+    out: dict[str, dict[int, int]] = rate._items()
     for k, b in wb._held_kr.get(rate.name, {}).items():
         add_buckets(out.setdefault(k, {}), b)
     for batch in wb._unseen(seq):

@@ -100,7 +100,7 @@ def _keyed_rate_class() -> Any:
     if _KeyedRate is None:
         from tallies import KeyedRateCounter
 
-        class MemoryKeyedRate(KeyedRateCounter):  # type: ignore[misc, valid-type]
+        class MemoryKeyedRate(KeyedRateCounter):
             """A ``tallies.KeyedRateCounter`` taking the keys every store takes."""
 
             __slots__ = ()
@@ -241,9 +241,7 @@ class MemoryStore(Store):
 
     LIMITER_RESOLUTION_NS = 1_000
 
-    def limiter(
-        self, name: str, limit: int, per: float, *, resolution: float | None = None
-    ) -> Any:
+    def limiter(self, name: str, limit: int, per: float, *, resolution: float | None = None) -> Any:
         """The limiter called ``name`` in this process (exact, one lock; see
         ``tallies.stores._limiter``).  Slots follow the monotonic clock; the
         finest is 1 us."""

@@ -1023,9 +1023,7 @@ class SqliteBackend:
                 conn.execute(stmt)
             s = time.time_ns() // spec.res_ns
             used, _ = self._window_of(conn, spec, key, s)
-            conn.execute(
-                "DELETE FROM limiter_slots WHERE name = ? AND key = ?", (spec.name, key)
-            )
+            conn.execute("DELETE FROM limiter_slots WHERE name = ? AND key = ?", (spec.name, key))
             return used
 
         out: int = self._write(body)

@@ -1512,9 +1512,7 @@ class WriteBehindStore(Store):
         self._check_open()
         return self._wb.rate(counter_name(name), "keyed_rate", window, resolution)
 
-    def limiter(
-        self, name: str, limit: int, per: float, *, resolution: float | None = None
-    ) -> Any:
+    def limiter(self, name: str, limit: int, per: float, *, resolution: float | None = None) -> Any:
         """The limiter called ``name``: at most ``limit`` units in any ``per``
         seconds across every writer of the store, decided locally from
         leases (see ``tallies.stores._limiter``)."""
