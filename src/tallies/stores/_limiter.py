@@ -419,6 +419,9 @@ class LeaseLimiter(_Spec):
         self._leases: dict[str, _Lease] = {}
         self._swept = 0
         self._closed = False
+        # tests: called with (sent, replied, key, need, want, give_back, grant or
+        # the exception) after every backend acquire (wall-clock seconds)
+        self.trace: Callable[..., None] | None = None
         _lease_limiters.add(self)
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreError:
@@ -469,10 +472,15 @@ class LeaseLimiter(_Spec):
                 lease.left = 0
                 lease.deadline = 0
             sent = time.monotonic_ns()
+            sent_wall = time.time()
             try:
                 g: Grant = self._backend().limit_acquire(self.spec, k, v, want, give)
             except Exception as exc:
+                if self.trace is not None:
+                    self.trace(sent_wall, time.time(), k, v, want, give, exc)
                 raise self._unavailable("hit", exc) from exc
+            if self.trace is not None:
+                self.trace(sent_wall, time.time(), k, v, want, give, g)
             with self._state:
                 if len(self._leases) > self._swept + 256:
                     self._sweep(g.slot)
