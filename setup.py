@@ -9,9 +9,11 @@ set it) makes a failed build fatal.
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 flags = ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
 if os.environ.get("TALLIES_WERROR") == "1":
@@ -41,6 +43,20 @@ class optional_build_ext(build_ext):
         )
 
 
+class pruned_build_py(build_py):
+    """setuptools reuses build/lib between builds: a module deleted from src/ (the
+    benchmarks, which moved to benchmarks/) would still be installed from there.
+    After copying the package, drop every Python file that src/ no longer has."""
+
+    def run(self) -> None:
+        super().run()
+        built = Path(self.build_lib, "tallies")
+        source = Path(__file__).resolve().parent / "src" / "tallies"
+        for path in list(built.rglob("*")):
+            if path.suffix in (".py", ".pyi") and not (source / path.relative_to(built)).exists():
+                path.unlink()
+
+
 C = "src/tallies/_c/"  # every C source and shared header lives here
 
 
@@ -61,5 +77,5 @@ setup(
         extension("tallies.stores._buffered", "buffered.c", "_gate.h"),
         extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),
     ],
-    cmdclass={"build_ext": optional_build_ext},
+    cmdclass={"build_ext": optional_build_ext, "build_py": pruned_build_py},
 )

@@ -2,6 +2,7 @@
 # Sourced by ./tallies and ./run-tests: make .venv with tallies installed.
 #
 #   bootstrap_tallies [EXTRA]    EXTRA is a pip extra such as "test" (or empty)
+#   bootstrap_benchmarks         the peers of benchmarks/requirements.txt (./tallies bench)
 #
 # On a fresh Debian machine with nothing but python3, it installs (as root, via
 # apt-get) what a virtual environment and the C build need: python3-venv,
@@ -15,11 +16,19 @@ PY="${PYTHON:-python3}"
 
 _say() { printf 'tallies setup: %s\n' "$*" >&2; }
 
+# CI (CI=true) and TALLIES_REQUIRE_REDIS=1 require every server and tool the
+# tests use: then failing to install one is an error, not a skip later.
+_servers_required() {
+    [ "${CI:-}" = true ] || [ "${TALLIES_REQUIRE_REDIS:-0}" = 1 ]
+}
+
 _apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         _say "installing $* with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+        # (another apt-get, e.g. scripts/ft-python's, may hold dpkg's lock: wait for it)
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null &&
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+                "$@" >/dev/null
     else
         _say "missing system packages: $* (install them, e.g. 'sudo apt-get install $*')"
         return 1
@@ -50,13 +59,20 @@ PYEOF
 _need_test_tools() {
     # The tests start a real Prometheus server and drive `tallies watch` in tmux.
     # Installed only when missing, only as root; without them those tests fail
-    # (TALLIES_REQUIRE_C=1) with the reason.  Debian's package starts or enables
-    # a prometheus service: stop and disable it, the tests run their own.
+    # (TALLIES_REQUIRE_C=1) with the reason, and under CI=true so does this.
+    # Debian's package starts or enables a prometheus service: stop and disable
+    # it, the tests run their own.
     local missing=()
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)
     [ ${#missing[@]} -eq 0 ] && return 0
-    _apt_install --no-install-recommends "${missing[@]}" || return 0
+    _apt_install --no-install-recommends "${missing[@]}" || {
+        if _servers_required; then
+            _say "cannot install ${missing[*]}, which CI requires (CI=true)"
+            return 1
+        fi
+        return 0
+    }
     if [[ " ${missing[*]} " == *" prometheus "* ]]; then
         { command -v systemctl && systemctl disable --now prometheus; } >/dev/null 2>&1 || true
         { command -v service && service prometheus stop; } >/dev/null 2>&1 || true
@@ -70,6 +86,10 @@ _need_test_tools() {
 _need_redis_server() {
     command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
     _apt_install redis-server redis-tools || {
+        if _servers_required; then
+            _say "cannot install redis-server, which CI=true / TALLIES_REQUIRE_REDIS=1 require"
+            return 1
+        fi
         _say "redis-server is missing: the redis:// tests will be skipped (CI fails them)"
         return 0
     }
@@ -135,5 +155,21 @@ bootstrap_tallies() {
         fi
         grep -E "tallies: the C core could not be built" "$log" >&2 || true
         printf '%s %s %s' "$(_src_hash)" "$werror" "$extras" >"$VENV/.tallies-stamp"
+    fi
+}
+
+# The peers the benchmarks compare with, from benchmarks/requirements.txt, into
+# the same .venv; installed again only when that file changed.  Without them
+# (no network) the benchmarks still run and their rows say "not installed".
+bootstrap_benchmarks() {
+    local req="$TALLIES_ROOT/benchmarks/requirements.txt" stamp="$VENV/.benchmarks-stamp"
+    local log="$VENV/benchmarks-install.log" want
+    want="$(sha256sum "$req" | cut -c1-16)"
+    [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && return 0
+    _say "installing the benchmarks' peers into $VENV (benchmarks/requirements.txt)"
+    if "$VENV/bin/python" -m pip install -r "$req" >"$log" 2>&1; then
+        printf '%s' "$want" >"$stamp"
+    else
+        _say "could not install them (log: $log); their rows will say \"not installed\""
     fi
 }

@@ -22,6 +22,13 @@ INT64_MAX = 2**63 - 1
 #: CI and the test command set TALLIES_REQUIRE_C=1: then a missing C core fails the tests.
 REQUIRE_C = os.environ.get("TALLIES_REQUIRE_C") == "1"
 
+#: CI (``CI=true``, which .ci/run sets) requires every server and tool a test
+#: starts: redis-server and Redis Cluster (tests/_redis_support.py), Prometheus
+#: and tmux (tests/look/_look_support.py), and the next ones (Valkey,
+#: PostgreSQL, Chromium) the same way: ``unavailable(reason,
+#: required=REQUIRE_SERVERS, by="CI")``, so CI cannot pass with a backend skipped.
+REQUIRE_SERVERS = os.environ.get("CI") == "true"
+
 #: True on a free-threaded CPython build (``--disable-gil``, e.g. 3.13t), whatever the GIL's state.
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 

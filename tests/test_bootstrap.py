@@ -6,6 +6,7 @@ must serve both, and a changed source always reinstalls."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,3 +43,67 @@ def test_reinstalls_keep_the_union_of_extras() -> None:
     done = _bash('_union "test,prometheus" "watch,prometheus"')
     assert done.stdout.strip() == "prometheus,test,watch"
     assert _bash('_union "" ""').stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("setting", "status"),
+    [({"CI": "true"}, 1), ({"TALLIES_REQUIRE_REDIS": "1"}, 1), ({}, 0)],
+    ids=["CI", "TALLIES_REQUIRE_REDIS", "developer"],
+)
+@pytest.mark.parametrize("need", ["_need_redis_server", "_need_test_tools"])
+def test_a_server_that_cannot_be_installed_fails_where_servers_are_required(
+    need: str, setting: dict[str, str], status: int
+) -> None:
+    """redis-server, prometheus and tmux missing, and apt-get failing: CI and
+    TALLIES_REQUIRE_REDIS=1 stop right there; a developer's run goes on (the
+    tests then skip, saying why)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TALLIES_REQUIRE_REDIS")}
+    env.update(setting)
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'. "{SCRIPT}" && _apt_install() {{ return 1; }} && PATH=/nonexistent {need}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert done.returncode == status, done.stderr
+    if status:
+        assert "CI" in done.stderr and "requir" in done.stderr
+
+
+def test_the_benchmarks_peers_are_installed_once_per_requirements_file(tmp_path: Path) -> None:
+    """./tallies bench installs benchmarks/requirements.txt into .venv when that file
+    changed since the last install, and carries on (saying so) when pip fails."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "$*" >>"{calls}"\nexit "${{FAKE_PIP_STATUS:-0}}"\n')
+    python.chmod(0o755)
+
+    def install(status: int = 0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", f'. "{SCRIPT}" && bootstrap_benchmarks && echo carried on'],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "TALLIES_VENV": str(venv),
+                "FAKE_PIP_STATUS": str(status),
+            },
+        )
+
+    failed = install(status=1)
+    assert failed.stdout == "carried on\n" and "could not install them" in failed.stderr
+    assert not (venv / ".benchmarks-stamp").exists()
+    done = install()
+    requirements = SCRIPT.parents[1] / "benchmarks" / "requirements.txt"
+    assert calls.read_text().splitlines()[-1] == f"-m pip install -r {requirements}"
+    assert "installing the benchmarks' peers" in done.stderr
+    again = install()
+    assert again.stderr == "" and len(calls.read_text().splitlines()) == 2  # not reinstalled

@@ -1,12 +1,16 @@
 """The layout's rules (README, "Layout"): the library never imports the command
-line tools, C sources live in one folder, each extension's .pyi sits beside it."""
+line tools, the package holds no benchmark, C sources live in one folder, each
+extension's .pyi sits beside it."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tallies"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "tallies"
 
 
 def _imports(path: Path) -> list[str]:
@@ -47,8 +51,24 @@ def test_the_library_never_imports_the_command_line_tools() -> None:
 
 def test_the_import_scanner_sees_relative_imports() -> None:
     """The scanner above resolves ``from .x import y`` (so it can catch ``.cli``)."""
-    assert "tallies.cli.demo" in _imports(SRC / "cli" / "bench.py")
+    assert "tallies.cli.look.positive_int" in _imports(SRC / "cli" / "__init__.py")
     assert "tallies._pure.keyed.KeyedCounter" in _imports(SRC / "keyed" / "__init__.py")
+
+
+def test_the_package_holds_no_benchmark_and_never_imports_one() -> None:
+    """The benchmarks live in benchmarks/ at the repository's root (the wheel is the
+    library and its command line); nothing under src/ imports them."""
+    assert [p.name for p in SRC.rglob("*bench*") if "__pycache__" not in p.parts] == []
+    offenders = {
+        str(p.relative_to(SRC)): name
+        for p in SRC.rglob("*.py")
+        for name in _imports(p)
+        if name == "benchmarks" or name.startswith("benchmarks.")
+    }
+    assert offenders == {}
+    assert (ROOT / "benchmarks" / "harness.py").is_file()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "\nbench = " not in pyproject  # no `bench` extra: benchmarks/requirements.txt
 
 
 def test_c_sources_live_in_one_folder() -> None:
@@ -65,3 +85,23 @@ def test_c_sources_live_in_one_folder() -> None:
 def test_each_extension_has_its_pyi_beside_it() -> None:
     for module in ("counter/_core", "keyed/_core", "stores/_shm", "rates/_core"):
         assert (SRC / f"{module}.pyi").is_file(), module
+
+
+def test_a_module_deleted_from_src_is_not_installed_from_a_stale_build(tmp_path: Path) -> None:
+    """setuptools reuses build/lib; the package's build step drops what src/ no longer has
+    (the old tallies/cli/bench*.py of a checkout that built before they moved out)."""
+    stale = tmp_path / "tallies" / "cli" / "bench.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("raise SystemExit('a stale module')\n")
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+    assert (tmp_path / "tallies" / "cli" / "demo.py").is_file()
+    assert (tmp_path / "tallies" / "counter" / "_core.pyi").is_file()

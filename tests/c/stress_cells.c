@@ -1,8 +1,9 @@
 /*
  * Stress test of the cell engine (src/tallies/_cells.h) from many pthreads.
  *
- *   stress_cells THREADS ITERS
+ *   stress_cells THREADS ITERS [SECTION]
  *
+ * With SECTION (one of the names below) only that section runs.
  * Built twice by tests/test_cells_tsan.py: under ThreadSanitizer at -O1 (any
  * data race is reported as "WARNING: ThreadSanitizer: ...") and without it at
  * -O2 with more iterations.  Every section checks its exact result itself,
@@ -23,7 +24,7 @@
  *   publish   plain writes before a tl_add are visible to a thread whose
  *             tl_load sees the count (the engine's acquire/release promise).
  *
- * Negative controls, chosen at compile time.  They prove that this harness
+ * Negative control, chosen at compile time.  It proves that this harness
  * really fails when the engine is misused, so a clean run means something:
  *   -DNEG_SERIAL        the "add" workload through tl_add_serial from many
  *                       threads.  Updates are lost, which the exact check
@@ -31,18 +32,16 @@
  *                       here: tl_add_serial uses relaxed *atomic* loads and
  *                       stores, which are not data races in the C11 model;
  *                       only the exact check can catch this misuse.
- *   -DNEG_PLAIN         the same arithmetic on a plain int64_t: TSan must
- *                       report a data race.
- *   -DNEG_RELAXED_LOCK  the caslock section releases its lock with a relaxed
- *                       store instead of tl_store (release): TSan must report
- *                       a data race on the variables the lock protects, which
- *                       shows it checks memory ordering, not just atomicity.
+ * Mutants of the engine itself (tests/c/test_cells_tsan.py builds this file
+ * against a copy of _cells.h with tl_add made a plain read-modify-write, or
+ * tl_store made a relaxed store) must make TSan report a data race.
  */
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "_cells.h"
 
@@ -391,11 +390,7 @@ caslock_worker(void *arg)
         guarded_a += 1;
         guarded_b += 2 + (guarded_a & 1);
         inside = 0;
-#ifdef NEG_RELAXED_LOCK
-        atomic_store_explicit(&lock_cell, 0, memory_order_relaxed);
-#else
-        tl_store(&lock_cell, 0);
-#endif
+        tl_store(&lock_cell, 0); /* release: the section's writes are published */
     }
     return NULL;
 }
@@ -483,32 +478,6 @@ section_serial(void)
 }
 #endif
 
-#ifdef NEG_PLAIN
-static int64_t plain_value;
-
-static void *
-plain_worker(void *arg)
-{
-    (void)arg;
-    for (long i = 0; i < iters; i++) {
-        int64_t v;
-        if (!__builtin_add_overflow(plain_value, 1, &v)) {
-            plain_value = v; /* misuse: a plain read-modify-write */
-        }
-    }
-    return NULL;
-}
-
-static void
-section_plain(void)
-{
-    plain_value = 0;
-    run_workers(nthreads, plain_worker);
-    printf("done plain value=%" PRId64 " expected=%" PRId64 "\n", plain_value,
-           (int64_t)nthreads * iters);
-}
-#endif
-
 int
 main(int argc, char **argv)
 {
@@ -518,25 +487,33 @@ main(int argc, char **argv)
     if (argc > 2) {
         iters = atol(argv[2]);
     }
+    const char *only = argc > 3 ? argv[3] : NULL;
     if (nthreads < 2 || nthreads > 60 || iters < 100) {
-        fprintf(stderr, "usage: stress_cells THREADS(2..60) ITERS(>=100)\n");
+        fprintf(stderr, "usage: stress_cells THREADS(2..60) ITERS(>=100) [SECTION]\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IONBF, 0);
 #if defined(NEG_SERIAL)
+    (void)only;
     section_serial();
-#elif defined(NEG_PLAIN)
-    section_plain();
-#elif defined(NEG_RELAXED_LOCK)
-    section_caslock();
 #else
-    section_sanity();
-    section_add();
-    section_edge("edge_max", 0);
-    section_edge("edge_min", 1);
-    section_striped();
-    section_caslock();
-    section_publish();
+#define RUN(name, call)                              \
+    if (only == NULL || strcmp(only, (name)) == 0) { \
+        call;                                        \
+        ran++;                                       \
+    }
+    int ran = 0;
+    RUN("sanity", section_sanity());
+    RUN("add", section_add());
+    RUN("edge_max", section_edge("edge_max", 0));
+    RUN("edge_min", section_edge("edge_min", 1));
+    RUN("striped", section_striped());
+    RUN("caslock", section_caslock());
+    RUN("publish", section_publish());
+    if (ran == 0) {
+        fprintf(stderr, "no section named %s\n", only);
+        return 2;
+    }
 #endif
     printf("%s failures=%d\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;

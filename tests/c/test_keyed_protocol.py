@@ -36,11 +36,26 @@ def _run(exe: pathlib.Path) -> subprocess.CompletedProcess[str]:
     return run(exe, tsan_options=TSAN_OPTIONS)
 
 
+NOT_HOT = "FAIL no key inflated: the hot-key paths were not exercised"
+
+
+def _run_until_hot(exe: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """Run the stress; a run whose only failure is that no key went hot (the
+    threads did not collide enough, on a loaded machine) is run again, up to
+    5 times: the hot-key paths must have been exercised.  Every run must be
+    free of TSan reports."""
+    for _ in range(5):
+        res = _run(exe)
+        assert "ThreadSanitizer" not in res.stderr, res.stderr
+        if [line for line in res.stdout.splitlines() if line.startswith("FAIL")] != [NOT_HOT]:
+            break
+    return res
+
+
 def test_table_balances_under_tsan(tmp_path: pathlib.Path) -> None:
     exe = tmp_path / "stress_keyed"
     _build(HEADERS, exe)
-    res = _run(exe)
-    assert "ThreadSanitizer" not in res.stderr, res.stderr
+    res = _run_until_hot(exe)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "balanced" in res.stdout
     retired = int(res.stdout.split("tables retired ")[1].split(",")[0])
@@ -52,7 +67,7 @@ def test_table_balances_under_tsan(tmp_path: pathlib.Path) -> None:
 def test_table_balances_at_o2(tmp_path: pathlib.Path) -> None:
     exe = tmp_path / "stress_keyed_o2"
     _build(HEADERS, exe, tsan=False)
-    res = _run(exe)
+    res = _run_until_hot(exe)
     assert res.returncode == 0 and "balanced" in res.stdout, res.stdout + res.stderr
 
 

@@ -193,24 +193,32 @@ def test_sharded_inflates_while_threads_update_it(core: ModuleType) -> None:
 def test_a_reader_never_sees_the_count_go_back(impl: ModuleType, cls: str) -> None:
     """While every other thread only increments, each reader's successive value()
     calls never decrease and never exceed what was applied (a ShardedCounter read
-    sums base and cells one by one: not a snapshot, but monotonic)."""
+    sums base and cells one by one: not a snapshot, but monotonic).  The reader
+    must see some count strictly between 0 and the total (forced: halfway the
+    writers wait until it has): it read while the increments went on."""
     c = getattr(impl, cls)()
     n = ops(20_000 if impl.__name__.endswith("_core") else 4_000)
     total = (THREADS - 1) * n
+    between: set[int] = set()  # counts the reader saw while increments went on
 
     def work(i: int) -> bool:
         if i == 0:
             last = 0
-            reads = 0
             while last < total:
                 v = c.value()
                 assert last <= v <= total, (last, v)
+                if 0 < v < total:
+                    between.add(v)
                 last = v
-                reads += 1
-            return reads > 0
-        for _ in range(n):
+            return True
+        for j in range(n):
+            if j == n // 2:
+                deadline = Deadline(10.0)
+                while not between and not deadline.expired():
+                    pass
             c.increment()
         return True
 
     assert all(together(THREADS, work))
     assert c.value() == total
+    assert between, "the reader never saw the increments in progress"

@@ -264,11 +264,14 @@ def test_closing_a_write_behind_store_while_threads_count(sqlite_url: str, round
     """close() during increments: every increment either raised ValueError (the
     store was closed) or is in the file afterwards, none lost, none doubled
     (the free-threaded close protocol in _c/buffered.c; with a GIL the C method
-    is one step).  Each thread counts its successes; a fresh store reads them."""
+    is one step).  Each thread counts its successes; a fresh store reads them.
+    The counting threads go on until close() stops them (asserted: each was
+    cut short by ValueError), so the close always lands among increments."""
     store = tallies.open(sqlite_url)
     counter = store.counter("hits")
     started = [0] * THREADS
-    n = ops(200_000)
+    stopped = [False] * THREADS
+    n = 50 * ops(200_000)  # a bound only: close() comes long before
 
     def work(t: int) -> int:
         if t == 0:  # the closer: lets the others get going, then closes
@@ -287,9 +290,11 @@ def test_closing_a_write_behind_store_while_threads_count(sqlite_url: str, round
                 done += 1
         except ValueError as exc:
             assert "closed" in str(exc)
+            stopped[t] = True
         return done
 
     done = together(THREADS, work)
+    assert stopped[1:] == [True] * (THREADS - 1)
     assert counter.closed
     with pytest.raises(ValueError, match="closed"):
         counter.increment()

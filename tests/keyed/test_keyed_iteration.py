@@ -95,9 +95,12 @@ def test_an_abandoned_iterator_returns_every_reference(KC: Any) -> None:
 def test_a_finaliser_that_clears_the_counter_during_iteration(KC: Any) -> None:
     kc = KC()
 
+    cleared_after: list[int] = []
+
     class Bomb:
         def __del__(self) -> None:
             kc.clear()
+            cleared_after.append(len(seen))
 
     for i in range(20):
         kc.increment(Key(i))
@@ -108,6 +111,7 @@ def test_a_finaliser_that_clears_the_counter_during_iteration(KC: Any) -> None:
         if k.n == 3:
             bomb_holder.clear()  # runs __del__: clears the counter mid-loop
     assert seen == list(range(20))
+    assert cleared_after == [4]  # the counter was cleared with 16 keys still to visit
     assert len(kc) == 0
 
 

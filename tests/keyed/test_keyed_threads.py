@@ -138,25 +138,38 @@ def test_augmented_assignment_is_exact_under_threads(KC: Any) -> None:
 
 def test_pop_racing_with_increments_loses_nothing(KC: Any) -> None:
     """The removal protocol: increments of a key that another thread keeps
-    popping are either in a pop's result or still in the counter."""
+    popping are either in a pop's result or still in the counter.  The
+    poppers go on while any incrementer runs, and at least 3 pops must take
+    a count while increments go on (the race happened)."""
     kc = KC()
     per_thread = 2000
     popped: list[int] = []
+    fruitful = [0]  # pops that took a count while increments were still going on
+    incrementing = [THREADS - THREADS // 4]
+    lock = threading.Lock()
 
     def worker(t: int) -> None:
         if t % 4 == 0:
-            got = 0
-            for _ in range(per_thread // 4):
-                got += kc.pop("hot", 0)
+            got = i = 0
+            while i < per_thread // 4 or incrementing[0]:  # pop for as long as others count
+                n = kc.pop("hot", 0)
+                if n and incrementing[0]:
+                    with lock:
+                        fruitful[0] += 1
+                got += n
                 kc.discard("cold")  # removals of a key nobody counts
+                i += 1
             popped.append(got)
         else:
             for _ in range(per_thread):
                 kc.increment("hot")
+            with lock:
+                incrementing[0] -= 1
 
     run_threads(THREADS, worker)
     incrementers = THREADS - THREADS // 4
     assert sum(popped) + kc.value("hot") == incrementers * per_thread
+    assert fruitful[0] >= 3, fruitful  # the race happened: pops cut into live increments
 
 
 def test_iteration_never_raises_while_keys_change(KC: Any) -> None:

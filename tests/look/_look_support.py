@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,12 +24,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from _support import unavailable
+from _support import REQUIRE_SERVERS, unavailable
 
 import tallies
+from benchmarks.servers import free_port, stop_process
 
 SRC = str(Path(tallies.__file__).resolve().parent.parent)
-REQUIRE = os.environ.get("TALLIES_REQUIRE_C") == "1" or os.environ.get("CI") == "true"
+REQUIRE = os.environ.get("TALLIES_REQUIRE_C") == "1" or REQUIRE_SERVERS
 
 
 def need_tool(name: str) -> str:
@@ -46,12 +46,6 @@ def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, e.get("PYTHONPATH")]))
     return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tallies_cmd(*args: str) -> list[str]:
@@ -142,12 +136,7 @@ def prometheus_server(targets: list[str]) -> Iterator[str]:
             )
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             log.close()
 
 

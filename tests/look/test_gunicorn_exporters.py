@@ -1,6 +1,6 @@
 """A real gunicorn app, 4 sync workers recycled hundreds of times, counting into shm://.
 
-The load generator (``tallies.cli.bench_exporters``) is bounded in count and
+The load generator (``benchmarks/exporters.py``) is bounded in count and
 time and talks to 127.0.0.1 only; it counts the 200 answers it got.
 ``tallies serve`` is the exporter, scraped over HTTP while the workers come
 and go.  The same scenario runs with prometheus_client's multiprocess mode
@@ -15,7 +15,7 @@ import importlib.util
 from _look_support import REQUIRE
 from _support import unavailable
 
-from tallies.cli.bench_exporters import format_table, run_scenario
+from benchmarks.exporters import format_table, run_scenario
 
 
 def need_gunicorn() -> None:

@@ -66,6 +66,23 @@ class Tmux:
         assert isinstance(screen, str)
         return screen
 
+    def wait_for_rows(self, *rows: tuple[str, ...], timeout: float = 30) -> str:
+        """Wait until the table on the screen has every row of ``rows`` (each
+        the row's first cells: name, key, value); return the screen."""
+        last = [""]
+
+        def shown() -> str | None:
+            last[0] = self.screen()
+            have = table_rows(last[0])
+            return last[0] if all(any(r[: len(w)] == w for r in have) for w in rows) else None
+
+        try:
+            screen = wait_for(f"rows {rows} on the screen", shown, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"rows {rows} not on the screen:\n{last[0]}") from None
+        assert isinstance(screen, str)
+        return screen
+
     def shell_pid(self) -> int:
         return int(self.run("display-message", "-p", "-t", "w", "#{pane_pid}").strip())
 
@@ -73,6 +90,15 @@ class Tmux:
         subprocess.run(
             [self.tmux, "-L", self.socket, "kill-server"], capture_output=True, timeout=30
         )
+
+
+def table_rows(screen: str) -> list[tuple[str, ...]]:
+    """The body rows of the rich table on ``screen``, as stripped cells."""
+    return [
+        tuple(cell.strip() for cell in line.strip().strip("│").split("│"))
+        for line in screen.splitlines()
+        if line.lstrip().startswith("│")
+    ]
 
 
 @pytest.fixture
@@ -113,11 +139,15 @@ def test_rich_view_shows_what_other_processes_write_and_ctrl_c_exits(
         write(url, "s.counter('requests').increment(4242)")
         write(url, "k = s.keyed('status'); k.increment('200', 17); k.increment('404', 3)")
         write(url, "s.keyed('status').increment('500', 1)")  # the third key: not in the top 2
-        screen = term.wait_for_text("4,242", "17", "(1 more keys)")
-        assert "┃" in screen or "│" in screen  # rich's table
-        assert "requests" in screen and "status" in screen and "404" in screen
+        screen = term.wait_for_rows(
+            ("requests", "", "4,242"),
+            ("status", "200", "17"),
+            ("status", "404", "3"),
+            ("status", "(1 more keys)", "1"),
+        )
+        assert "┃" in screen  # rich's table, its header
         write(url, "s.counter('requests').increment(1_000_000)")
-        term.wait_for_text("1,004,242")
+        term.wait_for_rows(("requests", "", "1,004,242"))
         term.run("send-keys", "-t", "w", "C-c")
         screen = term.wait_for_text("EXIT=0")
         assert screen.rstrip().endswith("READY$"), screen  # the prompt is back

@@ -204,6 +204,7 @@ def test_an_increment_during_a_keys_removal_is_not_lost(rates_impl: ModuleType) 
     clock.t = 12.0  # y's only bucket (0) has left the window; x's (5) has not
     x.on_eq = lambda: kr.increment(y, 3)  # runs while the sweep deletes y
     assert kr.sweep() == 1
+    assert x.on_eq is None  # the increment ran inside the sweep, from x's __eq__
     assert kr.count(y) == 3  # counted again in a fresh ring, at the sweep's time
     assert kr.count(x) == 1  # x's bucket 0 has left the window, bucket 5 has not
     assert kr.snapshot() == {x: 1, y: 3}

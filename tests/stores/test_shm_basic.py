@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 import stat
+import sys
+from typing import Any
 
 import pytest
 from _shm_support import SHM_DIR, new_url
@@ -410,28 +412,69 @@ def test_without_the_c_extension_shm_is_a_clear_error(monkeypatch: pytest.Monkey
         tallies.open(new_url())
 
 
+class _CountingLock:
+    """Wraps a lock; counts the acquisitions that found it taken."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.contended = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.inner.acquire(blocking=False):
+            return True
+        self.contended += 1
+        return bool(self.inner.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def test_threads_registering_names_and_keys_at_once(shm_url: str) -> None:
+    """Four threads register the same names and keys and refresh the
+    directory through other store objects, all at once: each name and key is
+    registered once, every increment counted.  They go on until the
+    segment's locks were found taken by another thread (asserted: they did
+    run at once; a 1 us switch interval on a GIL build)."""
     import threading
 
-    with tallies.open(shm_url) as s:
-        barrier = threading.Barrier(4)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with tallies.open(shm_url) as s:
+            seg = s._seg
+            seg.tlock = locks = _CountingLock(seg.tlock)
+            seg.dir_lock = dir_locks = _CountingLock(seg.dir_lock)
+            barrier = threading.Barrier(4)
+            done = [0] * 4
 
-        def work(t: int) -> None:
-            barrier.wait()
-            for i in range(20):
-                s.counter(f"n{i % 7}").increment()
-                s.keyed("k").increment(f"key{i % 11}")
-                tallies.open(shm_url).names()  # another store: refreshes concurrently
+            def work(t: int) -> None:
+                barrier.wait()
+                i = 0
+                while i < 20 or (locks.contended + dir_locks.contended < 5 and i < 5000):
+                    s.counter(f"n{i % 7}").increment()
+                    s.keyed("k").increment(f"key{i % 11}")
+                    tallies.open(shm_url).names()  # another store: refreshes concurrently
+                    i += 1
+                done[t] = i
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert sorted(s.names()) == sorted([f"n{i}" for i in range(7)] + ["k"])
-        assert sum(s.snapshot()["counters"].values()) == 80
-        assert sum(s.keyed("k").snapshot().values()) == 80
-        assert len(s.keyed("k")) == 11
+            threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert locks.contended + dir_locks.contended >= 5
+            assert sorted(s.names()) == sorted([f"n{i}" for i in range(7)] + ["k"])
+            assert sum(s.snapshot()["counters"].values()) == sum(done)
+            assert sum(s.keyed("k").snapshot().values()) == sum(done)
+            assert len(s.keyed("k")) == 11
+    finally:
+        sys.setswitchinterval(old)
 
 
 @pytest.mark.parametrize(("names", "keys", "slabs"), [(1, 0, 1), (3, 5, 7), (1024, 8192, 64)])

@@ -131,11 +131,13 @@ def test_fork_while_another_thread_holds_the_segment_lock(shm_url: str) -> None:
         c = s.counter("x")
         seg = s._seg
         held, release = threading.Event(), threading.Event()
+        released_at: list[float] = []
 
         def holder() -> None:
             with seg.locked():
                 held.set()
                 release.wait(0.3)
+            released_at.append(time.monotonic())
 
         t = threading.Thread(target=holder)
         t.start()
@@ -146,10 +148,14 @@ def test_fork_while_another_thread_holds_the_segment_lock(shm_url: str) -> None:
             # wait only for the parent's fcntl lock, released after 0.3 s
             t0 = time.monotonic()
             assert _fork_and_wait(lambda: c.increment(5)) == 0
-            assert time.monotonic() - t0 < 10
+            t1 = time.monotonic()
+            assert t1 - t0 < 10
         finally:
             release.set()
             t.join()
+        # the fork happened while the lock was held, and the child's first
+        # write (its slab claim, under the lock) could finish only after it
+        assert t0 < released_at[0] <= t1
         assert c.value() == 5
 
 
@@ -221,12 +227,37 @@ def test_segment_survives_the_exit_of_its_creator() -> None:
         tallies.destroy(url)
 
 
+def _create_at_once(url: str, n: int, out: Any, links: Any, barrier: Any) -> None:
+    """_increment_by_url, but the segment file is linked into place only once
+    every process has built its own (each one found no segment), and whether
+    this process's link won is reported."""
+    real_link = os.link
+
+    def link(src: Any, dst: Any) -> None:
+        barrier.wait(30)
+        try:
+            real_link(src, dst)
+        except FileExistsError:
+            links.put("lost")
+            raise
+        links.put("won")
+
+    os.link = link  # this child only
+    _increment_by_url(url, n, out)
+
+
 def test_concurrent_creation_agrees_on_one_segment() -> None:
+    """Six processes create the same segment at the same moment (forced: each
+    builds its file, then all link at once): one link wins, five find the
+    winner's segment and use it."""
     url = new_url("?names=8&keys=8&slabs=8")
     try:
         ctx = mp.get_context("fork")
-        out = ctx.Queue()
-        procs = [ctx.Process(target=_increment_by_url, args=(url, 100, out)) for _ in range(6)]
+        out, links, barrier = ctx.Queue(), ctx.Queue(), ctx.Barrier(6)
+        procs = [
+            ctx.Process(target=_create_at_once, args=(url, 100, out, links, barrier))
+            for _ in range(6)
+        ]
         for p in procs:
             p.start()
         for _ in procs:
@@ -234,6 +265,7 @@ def test_concurrent_creation_agrees_on_one_segment() -> None:
         for p in procs:
             p.join(30)
             assert p.exitcode == 0
+        assert sorted(links.get(timeout=10) for _ in procs) == ["lost"] * 5 + ["won"]
         with tallies.open(url) as s:
             assert s.counter("hits").value() == 600
         leftovers = [f for f in os.listdir(SHM_DIR) if f.endswith(".tmp")]

@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -389,13 +390,28 @@ def test_failed_close_keeps_retrying_in_the_background(
     wb.close()
 
 
-def test_background_flusher_backs_off_and_recovers(
-    be: MemBackend, caplog: pytest.LogCaptureFixture
-) -> None:
-    wb = make(be, interval=0.01)
-    c = wb.counter("n")
+class TimedBackend(MemBackend):
+    """MemBackend that notes when each apply() was called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply_times: list[float] = []
+
+    def apply(self, writer_id: str, batch: Batch) -> None:
+        self.apply_times.append(time.monotonic())
+        super().apply(writer_id, batch)
+
+
+def test_background_flusher_backs_off_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    """Three background flushes fail in a row: the flusher waits twice as long
+    after each (interval 0.05 s: then at least 0.1, 0.2, 0.4 s), logs each
+    failure, and once a flush succeeds says so and has lost nothing."""
+    be = TimedBackend()
+    base = 0.05
     be.fail[:] = [("apply", "after"), ("apply", "before"), ("apply", "after")]
     with caplog.at_level(logging.WARNING, logger="tallies.stores"):
+        wb = make(be, interval=base)
+        c = wb.counter("n")
         for _ in range(100):
             c.increment()
         deadline = time.monotonic() + 10
@@ -404,52 +420,387 @@ def test_background_flusher_backs_off_and_recovers(
         ):
             time.sleep(0.01)
     assert be.counters["n"] == 100
+    # one apply per attempt until the fourth succeeds
+    t = be.apply_times
+    assert len(t) >= 4
+    waits = [t[k + 1] - t[k] for k in range(3)]
+    assert [w >= base * 2**k for k, w in enumerate(waits, 1)] == [True] * 3, waits
     msgs = [r.getMessage() for r in caplog.records]
-    assert sum("failed" in m for m in msgs) >= 3
+    failed = [m for m in msgs if "failed" in m]
+    assert [f"failed ({k} in a row)" in m for k, m in enumerate(failed, 1)] == [True] * 3
     assert any("succeed again" in m for m in msgs)
     wb.close()
 
 
-def test_reads_are_exact_while_the_flusher_runs(be: MemBackend) -> None:
-    """A reader racing with flushes (and lost replies) never counts a batch
-    twice nor misses one: with a single writer thread the value it reads
-    never goes down and never exceeds what was counted."""
+class HookedBackend(MemBackend):
+    """MemBackend that stops at the moments the read-your-writes protocol is
+    about and runs a queued hook there, outside the backend's lock:
+
+    - ``read``: the read's snapshot (values + recorded seq) is taken, not yet
+      returned to the writer;
+    - ``apply-before``: a flush's apply has not committed yet;
+    - ``apply-after``: it has committed, its reply has not reached the writer.
+
+    Hooks are consumed one per call; ``ran`` counts those that ran and
+    ``read_seqs`` lists the recorded seq each read saw, so a test shows that
+    the interleaving it names really happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks: dict[str, list[Callable[[], None]]] = {
+            "read": [],
+            "apply-before": [],
+            "apply-after": [],
+        }
+        self.ran = collections.Counter[str]()
+        self.read_seqs: list[int] = []
+
+    def _hook(self, where: str) -> None:
+        with self.lock:
+            hook = self.hooks[where].pop(0) if self.hooks[where] else None
+        if hook is not None:
+            hook()
+            self.ran[where] += 1
+
+    def apply(self, writer_id: str, batch: Batch) -> None:
+        self._hook("apply-before")
+        super().apply(writer_id, batch)
+        self._hook("apply-after")
+
+    def read(self, writer_id: str, query: Query) -> Read:
+        r = super().read(writer_id, query)
+        self.read_seqs.append(r.seq)
+        self._hook("read")
+        return r
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` to completion in another thread: its result, or the
+    exception it raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    return out[0]
+
+
+def add(wb: WriteBehind, n: int) -> None:
+    """Count ``n`` on the counter "n" and on key "x" of the keyed counter "k"."""
+    wb.counter("n").increment(n)
+    wb.keyed("k").increment("x", n)
+
+
+# Every way to read a count; each must see the same value.
+READS: dict[str, Callable[[WriteBehind], int]] = {
+    "counter.value": lambda wb: wb.counter("n").value(),
+    "keyed.value": lambda wb: wb.keyed("k").value("x"),
+    "keyed.snapshot": lambda wb: wb.keyed("k").snapshot()["x"],
+    "store.snapshot.counter": lambda wb: wb.snapshot()["counters"]["n"],
+    "store.snapshot.keyed": lambda wb: wb.snapshot()["keyed"]["k"]["x"],
+}
+
+
+def flushed_ok(wb: WriteBehind) -> Callable[[], None]:
+    """A hook: flush from another thread, which must succeed."""
+
+    def hook() -> None:
+        assert in_thread(wb.flush) is None
+
+    return hook
+
+
+def scenario_a_flush_commits_inside_the_read(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """The read's snapshot predates the commit; the flush is acknowledged
+    before the read returns: the batch is no longer in flight nor in the
+    cells, only the committed history has it."""
+    add(wb, 5)
+    be.hooks["read"].append(flushed_ok(wb))
+    assert read(wb) == 5
+    assert be.ran["read"] == 1 and be.read_seqs[0] == 0 and be.counters["n"] == 5
+
+
+def scenario_a_read_between_the_commit_and_its_reply(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """The stored value has the batch; the writer still has it in flight:
+    counted once (its seq is not above the recorded one)."""
+    add(wb, 5)
+    seen: list[int] = []
+    be.hooks["apply-after"].append(lambda: seen.append(in_thread(lambda: read(wb))))
+    wb.flush()
+    assert seen == [5] and be.read_seqs == [1]
+    assert read(wb) == 5
+
+
+def scenario_a_read_before_the_commit(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """The batch has left the cells and is in flight, not yet stored."""
+    add(wb, 5)
+    seen: list[int] = []
+    be.hooks["apply-before"].append(lambda: seen.append(in_thread(lambda: read(wb))))
+    wb.flush()
+    assert seen == [5] and be.read_seqs == [0]
+
+
+def scenario_a_lost_reply_inside_the_read(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """The flush commits during the read but its reply is lost: the batch
+    stays in flight, the read (snapshot before the commit) counts it once,
+    later reads (snapshot after it) count it once, the retry is recognised."""
+    add(wb, 5)
+    be.fail.append(("apply", "after"))
+    be.hooks["read"].append(lambda: assert_flush_error(in_thread(wb.flush)))
+    assert read(wb) == 5
+    assert be.ran["read"] == 1 and be.read_seqs == [0] and be.counters["n"] == 5
+    assert read(wb) == 5 and be.read_seqs[-1] == 1
+    wb.flush()
+    assert be.applied_seqs == [(wb.writer_id, 1)]  # the retry was recognised, not applied
+    assert read(wb) == 5 and be.counters["n"] == 5
+
+
+def assert_flush_error(got: object) -> None:
+    assert isinstance(got, FlushError) and isinstance(got.__cause__, Fault)
+
+
+def scenario_a_retried_batch_read_before_and_after_its_commit(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """Batch 1 failed before committing (in flight); 2 more are counted in
+    the cells.  The next flush retries batch 1, then sends batch 2; a read
+    before and after each commit sees 7, never 5, 9 or 12."""
+    add(wb, 5)
+    be.fail.append(("apply", "before"))
+    with pytest.raises(FlushError):
+        wb.flush()
+    assert read(wb) == 5
+    add(wb, 2)
+    seen: list[int] = []
+    for where in ["apply-before", "apply-after"] * 2:
+        be.hooks[where].append(lambda: seen.append(in_thread(lambda: read(wb))))
+    wb.flush()
+    assert be.applied_seqs == [(wb.writer_id, 1), (wb.writer_id, 2)]
+    assert seen == [7, 7, 7, 7]
+    # seqs seen: the first read, then before/after batch 1, before/after batch 2
+    assert be.read_seqs == [0, 0, 1, 1, 2]
+
+
+def scenario_a_retried_batch_commits_inside_the_read(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """Batch 1 failed before committing; the read's snapshot predates its
+    retry, and the retry and batch 2 are both acknowledged before the read
+    returns."""
+    add(wb, 5)
+    be.fail.append(("apply", "before"))
+    with pytest.raises(FlushError):
+        wb.flush()
+    add(wb, 2)
+    be.hooks["read"].append(flushed_ok(wb))
+    assert read(wb) == 7
+    assert be.ran["read"] == 1 and be.read_seqs == [0]
+    assert be.applied_seqs == [(wb.writer_id, 1), (wb.writer_id, 2)]
+
+
+def commit(wb: WriteBehind, batches: int) -> Callable[[], None]:
+    """A hook: ``batches`` flushes of 1 each, acknowledged, from another thread."""
+
+    def hook() -> None:
+        def run() -> None:
+            for _ in range(batches):
+                add(wb, 1)
+                wb.flush()
+
+        assert in_thread(run) is None
+
+    return hook
+
+
+def scenario_the_history_covers_a_read_overtaken_by_HISTORY_commits(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """The committed history keeps the last HISTORY batches: a read overtaken
+    by that many is answered from it, without a second read."""
+    be.hooks["read"].append(commit(wb, wbmod.HISTORY))
+    assert read(wb) == wbmod.HISTORY
+    assert be.read_seqs == [0]
+
+
+def scenario_a_read_overtaken_by_one_batch_more_is_read_again(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """HISTORY + 1 commits during a read: the oldest has left the history, so
+    that snapshot cannot be completed and the value is read again."""
+    be.hooks["read"].append(commit(wb, wbmod.HISTORY + 1))
+    assert read(wb) == wbmod.HISTORY + 1
+    assert be.read_seqs == [0, wbmod.HISTORY + 1]
+
+
+def scenario_a_reader_overtaken_every_time_reads_under_the_flush_lock(
+    be: HookedBackend, wb: WriteBehind, read: Callable[[WriteBehind], int]
+) -> None:
+    """Eight reads in a row each overtaken by HISTORY + 1 commits: the ninth
+    read holds the flush lock, so a flush started during it cannot commit
+    before the read returns (its increment, still in the cells, is counted)."""
+    per = wbmod.HISTORY + 1
+    for _ in range(8):
+        be.hooks["read"].append(commit(wb, per))
+    counted = threading.Event()
+    late: list[threading.Thread] = []
+
+    def ninth() -> None:
+        assert wb._flush_lock.locked(), "the last read must hold the flush lock"
+
+        def flush_one() -> None:
+            add(wb, 1)
+            counted.set()
+            wb.flush()
+
+        t = threading.Thread(target=flush_one)
+        t.start()
+        late.append(t)
+        assert counted.wait(10)
+        t.join(0.2)
+        assert t.is_alive(), "a flush committed while the last read held the flush lock"
+
+    be.hooks["read"].append(ninth)
+    assert read(wb) == 8 * per + 1
+    late[0].join(10)
+    assert be.ran["read"] == 9 and len(be.read_seqs) == 9
+    assert be.read_seqs[-1] == 8 * per  # the ninth read saw every earlier commit
+    assert read(wb) == 8 * per + 1 and be.counters["n"] == 8 * per + 1
+
+
+SCENARIOS = {
+    f.__name__.removeprefix("scenario_"): f
+    for f in [
+        scenario_a_flush_commits_inside_the_read,
+        scenario_a_read_between_the_commit_and_its_reply,
+        scenario_a_read_before_the_commit,
+        scenario_a_lost_reply_inside_the_read,
+        scenario_a_retried_batch_read_before_and_after_its_commit,
+        scenario_a_retried_batch_commits_inside_the_read,
+        scenario_the_history_covers_a_read_overtaken_by_HISTORY_commits,
+        scenario_a_read_overtaken_by_one_batch_more_is_read_again,
+        scenario_a_reader_overtaken_every_time_reads_under_the_flush_lock,
+    ]
+}
+
+
+@pytest.mark.parametrize("read", READS.values(), ids=list(READS))
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=list(SCENARIOS))
+def test_reads_are_exact_while_the_flusher_runs(
+    scenario: Callable[[HookedBackend, WriteBehind, Callable[[WriteBehind], int]], None],
+    read: Callable[[WriteBehind], int],
+) -> None:
+    """A read racing with a flush never counts a batch twice nor misses one,
+    whichever step of the flush it meets (module docstring of
+    tallies.stores.writebehind: "Reads: read-your-writes, exactly").  Each
+    interleaving is forced by the backend's hooks, not left to the scheduler."""
+    be = HookedBackend()
+    wb = make(be)
+    wb.counter("n")
+    wb.keyed("k")
+    scenario(be, wb, read)
+    assert not any(be.hooks.values()), "a hook never ran: the interleaving did not happen"
+    wb.close()
+
+
+class OverlapCountingBackend(MemBackend):
+    """MemBackend whose read() pauses after its snapshot and counts the reads
+    that a commit of the same writer overtook meanwhile, and the lost
+    replies it injected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.overtaken = 0
+        self.lost_replies = 0
+
+    def _fault(self, method: str, when: str) -> None:
+        try:
+            super()._fault(method, when)
+        except Fault:
+            self.lost_replies += when == "after"
+            raise
+
+    def read(self, writer_id: str, query: Query) -> Read:
+        r = super().read(writer_id, query)
+        time.sleep(0.0002)
+        with self.lock:
+            self.overtaken += self.writers.get(writer_id, 0) != r.seq
+        return r
+
+
+def test_reads_stay_exact_under_a_fast_flusher_with_lost_replies() -> None:
+    """The same promise under a real scheduler: a background flusher every
+    0.5 ms, lost replies injected, one writer thread and one reader.  Every
+    read lies between what had returned from increment() before it and what
+    had been issued after it, and never goes down.  The run goes on until
+    many reads were overtaken by a commit and several replies were lost
+    (asserted: the race happened)."""
+    be = OverlapCountingBackend()
     wb = make(be, interval=0.0005)
     c = wb.counter("n")
     kc = wb.keyed("k")
-    n = 20000
+    issued = [0]  # bumped before an increment
+    returned = [0]  # bumped after it returned
     done = threading.Event()
     errors: list[str] = []
+    reads = [0]
 
     def reader() -> None:
         last = lastk = 0
         while not done.is_set():
+            low = returned[0]
             v = c.value()
             vk = kc.value("x")
-            if v < last or v > n or vk < lastk or vk > n:
-                errors.append(f"{last}->{v} {lastk}->{vk}")
+            high = issued[0]
+            if not (max(low, last) <= v <= high and max(low, lastk) <= vk <= high):
+                errors.append(f"[{low}, {high}]: {last}->{v} {lastk}->{vk}")
             last, lastk = v, vk
+            reads[0] += 1
 
-    def faults() -> None:
+    def faults() -> None:  # a lost reply now and then, once the last one was recovered
         while not done.is_set():
             with be.lock:
-                be.fail.append(("apply", "after"))
-            time.sleep(0.002)
+                if not be.fail and not wb.failures:
+                    be.fail.append(("apply", "after"))
+            time.sleep(0.01)
 
     threads = [threading.Thread(target=reader), threading.Thread(target=faults)]
     for t in threads:
         t.start()
-    for _ in range(n):
-        c.increment()
-        kc.increment("x")
-    done.set()
-    for t in threads:
-        t.join()
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and not (be.overtaken >= 200 and be.lost_replies >= 10):
+            for _ in range(100):
+                issued[0] += 1
+                c.increment()
+                kc.increment("x")
+                returned[0] += 1
+            time.sleep(0.0001)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
     be.fail.clear()
     wb.flush()
     assert errors == []
+    assert be.overtaken >= 200 and be.lost_replies >= 10, (be.overtaken, be.lost_replies)
+    n = returned[0]
     assert be.counters["n"] == n and be.keyed["k"]["x"] == n
-    assert c.value() == n
+    assert c.value() == n and reads[0] > 50
     wb.close()
 
 
@@ -596,7 +947,8 @@ def _count_until_closed(
 def test_updates_racing_close_land_in_the_final_flush_or_raise(be: MemBackend) -> None:
     """close() from one thread while others count (the keyed ones each on a
     new key: its first use): every update that returned is in the backend,
-    every other one raised ValueError.  A tiny switch interval makes threads
+    every other one raised ValueError.  close() comes once every thread has
+    counted 100 times (asserted), and a tiny switch interval makes threads
     stop between a check and the update it guards."""
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
@@ -615,11 +967,14 @@ def test_updates_racing_close_land_in_the_final_flush_or_raise(be: MemBackend) -
             for t in threads:
                 t.start()
             started.wait()
-            time.sleep(0.01)
+            deadline = time.monotonic() + 10
+            while min(done) < 100 and time.monotonic() < deadline:
+                time.sleep(0.001)  # close() comes while every thread is counting
             wb.close()
             for t in threads:
                 t.join()
             assert errors == []
+            assert min(done) >= 100  # every thread was counting when close() came
             assert be.counters.get(f"n{r}", 0) == done[1] + done[3]
             assert sum(be.keyed.get(f"k{r}", {}).values()) == done[0] + done[2]
     finally:

@@ -1,7 +1,7 @@
 """The ``tallies`` console script.
 
     tallies demo [--threads N] [--increments N] [--switch-interval S] [--json]
-    tallies bench [--quick] [--processes | --stores | --threads [N,N...] [--rounds N]] [--json]
+    tallies bench       (the benchmarks run from a checkout: ./tallies bench)
     tallies show URL [--json]
     tallies serve URL [--host 127.0.0.1] [--port 9464]
     tallies watch URL [--interval S] [--top N]
@@ -18,30 +18,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .look import non_negative_int, positive_int
+
 __all__ = ["build_parser", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
-
-
-def _thread_counts(text: str) -> list[int]:
-    """``--threads 2,4,8``: thread counts from 1 to 1024."""
-    counts = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or not 1 <= int(part) <= 1024:
-            raise argparse.ArgumentTypeError(
-                f"expected thread counts from 1 to 1024 such as 2,4,8, not {text!r}"
-            )
-        counts.append(int(part))
-    return counts
 
 
 def _switch_interval(text: str) -> float | None:
@@ -81,14 +60,14 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         metavar="N",
         help="threads sharing the counter (default: 10)",
     )
     p.add_argument(
         "--increments",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="increments per thread (default: 100000)",
@@ -103,8 +82,6 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "(default: 1e-6; 0 keeps the interpreter's setting)"
         ),
     )
-    from .look import non_negative_int
-
     p.add_argument(
         "--processes",
         type=non_negative_int,
@@ -116,80 +93,24 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(run=_run_demo)
 
 
+BENCH_ELSEWHERE = (
+    "tallies bench: the benchmarks are not part of the installed package; they live in"
+    " the benchmarks/ folder of tallies' repository.  From a checkout, run ./tallies bench"
+    " (it installs the peers they compare with from benchmarks/requirements.txt)."
+)
+
+
 def _run_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig
-    from .bench import main as bench_main
-
-    if args.stores:
-        from .bench_stores import main as stores_main
-
-        return stores_main(quick=args.quick, as_json=args.json)
-    if args.processes:
-        import json
-
-        from .bench_processes import bench_processes, format_report
-
-        n, rounds = (100_000, 1) if args.quick else (1_000_000, 3)
-        report = bench_processes(n=n, rounds=rounds)
-        print(json.dumps(report, indent=2) if args.json else format_report(report))
-        return 0
-
-    if args.rounds is not None and args.threads is None:
-        print("tallies bench: --rounds applies to --threads only", file=sys.stderr)
-        return 2
-    if args.threads is not None:
-        from .bench_threads import main as bench_threads_main
-
-        return bench_threads_main(
-            quick=args.quick, as_json=args.json, threads=args.threads, rounds=args.rounds
-        )
-
-    config = BenchConfig.quick_run() if args.quick else BenchConfig.full_run()
-    return bench_main(config, as_json=args.json)
+    print(BENCH_ELSEWHERE, file=sys.stderr)
+    return 2
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "bench",
-        help="measure tallies against a floor and its peers, and check the targets",
-        description=(
-            "Single-thread cost of one increment against the cheapest C method call and "
-            "against installed peers, the tutorial's 10-thread workload, object sizes, "
-            "and the project's speed and size targets, all measured in this run."
-        ),
+        help="the benchmarks: they run from a checkout of the repository (./tallies bench)",
+        description=BENCH_ELSEWHERE.removeprefix("tallies bench: "),
     )
-    p.add_argument(
-        "--quick", action="store_true", help="a short run with the same structure (for tests)"
-    )
-    p.add_argument(
-        "--processes",
-        action="store_true",
-        help="instead: counters shared by processes (shm://) against multiprocessing.Value "
-        "and prometheus_client's multiprocess mode",
-    )
-    p.add_argument(
-        "--stores",
-        action="store_true",
-        help="instead: the durable scopes (sqlite://) against the in-process core, "
-        "diskcache and a raw SQLite UPSERT per increment",
-    )
-    p.add_argument(
-        "--threads",
-        nargs="?",
-        const=[],
-        type=_thread_counts,
-        metavar="N,N...",
-        help="instead: how throughput scales from 1 thread to one per CPU (or to each "
-        "count given, e.g. 2,4,8,16), for each form of counting (the targets apply to "
-        "free-threaded builds)",
-    )
-    p.add_argument(
-        "--rounds",
-        type=_positive_int,
-        default=None,
-        help="interleaved rounds for --threads (default: 11; 1 with --quick)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)
 
 
@@ -252,12 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status (usage errors exit with 2)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `tallies bench ANY FLAGS` gets the one line saying where the benchmarks are.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
     except BrokenPipeError:
-        # The reader went away (``tallies bench | head``): stop quietly, and keep
+        # The reader went away (``tallies show URL | head``): stop quietly, and keep
         # the interpreter from complaining again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Callable
 
-__all__ = ["UserError", "add_serve", "add_watch", "user_errors"]
+__all__ = ["UserError", "add_serve", "add_watch", "non_negative_int", "positive_int", "user_errors"]
 
 
 class UserError(Exception):
@@ -42,9 +42,11 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _top(text: str) -> int:
+def positive_int(text: str) -> int:
+    """``tallies demo --threads N``, ``tallies watch --top N`` (and the benchmarks'
+    ``--rounds N``): 1 or more; ``100_000`` and ``100,000`` are read as 100000."""
     try:
-        value = int(text)
+        value = int(text.replace("_", "").replace(",", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
     if value < 1:
@@ -133,7 +135,11 @@ def add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="seconds between refreshes (default: 1)",
     )
     p.add_argument(
-        "--top", type=_top, default=5, metavar="N", help="keys shown per keyed counter (default: 5)"
+        "--top",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="keys shown per keyed counter (default: 5)",
     )
     p.add_argument("--plain", action="store_true", help="plain lines even on a capable terminal")
     p.set_defaults(run=_run_watch)

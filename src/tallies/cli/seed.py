@@ -3,9 +3,9 @@
 Source: "Thread-Safe Counter in Python", Super Fast Python (SuperFastPython.com),
 the tutorial in shared/seed/thread-safe-counter-tutorial.txt.  The classes below
 are copied from its listings unchanged (comments, parentheses and all), so the
-demo and the benchmark measure exactly the code the tutorial teaches.  They are
+demo and the benchmarks measure exactly the code the tutorial teaches.  They are
 deliberately left untyped and unformatted; nothing in tallies uses them except
-``tallies demo`` and ``tallies bench``.
+``tallies demo`` and the repository's benchmarks (``benchmarks/counters.py``).
 """
 
 # mypy: disable-error-code="no-untyped-def"

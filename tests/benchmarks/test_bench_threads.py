@@ -3,59 +3,47 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tallies.cli import bench_threads
+from _bench_support import bench
 
-
-def bench(*args: str) -> str:
-    """``tallies bench ARGS`` in a subprocess: its standard output (it must succeed)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tallies", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from benchmarks import threads
 
 
 def test_bench_threads_quick_json_has_every_form_and_a_verdict_per_target() -> None:
-    report = json.loads(bench("--threads", "--quick", "--json"))
-    assert report["threads"] >= 2 and report["rounds"] == 1
-    assert [r["name"] for r in report["rows"]] == [f.name for f in bench_threads.FORMS]
-    gil = report["gil_enabled"]
-    for row in report["rows"]:
-        assert len(row["ratios"]) == len(row["one_thread_ns"]) == 1
+    report = json.loads(bench("--threads", "--quick", "--json").stdout)
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == [f.name for f in threads.FORMS]
+    gil = report["python"]["gil_enabled"]
+    for row in rows:
+        data = row["data"]
+        assert data["threads"] >= 2 and data["rounds"] == 1
+        assert len(row["ratios"]) == len(data["one_thread_ns"]) == 1
         assert row["ratios"][0] > 0
-        assert row["overlap"] is None or row["overlap"] > 0
-        if row["target"] is None:
-            assert row["verdict"] == row["overlap_verdict"] == "shown"
+        assert data["overlap"] is None or data["overlap"] > 0
+        if row["target"] == "":
+            assert row["verdict"] == "" and "overlap_verdict" not in data
         elif gil:
-            assert row["verdict"] == row["overlap_verdict"] == "n/a (GIL)"
+            assert row["verdict"] == data["overlap_verdict"] == "inconclusive"
+            assert row["reason"] == "the GIL is enabled: threads take turns"
         else:
             # one quick round cannot make the 3 rounds a verdict needs
             assert row["verdict"] == "inconclusive"
-            assert row["overlap_verdict"] in {"met", "missed", "no overlap seen"}
-        assert len(row["floor_ratios"]) == 1 and row["floor_ratios"][0] > 0
+            assert row["reason"].endswith("rounds had the CPUs, 3 needed")
+            assert data["overlap_verdict"] in {"met", "missed", "inconclusive"}
+        assert len(data["floor_ratios"]) == 1 and data["floor_ratios"][0] > 0
 
 
-def test_bench_threads_text_names_the_interpreter_and_the_load() -> None:
-    report = bench_threads.run(n=4_000, rounds=2, threads=2)
-    text = bench_threads.format_report(report)
-    assert "load average before / after" in text
-    assert report["interpreter"] in text
-    for form in bench_threads.FORMS:
-        assert form.name in text
-    assert all(len(r["ratios"]) == 2 for r in report["rows"])
+def test_bench_threads_rows_name_every_form_and_the_load() -> None:
+    rows = threads.run(n=4_000, rounds=2, threads=2)
+    assert [r.name for r in rows] == [f.name for f in threads.FORMS]
+    assert all(len(r.ratios) == 2 for r in rows)
+    assert all(len(r.data["load_average_before"]) == 3 for r in rows)
 
 
 def test_a_form_that_loses_counts_fails_the_run() -> None:
-    lossy = bench_threads.Form("lossy", lambda: (lambda i, n: lambda: None, lambda: 0))
+    lossy = threads.Form("lossy", lambda: (lambda i, n: lambda: None, lambda: 0))
     try:
-        bench_threads._one_run(lossy, 2, 10)
+        threads._one_run(lossy, 2, 10)
     except AssertionError as exc:
         assert "counted 0, expected 2000" in str(exc)
     else:
@@ -68,14 +56,14 @@ def test_overlap_counts_only_chunks_during_which_every_thread_ran() -> None:
     of thread 1's single chunk [5,30] (thread 0 was off the CPU part of it) count."""
     t0 = [(0, 0), (10, 10), (20, 20), (40, 25)]
     t1 = [(5, 0), (30, 25)]
-    assert bench_threads._overlap([t0, t1]) == (10, 1)
-    assert bench_threads._overlap([t0]) == (20, 2)
+    assert threads._overlap([t0, t1]) == (10, 1)
+    assert threads._overlap([t0]) == (20, 2)
 
 
 def test_the_verdict_counts_only_rounds_in_which_the_paired_floor_scaled() -> None:
     """Rounds whose nothing-shared loop did not reach 0.9 * T are reported but do not
     decide; with fewer than 3 deciding rounds the verdict is inconclusive."""
-    res = bench_threads.Result("form", 1.7, 1000)
+    res = threads.Result("form", 1.7, 1000)
     res.ratios = [1.9, 1.1, 1.8, 1.2, 2.0]
     res.floor_ratios = [1.95, 1.15, 1.85, 1.79, 1.81]
     assert res.counted(2) == [1.9, 1.8, 2.0]
@@ -84,23 +72,24 @@ def test_the_verdict_counts_only_rounds_in_which_the_paired_floor_scaled() -> No
 
 
 def test_a_target_asks_the_same_share_of_perfect_scaling_at_every_count() -> None:
-    assert bench_threads.target_at(1.7, 2) == 1.7
-    assert bench_threads.target_at(1.7, 8) == 6.8
-    assert bench_threads.target_at(None, 16) is None
+    assert threads.target_at(1.7, 2) == 1.7
+    assert threads.target_at(1.7, 8) == 6.8
+    assert threads.target_at(None, 16) is None
 
 
 def test_a_list_of_counts_runs_each_and_ends_with_the_curve() -> None:
-    out = bench("--threads", "1,3", "--quick")
+    out = bench("--threads", "1,3", "--quick").stdout
     assert "1 thread against 1 threads" in out and "1 thread against 3 threads" in out
+    assert "load average before / after" in out and "Every count was exact" in out
     curve = out[out.index("Scaling curve") :]
     header = next(line for line in curve.splitlines() if line.strip().startswith("form"))
     assert "1 threads" in header and "3 threads" in header
-    for form in bench_threads.FORMS:
+    for form in threads.FORMS:
         assert form.name in curve
 
 
 def test_of_floor_is_the_median_of_the_per_round_shares() -> None:
-    res = bench_threads.Result("form", None, 1000)
+    res = threads.Result("form", None, 1000)
     res.ratios = [1.0, 1.8, 3.0]
     res.floor_ratios = [2.0, 2.0, 2.0]
     assert res.of_floor == 0.9

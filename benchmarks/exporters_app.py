@@ -1,4 +1,4 @@
-"""The WSGI app of ``tallies.cli.bench_exporters``: counts each request, two ways.
+"""The WSGI app of ``benchmarks/exporters.py``: counts each request, two ways.
 
 ``TALLIES_BENCH_MODE=shm``: into the ``shm://`` store ``TALLIES_BENCH_URL``
 (counter ``requests``, keyed counter ``status``).  ``TALLIES_BENCH_MODE=prom``:

@@ -25,7 +25,8 @@ bracketed by the same loop run right before them, 1 thread then T threads
 ("paired floor"), and the verdict counts only the rounds in which that floor
 scaled to at least FLOOR_OK * T: rounds in which the machine delivered the
 CPUs.  All rounds are still reported; with fewer than MIN_ROUNDS such rounds
-the verdict is "inconclusive".
+the verdict is "inconclusive".  A round's ratios are taken inside the round
+(``harness.per_round`` semantics: never minima of separate runs).
 
 Each form's target is stated for 2 threads; with T threads it asks for the
 same share of perfect scaling (``target * T / 2``: 1.7x at 2 threads is 6.8x
@@ -36,7 +37,7 @@ shares nothing, on the machine as it is at that moment).
 
 With a GIL, threads take turns and nothing scales (about 1x at best): the
 targets are checked only on a free-threaded build running without the GIL,
-with at least 2 CPUs.
+with at least 2 CPUs; elsewhere the verdict is "inconclusive" with the reason.
 """
 
 from __future__ import annotations
@@ -44,18 +45,29 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import statistics
 import textwrap
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import tallies
+from tallies.cli.demo import gil_enabled
 
-from ._timing import timed_threads
+from .harness import (
+    INCONCLUSIVE,
+    MET,
+    MISSED,
+    Row,
+    Target,
+    Verdict,
+    format_rows,
+    header,
+    report_json,
+    timed_threads,
+)
 
 __all__ = ["FORMS", "Form", "main", "run"]
 
@@ -281,11 +293,6 @@ def _overlap(per_thread: list[list[Sample]]) -> tuple[int, int]:
     return ns, count
 
 
-def gil_enabled() -> bool:
-    probe: Callable[[], bool] = getattr(__import__("sys"), "_is_gil_enabled", lambda: True)
-    return bool(probe())
-
-
 def target_at(target: float | None, threads: int) -> float | None:
     """A 2-thread target asked of ``threads`` threads: the same share of perfect scaling."""
     return None if target is None else target * threads / 2
@@ -294,15 +301,35 @@ def target_at(target: float | None, threads: int) -> float | None:
 def _why_unchecked(threads: int) -> str | None:
     """Why this run's scaling cannot be held to a target, or None when it can."""
     if gil_enabled():
-        return "n/a (GIL)"
+        return "the GIL is enabled: threads take turns"
     if threads < 2:
-        return "n/a (1 thread)"
+        return "1 thread"
     if (os.cpu_count() or 1) < 2:
-        return "n/a (1 CPU)"
+        return "1 CPU"
     return None
 
 
-def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
+def _verdicts(res: Result, threads: int, overlap: float | None) -> tuple[Verdict, Verdict]:
+    """The verdict on the rounds whose paired floor scaled, and on "while all ran"."""
+    assert res.target is not None
+    unchecked = _why_unchecked(threads)
+    if unchecked:
+        return Verdict(INCONCLUSIVE, unchecked), Verdict(INCONCLUSIVE, unchecked)
+    counted = res.counted(threads)
+    if len(counted) < MIN_ROUNDS:
+        why = f"{len(counted)} of {len(res.ratios)} rounds had the CPUs, {MIN_ROUNDS} needed"
+        verdict = Verdict(INCONCLUSIVE, why)
+    else:
+        m = statistics.median(counted)
+        why = f"median {m:.2f}x over the {len(counted)} rounds that had the CPUs"
+        verdict = Verdict(MET if m >= res.target else MISSED, why)
+    if overlap is None:
+        return verdict, Verdict(INCONCLUSIVE, "no overlap seen")
+    return verdict, Verdict(MET if overlap >= res.target else MISSED)
+
+
+def run(n: int, rounds: int, threads: int) -> list[Row]:
+    """One report: a row per form, its scaling per round, and its verdict."""
     results = [
         Result(f.name, target_at(f.target, threads), max(1, int(n * f.weight))) for f in FORMS
     ]
@@ -325,44 +352,42 @@ def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
                 res.overlap_ns[slot] += ns
                 res.overlap_chunks[slot] += chunks
     load_after = os.getloadavg()
-    unchecked = _why_unchecked(threads)
+    rounds_text = "1 round" if rounds == 1 else f"{rounds} interleaved rounds"
+    part = f"scaling: 1 thread against {threads} threads, {rounds_text}"
     rows = []
     for res in results:
-        row = asdict(res)
-        row["median"] = res.median
-        row["of_floor"] = res.of_floor
-        row["min"] = min(res.ratios)
-        row["max"] = max(res.ratios)
         (ns1, ns_t), (c1, c_t) = res.overlap_ns, res.overlap_chunks
-        row["overlap"] = threads * (ns1 / c1) / (ns_t / c_t) if c1 and c_t and ns_t else None
+        overlap = threads * (ns1 / c1) / (ns_t / c_t) if c1 and c_t and ns_t else None
         counted = res.counted(threads)
-        row["counted_rounds"] = len(counted)
-        row["counted_median"] = statistics.median(counted) if counted else None
-        if res.target is None:
-            row["verdict"] = row["overlap_verdict"] = "shown"
-        elif unchecked:
-            row["verdict"] = row["overlap_verdict"] = unchecked
-        else:
-            if len(counted) < MIN_ROUNDS:
-                row["verdict"] = "inconclusive"
-            else:
-                row["verdict"] = "met" if statistics.median(counted) >= res.target else "missed"
-            if row["overlap"] is None:
-                row["overlap_verdict"] = "no overlap seen"
-            else:
-                row["overlap_verdict"] = "met" if row["overlap"] >= res.target else "missed"
+        row = Row(part, res.name, res.median, "x", list(res.ratios), "1 thread")
+        row.data = {
+            "threads": threads,
+            "rounds": rounds,
+            "one_thread_ns": res.one_thread_ns,
+            "many_threads_ns": res.many_threads_ns,
+            "floor_ratios": res.floor_ratios,
+            "of_floor": res.of_floor,
+            "counted_rounds": len(counted),
+            "counted_median": statistics.median(counted) if counted else None,
+            "overlap": overlap,
+            "overlap_chunks": res.overlap_chunks,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        }
+        running = "-" if overlap is None else f"{overlap:.2f}x ({res.overlap_chunks[1]} chunks)"
+        row.detail = (
+            f"ns/op {statistics.median(res.one_thread_ns):.1f} alone,"
+            f" {statistics.median(res.many_threads_ns):.1f} with {threads};"
+            f" {res.of_floor:.0%} of floor; while all ran {running}"
+        )
+        if res.target is not None:
+            verdict, running_verdict = _verdicts(res, threads, overlap)
+            row.decide(str(Target(">=", res.target)), verdict)
+            row.data["overlap_verdict"] = running_verdict.word
+            if running_verdict != verdict:
+                row.detail += f": {running_verdict}"
         rows.append(row)
-    return {
-        "interpreter": f"{platform.python_implementation()} {platform.python_version()}",
-        "gil_enabled": gil_enabled(),
-        "cpus": os.cpu_count(),
-        "threads": threads,
-        "rounds": rounds,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "tallies_implementation": tallies.IMPLEMENTATION,
-        "rows": rows,
-    }
+    return rows
 
 
 def _table(head: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[str]:
@@ -377,92 +402,45 @@ def _table(head: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[str]:
     ]
 
 
-def format_report(report: dict[str, Any]) -> str:
-    t = report["threads"]
-    gil = "GIL enabled" if report["gil_enabled"] else "no GIL"
-    lines = [
-        f"Scaling with threads: {report['interpreter']} ({gil}), {report['cpus']} CPUs,"
-        f" 1 thread against {t} threads, {report['rounds']} interleaved rounds",
-        "load average before / after: "
-        + " / ".join(
-            ", ".join(f"{x:.2f}" for x in la)
-            for la in (report["load_average_before"], report["load_average_after"])
-        ),
-        "",
-    ]
-    head = (
-        "form",
-        "1 thread ns/op",
-        f"{t} threads ns/op",
-        "scaling median",
-        "min",
-        "max",
-        "floor ok: median (rounds)",
-        "of floor",
-        "target",
-        "",
-        "while all ran",
-        "",
-    )
-    cells: list[tuple[str, ...]] = []
-    for r in report["rows"]:
-        cells.append(
-            (
-                r["name"],
-                f"{statistics.median(r['one_thread_ns']):.1f}",
-                f"{statistics.median(r['many_threads_ns']):.1f}",
-                f"{r['median']:.2f}x",
-                f"{r['min']:.2f}x",
-                f"{r['max']:.2f}x",
-                "-"
-                if r["counted_median"] is None
-                else f"{r['counted_median']:.2f}x ({r['counted_rounds']}/{report['rounds']})",
-                f"{r['of_floor']:.0%}",
-                f">= {r['target']:.2f}x" if r["target"] else "",
-                r["verdict"],
-                "-" if r["overlap"] is None else f"{r['overlap']:.2f}x ({r['overlap_chunks'][1]})",
-                r["overlap_verdict"],
-            )
-        )
-    lines += _table(head, cells)
-    note = (
-        f"ns/op with {t} threads is wall time over all updates (aggregate); scaling is"
-        f" aggregate throughput over one thread's, per round (median, min, max).  'floor"
-        f" ok' is the median over the rounds in which the nothing-shared loop, run right"
-        f" before the form, scaled to >= {FLOOR_OK * t:.2f}x (the machine delivered the"
-        f" CPUs), with their number: the verdict uses it (fewer than {MIN_ROUNDS} such"
-        " rounds: inconclusive).  'of floor' is the median over all rounds of the form's"
-        " scaling over its paired floor's.  'while all ran' is the same ratio taken only over the"
-        f" chunks of {CHUNK:,} updates during which every thread was on a CPU (CPU time"
-        " >= 97 % of wall time) at the same time (their number in brackets): what the"
+def note(threads: int) -> str:
+    return (
+        f"ns/op with {threads} threads is wall time over all updates (aggregate); scaling is"
+        " aggregate throughput over one thread's, per round (median, lowest-highest).  The"
+        f" verdict counts the rounds in which the nothing-shared loop, run right before the"
+        f" form, scaled to >= {FLOOR_OK * threads:.2f}x (the machine delivered the CPUs;"
+        f" fewer than {MIN_ROUNDS} such rounds: inconclusive).  'of floor' is the median over"
+        " all rounds of the form's scaling over its paired floor's.  'while all ran' is the"
+        f" same ratio taken only over the chunks of {CHUNK:,} updates during which every"
+        " thread was on a CPU (CPU time >= 97 % of wall time) at the same time: what the"
         " code does when the threads really run together, whatever else loads the"
         " machine.  Every count was exact."
+        + (
+            "  With the GIL threads take turns: the targets apply to free-threaded builds."
+            if gil_enabled()
+            else ""
+        )
     )
-    lines += ["", *textwrap.wrap(note, width=100)]
-    if report["gil_enabled"]:
-        lines.append("With the GIL threads take turns: the targets apply to free-threaded builds.")
-    return "\n".join(lines)
 
 
-def format_curve(reports: list[dict[str, Any]]) -> str:
+def format_curve(reports: list[list[Row]]) -> str:
     """Every form's scaling at each thread count, and as a share of the paired floor's."""
-    counts = [r["threads"] for r in reports]
+    counts = [rows[0].data["threads"] for rows in reports]
     head = ("form", *(f"{t} threads" for t in counts))
     cells: list[tuple[str, ...]] = []
     for i, form in enumerate(FORMS):
-        row = [form.name]
-        for rep in reports:
-            r = rep["rows"][i]
-            verdict = f" {r['verdict']}" if r["target"] is not None else ""
-            row.append(f"{r['median']:.2f}x ({r['of_floor']:.0%}){verdict}")
-        cells.append(tuple(row))
-    first = reports[0]
+        cell = [form.name]
+        for rows in reports:
+            r = rows[i]
+            verdict = f" {r.verdict}" if r.verdict else ""
+            cell.append(f"{r.value:.2f}x ({r.data['of_floor']:.0%}){verdict}")
+        cells.append(tuple(cell))
+    first = reports[0][0].data
     lines = [
         *textwrap.wrap(
-            f"Scaling curve: {first['interpreter']}, {first['cpus']} CPUs, {first['rounds']}"
-            " rounds per count: aggregate throughput of T threads over 1 thread (median),"
-            " in brackets as a share of the nothing-shared floor's in the same rounds; the"
-            " verdict as in each count's table (targets scaled to T: target * T / 2).",
+            f"Scaling curve: {first['rounds']} rounds per count: aggregate throughput of T"
+            " threads over 1 thread (median), in brackets as a share of the nothing-shared"
+            " floor's in the same rounds; the verdict as in each count's table (targets"
+            " scaled to T: target * T / 2).",
             width=100,
         ),
         "",
@@ -480,14 +458,24 @@ def main(
 ) -> int:
     counts = threads or [max(2, os.cpu_count() or 1)]
     n, default_rounds = (20_000, 1) if quick else (500_000, 11)
+    command = "tallies bench --threads"
+    if not as_json:
+        print(header(command), end="\n\n", flush=True)
     reports = []
     for t in counts:
-        report = run(n, rounds or default_rounds, t)
-        reports.append(report)
+        rows = run(n, rounds or default_rounds, t)
+        reports.append(rows)
         if not as_json:
-            print(format_report(report), end="\n\n", flush=True)
+            load = [rows[0].data[f"load_average_{when}"] for when in ("before", "after")]
+            print(format_rows(rows))
+            print(
+                "  load average before / after: "
+                + " / ".join(", ".join(f"{x:.2f}" for x in la) for la in load),
+                end="\n\n",
+            )
+            print("\n".join(textwrap.wrap(note(t), width=100)), end="\n\n", flush=True)
     if as_json:
-        print(json.dumps(reports[0] if len(reports) == 1 else {"reports": reports}, indent=2))
+        print(json.dumps(report_json(command, [r for rows in reports for r in rows]), indent=2))
     elif len(reports) > 1:
         print(format_curve(reports))
     return 0

@@ -1,9 +1,9 @@
 """gunicorn workers counting requests: ``tallies serve`` vs prometheus_client's multiprocess mode.
 
 One scenario, run for each exporter in the same run (``scripts/compare-multiprocess``,
-and a short version in the tests):
+and a short version in tests/look/test_gunicorn_exporters.py):
 
-- a gunicorn app (``bench_exporters_app``) with ``workers`` sync workers,
+- a gunicorn app (``exporters_app``) with ``workers`` sync workers,
   loaded once (``--preload``) and recycled every ``max_requests`` requests
   (+ up to ``jitter``), counts each request it serves;
 - a bounded load generator on loopback (``clients`` threads, at most
@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .harness import ROOT
+from .servers import free_port, stop_process
 
 __all__ = ["Result", "format_table", "main", "run_scenario"]
 
@@ -85,16 +87,10 @@ class Result:
         return self.scrapes[-max(1, min(n, len(self.scrapes) // 2)) :]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env() -> dict[str, str]:
+    """The environment of the processes started: they import ``benchmarks`` from this checkout."""
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -153,7 +149,7 @@ def run_scenario(
             store.close()
             env["TALLIES_BENCH_MODE"] = "shm"
             env["TALLIES_BENCH_URL"] = url
-            from ..stores.shm import segment_path
+            from tallies.stores.shm import segment_path
 
             seg = Path(segment_path(url.removeprefix("shm://")))
 
@@ -174,14 +170,14 @@ def run_scenario(
             exporter_cmd = [sys.executable, "-c", _PROM_EXPORTER]
             metric = "requests_total"
 
-        port = _free_port()
+        port = free_port()
         gunicorn = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn", "--preload",
                 "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
                 "--max-requests", str(max_requests), "--max-requests-jitter", str(jitter),
                 "--log-level", "warning", "--worker-tmp-dir", str(tmp),
-                "tallies.cli.bench_exporters_app:app",
+                "benchmarks.exporters_app:app",
             ],
             env=env, cwd=tmp, stdin=subprocess.DEVNULL,
         )  # fmt: skip
@@ -270,12 +266,7 @@ def run_scenario(
         return result
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+            stop_process(proc)
         if url:
             tallies.destroy(url)
         shutil.rmtree(tmp, ignore_errors=True)
