@@ -1,6 +1,7 @@
 """``./tallies bench`` (``python -m benchmarks`` from a checkout): the whole report.
 
-    tallies bench [--quick] [--processes | --stores | --threads [N,N...] [--rounds N]] [--json]
+    tallies bench [--quick] [--processes | --stores | --limits | --threads [N,N...] [--rounds N]]
+                  [--json]
 
 Without a mode: the default report, ``PARTS`` in order (Counter and
 ShardedCounter, KeyedCounter, RateCounter), printed part by part, then every
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from tallies.cli.look import positive_int
 
-from . import counters, keyed, processes, rates, stores, threads
+from . import counters, keyed, limits, processes, rates, stores, threads
 from .harness import Row, emit, format_rows, format_targets, header, report_json
 
 __all__ = ["PARTS", "build_parser", "main"]
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "diskcache, a raw SQLite UPSERT per increment and redis-py",
     )
     p.add_argument(
+        "--limits",
+        action="store_true",
+        help="instead: limiters (Limiter.hit on memory://, shm://, redis://), rates on the "
+        "durable scopes, and limits' strategies over the tallies storage and its own",
+    )
+    p.add_argument(
         "--threads",
         nargs="?",
         const=[],
@@ -116,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.stores:
         emit(f"{COMMAND} --stores", stores.run(args.quick), as_json=args.json)
+        return 0
+    if args.limits:
+        emit(f"{COMMAND} --limits", limits.run(args.quick), as_json=args.json)
         return 0
     if args.processes:
         n, rounds = (100_000, 1) if args.quick else (1_000_000, 3)
