@@ -221,7 +221,6 @@ def _limits_rows(
     for row in rows.values():
         row.of = FLOOR if row.of == "floor" else row.of
     out = [r for n, r in rows.items() if n != FLOOR]
-    out += [
-        Row(PART_LIMITS, n, data={"why": f"not measured: {e}"}) for n, e in timed.errors.items()
-    ]
-    return out
+    for name, err in timed.errors.items():
+        out.append(Row(PART_LIMITS, name, data={"why": f"not measured: {err}"}))
+    return out + missing
