@@ -10,8 +10,10 @@ A keyed counter here is a :class:`MemoryKeyedCounter`: a ``tallies.KeyedCounter`
 (``base.check_key``: str, 1 to 1024 UTF-8 bytes, no NUL), so that a program
 moves between stores unchanged and a snapshot never merges two keys (404 and
 "404") into one.  The check is a Python method in front of the C increment:
-about 130 ns an update instead of 27 (``tallies.KeyedCounter`` itself takes
-any hashable key at C speed).
+an update of a key already there costs a Python call and a lookup more than
+``tallies.KeyedCounter``'s (which takes any hashable key at C speed): 2.2 to
+3.1x its time in three runs here (2026-12-06, the busy 2-vCPU machine), as a
+``sqlite://`` keyed counter's update costs.
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ class MemoryKeyedCounter(KeyedCounter):
 
     __slots__ = ()
 
+    # A key already in the counter passed the check on its way in (every way
+    # in checks), so a plain str found there needs no second check.
     def increment(self, key: Hashable, /, n: SupportsIndex = 1) -> None:
-        KeyedCounter.increment(self, check_key(key), n)
+        if type(key) is not str or key not in self:
+            key = check_key(key)
+        KeyedCounter.increment(self, key, n)
 
     def decrement(self, key: Hashable, /, n: SupportsIndex = 1) -> None:
-        KeyedCounter.decrement(self, check_key(key), n)
+        if type(key) is not str or key not in self:
+            key = check_key(key)
+        KeyedCounter.decrement(self, key, n)
 
     def value(self, key: Hashable, /) -> int:
         v: int = KeyedCounter.value(self, check_key(key))

@@ -51,8 +51,15 @@ Schema (version 1; ``sqlite3 counts.db 'select * from counters'`` reads it)::
     keyed(name TEXT, key TEXT, value INTEGER, PRIMARY KEY(name, key))
     writers(writer_id TEXT PRIMARY KEY, seq INTEGER, seen REAL)
 
-Keys of keyed counters are str (TEXT); any other key raises TypeError on its
-first use (nothing else has a lossless, portable TEXT form).
+Names and keys follow the rules every store shares (docs/contract.md;
+``base.counter_name``, ``base.check_key``): keys are str (TEXT; nothing else
+has a lossless, portable TEXT form), a non-str key raises TypeError, a bad str
+(empty, over 1024 UTF-8 bytes, NUL, lone surrogate) ValueError.  A name keeps
+the kind it was registered with; a flush that would register it with the
+other kind raises KindClashError from inside the transaction (nothing applied)
+and the write-behind sets that name aside.  ``SqliteStore`` is a
+``WriteBehindStore``: its URL parameters are ``PARAMS`` (parsed by
+``_params.py``), its backend ``SqliteBackend``.
 
 A flush is one transaction: ``UPDATE writers SET seq = batch seq WHERE seq <
 batch seq`` (no row changed and a row present: the batch was applied

@@ -160,7 +160,8 @@ refuse a missing one unless ``create``); ``destroy_url``.  Implement the
 reads consistent with the writer's recorded seq).  ``sqlite.py`` is the
 example; ``tests/stores/test_writebehind.py`` has a dict backend with fault
 injection, and adding the scheme to ``STORES`` in
-``tests/stores/contract/_stores.py`` runs the store contract suite on it.
+``tests/contract/_contract.py`` runs the store contract suite on it
+(docs/contract.md is what it checks).
 
 Writer bookkeeping
 ------------------
