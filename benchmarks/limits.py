@@ -10,8 +10,8 @@ rows say "not measured" and why.
   (``harness.per_call``), ratios per round against ``Counter.increment()``;
   printed beside one redis-py round trip per hit: ``limits``' own
   ``FixedWindowRateLimiter`` over its Redis storage.
-* A rate's ``increment()`` on ``sqlite://`` and ``redis://`` against
-  ``Counter.increment()``.
+* A rate's ``increment()`` on ``shm://``, ``sqlite://`` and ``redis://``
+  against ``Counter.increment()``.
 * ``limits``' ``FixedWindowRateLimiter`` and ``MovingWindowRateLimiter``, ns
   per ``hit``, over the tallies storage (``tallies+memory``, ``+shm``,
   ``+sqlite``, ``+redis``) and over limits' ``memory://`` and ``redis://``.
@@ -120,6 +120,7 @@ def _run(
         env[var] = lim
         stmts[name] = f"{var}.hit()"
     rates = {
+        "shm:// rate.increment()": ("rm", shm_url),
         "sqlite:// rate.increment()": ("rs", f"sqlite:///{tmp}/bench.db?flush=1"),
         "redis:// rate.increment()": ("rr", redis_url),
     }
@@ -158,6 +159,7 @@ def _run(
         "memory:// Limiter.hit()": HIT_MEMORY,
         "shm:// Limiter.hit()": HIT_MEMORY,
         "redis:// Limiter.hit(), with a lease": HIT_REDIS,
+        "shm:// rate.increment()": RATE_INC,
         "sqlite:// rate.increment()": RATE_INC,
         "redis:// rate.increment()": RATE_INC,
     }

@@ -23,9 +23,10 @@ def main() -> None:
         kr = s.keyed_rate("k", 30, 1)
         t = [0]
         r.clock = kr.clock = lambda: t[0]
-        for i in range(events):
-            slot = now_ns // res - rnd.randrange(30)
-            t[0] = slot * res + rnd.randrange(res)
+        times = sorted(now_ns + res - 1 - rnd.randrange(30 * res) for _ in range(events))
+        for i, at in enumerate(times):  # a clock moves forward
+            slot = at // res
+            t[0] = at
             n = rnd.randrange(1, 5)
             key = rnd.choice("abc")
             r.increment(n)

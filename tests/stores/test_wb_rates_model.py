@@ -120,6 +120,7 @@ def test_sqlite_rates_follow_the_model(tmp_path: pytest.TempPathFactory) -> None
         def flush_with_a_lost_reply(self, w: int) -> None:
             """The commit happens, the writer hears an error: the batch stays
             in flight, and reads count it once (the next flush settles it)."""
+            self.stores[w].flush()  # settles a batch in flight: the failure is the new one's
             key = "TALLIES_SQLITE_FAILafter-commit"
             os.environ["TALLIES_SQLITE_FAIL"] = f"after-commit:{sqlite_store._hits[key] + 1}"
             try:

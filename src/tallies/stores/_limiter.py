@@ -76,9 +76,11 @@ __all__ = [
     "LeaseLimiter",
     "LimitBackend",
     "LocalLimiter",
+    "PyLeaseLimiter",
     "check_hits",
     "limit_spec",
     "limiter_key",
+    "make_local",
 ]
 
 MAX_BUCKETS = 1000
@@ -392,31 +394,28 @@ class LimitBackend(Protocol):
         """Forget a fixed window."""
 
 
-class _Lease:
-    __slots__ = ("deadline", "left", "slot", "want")
-
-    def __init__(self) -> None:
-        self.slot = 0
-        self.left = 0
-        self.deadline = 0  # monotonic ns: the lease ends before its slot does
-        self.want = 1
-
-
-_lease_limiters: weakref.WeakSet[LeaseLimiter] = weakref.WeakSet()
-
-
-class LeaseLimiter(_Spec):
+class _LeaseMethods(_Spec):
     """A write-behind store's limiter: local decisions from leases (see the
-    module docstring).  ``backend`` is a callable returning the store's
-    current backend (it may reconnect)."""
+    module docstring).  Written once, for the C type (``LeaseLimiter`` of
+    the extension, whose ``hit`` decides from a lease in C and calls
+    ``_hit_slow`` for anything else) and for :class:`PyLeaseLimiter` (the
+    pure fallback).  Both keep the leases behind ``_take`` / ``_swap`` /
+    ``_set`` / ``_peek`` / ``_pop`` / ``_entries``: one atomic step each.
+    ``backend`` is a callable returning the store's current backend."""
+
+    _take: Callable[[str, int], bool]
+    _swap: Callable[[str], tuple[int, int, int, int]]
+    _set: Callable[[str, int, int, int, int], None]
+    _peek: Callable[[str], tuple[int, int, int]]
+    _pop: Callable[[str], None]
+    _entries: Callable[[], list[tuple[str, int, int, int]]]
+    _now: Callable[[], int]
 
     def __init__(self, spec: LimitSpec, backend: Callable[[], Any], shown: str) -> None:
         self.spec = spec
         self._backend = backend
         self._shown = shown
-        self._state = threading.Lock()  # the lease table
         self._io = threading.Lock()  # one backend call at a time
-        self._leases: dict[str, _Lease] = {}
         self._swept = 0
         self._closed = False
         # tests: called with (sent, replied, key, need, want, give_back, grant or
@@ -433,18 +432,15 @@ class LeaseLimiter(_Spec):
         err.__cause__ = exc
         return err
 
-    def hit(self, key: str | None = None, n: int = 1) -> bool:
-        """Admit and count ``n`` units for ``key``, or refuse and count nothing.
-        Raises StoreUnavailableError when the store cannot be reached and no
-        lease covers the hit (nothing counted; a lost reply may have reserved
-        units, which then cost refusals, never over-admission)."""
+    def _hit_slow(self, key: str | None = None, n: int = 1) -> bool:
+        """hit() when no lease covers it: check the arguments, then ask the
+        store.  Raises StoreUnavailableError when the store cannot be
+        reached (nothing counted; a lost reply may have reserved units,
+        which then cost refusals, never over-admission)."""
         k = limiter_key(key)
         v = check_hits(n)
-        with self._state:
-            lease = self._leases.get(k)
-            if lease is not None and lease.left >= v and time.monotonic_ns() < lease.deadline:
-                lease.left -= v
-                return True
+        if self._take(k, v):
+            return True
         if v > self.spec.limit:
             return False
         return self._acquire(k, v)
@@ -453,58 +449,44 @@ class LeaseLimiter(_Spec):
         with self._io:
             if self._closed:
                 raise ValueError(f"limiter {self.name!r}: its store {self._shown!r} is closed")
-            with self._state:
-                lease = self._leases.get(k)
-                if lease is None:
-                    lease = self._leases[k] = _Lease()
-                now = time.monotonic_ns()
-                valid = now < lease.deadline
-                if lease.left >= v and valid:  # another thread brought a lease meanwhile
-                    lease.left -= v
-                    return True
-                give = (lease.slot, lease.left) if lease.left > 0 else None
-                if valid:  # spent within its slot: ask for more
-                    lease.want = min(MAX_WANT, lease.want * 2)
-                elif lease.left > 0:  # its slot ended with units left: ask for less
-                    lease.want = max(1, lease.want // 2)
-                want = max(v, lease.want)
-                # from here the old lease is given back (or lost with the reply)
-                lease.left = 0
-                lease.deadline = 0
-            sent = time.monotonic_ns()
+            if self._take(k, v):  # another thread brought a lease meanwhile
+                return True
+            slot, left, deadline, want = self._swap(k)
+            # from here the old lease is given back (or lost with the reply)
+            give = (slot, left) if left > 0 else None
+            if self._now() < deadline:  # spent within its slot: ask for more
+                want = min(MAX_WANT, want * 2)
+            elif left > 0:  # its slot ended with units left: ask for less
+                want = max(1, want // 2)
+            sent = self._now()
             sent_wall = time.time()
             try:
-                g: Grant = self._backend().limit_acquire(self.spec, k, v, want, give)
+                g: Grant = self._backend().limit_acquire(self.spec, k, v, max(v, want), give)
             except Exception as exc:
                 if self.trace is not None:
-                    self.trace(sent_wall, time.time(), k, v, want, give, exc)
+                    self.trace(sent_wall, time.time(), k, v, max(v, want), give, exc)
                 raise self._unavailable("hit", exc) from exc
             if self.trace is not None:
-                self.trace(sent_wall, time.time(), k, v, want, give, g)
-            with self._state:
-                if len(self._leases) > self._swept + 256:
-                    self._sweep(g.slot)
-                if g.granted < v:
-                    self._leases.pop(k, None)
-                    return False
-                lease.slot = g.slot
-                lease.left = g.granted - v
-                lease.deadline = sent + (g.slot + 1) * self.spec.res_ns - g.now_ns
-                self._leases[k] = lease
-                return True
+                self.trace(sent_wall, time.time(), k, v, max(v, want), give, g)
+            if g.granted < v:
+                self._pop(k)
+                return False
+            deadline = sent + (g.slot + 1) * self.spec.res_ns - g.now_ns
+            self._set(k, g.slot, g.granted - v, deadline, want)
+            entries = self._entries()
+            if len(entries) > self._swept + 256:
+                self._sweep(entries, g.slot)
+            return True
 
-    def _sweep(self, slot: int) -> None:
-        """Drop ended leases whose units no longer count (caller holds _state);
-        keys come and go (per user, per IP), the table must not grow."""
-        now = time.monotonic_ns()
+    def _sweep(self, entries: list[tuple[str, int, int, int]], slot: int) -> None:
+        """Drop ended leases whose units no longer count (keys come and go,
+        per user, per IP: the table must not grow)."""
+        now = self._now()
         oldest = slot - self.spec.buckets
-        for k in [
-            k
-            for k, lz in self._leases.items()
-            if now >= lz.deadline and (lz.left == 0 or lz.slot < oldest)
-        ]:
-            del self._leases[k]
-        self._swept = len(self._leases)
+        for k, lslot, left, deadline in entries:
+            if k and now >= deadline and (left == 0 or lslot < oldest):
+                self._pop(k)
+        self._swept = len(self._entries())
 
     def _read(self, k: str) -> tuple[Grant, int]:
         """The backend's window and this writer's unused lease units in it."""
@@ -513,21 +495,16 @@ class LeaseLimiter(_Spec):
                 g: Grant = self._backend().limit_read(self.spec, k)
             except Exception as exc:
                 raise self._unavailable("read", exc) from exc
-            with self._state:
-                lease = self._leases.get(k)
-                mine = 0
-                if lease is not None and time.monotonic_ns() < lease.deadline:
-                    mine = lease.left
-            return g, mine
+            _, left, deadline = self._peek(k)
+            return g, left if self._now() < deadline else 0
 
     def test(self, key: str | None = None, n: int = 1) -> bool:
         """Whether ``hit(key, n)`` would admit now (counts nothing)."""
         k = limiter_key(key)
         v = check_hits(n, "test")
-        with self._state:
-            lease = self._leases.get(k)
-            if lease is not None and lease.left >= v and time.monotonic_ns() < lease.deadline:
-                return True
+        _, left, deadline = self._peek(k)
+        if left >= v and self._now() < deadline:
+            return True
         if v > self.spec.limit:
             return False
         return self._remaining(k) >= v
@@ -544,8 +521,7 @@ class LeaseLimiter(_Spec):
 
     def reset_after(self, key: str | None = None) -> float:
         """Seconds until the oldest counted unit stops counting (0.0: none counts)."""
-        k = limiter_key(key)
-        g, _ = self._read(k)
+        g, _ = self._read(limiter_key(key))
         if g.oldest is None or g.used == 0:
             return 0.0
         end = (g.oldest + self.spec.buckets + 1) * self.spec.res_ns
@@ -555,8 +531,8 @@ class LeaseLimiter(_Spec):
         """Forget ``key``'s counted units (every writer's); return how many."""
         k = limiter_key(key)
         with self._io:
-            with self._state:
-                self._leases.pop(k, None)
+            self._swap(k)
+            self._pop(k)
             try:
                 return int(self._backend().limit_reset(self.spec, k))
             except Exception as exc:
@@ -565,13 +541,16 @@ class LeaseLimiter(_Spec):
     def give_back(self) -> None:
         """Give every unused lease back (close(), best effort: never retried)."""
         with self._io:
-            with self._state:
-                leases = [(k, lz.slot, lz.left) for k, lz in self._leases.items() if lz.left]
-                self._leases.clear()
-            for k, slot, left in leases:
+            taken = []
+            for k, _, _, _ in self._entries():
+                slot, left, _, _ = self._swap(k)
+                self._pop(k)
+                if left:
+                    taken.append((k, slot, left))
+            for k, slot, left in taken:
                 try:
                     self._backend().limit_acquire(self.spec, k, 0, 0, (slot, left))
-                except Exception:
+                except Exception:  # the units stay counted: refusals only
                     return
 
     def close(self) -> None:
@@ -586,9 +565,67 @@ class LeaseLimiter(_Spec):
     def _after_fork_in_child(self) -> None:
         # The parent's leases are the parent's: using them here would admit
         # their units twice.
-        self._state = threading.Lock()
         self._io = threading.Lock()
-        self._leases = {}
+        for k, _, _, _ in self._entries():
+            self._swap(k)
+            self._pop(k)
+
+
+class PyLeaseLimiter(_LeaseMethods):
+    """The pure-Python LeaseLimiter (the C one decides hits from a lease in
+    C): the leases in a dict under a lock."""
+
+    def __init__(self, spec: LimitSpec, backend: Callable[[], Any], shown: str) -> None:
+        self._state = threading.Lock()
+        self._leases: dict[str, list[int]] = {}  # key -> [slot, left, deadline, want]
+        super().__init__(spec, backend, shown)
+
+    def hit(self, key: str | None = None, n: int = 1) -> bool:
+        """Admit and count ``n`` units for ``key``, or refuse and count nothing."""
+        return self._hit_slow(key, n)
+
+    _now = staticmethod(time.monotonic_ns)
+
+    def _take(self, k: str, v: int) -> bool:
+        with self._state:
+            lz = self._leases.get(k)
+            if lz is not None and lz[1] >= v and time.monotonic_ns() < lz[2]:
+                lz[1] -= v
+                return True
+            return False
+
+    def _swap(self, k: str) -> tuple[int, int, int, int]:
+        with self._state:
+            lz = self._leases.get(k)
+            if lz is None:
+                return 0, 0, 0, 1
+            out = (lz[0], lz[1], lz[2], lz[3])
+            lz[1] = lz[2] = 0
+            return out
+
+    def _set(self, k: str, slot: int, left: int, deadline: int, want: int) -> None:
+        with self._state:
+            self._leases[k] = [slot, left, deadline, want]
+
+    def _peek(self, k: str) -> tuple[int, int, int]:
+        with self._state:
+            lz = self._leases.get(k, [0, 0, 0, 1])
+            return lz[0], lz[1], lz[2]
+
+    def _pop(self, k: str) -> None:
+        with self._state:
+            self._leases.pop(k, None)
+
+    def _entries(self) -> list[tuple[str, int, int, int]]:
+        with self._state:
+            return [(k, lz[0], lz[1], lz[2]) for k, lz in self._leases.items()]
+
+    def _after_fork_in_child(self) -> None:
+        self._state = threading.Lock()
+        super()._after_fork_in_child()
+
+
+_lease_limiters: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -598,6 +635,88 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---- C or pure ---------------------------------------------------------------------
+
+
+def _native() -> Any:
+    """The extension when the C core is in use, else None."""
+    try:
+        from .._impl import IMPLEMENTATION, native  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:  # a tallies without the one extension: pure paths
+        return None
+    return native if IMPLEMENTATION == "c" and native is not None else None
+
+
+def _window_test(self: Any, key: str | None = None, n: int = 1) -> bool:
+    """Whether ``hit(key, n)`` would admit now (counts nothing)."""
+    limiter_key(key)
+    v = check_hits(n, "test")
+    return bool(self.spec.limit - self._window(key)[0] >= v)
+
+
+def _window_remaining(self: Any, key: str | None = None) -> int:
+    """How many units would be admitted now."""
+    limiter_key(key)
+    return int(self.spec.limit - self._window(key)[0])
+
+
+def _window_reset_after(self: Any, key: str | None = None) -> float:
+    """Seconds until the oldest counted unit stops counting (0.0: none counts)."""
+    limiter_key(key)
+    total, oldest, now = self._window(key)
+    if not total or oldest is None:
+        return 0.0
+    end: int = (oldest + self.spec.buckets + 1) * self.spec.res_ns
+    return max(0.0, float(end - now) / NS)
+
+
+def _window_reset(self: Any, key: str | None = None) -> int:
+    """Forget ``key``'s counted units; return how many there were."""
+    limiter_key(key)
+    return int(self._reset(key))
+
+
+def _install() -> tuple[Any, Any, Any]:
+    """The C types with their Python methods (None without the extension)."""
+    native = _native()
+    if native is None:
+        return None, None, None
+    spec_props = {a: _Spec.__dict__[a] for a in ("name", "limit", "per", "resolution")}
+    for t in (native.Limiter, native.ShmLimiter):
+        for attr, value in spec_props.items():
+            setattr(t, attr, value)
+        t.__repr__ = _Spec.__repr__
+        t.test = _window_test
+        t.remaining = _window_remaining
+        t.reset_after = _window_reset_after
+        t.reset = _window_reset
+    native.Limiter.__len__ = lambda self: self._len()
+    lease = native.LeaseLimiter
+    for attr, value in _LeaseMethods.__dict__.items():
+        if not attr.startswith("__") or attr in ("__init__", "__repr__"):
+            setattr(lease, attr, value)
+    for attr, value in _Spec.__dict__.items():
+        if attr in spec_props or attr == "__repr__":
+            setattr(lease, attr, value)
+    return native.Limiter, native.ShmLimiter, lease
+
+
+CLimiter, ShmLimiter, CLeaseLimiter = _install()
+
+
+def make_local(spec: LimitSpec) -> Any:
+    """memory://'s limiter: the C one when the extension is used."""
+    if CLimiter is not None:
+        return CLimiter(spec, check_key)
+    return LocalLimiter(spec)
+
+
+def LeaseLimiter(spec: LimitSpec, backend: Callable[[], Any], shown: str) -> Any:
+    """A write-behind store's limiter: the C one when the extension is used."""
+    cls = CLeaseLimiter if CLeaseLimiter is not None else PyLeaseLimiter
+    return cls(spec, backend, shown)
 
 
 class BackendWindows:

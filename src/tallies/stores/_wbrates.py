@@ -13,7 +13,9 @@ writer whose clock is off by ``d`` seconds puts its events ``d`` seconds
 early or late (into a neighbouring bucket when ``d`` is below the
 resolution; a reader counts buckets by its own clock, so events from a
 writer whose clock runs ahead show up when the reader's clock reaches their
-bucket).  A clock stepped backwards counts the next events in older buckets.
+bucket).  A clock stepped backwards counts the next events in the newest
+bucket the writer has seen (as ``RateCounter`` does in-process) until it
+catches up.
 Keep machines in NTP sync; skew never loses or doubles an event (``total()``
 is exact), it only moves events between buckets.
 
@@ -106,14 +108,22 @@ class _RateBase:
     _kind: RateKind = "rate"
 
     def __init__(self, wb: WriteBehind, name: str, spec: RateSpec, sp: _Spec) -> None:
+        self._init(wb, name, spec, sp)
+        self._lock = threading.Lock()
+        # None (the wall clock) or a callable returning integer nanoseconds
+        # (an attribute, so that tests can drive it)
+        self.clock: Callable[[], int] | None = None
+
+    def _init(self, wb: WriteBehind, name: str, spec: RateSpec, sp: _Spec) -> None:
         self._wb = wb
         self._name = name
         self._spec = spec
         self._sp = sp
-        self._lock = threading.Lock()
         self._closed = False
-        # the wall clock in ns (an attribute, so that tests can drive it)
-        self.clock: Callable[[], int] = time.time_ns
+
+    def _now(self) -> int:
+        clock = self.clock
+        return time.time_ns() if clock is None else int(clock())
 
     @property
     def name(self) -> str:
@@ -143,10 +153,18 @@ class _RateBase:
         with self._lock:
             self._closed = True
 
+    def _forked(self) -> None:
+        """In a forked child: the pending events are the parent's."""
+        self._lock = threading.Lock()
+        self._drain()
+
+    def _drain(self) -> Any:
+        raise NotImplementedError
+
     def _range(self, window: object, fname: str) -> tuple[float, int, int]:
         """(w, lo, hi): the buckets a read of ``window`` counts now."""
         w, w_ns = self._sp.width(window, fname)
-        ns = self.clock()
+        ns = self._now()
         cur = ns // self._spec.res_ns
         lo = (ns - w_ns) // self._spec.res_ns + 1
         lo = max(min(lo, cur), cur - self._sp.nb + 1)
@@ -169,6 +187,7 @@ class BufferedRate(_RateBase):
     def __init__(self, wb: WriteBehind, name: str, spec: RateSpec, sp: _Spec) -> None:
         super().__init__(wb, name, spec, sp)
         self._pending: dict[int, int] = {}
+        self._latest = INT64_MIN  # the newest bucket seen (a clock going back counts there)
 
     def _add(self, n: SupportsIndex, sign: int, op: str) -> None:
         v = to_int64(n, op)
@@ -178,10 +197,11 @@ class BufferedRate(_RateBase):
             self._add_local(v, sign, op)
 
     def _add_local(self, v: int, sign: int, op: str) -> None:
-        slot = self.clock() // self._spec.res_ns
+        slot = self._now() // self._spec.res_ns
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            slot = self._latest = max(slot, self._latest)
             _add_checked(self._pending, slot, sign * v, op, v, repr(self._name))
 
     def increment(self, n: SupportsIndex = 1) -> None:
@@ -251,7 +271,7 @@ class BufferedKeyedRate(_RateBase):
             self._add_local(k, v, sign, op)
 
     def _add_local(self, k: str, v: int, sign: int, op: str) -> None:
-        slot = self.clock() // self._spec.res_ns
+        slot = self._now() // self._spec.res_ns
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -363,11 +383,17 @@ def open_rate(
     stored: RateSpec = be.register_rate(name, spec)
     if stored != spec:
         raise _mismatch(wb, name, stored, spec)
-    cls = BufferedRate if kind == "rate" else BufferedKeyedRate
     with wb._state:
         r = wb._rates.get(name)
         if r is None:
-            r = wb._rates[name] = cls(wb, name, spec, sp)
+            if kind == "keyed_rate":
+                r = BufferedKeyedRate(wb, name, spec, sp)
+            elif CBufferedRate is not None and not wb.write_through:
+                r = CBufferedRate(spec.window_ns, spec.res_ns)
+                r._init(wb, name, spec, sp)
+            else:
+                r = BufferedRate(wb, name, spec, sp)
+            wb._rates[name] = r
     return r
 
 
@@ -503,3 +529,41 @@ def snapshot(wb: WriteBehind, snap: Any) -> None:
             r = wb.rate(name, sp.kind, sp.window_ns / 1e9, sp.res_ns / 1e9)
         rates[name] = r
     snapshot_rates(snap, rates)
+
+
+# ---- the C rate (the extension's BufferedRate: increment in C) ----------------------
+
+
+def _install() -> Any:
+    """The extension's rate type with the Python side of BufferedRate on it,
+    or None without the extension."""
+    from ._limiter import _native
+
+    native = _native()
+    if native is None:
+        return None
+    t = native.BufferedRate
+    skip = {"__init__", "__dict__", "__weakref__", "__module__", "__doc__", "__slots__"}
+    skip |= {"increment", "decrement", "_add", "_add_local", "_drain", "_items", "_close"}
+    skip |= {"_forked", "_now"}
+    for klass in (_RateBase, BufferedRate):
+        for attr, value in klass.__dict__.items():
+            if attr not in skip:
+                setattr(t, attr, value)
+
+    def _close(self: Any) -> None:
+        self._closed = True
+        self._close_with(str(self._closed_error()))
+
+    def _forked(self: Any) -> None:
+        self._restart()
+
+    def _now(self: Any) -> int:
+        clock = self.clock
+        return time.time_ns() if clock is None else int(clock())
+
+    t._close, t._forked, t._now = _close, _forked, _now
+    return t
+
+
+CBufferedRate = _install()

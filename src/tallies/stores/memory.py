@@ -253,7 +253,7 @@ class MemoryStore(Store):
         """The limiter called ``name`` in this process (exact, one lock; see
         ``tallies.stores._limiter``).  Slots follow the monotonic clock; the
         finest is 1 us."""
-        from ._limiter import LocalLimiter, limit_spec
+        from ._limiter import LocalLimiter, limit_spec, make_local
 
         self._check_open()
         spec = limit_spec(name, limit, per, resolution, self.LIMITER_RESOLUTION_NS, "memory://")
@@ -261,7 +261,7 @@ class MemoryStore(Store):
         with c.lock:
             lim = c.limiters.get(spec.name)
             if lim is None:
-                lim = c.limiters[spec.name] = LocalLimiter(spec)
+                lim = c.limiters[spec.name] = make_local(spec)
         if lim.spec != spec:
             raise ValueError(f"{spec.name!r} is {lim!r} in this store, not {LocalLimiter(spec)!r}")
         return lim

@@ -1290,19 +1290,22 @@ class WriteBehind:
                 "writer_id": self.writer_id,
                 "seq": self._seq,
                 "in_flight": self._inflight.describe() if self._inflight else None,
-                "held": {
-                    "counters": dict(self._held_c),
-                    "keyed": dict(self._held_k),
-                    "rates": {n: dict(m) for n, m in self._held_r.items()},
-                    "keyed_rates": {
-                        n: {k: dict(b) for k, b in m.items()} for n, m in self._held_kr.items()
-                    },
-                },
+                "held": self._held_report(),
                 "set_aside": {
                     "counters": dict(self._aside_c),
                     "keyed": {n: dict(m) for n, m in self._aside_k.items()},
                 },
             }
+
+    def _held_report(self) -> dict[str, Any]:
+        held: dict[str, Any] = {"counters": dict(self._held_c), "keyed": dict(self._held_k)}
+        if self._held_r:  # rates' sections only when a rate holds something
+            held["rates"] = {n: dict(m) for n, m in self._held_r.items()}
+        if self._held_kr:
+            held["keyed_rates"] = {
+                n: {k: dict(b) for k, b in m.items()} for n, m in self._held_kr.items()
+            }
+        return held
 
     # -- the flusher -------------------------------------------------------------
 
@@ -1379,8 +1382,7 @@ class WriteBehind:
         for kc in self._keyed.values():
             kc._cells._drain()
         for r in self._rates.values():
-            r._lock = threading.Lock()
-            r._drain()
+            r._forked()
         self._held_c = {}
         self._held_k = {}
         self._held_r = {}
