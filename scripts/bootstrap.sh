@@ -3,6 +3,7 @@
 #
 #   bootstrap_tallies [EXTRA]    EXTRA is a pip extra such as "test" (or empty)
 #   bootstrap_benchmarks         the peers of benchmarks/requirements.txt (./tallies bench)
+#   bootstrap_docs               the docs site's tools, docs/requirements.txt (scripts/docs)
 #
 # On a fresh Debian machine with nothing but python3, it installs (as root, via
 # apt-get) what a virtual environment and the C build need: python3-venv,
@@ -101,6 +102,19 @@ _need_redis_server() {
     fi
 }
 
+# The docs tests open the built site in headless Chromium (Debian's chromium).
+_need_chromium() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    _apt_install --no-install-recommends chromium || {
+        if _servers_required; then
+            _say "cannot install chromium, which CI=true requires (tests/docs/test_docs_browser.py)"
+            return 1
+        fi
+        _say "chromium is missing: the docs' browser check will be skipped (CI fails it)"
+        return 0
+    }
+}
+
 # The install stamp: "<hash of the sources> <werror 0|1> <extras, comma-separated>".
 _src_hash() {
     (cd "$TALLIES_ROOT" && find src setup.py pyproject.toml -type f ! -path '*.egg-info/*' ! -path '*/__pycache__/*' \
@@ -131,6 +145,7 @@ bootstrap_tallies() {
     _need_system_packages
     case ",$extra," in *,test,*) _need_redis_server ;; esac
     case ",$extra," in *,test,*) _need_test_tools ;; esac
+    case ",$extra," in *,test,*) _need_chromium ;; esac
     if [ ! -x "$VENV/bin/python" ]; then
         _say "creating $VENV"
         "$PY" -m venv "$VENV"
@@ -171,5 +186,23 @@ bootstrap_benchmarks() {
         printf '%s' "$want" >"$stamp"
     else
         _say "could not install them (log: $log); their rows will say \"not installed\""
+    fi
+}
+
+# The docs site's tools (MkDocs, Material, mkdocstrings, matplotlib for the plots)
+# from docs/requirements.txt, into the same .venv; installed again only when that
+# file changed.  ./run-tests needs them for tests/docs, scripts/docs for the site.
+bootstrap_docs() {
+    local req="$TALLIES_ROOT/docs/requirements.txt" stamp="$VENV/.docs-stamp"
+    local log="$VENV/docs-install.log" want
+    want="$(sha256sum "$req" | cut -c1-16)"
+    [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && return 0
+    _say "installing the docs site's tools into $VENV (docs/requirements.txt)"
+    if "$VENV/bin/python" -m pip install -r "$req" >"$log" 2>&1; then
+        printf '%s' "$want" >"$stamp"
+    else
+        cat "$log" >&2
+        _say "could not install docs/requirements.txt (log above, also in $log)"
+        return 1
     fi
 }

@@ -294,3 +294,54 @@ def test_a_hot_key_still_refuses_to_leave_int64() -> None:
     with pytest.raises(OverflowError):
         kc.decrement("hot")
     assert kc["hot"] == -(2**63)
+
+
+FILL_AND_DROP = """
+    import os, sys, threading
+    from tallies import KeyedCounter
+    from tallies.keyed import _core
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGESIZE")
+    def fill(kc, keys, barrier):
+        for j in range(0, len(keys), 25):  # the threads take turns: the updating
+            barrier.wait()                 # thread changes at least twice a round
+            for k in keys[j:j + 25]:
+                kc.increment(k)
+    KeyedCounter().increment("warm-up")
+    before, left = rss(), _core._shared_remaining()
+    for i in range(200):
+        kc, keys, barrier = KeyedCounter(), [f"k{i}-{j}" for j in range(5000)], threading.Barrier(2)
+        threads = [threading.Thread(target=fill, args=(kc, keys[t::2], barrier)) for t in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert kc.total() == 5000
+        del kc, keys, threads
+    kept, budget = getattr(_core, "_shared_bytes", lambda: (-1, -1))()
+    print(left - _core._shared_remaining(), kept, budget, rss() - before)
+"""
+
+
+def test_what_immortal_keyed_counters_keep_is_bounded() -> None:
+    """Issue 27: an immortal KeyedCounter is never freed, and keeps its table and
+    keys: 400 counters of 5,000 keys, filled by two threads and dropped, kept
+    214 MiB (TALLIES_SHARED_MAX bounds how many, not how large).  Now one
+    becomes immortal only while the tables of those already immortal hold at
+    most TALLIES_SHARED_KEYED_BYTES (keyed.c, _shared.h): 200 such counters
+    with a 4 MiB budget keep about 4 MiB of tables plus their keys, and a
+    budget of 0 keeps none."""
+    if not _core.SHARES_CONTENDED:
+        pytest.skip("this build never makes counters immortal (SHARES_CONTENDED == 0)")
+    made, kept, budget, grown = map(
+        int, _child(FILL_AND_DROP, TALLIES_SHARED_KEYED_BYTES=str(4 << 20)).split()
+    )
+    assert 0 < made < 200, made  # some became immortal, far from all
+    assert grown < 32 << 20, f"RSS grew by {grown / 2**20:.1f} MiB ({made} immortal)"
+    assert budget == 4 << 20
+    # What the last one admitted grew by after its check is the only excess.
+    assert kept <= budget + (1 << 20), (made, kept)
+    made, kept, budget, grown = map(
+        int, _child(FILL_AND_DROP, TALLIES_SHARED_KEYED_BYTES="0").split()
+    )
+    assert (made, kept) == (0, 0) and grown < 16 << 20

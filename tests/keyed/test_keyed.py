@@ -13,6 +13,7 @@ import os
 import pickle
 import sys
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -775,6 +776,66 @@ class KeyedVsCounter(RuleBasedStateMachine):
             assert els == sorted(map(repr, self.model.elements()))
         assert self.kc.snapshot() == self.model
         assert repr(self.kc) == repr(self.model).replace("Counter", "KeyedCounter", 1)
+
+    # ---- where Counter leaves the operation to a plain dict, and its edges
+    # (issues 27 and 28): the outcome (result type, items in order, or the
+    # exception type) must be Counter's, and the counter must be left as the
+    # model is.
+
+    @staticmethod
+    def _outcome(fn: Any) -> Any:
+        try:
+            r = fn()
+        except Exception as exc:  # the outcome under comparison
+            return type(exc)
+        if isinstance(r, list):
+            return r
+        kind = (
+            "multiset" if isinstance(r, collections.Counter) or hasattr(r, "increment") else type(r)
+        )
+        return (kind, list(r.items()))
+
+    @rule(
+        other=COUNTERS,
+        op=st.sampled_from([operator.add, operator.sub, operator.or_, operator.and_]),
+    )
+    def binary_with_a_plain_dict(self, other: collections.Counter[Any], op: Any) -> None:
+        d = dict(other)
+        if not all(_fits(v) for v in op(self.model, other).values()):
+            return  # overflow: covered by `binary`
+        assert self._outcome(lambda: op(self.kc, d)) == self._outcome(lambda: op(self.model, d))
+        assert self._outcome(lambda: op(d, self.kc)) == self._outcome(lambda: op(d, self.model))
+
+    @rule(other=COUNTERS, op=st.sampled_from(["__iadd__", "__isub__", "__ior__", "__iand__"]))
+    def inplace_with_a_plain_dict(self, other: collections.Counter[Any], op: str) -> None:
+        model_after = collections.Counter(self.model)
+        expected = self._outcome(lambda: getattr(model_after, op)(dict(other)))
+        if not all(_fits(v) for v in model_after.values()):
+            return  # overflow in place is covered by test_overflow_at_both_edges
+        assert self._outcome(lambda: getattr(self.kc, op)(dict(other))) == expected
+        self.model = model_after
+
+    @rule()
+    def reversed_views(self) -> None:
+        assert list(reversed(self.kc)) == list(reversed(self.model))
+        assert list(reversed(self.kc.keys())) == list(reversed(self.model.keys()))
+        assert list(reversed(self.kc.values())) == list(reversed(self.model.values()))
+        assert list(reversed(self.kc.items())) == list(reversed(self.model.items()))
+
+    @rule(
+        n=st.one_of(
+            st.integers(-(2**70), 2**70),
+            st.sampled_from([2**64, -(2**64), 1.0, 2.0, 0.5, 0.0, True, False, "x"]),
+        )
+    )
+    def most_common_any_argument(self, n: Any) -> None:
+        ours = self._outcome(lambda: self.kc.most_common(n))
+        assert ours == self._outcome(lambda: self.model.most_common(n))
+
+    @rule()
+    def weak_reference(self) -> None:
+        ref = weakref.ref(self.kc)
+        assert ref() is self.kc
 
     @rule()
     def pickled(self) -> None:

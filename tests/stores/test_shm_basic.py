@@ -494,3 +494,18 @@ def test_layout_gives_each_slab_its_own_cache_lines(names: int, keys: int, slabs
     assert L.desc_off + slabs * 64 <= L.archive_off
     assert L.archive_off + 8 * (names + keys) <= L.slabs_off
     assert L.slab_off(slabs - 1) + L.slab_bytes <= L.total
+
+
+def test_a_keyed_counters_cells_cannot_be_pointed_elsewhere(shm_url: str) -> None:
+    """Issue 27: ``cells`` was a plain dict the lock-free increment trusted; a
+    key pointed at another counter's cell moved that counter in every process,
+    -1 gave a SystemError, 1 << 40 a segfault.  Now it is a read-only view."""
+    with tallies.open(shm_url) as s:
+        k, b = s.keyed("k"), s.counter("b")
+        k.increment("a")
+        for key, bad in (("x", b.cell), ("y", -1), ("z", 1 << 40)):
+            with pytest.raises(TypeError):
+                k.cells[key] = bad
+            k.increment(key, 1000)
+        assert b.value() == 0
+        assert k.snapshot() == collections.Counter(a=1, x=1000, y=1000, z=1000)

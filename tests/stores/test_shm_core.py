@@ -131,3 +131,31 @@ def test_keyed_register_must_return_a_valid_cell() -> None:
     with pytest.raises(ValueError, match="cell 99 is outside"):
         k.increment("a")
     assert k.cells == {}
+
+
+def test_keyed_cells_cache_is_read_only_and_checked() -> None:
+    """The increment trusts the cells it remembers: Python cannot write them
+    (issue 27: a key pointed at another counter's cell, at -1, or at 1 << 40),
+    and find()'s answers are checked before they are remembered."""
+    seg, _ = _segment(lambda: seg.bind(0))
+    answers = {"a": 3, "far": 1 << 40, "neg": -1, "text": "5"}
+    k = _shm.KeyedCells(seg, lambda key: 7, answers.get)
+    k.increment("new")
+    assert k.cells == {"new": 7}
+    for bad in (5, -1, 1 << 40):
+        with pytest.raises(TypeError):
+            k.cells["new"] = bad  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        k.cells = {}  # type: ignore[misc]
+    k.increment("new", 1000)
+    assert seg.load(4096 + 7 * 8) == 1001 and seg.load(4096 + 5 * 8) == 0  # slab 0
+    assert k.lookup("a") == 3 and k.lookup("absent") is None
+    with pytest.raises(ValueError, match=r"cell 1099511627776 is outside 0\.\.15"):
+        k.lookup("far")
+    with pytest.raises(ValueError, match=r"cell -1 is outside"):
+        k.lookup("neg")
+    with pytest.raises(TypeError):
+        k.lookup("text")
+    with pytest.raises(TypeError, match="key must be a str"):
+        k.lookup(1)  # type: ignore[arg-type]
+    assert dict(k.cells) == {"new": 7, "a": 3}

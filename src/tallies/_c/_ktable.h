@@ -130,6 +130,7 @@
  *                                 lookup and its add (tests widen races)
  *     TKT_INFLATE_HOOK(), TKT_FOLD_HOOK()  optional: a key inflated; a fold
  *                                 read the cells (the stress counts them)
+ *     TKT_JOIN_HOOK()             optional: runs between tkt_join's passes
  *     TKT_FREE_HOT(p)             frees hot cells (default: free)
  *     TKT_HOT_CELL_MAX            optional, <= 2**53: a lower bound folds
  *                                 more often (the stress)
@@ -1287,6 +1288,259 @@ tkt_map_free(tkt_map *m)
     TKT_FREE(m->stripes);
     m->stripes = NULL;
 #endif
+}
+
+/* ---- snapshots: the binary operations --------------------------------------
+ *
+ * kc + other, -, |, & and == read two counters key by key.  Reading the live
+ * tables for that mixes instants: the right operand's keys looked up in the
+ * live left table find a key that another thread inserted after the left
+ * operand was copied (or miss one it removed), and a key's __hash__ or
+ * __eq__ may itself change the left table between the copy and the lookup.
+ * So every operand is frozen first: tkt_freeze copies a map's live entries
+ * (keys held, counts with their hot cells folded in, hashes) into a private
+ * map, in one region (each count exact, read as tkt_snapshot reads it), and
+ * the join then reads the copies only: private tables that nothing else can
+ * reach, so no thread, finaliser or key callback can change them while the
+ * result is computed.  tests/c/stress_keyed_ops.c checks it from pthreads
+ * (with a mutant that reads the live map, which it must catch).
+ */
+
+/* Copy m's live entries into out, a map made here (private: the caller frees
+ * it with tkt_map_free), in insertion order.  0, or TKT_NOMEM (out is then
+ * nothing to free). */
+static inline int
+tkt_freeze(tkt_map *m, tkt_map *out)
+{
+    if (tkt_map_init(out) < 0) {
+        return TKT_NOMEM;
+    }
+#if !TKT_CONCURRENT
+    /* Serial mode: nothing else runs meanwhile; the table is copied as it is
+     * (index, entries, removed ones included), each live key held. */
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
+    if (t == NULL) {
+        return 0;
+    }
+    size_t bytes = tkt_table_size_bytes(t);
+    tkt_table *n = (tkt_table *)TKT_MALLOC(bytes);
+    if (n == NULL) {
+        tkt_map_free(out);
+        return TKT_NOMEM;
+    }
+    memcpy(n, t, bytes);
+    n->counts = (tl_cell *)((char *)n + ((char *)t->counts - (char *)t));
+    int64_t count = atomic_load_explicit(&t->nentries, TKT_RLX);
+    for (int64_t ix = 0; ix < count; ix++) {
+        void *k = atomic_load_explicit(&TKT_KEYS(n)[ix], TKT_RLX);
+        if (k != NULL) {
+            TKT_INCREF(k);
+        }
+    }
+    tkt_publish(out, n);
+    atomic_store_explicit(&out->used, atomic_load_explicit(&m->used, TKT_RLX), TKT_RLX);
+    return 0;
+#else
+    int64_t want = tkt_len(m);
+    for (;;) {
+        tkt_table *n = NULL;
+        if (want > 0) {
+            int64_t size = TKT_MINSIZE;
+            while (TKT_USABLE(size) < want) {
+                size <<= 1;
+            }
+            n = tkt_table_new(size, 1); /* every hash stored: no key is asked again */
+            if (n == NULL) {
+                tkt_map_free(out);
+                return TKT_NOMEM;
+            }
+        }
+        int64_t room = n == NULL ? 0 : TKT_USABLE(TKT_SIZE(n));
+        tkt_enter(m);
+        tkt_table *t = atomic_load_explicit(&m->table, TKT_ACQ);
+        int64_t count = t == NULL ? 0 : atomic_load_explicit(&t->nentries, TKT_ACQ);
+        int64_t live = 0;
+        for (int64_t ix = 0; ix < count; ix++) {
+            live += atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ) != NULL;
+        }
+        if (live > room) { /* grew since tkt_len: a larger table */
+            tkt_leave(m);
+            if (n != NULL) {
+                TKT_FREE_TABLE(n);
+            }
+            want = live;
+            continue;
+        }
+        int64_t j = 0;
+        for (int64_t ix = 0; ix < count; ix++) {
+            void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_ACQ);
+            if (k == NULL) {
+                continue;
+            }
+            tkt_hash_t h = tkt_hash_at(t, ix, k);
+            TKT_INCREF(k);
+            atomic_init(&TKT_KEYS(n)[j], k);
+            atomic_init(TKT_COUNT(n, j), tkt_count_at(t, ix));
+            TKT_HASHES(n)[j] = h;
+            tkt_set_index(n, tkt_find_empty(n, h), j);
+            j++;
+        }
+        tkt_leave(m);
+        if (n != NULL) {
+            atomic_init(&n->nentries, j);
+            tkt_publish(out, n);
+            atomic_store_explicit(&out->used, j, TKT_RLX);
+        }
+        return 0;
+    }
+#endif
+}
+
+/* One operand of a binary operation: the map it names (src) and what the
+ * operation reads (snap): a frozen copy of src, or src itself when src is
+ * already private (a dict converted into a map of its own). */
+typedef struct {
+    tkt_map *src;
+    tkt_map *snap;
+    tkt_map copy;
+} tkt_operand;
+
+/* 0, or TKT_NOMEM (then tkt_operand_free does nothing). */
+static inline int
+tkt_operand_init(tkt_operand *o, tkt_map *src, int is_private)
+{
+    o->src = src;
+    if (is_private) {
+        o->snap = src;
+        return 0;
+    }
+    o->snap = &o->copy;
+    if (tkt_freeze(src, &o->copy) < 0) {
+        o->snap = NULL;
+        return TKT_NOMEM;
+    }
+    return 0;
+}
+
+static inline void
+tkt_operand_free(tkt_operand *o)
+{
+    if (o->snap == &o->copy) {
+        tkt_map_free(&o->copy);
+    }
+    o->snap = NULL;
+}
+
+/* key's count in the operand's snapshot (never its live map): TKT_FOUND,
+ * TKT_ABSENT (*v = 0) or TKT_ERR.  Serial mode first walks key's probe
+ * sequence for the key itself (the common case: both operands hold the same
+ * key objects), which needs no call. */
+static inline int
+tkt_operand_get(tkt_operand *o, void *key, tkt_hash_t hash, int64_t *v)
+{
+    tkt_map *m = o->snap;
+#if !TKT_CONCURRENT
+    tkt_table *t = atomic_load_explicit(&m->table, TKT_RLX);
+    if (t != NULL) {
+        size_t mask = (size_t)TKT_SIZE(t) - 1, perturb = (size_t)hash;
+        for (size_t i = (size_t)hash & mask;; i = (i * 5 + (perturb >>= 5) + 1) & mask) {
+            int64_t ix = tkt_get_index(t, i);
+            if (ix == TKT_EMPTY) {
+                break;
+            }
+            if (ix >= 0 && tkt_key_at(t, ix) == key) {
+                *v = tkt_count_at(t, ix);
+                return TKT_FOUND;
+            }
+        }
+    }
+#endif
+    return tkt_get(m, key, hash, 0, 0, v);
+}
+
+/* What tkt_join calls for each key: its counts in a and b (0 where absent)
+ * and where it is; 0 to go on, anything else stops the join with that value. */
+enum { TKT_IN_BOTH = 0, TKT_ONLY_A = 1, TKT_ONLY_B = 2 };
+typedef int (*tkt_join_fn)(void *ctx, void *key, tkt_hash_t hash, int64_t ca, int64_t cb,
+                           int where);
+
+#ifndef TKT_JOIN_HOOK
+#define TKT_JOIN_HOOK() ((void)0) /* the stress widens the window between the passes */
+#endif
+
+/* The join of two frozen operands (a and b may be the same one): each key of
+ * a's snapshot in its order (TKT_IN_BOTH or TKT_ONLY_A), then, when b_only,
+ * each key of b's snapshot that a's lacks, in b's order (TKT_ONLY_B): the
+ * order collections.Counter builds its results in.  Returns 0, the first
+ * nonzero value `each` returned, or TKT_ERR (a key's TKT_EQ failed). */
+static inline int
+tkt_join(tkt_operand *a, tkt_operand *b, int b_only, tkt_join_fn each, void *ctx)
+{
+    for (int pass = 0; pass < (b_only ? 2 : 1); pass++) {
+        tkt_operand *mine = pass == 0 ? a : b, *theirs = pass == 0 ? b : a;
+        tkt_table *t = atomic_load_explicit(&mine->snap->table, TKT_RLX);
+        int64_t count = t == NULL ? 0 : atomic_load_explicit(&t->nentries, TKT_RLX);
+        for (int64_t ix = 0; ix < count; ix++) {
+            void *k = atomic_load_explicit(&TKT_KEYS(t)[ix], TKT_RLX);
+            if (k == NULL) {
+                continue; /* a removed entry (a serial-mode snapshot keeps them) */
+            }
+            int64_t c = atomic_load_explicit(TKT_COUNT(t, ix), TKT_RLX), oc;
+            tkt_hash_t h = tkt_hash_at(t, ix, k);
+            int r = tkt_operand_get(theirs, k, h, &oc);
+            if (r < 0) {
+                return r;
+            }
+            if (pass == 0) {
+                r = each(ctx, k, h, c, oc, r == TKT_FOUND ? TKT_IN_BOTH : TKT_ONLY_A);
+            }
+            else {
+                r = r == TKT_FOUND ? 0 : each(ctx, k, h, 0, c, TKT_ONLY_B);
+            }
+            if (r != 0) {
+                return r;
+            }
+        }
+        TKT_JOIN_HOOK();
+    }
+    return 0;
+}
+
+/* Make room for n keys in a map that has none yet (a private one): its first
+ * n insertions then never resize.  0 or TKT_NOMEM. */
+static inline int
+tkt_reserve(tkt_map *m, int64_t n)
+{
+    TKT_MLOCK(m);
+    int r = atomic_load_explicit(&m->table, TKT_RLX) != NULL ? 0 : tkt_resize(m, n, TKT_CONCURRENT);
+    TKT_MUNLOCK(m);
+    return r;
+}
+
+/* Give the private map `from` (filled by one thread) to m if m has no key:
+ * its table becomes m's, with no copy.  1 when adopted (from is then empty),
+ * 0 when m has keys (nothing changes). */
+static inline int
+tkt_adopt(tkt_map *m, tkt_map *from)
+{
+    TKT_MLOCK(m);
+    if (atomic_load_explicit(&m->used, TKT_RLX) != 0) {
+        TKT_MUNLOCK(m);
+        return 0;
+    }
+    tkt_close(m);
+    tkt_table *old = atomic_load_explicit(&m->table, TKT_RLX); /* only removed entries */
+    tkt_publish(m, atomic_load_explicit(&from->table, TKT_RLX));
+    atomic_store_explicit(&m->used, atomic_load_explicit(&from->used, TKT_RLX), TKT_RLX);
+    atomic_fetch_add_explicit(&m->version, 1, memory_order_seq_cst);
+    tkt_reopen(m);
+    TKT_MUNLOCK(m);
+    tkt_publish(from, NULL);
+    atomic_store_explicit(&from->used, 0, TKT_RLX);
+    if (old != NULL) {
+        tkt_table_free(old);
+    }
+    return 1;
 }
 
 #endif /* TALLIES_KTABLE_H */

@@ -34,7 +34,15 @@
  * happens at most TL_SHARED_MAX times per process (default 1024, the
  * environment variable TALLIES_SHARED_MAX at import overrides it, 0 turns it
  * off); later contended counters stay ordinary objects: exact, freed, just not
- * scaling.  Memory kept: at most TL_SHARED_MAX * (object + its cells).
+ * scaling.  Memory kept: for ShardedCounters at most TL_SHARED_MAX * (object
+ * + its cells).  A KeyedCounter is never freed either, with its table and
+ * every key it holds when its last reference goes (nothing can tell when
+ * that happens: its reference count is no longer kept), so TL_SHARED_MAX
+ * alone bounds nothing there; keyed.c budgets the bytes as well: one becomes
+ * immortal only while the tables of those already immortal come to at most
+ * TALLIES_SHARED_KEYED_BYTES (default 16 MiB).  The true bound for them:
+ * that budget, plus what they grow by after the last check, plus their key
+ * objects (keyed.c's keyed_share says why).
  *
  * Why this is safe without stopping the world
  * ---------------------------------------------

@@ -103,15 +103,19 @@ Cell_clear(CellObject *self)
     return 0;
 }
 
+/* The owner is any object, another BufferedCounter included: a chain of them
+ * is freed through CPython's trashcan instead of one C frame per link. */
 static void
 Cell_dealloc(CellObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Cell_dealloc)
     Cell_clear(self);
     tl_striped_free(&self->s);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* Ask the owner: owner.<meth>(name). */

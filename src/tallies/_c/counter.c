@@ -12,6 +12,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pythread.h>
+#include <structmember.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,30 +40,84 @@ overflow_result(const char *op, int64_t n, int64_t current)
     return NULL;
 }
 
-/* (type(self), (value,)) plus the instance __dict__ of a subclass, if any. */
+/* What pickle and copy must restore on a subclass instance besides the
+ * value: its __dict__ and the values of its __slots__ (the names
+ * copyreg._slotnames gives, as for any Python class), in the state format
+ * pickle and copy understand: the dict, or (dict or None, {slot: value}).
+ * Py_None when there is nothing; NULL with an exception set. */
+static PyObject *
+subclass_state(PyObject *self)
+{
+    PyObject *dict = PyObject_GetAttrString(self, "__dict__");
+    if (dict == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    else if (!PyDict_Check(dict) || PyDict_GET_SIZE(dict) == 0) {
+        Py_CLEAR(dict);
+    }
+    PyObject *slots = NULL, *names = NULL, *copyreg = PyImport_ImportModule("copyreg");
+    if (copyreg != NULL) {
+        names = PyObject_CallMethod(copyreg, "_slotnames", "O", (PyObject *)Py_TYPE(self));
+        Py_DECREF(copyreg);
+    }
+    PyObject *seq = names == NULL ? NULL : PySequence_Fast(names, "__slotnames__");
+    Py_XDECREF(names);
+    if (seq == NULL) {
+        Py_XDECREF(dict);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *v = PyObject_GetAttr(self, name);
+        if (v == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Clear(); /* a slot never set: nothing to restore */
+                continue;
+            }
+            goto fail;
+        }
+        if (slots == NULL && (slots = PyDict_New()) == NULL) {
+            Py_DECREF(v);
+            goto fail;
+        }
+        int r = PyDict_SetItem(slots, name, v);
+        Py_DECREF(v);
+        if (r < 0) {
+            goto fail;
+        }
+    }
+    Py_DECREF(seq);
+    if (slots == NULL) {
+        return dict != NULL ? dict : Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("(NN)", dict != NULL ? dict : Py_NewRef(Py_None), slots);
+fail:
+    Py_DECREF(seq);
+    Py_XDECREF(dict);
+    Py_XDECREF(slots);
+    return NULL;
+}
+
+/* (type(self), (value,)) plus a subclass instance's state (subclass_state). */
 static PyObject *
 reduce_with_value(PyObject *self, PyObject *value)
 {
     if (value == NULL) {
         return NULL;
     }
-    PyObject *dict = PyObject_GetAttrString(self, "__dict__");
-    if (dict == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            Py_DECREF(value);
-            return NULL;
-        }
-        PyErr_Clear();
+    PyObject *state = subclass_state(self);
+    if (state == NULL) {
+        Py_DECREF(value);
+        return NULL;
     }
-    PyObject *r;
-    if (dict != NULL && PyDict_Check(dict) && PyDict_GET_SIZE(dict) > 0) {
-        r = Py_BuildValue("O(N)O", (PyObject *)Py_TYPE(self), value, dict);
+    if (state == Py_None) {
+        Py_DECREF(state);
+        return Py_BuildValue("O(N)", (PyObject *)Py_TYPE(self), value);
     }
-    else {
-        r = Py_BuildValue("O(N)", (PyObject *)Py_TYPE(self), value);
-    }
-    Py_XDECREF(dict);
-    return r;
+    return Py_BuildValue("O(N)N", (PyObject *)Py_TYPE(self), value, state);
 }
 
 /* ---- waiters: wait_until() ---------------------------------------------- */
@@ -83,6 +138,7 @@ typedef struct {
     PyObject_HEAD
     tl_cell value;
     _Atomic(tl_waiter *) waiters;
+    PyObject *weakreflist; /* weakref.ref(counter) works, as for collections.Counter */
 #ifdef Py_GIL_DISABLED
     PyMutex wmutex;
 #endif
@@ -180,6 +236,9 @@ Counter_dealloc(CounterObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     if (PyType_HasFeature(tp, Py_TPFLAGS_HAVE_GC)) {
         PyObject_GC_UnTrack(self);
+    }
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
     }
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -418,6 +477,7 @@ Counter_inplace(PyObject *self, PyObject *other, int sub)
 typedef struct {
     PyObject_HEAD
     tl_striped s;
+    PyObject *weakreflist;
 } ShardedObject;
 
 static uint32_t n_cpus = 1;
@@ -448,6 +508,9 @@ static void
 Sharded_dealloc(ShardedObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     tl_striped_free(&self->s);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -621,12 +684,21 @@ static PyMethodDef Counter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Counter_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(CounterObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot Counter_slots[] = {
     {Py_tp_doc, "Counter(initial=0)\n--\n\n"
-                "An exact signed 64-bit counter that many threads may update."},
+                "An exact signed 64-bit counter that many threads may update.\n\n"
+                "Counters compare and hash by identity, as threading primitives do\n"
+                "(a shared cell other threads change at any moment); compare values\n"
+                "with a.value() == b.value()."},
     {Py_tp_new, Counter_new},
     {Py_tp_dealloc, Counter_dealloc},
     {Py_tp_methods, Counter_methods},
+    {Py_tp_members, Counter_members},
     {Py_tp_repr, Counter_repr},
     {Py_nb_int, Counter_int},
     {Py_nb_inplace_add, Counter_iadd},
@@ -658,12 +730,20 @@ static PyGetSetDef Sharded_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+static PyMemberDef Sharded_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ShardedObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot Sharded_slots[] = {
     {Py_tp_doc, "ShardedCounter(initial=0)\n--\n\n"
-                "A striped counter that spreads contended updates over cells."},
+                "A striped counter that spreads contended updates over cells.\n\n"
+                "Counters compare and hash by identity, as threading primitives do;\n"
+                "compare values with a.value() == b.value()."},
     {Py_tp_new, Sharded_new},
     {Py_tp_dealloc, Sharded_dealloc},
     {Py_tp_methods, Sharded_methods},
+    {Py_tp_members, Sharded_members},
     {Py_tp_getset, Sharded_getset},
     {Py_tp_repr, Sharded_repr},
     {Py_nb_int, Sharded_int},

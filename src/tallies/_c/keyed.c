@@ -31,6 +31,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <unistd.h>
 
@@ -91,7 +92,9 @@ key_hash(PyObject *key)
     return PyObject_Hash(key);
 }
 
+#if !TKT_CONCURRENT /* the item iterators' int reuse (GIL builds only) */
 static inline Py_ssize_t digits_of(int64_t v);
+#endif
 static inline void count_fill(PyObject *r, int64_t v);
 
 /* ---- arguments (the shared rules are in _pyargs.h) ---------------------- */
@@ -148,6 +151,7 @@ struct SnapIterObject;
 typedef struct {
     PyObject_HEAD
     tkt_map map;
+    PyObject *weakreflist; /* weakref.ref(kc) works, as for collections.Counter */
 #if !TKT_CONCURRENT
     struct SnapIterObject *borrowing; /* iterators whose copy borrows keys */
 #endif
@@ -173,6 +177,75 @@ static PyTypeObject *keyed_exact_type;
  * prepared) one read of the header. */
 #define TKT_SWITCHES_TO_SHARE 64
 
+/* What immortal KeyedCounters keep.  An immortal object is never freed, and a
+ * KeyedCounter holds its table and its keys: _shared.h's budget of
+ * TL_SHARED_MAX objects alone bounds nothing (each may hold any number of
+ * keys), and 400 counters of 5,000 keys each, filled by two threads and
+ * dropped, kept 214 MiB (issue 27).  Its reference count is no longer kept,
+ * so nothing can tell when its last user reference goes: what it holds then
+ * stays.  So the memory is budgeted instead: a KeyedCounter becomes immortal
+ * only while the tables of every KeyedCounter already immortal, measured at
+ * that moment (with whatever they have grown to since), and its own come to
+ * at most keyed_shared_bytes (TALLIES_SHARED_KEYED_BYTES at import, default
+ * 16 MiB; 0: none becomes immortal).  The bound on what is kept is therefore
+ * that budget, plus what the immortal counters grow by after the last check
+ * (none is made immortal once their tables pass it), plus their key objects
+ * (not counted: their size is the program's).  The immortal ones are listed
+ * here (never freed, so the pointers stay valid) to be measured. */
+#define TKT_SHARED_BYTES_DEFAULT ((int64_t)16 << 20)
+
+static int64_t keyed_shared_bytes = TKT_SHARED_BYTES_DEFAULT;
+static PyMutex keyed_share_lock;
+static KeyedObject **keyed_immortal; /* under keyed_share_lock */
+static Py_ssize_t keyed_nimmortal, keyed_immortal_cap;
+
+static int64_t
+keyed_table_bytes(KeyedObject *kc)
+{
+    tkt_enter(&kc->map); /* no resize frees the table meanwhile */
+    int64_t n = (int64_t)tkt_table_size_bytes(
+        atomic_load_explicit(&kc->map.table, memory_order_acquire));
+    tkt_leave(&kc->map);
+    return n;
+}
+
+/* The bytes of the tables of every immortal KeyedCounter, now (plus `extra`),
+ * counting at most up to `stop`.  With keyed_share_lock held. */
+static int64_t
+keyed_kept_locked(int64_t extra, int64_t stop)
+{
+    int64_t kept = extra;
+    for (Py_ssize_t i = 0; i < keyed_nimmortal && kept <= stop; i++) {
+        kept += keyed_table_bytes(keyed_immortal[i]);
+    }
+    return kept;
+}
+
+/* Make self immortal if both budgets allow (never while another thread
+ * decides about another counter). */
+static void
+keyed_share(KeyedObject *self)
+{
+    PyMutex_Lock(&keyed_share_lock);
+    if (keyed_kept_locked(keyed_table_bytes(self), keyed_shared_bytes) <= keyed_shared_bytes) {
+        if (keyed_nimmortal == keyed_immortal_cap) {
+            Py_ssize_t cap = keyed_immortal_cap ? 2 * keyed_immortal_cap : 64;
+            KeyedObject **grown = realloc(keyed_immortal, (size_t)cap * sizeof(*grown));
+            if (grown != NULL) {
+                keyed_immortal = grown;
+                keyed_immortal_cap = cap;
+            }
+        }
+        if (keyed_nimmortal < keyed_immortal_cap) { /* else no memory: stays mortal */
+            tl_share_widely((PyObject *)self);
+            if (_Py_IsImmortal((PyObject *)self)) {
+                keyed_immortal[keyed_nimmortal++] = self;
+            }
+        }
+    }
+    PyMutex_Unlock(&keyed_share_lock);
+}
+
 static void
 keyed_note_thread_slow(KeyedObject *self)
 {
@@ -181,7 +254,7 @@ keyed_note_thread_slow(KeyedObject *self)
         atomic_store_explicit(&self->last_tid, me, memory_order_relaxed);
         if (atomic_fetch_add_explicit(&self->switches, 1, memory_order_relaxed) + 1 ==
             TKT_SWITCHES_TO_SHARE) {
-            tl_share_widely((PyObject *)self);
+            keyed_share(self);
         }
     }
 }
@@ -252,14 +325,23 @@ Keyed_clear_gc(KeyedObject *self)
     return 0;
 }
 
+/* Freeing a counter drops its keys, and a key may hold another counter (a
+ * Count remembers its counter; an iterator over one holds it): chains of any
+ * length are freed through CPython's trashcan, which defers the deeper links
+ * instead of recursing without bound (as CPython's own containers do). */
 static void
 Keyed_dealloc(KeyedObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Keyed_dealloc)
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     tkt_map_free(&self->map);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* Turn a table result that is an error into a Python exception: NULL. */
@@ -277,9 +359,8 @@ table_error(int r)
  * probe sequence (the common case), else NULL: absent, or only equal (not
  * identical), then the full lookup runs. */
 static inline tl_cell *
-first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
+map_first_probe(const tkt_map *m, PyObject *key, Py_hash_t h)
 {
-    const tkt_map *m = &self->map; /* its geo: the table's shape, one load away */
     if (TL_UNLIKELY(m->geo.index == NULL)) {
         return NULL;
     }
@@ -311,6 +392,12 @@ first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
         perturb >>= 5;
         i = (i * 5 + perturb + 1) & mask;
     }
+}
+
+static inline tl_cell *
+first_probe(KeyedObject *self, PyObject *key, Py_hash_t h)
+{
+    return map_first_probe(&self->map, key, h); /* geo: the table's shape, one load away */
 }
 #endif
 
@@ -849,10 +936,21 @@ Keyed_most_common(KeyedObject *self, PyObject *arg)
 
 /* _count_iter(iterable, sign) -> None: count every element once (sign 1) or
  * take one off (sign -1): Counter(iterable), update(iterable),
- * subtract(iterable).  Every element is hashed before anything changes (an
- * unhashable one raises with the counter untouched); an overflow, or a key
- * whose __eq__ raises, undoes the elements already counted (a key this call
- * inserted is removed again) before the exception propagates. */
+ * subtract(iterable).
+ *
+ * The iterable is consumed one element at a time and counted into a private
+ * map of its own first (one entry per distinct element): memory grows with
+ * the distinct keys, not with the input's length, and nothing of this
+ * counter changes until the input is exhausted.  So an element that cannot be
+ * hashed, a key whose __eq__ raises and an iterable that raises leave the
+ * counter untouched.  Then the private map is applied: adopted whole when
+ * this counter has no key (Counter(iterable): its table is the private one,
+ * no second pass), else key by key, each key's number of occurrences as one
+ * atomic add; an overflow, or a key whose __eq__ raises, undoes the keys
+ * already applied (a key this call inserted is removed again) before the
+ * exception propagates. */
+#define TKT_PRESIZE_MAX ((int64_t)1 << 16)
+
 static PyObject *
 Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -865,44 +963,99 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int sub = sign < 0;
-    PyObject *list = PySequence_List(args[0]); /* a private copy */
-    if (list == NULL) {
+    PyObject *it = PyObject_GetIter(args[0]);
+    if (it == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    Py_hash_t *hashes = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Py_hash_t));
-    char *fresh = PyMem_Malloc((size_t)(n > 0 ? n : 1));
-    if (hashes == NULL || fresh == NULL) {
-        PyMem_Free(hashes);
-        PyMem_Free(fresh);
-        Py_DECREF(list);
+    tkt_map local;
+    if (tkt_map_init(&local) < 0) {
+        Py_DECREF(it);
         return PyErr_NoMemory();
     }
-    PyObject *res = NULL;
-    Py_ssize_t i;
-    for (i = 0; i < n; i++) {
-        if ((hashes[i] = key_hash(PyList_GET_ITEM(list, i))) == -1) {
+    /* Room for as many distinct keys as this counter has, when the input (a
+     * list or tuple) is at least that long (an update often counts keys the
+     * counter already has), at most TKT_PRESIZE_MAX: no table growth on the
+     * way for most updates. */
+    PyObject *src = args[0]; /* its length only when that runs no Python code */
+    int64_t hint = PyList_CheckExact(src) || PyTuple_CheckExact(src) ? (int64_t)Py_SIZE(src) : 0;
+    int64_t room = tkt_len(&self->map);
+    room = room < hint ? room : hint;
+    if (room > 8 && tkt_reserve(&local, room < TKT_PRESIZE_MAX ? room : TKT_PRESIZE_MAX) < 0) {
+        Py_DECREF(it);
+        tkt_map_free(&local);
+        return PyErr_NoMemory();
+    }
+    iternextfunc next = Py_TYPE(it)->tp_iternext;
+    PyObject *key, *res = NULL;
+    int64_t v;
+    int r = TL_OK;
+    while ((key = next(it)) != NULL) {
+        Py_hash_t h = key_hash(key);
+        if (TL_UNLIKELY(h == -1)) {
+            Py_DECREF(key);
             goto done;
         }
-    }
-    for (i = 0; i < n; i++) {
-        PyObject *key = PyList_GET_ITEM(list, i);
-        int64_t v;
-        int r, f = 0;
 #if !TKT_CONCURRENT
-        tl_cell *cell = first_probe(self, key, hashes[i]);
+        tl_cell *cell = map_first_probe(&local, key, h);
         if (TL_LIKELY(cell != NULL)) {
             r = tl_add_serial(cell, 1, sub, &v);
         }
         else
 #endif
         {
-            r = tkt_add(&self->map, key, hashes[i], 1, sub, &v, &f);
+            r = tkt_add(&local, key, h, 1, sub, &v, NULL); /* counts as they will be */
         }
-        fresh[i] = (char)f;
-        if (TL_UNLIKELY(r != TL_OK)) {
+        if (TL_UNLIKELY(r != TL_OK)) { /* more than 2**63 - 1 of one key, or __eq__ */
             if (r == TL_OVERFLOW) {
                 overflow_result(sub ? "decrement" : "increment", 1, key, v);
+            }
+            else {
+                table_error(r);
+            }
+            Py_DECREF(key);
+            goto done;
+        }
+        Py_DECREF(key);
+    }
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            goto done;
+        }
+        PyErr_Clear();
+    }
+    if (tkt_adopt(&self->map, &local)) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* Apply the private map's entries in order; undo them if one fails. */
+    tkt_table *t = atomic_load_explicit(&local.table, memory_order_relaxed);
+    int64_t count = t == NULL ? 0 : atomic_load_explicit(&t->nentries, memory_order_relaxed);
+    char *fresh = PyMem_Malloc((size_t)(count > 0 ? count : 1));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t ix;
+    for (ix = 0; ix < count; ix++) {
+        PyObject *k = (PyObject *)atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
+        int64_t n = atomic_load_explicit(TKT_COUNT(t, ix), memory_order_relaxed);
+        n = sub ? -n : n; /* the number of occurrences */
+        int f = 0;
+        tkt_hash_t h = tkt_hash_at(t, ix, k);
+#if !TKT_CONCURRENT
+        tl_cell *cell = first_probe(self, k, h); /* an existing key: the common case */
+        if (TL_LIKELY(cell != NULL)) {
+            r = tl_add_serial(cell, n, sub, &v);
+        }
+        else
+#endif
+        {
+            r = tkt_add(&self->map, k, h, n, sub, &v, &f);
+        }
+        fresh[ix] = (char)f;
+        if (TL_UNLIKELY(r != TL_OK)) {
+            if (r == TL_OVERFLOW) {
+                overflow_result(sub ? "decrement" : "increment", n, k, v);
             }
             else {
                 table_error(r);
@@ -910,28 +1063,29 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
     }
-    if (i == n) {
+    if (ix == count) {
         res = Py_NewRef(Py_None);
-        goto done;
     }
-    /* Undo elements [0, i) in reverse, keeping the exception. */
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    while (i-- > 0) {
-        PyObject *key = PyList_GET_ITEM(list, i);
-        int64_t v, taken;
-        if (tkt_add(&self->map, key, hashes[i], 1, !sub, &v, NULL) != TL_OK) {
-            PyErr_Clear();
+    else { /* undo entries [0, ix) in reverse, keeping the exception */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        while (ix-- > 0) {
+            PyObject *k = (PyObject *)atomic_load_explicit(&TKT_KEYS(t)[ix], memory_order_relaxed);
+            int64_t n = atomic_load_explicit(TKT_COUNT(t, ix), memory_order_relaxed), taken;
+            n = sub ? -n : n;
+            if (tkt_add(&self->map, k, tkt_hash_at(t, ix, k), n, !sub, &v, NULL) != TL_OK) {
+                PyErr_Clear();
+            }
+            if (fresh[ix] && keyed_remove(self, k, 1, &taken) < 0) {
+                PyErr_Clear();
+            }
         }
-        if (fresh[i] && keyed_remove(self, key, 1, &taken) < 0) {
-            PyErr_Clear();
-        }
+        PyErr_Restore(et, ev, tb);
     }
-    PyErr_Restore(et, ev, tb);
-done:
-    PyMem_Free(hashes);
     PyMem_Free(fresh);
-    Py_DECREF(list);
+done:
+    Py_DECREF(it);
+    tkt_map_free(&local);
     return res;
 }
 
@@ -1168,9 +1322,11 @@ SnapIter_dealloc(SnapIterObject *it)
 {
     PyTypeObject *tp = Py_TYPE(it);
     PyObject_GC_UnTrack(it);
+    Py_TRASHCAN_BEGIN(it, SnapIter_dealloc) /* it holds keys (Keyed_dealloc says why) */
     SnapIter_clear(it);
     PyObject_GC_Del(it);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* The key of entry i, a reference for the caller. */
@@ -1327,88 +1483,79 @@ Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 
 /* ---- multiset operators and == in C ---------------------------------------
  *
- * An operand is this type (its entries copied out, looked up live) or a dict
- * (collections.Counter: its items copied out, looked up in it).  The result is
- * built in collections.Counter's order: the left operand's keys first, then
- * the right one's new keys. */
+ * An operand is this type or a dict (collections.Counter).  Both are read
+ * from snapshots (_ktable.h, "snapshots: the binary operations"): a counter
+ * is frozen into a private copy of its table, a dict is converted into a
+ * private map of its own (its values checked as int64 first), and the join
+ * reads only those, so that other threads, finalisers and the keys' own
+ * __hash__ and __eq__ cannot change what the result is computed from.  The
+ * result is built in collections.Counter's order: the left operand's keys
+ * first, then the right one's new keys. */
 
 typedef struct {
-    KeyedObject *kc; /* or NULL: dict */
-    PyObject *dict;
-    copy_buf b;      /* the entries (dict values converted) */
+    tkt_operand o;
+    tkt_map own;  /* a dict's entries (o.src then points here) */
+    int has_own;
 } operand;
 
+/* 0, or -1 with an exception set (a dict value that is not an int64: the
+ * TypeError or OverflowError of to_int64). */
 static int
-operand_init(operand *o, PyObject *obj, PyTypeObject *kind)
+operand_init(operand *op, PyObject *obj, PyTypeObject *kind)
 {
-    o->kc = NULL;
-    o->dict = NULL;
-    o->b.keys = NULL;
-    o->b.counts = NULL;
-    o->b.n = 0;
+    op->has_own = 0;
+    op->o.snap = NULL;
     if (PyObject_TypeCheck(obj, kind)) {
-        o->kc = (KeyedObject *)obj;
-        return copy_out(o->kc, 1, 0, &o->b);
+        if (tkt_operand_init(&op->o, MAP(obj), 0) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        return 0;
     }
-    PyObject *copy = PyDict_Copy(obj); /* safe from changes while we walk it */
-    if (copy == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PyDict_GET_SIZE(copy), pos = 0, i = 0;
-    o->b.keys = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(void *));
-    o->b.counts = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
-    if (o->b.keys == NULL || o->b.counts == NULL) {
-        Py_DECREF(copy);
+    if (tkt_map_init(&op->own) < 0) {
         PyErr_NoMemory();
         return -1;
     }
+    op->has_own = 1;
+    tkt_operand_init(&op->o, &op->own, 1); /* private: no copy */
+    PyObject *copy = PyDict_Copy(obj);     /* safe from changes while we walk it */
+    if (copy == NULL) {
+        return -1;
+    }
+    Py_ssize_t pos = 0;
     PyObject *k, *v;
+    int64_t n, old;
     while (PyDict_Next(copy, &pos, &k, &v)) {
-        if (to_int64(v, "set", &o->b.counts[i]) < 0) {
+        Py_hash_t h;
+        int r = 0;
+        if (to_int64(v, "set", &n) < 0 || (h = key_hash(k)) == -1 ||
+            (r = tkt_exchange(&op->own, k, h, n, 1, &old)) < 0) {
+            if (r < 0) {
+                table_error(r);
+            }
             Py_DECREF(copy);
             return -1;
         }
-        o->b.keys[i++] = Py_NewRef(k);
-        o->b.n = i;
     }
-    o->dict = copy;
+    Py_DECREF(copy);
     return 0;
 }
 
 static void
-operand_free(operand *o)
+operand_free(operand *op)
 {
-    copy_free(&o->b, 0);
-    Py_XDECREF(o->dict);
-}
-
-/* key's count in o: 1 found, 0 absent (*v = 0), -1 error. */
-static int
-operand_get(operand *o, PyObject *key, int64_t *v)
-{
-    if (o->kc != NULL) {
-        return keyed_lookup(o->kc, key, v);
+    tkt_operand_free(&op->o);
+    if (op->has_own) {
+        tkt_map_free(&op->own);
+        op->has_own = 0;
     }
-    *v = 0;
-    PyObject *x = PyDict_GetItemWithError(o->dict, key);
-    if (x == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    Py_INCREF(x);
-    int r = to_int64(x, "set", v);
-    Py_DECREF(x);
-    return r < 0 ? -1 : 1;
 }
 
 /* result[key] = v (a fresh counter: nobody else counts in it). */
 static int
-result_set(KeyedObject *res, PyObject *key, int64_t v)
+result_set(KeyedObject *res, PyObject *key, Py_hash_t h, int64_t v)
 {
     int64_t old;
-    Py_hash_t h = key_hash(key);
-    if (h == -1) {
-        return -1;
-    }
     int r = tkt_exchange(&res->map, key, h, v, 1, &old);
     if (r < 0) {
         table_error(r);
@@ -1434,6 +1581,91 @@ combine_overflow(int64_t a, int64_t b, int sub)
 
 enum { OP_ADD = 0, OP_SUB = 1, OP_OR = 2, OP_AND = 3 };
 
+typedef struct {
+    KeyedObject *res;
+    long op;
+} combine_ctx;
+
+/* One key of a + b, a - b, a | b, a & b (tkt_join's callback): 0, or -1 with
+ * an exception set. */
+static int
+combine_each(void *ctx, void *key, tkt_hash_t h, int64_t c, int64_t oc, int where)
+{
+    combine_ctx *cx = ctx;
+    int64_t n;
+    if (where == TKT_ONLY_B) { /* in the right operand only: c is 0 */
+        int wanted = cx->op == OP_SUB ? oc < 0 : oc > 0;
+        if (!wanted) {
+            return 0;
+        }
+        if (cx->op == OP_SUB && oc == INT64_MIN) {
+            return combine_overflow(0, oc, 1);
+        }
+        return result_set(cx->res, key, h, cx->op == OP_SUB ? -oc : oc);
+    }
+    switch (cx->op) {
+    case OP_ADD: /* beyond int64: an error if kept (> 0), else dropped */
+        if (TL_ADD_OVERFLOWS(c, oc, &n)) {
+            return c < 0 ? 0 : combine_overflow(c, oc, 0);
+        }
+        break;
+    case OP_SUB:
+        if (TL_SUB_OVERFLOWS(c, oc, &n)) {
+            return c < 0 ? 0 : combine_overflow(c, oc, 1);
+        }
+        break;
+    case OP_OR:
+        n = c >= oc ? c : oc;
+        break;
+    default:
+        n = c <= oc ? c : oc;
+        break;
+    }
+    return n > 0 ? result_set(cx->res, key, h, n) : 0;
+}
+
+/* The C type under Python subclasses of it. */
+static PyTypeObject *
+keyed_base(PyObject *self)
+{
+    PyTypeObject *kind = Py_TYPE(self);
+    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
+        kind = kind->tp_base;
+    }
+    return kind;
+}
+
+/* Freeze both operands (one snapshot when they are the same counter): 0, or
+ * -1 with an exception set (ops are then freed). */
+static int
+operands_init(operand ops[2], PyObject *a, PyObject *b, PyTypeObject *kind)
+{
+    memset(ops, 0, 2 * sizeof(operand));
+    if (operand_init(&ops[0], a, kind) < 0) {
+        operand_free(&ops[0]);
+        return -1;
+    }
+    if (b == a) {
+        return 0; /* the caller joins ops[0] with itself */
+    }
+    if (operand_init(&ops[1], b, kind) < 0) {
+        operand_free(&ops[0]);
+        operand_free(&ops[1]);
+        return -1;
+    }
+    return 0;
+}
+
+/* A join result that is an error: the exception set (-1 after it). */
+static void
+join_error(int r)
+{
+    if (r == TKT_NOMEM) {
+        PyErr_NoMemory();
+    }
+    /* TKT_ERR: a key's __eq__ raised; -1: the callback set it */
+}
+
 /* _combine(other, op, reflected) -> a new counter of type(self), or
  * NotImplemented when other is neither this type nor a dict. */
 static PyObject *
@@ -1443,10 +1675,7 @@ Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "_combine() takes exactly 3 arguments");
         return NULL;
     }
-    PyTypeObject *kind = Py_TYPE(self);
-    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
-        kind = kind->tp_base; /* the C type under Python subclasses */
-    }
+    PyTypeObject *kind = keyed_base((PyObject *)self);
     PyObject *other = args[0];
     if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
         Py_RETURN_NOTIMPLEMENTED;
@@ -1457,89 +1686,37 @@ Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     operand ops[2];
-    memset(ops, 0, sizeof(ops));
-    operand *L = &ops[0], *R = &ops[1];
-    int ok = operand_init(&ops[0], reflected ? other : (PyObject *)self, kind);
-    ok = ok < 0 ? -1 : operand_init(&ops[1], reflected ? (PyObject *)self : other, kind);
-    PyObject *res = NULL;
-    if (ok < 0) {
-        goto done;
+    PyObject *left = reflected ? other : (PyObject *)self;
+    PyObject *right = reflected ? (PyObject *)self : other;
+    if (operands_init(ops, left, right, kind) < 0) {
+        return NULL;
     }
-    res = PyObject_CallNoArgs((PyObject *)Py_TYPE(self));
-    if (res == NULL) {
-        goto done;
-    }
-    if (!PyObject_TypeCheck(res, kind)) {
+    tkt_operand *R = right == left ? &ops[0].o : &ops[1].o;
+    PyObject *res = PyObject_CallNoArgs((PyObject *)Py_TYPE(self));
+    if (res != NULL && !PyObject_TypeCheck(res, kind)) {
         PyErr_SetString(PyExc_TypeError, "_combine(): the result is not a KeyedCounter");
-        goto fail;
+        Py_CLEAR(res);
     }
-    for (int64_t i = 0; i < L->b.n; i++) {
-        PyObject *e = (PyObject *)L->b.keys[i];
-        int64_t c = L->b.counts[i], oc, n;
-        if (operand_get(R, e, &oc) < 0) {
-            goto fail;
-        }
-        switch (op) {
-        case OP_ADD: /* beyond int64: an error if kept (> 0), else dropped */
-            if (TL_ADD_OVERFLOWS(c, oc, &n)) {
-                if (c < 0) {
-                    continue;
-                }
-                combine_overflow(c, oc, 0);
-                goto fail;
-            }
-            break;
-        case OP_SUB:
-            if (TL_SUB_OVERFLOWS(c, oc, &n)) {
-                if (c < 0) {
-                    continue;
-                }
-                combine_overflow(c, oc, 1);
-                goto fail;
-            }
-            break;
-        case OP_OR:
-            n = c >= oc ? c : oc;
-            break;
-        default:
-            n = c <= oc ? c : oc;
-            break;
-        }
-        if (n > 0 && result_set((KeyedObject *)res, e, n) < 0) {
-            goto fail;
+    if (res != NULL) {
+        combine_ctx cx = {(KeyedObject *)res, op};
+        int r = tkt_join(&ops[0].o, R, op != OP_AND, combine_each, &cx);
+        if (r != 0) {
+            join_error(r);
+            Py_CLEAR(res);
         }
     }
-    if (op != OP_AND) {
-        for (int64_t i = 0; i < R->b.n; i++) {
-            PyObject *e = (PyObject *)R->b.keys[i];
-            int64_t c = R->b.counts[i], lc;
-            int wanted = op == OP_SUB ? c < 0 : c > 0;
-            if (!wanted) {
-                continue;
-            }
-            int in_left = operand_get(L, e, &lc);
-            if (in_left < 0) {
-                goto fail;
-            }
-            if (in_left) {
-                continue;
-            }
-            if (op == OP_SUB && c == INT64_MIN) {
-                combine_overflow(0, c, 1);
-                goto fail;
-            }
-            if (result_set((KeyedObject *)res, e, op == OP_SUB ? -c : c) < 0) {
-                goto fail;
-            }
-        }
-    }
-    goto done;
-fail:
-    Py_CLEAR(res);
-done:
     operand_free(&ops[0]);
     operand_free(&ops[1]);
     return res;
+}
+
+/* One key of ==: stop (1) at the first count that differs, a missing key
+ * counting as 0. */
+static int
+equal_each(void *Py_UNUSED(ctx), void *Py_UNUSED(key), tkt_hash_t Py_UNUSED(h), int64_t c,
+           int64_t oc, int Py_UNUSED(where))
+{
+    return c != oc;
 }
 
 /* _equal(other) -> bool: collections.Counter's ==: every count equal, a
@@ -1549,51 +1726,28 @@ done:
 static PyObject *
 Keyed_equal(KeyedObject *self, PyObject *other)
 {
-    PyTypeObject *kind = Py_TYPE(self);
-    while (kind->tp_base != NULL && kind->tp_dealloc != (destructor)Keyed_dealloc) {
-        kind = kind->tp_base;
-    }
+    PyTypeObject *kind = keyed_base((PyObject *)self);
     if (!PyObject_TypeCheck(other, kind) && !PyDict_Check(other)) {
         Py_RETURN_NOTIMPLEMENTED;
     }
     operand ops[2];
-    memset(ops, 0, sizeof(ops));
-    PyObject *res = NULL;
-    int equal = 1;
-    if (operand_init(&ops[0], (PyObject *)self, kind) < 0 ||
-        operand_init(&ops[1], other, kind) < 0) {
+    if (operands_init(ops, (PyObject *)self, other, kind) < 0) {
         if (PyErr_ExceptionMatches(PyExc_TypeError) ||
             PyErr_ExceptionMatches(PyExc_OverflowError)) {
             PyErr_Clear(); /* a value that is not an int64: Python decides */
-            res = Py_NewRef(Py_NotImplemented);
+            Py_RETURN_NOTIMPLEMENTED;
         }
-        goto done;
+        return NULL;
     }
-    for (int side = 0; side < 2 && equal; side++) {
-        operand *mine = &ops[side], *theirs = &ops[1 - side];
-        for (int64_t i = 0; i < mine->b.n; i++) {
-            int64_t oc;
-            int r = operand_get(theirs, (PyObject *)mine->b.keys[i], &oc);
-            if (r < 0) {
-                if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
-                    !PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                    goto done;
-                }
-                PyErr_Clear();
-                res = Py_NewRef(Py_NotImplemented);
-                goto done;
-            }
-            if (oc != mine->b.counts[i]) {
-                equal = 0;
-                break;
-            }
-        }
-    }
-    res = Py_NewRef(equal ? Py_True : Py_False);
-done:
+    tkt_operand *B = other == (PyObject *)self ? &ops[0].o : &ops[1].o;
+    int r = tkt_join(&ops[0].o, B, 1, equal_each, NULL);
     operand_free(&ops[0]);
     operand_free(&ops[1]);
-    return res;
+    if (r < 0) {
+        join_error(r);
+        return NULL;
+    }
+    return Py_NewRef(r == 0 ? Py_True : Py_False);
 }
 
 static Py_ssize_t
@@ -1662,6 +1816,7 @@ static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
 
+#if !TKT_CONCURRENT
 /* The number of digits of |v| (at least 1). */
 static inline Py_ssize_t
 digits_of(int64_t v)
@@ -1673,6 +1828,7 @@ digits_of(int64_t v)
     }
     return n;
 }
+#endif
 
 /* Write v into an int object's header word and digits (the layout of
  * CPython's longintrepr.h: ob_size and digits up to 3.11, lv_tag and digits
@@ -1761,21 +1917,26 @@ Count_clear(PyObject *self)
     return 0;
 }
 
+/* A Count holds its key, which may be another Count (`x = kc[x]` in a loop
+ * makes a chain): freed through the trashcan, as Keyed_dealloc. */
 static void
 Count_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Count_dealloc)
     Count_clear(self);
 #ifndef Py_GIL_DISABLED
     if (tp == count_type && count_nfree < COUNT_FREE_MAX) {
         count_free[count_nfree++] = self; /* untracked, no references held */
-        Py_DECREF(tp);
-        return;
     }
+    else
 #endif
-    tp->tp_free(self);
+    {
+        tp->tp_free(self);
+    }
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 /* The value of an int (or Count) that fits in int64: 1, else 0. */
@@ -2052,6 +2213,11 @@ static PyMethodDef Keyed_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Keyed_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(KeyedObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCounter(iterable_or_mapping=None, /, **kwds)\n--\n\n"
                 "Exact int64 counts by key (tallies.keyed adds the "
@@ -2061,6 +2227,7 @@ static PyType_Slot Keyed_slots[] = {
     {Py_tp_traverse, Keyed_traverse},
     {Py_tp_clear, Keyed_clear_gc},
     {Py_tp_methods, Keyed_methods},
+    {Py_tp_members, Keyed_members},
     {Py_mp_length, Keyed_len},
     {Py_sq_length, Keyed_len},
     {Py_sq_contains, Keyed_contains},
@@ -2090,6 +2257,16 @@ keyed_exec(PyObject *m)
     }
     keyed_exact_type = st->KeyedCounter;
     tl_shared_configure();
+#if TL_SHARE_WIDELY
+    const char *env = getenv("TALLIES_SHARED_KEYED_BYTES"); /* keyed_share's budget */
+    if (env != NULL && *env != '\0') {
+        char *end = NULL;
+        long long v = strtoll(env, &end, 10);
+        if (end != NULL && *end == '\0' && v >= 0) {
+            keyed_shared_bytes = (int64_t)v;
+        }
+    }
+#endif
 #if TKT_CONCURRENT
     tkt_set_cpus(sysconf(_SC_NPROCESSORS_ONLN));
 #endif
@@ -2153,6 +2330,22 @@ keyed_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(tl_shared_remaining());
 }
 
+/* _shared_bytes() -> (kept, budget): the bytes the tables of the immortal
+ * KeyedCounters hold now, and keyed_share's budget ((0, 0) where nothing is
+ * ever made immortal). */
+static PyObject *
+keyed_shared_bytes_of(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    long long kept = 0, budget = 0;
+#if TL_SHARE_WIDELY
+    PyMutex_Lock(&keyed_share_lock);
+    kept = (long long)keyed_kept_locked(0, INT64_MAX);
+    PyMutex_Unlock(&keyed_share_lock);
+    budget = (long long)keyed_shared_bytes;
+#endif
+    return Py_BuildValue("(LL)", kept, budget);
+}
+
 static PyObject *
 keyed_hot_keys(PyObject *Py_UNUSED(m), PyObject *kc)
 {
@@ -2175,6 +2368,10 @@ static PyMethodDef keyed_functions[] = {
     {"_shared_remaining", keyed_shared_remaining, METH_NOARGS,
      "_shared_remaining() -> int: how many more KeyedCounters may become immortal "
      "(free-threaded 3.13 only; always 0 elsewhere; see _c/_shared.h)."},
+    {"_shared_bytes", keyed_shared_bytes_of, METH_NOARGS,
+     "_shared_bytes() -> (kept, budget): bytes of the tables of the immortal KeyedCounters, "
+     "and the budget past which no more become immortal (free-threaded 3.13 only; (0, 0) "
+     "elsewhere; see keyed.c)."},
     {"_hot_keys", keyed_hot_keys, METH_O,
      "_hot_keys(kc) -> int: keys of kc's table inflated into hot cells "
      "(free-threaded builds; always 0 elsewhere)."},

@@ -814,24 +814,34 @@ static PyType_Spec Cell_spec = {
 
 /* ---- KeyedCells: the write side of one shared keyed counter ------------- */
 
+/* The cell cache `cells` is private: only this file writes it, and only with
+ * cells checked against the segment (register's and find's answers), so the
+ * lock-free increment can trust what it reads there.  Python sees it through
+ * a read-only view (`cells`); a dict Python could write would let any code
+ * point a key at another counter's cell or outside the slab. */
 typedef struct {
     PyObject_HEAD
     SegmentObject *seg;
-    PyObject *cells;    /* dict: str key -> int cell, filled by register */
+    PyObject *cells;    /* dict: str key -> int cell (checked), private */
     PyObject *register_; /* register(key) -> cell, under the segment lock */
+    PyObject *find;     /* find(key) -> cell or None, registers nothing; or NULL */
 } KeyedObject;
 
 static PyObject *
 Keyed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"segment", "register", NULL};
-    PyObject *seg, *reg;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O:KeyedCells", kwlist,
-                                     segment_type, &seg, &reg)) {
+    static char *kwlist[] = {"segment", "register", "find", NULL};
+    PyObject *seg, *reg, *find = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O|O:KeyedCells", kwlist,
+                                     segment_type, &seg, &reg, &find)) {
         return NULL;
     }
     if (!PyCallable_Check(reg)) {
         PyErr_SetString(PyExc_TypeError, "KeyedCells() register must be callable");
+        return NULL;
+    }
+    if (find != Py_None && !PyCallable_Check(find)) {
+        PyErr_SetString(PyExc_TypeError, "KeyedCells() find must be callable or None");
         return NULL;
     }
     KeyedObject *self = (KeyedObject *)type->tp_alloc(type, 0);
@@ -845,6 +855,7 @@ Keyed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self->seg = (SegmentObject *)Py_NewRef(seg);
     self->register_ = Py_NewRef(reg);
+    self->find = find == Py_None ? NULL : Py_NewRef(find);
     return (PyObject *)self;
 }
 
@@ -854,6 +865,7 @@ Keyed_traverse(KeyedObject *self, visitproc visit, void *arg)
     Py_VISIT(self->seg);
     Py_VISIT(self->cells);
     Py_VISIT(self->register_);
+    Py_VISIT(self->find);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -864,6 +876,7 @@ Keyed_clear(KeyedObject *self)
     Py_CLEAR(self->seg);
     Py_CLEAR(self->cells);
     Py_CLEAR(self->register_);
+    Py_CLEAR(self->find);
     return 0;
 }
 
@@ -877,9 +890,33 @@ Keyed_dealloc(KeyedObject *self)
     Py_DECREF(tp);
 }
 
-/* The cell of `key`, registering it on first use; -1 with an error set. */
+/* Ask `fn` (register or find) for key's cell and remember it: the cell, -2
+ * when find says the key has none (None), -1 with an error set.  Only a cell
+ * inside the segment is remembered. */
 static Py_ssize_t
-keyed_cell(KeyedObject *self, PyObject *key, const char *fname)
+keyed_ask(KeyedObject *self, PyObject *fn, PyObject *key, int none_ok)
+{
+    PyObject *r = PyObject_CallOneArg(fn, key);
+    if (r == NULL) {
+        return -1;
+    }
+    if (none_ok && r == Py_None) {
+        Py_DECREF(r);
+        return -2;
+    }
+    Py_ssize_t cell = PyLong_AsSsize_t(r);
+    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0 ||
+        PyDict_SetItem(self->cells, key, r) < 0) {
+        Py_DECREF(r);
+        return -1;
+    }
+    Py_DECREF(r);
+    return cell;
+}
+
+/* key's remembered cell, -2 when none is, -1 with an error set. */
+static Py_ssize_t
+keyed_known(KeyedObject *self, PyObject *key, const char *fname)
 {
     if (TL_UNLIKELY(!PyUnicode_Check(key))) {
         PyErr_Format(PyExc_TypeError, "%s() key must be a str, not '%.200s'",
@@ -892,23 +929,48 @@ keyed_cell(KeyedObject *self, PyObject *key, const char *fname)
     }
     PyObject *c = PyDict_GetItemWithError(self->cells, key); /* borrowed */
     if (TL_LIKELY(c != NULL)) {
-        return PyLong_AsSsize_t(c);
+        return PyLong_AsSsize_t(c); /* checked when remembered: in 0..ncells-1 */
     }
-    if (PyErr_Occurred()) {
-        return -1;
+    return PyErr_Occurred() ? -1 : -2;
+}
+
+/* The cell of `key`, registering it on first use; -1 with an error set. */
+static Py_ssize_t
+keyed_cell(KeyedObject *self, PyObject *key, const char *fname)
+{
+    Py_ssize_t cell = keyed_known(self, key, fname);
+    if (TL_LIKELY(cell >= 0) || cell == -1) {
+        return cell;
     }
-    PyObject *r = PyObject_CallOneArg(self->register_, key);
-    if (r == NULL) {
-        return -1;
+    return keyed_ask(self, self->register_, key, 0);
+}
+
+/* lookup(key) -> int | None: key's cell without registering it. */
+static PyObject *
+Keyed_lookup(KeyedObject *self, PyObject *key)
+{
+    Py_ssize_t cell = keyed_known(self, key, "lookup");
+    if (cell == -2 && self->find != NULL) {
+        cell = keyed_ask(self, self->find, key, 1);
     }
-    Py_ssize_t cell = PyLong_AsSsize_t(r);
-    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0 ||
-        PyDict_SetItem(self->cells, key, r) < 0) {
-        Py_DECREF(r);
-        return -1;
+    if (cell == -1) {
+        return NULL;
     }
-    Py_DECREF(r);
-    return cell;
+    if (cell == -2) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(cell);
+}
+
+/* cells: a read-only view of the cache. */
+static PyObject *
+Keyed_get_cells(KeyedObject *self, void *Py_UNUSED(closure))
+{
+    if (self->cells == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the keyed counter's segment is gone");
+        return NULL;
+    }
+    return PyDictProxy_New(self->cells);
 }
 
 static PyObject *
@@ -1000,17 +1062,25 @@ static PyMethodDef Keyed_methods[] = {
      "increment(key, n=1) -> None\n\nAdd n to key's cell in this process's slab."},
     {"decrement", (PyCFunction)(void (*)(void))Keyed_decrement, FASTKW,
      "decrement(key, n=1) -> None\n\nSubtract n from key's cell in this process's slab."},
+    {"lookup", (PyCFunction)Keyed_lookup, METH_O,
+     "lookup(key) -> int | None\n\nkey's cell, asking find() when it is not known "
+     "yet; None when the key has none (nothing is registered)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef Keyed_members[] = {
     {"segment", T_OBJECT, offsetof(KeyedObject, seg), READONLY, NULL},
-    {"cells", T_OBJECT, offsetof(KeyedObject, cells), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyGetSetDef Keyed_getset[] = {
+    {"cells", (getter)Keyed_get_cells, NULL,
+     "A read-only view of the cells known so far: {key: cell}.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot Keyed_slots[] = {
-    {Py_tp_doc, "KeyedCells(segment, register)\n--\n\n"
+    {Py_tp_doc, "KeyedCells(segment, register, find=None)\n--\n\n"
                 "The write side of one shared keyed counter."},
     {Py_tp_new, Keyed_new},
     {Py_tp_dealloc, Keyed_dealloc},
@@ -1018,6 +1088,7 @@ static PyType_Slot Keyed_slots[] = {
     {Py_tp_clear, Keyed_clear},
     {Py_tp_methods, Keyed_methods},
     {Py_tp_members, Keyed_members},
+    {Py_tp_getset, Keyed_getset},
     {0, NULL},
 };
 

@@ -7,6 +7,8 @@ it is just slower.  Error messages match the C core word for word.
 
 from __future__ import annotations
 
+import contextlib
+import copyreg
 import math
 import operator
 import threading
@@ -40,10 +42,29 @@ def _overflow(op: str, n: int, current: int) -> OverflowError:
     )
 
 
+def instance_state(obj: object, own: frozenset[str] = frozenset()) -> Any:
+    """What pickle and copy restore on a subclass instance besides its counts:
+    its ``__dict__`` and the values of its ``__slots__`` (the names
+    ``copyreg._slotnames`` gives, less the implementation's own slots ``own``),
+    in the state format they understand: the dict, or ``(dict or None, {slot:
+    value})``; None when there is nothing.  The C core does the same
+    (``subclass_state`` in ``_c/counter.c``)."""
+    state = getattr(obj, "__dict__", None) or None
+    slots = {}
+    for name in copyreg._slotnames(type(obj)):  # type: ignore[attr-defined]
+        if name not in own:
+            with contextlib.suppress(AttributeError):  # a slot never set: skipped
+                slots[name] = getattr(obj, name)
+    return (state, slots) if slots else state
+
+
+_OWN_SLOTS = frozenset({"_lock", "_value", "_waiting", "_cond"})
+
+
 def _reduce(obj: object, value: int) -> tuple[Any, ...]:
-    """(type, (value,)) plus a subclass instance's __dict__, like the C core."""
-    state = getattr(obj, "__dict__", None)
-    if state:
+    """(type, (value,)) plus a subclass instance's state, like the C core."""
+    state = instance_state(obj, _OWN_SLOTS)
+    if state is not None:
         return (type(obj), (value,), state)
     return (type(obj), (value,))
 
@@ -56,7 +77,7 @@ class _LockedInt:
     the lock makes every other thread queue behind it).
     """
 
-    __slots__ = ("_lock", "_value", "_waiting")
+    __slots__ = ("__weakref__", "_lock", "_value", "_waiting")
     _kind = "Counter"  # the constructor's name in error messages, as in the C core
     _cond: threading.Condition  # set by Counter, used only while _waiting > 0
 
@@ -114,7 +135,12 @@ class _LockedInt:
 
 
 class Counter(_LockedInt):
-    """An exact signed 64-bit counter that many threads may update."""
+    """An exact signed 64-bit counter that many threads may update.
+
+    Counters compare and hash by identity, as threading primitives do (a
+    shared cell other threads change at any moment); compare values with
+    ``a.value() == b.value()``.
+    """
 
     __slots__ = ("_cond",)
     __module__ = "tallies._pure"
@@ -169,7 +195,11 @@ class Counter(_LockedInt):
 
 
 class ShardedCounter(_LockedInt):
-    """The striped counter's API over one locked int (striping needs the C core)."""
+    """The striped counter's API over one locked int (striping needs the C core).
+
+    Counters compare and hash by identity, as threading primitives do; compare
+    values with ``a.value() == b.value()``.
+    """
 
     __slots__ = ()
     __module__ = "tallies._pure"

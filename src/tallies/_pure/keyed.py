@@ -38,8 +38,9 @@ def _overflow(op: str, n: int, key: object, current: int) -> OverflowError:
 class KeyedCore:
     """The per-key primitives of KeyedCounter over a dict and a lock."""
 
-    __slots__ = ("_d", "_lock")
+    __slots__ = ("__weakref__", "_d", "_lock")
     __module__ = "tallies._pure_keyed"  # 0.1.0 pickles name it so
+    _own_slots = frozenset({"_d", "_lock"})  # not a subclass's state (pickle, copy)
 
     _d: dict[Any, int]
     _lock: threading.RLock

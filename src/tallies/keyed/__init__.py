@@ -7,9 +7,11 @@
     >>> kc.most_common(2)
     [('a', 7), ('b', 2)]
 
-A drop-in replacement for ``collections.Counter`` wherever the counts are
-integers, whose every single-key update is atomic (see ``tallies.keyed.api`` for how
-``kc[key] += n`` stays exact under threads).  The per-key primitives are C
+``collections.Counter``'s API wherever the counts are integers, with every
+single-key update atomic (see ``tallies.keyed.api`` for how ``kc[key] += n``
+stays exact under threads).  It is not a ``dict``: ``KeyedCounter.__doc__``
+lists what differs from ``collections.Counter`` (``json.dumps(kc.snapshot())``
+serialises it).  The per-key primitives are C
 (``tallies.keyed._core``, from ``_c/keyed.c``) when the extension was built, else
 the pure-Python ``tallies._pure.keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
 same Python code for the ``collections.Counter`` API.

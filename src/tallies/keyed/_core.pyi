@@ -24,6 +24,10 @@ HOT_SLOTS: int
 def _shared_remaining() -> int:
     """How many more KeyedCounters may become immortal (0 where not 3.13t)."""
 
+def _shared_bytes() -> tuple[int, int]:
+    """(kept, budget): bytes of the tables of the immortal KeyedCounters, and the
+    budget past which no more become immortal ((0, 0) where not 3.13t)."""
+
 def _hot_keys(kc: KeyedCounter, /) -> int:
     """How many keys of kc's table have hot cells (always 0 with a GIL)."""
 

@@ -48,8 +48,11 @@ tagged int keeps every single-threaded result identical to
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
+import operator
 import os
+import sys
 import types
 from collections.abc import (
     Hashable,
@@ -63,7 +66,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
-from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
+from .._pure.counter import INT64_MAX, INT64_MIN, instance_state, to_int64
 
 __all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
 
@@ -134,11 +137,23 @@ if os.environ.get("TALLIES_PURE") != "1":
         _make_count = _native._make_count
 
 
+# The views iterate over a copy (see __iter__ below) and, as dict views do
+# since Python 3.8, support reversed().
+class _KeysView(KeysView[Any]):
+    __slots__ = ()
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(cast(Any, self)._mapping._keys())  # type: ignore[no-any-return]
+
+
 class _ValuesView(ValuesView[int]):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[int]:
         return cast(Any, self)._mapping._iter_values()  # type: ignore[no-any-return]
+
+    def __reversed__(self) -> Iterator[int]:
+        return reversed(cast(Any, self)._mapping._values())  # type: ignore[no-any-return]
 
 
 class _ItemsView(ItemsView[Any, int]):
@@ -153,6 +168,9 @@ class _ItemsView(ItemsView[Any, int]):
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         return cast(Any, self)._mapping._iter_items()  # type: ignore[no-any-return]
+
+    def __reversed__(self) -> Iterator[tuple[Any, int]]:
+        return reversed(cast(Any, self)._mapping._items())  # type: ignore[no-any-return]
 
 
 # The KeyedCounter classes (C and pure); tallies.keyed registers the C one,
@@ -201,24 +219,40 @@ _OPCODES = {"_add_pairs": 0, "_sub_pairs": 1, "_or_pairs": 2, "_and_pairs": 3}
 class KeyedCounterMixin:
     """KeyedCounter(iterable_or_mapping=None, /, **kwds)
 
-    A thread-safe multiset of int64 counts by hashable key, and a drop-in
-    replacement for ``collections.Counter`` where the counts are integers:
-    the same constructor forms, ``update``, ``subtract``, ``elements``,
+    A thread-safe multiset of int64 counts by hashable key, with the API of
+    ``collections.Counter`` where the counts are integers: the same
+    constructor forms, ``update``, ``subtract``, ``elements``,
     ``most_common``, ``total``, the multiset operators (``+ - & |``, unary
-    ``+ -``, in-place forms), comparisons, views, ``repr``, pickling.
+    ``+ -``, in-place forms, and ``|`` with a plain dict), comparisons,
+    ``reversed``, views, ``repr``, pickling, weak references.
 
     Every single-key update is atomic: ``increment``, ``decrement``,
     ``kc[key] += n`` and ``kc[key] -= n`` (see ``Count``), ``reset(key)``,
     ``pop`` and ``discard`` never lose or double-count a concurrent update.
-    Operations over many keys (``update``, the operators, ``clear``,
-    ``snapshot``, iteration) are made of per-key atomic steps, not one
-    atomic step.  Iteration walks a copy of the keys taken at once, so other
-    threads may insert and remove keys meanwhile: it never raises
-    "changed size during iteration".
+    Operations over many keys (``update``, ``clear``, ``snapshot``, iteration)
+    are made of per-key atomic steps, not one atomic step.  Iteration walks a
+    copy of the keys taken at once, so other threads may insert and remove
+    keys meanwhile: it never raises "changed size during iteration".  The
+    operators and comparisons read each operand once, as such a copy (the
+    keys of one instant, each count exact), never key by key while others
+    change it.
 
     Counts are signed 64-bit: an update that would leave the range raises
     ``OverflowError`` and changes nothing.  Counts must be integers (objects
     with ``__index__``): anything else raises ``TypeError``.
+
+    Differences from ``collections.Counter`` (everything else behaves as it
+    does on Python 3.10 to 3.13):
+
+    * It is not a ``dict``: ``isinstance(kc, dict)`` is False, so
+      ``json.dumps(kc)`` and other code that requires a real dict raise
+      ``TypeError``.  ``json.dumps(kc.snapshot())`` serialises it in one
+      line (``snapshot()`` is a ``collections.Counter`` of plain ints).
+    * Counts are int64 integers (see above); ``Counter`` takes any value.
+    * ``kc[key]`` returns a ``Count``, an ``int`` subclass (so
+      ``type(kc[key]) is not int``; ``dict(kc)`` holds Counts).
+    * Iteration never raises for a concurrent change (see above).
+    * Instances have no ``__dict__`` (a subclass may add one).
     """
 
     __slots__ = ()
@@ -290,8 +324,13 @@ class KeyedCounterMixin:
         "changed size during iteration")."""
         return self._iter_keys()
 
+    def __reversed__(self) -> Iterator[Any]:
+        """The keys, last inserted first (a copy taken at once), as reversed()
+        of a dict or collections.Counter."""
+        return reversed(self._keys())  # type: ignore[no-any-return, unused-ignore]
+
     def keys(self) -> KeysView[Any]:
-        return KeysView(self)
+        return _KeysView(self)
 
     def values(self) -> ValuesView[int]:
         return _ValuesView(self)
@@ -299,10 +338,19 @@ class KeyedCounterMixin:
     def items(self) -> ItemsView[Any, int]:
         return _ItemsView(self)
 
-    def most_common(self, n: int | None = None) -> list[tuple[Any, int]]:
+    def most_common(self, n: Any = None) -> list[tuple[Any, int]]:
         """The n most common keys and counts, most common first (ties in
-        insertion order); all of them when n is None."""
-        return self._most_common(n)
+        insertion order); all of them when n is None.  Any n collections.Counter
+        takes gives what it gives: an integer of any size (negative: none; at
+        least len(self): all), or anything else heapq.nlargest accepts (1.0 as
+        1; other floats raise TypeError, as there)."""
+        if n is None:
+            return self._most_common(None)
+        try:
+            k = operator.index(n)
+        except TypeError:  # Counter's own path: heapq.nlargest(n, items), errors and all
+            return heapq.nlargest(n, self._items(), key=operator.itemgetter(1))
+        return self._most_common(max(-1, min(k, sys.maxsize)))
 
     def elements(self) -> Iterator[Any]:
         """Each key repeated as many times as its count (counts < 1: none)."""
@@ -421,9 +469,12 @@ class KeyedCounterMixin:
     def copy(self) -> Any:
         return type(self)(self._dict())
 
-    __copy__ = copy
-
     def __reduce__(self) -> tuple[Any, ...]:
+        """The counts, and a subclass instance's ``__dict__`` and ``__slots__``
+        values (pickle, copy.copy and copy.deepcopy keep them)."""
+        state = instance_state(self, getattr(type(self), "_own_slots", frozenset()))
+        if state is not None:
+            return (type(self), (self._dict(),), state)
         return (type(self), (self._dict(),))
 
     def __repr__(self) -> str:
@@ -538,6 +589,11 @@ class KeyedCounterMixin:
                 return res
         o = _as_counter(other)
         if o is None:
+            if op is _OR_PAIRS and isinstance(other, dict):
+                # collections.Counter leaves `c | d` with a plain dict d to the
+                # dict's own | (a dict: d's entries over c's): so does this.
+                snapshot = self.snapshot()
+                return other | snapshot if reflected else snapshot | other
             return NotImplemented
         s = self._dict()
         return self._result(op(o, s) if reflected else op(s, o))
@@ -598,12 +654,15 @@ class KeyedCounterMixin:
         return self._keep_positive()
 
     def __iand__(self, other: Any) -> Any:
-        lookup = cast(Any, other)._get if isinstance(other, _KINDS) else None
+        # A KeyedCounter operand is read once (one snapshot, a missing key
+        # counting 0), not key by key while other threads change it.
+        counts = cast(Any, other)._dict() if isinstance(other, _KINDS) else None
         for key, count in self._items():
-            other_count = lookup(key, 0) if lookup is not None else other[key]
+            other_count = counts.get(key, 0) if counts is not None else other[key]
             if other_count < count:
                 self.decrement(key, count - other_count)
         return self._keep_positive()
 
 
+_OR_PAIRS = KeyedCounterMixin._or_pairs
 register_kind(KeyedCounterMixin)

@@ -1,6 +1,6 @@
 """Types of the shared-memory hot path (see tallies/stores/shm.py)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, SupportsIndex
 
 SLAB_FREE: int
@@ -54,7 +54,17 @@ class KeyedCells:
     """The write side of one shared keyed counter."""
 
     segment: Segment
-    cells: dict[str, int]
-    def __init__(self, segment: Segment, register: Callable[[str], int]) -> None: ...
+    @property
+    def cells(self) -> Mapping[str, int]:
+        """A read-only view of the cells known so far (only the C code writes them,
+        each checked against the segment)."""
+    def __init__(
+        self,
+        segment: Segment,
+        register: Callable[[str], int],
+        find: Callable[[str], int | None] | None = None,
+    ) -> None: ...
+    def lookup(self, key: str, /) -> int | None:
+        """key's cell, asking ``find`` when it is not known yet; None when it has none."""
     def increment(self, key: str, n: SupportsIndex = 1) -> None: ...
     def decrement(self, key: str, n: SupportsIndex = 1) -> None: ...

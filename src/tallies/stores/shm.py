@@ -284,14 +284,9 @@ class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
-        cell: int | None = self.cells.get(key)
-        if cell is not None:
-            return cell
-        check_key(key)
+        cell: int | None = self.lookup(key)  # C: the cache is not writable from Python
         if cell is None:
-            cell = self._seg.find_key(self._idx, key)
-            if cell is not None:
-                self.cells[key] = cell
+            check_key(key)  # a key never counted: the key rule every store shares
         return cell
 
     def value(self, key: str) -> int:
@@ -436,7 +431,10 @@ class ShmStore(Store):
                     def register(key: object) -> int:
                         return seg.register_key(owner, check_key(key))
 
-                    obj = ShmKeyedCounter(self._seg.c, register)
+                    def find(key: str) -> int | None:
+                        return seg.find_key(owner, key)
+
+                    obj = ShmKeyedCounter(self._seg.c, register, find)
                     obj._idx = idx
                 obj._seg = self._seg
                 obj._name = name
