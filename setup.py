@@ -43,39 +43,56 @@ class optional_build_ext(build_ext):
         )
 
 
+C = "src/tallies/_c/"  # every C source and shared header lives here
+
+# One extension module, tallies._tallies: module.c has its only module init,
+# each other file adds its types (src/tallies/_c/_module.h says why they are
+# separate translation units).
+SOURCES = ["module.c", "counter.c", "keyed.c", "rate.c", "shm.c", "buffered.c"]
+HEADERS = [
+    "_cells.h",
+    "_counter_methods.h",
+    "_gate.h",
+    "_keyed_cells.h",
+    "_ktable.h",
+    "_module.h",
+    "_pyargs.h",
+    "_ring.h",
+    "_shared.h",
+]
+EXTENSION = Extension(
+    "tallies._tallies",
+    sources=[C + s for s in SOURCES],
+    depends=[C + h for h in HEADERS],
+    extra_compile_args=flags,
+)
+
+
 class pruned_build_py(build_py):
     """setuptools reuses build/lib between builds: a module deleted from src/ (the
-    benchmarks, which moved to benchmarks/) would still be installed from there.
-    After copying the package, drop every Python file that src/ no longer has."""
+    benchmarks, which moved to benchmarks/; the five extensions of the layout
+    before tallies._tallies) would still be installed from there.  After
+    copying the package, drop every Python file that src/ no longer has and
+    every compiled module other than EXTENSION."""
 
     def run(self) -> None:
         super().run()
         built = Path(self.build_lib, "tallies")
         source = Path(__file__).resolve().parent / "src" / "tallies"
+        ours = Path(*EXTENSION.name.split("."))
         for path in list(built.rglob("*")):
-            if path.suffix in (".py", ".pyi") and not (source / path.relative_to(built)).exists():
+            if path.suffix in (".py", ".pyi"):
+                stale = not (source / path.relative_to(built)).exists()
+            elif path.suffix in (".so", ".pyd"):
+                module = path.relative_to(self.build_lib).parent / path.name.split(".")[0]
+                stale = module != ours
+            else:
+                continue
+            if stale:
                 path.unlink()
 
 
-C = "src/tallies/_c/"  # every C source and shared header lives here
-
-
-def extension(name: str, source: str, *headers: str) -> Extension:
-    return Extension(
-        name,
-        sources=[C + source],
-        depends=[C + h for h in ("_cells.h", "_pyargs.h", "_shared.h", *headers)],
-        extra_compile_args=flags,
-    )
-
-
 setup(
-    ext_modules=[
-        extension("tallies.counter._core", "counter.c"),
-        extension("tallies.keyed._core", "keyed.c", "_ktable.h"),
-        extension("tallies.stores._shm", "shm.c"),
-        extension("tallies.stores._buffered", "buffered.c", "_gate.h"),
-        extension("tallies.rates._core", "rate.c", "_ring.h", "_keyed_cells.h"),
-    ],
+    ext_modules=[EXTENSION],
     cmdclass={"build_ext": optional_build_ext, "build_py": pruned_build_py},
 )

@@ -1,6 +1,6 @@
 """What the rate tests share: the implementation fixture, a driven clock, the exact model.
 
-``rates_impl`` is the module under test, ``tallies.rates._core`` (the C core)
+``rates_impl`` is the module under test, ``tallies._tallies`` (the C core)
 then ``tallies._pure.rate`` (the fallback); tests build ``impl.RateCounter``
 and ``impl.KeyedRateCounter``.  ``RateModel`` is the specification of what
 ``count(w)`` returns, written from the README's definition (not from the
@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 def _c_rates() -> ModuleType:
     try:
-        return importlib.import_module("tallies.rates._core")
+        return importlib.import_module("tallies._tallies")
     except ImportError as exc:
-        reason = f"the C core tallies.rates._core is not importable: {exc!r}"
+        reason = f"the C core tallies._tallies is not importable: {exc!r}"
         unavailable(reason)
 
 

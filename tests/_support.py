@@ -44,9 +44,9 @@ def unavailable(
 
 
 def core_import_error() -> BaseException | None:
-    """Why ``tallies.counter._core`` cannot be imported, or None when it can."""
+    """Why ``tallies._tallies`` (the C core) cannot be imported, or None when it can."""
     try:
-        importlib.import_module("tallies.counter._core")
+        importlib.import_module("tallies._tallies")
     except ImportError as exc:
         return exc
     return None

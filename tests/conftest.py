@@ -1,6 +1,6 @@
 """Every test of the in-process counters runs twice: on the C core and on the pure fallback.
 
-The ``impl`` fixture is the implementation module, ``tallies.counter._core`` or
+The ``impl`` fixture is the implementation module, ``tallies._tallies`` (the C core) or
 ``tallies._pure``; tests build counters as ``impl.Counter(...)`` and
 ``impl.ShardedCounter(...)``.
 
@@ -26,9 +26,9 @@ def c_core() -> ModuleType:
     """The C core module; fails (TALLIES_REQUIRE_C=1) or skips when it is missing."""
     exc = core_import_error()
     if exc is not None:
-        reason = f"the C core tallies.counter._core is not importable: {exc!r}"
+        reason = f"the C core tallies._tallies is not importable: {exc!r}"
         unavailable(reason)
-    return importlib.import_module("tallies.counter._core")
+    return importlib.import_module("tallies._tallies")
 
 
 def pure_fallback() -> ModuleType:

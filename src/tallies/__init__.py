@@ -6,9 +6,10 @@
     >>> c.value()
     1
 
-The C core (``tallies.counter._core``) is used when it was built; otherwise,
-or when the environment sets ``TALLIES_PURE=1``, the pure-Python fallback
-(``tallies._pure``) with the same behaviour.  ``IMPLEMENTATION`` says which.
+The C core (the extension ``tallies._tallies``) is used when it was built;
+otherwise, or when the environment sets ``TALLIES_PURE=1``, the pure-Python
+fallback (``tallies._pure``) with the same behaviour.  ``IMPLEMENTATION``
+says which (``tallies._impl`` decides, once, for every type).
 The package is laid out by scope: ``counter``, ``keyed``, ``stores``; the
 ``tallies`` command lives apart in ``tallies.cli``.
 """

@@ -42,7 +42,7 @@ def test_tallies_pure_forces_the_fallback() -> None:
 def test_the_c_core_is_used_when_present() -> None:
     exc = core_import_error()
     if exc is not None and not REQUIRE_C:
-        pytest.skip(f"the C core tallies.counter._core is not importable: {exc!r}")
+        pytest.skip(f"the C core tallies._tallies is not importable: {exc!r}")
     # With TALLIES_REQUIRE_C=1 a missing C core is a failure here, not a skip.
     assert probe(TALLIES_PURE=None, TALLIES_REQUIRE_C="1") == "c False False"
     assert probe(TALLIES_PURE="0") == "c False False"
@@ -53,7 +53,7 @@ def test_this_process_agrees_with_its_environment() -> None:
         assert tallies.IMPLEMENTATION == "python"
     else:
         assert tallies.IMPLEMENTATION == "c"
-        import tallies.counter._core as core
+        import tallies._tallies as core
 
         assert tallies.Counter is core.Counter
         assert tallies.ShardedCounter is core.ShardedCounter

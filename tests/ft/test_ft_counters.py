@@ -80,7 +80,9 @@ def test_counter_every_mutator_balances(impl: ModuleType, round_: int) -> None:
     compare_and_set, all at once on one Counter."""
     c = impl.Counter(round_)
     kinds = (*COUNTER_OPS, "reset", "cas")
-    ledgers = _mixed(c, round_, ops(20_000 if impl.__name__.endswith("_core") else 4_000), kinds)
+    ledgers = _mixed(
+        c, round_, ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000), kinds
+    )
     applied = sum(a for a, _ in ledgers)
     taken = sum(t for _, t in ledgers)
     assert c.value() + taken == round_ + applied
@@ -91,7 +93,7 @@ def test_counter_add_hands_out_every_value_exactly_once(impl: ModuleType, round_
     """add(1) is one atomic read-modify-write: the values it returns to all threads
     together are exactly 1..N, each once, and increase within each thread."""
     c = impl.Counter()
-    n = ops(20_000 if impl.__name__.endswith("_core") else 4_000)
+    n = ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000)
 
     def work(i: int) -> list[int]:
         add = c.add
@@ -153,7 +155,9 @@ def test_sharded_every_mutator_balances(impl: ModuleType, round_: int) -> None:
     which inflates into striped cells during the updates when they collide."""
     c = impl.ShardedCounter(round_)
     kinds = ("increment", "increment()", "decrement", "decrement()", "iadd", "isub", "reset")
-    ledgers = _mixed(c, round_, ops(20_000 if impl.__name__.endswith("_core") else 4_000), kinds)
+    ledgers = _mixed(
+        c, round_, ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000), kinds
+    )
     applied = sum(a for a, _ in ledgers)
     taken = sum(t for _, t in ledgers)
     assert c.value() + taken == round_ + applied
@@ -197,7 +201,7 @@ def test_a_reader_never_sees_the_count_go_back(impl: ModuleType, cls: str) -> No
     must see some count strictly between 0 and the total (forced: halfway the
     writers wait until it has): it read while the increments went on."""
     c = getattr(impl, cls)()
-    n = ops(20_000 if impl.__name__.endswith("_core") else 4_000)
+    n = ops(20_000 if impl.__name__ == "tallies._tallies" else 4_000)
     total = (THREADS - 1) * n
     between: set[int] = set()  # counts the reader saw while increments went on
 

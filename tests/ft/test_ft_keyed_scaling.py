@@ -31,7 +31,7 @@ from tallies.keyed import IMPLEMENTATION, KeyedCounter
 pytestmark = pytest.mark.skipif(IMPLEMENTATION != "c", reason="the C core's table only")
 
 if IMPLEMENTATION == "c":
-    from tallies.keyed import _core
+    from tallies import _tallies as _core
 else:  # pragma: no cover - skipped above
     _core = None
 
@@ -92,7 +92,7 @@ def test_a_fresh_keyed_counter_is_counted_and_freed() -> None:
 
 
 def test_threads_counting_distinct_keys_make_it_immortal_on_313t_only() -> None:
-    before = _core._shared_remaining()
+    before = _core._keyed_shared_remaining()
     kc = KeyedCounter()
     made = contend(kc, ["a", "b"], seconds=20.0 if GIL_OFF else 0.0)
     assert kc == KeyedCounter(a=made // 2, b=made // 2)
@@ -100,12 +100,12 @@ def test_threads_counting_distinct_keys_make_it_immortal_on_313t_only() -> None:
         # Two threads that really alternate change the updating thread far more
         # than the 64 times that count as "updated at once".
         assert sys.getrefcount(kc) == IMMORTAL, "two threads never overlapped in 20 s"
-        assert _core._shared_remaining() == before - 1
+        assert _core._keyed_shared_remaining() == before - 1
         kc.increment("a", 5)
         assert kc["a"] == made // 2 + 5
     else:
         assert sys.getrefcount(kc) < 100
-        assert _core._shared_remaining() == before
+        assert _core._keyed_shared_remaining() == before
 
 
 def test_a_counter_handed_between_threads_now_and_then_stays_ordinary() -> None:
@@ -176,12 +176,12 @@ def test_the_budget_bounds_how_many_keyed_counters_become_immortal() -> None:
         sys.path[:0] = [{here!r}, {os.path.dirname(here)!r}]
         from test_ft_keyed_scaling import contend
         from tallies import KeyedCounter
-        from tallies.keyed import _core
+        from tallies import _tallies as _core
         kcs = [KeyedCounter() for _ in range(3)]
         # the first becomes immortal; the other two get 2 s each of contention
         made = [contend(kc, ["x", "y"], seconds=2.0) for kc in kcs]
         assert [kc.total() for kc in kcs] == made
-        print(sum(sys.getrefcount(kc) == {IMMORTAL} for kc in kcs), _core._shared_remaining())
+        print(sum(sys.getrefcount(kc) == {IMMORTAL} for kc in kcs), _core._keyed_shared_remaining())
     """
     assert _child(code, TALLIES_SHARED_MAX="1").split() == ["1", "0"]
     assert _child(code, TALLIES_SHARED_MAX="0").split() == ["0", "0"]
@@ -299,7 +299,7 @@ def test_a_hot_key_still_refuses_to_leave_int64() -> None:
 FILL_AND_DROP = """
     import os, sys, threading
     from tallies import KeyedCounter
-    from tallies.keyed import _core
+    from tallies import _tallies as _core
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGESIZE")
     def fill(kc, keys, barrier):
@@ -308,7 +308,7 @@ FILL_AND_DROP = """
             for k in keys[j:j + 25]:
                 kc.increment(k)
     KeyedCounter().increment("warm-up")
-    before, left = rss(), _core._shared_remaining()
+    before, left = rss(), _core._keyed_shared_remaining()
     for i in range(200):
         kc, keys, barrier = KeyedCounter(), [f"k{i}-{j}" for j in range(5000)], threading.Barrier(2)
         threads = [threading.Thread(target=fill, args=(kc, keys[t::2], barrier)) for t in range(2)]
@@ -318,8 +318,8 @@ FILL_AND_DROP = """
             t.join()
         assert kc.total() == 5000
         del kc, keys, threads
-    kept, budget = getattr(_core, "_shared_bytes", lambda: (-1, -1))()
-    print(left - _core._shared_remaining(), kept, budget, rss() - before)
+    kept, budget = getattr(_core, "_keyed_shared_bytes", lambda: (-1, -1))()
+    print(left - _core._keyed_shared_remaining(), kept, budget, rss() - before)
 """
 
 

@@ -36,7 +36,7 @@ from tallies import _pure_keyed
 
 def _c_keyed() -> Any:
     if tallies.keyed.IMPLEMENTATION != "c":
-        pytest.fail("the C extension tallies.keyed._core is not built")
+        pytest.fail("the C extension tallies._tallies is not built")
     return tallies.keyed.KeyedCounter
 
 

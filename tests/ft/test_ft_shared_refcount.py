@@ -105,7 +105,7 @@ def test_a_million_counters_created_and_dropped_do_not_pile_up(core: ModuleType)
     out = _child(
         """
         import resource
-        from tallies.counter._core import ShardedCounter
+        from tallies._tallies import ShardedCounter
         def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for _ in range(10_000):
             ShardedCounter(1).increment()
@@ -130,7 +130,7 @@ def test_the_budget_bounds_how_many_become_immortal(core: ModuleType) -> None:
         import sys, threading
         sys.path[:0] = [{here!r}, {os.path.dirname(here)!r}]
         from test_ft_shared_refcount import contend_until_inflated
-        from tallies.counter import _core
+        from tallies import _tallies as _core
         counters = [_core.ShardedCounter() for _ in range(4)]
         made = [contend_until_inflated(c) for c in counters]
         assert all(c.inflated for c in counters)

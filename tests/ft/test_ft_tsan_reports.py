@@ -13,10 +13,10 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tsan_reports.py"
 OURS = """==================
 WARNING: ThreadSanitizer: data race (pid=4242)
   Write of size 8 at 0x7f0000000010 by thread T2:
-    #0 tl_try_add /w/src/tallies/_c/_cells.h:137:9 (_core.cpython-313t-x86_64-linux-gnu.so+0x1)
+    #0 tl_try_add /w/src/tallies/_c/_cells.h:137:9 (_tallies.cpython-313t-x86_64-linux-gnu.so+0x1)
     #1 _PyEval_EvalFrameDefault /b/Python/generated_cases.c.h:1 (python3.13t+0x2)
   Previous read of size 8 at 0x7f0000000010 by thread T1:
-    #0 Sharded_value ??:0 (_core.cpython-313t-x86_64-linux-gnu.so+0x3)
+    #0 Sharded_value ??:0 (_tallies.cpython-313t-x86_64-linux-gnu.so+0x3)
 SUMMARY: ThreadSanitizer: data race /w/src/tallies/_c/_cells.h:137:9 in tl_try_add
 ==================
 """

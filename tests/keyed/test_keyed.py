@@ -1,6 +1,6 @@
 """KeyedCounter specification: a drop-in for collections.Counter with int counts.
 
-Every test runs on the C core (tallies.keyed._core) and on the pure fallback.
+Every test runs on the C core (tallies._tallies) and on the pure fallback.
 The model of the stateful test is collections.Counter itself.
 """
 
@@ -33,7 +33,7 @@ def _c_class() -> Any:
     if tallies.keyed.IMPLEMENTATION != "c":
         if os.environ.get("TALLIES_PURE") == "1":
             pytest.skip("TALLIES_PURE=1: the C core is deliberately not used")
-        pytest.fail("the C extension tallies.keyed._core is not built")
+        pytest.fail("the C extension tallies._tallies is not built")
     return tallies.keyed.KeyedCounter
 
 

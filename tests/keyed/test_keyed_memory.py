@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import tallies.keyed
-from tallies._pure.keyed import KeyedCounter as PureKeyedCounter
+from tallies._pure_keyed import KeyedCounter as PureKeyedCounter
 
 KIB = 1024
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import tallies.keyed
-from tallies._pure.keyed import KeyedCounter as PureKeyedCounter
+from tallies._pure_keyed import KeyedCounter as PureKeyedCounter
 
 
 @pytest.fixture(params=["c", "python"])

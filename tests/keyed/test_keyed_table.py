@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tallies._pure.keyed import KeyedCounter as PureKeyedCounter
+from tallies._pure_keyed import KeyedCounter as PureKeyedCounter
 from tallies.keyed import KeyedCounter
 
 INT64_MAX = 2**63 - 1

@@ -36,7 +36,7 @@ def _c_class() -> Any:
     if tallies.keyed.IMPLEMENTATION != "c":
         if os.environ.get("TALLIES_PURE") == "1":
             pytest.skip("TALLIES_PURE=1: the C core is deliberately not used")
-        pytest.fail("the C extension tallies.keyed._core is not built")
+        pytest.fail("the C extension tallies._tallies is not built")
     return tallies.keyed.KeyedCounter
 
 

@@ -29,7 +29,7 @@ SETTINGS = settings(
 
 
 def _both() -> list[ModuleType]:
-    return [importlib.import_module(m) for m in ("tallies.rates._core", "tallies._pure.rate")]
+    return [importlib.import_module(m) for m in ("tallies._tallies", "tallies._pure.rate")]
 
 
 def _make(mod: ModuleType, window: float, resolution: float, clock: Clock) -> object:
@@ -90,7 +90,7 @@ def test_every_accepted_rate_counts_exactly_its_window(
                 assert rc.count() == model.count(t, window), (mod.__name__, t)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("mod", ["tallies.rates._core", "tallies._pure.rate"])
+@pytest.mark.parametrize("mod", ["tallies._tallies", "tallies._pure.rate"])
 def test_the_issue_case_is_normalised_to_whole_nanoseconds(mod: str) -> None:
     rc = importlib.import_module(mod).RateCounter(window=1e-3, resolution=1.4e-9)
     assert (rc.window, rc.resolution, rc.buckets) == (1e-3, 1e-9, 1_000_000)
@@ -103,7 +103,7 @@ def test_the_issue_case_counts_a_whole_millisecond_on_the_system_clock() -> None
     of 1 ns covered 0.71 ms).  The C core only: the fallback's count() scans up to
     250,000 marks in Python here, longer than the window itself, so its reads
     cannot land inside the millisecond (the property test above checks its rule)."""
-    mod = "tallies.rates._core"
+    mod = "tallies._tallies"
     rc = importlib.import_module(mod).RateCounter(window=1e-3, resolution=1.4e-9)
     now = time.clock_gettime_ns
     mono = time.CLOCK_MONOTONIC
@@ -129,7 +129,7 @@ def test_the_issue_case_counts_a_whole_millisecond_on_the_system_clock() -> None
     assert counted >= 0.8 * trials, (counted, trials)
 
 
-@pytest.mark.parametrize("mod", ["tallies.rates._core", "tallies._pure.rate"])
+@pytest.mark.parametrize("mod", ["tallies._tallies", "tallies._pure.rate"])
 def test_a_count_of_the_window_as_given_is_accepted(mod: str) -> None:
     """The window 1/3 s is kept as 333,333,333 ns; count(1/3) asks for that window.
     Buckets of 1/3000 s are 333,333 ns: 1,001 of them cover the window."""

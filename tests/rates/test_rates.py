@@ -386,7 +386,7 @@ def test_both_implementations_agree_on_messages() -> None:
     """Word for word, C and fallback (the parametrized tests above check substrings)."""
     import importlib
 
-    mods = [importlib.import_module(m) for m in ("tallies.rates._core", "tallies._pure.rate")]
+    mods = [importlib.import_module(m) for m in ("tallies._tallies", "tallies._pure.rate")]
     cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
         ((0,), {}),
         ((10, 20), {}),

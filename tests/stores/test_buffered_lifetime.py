@@ -21,7 +21,7 @@ ROOT = Path(tallies.__file__).resolve().parents[1]
 
 DROP = """
 import threading
-from tallies.stores._buffered import BufferedCounter
+from tallies._tallies import BufferedCounter
 head = [BufferedCounter(None, "c")]
 for _ in range(200_000):
     head[0] = BufferedCounter(head[0], "c")

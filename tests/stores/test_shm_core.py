@@ -1,4 +1,5 @@
-"""tallies.stores._shm on its own: every offset is checked, bad layouts are refused."""
+"""shm://'s hot path in the extension (Segment, Cell, KeyedCells) on its own:
+every offset is checked, bad layouts are refused."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import mmap
 
 import pytest
 
-from tallies.stores import _shm
+from tallies import _tallies as _shm
 
 SIZE = 4 * 4096
 

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _support import REQUIRE_C
+from _support import INT64_MAX, REQUIRE_C
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tallies.stores import writebehind as wbmod
 from tallies.stores.base import CountOverflowError, FlushError
 from tallies.stores.writebehind import (
-    INT64_MAX,
     Batch,
     Kind,
     Query,

@@ -104,6 +104,14 @@ tl_compare_and_set(tl_cell *c, int64_t expected, int64_t desired)
         c, &expected, desired, memory_order_seq_cst, memory_order_acquire);
 }
 
+/* The checked step of an update: *new_ = old + n (sub=0) or old - n
+ * (sub=1); nonzero, with *new_ unspecified, when that leaves int64. */
+static inline int
+tl_step_overflows(int64_t old, int64_t n, int sub, int64_t *new_)
+{
+    return sub ? TL_SUB_OVERFLOWS(old, n, new_) : TL_ADD_OVERFLOWS(old, n, new_);
+}
+
 /* Add n (sub=0) or subtract n (sub=1).  On success stores the new value in
  * *out and returns TL_OK; on overflow stores the unchanged value in *out and
  * returns TL_OVERFLOW. */
@@ -124,36 +132,31 @@ tl_add(tl_cell *c, int64_t n, int sub, int64_t *out)
 }
 
 /* One CAS attempt: TL_OK, TL_OVERFLOW, or 1 when another writer got there
- * first (contention). */
+ * first (contention; *out is then unspecified). */
 static inline int
 tl_try_add(tl_cell *c, int64_t n, int sub, int64_t *out)
 {
-    int64_t old = atomic_load_explicit(c, memory_order_relaxed), new_;
-    if (TL_UNLIKELY(sub ? TL_SUB_OVERFLOWS(old, n, &new_)
-                        : TL_ADD_OVERFLOWS(old, n, &new_))) {
+    int64_t old = atomic_load_explicit(c, memory_order_relaxed);
+    if (TL_UNLIKELY(tl_step_overflows(old, n, sub, out))) {
         *out = old;
         return TL_OVERFLOW;
     }
-    if (atomic_compare_exchange_strong_explicit(
-            c, &old, new_, memory_order_seq_cst, memory_order_relaxed)) {
-        *out = new_;
-        return TL_OK;
-    }
-    return 1;
+    return atomic_compare_exchange_strong_explicit(c, &old, *out, memory_order_seq_cst,
+                                                   memory_order_relaxed)
+               ? TL_OK
+               : 1;
 }
 
 /* The same arithmetic for callers that exclude other writers (the GIL). */
 static inline int
 tl_add_serial(tl_cell *c, int64_t n, int sub, int64_t *out)
 {
-    int64_t old = atomic_load_explicit(c, memory_order_relaxed), new_;
-    if (TL_UNLIKELY(sub ? TL_SUB_OVERFLOWS(old, n, &new_)
-                        : TL_ADD_OVERFLOWS(old, n, &new_))) {
+    int64_t old = atomic_load_explicit(c, memory_order_relaxed);
+    if (TL_UNLIKELY(tl_step_overflows(old, n, sub, out))) {
         *out = old;
         return TL_OVERFLOW;
     }
-    atomic_store_explicit(c, new_, memory_order_relaxed);
-    *out = new_;
+    atomic_store_explicit(c, *out, memory_order_relaxed);
     return TL_OK;
 }
 

@@ -5,7 +5,7 @@
  * Plain C11 over _cells.h (no Python API): keys are opaque pointers with a
  * hash and an equality callback supplied by the includer, so the very same
  * code is compiled into the extension and, under ThreadSanitizer, into a
- * pthread stress (tests/c/stress_ktable.c).
+ * pthread stress (tests/c/stress_keyed.c, run by tests/c/test_keyed_protocol.py).
  *
  * Layout (CPython's compact dict, with the count where the dict keeps a
  * pointer to an int object)

@@ -1,6 +1,6 @@
 /*
- * Argument conversion shared by the tallies extensions (_core, _keyed, _shm):
- * one set of rules and one set of error messages for every counter.
+ * Argument conversion shared by every type of tallies' C core: one set of
+ * rules and one set of error messages for every counter.
  *
  * - An amount is any object with __index__; anything else is a TypeError
  *   naming its type.  A value outside int64 is an OverflowError.  Conversion
@@ -8,7 +8,7 @@
  * - Sums of int64 cells are returned exactly, as a Python int when they do
  *   not fit in an int64.
  *
- * Include after Python.h and _cells.h.
+ * Include after Python.h, _cells.h and _module.h.
  */
 #ifndef TALLIES_PYARGS_H
 #define TALLIES_PYARGS_H
@@ -78,6 +78,42 @@ parse_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
         return -1;
     }
     return to_int64(args[0], fname, n);
+}
+
+/* increment(key, n=1) / decrement(key, n=1), vectorcall form, when there is
+ * more than the key (the hot path, one positional key, needs no parsing).
+ * Out of line: inlined, it costs the hot path registers. */
+static TL_COLD int
+parse_key_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                 const char *fname, PyObject **key, int64_t *n)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'",
+                     fname);
+        return -1;
+    }
+    if (nargs + nkw > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most 2 arguments (%zd given)", fname,
+                     nargs + nkw);
+        return -1;
+    }
+    if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (PyUnicode_CompareWithASCIIString(name, "n") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument '%U'", fname,
+                         name);
+            return -1;
+        }
+    }
+    *key = args[0];
+    if (nargs + nkw == 1) {
+        *n = 1;
+        return 0;
+    }
+    return to_int64(args[1], fname, n);
 }
 
 /* Sum k int64 values exactly, into a Python int if they overflow int64. */

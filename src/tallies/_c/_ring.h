@@ -2,7 +2,7 @@
  * tallies rate ring: events in the last N seconds, exact per bucket.
  *
  * Plain C11 over _cells.h (no Python API), so that it can be compiled into
- * the extension (tallies.rates._core, _c/rate.c) and, unchanged, into a
+ * the extension (_c/rate.c) and, unchanged, into a
  * pthread stress run under ThreadSanitizer (tests/c/stress_ring.c).
  *
  * Buckets and slots

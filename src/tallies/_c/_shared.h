@@ -71,9 +71,10 @@
  * to are kept alive through it, as through any immortal object; nothing is
  * freed early.  A KeyedCounter has no failed CAS to show contention on
  * distinct keys, so keyed.c also counts how often the updating thread
- * changes (TKT_SWITCHES_TO_SHARE; keyed.c's header comment).  Each
- * extension (counter._core, keyed._core) has its own budget of
- * TL_SHARED_MAX objects.  The single-thread cost on 3.13t: a prepared object's refcount
+ * changes (TKT_SWITCHES_TO_SHARE; keyed.c's header comment).  Each C file
+ * that includes this header has its own budget of TL_SHARED_MAX objects (the
+ * statics below): counter.c's for ShardedCounters, keyed.c's for
+ * KeyedCounters.  The single-thread cost on 3.13t: a prepared object's refcount
  * updates are atomic adds instead of plain stores (a few ns per call).
  */
 #ifndef TALLIES_SHARED_H

@@ -1,15 +1,16 @@
 /*
- * tallies.stores._buffered: the counter object of the write-behind scopes
- * (sqlite://, redis://), read stores/writebehind.py first.
+ * buffered.c: BufferedCounter (part of tallies._tallies: _module.h), the
+ * counter object of the write-behind scopes (sqlite://, redis://); read
+ * stores/writebehind.py first.
  *
  * A BufferedCounter is the pending delta of one counter name in this
- * process: ShardedCounter's striped cells (_cells.h), updated exactly as
- * ShardedCounter updates them, plus a reference to its owner (the
- * WriteBehind) and its name.  increment/decrement never leave C and never do
- * I/O; value(), reset(), repr and pickling ask the owner, which adds the
- * stored value.  The flusher takes the deltas out with _take() (every cell
- * exchanged with 0: each update lands in exactly one _take() result or stays
- * for the next).
+ * process: ShardedCounter's striped cells (_cells.h), updated by the same
+ * code (_counter_methods.h: the methods are generated from Buffered_update),
+ * plus a reference to its owner (the WriteBehind) and its name.
+ * increment/decrement never leave C and never do I/O; value(), reset(), repr
+ * and pickling ask the owner, which adds the stored value.  The flusher takes
+ * the deltas out with _take() (every cell exchanged with 0: each update lands
+ * in exactly one _take() result or stays for the next).
  *
  * Why a type of its own rather than a Python subclass of ShardedCounter:
  * CPython specialises a call of a C method only when the object's type is
@@ -29,17 +30,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <unistd.h>
 
 #include "_cells.h"
 #include "_gate.h"
+#include "_module.h"
 #include "_pyargs.h"
-
-#ifdef Py_GIL_DISABLED
-#define STRIPED_ADD tl_striped_add
-#else
-#define STRIPED_ADD tl_striped_add_serial
-#endif
+#include "_counter_methods.h"
 
 #define MODE_BUFFERED 0
 #define MODE_WRITE_THROUGH 1
@@ -53,15 +49,13 @@ typedef struct {
     _Atomic int mode;
 } CellObject;
 
-static uint32_t n_cpus = 1;
-
 static inline int
 cell_mode(CellObject *self)
 {
     return atomic_load_explicit(&self->mode, memory_order_relaxed);
 }
 
-#ifdef Py_GIL_DISABLED
+#if TL_FREE_THREADED
 static tl_gate_flight in_flight __attribute__((aligned(TL_LINE))); /* _gate.h */
 #endif
 
@@ -79,7 +73,7 @@ Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL) {
         return NULL;
     }
-    tl_striped_init(&self->s, 0, n_cpus);
+    tl_striped_init(&self->s, 0, tl_cpus);
     self->owner = Py_NewRef(owner);
     self->name = Py_NewRef(name);
     atomic_init(&self->mode, write_through ? MODE_WRITE_THROUGH : MODE_BUFFERED);
@@ -108,13 +102,10 @@ Cell_clear(CellObject *self)
 static void
 Cell_dealloc(CellObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     Py_TRASHCAN_BEGIN(self, Cell_dealloc)
-    Cell_clear(self);
     tl_striped_free(&self->s);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    tl_dealloc((PyObject *)self, (inquiry)Cell_clear, NULL);
     Py_TRASHCAN_END
 }
 
@@ -136,81 +127,50 @@ closed_error(CellObject *self)
     return NULL;
 }
 
-/* After an update that succeeded: nothing, or the write-through flush. */
-static PyObject *
-after_update(CellObject *self)
+/* Everything but a GIL build's plain add to an open buffered counter: the
+ * gate (free-threaded), a closed store, overflow, the write-through flush. */
+static int
+Buffered_update_slow(CellObject *self, int64_t n, int sub, const char *op)
 {
-    if (cell_mode(self) == MODE_WRITE_THROUGH && self->owner != NULL) {
-        PyObject *r = PyObject_CallMethod(self->owner, "flush", NULL);
-        if (r == NULL) {
-            return NULL;
-        }
-        Py_DECREF(r);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-cell_update(CellObject *self, int64_t n, int sub, const char *op)
-{
-#ifdef Py_GIL_DISABLED
+#if TL_FREE_THREADED
     _Atomic long *passed = tl_gate_enter(&in_flight, &self->mode, MODE_CLOSED);
     if (TL_UNLIKELY(passed == NULL)) {
-        return closed_error(self);
+        closed_error(self);
+        return -1;
     }
-    int r = STRIPED_ADD(&self->s, n, sub);
+    int r = tl_striped_update((PyObject *)self, &self->s, n, sub);
     tl_gate_leave(passed);
 #else
     if (TL_UNLIKELY(cell_mode(self) == MODE_CLOSED)) {
-        return closed_error(self);
+        closed_error(self);
+        return -1;
     }
-    int r = STRIPED_ADD(&self->s, n, sub);
+    int r = tl_striped_update((PyObject *)self, &self->s, n, sub);
 #endif
-    if (TL_LIKELY(r == TL_OK)) {
-        return after_update(self);
+    if (TL_UNLIKELY(r != TL_OK)) {
+        return tl_update_failed(r, op, n, "this process's pending delta");
     }
-    if (r == TL_NOMEM) {
-        return PyErr_NoMemory();
+    if (cell_mode(self) == MODE_WRITE_THROUGH && self->owner != NULL) {
+        PyObject *res = PyObject_CallMethod(self->owner, "flush", NULL);
+        if (res == NULL) {
+            return -1;
+        }
+        Py_DECREF(res);
     }
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move this process's pending delta outside the "
-                 "signed 64-bit range; nothing was changed",
-                 op, (long long)n);
-    return NULL;
+    return 0;
 }
 
-static PyObject *
-Cell_increment(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
+/* The update of increment, decrement, += and -= (_counter_methods.h). */
+static TL_ALWAYS_INLINE int
+Buffered_update(CellObject *self, int64_t n, int sub, const char *op)
 {
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
-            return NULL;
-        }
+    if (TL_LIKELY(cell_mode(self) == MODE_BUFFERED) && tl_striped_fast(&self->s, n, sub)) {
+        return 0;
     }
-#ifndef Py_GIL_DISABLED
-    int64_t ignored;
-    if (TL_LIKELY(cell_mode(self) == MODE_BUFFERED) &&
-        TL_LIKELY(tl_add_serial(&self->s.base, n, 0, &ignored) == TL_OK)) {
-        Py_RETURN_NONE;
-    }
-#endif
-    return cell_update(self, n, 0, "increment");
+    return Buffered_update_slow(self, n, sub, op);
 }
 
-static PyObject *
-Cell_decrement(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
-{
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
-            return NULL;
-        }
-    }
-    return cell_update(self, n, 1, "decrement");
-}
+TL_COUNTER_UPDATE_METHODS(Buffered, CellObject)
 
 static PyObject *
 Cell_value(CellObject *self, PyObject *Py_UNUSED(ignored))
@@ -230,26 +190,12 @@ Cell_reset(CellObject *self, PyObject *Py_UNUSED(ignored))
     return ask_owner(self, "_cell_reset");
 }
 
-static PyObject *
-Cell_take(CellObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int64_t vals[TL_MAX_SLOTS + 1];
-    uint32_t k = tl_striped_drain(&self->s, vals);
-    return sum_to_pylong(vals, (Py_ssize_t)k);
-}
-
-static PyObject *
-Cell_pending(CellObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int64_t vals[TL_MAX_SLOTS + 1];
-    uint32_t k = tl_striped_collect(&self->s, vals);
-    return sum_to_pylong(vals, (Py_ssize_t)k);
-}
+TL_STRIPED_METHODS(Buffered, CellObject) /* _pending() is Buffered_sum, _take() Buffered_take */
 
 static PyObject *
 Cell_close(CellObject *self, PyObject *Py_UNUSED(ignored))
 {
-#ifdef Py_GIL_DISABLED
+#if TL_FREE_THREADED
     tl_gate_close(&in_flight, &self->mode, MODE_CLOSED);
 #else
     atomic_store_explicit(&self->mode, MODE_CLOSED, memory_order_relaxed);
@@ -285,34 +231,9 @@ Cell_repr(CellObject *self)
 }
 
 static PyObject *
-Cell_inplace(PyObject *self, PyObject *other, int sub)
-{
-    int64_t n;
-    const char *op = sub ? "-=" : "+=";
-    if (to_int64(other, op, &n) < 0) {
-        return NULL;
-    }
-    PyObject *r = cell_update((CellObject *)self, n, sub, op);
-    if (r == NULL) {
-        return NULL;
-    }
-    Py_DECREF(r);
-    return Py_NewRef(self);
-}
-
-static PyObject *Cell_iadd(PyObject *a, PyObject *b) { return Cell_inplace(a, b, 0); }
-static PyObject *Cell_isub(PyObject *a, PyObject *b) { return Cell_inplace(a, b, 1); }
-
-static PyObject *
 Cell_get_name(CellObject *self, void *Py_UNUSED(closure))
 {
     return Py_NewRef(self->name);
-}
-
-static PyObject *
-Cell_get_inflated(CellObject *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(tl_striped_inflated(&self->s));
 }
 
 static PyObject *
@@ -321,21 +242,19 @@ Cell_get_closed(CellObject *self, void *Py_UNUSED(closure))
     return PyBool_FromLong(cell_mode(self) == MODE_CLOSED);
 }
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
-
 static PyMethodDef Cell_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))Cell_increment, FASTKW,
+    {"increment", (PyCFunction)(void (*)(void))Buffered_increment, FASTKW,
      "increment(n=1) -> None\n\nAdd n (default 1) to this process's pending delta."},
-    {"decrement", (PyCFunction)(void (*)(void))Cell_decrement, FASTKW,
+    {"decrement", (PyCFunction)(void (*)(void))Buffered_decrement, FASTKW,
      "decrement(n=1) -> None\n\nSubtract n (default 1)."},
     {"value", (PyCFunction)Cell_value, METH_NOARGS,
      "value() -> int\n\nThe stored value plus this process's pending delta."},
     {"reset", (PyCFunction)Cell_reset, METH_NOARGS,
      "reset() -> int\n\nZero the stored value and this process's pending delta in "
      "one transaction; return their sum."},
-    {"_take", (PyCFunction)Cell_take, METH_NOARGS,
+    {"_take", (PyCFunction)Buffered_take, METH_NOARGS,
      "Exchange every cell with 0; the sum taken (the flusher's)."},
-    {"_pending", (PyCFunction)Cell_pending, METH_NOARGS,
+    {"_pending", (PyCFunction)Buffered_sum, METH_NOARGS,
      "The sum of the cells (this process's unflushed delta)."},
     {"_close", (PyCFunction)Cell_close, METH_NOARGS, "Refuse updates from now on."},
     {"__reduce__", (PyCFunction)Cell_reduce, METH_NOARGS, NULL},
@@ -344,7 +263,7 @@ static PyMethodDef Cell_methods[] = {
 
 static PyGetSetDef Cell_getset[] = {
     {"name", (getter)Cell_get_name, NULL, "The counter's name.", NULL},
-    {"inflated", (getter)Cell_get_inflated, NULL,
+    {"inflated", (getter)Buffered_inflated, NULL,
      "True once contention made the cells stripe.", NULL},
     {"closed", (getter)Cell_get_closed, NULL, "True once its store closed.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -361,8 +280,8 @@ static PyType_Slot Cell_slots[] = {
     {Py_tp_getset, Cell_getset},
     {Py_tp_repr, Cell_repr},
     {Py_nb_int, Cell_int},
-    {Py_nb_inplace_add, Cell_iadd},
-    {Py_nb_inplace_subtract, Cell_isub},
+    {Py_nb_inplace_add, Buffered_iadd},
+    {Py_nb_inplace_subtract, Buffered_isub},
     {0, NULL},
 };
 
@@ -371,45 +290,8 @@ static PyType_Spec Cell_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Cell_slots,
 };
 
-static int
-buffered_exec(PyObject *m)
+int
+tl_buffered_exec(PyObject *m)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    n_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
-    PyObject *tp = PyType_FromModuleAndSpec(m, &Cell_spec, NULL);
-    if (tp == NULL) {
-        return -1;
-    }
-    int r = PyModule_AddType(m, (PyTypeObject *)tp);
-    Py_DECREF(tp);
-    return r;
-}
-
-static PyModuleDef_Slot buffered_slots[] = {
-    {Py_mod_exec, buffered_exec},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
-
-static struct PyModuleDef buffered_module = {
-    PyModuleDef_HEAD_INIT,
-    "tallies.stores._buffered",
-    "The counter object of tallies' write-behind stores (see writebehind.py).",
-    0,
-    NULL,
-    buffered_slots,
-    NULL,
-    NULL,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__buffered(void)
-{
-    return PyModuleDef_Init(&buffered_module);
+    return tl_add_type(m, &Cell_spec, TL_BUFFERED_COUNTER, 1) == NULL ? -1 : 0;
 }

@@ -1,33 +1,37 @@
 /*
- * tallies.counter._core: Counter and ShardedCounter, thin Python types over the cell
- * engine in _cells.h (read that header first).
+ * counter.c: Counter and ShardedCounter (part of tallies._tallies: _module.h),
+ * thin Python types over the cell engine in _cells.h (read that header first).
  *
  * With a GIL every method runs start to finish while holding it, so the cells
  * are updated with the engine's `_serial` arithmetic (a plain load and store:
  * as cheap as the `l.clear()` floor allows).  With Py_GIL_DISABLED the same
  * methods use the engine's atomic compare-and-swap loops, and the module says
  * so to the interpreter with Py_MOD_GIL_NOT_USED.  Arguments are converted to
- * int64 before a cell is touched, so a bad argument changes nothing.
+ * int64 before a cell is touched, so a bad argument changes nothing.  The
+ * update methods (increment, decrement, +=, -=) are generated from each
+ * type's *_update by _counter_methods.h, which BufferedCounter and the shm://
+ * Cell use too.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pythread.h>
 #include <structmember.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "_cells.h"
+#include "_module.h"
 #include "_pyargs.h"
 #include "_shared.h"
+/* A ShardedCounter's first contention: 3.13t stops refcounting it (_shared.h). */
+#define TL_ON_CONTENTION(owner) tl_share_widely(owner)
+#include "_counter_methods.h"
 
 /* ---- errors and pickling ------------------------------------------------ */
 
-#ifdef Py_GIL_DISABLED
+#if TL_FREE_THREADED
 #define CELL_ADD tl_add
-#define STRIPED_ADD tl_striped_add
 #else
 #define CELL_ADD tl_add_serial
-#define STRIPED_ADD tl_striped_add_serial
 #endif
 
 static PyObject *
@@ -233,50 +237,23 @@ Counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void
 Counter_dealloc(CounterObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (PyType_HasFeature(tp, Py_TPFLAGS_HAVE_GC)) {
-        PyObject_GC_UnTrack(self);
-    }
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs((PyObject *)self);
-    }
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    tl_dealloc((PyObject *)self, NULL, &self->weakreflist);
 }
 
-static PyObject *
-Counter_increment(CounterObject *self, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames)
+/* The update of increment, decrement, += and -= (_counter_methods.h). */
+static TL_ALWAYS_INLINE int
+Counter_update(CounterObject *self, int64_t n, int sub, const char *op)
 {
-    int64_t n = 1, v;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
-            return NULL;
-        }
-    }
-    if (TL_UNLIKELY(CELL_ADD(&self->value, n, 0, &v) != TL_OK)) {
-        return overflow_result("increment", n, v);
+    int64_t v;
+    if (TL_UNLIKELY(CELL_ADD(&self->value, n, sub, &v) != TL_OK)) {
+        overflow_result(op, n, v);
+        return -1;
     }
     AFTER_UPDATE(self, v);
-    Py_RETURN_NONE;
+    return 0;
 }
 
-static PyObject *
-Counter_decrement(CounterObject *self, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames)
-{
-    int64_t n = 1, v;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
-            return NULL;
-        }
-    }
-    if (TL_UNLIKELY(CELL_ADD(&self->value, n, 1, &v) != TL_OK)) {
-        return overflow_result("decrement", n, v);
-    }
-    AFTER_UPDATE(self, v);
-    Py_RETURN_NONE;
-}
+TL_COUNTER_UPDATE_METHODS(Counter, CounterObject)
 
 static PyObject *
 Counter_add(CounterObject *self, PyObject *arg)
@@ -456,22 +433,6 @@ Counter_reduce(CounterObject *self, PyObject *Py_UNUSED(ignored))
     return reduce_with_value((PyObject *)self, Counter_int(self));
 }
 
-static PyObject *
-Counter_inplace(PyObject *self, PyObject *other, int sub)
-{
-    int64_t n, v;
-    const char *op = sub ? "-=" : "+=";
-    if (to_int64(other, op, &n) < 0) {
-        return NULL;
-    }
-    CounterObject *c = (CounterObject *)self;
-    if (CELL_ADD(&c->value, n, sub, &v) != TL_OK) {
-        return overflow_result(op, n, v);
-    }
-    AFTER_UPDATE(c, v);
-    return Py_NewRef(self);
-}
-
 /* ---- ShardedCounter ----------------------------------------------------- */
 
 typedef struct {
@@ -479,8 +440,6 @@ typedef struct {
     tl_striped s;
     PyObject *weakreflist;
 } ShardedObject;
-
-static uint32_t n_cpus = 1;
 
 static PyObject *
 Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -499,7 +458,7 @@ Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL) {
         return NULL;
     }
-    tl_striped_init(&self->s, v, n_cpus);
+    tl_striped_init(&self->s, v, tl_cpus);
     tl_share_prepare((PyObject *)self); /* 3.13t: see _shared.h */
     return (PyObject *)self;
 }
@@ -507,114 +466,44 @@ Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void
 Sharded_dealloc(ShardedObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs((PyObject *)self);
-    }
     tl_striped_free(&self->s);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    tl_dealloc((PyObject *)self, NULL, &self->weakreflist);
 }
 
-static PyObject *
-sharded_update(ShardedObject *self, int64_t n, int sub, const char *op)
+/* Everything but a GIL build's plain add: contention, overflow, no memory. */
+static int
+Sharded_update_slow(ShardedObject *self, int64_t n, int sub, const char *op)
 {
-#if TL_SHARE_WIDELY
-    /* tl_striped_add, spelled out to see the first contention (a failed CAS
-     * on the base of a counter not yet inflated): that is when the object
-     * stops being reference counted (_shared.h). */
-    int r;
-    if (TL_LIKELY(atomic_load_explicit(&self->s.cells, memory_order_relaxed) != NULL)) {
-        r = tl_striped_add_slow(&self->s, n, sub);
-    }
-    else {
-        int64_t ignored;
-        r = tl_try_add(&self->s.base, n, sub, &ignored);
-        if (r > 0) {
-            tl_share_widely((PyObject *)self);
-            r = tl_striped_add_slow(&self->s, n, sub);
-        }
-    }
-#else
-    int r = STRIPED_ADD(&self->s, n, sub);
-#endif
+    int r = tl_striped_update((PyObject *)self, &self->s, n, sub);
     if (TL_LIKELY(r == TL_OK)) {
-        Py_RETURN_NONE;
+        return 0;
     }
-    if (r == TL_NOMEM) {
-        return PyErr_NoMemory();
-    }
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move a stripe of the counter outside the "
-                 "signed 64-bit range; nothing was changed",
-                 op, (long long)n);
-    return NULL;
+    return tl_update_failed(r, op, n, "a stripe of the counter");
 }
 
-static PyObject *
-Sharded_increment(ShardedObject *self, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames)
+/* The update of increment, decrement, += and -= (_counter_methods.h). */
+static TL_ALWAYS_INLINE int
+Sharded_update(ShardedObject *self, int64_t n, int sub, const char *op)
 {
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
-            return NULL;
-        }
+    if (tl_striped_fast(&self->s, n, sub)) {
+        return 0;
     }
-#ifndef Py_GIL_DISABLED
-    int64_t ignored;
-    if (TL_LIKELY(tl_add_serial(&self->s.base, n, 0, &ignored) == TL_OK)) {
-        Py_RETURN_NONE;
-    }
-#endif
-    return sharded_update(self, n, 0, "increment");
+    return Sharded_update_slow(self, n, sub, op);
 }
 
-static PyObject *
-Sharded_decrement(ShardedObject *self, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames)
-{
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
-            return NULL;
-        }
-    }
-    return sharded_update(self, n, 1, "decrement");
-}
-
-static PyObject *
-Sharded_value(ShardedObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int64_t vals[TL_MAX_SLOTS + 1];
-    uint32_t k = tl_striped_collect(&self->s, vals);
-    return sum_to_pylong(vals, (Py_ssize_t)k);
-}
-
-static PyObject *
-Sharded_reset(ShardedObject *self, PyObject *Py_UNUSED(ignored))
-{
-    int64_t vals[TL_MAX_SLOTS + 1];
-    uint32_t k = tl_striped_drain(&self->s, vals);
-    return sum_to_pylong(vals, (Py_ssize_t)k);
-}
+TL_COUNTER_UPDATE_METHODS(Sharded, ShardedObject)
+TL_STRIPED_METHODS(Sharded, ShardedObject) /* value() is Sharded_sum, reset() Sharded_take */
 
 static PyObject *
 Sharded_int(ShardedObject *self)
 {
-    return Sharded_value(self, NULL);
-}
-
-static PyObject *
-Sharded_inflated(ShardedObject *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(tl_striped_inflated(&self->s));
+    return Sharded_sum(self, NULL);
 }
 
 static PyObject *
 Sharded_repr(ShardedObject *self)
 {
-    PyObject *v = Sharded_value(self, NULL);
+    PyObject *v = Sharded_sum(self, NULL);
     if (v == NULL) {
         return NULL;
     }
@@ -626,39 +515,10 @@ Sharded_repr(ShardedObject *self)
 static PyObject *
 Sharded_reduce(ShardedObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return reduce_with_value((PyObject *)self, Sharded_value(self, NULL));
+    return reduce_with_value((PyObject *)self, Sharded_sum(self, NULL));
 }
 
-static PyObject *
-Sharded_inplace(PyObject *self, PyObject *other, int sub)
-{
-    int64_t n;
-    const char *op = sub ? "-=" : "+=";
-    if (to_int64(other, op, &n) < 0) {
-        return NULL;
-    }
-    PyObject *r = sharded_update((ShardedObject *)self, n, sub, op);
-    if (r == NULL) {
-        return NULL;
-    }
-    Py_DECREF(r);
-    return Py_NewRef(self);
-}
-
-/* ---- type specs and module ---------------------------------------------- */
-
-typedef struct {
-    PyTypeObject *Counter;
-    PyTypeObject *ShardedCounter;
-} module_state;
-
-/* In-place slots run only with one of our instances on the left. */
-static PyObject *Counter_iadd(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 0); }
-static PyObject *Counter_isub(PyObject *a, PyObject *b) { return Counter_inplace(a, b, 1); }
-static PyObject *Sharded_iadd(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 0); }
-static PyObject *Sharded_isub(PyObject *a, PyObject *b) { return Sharded_inplace(a, b, 1); }
-
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+/* ---- type specs and the module exec ------------------------------------- */
 
 static PyMethodDef Counter_methods[] = {
     {"increment", (PyCFunction)(void (*)(void))Counter_increment, FASTKW,
@@ -716,9 +576,9 @@ static PyMethodDef Sharded_methods[] = {
      "increment(n=1) -> None\n\nAdd n (default 1)."},
     {"decrement", (PyCFunction)(void (*)(void))Sharded_decrement, FASTKW,
      "decrement(n=1) -> None\n\nSubtract n (default 1)."},
-    {"value", (PyCFunction)Sharded_value, METH_NOARGS,
+    {"value", (PyCFunction)Sharded_sum, METH_NOARGS,
      "value() -> int\n\nThe sum of the cells; not a snapshot while others write."},
-    {"reset", (PyCFunction)Sharded_reset, METH_NOARGS,
+    {"reset", (PyCFunction)Sharded_take, METH_NOARGS,
      "reset() -> int\n\nZero every cell and return what was taken."},
     {"__reduce__", (PyCFunction)Sharded_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -757,92 +617,28 @@ static PyType_Spec Sharded_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Sharded_slots,
 };
 
-static int
-core_exec(PyObject *m)
-{
-    module_state *st = PyModule_GetState(m);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    n_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
-    tl_shared_configure();
-
-    st->Counter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Counter_spec, NULL);
-    if (st->Counter == NULL || PyModule_AddType(m, st->Counter) < 0) {
-        return -1;
-    }
-    st->ShardedCounter =
-        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Sharded_spec, NULL);
-    if (st->ShardedCounter == NULL || PyModule_AddType(m, st->ShardedCounter) < 0) {
-        return -1;
-    }
-#ifdef Py_GIL_DISABLED
-    int ft = 1;
-#else
-    int ft = 0;
-#endif
-    if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
-        PyModule_AddIntConstant(m, "CPU_SLOTS", (long)n_cpus) < 0 ||
-        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0) {
-        return -1;
-    }
-    return 0;
-}
-
-static int
-core_traverse(PyObject *m, visitproc visit, void *arg)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_VISIT(st->Counter);
-    Py_VISIT(st->ShardedCounter);
-    return 0;
-}
-
-static int
-core_clear(PyObject *m)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_CLEAR(st->Counter);
-    Py_CLEAR(st->ShardedCounter);
-    return 0;
-}
-
 static PyObject *
-core_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+counter_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromLong(tl_shared_remaining());
 }
 
-static PyMethodDef core_methods[] = {
-    {"_shared_remaining", core_shared_remaining, METH_NOARGS,
+static PyMethodDef counter_functions[] = {
+    {"_shared_remaining", counter_shared_remaining, METH_NOARGS,
      "How many more contended ShardedCounters this process may make immortal "
      "(free-threaded 3.13 only; always 0 elsewhere; see _c/_shared.h)."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyModuleDef_Slot core_slots[] = {
-    {Py_mod_exec, core_exec},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
-
-static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT,
-    "tallies.counter._core",
-    "The C core of tallies: exact atomic counters over the cell engine.",
-    sizeof(module_state),
-    core_methods,
-    core_slots,
-    core_traverse,
-    core_clear,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__core(void)
+int
+tl_counter_exec(PyObject *m)
 {
-    return PyModuleDef_Init(&core_module);
+    tl_shared_configure();
+    if (tl_add_type(m, &Counter_spec, TL_COUNTER, 1) == NULL ||
+        tl_add_type(m, &Sharded_spec, TL_SHARDED_COUNTER, 1) == NULL ||
+        PyModule_AddFunctions(m, counter_functions) < 0 ||
+        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0) {
+        return -1;
+    }
+    return 0;
 }

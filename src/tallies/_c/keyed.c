@@ -1,5 +1,6 @@
 /*
- * tallies.keyed._core: the C type under tallies.KeyedCounter.
+ * keyed.c: the C type under tallies.KeyedCounter (part of tallies._tallies:
+ * _module.h).
  *
  * The type (named tallies.keyed.KeyedCounter) owns a hash table of its own
  * (_ktable.h: read its header comment for the layout and for the
@@ -33,11 +34,11 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include <unistd.h>
-
 #include "_cells.h"
+#include "_module.h"
 #include "_pyargs.h"
 #include "_shared.h"
+#include "_counter_methods.h"
 
 /* ---- the table's configuration (see _ktable.h) --------------------------- */
 
@@ -97,41 +98,7 @@ static inline Py_ssize_t digits_of(int64_t v);
 #endif
 static inline void count_fill(PyObject *r, int64_t v);
 
-/* ---- arguments (the shared rules are in _pyargs.h) ---------------------- */
-
-/* increment(key, n=1) / decrement(key, n=1), vectorcall form. */
-static int
-parse_key_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                 const char *fname, PyObject **key, int64_t *n)
-{
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs < 1) {
-        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'",
-                     fname);
-        return -1;
-    }
-    if (nargs + nkw > 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most 2 arguments (%zd given)", fname,
-                     nargs + nkw);
-        return -1;
-    }
-    if (nkw == 1) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
-        if (PyUnicode_CompareWithASCIIString(name, "n") != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument '%U'", fname,
-                         name);
-            return -1;
-        }
-    }
-    *key = args[0];
-    if (nargs + nkw == 1) {
-        *n = 1;
-        return 0;
-    }
-    return to_int64(args[1], fname, n);
-}
+/* ---- errors (the argument rules are in _pyargs.h) ------------------------- */
 
 static PyObject *
 overflow_result(const char *op, int64_t n, PyObject *key, int64_t current)
@@ -451,35 +418,23 @@ keyed_step(KeyedObject *self, PyObject *key, int sub)
     return keyed_add(self, key, 1, sub, sub ? "decrement" : "increment");
 }
 
-static PyObject *
-Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
+/* increment(key, n=1) and decrement(key, n=1) (_counter_methods.h). */
+static TL_ALWAYS_INLINE PyObject *
+Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, int sub, const char *op)
 {
     PyObject *key;
     int64_t n;
     if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
-        return keyed_step(self, args[0], 0);
+        return keyed_step(self, args[0], sub);
     }
-    if (parse_key_amount(args, nargs, kwnames, "increment", &key, &n) < 0) {
+    if (parse_key_amount(args, nargs, kwnames, op, &key, &n) < 0) {
         return NULL;
     }
-    return keyed_add(self, key, n, 0, "increment");
+    return keyed_add(self, key, n, sub, op);
 }
 
-static PyObject *
-Keyed_decrement(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
-{
-    PyObject *key;
-    int64_t n;
-    if (TL_LIKELY(nargs == 1 && kwnames == NULL)) {
-        return keyed_step(self, args[0], 1);
-    }
-    if (parse_key_amount(args, nargs, kwnames, "decrement", &key, &n) < 0) {
-        return NULL;
-    }
-    return keyed_add(self, key, n, 1, "decrement");
-}
+TL_KEYED_UPDATE_METHODS(Keyed, KeyedObject)
 
 /* The count of key: 1 (found), 0 (absent: *v = 0), -1 error. */
 static int
@@ -1436,7 +1391,7 @@ static PyType_Slot SnapIter_slots[] = {
 };
 
 static PyType_Spec SnapIter_spec = {
-    "tallies.keyed._core._SnapshotIterator", sizeof(SnapIterObject), 0,
+    "tallies._tallies._SnapshotIterator", sizeof(SnapIterObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     SnapIter_slots,
 };
@@ -2173,8 +2128,6 @@ count_type_init(PyObject *m)
     return PyModule_AddObjectRef(m, "Count", (PyObject *)count_type);
 }
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
-
 static PyMethodDef Keyed_methods[] = {
     {"increment", (PyCFunction)(void (*)(void))Keyed_increment, FASTKW,
      "increment(key, n=1) -> None\n\nAdd n (default 1) to key's count."},
@@ -2241,88 +2194,7 @@ static PyType_Spec Keyed_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
 };
 
-/* ---- module --------------------------------------------------------------- */
-
-typedef struct {
-    PyTypeObject *KeyedCounter;
-} module_state;
-
-static int
-keyed_exec(PyObject *m)
-{
-    module_state *st = PyModule_GetState(m);
-    st->KeyedCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
-    if (st->KeyedCounter == NULL || PyModule_AddType(m, st->KeyedCounter) < 0) {
-        return -1;
-    }
-    keyed_exact_type = st->KeyedCounter;
-    tl_shared_configure();
-#if TL_SHARE_WIDELY
-    const char *env = getenv("TALLIES_SHARED_KEYED_BYTES"); /* keyed_share's budget */
-    if (env != NULL && *env != '\0') {
-        char *end = NULL;
-        long long v = strtoll(env, &end, 10);
-        if (end != NULL && *end == '\0' && v >= 0) {
-            keyed_shared_bytes = (int64_t)v;
-        }
-    }
-#endif
-#if TKT_CONCURRENT
-    tkt_set_cpus(sysconf(_SC_NPROCESSORS_ONLN));
-#endif
-    if (count_type_init(m) < 0) {
-        return -1;
-    }
-    if (snapiter_type == NULL) {
-        snapiter_type = (PyTypeObject *)PyType_FromSpec(&SnapIter_spec); /* lives forever */
-        if (snapiter_type == NULL) {
-            return -1;
-        }
-    }
-#ifdef Py_GIL_DISABLED
-    int ft = 1;
-#else
-    int ft = 0;
-#endif
-    if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
-        PyModule_AddIntConstant(m, "SHARES_CONTENDED", TL_SHARE_WIDELY) < 0 ||
-#if TKT_CONCURRENT
-        PyModule_AddIntConstant(m, "HOT_SLOTS", (long)tkt_hot_slots) < 0 ||
-#else
-        PyModule_AddIntConstant(m, "HOT_SLOTS", 0) < 0 ||
-#endif
-        PyModule_AddIntConstant(m, "ENTRY_SIZE", (long)(sizeof(void *) + sizeof(int64_t))) < 0) {
-        return -1;
-    }
-    return 0;
-}
-
-static int
-keyed_traverse(PyObject *m, visitproc visit, void *arg)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_VISIT(st->KeyedCounter);
-    return 0;
-}
-
-static int
-keyed_clear(PyObject *m)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_CLEAR(st->KeyedCounter);
-    return 0;
-}
-
-static PyModuleDef_Slot keyed_slots[] = {
-    {Py_mod_exec, keyed_exec},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
+/* ---- module functions and the module exec --------------------------------- */
 
 static PyObject *
 keyed_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
@@ -2330,7 +2202,7 @@ keyed_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(tl_shared_remaining());
 }
 
-/* _shared_bytes() -> (kept, budget): the bytes the tables of the immortal
+/* _keyed_shared_bytes() -> (kept, budget): the bytes the tables of the immortal
  * KeyedCounters hold now, and keyed_share's budget ((0, 0) where nothing is
  * ever made immortal). */
 static PyObject *
@@ -2365,11 +2237,11 @@ keyed_hot_keys(PyObject *Py_UNUSED(m), PyObject *kc)
 }
 
 static PyMethodDef keyed_functions[] = {
-    {"_shared_remaining", keyed_shared_remaining, METH_NOARGS,
-     "_shared_remaining() -> int: how many more KeyedCounters may become immortal "
+    {"_keyed_shared_remaining", keyed_shared_remaining, METH_NOARGS,
+     "_keyed_shared_remaining() -> int: how many more KeyedCounters may become immortal "
      "(free-threaded 3.13 only; always 0 elsewhere; see _c/_shared.h)."},
-    {"_shared_bytes", keyed_shared_bytes_of, METH_NOARGS,
-     "_shared_bytes() -> (kept, budget): bytes of the tables of the immortal KeyedCounters, "
+    {"_keyed_shared_bytes", keyed_shared_bytes_of, METH_NOARGS,
+     "_keyed_shared_bytes() -> (kept, budget): bytes of the tables of the immortal KeyedCounters, "
      "and the budget past which no more become immortal (free-threaded 3.13 only; (0, 0) "
      "elsewhere; see keyed.c)."},
     {"_hot_keys", keyed_hot_keys, METH_O,
@@ -2380,20 +2252,44 @@ static PyMethodDef keyed_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef keyed_module = {
-    PyModuleDef_HEAD_INIT,
-    "tallies.keyed._core",
-    "The C core of tallies.KeyedCounter: a hash table of int64 counts by key.",
-    sizeof(module_state),
-    keyed_functions,
-    keyed_slots,
-    keyed_traverse,
-    keyed_clear,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__core(void)
+int
+tl_keyed_exec(PyObject *m)
 {
-    return PyModuleDef_Init(&keyed_module);
+    keyed_exact_type = tl_add_type(m, &Keyed_spec, TL_KEYED_COUNTER, 1);
+    if (keyed_exact_type == NULL || PyModule_AddFunctions(m, keyed_functions) < 0) {
+        return -1;
+    }
+    tl_shared_configure();
+#if TL_SHARE_WIDELY
+    const char *env = getenv("TALLIES_SHARED_KEYED_BYTES"); /* keyed_share's budget */
+    if (env != NULL && *env != '\0') {
+        char *end = NULL;
+        long long v = strtoll(env, &end, 10);
+        if (end != NULL && *end == '\0' && v >= 0) {
+            keyed_shared_bytes = (int64_t)v;
+        }
+    }
+#endif
+#if TKT_CONCURRENT
+    tkt_set_cpus((long)tl_cpus);
+#endif
+    if (count_type_init(m) < 0) {
+        return -1;
+    }
+    if (snapiter_type == NULL) {
+        snapiter_type = (PyTypeObject *)PyType_FromSpec(&SnapIter_spec); /* lives forever */
+        if (snapiter_type == NULL) {
+            return -1;
+        }
+    }
+    if (
+#if TKT_CONCURRENT
+        PyModule_AddIntConstant(m, "HOT_SLOTS", (long)tkt_hot_slots) < 0 ||
+#else
+        PyModule_AddIntConstant(m, "HOT_SLOTS", 0) < 0 ||
+#endif
+        PyModule_AddIntConstant(m, "ENTRY_SIZE", (long)(sizeof(void *) + sizeof(int64_t))) < 0) {
+        return -1;
+    }
+    return 0;
 }

@@ -1,5 +1,6 @@
 /*
- * tallies.rates._core: RateCounter and KeyedRateCounter over the ring in
+ * rate.c (part of tallies._tallies: _module.h): RateCounter and
+ * KeyedRateCounter over the ring in
  * _ring.h (read its header comment first: one running total per ring plus a
  * mark per bucket; an increment is a clock read, a compare and one checked
  * add).
@@ -33,7 +34,9 @@
 #endif
 #include "_keyed_cells.h"
 #include "_ring.h"
+#include "_module.h"
 #include "_pyargs.h"
+#include "_counter_methods.h"
 
 #define MAX_WINDOW 1e9 /* seconds: keeps every nanosecond count in int64 */
 #define MIN_RESOLUTION 1e-9
@@ -418,17 +421,24 @@ typedef struct {
     spec sp;
 } RateObject;
 
-static PyObject *
-Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+/* The constructor's arguments, (window=60.0, resolution=1.0, *, clock=None),
+ * as settings; fmt ends with ":" and the type's name (the name in messages). */
+static int
+parse_new_args(PyObject *args, PyObject *kwds, const char *fmt, spec *sp)
 {
     static char *kwlist[] = {"window", "resolution", "clock", NULL};
     PyObject *wobj = NULL, *robj = NULL, *clock = NULL;
-    spec sp;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$O:RateCounter", kwlist, &wobj,
-                                     &robj, &clock)) {
-        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &wobj, &robj, &clock)) {
+        return -1;
     }
-    if (parse_spec("RateCounter", wobj, robj, clock, &sp) < 0) {
+    return parse_spec(strchr(fmt, ':') + 1, wobj, robj, clock, sp);
+}
+
+static PyObject *
+Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    spec sp;
+    if (parse_new_args(args, kwds, "|OO$O:RateCounter", &sp) < 0) {
         return NULL;
     }
     RateObject *self = (RateObject *)type->tp_alloc(type, 0);
@@ -462,12 +472,8 @@ Rate_clear(RateObject *self)
 static void
 Rate_dealloc(RateObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->sp.clock);
     tlr_free(&self->ring);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    tl_dealloc((PyObject *)self, (inquiry)Rate_clear, NULL);
 }
 
 static PyObject *
@@ -480,8 +486,9 @@ rate_overflow(const char *op, int64_t n, int64_t current)
     return NULL;
 }
 
-static inline PyObject *
-rate_add(RateObject *self, int64_t n, int sub, const char *op)
+/* The update of increment and decrement (_counter_methods.h). */
+static TL_ALWAYS_INLINE int
+Rate_update(RateObject *self, int64_t n, int sub, const char *op)
 {
     int64_t v;
     int r;
@@ -491,41 +498,18 @@ rate_add(RateObject *self, int64_t n, int sub, const char *op)
     else {
         instant in;
         if (user_time(&self->sp, &in.tn, &in.slot) < 0) {
-            return NULL;
+            return -1;
         }
         r = tlr_add_slot(&self->ring, in.slot, n, sub, &v);
     }
     if (TL_UNLIKELY(r != TL_OK)) {
-        return rate_overflow(op, n, v);
+        rate_overflow(op, n, v);
+        return -1;
     }
-    Py_RETURN_NONE;
+    return 0;
 }
 
-static PyObject *
-Rate_increment(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
-{
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
-            return NULL;
-        }
-    }
-    return rate_add(self, n, 0, "increment");
-}
-
-static PyObject *
-Rate_decrement(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
-{
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
-            return NULL;
-        }
-    }
-    return rate_add(self, n, 1, "decrement");
-}
+TL_UPDATE_METHODS(Rate, RateObject)
 
 static PyObject *
 rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -627,8 +611,6 @@ get_clock(PyObject *self, void *off)
 
 static PyGetSetDef Rate_getset[] = {SPEC_GETSET(RateObject)};
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
-
 static PyMethodDef Rate_methods[] = {
     {"increment", (PyCFunction)(void (*)(void))Rate_increment, FASTKW,
      "increment(n=1) -> None\n\nCount n events now."},
@@ -690,7 +672,7 @@ static PyType_Slot Ring_slots[] = {
 };
 
 static PyType_Spec Ring_spec = {
-    "tallies.rates._core._Ring", sizeof(RingObject), 0,
+    "tallies._tallies._Ring", sizeof(RingObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Ring_slots,
 };
 
@@ -766,14 +748,8 @@ typedef struct {
 static PyObject *
 KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"window", "resolution", "clock", NULL};
-    PyObject *wobj = NULL, *robj = NULL, *clock = NULL;
     spec sp;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$O:KeyedRateCounter", kwlist, &wobj,
-                                     &robj, &clock)) {
-        return NULL;
-    }
-    if (parse_spec("KeyedRateCounter", wobj, robj, clock, &sp) < 0) {
+    if (parse_new_args(args, kwds, "|OO$O:KeyedRateCounter", &sp) < 0) {
         return NULL;
     }
     KRateObject *self = (KRateObject *)type->tp_alloc(type, 0);
@@ -1004,32 +980,16 @@ maybe_sweep(KRateObject *self, const instant *in)
     return krate_remove(self, in, 0) < 0 ? -1 : 0;
 }
 
-static PyObject *
-krate_update(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
-             PyObject *kwnames, int sub, const char *fname)
+/* increment(key, n=1) and decrement(key, n=1) (_counter_methods.h). */
+static TL_ALWAYS_INLINE PyObject *
+KRate_update_key(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, int sub, const char *fname)
 {
     PyObject *key;
     int64_t n = 1;
-    if (TL_UNLIKELY(nargs != 1 || kwnames != NULL)) {
-        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-        if (nargs < 1) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument 'key'", fname);
-            return NULL;
-        }
-        if (nargs + nkw > 2) {
-            PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)",
-                         fname, nargs + nkw);
-            return NULL;
-        }
-        if (nkw == 1 &&
-            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "n") != 0) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                         fname, PyTuple_GET_ITEM(kwnames, 0));
-            return NULL;
-        }
-        if (nargs + nkw == 2 && to_int64(args[1], fname, &n) < 0) {
-            return NULL;
-        }
+    if (TL_UNLIKELY(nargs != 1 || kwnames != NULL) &&
+        parse_key_amount(args, nargs, kwnames, fname, &key, &n) < 0) {
+        return NULL;
     }
     key = args[0];
     instant in;
@@ -1069,19 +1029,7 @@ krate_update(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
     Py_RETURN_NONE;
 }
 
-static PyObject *
-KRate_increment(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
-{
-    return krate_update(self, args, nargs, kwnames, 0, "increment");
-}
-
-static PyObject *
-KRate_decrement(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
-{
-    return krate_update(self, args, nargs, kwnames, 1, "decrement");
-}
+TL_KEYED_UPDATE_METHODS(KRate, KRateObject)
 
 static PyObject *
 krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -1243,93 +1191,26 @@ static PyType_Spec KRate_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, KRate_slots,
 };
 
-/* ---- module --------------------------------------------------------------- */
+/* ---- the module exec ------------------------------------------------------ */
 
-typedef struct {
-    PyTypeObject *RateCounter;
-    PyTypeObject *KeyedRateCounter;
-    PyTypeObject *Ring;
-} module_state;
-
-static int
-rate_exec(PyObject *m)
+int
+tl_rate_exec(PyObject *m)
 {
-    module_state *st = PyModule_GetState(m);
     struct timespec res;
     if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
         coarse_gran_ns = res.tv_nsec;
     }
-    st->RateCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Rate_spec, NULL);
-    if (st->RateCounter == NULL || PyModule_AddType(m, st->RateCounter) < 0) {
+    if (tl_add_type(m, &Rate_spec, TL_RATE_COUNTER, 1) == NULL ||
+        tl_add_type(m, &KRate_spec, TL_KEYED_RATE_COUNTER, 1) == NULL) {
         return -1;
     }
-    st->KeyedRateCounter = (PyTypeObject *)PyType_FromModuleAndSpec(m, &KRate_spec, NULL);
-    if (st->KeyedRateCounter == NULL || PyModule_AddType(m, st->KeyedRateCounter) < 0) {
+    ring_type = tl_add_type(m, &Ring_spec, TL_RING, 0);
+    if (ring_type == NULL) {
         return -1;
     }
-    st->Ring = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Ring_spec, NULL);
-    if (st->Ring == NULL) {
-        return -1;
-    }
-    ring_type = st->Ring;
-#ifdef Py_GIL_DISABLED
-    int ft = 1;
-#else
-    int ft = 0;
-#endif
-    if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", ft) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_BUCKETS", TLR_MAX_BUCKETS) < 0 ||
+    if (PyModule_AddIntConstant(m, "MAX_BUCKETS", TLR_MAX_BUCKETS) < 0 ||
         PyModule_AddIntConstant(m, "COARSE_GRANULARITY_NS", (long)coarse_gran_ns) < 0) {
         return -1;
     }
     return 0;
-}
-
-static int
-rate_traverse(PyObject *m, visitproc visit, void *arg)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_VISIT(st->RateCounter);
-    Py_VISIT(st->KeyedRateCounter);
-    Py_VISIT(st->Ring);
-    return 0;
-}
-
-static int
-rate_clear(PyObject *m)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_CLEAR(st->RateCounter);
-    Py_CLEAR(st->KeyedRateCounter);
-    Py_CLEAR(st->Ring);
-    return 0;
-}
-
-static PyModuleDef_Slot rate_slots[] = {
-    {Py_mod_exec, rate_exec},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
-
-static struct PyModuleDef rate_module = {
-    PyModuleDef_HEAD_INIT,
-    "tallies.rates._core",
-    "The C core of tallies' rates: RateCounter and KeyedRateCounter.",
-    sizeof(module_state),
-    NULL,
-    rate_slots,
-    rate_traverse,
-    rate_clear,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__core(void)
-{
-    return PyModuleDef_Init(&rate_module);
 }

@@ -1,5 +1,6 @@
 /*
- * tallies.stores._shm: the hot path of counters shared by processes (shm://NAME).
+ * shm.c: the hot path of counters shared by processes (shm://NAME); part of
+ * tallies._tallies (_module.h).
  *
  * Read src/tallies/stores/shm.py first (its design comment), then
  * stores/_shm_segment.py: it owns the segment file, its layout, the name and
@@ -55,7 +56,9 @@
 #include <structmember.h>
 
 #include "_cells.h"
+#include "_module.h"
 #include "_pyargs.h"
+#include "_counter_methods.h"
 
 #define SLAB_FREE 0
 #define SEQ_RETRIES 64
@@ -65,10 +68,7 @@
 static PyObject *
 overflow_result(const char *op, int64_t n)
 {
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move this process's cell of the counter "
-                 "outside the signed 64-bit range; nothing was changed",
-                 op, (long long)n);
+    tl_update_failed(TL_OVERFLOW, op, n, "this process's cell of the counter");
     return NULL;
 }
 
@@ -651,7 +651,7 @@ static PyType_Slot Segment_slots[] = {
 };
 
 static PyType_Spec Segment_spec = {
-    "tallies.stores._shm.Segment", sizeof(SegmentObject), 0,
+    "tallies._tallies.Segment", sizeof(SegmentObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Segment_slots,
 };
 
@@ -663,7 +663,7 @@ typedef struct {
     Py_ssize_t cell;
 } CellObject;
 
-static PyTypeObject *segment_type, *cell_type;
+static PyTypeObject *segment_type;
 
 static PyObject *
 Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -705,80 +705,30 @@ Cell_clear(CellObject *self)
 static void
 Cell_dealloc(CellObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Cell_clear(self);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    tl_dealloc((PyObject *)self, (inquiry)Cell_clear, NULL);
 }
 
-static inline PyObject *
-cell_update(CellObject *self, int64_t n, int sub, const char *op)
+/* The update of increment, decrement, += and -= (_counter_methods.h). */
+static TL_ALWAYS_INLINE int
+Cell_update(CellObject *self, int64_t n, int sub, const char *op)
 {
     int64_t v;
     if (TL_UNLIKELY(self->seg == NULL)) {
         PyErr_SetString(PyExc_ValueError, "the counter's segment is gone");
-        return NULL;
+        return -1;
     }
     tl_cell *c = seg_own_cell(self->seg, self->cell);
     if (TL_UNLIKELY(c == NULL)) {
-        return NULL;
+        return -1;
     }
     if (TL_UNLIKELY(tl_add(c, n, sub, &v) != TL_OK)) {
-        return overflow_result(op, n);
+        overflow_result(op, n);
+        return -1;
     }
-    Py_RETURN_NONE;
+    return 0;
 }
 
-static PyObject *
-Cell_increment(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
-{
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "increment", &n) < 0) {
-            return NULL;
-        }
-    }
-    return cell_update(self, n, 0, "increment");
-}
-
-static PyObject *
-Cell_decrement(CellObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
-{
-    int64_t n = 1;
-    if (nargs != 0 || kwnames != NULL) {
-        if (parse_amount(args, nargs, kwnames, "decrement", &n) < 0) {
-            return NULL;
-        }
-    }
-    return cell_update(self, n, 1, "decrement");
-}
-
-static PyObject *
-Cell_inplace(PyObject *self, PyObject *other, int sub)
-{
-    int64_t n;
-    const char *op = sub ? "-=" : "+=";
-    if (!PyObject_TypeCheck(self, cell_type)) {
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    if (to_int64(other, op, &n) < 0) {
-        return NULL;
-    }
-    PyObject *r = cell_update((CellObject *)self, n, sub, op);
-    if (r == NULL) {
-        return NULL;
-    }
-    Py_DECREF(r);
-    return Py_NewRef(self);
-}
-
-static PyObject *Cell_iadd(PyObject *a, PyObject *b) { return Cell_inplace(a, b, 0); }
-static PyObject *Cell_isub(PyObject *a, PyObject *b) { return Cell_inplace(a, b, 1); }
-
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+TL_COUNTER_UPDATE_METHODS(Cell, CellObject)
 
 static PyMethodDef Cell_methods[] = {
     {"increment", (PyCFunction)(void (*)(void))Cell_increment, FASTKW,
@@ -808,7 +758,7 @@ static PyType_Slot Cell_slots[] = {
 };
 
 static PyType_Spec Cell_spec = {
-    "tallies.stores._shm.Cell", sizeof(CellObject), 0,
+    "tallies._tallies.Cell", sizeof(CellObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Cell_slots,
 };
 
@@ -883,11 +833,7 @@ Keyed_clear(KeyedObject *self)
 static void
 Keyed_dealloc(KeyedObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Keyed_clear(self);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    tl_dealloc((PyObject *)self, (inquiry)Keyed_clear, NULL);
 }
 
 /* Ask `fn` (register or find) for key's cell and remember it: the cell, -2
@@ -973,9 +919,11 @@ Keyed_get_cells(KeyedObject *self, void *Py_UNUSED(closure))
     return PyDictProxy_New(self->cells);
 }
 
-static PyObject *
-keyed_update(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
-             PyObject *kwnames, int sub, const char *fname)
+/* increment(key, n=1) and decrement(key, n=1) (_counter_methods.h); key
+ * and n may be given by keyword. */
+static TL_ALWAYS_INLINE PyObject *
+Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, int sub, const char *fname)
 {
     static const char *const names[] = {"key", "n"};
     PyObject *slots[2] = {NULL, NULL};
@@ -1043,19 +991,7 @@ keyed_update(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
     Py_RETURN_NONE;
 }
 
-static PyObject *
-Keyed_increment(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
-{
-    return keyed_update(self, args, nargs, kwnames, 0, "increment");
-}
-
-static PyObject *
-Keyed_decrement(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
-{
-    return keyed_update(self, args, nargs, kwnames, 1, "decrement");
-}
+TL_KEYED_UPDATE_METHODS(Keyed, KeyedObject)
 
 static PyMethodDef Keyed_methods[] = {
     {"increment", (PyCFunction)(void (*)(void))Keyed_increment, FASTKW,
@@ -1093,90 +1029,26 @@ static PyType_Slot Keyed_slots[] = {
 };
 
 static PyType_Spec Keyed_spec = {
-    "tallies.stores._shm.KeyedCells", sizeof(KeyedObject), 0,
+    "tallies._tallies.KeyedCells", sizeof(KeyedObject), 0,
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
 };
 
-/* ---- module ------------------------------------------------------------- */
+/* ---- the module exec ------------------------------------------------------ */
 
-typedef struct {
-    PyTypeObject *Segment;
-    PyTypeObject *Cell;
-    PyTypeObject *KeyedCells;
-} module_state;
-
-static int
-shm_exec(PyObject *m)
+int
+tl_shm_exec(PyObject *m)
 {
-    module_state *st = PyModule_GetState(m);
-    st->Segment = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Segment_spec, NULL);
-    if (st->Segment == NULL || PyModule_AddType(m, st->Segment) < 0) {
-        return -1;
-    }
-    st->Cell = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Cell_spec, NULL);
-    if (st->Cell == NULL || PyModule_AddType(m, st->Cell) < 0) {
-        return -1;
-    }
-    st->KeyedCells = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Keyed_spec, NULL);
-    if (st->KeyedCells == NULL || PyModule_AddType(m, st->KeyedCells) < 0) {
+    PyTypeObject *seg = tl_add_type(m, &Segment_spec, TL_SEGMENT, 1);
+    if (seg == NULL || tl_add_type(m, &Cell_spec, TL_CELL, 1) == NULL ||
+        tl_add_type(m, &Keyed_spec, TL_KEYED_CELLS, 1) == NULL) {
         return -1;
     }
     if (segment_type == NULL) {
-        segment_type = st->Segment;
-        cell_type = st->Cell;
+        segment_type = seg;
     }
     if (PyModule_AddIntConstant(m, "SLAB_FREE", SLAB_FREE) < 0 ||
         PyModule_AddIntConstant(m, "LINE", TL_LINE) < 0) {
         return -1;
     }
     return 0;
-}
-
-static int
-shm_traverse(PyObject *m, visitproc visit, void *arg)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_VISIT(st->Segment);
-    Py_VISIT(st->Cell);
-    Py_VISIT(st->KeyedCells);
-    return 0;
-}
-
-static int
-shm_clear(PyObject *m)
-{
-    module_state *st = PyModule_GetState(m);
-    Py_CLEAR(st->Segment);
-    Py_CLEAR(st->Cell);
-    Py_CLEAR(st->KeyedCells);
-    return 0;
-}
-
-static PyModuleDef_Slot shm_slots[] = {
-    {Py_mod_exec, shm_exec},
-#ifdef Py_mod_gil
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
-
-static struct PyModuleDef shm_module = {
-    PyModuleDef_HEAD_INIT,
-    "tallies.stores._shm",
-    "The hot path of tallies' shared-memory counters (see tallies/stores/shm.py).",
-    sizeof(module_state),
-    NULL,
-    shm_slots,
-    shm_traverse,
-    shm_clear,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__shm(void)
-{
-    return PyModuleDef_Init(&shm_module);
 }

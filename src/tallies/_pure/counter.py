@@ -7,55 +7,25 @@ it is just slower.  Error messages match the C core word for word.
 
 from __future__ import annotations
 
-import contextlib
-import copyreg
 import math
-import operator
 import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
+
+from .._common import INT64_MAX, INT64_MIN, instance_state, to_int64
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["CPU_SLOTS", "FREE_THREADED_BUILD", "Counter", "ShardedCounter"]
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 FREE_THREADED_BUILD = 0
 CPU_SLOTS = 1
-
-
-def to_int64(obj: object, fname: str) -> int:
-    """Convert an object with ``__index__`` to an int in the int64 range."""
-    if isinstance(obj, int) or hasattr(type(obj), "__index__"):
-        v = operator.index(obj)  # type: ignore[arg-type]
-    else:
-        raise TypeError(f"{fname}() expects an integer, not {type(obj).__name__!r}")
-    if not INT64_MIN <= v <= INT64_MAX:
-        raise OverflowError(f"{fname}() argument {obj!r} is outside the signed 64-bit range")
-    return v
 
 
 def _overflow(op: str, n: int, current: int) -> OverflowError:
     return OverflowError(
         f"{op}({n}) would move the counter outside the signed 64-bit range; it stays at {current}"
     )
-
-
-def instance_state(obj: object, own: frozenset[str] = frozenset()) -> Any:
-    """What pickle and copy restore on a subclass instance besides its counts:
-    its ``__dict__`` and the values of its ``__slots__`` (the names
-    ``copyreg._slotnames`` gives, less the implementation's own slots ``own``),
-    in the state format they understand: the dict, or ``(dict or None, {slot:
-    value})``; None when there is nothing.  The C core does the same
-    (``subclass_state`` in ``_c/counter.c``)."""
-    state = getattr(obj, "__dict__", None) or None
-    slots = {}
-    for name in copyreg._slotnames(type(obj)):  # type: ignore[attr-defined]
-        if name not in own:
-            with contextlib.suppress(AttributeError):  # a slot never set: skipped
-                slots[name] = getattr(obj, name)
-    return (state, slots) if slots else state
 
 
 _OWN_SLOTS = frozenset({"_lock", "_value", "_waiting", "_cond"})

@@ -1,4 +1,4 @@
-"""The pure-Python KeyedCore: the same per-key primitives as ``tallies.keyed._core``.
+"""The pure-Python KeyedCore: the same per-key primitives as the C KeyedCounter (``_c/keyed.c``).
 
 Used when the extension is unavailable or ``TALLIES_PURE=1``.  A plain dict
 of ints behind one re-entrant lock: every update is exact on every
@@ -6,8 +6,8 @@ interpreter, GIL or not; it is just slower.  The lock is re-entrant so that a
 key whose ``__eq__`` or ``__hash__`` touches the same counter (which runs
 while the lock is held) does not deadlock.  Error messages match the C core.
 
-``KeyedCounter`` here is the public class over this core; ``tallies.keyed``
-picks it or the C one.
+The class users get over this core (the collections.Counter API of
+``tallies.keyed.api`` on top) is ``tallies.keyed.fallback.KeyedCounter``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from collections.abc import Hashable
 from operator import itemgetter
 from typing import Any, SupportsIndex
 
-from ..keyed.api import KeyedCounterMixin
-from .counter import INT64_MAX, INT64_MIN, to_int64
+from .._common import INT64_MAX, INT64_MIN, to_int64
 
-__all__ = ["FREE_THREADED_BUILD", "KeyedCore", "KeyedCounter"]
+__all__ = ["FREE_THREADED_BUILD", "KeyedCore"]
 
 FREE_THREADED_BUILD = 0
 _MISSING: Any = object()
@@ -182,9 +181,3 @@ class KeyedCore:
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._d
-
-
-class KeyedCounter(KeyedCounterMixin, KeyedCore):
-    __slots__ = ()
-    __module__ = "tallies._pure_keyed"  # 0.1.0 pickles name it so
-    __doc__ = KeyedCounterMixin.__doc__

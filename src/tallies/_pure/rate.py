@@ -1,192 +1,38 @@
 """The pure-Python fallback of ``tallies.rates``: the C core's ring, behind a lock.
 
 Same algorithm as ``_c/_ring.h`` (one running total plus a mark per bucket;
-read that header's comment), same bucketing, same error messages.  Every
+read that header's comment), same settings and bucketing (``_Spec``, shared
+with ``shm://`` rates in ``tallies._common``), same error messages.  Every
 operation takes the counter's lock, so it is exact on every interpreter.
 """
 
 from __future__ import annotations
 
-import math
-import operator
 import threading
-import time
 from collections.abc import Callable, Hashable
-from operator import itemgetter
 from typing import Any, SupportsIndex
 
-from .counter import INT64_MAX, INT64_MIN, to_int64
+from .._common import (
+    COARSE_GRANULARITY_NS,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_BUCKETS,
+    NONE,
+    _RateSettings,
+    _Spec,
+    most_common,
+    to_int64,
+)
 
 __all__ = [
     "COARSE_GRANULARITY_NS",
+    "FREE_THREADED_BUILD",
     "MAX_BUCKETS",
     "KeyedRateCounter",
     "RateCounter",
-    "most_common",
 ]
 
-MAX_BUCKETS = 1_000_000
-MAX_WINDOW = 1e9
-MIN_RESOLUTION = 1e-9
-NONE = INT64_MIN  # "no slot"
 FREE_THREADED_BUILD = 0
-
-_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", None)
-COARSE_GRANULARITY_NS = -1
-if _COARSE is not None:
-    try:
-        _res = time.clock_getres(_COARSE)
-        if _res < 1:
-            COARSE_GRANULARITY_NS = round(_res * 1e9)
-    except OSError:  # pragma: no cover
-        _COARSE = None
-
-
-def _seconds(obj: object, fname: str, what: str) -> float:
-    if isinstance(obj, (str, bytes, complex)) or obj is None:
-        raise TypeError(f"{fname}() {what} must be a number of seconds, not {type(obj).__name__!r}")
-    try:
-        return float(obj)  # type: ignore[arg-type]
-    except OverflowError:
-        return math.inf
-    except TypeError:
-        if hasattr(type(obj), "__index__"):
-            try:
-                return float(obj.__index__())  # type: ignore[attr-defined]
-            except OverflowError:
-                return math.inf
-        raise TypeError(
-            f"{fname}() {what} must be a number of seconds, not {type(obj).__name__!r}"
-        ) from None
-
-
-def most_common(
-    self: Any, n: SupportsIndex | None = None, window: float | None = None
-) -> list[tuple[Any, int]]:
-    """The ``n`` keys with the most events in the window (all when ``n`` is None),
-    highest first; ties keep first-counted order; keys at 0 are left out."""
-    k = None
-    if n is not None:
-        if isinstance(n, bool) or not hasattr(type(n), "__index__"):
-            raise TypeError(f"most_common() n must be an integer or None, not {type(n).__name__!r}")
-        k = max(operator.index(n), 0)
-    items = sorted(self.snapshot(window).items(), key=itemgetter(1), reverse=True)
-    return items if k is None else items[:k]
-
-
-def seconds_ns(seconds: float) -> int:
-    """A finite number of seconds in whole nanoseconds, rounded half up, exactly
-    (from the float's exact value, as ``_c/rate.c``'s ``seconds_ns`` does)."""
-    p, q = seconds.as_integer_ratio()
-    return (2 * p * 1_000_000_000 + q) // (2 * q)
-
-
-class _Spec:
-    """The window and resolution, validated and normalised once.
-
-    Both are kept in whole nanoseconds (rounded half up from the float given);
-    the ring has ``ceil(window_ns / res_ns)`` buckets, so it always covers the
-    whole window; ``.window`` and ``.resolution`` report the rounded values.
-    The C core (``parse_spec`` in ``_c/rate.c``) and ``shm://`` (which uses
-    this class) apply the same rule, with the same messages.
-    """
-
-    __slots__ = ("clk", "clock", "nb", "res_ns", "resolution", "window", "window_ns")
-
-    def __init__(self, fname: str, window: object, resolution: object, clock: object) -> None:
-        w = _seconds(window, fname, "window")
-        r = _seconds(resolution, fname, "resolution")
-        if not 0.0 < w <= MAX_WINDOW:
-            raise ValueError(
-                f"{fname}() window must be a number of seconds > 0 and <= 1e9, not {w!r}"
-            )
-        if not MIN_RESOLUTION <= r <= w:
-            raise ValueError(
-                f"{fname}() resolution must be a number of seconds >= 1e-9 and <= "
-                f"the window ({w!r}), not {r!r}"
-            )
-        if clock is not None and not callable(clock):
-            raise TypeError(
-                f"{fname}() clock must be a callable returning seconds, or None, "
-                f"not {type(clock).__name__!r}"
-            )
-        self._set(fname, seconds_ns(w), seconds_ns(r))
-        self.clock: Callable[[], Any] | None = clock
-
-    @classmethod
-    def from_ns(cls, fname: str, window_ns: int, res_ns: int) -> _Spec:
-        """The spec of a rate stored as whole nanoseconds (``shm://``'s meta);
-        ValueError when they are out of range or need too many buckets."""
-        sp = cls.__new__(cls)
-        if not (0 < window_ns <= 10**18 and 1 <= res_ns <= window_ns):
-            raise ValueError(f"{fname}() window {window_ns} ns, resolution {res_ns} ns")
-        sp._set(fname, window_ns, res_ns)
-        sp.clock = None
-        return sp
-
-    def _set(self, fname: str, window_ns: int, res_ns: int) -> None:
-        nb = -(-window_ns // res_ns)
-        if nb > MAX_BUCKETS:
-            raise ValueError(
-                f"{fname}() window / resolution needs {nb} buckets; the limit is {MAX_BUCKETS}"
-            )
-        self.window_ns = window_ns
-        self.res_ns = res_ns
-        self.nb = nb
-        self.window = window_ns / 10**9  # exactly rounded (int / int)
-        self.resolution = res_ns / 10**9
-        coarse = _COARSE is not None and 0 < COARSE_GRANULARITY_NS * 10 <= res_ns
-        self.clk: int = _COARSE if coarse and _COARSE is not None else time.CLOCK_MONOTONIC
-
-    def width(self, window: object, fname: str) -> tuple[float, int]:
-        """(w, w_ns) of a read; None: the configured window."""
-        if window is None:
-            return self.window, self.window_ns
-        w = _seconds(window, fname, "window")
-        if not (0.0 < w <= MAX_WINDOW and seconds_ns(w) <= self.window_ns):
-            raise ValueError(
-                f"{fname}() window must be a number of seconds > 0 and <= {self.window!r}, "
-                f"not {w!r}"
-            )
-        return w, seconds_ns(w)
-
-    def now(self) -> tuple[int, int]:
-        """(ns, slot): the clock in whole nanoseconds and its bucket."""
-        if self.clock is None:
-            ns = time.clock_gettime_ns(self.clk)
-            return ns, ns // self.res_ns
-        v = self.clock()
-        if isinstance(v, (str, bytes)) or v is None:
-            raise TypeError(f"clock() must return a number of seconds, not {type(v).__name__!r}")
-        try:
-            t = float(v)
-        except TypeError:
-            raise TypeError(
-                f"clock() must return a number of seconds, not {type(v).__name__!r}"
-            ) from None
-        except OverflowError:
-            t = math.inf
-        if math.isfinite(t) and abs(t) <= 4e18:
-            ns = seconds_ns(t)
-            slot = ns // self.res_ns
-            if abs(slot) < 4e18:
-                return ns, slot
-        raise ValueError(
-            f"clock() returned {t!r}; expected a finite number of seconds within 4e18 buckets of 0"
-        )
-
-    def first_slot(self, now: tuple[int, int], w_ns: int, latest: int) -> int:
-        """The oldest bucket a read of w_ns counts: the current one and every
-        bucket fully inside (now - w, now], at most ``nb`` of them."""
-        ns, cur = now
-        j = (ns - w_ns) // self.res_ns + 1
-        if latest != NONE and cur < latest:
-            j += latest - cur
-            cur = latest
-        return max(min(j, cur), cur - self.nb + 1)
-
-    def repr_args(self) -> str:
-        return f"window={self.window!r}, resolution={self.resolution!r}"
 
 
 class _Ring:
@@ -233,7 +79,17 @@ class _Ring:
         return old
 
 
-class RateCounter:
+class _Rate(_RateSettings):
+    """What both rate counters of the fallback share besides their settings."""
+
+    __slots__ = ()
+
+    @property
+    def clock(self) -> Callable[[], float] | None:
+        return self._sp.clock
+
+
+class RateCounter(_Rate):
     """Events in the last ``window`` seconds, in buckets of ``resolution`` seconds."""
 
     __slots__ = ("_lock", "_ring", "_sp")
@@ -288,27 +144,11 @@ class RateCounter:
         with self._lock:
             return self._ring.reset(now[1])
 
-    @property
-    def window(self) -> float:
-        return self._sp.window
-
-    @property
-    def resolution(self) -> float:
-        return self._sp.resolution
-
-    @property
-    def buckets(self) -> int:
-        return self._sp.nb
-
-    @property
-    def clock(self) -> Callable[[], float] | None:
-        return self._sp.clock
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._sp.repr_args()}, total={self._ring.total})"
 
 
-class KeyedRateCounter:
+class KeyedRateCounter(_Rate):
     """A RateCounter per key; keys whose buckets all expired are swept away."""
 
     __slots__ = ("_lock", "_next_sweep", "_rings", "_sp")
@@ -417,22 +257,6 @@ class KeyedRateCounter:
         with self._lock:
             self._sweep_locked(now)
             return len(self._rings)
-
-    @property
-    def window(self) -> float:
-        return self._sp.window
-
-    @property
-    def resolution(self) -> float:
-        return self._sp.resolution
-
-    @property
-    def buckets(self) -> int:
-        return self._sp.nb
-
-    @property
-    def clock(self) -> Callable[[], float] | None:
-        return self._sp.clock
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._sp.repr_args()}, keys={len(self._rings)})"

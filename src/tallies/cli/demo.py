@@ -67,10 +67,7 @@ def interpreter_description() -> str:
 
 def implementation_description() -> str:
     """``tallies.IMPLEMENTATION`` with the module it names."""
-    if tallies.IMPLEMENTATION == "c":
-        where = "tallies.counter._core, C"
-    else:
-        where = "tallies._pure, pure Python"
+    where = "tallies._tallies, C" if tallies.IMPLEMENTATION == "c" else "tallies._pure, pure Python"
     return f"{tallies.IMPLEMENTATION} ({where})"
 
 

@@ -11,10 +11,10 @@
 single-key update atomic (see ``tallies.keyed.api`` for how ``kc[key] += n``
 stays exact under threads).  It is not a ``dict``: ``KeyedCounter.__doc__``
 lists what differs from ``collections.Counter`` (``json.dumps(kc.snapshot())``
-serialises it).  The per-key primitives are C
-(``tallies.keyed._core``, from ``_c/keyed.c``) when the extension was built, else
-the pure-Python ``tallies._pure.keyed``; ``TALLIES_PURE=1`` forces the latter.  Both run the
-same Python code for the ``collections.Counter`` API.
+serialises it).  The per-key primitives are C (``_c/keyed.c``) or the
+pure-Python ``tallies._pure.keyed``, as ``tallies._impl`` decides; both run the
+same Python code for the ``collections.Counter`` API (``api.py``; the
+fallback's class is ``fallback.py``).
 
 Free-threading: with ``Py_GIL_DISABLED`` the C core's table (``_c/_ktable.h``,
 read its header comment) looks keys up without a lock, adds to counts
@@ -32,34 +32,19 @@ ThreadSanitizer by ``scripts/ft-tsan``.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
+from .._impl import IMPLEMENTATION, KeyedCore
 from .api import Count, install
 
 __all__ = ["IMPLEMENTATION", "Count", "KeyedCounter"]
 
-IMPLEMENTATION: str
-
-if TYPE_CHECKING:
-    from .._pure.keyed import KeyedCounter
+if TYPE_CHECKING or IMPLEMENTATION != "c":
+    from .fallback import KeyedCounter
 else:
-    _native = None
-    if os.environ.get("TALLIES_PURE") != "1":
-        try:
-            from . import _core as _native
-        except ImportError:
-            _native = None
-
-    if _native is None:
-        from .._pure.keyed import KeyedCounter
-
-        IMPLEMENTATION = "python"
-    else:
-        # The C type itself is the class (not a Python subclass of it), so
-        # that kc.increment(key) takes CPython's fast path for C methods; the
-        # collections.Counter API is installed on it.  Its C __getitem__,
-        # __setitem__ and __delitem__ stay (kc[key] makes the C Count).
-        KeyedCounter = _native.KeyedCounter
-        install(KeyedCounter, skip=frozenset({"__getitem__", "__setitem__", "__delitem__"}))
-        IMPLEMENTATION = "c"
+    # The C type itself is the class (not a Python subclass of it), so that
+    # kc.increment(key) takes CPython's fast path for C methods; the
+    # collections.Counter API is installed on it.  Its C __getitem__,
+    # __setitem__ and __delitem__ stay (kc[key] makes the C Count).
+    KeyedCounter = KeyedCore
+    install(KeyedCounter, skip=frozenset({"__getitem__", "__setitem__", "__delitem__"}))

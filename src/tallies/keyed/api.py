@@ -1,7 +1,7 @@
 """The collections.Counter API of KeyedCounter, written once over a core.
 
-A core (the C ``tallies.keyed._core.KeyedCore`` or the pure
-``tallies._pure.keyed.KeyedCore``) provides exact per-key primitives:
+A core (the C KeyedCounter type of ``_c/keyed.c`` or the pure
+``tallies._pure.keyed.KeyedCore``; ``tallies._impl`` picks) provides exact per-key primitives:
 ``increment``, ``decrement``, ``value``, ``pop``, ``discard``, ``clear`` and a
 few private ones (``_set``, ``_get``, ``_setdefault``, ``_reset_key``,
 ``_prune``, ``_keys``, ``_items``, ``_drain``).  ``KeyedCounterMixin`` builds
@@ -51,7 +51,6 @@ import collections
 import heapq
 import itertools
 import operator
-import os
 import sys
 import types
 from collections.abc import (
@@ -66,7 +65,9 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
-from .._pure.counter import INT64_MAX, INT64_MIN, instance_state, to_int64
+from .._common import INT64_MAX, INT64_MIN, instance_state, to_int64
+from .._impl import Count as _CCount
+from .._impl import make_count as _c_make_count
 
 __all__ = ["Count", "KeyedCounterMixin", "install", "register_kind"]
 
@@ -121,20 +122,12 @@ def _py_make_count(counter: Any, key: Any, v: int) -> int:
     return c
 
 
-# With the C core, Count is its C type (tallies.keyed._core.Count: the tag in
-# C fields, one allocation per kc[key]); both cores then return it, so that
+# With the C core, Count is its C type (the tag in C fields, one allocation
+# per kc[key]); both cores then return it, so that
 # ``type(kc[key]) is tallies.keyed.api.Count`` holds for either.  The Python
 # class above is the fallback's (TALLIES_PURE=1 or no extension).
-Count: Any = _PyCount
-_make_count: Any = _py_make_count
-if os.environ.get("TALLIES_PURE") != "1":
-    try:
-        from . import _core as _native  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        pass
-    else:
-        Count = _native.Count
-        _make_count = _native._make_count
+Count: Any = _PyCount if _CCount is None else _CCount
+_make_count: Any = _py_make_count if _c_make_count is None else _c_make_count
 
 
 # The views iterate over a copy (see __iter__ below) and, as dict views do
@@ -216,7 +209,15 @@ def _as_counter(other: Any) -> dict[Any, int] | None:
 _OPCODES = {"_add_pairs": 0, "_sub_pairs": 1, "_or_pairs": 2, "_and_pairs": 3}
 
 
-class KeyedCounterMixin:
+# The core's primitives (increment, value, pop, _get, _keys, ...), as the type
+# checker sees them: the C type's stub, which both cores implement.
+if TYPE_CHECKING:
+    from .._tallies import KeyedCounter as _Core
+else:
+    _Core = object
+
+
+class KeyedCounterMixin(_Core):
     """KeyedCounter(iterable_or_mapping=None, /, **kwds)
 
     A thread-safe multiset of int64 counts by hashable key, with the API of
@@ -256,35 +257,6 @@ class KeyedCounterMixin:
     """
 
     __slots__ = ()
-
-    if TYPE_CHECKING:  # the core's primitives
-
-        def __init_subclass__(cls) -> None: ...
-        def increment(self, key: Hashable, /, n: SupportsIndex = 1) -> None: ...
-        def decrement(self, key: Hashable, /, n: SupportsIndex = 1) -> None: ...
-        def value(self, key: Hashable, /) -> int: ...
-        def pop(self, key: Hashable, default: Any = ..., /) -> Any: ...
-        def discard(self, key: Hashable, /) -> None: ...
-        def clear(self) -> None: ...
-        def _get(self, key: Hashable, default: Any, /) -> Any: ...
-        def _setdefault(self, key: Hashable, v: SupportsIndex, /) -> int: ...
-        def _set(self, key: Hashable, v: SupportsIndex, /) -> None: ...
-        def _reset_key(self, key: Hashable, /) -> int: ...
-        def _prune(self, key: Hashable, nonpositive: bool, /) -> bool: ...
-        def _keys(self) -> list[Any]: ...
-        def _items(self) -> list[tuple[Any, int]]: ...
-        def _drain(self) -> list[tuple[Any, int]]: ...
-        def _values(self) -> list[int]: ...
-        def _total(self) -> int: ...
-        def _most_common(self, n: int | None, /) -> list[tuple[Any, int]]: ...
-        def _count_iter(self, iterable: Any, sign: int, /) -> None: ...
-        def _set_many(self, pairs: Any, /) -> None: ...
-        def _iter_keys(self) -> Iterator[Any]: ...
-        def _iter_items(self) -> Iterator[tuple[Any, int]]: ...
-        def _iter_values(self) -> Iterator[int]: ...
-        def _dict(self) -> dict[Any, int]: ...
-        def __len__(self) -> int: ...
-        def __contains__(self, key: object) -> bool: ...
 
     __class_getitem__: Any = classmethod(types.GenericAlias)
 

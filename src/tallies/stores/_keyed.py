@@ -23,7 +23,7 @@ import collections
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from .._pure.counter import INT64_MAX, INT64_MIN, to_int64
+from .._common import INT64_MAX, INT64_MIN, to_int64
 from ..keyed.api import Count, _make_count
 from .base import check_key
 

@@ -66,7 +66,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .._pure.counter import INT64_MAX
+from .._common import INT64_MAX
 from ._protocol import Grant, LimitSpec
 from .base import StoreError, check_key, counter_name
 

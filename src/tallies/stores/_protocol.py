@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .._pure.counter import INT64_MAX, INT64_MIN
+from .._common import INT64_MAX, INT64_MIN
 
 __all__ = [
     "INT64_MAX",

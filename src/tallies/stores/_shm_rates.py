@@ -63,8 +63,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from .._pure.counter import to_int64
-from .._pure.rate import COARSE_GRANULARITY_NS, MAX_BUCKETS, _Spec, most_common
+from .._common import (
+    COARSE_GRANULARITY_NS,
+    MAX_BUCKETS,
+    _RateSettings,
+    _Spec,
+    most_common,
+    to_int64,
+)
 from .base import CorruptSegmentError, check_key
 
 if TYPE_CHECKING:
@@ -194,28 +200,15 @@ def _rebuild_rate(url: str, name: str, keyed: bool, window: float, resolution: f
     return store.rate(name, window, resolution)
 
 
-class _RateBase:
+class _RateBase(_RateSettings):
     _seg: _Segment
     _name: str
     _url: str
     _idx: int
-    _sp: _Spec
 
     @property
     def name(self) -> str:
         return self._name
-
-    @property
-    def window(self) -> float:
-        return self._sp.window
-
-    @property
-    def resolution(self) -> float:
-        return self._sp.resolution
-
-    @property
-    def buckets(self) -> int:
-        return self._sp.nb
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by URL and name, like shm:// counters: a worker process (a

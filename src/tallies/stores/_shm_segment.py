@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .._common import INT64_MAX, INT64_MIN
+from .._impl import native as _shm  # the extension (None without a compiler)
 from .base import (
     CapacityError,
     CorruptSegmentError,
@@ -35,12 +37,6 @@ from .base import (
     StoreURL,
     check_name,
 )
-
-try:
-    from . import _shm
-except ImportError:  # pragma: no cover - exercised only without a compiler
-    _shm = None  # type: ignore[assignment]
-
 
 # ---- layout ------------------------------------------------------------------
 
@@ -89,7 +85,6 @@ KIND_NAMES = {
     KIND_KEYED_RATE: "a keyed rate",
 }
 SLAB_FREE, SLAB_LIVE, SLAB_FOLDING = 0, 1, 2
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _round_up(n: int, to: int) -> int:

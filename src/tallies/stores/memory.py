@@ -22,7 +22,9 @@ import threading
 from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, SupportsIndex
 
-from .. import KeyedCounter
+from ..counter import Counter
+from ..keyed import KeyedCounter
+from ..rates import KeyedRateCounter, RateCounter
 from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_key, check_name, counter_name
 
 __all__ = ["STORE", "MemoryKeyedCounter", "MemoryStore"]
@@ -106,8 +108,6 @@ def _keyed_rate_class() -> Any:
     checked by the rule every store shares (made once, on first use)."""
     global _KeyedRate
     if _KeyedRate is None:
-        from tallies import KeyedRateCounter
-
         class MemoryKeyedRate(KeyedRateCounter):
             """A ``tallies.KeyedRateCounter`` taking the keys every store takes."""
 
@@ -195,12 +195,7 @@ class MemoryStore(Store):
                 if name in other or name in c.rates:
                     kind = _kind(c, name)
                     raise ValueError(f"{name!r} is {kind} in this store")
-                if keyed:
-                    obj = MemoryKeyedCounter()
-                else:
-                    from tallies import Counter
-
-                    obj = Counter()
+                obj = MemoryKeyedCounter() if keyed else Counter()
                 mine[name] = obj
                 c.order.append(name)
         return obj
@@ -223,8 +218,6 @@ class MemoryStore(Store):
         return self._get_rate(name, True, window, resolution)
 
     def _get_rate(self, name: str, keyed: bool, window: float, resolution: float) -> Any:
-        from tallies import RateCounter
-
         self._check_open()
         counter_name(name)
         cls = _keyed_rate_class() if keyed else RateCounter

@@ -43,7 +43,7 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
 
 ``ncells = names_cap + keys_cap``: name ``i`` owns cell ``i`` in every slab
 and in the archive, key entry ``j`` owns cell ``names_cap + j``.  The value of
-a cell is the archive's plus every non-FREE slab's (``_shm.Segment.sum``).
+a cell is the archive's plus every non-FREE slab's (``Segment.sum`` in ``_c/shm.c``).
 
 Directories are append-only.  Registration happens under the segment lock:
 the entry is written, its state set to 1 (a release store), then
@@ -130,6 +130,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, SupportsIndex
 
+from .._impl import native as _shm  # the extension, even under TALLIES_PURE=1
 from ._keyed import StoreKeyedMixin
 from .base import (
     Snapshot,
@@ -138,11 +139,6 @@ from .base import (
     check_key,
     counter_name,
 )
-
-try:
-    from . import _shm
-except ImportError:  # pragma: no cover - exercised only without a compiler
-    _shm = None  # type: ignore[assignment]
 
 from ._shm_rates import UnusableRateError
 from ._shm_segment import (  # the segment itself (and names tests and _shm_rates use)
@@ -161,6 +157,12 @@ from ._shm_segment import (  # the segment itself (and names tests and _shm_rate
     check_segment_name,
     segment_dir,
     segment_path,
+)
+from .base import (
+    Snapshot,
+    Store,
+    StoreURL,
+    check_name,
 )
 
 log = logging.getLogger("tallies.stores")
@@ -183,7 +185,7 @@ __all__ = [
 def _need_c() -> None:
     if _shm is None:
         raise RuntimeError(
-            "shm:// needs the tallies C extension (tallies.stores._shm), which was not "
+            "shm:// needs the tallies C extension (tallies._tallies), which was not "
             "built here; reinstall with a C compiler (TALLIES_REQUIRE_C=1 to see why)"
         )
 
@@ -244,7 +246,7 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
     def set(self, v: SupportsIndex) -> None:
         """Make the value ``v``: reset() then add v, under the segment lock.
         Increments by other processes during the call land before or after."""
-        from .._pure import to_int64
+        from .._common import to_int64
 
         self._seg.put(self.cell, to_int64(v, "set"))
 
@@ -465,7 +467,7 @@ class ShmStore(Store):
         return self._get_rate(name, KIND_KEYED_RATE, window, resolution)
 
     def _get_rate(self, name: str, kind: int, window: float, resolution: float) -> Any:
-        from .._pure.rate import _Spec
+        from .._common import _Spec
         from ._shm_rates import ShmRate
 
         self._check_open()

@@ -13,8 +13,8 @@ Design (read this before the code)
 
 Increments
 ----------
-``store.counter(name)`` is a ``BufferedCounter`` (``tallies.stores._buffered``,
-``_c/buffered.c``): ShardedCounter's striped cells updated by ShardedCounter's
+``store.counter(name)`` is a ``BufferedCounter`` (``_c/buffered.c``, in the
+extension ``tallies._tallies``): ShardedCounter's striped cells updated by ShardedCounter's
 own code, plus a reference to its owner.  An increment adds to a local cell
 and does nothing else: no I/O, no lock, no Python-level code, and it cannot
 fail because of the backend (only for the core's own reasons: a non-int
@@ -189,7 +189,8 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol, SupportsIndex
 
-from .. import KeyedCounter, ShardedCounter
+from .._impl import BufferedCounter as _CBufferedCounter
+from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from . import _wbrates
 from ._keyed import StoreKeyedMixin
@@ -207,6 +208,7 @@ from ._protocol import (
     Read,
     Target,
 )
+from ..keyed import KeyedCounter
 from ._redact import redact_url
 from .base import (
     KEY_MAX_BYTES,
@@ -400,15 +402,8 @@ class _PyClosedCounter(PyBufferedCounter):
 
 def _counter_class() -> Callable[..., BufferedCounter]:
     """The C BufferedCounter when the C core is in use, else the Python one."""
-    from ..counter import IMPLEMENTATION
-
-    if IMPLEMENTATION == "c":
-        try:
-            from ._buffered import BufferedCounter as CBufferedCounter
-        except ImportError:  # pragma: no cover - built together with the core
-            pass
-        else:
-            return CBufferedCounter
+    if _CBufferedCounter is not None:
+        return _CBufferedCounter  # type: ignore[no-any-return]
     return PyBufferedCounter
 
 

@@ -1,0 +1,116 @@
+/*
+ * tallies._tallies: what the C files of the one extension module share.
+ *
+ * tallies has one compiled extension, `tallies._tallies` (users never see its
+ * name: tallies/_impl.py takes every core type from it, or from the pure
+ * fallback).  It is built from the .c files of this folder as separate
+ * translation units of one Extension (setup.py); module.c holds the only
+ * module definition, its slots and its state, and calls one
+ * `int tl_<file>_exec(PyObject *m)` per file, which adds that file's types and
+ * constants to the module:
+ *
+ *     counter.c   Counter, ShardedCounter              tl_counter_exec
+ *     keyed.c     KeyedCounter (+ Count)               tl_keyed_exec
+ *     rate.c      RateCounter, KeyedRateCounter        tl_rate_exec
+ *     shm.c       Segment, Cell, KeyedCells (shm://)   tl_shm_exec
+ *     buffered.c  BufferedCounter (sqlite://, redis://) tl_buffered_exec
+ *
+ * Why separate translation units rather than one file that includes them all:
+ * each file keeps its own static helpers under the names it has (shm.c and
+ * buffered.c both have a CellObject, several files an overflow_result), and
+ * a change to one file recompiles one file.  Nothing on a hot path crosses a
+ * file boundary: what the files share is static inline code in the headers
+ * (_cells.h, _pyargs.h, _counter_methods.h), and the few globals below are
+ * written once, at the first module exec, and read with one load like a
+ * file's own statics (hidden visibility: no lookup through the GOT).
+ *
+ * Statics that a plain-C header defines (the per-thread probe of _cells.h,
+ * _gate.h's stripe, _shared.h's budget) exist once per file that includes
+ * the header, as they did when each file was an extension of its own.
+ *
+ * Module state: the heap types each module object created, in one array
+ * (tl_module_state), so that one traverse and one clear (module.c) keep and
+ * release them all.  A re-import makes a fresh module with fresh types
+ * (multi-phase init); the types' methods do not reach the state, so objects
+ * of either module keep working.
+ */
+#ifndef TALLIES_MODULE_H
+#define TALLIES_MODULE_H
+
+#include <Python.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define TL_HIDDEN __attribute__((visibility("hidden")))
+#define TL_ALWAYS_INLINE inline __attribute__((always_inline))
+#define TL_COLD __attribute__((cold, noinline, unused)) /* unused: not every file calls it */
+#else
+#error "tallies needs GCC or Clang"
+#endif
+
+/* The free-threaded switch: 1 when compiled for a CPython without a GIL. */
+#ifdef Py_GIL_DISABLED
+#define TL_FREE_THREADED 1
+#else
+#define TL_FREE_THREADED 0
+#endif
+
+/* A method table's flags for a vectorcall method with keywords. */
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+/* Slots of the module state, one per heap type. */
+enum {
+    TL_COUNTER,
+    TL_SHARDED_COUNTER,
+    TL_KEYED_COUNTER,
+    TL_RATE_COUNTER,
+    TL_KEYED_RATE_COUNTER,
+    TL_RING,
+    TL_SEGMENT,
+    TL_CELL,
+    TL_KEYED_CELLS,
+    TL_BUFFERED_COUNTER,
+    TL_NTYPES
+};
+
+typedef struct {
+    PyTypeObject *types[TL_NTYPES];
+} tl_module_state;
+
+/* Online CPUs, 1..TL_MAX_SLOTS (set before any tl_*_exec runs): the cells a
+ * striped counter inflates into, the stripes of KeyedCounter's table. */
+extern TL_HIDDEN uint32_t tl_cpus;
+
+/* The whole tp_dealloc of a heap type after its own frees: untrack it (GC
+ * types), clear its weak references (weakreflist: NULL for a type without
+ * them), tp_clear (clear may be NULL), free it, and drop the reference the
+ * instance held to its type. */
+static inline void
+tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (PyType_IS_GC(tp)) {
+        PyObject_GC_UnTrack(self);
+    }
+    if (weakreflist != NULL && *weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    if (clear != NULL) {
+        (void)clear(self);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* Make the type of `spec` for module m, keep it in the state's slot `which`
+ * and, when `add`, add it to m under its name.  A borrowed reference (the
+ * state's), or NULL with an exception set. */
+TL_HIDDEN PyTypeObject *tl_add_type(PyObject *m, PyType_Spec *spec, int which, int add);
+
+TL_HIDDEN int tl_counter_exec(PyObject *m);
+TL_HIDDEN int tl_keyed_exec(PyObject *m);
+TL_HIDDEN int tl_rate_exec(PyObject *m);
+TL_HIDDEN int tl_shm_exec(PyObject *m);
+TL_HIDDEN int tl_buffered_exec(PyObject *m);
+
+#endif /* TALLIES_MODULE_H */
