@@ -464,12 +464,26 @@ static PyType_Spec Limiter_spec = {
 
 /* ---- ShmLimiter: shm:// ---------------------------------------------------- */
 
-static uint64_t self_word; /* this process's lock word (renewed in a forked child) */
+/* This process's lock word: computed on first use, forgotten in a forked
+ * child (the atfork handler only stores 0: reading /proc there could block
+ * on a lock another thread held at the fork). */
+static _Atomic uint64_t self_word;
 
 static void
-renew_self_word(void)
+forget_self_word(void)
 {
-    self_word = tll_owner_word(getpid());
+    atomic_store(&self_word, 0);
+}
+
+static inline uint64_t
+my_word(void)
+{
+    uint64_t w = atomic_load_explicit(&self_word, memory_order_relaxed);
+    if (TL_UNLIKELY(w == 0)) {
+        w = tll_owner_word(getpid());
+        atomic_store_explicit(&self_word, w, memory_order_relaxed);
+    }
+    return w;
 }
 
 typedef struct {
@@ -581,7 +595,7 @@ static int
 shm_find(ShmLimiterObject *self, const char *key, Py_ssize_t len, int create, int64_t *entry,
          uint64_t *gen)
 {
-    self->t.self = self_word;
+    self->t.self = my_word();
     int rc = tll_find(&self->t, self->name, key, len, create, clock_ns(self->clk), wall_ms(),
                       entry, gen);
     if (rc == TLL_FULL) {
@@ -614,7 +628,7 @@ shm_lock_if(ShmLimiterObject *self, int64_t i, uint64_t gen, tll_entry **out)
 static int
 shm_enter(ShmLimiterObject *self, PyObject *key, int create, tll_entry **out)
 {
-    self->t.self = self_word;
+    self->t.self = my_word();
     int64_t entry;
     uint64_t gen;
     for (int attempt = 0; attempt < 8; attempt++) {
@@ -854,7 +868,7 @@ ShmLimiter_register(PyObject *Py_UNUSED(cls), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "_register: a bad name or table");
         return NULL;
     }
-    t.self = self_word;
+    t.self = my_word();
     int64_t idx = -1;
     int rc = tll_register(&t, name, len, kind, limit, per_ns, res_ns, buckets, &idx);
     PyBuffer_Release(&view);
@@ -1283,8 +1297,7 @@ tl_limiter_exec(PyObject *m)
     }
     static int forked_hook = 0;
     if (!forked_hook) {
-        renew_self_word();
-        pthread_atfork(NULL, NULL, renew_self_word);
+        pthread_atfork(NULL, NULL, forget_self_word);
         forked_hook = 1;
     }
     str_hit_slow = PyUnicode_InternFromString("_hit_slow");
