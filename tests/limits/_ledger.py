@@ -31,6 +31,8 @@ class Ledger:
     def read(cls, paths: list[Path]) -> Ledger:
         led = cls()
         for p in paths:
+            sends: dict[float, dict[str, Any]] = {}
+            replied: set[float] = set()
             for line in p.read_text().splitlines():
                 try:
                     e = json.loads(line)
@@ -38,8 +40,16 @@ class Ledger:
                     continue  # a line cut by SIGKILL
                 if e["e"] == "hit":
                     led.hits.append((e["t0"], e["t1"], e["ok"]))
+                elif e["e"] == "send":
+                    sends[e["sent"]] = e
                 else:
                     led.calls.append(e)
+                    replied.add(e["sent"])
+            for sent, e in sends.items():  # sent, never answered (a SIGKILL): unknown
+                if sent not in replied:
+                    led.calls.append(
+                        {**e, "e": "call", "replied": float("inf"), "error": "no reply logged"}
+                    )
         led.hits.sort()
         return led
 
@@ -121,10 +131,10 @@ def main() -> None:
     store = tallies.open(url)
     lim = store.limiter("api", int(limit), float(per), resolution=float(res))
 
-    def trace(
-        sent: float, replied: float, key: str, need: int, want: int, give: Any, g: Any
-    ) -> None:
-        if isinstance(g, BaseException):
+    def trace(sent: float, replied: Any, key: str, need: int, want: int, give: Any, g: Any) -> None:
+        if replied is None:  # about to send: a SIGKILL may leave it without a reply
+            write({"e": "send", "sent": sent, "need": need, "want": want, "give": give})
+        elif isinstance(g, BaseException):
             write(
                 {
                     "e": "call",

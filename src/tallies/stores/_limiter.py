@@ -418,8 +418,9 @@ class _LeaseMethods(_Spec):
         self._io = threading.Lock()  # one backend call at a time
         self._swept = 0
         self._closed = False
-        # tests: called with (sent, replied, key, need, want, give_back, grant or
-        # the exception) after every backend acquire (wall-clock seconds)
+        # tests: called with (sent, None, key, need, want, give_back, None) before
+        # every backend acquire, and with (sent, replied, ..., grant or the
+        # exception) after it (wall-clock seconds)
         self.trace: Callable[..., None] | None = None
         _lease_limiters.add(self)
 
@@ -460,6 +461,8 @@ class _LeaseMethods(_Spec):
                 want = max(1, want // 2)
             sent = self._now()
             sent_wall = time.time()
+            if self.trace is not None:
+                self.trace(sent_wall, None, k, v, max(v, want), give, None)
             try:
                 g: Grant = self._backend().limit_acquire(self.spec, k, v, max(v, want), give)
             except Exception as exc:

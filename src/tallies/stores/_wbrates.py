@@ -50,8 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from .._common import INT64_MAX, INT64_MIN, to_int64
-from .._common import _Spec, most_common
+from .._common import INT64_MAX, INT64_MIN, _Spec, most_common, to_int64
 from ._protocol import RateKind, RateQuery, RateSpec, Read
 from .base import check_key
 

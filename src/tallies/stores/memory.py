@@ -108,6 +108,7 @@ def _keyed_rate_class() -> Any:
     checked by the rule every store shares (made once, on first use)."""
     global _KeyedRate
     if _KeyedRate is None:
+
         class MemoryKeyedRate(KeyedRateCounter):
             """A ``tallies.KeyedRateCounter`` taking the keys every store takes."""
 

@@ -132,14 +132,6 @@ from typing import Any, ClassVar, SupportsIndex
 
 from .._impl import native as _shm  # the extension, even under TALLIES_PURE=1
 from ._keyed import StoreKeyedMixin
-from .base import (
-    Snapshot,
-    Store,
-    StoreURL,
-    check_key,
-    counter_name,
-)
-
 from ._shm_rates import UnusableRateError
 from ._shm_segment import (  # the segment itself (and names tests and _shm_rates use)
     DEFAULT_KEYS,
@@ -162,7 +154,8 @@ from .base import (
     Snapshot,
     Store,
     StoreURL,
-    check_name,
+    check_key,
+    counter_name,
 )
 
 log = logging.getLogger("tallies.stores")

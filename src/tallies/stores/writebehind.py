@@ -192,6 +192,7 @@ from typing import Any, ClassVar, Protocol, SupportsIndex
 from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
+from ..keyed import KeyedCounter
 from . import _wbrates
 from ._keyed import StoreKeyedMixin
 from ._params import Param, parse
@@ -208,7 +209,6 @@ from ._protocol import (
     Read,
     Target,
 )
-from ..keyed import KeyedCounter
 from ._redact import redact_url
 from .base import (
     KEY_MAX_BYTES,
