@@ -74,11 +74,13 @@ def run(quick: bool) -> list[Row]:
     stores: list[Any] = []
     try:
         with _redis() as server:
-            return _run(quick, rounds, loops, tmp, shm_url, server, stores)
+            try:
+                return _run(quick, rounds, loops, tmp, shm_url, server, stores)
+            finally:  # while the server is still there: their final flushes land
+                for s in stores:
+                    with contextlib.suppress(Exception):
+                        s.close()
     finally:
-        for s in stores:
-            with contextlib.suppress(Exception):
-                s.close()
         with contextlib.suppress(Exception):
             tallies.destroy(shm_url)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,17 +121,6 @@ def _run(
             continue
         env[var] = lim
         stmts[name] = f"{var}.hit()"
-    rates = {
-        "shm:// rate.increment()": ("rm", shm_url),
-        "sqlite:// rate.increment()": ("rs", f"sqlite:///{tmp}/bench.db?flush=1"),
-        "redis:// rate.increment()": ("rr", redis_url),
-    }
-    for name, (var, url) in rates.items():
-        if url is None:
-            why[name] = "not measured: redis-server or redis-py missing"
-            continue
-        env[var] = opened(url).rate("bench", 60, 1)
-        stmts[name] = f"{var}.increment()"
     limits_peer = None
     if redis_url is not None:
         try:
@@ -145,6 +136,17 @@ def _run(
             stmts["limits FixedWindow over its redis:// (1 round trip)"] = "fw.hit(item)"
         except ImportError:
             why["limits FixedWindow over its redis:// (1 round trip)"] = "limits not installed"
+    rates = {
+        "shm:// rate.increment()": ("rm", shm_url),
+        "sqlite:// rate.increment()": ("rs", f"sqlite:///{tmp}/bench.db?flush=1"),
+        "redis:// rate.increment()": ("rr", redis_url),
+    }
+    for name, (var, url) in rates.items():
+        if url is None:
+            why[name] = "not measured: redis-server or redis-py missing"
+            continue
+        env[var] = opened(url).rate("bench", 60, 1)
+        stmts[name] = f"{var}.increment()"
     cases = {name: (stmt, env) for name, stmt in stmts.items()}
     timed = per_call(cases, rounds=rounds, unroll=UNROLL, loops=loops)
     rows = per_call_rows(PART_HIT, timed, FLOOR)
@@ -208,7 +210,7 @@ def _limits_rows(
         try:
             st = storage_from_string(uri)
         except Exception as exc:  # a store that cannot open here: its row says why
-            missing.append(Row(PART_LIMITS, label, data={"why": f"not measured: {exc!r}"}))
+            missing.append(Row(PART_LIMITS, f"{label} (not measured: {exc!r:.60})"))
             continue
         for strat, cls in (
             ("FixedWindow", FixedWindowRateLimiter),
@@ -224,5 +226,5 @@ def _limits_rows(
         row.of = FLOOR if row.of == "floor" else row.of
     out = [r for n, r in rows.items() if n != FLOOR]
     for name, err in timed.errors.items():
-        out.append(Row(PART_LIMITS, name, data={"why": f"not measured: {err}"}))
+        out.append(Row(PART_LIMITS, f"{name} (not measured: {err[:60]})"))
     return out + missing

@@ -55,6 +55,19 @@ clock_for(int64_t res_ns)
                                                          : CLOCK_MONOTONIC;
 }
 
+/* d[k] as a new reference, or NULL (an error set, or none when absent): a
+ * borrowed reference could be freed by another thread without a GIL. */
+static inline PyObject *
+dict_get_ref(PyObject *d, PyObject *k)
+{
+#if TL_FREE_THREADED
+    PyObject *v;
+    return PyDict_GetItemRef(d, k, &v) < 0 ? NULL : v;
+#else
+    return Py_XNewRef(PyDict_GetItemWithError(d, k));
+#endif
+}
+
 /* ---- arguments -------------------------------------------------------------- */
 
 /* n of hit()/test(): 0, or -1 with the error _limiter.check_hits raises. */
@@ -645,9 +658,10 @@ shm_enter(ShmLimiterObject *self, PyObject *key, int create, tll_entry **out)
             continue;
         }
         if (PyUnicode_CheckExact(key)) {
-            PyObject *c = PyDict_GetItemWithError(self->cache, key); /* borrowed */
+            PyObject *c = dict_get_ref(self->cache, key);
             if (c != NULL) {
                 uint64_t packed = PyLong_AsUnsignedLongLong(c);
+                Py_DECREF(c);
                 entry = (int64_t)(packed & ((1ull << ENTRY_BITS) - 1));
                 if (entry < self->t.h->cap && shm_lock_if(self, entry, packed >> ENTRY_BITS, out)) {
                     return 1;
@@ -1093,10 +1107,16 @@ Lease_hit(LeaseObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
             buf = self->glob;
         }
         else if (PyUnicode_CheckExact(args[0])) {
-            buf = PyDict_GetItemWithError(self->table, args[0]); /* borrowed */
-            if (buf == NULL) {
+            PyObject *found = dict_get_ref(self->table, args[0]);
+            if (found == NULL) {
                 return PyErr_Occurred() ? NULL : lease_slow(self, args, nargs, kwnames);
             }
+            int took = lease_take(found, n);
+            Py_DECREF(found);
+            if (took) {
+                Py_RETURN_TRUE;
+            }
+            return lease_slow(self, args, nargs, kwnames);
         }
         else {
             return lease_slow(self, args, nargs, kwnames);
@@ -1108,11 +1128,12 @@ Lease_hit(LeaseObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return lease_slow(self, args, nargs, kwnames);
 }
 
-/* The lease of a checked key ("" for None), or NULL (no error) when absent. */
+/* The lease of a checked key ("" for None), a new reference, or NULL (no
+ * error set) when absent. */
 static PyObject *
 lease_of(LeaseObject *self, PyObject *key, int create)
 {
-    PyObject *buf = PyDict_GetItemWithError(self->table, key);
+    PyObject *buf = dict_get_ref(self->table, key);
     if (buf != NULL || PyErr_Occurred() || !create) {
         return buf;
     }
@@ -1120,9 +1141,11 @@ lease_of(LeaseObject *self, PyObject *key, int create)
     if (buf == NULL) {
         return NULL;
     }
-    int r = PyDict_SetItem(self->table, key, buf);
-    Py_DECREF(buf);
-    return r < 0 ? NULL : buf;
+    if (PyDict_SetItem(self->table, key, buf) < 0) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    return buf;
 }
 
 /* _take(key, n) -> bool: consume n from a valid lease of a checked key. */
@@ -1143,7 +1166,9 @@ Lease_take(LeaseObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(lease_take(buf, (int64_t)n));
+    int took = lease_take(buf, (int64_t)n);
+    Py_DECREF(buf);
+    return PyBool_FromLong(took);
 }
 
 /* _swap(key) -> (slot, left, deadline, want): end the lease, returning what
@@ -1161,8 +1186,10 @@ Lease_swap(LeaseObject *self, PyObject *key)
     _Atomic int64_t *w = lease_words(buf);
     int64_t deadline = atomic_exchange(&w[L_DEADLINE], 0);
     int64_t left = atomic_exchange(&w[L_LEFT], 0);
-    return Py_BuildValue("LLLL", (long long)w[L_SLOT], (long long)left, (long long)deadline,
-                         (long long)w[L_WANT]);
+    PyObject *out = Py_BuildValue("LLLL", (long long)w[L_SLOT], (long long)left,
+                                  (long long)deadline, (long long)w[L_WANT]);
+    Py_DECREF(buf);
+    return out;
 }
 
 /* _set(key, slot, left, deadline, want): a new lease (deadline: monotonic ns). */
@@ -1184,6 +1211,7 @@ Lease_set(LeaseObject *self, PyObject *args)
     w[L_WANT] = want;
     atomic_store(&w[L_DEADLINE], deadline);
     atomic_store(&w[L_LEFT], left);
+    Py_DECREF(buf);
     Py_RETURN_NONE;
 }
 
@@ -1217,8 +1245,11 @@ Lease_peek(LeaseObject *self, PyObject *key)
         return PyErr_Occurred() ? NULL : Py_BuildValue("LLL", 0LL, 0LL, 0LL);
     }
     _Atomic int64_t *w = lease_words(buf);
-    return Py_BuildValue("LLL", (long long)w[L_SLOT], (long long)atomic_load(&w[L_LEFT]),
-                         (long long)atomic_load(&w[L_DEADLINE]));
+    PyObject *out = Py_BuildValue("LLL", (long long)w[L_SLOT],
+                                  (long long)atomic_load(&w[L_LEFT]),
+                                  (long long)atomic_load(&w[L_DEADLINE]));
+    Py_DECREF(buf);
+    return out;
 }
 
 /* _entries() -> [(key, slot, left, deadline)]: every lease (for sweeps and
