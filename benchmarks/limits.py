@@ -218,7 +218,7 @@ def _limits_rows(
         ):
             var = f"v{len(env)}"
             env[var] = cls(st)
-            stmts[f"{strat} over {label}"] = f"{var}.hit(item)"
+            stmts[f"{strat} over {label}"] = f"{var}.hit(item, {strat!r})"
     cases = {name: (stmt, env) for name, stmt in stmts.items()}
     timed = per_call(cases, rounds=max(3, rounds // 3), unroll=4, loops=loops)
     rows = per_call_rows(PART_LIMITS, timed, FLOOR)
