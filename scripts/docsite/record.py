@@ -4,6 +4,7 @@
     threads   ./tallies bench --threads --json  (thread scaling)
     stores    ./tallies bench --stores --json   (sqlite://, redis://)
     processes ./tallies bench --processes --json
+    limits    ./tallies bench --limits --json  (limiters, durable rates, limits' strategies)
     demo      ./tallies demo --json, in the same envelope (date, machine, commit)
 
 Extra arguments go to the command.  A note (``--note TEXT``) is kept with the run
@@ -27,6 +28,7 @@ COMMANDS = {
     "threads": ["bench", "--threads", "--json"],
     "stores": ["bench", "--stores", "--json"],
     "processes": ["bench", "--processes", "--json"],
+    "limits": ["bench", "--limits", "--json"],
     "demo": ["demo", "--json"],
 }
 
