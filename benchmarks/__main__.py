@@ -1,7 +1,7 @@
 """``./tallies bench`` (``python -m benchmarks`` from a checkout): the whole report.
 
-    tallies bench [--quick] [--processes | --stores | --limits | --threads [N,N...] [--rounds N]]
-                  [--json]
+    tallies bench [--quick] [--processes | --stores [--part NAME...] | --limits
+                  | --threads [N,N...] [--rounds N]] [--json]
 
 Without a mode: the default report, ``PARTS`` in order (Counter and
 ShardedCounter, KeyedCounter, RateCounter), printed part by part, then every
@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "diskcache, a raw SQLite UPSERT per increment and redis-py",
     )
     p.add_argument(
+        "--part",
+        action="append",
+        choices=[part.name for part in stores.PARTS],
+        help="with --stores: only this part (again for more)",
+    )
+    p.add_argument(
         "--limits",
         action="store_true",
         help="instead: limiters (Limiter.hit on memory://, shm://, redis://), rates on the "
@@ -121,8 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds is not None and args.threads is None:
         print(f"{COMMAND}: --rounds applies to --threads only", file=sys.stderr)
         return 2
+    if args.part and not args.stores:
+        print(f"{COMMAND}: --part applies to --stores only", file=sys.stderr)
+        return 2
     if args.stores:
-        emit(f"{COMMAND} --stores", stores.run(args.quick), as_json=args.json)
+        command = " ".join([f"{COMMAND} --stores", *(f"--part {p}" for p in args.part or ())])
+        emit(command, stores.run(args.quick, args.part), as_json=args.json)
         return 0
     if args.limits:
         emit(f"{COMMAND} --limits", limits.run(args.quick), as_json=args.json)

@@ -18,6 +18,7 @@ starts its server with them.  Nothing in the library imports this module.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -37,8 +38,12 @@ __all__ = [
     "stop_process",
 ]
 
-REDIS_SERVER = shutil.which("redis-server")
-REDIS_CLI = shutil.which("redis-cli")
+#: The server started: ``TALLIES_REDIS_SERVER`` (a path: another version,
+#: Valkey, a wrapper such as those ``scripts/redis-matrix`` makes for Debian
+#: unstable's binaries) or ``redis-server`` on the PATH; the same for
+#: ``TALLIES_REDIS_CLI``.
+REDIS_SERVER = os.environ.get("TALLIES_REDIS_SERVER") or shutil.which("redis-server")
+REDIS_CLI = os.environ.get("TALLIES_REDIS_CLI") or shutil.which("redis-cli")
 
 
 _port_lock = threading.Lock()
@@ -120,6 +125,7 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
             "--protected-mode", "yes",
+            "--repl-diskless-sync-delay", "0",  # a replica syncs at once
         ]  # fmt: skip
         if self.aof:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]

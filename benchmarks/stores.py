@@ -23,6 +23,8 @@ this machine.  Parts (``PARTS``: a list; a scope adds its own ``StorePart``):
     tests: one round, forked workers).  Targets: write-behind >= 100x
     diskcache and >= 50x the raw UPSERT; write-through >= 1x diskcache.
 ``redis``  ``redis_store.py``.
+``redis-wait``  ``redis_wait.py``: a flush with ``wait=1`` against ``wait=0``
+    (one replica), and ``WAIT`` / ``WAITAOF`` as raw commands.
 """
 
 from __future__ import annotations
@@ -270,11 +272,18 @@ def _redis(quick: bool) -> list[Row]:
     return rows(quick)
 
 
+def _redis_wait(quick: bool) -> list[Row]:
+    from .redis_wait import rows  # starts a master and a replica
+
+    return rows(quick)
+
+
 PARTS: list[StorePart] = [
     StorePart("sqlite-increment", _sqlite_increment),
     StorePart("sqlite-flush", _sqlite_flush),
     StorePart("sqlite-processes", _sqlite_processes),
     StorePart("redis", _redis),
+    StorePart("redis-wait", _redis_wait),
 ]
 """The parts ``tallies bench --stores`` runs, in order.  Add a scope's parts here."""
 

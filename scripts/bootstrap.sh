@@ -66,6 +66,9 @@ _need_test_tools() {
     local missing=()
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+    # The redis:// nemesis (tests/_nemesis.py): network namespaces and nftables.
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
     [ ${#missing[@]} -eq 0 ] && return 0
     _apt_install --no-install-recommends "${missing[@]}" || {
         if _servers_required; then

@@ -6,6 +6,9 @@ benchmarks; this module adds what only the tests need:
 
 - the session's fixtures ``redis_server`` (no persistence), ``redis_cluster``
   (three masters) and ``aof_server`` (``appendfsync always``, its own);
+- replicas: :func:`start_replica`, :func:`wait_in_sync`, :func:`info`, and
+  :class:`ReplicatedCluster` (one master and its replicas, for ``wait=`` and
+  ``CLUSTER FAILOVER TAKEOVER``);
 - :class:`LostReplyProxy`: a loopback TCP proxy that forwards everything but
   swallows the reply to the first successful ``EVALSHA``: the script ran on
   the server, the client never hears it and times out.
@@ -21,6 +24,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,13 +44,17 @@ __all__ = [
     "LostReplyProxy",
     "RedisCluster",
     "RedisServer",
+    "ReplicatedCluster",
     "aof_server",
     "free_port",
+    "info",
     "need_redis",
     "redis_cli",
     "redis_cluster",
     "redis_server",
+    "start_replica",
     "unique_prefix",
+    "wait_in_sync",
 ]
 
 REQUIRE_REDIS = os.environ.get("TALLIES_REQUIRE_REDIS") == "1" or REQUIRE_SERVERS
@@ -55,6 +63,10 @@ REQUIRE_REDIS = os.environ.get("TALLIES_REQUIRE_REDIS") == "1" or REQUIRE_SERVER
 def need_redis() -> None:
     """Skip (or fail under CI) when redis-server / redis-cli / redis-py are missing."""
     missing = []
+    for env in ("TALLIES_REDIS_SERVER", "TALLIES_REDIS_CLI"):
+        path = os.environ.get(env)
+        if path and not os.access(path, os.X_OK):
+            missing.append(f"{env}={path} (not an executable file)")
     if REDIS_SERVER is None or REDIS_CLI is None:
         missing.append("redis-server and redis-cli (apt-get install redis-server redis-tools)")
     try:
@@ -64,6 +76,89 @@ def need_redis() -> None:
     if missing:
         reason = "not installed: " + "; ".join(missing)
         unavailable(reason, required=REQUIRE_REDIS, by="CI / TALLIES_REQUIRE_REDIS=1")
+
+
+def info(port: int, section: str = "replication") -> dict[str, str]:
+    """``INFO section`` of the server on ``port`` as a dict."""
+    out = {}
+    for line in redis_cli(port, "info", section).splitlines():
+        k, sep, v = line.strip().partition(":")
+        if sep:
+            out[k] = v
+    return out
+
+
+def start_replica(master: RedisServer, directory: Path, *, aof: bool = False) -> RedisServer:
+    """A replica of ``master`` on a free port, returned once its link is up."""
+    replica = RedisServer(
+        directory, aof=aof, extra=("--replicaof", "127.0.0.1", str(master.port))
+    ).start()
+    wait_in_sync(master, [replica])
+    return replica
+
+
+def wait_in_sync(master: RedisServer, replicas: list[RedisServer], timeout: float = 30) -> None:
+    """Until every replica's link to ``master`` is up and the master sees them all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ups = [info(r.port).get("master_link_status") == "up" for r in replicas]
+        if all(ups) and int(info(master.port).get("connected_slaves", "0")) >= len(replicas):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"replicas of port {master.port} did not come in sync")
+
+
+class ReplicatedCluster:
+    """A Redis Cluster of one master (every slot) and its replicas, joined by
+    hand (``redis-cli --cluster create`` wants three masters): enough for
+    ``wait=`` and ``CLUSTER FAILOVER TAKEOVER``, which promotes a replica
+    without the votes one master cannot give."""
+
+    def __init__(self, directory: Path, replicas: int = 1) -> None:
+        self.nodes = [
+            RedisServer(directory / f"node{i}", cluster=True, aof=True) for i in range(1 + replicas)
+        ]
+
+    def node_id(self, node: RedisServer) -> str:
+        return redis_cli(node.port, "cluster", "myid").strip()
+
+    def start(self) -> ReplicatedCluster:
+        for n in self.nodes:
+            n.start()
+        first = self.nodes[0]
+        redis_cli(first.port, "cluster", "addslotsrange", "0", "16383")
+        for n in self.nodes[1:]:
+            redis_cli(n.port, "cluster", "meet", "127.0.0.1", str(first.port))
+        master_id = self.node_id(first)
+        deadline = time.monotonic() + 30
+        for n in self.nodes[1:]:
+            while "OK" not in redis_cli(n.port, "cluster", "replicate", master_id):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a replica could not join the cluster")
+                time.sleep(0.1)
+        self.wait_ok(self.nodes)
+        return self
+
+    def wait_ok(self, nodes: list[RedisServer], timeout: float = 30) -> None:
+        """Until ``nodes`` say cluster_state:ok and every replica's link is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [redis_cli(n.port, "cluster", "info") for n in nodes]
+            links = [info(n.port) for n in nodes]
+            if all("cluster_state:ok" in st for st in states) and all(
+                i.get("role") == "master" or i.get("master_link_status") == "up" for i in links
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not reach cluster_state:ok with its replicas in sync")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def url(self, prefix: str, **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in {"prefix": prefix, **params}.items())
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}?{query}"
 
 
 class LostReplyProxy:

@@ -113,3 +113,33 @@ def test_rounds_without_threads_is_a_one_line_error(capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     assert captured.err == "tallies bench: --rounds applies to --threads only\n"
     assert captured.out == ""
+
+
+def test_part_without_stores_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--part", "redis-wait"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "tallies bench: --part applies to --stores only\n"
+    assert captured.out == ""
+
+
+def test_stores_runs_only_the_parts_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import stores
+    from benchmarks.harness import Row
+
+    ran: list[str] = []
+
+    def fake(name: str) -> Any:
+        def run(quick: bool) -> list[Row]:
+            ran.append(name)
+            return [Row(name, "a row", 1.0, "ms")]
+
+        return run
+
+    monkeypatch.setattr(
+        stores, "PARTS", [stores.StorePart(p.name, fake(p.name)) for p in stores.PARTS]
+    )
+    assert main(["--stores", "--part", "redis-wait", "--json"]) == 0
+    assert ran == ["redis-wait"]
+    assert '"command": "tallies bench --stores --part redis-wait"' in capsys.readouterr().out

@@ -172,7 +172,8 @@ def test_show_prints_every_counter_and_key_of_a_segment(shm_url: str) -> None:
 
 def test_show_of_a_missing_segment_is_a_clear_error_and_creates_nothing() -> None:
     url = f"shm://tallies-test-missing-{os.getpid()}"
-    done = tallies_command("show", url, status=2)  # a user's mistake, as in serve and watch
+    # a user's mistake: status 2, as in serve and watch (issue 24, 9)
+    done = tallies_command("show", url, status=2)
     assert done.stderr.startswith("tallies show: ")
     assert "no segment" in done.stderr
     with pytest.raises(tallies.StoreNotFoundError):

@@ -49,6 +49,7 @@ class Facts:
     """What docs/contract.md lets a store decide (everything else is one rule)."""
 
     shared: bool  # other processes open the same counts (shm, sqlite, redis)
+    write_behind: bool  # sqlite, redis: updates go to this process's pending deltas
     buffered: bool  # write-behind with flush > 0: int64 is checked at the flush
     counters_outlive_close: bool  # memory, shm: counters are in-process objects / mapped memory
     key_max_bytes: int  # 1024; shm:// holds 224
@@ -62,6 +63,7 @@ def facts(url: str) -> Facts:
     write_behind = scheme in ("sqlite", "redis")
     return Facts(
         shared=scheme != "memory",
+        write_behind=write_behind,
         buffered=write_behind and float(u.params.get("flush", "1")) > 0,
         counters_outlive_close=not write_behind,
         key_max_bytes=224 if scheme == "shm" else 1024,

@@ -40,7 +40,9 @@ def test_reset_forgets_a_key(store_url: str) -> None:
 def test_capacity_returns_after_the_window(store_url: str) -> None:
     with tallies.open(store_url) as s:
         lim = s.limiter("short", 2, 0.3, resolution=0.05)
-        assert lim.hit() and lim.hit() and not lim.hit()
+        # both units in one call, so in one bucket: two hits could straddle a bucket edge on a
+        # loaded machine, and then the oldest unit's expiry frees only one
+        assert lim.hit(n=2) and not lim.hit()
         wait = lim.reset_after()
         assert 0.25 < wait <= 0.36
         time.sleep(wait + 0.02)

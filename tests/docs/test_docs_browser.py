@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from _docs_support import ROOT, Site
-from _support import REQUIRE_SERVERS, unavailable
+from _support import FREE_THREADED, REQUIRE_C, REQUIRE_SERVERS, unavailable
 
 SCREENSHOTS = ROOT / "build" / "docs-screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -202,7 +202,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     try:
         import websocket  # noqa: F401
     except ImportError:
-        unavailable("websocket-client is not installed (docs/requirements.txt)")
+        unavailable(
+            "websocket-client is not installed (docs/requirements.txt)"
+            + ("; the GIL leg checks the site in Chromium" if FREE_THREADED else ""),
+            required=REQUIRE_C and not FREE_THREADED,
+        )
     b = Browser(tmp_path_factory.mktemp("chromium"))
     yield b
     b.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 from typing import Any
@@ -27,6 +28,10 @@ import pytest
 from _ft_stress import GIL_OFF, Deadline
 
 from tallies.keyed import IMPLEMENTATION, KeyedCounter
+
+#: Under ThreadSanitizer every byte the program touches has shadow bytes that stay
+#: resident, so RSS says nothing about what is kept; _shared_bytes() still does.
+UNDER_TSAN = "--with-thread-sanitizer" in (sysconfig.get_config_var("CONFIG_ARGS") or "")
 
 pytestmark = pytest.mark.skipif(IMPLEMENTATION != "c", reason="the C core's table only")
 
@@ -337,11 +342,12 @@ def test_what_immortal_keyed_counters_keep_is_bounded() -> None:
         int, _child(FILL_AND_DROP, TALLIES_SHARED_KEYED_BYTES=str(4 << 20)).split()
     )
     assert 0 < made < 200, made  # some became immortal, far from all
-    assert grown < 32 << 20, f"RSS grew by {grown / 2**20:.1f} MiB ({made} immortal)"
+    assert UNDER_TSAN or grown < 32 << 20, f"RSS grew by {grown / 2**20:.1f} MiB ({made} immortal)"
     assert budget == 4 << 20
     # What the last one admitted grew by after its check is the only excess.
     assert kept <= budget + (1 << 20), (made, kept)
     made, kept, budget, grown = map(
         int, _child(FILL_AND_DROP, TALLIES_SHARED_KEYED_BYTES="0").split()
     )
-    assert (made, kept) == (0, 0) and grown < 16 << 20
+    assert (made, kept) == (0, 0)
+    assert UNDER_TSAN or grown < 16 << 20, f"RSS grew by {grown / 2**20:.1f} MiB"

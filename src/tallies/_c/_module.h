@@ -22,9 +22,10 @@
  * buffered.c both have a CellObject, several files an overflow_result), and
  * a change to one file recompiles one file.  Nothing on a hot path crosses a
  * file boundary: what the files share is static inline code in the headers
- * (_cells.h, _pyargs.h, _counter_methods.h), and the few globals below are
- * written once, at the first module exec, and read with one load like a
- * file's own statics (hidden visibility: no lookup through the GOT).
+ * (_cells.h, _pyargs.h, _counter_methods.h), and the one global below is
+ * written at module exec (the same value on a re-import) and read with one
+ * load like a file's own statics (hidden visibility: no lookup through the
+ * GOT).
  *
  * Statics that a plain-C header defines (the per-thread probe of _cells.h,
  * _gate.h's stripe, _shared.h's budget) exist once per file that includes

@@ -968,13 +968,24 @@ Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyUnicode_Check(slots[0])) {
         /* 0 - INT64_MIN overflows the cell of a key this object never wrote (its
          * own cell is 0): refuse before the key is registered, so that a refused
-         * update lists nothing (docs/contract.md). */
+         * update lists nothing (docs/contract.md).  `find` checks the key rule
+         * first (a bad key is refused for that), and a key already registered
+         * goes the normal way (tl_add checks its cell). */
         int known = PyDict_Contains(self->cells, slots[0]);
         if (known < 0) {
             return NULL;
         }
         if (!known) {
-            return overflow_result(fname, n);
+            Py_ssize_t found = -2;
+            if (self->find != NULL) {
+                found = keyed_ask(self, self->find, slots[0], 1);
+            }
+            if (found == -1) {
+                return NULL;
+            }
+            if (found == -2) {
+                return overflow_result(fname, n);
+            }
         }
     }
     Py_ssize_t cell = keyed_cell(self, slots[0], fname);

@@ -30,8 +30,10 @@ def number(
     *,
     unit: str = "",
     integer: bool = False,
+    counting: str = "",
 ) -> float:
-    """``raw`` as a finite number in ``[lo, hi]`` (a whole number if ``integer``)."""
+    """``raw`` as a finite number in ``[lo, hi]`` (a whole number if
+    ``integer``; ``counting`` names what it counts in that message)."""
     of = f" of {unit}" if unit else ""
     try:
         v = float(raw)
@@ -40,7 +42,8 @@ def number(
     if not math.isfinite(v):
         raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a finite number{of}")
     if integer and v != int(v):
-        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a whole number")
+        whole = f" of {counting}" if counting else ""
+        raise ValueError(f"{url.shown!r}: {name}={raw!r} is not a whole number{whole}")
     if not lo <= v <= hi:
         after = f" {unit}" if unit else ""
         raise ValueError(f"{url.shown!r}: {name}={raw!r} is outside [{lo:g}, {hi:g}]{after}")
@@ -63,9 +66,9 @@ def seconds(name: str, default: float, lo: float, hi: float) -> Param:
     return Param(name, default, read)
 
 
-def integer(name: str, default: int, lo: int, hi: int) -> Param:
+def integer(name: str, default: int, lo: int, hi: int, counting: str = "") -> Param:
     def read(url: StoreURL, key: str, raw: str) -> int:
-        return int(number(url, key, raw, lo, hi, integer=True))
+        return int(number(url, key, raw, lo, hi, integer=True, counting=counting))
 
     return Param(name, default, read)
 

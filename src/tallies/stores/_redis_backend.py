@@ -20,17 +20,20 @@ answers ``gap`` and is sent again after it.  So a call that times out, a reply
 that is lost, a server that restarts, a ``NOSCRIPT`` after a restart or a
 ``MOVED`` after a resharding all end the same way: each part applied once.
 
-Scripts run through redis-py's ``Script`` objects (``register_script``: the
-SHA computed once, ``EVALSHA`` with a ``SCRIPT LOAD`` and a second try on
-``NOSCRIPT``): a single call goes through ``Script.__call__``.  Several calls
-to one node are pipelined with ``pipe.evalsha(script.sha, ...)`` and a
-``NOSCRIPT`` reply is answered here (load, send that call again), not by
-passing the ``Script`` to the pipeline: redis-py then runs ``SCRIPT EXISTS``
-before every pipeline, one more round trip per flush.  Measured 2026-12-06 on
-this project's 2-vCPU machine, Redis 7.0.15 on loopback, median of 7 rounds
-of 500: a pipeline of 5 calls 384 us with the ``Script`` passed, 280 us with
-``evalsha`` (1.37x); of 1 call 266 vs 152 us (1.75x); a single call through
-``Script.__call__`` costs what ``evalsha`` does (136 vs 169 us, noise).
+The scripts are redis-py ``Script`` objects (``register_script``: the SHA
+computed once, the source at hand for ``SCRIPT LOAD``), but they are not run
+through ``Script.__call__`` nor passed to a pipeline: every call is queued as
+``pipe.evalsha(script.sha, ...)`` in a pipeline per node, and a ``NOSCRIPT``
+reply is answered here (load, send that call again).  Measured, 2026-12-06, on
+this project's 2-vCPU machine with Redis 7.0.15 on loopback (median of 7
+rounds of 500): passing the ``Script`` to the pipeline makes redis-py run
+``SCRIPT EXISTS`` before every pipeline, one more round trip per flush: a
+pipeline of 5 calls 384 us against 280 us (1.37x), of 1 call 266 against 152
+us (1.75x).  ``Script.__call__`` for a lone call costs what ``evalsha`` does
+(136 against 169 us, noise), but on the free-threaded build the flushes that
+fail while Redis is down kept memory alive through it (12.7 kB after 390
+failed flushes in ``test_redis_stopped_under_load_then_back``, over the test's
+8 kB; the pipeline path passes it), so a lone call is a pipeline of one.
 
 A flush is bounded by ``timeout`` per round trip: a call that times out is
 not sent again by redis-py (its retry is for a dropped connection only), so
@@ -137,6 +140,8 @@ class RedisOptions:
     batch: int
     writer_ttl_ms: int
     ssl: tuple[tuple[str, str], ...]  # (name, value) pairs for redis-py, sorted
+    #: replicas that must acknowledge a batch (``WAIT``) before it counts as applied
+    wait: int = 0
 
 
 _SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -146,6 +151,8 @@ _SSL_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 #: batch whose reply was lost is retried long before its writer record expires
 #: (unless Redis stays unreachable for longer than this).
 MIN_WRITER_TTL = 20 * MAX_BACKOFF
+#: The most replicas ``wait`` can ask for.
+MAX_WAIT = 100
 
 #: Every parameter of a ``redis://`` URL, ``flush`` (the write-behind's) included.
 PARAMS: tuple[Param, ...] = (
@@ -154,6 +161,7 @@ PARAMS: tuple[Param, ...] = (
     seconds("timeout", 5.0, 0.01, 3600.0),
     integer("batch", 200, 1, 2000),
     seconds("writer_ttl", 86400.0, MIN_WRITER_TTL, 10.0 * 365 * 86400),
+    integer("wait", 0, 0, MAX_WAIT, counting="replicas"),
     *(text(name, None) for name in _SSL_PARAMS),
 )
 
@@ -205,6 +213,7 @@ def redis_options(url: StoreURL, values: dict[str, Any]) -> RedisOptions:
         batch=values["batch"],
         writer_ttl_ms=int(values["writer_ttl"] * 1000),
         ssl=ssl,
+        wait=values["wait"],
     )
 
 
@@ -254,6 +263,7 @@ class RedisBackend:
 
     def __init__(self, options: RedisOptions, url: str) -> None:
         self.options = options
+        self.timeout = options.timeout
         self.url = redact_url(url)  # only ever shown (messages)
         self.prefix = options.prefix
         self._lock = threading.RLock()
@@ -354,9 +364,10 @@ class RedisBackend:
     def _run(
         self, script: Any, calls: Sequence[tuple[list[Any], list[Any]]], what: str
     ) -> tuple[list[Any], list[tuple[int, BaseException]]]:
-        """Send script calls (one call: ``Script.__call__``; several to one
-        node: pipelined, in order); retry NOSCRIPT, MOVED/ASK/TRYAGAIN and
-        ``gap``.  Returns (results, refused calls)."""
+        """Send script calls (pipelined per node, in order; ``script`` is a
+        redis-py ``Script``: its SHA, its source for a NOSCRIPT); retry
+        NOSCRIPT, MOVED/ASK/TRYAGAIN and ``gap``.  Returns (results, refused
+        calls)."""
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         refused: list[tuple[int, BaseException]] = []
@@ -370,19 +381,11 @@ class RedisBackend:
                     client = self._node_client(calls[i][0][0])
                     by_node.setdefault(id(client), (client, []))[1].append(i)
                 for client, idxs in by_node.values():
-                    replies: list[Any]
-                    if len(idxs) == 1:
-                        keys, args = calls[idxs[0]]
-                        try:
-                            replies = [script(keys=keys, args=args, client=client)]
-                        except rexc.ResponseError as exc:
-                            replies = [exc]
-                    else:
-                        pipe = client.pipeline(transaction=False)
-                        for i in idxs:
-                            keys, args = calls[i]
-                            pipe.evalsha(script.sha, len(keys), *keys, *args)
-                        replies = pipe.execute(raise_on_error=False)
+                    pipe = client.pipeline(transaction=False)
+                    for i in idxs:
+                        keys, args = calls[i]
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    replies = pipe.execute(raise_on_error=False)
                     noscript = False
                     for i, r in zip(idxs, replies, strict=False):
                         if not isinstance(r, BaseException):
@@ -567,6 +570,7 @@ class RedisBackend:
                 if any(_is_script_error(e, "overflow") for _, e in refused):
                     self._near_edge = True
                 raise self._refusal(calls, refused, applied)
+            self._replicated([c.wkey for c in calls], f"flush of {batch.describe()}")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), batch.seq)
             for c in calls:
@@ -616,6 +620,44 @@ class RedisBackend:
                 "other kind; nothing of the flush was applied",
                 clash,
             )
+
+    def _replicated(self, keys: Sequence[str], what: str) -> None:
+        """``wait=N``: return once N replicas of each node that holds one of
+        ``keys`` have every write made so far on that node; else raise
+        :class:`StoreUnavailableError` (the operation stays in flight and is
+        sent again with the same numbers: its applied parts answer ``dup``).
+
+        ``WAIT`` counts the replicas that reached the replication offset of
+        the calling connection's last write, and a retried part that answers
+        ``dup`` writes nothing.  So each node first gets a ``PEXPIRE`` of the
+        writer (or reset) record on the connection that then sends ``WAIT``:
+        a write that brings that connection's offset past every earlier write
+        on the node, this operation's included, whichever connection made it.
+        ``WAIT`` waits at most half of ``timeout`` (the socket waits for all of
+        it).
+        """
+        n = self.options.wait
+        if not n:
+            return
+        ms = max(1, int(self.options.timeout * 500))
+        by_node: dict[int, tuple[Any, str]] = {}
+        for key in keys:
+            client = self._node_client(key)
+            by_node.setdefault(id(client), (client, key))
+        for client, key in by_node.values():
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.pexpire(key, self.options.writer_ttl_ms)
+                pipe.execute_command("WAIT", n, ms)
+                _, acked = pipe.execute()
+            except UNAVAILABLE as exc:
+                raise self._unavailable(what, exc) from exc
+            if int(acked) < n:
+                raise StoreUnavailableError(
+                    f"{self.url}: {what}: WAIT {n}: {int(acked)} of {n} replica(s) "
+                    f"acknowledged it within {ms} ms; it stays in flight and is sent "
+                    "again with the same numbers (applied parts answer dup)"
+                )
 
     def _precheck(self, calls: list[_Call], seq: int) -> None:
         """Before a batch of several parts: would a count leave int64?
@@ -776,6 +818,7 @@ class RedisBackend:
         with self._lock:
             self._inflight[writer] = _Op(seq, target=target)
             raw = self._reset_call(writer, seq, target, mode)
+            self._replicated([reset_key(self.prefix, writer, target.name)], "reset")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         where = data_key(self.prefix, target.name)
@@ -796,6 +839,7 @@ class RedisBackend:
                     f"{self.url}: cannot settle reset {seq}: this connection did not send it"
                 )
             happened = bool(self._reset_call(writer, seq, op.target, "x"))
+            self._replicated([reset_key(self.prefix, writer, op.target.name)], "reset")
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         return happened

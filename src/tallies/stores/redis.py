@@ -13,7 +13,11 @@ update flushes before it returns), ``timeout`` (seconds per Redis call,
 default 5; a flush that Redis does not answer raises after it),
 ``batch`` (fields per script call, default 200, at most 2,000: one call
 blocks Redis for about half a millisecond), ``writer_ttl`` (seconds the per-writer bookkeeping
-outlives a writer's last flush, default 86400).
+outlives a writer's last flush, default 86400), ``wait`` (replicas that must
+have a batch before a flush counts it as applied, default 0: Redis' ``WAIT``
+after each flush and reset, at most half of ``timeout``; a batch that not
+enough replicas confirmed stays in flight and is sent again with the same
+numbers, so a failover to a replica that has it loses nothing acknowledged).
 
 Increments touch only local cells (``RedisStore`` is a
 :class:`~tallies.stores.writebehind.WriteBehindStore`); a flush sends them as

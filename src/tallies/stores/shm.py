@@ -279,9 +279,9 @@ class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
-        cell: int | None = self.lookup(key)  # C: the cache is not writable from Python
-        if cell is None:
-            check_key(key)  # a key never counted: the key rule every store shares
+        # C: the cache is not writable from Python; a key it lacks goes through
+        # find(), which checks the key rule every store shares
+        cell: int | None = self.lookup(key)
         return cell
 
     def value(self, key: str) -> int:
@@ -427,7 +427,7 @@ class ShmStore(Store):
                         return seg.register_key(owner, check_key(key))
 
                     def find(key: str) -> int | None:
-                        return seg.find_key(owner, key)
+                        return seg.find_key(owner, check_key(key))
 
                     obj = ShmKeyedCounter(self._seg.c, register, find)
                     obj._idx = idx

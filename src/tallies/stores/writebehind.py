@@ -129,16 +129,11 @@ flusher keeps retrying, ``close()`` or ``flush()`` called again try again,
 and interpreter exit tries once more.  Interpreter exit (``atexit``, and
 multiprocessing's exit hook in fork/forkserver children, which leave through
 ``os._exit``) flushes every open store; a failure that says the next attempt
-reconnects (a file replaced while open) is retried once there.
-
-Processes started by ``multiprocessing`` are stopped with SIGTERM by
-``Pool.terminate()``, which ``with Pool() as pool:`` calls on exit: a
-default SIGTERM kills the process before any flush.  So in such a process
-(``multiprocessing.parent_process()`` is set), when a store is opened from
-the main thread and SIGTERM still has its default action, SIGTERM is made to
-raise SystemExit: the process then leaves the normal way, through
-multiprocessing's exit hooks, which flush.  A handler the program installed
-is never replaced.
+reconnects (a file replaced while open) is retried once there.  So do
+SIGTERM and SIGINT while their handlers are Python's defaults
+(``_signals.py``: the process still ends by the signal); that is also what
+keeps ``with multiprocessing.Pool() as pool:`` exact, whose exit stops the
+workers with SIGTERM.
 
 ``fork()``: ``os.register_at_fork`` takes every store's flush lock and state
 lock before the fork (so no flush is half done in the child's copy) and
@@ -176,12 +171,10 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import logging
 import operator
 import os
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -193,7 +186,7 @@ from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from ..keyed import KeyedCounter
-from . import _wbrates
+from . import _signals, _wbrates
 from ._keyed import StoreKeyedMixin
 from ._params import Param, parse
 from ._protocol import (
@@ -660,8 +653,10 @@ class WriteBehind:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+        #: seconds one backend call may take (bounds the flush on SIGTERM/SIGINT)
+        self.timeout = float(getattr(backend, "timeout", _signals.DEFAULT_TIMEOUT))
+        _signals.install()  # flush on SIGTERM / SIGINT (see _signals.py)
         _ensure_exit_hook()
-        _flush_on_sigterm()
         with _live_lock:
             _live[id(self)] = self
         self._start_flusher()
@@ -1360,6 +1355,9 @@ class WriteBehind:
         self._stop.set()
         with _live_lock:
             _live.pop(id(self), None)
+            last = not _live
+        if last:
+            _signals.release()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
@@ -1401,6 +1399,7 @@ class WriteBehind:
 
 
 def _flusher(ref: weakref.ref[WriteBehind], stop: threading.Event) -> None:
+    _signals.keep_signals_off_this_thread()
     wb = ref()
     if wb is None:
         return
@@ -1615,11 +1614,8 @@ def _after_fork_in_child() -> None:
     _fork_lock = threading.Lock()
     _engines_lock = threading.RLock()
     _held_for_fork.clear()
-    live = list(_live.values())
-    for wb in live:
+    for wb in list(_live.values()):
         wb._after_fork_in_child()
-    if live:
-        _flush_on_sigterm()
 
 
 if hasattr(os, "register_at_fork"):
@@ -1637,25 +1633,34 @@ def _retry_now(exc: BaseException) -> bool:
     return bool(getattr(cause, "retry_now", False) or getattr(exc, "retry_now", False))
 
 
+def final_flush(wb: WriteBehind) -> None:
+    """The last flush of ``wb`` before the process ends (at exit, and on
+    SIGTERM/SIGINT: ``_signals`` calls it): ``flush()``, and once more at once
+    when the failure says that the next attempt reconnects."""
+    try:
+        wb.flush()
+    except Exception as exc:
+        if not _retry_now(exc):
+            raise
+        wb.flush()
+
+
+_signals.stores_from(_live, final_flush)  # the signal flush reads them (_signals.py)
+
+
 def flush_all() -> None:
     """Flush every open write-behind store (at exit); log failures."""
-    global _leaving
-    _leaving = True  # a SIGTERM from now on waits for this flush (see _exit_on_sigterm)
     with _live_lock:
         stores = list(_live.values())
     for wb in stores:
-        for attempt in (1, 2):
-            try:
-                wb.flush()
-            except Exception as exc:
-                if attempt == 1 and _retry_now(exc):
-                    continue
-                log.error(
-                    "tallies: final flush of %s failed; its unflushed deltas are lost: %s",
-                    wb.shown,
-                    exc,
-                )
-            break
+        try:
+            final_flush(wb)
+        except Exception as exc:
+            log.error(
+                "tallies: final flush of %s failed; its unflushed deltas are lost: %s",
+                wb.shown,
+                exc,
+            )
 
 
 def _at_exit() -> None:
@@ -1698,40 +1703,3 @@ def _mp_after_fork(_: object) -> None:
     global _mp_finalizer_pid
     _mp_finalizer_pid = 0
     _ensure_exit_hook()
-    if _live:  # stores inherited by a multiprocessing child (parent_process() is set now)
-        _flush_on_sigterm()
-
-
-_sigterm_pid = 0
-_leaving = False
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM in a multiprocessing child with a write-behind store open:
-    leave the normal way, so that the exit hooks flush (see the module
-    docstring).  A SIGTERM that arrives while the process is already leaving
-    (``Pool.terminate()`` races with a worker that got its sentinel) lets
-    the exit flush finish; the process is on its way out anyway."""
-    util = sys.modules.get("multiprocessing.util")
-    if _leaving or getattr(util, "_exiting", False):  # its exit hooks are running
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
-    raise SystemExit(128 + signal.SIGTERM)
-
-
-def _flush_on_sigterm() -> None:
-    """In a process started by multiprocessing, from its main thread, where
-    SIGTERM has its default action: make SIGTERM exit through the exit hooks
-    (which flush) instead of killing the process with its deltas."""
-    global _sigterm_pid
-    if _sigterm_pid == os.getpid() or not hasattr(signal, "SIGTERM"):
-        return
-    mp = sys.modules.get("multiprocessing")
-    if mp is None or mp.parent_process() is None:
-        return
-    if threading.current_thread() is not threading.main_thread():
-        return
-    with contextlib.suppress(ValueError, OSError):
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
-            _sigterm_pid = os.getpid()

@@ -1,0 +1,398 @@
+"""Flush every open write-behind store when SIGTERM or SIGINT ends the process.
+
+Why
+---
+``docker stop``, Kubernetes, systemd and most process managers stop a process
+with SIGTERM.  Python's default disposition for SIGTERM ends the process at
+once, without ``atexit``: every write-behind store (``sqlite://``,
+``redis://``) loses what it had not flushed yet, up to one flush interval of
+counts per process, per deploy.  SIGINT's default handler raises
+KeyboardInterrupt wherever the main thread is, a flush included.
+
+What
+----
+When a write-behind store opens in the main thread, :func:`install` looks at
+SIGTERM and SIGINT.  A signal whose handler is still Python's default
+(``SIG_DFL`` for SIGTERM, ``signal.default_int_handler`` for SIGINT) gets
+:func:`_on_signal`; any other handler (one the application installed:
+gunicorn, uvicorn, celery, asyncio's ``add_signal_handler``; or ``SIG_IGN``)
+is left alone: those exit normally, and the exit flush runs.  When the signal
+comes:
+
+1. If the main thread was stopped inside tallies' own code (a flush, a
+   ``reset()``, a key's first update: it may hold a store's locks), the
+   handler returns at once and acts when that code returns to the caller
+   (a ``'return'`` trace hook on the outermost tallies frame, set with
+   ``sys.settrace`` for the main thread only and removed at once), or when
+   the store's ``timeout`` has passed, whichever is first.  So the final
+   flush never waits for a lock the interrupted main thread holds (no
+   deadlock), and a KeyboardInterrupt is never raised inside a flush (it
+   comes out of the tallies call, after the call's work is done).
+2. Every open write-behind store is flushed by the helper thread while the
+   main thread waits, at most the largest ``timeout`` of the open stores.
+   A flush that fails or does not finish in time is logged (logger
+   ``tallies.stores``); what it held is lost, as it would have been.
+3. SIGTERM: the default disposition is restored and the signal raised again,
+   so the process ends by SIGTERM as before (status 143 in a shell, -15 from
+   ``subprocess``): a supervisor sees no difference.  SIGINT:
+   ``signal.default_int_handler`` raises KeyboardInterrupt, as before (an
+   uncaught one ends the process by SIGINT after the exit hooks, status 130);
+   the handler stays, so a program that catches it and goes on flushes again
+   on the next Ctrl-C.
+
+So one signal costs the time of one flush (at most ``timeout`` seconds, twice
+that when the main thread is itself in a flush that Redis does not answer).
+A second signal while the first one is handled is ignored (the first one
+ends the process, or raises, within that bound).
+
+The helper thread is started with the handler (never from inside it: a
+thread started in a signal handler could wait for a lock of ``threading``
+that the interrupted main thread holds) and again in a forked child, which
+inherits the handler.  A store opened in another thread installs nothing
+(only the main thread may set handlers); the handler, once installed,
+flushes every open store, whichever thread opened it.  When the last store
+closes, the defaults come back (if the handler is still the one installed).
+
+Turning it off
+--------------
+``TALLIES_SIGNAL_FLUSH=0`` in the environment (read when a store opens):
+no handler is installed.  ``TALLIES_SIGNAL_FLUSH=TERM`` (or ``INT``) limits
+it to that signal; ``1`` or unset means both.  It is an environment variable
+and not a URL parameter because a signal handler belongs to the process, not
+to one store.  An application can also install its own handler, before or
+after opening a store; tallies never replaces one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+__all__ = ["ENV", "install", "installed", "keep_signals_off_this_thread", "release", "wanted"]
+
+log = logging.getLogger("tallies.stores")
+
+ENV = "TALLIES_SIGNAL_FLUSH"
+_NAMES = {"TERM": signal.SIGTERM, "INT": signal.SIGINT}
+_DEFAULTS: dict[int, Any] = {
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGINT: signal.default_int_handler,
+}
+#: Used for a store whose backend does not say its timeout.
+DEFAULT_TIMEOUT = 5.0
+#: Modules whose code may hold a store's locks (the main thread stopped there
+#: makes the handler wait for it to leave).
+_OWN_CODE = ("tallies.stores.", "tallies._pure", "tallies.counter", "tallies.keyed")
+
+_installed: set[int] = set()
+#: signal -> the number of its deferral, while it waits for the main thread to
+#: leave tallies' code (a deadline acts only on the deferral it was set for)
+_deferred: dict[int, int] = {}
+_deferrals = 0
+_forced: set[int] = set()  # deferred too long: act wherever the main thread is
+_busy = False  # the final flush is running (a nested signal returns at once)
+_we_trace = False  # sys.settrace was set by a deferral (main thread only)
+#: jobs for the helper thread: (when, job); when 0: at once
+_jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]] = queue.SimpleQueue()
+_worker_pid = 0
+
+
+def wanted() -> tuple[signal.Signals, ...]:
+    """The signals to flush on, from ``TALLIES_SIGNAL_FLUSH`` (default: both)."""
+    raw = os.environ.get(ENV)
+    if raw is None:
+        return (signal.SIGTERM, signal.SIGINT)
+    text = raw.strip().upper()
+    if text in ("1", "YES", "ON", "TRUE"):
+        return (signal.SIGTERM, signal.SIGINT)
+    if text in ("0", "NO", "OFF", "FALSE", "NONE"):
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    parts = [p[3:] if p.startswith("SIG") else p for p in parts]
+    if not parts or any(p not in _NAMES for p in parts):
+        raise ValueError(
+            f"{ENV}={raw!r}: expected 1 (flush on SIGTERM and SIGINT, the default), "
+            "0 (never), or TERM, INT or TERM,INT"
+        )
+    return tuple(dict.fromkeys(_NAMES[p] for p in parts))
+
+
+def installed() -> frozenset[int]:
+    """The signals whose handler is tallies' right now (tests, tools)."""
+    return frozenset(s for s in _installed if signal.getsignal(s) is _on_signal)
+
+
+def install() -> None:
+    """Install the flush handler for each wanted signal whose handler is
+    Python's default; only in the main thread.  ValueError for a bad
+    ``TALLIES_SIGNAL_FLUSH``."""
+    sigs = wanted()
+    if not sigs or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in sigs:
+        current = signal.getsignal(sig)
+        if current is not _on_signal:
+            if current is not _DEFAULTS[sig]:
+                continue
+            try:
+                signal.signal(sig, _on_signal)
+            except ValueError:  # not the main interpreter
+                return
+        _installed.add(sig)  # (again, if something else put the handler back)
+        _start_worker()
+
+
+def release() -> None:
+    """The last open store closed: give the defaults back (main thread only,
+    and only where the handler is still ours)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in list(_installed):
+        if signal.getsignal(sig) is _on_signal:
+            signal.signal(sig, _DEFAULTS[sig])
+        _installed.discard(sig)
+
+
+def keep_signals_off_this_thread() -> None:
+    """Block SIGTERM and SIGINT in the calling thread (tallies' own threads:
+    the flushers, the helper).  The kernel then delivers them to the main
+    thread, whose blocking call they interrupt so that the handler runs at
+    once; delivered to a background thread, they would wait until the main
+    thread next runs Python code, which a main thread blocked on a lock
+    (``multiprocessing.Pool``'s idle workers) may never do."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no pthread_sigmask
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+
+
+# ---- the helper thread -----------------------------------------------------------
+
+
+def _start_worker() -> None:
+    global _worker_pid
+    if _worker_pid == os.getpid():
+        return
+    _worker_pid = os.getpid()
+    threading.Thread(target=_work, args=(_jobs,), name="tallies-signals", daemon=True).start()
+
+
+def _work(jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]]) -> None:
+    """Run each job when it is due (timers and flushes share this one thread,
+    which never runs inside a signal handler)."""
+    keep_signals_off_this_thread()
+    timers: list[tuple[float, Callable[[], None]]] = []
+    while True:
+        wait = None
+        if timers:
+            wait = max(0.0, min(t for t, _ in timers) - time.monotonic())
+        with contextlib.suppress(queue.Empty):
+            timers.append(jobs.get(timeout=wait))
+        now = time.monotonic()
+        due = [tj for tj in timers if tj[0] <= now]
+        timers = [tj for tj in timers if tj[0] > now]
+        for _, job in sorted(due, key=lambda tj: tj[0]):
+            try:
+                job()
+            except Exception:  # pragma: no cover - each job catches its own
+                log.exception("tallies: signal helper failed")
+
+
+def _after_fork_in_child() -> None:
+    global _jobs, _worker_pid, _busy
+    _jobs = queue.SimpleQueue()
+    _deferred.clear()
+    _forced.clear()
+    _busy = False
+    _worker_pid = 0
+    if any(signal.getsignal(s) is _on_signal for s in _DEFAULTS):
+        _start_worker()  # the child inherits the handler, not the thread
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---- the handler -----------------------------------------------------------------
+
+
+def _outermost_own_frame(frame: FrameType | None) -> FrameType | None:
+    """The outermost frame of tallies' code in the main thread's stack, if any."""
+    outer = None
+    f = frame
+    while f is not None:
+        name = f.f_globals.get("__name__")
+        if isinstance(name, str) and name.startswith(_OWN_CODE) and name != __name__:
+            outer = f
+        f = f.f_back
+    return outer
+
+
+_live: dict[int, Any] = {}
+"""writebehind.py's registry of open stores, handed over by ``stores_from``
+(this module does not import writebehind: writebehind imports it)."""
+
+
+def _plain_flush(wb: Any) -> None:
+    wb.flush()
+
+
+#: How one store is flushed before the process ends (writebehind's
+#: ``final_flush``: a file replaced while open is reopened and flushed).
+_final_flush: Callable[[Any], None] = _plain_flush
+
+
+def stores_from(live: dict[int, Any], final_flush: Callable[[Any], None] | None = None) -> None:
+    """Where the open write-behind stores are registered (writebehind's
+    ``_live``), and how each one is flushed last (``final_flush``)."""
+    global _live, _final_flush
+    _live = live
+    if final_flush is not None:
+        _final_flush = final_flush
+
+
+def _open_stores() -> list[Any]:
+    """The open write-behind stores.  Read without ``_live_lock``: the main
+    thread may be stopped holding it, and copying a dict's values is one
+    step for the interpreter (a lock of the dict's own on free-threaded
+    builds)."""
+    return list(_live.values())
+
+
+def _timeout(wb: Any) -> float:
+    t = getattr(wb, "timeout", None)
+    return float(t) if isinstance(t, (int, float)) and t > 0 else DEFAULT_TIMEOUT
+
+
+def _no_call_trace(frame: FrameType, event: str, arg: Any) -> None:
+    """The global trace function while a deferral waits: traces no new frame
+    (it only turns tracing on, so that the hooked frame's return is seen)."""
+    return None
+
+
+def _stop_tracing() -> None:
+    global _we_trace
+    if _we_trace:
+        _we_trace = False
+        sys.settrace(None)
+
+
+def _defer(signum: int, outer: FrameType, budget: float) -> None:
+    """Act on ``signum`` when ``outer`` returns (or at the deadline)."""
+    global _we_trace, _deferrals
+    chained = [outer.f_trace]  # a debugger's or coverage's, still called
+
+    def on_return(frame: FrameType, event: str, arg: Any) -> Any:
+        if chained[0] is not None:
+            chained[0] = chained[0](frame, event, arg)
+        if event == "return" and frame is outer:
+            _stop_tracing()
+            if _deferred.get(signum) == token:
+                _finish(signum, frame)  # may raise KeyboardInterrupt or end the process
+        return on_return
+
+    outer.f_trace = on_return
+    if chained[0] is None:
+        outer.f_trace_lines = False
+    if sys.gettrace() is None:
+        sys.settrace(_no_call_trace)
+        _we_trace = True
+    _deferrals += 1
+    token = _deferred[signum] = _deferrals
+    main = threading.main_thread().ident
+
+    def deadline() -> None:
+        if _deferred.get(signum) == token and main is not None:
+            _forced.add(signum)
+            with contextlib.suppress(OSError, ValueError):  # the main thread is gone
+                signal.pthread_kill(main, signum)
+
+    _jobs.put((time.monotonic() + budget, deadline))
+
+
+def _flush_all(stores: list[Any], budget: float, signame: str) -> None:
+    """Flush ``stores`` on the helper thread; wait at most ``budget`` seconds."""
+    done = threading.Event()
+    left = list(stores)  # not flushed yet (the helper removes each one it is done with)
+
+    def flush() -> None:
+        try:
+            for wb in stores:
+                try:
+                    _final_flush(wb)
+                except Exception as exc:
+                    log.error(
+                        "tallies: flush of %s on %s failed; its unflushed deltas are lost: %s",
+                        wb.shown,
+                        signame,
+                        exc,
+                    )
+                left.remove(wb)
+        finally:
+            done.set()
+
+    _jobs.put((0.0, flush))
+    if not done.wait(budget):
+        for wb in list(left):
+            log.error(
+                "tallies: flush of %s on %s did not finish within %.1f s; "
+                "its unflushed deltas are lost",
+                wb.shown,
+                signame,
+                budget,
+            )
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM / SIGINT: flush every open store, then do what the default does."""
+    if _busy:
+        return  # a second signal while the first one's flush runs: that one ends it
+    if signum in _forced:
+        _forced.discard(signum)
+    elif signum in _deferred:
+        return  # already waiting for the main thread to leave tallies' code
+    else:
+        stores = _open_stores()
+        outer = _outermost_own_frame(frame) if stores else None
+        if outer is not None:
+            _defer(signum, outer, max(_timeout(wb) for wb in stores))
+            return
+    _finish(signum, frame)
+
+
+def _finish(signum: int, frame: FrameType | None) -> None:
+    """Flush every open store (bounded), then end the process by ``signum``
+    (SIGTERM) or raise KeyboardInterrupt (SIGINT).  Main thread."""
+    global _busy
+    _deferred.pop(signum, None)
+    _stop_tracing()
+    stores = _open_stores()
+    if stores:
+        _busy = True
+        try:
+            budget = max(_timeout(wb) for wb in stores)
+            _flush_all(stores, budget, signal.Signals(signum).name)
+        finally:
+            _busy = False
+    if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt
+        return  # pragma: no cover - it always raises
+    _die(signum)
+
+
+def _die(signum: int) -> None:
+    """End the process by ``signum`` with its default disposition."""
+    with contextlib.suppress(OSError, ValueError):
+        signal.signal(signum, signal.SIG_DFL)
+        _installed.discard(signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    signal.raise_signal(signum)
+    os.kill(os.getpid(), signum)  # pragma: no cover - raise_signal did not end it
+    os._exit(128 + signum)  # pragma: no cover

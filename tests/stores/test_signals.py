@@ -1,0 +1,574 @@
+"""SIGTERM and SIGINT flush every open write-behind store, and the process
+still ends the way it would have (``stores/_signals.py``).
+
+Real processes, as deployments stop them: a long flush interval (nothing is
+flushed on its own), a signal, then the counts are read from the SQLite file
+or with plain Redis commands.  A handler the application installed stays and
+is the one called; ``TALLIES_SIGNAL_FLUSH=0`` turns the flush off; a fork
+child and ``multiprocessing.Pool`` workers (which ``Pool.__exit__`` stops
+with SIGTERM) flush too; the main thread stopped inside a flush neither
+deadlocks the handler nor loses its batch; an unresponsive Redis delays the
+end by at most the store's timeout."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _redis_support import RedisServer, need_redis, unique_prefix
+
+import tallies
+from tallies.stores import _signals
+
+# ---- where the counts land: one file, or one Redis prefix -------------------------
+
+
+@dataclass
+class Scope:
+    """A store URL (flush interval one hour) and how to read what it stored."""
+
+    name: str
+    url: str
+    counter: Callable[[str], int]
+    keyed: Callable[[str], dict[str, int]]
+
+
+def _sqlite_scope(tmp_path: Path) -> Scope:
+    db = tmp_path / "signals.db"
+
+    def rows(sql: str, *args: str) -> list[tuple[Any, ...]]:
+        if not db.exists():
+            return []
+        con = sqlite3.connect(db)
+        try:
+            return con.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:  # no table yet: nothing was flushed
+            return []
+        finally:
+            con.close()
+
+    def counter(name: str) -> int:
+        r = rows("select value from counters where name = ?", name)
+        return int(r[0][0]) if r else 0
+
+    def keyed(name: str) -> dict[str, int]:
+        return {k: int(v) for k, v in rows("select key, value from keyed where name = ?", name)}
+
+    return Scope("sqlite", f"sqlite:///{db}?flush=3600", counter, keyed)
+
+
+def _redis_scope(server: RedisServer, **params: str) -> Scope:
+    prefix = unique_prefix("sig")
+    client = server.client()
+
+    def counter(name: str) -> int:
+        return int(client.get(f"{prefix}{{{name}}}") or 0)
+
+    def keyed(name: str) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}{{{name}}}").items()}
+
+    return Scope("redis", server.url(prefix, flush="3600", **params), counter, keyed)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def scope(request: pytest.FixtureRequest, tmp_path: Path) -> Scope:
+    if request.param == "sqlite":
+        return _sqlite_scope(tmp_path)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return _redis_scope(server)
+
+
+# ---- a writer process ------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import signal, sys, time
+    import tallies
+
+    url, mode = sys.argv[1], sys.argv[2]
+
+    def user_handler(signum, frame):
+        print("user handler", signum, flush=True)
+        sys.exit(3)
+
+    if mode == "user-before":
+        signal.signal(signal.SIGTERM, user_handler)
+    store = tallies.open(url)
+    if mode == "user-after":
+        signal.signal(signal.SIGTERM, user_handler)
+    c = store.counter("n")
+    kc = store.keyed("k")
+    for i in range(1000):
+        c.increment()
+        kc.increment("a", 2)
+    h = signal.getsignal(signal.SIGTERM)
+    print("handler", "SIG_DFL" if h is signal.SIG_DFL else h.__name__, flush=True)
+    if mode == "catch-int":
+        try:
+            print("ready", flush=True)
+            time.sleep(120)
+        except KeyboardInterrupt:
+            print("caught", flush=True)
+            time.sleep(120)  # still alive: the flush happened in the handler, not at exit
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def start_writer(url: str, mode: str = "plain", env: dict[str, str] | None = None) -> Any:
+    full = dict(os.environ)
+    full.pop(_signals.ENV, None)
+    full.update(env or {})
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+    )
+    return p
+
+
+def read_until(p: Any, word: str) -> list[str]:
+    lines = []
+    while True:
+        line = p.stdout.readline()
+        assert line, f"writer ended before {word!r}: {lines} {p.stderr.read()}"
+        lines.append(line.strip())
+        if line.strip() == word:
+            return lines
+
+
+def finish(p: Any, timeout: float = 30) -> tuple[int, str]:
+    """Wait for the writer's end: (returncode, stdout + stderr left)."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out + err
+
+
+# ---- SIGTERM ---------------------------------------------------------------------
+
+
+def test_sigterm_flushes_and_the_process_still_dies_by_sigterm(scope: Scope) -> None:
+    p = start_writer(scope.url)
+    assert "handler _on_signal" in read_until(p, "ready")
+    assert scope.counter("n") == 0  # nothing flushed on its own (flush=3600)
+    p.send_signal(signal.SIGTERM)
+    rc, err = finish(p)
+    assert rc == -signal.SIGTERM, err  # a shell reports 143, as without tallies
+    assert scope.counter("n") == 1000
+    assert scope.keyed("k") == {"a": 2000}
+
+
+def test_sigterm_with_the_flush_turned_off_loses_the_unflushed_counts(scope: Scope) -> None:
+    """TALLIES_SIGNAL_FLUSH=0: no handler; the process dies as Python's default
+    makes it (what every write-behind store did before)."""
+    p = start_writer(scope.url, env={_signals.ENV: "0"})
+    assert "handler SIG_DFL" in read_until(p, "ready")
+    p.send_signal(signal.SIGTERM)
+    rc, _ = finish(p)
+    assert rc == -signal.SIGTERM
+    assert scope.counter("n") == 0
+
+
+@pytest.mark.parametrize("when", ["user-before", "user-after"])
+def test_a_handler_the_application_installed_stays_and_is_called(scope: Scope, when: str) -> None:
+    """Before the store opens, tallies leaves it in place; after, it replaces
+    tallies' own.  Either way the application's handler runs, exits normally,
+    and the exit flush keeps the counts."""
+    p = start_writer(scope.url, when)
+    assert "handler user_handler" in read_until(p, "ready")
+    p.send_signal(signal.SIGTERM)
+    rc, err = finish(p)
+    assert rc == 3, err
+    assert scope.counter("n") == 1000
+    assert scope.keyed("k") == {"a": 2000}
+
+
+# ---- SIGINT ----------------------------------------------------------------------
+
+
+def test_sigint_flushes_then_raises_keyboard_interrupt(scope: Scope) -> None:
+    p = start_writer(scope.url, "catch-int")
+    read_until(p, "ready")
+    p.send_signal(signal.SIGINT)
+    read_until(p, "caught")  # KeyboardInterrupt, as before
+    assert p.poll() is None  # alive: no exit flush has run
+    assert scope.counter("n") == 1000
+    assert scope.keyed("k") == {"a": 2000}
+    p.kill()
+    finish(p)
+
+
+def test_an_uncaught_keyboard_interrupt_still_ends_the_process_by_sigint(scope: Scope) -> None:
+    p = start_writer(scope.url)
+    read_until(p, "ready")
+    p.send_signal(signal.SIGINT)
+    rc, err = finish(p)
+    assert rc == -signal.SIGINT, err  # a shell reports 130
+    assert "KeyboardInterrupt" in err
+    assert scope.counter("n") == 1000
+
+
+INTERRUPTED = textwrap.dedent(
+    """
+    import sys, time
+    import tallies
+
+    store = tallies.open(sys.argv[1])
+    kc = store.keyed("k")
+    hit, i = [], 0
+    print("ready", flush=True)
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        try:
+            while time.monotonic() < deadline:
+                key = i  # key = i; i += 1 has no point where a signal handler runs
+                i += 1
+                kc.increment(f"k{key}")
+                store.flush()
+        except KeyboardInterrupt:
+            hit.append(key)  # its increment may or may not have happened; never reused
+    store.close()
+    print(len(hit), ",".join(map(str, hit)), i, flush=True)
+    """
+)
+
+
+def test_keyboard_interrupts_never_land_inside_a_flush(tmp_path: Path) -> None:
+    """Ctrl-C 40 times at random moments into a main thread that does little
+    but flush (pure-Python core: the flush is Python code).  Every increment
+    that returned is stored exactly once: a KeyboardInterrupt raised inside
+    the flush could drop deltas it had taken from the cells."""
+    scope = _sqlite_scope(tmp_path)
+    env = dict(os.environ, TALLIES_PURE="1")
+    env.pop(_signals.ENV, None)
+    p = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, scope.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    read_until(p, "ready")
+    for _ in range(40):
+        time.sleep(0.02 + (os.getpid() + _) % 7 * 0.01)
+        p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    nhit, hits, tried = out.split()
+    hit = {int(h) for h in hits.split(",") if h}
+    stored = scope.keyed("k")
+    assert int(nhit) >= 20  # the interrupts did land
+    assert all(v == 1 for v in stored.values())  # nothing twice
+    returned = [i for i in range(int(tried)) if i not in hit]
+    assert [i for i in returned if f"k{i}" not in stored] == []  # nothing that returned was lost
+    assert set(stored) <= {f"k{i}" for i in range(int(tried))}
+
+
+# ---- fork, multiprocessing ---------------------------------------------------------
+
+
+def _forked_writer(url: str, ready: Any) -> None:
+    store = tallies.open(url)
+    store.counter("n").increment(500)
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_fork_child_flushes_on_sigterm(scope: Scope) -> None:
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=_forked_writer, args=(scope.url, ready))
+    p.start()
+    assert ready.wait(30)
+    p.terminate()  # SIGTERM
+    p.join(30)
+    assert p.exitcode == -signal.SIGTERM
+    assert scope.counter("n") == 500
+
+
+_pool_store: Any = None
+
+
+def _pool_init(url: str) -> None:
+    global _pool_store
+    _pool_store = tallies.open(url)
+
+
+def _pool_task(i: int) -> int:
+    _pool_store.counter("n").increment(i)
+    _pool_store.keyed("k").increment(str(i % 3))
+    return i
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_multiprocessing_pool_left_by_its_with_block_loses_nothing(
+    scope: Scope, method: str
+) -> None:
+    """``Pool.__exit__`` calls ``terminate()``: SIGTERM to every worker, which
+    skips every exit hook.  The handler flushes each worker's store first."""
+    with mp.get_context(method).Pool(2, initializer=_pool_init, initargs=(scope.url,)) as pool:
+        assert sum(pool.map(_pool_task, range(200))) == sum(range(200))
+    assert scope.counter("n") == sum(range(200))
+    assert sum(scope.keyed("k").values()) == 200
+
+
+# ---- the main thread stopped inside a flush ----------------------------------------
+
+MID_FLUSH = textwrap.dedent(
+    """
+    import sys, threading, time
+    import tallies
+
+    store = tallies.open(sys.argv[1])
+    c = store.counter("n")
+    c.increment(1000)
+    print("flushing", flush=True)
+    store.flush()  # waits for the lock the test holds
+    print("flushed", flush=True)  # not reached: the signal is acted on as flush() returns
+    time.sleep(120)
+    """
+)
+
+
+def test_sigterm_while_the_main_thread_waits_inside_a_flush(tmp_path: Path) -> None:
+    """The main thread is in ``flush()`` (holding the store's flush lock,
+    waiting for SQLite's write lock) when SIGTERM comes: the handler lets that
+    flush finish instead of waiting for its lock (a deadlock) or giving up
+    (a loss), then flushes what came after and ends the process by SIGTERM."""
+    scope = _sqlite_scope(tmp_path)
+    tallies.open(scope.url).close()  # create the file
+    db = scope.url[len("sqlite:///") :].partition("?")[0]
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        p = start_writer_code(MID_FLUSH, scope.url.replace("flush=3600", "flush=3600&timeout=8"))
+        read_until(p, "flushing")
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert p.poll() is None  # the handler waits for the flush, not the reverse
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    t0 = time.monotonic()
+    rc, err = finish(p)
+    assert rc == -signal.SIGTERM, err
+    assert time.monotonic() - t0 < 5
+    assert "flushed" not in err  # ended as flush() returned, before the next line
+    assert scope.counter("n") == 1000
+
+
+HOLDS_LIVE_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    import tallies
+    from tallies.stores import writebehind
+
+    store = tallies.open(sys.argv[1])
+    store.counter("n").increment(1000)
+    with writebehind._live_lock:  # as close() holds it for a moment
+        print("flushing", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_sigterm_while_the_main_thread_holds_the_registry_lock(tmp_path: Path) -> None:
+    """The handler finds the open stores without the lock that registers
+    them (the main thread may be stopped holding it, in ``close()``)."""
+    scope = _sqlite_scope(tmp_path)
+    p = start_writer_code(HOLDS_LIVE_LOCK, scope.url)
+    read_until(p, "flushing")
+    p.send_signal(signal.SIGTERM)
+    rc, err = finish(p)
+    assert rc == -signal.SIGTERM, err
+    assert scope.counter("n") == 1000
+
+
+def start_writer_code(code: str, *args: str) -> Any:
+    env = dict(os.environ)
+    env.pop(_signals.ENV, None)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_sigterm_with_redis_not_answering_ends_within_the_timeout(tmp_path: Path) -> None:
+    """redis-server stopped (SIGSTOP: connections hang, nothing refuses): the
+    flush on SIGTERM gives up after ``timeout`` and the process still ends by
+    SIGTERM.  The counts were only in its memory: lost, and the log says so."""
+    need_redis()
+    server = RedisServer(tmp_path / "stopped").start()
+    try:
+        scope = _redis_scope(server, timeout="1")
+        p = start_writer(scope.url)
+        read_until(p, "ready")
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            rc, err = finish(p)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert rc == -signal.SIGTERM, err
+        assert 0.9 < took < 3.5  # one timeout (1 s) for the flush, plus start-up noise
+        assert "flush of redis://" in err and "lost" in err
+        assert scope.counter("n") == 0
+    finally:
+        server.stop()
+
+
+# ---- where the handler is installed, and where not --------------------------------
+
+
+@pytest.fixture
+def defaults() -> Iterator[None]:
+    """Run with Python's default SIGTERM / SIGINT handlers; restore them after."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    installed = set(_signals._installed)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+    _signals._installed.clear()
+    _signals._installed.update(installed)
+
+
+def test_installed_while_a_store_is_open_and_the_defaults_come_back(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    a = tallies.open(f"sqlite:///{tmp_path / 'a.db'}")
+    b = tallies.open(f"sqlite:///{tmp_path / 'b.db'}")
+    assert _signals.installed() == {signal.SIGTERM, signal.SIGINT}
+    a.close()
+    assert _signals.installed() == {signal.SIGTERM, signal.SIGINT}  # b is still open
+    b.close()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", set()), ("TERM", {signal.SIGTERM}), ("SIGINT", {signal.SIGINT}), ("1", None)],
+)
+def test_the_environment_variable_chooses_the_signals(
+    tmp_path: Path,
+    defaults: None,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    expected: set[int] | None,
+) -> None:
+    monkeypatch.setenv(_signals.ENV, value)
+    store = tallies.open(f"sqlite:///{tmp_path / 'e.db'}")
+    want = {signal.SIGTERM, signal.SIGINT} if expected is None else expected
+    try:
+        assert _signals.installed() == want
+    finally:
+        store.close()
+
+
+def test_a_bad_environment_value_is_refused_and_installs_nothing(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_signals.ENV, "TERM,HUP")
+    with pytest.raises(ValueError, match=r"TALLIES_SIGNAL_FLUSH='TERM,HUP': expected 1 .*TERM"):
+        tallies.open(f"sqlite:///{tmp_path / 'bad.db'}")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ignored_or_custom_handlers_are_left_alone(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(_signals.ENV, raising=False)
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not called here")
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, mine)
+    store = tallies.open(f"sqlite:///{tmp_path / 'i.db'}")
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        store.close()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is mine
+
+
+def test_a_store_opened_in_another_thread_installs_nothing(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the main thread may set handlers (documented: such a store is
+    flushed on a signal only once a store opened in the main thread has
+    installed the handler)."""
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(tallies.open(f"sqlite:///{tmp_path / 't.db'}")))
+    t.start()
+    t.join()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        got[0].close()
+
+
+def _blocked(native_id: int) -> int:
+    """The signal mask of one of this process's threads (from /proc)."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16)
+
+
+def test_tallies_threads_leave_sigterm_and_sigint_to_the_main_thread(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal the kernel hands to a background thread runs its Python
+    handler only when the main thread next runs Python code: an idle
+    ``Pool`` worker, blocked on a lock, would never end.  So tallies' flusher
+    and helper threads block both signals."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc/self/task here to read thread signal masks from")
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    store = tallies.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        ours = [
+            t
+            for t in threading.enumerate()
+            if t.name.startswith(("tallies-flush", "tallies-signals")) and t.native_id
+        ]
+        assert {t.name.split()[0] for t in ours} == {"tallies-flush", "tallies-signals"}
+        both = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        for t in ours:
+            assert t.native_id is not None
+            assert _blocked(t.native_id) & both == both, t.name
+        assert _blocked(threading.get_native_id()) & both == 0  # the main thread takes them
+    finally:
+        store.close()
