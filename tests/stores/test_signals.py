@@ -572,3 +572,25 @@ def test_tallies_threads_leave_sigterm_and_sigint_to_the_main_thread(
         assert _blocked(threading.get_native_id()) & both == 0  # the main thread takes them
     finally:
         store.close()
+
+
+def test_tallies_threads_have_the_signals_blocked_from_their_first_instruction() -> None:
+    """Blocking them inside the new thread leaves a window before it gets
+    there, in which the kernel may hand it a SIGTERM meant for the main thread
+    (an idle Pool worker would then never end).  The thread is started with
+    them blocked, so it inherits the mask; the starting thread's mask is as
+    before."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc/self/task here to read thread signal masks from")
+    both = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+    seen: list[int] = []
+
+    def first() -> None:  # the first thing the thread does: read its own mask
+        seen.append(_blocked(threading.get_native_id()))
+
+    before = _blocked(threading.get_native_id())
+    t = threading.Thread(target=first)
+    _signals.start_without_signals(t)
+    t.join()
+    assert seen[0] & both == both
+    assert _blocked(threading.get_native_id()) == before

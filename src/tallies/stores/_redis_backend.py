@@ -47,9 +47,9 @@ import contextlib
 import hashlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -102,6 +102,7 @@ from .base import (
 )
 
 __all__ = ["PARAMS", "RedisBackend", "RedisOptions", "parse_redis_url", "redis_options"]
+_T = TypeVar("_T")
 _WRITER_OK = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 _MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
 
@@ -576,6 +577,18 @@ class RedisBackend:
             for c in calls:
                 self._verified.update(name for name, _, _ in c.fields)
 
+    def _by_node(self, items: Iterable[_T], key: Callable[[_T], str]) -> list[tuple[Any, list[_T]]]:
+        """``items`` grouped by the node that holds each one's Redis key
+        ``key(item)`` (one group on a standalone server): ``(client, items)``."""
+        by_node: dict[int, tuple[Any, list[_T]]] = {}
+        for item in items:
+            client = self._node_client(key(item))
+            by_node.setdefault(id(client), (client, []))[1].append(item)
+        return list(by_node.values())
+
+    def _data_key(self, name: str) -> str:
+        return data_key(self.prefix, name)
+
     def _precheck_kinds(self, calls: list[_Call], seq: int) -> None:
         """Before a batch of several calls: is a name of it a key of the other
         type (a counter where the batch has a keyed counter, or the reverse)?
@@ -600,12 +613,8 @@ class RedisBackend:
             for rec in self._get_many([c.wkey for c in calls]):
                 if rec is not None and int(rec.split(b":")[0]) >= seq:
                     return
-            by_node: dict[int, tuple[Any, list[str]]] = {}
-            for name in want:
-                client = self._node_client(data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(name)
             clash: list[tuple[str, str | None]] = []
-            for client, names in by_node.values():
+            for client, names in self._by_node(want, self._data_key):
                 pipe = client.pipeline(transaction=False)
                 for name in names:
                     pipe.type(data_key(self.prefix, name))
@@ -685,11 +694,7 @@ class RedisBackend:
             for c in calls:
                 for name, key, d in c.fields:
                     deltas.setdefault(name, {})[key] = d
-            by_node: dict[int, tuple[Any, list[str]]] = {}
-            for name in deltas:
-                client = self._node_client(data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(name)
-            for client, names in by_node.values():
+            for client, names in self._by_node(deltas, self._data_key):
                 pipe = client.pipeline(transaction=False)
                 for name in names:
                     fields = list(deltas[name])
@@ -723,12 +728,8 @@ class RedisBackend:
     def _get_many(self, keys: list[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
         unique = list(dict.fromkeys(keys))
-        by_node: dict[int, tuple[Any, list[str]]] = {}
-        for k in unique:
-            client = self._node_client(k)
-            by_node.setdefault(id(client), (client, []))[1].append(k)
         got: dict[str, bytes | None] = {}
-        for client, ks in by_node.values():
+        for client, ks in self._by_node(unique, str):
             pipe = client.pipeline(transaction=False)
             for k in ks:
                 pipe.get(k)
@@ -948,12 +949,11 @@ class RedisBackend:
 
     def _read_plain(self, ops: list[_ReadOp]) -> list[Any]:
         values: list[Any] = [None] * len(ops)
-        by_node: dict[int, tuple[Any, list[int]]] = {}
         try:
-            for i, (name, _, _, rkey) in enumerate(ops):
-                client = self._node_client(rkey or data_key(self.prefix, name))
-                by_node.setdefault(id(client), (client, []))[1].append(i)
-            for client, idxs in by_node.values():
+            by_node = self._by_node(
+                range(len(ops)), lambda i: ops[i][3] or data_key(self.prefix, ops[i][0])
+            )
+            for client, idxs in by_node:
                 for start in range(0, len(idxs), 1000):
                     chunk = idxs[start : start + 1000]
                     pipe = client.pipeline(transaction=False)

@@ -200,15 +200,22 @@ def _rebuild_rate(url: str, name: str, keyed: bool, window: float, resolution: f
     return store.rate(name, window, resolution)
 
 
-class _RateBase(_RateSettings):
+class Named:
+    """What every ``shm://`` counter and rate holds: its segment, its name and
+    its store's URL; ``name`` is read-only."""
+
+    __slots__ = ()
     _seg: _Segment
     _name: str
     _url: str
-    _idx: int
 
     @property
     def name(self) -> str:
         return self._name
+
+
+class _RateBase(Named, _RateSettings):
+    _idx: int
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by URL and name, like shm:// counters: a worker process (a

@@ -23,7 +23,7 @@ import struct
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -749,22 +749,23 @@ class _Segment:
 
     # -- reads and resets --------------------------------------------------
 
-    def sum(self, cell: int) -> int:
-        v = self.c.sum(cell)
+    def _stable(self, read: Callable[[Any], Any], arg: Any) -> Any:
+        """``read(arg)`` (a C sum, None when a slab changed under it), again
+        under the segment lock when the lock-free read was not stable."""
+        v = read(arg)
         if v is None:
             with self.locked():
-                v = self.c.sum(cell)
+                v = read(arg)
         if v is None:  # pragma: no cover - impossible while we hold the lock
             raise RuntimeError("tallies: no stable read under the segment lock")
         return v
 
+    def sum(self, cell: int) -> int:
+        v: int = self._stable(self.c.sum, cell)
+        return v
+
     def sum_many(self, cells: list[int]) -> list[int]:
-        vals = self.c.sum_many(cells)
-        if vals is None:
-            with self.locked():
-                vals = self.c.sum_many(cells)
-        if vals is None:  # pragma: no cover - impossible while we hold the lock
-            raise RuntimeError("tallies: no stable read under the segment lock")
+        vals: list[int] = self._stable(self.c.sum_many, cells)
         return vals
 
     def take(self, cells: list[int]) -> list[int]:

@@ -173,6 +173,25 @@ def keep_signals_off_this_thread() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
 
 
+def start_without_signals(thread: threading.Thread) -> None:
+    """Start one of tallies' threads with SIGTERM and SIGINT blocked from its
+    first instruction: a new thread inherits the mask of the thread that starts
+    it, so they are blocked here around ``start()`` and the caller's mask is
+    restored after.  (Blocking them only inside the new thread leaves a window,
+    before it gets there, in which the kernel may hand it a signal meant for
+    the main thread; a signal that arrives while they are blocked here stays
+    pending and goes to the main thread when they are unblocked.)"""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask
+        thread.start()
+        return
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 # ---- the helper thread -----------------------------------------------------------
 
 
@@ -181,7 +200,9 @@ def _start_worker() -> None:
     if _worker_pid == os.getpid():
         return
     _worker_pid = os.getpid()
-    threading.Thread(target=_work, args=(_jobs,), name="tallies-signals", daemon=True).start()
+    start_without_signals(
+        threading.Thread(target=_work, args=(_jobs,), name="tallies-signals", daemon=True)
+    )
 
 
 def _work(jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]]) -> None:

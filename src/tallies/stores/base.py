@@ -420,3 +420,12 @@ def check_key(key: object) -> str:
             raise TypeError(f"key must be a str, not {type(key).__name__!r}")
         key = str.__str__(key)
     return check_name(key, "key", max_bytes=KEY_MAX_BYTES)
+
+
+def rate_mismatch(name: str, have: Any, want: Any, where: str) -> ValueError:
+    """The error for a rate asked for with other settings than it has
+    (``have``, ``want``: objects with ``window`` and ``resolution``)."""
+    return ValueError(
+        f"{name!r} is a rate with window={have.window!r}, resolution={have.resolution!r} "
+        f"in {where}, not window={want.window!r}, resolution={want.resolution!r}"
+    )

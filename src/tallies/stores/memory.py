@@ -25,7 +25,16 @@ from typing import Any, ClassVar, SupportsIndex
 from ..counter import Counter
 from ..keyed import KeyedCounter
 from ..rates import KeyedRateCounter, RateCounter
-from .base import Snapshot, Store, StoreNotFoundError, StoreURL, check_key, check_name, counter_name
+from .base import (
+    Snapshot,
+    Store,
+    StoreNotFoundError,
+    StoreURL,
+    check_key,
+    check_name,
+    counter_name,
+    rate_mismatch,
+)
 
 __all__ = ["STORE", "MemoryKeyedCounter", "MemoryStore"]
 
@@ -235,10 +244,7 @@ class MemoryStore(Store):
             raise ValueError(f"{name!r} is {_kind(c, name)} in this store")
         probe = cls(window, resolution)  # the same argument checks and messages
         if (probe.window, probe.resolution) != (obj.window, obj.resolution):
-            raise ValueError(
-                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in this store, not window={probe.window!r}, resolution={probe.resolution!r}"
-            )
+            raise rate_mismatch(name, obj, probe, "this store")
         return obj
 
     LIMITER_RESOLUTION_NS = 1_000

@@ -132,7 +132,7 @@ from typing import Any, ClassVar, SupportsIndex
 
 from .._impl import native as _shm  # the extension, even under TALLIES_PURE=1
 from ._keyed import StoreKeyedMixin
-from ._shm_rates import UnusableRateError
+from ._shm_rates import Named, UnusableRateError
 from ._shm_segment import (  # the segment itself (and names tests and _shm_rates use)
     DEFAULT_KEYS,
     DEFAULT_NAMES,
@@ -156,6 +156,7 @@ from .base import (
     StoreURL,
     check_key,
     counter_name,
+    rate_mismatch,
 )
 
 log = logging.getLogger("tallies.stores")
@@ -206,7 +207,7 @@ else:  # pragma: no cover - without the C extension nothing below is reachable
     _CellBase = _KeyedBase = object
 
 
-class ShmCounter(_CellBase):  # type: ignore[misc]
+class ShmCounter(Named, _CellBase):  # type: ignore[misc]
     """A counter in shared memory: the in-process ``Counter`` API across processes.
 
     ``increment``/``decrement`` (and ``+=``/``-=``) are lock-free atomic adds
@@ -219,14 +220,6 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
     """
 
     __slots__ = ("_name", "_seg", "_url")
-
-    _seg: _Segment
-    _name: str
-    _url: str
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def value(self) -> int:
         """The sum over every process (exact; not a snapshot of concurrent writes)."""
@@ -253,7 +246,7 @@ class ShmCounter(_CellBase):  # type: ignore[misc]
         return (_rebuild_counter, (self._url, self._name))
 
 
-class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
+class ShmKeyedCounter(Named, StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     """A keyed counter in shared memory (str keys); the keyed API every store
     shares (``_keyed.StoreKeyedMixin``: ``kc[key] += n``, ``get``, ``update``,
     ``most_common`` ...).
@@ -267,14 +260,7 @@ class ShmKeyedCounter(StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
 
     __slots__ = ("_idx", "_name", "_seg", "_url")
 
-    _seg: _Segment
-    _name: str
     _idx: int
-    _url: str
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
@@ -479,10 +465,7 @@ class ShmStore(Store):
                 f" in shm://{self._seg.name}"
             )
         if (obj._sp.window_ns, obj._sp.res_ns) != (sp.window_ns, sp.res_ns):
-            raise ValueError(
-                f"{name!r} is a rate with window={obj.window!r}, resolution={obj.resolution!r} "
-                f"in {self._url.shown}, not window={sp.window!r}, resolution={sp.resolution!r}"
-            )
+            raise rate_mismatch(name, obj, sp, self._url.shown)
         return obj
 
     def names(self) -> list[str]:

@@ -413,6 +413,15 @@ class SqliteBackend:
         if version < 1 or not tables >= TABLES:
             raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
 
+    def _same_file(self, ident: tuple[int, int] | None) -> bool:
+        """Whether the path still names the file a connection opened (``ident``:
+        its device and inode)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == ident
+
     def _writer(self) -> sqlite3.Connection:
         """The writer connection, after checking that the file is still the
         one we opened (a removed or replaced file fails this attempt)."""
@@ -423,12 +432,7 @@ class SqliteBackend:
             self._drop_writer()
             conn = self._w = self._open(validate=True)
             return conn
-        try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._ident
-        except FileNotFoundError:
-            same = False
-        if not same:
+        if not self._same_file(self._ident):
             self._drop_writer()
             self._new_file = True  # (a re-created file may even reuse the inode)
             exc = StoreUnavailableError(
@@ -459,17 +463,11 @@ class SqliteBackend:
         removed and created again (by ``destroy`` in another process, say) is
         read from now on, never the deleted one."""
         conn = self._r
-        if conn is not None:
-            try:
-                st = os.stat(self.path)
-                same = (st.st_dev, st.st_ino) == self._rident
-            except FileNotFoundError:
-                same = False
-            if not same:
-                self._r = None
-                with contextlib.suppress(Exception):
-                    conn.close()
-                conn = None
+        if conn is not None and not self._same_file(self._rident):
+            self._r = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            conn = None
         if conn is None:
             try:
                 conn = self._connect(create=False)

@@ -691,36 +691,31 @@ class WriteBehind:
 
     def counter(self, name: str) -> Any:
         c = self._counters.get(name)
-        if c is not None:
-            return c
-        self._check_open()
-        counter_name(name)
-        self._kind_clash(name, "counter")
-        with self._state:
-            c = self._counters.get(name)
-            if c is None:
-                if self.write_through:
-                    c = WriteThroughCounter(self, name)
-                else:
-                    c = self._make_counter(self, name)
-                self._counters[name] = c
-                self._kinds[name] = "counter"
-        return c
+        return c if c is not None else self._first_use(name, "counter")
 
     def keyed(self, name: str) -> BufferedKeyedCounter:
         kc = self._keyed.get(name)
-        if kc is not None:
-            return kc
+        return kc if kc is not None else self._first_use(name, "keyed")
+
+    def _first_use(self, name: str, kind: Kind) -> Any:
+        """The counter or keyed counter ``name``, made on its first use here."""
         self._check_open()
         counter_name(name)
-        self._kind_clash(name, "keyed")
+        self._kind_clash(name, kind)
+        objects: dict[str, Any] = self._counters if kind == "counter" else self._keyed
         with self._state:
-            kc = self._keyed.get(name)
-            if kc is None:
-                cls = WriteThroughKeyed if self.write_through else BufferedKeyedCounter
-                kc = self._keyed[name] = cls(self, name)
-                self._kinds[name] = "keyed"
-        return kc
+            obj = objects.get(name)
+            if obj is None:
+                if kind == "keyed":
+                    cls = WriteThroughKeyed if self.write_through else BufferedKeyedCounter
+                    obj = cls(self, name)
+                elif self.write_through:
+                    obj = WriteThroughCounter(self, name)
+                else:
+                    obj = self._make_counter(self, name)
+                objects[name] = obj
+                self._kinds[name] = kind
+        return obj
 
     def rate(self, name: str, kind: RateKind, window: object, resolution: object) -> Any:
         """The rate (or keyed rate) called ``name`` (see ``_wbrates.py``)."""
@@ -1305,7 +1300,7 @@ class WriteBehind:
             target=_flusher, args=(ref, self._stop), name=f"tallies-flush {self.shown}", daemon=True
         )
         self._thread = t
-        t.start()
+        _signals.start_without_signals(t)
 
     def _background_flush(self) -> bool:
         """One background attempt; False on failure (logged)."""
