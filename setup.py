@@ -69,6 +69,7 @@ HEADERS = [
     "_pyargs.h",
     "_ring.h",
     "_shared.h",
+    "_shmkeys.h",
 ]
 EXTENSION = Extension(
     "tallies._tallies",

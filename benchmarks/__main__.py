@@ -1,7 +1,7 @@
 """``./tallies bench`` (``python -m benchmarks`` from a checkout): the whole report.
 
     tallies bench [--quick] [--processes | --stores [--part NAME...] | --limits
-                  | --threads [N,N...] [--rounds N]] [--json]
+                  | --threads [N,N...] [--rounds N] | --scale [--max-keys N]] [--json]
 
 Without a mode: the default report, ``PARTS`` in order (Counter and
 ShardedCounter, KeyedCounter, RateCounter), printed part by part, then every
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from tallies.cli.look import positive_int
 
-from . import counters, keyed, limits, processes, rates, stores, threads
+from . import counters, keyed, limits, processes, rates, scale, stores, threads
 from .harness import Row, emit, format_rows, format_targets, header, report_json
 
 __all__ = ["PARTS", "build_parser", "main"]
@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
         "free-threaded builds)",
     )
     p.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead: what one key costs in every store at 10^3 to 10^6 keys (first and "
+        "later increments, flush, one-key read, snapshot, memory, disk), issue 19's targets",
+    )
+    p.add_argument(
+        "--max-keys",
+        type=positive_int,
+        default=None,
+        help=f"with --scale: the most keys measured (default {max(scale.SIZES):,})",
+    )
+    p.add_argument(
         "--rounds",
         type=positive_int,
         default=None,
@@ -130,6 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.part and not args.stores:
         print(f"{COMMAND}: --part applies to --stores only", file=sys.stderr)
         return 2
+    if args.max_keys is not None and not args.scale:
+        print(f"{COMMAND}: --max-keys applies to --scale only", file=sys.stderr)
+        return 2
+    if args.scale:
+        max_keys = args.max_keys or max(scale.SIZES)
+        command = f"{COMMAND} --scale" + (f" --max-keys {max_keys}" if args.max_keys else "")
+        command += " --quick" if args.quick else ""
+        emit(command, scale.run(args.quick, max_keys), as_json=args.json, note=scale.NOTE)
+        return 0
     if args.stores:
         command = " ".join([f"{COMMAND} --stores", *(f"--part {p}" for p in args.part or ())])
         emit(command, stores.run(args.quick, args.part), as_json=args.json)

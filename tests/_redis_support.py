@@ -98,11 +98,19 @@ def start_replica(master: RedisServer, directory: Path, *, aof: bool = False) ->
 
 
 def wait_in_sync(master: RedisServer, replicas: list[RedisServer], timeout: float = 30) -> None:
-    """Until every replica's link to ``master`` is up and the master sees them all."""
+    """Until every replica's link to ``master`` is up, the master sees them
+    all, and each has processed everything the master had sent."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ups = [info(r.port).get("master_link_status") == "up" for r in replicas]
-        if all(ups) and int(info(master.port).get("connected_slaves", "0")) >= len(replicas):
+        sent = int(info(master.port).get("master_repl_offset", "0"))
+        rs = [info(r.port) for r in replicas]
+        ups = [r.get("master_link_status") == "up" for r in rs]
+        caught_up = [int(r.get("slave_repl_offset", "-1")) >= sent for r in rs]
+        if (
+            all(ups)
+            and all(caught_up)
+            and int(info(master.port).get("connected_slaves", "0")) >= len(replicas)
+        ):
             return
         time.sleep(0.05)
     raise RuntimeError(f"replicas of port {master.port} did not come in sync")

@@ -17,6 +17,9 @@ in the repository are exactly what their runs draw.
   IMPL`` of the plot's runs is a point (today the default report measures one
   N; a scale report with the same row names adds its sizes by being listed in
   ``KEYS_RUNS``).
+* ``scale``: per-key cost of every store against the number of keys, one panel
+  per operation (``tallies bench --scale``: every row named ``STORE, N keys``
+  of its parts "scale: ...").
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ PER_CALL_RUN = "default"
 PER_CALL_PART = "single thread: ns per call"
 THREADS_RUNS = ("threads",)
 KEYS_RUNS = ("default",)
+SCALE_RUN = "scale"
+SCALE_ROW = re.compile(r"(?P<store>[^,]+), (?P<keys>[\d,]+) keys(?:, after flush\(\))?$")
+#: The panels of the scale plot: (the part's name starts with, its title).
+SCALE_PANELS = (
+    ("scale: first increment", "first increment of a new key (ns per key)"),
+    ("scale: increment of an existing", "increment of an existing key (ns)"),
+    ("scale: one-key read", "one-key read kc[key] after flush() (us)"),
+    ("scale: flush()", "flush() of every key dirty (ns per key)"),
+    ("scale: snapshot()", "snapshot() (ns per key)"),
+    ("scale: resident memory", "resident memory (bytes per key)"),
+)
 MEMORY_ROW = re.compile(r"memory per key, (?P<keys>[\d,]+) keys, (?P<kind>.+): (?P<impl>[\w.]+)$")
 
 
@@ -42,6 +56,7 @@ class Plot:
     title: str
     runs: Callable[[], tuple[str, ...]]
     draw: Callable[[Any, list[tuple[str, dict[str, Any]]]], None]
+    size: tuple[float, float] = (8.0, 4.2)
 
 
 def _setup() -> Any:
@@ -140,6 +155,50 @@ def _draw_keys(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
 
 
+def _draw_scale(fig: Any, sources: list[tuple[str, dict[str, Any]]]) -> None:
+    ((_, run),) = sources
+    axes = fig.subplots(
+        2,
+        3,
+        gridspec_kw={
+            "left": 0.07,
+            "right": 0.98,
+            "top": 0.9,
+            "bottom": 0.2,
+            "hspace": 0.45,
+            "wspace": 0.3,
+        },
+    )
+    colors: dict[str, str] = {}
+    palette = ("#9e9e9e", "#3f51b5", "#e65100", "#c62828", "#2e7d32")
+    for ax, (part, label) in zip(axes.flat, SCALE_PANELS, strict=True):
+        series: dict[str, dict[int, float]] = defaultdict(dict)
+        for r in run["rows"]:
+            m = SCALE_ROW.match(r["name"])
+            if r["part"].startswith(part) and m and (r.get("value") or 0) > 0:  # log axes
+                series[m["store"]][int(m["keys"].replace(",", ""))] = r["value"]
+        for store, pts in series.items():
+            color = colors.setdefault(store, palette[len(colors) % len(palette)])
+            xs = sorted(pts)
+            style = "--" if store == "KeyedCounter" else "-"
+            ax.plot(
+                xs,
+                [max(pts[x], 1e-3) for x in xs],
+                style,
+                marker="o",
+                ms=3,
+                color=color,
+                label=store,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("keys", fontsize=7)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, frameon=False)
+
+
 PLOTS: dict[str, Plot] = {
     "per-call": Plot(
         "Cost of one increment against the floor and the peers",
@@ -148,6 +207,12 @@ PLOTS: dict[str, Plot] = {
     ),
     "threads": Plot("Thread scaling", lambda: THREADS_RUNS, _draw_threads),
     "keys": Plot("Memory per key as keys grow", lambda: KEYS_RUNS, _draw_keys),
+    "scale": Plot(
+        "What one key costs in every store as keys grow",
+        lambda: (SCALE_RUN,),
+        _draw_scale,
+        size=(9.0, 6.0),
+    ),
 }
 
 
@@ -156,7 +221,7 @@ def render(name: str) -> bytes:
     plt = _setup()
     spec = PLOTS[name]
     sources = [(n, runs.load(n)) for n in spec.runs()]
-    fig = plt.figure(figsize=(8.0, 4.2))
+    fig = plt.figure(figsize=spec.size)
     try:
         spec.draw(fig, sources)
         _stamp(fig, sources)

@@ -278,6 +278,29 @@ class Segment:
     def sum_many(self, cells: Sequence[int]) -> list[int] | None: ...
     def take(self, cell: int) -> int: ...
     def nonzero(self, off: int, lo: int, hi: int) -> list[tuple[int, int]]: ...
+    def attach_keys(
+        self,
+        names_cap: int,
+        keys_cap: int,
+        hash_off: int,
+        slots: int,
+        entries_off: int,
+        heap_off: int,
+        heap_cap: int,
+        used_off: int,
+        heap_used_off: int,
+        bitmap_off: int,
+        fd: int,
+        full_error: type[BaseException],
+        corrupt_error: type[BaseException],
+        label: str,
+        /,
+    ) -> None:
+        """Set up the key directory (``_c/_shmkeys.h``) and page reservations."""
+    def key_find(self, owner: int, key: str, /) -> int | None: ...
+    def key_insert(self, owner: int, key: str, ring1: int = 0, /) -> int: ...
+    def key_entries(self, lo: int, hi: int, /) -> list[tuple[int, int, int, bytes | None]]: ...
+    def reserve(self, off: int, length: int, /) -> None: ...
 
 class Cell:
     """The write side of one shared counter: this process's cell."""
@@ -303,7 +326,11 @@ class KeyedCells:
         segment: Segment,
         register: Callable[[str], int],
         find: Callable[[str], int | None] | None = None,
-    ) -> None: ...
+        owner: int = -1,
+    ) -> None:
+        """With ``owner`` (a keyed counter's name index, on a segment with a key
+        directory), new keys are inserted and looked up in C, lock-free, and
+        ``register``/``find`` are not called."""
     def lookup(self, key: str, /) -> int | None:
         """key's cell, asking ``find`` when it is not known yet; None when it has none."""
     def increment(self, key: str, n: SupportsIndex = 1) -> None: ...

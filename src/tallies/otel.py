@@ -152,6 +152,7 @@ class Observed:
 
     def _register(self, kind: str, name: str, base: str) -> list[str]:
         attr = self.attribute
+        single = kind in ("counter", "rate")
 
         def reader(part: str) -> Callable[[], Series | None]:
             token = len(self._callbacks)
@@ -162,38 +163,34 @@ class Observed:
 
             return get
 
-        if kind in ("counter", "keyed"):
-            get = reader("value")
+        def observer(
+            part: str, field: str, per_second: bool = False
+        ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            """The callback of ``part``: the series' ``field`` for a counter or a
+            rate; for a keyed one, each key's count (divided by the window when
+            ``per_second``), with the key as attribute."""
+            get = reader(part)
 
-            def value(options: CallbackOptions) -> Iterable[Observation]:
+            def observations(options: CallbackOptions) -> Iterable[Observation]:
                 s = get()
                 if s is None:
                     return []
-                if kind == "counter":
-                    return [Observation(s.value)]
-                return [Observation(v, {attr: k}) for k, v in s.keys.items()]
+                if single:
+                    return [Observation(getattr(s, field))]
+                if per_second and s.window <= 0:
+                    return []
+                return [
+                    Observation(v / s.window if per_second else v, {attr: k})
+                    for k, v in s.keys.items()
+                ]
 
-            return [self._counter(base, name, value)]
+            return observations
+
+        if kind in ("counter", "keyed"):
+            return [self._counter(base, name, observer("value", "value"))]
         what = f"tallies {kind.replace('_', ' ')} {name!r} in {redact_url(self.store.url)}"
-        get_window, get_rate = reader("window"), reader("per_second")
-
-        def window(options: CallbackOptions) -> Iterable[Observation]:
-            s = get_window()
-            if s is None:
-                return []
-            if kind == "rate":
-                return [Observation(s.value)]
-            return [Observation(v, {attr: k}) for k, v in s.keys.items()]
-
-        def per_second(options: CallbackOptions) -> Iterable[Observation]:
-            s = get_rate()
-            if s is None:
-                return []
-            if kind == "rate":
-                return [Observation(s.per_second)]
-            if s.window <= 0:
-                return []
-            return [Observation(v / s.window, {attr: k}) for k, v in s.keys.items()]
+        window = observer("window", "value")
+        per_second = observer("per_second", "per_second", per_second=True)
 
         made = [
             self._gauge(base + ".window_count", f"{what}: count in the window", window),

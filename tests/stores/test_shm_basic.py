@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import pytest
-from _shm_support import SHM_DIR, new_url
+from _shm_support import SHM_DIR, new_url, run_python
 
 import tallies
 from tallies.cli.show import show
@@ -224,8 +224,16 @@ def test_keyed_errors_change_nothing(shm_url: str) -> None:
             k.increment("x" * (KEY_MAX + 1))
         with pytest.raises(ValueError, match="not valid Unicode"):
             k.increment("\udc80")
+        # reads of such a key: `in` answers that it is not there, the others
+        # refuse it as updates do (docs/contract.md, "Keys")
+        assert "\udc80" not in k
+        for read in (k.value, k.reset):
+            with pytest.raises(ValueError, match="not valid Unicode"):
+                read("\udc80")
         with pytest.raises(ValueError, match="must not be empty"):
             k.increment("", 1)  # no store takes the empty key (docs/contract.md)
+        with pytest.raises(ValueError, match="contains a NUL character"):
+            k.increment("a\x00b", 1)
         k.increment("a", INT64_MAX - 2)
         with pytest.raises(OverflowError, match="would move this process's cell"):
             k.increment("a")
@@ -488,12 +496,15 @@ def test_layout_gives_each_slab_its_own_cache_lines(names: int, keys: int, slabs
     assert L.slabs_off % 4096 == 0 and L.archive_off % 4096 == 0
     for s in range(slabs - 1):
         assert L.slab_off(s + 1) - L.slab_off(s) == L.slab_bytes
-    # sections do not overlap, in order, and the file ends after the last slab
-    assert L.names_off + names * 256 <= L.keys_off
-    assert L.keys_off + keys * 256 <= L.desc_off
+    # sections do not overlap, in order, and the file ends after the bitmap
+    assert L.names_off + names * 256 <= L.hash_off
+    assert L.hash_slots >= 2 * keys and L.hash_off + L.hash_slots * 4 <= L.keys_off
+    assert L.keys_off + keys * 32 <= L.desc_off
     assert L.desc_off + slabs * 64 <= L.archive_off
     assert L.archive_off + 8 * (names + keys) <= L.slabs_off
-    assert L.slab_off(slabs - 1) + L.slab_bytes <= L.total
+    assert L.slab_off(slabs - 1) + L.slab_bytes <= L.rmeta_off
+    assert L.heap_off + L.heap_cap <= L.bitmap_off
+    assert (L.total - L.bitmap_off) * 8 >= L.total // 4096  # a bit per page
 
 
 def test_a_keyed_counters_cells_cannot_be_pointed_elsewhere(shm_url: str) -> None:
@@ -509,3 +520,46 @@ def test_a_keyed_counters_cells_cannot_be_pointed_elsewhere(shm_url: str) -> Non
             k.increment(key, 1000)
         assert b.value() == 0
         assert k.snapshot() == collections.Counter(a=1, x=1000, y=1000, z=1000)
+
+
+def _disk_used(path: str) -> int:
+    """Bytes of the file that hold memory (what ``du`` counts), not its size."""
+    return os.stat(path).st_blocks * 512
+
+
+def test_disk_used_grows_with_keys_and_the_processes_that_count_them() -> None:
+    """Issue 19: every key used to reserve 776 bytes (a 256-byte entry and a cell
+    in the archive and in all 64 slabs) whether or not anyone touched it.  The
+    file is sparse now: a generous default keys= costs nothing until used, a
+    key costs its entry, text and hash slot plus a cell in the slab of each
+    process that counts it, and a process that only reads costs nothing."""
+    url = new_url()  # the default capacities: 2**20 keys, 64 slabs
+    try:
+        with tallies.open(url) as s:
+            path = s.info()["path"]
+            k = s.keyed("k")
+            k.increment("first")
+            fresh = _disk_used(path)
+            assert fresh < 2 * 2**20 < os.stat(path).st_size // 100
+            for i in range(20_000):
+                k.increment(f"key:{i}")
+            grown = _disk_used(path) - fresh
+            # entries (32 B), text (16 B), this slab's cell (8 B) and the key
+            # hash (<= 8 MiB, its pages touched at random): far below 776 B/key
+            assert 20_000 * 56 <= grown <= 20_000 * 56 + 8 * 2**20 + 64 * 4096
+            before = _disk_used(path)
+            code = f"import tallies; print(tallies.open({url!r}).keyed('k').value('key:7'))"
+            r = run_python(code)
+            assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+            assert _disk_used(path) == before  # a reader allocates nothing
+            code = (
+                f"import tallies; k = tallies.open({url!r}).keyed('k')\n"
+                "for i in range(10): k.increment(f'key:{i}')"
+            )
+            assert run_python(code).returncode == 0
+            # a second writer of 10 keys: its slab's pages of the counters'
+            # cells and of those keys' cells, nothing per key of the segment
+            assert 0 < _disk_used(path) - before <= 8 * 4096
+            assert k.value("key:3") == 2 and len(k) == 20_001
+    finally:
+        tallies.destroy(url)

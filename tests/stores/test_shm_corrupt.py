@@ -93,9 +93,11 @@ def test_wrong_byte_order(good: tuple[str, bytes]) -> None:
 
 
 def test_wrong_version(good: tuple[str, bytes]) -> None:
-    _refused(_patch(good[1], 16, 3), "layout version 3; this tallies reads version 2")
-    # a segment of the layout before rates (version 1) is refused the same way
-    _refused(_patch(good[1], 16, 1), "layout version 1; this tallies reads version 2")
+    _refused(_patch(good[1], 16, 4), "layout version 4; this tallies reads version 3")
+    # segments of the layouts before the hashed key directory (2) and before
+    # rates (1) are refused the same way
+    _refused(_patch(good[1], 16, 2), "layout version 2; this tallies reads version 3")
+    _refused(_patch(good[1], 16, 1), "layout version 1; this tallies reads version 3")
 
 
 def test_impossible_capacity(good: tuple[str, bytes]) -> None:
@@ -227,21 +229,29 @@ _FUZZ_LAYOUT = segment_mod.Layout(names_cap=4, keys_cap=8, slabs_cap=4)
 _FUZZ_REGIONS = [
     (0, segment_mod.HEADER_BYTES),
     (_FUZZ_LAYOUT.names_off, _FUZZ_LAYOUT.names_off + 4 * segment_mod.NAME_ENTRY),
+    (_FUZZ_LAYOUT.hash_off, _FUZZ_LAYOUT.hash_off + 4 * _FUZZ_LAYOUT.hash_slots),
     (_FUZZ_LAYOUT.keys_off, _FUZZ_LAYOUT.keys_off + 8 * segment_mod.KEY_ENTRY),
+    (_FUZZ_LAYOUT.heap_off, _FUZZ_LAYOUT.heap_off + 64),
     (_FUZZ_LAYOUT.desc_off, _FUZZ_LAYOUT.desc_off + 4 * segment_mod.DESC_STRIDE),
 ]
 _fuzz_offsets = st.one_of(*(st.integers(lo, hi - 1) for lo, hi in _FUZZ_REGIONS))
 
 
 def test_the_fuzzed_regions_are_the_layouts_own() -> None:
-    """The fuzz covers the header, both directories and the slab descriptors."""
+    """The fuzz covers the header, the name directory, the key directory (its
+    hash, entries and heap) and the slab descriptors."""
     assert len(_good_bytes()) == _FUZZ_LAYOUT.total
     assert (
         _FUZZ_LAYOUT.keys_off > _FUZZ_LAYOUT.names_off + 4 * segment_mod.NAME_ENTRY
     )  # padding between
-    # The key directory holds the keys written by _good_bytes() (key "x"):
-    keys = _good_bytes()[_FUZZ_LAYOUT.keys_off : _FUZZ_LAYOUT.keys_off + 8 * segment_mod.KEY_ENTRY]
-    assert b"x" in keys
+    # The key heap holds the key written by _good_bytes() ("x"), its entry
+    # says so (published, length 1), and one hash slot points at it:
+    data = _good_bytes()
+    assert data[_FUZZ_LAYOUT.heap_off : _FUZZ_LAYOUT.heap_off + 1] == b"x"
+    entry = struct.unpack_from("=4q", data, _FUZZ_LAYOUT.keys_off)
+    assert entry[0] == segment_mod.KEY_PUBLISHED and entry[2] == 1 and entry[3] == 0
+    slots = struct.unpack_from(f"={_FUZZ_LAYOUT.hash_slots}I", data, _FUZZ_LAYOUT.hash_off)
+    assert [s & 0x1FFFFFF for s in slots if s] == [1]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -579,6 +579,58 @@ def test_death_while_claiming_a_slab_or_registering_a_name(shm_url: str) -> None
         assert s.snapshot()["counters"] == {"first": 1, "real": 2}
 
 
+# ---- death in the middle of a new key's lock-free insert (_c/_shmkeys.h) -------
+
+INSERT_CODE = """
+import tallies
+k = tallies.open({url!r}).keyed("k")
+for i in range(10):
+    k.increment(f"key{{i}}", i + 1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("crash", "published"),
+    [
+        ("key-claimed:5", False),  # entry and heap bytes claimed, nothing written
+        ("key-written:5", False),  # entry written, not yet in the hash
+        ("key-published:5", True),  # in the hash, its entry not yet marked published
+    ],
+)
+def test_death_mid_insert_leaves_the_key_absent_or_complete(
+    shm_url: str, crash: str, published: bool
+) -> None:
+    """A writer dies inserting its 5th new key (key4), at each step of the
+    insert: key4 is then absent, or present at 0 and findable by every
+    process; never torn, never twice; every count before it exact after the
+    fold; the segment takes new keys (and key4 again) as before."""
+    with tallies.open(shm_url) as s:
+        k = s.keyed("k")
+        k.increment("before", 7)
+        r = run_python(INSERT_CODE.format(url=shm_url), env={"TALLIES_SHM_CRASH": crash})
+        assert r.returncode == segment_mod.CRASH_EXIT, (r.returncode, r.stderr)
+        expected = {"before": 7, "key0": 1, "key1": 2, "key2": 3, "key3": 4}
+        if published:
+            expected["key4"] = 0
+        assert dict(k.snapshot()) == expected
+        assert ("key4" in k) == published
+        assert s.fold() == 1
+        assert dict(k.snapshot()) == expected
+        # key4 again, from this process and from another: one key, exact counts
+        k.increment("key4", 10)
+        r = run_python(
+            f"import tallies; k = tallies.open({shm_url!r}).keyed('k'); "
+            "k.increment('key4', 100); k.increment('after'); print(sorted(k.keys()))"
+        )
+        assert r.returncode == 0, r.stderr
+        keys = sorted([*expected, "after"] + ([] if published else ["key4"]))
+        assert r.stdout.strip() == repr(keys)
+        assert k.keys().count("key4") == 1
+        assert dict(k.snapshot()) == {**expected, "key4": 110, "after": 1}
+        assert s.fold() == 1
+        assert dict(k.snapshot()) == {**expected, "key4": 110, "after": 1}
+
+
 # ---- the hot path takes no lock; dead writers do not fill the segment ----------
 
 

@@ -88,6 +88,15 @@ tl_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char
     TL_UPDATE_METHODS(P, OBJECT)                                                             \
     TL_INPLACE_METHODS(P, OBJECT)
 
+/* The method-table entries of P_increment and P_decrement (either pair of
+ * generators above), with their docstrings. */
+#define TL_UPDATE_METHOD_DEFS(P, INC_DOC, DEC_DOC)                                           \
+    {"increment", (PyCFunction)(void (*)(void))P##_increment, FASTKW, INC_DOC},              \
+    {"decrement", (PyCFunction)(void (*)(void))P##_decrement, FASTKW, DEC_DOC}
+
+/* The type-slot entries of P_iadd and P_isub (TL_INPLACE_METHODS). */
+#define TL_INPLACE_SLOTS(P) {Py_nb_inplace_add, P##_iadd}, {Py_nb_inplace_subtract, P##_isub}
+
 /* The keyed types (KeyedCounter, KeyedRateCounter, the shm:// KeyedCells)
  * parse increment(key, n=1) / decrement(key, n=1) themselves: P_increment
  * and P_decrement from P_update_key(self, args, nargs, kwnames, sub, op). */
@@ -119,6 +128,28 @@ tl_update_failed(int r, const char *op, int64_t n, const char *what)
                  "%s(%lld) would move %s outside the signed 64-bit range; nothing was changed",
                  op, (long long)n, what);
     return -1;
+}
+
+/* An update refused because it would leave int64: "op(n) would move WHAT
+ * outside the signed 64-bit range; it stays at CURRENT", where WHAT is `what`,
+ * or `what` and the key's repr when key is not NULL ("the count of 'a'").
+ * Returns NULL. */
+static TL_COLD PyObject *
+tl_overflow_stays(const char *op, int64_t n, const char *what, PyObject *key,
+                  int64_t current)
+{
+    if (key == NULL) {
+        PyErr_Format(PyExc_OverflowError,
+                     "%s(%lld) would move %s outside the signed 64-bit range; it stays at %lld",
+                     op, (long long)n, what, (long long)current);
+    }
+    else {
+        PyErr_Format(PyExc_OverflowError,
+                     "%s(%lld) would move %s %R outside the signed 64-bit range; it stays at "
+                     "%lld",
+                     op, (long long)n, what, key, (long long)current);
+    }
+    return NULL;
 }
 
 /* ---- striped counters --------------------------------------------------- */

@@ -1123,29 +1123,31 @@ tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out
     }
 }
 
-/* Exchange key's count with v, inserting the key with v when absent
- * (insert_absent) or leaving it absent.  TKT_FOUND with the old count in
- * *old, TKT_ABSENT (inserted when insert_absent), TKT_ERR, TKT_NOMEM. */
+/* Read key's count (exchange 0) or exchange it with v (exchange 1); when the
+ * key is absent, insert it with v (insert) or leave it absent.  TKT_FOUND with
+ * the count read or replaced in *out; TKT_ABSENT (inserted when insert) with
+ * *out = v for a read and 0 for an exchange; TKT_ERR, TKT_NOMEM. */
 static int
-tkt_exchange(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int insert_absent,
-             int64_t *old)
+tkt_access(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int exchange, int insert,
+           int64_t *out)
 {
     tkt_pos pos;
     for (;;) {
         int r = tkt_find(m, key, hash, &pos);
 #if TKT_CONCURRENT
-        if (r == TKT_FOUND && tkt_hot_at(pos.t, pos.ix) != NULL) {
+        if (exchange && r == TKT_FOUND && tkt_hot_at(pos.t, pos.ix) != NULL) {
             tkt_leave(m); /* a hot key's count is set by folding its cells */
-            if (tkt_fold(m, &pos, v, 0, 1, old) == TKT_RETRY) {
+            if (tkt_fold(m, &pos, v, 0, 1, out) == TKT_RETRY) {
                 continue;
             }
             return TKT_FOUND;
         }
 #endif
         if (r == TKT_FOUND) {
-            *old = atomic_exchange_explicit(TKT_COUNT(pos.t, pos.ix), v,
-                                            TKT_CONCURRENT ? memory_order_seq_cst
-                                                           : memory_order_relaxed);
+            *out = exchange ? atomic_exchange_explicit(TKT_COUNT(pos.t, pos.ix), v,
+                                                       TKT_CONCURRENT ? memory_order_seq_cst
+                                                                      : memory_order_relaxed)
+                            : tkt_count_at(pos.t, pos.ix);
             tkt_leave(m);
             return TKT_FOUND;
         }
@@ -1153,8 +1155,8 @@ tkt_exchange(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int insert_absen
             return r;
         }
         tkt_leave(m);
-        *old = 0;
-        if (!insert_absent) {
+        *out = exchange ? 0 : v;
+        if (!insert) {
             return TKT_ABSENT;
         }
         r = tkt_insert(m, key, hash, v, &pos);
@@ -1167,35 +1169,22 @@ tkt_exchange(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int insert_absen
     }
 }
 
+/* Exchange key's count with v, inserting the key with v when absent
+ * (insert_absent) or leaving it absent.  TKT_FOUND with the old count in
+ * *old, TKT_ABSENT (inserted when insert_absent; *old = 0), TKT_ERR, TKT_NOMEM. */
+static inline int
+tkt_exchange(tkt_map *m, void *key, tkt_hash_t hash, int64_t v, int insert_absent,
+             int64_t *old)
+{
+    return tkt_access(m, key, hash, v, 1, insert_absent, old);
+}
+
 /* Key's count when present (TKT_FOUND), inserting v when absent and insert
  * (then TKT_ABSENT with *out = v); TKT_ERR, TKT_NOMEM. */
-static int
+static inline int
 tkt_get(tkt_map *m, void *key, tkt_hash_t hash, int insert, int64_t v, int64_t *out)
 {
-    tkt_pos pos;
-    for (;;) {
-        int r = tkt_find(m, key, hash, &pos);
-        if (r == TKT_FOUND) {
-            *out = tkt_count_at(pos.t, pos.ix);
-            tkt_leave(m);
-            return TKT_FOUND;
-        }
-        if (r == TKT_ERR) {
-            return r;
-        }
-        tkt_leave(m);
-        *out = v;
-        if (!insert) {
-            return TKT_ABSENT;
-        }
-        r = tkt_insert(m, key, hash, v, &pos);
-        if (r == TKT_FOUND) {
-            return TKT_ABSENT;
-        }
-        if (r == TKT_NOMEM) {
-            return r;
-        }
-    }
+    return tkt_access(m, key, hash, v, 0, insert, out);
 }
 
 /* Copy up to cap live entries (keys unless keys is NULL: with TKT_INCREF when

@@ -243,10 +243,10 @@ Cell_get_closed(CellObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef Cell_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))Buffered_increment, FASTKW,
-     "increment(n=1) -> None\n\nAdd n (default 1) to this process's pending delta."},
-    {"decrement", (PyCFunction)(void (*)(void))Buffered_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nSubtract n (default 1)."},
+    TL_UPDATE_METHOD_DEFS(Buffered,
+                          "increment(n=1) -> None\n\n"
+                          "Add n (default 1) to this process's pending delta.",
+                          "decrement(n=1) -> None\n\nSubtract n (default 1)."),
     {"value", (PyCFunction)Cell_value, METH_NOARGS,
      "value() -> int\n\nThe stored value plus this process's pending delta."},
     {"reset", (PyCFunction)Cell_reset, METH_NOARGS,
@@ -280,8 +280,7 @@ static PyType_Slot Cell_slots[] = {
     {Py_tp_getset, Cell_getset},
     {Py_tp_repr, Cell_repr},
     {Py_nb_int, Cell_int},
-    {Py_nb_inplace_add, Buffered_iadd},
-    {Py_nb_inplace_subtract, Buffered_isub},
+    TL_INPLACE_SLOTS(Buffered),
     {0, NULL},
 };
 

@@ -34,16 +34,6 @@
 #define CELL_ADD tl_add_serial
 #endif
 
-static PyObject *
-overflow_result(const char *op, int64_t n, int64_t current)
-{
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move the counter outside the signed 64-bit "
-                 "range; it stays at %lld",
-                 op, (long long)n, (long long)current);
-    return NULL;
-}
-
 /* What pickle and copy must restore on a subclass instance besides the
  * value: its __dict__ and the values of its __slots__ (the names
  * copyreg._slotnames gives, as for any Python class), in the state format
@@ -246,7 +236,7 @@ Counter_update(CounterObject *self, int64_t n, int sub, const char *op)
 {
     int64_t v;
     if (TL_UNLIKELY(CELL_ADD(&self->value, n, sub, &v) != TL_OK)) {
-        overflow_result(op, n, v);
+        tl_overflow_stays(op, n, "the counter", NULL, v);
         return -1;
     }
     AFTER_UPDATE(self, v);
@@ -263,7 +253,7 @@ Counter_add(CounterObject *self, PyObject *arg)
         return NULL;
     }
     if (TL_UNLIKELY(CELL_ADD(&self->value, n, 0, &v) != TL_OK)) {
-        return overflow_result("add", n, v);
+        return tl_overflow_stays("add", n, "the counter", NULL, v);
     }
     AFTER_UPDATE(self, v);
     return PyLong_FromLongLong((long long)v);
@@ -521,10 +511,9 @@ Sharded_reduce(ShardedObject *self, PyObject *Py_UNUSED(ignored))
 /* ---- type specs and the module exec ------------------------------------- */
 
 static PyMethodDef Counter_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))Counter_increment, FASTKW,
-     "increment(n=1) -> None\n\nAdd n (default 1) atomically."},
-    {"decrement", (PyCFunction)(void (*)(void))Counter_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nSubtract n (default 1) atomically."},
+    TL_UPDATE_METHOD_DEFS(Counter,
+                          "increment(n=1) -> None\n\nAdd n (default 1) atomically.",
+                          "decrement(n=1) -> None\n\nSubtract n (default 1) atomically."),
     {"add", (PyCFunction)Counter_add, METH_O,
      "add(n) -> int\n\nAdd n atomically and return the new value."},
     {"value", (PyCFunction)Counter_value, METH_NOARGS,
@@ -561,8 +550,7 @@ static PyType_Slot Counter_slots[] = {
     {Py_tp_members, Counter_members},
     {Py_tp_repr, Counter_repr},
     {Py_nb_int, Counter_int},
-    {Py_nb_inplace_add, Counter_iadd},
-    {Py_nb_inplace_subtract, Counter_isub},
+    TL_INPLACE_SLOTS(Counter),
     {0, NULL},
 };
 
@@ -572,10 +560,9 @@ static PyType_Spec Counter_spec = {
 };
 
 static PyMethodDef Sharded_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))Sharded_increment, FASTKW,
-     "increment(n=1) -> None\n\nAdd n (default 1)."},
-    {"decrement", (PyCFunction)(void (*)(void))Sharded_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nSubtract n (default 1)."},
+    TL_UPDATE_METHOD_DEFS(Sharded,
+                          "increment(n=1) -> None\n\nAdd n (default 1).",
+                          "decrement(n=1) -> None\n\nSubtract n (default 1)."),
     {"value", (PyCFunction)Sharded_sum, METH_NOARGS,
      "value() -> int\n\nThe sum of the cells; not a snapshot while others write."},
     {"reset", (PyCFunction)Sharded_take, METH_NOARGS,
@@ -607,8 +594,7 @@ static PyType_Slot Sharded_slots[] = {
     {Py_tp_getset, Sharded_getset},
     {Py_tp_repr, Sharded_repr},
     {Py_nb_int, Sharded_int},
-    {Py_nb_inplace_add, Sharded_iadd},
-    {Py_nb_inplace_subtract, Sharded_isub},
+    TL_INPLACE_SLOTS(Sharded),
     {0, NULL},
 };
 

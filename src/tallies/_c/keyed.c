@@ -98,19 +98,6 @@ static inline Py_ssize_t digits_of(int64_t v);
 #endif
 static inline void count_fill(PyObject *r, int64_t v);
 
-/* ---- errors (the argument rules are in _pyargs.h) ------------------------- */
-
-static PyObject *
-overflow_result(const char *op, int64_t n, PyObject *key, int64_t current)
-{
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move the count of %R outside the signed "
-                 "64-bit range; it stays at %lld",
-                 op, (long long)n, key, (long long)current);
-    return NULL;
-}
-
-
 /* ---- the KeyedCounter type ------------------------------------------------- */
 
 struct SnapIterObject;
@@ -394,7 +381,7 @@ done:
         Py_RETURN_NONE;
     }
     if (r == TL_OVERFLOW) {
-        return overflow_result(op, n, key, v);
+        return tl_overflow_stays(op, n, "the count of", key, v);
     }
     return table_error(r);
 }
@@ -962,7 +949,7 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (TL_UNLIKELY(r != TL_OK)) { /* more than 2**63 - 1 of one key, or __eq__ */
             if (r == TL_OVERFLOW) {
-                overflow_result(sub ? "decrement" : "increment", 1, key, v);
+                tl_overflow_stays(sub ? "decrement" : "increment", 1, "the count of", key, v);
             }
             else {
                 table_error(r);
@@ -1010,7 +997,7 @@ Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
         fresh[ix] = (char)f;
         if (TL_UNLIKELY(r != TL_OK)) {
             if (r == TL_OVERFLOW) {
-                overflow_result(sub ? "decrement" : "increment", n, k, v);
+                tl_overflow_stays(sub ? "decrement" : "increment", n, "the count of", k, v);
             }
             else {
                 table_error(r);
@@ -2129,10 +2116,10 @@ count_type_init(PyObject *m)
 }
 
 static PyMethodDef Keyed_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))Keyed_increment, FASTKW,
-     "increment(key, n=1) -> None\n\nAdd n (default 1) to key's count."},
-    {"decrement", (PyCFunction)(void (*)(void))Keyed_decrement, FASTKW,
-     "decrement(key, n=1) -> None\n\nSubtract n (default 1) from key's count."},
+    TL_UPDATE_METHOD_DEFS(Keyed,
+                          "increment(key, n=1) -> None\n\nAdd n (default 1) to key's count.",
+                          "decrement(key, n=1) -> None\n\n"
+                          "Subtract n (default 1) from key's count."),
     {"value", (PyCFunction)Keyed_value, METH_O,
      "value(key) -> int\n\nkey's count; 0 when absent (not inserted)."},
     {"pop", (PyCFunction)(void (*)(void))Keyed_pop, METH_FASTCALL,

@@ -389,6 +389,25 @@ per_second(PyObject *count, double w)
     return PyFloat_FromDouble(c / w);
 }
 
+/* P_count and P_per_second (count(window=None), per_second(window=None), the
+ * keyed type's with the key first) from COUNT(self, args, nargs, kwnames,
+ * fname, &w), which parses the arguments, counts and sets w to the window
+ * in seconds. */
+#define RATE_COUNT_METHODS(P, OBJECT, COUNT)                                                 \
+    static PyObject *P##_count(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,        \
+                               PyObject *kwnames)                                            \
+    {                                                                                        \
+        double w;                                                                            \
+        return COUNT(self, args, nargs, kwnames, "count", &w);                               \
+    }                                                                                        \
+    static PyObject *P##_per_second(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,   \
+                                    PyObject *kwnames)                                       \
+    {                                                                                        \
+        double w;                                                                            \
+        PyObject *c = COUNT(self, args, nargs, kwnames, "per_second", &w);                   \
+        return per_second(c, w);                                                             \
+    }
+
 /* Add n (sub: -n) to ring at instant in.  TL_OK or TL_OVERFLOW (*cur). */
 static inline int
 ring_add(tlr_ring *ring, const spec *sp, const instant *in, int64_t n, int sub,
@@ -421,27 +440,26 @@ typedef struct {
     spec sp;
 } RateObject;
 
-/* The constructor's arguments, (window=60.0, resolution=1.0, *, clock=None),
- * as settings; fmt ends with ":" and the type's name (the name in messages). */
-static int
-parse_new_args(PyObject *args, PyObject *kwds, const char *fmt, spec *sp)
+/* A new instance of type, its constructor's arguments (window=60.0,
+ * resolution=1.0, *, clock=None) parsed into *sp first; fmt ends with ":" and
+ * the type's name (the name in messages).  NULL with an exception. */
+static PyObject *
+alloc_with_spec(PyTypeObject *type, PyObject *args, PyObject *kwds, const char *fmt, spec *sp)
 {
     static char *kwlist[] = {"window", "resolution", "clock", NULL};
     PyObject *wobj = NULL, *robj = NULL, *clock = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &wobj, &robj, &clock)) {
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &wobj, &robj, &clock) ||
+        parse_spec(strchr(fmt, ':') + 1, wobj, robj, clock, sp) < 0) {
+        return NULL;
     }
-    return parse_spec(strchr(fmt, ':') + 1, wobj, robj, clock, sp);
+    return type->tp_alloc(type, 0);
 }
 
 static PyObject *
 Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     spec sp;
-    if (parse_new_args(args, kwds, "|OO$O:RateCounter", &sp) < 0) {
-        return NULL;
-    }
-    RateObject *self = (RateObject *)type->tp_alloc(type, 0);
+    RateObject *self = (RateObject *)alloc_with_spec(type, args, kwds, "|OO$O:RateCounter", &sp);
     if (self == NULL) {
         return NULL;
     }
@@ -476,16 +494,6 @@ Rate_dealloc(RateObject *self)
     tl_dealloc((PyObject *)self, (inquiry)Rate_clear, NULL);
 }
 
-static PyObject *
-rate_overflow(const char *op, int64_t n, int64_t current)
-{
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move the rate's total outside the signed 64-bit "
-                 "range; it stays at %lld",
-                 op, (long long)n, (long long)current);
-    return NULL;
-}
-
 /* The update of increment and decrement (_counter_methods.h). */
 static TL_ALWAYS_INLINE int
 Rate_update(RateObject *self, int64_t n, int sub, const char *op)
@@ -503,7 +511,7 @@ Rate_update(RateObject *self, int64_t n, int sub, const char *op)
         r = tlr_add_slot(&self->ring, in.slot, n, sub, &v);
     }
     if (TL_UNLIKELY(r != TL_OK)) {
-        rate_overflow(op, n, v);
+        tl_overflow_stays(op, n, "the rate's total", NULL, v);
         return -1;
     }
     return 0;
@@ -524,21 +532,7 @@ rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
     return ring_count(&self->ring, &self->sp, &in, w_ns);
 }
 
-static PyObject *
-Rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    double w;
-    return rate_count(self, args, nargs, kwnames, "count", &w);
-}
-
-static PyObject *
-Rate_per_second(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
-{
-    double w;
-    PyObject *c = rate_count(self, args, nargs, kwnames, "per_second", &w);
-    return per_second(c, w);
-}
+RATE_COUNT_METHODS(Rate, RateObject, rate_count)
 
 static PyObject *
 Rate_total(RateObject *self, PyObject *Py_UNUSED(ignored))
@@ -612,10 +606,9 @@ get_clock(PyObject *self, void *off)
 static PyGetSetDef Rate_getset[] = {SPEC_GETSET(RateObject)};
 
 static PyMethodDef Rate_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))Rate_increment, FASTKW,
-     "increment(n=1) -> None\n\nCount n events now."},
-    {"decrement", (PyCFunction)(void (*)(void))Rate_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nCount -n events now."},
+    TL_UPDATE_METHOD_DEFS(Rate,
+                          "increment(n=1) -> None\n\nCount n events now.",
+                          "decrement(n=1) -> None\n\nCount -n events now."),
     {"count", (PyCFunction)(void (*)(void))Rate_count, FASTKW,
      "count(window=None) -> int\n\nEvents in the current bucket and the buckets "
      "fully inside the last `window` seconds."},
@@ -749,10 +742,8 @@ static PyObject *
 KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     spec sp;
-    if (parse_new_args(args, kwds, "|OO$O:KeyedRateCounter", &sp) < 0) {
-        return NULL;
-    }
-    KRateObject *self = (KRateObject *)type->tp_alloc(type, 0);
+    KRateObject *self =
+        (KRateObject *)alloc_with_spec(type, args, kwds, "|OO$O:KeyedRateCounter", &sp);
     if (self == NULL) {
         return NULL;
     }
@@ -814,16 +805,6 @@ lookup(PyObject *dict, PyObject *key, PyObject **ring)
 #endif
 }
 
-static PyObject *
-keyed_overflow(const char *op, int64_t n, PyObject *key, int64_t current)
-{
-    PyErr_Format(PyExc_OverflowError,
-                 "%s(%lld) would move the total of %R outside the signed 64-bit "
-                 "range; it stays at %lld",
-                 op, (long long)n, key, (long long)current);
-    return NULL;
-}
-
 /* Count n (sub: -n) for key at instant in.  0, or -1 with an exception. */
 static int
 krate_add_at(KRateObject *self, PyObject *key, const instant *in, int64_t n, int sub,
@@ -840,7 +821,7 @@ krate_add_at(KRateObject *self, PyObject *key, const instant *in, int64_t n, int
             int64_t first;
             if (sub ? TL_SUB_OVERFLOWS((int64_t)0, n, &first)
                     : TL_ADD_OVERFLOWS((int64_t)0, n, &first)) {
-                keyed_overflow(op, n, key, 0);
+                tl_overflow_stays(op, n, "the total of", key, 0);
                 return -1;
             }
             PyObject *mine = ring_new(self->sp.nb);
@@ -874,7 +855,7 @@ krate_add_at(KRateObject *self, PyObject *key, const instant *in, int64_t n, int
 #endif
         Py_DECREF(ring);
         if (TL_UNLIKELY(r != TL_OK)) {
-            keyed_overflow(op, n, key, v);
+            tl_overflow_stays(op, n, "the total of", key, v);
             return -1;
         }
         return 0;
@@ -1003,7 +984,7 @@ KRate_update_key(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
             int64_t v;
             if (TL_UNLIKELY(tlr_add_ns(RING(ring), in.ns, self->sp.res_ns, n, sub, &v) !=
                             TL_OK)) {
-                return keyed_overflow(fname, n, key, v);
+                return tl_overflow_stays(fname, n, "the total of", key, v);
             }
             Py_RETURN_NONE;
         }
@@ -1051,21 +1032,7 @@ krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
     return r;
 }
 
-static PyObject *
-KRate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    double w;
-    return krate_count(self, args, nargs, kwnames, "count", &w);
-}
-
-static PyObject *
-KRate_per_second(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames)
-{
-    double w;
-    PyObject *c = krate_count(self, args, nargs, kwnames, "per_second", &w);
-    return per_second(c, w);
-}
+RATE_COUNT_METHODS(KRate, KRateObject, krate_count)
 
 static PyObject *
 KRate_sweep(KRateObject *self, PyObject *Py_UNUSED(ignored))
@@ -1154,10 +1121,9 @@ KRate_repr(KRateObject *self)
 static PyGetSetDef KRate_getset[] = {SPEC_GETSET(KRateObject)};
 
 static PyMethodDef KRate_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))KRate_increment, FASTKW,
-     "increment(key, n=1) -> None\n\nCount n events of key now."},
-    {"decrement", (PyCFunction)(void (*)(void))KRate_decrement, FASTKW,
-     "decrement(key, n=1) -> None\n\nCount -n events of key now."},
+    TL_UPDATE_METHOD_DEFS(KRate,
+                          "increment(key, n=1) -> None\n\nCount n events of key now.",
+                          "decrement(key, n=1) -> None\n\nCount -n events of key now."),
     {"count", (PyCFunction)(void (*)(void))KRate_count, FASTKW,
      "count(key, window=None) -> int\n\nkey's events in the window."},
     {"per_second", (PyCFunction)(void (*)(void))KRate_per_second, FASTKW,

@@ -6,8 +6,9 @@
  * stores/_shm_segment.py: it owns the segment file, its layout, the name and
  * key directories, slab ownership, folding and every lock.  This
  * file only does what must be fast or atomic: cell updates, exact sums across
- * slabs, and the atomic loads/stores/exchanges that the Python side uses on
- * the same memory.
+ * slabs, the lock-free insert of new keys (_shmkeys.h), the page reservations
+ * of the sparse file (seg_reserve_off, seg_written), and the atomic
+ * loads/stores/exchanges that the Python side uses on the same memory.
  *
  * The segment, in one paragraph
  * -----------------------------
@@ -60,7 +61,20 @@
 #include "_pyargs.h"
 #include "_counter_methods.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* The key directory's test hook (its crash points): see seg_crash. */
+struct tkd_dir;
+static void seg_crash(struct tkd_dir *d, int point);
+#define TKD_CRASH(d, point) seg_crash((d), (point))
+#include "_shmkeys.h"
+
 #define SLAB_FREE 0
+#define SEG_PAGE 4096
 #define SEQ_RETRIES 64
 
 /* ---- errors (argument rules are shared: _pyargs.h) ----------------------- */
@@ -91,7 +105,119 @@ typedef struct {
     _Atomic(char *) mine; /* this process's slab, NULL while unbound */
     Py_ssize_t mine_index;
     PyObject *binder; /* called with no arguments to claim a slab */
+    /* The key directory (_shmkeys.h) and the page reservations, set by
+     * attach_keys(); keys.hash is NULL until then. */
+    tkd_dir keys;
+    Py_ssize_t names_cap;
+    int fd;                    /* the segment file, for posix_fallocate */
+    _Atomic uint64_t *bitmap;  /* one bit per page of the file: allocated */
+    Py_ssize_t npages;
+    PyObject *full_error;      /* CapacityError */
+    PyObject *corrupt_error;   /* CorruptSegmentError */
+    PyObject *label;           /* "shm://NAME" */
+    _Atomic uint64_t bind_gen; /* bumped by every bind() */
+    int crash_point, crash_nth; /* TALLIES_SHM_CRASH=key-<point>[:n] */
+    _Atomic int crash_hits;
 } SegmentObject;
+
+/* ---- page reservations ---------------------------------------------------
+ *
+ * The segment file is sparse: only the pages something wrote use memory.  A
+ * write to a page that the file system cannot back would be a SIGBUS, so a
+ * page is allocated (posix_fallocate) before its first write, and that is
+ * recorded in the segment's page bitmap, shared by every process: after the
+ * first time, reserving is one load.  A full file system is then a
+ * CapacityError from the call that needed the page, with nothing changed. */
+
+/* Was the page at `off` ever reserved?  If not, nothing was ever written
+ * there and it reads as 0: readers test this before loading from the sparse
+ * parts, because on tmpfs even a read fault of a hole allocates a page (and
+ * a full file system would make it a SIGBUS).  A writer sets the bit before
+ * its first write, so a reader that sees it clear reads before that write. */
+static inline int
+seg_written(SegmentObject *s, Py_ssize_t off)
+{
+    Py_ssize_t p = off / SEG_PAGE;
+    return s->bitmap == NULL ||
+           (atomic_load_explicit(&s->bitmap[p / 64], memory_order_acquire) >> (p % 64)) & 1;
+}
+
+static inline int64_t
+seg_read(SegmentObject *s, Py_ssize_t off)
+{
+    return seg_written(s, off) ? tl_load((tl_cell *)(s->base + off)) : 0;
+}
+
+static int
+seg_reserve_off(SegmentObject *s, Py_ssize_t off, Py_ssize_t len)
+{
+    if (s->bitmap == NULL || len <= 0) {
+        return 0;
+    }
+    Py_ssize_t p = off / SEG_PAGE, last = (off + len - 1) / SEG_PAGE;
+    while (p <= last) {
+        if (atomic_load_explicit(&s->bitmap[p / 64], memory_order_acquire) &
+            ((uint64_t)1 << (p % 64))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t q = p + 1; /* a run of pages not yet allocated */
+        while (q <= last && !(atomic_load_explicit(&s->bitmap[q / 64], memory_order_acquire) &
+                              ((uint64_t)1 << (q % 64)))) {
+            q++;
+        }
+        int rc = posix_fallocate(s->fd, (off_t)p * SEG_PAGE, (off_t)(q - p) * SEG_PAGE);
+        if (rc != 0) {
+            errno = rc;
+            return -1;
+        }
+#ifdef MADV_POPULATE_WRITE
+        /* Map them here now, one call instead of a fault per page (Linux >=
+         * 5.14; elsewhere each page faults in on its first write). */
+        (void)madvise(s->base + p * SEG_PAGE, (size_t)(q - p) * SEG_PAGE, MADV_POPULATE_WRITE);
+#endif
+        for (Py_ssize_t i = p; i < q; i++) {
+            atomic_fetch_or_explicit(&s->bitmap[i / 64], (uint64_t)1 << (i % 64),
+                                     memory_order_release);
+        }
+        p = q;
+    }
+    return 0;
+}
+
+static int
+seg_tkd_written(tkd_dir *d, const void *addr)
+{
+    SegmentObject *s = d->ctx;
+    return seg_written(s, (const char *)addr - s->base);
+}
+
+static int
+seg_tkd_reserve(tkd_dir *d, void *addr, int64_t len)
+{
+    SegmentObject *s = d->ctx;
+    return seg_reserve_off(s, (char *)addr - s->base, (Py_ssize_t)len);
+}
+
+/* Raise the CapacityError of a failed reservation (errno set). */
+static void
+seg_full_error(SegmentObject *s)
+{
+    PyErr_Format(s->full_error ? s->full_error : PyExc_OSError,
+                 "%U: cannot grow the segment file: %s (its file system is full; "
+                 "free memory in /dev/shm or TALLIES_SHM_DIR)",
+                 s->label ? s->label : Py_None, strerror(errno));
+}
+
+static void
+seg_crash(struct tkd_dir *d, int point)
+{
+    SegmentObject *s = d->ctx;
+    if (TL_UNLIKELY(s->crash_point == point) &&
+        atomic_fetch_add(&s->crash_hits, 1) + 1 == s->crash_nth) {
+        _exit(86); /* _shm_segment.CRASH_EXIT: as a SIGKILL would */
+    }
+}
 
 /* Room for archive + every slab's value of one cell: on the stack when the
  * segment has few slabs, else on the heap (freed by scratch_free). */
@@ -183,6 +309,7 @@ Segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     atomic_init(&self->mine, NULL);
     self->mine_index = -1;
+    self->fd = -1;
     if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -226,6 +353,9 @@ static int
 Segment_traverse(SegmentObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->binder);
+    Py_VISIT(self->full_error);
+    Py_VISIT(self->corrupt_error);
+    Py_VISIT(self->label);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -234,6 +364,9 @@ static int
 Segment_clear(SegmentObject *self)
 {
     Py_CLEAR(self->binder);
+    Py_CLEAR(self->full_error);
+    Py_CLEAR(self->corrupt_error);
+    Py_CLEAR(self->label);
     return 0;
 }
 
@@ -294,9 +427,14 @@ Segment_bind(SegmentObject *self, PyObject *arg)
                      self->nslabs - 1);
         return NULL;
     }
+    Py_ssize_t off = self->slabs_off + i * self->slab_bytes;
+    if (seg_reserve_off(self, off, self->names_cap * 8) < 0) { /* the counters' cells */
+        seg_full_error(self);
+        return NULL;
+    }
     self->mine_index = i;
-    atomic_store_explicit(&self->mine, self->base + self->slabs_off + i * self->slab_bytes,
-                          memory_order_release);
+    atomic_store_explicit(&self->mine, self->base + off, memory_order_release);
+    atomic_fetch_add_explicit(&self->bind_gen, 1, memory_order_acq_rel);
     Py_RETURN_NONE;
 }
 
@@ -407,10 +545,10 @@ static Py_ssize_t
 collect_cell(SegmentObject *s, Py_ssize_t cell, int64_t *vals)
 {
     Py_ssize_t k = 0;
-    vals[k++] = tl_load(seg_at(s, s->archive_off + cell * 8));
+    vals[k++] = seg_read(s, s->archive_off + cell * 8);
     for (Py_ssize_t i = 0; i < s->nslabs; i++) {
         if (slab_in_use(s, i)) {
-            vals[k++] = tl_load(seg_at(s, s->slabs_off + i * s->slab_bytes + cell * 8));
+            vals[k++] = seg_read(s, s->slabs_off + i * s->slab_bytes + cell * 8);
         }
     }
     return k;
@@ -504,6 +642,12 @@ done:
     return r;
 }
 
+static inline int64_t
+take_one(SegmentObject *s, Py_ssize_t off)
+{
+    return seg_read(s, off) == 0 ? 0 : tl_exchange(seg_at(s, off), 0);
+}
+
 /* take(cell) -> int: exchange archive[cell] and every non-FREE slab's cell
  * with 0 and return the exact sum taken.  The caller holds the segment lock
  * and has made the sequence odd. */
@@ -521,12 +665,14 @@ Segment_take(SegmentObject *self, PyObject *arg)
     if (scratch_init(&sc, self->nslabs) < 0) {
         return NULL;
     }
+    /* A cell at 0 is skipped, not exchanged: the take happens at that load
+     * for it (an increment after it lands in a later value), and a page of
+     * the sparse file that nobody wrote stays unallocated. */
     Py_ssize_t k = 0;
-    sc.vals[k++] = tl_exchange(seg_at(self, self->archive_off + cell * 8), 0);
+    sc.vals[k++] = take_one(self, self->archive_off + cell * 8);
     for (Py_ssize_t i = 0; i < self->nslabs; i++) {
         if (slab_in_use(self, i)) {
-            sc.vals[k++] = tl_exchange(
-                seg_at(self, self->slabs_off + i * self->slab_bytes + cell * 8), 0);
+            sc.vals[k++] = take_one(self, self->slabs_off + i * self->slab_bytes + cell * 8);
         }
     }
     PyObject *r = sum_to_pylong(sc.vals, k);
@@ -565,7 +711,7 @@ Segment_nonzero(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     for (Py_ssize_t c = lo; c < hi; c++) {
-        int64_t v = tl_load(seg_at(self, off + c * 8));
+        int64_t v = seg_read(self, off + c * 8);
         if (v != 0) {
             PyObject *t = Py_BuildValue("(nL)", c, (long long)v);
             if (t == NULL || PyList_Append(out, t) < 0) {
@@ -599,6 +745,319 @@ Segment_slab_states(SegmentObject *self, PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+/* ---- the key directory (_shmkeys.h) --------------------------------------- */
+
+static int
+seg_in(SegmentObject *s, Py_ssize_t off, Py_ssize_t len)
+{
+    return off >= 0 && len >= 0 && off <= s->size && len <= s->size - off;
+}
+
+static int
+crash_point_from_env(SegmentObject *s)
+{
+    const char *spec = getenv("TALLIES_SHM_CRASH");
+    static const char *const points[] = {"key-claimed", "key-written", "key-published"};
+    if (spec == NULL) {
+        return 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(points[i]);
+        if (strncmp(spec, points[i], n) == 0 && (spec[n] == '\0' || spec[n] == ':')) {
+            s->crash_point = i + 1;
+            s->crash_nth = spec[n] == ':' ? atoi(spec + n + 1) : 1;
+        }
+    }
+    return 0;
+}
+
+/* attach_keys(names_cap, keys_cap, hash_off, slots, entries_off, heap_off,
+ *             heap_cap, used_off, heap_used_off, bitmap_off, fd,
+ *             full_error, corrupt_error, label) -> None */
+static PyObject *
+Segment_attach_keys(SegmentObject *self, PyObject *args)
+{
+    Py_ssize_t names_cap, keys_cap, hash_off, slots, entries_off, heap_off, heap_cap, used_off,
+        heap_used_off, bitmap_off;
+    int fd;
+    PyObject *full, *corrupt, *label;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnniOOU:attach_keys", &names_cap, &keys_cap,
+                          &hash_off, &slots, &entries_off, &heap_off, &heap_cap, &used_off,
+                          &heap_used_off, &bitmap_off, &fd, &full, &corrupt, &label)) {
+        return NULL;
+    }
+    Py_ssize_t npages = self->size / SEG_PAGE;
+    int ok = self->keys.hash == NULL && names_cap >= 0 && keys_cap >= 0 &&
+             keys_cap <= (Py_ssize_t)1 << (TKD_INDEX_BITS - 1) &&
+             names_cap <= self->ncells - keys_cap && slots > 0 && (slots & (slots - 1)) == 0 &&
+             slots >= 2 * keys_cap && slots <= PY_SSIZE_T_MAX / 4 && hash_off % 8 == 0 &&
+             seg_in(self, hash_off, slots * 4) && entries_off % 8 == 0 &&
+             keys_cap <= PY_SSIZE_T_MAX / TKD_ENTRY &&
+             seg_in(self, entries_off, keys_cap * TKD_ENTRY) && heap_off % 8 == 0 &&
+             seg_in(self, heap_off, heap_cap) && used_off % 8 == 0 &&
+             seg_in(self, used_off, 8) && heap_used_off % 8 == 0 &&
+             seg_in(self, heap_used_off, 8) && bitmap_off % 8 == 0 &&
+             seg_in(self, bitmap_off, (npages + 63) / 64 * 8) && fd >= 0 &&
+             PyExceptionClass_Check(full) && PyExceptionClass_Check(corrupt);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "attach_keys(): the key directory does not fit the segment");
+        return NULL;
+    }
+    self->names_cap = names_cap;
+    self->fd = fd;
+    self->npages = npages;
+    self->bitmap = (_Atomic uint64_t *)(self->base + bitmap_off);
+    self->full_error = Py_NewRef(full);
+    self->corrupt_error = Py_NewRef(corrupt);
+    self->label = Py_NewRef(label);
+    crash_point_from_env(self);
+    self->keys.slots = (uint64_t)slots;
+    self->keys.entries = self->base + entries_off;
+    self->keys.cap = keys_cap;
+    self->keys.heap = self->base + heap_off;
+    self->keys.heap_cap = heap_cap;
+    self->keys.used = seg_at(self, used_off);
+    self->keys.heap_used = seg_at(self, heap_used_off);
+    self->keys.reserve = seg_tkd_reserve;
+    self->keys.written = seg_tkd_written;
+    self->keys.ctx = self;
+    self->keys.hash = (_Atomic uint32_t *)(self->base + hash_off); /* last: attached */
+    Py_RETURN_NONE;
+}
+
+static int
+seg_need_keys(SegmentObject *s)
+{
+    if (s->keys.hash == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this segment has no key directory attached");
+        return -1;
+    }
+    return 0;
+}
+
+/* An insert's or a find's negative answer as an exception; always -1. */
+static Py_ssize_t
+seg_key_error(SegmentObject *s, int64_t code)
+{
+    switch (code) {
+    case TKD_FULL_KEYS:
+        PyErr_Format(s->full_error, "%U: all %zd keys are taken; create the segment with a "
+                     "larger ?keys=", s->label, (Py_ssize_t)s->keys.cap);
+        break;
+    case TKD_FULL_HEAP:
+        PyErr_Format(s->full_error, "%U: the key text space (%zd bytes) is full; create the "
+                     "segment with a larger ?keys=", s->label, (Py_ssize_t)s->keys.heap_cap);
+        break;
+    case TKD_NO_ROOM:
+        seg_full_error(s);
+        break;
+    default:
+        PyErr_Format(s->corrupt_error, "%U: the key directory is corrupt", s->label);
+    }
+    return -1;
+}
+
+/* key's UTF-8, checked: NULL with ValueError/TypeError set. */
+static const char *
+seg_key_bytes(PyObject *key, Py_ssize_t *len, const char *fname)
+{
+    if (!PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "%s() key must be a str, not '%.200s'", fname,
+                     Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    const char *raw = PyUnicode_AsUTF8AndSize(key, len);
+    if (raw == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "key %R is not valid Unicode (lone surrogate)", key);
+        }
+        return NULL;
+    }
+    /* The rule every store shares (stores/base.py check_key), in its words. */
+    if (*len == 0) {
+        PyErr_SetString(PyExc_ValueError, "key must not be empty");
+        return NULL;
+    }
+    if (memchr(raw, 0, (size_t)*len) != NULL) {
+        PyErr_Format(PyExc_ValueError, "key %R contains a NUL character", key);
+        return NULL;
+    }
+    if (*len > TKD_KEY_MAX) {
+        PyErr_Format(PyExc_ValueError, "key is %zd bytes in UTF-8; the limit is %d", *len,
+                     TKD_KEY_MAX);
+        return NULL;
+    }
+    return raw;
+}
+
+/* The cell of (owner, key): found, or inserted when `insert`; -2 when absent
+ * and not inserting; -1 with an error set. */
+static Py_ssize_t
+seg_key_cell(SegmentObject *s, Py_ssize_t owner, PyObject *key, int insert, int64_t ring1,
+             const char *fname)
+{
+    Py_ssize_t len;
+    const char *raw = seg_key_bytes(key, &len, fname);
+    if (raw == NULL && !insert && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear(); /* too long, or a lone surrogate: never a key, so absent */
+        return -2;
+    }
+    if (raw == NULL || seg_need_keys(s) < 0) {
+        return -1;
+    }
+    int64_t j = insert ? tkd_insert(&s->keys, owner, raw, len, ring1)
+                       : tkd_find(&s->keys, owner, raw, len);
+    if (j == TKD_ABSENT && !insert) {
+        return -2;
+    }
+    if (j < 0) {
+        return seg_key_error(s, j);
+    }
+    return s->names_cap + (Py_ssize_t)j;
+}
+
+static int
+seg_owner(SegmentObject *s, PyObject *arg, Py_ssize_t *owner)
+{
+    *owner = PyLong_AsSsize_t(arg);
+    if (*owner == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (*owner < 0 || *owner >= s->names_cap) {
+        PyErr_Format(PyExc_ValueError, "owner %zd is outside 0..%zd", *owner, s->names_cap - 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* key_find(owner, key) -> int | None: the key's cell, registering nothing. */
+static PyObject *
+Segment_key_find(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t owner;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "key_find() takes 2 arguments");
+        return NULL;
+    }
+    if (seg_need_keys(self) < 0 || seg_owner(self, args[0], &owner) < 0) {
+        return NULL;
+    }
+    Py_ssize_t cell = seg_key_cell(self, owner, args[1], 0, 0, "key_find");
+    if (cell == -1) {
+        return NULL;
+    }
+    if (cell == -2) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(cell);
+}
+
+/* key_insert(owner, key, ring1=0) -> int: the key's cell, inserting it (with
+ * ring unit + 1 `ring1`, keyed rates) if absent. */
+static PyObject *
+Segment_key_insert(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t owner;
+    int64_t ring1 = 0;
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "key_insert() takes 2 or 3 arguments");
+        return NULL;
+    }
+    if (seg_need_keys(self) < 0 || seg_owner(self, args[0], &owner) < 0 ||
+        (nargs == 3 && to_int64(args[2], "key_insert", &ring1) < 0)) {
+        return NULL;
+    }
+    if (ring1 < 0 || ring1 > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "key_insert(): ring1 is outside 0..2**31-1");
+        return NULL;
+    }
+    Py_ssize_t cell = seg_key_cell(self, owner, args[1], 1, ring1, "key_insert");
+    return cell < 0 ? NULL : PyLong_FromSsize_t(cell);
+}
+
+/* key_entries(lo, hi) -> [(state, owner, ring1, key bytes)] for entries lo..hi-1
+ * (key bytes None unless the entry is written and its text in bounds). */
+static PyObject *
+Segment_key_entries(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "key_entries() takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t lo = PyLong_AsSsize_t(args[0]), hi = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred() || seg_need_keys(self) < 0) {
+        return NULL;
+    }
+    if (lo < 0 || hi < lo || hi > self->keys.cap) {
+        PyErr_SetString(PyExc_ValueError, "key_entries(): not a range of entries");
+        return NULL;
+    }
+    PyObject *out = PyList_New(hi - lo);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t j = lo; j < hi; j++) {
+        tkd_dir *d = &self->keys;
+        if (!seg_written(self, (char *)tkd_word(d, j, 0) - self->base)) {
+            /* claimed by a writer that died before writing it: never a key */
+            PyObject *t = Py_BuildValue("(iiiO)", TKD_WRITING, -1, 0, Py_None);
+            if (t == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, j - lo, t);
+            continue;
+        }
+        int64_t state = atomic_load_explicit(tkd_word(d, j, 0), memory_order_acquire);
+        int64_t owner = tl_load(tkd_word(d, j, 1));
+        int64_t w2 = tl_load(tkd_word(d, j, 2)), off = tl_load(tkd_word(d, j, 3));
+        int64_t len = w2 & 0xffffffff;
+        PyObject *text;
+        if ((state == TKD_WRITTEN || state == TKD_PUBLISHED) && len <= TKD_KEY_MAX && off >= 0 &&
+            off <= d->heap_cap - len) {
+            text = PyBytes_FromStringAndSize(d->heap + off, (Py_ssize_t)len);
+        }
+        else {
+            text = Py_NewRef(Py_None);
+        }
+        PyObject *t = text == NULL ? NULL : Py_BuildValue("(LLLN)", (long long)state,
+                                                         (long long)owner,
+                                                         (long long)((uint64_t)w2 >> 32), text);
+        if (t == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, j - lo, t);
+    }
+    return out;
+}
+
+/* reserve(off, len) -> None: allocate the file's pages behind [off, off+len)
+ * before a first write there (CapacityError when the file system is full). */
+static PyObject *
+Segment_reserve(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "reserve() takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]), len = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!seg_in(self, off, len)) {
+        PyErr_SetString(PyExc_ValueError, "reserve(): not a range of the segment");
+        return NULL;
+    }
+    if (seg_reserve_off(self, off, len) < 0) {
+        seg_full_error(self);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Segment_methods[] = {
     {"slab_states", (PyCFunction)Segment_slab_states, METH_NOARGS,
      "slab_states() -> list[int]\n\nEvery slab's state word (acquire loads)."},
@@ -627,6 +1086,18 @@ static PyMethodDef Segment_methods[] = {
      "take(cell) -> int\n\nExchange the cell everywhere with 0 (lock held)."},
     {"nonzero", (PyCFunction)(void (*)(void))Segment_nonzero, METH_FASTCALL,
      "nonzero(off, lo, hi) -> list[tuple[int, int]]"},
+    {"attach_keys", (PyCFunction)Segment_attach_keys, METH_VARARGS,
+     "attach_keys(names_cap, keys_cap, hash_off, slots, entries_off, heap_off, heap_cap, "
+     "used_off, heap_used_off, bitmap_off, fd, full_error, corrupt_error, label)\n\n"
+     "Set up the key directory and page reservations (_shmkeys.h)."},
+    {"key_find", (PyCFunction)(void (*)(void))Segment_key_find, METH_FASTCALL,
+     "key_find(owner, key) -> int | None\n\nThe key's cell; registers nothing."},
+    {"key_insert", (PyCFunction)(void (*)(void))Segment_key_insert, METH_FASTCALL,
+     "key_insert(owner, key, ring1=0) -> int\n\nThe key's cell, inserted lock-free."},
+    {"key_entries", (PyCFunction)(void (*)(void))Segment_key_entries, METH_FASTCALL,
+     "key_entries(lo, hi) -> list[tuple[int, int, int, bytes | None]]"},
+    {"reserve", (PyCFunction)(void (*)(void))Segment_reserve, METH_FASTCALL,
+     "reserve(off, len) -> None\n\nAllocate the pages behind a range before writing it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -775,15 +1246,56 @@ typedef struct {
     PyObject *cells;    /* dict: str key -> int cell (checked), private */
     PyObject *register_; /* register(key) -> cell, under the segment lock */
     PyObject *find;     /* find(key) -> cell or None, registers nothing; or NULL */
+    Py_ssize_t owner;   /* >= 0: keys go straight to the segment's key directory */
+    _Atomic Py_ssize_t max_cell; /* the largest cell remembered, -1 if none */
+    _Atomic uint64_t gen; /* the segment's bind_gen when the cells were reserved */
 } KeyedObject;
+
+/* The page of this process's slab behind `cell` exists before a write to it
+ * (a page reservation, see seg_reserve_off); nothing to do while unbound. */
+static int
+seg_reserve_own(SegmentObject *s, Py_ssize_t lo, Py_ssize_t hi)
+{
+    char *mine = atomic_load_explicit(&s->mine, memory_order_acquire);
+    if (mine == NULL || hi <= lo) {
+        return 0;
+    }
+    if (seg_reserve_off(s, (mine - s->base) + lo * 8, (hi - lo) * 8) < 0) {
+        seg_full_error(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* After a bind (the first write, or the first after fork): reserve the
+ * cells remembered under the earlier binding (or none), in this slab. */
+static int
+keyed_rebind(KeyedObject *self)
+{
+    uint64_t gen = atomic_load_explicit(&self->seg->bind_gen, memory_order_acquire);
+    Py_ssize_t top = atomic_load_explicit(&self->max_cell, memory_order_acquire);
+    if (seg_reserve_own(self->seg, self->seg->names_cap, top + 1) < 0) {
+        return -1;
+    }
+    atomic_store_explicit(&self->gen, gen, memory_order_release);
+    return 0;
+}
 
 static PyObject *
 Keyed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"segment", "register", "find", NULL};
+    static char *kwlist[] = {"segment", "register", "find", "owner", NULL};
     PyObject *seg, *reg, *find = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O|O:KeyedCells", kwlist,
-                                     segment_type, &seg, &reg, &find)) {
+    Py_ssize_t owner = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O|On:KeyedCells", kwlist,
+                                     segment_type, &seg, &reg, &find, &owner)) {
+        return NULL;
+    }
+    if (owner >= 0 && (((SegmentObject *)seg)->keys.hash == NULL ||
+                       owner >= ((SegmentObject *)seg)->names_cap)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "KeyedCells() owner needs a segment with a key directory "
+                        "and a name index inside it");
         return NULL;
     }
     if (!PyCallable_Check(reg)) {
@@ -806,6 +1318,9 @@ Keyed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->seg = (SegmentObject *)Py_NewRef(seg);
     self->register_ = Py_NewRef(reg);
     self->find = find == Py_None ? NULL : Py_NewRef(find);
+    self->owner = owner < 0 ? -1 : owner;
+    atomic_init(&self->max_cell, -1);
+    atomic_init(&self->gen, 0);
     return (PyObject *)self;
 }
 
@@ -836,6 +1351,28 @@ Keyed_dealloc(KeyedObject *self)
     tl_dealloc((PyObject *)self, (inquiry)Keyed_clear, NULL);
 }
 
+/* Remember key's (checked) cell, its page in this process's slab reserved
+ * first: the cell, or -1 with an error set. */
+static Py_ssize_t
+keyed_remember(KeyedObject *self, PyObject *key, Py_ssize_t cell)
+{
+    if (seg_reserve_own(self->seg, cell, cell + 1) < 0) {
+        return -1;
+    }
+    Py_ssize_t top = atomic_load_explicit(&self->max_cell, memory_order_relaxed);
+    while (cell > top && !atomic_compare_exchange_weak_explicit(
+                             &self->max_cell, &top, cell, memory_order_acq_rel,
+                             memory_order_relaxed)) {
+    }
+    PyObject *v = PyLong_FromSsize_t(cell);
+    if (v == NULL || PyDict_SetItem(self->cells, key, v) < 0) {
+        Py_XDECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    return cell;
+}
+
 /* Ask `fn` (register or find) for key's cell and remember it: the cell, -2
  * when find says the key has none (None), -1 with an error set.  Only a cell
  * inside the segment is remembered. */
@@ -851,13 +1388,11 @@ keyed_ask(KeyedObject *self, PyObject *fn, PyObject *key, int none_ok)
         return -2;
     }
     Py_ssize_t cell = PyLong_AsSsize_t(r);
-    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0 ||
-        PyDict_SetItem(self->cells, key, r) < 0) {
-        Py_DECREF(r);
+    Py_DECREF(r);
+    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0) {
         return -1;
     }
-    Py_DECREF(r);
-    return cell;
+    return keyed_remember(self, key, cell);
 }
 
 /* key's remembered cell, -2 when none is, -1 with an error set. */
@@ -888,6 +1423,13 @@ keyed_cell(KeyedObject *self, PyObject *key, const char *fname)
     if (TL_LIKELY(cell >= 0) || cell == -1) {
         return cell;
     }
+    if (self->owner >= 0) { /* lock-free, in C (_shmkeys.h) */
+        if (seg_own_cell(self->seg, 0) == NULL) { /* claim a slab before using a key */
+            return -1;
+        }
+        cell = seg_key_cell(self->seg, self->owner, key, 1, 0, fname);
+        return cell < 0 ? -1 : keyed_remember(self, key, cell);
+    }
     return keyed_ask(self, self->register_, key, 0);
 }
 
@@ -896,7 +1438,13 @@ static PyObject *
 Keyed_lookup(KeyedObject *self, PyObject *key)
 {
     Py_ssize_t cell = keyed_known(self, key, "lookup");
-    if (cell == -2 && self->find != NULL) {
+    if (cell == -2 && self->owner >= 0) {
+        cell = seg_key_cell(self->seg, self->owner, key, 0, 0, "lookup");
+        if (cell >= 0) {
+            cell = keyed_remember(self, key, cell);
+        }
+    }
+    else if (cell == -2 && self->find != NULL) {
         cell = keyed_ask(self, self->find, key, 1);
     }
     if (cell == -1) {
@@ -968,16 +1516,25 @@ Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyUnicode_Check(slots[0])) {
         /* 0 - INT64_MIN overflows the cell of a key this object never wrote (its
          * own cell is 0): refuse before the key is registered, so that a refused
-         * update lists nothing (docs/contract.md).  `find` checks the key rule
-         * first (a bad key is refused for that), and a key already registered
-         * goes the normal way (tl_add checks its cell). */
+         * update lists nothing (docs/contract.md).  A bad key is refused for
+         * its key first, as an insert would refuse it; a key already in the
+         * segment goes the normal way (tl_add checks its cell). */
         int known = PyDict_Contains(self->cells, slots[0]);
         if (known < 0) {
             return NULL;
         }
         if (!known) {
-            Py_ssize_t found = -2;
-            if (self->find != NULL) {
+            Py_ssize_t found = -2, len;
+            if (self->owner >= 0) {
+                if (seg_key_bytes(slots[0], &len, fname) == NULL) {
+                    return NULL;
+                }
+                found = seg_key_cell(self->seg, self->owner, slots[0], 0, 0, fname);
+                if (found >= 0) {
+                    found = keyed_remember(self, slots[0], found);
+                }
+            }
+            else if (self->find != NULL) {
                 found = keyed_ask(self, self->find, slots[0], 1);
             }
             if (found == -1) {
@@ -994,6 +1551,11 @@ Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     tl_cell *c = seg_own_cell(self->seg, cell);
     if (TL_UNLIKELY(c == NULL)) {
+        return NULL;
+    }
+    if (TL_UNLIKELY(atomic_load_explicit(&self->gen, memory_order_acquire) !=
+                    atomic_load_explicit(&self->seg->bind_gen, memory_order_relaxed)) &&
+        keyed_rebind(self) < 0) {
         return NULL;
     }
     if (TL_UNLIKELY(tl_add(c, n, sub, &v) != TL_OK)) {

@@ -19,7 +19,7 @@ import platform
 import sys
 import sysconfig
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -289,13 +289,9 @@ def counters_section(config: DemoConfig) -> Section:
     return Section(f"One counter shared by {config.threads} threads", rows, notes)
 
 
-def keyed_section(config: DemoConfig) -> Section:
-    """Events by key: the same threads count event kinds (see demo_keyed)."""
-    from . import demo_keyed
-
-    interval = config.switch_interval or sys.getswitchinterval()
-    found, notes = demo_keyed.run(config.threads, config.increments, interval)
-    rows = [
+def _part_rows(found: Sequence[Mapping[str, Any]], switch_interval: float) -> list[Row]:
+    """The rows of a part's ``run()`` (name, expected, final, lost, seconds, safe)."""
+    return [
         Row(
             name=r["name"],
             expected=r["expected"],
@@ -304,10 +300,19 @@ def keyed_section(config: DemoConfig) -> Section:
             seconds=r["seconds"],
             ns_per_op=r["seconds"] * 1e9 / r["expected"],
             thread_safe=r["safe"],
-            switch_interval=interval,
+            switch_interval=switch_interval,
         )
         for r in found
     ]
+
+
+def keyed_section(config: DemoConfig) -> Section:
+    """Events by key: the same threads count event kinds (see demo_keyed)."""
+    from . import demo_keyed
+
+    interval = config.switch_interval or sys.getswitchinterval()
+    found, notes = demo_keyed.run(config.threads, config.increments, interval)
+    rows = _part_rows(found, interval)
     title = f"Events by key: {config.threads} threads count 5 event kinds"
     return Section(title, rows, notes)
 
@@ -320,19 +325,7 @@ def processes_section(config: DemoConfig) -> Section | None:
 
     total = config.threads * config.increments
     found, notes = demo_processes.run(config.processes, total)
-    rows = [
-        Row(
-            name=r["name"],
-            expected=r["expected"],
-            final=r["final"],
-            lost=r["lost"],
-            seconds=r["seconds"],
-            ns_per_op=r["seconds"] * 1e9 / r["expected"],
-            thread_safe=r["safe"],
-            switch_interval=sys.getswitchinterval(),
-        )
-        for r in found
-    ]
+    rows = _part_rows(found, sys.getswitchinterval())
     title = f"The same {total:,} increments by {config.processes} processes"
     return Section(title, rows, notes)
 

@@ -312,10 +312,8 @@ class ShmKeyedRate(_RateBase):
         self._rings: dict[str, _Ring] = {}
 
     def _ring_at(self, cell: int) -> _Ring:
-        from ._shm_segment import KEY_ENTRY
-
         L = self._seg.L
-        unit = self._seg.c.load(L.keys_off + (cell - L.names_cap) * KEY_ENTRY + 24) - 1
+        unit = self._seg.key_ring(cell)
         check_unit(self._seg, unit, self._sp.nb, f"key entry {cell - L.names_cap}")
         return _Ring(self._seg, unit, self._sp.nb, self._sp.res_ns, self._sp.window_ns)
 

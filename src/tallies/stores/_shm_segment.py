@@ -42,19 +42,22 @@ from .base import (
 
 MAGIC = b"TALLYSHM"
 BYTE_ORDER_WORD = 0x0102030405060708
-VERSION = 2  # 2: rates (the rate meta and ring sections, ?buckets=); 1 had none
+# 3: a hashed key directory with a key heap, inserted into lock-free (_c/_shmkeys.h),
+#    a sparse file with a page bitmap; 2: rates (rate meta, rings, ?buckets=); 1: none
+VERSION = 3
 PAGE = 4096
 LINE = 128
 HEADER_BYTES = PAGE
 NAME_ENTRY = 256
-KEY_ENTRY = 256
-TEXT_OFF = 32  # entry: state, kind/owner, length, reserved, then the bytes
+KEY_ENTRY = 32  # state, owner, length | (ring unit + 1) << 32, heap offset
+TEXT_OFF = 32  # name entry: state, kind, length, reserved, then the bytes
 NAME_MAX = NAME_ENTRY - TEXT_OFF  # 224 bytes of UTF-8
-KEY_MAX = KEY_ENTRY - TEXT_OFF
+KEY_MAX = 224  # bytes of UTF-8, in the key heap
+KEY_WRITING, KEY_WRITTEN, KEY_PUBLISHED, KEY_ABANDONED = 0, 1, 2, 3
 DESC_STRIDE = 64
 
 DEFAULT_NAMES = 1024
-DEFAULT_KEYS = 8192
+DEFAULT_KEYS = 1 << 20  # a sparse file: untouched key capacity costs no memory
 DEFAULT_SLABS = 64
 DEFAULT_BUCKETS = 4096
 LIMITS = {
@@ -68,12 +71,13 @@ RING_UNIT = 16  # bytes: one bucket's (slot + 1, mark) pair; a ring takes nb + 2
 MAX_TOTAL = 1 << 36  # 64 GiB: refuse anything larger as garbage
 SEGMENT_NAME_MAX = 200
 
-# The static header: magic then 21 int64 fields.
-_STATIC = struct.Struct("=8s21q")
+# The static header: magic then 26 int64 fields.
+_STATIC = struct.Struct("=8s26q")
 # Mutable header words (byte offsets), each group on its own cache line.
 NAMES_USED = 256
 KEYS_USED = 264
 BUCKETS_USED = 272  # ring units handed out to rates
+HEAP_USED = 280  # bytes of the key heap handed out
 SEQ = 384
 J_STATE, J_SLAB, J_CELL, J_OLD, J_VAL = 512, 520, 528, 536, 544
 
@@ -113,8 +117,17 @@ class Layout:
         return HEADER_BYTES
 
     @functools.cached_property
-    def keys_off(self) -> int:
+    def hash_off(self) -> int:
         return _round_up(self.names_off + self.names_cap * NAME_ENTRY, PAGE)
+
+    @functools.cached_property
+    def hash_slots(self) -> int:
+        """uint32 slots of the key hash: a power of two, at least twice keys_cap."""
+        return max(1, 1 << (2 * self.keys_cap - 1).bit_length()) if self.keys_cap else 1
+
+    @functools.cached_property
+    def keys_off(self) -> int:
+        return _round_up(self.hash_off + self.hash_slots * 4, PAGE)
 
     @functools.cached_property
     def desc_off(self) -> int:
@@ -141,8 +154,34 @@ class Layout:
         return _round_up(self.rmeta_off + self.names_cap * RMETA_STRIDE, PAGE)
 
     @functools.cached_property
-    def total(self) -> int:
+    def heap_off(self) -> int:
         return _round_up(self.rates_off + self.slabs_cap * self.rate_slab_bytes, PAGE)
+
+    @functools.cached_property
+    def heap_cap(self) -> int:
+        return self.keys_cap * KEY_MAX
+
+    @functools.cached_property
+    def bitmap_off(self) -> int:
+        return _round_up(self.heap_off + self.heap_cap, PAGE)
+
+    @functools.cached_property
+    def total(self) -> int:
+        """The file's size: the page bitmap (one bit per page, itself included) last."""
+        pages = self.bitmap_off // PAGE
+        return self.bitmap_off + _round_up((pages // 64 + 1) * 8, PAGE)
+
+    def preallocated(self) -> list[tuple[int, int]]:
+        """The (offset, length) ranges allocated when the file is made: every
+        page written before its first user could reserve it.  The rest (key
+        hash, entries and heap, archive and slab cells, rate rings) is sparse:
+        reserved page by page before its first write (``Segment.reserve``)."""
+        return [
+            (0, self.hash_off),  # header, names
+            (self.desc_off, self.archive_off - self.desc_off),
+            (self.rmeta_off, self.rates_off - self.rmeta_off),
+            (self.bitmap_off, self.total - self.bitmap_off),
+        ]
 
     def rmeta(self, idx: int) -> int:
         return self.rmeta_off + idx * RMETA_STRIDE
@@ -174,6 +213,11 @@ class Layout:
             self.rate_slab_bytes,
             self.rmeta_off,
             self.rates_off,
+            self.hash_off,
+            self.hash_slots,
+            self.heap_off,
+            self.heap_cap,
+            self.bitmap_off,
         )
 
     def header(self) -> bytes:
@@ -184,6 +228,10 @@ class Layout:
 
     def desc(self, s: int) -> int:
         return self.desc_off + s * DESC_STRIDE
+
+    def entry(self, cell: int) -> int:
+        """The key entry of a key's cell."""
+        return self.keys_off + (cell - self.names_cap) * KEY_ENTRY
 
 
 def read_layout(fd: int, where: str) -> Layout:
@@ -413,6 +461,22 @@ class _Segment:
             SEQ,
             binder,
         )
+        self.c.attach_keys(
+            layout.names_cap,
+            layout.keys_cap,
+            layout.hash_off,
+            layout.hash_slots,
+            layout.keys_off,
+            layout.heap_off,
+            layout.heap_cap,
+            KEYS_USED,
+            HEAP_USED,
+            layout.bitmap_off,
+            fd,
+            CapacityError,
+            CorruptSegmentError,
+            f"shm://{name}",
+        )
         self._finalizer = weakref.finalize(self, os.close, fd)
         self.tlock = threading.RLock()
         self.depth = 0
@@ -421,6 +485,7 @@ class _Segment:
         self.name_index: dict[str, int] = {}
         self.keys: dict[int, dict[str, int]] = {}  # name index -> key -> cell
         self.keys_seen = 0
+        self.keys_pending: list[int] = []  # entries below keys_seen not yet keys
 
     # -- the lock ------------------------------------------------------------
 
@@ -494,6 +559,7 @@ class _Segment:
         for lo, hi in ((0, n_names), (L.names_cap, L.names_cap + n_keys)):
             for cell, v in c.nonzero(base, lo, hi):
                 arch = L.archive_off + cell * 8
+                c.reserve(arch, 8)  # (the archive is sparse too)
                 old = c.load(arch)
                 if not INT64_MIN <= old + v <= INT64_MAX:
                     complete = False  # stays in the slab, still summed
@@ -589,19 +655,35 @@ class _Segment:
             name = _text(self.mm[off + TEXT_OFF : off + TEXT_OFF + length], self.path)
             self.names.append((name, kind))
             self.name_index.setdefault(name, i)
-        for j in range(self.keys_seen, n_keys):
-            off = L.keys_off + j * KEY_ENTRY
-            state, owner, length = c.load(off), c.load(off + 8), c.load(off + 16)
+        # Entries are read in order; one that is not a key yet (being written,
+        # or its writer died first: see _c/_shmkeys.h) is looked at again on
+        # the next refresh, until it is published or abandoned.
+        todo = self.keys_pending + list(range(self.keys_seen, n_keys))
+        pending: list[int] = []
+        new = c.key_entries(self.keys_seen, n_keys) if n_keys > self.keys_seen else []
+        old = [c.key_entries(j, j + 1)[0] for j in self.keys_pending]
+        for j, (state, owner, _ring1, raw) in zip(todo, old + new, strict=True):
+            if state in (KEY_WRITING, KEY_ABANDONED):
+                if state == KEY_WRITING:
+                    pending.append(j)
+                continue
             if (
-                state != 1
+                state not in (KEY_WRITTEN, KEY_PUBLISHED)
+                or raw is None
                 or not 0 <= owner < len(self.names)
                 or self.names[owner][1] not in (KIND_KEYED, KIND_KEYED_RATE)
-                or not 0 <= length <= KEY_MAX
             ):
                 raise CorruptSegmentError(f"{self.path}: key entry {j} is corrupt")
-            key = _text(self.mm[off + TEXT_OFF : off + TEXT_OFF + length], self.path)
+            key = _text(raw, self.path)
+            if state == KEY_WRITTEN:
+                found = c.key_find(owner, key)
+                if found is None:
+                    pending.append(j)  # not published (yet)
+                if found != L.names_cap + j:
+                    continue  # another entry holds the key: this one lost
             self.keys.setdefault(owner, {}).setdefault(key, L.names_cap + j)
-            self.keys_seen = j + 1
+        self.keys_pending = pending
+        self.keys_seen = n_keys
 
     def register_name(self, name: str, kind: int, meta: tuple[int, int, int] | None = None) -> int:
         """The entry index of ``name``, registering it (with a rate's ``meta``:
@@ -684,8 +766,12 @@ class _Segment:
         return used
 
     def alloc_units(self, nb: int) -> int:
-        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held)."""
+        """Hand out a ring of nb buckets (nb + 2 units) in every slab (lock held):
+        its pages are reserved in every slab first (CapacityError if they
+        cannot be), since readers and resets touch every slab's ring."""
         used = self.units_left(nb)
+        for s in range(self.L.slabs_cap):
+            self.c.reserve(self.L.ring_off(s, used), (nb + 2) * RING_UNIT)
         self.c.store(BUCKETS_USED, used + nb + 2)
         return used
 
@@ -705,47 +791,41 @@ class _Segment:
         self.refresh()
 
     def find_key(self, owner: int, key: str) -> int | None:
-        keys = self.keys.get(owner)
-        cell = None if keys is None else keys.get(key)
-        if cell is None:
-            self.refresh()
-            keys = self.keys.get(owner)
-            cell = None if keys is None else keys.get(key)
+        """The cell of ``key`` of keyed counter ``owner``; None if it has none."""
+        cell: int | None = self.c.key_find(owner, key)
         return cell
 
     def register_key(self, owner: int, key: object) -> int:
+        """The cell of ``key``, inserting it on first use: lock-free in C
+        (``_c/_shmkeys.h``) for a keyed counter, under the lock for a keyed rate
+        (its ring's bucket units are handed out first)."""
         if not isinstance(key, str):
             raise TypeError(f"keys must be str, not {type(key).__name__!r}")
-        cell = self.find_key(owner, key)
+        cell = self.c.key_find(owner, key)  # ValueError for a bad key, nothing written
         if cell is not None:
-            return cell
-        try:
-            raw = key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"key {key!r} is not valid Unicode (lone surrogate)") from None
-        if len(raw) > KEY_MAX:
-            raise ValueError(f"key is {len(raw)} bytes in UTF-8; the limit is {KEY_MAX}")
+            return int(cell)
+        if self.names[owner][1] != KIND_KEYED_RATE:
+            if self.c.bound_slab() < 0:
+                with self.locked():
+                    self._can_write()
+            return int(self.c.key_insert(owner, key))
         with self.locked():
-            self.refresh()
-            cell = self.keys.get(owner, {}).get(key)
+            cell = self.c.key_find(owner, key)
             if cell is not None:
-                return cell
-            j = self.keys_seen
-            if j >= self.L.keys_cap:
+                return int(cell)
+            nb = self.c.load(self.L.rmeta(owner))
+            self.units_left(nb)
+            self._can_write()
+            if self.c.load(KEYS_USED) >= self.L.keys_cap:
                 raise CapacityError(
                     f"shm://{self.name}: all {self.L.keys_cap} keys are taken; "
                     "create the segment with a larger ?keys="
                 )
-            off = self.L.keys_off + j * KEY_ENTRY
-            rated = self.names[owner][1] == KIND_KEYED_RATE
-            nb = self.c.load(self.L.rmeta(owner)) if rated else 0
-            if rated:
-                self.units_left(nb)
-            self._can_write()
-            if rated:  # the key's ring, before the key
-                self.c.store(off + 24, self.alloc_units(nb) + 1)
-            self._publish_entry(off, raw, owner, KEYS_USED, j + 1)
-            return self.L.names_cap + j
+            return int(self.c.key_insert(owner, key, self.alloc_units(nb) + 1))
+
+    def key_ring(self, cell: int) -> int:
+        """The first ring unit of a keyed rate's key (-1: none)."""
+        return (self.c.load(self.L.entry(cell) + 16) >> 32) - 1
 
     # -- reads and resets --------------------------------------------------
 
@@ -792,8 +872,11 @@ class _Segment:
                 try:
                     if mine < 0:
                         raise OverflowError("no slab")  # pragma: no cover - bound above
-                    self.c.add(self.L.slab_off(mine) + cell * 8, value)
+                    off = self.L.slab_off(mine) + cell * 8
+                    self.c.reserve(off, 8)  # a sparse page is allocated before its first write
+                    self.c.add(off, value)
                 except OverflowError:
+                    self.c.reserve(self.L.archive_off + cell * 8, 8)
                     self.c.store(self.L.archive_off + cell * 8, value)
             finally:
                 self._end()
@@ -855,10 +938,10 @@ def _create(name: str, path: str, layout: Layout) -> int:
         ) from exc
     try:
         try:
+            os.ftruncate(fd, layout.total)  # sparse: pages are allocated as used
             if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, layout.total)
-            else:  # pragma: no cover - macOS
-                os.ftruncate(fd, layout.total)
+                for off, length in layout.preallocated():
+                    os.posix_fallocate(fd, off, length)
         except OSError as exc:
             raise CapacityError(
                 f"shm://{name}: cannot allocate {layout.total} bytes in {directory}: {exc.strerror}"

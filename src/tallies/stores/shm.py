@@ -30,8 +30,10 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
                 keys_used, the fold sequence, the fold journal
     names       names_cap entries of 256 bytes: state, kind (counter or
                 keyed), length, UTF-8 name (at most 224 bytes)
-    keys        keys_cap entries of 256 bytes: state, owning name, length,
-                UTF-8 key (at most 224 bytes)
+    key hash    a power of two >= 2 * keys_cap of uint32 slots: entry + 1
+                and a 7-bit hash tag (``_c/_shmkeys.h``)
+    keys        keys_cap entries of 32 bytes: state, owning name, length
+                (| ring unit + 1 << 32 for keyed rates), heap offset
     slab descs  slabs_cap entries of 64 bytes: state (FREE, LIVE, FOLDING),
                 owner pid, owner start time
     archive     ncells int64 cells: counts folded out of dead writers' slabs
@@ -40,12 +42,28 @@ Layout (all integers int64 in native byte order; sections page-aligned)::
                 window in ns, its ring unit, the bucket of its last reset + 1
     rate rings  slabs_cap regions of buckets_cap 16-byte ring units (layout
                 version 2; see ``_shm_rates.py``, which owns this part)
+    key heap    keys_cap * 224 bytes: the keys' UTF-8, 8-aligned
+    page bitmap one bit per page of the file: allocated (version 3)
+
+The file is sparse (``ftruncate``; version 3): the header, the name
+directory, the slab descriptors and the rate meta are allocated when it is
+made, everything else page by page before its first write (``Segment.reserve``
+in C: ``posix_fallocate``, then the page's bit), so memory grows with the keys
+and with the processes that count them, a full file system is a
+CapacityError from the call that needed the page, never a SIGBUS, and a
+generous ``keys=`` costs nothing until used.
 
 ``ncells = names_cap + keys_cap``: name ``i`` owns cell ``i`` in every slab
 and in the archive, key entry ``j`` owns cell ``names_cap + j``.  The value of
 a cell is the archive's plus every non-FREE slab's (``Segment.sum`` in ``_c/shm.c``).
 
-Directories are append-only.  Registration happens under the segment lock:
+Directories are append-only.  A key is inserted without the lock, by the C
+increment itself: claim an entry (CAS on ``keys_used``) and heap bytes, write
+them, then publish with one CAS on an empty hash slot; a racing insert of the
+same key finds the winner and abandons its entry.  ``_c/_shmkeys.h`` says why
+a writer killed at any step leaves the key absent or complete.  A name (and a
+keyed rate's key, whose ring is allocated first) is registered under the
+segment lock:
 the entry is written, its state set to 1 (a release store), then
 ``names_used``/``keys_used`` is bumped (another release store).  Readers load
 the count (acquire) and read only entries below it, so they never see a
@@ -251,11 +269,12 @@ class ShmKeyedCounter(Named, StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     shares (``_keyed.StoreKeyedMixin``: ``kc[key] += n``, ``get``, ``update``,
     ``most_common`` ...).
 
-    ``increment(key, n=1)``/``decrement(key, n=1)`` are lock-free after a
-    key's first use in this process.  A key is registered in the segment on
-    its first update and is never removed: ``reset(key)`` zeroes it.  Keys
-    follow the rule every store shares (``base.check_key``), and hold at most
-    224 bytes of UTF-8 here.
+    ``increment(key, n=1)``/``decrement(key, n=1)`` are lock-free, a key's
+    first update included (it inserts the key into the segment's key
+    directory in C; only a process's first write takes the segment lock, to
+    claim its slab).  A key is never removed: ``reset(key)`` zeroes it.  Keys
+    follow the rule every store shares (``base.check_key``, checked in C with
+    the same words), and hold at most 224 bytes of UTF-8 here.
     """
 
     __slots__ = ("_idx", "_name", "_seg", "_url")
@@ -265,9 +284,8 @@ class ShmKeyedCounter(Named, StoreKeyedMixin, _KeyedBase):  # type: ignore[misc]
     def _cell(self, key: object, fname: str) -> int | None:
         if not isinstance(key, str):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
-        # C: the cache is not writable from Python; a key it lacks goes through
-        # find(), which checks the key rule every store shares
-        cell: int | None = self.lookup(key)
+        check_key(key)
+        cell: int | None = self.lookup(key)  # C: the cache is not writable from Python
         return cell
 
     def value(self, key: str) -> int:
@@ -409,13 +427,11 @@ class ShmStore(Store):
                 else:
                     seg, owner = self._seg, idx
 
-                    def register(key: object) -> int:
+                    def register(key: object) -> int:  # (unused: owner= inserts in C)
                         return seg.register_key(owner, check_key(key))
 
-                    def find(key: str) -> int | None:
-                        return seg.find_key(owner, check_key(key))
-
-                    obj = ShmKeyedCounter(self._seg.c, register, find)
+                    # New keys are inserted by the C increment itself, lock-free.
+                    obj = ShmKeyedCounter(self._seg.c, register, owner=owner)
                     obj._idx = idx
                 obj._seg = self._seg
                 obj._name = name

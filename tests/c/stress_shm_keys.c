@@ -1,0 +1,215 @@
+/*
+ * Stress the lock-free key insert of shm:// segments (src/tallies/_c/_shmkeys.h)
+ * from pthreads; build with -fsanitize=thread (tests/c/test_shm_keys_tsan.py
+ * does), or at -O2.
+ *
+ * A directory of CAP entries over plain memory (what a segment maps).  Each
+ * round, INSERTERS threads insert the same NKEYS keys (owners 0..2, texts of
+ * several lengths, some of them prefixes of others) each in its own shuffled
+ * order, all at once, while FINDERS threads look random keys up.  Every round
+ * must hold:
+ *   - every inserter got the same entry for a key (a key is inserted once:
+ *     a racing insert of it finds the winner, never publishes a second copy);
+ *   - that entry holds the key (owner, length, bytes) and is published; a
+ *     finder that found a key found that same entry, its bytes complete
+ *     (the release CAS that publishes a slot orders the entry's and the
+ *     heap's writes before any reader that acquires the slot);
+ *   - exactly NKEYS published entries; every other claimed entry abandoned;
+ *   - after the round, a find of every key answers its entry.
+ * The run prints "rounds R, keys K, abandoned A (races lost), found F" and
+ * "consistent" or "INCONSISTENT: ..." (exit 1).
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "_shmkeys.h"
+
+#define NKEYS 600
+#define CAP 1024
+#define SLOTS 2048
+#define INSERTERS 3
+#define FINDERS 1
+#define ROUNDS 40
+
+static _Atomic uint32_t hash[SLOTS];
+static char entries[CAP * TKD_ENTRY] __attribute__((aligned(64)));
+static char heap[CAP * TKD_KEY_MAX];
+static tl_cell used, heap_used;
+static tkd_dir dir;
+
+static char texts[NKEYS][40];
+static int64_t lens[NKEYS], owners[NKEYS];
+static int64_t got[INSERTERS][NKEYS];
+static _Atomic int bad;
+static _Atomic long found_total, abandoned_total;
+static _Atomic int go, inserters_done;
+
+static void
+fail(const char *what, int key)
+{
+    if (atomic_exchange(&bad, 1) == 0) {
+        printf("INCONSISTENT: %s (key %d)\n", what, key);
+    }
+}
+
+static uint64_t
+rnd(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void *
+inserter(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int order[NKEYS];
+    uint64_t seed = 0x9e3779b97f4a7c15ULL * (uint64_t)(t + 1) + (uint64_t)time(NULL);
+    for (int i = 0; i < NKEYS; i++) {
+        order[i] = i;
+    }
+    for (int i = NKEYS - 1; i > 0; i--) {
+        int j = (int)(rnd(&seed) % (uint64_t)(i + 1)), x = order[i];
+        order[i] = order[j];
+        order[j] = x;
+    }
+    while (!atomic_load(&go)) {
+    }
+    for (int i = 0; i < NKEYS; i++) {
+        int k = order[i];
+        got[t][k] = tkd_insert(&dir, owners[k], texts[k], lens[k], 0);
+        if (got[t][k] < 0) {
+            fail("an insert failed", k);
+        }
+    }
+    atomic_fetch_add(&inserters_done, 1);
+    return NULL;
+}
+
+static void *
+finder(void *arg)
+{
+    uint64_t seed = 12345 + (uint64_t)(intptr_t)arg;
+    while (!atomic_load(&go)) {
+    }
+    while (atomic_load(&inserters_done) < INSERTERS) {
+        int k = (int)(rnd(&seed) % NKEYS);
+        int64_t j = tkd_find(&dir, owners[k], texts[k], lens[k]);
+        if (j == TKD_ABSENT) {
+            continue;
+        }
+        if (j < 0 || j >= CAP) {
+            fail("a find answered garbage", k);
+            continue;
+        }
+        /* what it found must be the key, complete (plain reads of the heap:
+         * ThreadSanitizer checks that the publishing CAS ordered them) */
+        int64_t off = atomic_load_explicit(tkd_word(&dir, j, 3), memory_order_relaxed);
+        if (memcmp(heap + off, texts[k], (size_t)lens[k]) != 0) {
+            fail("a found key's bytes are torn", k);
+        }
+        atomic_fetch_add(&found_total, 1);
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void
+reset(void)
+{
+    for (int s = 0; s < SLOTS; s++) {
+        atomic_store(&hash[s], 0);
+    }
+    memset(entries, 0, sizeof entries);
+    memset(heap, 0, sizeof heap);
+    atomic_store(&used, 0);
+    atomic_store(&heap_used, 0);
+    atomic_store(&inserters_done, 0);
+    atomic_store(&go, 0);
+}
+
+static void
+check_round(void)
+{
+    int published = 0, abandoned = 0;
+    int64_t n = atomic_load(&used);
+    for (int64_t j = 0; j < n; j++) {
+        int64_t st = atomic_load(tkd_word(&dir, j, 0));
+        published += st == TKD_PUBLISHED;
+        abandoned += st == TKD_ABANDONED;
+        if (st != TKD_PUBLISHED && st != TKD_ABANDONED) {
+            fail("an entry left neither published nor abandoned", (int)j);
+        }
+    }
+    if (published != NKEYS) {
+        printf("published %d of %d keys\n", published, NKEYS);
+        fail("a key was published twice or not at all", -1);
+    }
+    atomic_fetch_add(&abandoned_total, abandoned);
+    for (int k = 0; k < NKEYS; k++) {
+        for (int t = 1; t < INSERTERS; t++) {
+            if (got[t][k] != got[0][k]) {
+                fail("two inserters got two entries for one key", k);
+            }
+        }
+        int64_t j = got[0][k];
+        if (j < 0 || tkd_find(&dir, owners[k], texts[k], lens[k]) != j ||
+            tkd_matches(&dir, j, owners[k], texts[k], lens[k]) != 1 ||
+            atomic_load(tkd_word(&dir, j, 0)) != TKD_PUBLISHED) {
+            fail("a key's entry does not hold it", k);
+        }
+    }
+}
+
+int
+main(void)
+{
+    dir.hash = hash;
+    dir.slots = SLOTS;
+    dir.entries = entries;
+    dir.cap = CAP;
+    dir.heap = heap;
+    dir.heap_cap = sizeof heap;
+    dir.used = &used;
+    dir.heap_used = &heap_used;
+    dir.reserve = NULL;
+    dir.written = NULL;
+    for (int k = 0; k < NKEYS; k++) {
+        /* "k17", "k17-x...": lengths 2..30, prefixes of one another */
+        int n = snprintf(texts[k], sizeof texts[k], "k%d%.*s", k / 3, (k % 5) * 6,
+                         "-xxxxx-yyyyy-zzzzz-wwwww-vvvvv");
+        lens[k] = n;
+        owners[k] = k % 3;
+    }
+    int rounds;
+    for (rounds = 0; rounds < ROUNDS && !atomic_load(&bad); rounds++) {
+        reset();
+        pthread_t th[INSERTERS + FINDERS];
+        for (int t = 0; t < INSERTERS; t++) {
+            pthread_create(&th[t], NULL, inserter, (void *)(intptr_t)t);
+        }
+        for (int t = 0; t < FINDERS; t++) {
+            pthread_create(&th[INSERTERS + t], NULL, finder, (void *)(intptr_t)t);
+        }
+        atomic_store(&go, 1);
+        for (int t = 0; t < INSERTERS + FINDERS; t++) {
+            pthread_join(th[t], NULL);
+        }
+        check_round();
+    }
+    printf("rounds %d, keys %d, abandoned %ld (races lost), found %ld\n", rounds, NKEYS,
+           atomic_load(&abandoned_total), atomic_load(&found_total));
+    if (atomic_load(&bad)) {
+        return 1;
+    }
+    printf("consistent\n");
+    return 0;
+}

@@ -1,0 +1,94 @@
+"""The lock-free key insert of shm:// segments (src/tallies/_c/_shmkeys.h), stressed
+from pthreads under ThreadSanitizer: tests/c/stress_shm_keys.c (its header says what
+it checks: every key published once, found complete, the same entry for every thread).
+
+Two mutants of the header must be caught:
+
+* the CAS that publishes a hash slot made relaxed: a reader that finds the slot
+  is no longer ordered after the writes of the key's bytes, a data race that
+  ThreadSanitizer must report (the -O2 build cannot see it);
+* an insert whose CAS lost a slot no longer checks whether the winner holds its
+  own key: two racing inserts of one key publish it twice, which the stress's
+  own check reports, under ThreadSanitizer and at -O2 alike.
+
+With TALLIES_REQUIRE_C=1 (CI, ./run-tests) a missing compiler or ThreadSanitizer
+runtime fails these tests instead of skipping them (tests/c/_tsan.py).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+from _tsan import HEADER_DIR as HEADERS
+from _tsan import ROOT, TSAN_WARNING, compile_c, compiler, require_tsan, run
+
+STRESS = ROOT / "tests" / "c" / "stress_shm_keys.c"
+TSAN_OPTIONS = "halt_on_error=1 exitcode=66"
+
+RELAXED_NEEDLE = """(uint32_t)(j + 1) | TKD_TAG(h),
+                                                    memory_order_release,
+                                                    memory_order_acquire)"""
+RELAXED_MUTANT = """(uint32_t)(j + 1) | TKD_TAG(h),
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed)"""
+TWICE_NEEDLE = "int m = tkd_matches(d, other, owner, key, len);"
+TWICE_MUTANT = "int m = 0; /* mutant: never the same key */"
+
+
+def _build(include: pathlib.Path, out: pathlib.Path, tsan: bool) -> None:
+    if tsan:
+        require_tsan()
+    compiler()
+    compile_c(STRESS, out, ["-O1", "-fsanitize=thread"] if tsan else ["-O2"], include=include)
+
+
+def _mutant(tmp_path: pathlib.Path, needle: str, replacement: str) -> pathlib.Path:
+    folder = tmp_path / "mutant"
+    folder.mkdir()
+    shutil.copy(HEADERS / "_cells.h", folder / "_cells.h")
+    src = (HEADERS / "_shmkeys.h").read_text()
+    assert src.count(needle) == 1
+    (folder / "_shmkeys.h").write_text(src.replace(needle, replacement))
+    return folder
+
+
+@pytest.mark.parametrize("tsan", [True, False], ids=["tsan", "o2"])
+def test_racing_inserts_publish_each_key_once_and_complete(
+    tmp_path: pathlib.Path, tsan: bool
+) -> None:
+    exe = tmp_path / "stress_shm_keys"
+    _build(HEADERS, exe, tsan)
+    res = run(exe, tsan_options=TSAN_OPTIONS)
+    assert "ThreadSanitizer" not in res.stderr, res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "consistent" in res.stdout and "INCONSISTENT" not in res.stdout
+    assert "rounds 40," in res.stdout
+
+
+def test_the_stress_catches_a_relaxed_publish(tmp_path: pathlib.Path) -> None:
+    exe = tmp_path / "stress_shm_keys_relaxed"
+    _build(_mutant(tmp_path, RELAXED_NEEDLE, RELAXED_MUTANT), exe, tsan=True)
+    outcomes: list[subprocess.CompletedProcess[str]] = []
+    for _ in range(4):
+        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
+        if TSAN_WARNING in outcomes[-1].stderr:
+            break
+    res = outcomes[-1]
+    assert res.returncode == 66, [r.stdout for r in outcomes]
+    assert TSAN_WARNING in res.stderr and "memcpy" in res.stderr, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("tsan", [True, False], ids=["tsan", "o2"])
+def test_the_stress_catches_a_key_published_twice(tmp_path: pathlib.Path, tsan: bool) -> None:
+    exe = tmp_path / "stress_shm_keys_twice"
+    _build(_mutant(tmp_path, TWICE_NEEDLE, TWICE_MUTANT), exe, tsan)
+    outcomes: list[subprocess.CompletedProcess[str]] = []
+    for _ in range(6):
+        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
+        if "INCONSISTENT" in outcomes[-1].stdout:
+            break
+    assert outcomes[-1].returncode != 0, [r.stdout for r in outcomes]
+    assert "INCONSISTENT" in outcomes[-1].stdout, [r.stdout for r in outcomes]
