@@ -432,6 +432,30 @@ class LeaseLimiter:
     @staticmethod
     def _now() -> int: ...
 
+class ShmRate:
+    """A shm:// rate: its increment in C on this process's ring of the
+    segment (tallies.stores._shm_rates installs the reading methods)."""
+
+    clock: Callable[[], int] | None
+    _seg: Any
+    _idx: Any
+    _name: Any
+    _url: Any
+    _sp: Any
+    _ring: Any
+    def increment(self, n: SupportsIndex = 1) -> None: ...
+    def decrement(self, n: SupportsIndex = 1) -> None: ...
+    def _setup(
+        self,
+        segment: Any,
+        rates_off: int,
+        slab_stride: int,
+        unit_off: int,
+        res_ns: int,
+        rotate: Callable[..., int],
+        /,
+    ) -> None: ...
+
 class BufferedRate:
     """A write-behind store's rate: this process's pending events on a
     wall-clock ring (tallies.stores._wbrates installs the reading methods)."""

@@ -439,7 +439,7 @@ def _install() -> None:
             if type(value).__name__ == "member_descriptor":  # a slot of the Python class
                 continue
             setattr(t, attr, value)
-    ShmRate = t  # type: ignore[misc]
+    ShmRate = t  # type: ignore[misc, assignment]
 
 
 _install()

@@ -88,17 +88,9 @@ def _add_checked(m: dict[int, int], slot: int, v: int, op: str, n: int, what: st
         m.pop(slot, None)
 
 
-def _rebuild_rate(url: str, name: str, kind: RateKind, window: float, resolution: float) -> Any:
-    from . import _store_class, parse_url
-    from .writebehind import WriteBehindStore
-
-    parsed = parse_url(url)
-    cls = _store_class(parsed)
-    assert issubclass(cls, WriteBehindStore)
-    store = cls._attach(parsed, create=True, owned=False)
-    if kind == "rate":
-        return store.rate(name, window, resolution)
-    return store.keyed_rate(name, window, resolution)
+#: unpickling a rate: ``writebehind._rebuild_rate`` (handed over by
+#: writebehind.py, which imports this module: no import back)
+rebuild_rate: Callable[..., Any] | None = None
 
 
 class _RateBase:
@@ -170,8 +162,9 @@ class _RateBase:
         return w, lo, cur
 
     def __reduce__(self) -> tuple[Any, ...]:
+        assert rebuild_rate is not None  # set when writebehind.py is imported
         return (
-            _rebuild_rate,
+            rebuild_rate,
             (self._wb.url, self._name, self._kind, self.window, self.resolution),
         )
 

@@ -269,6 +269,24 @@ def _rebuild(url: str, name: str, kind: Kind) -> Any:
     return store.counter(name) if kind == "counter" else store.keyed(name)
 
 
+def _rebuild_rate(url: str, name: str, kind: str, window: float, resolution: float) -> Any:
+    """Unpickling a rate or keyed rate: as ``_rebuild``."""
+    from . import _store_class, parse_url
+
+    parsed = parse_url(url)
+    cls = _store_class(parsed)
+    if issubclass(cls, WriteBehindStore):
+        store: Any = cls._attach(parsed, create=True, owned=False)
+    else:  # pragma: no cover - write-behind rates come from write-behind stores
+        store = cls.open_url(parsed)
+    if kind == "rate":
+        return store.rate(name, window, resolution)
+    return store.keyed_rate(name, window, resolution)
+
+
+_wbrates.rebuild_rate = _rebuild_rate  # the rates' __reduce__ (no import back)
+
+
 class BufferedCounter(Protocol):
     """What ``store.counter(name)`` returns in a write-behind store:
     ``increment``/``decrement``/``+=``/``-=`` add to this process's local
