@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+import tallies
+from tallies._build import fallback_notice
 from tallies.cli.look import positive_int
 
 from . import counters, keyed, limits, processes, rates, scale, stores, threads
@@ -136,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    notice = fallback_notice(tallies.BUILD)  # measuring the fallback: say so first
+    if notice:
+        print(f"NOTE: {notice}", file=sys.stderr, flush=True)
     if args.rounds is not None and args.threads is None:
         print(f"{COMMAND}: --rounds applies to --threads only", file=sys.stderr)
         return 2

@@ -32,6 +32,13 @@ REQUIRE_SERVERS = os.environ.get("CI") == "true"
 #: True on a free-threaded CPython build (``--disable-gil``, e.g. 3.13t), whatever the GIL's state.
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
+#: The docs site (built by mkdocs, checked in Chromium) is one artefact: the GIL
+#: leg (./run-tests) builds and checks it.  The free-threaded leg and the legs
+#: of the other CPythons and of the wheel (scripts/test-python and
+#: scripts/test-wheel set TALLIES_DOCS_SITE=elsewhere; their roots have no
+#: Chromium, their venvs no docs tools) run the docs' examples only.
+SITE_ELSEWHERE = FREE_THREADED or os.environ.get("TALLIES_DOCS_SITE") == "elsewhere"
+
 
 def unavailable(
     reason: str, *, required: bool = REQUIRE_C, by: str = "TALLIES_REQUIRE_C=1"

@@ -188,3 +188,20 @@ OTEL_VALID = re.compile(r"[a-zA-Z][-_./a-zA-Z0-9]{0,254}")
 OTEL_PLAIN = re.compile(r"[-./a-z0-9]")
 OTEL_RESERVED = (".window_count", ".per_second")
 OTEL_LIMIT = 255 - len(".window_count")
+
+
+def prometheus_base(name: str, namespace: str) -> str:
+    """The base metric name of ``name`` under the Prometheus rule above."""
+    return escape_name(name, namespace, PROMETHEUS_VALID, PROMETHEUS_PLAIN, PROMETHEUS_RESERVED)
+
+
+def otel_base(name: str, prefix: str) -> str:
+    """The base instrument name of ``name`` under the OpenTelemetry rule above."""
+    return escape_name(
+        name, prefix, OTEL_VALID, OTEL_PLAIN, OTEL_RESERVED, fold_case=True, limit=OTEL_LIMIT
+    )
+
+
+def missing_extra(module: str, needs: str, extra: str) -> ImportError:
+    """The ImportError of an exporter module whose optional dependency is missing."""
+    return ImportError(f"{module} needs {needs}: pip install tallies[{extra}]")

@@ -51,23 +51,13 @@ import threading
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from ._export import (
-    OTEL_LIMIT,
-    OTEL_PLAIN,
-    OTEL_RESERVED,
-    OTEL_VALID,
-    Series,
-    escape_name,
-    read_series,
-)
+from ._export import Series, missing_extra, otel_base, read_series
 from .stores import Store, redact_url
 
 try:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
 except ImportError as exc:  # pragma: no cover - exercised in a venv without the extra
-    raise ImportError(
-        "tallies.otel needs the OpenTelemetry API: pip install tallies[otel]"
-    ) from exc
+    raise missing_extra("tallies.otel", "the OpenTelemetry API", "otel") from exc
 
 __all__ = ["Observed", "instrument_name", "observe"]
 
@@ -77,9 +67,7 @@ _ATTRIBUTE = re.compile(r"[^\x00]{1,255}\Z")
 def instrument_name(name: str, prefix: str = "tallies.") -> str:
     """The base instrument name of the store name ``name`` (the module's rule);
     a rate adds ``.window_count`` and ``.per_second``."""
-    return escape_name(
-        name, prefix, OTEL_VALID, OTEL_PLAIN, OTEL_RESERVED, fold_case=True, limit=OTEL_LIMIT
-    )
+    return otel_base(name, prefix)
 
 
 class Observed:

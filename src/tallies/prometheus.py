@@ -50,15 +50,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._export import (
-    PROMETHEUS_LABEL,
-    PROMETHEUS_PLAIN,
-    PROMETHEUS_RESERVED,
-    PROMETHEUS_VALID,
-    Series,
-    escape_name,
-    read_series,
-)
+from ._export import PROMETHEUS_LABEL, Series, missing_extra, prometheus_base, read_series
 from .stores import Store, redact_url
 from .stores import open as open_store
 
@@ -66,9 +58,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector as _CollectorBase
 except ImportError as exc:  # pragma: no cover - exercised in a venv without the extra
-    raise ImportError(
-        "tallies.prometheus needs prometheus_client: pip install tallies[prometheus]"
-    ) from exc
+    raise missing_extra("tallies.prometheus", "prometheus_client", "prometheus") from exc
 
 __all__ = ["Collector", "metric_name", "metric_names"]
 
@@ -77,7 +67,7 @@ def metric_name(name: str, namespace: str = "tallies_") -> str:
     """The base metric name of the store name ``name`` (the module's rule): a
     counter is exposed as base + ``_total``, a rate as base + ``_window_count``,
     ``_per_second`` and ``_total``."""
-    return escape_name(name, namespace, PROMETHEUS_VALID, PROMETHEUS_PLAIN, PROMETHEUS_RESERVED)
+    return prometheus_base(name, namespace)
 
 
 def metric_names(

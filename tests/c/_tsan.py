@@ -67,9 +67,19 @@ def require_tsan() -> None:
 
 
 def compile_c(source: Path, out: Path, flags: list[str], include: Path = HEADER_DIR) -> None:
-    """Build ``source``; its headers come from ``include`` (a mutant's folder, say)."""
+    """Build ``source``; its headers come from ``include`` (a mutant's folder, say),
+    then from the real ones (the headers a mutant does not change: _platform.h)."""
     proc = subprocess.run(
-        [compiler(), *CFLAGS, f"-I{include}", *flags, str(source), "-o", str(out)],
+        [
+            compiler(),
+            *CFLAGS,
+            f"-I{include}",
+            f"-I{HEADER_DIR}",
+            *flags,
+            str(source),
+            "-o",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -63,7 +63,7 @@ INTERPRETERS = _interpreters()
 
 def _compile(c_file: Path, include: str, *defines: str) -> subprocess.CompletedProcess[str]:
     assert CC is not None
-    cmd = [CC, "-std=gnu11", "-fsyntax-only", "-Wall", "-Wextra", "-Werror"]
+    cmd = [CC, "-std=c11", "-fsyntax-only", "-Wall", "-Wextra", "-Werror"]
     cmd += [f"-D{d}" for d in defines] + [f"-I{include}", f"-I{SRC}", str(c_file)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 

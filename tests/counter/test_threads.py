@@ -150,12 +150,19 @@ class UnsafeCounter:
 def test_the_harness_catches_a_counter_that_loses_updates() -> None:
     """Negative control: the same workload on an unlocked counter does not add up."""
     mismatches = 0
-    for seed in range(5):
-        c = UnsafeCounter()
-        applied, taken = mixed_workload(c, COUNTER_KINDS, 1000, seed)
-        mismatches += c.value() + taken != applied
-        if mismatches:
-            break
+    # On a loaded machine a thread may finish its 1000 operations within one
+    # switch interval (5 ms), and then nothing races: switch far more often.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for seed in range(5):
+            c = UnsafeCounter()
+            applied, taken = mixed_workload(c, COUNTER_KINDS, 1000, seed)
+            mismatches += c.value() + taken != applied
+            if mismatches:
+                break
+    finally:
+        sys.setswitchinterval(interval)
     assert mismatches, "5 runs of 32 racing threads never lost an update: the harness is blind"
 
 

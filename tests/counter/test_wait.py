@@ -291,6 +291,10 @@ _SIGINT_SCRIPT = textwrap.dedent(
     """
     import importlib, signal, sys, threading, time
 
+    # A parent that ignores SIGINT (a job started in the background by a
+    # non-interactive shell: CI runners, nohup) passes that on, and Python then
+    # never raises KeyboardInterrupt: give the child Python's own handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     impl = importlib.import_module(sys.argv[1])
     c = impl.Counter(0)
     main = threading.main_thread()

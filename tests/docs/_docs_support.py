@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _support import FREE_THREADED, REQUIRE_C, unavailable
+from _support import REQUIRE_C, SITE_ELSEWHERE, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -32,11 +32,11 @@ def need_docs_tools() -> None:
         import mkdocstrings  # noqa: F401
     except ImportError as exc:
         # The site is one artefact, built and checked in the GIL leg (./run-tests
-        # installs the tools there); the free-threaded leg runs the examples only.
+        # installs the tools there); other legs run the examples only (_support).
         unavailable(
             f"the docs' tools are not installed ({exc}; scripts/docs installs them)"
-            + ("; the GIL leg builds and checks the site" if FREE_THREADED else ""),
-            required=REQUIRE_C and not FREE_THREADED,
+            + ("; the GIL leg builds and checks the site" if SITE_ELSEWHERE else ""),
+            required=REQUIRE_C and not SITE_ELSEWHERE,
         )
 
 

@@ -507,3 +507,30 @@ def test_scripts_are_loaded_again_after_script_flush(url: str, r: Any) -> None:
         r.script_flush()
         assert c.reset() == 5
         assert r.get(f"{p}{{n}}") == b"0"
+
+
+def test_a_big_keyed_counter_is_read_a_page_at_a_time(url: str, r: Any) -> None:
+    """A keyed counter's snapshot reads its hash a page per script call
+    (HSCAN, each page one JSON string): Redis is never blocked for the whole
+    hash, and every key comes back exactly, however it is spelt (issue 19)."""
+    from tallies.stores import _redis_backend
+
+    p = prefix_of(url)
+    odd = ['a"b', "c\\d", "e/f", "ü€😀", "tab\tx", "\x01\x7f", "[1]", "{x}", "0", " "]
+    keys = odd + [f"k{i}" for i in range(3 * _redis_backend.SCAN_COUNT)]
+    want = {k: i - 100 for i, k in enumerate(keys)}
+    other = {f"other{i}": -i for i in range(300)}  # written by another client
+    r.hset(f"{p}{{events}}", mapping={k: v for k, v in other.items()})
+    with tallies.open(url) as store:
+        kc = store.keyed("events")
+        for k, v in want.items():
+            kc.increment(k, v)
+        store.flush()
+        kc.increment("k7", 1000)  # pending
+        r.config_resetstat()
+        snap = kc.snapshot()
+        calls = r.info("commandstats")
+        assert dict(snap) == {**want, **other, "k7": want["k7"] + 1000}
+        assert store.snapshot()["keyed"]["events"] == dict(snap)
+        assert "cmdstat_hgetall" not in calls
+        assert calls["cmdstat_evalsha"]["calls"] >= len(want) // _redis_backend.SCAN_COUNT

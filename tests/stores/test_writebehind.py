@@ -803,6 +803,93 @@ def test_reads_stay_exact_under_a_fast_flusher_with_lost_replies() -> None:
     wb.close()
 
 
+def test_a_key_counted_to_zero_is_listed_once_flushed(be: MemBackend) -> None:
+    """A key whose first updates sum to 0 still goes into the next batch (at
+    0, so the backend lists it), also through a failed flush and its retry;
+    after that, batches carry only the keys whose delta is not 0."""
+    wb = make(be)
+    kc = wb.keyed("k")
+    kc.increment("a", 5)
+    kc.decrement("a", 5)
+    assert dict(kc.snapshot()) == {"a": 0}
+    be.fail.append(("apply", "before"))
+    with pytest.raises(FlushError):
+        wb.flush()
+    assert dict(kc.snapshot()) == {"a": 0}  # in flight
+    wb.flush()
+    assert be.keyed["k"] == {"a": 0}
+    for i in range(50):
+        kc.increment(f"k{i}")
+    wb.flush()
+    kc.increment("k3")
+    kc.increment("b")
+    kc.decrement("b")
+    sent: list[Batch] = []
+    apply = be.apply
+
+    def recording(writer_id: str, batch: Batch) -> None:
+        sent.append(batch)
+        apply(writer_id, batch)
+
+    be.apply = recording  # type: ignore[method-assign]
+    wb.flush()
+    assert [b.keyed for b in sent] == [{"k": {"k3": 1, "b": 0}}]
+    assert dict(kc.snapshot()) == {"a": 0, "b": 0, "k3": 2} | {
+        f"k{i}": 1 for i in range(50) if i != 3
+    }
+    wb.close()
+
+
+class _Unwalkable:
+    """A keyed counter's cells that refuse to be walked: a one-key read
+    must look its key up, not build every key's pending delta."""
+
+    def __init__(self, cells: Any) -> None:
+        self._cells = cells
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("_items", "_drain", "_keys", "_iter_items", "_dict"):
+            raise AssertionError(f"a one-key read walked every key ({attr})")
+        return getattr(self._cells, attr)
+
+
+def test_a_one_key_read_looks_up_that_key_only(be: MemBackend) -> None:
+    """kc[key] asks the backend for that key alone and adds that key's cell,
+    held delta and unflushed batches, each found by key (issue 19: it used
+    to build the pending delta of every key to answer for one)."""
+    wb = make(be)
+    kc = wb.keyed("k")
+    for i in range(100):
+        kc.increment(f"k{i}", i)
+    wb.flush()  # batch 1: committed, in the history
+    kc.increment("k7", 100)
+    be.fail.append(("apply", "before"))
+    with pytest.raises(FlushError):
+        wb.flush()  # batch 2: in flight
+    kc.increment("k7", 1000)  # in the cells
+    queries: list[Query] = []
+    read = be.read
+
+    def recording(writer_id: str, query: Query) -> Read:
+        queries.append(query)
+        return read(writer_id, query)
+
+    be.read = recording  # type: ignore[method-assign]
+    cells = kc._cells
+    kc._cells = _Unwalkable(cells)  # type: ignore[assignment]
+    try:
+        assert kc.value("k7") == 1107
+        assert kc["k8"] == 8
+        assert kc["never"] == 0
+    finally:
+        kc._cells = cells
+    assert [q.keys for q in queries] == [(("k", "k7"),), (("k", "k8"),), (("k", "never"),)]
+    assert all(q.counters == () and q.keyed == () for q in queries)
+    wb.flush()
+    assert be.keyed["k"]["k7"] == 1107
+    wb.close()
+
+
 def test_threads_exact(be: MemBackend) -> None:
     wb = make(be, interval=0.001)
     c = wb.counter("n")

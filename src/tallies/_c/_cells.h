@@ -58,6 +58,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_platform.h" /* TL_LIKELY, TL_ADD_OVERFLOWS, TL_TLS_FAST, tl_yield */
+
 #ifndef TL_LINE
 #define TL_LINE 128 /* two 64-byte lines: adjacent-line prefetch pairs them */
 #endif
@@ -67,14 +69,6 @@ typedef _Atomic int64_t tl_cell;
 
 enum { TL_OK = 0, TL_OVERFLOW = -1, TL_NOMEM = -2 };
 
-#if defined(__GNUC__) || defined(__clang__)
-#define TL_LIKELY(x) __builtin_expect(!!(x), 1)
-#define TL_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define TL_ADD_OVERFLOWS(a, b, r) __builtin_add_overflow((a), (b), (r))
-#define TL_SUB_OVERFLOWS(a, b, r) __builtin_sub_overflow((a), (b), (r))
-#else
-#error "tallies needs GCC or Clang (checked int64 arithmetic builtins)"
-#endif
 
 /* ---- single cells ------------------------------------------------------ */
 
@@ -204,11 +198,6 @@ tl_striped_inflated(tl_striped *s)
  * The initial-exec TLS model makes reading it one instruction instead of a
  * call to __tls_get_addr (it takes 4 bytes of the static TLS space that the
  * C library reserves for modules loaded later: that is what it is for). */
-#if defined(__GNUC__) && !defined(__SANITIZE_THREAD__)
-#define TL_TLS_FAST __attribute__((tls_model("initial-exec")))
-#else
-#define TL_TLS_FAST
-#endif
 static _Thread_local TL_TLS_FAST uint32_t tl_probe;
 
 static inline uint32_t

@@ -37,7 +37,6 @@
 #ifndef TALLIES_GATE_H
 #define TALLIES_GATE_H
 
-#include <sched.h>
 
 #include "_cells.h"
 
@@ -88,7 +87,7 @@ tl_gate_close(tl_gate_flight *f, _Atomic int *state, int closed)
     atomic_store_explicit(state, closed, memory_order_seq_cst);
     for (int i = 0; i < TL_GATE_STRIPES; i++) {
         while (atomic_load_explicit(&f->stripes[i].n, memory_order_seq_cst) != 0) {
-            sched_yield();
+            tl_yield();
         }
     }
 }

@@ -66,7 +66,6 @@
 #ifndef TALLIES_KEYED_CELLS_H
 #define TALLIES_KEYED_CELLS_H
 
-#include <sched.h>
 
 #include "_cells.h"
 
@@ -158,7 +157,7 @@ tlk_close_and_take(tlk_cell *c)
     int64_t s = atomic_fetch_or_explicit(&c->state, TLK_CLOSED,
                                          memory_order_seq_cst);
     while ((s & TLK_WRITERS) != 0) {
-        sched_yield();
+        tl_yield();
         s = atomic_load_explicit(&c->state, memory_order_acquire);
     }
     return tl_exchange(&c->value, 0);

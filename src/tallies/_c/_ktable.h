@@ -142,7 +142,6 @@
 #ifndef TALLIES_KTABLE_H
 #define TALLIES_KTABLE_H
 
-#include <sched.h>
 #include <stddef.h>
 
 #include "_cells.h"
@@ -328,7 +327,7 @@ tkt_close(tkt_map *m)
     atomic_store_explicit(&m->closed, 1, memory_order_seq_cst);
     for (int i = 0; i < TKT_NSTRIPES; i++) {
         while (atomic_load_explicit(&m->stripes[i].n, memory_order_seq_cst) != 0) {
-            sched_yield();
+            tl_yield();
         }
     }
 }

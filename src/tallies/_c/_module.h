@@ -43,13 +43,7 @@
 #include <Python.h>
 #include <stdint.h>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define TL_HIDDEN __attribute__((visibility("hidden")))
-#define TL_ALWAYS_INLINE inline __attribute__((always_inline))
-#define TL_COLD __attribute__((cold, noinline, unused)) /* unused: not every file calls it */
-#else
-#error "tallies needs GCC or Clang"
-#endif
+#include "_platform.h" /* TL_HIDDEN, TL_ALWAYS_INLINE, TL_COLD */
 
 /* The free-threaded switch: 1 when compiled for a CPython without a GIL. */
 #ifdef Py_GIL_DISABLED
@@ -109,6 +103,25 @@ tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
     tp->tp_free(self);
     Py_DECREF(tp);
 }
+
+/* tp_traverse and tp_clear of a GC type written once from one list of its
+ * object references: FIELDS(X) applies X to each (an expression of `self`),
+ * so no reference can be visited but not cleared.  Traverse also visits the
+ * heap type, which its instances own. */
+#define TL_VISIT_FIELD(ref) Py_VISIT(ref);
+#define TL_CLEAR_FIELD(ref) Py_CLEAR(ref);
+#define TL_GC_FUNCS(prefix, Type, FIELDS)                                  \
+    static int prefix##_traverse(Type *self, visitproc visit, void *arg)  \
+    {                                                                      \
+        Py_VISIT(Py_TYPE(self));                                           \
+        FIELDS(TL_VISIT_FIELD)                                             \
+        return 0;                                                          \
+    }                                                                      \
+    static int prefix##_clear(Type *self)                                  \
+    {                                                                      \
+        FIELDS(TL_CLEAR_FIELD)                                             \
+        return 0;                                                          \
+    }
 
 /* Make the type of `spec` for module m, keep it in the state's slot `which`
  * and, when `add`, add it to m under its name.  A borrowed reference (the

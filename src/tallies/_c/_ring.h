@@ -68,7 +68,6 @@
 #ifndef TALLIES_RING_H
 #define TALLIES_RING_H
 
-#include <sched.h>
 
 #include "_cells.h"
 
@@ -135,7 +134,7 @@ tlr_lock(tlr_ring *r)
                                                   memory_order_relaxed)) {
             return;
         }
-        sched_yield();
+        tl_yield();
     }
 }
 
@@ -220,7 +219,7 @@ tlr_read(tlr_ring *r, int64_t j_min, int64_t *total, int64_t *base)
     for (;;) {
         int64_t s1 = atomic_load_explicit(&r->seq, memory_order_seq_cst);
         if (s1 & 1) {
-            sched_yield();
+            tl_yield();
             continue;
         }
         int64_t latest = atomic_load_explicit(&r->latest, memory_order_seq_cst);

@@ -85,7 +85,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#if defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030E0000
+#include "_internals.h" /* TL_IMMORTAL_SHARED: free-threaded 3.13, where CI runs it */
+
+#if TL_IMMORTAL_SHARED
 #define TL_SHARE_WIDELY 1
 #define TL_SHARED_MAX 1024
 

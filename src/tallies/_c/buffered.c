@@ -56,7 +56,7 @@ cell_mode(CellObject *self)
 }
 
 #if TL_FREE_THREADED
-static tl_gate_flight in_flight __attribute__((aligned(TL_LINE))); /* _gate.h */
+static TL_ALIGNED(TL_LINE) tl_gate_flight in_flight; /* _gate.h */
 #endif
 
 static PyObject *
@@ -80,22 +80,8 @@ Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Cell_traverse(CellObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->owner);
-    Py_VISIT(self->name);
-    return 0;
-}
-
-static int
-Cell_clear(CellObject *self)
-{
-    Py_CLEAR(self->owner);
-    Py_CLEAR(self->name);
-    return 0;
-}
+#define CELL_REFS(X) X(self->owner) X(self->name)
+TL_GC_FUNCS(Cell, CellObject, CELL_REFS)
 
 /* The owner is any object, another BufferedCounter included: a chain of them
  * is freed through CPython's trashcan instead of one C frame per link. */

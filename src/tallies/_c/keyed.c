@@ -71,8 +71,13 @@ key_fast_eq(PyObject *a, PyObject *b)
 #define TKT_FAST_EQ(a, b) key_fast_eq((PyObject *)(a), (PyObject *)(b))
 #define TKT_INCREF(k) Py_INCREF((PyObject *)(k))
 #define TKT_DECREF(k) Py_DECREF((PyObject *)(k))
+#if TL_STR_HASH_CACHE /* _internals.h */
 #define TKT_CACHES_HASH(k) PyUnicode_CheckExact((PyObject *)(k))
 #define TKT_CACHED_HASH(k) (((PyASCIIObject *)(k))->hash)
+#else /* every table stores its hashes: never asked for a cached one */
+#define TKT_CACHES_HASH(k) ((void)(k), 0)
+#define TKT_CACHED_HASH(k) PyObject_Hash((PyObject *)(k))
+#endif
 #define TKT_MALLOC(n) PyMem_Malloc(n)
 #define TKT_FREE(p) PyMem_Free(p)
 
@@ -82,7 +87,7 @@ key_fast_eq(PyObject *a, PyObject *b)
 static inline Py_hash_t
 key_hash(PyObject *key)
 {
-#if !TKT_CONCURRENT /* free-threaded: CPython sets a str's hash atomically */
+#if TL_STR_HASH_CACHE /* not free-threaded, where CPython sets a str's hash atomically */
     if (TL_LIKELY(PyUnicode_CheckExact(key))) {
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
         if (TL_LIKELY(h != -1)) {
@@ -93,10 +98,12 @@ key_hash(PyObject *key)
     return PyObject_Hash(key);
 }
 
+#if TL_INT_LAYOUT /* _internals.h */
 #if !TKT_CONCURRENT /* the item iterators' int reuse (GIL builds only) */
 static inline Py_ssize_t digits_of(int64_t v);
 #endif
 static inline void count_fill(PyObject *r, int64_t v);
+#endif
 
 /* ---- the KeyedCounter type ------------------------------------------------- */
 
@@ -391,7 +398,7 @@ done:
 static inline PyObject *
 keyed_step(KeyedObject *self, PyObject *key, int sub)
 {
-#if !TKT_CONCURRENT
+#if TL_STR_HASH_CACHE
     if (TL_LIKELY(PyUnicode_CheckExact(key))) {
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
         tl_cell *cell;
@@ -1297,7 +1304,7 @@ SnapIter_next(SnapIterObject *it)
     }
     int64_t v = it->b.counts[i];
     PyObject *r = it->result;
-#if !TKT_CONCURRENT
+#if !TKT_CONCURRENT && TL_INT_LAYOUT
     /* for k, v in kc.items(): the caller unpacks the tuple and lets it go,
      * and its v still holds the previous count while we make the next one.
      * So two ints alternate: one that nobody but this iterator holds any
@@ -1411,6 +1418,39 @@ Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     }
     PyObject *d = PyDict_New();
     for (int64_t i = 0; d != NULL && i < b.n; i++) {
+        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
+        if (count == NULL || PyDict_SetItem(d, (PyObject *)b.keys[i], count) < 0) {
+            Py_XDECREF(count);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(count);
+    }
+    copy_free(&b, 0);
+    return d;
+}
+
+/* _nonzero(take) -> dict {key: count} of the keys whose count is not 0; take:
+ * exchange every count with 0 in the same pass (each increment lands in
+ * exactly one result or stays for the next, as with _drain()).  One dict,
+ * no pair per key: what a write-behind flush and snapshot need of their
+ * pending buffer (stores/writebehind.py). */
+static PyObject *
+Keyed_nonzero(KeyedObject *self, PyObject *take)
+{
+    int t = PyObject_IsTrue(take);
+    if (t < 0) {
+        return NULL;
+    }
+    copy_buf b;
+    if (copy_out(self, 1, t, &b) < 0) {
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    for (int64_t i = 0; d != NULL && i < b.n; i++) {
+        if (b.counts[i] == 0) {
+            continue;
+        }
         PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
         if (count == NULL || PyDict_SetItem(d, (PyObject *)b.keys[i], count) < 0) {
             Py_XDECREF(count);
@@ -1758,6 +1798,7 @@ static Py_ssize_t count_nitems;     /* what tp_alloc is asked for */
 
 #define COUNT_TAG(o) ((count_tag *)((char *)(o) + count_tag_offset))
 
+#if TL_INT_LAYOUT
 #if !TKT_CONCURRENT
 /* The number of digits of |v| (at least 1). */
 static inline Py_ssize_t
@@ -1798,6 +1839,33 @@ count_fill(PyObject *r, int64_t v)
     Py_SET_SIZE(o, v < 0 ? -n : n);
 #endif
 }
+#else
+/* The documented way (interpreters where CI has not run the layout above):
+ * int.__new__(Count, v) copies a plain int's value into an allocation that
+ * Count's tp_alloc makes large enough for the tag. */
+static PyObject *
+count_alloc(PyTypeObject *type, Py_ssize_t nitems)
+{
+    return PyType_GenericAlloc(type, nitems > count_nitems ? nitems : count_nitems);
+}
+
+static PyObject *
+count_from_int(int64_t v)
+{
+    PyObject *n = PyLong_FromLongLong((long long)v);
+    if (n == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, n);
+    Py_DECREF(n);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyLong_Type.tp_new(count_type, args, NULL);
+    Py_DECREF(args);
+    return r;
+}
+#endif
 
 /* Freed Counts kept for reuse (GIL builds: the GIL guards the list).  A read
  * kc[k] makes a Count where collections.Counter's c[k] returns an int the
@@ -1806,7 +1874,7 @@ count_fill(PyObject *r, int64_t v)
  * zeroing, no free) is what keeps that read near c[k].  Every Count has the
  * same size (count_nitems), so any one fits; the list holds a few at most and
  * keeps their memory for the life of the process. */
-#ifndef Py_GIL_DISABLED
+#if !defined(Py_GIL_DISABLED) && TL_INT_LAYOUT
 #define COUNT_FREE_MAX 16
 static PyObject *count_free[COUNT_FREE_MAX];
 static int count_nfree;
@@ -1817,13 +1885,14 @@ static PyObject *
 count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived)
 {
     PyObject *r = NULL;
-#ifndef Py_GIL_DISABLED
+#ifdef COUNT_FREE_MAX
     if (count_nfree > 0) {
         r = count_free[--count_nfree];
         (void)PyObject_Init(r, count_type); /* type (a new reference), refcount 1 */
     }
 #endif
     int reused = r != NULL;
+#if TL_INT_LAYOUT
     if (!reused) {
         r = count_type->tp_alloc(count_type, count_nitems); /* zeroed, tracked */
         if (r == NULL) {
@@ -1831,6 +1900,12 @@ count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived
         }
     }
     count_fill(r, v);
+#else
+    r = count_from_int(v); /* zeroed tag, tracked */
+    if (r == NULL) {
+        return NULL;
+    }
+#endif
     count_tag *t = COUNT_TAG(r);
     t->counter = Py_NewRef(counter);
     t->key = Py_NewRef(key);
@@ -1842,22 +1917,8 @@ count_new(int64_t v, PyObject *counter, PyObject *key, int64_t read, int derived
     return r;
 }
 
-static int
-Count_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(COUNT_TAG(self)->counter);
-    Py_VISIT(COUNT_TAG(self)->key);
-    return 0;
-}
-
-static int
-Count_clear(PyObject *self)
-{
-    Py_CLEAR(COUNT_TAG(self)->counter);
-    Py_CLEAR(COUNT_TAG(self)->key);
-    return 0;
-}
+#define COUNT_REFS(X) X(COUNT_TAG(self)->counter) X(COUNT_TAG(self)->key)
+TL_GC_FUNCS(Count, PyObject, COUNT_REFS)
 
 /* A Count holds its key, which may be another Count (`x = kc[x]` in a loop
  * makes a chain): freed through the trashcan, as Keyed_dealloc. */
@@ -1868,7 +1929,7 @@ Count_dealloc(PyObject *self)
     PyObject_GC_UnTrack(self);
     Py_TRASHCAN_BEGIN(self, Count_dealloc)
     Count_clear(self);
-#ifndef Py_GIL_DISABLED
+#ifdef COUNT_FREE_MAX
     if (tp == count_type && count_nfree < COUNT_FREE_MAX) {
         count_free[count_nfree++] = self; /* untracked, no references held */
     }
@@ -1991,6 +2052,9 @@ static PyType_Slot Count_slots[] = {
     {Py_tp_getset, Count_getset},
     {Py_nb_add, Count_add},
     {Py_nb_subtract, Count_sub},
+#if !TL_INT_LAYOUT
+    {Py_tp_alloc, count_alloc},
+#endif
     {0, NULL},
 };
 
@@ -2144,6 +2208,7 @@ static PyMethodDef Keyed_methods[] = {
     {"_iter_items", (PyCFunction)Keyed_iter_items, METH_NOARGS, NULL},
     {"_iter_values", (PyCFunction)Keyed_iter_values, METH_NOARGS, NULL},
     {"_dict", (PyCFunction)Keyed_dict, METH_NOARGS, NULL},
+    {"_nonzero", (PyCFunction)Keyed_nonzero, METH_O, NULL},
     {"_combine", (PyCFunction)(void (*)(void))Keyed_combine, METH_FASTCALL, NULL},
     {"_equal", (PyCFunction)Keyed_equal, METH_O, NULL},
     {"_total", (PyCFunction)Keyed_total, METH_NOARGS, NULL},

@@ -10,9 +10,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <unistd.h>
 
-#include "_cells.h"
+#include "_cells.h" /* _platform.h: tl_cpu_count */
+#include "_internals.h"
 #include "_module.h"
 
 uint32_t tl_cpus = 1;
@@ -35,10 +35,11 @@ tl_add_type(PyObject *m, PyType_Spec *spec, int which, int add)
 static int
 tl_module_exec(PyObject *m)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = tl_cpu_count();
     tl_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
     if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", TL_FREE_THREADED) < 0 ||
-        PyModule_AddIntConstant(m, "CPU_SLOTS", (long)tl_cpus) < 0) {
+        PyModule_AddIntConstant(m, "CPU_SLOTS", (long)tl_cpus) < 0 ||
+        PyModule_AddStringConstant(m, "CPYTHON_INTERNALS", TL_INTERNALS_USED) < 0) {
         return -1;
     }
     if (tl_counter_exec(m) < 0 || tl_keyed_exec(m) < 0 || tl_rate_exec(m) < 0 ||
@@ -49,23 +50,27 @@ tl_module_exec(PyObject *m)
     return 0;
 }
 
+/* The module's GC: its state holds a reference to each type, which
+ * traverse visits and clear drops (OP: Py_VISIT or Py_CLEAR). */
+#define TL_EACH_STATE_TYPE(m, OP)                                 \
+    do {                                                          \
+        tl_module_state *st_ = PyModule_GetState(m);              \
+        for (int i_ = 0; i_ < TL_NTYPES; i_++) {                  \
+            OP(st_->types[i_]);                                   \
+        }                                                         \
+    } while (0)
+
 static int
 tl_module_traverse(PyObject *m, visitproc visit, void *arg)
 {
-    tl_module_state *st = PyModule_GetState(m);
-    for (int i = 0; i < TL_NTYPES; i++) {
-        Py_VISIT(st->types[i]);
-    }
+    TL_EACH_STATE_TYPE(m, Py_VISIT);
     return 0;
 }
 
 static int
 tl_module_clear(PyObject *m)
 {
-    tl_module_state *st = PyModule_GetState(m);
-    for (int i = 0; i < TL_NTYPES; i++) {
-        Py_CLEAR(st->types[i]);
-    }
+    TL_EACH_STATE_TYPE(m, Py_CLEAR);
     return 0;
 }
 

@@ -472,20 +472,9 @@ Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Rate_traverse(RateObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->sp.clock);
-    return 0;
-}
-
-static int
-Rate_clear(RateObject *self)
-{
-    Py_CLEAR(self->sp.clock); /* a clock that refers back: fall back to default */
-    return 0;
-}
+/* Clearing the clock (one that refers back) falls back to the default. */
+#define RATE_REFS(X) X(self->sp.clock)
+TL_GC_FUNCS(Rate, RateObject, RATE_REFS)
 
 static void
 Rate_dealloc(RateObject *self)
@@ -725,7 +714,7 @@ ring_close(_Atomic int64_t *s)
 {
     int64_t v = atomic_fetch_or_explicit(s, TLK_CLOSED, memory_order_seq_cst);
     while ((v & TLK_WRITERS) != 0) {
-        sched_yield();
+        tl_yield();
         v = atomic_load_explicit(s, memory_order_acquire);
     }
 }

@@ -349,26 +349,8 @@ Segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Segment_traverse(SegmentObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->binder);
-    Py_VISIT(self->full_error);
-    Py_VISIT(self->corrupt_error);
-    Py_VISIT(self->label);
-    Py_VISIT(Py_TYPE(self));
-    return 0;
-}
-
-static int
-Segment_clear(SegmentObject *self)
-{
-    Py_CLEAR(self->binder);
-    Py_CLEAR(self->full_error);
-    Py_CLEAR(self->corrupt_error);
-    Py_CLEAR(self->label);
-    return 0;
-}
+#define SEGMENT_REFS(X) X(self->binder) X(self->full_error) X(self->corrupt_error) X(self->label)
+TL_GC_FUNCS(Segment, SegmentObject, SEGMENT_REFS)
 
 static void
 Segment_dealloc(SegmentObject *self)
@@ -1158,20 +1140,8 @@ Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Cell_traverse(CellObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->seg);
-    Py_VISIT(Py_TYPE(self));
-    return 0;
-}
-
-static int
-Cell_clear(CellObject *self)
-{
-    Py_CLEAR(self->seg);
-    return 0;
-}
+#define CELL_REFS(X) X(self->seg)
+TL_GC_FUNCS(Cell, CellObject, CELL_REFS)
 
 static void
 Cell_dealloc(CellObject *self)
@@ -1324,26 +1294,8 @@ Keyed_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Keyed_traverse(KeyedObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->seg);
-    Py_VISIT(self->cells);
-    Py_VISIT(self->register_);
-    Py_VISIT(self->find);
-    Py_VISIT(Py_TYPE(self));
-    return 0;
-}
-
-static int
-Keyed_clear(KeyedObject *self)
-{
-    Py_CLEAR(self->seg);
-    Py_CLEAR(self->cells);
-    Py_CLEAR(self->register_);
-    Py_CLEAR(self->find);
-    return 0;
-}
+#define KEYED_REFS(X) X(self->seg) X(self->cells) X(self->register_) X(self->find)
+TL_GC_FUNCS(Keyed, KeyedObject, KEYED_REFS)
 
 static void
 Keyed_dealloc(KeyedObject *self)

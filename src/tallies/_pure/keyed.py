@@ -138,6 +138,15 @@ class KeyedCore:
                 d[key] = 0
             return items
 
+    def _nonzero(self, take: bool, /) -> dict[Any, int]:
+        with self._lock:
+            d = self._d
+            out = {k: v for k, v in d.items() if v}
+            if take:
+                for key in out:
+                    d[key] = 0
+            return out
+
     def _values(self) -> list[int]:
         with self._lock:
             return list(self._d.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, SupportsIndex
+from typing import Any, ClassVar, SupportsIndex
 
 from .._common import (
     COARSE_GRANULARITY_NS,
@@ -82,7 +82,22 @@ class _Ring:
 class _Rate(_RateSettings):
     """What both rate counters of the fallback share besides their settings."""
 
-    __slots__ = ()
+    __slots__ = ("_sp",)
+    _NAME: ClassVar[str]  # the class's name in error messages
+
+    def __init__(
+        self,
+        window: float = 60.0,
+        resolution: float = 1.0,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._sp = _Spec(self._NAME, window, resolution, clock)
+        self._start()
+
+    def _start(self) -> None:
+        """Set up the state of the subclass, after its settings."""
+        raise NotImplementedError
 
     @property
     def clock(self) -> Callable[[], float] | None:
@@ -92,17 +107,11 @@ class _Rate(_RateSettings):
 class RateCounter(_Rate):
     """Events in the last ``window`` seconds, in buckets of ``resolution`` seconds."""
 
-    __slots__ = ("_lock", "_ring", "_sp")
+    __slots__ = ("_lock", "_ring")
     __module__ = "tallies._pure"
+    _NAME = "RateCounter"
 
-    def __init__(
-        self,
-        window: float = 60.0,
-        resolution: float = 1.0,
-        *,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self._sp = _Spec("RateCounter", window, resolution, clock)
+    def _start(self) -> None:
         self._ring = _Ring(self._sp.nb)
         self._lock = threading.Lock()
 
@@ -151,17 +160,11 @@ class RateCounter(_Rate):
 class KeyedRateCounter(_Rate):
     """A RateCounter per key; keys whose buckets all expired are swept away."""
 
-    __slots__ = ("_lock", "_next_sweep", "_rings", "_sp")
+    __slots__ = ("_lock", "_next_sweep", "_rings")
     __module__ = "tallies._pure"
+    _NAME = "KeyedRateCounter"
 
-    def __init__(
-        self,
-        window: float = 60.0,
-        resolution: float = 1.0,
-        *,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self._sp = _Spec("KeyedRateCounter", window, resolution, clock)
+    def _start(self) -> None:
         self._rings: dict[Hashable, _Ring] = {}
         self._lock = threading.RLock()  # a key's __eq__ may call back in
         self._next_sweep = INT64_MIN

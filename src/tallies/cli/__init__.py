@@ -35,7 +35,20 @@ def _switch_interval(text: str) -> float | None:
     return value or None
 
 
+def _say_fallback() -> None:
+    """The demo measures tallies: first say so when it runs on its fallback
+    (on stderr, which --json leaves alone)."""
+    import tallies
+
+    from .._build import fallback_notice
+
+    notice = fallback_notice(tallies.BUILD)
+    if notice:
+        print(f"NOTE: {notice}", file=sys.stderr, flush=True)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    _say_fallback()
     from .demo import DemoConfig
     from .demo import main as demo_main
 

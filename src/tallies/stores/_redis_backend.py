@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -79,6 +81,7 @@ from ._redis_lua import (
     READ_LUA,
     REGISTER_LUA,
     RESET_LUA,
+    SCAN_LUA,
     WINDOW_LUA,
     data_key,
     fixed_window_key,
@@ -105,6 +108,7 @@ __all__ = ["PARAMS", "RedisBackend", "RedisOptions", "parse_redis_url", "redis_o
 _T = TypeVar("_T")
 _WRITER_OK = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 _MAX_SEQ = 10**15 - 1  # the script compares seqs as exact doubles
+SCAN_COUNT = 2000  # fields per page of a snapshot's HSCAN (_scan_hash)
 
 #: What redis-py retries (once, at once): a dropped connection, never a call
 #: that timed out (that would double ``timeout``; issue 28, 4).
@@ -276,6 +280,8 @@ class RedisBackend:
         # set once a count at 10^18 or beyond has been seen: from then on a
         # batch of several parts is checked for overflow before it is sent
         self._near_edge = False
+        # (client, script SHA) pairs loaded by this backend (see _run)
+        self._loaded: set[tuple[int, str]] = set()
         common: dict[str, Any] = {
             "username": options.username,
             "password": options.password,
@@ -313,6 +319,7 @@ class RedisBackend:
         self._limitscript = self._client.register_script(LIMIT_LUA)
         self._windowscript = self._client.register_script(WINDOW_LUA)
         self._registerscript = self._client.register_script(REGISTER_LUA)
+        self._scanscript = self._client.register_script(SCAN_LUA)
 
     # -- connection helpers ------------------------------------------------
 
@@ -382,6 +389,11 @@ class RedisBackend:
                     client = self._node_client(calls[i][0][0])
                     by_node.setdefault(id(client), (client, []))[1].append(i)
                 for client, idxs in by_node.values():
+                    if len(idxs) > 1 and (id(client), script.sha) not in self._loaded:
+                        # a server without the script would answer NOSCRIPT to
+                        # every call of a big batch, all sent twice: load it first
+                        client.script_load(script.script)
+                        self._loaded.add((id(client), script.sha))
                     pipe = client.pipeline(transaction=False)
                     for i in idxs:
                         keys, args = calls[i]
@@ -454,7 +466,8 @@ class RedisBackend:
                     fields.append((name, None, counters[name]))
                 elif name in keyed:
                     m = keyed[name]
-                    fields.extend((name, k, int(m[k])) for k in sorted(m))
+                    ks = sorted(m)
+                    fields.extend(zip(itertools.repeat(name), ks, map(m.__getitem__, ks)))
             wkey = writer_key(self.prefix, writer, tag)
             wkey_b = wkey.encode("utf-8", "surrogateescape")
             seq_b = str(seq).encode()
@@ -950,9 +963,13 @@ class RedisBackend:
     def _read_plain(self, ops: list[_ReadOp]) -> list[Any]:
         values: list[Any] = [None] * len(ops)
         try:
-            by_node = self._by_node(
-                range(len(ops)), lambda i: ops[i][3] or data_key(self.prefix, ops[i][0])
-            )
+            # a keyed counter's hash a page at a time (_scan_hash); a keyed rate's
+            # bucket (its own key) with HGETALL below
+            hashes = [i for i, op in enumerate(ops) if op[1] == "h" and op[3] is None]
+            for i in hashes:
+                values[i] = self._scan_hash(ops[i][0])
+            rest = [i for i, op in enumerate(ops) if not (op[1] == "h" and op[3] is None)]
+            by_node = self._by_node(rest, lambda i: ops[i][3] or data_key(self.prefix, ops[i][0]))
             for client, idxs in by_node:
                 for start in range(0, len(idxs), 1000):
                     chunk = idxs[start : start + 1000]
@@ -977,6 +994,40 @@ class RedisBackend:
         except UNAVAILABLE as exc:
             raise self._unavailable("reading", exc) from exc
         return values
+
+    def _scan_hash(self, name: str) -> dict[str, int]:
+        """Every field of a keyed counter's hash, a page (``SCAN_COUNT``
+        fields) per script call: Redis is never blocked for more than one
+        page, however many keys (``HGETALL`` of a million fields blocks it
+        for the whole reply), and each page comes back as one JSON string
+        that ``json.loads`` decodes in C (redis-py's pure-Python reply
+        parser costs about 1 us a field, most of a snapshot's time).
+
+        Called under ``self._lock`` with no operation in flight: no batch of
+        this writer can commit between two pages, so the pages and the
+        writer's acknowledged seq stay consistent.  Another writer's batch
+        may land between two pages (a field then shows its count before or
+        after it, as an ``HGETALL`` before or after it would; the parts of
+        one batch were never applied together anyway).  A field that HSCAN
+        returns twice keeps its later value."""
+        dkey = data_key(self.prefix, name)
+        cursor: Any = b"0"
+        flat: list[str] = []
+        while True:
+            results, refused = self._run(
+                self._scanscript, [([dkey], [cursor, SCAN_COUNT])], "reading"
+            )
+            if refused:
+                raise CorruptStoreError(f"{self.url}: reading {name!r}: {refused[0][1]}")
+            cursor, page = results[0]
+            if page != b"[]":
+                flat.extend(json.loads(page))
+            if int(cursor) == 0:
+                break
+        try:  # str keys already (JSON); counts are decimal strings
+            return dict(zip(flat[::2], map(int, flat[1::2]), strict=True))
+        except ValueError:  # a bad count: _hash names it
+            return self._hash(list(zip(flat[::2], flat[1::2], strict=True)), dkey)
 
     def _read_inflight(
         self,
@@ -1125,15 +1176,16 @@ class RedisBackend:
             elif mode == "f":
                 assert key is not None
                 out.keyed.setdefault(name, {})[key] = self._int(raw, f"{dkey} field {key!r}")
-            else:
-                if isinstance(raw, dict):
-                    items = list(raw.items())
-                else:
-                    flat = list(raw or [])
-                    items = list(zip(flat[::2], flat[1::2], strict=False))
+            elif isinstance(raw, dict):  # _scan_hash's or _subtract's: counts already
                 m = out.keyed.setdefault(name, {})
-                for k, v in items:
-                    m[_text(k)] = self._int(v, f"{dkey} field {_text(k)!r}")
+                m.update(raw)
+                if raw and not (min(raw.values()) > -(10**18) and max(raw.values()) < 10**18):
+                    self._near_edge = True
+            else:  # the read script's HGETALL: a flat list of bytes
+                flat = list(raw or [])
+                items = list(zip(flat[::2], flat[1::2], strict=False))
+                m = out.keyed.setdefault(name, {})
+                m.update(self._hash(items, dkey))
         return out
 
     # -- rates (tallies.stores._wbrates) ------------------------------------------
@@ -1273,6 +1325,20 @@ class RedisBackend:
 
     def window_clear(self, name: str, key: str) -> None:
         self._window("c", name, key, 0, 1)
+
+    def _hash(self, items: list[tuple[Any, Any]], dkey: str) -> dict[str, int]:
+        """A hash's fields as {key: count}: one comprehension (no call per
+        field), the per-field checks only when it meets a bad count."""
+        try:
+            m = {
+                (k.decode("utf-8", "surrogateescape") if type(k) is bytes else str(k)): int(v)
+                for k, v in items
+            }
+        except (ValueError, TypeError):
+            return {_text(k): self._int(v, f"{dkey} field {_text(k)!r}") for k, v in items}
+        if m and not (min(m.values()) > -(10**18) and max(m.values()) < 10**18):
+            self._near_edge = True
+        return m
 
     # -- destroy -------------------------------------------------------------------
 

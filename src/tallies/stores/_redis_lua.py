@@ -2,7 +2,9 @@
 
 The scripts are files shipped with the package (``tallies/stores/lua/*.lua``,
 package data): ``apply.lua`` and ``reset.lua`` with ``int64.lua`` (exact
-int64 checks) prepended, and ``read.lua``; this module loads them once.
+int64 checks) prepended, ``read.lua`` and ``scan.lua`` (a page of a keyed
+counter's hash as one JSON string, for snapshots); this module loads them
+once.
 
 Key layout (``P`` is the URL's ``prefix``, ``tallies:`` by default)
 -----------------------------------------------------------------
@@ -84,6 +86,7 @@ __all__ = [
     "READ_LUA",
     "REGISTER_LUA",
     "RESET_LUA",
+    "SCAN_LUA",
     "WINDOW_LUA",
     "data_key",
     "fixed_window_key",
@@ -112,6 +115,7 @@ READ_LUA = _script("read.lua")
 LIMIT_LUA = _script("limit.lua")
 WINDOW_LUA = _script("window.lua")
 REGISTER_LUA = _script("register.lua")
+SCAN_LUA = _script("scan.lua")
 
 
 def tag_of(name: str) -> str:

@@ -1,5 +1,10 @@
 """The ``shm://`` segment: its file, layout, slabs, folds and recovery.
 
+Everything platform-specific about ``shm://`` is here: where segment files
+live (/dev/shm, else the temp dir), fcntl record locks, the process identity
+read from /proc (elsewhere a pid check only), posix_fallocate where it exists.
+Without fcntl (Windows) importing it raises ImportError saying so.
+
 Read the design comment at the top of ``tallies/stores/shm.py`` first: it
 describes what this module implements.  ``shm.py`` holds the scheme's
 user-facing objects (the store and its counters); this module owns the
@@ -12,7 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import fcntl
 import functools
 import mmap
 import os
@@ -26,6 +30,14 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+try:  # the one POSIX-only import of shm:// (mmap of a shared file is everywhere)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    raise ImportError(
+        "shm:// needs a POSIX system (fcntl record locks on a memory-mapped file); "
+        "on Windows use memory://, sqlite:// or redis://"
+    ) from None
 
 from .._common import INT64_MAX, INT64_MIN
 from .._impl import native as _shm  # the extension (None without a compiler)

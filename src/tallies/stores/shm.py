@@ -143,7 +143,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, SupportsIndex
@@ -575,6 +574,3 @@ class ShmStore(Store):
 
 
 STORE = ShmStore
-
-if sys.platform == "win32":  # pragma: no cover
-    raise ImportError("shm:// needs a POSIX system (fcntl, mmap of a shared file)")

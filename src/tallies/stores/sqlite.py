@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import random
 import secrets
@@ -199,6 +200,11 @@ _SET_KEY = (
 _RECORD = (
     "INSERT INTO writers(writer_id, seq, seen) VALUES (?, ?, ?) "
     "ON CONFLICT(writer_id) DO UPDATE SET seq = excluded.seq, seen = excluded.seen"
+)
+
+_READ_KEY = (
+    "SELECT (SELECT seq FROM writers WHERE writer_id = ?), "
+    "(SELECT value FROM keyed WHERE name = ? AND key = ?)"
 )
 
 PRUNE_EVERY = 60.0
@@ -451,10 +457,15 @@ class SqliteBackend:
             with contextlib.suppress(Exception):
                 conn.close()
         with self._rlock:
-            rconn, self._r = self._r, None
-            if rconn is not None:
-                with contextlib.suppress(Exception):
-                    rconn.close()
+            self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        """Close the reader connection (the caller holds _rlock): the next
+        read opens a fresh one."""
+        rconn, self._r = self._r, None
+        if rconn is not None:
+            with contextlib.suppress(Exception):
+                rconn.close()
 
     def _reader(self) -> sqlite3.Connection:
         """The reader connection; it never creates the file (a removed file
@@ -612,25 +623,28 @@ class SqliteBackend:
 
     @staticmethod
     def _add_fast(conn: sqlite3.Connection, batch: Batch) -> bool:
-        """Guarded UPSERTs; False if any row refused (the caller rolls back)."""
+        """Guarded UPSERTs; False if any row refused (the caller rolls back).
+        A keyed counter's rows are fed to ``executemany`` by C iterators
+        (``zip``, ``repeat``): no tuple built in Python per key."""
         rows_c = list(batch.counters.items())
-        rows_k = [(n, k, d) for n, m in batch.keyed.items() for k, d in m.items()]
         for _, d in rows_c:
             if not INT64_MIN <= d <= INT64_MAX:
                 return False
-        for _, _, d in rows_k:
-            if not INT64_MIN <= d <= INT64_MAX:
+        for m in batch.keyed.values():
+            if m and not (min(m.values()) >= INT64_MIN and max(m.values()) <= INT64_MAX):
                 return False
         changed = 0
         if len(rows_c) == 1:
             changed += conn.execute(_ADD_COUNTER, rows_c[0]).rowcount
         elif rows_c:
             changed += conn.executemany(_ADD_COUNTER, rows_c).rowcount
-        if len(rows_k) == 1:
-            changed += conn.execute(_ADD_KEY, rows_k[0]).rowcount
-        elif rows_k:
-            changed += conn.executemany(_ADD_KEY, rows_k).rowcount
-        return changed == len(rows_c) + len(rows_k)
+        want = len(rows_c)
+        for name, m in batch.keyed.items():
+            if m:
+                rows = zip(itertools.repeat(name), m.keys(), m.values())
+                changed += conn.executemany(_ADD_KEY, rows).rowcount
+                want += len(m)
+        return changed == want
 
     def _add_exact(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Exact arithmetic in Python: raise CountOverflowError naming every
@@ -726,16 +740,15 @@ class SqliteBackend:
                     if conn.in_transaction:
                         conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                rconn, self._r = self._r, None
-                if rconn is not None:
-                    with contextlib.suppress(Exception):
-                        rconn.close()
+                self._drop_reader()
                 raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
 
     def read(self, writer_id: str, query: Query) -> Read:
         # a batch acknowledged before this read transaction starts is in its
         # snapshot even when the writers row is gone (pruned while idle)
         acked = self._acked.get(writer_id, 0)
+        if len(query.keys) == 1 and query.counters == () and query.keyed == ():
+            return self._read_key(writer_id, *query.keys[0], acked)
 
         def body(conn: sqlite3.Connection) -> Read:
             r = Read(max(self._recorded(conn, writer_id), acked))
@@ -752,20 +765,18 @@ class SqliteBackend:
                     ).fetchone()
                     r.counters[name] = int(row[0]) if row else 0
             if query.keyed is None:
-                for (name,) in conn.execute(
-                    "SELECT name FROM names WHERE kind = 'keyed' ORDER BY rowid"
-                ).fetchall():
-                    r.keyed[str(name)] = {}
-                for name, key, v in conn.execute(
-                    "SELECT name, key, value FROM keyed ORDER BY rowid"
-                ).fetchall():
-                    r.keyed.setdefault(str(name), {})[str(key)] = int(v)
-            else:
-                for name in query.keyed:
-                    rows = conn.execute(
-                        "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (name,)
+                query_keyed: Any = [
+                    str(name)
+                    for (name,) in conn.execute(
+                        "SELECT name FROM names WHERE kind = 'keyed' ORDER BY rowid"
                     ).fetchall()
-                    r.keyed[name] = {str(k): int(v) for k, v in rows}
+                ]
+            else:
+                query_keyed = query.keyed
+            for name in query_keyed:  # TEXT and INTEGER columns: str and int already
+                r.keyed[name] = dict(
+                    conn.execute("SELECT key, value FROM keyed WHERE name = ?", (name,))
+                )
             for name, key in query.keys:
                 row = conn.execute(
                     "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
@@ -777,6 +788,19 @@ class SqliteBackend:
 
         result: Read = self._read_tx(body)
         return result
+
+    def _read_key(self, writer_id: str, name: str, key: str, acked: int) -> Read:
+        """One key and the writer's recorded seq in ONE statement (its own
+        read transaction: both from the same snapshot), two index lookups."""
+        with self._rlock:
+            conn = self._reader()
+            try:
+                row = conn.execute(_READ_KEY, (writer_id, name, key)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                self._drop_reader()
+                raise StoreUnavailableError(f"sqlite: cannot read {self.path}: {exc}") from exc
+        seq, v = row
+        return Read(max(int(seq or 0), acked), keyed={name: {key: int(v or 0)}})
 
     def names(self) -> list[tuple[str, Kind]]:
         def body(conn: sqlite3.Connection) -> list[tuple[str, Kind]]:
