@@ -106,7 +106,16 @@ C = "src/tallies/_c/"  # every C source and shared header lives here
 # One extension module, tallies._tallies: module.c has its only module init,
 # each other file adds its types (src/tallies/_c/_module.h says why they are
 # separate translation units).
-SOURCES = ["module.c", "counter.c", "keyed.c", "rate.c", "shm.c", "buffered.c"]
+SOURCES = [
+    "module.c",
+    "counter.c",
+    "keyed.c",
+    "rate.c",
+    "shm.c",
+    "buffered.c",
+    "limiter.c",
+    "wallrate.c",
+]
 HEADERS = [
     "_cells.h",
     "_counter_methods.h",
@@ -114,6 +123,7 @@ HEADERS = [
     "_internals.h",
     "_keyed_cells.h",
     "_ktable.h",
+    "_limtable.h",
     "_module.h",
     "_platform.h",
     "_pyargs.h",

@@ -1,7 +1,7 @@
 """``./tallies bench`` (``python -m benchmarks`` from a checkout): the whole report.
 
-    tallies bench [--quick] [--processes | --stores [--part NAME...] | --threads [N,N...]
-                  [--rounds N] | --scale [--max-keys N]] [--json]
+    tallies bench [--quick] [--processes | --stores [--part NAME...] | --limits
+                  | --threads [N,N...] [--rounds N] | --scale [--max-keys N]] [--json]
 
 Without a mode: the default report, ``PARTS`` in order (Counter and
 ShardedCounter, KeyedCounter, RateCounter), printed part by part, then every
@@ -20,7 +20,7 @@ import tallies
 from tallies._build import fallback_notice
 from tallies.cli.look import positive_int
 
-from . import counters, keyed, processes, rates, scale, stores, threads
+from . import counters, keyed, limits, processes, rates, scale, stores, threads
 from .harness import Row, emit, format_rows, format_targets, header, report_json
 
 __all__ = ["PARTS", "build_parser", "main"]
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --stores: only this part (again for more)",
     )
     p.add_argument(
+        "--limits",
+        action="store_true",
+        help="instead: limiters (Limiter.hit on memory://, shm://, redis://), rates on the "
+        "durable scopes, and limits' strategies over the tallies storage and its own",
+    )
+    p.add_argument(
         "--threads",
         nargs="?",
         const=[],
@@ -153,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stores:
         command = " ".join([f"{COMMAND} --stores", *(f"--part {p}" for p in args.part or ())])
         emit(command, stores.run(args.quick, args.part), as_json=args.json)
+        return 0
+    if args.limits:
+        emit(f"{COMMAND} --limits", limits.run(args.quick), as_json=args.json)
         return 0
     if args.processes:
         n, rounds = (100_000, 1) if args.quick else (1_000_000, 3)

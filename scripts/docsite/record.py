@@ -4,6 +4,7 @@
     threads   ./tallies bench --threads --json  (thread scaling)
     stores    ./tallies bench --stores --json   (sqlite://, redis://)
     processes ./tallies bench --processes --json
+    limits    ./tallies bench --limits --json   (limiters, durable rates, limits' strategies)
     scale     ./tallies bench --scale --json    (every store at 10^3 to 10^6 keys)
     demo      ./tallies demo --json, in the same envelope (date, machine, commit)
 
@@ -28,6 +29,7 @@ COMMANDS = {
     "threads": ["bench", "--threads", "--json"],
     "stores": ["bench", "--stores", "--json"],
     "processes": ["bench", "--processes", "--json"],
+    "limits": ["bench", "--limits", "--json"],
     "scale": ["bench", "--scale", "--json"],
     "demo": ["demo", "--json"],
 }

@@ -98,6 +98,8 @@ def test_bad_keys_raise_and_change_nothing(store_url: str, key: object, error: t
             kc.increment(key)  # type: ignore[arg-type]
         with pytest.raises(error):
             kc.decrement(key)  # type: ignore[arg-type]
+        with pytest.raises(error):  # the key is refused, whatever the amount
+            kc.decrement(key, -(2**63))  # type: ignore[arg-type]
         with pytest.raises(error):
             kc.update({key: 1, "ok": 1})
         with pytest.raises(error):

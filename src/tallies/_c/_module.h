@@ -12,8 +12,10 @@
  *     counter.c   Counter, ShardedCounter              tl_counter_exec
  *     keyed.c     KeyedCounter (+ Count)               tl_keyed_exec
  *     rate.c      RateCounter, KeyedRateCounter        tl_rate_exec
- *     shm.c       Segment, Cell, KeyedCells (shm://)   tl_shm_exec
+ *     shm.c       Segment, Cell, KeyedCells, RateCell   tl_shm_exec
  *     buffered.c  BufferedCounter (sqlite://, redis://) tl_buffered_exec
+ *     limiter.c   Limiter, ShmLimiter, LeaseLimiter     tl_limiter_exec
+ *     wallrate.c  WallRate (rates of sqlite://, redis://) tl_wallrate_exec
  *
  * Why separate translation units rather than one file that includes them all:
  * each file keeps its own static helpers under the names it has (shm.c and
@@ -64,7 +66,12 @@ enum {
     TL_SEGMENT,
     TL_CELL,
     TL_KEYED_CELLS,
+    TL_RATE_CELL,
     TL_BUFFERED_COUNTER,
+    TL_LIMITER,
+    TL_SHM_LIMITER,
+    TL_LEASE,
+    TL_WALL_RATE,
     TL_NTYPES
 };
 
@@ -126,5 +133,7 @@ TL_HIDDEN int tl_keyed_exec(PyObject *m);
 TL_HIDDEN int tl_rate_exec(PyObject *m);
 TL_HIDDEN int tl_shm_exec(PyObject *m);
 TL_HIDDEN int tl_buffered_exec(PyObject *m);
+TL_HIDDEN int tl_limiter_exec(PyObject *m);
+TL_HIDDEN int tl_wallrate_exec(PyObject *m);
 
 #endif /* TALLIES_MODULE_H */

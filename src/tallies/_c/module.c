@@ -43,7 +43,8 @@ tl_module_exec(PyObject *m)
         return -1;
     }
     if (tl_counter_exec(m) < 0 || tl_keyed_exec(m) < 0 || tl_rate_exec(m) < 0 ||
-        tl_shm_exec(m) < 0 || tl_buffered_exec(m) < 0) {
+        tl_shm_exec(m) < 0 || tl_buffered_exec(m) < 0 || tl_limiter_exec(m) < 0 ||
+        tl_wallrate_exec(m) < 0) {
         return -1;
     }
     return 0;

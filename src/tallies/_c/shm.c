@@ -1468,13 +1468,33 @@ Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyUnicode_Check(slots[0])) {
         /* 0 - INT64_MIN overflows the cell of a key this object never wrote (its
          * own cell is 0): refuse before the key is registered, so that a refused
-         * update lists nothing (docs/contract.md). */
+         * update lists nothing (docs/contract.md).  A bad key is refused for
+         * its key first, as an insert would refuse it; a key already in the
+         * segment goes the normal way (tl_add checks its cell). */
         int known = PyDict_Contains(self->cells, slots[0]);
         if (known < 0) {
             return NULL;
         }
         if (!known) {
-            return overflow_result(fname, n);
+            Py_ssize_t found = -2, len;
+            if (self->owner >= 0) {
+                if (seg_key_bytes(slots[0], &len, fname) == NULL) {
+                    return NULL;
+                }
+                found = seg_key_cell(self->seg, self->owner, slots[0], 0, 0, fname);
+                if (found >= 0) {
+                    found = keyed_remember(self, slots[0], found);
+                }
+            }
+            else if (self->find != NULL) {
+                found = keyed_ask(self, self->find, slots[0], 1);
+            }
+            if (found == -1) {
+                return NULL;
+            }
+            if (found == -2) {
+                return overflow_result(fname, n);
+            }
         }
     }
     Py_ssize_t cell = keyed_cell(self, slots[0], fname);
@@ -1540,13 +1560,228 @@ static PyType_Spec Keyed_spec = {
 
 /* ---- the module exec ------------------------------------------------------ */
 
+/* ---- RateCell: one rate's ring in this process's slab (shm:// rates) -----
+ *
+ * tallies/stores/_shm_rates.py has the design: each writer slab holds its
+ * own ring per rate; an increment is one atomic add to this slab's total,
+ * and, once per bucket, a mark, written by the Python method the object is
+ * given (`rotate(slab, ring offset, ns) -> the first ns after the newest
+ * bucket`, under the segment's thread lock).  This is that hot path in C:
+ * the bound slab's ring, the clock (CLOCK_MONOTONIC_COARSE when the bucket
+ * is at least 10 ticks, as in-process), one compare with the cached
+ * boundary, one checked add.  _shm_rates installs the reading methods. */
+
+typedef struct {
+    PyObject_HEAD
+    SegmentObject *seg;
+    Py_ssize_t rates_off, slab_stride, unit_off;
+    int64_t res_ns;
+    clockid_t clk;
+    Py_ssize_t bslab; /* the slab `boundary` is for (-1: none yet) */
+    int64_t boundary;
+    PyObject *rotate;
+    PyObject *clock; /* None, or a callable returning ns (tests drive it) */
+    /* the Python side's attributes (_shm_rates.ShmRate): members, not a
+     * __dict__, so that a method call needs no instance-dict check */
+    PyObject *a_seg, *a_idx, *a_name, *a_url, *a_sp, *a_ring;
+    PyObject *weakrefs;
+} RateCellObject;
+
+static int64_t rc_coarse_tick = -1;
+
+static PyObject *
+RateCell_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    RateCellObject *self = (RateCellObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->bslab = -1;
+    }
+    return (PyObject *)self;
+}
+
+/* _setup(segment, rates_off, slab_stride, unit_off, res_ns, rotate) */
+static PyObject *
+RateCell_setup(RateCellObject *self, PyObject *args)
+{
+    PyObject *seg, *rotate;
+    Py_ssize_t rates_off, slab_stride, unit_off;
+    long long res_ns;
+    if (!PyArg_ParseTuple(args, "O!nnnLO:_setup", segment_type, &seg, &rates_off, &slab_stride,
+                          &unit_off, &res_ns, &rotate)) {
+        return NULL;
+    }
+    SegmentObject *s = (SegmentObject *)seg;
+    if (res_ns < 1 || rates_off < 0 || slab_stride < 1 || unit_off < 0 ||
+        rates_off + s->nslabs * slab_stride > s->size || unit_off + 16 > slab_stride) {
+        PyErr_SetString(PyExc_ValueError, "RateCell._setup: the ring is outside the segment");
+        return NULL;
+    }
+    Py_XSETREF(self->seg, (SegmentObject *)Py_NewRef(seg));
+    Py_XSETREF(self->rotate, Py_NewRef(rotate));
+    self->rates_off = rates_off;
+    self->slab_stride = slab_stride;
+    self->unit_off = unit_off;
+    self->res_ns = res_ns;
+    self->clk = (rc_coarse_tick > 0 && res_ns >= 10 * rc_coarse_tick) ? CLOCK_MONOTONIC_COARSE
+                                                                     : CLOCK_MONOTONIC;
+    self->bslab = -1;
+    Py_RETURN_NONE;
+}
+
+static int
+RateCell_traverse(RateCellObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->seg);
+    Py_VISIT(self->rotate);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->a_seg);
+    Py_VISIT(self->a_idx);
+    Py_VISIT(self->a_name);
+    Py_VISIT(self->a_url);
+    Py_VISIT(self->a_sp);
+    Py_VISIT(self->a_ring);
+    return 0;
+}
+
+static int
+RateCell_clear(RateCellObject *self)
+{
+    Py_CLEAR(self->seg);
+    Py_CLEAR(self->rotate);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->a_seg);
+    Py_CLEAR(self->a_idx);
+    Py_CLEAR(self->a_name);
+    Py_CLEAR(self->a_url);
+    Py_CLEAR(self->a_sp);
+    Py_CLEAR(self->a_ring);
+    return 0;
+}
+
+static void
+RateCell_dealloc(RateCellObject *self)
+{
+    tl_dealloc((PyObject *)self, (inquiry)RateCell_clear, &self->weakrefs);
+}
+
+/* The first event of a newer bucket (or of a slab this object had not used):
+ * the Python side writes the mark; returns the new boundary. */
+static TL_COLD int
+RateCell_rotate(RateCellObject *self, Py_ssize_t s, Py_ssize_t off, int64_t ns)
+{
+    PyObject *b = PyObject_CallFunction(self->rotate, "nnL", s, off, (long long)ns);
+    if (b == NULL) {
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(b);
+    Py_DECREF(b);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    self->boundary = (int64_t)v;
+    self->bslab = s;
+    return 0;
+}
+
+static TL_COLD int
+RateCell_user_ns(RateCellObject *self, int64_t *ns)
+{
+    PyObject *v = PyObject_CallNoArgs(self->clock);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = to_int64(v, "clock", ns);
+    Py_DECREF(v);
+    return r;
+}
+
+static TL_ALWAYS_INLINE int
+RateCell_update(RateCellObject *self, int64_t n, int sub, const char *op)
+{
+    SegmentObject *seg = self->seg;
+    if (TL_UNLIKELY(seg == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "the rate's segment is gone");
+        return -1;
+    }
+    if (TL_UNLIKELY(atomic_load_explicit(&seg->mine, memory_order_acquire) == NULL) &&
+        seg_bind_slow(seg) == NULL) {
+        return -1;
+    }
+    Py_ssize_t s = seg->mine_index;
+    Py_ssize_t off = self->rates_off + s * self->slab_stride + self->unit_off;
+    int64_t ns;
+    if (TL_LIKELY(self->clock == NULL || self->clock == Py_None)) {
+        struct timespec ts;
+        clock_gettime(self->clk, &ts);
+        ns = (int64_t)ts.tv_sec * 1000000000LL + (int64_t)ts.tv_nsec;
+    }
+    else if (RateCell_user_ns(self, &ns) < 0) {
+        return -1;
+    }
+    if (TL_UNLIKELY(s != self->bslab || ns >= self->boundary) &&
+        RateCell_rotate(self, s, off, ns) < 0) {
+        return -1;
+    }
+    int64_t v;
+    if (TL_UNLIKELY(tl_add(seg_at(seg, off + 8), n, sub, &v) != TL_OK)) {
+        return tl_update_failed(TL_OVERFLOW, op, n, "this process's share of the rate");
+    }
+    return 0;
+}
+
+TL_UPDATE_METHODS(RateCell, RateCellObject)
+
+static PyMethodDef RateCell_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))RateCell_increment, FASTKW,
+     "increment(n=1) -> None\n\nCount n events now (this process's ring, lock-free)."},
+    {"decrement", (PyCFunction)(void (*)(void))RateCell_decrement, FASTKW,
+     "decrement(n=1) -> None\n\nCount -n events now."},
+    {"_setup", (PyCFunction)RateCell_setup, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef RateCell_members[] = {
+    {"clock", T_OBJECT, offsetof(RateCellObject, clock), 0,
+     "None (the monotonic clock) or a callable returning ns."},
+    {"_seg", T_OBJECT, offsetof(RateCellObject, a_seg), 0, NULL},
+    {"_idx", T_OBJECT, offsetof(RateCellObject, a_idx), 0, NULL},
+    {"_name", T_OBJECT, offsetof(RateCellObject, a_name), 0, NULL},
+    {"_url", T_OBJECT, offsetof(RateCellObject, a_url), 0, NULL},
+    {"_sp", T_OBJECT, offsetof(RateCellObject, a_sp), 0, NULL},
+    {"_ring", T_OBJECT, offsetof(RateCellObject, a_ring), 0, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(RateCellObject, weakrefs), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot RateCell_slots[] = {
+    {Py_tp_doc, "A rate shared by every process that opens the segment (shm://)."},
+    {Py_tp_new, RateCell_new},
+    {Py_tp_dealloc, RateCell_dealloc},
+    {Py_tp_traverse, RateCell_traverse},
+    {Py_tp_clear, RateCell_clear},
+    {Py_tp_methods, RateCell_methods},
+    {Py_tp_members, RateCell_members},
+    {0, NULL},
+};
+
+static PyType_Spec RateCell_spec = {
+    "tallies.stores.ShmRate", sizeof(RateCellObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, RateCell_slots,
+};
+
 int
 tl_shm_exec(PyObject *m)
 {
     PyTypeObject *seg = tl_add_type(m, &Segment_spec, TL_SEGMENT, 1);
     if (seg == NULL || tl_add_type(m, &Cell_spec, TL_CELL, 1) == NULL ||
-        tl_add_type(m, &Keyed_spec, TL_KEYED_CELLS, 1) == NULL) {
+        tl_add_type(m, &Keyed_spec, TL_KEYED_CELLS, 1) == NULL ||
+        tl_add_type(m, &RateCell_spec, TL_RATE_CELL, 1) == NULL) {
         return -1;
+    }
+    struct timespec res;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
+        rc_coarse_tick = res.tv_nsec;
     }
     if (segment_type == NULL) {
         segment_type = seg;

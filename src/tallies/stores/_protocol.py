@@ -24,13 +24,19 @@ __all__ = [
     "PRUNE_AFTER",
     "Backend",
     "Batch",
+    "Grant",
     "Kind",
+    "LimitSpec",
     "Query",
+    "RateKind",
+    "RateQuery",
+    "RateSpec",
     "Read",
     "Target",
 ]
 
 Kind = Literal["counter", "keyed"]
+RateKind = Literal["rate", "keyed_rate"]
 
 PRUNE_AFTER = 86400.0
 """Seconds after which a writer's bookkeeping entry may be pruned."""
@@ -43,7 +49,7 @@ MAX_BACKOFF = 30.0
 class Target:
     """What a reset takes: a counter, a keyed counter (key None) or one key."""
 
-    kind: Kind
+    kind: Kind | Literal["rate"]
     name: str
     key: str | None = None
 
@@ -55,20 +61,97 @@ class Batch:
     counter may carry a delta of 0: it is new to the backend, which then
     lists it at 0.  ``take`` marks a reset: then the deltas are this
     process's pending part of the target, returned to the caller and not
-    applied by the backend."""
+    applied by the backend.
+
+    ``rates`` are bucket deltas of rates (name -> wall-clock slot -> delta;
+    a plain rate's stored total grows by their sum) and ``keyed_rates`` of
+    keyed rates (name -> key -> slot -> delta); ``rate_specs`` gives the
+    spec of every rate name of the batch (the backend prunes buckets that
+    have left the window with it).  A bucket delta is never 0."""
 
     seq: int
     counters: dict[str, int] = field(default_factory=dict)
     keyed: dict[str, dict[str, int]] = field(default_factory=dict)
     names: dict[str, Kind] = field(default_factory=dict)
     take: Target | None = None
+    rates: dict[str, dict[int, int]] = field(default_factory=dict)
+    keyed_rates: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    rate_specs: dict[str, RateSpec] = field(default_factory=dict)
 
     def has_deltas(self) -> bool:
-        return bool(self.counters) or any(self.keyed.values())
+        return (
+            bool(self.counters)
+            or any(self.keyed.values())
+            or any(self.rates.values())
+            or any(self.keyed_rates.values())
+        )
 
     def describe(self) -> str:
         n = len(self.counters) + sum(len(m) for m in self.keyed.values())
+        n += sum(len(m) for m in self.rates.values())
+        n += sum(len(b) for m in self.keyed_rates.values() for b in m.values())
         return f"batch {self.seq} ({n} delta(s))"
+
+
+@dataclass(frozen=True)
+class RateSpec:
+    """A rate as a backend stores it: its kind, and its window and bucket
+    width in whole nanoseconds (``nb`` buckets of ``res_ns`` cover the
+    window).  Buckets are wall-clock slots: ``time_ns() // res_ns``."""
+
+    kind: RateKind
+    window_ns: int
+    res_ns: int
+
+    @property
+    def nb(self) -> int:
+        return -(-self.window_ns // self.res_ns)
+
+    def keep_ms(self, slot: int) -> int:
+        """When a backend may drop bucket ``slot`` (Unix ms): a window after
+        it left the window, at least a minute (writers' clocks may differ)."""
+        end_ns = (slot + 1) * self.res_ns + self.window_ns
+        return -(-(end_ns + max(self.window_ns, 60_000_000_000)) // 1_000_000)
+
+
+@dataclass(frozen=True)
+class RateQuery:
+    """Read rate ``name``'s buckets ``lo..hi`` (slots); a keyed rate's every
+    key, or only ``key``.  Plain rates also return their total."""
+
+    name: str
+    spec: RateSpec
+    lo: int
+    hi: int
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """A limiter as a backend applies it: at most ``limit`` units in the
+    ``buckets + 1`` slots of ``res_ns`` nanoseconds ending at the backend's
+    current slot (slots are the backend clock's ``time_ns() // res_ns``;
+    ``buckets * res_ns >= per``)."""
+
+    name: str
+    limit: int
+    per_ns: int
+    res_ns: int
+    buckets: int
+
+
+@dataclass
+class Grant:
+    """What the backend answers a limiter call: ``granted`` units reserved in
+    bucket ``slot`` now (0: none), ``used`` the units in the window after it
+    (granted ones included), ``oldest`` the oldest slot of the window that
+    holds units (None when none does), and the backend clock's ``now_ns``."""
+
+    granted: int
+    used: int
+    slot: int
+    now_ns: int
+    oldest: int | None
 
 
 @dataclass(frozen=True)
@@ -79,6 +162,7 @@ class Query:
     counters: Sequence[str] | None = ()
     keyed: Sequence[str] | None = ()
     keys: Sequence[tuple[str, str]] = ()
+    rates: Sequence[RateQuery] = ()
 
 
 @dataclass
@@ -89,6 +173,8 @@ class Read:
     seq: int
     counters: dict[str, int] = field(default_factory=dict)
     keyed: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per rate query: (total or 0 for a keyed rate, {key or "": {slot: count}})
+    rates: dict[str, tuple[int, dict[str, dict[int, int]]]] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -50,7 +50,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -60,15 +60,36 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from ._params import FLUSH, Param, integer, parse, seconds, text
-from ._protocol import INT64_MAX, INT64_MIN, MAX_BACKOFF, Batch, Kind, Query, Read, Target
+from ._protocol import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_BACKOFF,
+    Batch,
+    Grant,
+    Kind,
+    LimitSpec,
+    Query,
+    RateQuery,
+    RateSpec,
+    Read,
+    Target,
+)
 from ._redact import redact_url
 from ._redis_lua import (
     APPLY_LUA,
+    LIMIT_LUA,
     READ_LUA,
+    REGISTER_LUA,
     RESET_LUA,
     SCAN_LUA,
+    WINDOW_LUA,
     data_key,
+    fixed_window_key,
+    limiter_key,
+    limiter_spec_key,
     name_from_data_key,
+    rate_bucket_key,
+    rate_meta_key,
     reset_key,
     scan_pattern,
     tag_of,
@@ -214,6 +235,13 @@ class _Call:
     fields: list[tuple[str, str | None, int]]
     keys: list[bytes]
     args: list[bytes]
+    # rate buckets and totals: (redis key, field, delta)
+    rfields: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+# One read: (name, mode 'c' | 'h' | 'f', field, the Redis key or None for the
+# name's data key)
+_ReadOp = tuple[str, str, str | None, str | None]
 
 
 @dataclass
@@ -288,6 +316,9 @@ class RedisBackend:
         self._apply = self._client.register_script(APPLY_LUA)
         self._reset = self._client.register_script(RESET_LUA)
         self._readscript = self._client.register_script(READ_LUA)
+        self._limitscript = self._client.register_script(LIMIT_LUA)
+        self._windowscript = self._client.register_script(WINDOW_LUA)
+        self._registerscript = self._client.register_script(REGISTER_LUA)
         self._scanscript = self._client.register_script(SCAN_LUA)
 
     # -- connection helpers ------------------------------------------------
@@ -421,7 +452,8 @@ class RedisBackend:
         keyed = {n: m for n, m in batch.keyed.items() if m}  # a key at 0: listed at 0
         # groups: tag -> names (sorted); one group on a standalone server
         groups: dict[str | None, list[str]] = {}
-        for name in sorted(counters.keys() | keyed.keys()):
+        rated = batch.rates.keys() | batch.keyed_rates.keys()
+        for name in sorted(counters.keys() | keyed.keys() | rated):
             groups.setdefault(tag_of(name) if cluster else None, []).append(name)
         calls: list[_Call] = []
         ttl = str(self.options.writer_ttl_ms).encode()
@@ -432,7 +464,7 @@ class RedisBackend:
             for name in groups[tag]:
                 if name in counters:
                     fields.append((name, None, counters[name]))
-                else:
+                elif name in keyed:
                     m = keyed[name]
                     ks = sorted(m)
                     fields.extend(zip(itertools.repeat(name), ks, map(m.__getitem__, ks)))
@@ -460,7 +492,72 @@ class RedisBackend:
                         args += (k.encode("utf-8", "surrogateescape"), b"%d" % d)  # type: ignore[union-attr]
                     i = j
                 calls.append(_Call(wkey, part, chunk, keys, args))
+            rparts = self._rate_parts([n for n in groups[tag] if n in rated], batch)
+            done = sum(1 for c in calls if c.wkey == wkey)  # this group's parts so far
+            for rpart, (keys_r, args_r, rf) in enumerate(rparts, start=done):
+                args = [seq_b, str(rpart).encode(), ttl, *args_r]
+                calls.append(_Call(wkey, rpart, [], [wkey_b, *keys_r], args, rf))
         return calls
+
+    def _rate_parts(
+        self, names: list[str], batch: Batch
+    ) -> list[tuple[list[bytes], list[bytes], list[tuple[str, str, int]]]]:
+        """The rate ops of one group, cut into parts of at most ``batch``
+        fields: a plain rate's total (``h`` on its meta key, field ``t``) and
+        each bucket (``e``: the bucket key, its expiry, fields)."""
+        ops: list[tuple[str, str, int | None, list[tuple[str, int]]]] = []
+        for name in names:
+            spec = batch.rate_specs[name]
+            m = batch.rates.get(name)
+            if m:
+                ops.append((rate_meta_key(self.prefix, name), "h", None, [("t", sum(m.values()))]))
+                for slot in sorted(m):
+                    ops.append(
+                        (
+                            rate_bucket_key(self.prefix, name, slot),
+                            "e",
+                            spec.keep_ms(slot),
+                            [("n", m[slot])],
+                        )
+                    )
+            by_slot: dict[int, list[tuple[str, int]]] = {}
+            for k, b in sorted(batch.keyed_rates.get(name, {}).items()):
+                for slot, d in b.items():
+                    by_slot.setdefault(slot, []).append((k, d))
+            for slot in sorted(by_slot):
+                ops.append(
+                    (
+                        rate_bucket_key(self.prefix, name, slot),
+                        "e",
+                        spec.keep_ms(slot),
+                        by_slot[slot],
+                    )
+                )
+        size = self.options.batch
+        parts: list[tuple[list[bytes], list[bytes], list[tuple[str, str, int]]]] = []
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        rf: list[tuple[str, str, int]] = []
+        n = 0
+        for rkey, kind, at, items in ops:
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                kb = rkey.encode("utf-8", "surrogateescape")
+                if n + len(chunk) > size or kb in keys:
+                    parts.append((keys, args, rf))
+                    keys, args, rf, n = [], [], [], 0
+                keys.append(kb)
+                args.append(kind.encode())
+                if at is not None:
+                    args.append(b"%d" % at)
+                args.append(b"%d" % len(chunk))
+                for f, d in chunk:
+                    args += (f.encode("utf-8", "surrogateescape"), b"%d" % d)
+                    rf.append((rkey, f, d))
+                n += len(chunk)
+        if keys:
+            parts.append((keys, args, rf))
+        return parts
 
     def apply(self, writer_id: str, batch: Batch) -> None:
         """Apply ``batch`` exactly once (idempotent per ``(writer_id, batch.seq)``).
@@ -702,6 +799,16 @@ class RedisBackend:
             data_key(self.prefix, target.name),
             reset_key(self.prefix, writer, target.name),
         ]
+        if mode == "q":  # a rate: its meta key, and every bucket that may exist
+            import time
+
+            keys[0] = rate_meta_key(self.prefix, target.name)
+            spec = self.rate_spec(target.name)
+            if spec is not None:
+                cur = time.time_ns() // spec.res_ns
+                keep = -(-max(spec.window_ns, 60_000_000_000) // spec.res_ns)
+                for slot in range(cur - spec.nb - keep - 2, cur + 3):
+                    keys.append(rate_bucket_key(self.prefix, target.name, slot))
         args = [mode, str(seq), str(self.options.writer_ttl_ms)]
         if target.key is not None and mode == "f":
             args.append(target.key)
@@ -713,7 +820,15 @@ class RedisBackend:
     def take(self, writer_id: str, seq: int, target: Target) -> int | dict[str, int]:
         """Read and zero ``target`` atomically (idempotent per seq); return what was stored."""
         writer = self.writer_name(writer_id)
-        mode = "c" if target.kind == "counter" else "h" if target.key is None else "f"
+        mode = (
+            "c"
+            if target.kind == "counter"
+            else "q"
+            if target.kind == "rate"
+            else "h"
+            if target.key is None
+            else "f"
+        )
         with self._lock:
             self._inflight[writer] = _Op(seq, target=target)
             raw = self._reset_call(writer, seq, target, mode)
@@ -721,6 +836,8 @@ class RedisBackend:
             self._inflight.pop(writer, None)
             self._acked[writer] = max(self._acked.get(writer, 0), seq)
         where = data_key(self.prefix, target.name)
+        if mode == "q":
+            return self._int(raw, rate_meta_key(self.prefix, target.name))
         if mode == "h":
             it = iter(raw or [])
             return {_text(k): self._int(v, where) for k, v in zip(it, it, strict=False)}
@@ -801,43 +918,69 @@ class RedisBackend:
     def read(self, writer_id: str, query: Query) -> Read:
         """The queried values, and the seq they reflect for this writer."""
         writer = self.writer_name(writer_id)
-        ops: list[tuple[str, str, str | None]] = []  # (name, 'c'|'h'|'f', key)
+        ops: list[_ReadOp] = []
         if query.counters is None or query.keyed is None:
             every = self.names()
         if query.counters is None:
-            ops += [(n, "c", None) for n, k in every if k == "counter"]
+            ops += [(n, "c", None, None) for n, k in every if k == "counter"]
         else:
-            ops += [(n, "c", None) for n in query.counters]
+            ops += [(n, "c", None, None) for n in query.counters]
         if query.keyed is None:
-            ops += [(n, "h", None) for n, k in every if k == "keyed"]
+            ops += [(n, "h", None, None) for n, k in every if k == "keyed"]
         else:
-            ops += [(n, "h", None) for n in query.keyed]
-        ops += [(n, "f", k) for n, k in query.keys]
+            ops += [(n, "h", None, None) for n in query.keyed]
+        ops += [(n, "f", k, None) for n, k in query.keys]
+        rinfo = self._rate_ops(query.rates, ops)
         with self._lock:
             op = self._inflight.get(writer)
             acked = self._acked.get(writer, 0)
             if op is None:
-                values = self._read_plain(ops)
-                return self._assemble(acked, ops, values)
-            return self._read_inflight(writer, op, ops)
+                return self._assemble(acked, ops, self._read_plain(ops), rinfo)
+            return self._read_inflight(writer, op, ops, rinfo)
 
-    def _read_plain(self, ops: list[tuple[str, str, str | None]]) -> list[Any]:
+    def _rate_ops(
+        self, queries: Sequence[RateQuery], ops: list[_ReadOp]
+    ) -> list[tuple[int, RateQuery, int | None]]:
+        """Append the reads of rate queries to ``ops``: a plain rate's total
+        and each bucket of the range.  Returns (op index, query, slot or None
+        for the total)."""
+        out: list[tuple[int, RateQuery, int | None]] = []
+        for q in queries:
+            if q.spec.kind == "rate":
+                out.append((len(ops), q, None))
+                ops.append((q.name, "f", "t", rate_meta_key(self.prefix, q.name)))
+            for slot in range(q.lo, q.hi + 1):
+                bkey = rate_bucket_key(self.prefix, q.name, slot)
+                out.append((len(ops), q, slot))
+                if q.spec.kind == "rate":
+                    ops.append((q.name, "f", "n", bkey))
+                elif q.key is None:
+                    ops.append((q.name, "h", None, bkey))
+                else:
+                    ops.append((q.name, "f", q.key, bkey))
+        return out
+
+    def _read_plain(self, ops: list[_ReadOp]) -> list[Any]:
         values: list[Any] = [None] * len(ops)
         try:
-            hashes = [i for i, op in enumerate(ops) if op[1] == "h"]
+            # a keyed counter's hash a page at a time (_scan_hash); a keyed rate's
+            # bucket (its own key) with HGETALL below
+            hashes = [i for i, op in enumerate(ops) if op[1] == "h" and op[3] is None]
             for i in hashes:
                 values[i] = self._scan_hash(ops[i][0])
-            rest = [i for i, op in enumerate(ops) if op[1] != "h"]
-            by_node = self._by_node(rest, lambda i: data_key(self.prefix, ops[i][0]))
+            rest = [i for i, op in enumerate(ops) if not (op[1] == "h" and op[3] is None)]
+            by_node = self._by_node(rest, lambda i: ops[i][3] or data_key(self.prefix, ops[i][0]))
             for client, idxs in by_node:
                 for start in range(0, len(idxs), 1000):
                     chunk = idxs[start : start + 1000]
                     pipe = client.pipeline(transaction=False)
                     for i in chunk:
-                        name, mode, key = ops[i]
-                        dkey = data_key(self.prefix, name)
+                        name, mode, key, rkey = ops[i]
+                        dkey = rkey or data_key(self.prefix, name)
                         if mode == "c":
                             pipe.get(dkey)
+                        elif mode == "h":
+                            pipe.hgetall(dkey)
                         else:
                             pipe.hget(dkey, key)
                     for i, raw in zip(chunk, pipe.execute(raise_on_error=False), strict=False):
@@ -886,13 +1029,19 @@ class RedisBackend:
         except ValueError:  # a bad count: _hash names it
             return self._hash(list(zip(flat[::2], flat[1::2], strict=True)), dkey)
 
-    def _read_inflight(self, writer: str, op: _Op, ops: list[tuple[str, str, str | None]]) -> Read:
+    def _read_inflight(
+        self,
+        writer: str,
+        op: _Op,
+        ops: list[_ReadOp],
+        rinfo: list[tuple[int, RateQuery, int | None]],
+    ) -> Read:
         """Values and writer records in one atomic read per group; then the
         parts of the in-flight batch that the records show applied are
         subtracted (or a take that happened is acknowledged)."""
         cluster = self.options.cluster
         groups: dict[str | None, list[int]] = {}
-        for i, (name, _, _) in enumerate(ops):
+        for i, (name, _, _, _) in enumerate(ops):
             groups.setdefault(tag_of(name) if cluster else None, []).append(i)
         target = op.target
         if target is not None:
@@ -911,8 +1060,8 @@ class RedisBackend:
                 keys = [wkey, rkey]
                 args: list[str] = []
                 for i in chunk:
-                    name, mode, key = ops[i]
-                    keys.append(data_key(self.prefix, name))
+                    name, mode, key, okey = ops[i]
+                    keys.append(okey or data_key(self.prefix, name))
                     args += [mode] if mode != "f" else ["f", key or ""]
                 calls.append((keys, args))
                 meta.append((wkey, chunk, has_take))
@@ -934,11 +1083,11 @@ class RedisBackend:
                 if rs.isdigit() and rp.isdigit() and int(rs) == op.seq:
                     applied = [c for c in op.calls if c.wkey == wkey and c.part <= int(rp)]
                     self._subtract(ops, chunk, values, applied)
-        return self._assemble(seq, ops, values)
+        return self._assemble(seq, ops, values, rinfo)
 
     @staticmethod
     def _subtract(
-        ops: list[tuple[str, str, str | None]],
+        ops: list[_ReadOp],
         idxs: list[int],
         values: list[Any],
         applied: list[_Call],
@@ -946,6 +1095,7 @@ class RedisBackend:
         """Remove the deltas of applied parts of the in-flight batch from values."""
         counters: dict[str, int] = {}
         keyed: dict[str, dict[str, int]] = {}
+        rated: dict[str, dict[str, int]] = {}  # rate key -> field -> delta
         for c in applied:
             for name, key, d in c.fields:
                 if key is None:
@@ -953,8 +1103,24 @@ class RedisBackend:
                 else:
                     m = keyed.setdefault(name, {})
                     m[key] = m.get(key, 0) + d
+            for bkey, f, d in c.rfields:
+                fm = rated.setdefault(bkey, {})
+                fm[f] = fm.get(f, 0) + d
         for i in idxs:
-            name, mode, key = ops[i]
+            name, mode, key, rkey = ops[i]
+            if rkey is not None:
+                rm = rated.get(rkey)
+                if not rm:
+                    continue
+                if mode == "f" and key is not None and key in rm:
+                    values[i] = int(values[i] or 0) - rm[key]
+                elif mode == "h":
+                    flat = list(values[i] or [])
+                    have = {_text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=False)}
+                    for k, dv in rm.items():
+                        have[k] = have.get(k, 0) - dv
+                    values[i] = have
+                continue
             if mode == "c" and name in counters:
                 values[i] = int(values[i] or 0) - counters[name]
             elif mode == "f" and key is not None and key in keyed.get(name, {}):
@@ -969,10 +1135,41 @@ class RedisBackend:
                 values[i] = have
 
     def _assemble(
-        self, seq: int, ops: list[tuple[str, str, str | None]], values: list[Any]
+        self,
+        seq: int,
+        ops: list[_ReadOp],
+        values: list[Any],
+        rinfo: list[tuple[int, RateQuery, int | None]] = (),  # type: ignore[assignment]
     ) -> Read:
         out = Read(seq)
-        for (name, mode, key), raw in zip(ops, values, strict=False):
+        rate_ops = {i for i, _, _ in rinfo}
+        for i, q, slot in rinfo:
+            _, buckets = out.rates.setdefault(q.name, (0, {}))
+            raw = values[i]
+            where = ops[i][3] or q.name
+            if slot is None:
+                out.rates[q.name] = (self._int(raw, where), buckets)
+            elif q.spec.kind == "rate":
+                v = self._int(raw, where)
+                if v:
+                    buckets.setdefault("", {})[slot] = v
+            elif q.key is not None:
+                v = self._int(raw, where)
+                if v:
+                    buckets.setdefault(q.key, {})[slot] = v
+            else:
+                if isinstance(raw, dict):
+                    items = list(raw.items())
+                else:
+                    flat = list(raw or [])
+                    items = list(zip(flat[::2], flat[1::2], strict=False))
+                for k, v in items:
+                    n = self._int(v, where)
+                    if n:
+                        buckets.setdefault(_text(k), {})[slot] = n
+        for i, ((name, mode, key, _), raw) in enumerate(zip(ops, values, strict=False)):
+            if i in rate_ops:
+                continue
             dkey = data_key(self.prefix, name)
             if mode == "c":
                 out.counters[name] = self._int(raw, dkey)
@@ -990,6 +1187,144 @@ class RedisBackend:
                 m = out.keyed.setdefault(name, {})
                 m.update(self._hash(items, dkey))
         return out
+
+    # -- rates (tallies.stores._wbrates) ------------------------------------------
+
+    def _register(self, keys: list[str], args: list[str], what: str) -> list[Any]:
+        try:
+            out: list[Any] = self._registerscript(
+                keys=keys, args=args, client=self._node_client(keys[0])
+            )
+        except rexc.ResponseError as exc:
+            if _is_script_error(exc, "clash"):
+                raise
+            raise CorruptStoreError(f"{self.url}: {what}: {exc}") from exc
+        except UNAVAILABLE as exc:
+            raise self._unavailable(what, exc) from exc
+        return out
+
+    def register_rate(self, name: str, spec: RateSpec) -> RateSpec:
+        """Record rate ``name`` (HSETNX on its meta key) unless recorded;
+        ValueError if a counter or keyed counter has the name."""
+        keys = [rate_meta_key(self.prefix, name), data_key(self.prefix, name)]
+        args = ["k", spec.kind, "w", str(spec.window_ns), "r", str(spec.res_ns), "t", "0"]
+        try:
+            got = self._register(keys, args, f"registering rate {name!r}")
+        except rexc.ResponseError as exc:
+            t = str(exc).rpartition(" ")[2]
+            what = "a keyed counter" if t == "hash" else "a counter"
+            raise ValueError(f"{name!r} is {what} in {self.url}") from None
+        return self._spec_of(name, got[:3])
+
+    def _spec_of(self, name: str, raw: list[Any]) -> RateSpec:
+        k, w, r = (_text(x) if x is not None else "" for x in raw)
+        if k not in ("rate", "keyed_rate") or not (w.isdigit() and r.isdigit()):
+            raise CorruptStoreError(
+                f"{self.url}: {rate_meta_key(self.prefix, name)} is not a tallies rate"
+            )
+        return RateSpec("rate" if k == "rate" else "keyed_rate", int(w), int(r))
+
+    def rate_spec(self, name: str) -> RateSpec | None:
+        mkey = rate_meta_key(self.prefix, name)
+        try:
+            raw = self._node_client(mkey).hmget(mkey, ["k", "w", "r"])
+        except UNAVAILABLE as exc:
+            raise self._unavailable(f"looking up rate {name!r}", exc) from exc
+        if raw[0] is None:
+            return None
+        return self._spec_of(name, raw)
+
+    def rate_specs(self) -> dict[str, RateSpec]:
+        """Every rate under the prefix (SCAN of the meta keys on every master)."""
+        escaped = scan_pattern(self.prefix)[: -len("\\{*")] + "~q\\{*"
+        out: dict[str, RateSpec] = {}
+        try:
+            for client in self._all_nodes():
+                keys = [_text(k) for k in client.scan_iter(match=escaped, count=1000)]
+                if not keys:
+                    continue
+                pipe = client.pipeline(transaction=False)
+                for k in keys:
+                    pipe.hmget(k, ["k", "w", "r"])
+                for k, raw in zip(keys, pipe.execute(), strict=True):
+                    name = k[len(self.prefix) + 3 : -1]
+                    if raw[0] is not None and name:
+                        out[name] = self._spec_of(name, raw)
+        except UNAVAILABLE as exc:
+            raise self._unavailable("listing rates", exc) from exc
+        return dict(sorted(out.items()))
+
+    # -- limiters (tallies.stores._limiter) ------------------------------------------
+
+    LIMITER_RESOLUTION_NS = 1_000_000
+    LIMIT_MAX = 2**53
+    """Limits above this are refused: the limiter script counts in doubles."""
+
+    def register_limiter(self, spec: LimitSpec) -> LimitSpec:
+        if spec.limit > self.LIMIT_MAX:
+            raise ValueError(
+                f"limiter() limit {spec.limit} is above {self.LIMIT_MAX} (2**53), the most a "
+                "redis:// limiter counts exactly"
+            )
+        if spec.res_ns % 1000:
+            raise ValueError("limiter() resolution must be a whole number of microseconds")
+        key = limiter_spec_key(self.prefix, spec.name)
+        args = ["l", str(spec.limit), "p", str(spec.per_ns), "r", str(spec.res_ns)]
+        args += ["b", str(spec.buckets)]
+        got = [_text(x) for x in self._register([key], args, f"limiter {spec.name!r}")]
+        try:
+            return LimitSpec(spec.name, *(int(x) for x in got))
+        except ValueError:
+            raise CorruptStoreError(f"{self.url}: {key} is not a tallies limiter") from None
+
+    def _limit(self, mode: str, spec: LimitSpec, key: str, args: list[int]) -> Grant:
+        rkey = limiter_key(self.prefix, spec.name, key)
+        argv = [mode, str(spec.res_ns // 1000), str(spec.buckets), str(spec.limit)]
+        argv += [str(a) for a in args]
+        try:
+            raw = self._limitscript(keys=[rkey], args=argv, client=self._node_client(rkey))
+        except UNAVAILABLE as exc:
+            raise self._unavailable(f"limiter {spec.name!r}", exc) from exc
+        except rexc.ResponseError as exc:
+            if isinstance(exc, (rexc.NoScriptError, rexc.MovedError, rexc.AskError)):
+                raise self._unavailable(f"limiter {spec.name!r}", exc) from exc
+            raise CorruptStoreError(f"{self.url}: limiter {spec.name!r}: {exc}") from exc
+        g, used, slot, now_us, oldest = (int(x) for x in raw)
+        return Grant(g, used, slot, now_us * 1000, None if oldest < 0 else oldest)
+
+    def limit_acquire(
+        self, spec: LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
+    ) -> Grant:
+        """One script call (one round trip): see ``lua/limit.lua``."""
+        gs, gu = give_back if give_back is not None else (-1, 0)
+        return self._limit("a", spec, key, [need, want, gs, gu])
+
+    def limit_read(self, spec: LimitSpec, key: str) -> Grant:
+        return self._limit("r", spec, key, [0, 0, -1, 0])
+
+    def limit_reset(self, spec: LimitSpec, key: str) -> int:
+        return self._limit("z", spec, key, [0, 0, -1, 0]).used
+
+    def _window(self, mode: str, name: str, key: str, amount: int, ms: int) -> tuple[int, float]:
+        rkey = fixed_window_key(self.prefix, name, key)
+        try:
+            raw = self._windowscript(
+                keys=[rkey], args=[mode, str(amount), str(ms)], client=self._node_client(rkey)
+            )
+        except UNAVAILABLE as exc:
+            raise self._unavailable(f"window {name!r}", exc) from exc
+        except rexc.ResponseError as exc:
+            raise CorruptStoreError(f"{self.url}: window {name!r}: {exc}") from exc
+        return int(raw[0]), int(raw[1]) / 1000
+
+    def window_incr(self, name: str, key: str, expiry_ms: int, amount: int) -> tuple[int, float]:
+        return self._window("i", name, key, amount, expiry_ms)
+
+    def window_get(self, name: str, key: str) -> tuple[int, float]:
+        return self._window("g", name, key, 0, 1)
+
+    def window_clear(self, name: str, key: str) -> None:
+        self._window("c", name, key, 0, 1)
 
     def _hash(self, items: list[tuple[Any, Any]], dkey: str) -> dict[str, int]:
         """A hash's fields as {key: count}: one comprehension (no call per

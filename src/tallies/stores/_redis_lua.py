@@ -18,6 +18,17 @@ Key layout (``P`` is the URL's ``prefix``, ``tallies:`` by default)
                                  writer for the whole store)
 ``P~r{NAME}:WRITER``             the result of a writer's last ``reset()``
                                  of NAME, ``"SEQ:RESULT"``, expires
+``P~q{NAME}``                    a rate or keyed rate: its spec and total,
+                                 a hash (``k`` kind, ``w`` window ns, ``r``
+                                 resolution ns, ``t`` total of a plain rate)
+``P~b{NAME}:SLOT``               one wall-clock bucket of a rate: a hash,
+                                 field ``n`` (a plain rate) or the key (a
+                                 keyed rate); it expires a window after it
+                                 left the window (at least a minute after)
+``P~L:NAME``                     a limiter's spec (``l``, ``p``, ``r``, ``b``)
+``P~l:LEN:NAME:KEY``             one limiter key's slots (``limit.lua``),
+                                 expires with its window (LEN: len(NAME))
+``P~f:LEN:NAME:KEY``             a fixed window's count (``window.lua``)
 ===============================  ==========================================
 
 ``NAME`` and keys are UTF-8.  ``TAG`` is Redis Cluster's hash tag of
@@ -71,11 +82,19 @@ from __future__ import annotations
 
 __all__ = [
     "APPLY_LUA",
+    "LIMIT_LUA",
     "READ_LUA",
+    "REGISTER_LUA",
     "RESET_LUA",
     "SCAN_LUA",
+    "WINDOW_LUA",
     "data_key",
+    "fixed_window_key",
+    "limiter_key",
+    "limiter_spec_key",
     "name_from_data_key",
+    "rate_bucket_key",
+    "rate_meta_key",
     "reset_key",
     "scan_pattern",
     "tag_of",
@@ -93,6 +112,9 @@ _INT64_LUA = _script("int64.lua")
 APPLY_LUA = _INT64_LUA + _script("apply.lua")
 RESET_LUA = _INT64_LUA + _script("reset.lua")
 READ_LUA = _script("read.lua")
+LIMIT_LUA = _script("limit.lua")
+WINDOW_LUA = _script("window.lua")
+REGISTER_LUA = _script("register.lua")
 SCAN_LUA = _script("scan.lua")
 
 
@@ -129,3 +151,27 @@ def name_from_data_key(prefix: str, key: str) -> str | None:
         return None
     name = key[len(prefix) + 1 : -1]
     return name or None
+
+
+def rate_meta_key(prefix: str, name: str) -> str:
+    """A rate's spec and total (the same hash tag as its name's data key)."""
+    return f"{prefix}~q{{{name}}}"
+
+
+def rate_bucket_key(prefix: str, name: str, slot: int) -> str:
+    """One wall-clock bucket of a rate."""
+    return f"{prefix}~b{{{name}}}:{slot}"
+
+
+def limiter_spec_key(prefix: str, name: str) -> str:
+    return f"{prefix}~L:{name}"
+
+
+def limiter_key(prefix: str, name: str, key: str) -> str:
+    """One limiter key's slots; no hash tag of ours, so that the keys of one
+    limiter spread over a cluster (each call touches one key)."""
+    return f"{prefix}~l:{len(name)}:{name}:{key}"
+
+
+def fixed_window_key(prefix: str, name: str, key: str) -> str:
+    return f"{prefix}~f:{len(name)}:{name}:{key}"

@@ -71,7 +71,7 @@ from .._common import (
     most_common,
     to_int64,
 )
-from .base import CorruptSegmentError
+from .base import CorruptSegmentError, check_key
 
 if TYPE_CHECKING:
     from ._shm_segment import _Segment
@@ -82,7 +82,7 @@ __all__ = ["ShmKeyedRate", "ShmRate"]
 class _Ring:
     """One ring (a rate, or one key of a keyed rate) in every slab."""
 
-    __slots__ = ("_boundary", "_clk", "nb", "now", "res_ns", "seg", "unit", "window_ns")
+    __slots__ = ("_boundary", "_clk", "_now", "cell", "nb", "res_ns", "seg", "unit", "window_ns")
 
     def __init__(self, seg: _Segment, unit: int, nb: int, res_ns: int, window_ns: int) -> None:
         self.seg = seg
@@ -97,8 +97,24 @@ class _Ring:
             else time.CLOCK_MONOTONIC
         )
         self._boundary: dict[int, int] = {}  # slab -> first ns after its newest bucket
-        # the clock in ns (an attribute, so that tests can drive it)
-        self.now: Callable[[], int] = functools.partial(time.clock_gettime_ns, self._clk)
+        # the clock in ns (settable, so that tests can drive it)
+        self._now: Callable[[], int] = functools.partial(time.clock_gettime_ns, self._clk)
+        self.cell: Any = None  # the C rate whose hot path this ring's is
+
+    @property
+    def now(self) -> Callable[[], int]:
+        return self._now
+
+    @now.setter
+    def now(self, clock: Callable[[], int]) -> None:
+        self._now = clock
+        if self.cell is not None:
+            self.cell.clock = clock  # the C increment reads the same clock
+
+    def rotate(self, s: int, off: int, ns: int) -> int:
+        """The C increment's slow path: mark a newer bucket; the new boundary."""
+        self._rotate(s, off, ns)
+        return self._boundary[s]
 
     def add(self, delta: int, n: int, op: str, what: str) -> None:
         seg, c = self.seg, self.seg.c
@@ -239,6 +255,12 @@ class ShmRate(_RateBase):
         self._seg, self._idx, self._name, self._url, self._sp = seg, idx, name, url, sp
         unit = check_unit(seg, seg.c.load(seg.L.rmeta(idx) + 24), sp.nb, f"rate {name!r}")
         self._ring = _Ring(seg, unit, sp.nb, sp.res_ns, sp.window_ns)
+        if hasattr(self, "_setup"):  # the C type (see the end of this module)
+            self._ring.cell = self
+            L = seg.L
+            self._setup(
+                seg.c, L.rates_off, L.rate_slab_bytes, unit * 16, sp.res_ns, self._ring.rotate
+            )
 
     def increment(self, n: SupportsIndex = 1) -> None:
         v = to_int64(n, "increment")
@@ -300,6 +322,7 @@ class ShmKeyedRate(_RateBase):
             raise TypeError(f"{fname}() key must be a str, not {type(key).__name__!r}")
         ring = self._rings.get(key)
         if ring is None:
+            key = check_key(key)  # the key rule every store shares
             seg = self._seg
             cell = seg.register_key(self._idx, key) if create else seg.find_key(self._idx, key)
             if cell is None:
@@ -394,3 +417,29 @@ def check_unit(seg: _Segment, unit: int, nb: int, where: str) -> int:
     if not 0 <= unit <= seg.L.buckets_cap - nb - 2:
         raise CorruptSegmentError(f"{seg.path}: the ring of {where} is outside the rate region")
     return unit
+
+
+def _install() -> None:
+    """Make ``ShmRate`` the extension's rate type (increment in C), with the
+    methods above installed on it; shm:// needs the extension anyway."""
+    global ShmRate
+    try:
+        from .._impl import native  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:  # a tallies without the one extension: Python increments
+        return
+    if native is None or not hasattr(native, "ShmRate"):
+        return
+    t = native.ShmRate
+    for klass in reversed(ShmRate.__mro__[:-1]):
+        for attr, value in klass.__dict__.items():
+            if attr in ("__slots__", "__dict__", "__weakref__", "__module__", "__doc__"):
+                continue
+            if attr in ("increment", "decrement") or attr.startswith("__slotnames"):
+                continue
+            if type(value).__name__ == "member_descriptor":  # a slot of the Python class
+                continue
+            setattr(t, attr, value)
+    ShmRate = t  # type: ignore[misc, assignment]
+
+
+_install()

@@ -34,6 +34,7 @@ __all__ = [
     "FlushError",
     "KeyedRateSnapshot",
     "KindClashError",
+    "LimitersUnsupportedError",
     "RateSnapshot",
     "RatesUnsupportedError",
     "Snapshot",
@@ -42,6 +43,7 @@ __all__ = [
     "StoreError",
     "StoreKeyedCounter",
     "StoreKeyedRate",
+    "StoreLimiter",
     "StoreNotFoundError",
     "StoreRate",
     "StoreURL",
@@ -112,6 +114,10 @@ class KindClashError(StoreError, ValueError):
 
 class RatesUnsupportedError(StoreError, NotImplementedError):
     """This store (scheme) does not support rates yet; nothing was created."""
+
+
+class LimitersUnsupportedError(StoreError, NotImplementedError):
+    """This store (or its backend) has no limiters; nothing was created."""
 
 
 class RateSnapshot(TypedDict):
@@ -187,6 +193,25 @@ class StoreKeyedRate(Protocol):
     ) -> list[tuple[Any, int]]: ...
 
 
+class StoreLimiter(Protocol):
+    """What ``store.limiter(name, limit, per)`` returns, in every scope (see
+    ``tallies.stores._limiter`` for the promise)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def per(self) -> float: ...
+    @property
+    def resolution(self) -> float: ...
+    def hit(self, key: str | None = None, n: int = 1) -> bool: ...
+    def test(self, key: str | None = None, n: int = 1) -> bool: ...
+    def remaining(self, key: str | None = None) -> int: ...
+    def reset_after(self, key: str | None = None) -> float: ...
+    def reset(self, key: str | None = None) -> int: ...
+
+
 @dataclass(frozen=True)
 class StoreURL:
     """A store URL split into ``scheme://target?params``.
@@ -231,6 +256,8 @@ class Store(abc.ABC):
     """
 
     scheme: ClassVar[str]
+    LIMITER_RESOLUTION_NS: ClassVar[int] = 1_000_000
+    """The finest slot a limiter of this store may have (ns)."""
 
     def __init__(self, url: StoreURL) -> None:
         self._url = url
@@ -279,6 +306,25 @@ class Store(abc.ABC):
         """The keyed rate called ``name`` (str keys)."""
         raise RatesUnsupportedError(
             f"{self._url.shown}: this store ({self.scheme}://) does not support rates yet"
+        )
+
+    def limiter(
+        self, name: str, limit: int, per: float, *, resolution: float | None = None
+    ) -> StoreLimiter:
+        """The limiter called ``name``: at most ``limit`` units in any ``per``
+        seconds, across everything that shares this store (see
+        ``tallies.stores._limiter``: the promise, and how each store keeps
+        it).  ``resolution``: the slot width (default ``per / 60``).  The
+        same name must be asked for with the same limit, per and resolution."""
+        raise LimitersUnsupportedError(
+            f"{self._url.shown}: this store ({self.scheme}://) does not support limiters"
+        )
+
+    def _fixed_windows(self, name: str) -> Any:
+        """Fixed windows that start at their first hit (what the ``limits``
+        package calls a fixed window; used by ``tallies.limits``)."""
+        raise LimitersUnsupportedError(
+            f"{self._url.shown}: this store ({self.scheme}://) does not support limiters"
         )
 
     @abc.abstractmethod

@@ -112,6 +112,38 @@ class MemoryKeyedCounter(KeyedCounter):
     __copy__ = copy
 
 
+def _keyed_rate_class() -> Any:
+    """``memory://``'s keyed rate: a ``tallies.KeyedRateCounter`` whose keys are
+    checked by the rule every store shares (made once, on first use)."""
+    global _KeyedRate
+    if _KeyedRate is None:
+
+        class MemoryKeyedRate(KeyedRateCounter):
+            """A ``tallies.KeyedRateCounter`` taking the keys every store takes."""
+
+            __slots__ = ()
+
+            def increment(self, key: Hashable, n: SupportsIndex = 1) -> None:
+                KeyedRateCounter.increment(self, check_key(key), n)
+
+            def decrement(self, key: Hashable, n: SupportsIndex = 1) -> None:
+                KeyedRateCounter.decrement(self, check_key(key), n)
+
+            def count(self, key: Hashable, window: float | None = None) -> int:
+                v: int = KeyedRateCounter.count(self, check_key(key), window)
+                return v
+
+            def per_second(self, key: Hashable, window: float | None = None) -> float:
+                v: float = KeyedRateCounter.per_second(self, check_key(key), window)
+                return v
+
+        _KeyedRate = MemoryKeyedRate
+    return _KeyedRate
+
+
+_KeyedRate: Any = None
+
+
 class _Counts:
     """The named counters of one memory store (shared by its handles)."""
 
@@ -121,6 +153,8 @@ class _Counts:
         self.keyed: dict[str, Any] = {}
         self.rates: dict[str, Any] = {}  # RateCounter / KeyedRateCounter by name
         self.order: list[str] = []
+        self.limiters: dict[str, Any] = {}  # LocalLimiter by name (not counts: not in names())
+        self.windows: dict[str, Any] = {}  # FixedWindows by name (tallies.limits)
 
 
 _named: dict[str, _Counts] = {}
@@ -196,7 +230,7 @@ class MemoryStore(Store):
     def _get_rate(self, name: str, keyed: bool, window: float, resolution: float) -> Any:
         self._check_open()
         counter_name(name)
-        cls = KeyedRateCounter if keyed else RateCounter
+        cls = _keyed_rate_class() if keyed else RateCounter
         c = self._counts
         with c.lock:
             obj = c.rates.get(name)
@@ -212,6 +246,36 @@ class MemoryStore(Store):
         if (probe.window, probe.resolution) != (obj.window, obj.resolution):
             raise rate_mismatch(name, obj, probe, "this store")
         return obj
+
+    LIMITER_RESOLUTION_NS = 1_000
+
+    def limiter(self, name: str, limit: int, per: float, *, resolution: float | None = None) -> Any:
+        """The limiter called ``name`` in this process (exact, one lock; see
+        ``tallies.stores._limiter``).  Slots follow the monotonic clock; the
+        finest is 1 us."""
+        from ._limiter import LocalLimiter, limit_spec, make_local
+
+        self._check_open()
+        spec = limit_spec(name, limit, per, resolution, self.LIMITER_RESOLUTION_NS, "memory://")
+        c = self._counts
+        with c.lock:
+            lim = c.limiters.get(spec.name)
+            if lim is None:
+                lim = c.limiters[spec.name] = make_local(spec)
+        if lim.spec != spec:
+            raise ValueError(f"{spec.name!r} is {lim!r} in this store, not {LocalLimiter(spec)!r}")
+        return lim
+
+    def _fixed_windows(self, name: str) -> Any:
+        from ._limiter import FixedWindows
+
+        self._check_open()
+        c = self._counts
+        with c.lock:
+            w = c.windows.get(name)
+            if w is None:
+                w = c.windows[name] = FixedWindows()
+            return w
 
     def names(self) -> list[str]:
         """Every name, sorted."""

@@ -340,13 +340,15 @@ class ShmStore(Store):
     """Counters in a shared-memory segment: see the module docstring."""
 
     scheme: ClassVar[str] = "shm"
-    PARAMS: ClassVar[frozenset[str]] = frozenset(LIMITS)
+    PARAMS: ClassVar[frozenset[str]] = frozenset(LIMITS) | {"limiter_keys"}
+    LIMITER_RESOLUTION_NS = 1_000
 
     def __init__(self, url: StoreURL, seg: _Segment) -> None:
         super().__init__(url)
         self._seg = seg
         self._objects: dict[str, Any] = {}
         self._rates: dict[str, Any] = {}  # ShmRate / ShmKeyedRate by name
+        self._limiters: dict[str, Any] = {}  # ShmLimiter by name
         self._lock = threading.Lock()
 
     @classmethod
@@ -359,7 +361,10 @@ class ShmStore(Store):
 
     @classmethod
     def destroy_url(cls, url: StoreURL) -> bool:
+        from . import _shm_limits
+
         path = segment_path(url.target)
+        _shm_limits.destroy(path)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -370,6 +375,41 @@ class ShmStore(Store):
     def path(self) -> str:
         """The segment file."""
         return self._seg.path
+
+    def _limiter_keys(self) -> int:
+        from ._shm_limits import DEFAULT_KEYS, KEYS_RANGE
+
+        raw = self._url.params.get("limiter_keys")
+        if raw is None:
+            return DEFAULT_KEYS
+        lo, hi = KEYS_RANGE
+        if not raw.isdigit() or not lo <= int(raw) <= hi:
+            raise ValueError(f"{self._url.shown!r}: limiter_keys={raw!r} is outside {lo}..{hi}")
+        return int(raw)
+
+    def limiter(self, name: str, limit: int, per: float, *, resolution: float | None = None) -> Any:
+        """The limiter called ``name``, shared by every process of the machine:
+        one entry per key in the segment's limiter table, decided under that
+        entry's lock (see ``tallies.stores._limiter`` and ``_shm_limits``)."""
+        from . import _shm_limits
+        from ._limiter import limit_spec
+
+        self._check_open()
+        spec = limit_spec(name, limit, per, resolution, self.LIMITER_RESOLUTION_NS, "shm://")
+        with self._lock:
+            lim = self._limiters.get(spec.name)
+            if lim is None:
+                lim = _shm_limits.limiter(self._seg.path, self._limiter_keys(), spec)
+                self._limiters[spec.name] = lim
+        if lim.spec != spec:
+            raise ValueError(f"{spec.name!r} is {lim!r} in this store, not as asked")
+        return lim
+
+    def _fixed_windows(self, name: str) -> Any:
+        from . import _shm_limits
+
+        self._check_open()
+        return _shm_limits.fixed_windows(self._seg.path, self._limiter_keys(), counter_name(name))
 
     def _get(self, name: str, kind: int) -> Any:
         self._check_open()

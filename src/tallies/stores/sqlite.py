@@ -106,7 +106,19 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._params import FLUSH, choice, seconds
-from ._protocol import INT64_MAX, INT64_MIN, PRUNE_AFTER, Batch, Kind, Query, Read, Target
+from ._protocol import (
+    INT64_MAX,
+    INT64_MIN,
+    PRUNE_AFTER,
+    Batch,
+    Grant,
+    Kind,
+    LimitSpec,
+    Query,
+    RateSpec,
+    Read,
+    Target,
+)
 from .base import (
     CorruptSegmentError,
     CountOverflowError,
@@ -142,6 +154,27 @@ SCHEMA = (
     "CREATE TABLE writers(writer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, seen REAL NOT NULL)",
 )
 TABLES = {"tallies_meta", "names", "counters", "keyed", "writers"}
+
+# Rates and limiters (tallies.stores._wbrates, ._limiter): tables created on
+# first use, in the transaction that first needs them, so that a file of
+# schema 1 stays readable by a tallies that has never heard of them.
+RATE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS rates(name TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+    " window_ns INTEGER NOT NULL, res_ns INTEGER NOT NULL, total INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS rate_buckets(name TEXT NOT NULL, slot INTEGER NOT NULL,"
+    " key TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY(name, slot, key)) WITHOUT ROWID",
+)
+LIMIT_TABLES = (
+    "CREATE TABLE IF NOT EXISTS limiters(name TEXT PRIMARY KEY, lim INTEGER NOT NULL,"
+    " per_ns INTEGER NOT NULL, res_ns INTEGER NOT NULL, buckets INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS limiter_slots(name TEXT NOT NULL, key TEXT NOT NULL,"
+    " slot INTEGER NOT NULL, units INTEGER NOT NULL, expires_ns INTEGER NOT NULL,"
+    " PRIMARY KEY(name, key, slot)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS limiter_slots_expiry ON limiter_slots(expires_ns)",
+    "CREATE TABLE IF NOT EXISTS windows(name TEXT NOT NULL, key TEXT NOT NULL,"
+    " count INTEGER NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY(name, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS windows_expiry ON windows(expires_ms)",
+)
 
 # The sum value + d stays in int64 (both sides computed without overflow).
 _FITS = (
@@ -298,6 +331,7 @@ class SqliteBackend:
         self._ident: tuple[int, int] | None = None
         self._rident: tuple[int, int] | None = None
         self._pruned = 0.0
+        self._limits_pruned = 0
         # writer id -> highest seq this connection saw acknowledged; a read
         # reports at least that (see read()), since the writers row of a
         # writer idle for PRUNE_AFTER may have been pruned by another writer
@@ -551,6 +585,8 @@ class SqliteBackend:
                 self._add_exact(conn, batch)
             elif not self._add_fast(conn, batch):
                 raise _Refused
+            if batch.rates or batch.keyed_rates:
+                self._add_rates(conn, batch)
             if now - self._pruned > PRUNE_EVERY:
                 conn.execute("DELETE FROM writers WHERE seen < ?", (now - PRUNE_AFTER,))
                 self._pruned = now
@@ -571,8 +607,8 @@ class SqliteBackend:
         clash: list[tuple[str, str | None]] = []
         for name, kind in names.items():
             row = conn.execute("SELECT kind FROM names WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[0] != kind:
-                clash.append((name, None))
+            if (row is not None and row[0] != kind) or _rate_row(conn, name) is not None:
+                clash.append((name, None))  # (the other kind, or a rate)
         if clash:
             raise KindClashError(
                 f"sqlite: {self.path}: {', '.join(repr(n) for n, _ in clash)} registered "
@@ -650,7 +686,9 @@ class SqliteBackend:
             if self._recorded(conn, writer_id) >= seq:
                 raise StoreError(f"sqlite: reset sequence {seq} of {writer_id} already used")
             out: int | dict[str, int]
-            if target.kind == "counter":
+            if target.kind == "rate":
+                out = self._take_rate(conn, target.name)
+            elif target.kind == "counter":
                 row = conn.execute(
                     "SELECT value FROM counters WHERE name = ?", (target.name,)
                 ).fetchone()
@@ -744,6 +782,8 @@ class SqliteBackend:
                     "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)
                 ).fetchone()
                 r.keyed.setdefault(name, {})[key] = int(row[0]) if row else 0
+            if query.rates:
+                self._read_rates(conn, query, r)
             return r
 
         result: Read = self._read_tx(body)
@@ -780,9 +820,318 @@ class SqliteBackend:
         result: Kind | None = self._read_tx(body)
         return result
 
+    # -- rates (tallies.stores._wbrates) ---------------------------------------------
+
+    def register_rate(self, name: str, spec: RateSpec) -> RateSpec:
+        """Record rate ``name`` with ``spec`` unless it is recorded; return the
+        recorded spec.  ValueError if ``name`` is a counter or keyed counter."""
+
+        def body(conn: sqlite3.Connection) -> RateSpec:
+            for stmt in RATE_TABLES:
+                conn.execute(stmt)
+            row = conn.execute("SELECT kind FROM names WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                what = "a keyed counter" if row[0] == "keyed" else "a counter"
+                raise ValueError(f"{name!r} is {what} in sqlite: {self.path}")
+            conn.execute(
+                "INSERT OR IGNORE INTO rates(name, kind, window_ns, res_ns, total) "
+                "VALUES (?, ?, ?, ?, 0)",
+                (name, spec.kind, spec.window_ns, spec.res_ns),
+            )
+            got = _rate_row(conn, name)
+            assert got is not None
+            return got
+
+        out: RateSpec = self._write(body)
+        return out
+
+    def rate_specs(self) -> dict[str, RateSpec]:
+        """Every rate in the file, by name."""
+
+        def body(conn: sqlite3.Connection) -> dict[str, RateSpec]:
+            try:
+                rows = conn.execute(
+                    "SELECT name, kind, window_ns, res_ns FROM rates ORDER BY name"
+                ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return {}
+                raise
+            return {str(n): _spec(k, w, r) for n, k, w, r in rows}
+
+        out: dict[str, RateSpec] = self._read_tx(body)
+        return out
+
+    def rate_spec(self, name: str) -> RateSpec | None:
+        """The spec of rate ``name``, None when it is not a rate."""
+        out: RateSpec | None = self._read_tx(lambda conn: _rate_row(conn, name))
+        return out
+
+    @staticmethod
+    def _add_rates(conn: sqlite3.Connection, batch: Batch) -> None:
+        """Add bucket deltas and totals; prune each written rate's buckets
+        older than two windows before its newest bucket in the batch."""
+        for stmt in RATE_TABLES:
+            conn.execute(stmt)
+        bad: list[tuple[str, str | None]] = []
+        rows: list[tuple[str, int, str, int]] = []
+        for name, m in batch.rates.items():
+            rows += [(name, slot, "", d) for slot, d in m.items()]
+        for name, km in batch.keyed_rates.items():
+            rows += [(name, slot, k, d) for k, m in km.items() for slot, d in m.items()]
+        for name, slot, key, d in rows:
+            row = conn.execute(
+                "SELECT value FROM rate_buckets WHERE name = ? AND slot = ? AND key = ?",
+                (name, slot, key),
+            ).fetchone()
+            v = (int(row[0]) if row else 0) + d
+            if not INT64_MIN <= v <= INT64_MAX:
+                bad.append((name, key or None))
+        for name, m in batch.rates.items():
+            row = conn.execute("SELECT total FROM rates WHERE name = ?", (name,)).fetchone()
+            if not INT64_MIN <= (int(row[0]) if row else 0) + sum(m.values()) <= INT64_MAX:
+                bad.append((name, None))
+        if bad:
+            bad = list(dict.fromkeys(bad))
+            raise CountOverflowError(
+                f"adding the pending delta would move rate {bad[0][0]!r} outside the signed "
+                "64-bit range; nothing of this flush was applied",
+                bad,
+            )
+        conn.executemany(
+            "INSERT INTO rate_buckets(name, slot, key, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name, slot, key) DO UPDATE SET value = value + excluded.value",
+            rows,
+        )
+        conn.executemany(
+            "UPDATE rates SET total = total + ? WHERE name = ?",
+            [(sum(m.values()), name) for name, m in batch.rates.items()],
+        )
+        for name in batch.rates.keys() | batch.keyed_rates.keys():
+            spec = batch.rate_specs.get(name)
+            if spec is None:
+                continue
+            slots = list(batch.rates.get(name, {}))
+            for m in batch.keyed_rates.get(name, {}).values():
+                slots += list(m)
+            conn.execute(
+                "DELETE FROM rate_buckets WHERE name = ? AND slot < ?",
+                (name, max(slots) - 2 * spec.nb),
+            )
+
+    @staticmethod
+    def _take_rate(conn: sqlite3.Connection, name: str) -> int:
+        row = None
+        with contextlib.suppress(sqlite3.OperationalError):  # no rates table: nothing
+            row = conn.execute("SELECT total FROM rates WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return 0
+        conn.execute("UPDATE rates SET total = 0 WHERE name = ?", (name,))
+        conn.execute("DELETE FROM rate_buckets WHERE name = ?", (name,))
+        return int(row[0])
+
+    @staticmethod
+    def _read_rates(conn: sqlite3.Connection, query: Query, r: Read) -> None:
+        for q in query.rates:
+            try:
+                row = conn.execute("SELECT total FROM rates WHERE name = ?", (q.name,)).fetchone()
+                if q.key is None:
+                    rows = conn.execute(
+                        "SELECT key, slot, value FROM rate_buckets "
+                        "WHERE name = ? AND slot BETWEEN ? AND ?",
+                        (q.name, q.lo, q.hi),
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        "SELECT key, slot, value FROM rate_buckets "
+                        "WHERE name = ? AND slot BETWEEN ? AND ? AND key = ?",
+                        (q.name, q.lo, q.hi, q.key),
+                    ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                row, rows = None, []
+            buckets: dict[str, dict[int, int]] = {}
+            for k, slot, v in rows:
+                buckets.setdefault(str(k), {})[int(slot)] = int(v)
+            r.rates[q.name] = (int(row[0]) if row else 0, buckets)
+
+    # -- limiters (tallies.stores._limiter) -------------------------------------------
+
+    LIMITER_RESOLUTION_NS = 1_000_000
+
+    def register_limiter(self, spec: LimitSpec) -> LimitSpec:
+        def body(conn: sqlite3.Connection) -> LimitSpec:
+            for stmt in LIMIT_TABLES:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO limiters(name, lim, per_ns, res_ns, buckets) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (spec.name, spec.limit, spec.per_ns, spec.res_ns, spec.buckets),
+            )
+            row = conn.execute(
+                "SELECT lim, per_ns, res_ns, buckets FROM limiters WHERE name = ?", (spec.name,)
+            ).fetchone()
+            return LimitSpec(spec.name, int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+        out: LimitSpec = self._write(body)
+        return out
+
+    @staticmethod
+    def _window_of(
+        conn: sqlite3.Connection, spec: LimitSpec, key: str, s: int
+    ) -> tuple[int, int | None]:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(units), 0), MIN(slot) FROM limiter_slots "
+            "WHERE name = ? AND key = ? AND slot >= ? AND units > 0",
+            (spec.name, key, s - spec.buckets),
+        ).fetchone()
+        return int(row[0]), (int(row[1]) if row[1] is not None else None)
+
+    def limit_acquire(
+        self, spec: LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
+    ) -> Grant:
+        """One ``BEGIN IMMEDIATE`` transaction (see ``_limiter.LimitBackend``);
+        slots follow this machine's wall clock."""
+
+        def body(conn: sqlite3.Connection) -> Grant:
+            for stmt in LIMIT_TABLES:
+                conn.execute(stmt)
+            now = time.time_ns()
+            s = now // spec.res_ns
+            lo = s - spec.buckets
+            if give_back is not None and give_back[0] >= lo and give_back[1] > 0:
+                conn.execute(
+                    "UPDATE limiter_slots SET units = MAX(0, units - ?) "
+                    "WHERE name = ? AND key = ? AND slot = ?",
+                    (give_back[1], spec.name, key, give_back[0]),
+                )
+            conn.execute(
+                "DELETE FROM limiter_slots WHERE name = ? AND key = ? AND slot < ?",
+                (spec.name, key, lo),
+            )
+            used, oldest = self._window_of(conn, spec, key, s)
+            g = 0
+            if need > 0 and used + need <= spec.limit:
+                g = min(max(want, need), max(need, (spec.limit - used) // 2))
+                conn.execute(
+                    "INSERT INTO limiter_slots(name, key, slot, units, expires_ns) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(name, key, slot) "
+                    "DO UPDATE SET units = units + excluded.units",
+                    (spec.name, key, s, g, (s + spec.buckets + 1) * spec.res_ns),
+                )
+                used += g
+                oldest = s if oldest is None else min(oldest, s)
+            if now - self._limits_pruned > PRUNE_EVERY * 1e9:
+                conn.execute("DELETE FROM limiter_slots WHERE expires_ns < ?", (now,))
+                conn.execute("DELETE FROM windows WHERE expires_ms < ?", (now // 1_000_000,))
+                self._limits_pruned = now
+            return Grant(g, used, s, now, oldest)
+
+        out: Grant = self._write(body)
+        return out
+
+    def limit_read(self, spec: LimitSpec, key: str) -> Grant:
+        def body(conn: sqlite3.Connection) -> Grant:
+            now = time.time_ns()
+            s = now // spec.res_ns
+            try:
+                used, oldest = self._window_of(conn, spec, key, s)
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                used, oldest = 0, None
+            return Grant(0, used, s, now, oldest)
+
+        out: Grant = self._read_tx(body)
+        return out
+
+    def limit_reset(self, spec: LimitSpec, key: str) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            for stmt in LIMIT_TABLES:
+                conn.execute(stmt)
+            s = time.time_ns() // spec.res_ns
+            used, _ = self._window_of(conn, spec, key, s)
+            conn.execute("DELETE FROM limiter_slots WHERE name = ? AND key = ?", (spec.name, key))
+            return used
+
+        out: int = self._write(body)
+        return out
+
+    def window_incr(self, name: str, key: str, expiry_ms: int, amount: int) -> tuple[int, float]:
+        def body(conn: sqlite3.Connection) -> tuple[int, float]:
+            for stmt in LIMIT_TABLES:
+                conn.execute(stmt)
+            now = time.time_ns() // 1_000_000
+            row = conn.execute(
+                "SELECT count, expires_ms FROM windows WHERE name = ? AND key = ?", (name, key)
+            ).fetchone()
+            if row is None or int(row[1]) <= now:
+                count, expires = amount, now + expiry_ms
+            else:
+                count, expires = int(row[0]) + amount, int(row[1])
+                if count > INT64_MAX:
+                    raise CountOverflowError(
+                        f"sqlite: {self.path}: window {name!r}[{key!r}] would leave int64", []
+                    )
+            conn.execute(
+                "INSERT INTO windows(name, key, count, expires_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name, key) DO UPDATE SET count = excluded.count, "
+                "expires_ms = excluded.expires_ms",
+                (name, key, count, expires),
+            )
+            return count, expires / 1000
+
+        out: tuple[int, float] = self._write(body)
+        return out
+
+    def window_get(self, name: str, key: str) -> tuple[int, float]:
+        def body(conn: sqlite3.Connection) -> tuple[int, float]:
+            now = time.time_ns() // 1_000_000
+            try:
+                row = conn.execute(
+                    "SELECT count, expires_ms FROM windows WHERE name = ? AND key = ?",
+                    (name, key),
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                row = None
+            if row is None or int(row[1]) <= now:
+                return 0, now / 1000
+            return int(row[0]), int(row[1]) / 1000
+
+        out: tuple[int, float] = self._read_tx(body)
+        return out
+
+    def window_clear(self, name: str, key: str) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            for stmt in LIMIT_TABLES:
+                conn.execute(stmt)
+            conn.execute("DELETE FROM windows WHERE name = ? AND key = ?", (name, key))
+
+        self._write(body)
+
     def close(self) -> None:
         with self._wlock:
             self._drop_writer()
+
+
+def _spec(kind: Any, window_ns: Any, res_ns: Any) -> RateSpec:
+    return RateSpec("keyed_rate" if kind == "keyed_rate" else "rate", int(window_ns), int(res_ns))
+
+
+def _rate_row(conn: sqlite3.Connection, name: str) -> RateSpec | None:
+    """The spec of rate ``name`` (None: not a rate, or no rates table yet)."""
+    try:
+        row = conn.execute(
+            "SELECT kind, window_ns, res_ns FROM rates WHERE name = ?", (name,)
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if row is None else _spec(*row)
 
 
 def _quote(path: str) -> str:

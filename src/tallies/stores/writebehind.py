@@ -193,7 +193,7 @@ from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from ..keyed import KeyedCounter
-from . import _signals
+from . import _signals, _wbrates
 from ._keyed import StoreKeyedMixin
 from ._params import Param, parse
 from ._protocol import (
@@ -205,6 +205,7 @@ from ._protocol import (
     Batch,
     Kind,
     Query,
+    RateKind,
     Read,
     Target,
 )
@@ -273,6 +274,24 @@ def _rebuild(url: str, name: str, kind: Kind) -> Any:
     else:  # pragma: no cover - write-behind counters come from write-behind stores
         store = cls.open_url(parsed)
     return store.counter(name) if kind == "counter" else store.keyed(name)
+
+
+def _rebuild_rate(url: str, name: str, kind: str, window: float, resolution: float) -> Any:
+    """Unpickling a rate or keyed rate: as ``_rebuild``."""
+    from . import _store_class, parse_url
+
+    parsed = parse_url(url)
+    cls = _store_class(parsed)
+    if issubclass(cls, WriteBehindStore):
+        store: Any = cls._attach(parsed, create=True, owned=False)
+    else:  # pragma: no cover - write-behind rates come from write-behind stores
+        store = cls.open_url(parsed)
+    if kind == "rate":
+        return store.rate(name, window, resolution)
+    return store.keyed_rate(name, window, resolution)
+
+
+_wbrates.rebuild_rate = _rebuild_rate  # the rates' __reduce__ (no import back)
 
 
 class BufferedCounter(Protocol):
@@ -658,6 +677,11 @@ class WriteBehind:
         self._registered: set[str] = set()
         self._held_c: dict[str, int] = {}
         self._held_k: dict[str, dict[str, int]] = {}
+        # rates (see _wbrates.py): objects by name, held bucket deltas
+        self._rates: dict[str, Any] = {}
+        self._held_r: dict[str, dict[int, int]] = {}
+        self._held_kr: dict[str, dict[str, dict[int, int]]] = {}
+        self._limiters: dict[str, Any] = {}  # _limiter.LeaseLimiter by name
         self._clashed: dict[str, tuple[Kind, str]] = {}  # name -> (our kind, the message)
         self._aside_c: dict[str, int] = {}
         self._aside_k: dict[str, dict[str, int]] = {}
@@ -692,6 +716,14 @@ class WriteBehind:
             raise ValueError(f"the store {self.shown!r} is closed")
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
+        r = self._rates.get(name)
+        rk = r.spec.kind if r is not None else None
+        if rk is None and hasattr(self._be(), "rate_spec"):
+            spec = self._be().rate_spec(name)  # type: ignore[attr-defined]
+            rk = spec.kind if spec is not None else None
+        if rk is not None:
+            what = "a rate" if rk == "rate" else "a keyed rate"
+            raise ValueError(f"{name!r} is {what} in {self.shown}")
         have = self._kinds.get(name) or self._be().kind_of(name)
         if have is not None and have != kind:
             what = "a counter" if have == "counter" else "a keyed counter"
@@ -725,12 +757,91 @@ class WriteBehind:
                 self._kinds[name] = kind
         return obj
 
+    def rate(self, name: str, kind: RateKind, window: object, resolution: object) -> Any:
+        """The rate (or keyed rate) called ``name`` (see ``_wbrates.py``)."""
+        r = self._rates.get(name)
+        if r is None:
+            self._check_open()
+            counter_name(name)
+            r = _wbrates.open_rate(self, name, kind, window, resolution)
+        return _wbrates.check_same(self, r, kind, window, resolution)
+
+    def rate_read(self, rate: Any, lo: int, hi: int) -> tuple[int, int]:
+        """(events in buckets lo..hi, total) of a plain rate: stored + pending."""
+        q = _wbrates.query(rate, lo, hi)
+
+        def local(r: Read) -> tuple[int, int]:
+            total, stored = _wbrates.stored(r, rate.name)
+            buckets = dict(stored.get("", {}))
+            pend = _wbrates.pending_plain(self, rate, r.seq)
+            _wbrates.add_buckets(buckets, pend)
+            return _wbrates.sum_buckets(buckets, lo, hi), total + sum(pend.values())
+
+        out: tuple[int, int] = self._read(Query(rates=(q,)), local)
+        return out
+
+    def keyed_rate_read(self, rate: Any, lo: int, hi: int, key: str | None) -> dict[str, int]:
+        """Every key's (or ``key``'s) events in buckets lo..hi: stored + pending."""
+        q = _wbrates.query(rate, lo, hi, key)
+
+        def local(r: Read) -> dict[str, int]:
+            _, stored = _wbrates.stored(r, rate.name)
+            merged = {k: dict(b) for k, b in stored.items()}
+            for k, b in _wbrates.pending_keyed(self, rate, r.seq).items():
+                if key is None or k == key:
+                    _wbrates.add_buckets(merged.setdefault(k, {}), b)
+            return {k: _wbrates.sum_buckets(b, lo, hi) for k, b in sorted(merged.items())}
+
+        out: dict[str, int] = self._read(Query(rates=(q,)), local)
+        return out
+
+    def rate_write_through(self, update: Callable[[], None]) -> None:
+        """A rate update of a write-through store: add, then flush, under the
+        flush lock (FlushError: the delta stays queued, written once later)."""
+        with self._flush_lock:
+            update()
+            self._flush_locked()
+
+    def rate_take(self, rate: Any) -> int:
+        v = self.take(Target("rate", rate.name))
+        assert isinstance(v, int)
+        return v
+
+    def limiter(self, name: str, limit: int, per: float, resolution: float | None) -> Any:
+        """The limiter called ``name`` (leases: see ``_limiter.py``)."""
+        from ._limiter import LeaseLimiter, limit_spec
+
+        self._check_open()
+        be = self._be()
+        if not hasattr(be, "limit_acquire"):
+            from .base import LimitersUnsupportedError
+
+            raise LimitersUnsupportedError(f"{self.shown}: this store has no limiters")
+        min_res = int(getattr(be, "LIMITER_RESOLUTION_NS", 1_000_000))
+        spec = limit_spec(name, limit, per, resolution, min_res, self.shown)
+        lim = self._limiters.get(spec.name)
+        if lim is None:
+            stored = be.register_limiter(spec)  # type: ignore[attr-defined]
+            if stored != spec:
+                have = LeaseLimiter(stored, self._be, self.shown)
+                have.close()
+                raise ValueError(f"{spec.name!r} is {have!r} in {self.shown}, not as asked")
+            with self._state:
+                lim = self._limiters.get(spec.name)
+                if lim is None:
+                    lim = self._limiters[spec.name] = LeaseLimiter(spec, self._be, self.shown)
+        if lim.spec != spec:
+            raise ValueError(f"{spec.name!r} is {lim!r} in {self.shown}, not as asked")
+        return lim
+
     def names(self) -> list[str]:
         """Every name: registered in the backend, and this process's own (sorted)."""
         self._check_open()
         out = {n for n, _ in self._be().names()}
+        out.update(_wbrates.stored_rate_specs(self))
         with self._state:
             out.update(n for n in self._kinds if n not in self._clashed)
+            out.update(self._rates)
         return sorted(out)
 
     # -- the backend connection -------------------------------------------------
@@ -821,10 +932,12 @@ class WriteBehind:
                 for n, k in self._kinds.items()
                 if n not in self._registered and n not in self._clashed
             }
-            if not (counters or keyed or names):
+            rates, keyed_rates, specs = _wbrates.drain(self)
+            if not (counters or keyed or names or rates or keyed_rates):
                 return None
             self._seq += 1
             batch = Batch(self._seq, counters, keyed, names)
+            batch.rates, batch.keyed_rates, batch.rate_specs = rates, keyed_rates, specs
             self._inflight = batch
             return batch
 
@@ -867,6 +980,7 @@ class WriteBehind:
         """Move the deltas named in ``bad`` to the held maps (caller holds
         _state); return the rest of the batch (same seq), or None if empty."""
         rest = Batch(batch.seq, names=dict(batch.names))
+        _wbrates.hold(self, batch, rest, bad)
         for name, d in batch.counters.items():
             if (name, None) in bad:
                 _add_into(self._held_c, {name: d})
@@ -913,6 +1027,8 @@ class WriteBehind:
         rest = Batch(batch.seq, names={n: k for n, k in batch.names.items() if n not in names})
         rest.counters = {n: d for n, d in batch.counters.items() if n not in names}
         rest.keyed = {n: m for n, m in batch.keyed.items() if n not in names}
+        rest.rates, rest.keyed_rates = batch.rates, batch.keyed_rates
+        rest.rate_specs = batch.rate_specs
         if not (rest.has_deltas() or rest.names):
             return None
         return rest
@@ -949,6 +1065,7 @@ class WriteBehind:
                 _add_into(self._held_c, batch.counters)
                 for name, m in batch.keyed.items():
                     _add_into(self._held_k.setdefault(name, {}), m)
+                _wbrates.hold_all(self, batch)
         return []
 
     # -- write-through -------------------------------------------------------------
@@ -1033,6 +1150,8 @@ class WriteBehind:
                     d = (c._take() if c is not None else 0) + self._held_c.pop(name, 0)
                     if d:
                         batch.counters[name] = d
+                elif target.kind == "rate":
+                    _wbrates.take_pending(self, batch, name)
                 else:
                     kc = self._keyed.get(name)
                     held = self._held_k.get(name, {})
@@ -1077,6 +1196,8 @@ class WriteBehind:
         if target.kind == "keyed":
             assert target.key is not None
             return stored + batch.keyed.get(name, {}).get(target.key, 0)
+        if target.kind == "rate":
+            return stored + sum(batch.rates.get(name, {}).values())
         return stored + batch.counters.get(name, 0)
 
     # -- reads -----------------------------------------------------------------------
@@ -1196,6 +1317,7 @@ class WriteBehind:
             }
 
         snap: Snapshot = self._read(Query(counters=None, keyed=None), local)
+        _wbrates.snapshot(self, snap)
         return snap
 
     def pending(self) -> dict[str, Any]:
@@ -1206,12 +1328,22 @@ class WriteBehind:
                 "writer_id": self.writer_id,
                 "seq": self._seq,
                 "in_flight": self._inflight.describe() if self._inflight else None,
-                "held": {"counters": dict(self._held_c), "keyed": dict(self._held_k)},
+                "held": self._held_report(),
                 "set_aside": {
                     "counters": dict(self._aside_c),
                     "keyed": {n: dict(m) for n, m in self._aside_k.items()},
                 },
             }
+
+    def _held_report(self) -> dict[str, Any]:
+        held: dict[str, Any] = {"counters": dict(self._held_c), "keyed": dict(self._held_k)}
+        if self._held_r:  # rates' sections only when a rate holds something
+            held["rates"] = {n: dict(m) for n, m in self._held_r.items()}
+        if self._held_kr:
+            held["keyed_rates"] = {
+                n: {k: dict(b) for k, b in m.items()} for n, m in self._held_kr.items()
+            }
+        return held
 
     # -- the flusher -------------------------------------------------------------
 
@@ -1255,6 +1387,8 @@ class WriteBehind:
         ``close()`` or ``flush()``, and at exit)."""
         if self._closed:
             return
+        for lim in list(self._limiters.values()):
+            lim.close()  # gives unused leases back while the backend is there
         with self._state:
             self._closing = True
             for c in self._counters.values():
@@ -1262,6 +1396,8 @@ class WriteBehind:
             for kc in self._keyed.values():
                 kc._closed = True
                 kc._known = frozenset()
+            for r in self._rates.values():
+                r._close()
         self.flush()  # raises on failure: the flusher keeps retrying
         self._closed = True
         self._stop.set()
@@ -1286,8 +1422,12 @@ class WriteBehind:
             c._take()  # the parent's pending deltas: the parent flushes them
         for kc in self._keyed.values():
             kc._cells._nonzero(True)
+        for r in self._rates.values():
+            r._forked()
         self._held_c = {}
         self._held_k = {}
+        self._held_r = {}
+        self._held_kr = {}
         self._aside_c = {}
         self._aside_k = {}
         self._inflight = None
@@ -1404,6 +1544,31 @@ class WriteBehindStore(Store):
         """The keyed counter called ``name`` (str keys)."""
         self._check_open()
         return self._wb.keyed(counter_name(name))
+
+    def rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> Any:
+        """The rate called ``name``: every writer's events in the last
+        ``window`` seconds, in wall-clock buckets of ``resolution`` (fixed by
+        its first use in the store; see ``tallies.stores._wbrates``)."""
+        self._check_open()
+        return self._wb.rate(counter_name(name), "rate", window, resolution)
+
+    def keyed_rate(self, name: str, window: float = 60.0, resolution: float = 1.0) -> Any:
+        """The keyed rate called ``name`` (str keys)."""
+        self._check_open()
+        return self._wb.rate(counter_name(name), "keyed_rate", window, resolution)
+
+    def limiter(self, name: str, limit: int, per: float, *, resolution: float | None = None) -> Any:
+        """The limiter called ``name``: at most ``limit`` units in any ``per``
+        seconds across every writer of the store, decided locally from
+        leases (see ``tallies.stores._limiter``)."""
+        self._check_open()
+        return self._wb.limiter(name, limit, per, resolution)
+
+    def _fixed_windows(self, name: str) -> Any:
+        from ._limiter import BackendWindows
+
+        self._check_open()
+        return BackendWindows(self._wb._be, counter_name(name), self._wb.shown)
 
     def names(self) -> list[str]:
         """Every name in the store and this process's own, sorted."""

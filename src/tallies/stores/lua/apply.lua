@@ -16,6 +16,7 @@ if ttl < 1 then return redis.error_reply('TALLIES bad call: ttl') end
 -- arrays, not a table per op: allocation is what a script pays most for
 local ckeys, cdeltas = {}, {}          -- counters: key, delta
 local hkeys, hfields, hbase = {}, {}, {}  -- keyed: key, its fields, ARGV index
+local hexp = {}  -- 'e' (a rate bucket): its PEXPIREAT time in ms, else false
 local seen = {}
 local a = 4
 local nargv = #ARGV
@@ -30,7 +31,13 @@ for i = 2, #KEYS do
     ckeys[#ckeys + 1] = key
     cdeltas[#cdeltas + 1] = d
     a = a + 2
-  elseif kind == 'h' then
+  elseif kind == 'h' or kind == 'e' then
+    local at = false
+    if kind == 'e' then
+      at = ARGV[a + 1]
+      if not small(at, 15) then return redis.error_reply('TALLIES bad call: expiry') end
+      a = a + 1
+    end
     local n_s = ARGV[a + 1]
     if not small(n_s, 9) then return redis.error_reply('TALLIES bad call: field count') end
     local n = tonumber(n_s)
@@ -49,6 +56,7 @@ for i = 2, #KEYS do
     hkeys[#hkeys + 1] = key
     hfields[#hfields + 1] = fields
     hbase[#hbase + 1] = a + 1
+    hexp[#hexp + 1] = at
     a = a + 2 + 2 * n
   else
     return redis.error_reply('TALLIES bad call: op kind')
@@ -120,6 +128,7 @@ for i = 1, #hkeys do
   for j = 1, #fields do
     redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j])
   end
+  if hexp[i] then redis.call('PEXPIREAT', key, hexp[i]) end
 end
 for j = 1, #ckeys do
   redis.call('INCRBY', ckeys[j], cdeltas[j])

@@ -5,6 +5,8 @@
 -- 'h': take a whole keyed counter (returns the flat HGETALL array; every
 -- field stays, at 0), 'f': take one field of a keyed counter (returns its
 -- value; the field stays at 0 if it was there),
+-- 'q': take a rate (KEYS[1] its meta hash, KEYS[3..] its bucket keys):
+-- returns its total, zeroes it and deletes the buckets,
 -- 'x': fence: 1 if take seq happened, else record seq so that it never can.
 -- The record is "SEQ:RESULT" ("SEQ:!" once fenced); a take is refused when
 -- the record is newer, and a retry with the recorded seq returns the recorded
@@ -47,6 +49,17 @@ if mode == 'c' then
   result = redis.call('GET', key) or '0'
   if not canon(result) then return redis.error_reply('TALLIES not an integer: ' .. key) end
   body = result
+elseif mode == 'q' then
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t .. ', not a rate')
+  end
+  result = redis.call('HGET', key, 't') or '0'
+  if not canon(result) then return redis.error_reply('TALLIES not an integer: ' .. key) end
+  body = result
+  if t ~= 'none' then redis.call('HSET', key, 't', '0') end
+  for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+  redis.call('SET', KEYS[2], seq_s .. ':' .. body, 'PX', ttl)
+  return result
 elseif mode == 'h' or mode == 'f' then
   if t ~= 'none' and t ~= 'hash' then
     return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' .. t ..
