@@ -43,7 +43,10 @@ def test_every_tallies_scheme_is_registered_with_limits() -> None:
         tallies.limits.TalliesStorage("tallies+nope://x")
 
 
-@pytest.fixture(params=[s for s in STORES if "write-through" not in s])
+# postgresql:// has no limiters yet: the contract checks that it refuses them.
+@pytest.fixture(
+    params=[s for s in STORES if "write-through" not in s and not s.startswith("postgres")]
+)
 def storage_uri(request: pytest.FixtureRequest) -> str:
     return "tallies+" + STORES[request.param](request)
 
