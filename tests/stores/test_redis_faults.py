@@ -188,7 +188,12 @@ def test_redis_stopped_under_load_then_back(aof_server: RedisServer) -> None:
         assert _deltas(first["in_flight"]) <= 8  # "load" and the 7 keys of "load_k"
         # (measured: under 200 bytes after 400 failed flushes; a copy of
         # the 8 deltas kept per failure is over 100 kB)
-        assert grown < 8192, f"{grown} bytes more after {failed - 100} failed flushes"
+        # 3.14 and 3.15 keep about 8 kB more once, whatever the number of
+        # failures (8,216 B after 678, 8,424 B after 1,499): what must not be is
+        # growth per failure (a leaked int per flush is 28 B, a copy of the batch
+        # over 250 B).
+        n = failed - 100
+        assert grown < max(12288, 16 * n), f"{grown} bytes more after {n} failed flushes"
         assert not errors
         assert store.counter("load")._pending() > counted_before
     finally:
