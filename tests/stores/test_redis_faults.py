@@ -186,14 +186,13 @@ def test_redis_stopped_under_load_then_back(aof_server: RedisServer) -> None:
             tracemalloc.stop()
         assert first["in_flight"] is not None
         assert _deltas(first["in_flight"]) <= 8  # "load" and the 7 keys of "load_k"
-        # (measured: under 200 bytes after 400 failed flushes; a copy of
-        # the 8 deltas kept per failure is over 100 kB)
-        # 3.14 and 3.15 keep about 8 kB more once, whatever the number of
-        # failures (8,216 B after 678, 8,424 B after 1,499): what must not be is
-        # growth per failure (a leaked int per flush is 28 B, a copy of the batch
-        # over 250 B).
+        # Measured: 3.11 under 200 B; 3.14 and 3.15 about 8 kB more once,
+        # whatever the count (8,216 B after 678 failures, 8,424 B after 1,499);
+        # 3.13t 13.9-16.3 kB, not growing with the count (16,285 B after 390,
+        # 13,858 B after 458).  What must not be is growth per failure: a copy of
+        # the batch per failure is over 250 B each.
         n = failed - 100
-        assert grown < max(12288, 16 * n), f"{grown} bytes more after {n} failed flushes"
+        assert grown < max(24576, 16 * n), f"{grown} bytes more after {n} failed flushes"
         assert not errors
         assert store.counter("load")._pending() > counted_before
     finally:
