@@ -7,14 +7,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from _contract import another_writer, facts, need_rates_and_limiters
+from _contract import another_writer, facts
 
 import tallies
-
-
-@pytest.fixture(autouse=True)
-def _stores_with_rates_and_limiters(store_url: str) -> None:
-    need_rates_and_limiters(store_url)
 
 
 def test_admits_up_to_the_limit_then_refuses(store_url: str) -> None:

@@ -64,6 +64,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._common import INT64_MAX
@@ -392,6 +393,63 @@ class LimitBackend(Protocol):
 
     def window_clear(self, name: str, key: str) -> None:
         """Forget a fixed window."""
+
+
+@dataclass(frozen=True)
+class SlotSQL:
+    """A backend's statements on its table of limiter slots (positional
+    parameters, SQLite's ``?`` or psycopg's ``%s``)."""
+
+    give_back: str  # (units, name, key, slot): subtract, not below 0
+    prune: str  # (name, key, lo): delete the slots before lo
+    window: str  # (name, key, lo) -> (units in slots lo.., oldest slot holding units)
+    add: str  # (name, key, slot, units, expires_ns): add, creating the slot
+
+
+class SqlSlots:
+    """One key's slots, in the caller's transaction (SQLite and PostgreSQL)."""
+
+    def __init__(self, conn: Any, sql: SlotSQL, name: str, key: str) -> None:
+        self.conn, self.sql, self.name, self.key = conn, sql, name, key
+
+    def give_back(self, slot: int, units: int) -> None:
+        self.conn.execute(self.sql.give_back, (units, self.name, self.key, slot))
+
+    def prune(self, lo: int) -> None:
+        self.conn.execute(self.sql.prune, (self.name, self.key, lo))
+
+    def window(self, lo: int) -> tuple[int, int | None]:
+        row = self.conn.execute(self.sql.window, (self.name, self.key, lo)).fetchone()
+        return int(row[0]), (int(row[1]) if row[1] is not None else None)
+
+    def add(self, slot: int, units: int, expires_ns: int) -> None:
+        self.conn.execute(self.sql.add, (self.name, self.key, slot, units, expires_ns))
+
+
+def acquire(
+    spec: LimitSpec,
+    now_ns: int,
+    need: int,
+    want: int,
+    give_back: tuple[int, int] | None,
+    table: SqlSlots,
+) -> Grant:
+    """:meth:`LimitBackend.limit_acquire` over a table of slots, the caller
+    holding the key's lock (an SQLite write transaction, a PostgreSQL
+    advisory lock) and ``now_ns`` read from the backend's clock."""
+    s = now_ns // spec.res_ns
+    lo = s - spec.buckets
+    if give_back is not None and give_back[0] >= lo and give_back[1] > 0:
+        table.give_back(*give_back)
+    table.prune(lo)
+    used, oldest = table.window(lo)
+    g = 0
+    if need > 0 and used + need <= spec.limit:
+        g = min(max(want, need), max(need, (spec.limit - used) // 2))
+        table.add(s, g, (s + spec.buckets + 1) * spec.res_ns)
+        used += g
+        oldest = s if oldest is None else min(oldest, s)
+    return Grant(g, used, s, now_ns, oldest)
 
 
 class _LeaseMethods(_Spec):

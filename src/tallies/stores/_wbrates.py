@@ -352,6 +352,52 @@ def stored(read: Read, name: str) -> tuple[int, dict[str, dict[int, int]]]:
     return read.rates.get(name, (0, {}))
 
 
+# ---- what a backend's flush of rates shares (SQLite, PostgreSQL) ------------------
+
+
+def bucket_rows(batch: Any) -> list[tuple[str, int, str, int]]:
+    """Every bucket delta of ``batch`` as ``(name, slot, key, delta)``, sorted
+    (a plain rate's key is ``""``): the rows a backend adds, in its lock order."""
+    rows = [(name, slot, "", d) for name, m in batch.rates.items() for slot, d in m.items()]
+    for name, km in batch.keyed_rates.items():
+        rows += [(name, slot, k, d) for k, m in km.items() for slot, d in m.items()]
+    rows.sort()
+    return rows
+
+
+def total_rows(batch: Any) -> list[tuple[str, int]]:
+    """``(name, delta of its total)`` of every plain rate of ``batch``, sorted."""
+    return sorted((name, sum(m.values())) for name, m in batch.rates.items())
+
+
+def prune_below(batch: Any) -> list[tuple[str, int]]:
+    """``(name, slot)``: each written rate's buckets before ``slot`` (two
+    windows before its newest bucket in the batch) may be deleted."""
+    out: list[tuple[str, int]] = []
+    for name in sorted(batch.rates.keys() | batch.keyed_rates.keys()):
+        spec = batch.rate_specs.get(name)
+        if spec is None:
+            continue
+        slots = list(batch.rates.get(name, {}))
+        for m in batch.keyed_rates.get(name, {}).values():
+            slots += list(m)
+        out.append((name, max(slots) - 2 * spec.nb))
+    return out
+
+
+def overflow(bad: list[tuple[str, str | None]], where: str) -> Exception:
+    """The CountOverflowError of a flush that would move rate buckets or
+    totals (``bad``: ``(name, key or None)``) outside int64."""
+    from .base import CountOverflowError
+
+    bad = list(dict.fromkeys(bad))
+    return CountOverflowError(
+        f"{where}adding the pending delta would move rate {bad[0][0]!r} outside the signed "
+        "64-bit range; nothing of this flush was applied",
+        bad,
+    )
+
+
 # ---- what the write-behind calls (see its methods rate, rate_read, ...) -----------
 
 

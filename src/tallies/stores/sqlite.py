@@ -105,6 +105,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ._limiter import SlotSQL, SqlSlots, acquire
 from ._params import FLUSH, choice, seconds
 from ._protocol import (
     INT64_MAX,
@@ -119,6 +120,7 @@ from ._protocol import (
     Read,
     Target,
 )
+from ._wbrates import bucket_rows, overflow, prune_below, total_rows
 from .base import (
     CorruptSegmentError,
     CountOverflowError,
@@ -174,6 +176,16 @@ LIMIT_TABLES = (
     "CREATE TABLE IF NOT EXISTS windows(name TEXT NOT NULL, key TEXT NOT NULL,"
     " count INTEGER NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY(name, key)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS windows_expiry ON windows(expires_ms)",
+)
+
+SLOTS = SlotSQL(
+    give_back="UPDATE limiter_slots SET units = MAX(0, units - ?) "
+    "WHERE name = ? AND key = ? AND slot = ?",
+    prune="DELETE FROM limiter_slots WHERE name = ? AND key = ? AND slot < ?",
+    window="SELECT COALESCE(SUM(units), 0), MIN(slot) FROM limiter_slots "
+    "WHERE name = ? AND key = ? AND slot >= ? AND units > 0",
+    add="INSERT INTO limiter_slots(name, key, slot, units, expires_ns) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(name, key, slot) DO UPDATE SET units = units + excluded.units",
 )
 
 # The sum value + d stays in int64 (both sides computed without overflow).
@@ -874,11 +886,7 @@ class SqliteBackend:
         for stmt in RATE_TABLES:
             conn.execute(stmt)
         bad: list[tuple[str, str | None]] = []
-        rows: list[tuple[str, int, str, int]] = []
-        for name, m in batch.rates.items():
-            rows += [(name, slot, "", d) for slot, d in m.items()]
-        for name, km in batch.keyed_rates.items():
-            rows += [(name, slot, k, d) for k, m in km.items() for slot, d in m.items()]
+        rows = bucket_rows(batch)
         for name, slot, key, d in rows:
             row = conn.execute(
                 "SELECT value FROM rate_buckets WHERE name = ? AND slot = ? AND key = ?",
@@ -887,37 +895,22 @@ class SqliteBackend:
             v = (int(row[0]) if row else 0) + d
             if not INT64_MIN <= v <= INT64_MAX:
                 bad.append((name, key or None))
-        for name, m in batch.rates.items():
+        totals = total_rows(batch)
+        for name, d in totals:
             row = conn.execute("SELECT total FROM rates WHERE name = ?", (name,)).fetchone()
-            if not INT64_MIN <= (int(row[0]) if row else 0) + sum(m.values()) <= INT64_MAX:
+            if not INT64_MIN <= (int(row[0]) if row else 0) + d <= INT64_MAX:
                 bad.append((name, None))
         if bad:
-            bad = list(dict.fromkeys(bad))
-            raise CountOverflowError(
-                f"adding the pending delta would move rate {bad[0][0]!r} outside the signed "
-                "64-bit range; nothing of this flush was applied",
-                bad,
-            )
+            raise overflow(bad, "")
         conn.executemany(
             "INSERT INTO rate_buckets(name, slot, key, value) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(name, slot, key) DO UPDATE SET value = value + excluded.value",
             rows,
         )
         conn.executemany(
-            "UPDATE rates SET total = total + ? WHERE name = ?",
-            [(sum(m.values()), name) for name, m in batch.rates.items()],
+            "UPDATE rates SET total = total + ? WHERE name = ?", [(d, n) for n, d in totals]
         )
-        for name in batch.rates.keys() | batch.keyed_rates.keys():
-            spec = batch.rate_specs.get(name)
-            if spec is None:
-                continue
-            slots = list(batch.rates.get(name, {}))
-            for m in batch.keyed_rates.get(name, {}).values():
-                slots += list(m)
-            conn.execute(
-                "DELETE FROM rate_buckets WHERE name = ? AND slot < ?",
-                (name, max(slots) - 2 * spec.nb),
-            )
+        conn.executemany("DELETE FROM rate_buckets WHERE name = ? AND slot < ?", prune_below(batch))
 
     @staticmethod
     def _take_rate(conn: sqlite3.Connection, name: str) -> int:
@@ -981,12 +974,7 @@ class SqliteBackend:
     def _window_of(
         conn: sqlite3.Connection, spec: LimitSpec, key: str, s: int
     ) -> tuple[int, int | None]:
-        row = conn.execute(
-            "SELECT COALESCE(SUM(units), 0), MIN(slot) FROM limiter_slots "
-            "WHERE name = ? AND key = ? AND slot >= ? AND units > 0",
-            (spec.name, key, s - spec.buckets),
-        ).fetchone()
-        return int(row[0]), (int(row[1]) if row[1] is not None else None)
+        return SqlSlots(conn, SLOTS, spec.name, key).window(s - spec.buckets)
 
     def limit_acquire(
         self, spec: LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
@@ -998,35 +986,12 @@ class SqliteBackend:
             for stmt in LIMIT_TABLES:
                 conn.execute(stmt)
             now = time.time_ns()
-            s = now // spec.res_ns
-            lo = s - spec.buckets
-            if give_back is not None and give_back[0] >= lo and give_back[1] > 0:
-                conn.execute(
-                    "UPDATE limiter_slots SET units = MAX(0, units - ?) "
-                    "WHERE name = ? AND key = ? AND slot = ?",
-                    (give_back[1], spec.name, key, give_back[0]),
-                )
-            conn.execute(
-                "DELETE FROM limiter_slots WHERE name = ? AND key = ? AND slot < ?",
-                (spec.name, key, lo),
-            )
-            used, oldest = self._window_of(conn, spec, key, s)
-            g = 0
-            if need > 0 and used + need <= spec.limit:
-                g = min(max(want, need), max(need, (spec.limit - used) // 2))
-                conn.execute(
-                    "INSERT INTO limiter_slots(name, key, slot, units, expires_ns) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(name, key, slot) "
-                    "DO UPDATE SET units = units + excluded.units",
-                    (spec.name, key, s, g, (s + spec.buckets + 1) * spec.res_ns),
-                )
-                used += g
-                oldest = s if oldest is None else min(oldest, s)
+            grant = acquire(spec, now, need, want, give_back, SqlSlots(conn, SLOTS, spec.name, key))
             if now - self._limits_pruned > PRUNE_EVERY * 1e9:
                 conn.execute("DELETE FROM limiter_slots WHERE expires_ns < ?", (now,))
                 conn.execute("DELETE FROM windows WHERE expires_ms < ?", (now // 1_000_000,))
                 self._limits_pruned = now
-            return Grant(g, used, s, now, oldest)
+            return grant
 
         out: Grant = self._write(body)
         return out
