@@ -75,7 +75,7 @@ def test_counts_are_plain_rows_that_sql_reads(
         ]
         assert dict(rows(postgres_server, f"SELECT * FROM {schema}.tallies_meta")) == {
             "magic": "tallies",
-            "schema": "1",
+            "schema": "2",
         }
         ((writer, seq),) = rows(postgres_server, f"SELECT writer_id, seq FROM {schema}.writers")
         assert writer == store.writer_id and seq >= 1
@@ -268,8 +268,8 @@ def test_a_foreign_or_newer_schema_is_refused_and_nothing_is_written(
 
     other = unique_schema()
     tallies.open(postgres_server.url(schema=other)).close()
-    postgres_server.sql(f"UPDATE {other}.tallies_meta SET value = '2' WHERE key = 'schema'")
-    with pytest.raises(CorruptStoreError, match="version 2, newer than this tallies"):
+    postgres_server.sql(f"UPDATE {other}.tallies_meta SET value = '3' WHERE key = 'schema'")
+    with pytest.raises(CorruptStoreError, match="version 3, newer than this tallies"):
         tallies.open(postgres_server.url(schema=other))
 
 
