@@ -31,19 +31,22 @@ shared cell per key in the segment that every process on the machine maps,
 not one per process, since a sum of per-process parts cannot be checked
 and added atomically).  Slots follow the machine's monotonic clock.
 
-Write-behind stores (``sqlite://``, ``redis://``, any later one): leases.
-A writer asks the backend, in one atomic call (one round trip; a Lua script
-on Redis, a ``BEGIN IMMEDIATE`` transaction on SQLite), to reserve units in
+Write-behind stores (``sqlite://``, ``redis://``, ``postgresql://``, any
+later one): leases.  A writer asks the backend, in one atomic call (a Lua
+script on Redis: one round trip; a ``BEGIN IMMEDIATE`` transaction on
+SQLite; on PostgreSQL a short transaction under an advisory lock on the
+limiter's key; the two SQL stores share :func:`acquire`), to reserve units in
 the backend's current slot: the backend grants them only while the window
 stays within ``limit`` (at most half of what is left, so that writers share
 what remains; the grant grows, doubling, while a writer uses its leases up),
 and counts them as used at once.  The writer then admits hits from its lease
 locally, with no I/O, until the lease is spent or its slot ends; the next
-call gives the unused rest back in the same round trip.  Slots follow the
+call gives the unused rest back in the same call.  Slots follow the
 *backend's* clock (Redis ``TIME``; on SQLite the machine's wall clock, which
-every process on that machine shares), and a lease ends locally before its
-slot ends by the backend's clock (its deadline is measured from the moment
-the request was sent), so writers' clock skew does not matter.
+every process on that machine shares; PostgreSQL's ``clock_timestamp()``),
+and a lease ends locally before its slot ends by the backend's clock (its
+deadline is measured from the moment the request was sent), so writers'
+clock skew does not matter.
 
 A writer that dies holding a lease keeps its unused units counted until
 their slot leaves the window: at most ``per + resolution`` seconds during

@@ -27,19 +27,10 @@ from psycopg import sql
 
 from . import _signals
 from ._limiter import SlotSQL, SqlSlots, acquire
-from ._protocol import (
-    INT64_MAX,
-    INT64_MIN,
-    PRUNE_AFTER,
-    Batch,
-    Grant,
-    Kind,
-    LimitSpec,
-    Query,
-    RateSpec,
-    Read,
-    Target,
-)
+from ._protocol import INT64_MAX, INT64_MIN, PRUNE_AFTER, Batch, Kind, Query, Read, Target
+from ._protocol import Grant as _Grant
+from ._protocol import LimitSpec as _LimitSpec
+from ._protocol import RateSpec as _RateSpec
 from ._wbrates import bucket_rows, overflow, prune_below, total_rows
 from .base import (
     CorruptStoreError,
@@ -1014,7 +1005,7 @@ class PostgresBackend:
     # buckets older than two windows, skipping rows that another transaction
     # holds (never waiting for them: the next flush deletes them).
 
-    def rate_specs(self) -> dict[str, RateSpec]:
+    def rate_specs(self) -> dict[str, _RateSpec]:
         """Every rate in the schema, by name."""
         if self._version < 2:
             return {}
@@ -1023,7 +1014,7 @@ class PostgresBackend:
         )
         return {str(n): _rate_spec(k, w, r) for n, k, w, r in rows}
 
-    def rate_spec(self, name: str) -> RateSpec | None:
+    def rate_spec(self, name: str) -> _RateSpec | None:
         """The spec of rate ``name``, None when it is not a rate."""
         if self._version < 2:
             return None
@@ -1032,7 +1023,7 @@ class PostgresBackend:
         )
         return None if row is None else _rate_spec(*row)
 
-    def register_rate(self, name: str, spec: RateSpec) -> RateSpec:
+    def register_rate(self, name: str, spec: _RateSpec) -> _RateSpec:
         """Record rate ``name`` with ``spec`` unless it is recorded; return the
         recorded spec.  ValueError if ``name`` is a counter or keyed counter."""
         self._need_v2()
@@ -1146,7 +1137,7 @@ class PostgresBackend:
 
     LIMITER_RESOLUTION_NS = 1_000_000
 
-    def register_limiter(self, spec: LimitSpec) -> LimitSpec:
+    def register_limiter(self, spec: _LimitSpec) -> _LimitSpec:
         self._need_v2()
         args = (spec.name, spec.limit, spec.per_ns, spec.res_ns, spec.buckets, spec.name)
         row = self._call(
@@ -1155,9 +1146,9 @@ class PostgresBackend:
             f"limiter {spec.name!r}",
             retry=True,
         )
-        return LimitSpec(spec.name, int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+        return _LimitSpec(spec.name, int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
-    def _limit_tx(self, spec: LimitSpec, key: str, step: Callable[[Any, int], _T]) -> _T:
+    def _limit_tx(self, spec: _LimitSpec, key: str, step: Callable[[Any, int], _T]) -> _T:
         """``step(conn, now_ns)`` in a transaction holding (limiter, key)'s lock."""
         self._need_v2()
         ls, lock = self._limit_sql, f"tallies limiter {self.schema} {spec.name}"
@@ -1169,8 +1160,8 @@ class PostgresBackend:
         return self._call("w", body, f"limiter {spec.name!r}")
 
     def limit_acquire(
-        self, spec: LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
-    ) -> Grant:
+        self, spec: _LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
+    ) -> _Grant:
         """One transaction (see ``_limiter.LimitBackend``)."""
         slots = self._limit_sql.slots
         grant = self._limit_tx(
@@ -1187,14 +1178,14 @@ class PostgresBackend:
                 self._call("w", lambda c: c.execute(self._limit_sql.expire), "prune")
         return grant
 
-    def limit_read(self, spec: LimitSpec, key: str) -> Grant:
+    def limit_read(self, spec: _LimitSpec, key: str) -> _Grant:
         self._need_v2()
         args = (spec.name, key, spec.res_ns, spec.buckets)
         row = self._call("r", lambda c: _row(c, self._limit_sql.read, args), "read", retry=True)
         now, used, oldest = int(row[0]), int(row[1]), row[2]
-        return Grant(0, used, now // spec.res_ns, now, None if oldest is None else int(oldest))
+        return _Grant(0, used, now // spec.res_ns, now, None if oldest is None else int(oldest))
 
-    def limit_reset(self, spec: LimitSpec, key: str) -> int:
+    def limit_reset(self, spec: _LimitSpec, key: str) -> int:
         slots = self._limit_sql.slots
 
         def step(conn: psycopg.Connection[Any], now: int) -> int:
@@ -1257,8 +1248,8 @@ def _columns(rows: list[Any]) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
-def _rate_spec(kind: Any, window_ns: Any, res_ns: Any) -> RateSpec:
-    return RateSpec("keyed_rate" if kind == "keyed_rate" else "rate", int(window_ns), int(res_ns))
+def _rate_spec(kind: Any, window_ns: Any, res_ns: Any) -> _RateSpec:
+    return _RateSpec("keyed_rate" if kind == "keyed_rate" else "rate", int(window_ns), int(res_ns))
 
 
 class _RateRows:

@@ -27,8 +27,9 @@ I/O).  A flush drains every rate's pending buckets into the batch
 backend applies exactly once with the batch's counters (the seq protocol of
 ``writebehind.py``), adding each bucket's delta to the stored bucket and a
 plain rate's total by their sum, and pruning the buckets that have left the
-window (SQLite deletes rows older than two windows; Redis gives each bucket
-key an expiry a window after it left the window, at least a minute).
+window (SQLite and PostgreSQL delete rows older than two windows; Redis
+gives each bucket key an expiry a window after it left the window, at least
+a minute).
 ``count()`` reads the stored buckets of the window and adds this process's
 pending ones (cells, held deltas, batches the read does not include yet), as
 ``value()`` does for counters: read-your-writes, each batch counted once.

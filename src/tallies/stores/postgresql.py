@@ -25,21 +25,32 @@ is a take (read and zero in one transaction); fork, exit and SIGTERM behave
 as in every write-behind store.  :mod:`tallies.stores._postgres_backend` is
 the client side.
 
-The schema (version 1; ``SELECT * FROM tallies.counters`` reads it)
+The schema (version 2; ``SELECT * FROM tallies.counters`` reads it)
 ====================================================================
 
 Created on first open (``CREATE SCHEMA IF NOT EXISTS`` and the tables, under
 a transaction-level advisory lock, so any number of processes may open a new
 store at once; a schema a DBA created empty is used as it is)::
 
-    tallies_meta(key text PRIMARY KEY, value text)    magic='tallies', schema='1'
-    names(name text PRIMARY KEY, kind text)            'counter' | 'keyed'
+    tallies_meta(key text PRIMARY KEY, value text)    magic='tallies', schema='2'
+    names(name text PRIMARY KEY, kind text)            'counter' | 'keyed' | 'rate' | 'keyed_rate'
     counter_stripes(name text, stripe smallint, value bigint, PRIMARY KEY (name, stripe))
     keyed_stripes(name text, key text, stripe smallint, value bigint,
                   PRIMARY KEY (name, key, stripe))
     writers(writer_id text PRIMARY KEY, seq bigint, seen timestamptz)
     VIEW counters(name, value)       = sum of a name's stripes
     VIEW keyed(name, key, value)     = sum of a key's stripes
+    -- version 2: rates and limiters
+    rates(name text PRIMARY KEY, kind text, window_ns bigint, res_ns bigint)
+    rate_total_stripes(name text, stripe smallint, value bigint, PRIMARY KEY (name, stripe))
+    rate_bucket_stripes(name text, slot bigint, key text, stripe smallint, value bigint,
+                        PRIMARY KEY (name, slot, key, stripe))      key '' for a plain rate
+    VIEW rate_totals(name, total)              = sum of a plain rate's total stripes
+    VIEW rate_buckets(name, slot, key, value)  = sum of a bucket's stripes
+    limiters(name text PRIMARY KEY, lim bigint, per_ns bigint, res_ns bigint, buckets bigint)
+    limiter_slots(name text, key text, slot bigint, units bigint, expires_ns bigint,
+                  PRIMARY KEY (name, key, slot))
+    windows(name text, key text, count bigint, expires_ms bigint, PRIMARY KEY (name, key))
 
 What other programs read is the two views (plain SQL, any language).  A count
 is up to 32 rows: stripe 0 (the base) and writer stripes 1..31.  A ``CHECK``
@@ -55,8 +66,36 @@ sequence number each writer process applied, pruned after a day unseen.
 A schema that has some of these tables but no ``tallies_meta`` is foreign,
 one with a newer version was written by a newer tallies, one with tables
 missing was damaged: opening it raises ``CorruptStoreError`` and nothing is
-written.  A later version may add tables (rates will); it changes none of
-these, so other programs' queries keep working.
+written.  A schema of version 1 (a tallies without rates made it) is
+migrated on open by a user who may alter its tables (its owner), in one
+transaction under the same advisory lock: the rate and limiter tables are
+added and ``names`` may hold rate kinds; nothing of version 1 changes, so
+other programs' queries keep working.  A user who may not alter it uses it
+at version 1: counters work, ``rate()`` and ``limiter()`` raise
+StoreUnavailableError saying why.  A tallies of version 1 refuses a schema
+of version 2 (newer): upgrade every writer.
+
+Rates and limiters (version 2)
+==============================
+A rate's total and its buckets (wall-clock slots, ``_wbrates.py``) are
+striped exactly as counters are, for the same reason: every writer of a busy
+rate flushes its current bucket, so one row per bucket would be the hottest
+row of all.  The flush adds to its own stripe of each bucket and of the
+total in the same transaction as its sequence number (exactly once through
+lost replies, as the counters), in the global lock order (name, slot, key);
+at a stripe's edge it takes the exact path (every stripe locked, the sum
+checked against int64, spread again).  Each flush of a rate deletes its
+buckets older than two windows, ``FOR UPDATE SKIP LOCKED``: a pruner never
+waits for a writer or another pruner.
+
+A limiter's decision (``_limiter.py``: leases) is one transaction per lease:
+a transaction-scoped advisory lock on (limiter, key), then the server's
+``clock_timestamp()`` (so slots follow ONE clock for writers on every
+machine), then give back, prune, sum the window and grant, in
+``limiter_slots``.  Decisions on one key are serialised, as they must be
+(one budget; a writer asks only when its lease is spent), and different keys
+never wait for each other.  Expired slots and ``limits`` fixed windows are
+deleted every minute by each process (``SKIP LOCKED`` again).
 
 The flush, and why no writer queues behind a hot row
 ====================================================
