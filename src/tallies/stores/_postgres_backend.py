@@ -363,6 +363,7 @@ class PostgresBackend:
         self._token = 0  # the watchdog's token of the writer's call in progress
         self._version = SCHEMA_VERSION  # of the schema, read by _check()
         self._limits_pruned = 0.0
+        self._stays_old = False  # the schema could not be migrated (said once)
         _backends.add(self)
 
     # -- connections ---------------------------------------------------------------
@@ -462,6 +463,9 @@ class PostgresBackend:
                     for stmt in migration_sql(self.schema, version):
                         conn.execute(stmt)
         except (pge.InsufficientPrivilege, pge.ReadOnlySqlTransaction) as exc:
+            if self._stays_old:
+                return
+            self._stays_old = True  # said once per store
             log.warning(
                 "tallies: %s: schema %r stays at version %d (%s): rates and limiters need "
                 "version %d, made by the first open of a user who may alter its tables",
@@ -1154,7 +1158,9 @@ class PostgresBackend:
         ls, lock = self._limit_sql, f"tallies limiter {self.schema} {spec.name}"
 
         def body(conn: psycopg.Connection[Any]) -> _T:
-            with conn.transaction():
+            # pipelined: statements whose answer the step does not read go
+            # out with the next one that it reads (a lease is 3 round trips)
+            with conn.pipeline(), conn.transaction():
                 return step(conn, int(_row(conn, ls.lock, (key, lock))[0]))
 
         return self._call("w", body, f"limiter {spec.name!r}")
