@@ -441,7 +441,9 @@ class PostgresBackend:
                 f"{where} has schema version {version}, newer than this tallies "
                 f"({SCHEMA_VERSION}); upgrade tallies"
             )
-        missing = set(TABLES_V1 if version == 1 else TABLES) - tables
+        # the tables again, after the version: a migration that committed
+        # between the two reads above made both the version and its tables
+        missing = set(TABLES_V1 if version == 1 else TABLES) - self._tables(conn)
         if version < 1 or missing:
             raise CorruptStoreError(
                 f"{where} (version {version}) is missing table(s) {', '.join(sorted(missing))}"
