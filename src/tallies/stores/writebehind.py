@@ -262,30 +262,27 @@ def _shown(items: list[tuple[str, str | None]]) -> str:
 # ---- the objects users hold ----------------------------------------------------
 
 
-def _rebuild(url: str, name: str, kind: Kind) -> Any:
-    """Unpickling a counter: the store of ``url`` open in this process (one
-    store per URL per process), opened once if it is not."""
+def _store_of(url: str) -> Any:
+    """Unpickling: the store of ``url`` open in this process (one store per
+    URL per process), opened once if it is not."""
     from . import _store_class, parse_url
 
     parsed = parse_url(url)
     cls = _store_class(parsed)
     if issubclass(cls, WriteBehindStore):
-        store: Any = cls._attach(parsed, create=True, owned=False)
-    else:  # pragma: no cover - write-behind counters come from write-behind stores
-        store = cls.open_url(parsed)
+        return cls._attach(parsed, create=True, owned=False)
+    return cls.open_url(parsed)  # pragma: no cover - they come from write-behind stores
+
+
+def _rebuild(url: str, name: str, kind: Kind) -> Any:
+    """Unpickling a counter: from the store of ``url`` (``_store_of``)."""
+    store = _store_of(url)
     return store.counter(name) if kind == "counter" else store.keyed(name)
 
 
 def _rebuild_rate(url: str, name: str, kind: str, window: float, resolution: float) -> Any:
     """Unpickling a rate or keyed rate: as ``_rebuild``."""
-    from . import _store_class, parse_url
-
-    parsed = parse_url(url)
-    cls = _store_class(parsed)
-    if issubclass(cls, WriteBehindStore):
-        store: Any = cls._attach(parsed, create=True, owned=False)
-    else:  # pragma: no cover - write-behind rates come from write-behind stores
-        store = cls.open_url(parsed)
+    store = _store_of(url)
     if kind == "rate":
         return store.rate(name, window, resolution)
     return store.keyed_rate(name, window, resolution)
