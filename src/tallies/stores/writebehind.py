@@ -220,6 +220,7 @@ from .base import (
     StoreError,
     StoreURL,
     check_key,
+    check_open,
     counter_name,
 )
 
@@ -709,8 +710,7 @@ class WriteBehind:
     # -- objects -----------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closing:
-            raise ValueError(f"the store {self.shown!r} is closed")
+        check_open(self._closing, self.shown)
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
         r = self._rates.get(name)
