@@ -186,9 +186,10 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, Protocol, SupportsIndex
 
+from .._common import add_into as _add_into
 from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
@@ -208,6 +209,7 @@ from ._protocol import (
     RateKind,
     Read,
     Target,
+    set_apart,
 )
 from ._redact import redact_url
 from .base import (
@@ -629,15 +631,6 @@ def _with_zeros(keys: dict[str, None], m: dict[str, int]) -> dict[str, int]:
     return m
 
 
-def _add_into(dst: dict[str, int], src: Mapping[str, int]) -> None:
-    for k, v in src.items():
-        t = dst.get(k, 0) + v
-        if t:
-            dst[k] = t
-        else:
-            dst.pop(k, None)
-
-
 class WriteBehind:
     """The local side of a write-behind store (see the module docstring).
 
@@ -771,7 +764,7 @@ class WriteBehind:
             total, stored = _wbrates.stored(r, rate.name)
             buckets = dict(stored.get("", {}))
             pend = _wbrates.pending_plain(self, rate, r.seq)
-            _wbrates.add_buckets(buckets, pend)
+            _add_into(buckets, pend)
             return _wbrates.sum_buckets(buckets, lo, hi), total + sum(pend.values())
 
         out: tuple[int, int] = self._read(Query(rates=(q,)), local)
@@ -786,7 +779,7 @@ class WriteBehind:
             merged = {k: dict(b) for k, b in stored.items()}
             for k, b in _wbrates.pending_keyed(self, rate, r.seq).items():
                 if key is None or k == key:
-                    _wbrates.add_buckets(merged.setdefault(k, {}), b)
+                    _add_into(merged.setdefault(k, {}), b)
             return {k: _wbrates.sum_buckets(b, lo, hi) for k, b in sorted(merged.items())}
 
         out: dict[str, int] = self._read(Query(rates=(q,)), local)
@@ -978,21 +971,15 @@ class WriteBehind:
         _state); return the rest of the batch (same seq), or None if empty."""
         rest = Batch(batch.seq, names=dict(batch.names))
         _wbrates.hold(self, batch, rest, bad)
-        for name, d in batch.counters.items():
-            if (name, None) in bad:
+
+        def held(name: str, key: str | None, d: int) -> None:
+            if key is None:
                 _add_into(self._held_c, {name: d})
             else:
-                rest.counters[name] = d
-        for name, m in batch.keyed.items():
-            keep = {}
-            for key, d in m.items():
-                if (name, key) in bad:
-                    held = self._held_k.setdefault(name, {})
-                    held[key] = held.get(key, 0) + d
-                else:
-                    keep[key] = d
-            if keep:
-                rest.keyed[name] = keep
+                held = self._held_k.setdefault(name, {})
+                held[key] = held.get(key, 0) + d
+
+        rest.counters, rest.keyed = set_apart(bad, batch.counters, batch.keyed, held)
         if not (rest.has_deltas() or rest.names):
             return None
         return rest
