@@ -204,13 +204,17 @@ class _Ring:
         clock: Callable[[], float] | None = None,
     ) -> None: ...
     @property
-    def window(self) -> float: ...
+    def window(self) -> float:
+        """The window in seconds (count()'s default and maximum)."""
     @property
-    def resolution(self) -> float: ...
+    def resolution(self) -> float:
+        """The bucket width in seconds."""
     @property
-    def buckets(self) -> int: ...
+    def buckets(self) -> int:
+        """ceil(window_ns / resolution_ns)."""
     @property
-    def clock(self) -> Callable[[], float] | None: ...
+    def clock(self) -> Callable[[], float] | None:
+        """The clock callable, or None for the default."""
 
 class RateCounter(_Ring):
     """Events in the last ``window`` seconds, in buckets of ``resolution`` seconds."""
