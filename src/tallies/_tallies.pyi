@@ -237,16 +237,25 @@ class RateCounter(_Ring):
 class KeyedRateCounter(_Ring):
     """A RateCounter per key; keys whose buckets have all expired are swept."""
 
-    def increment(self, key: Hashable, n: SupportsIndex = 1) -> None: ...
-    def decrement(self, key: Hashable, n: SupportsIndex = 1) -> None: ...
-    def count(self, key: Hashable, window: float | None = None) -> int: ...
-    def per_second(self, key: Hashable, window: float | None = None) -> float: ...
-    def snapshot(self, window: float | None = None) -> dict[Any, int]: ...
+    def increment(self, key: Hashable, n: SupportsIndex = 1) -> None:
+        """Count ``n`` events of key now."""
+    def decrement(self, key: Hashable, n: SupportsIndex = 1) -> None:
+        """Count ``-n`` events of key now."""
+    def count(self, key: Hashable, window: float | None = None) -> int:
+        """key's events in the window."""
+    def per_second(self, key: Hashable, window: float | None = None) -> float:
+        """``count(key, window) / window``."""
+    def snapshot(self, window: float | None = None) -> dict[Any, int]:
+        """Every key with a non-zero count in the window."""
     def most_common(
         self, n: SupportsIndex | None = None, window: float | None = None
-    ) -> list[tuple[Any, int]]: ...
-    def sweep(self) -> int: ...
-    def clear(self) -> None: ...
+    ) -> list[tuple[Any, int]]:
+        """The ``n`` keys with the most events in the window (all when ``n`` is
+        None), highest first; ties keep first-counted order; keys at 0 are left out."""
+    def sweep(self) -> int:
+        """Drop the keys whose buckets have all expired; how many."""
+    def clear(self) -> None:
+        """Drop every key."""
     def _keys(self) -> list[Any]: ...
     def __len__(self) -> int: ...
 
