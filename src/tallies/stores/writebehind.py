@@ -30,7 +30,8 @@ core the class is a C type (``_c/keyed.c``, for the same exact-type reason:
 a Python class that held the bound C methods cost 1.7x) whose ``increment``
 / ``decrement`` add to the cell of a key already in the cells and call the
 Python first use for anything else, with this module's Python methods
-installed on it (``_c_class``).  Its ``collections.Counter``-like API (``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
+installed on it (``_c_class``).  Its ``collections.Counter``-like API
+(``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
 ``_keyed.StoreKeyedMixin``, shared with ``shm://``.
 
 The batch, and exactly once
