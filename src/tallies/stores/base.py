@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import importlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -429,3 +430,35 @@ def rate_mismatch(name: str, have: Any, want: Any, where: str) -> ValueError:
         f"{name!r} is a rate with window={have.window!r}, resolution={have.resolution!r} "
         f"in {where}, not window={want.window!r}, resolution={want.resolution!r}"
     )
+
+
+def schema_version(
+    meta: Mapping[str, str], where: str, *, magic: str, newest: int, error: type[StoreError]
+) -> int:
+    """The schema version of a store's ``tallies_meta`` rows (key -> value),
+    checked as every SQL store checks it: ``error`` (a message starting
+    with ``where``) for a missing magic, an unreadable version or one newer
+    than this tallies writes (``newest``)."""
+    if meta.get("magic") != magic:
+        raise error(f"{where}: tallies_meta has no magic {magic!r}")
+    try:
+        version = int(meta.get("schema", ""))
+    except ValueError:
+        raise error(f"{where}: unreadable schema version") from None
+    if version > newest:
+        raise error(
+            f"{where} has schema version {version}, newer than this tallies "
+            f"({newest}); upgrade tallies"
+        )
+    return version
+
+
+def import_backend(needs: str, backend: str, missing: type[StoreError], message: str) -> Any:
+    """The module ``tallies.stores.<backend>``, imported when a store of its
+    scheme opens; ``missing(message)`` if the package ``needs`` (a
+    third-party client the core does not depend on) is not installed."""
+    try:
+        importlib.import_module(needs)
+    except ImportError as exc:
+        raise missing(message) from exc
+    return importlib.import_module(f"tallies.stores.{backend}")

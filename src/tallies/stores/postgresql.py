@@ -124,14 +124,23 @@ at 03:42 UTC, load 21-23: this store p50 141 ms, p99 410 ms; the control
 ms.  The 100 ms p99 target is missed on this machine by this store and by
 the control alike.)
 
-A flush of 10^6 new keys of one keyed counter takes 16-27 s here (target: 4
-s), of which CPU: 1.2-1.5 s in this process (the write-behind's batch and
-psycopg's COPY rows) and 4.2-4.3 s in the server (the merge from the
-temporary table into ``keyed_stripes``: sort, one index probe and insert or
-update per key, WAL), measured apart from the benchmark on 2026-12-06.  So
-the server's share alone is over the target on this machine.  (Writing the
-COPY text in pure Python instead of ``write_row`` was 2-2.6x slower in a
-micro-benchmark: psycopg's row formatter is C.)
+A flush of more than 10,000 deltas (``_BigMerge``) copies them (binary
+``COPY``, bigint) into a temporary table, adds to the rows that exist with
+one sorted ``INSERT ... ON CONFLICT DO UPDATE`` restricted to them, and
+inserts the others with one plain sorted ``INSERT`` (skipped when every row
+existed).  ``ON CONFLICT``'s speculative insertion was half of the server's
+work for a new row: 10^6 new keys took 5.1-5.3 s of server CPU that way and
+2.8 s now (measured on this machine 2026-12-06 07:36 UTC, load 12-16: wall
+18.5 s before, 13.7 s after; the load, not the flush, makes most of the
+wall time).  A row that another writer of the same stripe inserts between
+the two statements makes the plain INSERT fail; it runs in a savepoint, and
+the rows are then upserted.  Still over the 4 s target on this machine: the
+server's CPU for 10^6 index entries and their WAL is about 2.8 s alone.
+Also measured and not taken: one ``UPDATE ... FROM`` join for the stored
+rows (3.0 s instead of 4.0 s for 10^6, but it locks rows in the join's
+order, not the global one: a reset could deadlock with it), the same with
+its rows locked in order first (no gain), the rows as arrays through
+``unnest`` instead of ``COPY`` (slower), and ``fillfactor`` 90 (no gain).
 
 The stripes make the shared keys cost what keys of one's own cost (the
 control row); the rest of the latency is the machine (16 writer processes
@@ -145,16 +154,16 @@ range by construction and need no fold.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ._params import FLUSH, Param, seconds, text
 from ._protocol import Backend
-from .base import StoreError, StoreNotFoundError, StoreURL
+from .base import StoreError, StoreNotFoundError, StoreURL, import_backend
 from .writebehind import WriteBehindStore
 
 __all__ = ["STORE", "PostgresMissingError", "PostgresOptions", "PostgresStore", "postgres_options"]
@@ -164,15 +173,13 @@ class PostgresMissingError(StoreError, ImportError):
     """postgresql:// needs psycopg 3, which is not installed."""
 
 
-def _backend_module() -> Any:
-    try:
-        importlib.import_module("psycopg")
-    except ImportError as exc:
-        raise PostgresMissingError(
-            "postgresql:// stores need psycopg 3, which is not installed: "
-            "pip install tallies[postgres]"
-        ) from exc
-    return importlib.import_module("tallies.stores._postgres_backend")
+_backend_module = partial(
+    import_backend,
+    "psycopg",
+    "_postgres_backend",
+    PostgresMissingError,
+    "postgresql:// stores need psycopg 3, which is not installed: pip install tallies[postgres]",
+)
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")

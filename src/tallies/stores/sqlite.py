@@ -127,6 +127,7 @@ from .base import (
     StoreNotFoundError,
     StoreUnavailableError,
     StoreURL,
+    schema_version,
 )
 from .writebehind import WriteBehindStore
 
@@ -405,17 +406,9 @@ class SqliteBackend:
                 "refusing to touch it"
             )
         meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
-        if meta.get("magic") != MAGIC:
-            raise CorruptSegmentError(f"{self.path}: tallies_meta has no magic {MAGIC!r}")
-        try:
-            version = int(meta.get("schema", ""))
-        except ValueError:
-            raise CorruptSegmentError(f"{self.path}: unreadable schema version") from None
-        if version > SCHEMA_VERSION:
-            raise CorruptSegmentError(
-                f"{self.path} has schema version {version}, newer than this tallies "
-                f"({SCHEMA_VERSION}); upgrade tallies"
-            )
+        version = schema_version(
+            meta, str(self.path), magic=MAGIC, newest=SCHEMA_VERSION, error=CorruptSegmentError
+        )
         if version < 1 or not tables >= TABLES:
             raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
 
