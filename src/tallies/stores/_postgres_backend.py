@@ -924,14 +924,14 @@ class _Statements:
             " WHERE t.seq < excluded.seq RETURNING 1),"
             " c AS ("
             " INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT u.n, %(st)s, u.d FROM unnest(%(cn)s::text[], %(cd)s::bigint[]) AS u(n, d)"
+            " SELECT u.n, %(st)s, u.d FROM unnest(%(cn)b::text[], %(cd)b::bigint[]) AS u(n, d)"
             ' WHERE EXISTS (SELECT FROM w) ORDER BY u.n COLLATE "C"'
             " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
             " RETURNING 1),"
             " k AS ("
             " INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
             " SELECT u.n, u.k, %(st)s, u.d"
-            " FROM unnest(%(kn)s::text[], %(kk)s::text[], %(kd)s::bigint[]) AS u(n, k, d)"
+            " FROM unnest(%(kn)b::text[], %(kk)b::text[], %(kd)b::bigint[]) AS u(n, k, d)"
             " WHERE EXISTS (SELECT FROM w) AND (SELECT count(*) FROM c) >= 0"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
@@ -941,14 +941,14 @@ class _Statements:
         # the same adds, one chunk each, inside a transaction that recorded the seq
         self.add_counters = q(
             "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT u.n, %s, u.d FROM unnest(%s::text[], %s::bigint[]) AS u(n, d)"
+            " SELECT u.n, %s, u.d FROM unnest(%b::text[], %b::bigint[]) AS u(n, d)"
             ' ORDER BY u.n COLLATE "C"'
             " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
         self.add_keyed = q(
             "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
             " SELECT u.n, u.k, %s, u.d"
-            " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(n, k, d)"
+            " FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS u(n, k, d)"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
