@@ -34,6 +34,7 @@ from .base import (
     StoreError,
     StoreNotFoundError,
     StoreUnavailableError,
+    flush_overflow,
     schema_version,
 )
 
@@ -692,13 +693,7 @@ class PostgresBackend:
                 else:
                     bad.append((name, key))
             if bad:
-                shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
-                raise CountOverflowError(
-                    f"{self.shown}: adding the pending delta would move {shown}"
-                    f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
-                    "nothing of this flush was applied",
-                    bad,
-                )
+                raise flush_overflow(self.shown, bad, "nothing of this flush was applied")
             rows_c = [(n, i, v) for n, total in new_c for i, v in enumerate(spread(total))]
             if rows_c:
                 conn.execute(st.set_counters, [list(col) for col in zip(*rows_c, strict=True)])

@@ -462,3 +462,15 @@ def import_backend(needs: str, backend: str, missing: type[StoreError], message:
     except ImportError as exc:
         raise missing(message) from exc
     return importlib.import_module(f"tallies.stores.{backend}")
+
+
+def flush_overflow(where: str, bad: list[tuple[str, str | None]], then: str) -> CountOverflowError:
+    """The error of a flush that would move the counts ``bad`` ((name,
+    None) or (name, key)) outside int64: ``where`` starts the message,
+    ``then`` ends it (what became of the flush)."""
+    shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
+    return CountOverflowError(
+        f"{where}: adding the pending delta would move {shown}"
+        f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; {then}",
+        bad,
+    )

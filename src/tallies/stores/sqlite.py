@@ -127,6 +127,7 @@ from .base import (
     StoreNotFoundError,
     StoreUnavailableError,
     StoreURL,
+    flush_overflow,
     schema_version,
 )
 from .writebehind import WriteBehindStore
@@ -663,13 +664,11 @@ class SqliteBackend:
                 else:
                     bad.append((name, key))
         if bad:
-            shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
-            raise CountOverflowError(
-                f"sqlite: {self.path}: adding the pending delta would move {shown}"
-                f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
+            raise flush_overflow(
+                f"sqlite: {self.path}",
+                bad,
                 "nothing of this flush was applied; those deltas are held (still in value()) "
                 "and every later flush tries them again",
-                bad,
             )
         conn.executemany(_SET_COUNTER, new_c)
         conn.executemany(_SET_KEY, new_k)
