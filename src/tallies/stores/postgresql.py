@@ -144,7 +144,15 @@ its rows locked in order first (no gain), the rows as arrays through
 
 The stripes make the shared keys cost what keys of one's own cost (the
 control row); the rest of the latency is the machine (16 writer processes
-and 16 server processes on 2 vCPUs).  Per-writer delta rows folded into
+and 16 server processes on 2 vCPUs).  In numbers (2026-12-06 07:12 UTC,
+this machine): a 1,000-key flush costs about 10.5 ms of CPU in the writer
+(the batch, psycopg's parameters) and 4.6 ms in the server, so 16 writers
+flushing every 100 ms ask for about 2.4 CPU-seconds a second, more than the
+2 vCPUs have even idle.  At 4, 8 and 16 writers for 10 s each (load 17-26
+from other work) the p99 was 493 / 193 / 533 ms for this store, 344 / 368
+/ 703 ms for the control and 758 / 2,829 / 7,365 ms for one sorted UPSERT
+per flush on shared rows: the store tracks the control at every count of
+writers, and the p99 is the machine's.  Per-writer delta rows folded into
 totals later were the other candidate: they remove the shared locks too,
 but a reader must add up every unfolded row, the fold is one more moving
 part, and an int64 overflow of a sum can only be refused exactly by
