@@ -583,13 +583,19 @@ class PostgresBackend:
         for them).  A row another writer of this stripe inserted meanwhile
         makes that INSERT fail: then (after a savepoint) the rest go through
         ``ON CONFLICT DO UPDATE`` too.  A row this transaction wrote has its
-        ``xmin``: that is how the second statement skips the first's rows."""
+        ``xmin``: that is how the second statement skips the first's rows.
+        When most of the first 1,000 rows are stored already, one upsert of
+        every row is cheaper (one index probe per row instead of two)."""
         with conn.cursor().copy(part.copy) as copy:
             copy.set_types(part.types)
             for row in rows:
                 copy.write_row(row)
         conn.execute(part.analyze)
         _watchdog.kick(self._token, budget + 1.0)
+        row = conn.execute(part.sample, (self._stripe,)).fetchone()
+        if row is not None and 2 * row[0] > row[1]:  # mostly stored rows
+            conn.execute(part.upsert_all, (self._stripe,))
+            return
         both = (self._stripe, self._stripe)
         if conn.execute(part.update, both).rowcount == len(rows):
             return  # every row was stored already
@@ -876,6 +882,17 @@ class _BigMerge:
         self.copy = f"COPY pg_temp.{temp} ({names}, value) FROM STDIN (FORMAT BINARY)"
         self.analyze = f"ANALYZE pg_temp.{temp}"
         probe = f"SELECT FROM {{s}}.{table} x WHERE {on} AND x.stripe = %s"
+        # how many of the first 1,000 rows exist: most of them, and one
+        # upsert of every row is cheaper than the two statements below
+        self.sample = q(
+            f"SELECT count(*) FILTER (WHERE EXISTS ({probe})), count(*)"
+            f" FROM (SELECT * FROM pg_temp.{temp} LIMIT 1000) i"
+        )
+        self.upsert_all = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
         # the rows that exist: added to, in the global lock order
         self.update = q(
             f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"

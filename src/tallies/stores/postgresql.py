@@ -128,7 +128,8 @@ A flush of more than 10,000 deltas (``_BigMerge``) copies them (binary
 ``COPY``, bigint) into a temporary table, adds to the rows that exist with
 one sorted ``INSERT ... ON CONFLICT DO UPDATE`` restricted to them, and
 inserts the others with one plain sorted ``INSERT`` (skipped when every row
-existed).  ``ON CONFLICT``'s speculative insertion was half of the server's
+existed; a batch whose first 1,000 rows are mostly stored is one upsert of
+every row instead: 3.7 s of server CPU for 10^6 stored keys, 3.9 s before).  ``ON CONFLICT``'s speculative insertion was half of the server's
 work for a new row: 10^6 new keys took 5.1-5.3 s of server CPU that way and
 2.8 s now (measured on this machine 2026-12-06 07:36 UTC, load 12-16: wall
 18.5 s before, 13.7 s after; the load, not the flush, makes most of the
