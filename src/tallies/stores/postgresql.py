@@ -129,14 +129,16 @@ A flush of more than 10,000 deltas (``_BigMerge``) copies them (binary
 one sorted ``INSERT ... ON CONFLICT DO UPDATE`` restricted to them, and
 inserts the others with one plain sorted ``INSERT`` (skipped when every row
 existed; a batch whose first 1,000 rows are mostly stored is one upsert of
-every row instead: 3.7 s of server CPU for 10^6 stored keys, 3.9 s before).  ``ON CONFLICT``'s speculative insertion was half of the server's
-work for a new row: 10^6 new keys took 5.1-5.3 s of server CPU that way and
-2.8 s now (measured on this machine 2026-12-06 07:36 UTC, load 12-16: wall
-18.5 s before, 13.7 s after; the load, not the flush, makes most of the
-wall time).  A row that another writer of the same stripe inserts between
-the two statements makes the plain INSERT fail; it runs in a savepoint, and
-the rows are then upserted.  Still over the 4 s target on this machine: the
-server's CPU for 10^6 index entries and their WAL is about 2.8 s alone.
+every row instead: 3.7 s of server CPU for 10^6 stored keys, 3.9 s before).
+``ON CONFLICT``'s speculative insertion was half of the server's work for a
+new row: 10^6 new keys took 4.5-5.0 s of server CPU that way and 2.7-2.8 s
+now (this machine, 2026-12-06 07:36-07:41 UTC, old and new alternated, load
+9.6-13.6: wall 15.4-19.7 s before, 9.8-12.1 s after; the load, not the
+flush, makes most of the wall time). A row that another writer of the same
+stripe inserts between the two statements makes the plain INSERT fail; it
+runs in a savepoint, and the rows are then upserted. Still over the 4 s
+target on this machine: the server's CPU for 10^6 index entries and their
+WAL is about 2.8 s alone.
 Also measured and not taken: one ``UPDATE ... FROM`` join for the stored
 rows (3.0 s instead of 4.0 s for 10^6, but it locks rows in the join's
 order, not the global one: a reset could deadlock with it), the same with
