@@ -592,8 +592,8 @@ class PostgresBackend:
                 copy.write_row(row)
         conn.execute(part.analyze)
         _watchdog.kick(self._token, budget + 1.0)
-        row = conn.execute(part.sample, (self._stripe,)).fetchone()
-        if row is not None and 2 * row[0] > row[1]:  # mostly stored rows
+        stored = conn.execute(part.sample, (self._stripe,)).fetchone()
+        if stored is not None and 2 * int(stored[0]) > int(stored[1]):  # mostly stored rows
             conn.execute(part.upsert_all, (self._stripe,))
             return
         both = (self._stripe, self._stripe)
