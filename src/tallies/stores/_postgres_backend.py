@@ -34,6 +34,8 @@ from .base import (
     StoreError,
     StoreNotFoundError,
     StoreUnavailableError,
+    flush_overflow,
+    schema_version,
 )
 
 __all__ = ["MAGIC", "SCHEMA_VERSION", "TABLES", "PostgresBackend", "schema_sql"]
@@ -334,17 +336,9 @@ class PostgresBackend:
                 "not a tallies schema; refusing to touch it (choose another with ?schema=)"
             )
         meta = dict(conn.execute(self._stmts.meta).fetchall())
-        if meta.get("magic") != MAGIC:
-            raise CorruptStoreError(f"{where}: tallies_meta has no magic {MAGIC!r}")
-        try:
-            version = int(meta.get("schema", ""))
-        except ValueError:
-            raise CorruptStoreError(f"{where}: unreadable schema version") from None
-        if version > SCHEMA_VERSION:
-            raise CorruptStoreError(
-                f"{where} has schema version {version}, newer than this tallies "
-                f"({SCHEMA_VERSION}); upgrade tallies"
-            )
+        version = schema_version(
+            meta, where, magic=MAGIC, newest=SCHEMA_VERSION, error=CorruptStoreError
+        )
         missing = set(TABLES) - tables
         if version < 1 or missing:
             raise CorruptStoreError(
@@ -565,21 +559,53 @@ class PostgresBackend:
                      [d for *_, d in keyed]),
                 )  # fmt: skip
             return
-        budget = self.timeout * (1 + (len(counters) + len(keyed)) // CHUNK)
+        rows = len(counters) + len(keyed)
+        budget = self.timeout * (1 + rows // CHUNK)
         conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
-        _watchdog.kick(self._token, budget + 1.0)
+        # the join and the sorts in memory, not in temporary files
+        conn.execute(f"SET LOCAL work_mem = '{min(max(4, rows // 5000), 1024)}MB'")
         conn.execute(st.temp_tables)
-        if counters:
-            with conn.cursor().copy(st.copy_counters) as copy:
-                for row in counters:
-                    copy.write_row(row)
-            conn.execute(st.merge_counters, (self._stripe,))
-            _watchdog.kick(self._token, budget + 1.0)
-        if keyed:
-            with conn.cursor().copy(st.copy_keyed) as copy:
-                for krow in keyed:
-                    copy.write_row(krow)
-            conn.execute(st.merge_keyed, (self._stripe,))
+        for big, part in ((counters, st.counters_in), (keyed, st.keyed_in)):
+            if big:
+                self._merge(conn, big, part, budget)
+
+    def _merge(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[str, int]] | list[tuple[str, str, int]],
+        part: _BigMerge,
+        budget: float,
+    ) -> None:
+        """A big batch into one stripe table: binary COPY into a temporary
+        table, then the rows that exist are added to (``ON CONFLICT DO
+        UPDATE`` in the global lock order), and the rest inserted by a plain
+        INSERT: no speculative insertion per new row (half the server's work
+        for them).  A row another writer of this stripe inserted meanwhile
+        makes that INSERT fail: then (after a savepoint) the rest go through
+        ``ON CONFLICT DO UPDATE`` too.  A row this transaction wrote has its
+        ``xmin``: that is how the second statement skips the first's rows.
+        When most of the first 1,000 rows are stored already, one upsert of
+        every row is cheaper (one index probe per row instead of two)."""
+        with conn.cursor().copy(part.copy) as copy:
+            copy.set_types(part.types)
+            for row in rows:
+                copy.write_row(row)
+        conn.execute(part.analyze)
+        _watchdog.kick(self._token, budget + 1.0)
+        stored = conn.execute(part.sample, (self._stripe,)).fetchone()
+        if stored is not None and 2 * int(stored[0]) > int(stored[1]):  # mostly stored rows
+            conn.execute(part.upsert_all, (self._stripe,))
+            return
+        both = (self._stripe, self._stripe)
+        if conn.execute(part.update, both).rowcount == len(rows):
+            return  # every row was stored already
+        _watchdog.kick(self._token, budget + 1.0)
+        try:
+            with conn.transaction():
+                conn.execute(part.insert, both)
+        except pge.UniqueViolation:
+            conn.execute(part.upsert, both)
+        _watchdog.kick(self._token, budget + 1.0)
 
     def _apply_fast(
         self,
@@ -673,13 +699,7 @@ class PostgresBackend:
                 else:
                     bad.append((name, key))
             if bad:
-                shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
-                raise CountOverflowError(
-                    f"{self.shown}: adding the pending delta would move {shown}"
-                    f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
-                    "nothing of this flush was applied",
-                    bad,
-                )
+                raise flush_overflow(self.shown, bad, "nothing of this flush was applied")
             rows_c = [(n, i, v) for n, total in new_c for i, v in enumerate(spread(total))]
             if rows_c:
                 conn.execute(st.set_counters, [list(col) for col in zip(*rows_c, strict=True)])
@@ -849,6 +869,52 @@ class PostgresBackend:
         return self._call("w", body, "destroy")
 
 
+class _BigMerge:
+    """The statements that merge a big batch into one stripe table from its
+    temporary table (``PostgresBackend._merge``)."""
+
+    def __init__(
+        self, q: Callable[[str], str], table: str, temp: str, cols: tuple[str, ...]
+    ) -> None:
+        names = ", ".join(cols)
+        on = " AND ".join(f"x.{c} = i.{c}" for c in cols)
+        self.types = ["text"] * len(cols) + ["int8"]
+        self.copy = f"COPY pg_temp.{temp} ({names}, value) FROM STDIN (FORMAT BINARY)"
+        self.analyze = f"ANALYZE pg_temp.{temp}"
+        probe = f"SELECT FROM {{s}}.{table} x WHERE {on} AND x.stripe = %s"
+        # how many of the first 1,000 rows exist: most of them, and one
+        # upsert of every row is cheaper than the two statements below
+        self.sample = q(
+            f"SELECT count(*) FILTER (WHERE EXISTS ({probe})), count(*)"
+            f" FROM (SELECT * FROM pg_temp.{temp} LIMIT 1000) i"
+        )
+        self.upsert_all = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        # the rows that exist: added to, in the global lock order
+        self.update = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} i WHERE EXISTS ({probe})"
+            f" ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        # the others (not written by this transaction: xmin): new rows
+        mine = f"{probe} AND x.xmin = pg_current_xact_id()::xid"
+        self.insert = q(
+            f"INSERT INTO {{s}}.{table} ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} i WHERE NOT EXISTS ({mine})"
+            f" ORDER BY {names}"
+        )
+        self.upsert = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} i WHERE NOT EXISTS ({mine})"
+            f" ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+
+
 class _Statements:
     """Every statement, composed once with the schema's quoted name."""
 
@@ -870,14 +936,14 @@ class _Statements:
             " WHERE t.seq < excluded.seq RETURNING 1),"
             " c AS ("
             " INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT u.n, %(st)s, u.d FROM unnest(%(cn)s::text[], %(cd)s::bigint[]) AS u(n, d)"
+            " SELECT u.n, %(st)s, u.d FROM unnest(%(cn)b::text[], %(cd)b::bigint[]) AS u(n, d)"
             ' WHERE EXISTS (SELECT FROM w) ORDER BY u.n COLLATE "C"'
             " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
             " RETURNING 1),"
             " k AS ("
             " INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
             " SELECT u.n, u.k, %(st)s, u.d"
-            " FROM unnest(%(kn)s::text[], %(kk)s::text[], %(kd)s::bigint[]) AS u(n, k, d)"
+            " FROM unnest(%(kn)b::text[], %(kk)b::text[], %(kd)b::bigint[]) AS u(n, k, d)"
             " WHERE EXISTS (SELECT FROM w) AND (SELECT count(*) FROM c) >= 0"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
@@ -887,39 +953,27 @@ class _Statements:
         # the same adds, one chunk each, inside a transaction that recorded the seq
         self.add_counters = q(
             "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT u.n, %s, u.d FROM unnest(%s::text[], %s::bigint[]) AS u(n, d)"
+            " SELECT u.n, %s, u.d FROM unnest(%b::text[], %b::bigint[]) AS u(n, d)"
             ' ORDER BY u.n COLLATE "C"'
             " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
         self.add_keyed = q(
             "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
             " SELECT u.n, u.k, %s, u.d"
-            " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(n, k, d)"
+            " FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS u(n, k, d)"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
-        # a big batch: COPY into temporary tables, then one statement each
+        # a big batch: COPY into temporary tables, then an update and an insert each
         self.temp_tables = (
             "CREATE TEMP TABLE IF NOT EXISTS tallies_in_counters"
-            " (name text NOT NULL, value numeric NOT NULL) ON COMMIT DELETE ROWS;"
+            ' (name text COLLATE "C" NOT NULL, value bigint NOT NULL) ON COMMIT DELETE ROWS;'
             " CREATE TEMP TABLE IF NOT EXISTS tallies_in_keyed"
-            " (name text NOT NULL, key text NOT NULL, value numeric NOT NULL)"
-            " ON COMMIT DELETE ROWS"
+            ' (name text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,'
+            " value bigint NOT NULL) ON COMMIT DELETE ROWS"
         )
-        self.copy_counters = "COPY pg_temp.tallies_in_counters (name, value) FROM STDIN"
-        self.copy_keyed = "COPY pg_temp.tallies_in_keyed (name, key, value) FROM STDIN"
-        self.merge_counters = q(
-            "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT i.name, %s, i.value::bigint FROM pg_temp.tallies_in_counters i"
-            ' ORDER BY i.name COLLATE "C"'
-            " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
-        )
-        self.merge_keyed = q(
-            "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
-            " SELECT i.name, i.key, %s, i.value::bigint FROM pg_temp.tallies_in_keyed i"
-            ' ORDER BY i.name COLLATE "C", i.key COLLATE "C"'
-            " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
-        )
+        self.counters_in = _BigMerge(q, "counter_stripes", "tallies_in_counters", ("name",))
+        self.keyed_in = _BigMerge(q, "keyed_stripes", "tallies_in_keyed", ("name", "key"))
         self.peek_counters = q(
             "SELECT name, stripe, value FROM {s}.counter_stripes WHERE name = ANY(%s::text[])"
         )

@@ -127,6 +127,8 @@ from .base import (
     StoreNotFoundError,
     StoreUnavailableError,
     StoreURL,
+    flush_overflow,
+    schema_version,
 )
 from .writebehind import WriteBehindStore
 
@@ -405,17 +407,9 @@ class SqliteBackend:
                 "refusing to touch it"
             )
         meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
-        if meta.get("magic") != MAGIC:
-            raise CorruptSegmentError(f"{self.path}: tallies_meta has no magic {MAGIC!r}")
-        try:
-            version = int(meta.get("schema", ""))
-        except ValueError:
-            raise CorruptSegmentError(f"{self.path}: unreadable schema version") from None
-        if version > SCHEMA_VERSION:
-            raise CorruptSegmentError(
-                f"{self.path} has schema version {version}, newer than this tallies "
-                f"({SCHEMA_VERSION}); upgrade tallies"
-            )
+        version = schema_version(
+            meta, str(self.path), magic=MAGIC, newest=SCHEMA_VERSION, error=CorruptSegmentError
+        )
         if version < 1 or not tables >= TABLES:
             raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
 
@@ -670,13 +664,11 @@ class SqliteBackend:
                 else:
                     bad.append((name, key))
         if bad:
-            shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
-            raise CountOverflowError(
-                f"sqlite: {self.path}: adding the pending delta would move {shown}"
-                f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
+            raise flush_overflow(
+                f"sqlite: {self.path}",
+                bad,
                 "nothing of this flush was applied; those deltas are held (still in value()) "
                 "and every later flush tries them again",
-                bad,
             )
         conn.executemany(_SET_COUNTER, new_c)
         conn.executemany(_SET_KEY, new_k)

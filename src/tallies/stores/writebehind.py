@@ -24,9 +24,14 @@ call only for the method's exact type (a subclass costs ~9 ns more per call);
 without the C core ``PyBufferedCounter`` (a subclass) does the same job.
 ``store.keyed(name)`` is a :class:`BufferedKeyedCounter`
 whose pending deltas live in a ``tallies.KeyedCounter``; a key's first use
-checks it (``base.check_key``: the key rule every store shares), later uses
-are a set lookup plus the core's increment.  Its ``collections.Counter``-like
-API (``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
+checks it (``base.check_key``: the key rule every store shares) and inserts
+it under the state lock, in Python; later uses never leave C: with the C
+core the class is a C type (``_c/keyed.c``, for the same exact-type reason:
+a Python class that held the bound C methods cost 1.7x) whose ``increment``
+/ ``decrement`` add to the cell of a key already in the cells and call the
+Python first use for anything else, with this module's Python methods
+installed on it (``_c_class``).  Its ``collections.Counter``-like API
+(``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
 ``_keyed.StoreKeyedMixin``, shared with ``shm://``.
 
 The batch, and exactly once
@@ -185,13 +190,16 @@ import secrets
 import socket
 import sys
 import threading
+import types
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any, ClassVar, Protocol, SupportsIndex
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsIndex
 
+from .._common import add_into as _add_into
+from .._impl import IMPLEMENTATION as _IMPLEMENTATION
 from .._impl import BufferedCounter as _CBufferedCounter
+from .._impl import BufferedKeyedCounter as _CBufferedKeyed
 from .._impl import ShardedCounter
-from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from ..keyed import KeyedCounter
 from . import _signals, _wbrates
 from ._keyed import StoreKeyedMixin
@@ -208,6 +216,7 @@ from ._protocol import (
     RateKind,
     Read,
     Target,
+    set_apart,
 )
 from ._redact import redact_url
 from .base import (
@@ -220,6 +229,7 @@ from .base import (
     StoreError,
     StoreURL,
     check_key,
+    check_open,
     counter_name,
 )
 
@@ -235,6 +245,7 @@ __all__ = [
     "BufferedKeyedCounter",
     "Kind",
     "PyBufferedCounter",
+    "PyBufferedKeyedCounter",
     "Query",
     "Read",
     "Target",
@@ -262,30 +273,27 @@ def _shown(items: list[tuple[str, str | None]]) -> str:
 # ---- the objects users hold ----------------------------------------------------
 
 
-def _rebuild(url: str, name: str, kind: Kind) -> Any:
-    """Unpickling a counter: the store of ``url`` open in this process (one
-    store per URL per process), opened once if it is not."""
+def _store_of(url: str) -> Any:
+    """Unpickling: the store of ``url`` open in this process (one store per
+    URL per process), opened once if it is not."""
     from . import _store_class, parse_url
 
     parsed = parse_url(url)
     cls = _store_class(parsed)
     if issubclass(cls, WriteBehindStore):
-        store: Any = cls._attach(parsed, create=True, owned=False)
-    else:  # pragma: no cover - write-behind counters come from write-behind stores
-        store = cls.open_url(parsed)
+        return cls._attach(parsed, create=True, owned=False)
+    return cls.open_url(parsed)  # pragma: no cover - they come from write-behind stores
+
+
+def _rebuild(url: str, name: str, kind: Kind) -> Any:
+    """Unpickling a counter: from the store of ``url`` (``_store_of``)."""
+    store = _store_of(url)
     return store.counter(name) if kind == "counter" else store.keyed(name)
 
 
 def _rebuild_rate(url: str, name: str, kind: str, window: float, resolution: float) -> Any:
     """Unpickling a rate or keyed rate: as ``_rebuild``."""
-    from . import _store_class, parse_url
-
-    parsed = parse_url(url)
-    cls = _store_class(parsed)
-    if issubclass(cls, WriteBehindStore):
-        store: Any = cls._attach(parsed, create=True, owned=False)
-    else:  # pragma: no cover - write-behind rates come from write-behind stores
-        store = cls.open_url(parsed)
+    store = _store_of(url)
     if kind == "rate":
         return store.rate(name, window, resolution)
     return store.keyed_rate(name, window, resolution)
@@ -498,18 +506,35 @@ class BufferedKeyedCounter(StoreKeyedMixin):
     ``keys()``, ``items()``, ``snapshot()``, ``most_common``, ``total``,
     ``update``, ``subtract``, ``reset(key=None)``, ``len``, ``in``,
     iteration.  Updates go to a local ``tallies.KeyedCounter``; reads add the
-    stored counts."""
+    stored counts.
 
-    __slots__ = ("__weakref__", "_cells", "_closed", "_fresh", "_known", "_name", "_wb")
+    With the C core the class is ``_c/keyed.c``'s type of the same name with
+    these methods installed on it (``_c_class``), except ``increment`` and
+    ``decrement``: its own, which add to the cell of a key already counted
+    without leaving C and call ``_first_increment`` / ``_first_decrement``
+    for anything else."""
+
+    __slots__ = ("__weakref__", "_cells", "_closed", "_fresh", "_name", "_wb")
 
     def __init__(self, wb: WriteBehind, name: str) -> None:
         self._wb = wb
         self._name = name
         self._cells = KeyedCounter()
-        self._known: set[str] | frozenset[str] = set()
         # keys not yet in a batch, in first-use order (see the module docstring)
         self._fresh: dict[str, None] = {}
         self._closed = False
+        self._open_gate(self._cells, self._first_increment, self._first_decrement)
+
+    def _open_gate(
+        self, cells: KeyedCounter, inc: Callable[..., None], dec: Callable[..., None]
+    ) -> None:
+        """The C type's: updates of the keys in ``cells`` add there, others call
+        ``inc`` / ``dec``.  Without the C core every update is the Python one."""
+
+    def _close_gate(self) -> None:
+        """The C type's: every later update calls ``_first_increment`` /
+        ``_first_decrement`` (which raise: closed), once the updates that got
+        through have added."""
 
     @property
     def name(self) -> str:
@@ -519,12 +544,12 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         return ValueError(f"keyed counter {self._name!r}: its store {self._wb.shown!r} is closed")
 
     def _first_use(self, key: object, n: SupportsIndex, sub: bool) -> None:
-        """A key's first update, under the state lock: close() marks the
-        counter closed under that lock before its final flush drains the
-        cells, so this update either lands before the drain or raises (a
-        thread could otherwise stop between the check and the update and add
-        to cells nobody flushes any more).  The pure-Python core's update is
-        Python code itself, so then every update takes this path."""
+        """An update that the C increment does not take (a key's first use;
+        every update without the C core), under the state lock: close() marks
+        the counter closed (and closes the gate) under that lock before its
+        final flush drains the cells, so this update either lands before the
+        drain or raises (a thread could otherwise stop between the check and
+        the update and add to cells nobody flushes any more)."""
         if self._closed:
             raise self._closed_error()
         k = check_key(key)
@@ -536,22 +561,17 @@ class BufferedKeyedCounter(StoreKeyedMixin):
             else:
                 self._cells.increment(k, n)
             self._fresh[k] = None
-            if _KEYED_IMPLEMENTATION == "c":
-                self._known.add(k)  # type: ignore[union-attr]
 
     def increment(self, key: str, n: SupportsIndex = 1) -> None:
         """Add ``n`` to ``key``'s count (a local cell; no I/O)."""
-        if key not in self._known:
-            self._first_use(key, n, False)
-            return
-        self._cells.increment(key, n)
+        self._first_use(key, n, False)
 
     def decrement(self, key: str, n: SupportsIndex = 1) -> None:
         """Subtract ``n`` from ``key``'s count (a local cell; no I/O)."""
-        if key not in self._known:
-            self._first_use(key, n, True)
-            return
-        self._cells.decrement(key, n)
+        self._first_use(key, n, True)
+
+    _first_increment = increment  # the C type's fallbacks
+    _first_decrement = decrement
 
     def value(self, key: str) -> int:
         """Stored count + this process's pending delta (0 if never counted)."""
@@ -582,12 +602,44 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         return (_rebuild, (self._wb.url, self._name, "keyed"))
 
 
+_NOT_INSTALLED = frozenset(
+    {"__module__", "__qualname__", "__slots__", "__dict__", "__weakref__", "__annotations__"}
+)
+
+
+def _c_class(cls: type, ctype: type) -> type:
+    """``ctype`` (a C type with ``increment``, ``decrement``, ``_open_gate``
+    and ``_close_gate`` of its own) with every other method of ``cls`` and
+    its bases installed on it: the class users get (see
+    BufferedKeyedCounter)."""
+    own = set(vars(ctype)) - {"__doc__"}
+    for klass in reversed(cls.__mro__[:-1]):
+        for name, attr in vars(klass).items():
+            if name in own or name in _NOT_INSTALLED or name.startswith("__static"):
+                continue
+            if isinstance(attr, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                continue  # cls's __slots__: the C type keeps them in its __dict__
+            setattr(ctype, name, attr)
+    return ctype
+
+
+#: The Python class itself (the pure core's; the tests run both).
+PyBufferedKeyedCounter = BufferedKeyedCounter
+if not TYPE_CHECKING and _CBufferedKeyed is not None and _IMPLEMENTATION == "c":
+    BufferedKeyedCounter = _c_class(BufferedKeyedCounter, _CBufferedKeyed)
+
+
 class WriteThroughKeyed(BufferedKeyedCounter):
     """``store.keyed(name)`` of a write-through store (``flush=0``): every
     update returns after the flush carrying it committed; an update that
     raises was not applied (except FlushError)."""
 
     __slots__ = ()
+
+    def _open_gate(
+        self, cells: KeyedCounter, inc: Callable[..., None], dec: Callable[..., None]
+    ) -> None:
+        """Its increment/decrement (below) flush every update: no gate."""
 
     def _update(self, key: object, n: SupportsIndex, sign: int) -> None:
         if self._closed:
@@ -631,15 +683,6 @@ def _with_zeros(keys: dict[str, None], m: dict[str, int]) -> dict[str, int]:
     if missing:
         m.update(dict.fromkeys(missing, 0))
     return m
-
-
-def _add_into(dst: dict[str, int], src: Mapping[str, int]) -> None:
-    for k, v in src.items():
-        t = dst.get(k, 0) + v
-        if t:
-            dst[k] = t
-        else:
-            dst.pop(k, None)
 
 
 class WriteBehind:
@@ -714,8 +757,7 @@ class WriteBehind:
     # -- objects -----------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closing:
-            raise ValueError(f"the store {self.shown!r} is closed")
+        check_open(self._closing, self.shown)
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
         r = self._rates.get(name)
@@ -776,7 +818,7 @@ class WriteBehind:
             total, stored = _wbrates.stored(r, rate.name)
             buckets = dict(stored.get("", {}))
             pend = _wbrates.pending_plain(self, rate, r.seq)
-            _wbrates.add_buckets(buckets, pend)
+            _add_into(buckets, pend)
             return _wbrates.sum_buckets(buckets, lo, hi), total + sum(pend.values())
 
         out: tuple[int, int] = self._read(Query(rates=(q,)), local)
@@ -791,7 +833,7 @@ class WriteBehind:
             merged = {k: dict(b) for k, b in stored.items()}
             for k, b in _wbrates.pending_keyed(self, rate, r.seq).items():
                 if key is None or k == key:
-                    _wbrates.add_buckets(merged.setdefault(k, {}), b)
+                    _add_into(merged.setdefault(k, {}), b)
             return {k: _wbrates.sum_buckets(b, lo, hi) for k, b in sorted(merged.items())}
 
         out: dict[str, int] = self._read(Query(rates=(q,)), local)
@@ -983,21 +1025,15 @@ class WriteBehind:
         _state); return the rest of the batch (same seq), or None if empty."""
         rest = Batch(batch.seq, names=dict(batch.names))
         _wbrates.hold(self, batch, rest, bad)
-        for name, d in batch.counters.items():
-            if (name, None) in bad:
+
+        def held(name: str, key: str | None, d: int) -> None:
+            if key is None:
                 _add_into(self._held_c, {name: d})
             else:
-                rest.counters[name] = d
-        for name, m in batch.keyed.items():
-            keep = {}
-            for key, d in m.items():
-                if (name, key) in bad:
-                    held = self._held_k.setdefault(name, {})
-                    held[key] = held.get(key, 0) + d
-                else:
-                    keep[key] = d
-            if keep:
-                rest.keyed[name] = keep
+                held = self._held_k.setdefault(name, {})
+                held[key] = held.get(key, 0) + d
+
+        rest.counters, rest.keyed = set_apart(bad, batch.counters, batch.keyed, held)
         if not (rest.has_deltas() or rest.names):
             return None
         return rest
@@ -1397,7 +1433,7 @@ class WriteBehind:
                 c._close()
             for kc in self._keyed.values():
                 kc._closed = True
-                kc._known = frozenset()
+                kc._close_gate()  # waits for the updates that got through
             for r in self._rates.values():
                 r._close()
         self.flush()  # raises on failure: the flusher keeps retrying
