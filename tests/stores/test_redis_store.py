@@ -509,6 +509,27 @@ def test_scripts_are_loaded_again_after_script_flush(url: str, r: Any) -> None:
         assert r.get(f"{p}{{n}}") == b"0"
 
 
+def test_a_flush_of_many_calls_survives_a_connection_the_server_closed(url: str, r: Any) -> None:
+    """A flush of several script calls (packed by tallies, sent on a pooled
+    connection: _redis_backend._pipelined) whose connection the server closed
+    since the last flush goes through on a new connection, and every key is
+    counted once."""
+    p = prefix_of(url)
+    keys = [f"k{i}" for i in range(25)]
+    with tallies.open(url + "&batch=4") as store:
+        kc = store.keyed("ev")
+        for k in keys:
+            kc.increment(k)
+        store.flush()
+        for _ in range(2):
+            assert r.client_kill_filter(_type="normal", skipme=True) >= 1
+            for k in keys:
+                kc.increment(k, 2)
+            store.flush()
+        assert r.hgetall(f"{p}{{ev}}") == {k.encode(): b"5" for k in keys}
+        assert kc.snapshot() == dict.fromkeys(keys, 5)
+
+
 def test_a_big_keyed_counter_is_read_a_page_at_a_time(url: str, r: Any) -> None:
     """A keyed counter's snapshot reads its hash a page per script call
     (HSCAN, each page one JSON string): Redis is never blocked for the whole

@@ -677,6 +677,8 @@ def _with_zeros(keys: dict[str, None], m: dict[str, int]) -> dict[str, int]:
     C-speed set and dict operations; ``m`` keeps its order (the cells': first
     use), which SQLite's index takes far better than a hash order (a flush of
     a million new keys in a set's order was measured many times slower)."""
+    if len(keys) <= len(m) and keys.keys() <= m.keys():
+        return m  # the usual case, every fresh key counted: no set built
     missing = keys.keys() - m.keys()
     if missing:
         m.update(dict.fromkeys(missing, 0))
