@@ -123,6 +123,18 @@ tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
         return 0;                                                          \
     }
 
+/* The slots of a GC heap type written by this house's conventions: P_new,
+ * P_dealloc (tl_dealloc), P_traverse and a clear (P_clear from TL_GC_FUNCS,
+ * or another name where P_clear is a method). */
+#define TL_GC_TYPE_SLOTS(P, CLEAR)                                                 \
+    {Py_tp_new, P##_new}, {Py_tp_dealloc, P##_dealloc}, {Py_tp_traverse, P##_traverse}, \
+        {Py_tp_clear, CLEAR}
+#define TL_GC_SLOTS(P) TL_GC_TYPE_SLOTS(P, P##_clear)
+
+/* `static PyType_Spec P_spec` of heap type P, whose slots are P_slots. */
+#define TL_TYPE_SPEC(P, NAME, BASICSIZE, FLAGS) \
+    static PyType_Spec P##_spec = {NAME, BASICSIZE, 0, FLAGS, P##_slots}
+
 /* Make the type of `spec` for module m, keep it in the state's slot `which`
  * and, when `add`, add it to m under its name.  A borrowed reference (the
  * state's), or NULL with an exception set. */

@@ -554,10 +554,8 @@ static PyType_Slot Counter_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Counter_spec = {
-    "tallies.Counter", sizeof(CounterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Counter_slots,
-};
+TL_TYPE_SPEC(Counter, "tallies.Counter", sizeof(CounterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE);
 
 static PyMethodDef Sharded_methods[] = {
     TL_UPDATE_METHOD_DEFS(Sharded,
@@ -598,10 +596,8 @@ static PyType_Slot Sharded_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Sharded_spec = {
-    "tallies.ShardedCounter", sizeof(ShardedObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Sharded_slots,
-};
+TL_TYPE_SPEC(Sharded, "tallies.ShardedCounter", sizeof(ShardedObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE);
 
 static PyObject *
 counter_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))

@@ -1384,11 +1384,8 @@ static PyType_Slot SnapIter_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec SnapIter_spec = {
-    "tallies._tallies._SnapshotIterator", sizeof(SnapIterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    SnapIter_slots,
-};
+TL_TYPE_SPEC(SnapIter, "tallies._tallies._SnapshotIterator", sizeof(SnapIterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION);
 
 static PyObject *
 Keyed_iter_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
@@ -2044,10 +2041,7 @@ static PyType_Slot Count_slots[] = {
      "Behaves as the int it equals; + and - with an int keep the memory,\n"
      "every other operation gives a plain int.  Pickling and copying give a\n"
      "plain int."},
-    {Py_tp_new, Count_new},
-    {Py_tp_dealloc, Count_dealloc},
-    {Py_tp_traverse, Count_traverse},
-    {Py_tp_clear, Count_clear},
+    TL_GC_SLOTS(Count),
     {Py_tp_methods, Count_methods},
     {Py_tp_getset, Count_getset},
     {Py_nb_add, Count_add},
@@ -2058,10 +2052,7 @@ static PyType_Slot Count_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Count_spec = {
-    "tallies.keyed.api.Count", 0, 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Count_slots,
-};
+TL_TYPE_SPEC(Count, "tallies.keyed.api.Count", 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* _make_count(counter, key, v) -> Count (the pure core's kc[key]). */
 static PyObject *
@@ -2227,10 +2218,7 @@ static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCounter(iterable_or_mapping=None, /, **kwds)\n--\n\n"
                 "Exact int64 counts by key (tallies.keyed adds the "
                 "collections.Counter API)."},
-    {Py_tp_new, Keyed_new},
-    {Py_tp_dealloc, Keyed_dealloc},
-    {Py_tp_traverse, Keyed_traverse},
-    {Py_tp_clear, Keyed_clear_gc},
+    TL_GC_TYPE_SLOTS(Keyed, Keyed_clear_gc),
     {Py_tp_methods, Keyed_methods},
     {Py_tp_members, Keyed_members},
     {Py_mp_length, Keyed_len},
@@ -2241,10 +2229,8 @@ static PyType_Slot Keyed_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Keyed_spec = {
-    "tallies.keyed.KeyedCounter", sizeof(KeyedObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
-};
+TL_TYPE_SPEC(Keyed, "tallies.keyed.KeyedCounter", sizeof(KeyedObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- module functions and the module exec --------------------------------- */
 

@@ -263,24 +263,8 @@ Limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->keys);
-    Py_VISIT(self->check_key);
-    Py_VISIT(self->spec);
-    return 0;
-}
-
-static int
-Limiter_clear(LimiterObject *self)
-{
-    Py_CLEAR(self->keys);
-    Py_CLEAR(self->check_key);
-    Py_CLEAR(self->spec);
-    return 0;
-}
+#define LIMITER_REFS(X) X(self->keys) X(self->check_key) X(self->spec)
+TL_GC_FUNCS(Limiter, LimiterObject, LIMITER_REFS)
 
 static void
 Limiter_dealloc(LimiterObject *self)
@@ -461,19 +445,14 @@ static PyMethodDef Limiter_methods[] = {
 
 static PyType_Slot Limiter_slots[] = {
     {Py_tp_doc, "Limiter(spec, check_key): memory://'s limiter (see tallies.stores._limiter)."},
-    {Py_tp_new, Limiter_new},
-    {Py_tp_dealloc, Limiter_dealloc},
-    {Py_tp_traverse, Limiter_traverse},
-    {Py_tp_clear, Limiter_clear},
+    TL_GC_SLOTS(Limiter),
     {Py_tp_methods, Limiter_methods},
     {Py_tp_members, Limiter_members},
     {0, NULL},
 };
 
-static PyType_Spec Limiter_spec = {
-    "tallies.stores.Limiter", sizeof(LimiterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Limiter_slots,
-};
+TL_TYPE_SPEC(Limiter, "tallies.stores.Limiter", sizeof(LimiterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- ShmLimiter: shm:// ---------------------------------------------------- */
 
@@ -567,26 +546,8 @@ ShmLimiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-ShmLimiter_traverse(ShmLimiterObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->cache);
-    Py_VISIT(self->check_key);
-    Py_VISIT(self->full_error);
-    Py_VISIT(self->spec);
-    return 0;
-}
-
-static int
-ShmLimiter_clear(ShmLimiterObject *self)
-{
-    Py_CLEAR(self->cache);
-    Py_CLEAR(self->check_key);
-    Py_CLEAR(self->full_error);
-    Py_CLEAR(self->spec);
-    return 0;
-}
+#define SHM_LIMITER_REFS(X) X(self->cache) X(self->check_key) X(self->full_error) X(self->spec)
+TL_GC_FUNCS(ShmLimiter, ShmLimiterObject, SHM_LIMITER_REFS)
 
 static void
 ShmLimiter_dealloc(ShmLimiterObject *self)
@@ -937,19 +898,14 @@ static PyMethodDef ShmLimiter_methods[] = {
 
 static PyType_Slot ShmLimiter_slots[] = {
     {Py_tp_doc, "shm://'s limiter (see tallies.stores._limiter)."},
-    {Py_tp_new, ShmLimiter_new},
-    {Py_tp_dealloc, ShmLimiter_dealloc},
-    {Py_tp_traverse, ShmLimiter_traverse},
-    {Py_tp_clear, ShmLimiter_clear},
+    TL_GC_SLOTS(ShmLimiter),
     {Py_tp_methods, ShmLimiter_methods},
     {Py_tp_members, ShmLimiter_members},
     {0, NULL},
 };
 
-static PyType_Spec ShmLimiter_spec = {
-    "tallies.stores.ShmLimiter", sizeof(ShmLimiterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, ShmLimiter_slots,
-};
+TL_TYPE_SPEC(ShmLimiter, "tallies.stores.ShmLimiter", sizeof(ShmLimiterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- LeaseCore: a write-behind store's leases --------------------------------
  *
@@ -1014,24 +970,8 @@ Lease_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwd
     return (PyObject *)self;
 }
 
-static int
-Lease_traverse(LeaseObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->table);
-    Py_VISIT(self->glob);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int
-Lease_clear(LeaseObject *self)
-{
-    Py_CLEAR(self->table);
-    Py_CLEAR(self->glob);
-    Py_CLEAR(self->dict);
-    return 0;
-}
+#define LEASE_REFS(X) X(self->table) X(self->glob) X(self->dict)
+TL_GC_FUNCS(Lease, LeaseObject, LEASE_REFS)
 
 static void
 Lease_dealloc(LeaseObject *self)
@@ -1303,19 +1243,14 @@ static PyMemberDef Lease_members[] = {
 
 static PyType_Slot Lease_slots[] = {
     {Py_tp_doc, "A write-behind store's limiter (see tallies.stores._limiter)."},
-    {Py_tp_new, Lease_new},
-    {Py_tp_dealloc, Lease_dealloc},
-    {Py_tp_traverse, Lease_traverse},
-    {Py_tp_clear, Lease_clear},
+    TL_GC_SLOTS(Lease),
     {Py_tp_methods, Lease_methods},
     {Py_tp_members, Lease_members},
     {0, NULL},
 };
 
-static PyType_Spec Lease_spec = {
-    "tallies.stores.LeaseLimiter", sizeof(LeaseObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Lease_slots,
-};
+TL_TYPE_SPEC(Lease, "tallies.stores.LeaseLimiter", sizeof(LeaseObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- the module ---------------------------------------------------------------- */
 

@@ -613,20 +613,15 @@ static PyMethodDef Rate_methods[] = {
 static PyType_Slot Rate_slots[] = {
     {Py_tp_doc, "RateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
                 "Events in the last `window` seconds, in buckets of `resolution`."},
-    {Py_tp_new, Rate_new},
-    {Py_tp_dealloc, Rate_dealloc},
-    {Py_tp_traverse, Rate_traverse},
-    {Py_tp_clear, Rate_clear},
+    TL_GC_SLOTS(Rate),
     {Py_tp_methods, Rate_methods},
     {Py_tp_getset, Rate_getset},
     {Py_tp_repr, Rate_repr},
     {0, NULL},
 };
 
-static PyType_Spec Rate_spec = {
-    "tallies.RateCounter", sizeof(RateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Rate_slots,
-};
+TL_TYPE_SPEC(Rate, "tallies.RateCounter", sizeof(RateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- KeyedRateCounter: a dict of key -> ring object ------------------------ */
 
@@ -653,10 +648,8 @@ static PyType_Slot Ring_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Ring_spec = {
-    "tallies._tallies._Ring", sizeof(RingObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Ring_slots,
-};
+TL_TYPE_SPEC(Ring, "tallies._tallies._Ring", sizeof(RingObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION);
 
 static PyObject *
 ring_new(int64_t nb)
@@ -1130,10 +1123,7 @@ static PyMethodDef KRate_methods[] = {
 static PyType_Slot KRate_slots[] = {
     {Py_tp_doc, "KeyedRateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
                 "A RateCounter per key."},
-    {Py_tp_new, KRate_new},
-    {Py_tp_dealloc, KRate_dealloc},
-    {Py_tp_traverse, KRate_traverse},
-    {Py_tp_clear, KRate_clear_gc},
+    TL_GC_TYPE_SLOTS(KRate, KRate_clear_gc),
     {Py_tp_methods, KRate_methods},
     {Py_tp_getset, KRate_getset},
     {Py_tp_repr, KRate_repr},
@@ -1141,10 +1131,8 @@ static PyType_Slot KRate_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec KRate_spec = {
-    "tallies.KeyedRateCounter", sizeof(KRateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, KRate_slots,
-};
+TL_TYPE_SPEC(KRate, "tallies.KeyedRateCounter", sizeof(KRateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- the module exec ------------------------------------------------------ */
 

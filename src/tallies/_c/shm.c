@@ -1094,19 +1094,14 @@ static PyType_Slot Segment_slots[] = {
     {Py_tp_doc, "Segment(buffer, ncells, slab_bytes, nslabs, desc_off, "
                 "desc_stride, archive_off, slabs_off, seq_off, binder)\n--\n\n"
                 "Atomic access to a mapped tallies segment (see shm.py)."},
-    {Py_tp_new, Segment_new},
-    {Py_tp_dealloc, Segment_dealloc},
-    {Py_tp_traverse, Segment_traverse},
-    {Py_tp_clear, Segment_clear},
+    TL_GC_SLOTS(Segment),
     {Py_tp_methods, Segment_methods},
     {Py_tp_members, Segment_members},
     {0, NULL},
 };
 
-static PyType_Spec Segment_spec = {
-    "tallies._tallies.Segment", sizeof(SegmentObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Segment_slots,
-};
+TL_TYPE_SPEC(Segment, "tallies._tallies.Segment", sizeof(SegmentObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- Cell: one counter's cell in this process's slab -------------------- */
 
@@ -1187,10 +1182,7 @@ static PyMemberDef Cell_members[] = {
 
 static PyType_Slot Cell_slots[] = {
     {Py_tp_doc, "Cell(segment, cell)\n--\n\nThe write side of one shared counter."},
-    {Py_tp_new, Cell_new},
-    {Py_tp_dealloc, Cell_dealloc},
-    {Py_tp_traverse, Cell_traverse},
-    {Py_tp_clear, Cell_clear},
+    TL_GC_SLOTS(Cell),
     {Py_tp_methods, Cell_methods},
     {Py_tp_members, Cell_members},
     {Py_nb_inplace_add, Cell_iadd},
@@ -1198,10 +1190,8 @@ static PyType_Slot Cell_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Cell_spec = {
-    "tallies._tallies.Cell", sizeof(CellObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Cell_slots,
-};
+TL_TYPE_SPEC(Cell, "tallies._tallies.Cell", sizeof(CellObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- KeyedCells: the write side of one shared keyed counter ------------- */
 
@@ -1543,20 +1533,15 @@ static PyGetSetDef Keyed_getset[] = {
 static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCells(segment, register, find=None)\n--\n\n"
                 "The write side of one shared keyed counter."},
-    {Py_tp_new, Keyed_new},
-    {Py_tp_dealloc, Keyed_dealloc},
-    {Py_tp_traverse, Keyed_traverse},
-    {Py_tp_clear, Keyed_clear},
+    TL_GC_SLOTS(Keyed),
     {Py_tp_methods, Keyed_methods},
     {Py_tp_members, Keyed_members},
     {Py_tp_getset, Keyed_getset},
     {0, NULL},
 };
 
-static PyType_Spec Keyed_spec = {
-    "tallies._tallies.KeyedCells", sizeof(KeyedObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
-};
+TL_TYPE_SPEC(Keyed, "tallies._tallies.KeyedCells", sizeof(KeyedObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- the module exec ------------------------------------------------------ */
 
@@ -1628,36 +1613,10 @@ RateCell_setup(RateCellObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int
-RateCell_traverse(RateCellObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->seg);
-    Py_VISIT(self->rotate);
-    Py_VISIT(self->clock);
-    Py_VISIT(self->a_seg);
-    Py_VISIT(self->a_idx);
-    Py_VISIT(self->a_name);
-    Py_VISIT(self->a_url);
-    Py_VISIT(self->a_sp);
-    Py_VISIT(self->a_ring);
-    return 0;
-}
-
-static int
-RateCell_clear(RateCellObject *self)
-{
-    Py_CLEAR(self->seg);
-    Py_CLEAR(self->rotate);
-    Py_CLEAR(self->clock);
-    Py_CLEAR(self->a_seg);
-    Py_CLEAR(self->a_idx);
-    Py_CLEAR(self->a_name);
-    Py_CLEAR(self->a_url);
-    Py_CLEAR(self->a_sp);
-    Py_CLEAR(self->a_ring);
-    return 0;
-}
+#define RATE_CELL_REFS(X) \
+    X(self->seg) X(self->rotate) X(self->clock) X(self->a_seg) X(self->a_idx) X(self->a_name) \
+    X(self->a_url) X(self->a_sp) X(self->a_ring)
+TL_GC_FUNCS(RateCell, RateCellObject, RATE_CELL_REFS)
 
 static void
 RateCell_dealloc(RateCellObject *self)
@@ -1756,19 +1715,14 @@ static PyMemberDef RateCell_members[] = {
 
 static PyType_Slot RateCell_slots[] = {
     {Py_tp_doc, "A rate shared by every process that opens the segment (shm://)."},
-    {Py_tp_new, RateCell_new},
-    {Py_tp_dealloc, RateCell_dealloc},
-    {Py_tp_traverse, RateCell_traverse},
-    {Py_tp_clear, RateCell_clear},
+    TL_GC_SLOTS(RateCell),
     {Py_tp_methods, RateCell_methods},
     {Py_tp_members, RateCell_members},
     {0, NULL},
 };
 
-static PyType_Spec RateCell_spec = {
-    "tallies.stores.ShmRate", sizeof(RateCellObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, RateCell_slots,
-};
+TL_TYPE_SPEC(RateCell, "tallies.stores.ShmRate", sizeof(RateCellObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 int
 tl_shm_exec(PyObject *m)

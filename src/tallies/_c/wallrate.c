@@ -84,32 +84,10 @@ WallRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-WallRate_traverse(WallRateObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->clock);
-    Py_VISIT(self->closed);
-    Py_VISIT(self->wb);
-    Py_VISIT(self->name);
-    Py_VISIT(self->spec);
-    Py_VISIT(self->sp);
-    Py_VISIT(self->is_closed);
-    return 0;
-}
-
-static int
-WallRate_clear(WallRateObject *self)
-{
-    Py_CLEAR(self->clock);
-    Py_CLEAR(self->closed);
-    Py_CLEAR(self->wb);
-    Py_CLEAR(self->name);
-    Py_CLEAR(self->spec);
-    Py_CLEAR(self->sp);
-    Py_CLEAR(self->is_closed);
-    return 0;
-}
+#define WALL_RATE_REFS(X) \
+    X(self->clock) X(self->closed) X(self->wb) X(self->name) X(self->spec) X(self->sp) \
+    X(self->is_closed)
+TL_GC_FUNCS(WallRate, WallRateObject, WALL_RATE_REFS)
 
 static void
 WallRate_dealloc(WallRateObject *self)
@@ -316,19 +294,14 @@ static PyMethodDef WallRate_methods[] = {
 
 static PyType_Slot WallRate_slots[] = {
     {Py_tp_doc, "A write-behind store's rate (see tallies.stores._wbrates)."},
-    {Py_tp_new, WallRate_new},
-    {Py_tp_dealloc, WallRate_dealloc},
-    {Py_tp_traverse, WallRate_traverse},
-    {Py_tp_clear, WallRate_clear},
+    TL_GC_SLOTS(WallRate),
     {Py_tp_methods, WallRate_methods},
     {Py_tp_members, WallRate_members},
     {0, NULL},
 };
 
-static PyType_Spec WallRate_spec = {
-    "tallies.stores.BufferedRate", sizeof(WallRateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, WallRate_slots,
-};
+TL_TYPE_SPEC(WallRate, "tallies.stores.BufferedRate", sizeof(WallRateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 int
 tl_wallrate_exec(PyObject *m)
