@@ -460,12 +460,8 @@ Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     spec sp;
     RateObject *self = (RateObject *)alloc_with_spec(type, args, kwds, "|OO$O:RateCounter", &sp);
-    if (self == NULL) {
+    if (self == NULL || tlr_init_owned((PyObject *)self, &self->ring, sp.nb) == NULL) {
         return NULL;
-    }
-    if (tlr_init(&self->ring, sp.nb) < 0) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
     }
     Py_XINCREF(sp.clock);
     self->sp = sp;
@@ -655,13 +651,8 @@ static PyObject *
 ring_new(int64_t nb)
 {
     RingObject *r = PyObject_New(RingObject, ring_type);
-    if (r == NULL) {
+    if (r == NULL || tlr_init_owned((PyObject *)r, &r->ring, nb) == NULL) {
         return NULL;
-    }
-    if (tlr_init(&r->ring, nb) < 0) {
-        r->ring.marks = NULL;
-        Py_DECREF(r);
-        return PyErr_NoMemory();
     }
     atomic_init(&r->state, 0);
     return (PyObject *)r;

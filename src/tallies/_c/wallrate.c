@@ -70,13 +70,8 @@ WallRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     WallRateObject *self = (WallRateObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
+    if (self == NULL || tlr_init_owned((PyObject *)self, &self->ring, nb) == NULL) {
         return NULL;
-    }
-    if (tlr_init(&self->ring, nb) < 0) {
-        self->ring.marks = NULL;
-        Py_DECREF(self);
-        return PyErr_NoMemory();
     }
     self->res_ns = res_ns;
     self->clk = (realtime_tick > 0 && res_ns >= 10 * realtime_tick) ? CLOCK_REALTIME_COARSE
@@ -207,25 +202,19 @@ per_bucket(tlr_ring *r, PyObject *out, int64_t *total_read, int64_t *latest_out)
     return put(out, prev_slot, total - prev_mark);
 }
 
-/* _drain() -> {slot: delta}: take the events counted since the last drain. */
+/* {slot: count} of the events pending here, read under the ring's lock (what
+ * _drain and _items both return), with the total and latest slot it read. */
 static PyObject *
-WallRate_drain(WallRateObject *self, PyObject *Py_UNUSED(ignored))
+pending(WallRateObject *self, int64_t *total, int64_t *latest)
 {
     PyObject *out = PyDict_New();
     if (out == NULL) {
         return NULL;
     }
     tlr_lock(&self->ring);
-    int64_t total, latest;
-    int r = per_bucket(&self->ring, out, &total, &latest);
+    int r = per_bucket(&self->ring, out, total, latest);
     tlr_unlock(&self->ring);
     if (r < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    int64_t boundary = atomic_load_explicit(&self->ring.boundary, memory_order_relaxed);
-    int64_t taken = tlr_reset(&self->ring, latest, boundary);
-    if (taken != total && put(out, latest, taken - total) < 0) { /* raced increments */
         Py_DECREF(out);
         return NULL;
     }
@@ -236,15 +225,22 @@ WallRate_drain(WallRateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 WallRate_items(WallRateObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *out = PyDict_New();
+    int64_t total, latest;
+    return pending(self, &total, &latest);
+}
+
+/* _drain() -> {slot: delta}: take the events counted since the last drain. */
+static PyObject *
+WallRate_drain(WallRateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int64_t total, latest;
+    PyObject *out = pending(self, &total, &latest);
     if (out == NULL) {
         return NULL;
     }
-    tlr_lock(&self->ring);
-    int64_t total, latest;
-    int r = per_bucket(&self->ring, out, &total, &latest);
-    tlr_unlock(&self->ring);
-    if (r < 0) {
+    int64_t boundary = atomic_load_explicit(&self->ring.boundary, memory_order_relaxed);
+    int64_t taken = tlr_reset(&self->ring, latest, boundary);
+    if (taken != total && put(out, latest, taken - total) < 0) { /* raced increments */
         Py_DECREF(out);
         return NULL;
     }
