@@ -135,6 +135,15 @@ tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
 #define TL_TYPE_SPEC(P, NAME, BASICSIZE, FLAGS) \
     static PyType_Spec P##_spec = {NAME, BASICSIZE, 0, FLAGS, P##_slots}
 
+/* A heap type declares its weak-reference list (and instance dict) offsets as
+ * members: TL_WEAKLIST_MEMBER(OBJECT, FIELD) in a member table, or
+ * TL_WEAKLIST_ONLY(P, FIELD) for a P_members that holds nothing else. */
+#define TL_WEAKLIST_MEMBER(OBJECT, FIELD) \
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(OBJECT, FIELD), READONLY, NULL}
+#define TL_WEAKLIST_ONLY(P, FIELD)                     \
+    static PyMemberDef P##_members[] = {               \
+        TL_WEAKLIST_MEMBER(P##Object, FIELD), {NULL, 0, 0, 0, NULL}}
+
 /* Make the type of `spec` for module m, keep it in the state's slot `which`
  * and, when `add`, add it to m under its name.  A borrowed reference (the
  * state's), or NULL with an exception set. */

@@ -201,18 +201,27 @@ monotonic_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The argument of Counter(initial=0) and ShardedCounter(initial=0): *v, an
+ * int64.  format: "|O:<type name>". */
+static int
+parse_initial(PyObject *args, PyObject *kwds, const char *format, int64_t *v)
+{
+    static char *kwlist[] = {"initial", NULL};
+    PyObject *initial = NULL;
+    *v = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &initial)) {
+        return -1;
+    }
+    return initial == NULL ? 0 : to_int64(initial, format + 3, v);
+}
+
 /* ---- Counter ------------------------------------------------------------ */
 
 static PyObject *
 Counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"initial", NULL};
-    PyObject *initial = NULL;
-    int64_t v = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Counter", kwlist, &initial)) {
-        return NULL;
-    }
-    if (initial != NULL && to_int64(initial, "Counter", &v) < 0) {
+    int64_t v;
+    if (parse_initial(args, kwds, "|O:Counter", &v) < 0) {
         return NULL;
     }
     CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
@@ -434,14 +443,8 @@ typedef struct {
 static PyObject *
 Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"initial", NULL};
-    PyObject *initial = NULL;
-    int64_t v = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:ShardedCounter", kwlist,
-                                     &initial)) {
-        return NULL;
-    }
-    if (initial != NULL && to_int64(initial, "ShardedCounter", &v) < 0) {
+    int64_t v;
+    if (parse_initial(args, kwds, "|O:ShardedCounter", &v) < 0) {
         return NULL;
     }
     ShardedObject *self = (ShardedObject *)type->tp_alloc(type, 0);
@@ -533,10 +536,7 @@ static PyMethodDef Counter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Counter_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(CounterObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+TL_WEAKLIST_ONLY(Counter, weakreflist);
 
 static PyType_Slot Counter_slots[] = {
     {Py_tp_doc, "Counter(initial=0)\n--\n\n"
@@ -575,10 +575,7 @@ static PyGetSetDef Sharded_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef Sharded_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(ShardedObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+TL_WEAKLIST_ONLY(Sharded, weakreflist);
 
 static PyType_Slot Sharded_slots[] = {
     {Py_tp_doc, "ShardedCounter(initial=0)\n--\n\n"

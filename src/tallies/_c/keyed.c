@@ -2209,10 +2209,7 @@ static PyMethodDef Keyed_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Keyed_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(KeyedObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+TL_WEAKLIST_ONLY(Keyed, weakreflist);
 
 static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCounter(iterable_or_mapping=None, /, **kwds)\n--\n\n"

@@ -1237,7 +1237,7 @@ static PyMethodDef Lease_methods[] = {
 
 static PyMemberDef Lease_members[] = {
     {"__dictoffset__", T_PYSSIZET, offsetof(LeaseObject, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(LeaseObject, weakrefs), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(LeaseObject, weakrefs),
     {NULL, 0, 0, 0, NULL},
 };
 

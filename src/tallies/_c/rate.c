@@ -26,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -390,21 +391,29 @@ per_second(PyObject *count, double w)
 }
 
 /* P_count and P_per_second (count(window=None), per_second(window=None), the
- * keyed type's with the key first) from COUNT(self, args, nargs, kwnames,
- * fname, &w), which parses the arguments, counts and sets w to the window
- * in seconds. */
-#define RATE_COUNT_METHODS(P, OBJECT, COUNT)                                                 \
+ * keyed type's (KEYED 1) with the key first): both parse the window here
+ * (w: in seconds) and count with COUNT(self, args, w_ns). */
+#define RATE_COUNT_METHODS(P, OBJECT, KEYED, COUNT)                                          \
+    static PyObject *P##_counted(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,      \
+                                 PyObject *kwnames, const char *fname, double *w)            \
+    {                                                                                        \
+        int64_t w_ns;                                                                        \
+        if (parse_width(args, nargs, kwnames, KEYED, fname, &self->sp, w, &w_ns) < 0) {      \
+            return NULL;                                                                     \
+        }                                                                                    \
+        return COUNT(self, args, w_ns);                                                      \
+    }                                                                                        \
     static PyObject *P##_count(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,        \
                                PyObject *kwnames)                                            \
     {                                                                                        \
         double w;                                                                            \
-        return COUNT(self, args, nargs, kwnames, "count", &w);                               \
+        return P##_counted(self, args, nargs, kwnames, "count", &w);                         \
     }                                                                                        \
     static PyObject *P##_per_second(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,   \
                                     PyObject *kwnames)                                       \
     {                                                                                        \
         double w;                                                                            \
-        PyObject *c = COUNT(self, args, nargs, kwnames, "per_second", &w);                   \
+        PyObject *c = P##_counted(self, args, nargs, kwnames, "per_second", &w);             \
         return per_second(c, w);                                                             \
     }
 
@@ -419,16 +428,26 @@ ring_add(tlr_ring *ring, const spec *sp, const instant *in, int64_t n, int sub,
     return tlr_add_slot(ring, in->slot, n, sub, cur);
 }
 
+/* The repr of a rate: "Type(window=W, resolution=R, <what>)", `what` a
+ * PyUnicode_FromFormat format followed by its arguments. */
 static PyObject *
-spec_repr_args(const spec *sp)
+spec_repr(PyObject *self, const spec *sp, const char *what, ...)
 {
-    PyObject *w = float_repr(sp->window), *r = float_repr(sp->resolution);
+    PyObject *w = float_repr(sp->window), *r = float_repr(sp->resolution), *t = NULL;
     PyObject *out = NULL;
     if (w != NULL && r != NULL) {
-        out = PyUnicode_FromFormat("window=%U, resolution=%U", w, r);
+        va_list va;
+        va_start(va, what);
+        t = PyUnicode_FromFormatV(what, va);
+        va_end(va);
+    }
+    if (t != NULL) {
+        out = PyUnicode_FromFormat("%s(window=%U, resolution=%U, %U)", type_name(Py_TYPE(self)),
+                                   w, r, t);
     }
     Py_XDECREF(w);
     Py_XDECREF(r);
+    Py_XDECREF(t);
     return out;
 }
 
@@ -505,19 +524,16 @@ Rate_update(RateObject *self, int64_t n, int sub, const char *op)
 TL_UPDATE_METHODS(Rate, RateObject)
 
 static PyObject *
-rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, const char *fname, double *w)
+rate_count(RateObject *self, PyObject *const *Py_UNUSED(args), int64_t w_ns)
 {
     instant in;
-    int64_t w_ns;
-    if (parse_width(args, nargs, kwnames, 0, fname, &self->sp, w, &w_ns) < 0 ||
-        read_clock(&self->sp, &in) < 0) {
+    if (read_clock(&self->sp, &in) < 0) {
         return NULL;
     }
     return ring_count(&self->ring, &self->sp, &in, w_ns);
 }
 
-RATE_COUNT_METHODS(Rate, RateObject, rate_count)
+RATE_COUNT_METHODS(Rate, RateObject, 0, rate_count)
 
 static PyObject *
 Rate_total(RateObject *self, PyObject *Py_UNUSED(ignored))
@@ -539,14 +555,7 @@ Rate_reset(RateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Rate_repr(RateObject *self)
 {
-    PyObject *a = spec_repr_args(&self->sp);
-    if (a == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyUnicode_FromFormat("%s(%U, total=%lld)", type_name(Py_TYPE(self)), a,
-                                       (long long)tlr_total(&self->ring));
-    Py_DECREF(a);
-    return r;
+    return spec_repr((PyObject *)self, &self->sp, "total=%lld", (long long)tlr_total(&self->ring));
 }
 
 static PyObject *
@@ -986,14 +995,9 @@ KRate_update_key(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
 TL_KEYED_UPDATE_METHODS(KRate, KRateObject)
 
 static PyObject *
-krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
-            PyObject *kwnames, const char *fname, double *w)
+krate_count(KRateObject *self, PyObject *const *args, int64_t w_ns)
 {
     instant in;
-    int64_t w_ns;
-    if (parse_width(args, nargs, kwnames, 1, fname, &self->sp, w, &w_ns) < 0) {
-        return NULL;
-    }
     PyObject *ring;
     int found = lookup(self->dict, args[0], &ring);
     if (found <= 0) {
@@ -1005,7 +1009,7 @@ krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
     return r;
 }
 
-RATE_COUNT_METHODS(KRate, KRateObject, krate_count)
+RATE_COUNT_METHODS(KRate, KRateObject, 1, krate_count)
 
 static PyObject *
 KRate_sweep(KRateObject *self, PyObject *Py_UNUSED(ignored))
@@ -1081,14 +1085,7 @@ KRate_keys(KRateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 KRate_repr(KRateObject *self)
 {
-    PyObject *a = spec_repr_args(&self->sp);
-    if (a == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyUnicode_FromFormat("%s(%U, keys=%zd)", type_name(Py_TYPE(self)), a,
-                                       PyDict_Size(self->dict));
-    Py_DECREF(a);
-    return r;
+    return spec_repr((PyObject *)self, &self->sp, "keys=%zd", PyDict_Size(self->dict));
 }
 
 static PyGetSetDef KRate_getset[] = {SPEC_GETSET(KRateObject)};

@@ -1709,7 +1709,7 @@ static PyMemberDef RateCell_members[] = {
     {"_url", T_OBJECT, offsetof(RateCellObject, a_url), 0, NULL},
     {"_sp", T_OBJECT, offsetof(RateCellObject, a_sp), 0, NULL},
     {"_ring", T_OBJECT, offsetof(RateCellObject, a_ring), 0, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(RateCellObject, weakrefs), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(RateCellObject, weakrefs),
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -272,7 +272,7 @@ static PyMemberDef WallRate_members[] = {
     {"_spec", T_OBJECT, offsetof(WallRateObject, spec), 0, NULL},
     {"_sp", T_OBJECT, offsetof(WallRateObject, sp), 0, NULL},
     {"_closed", T_OBJECT, offsetof(WallRateObject, is_closed), 0, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(WallRateObject, weakrefs), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(WallRateObject, weakrefs),
     {NULL, 0, 0, 0, NULL},
 };
 
