@@ -201,18 +201,21 @@ monotonic_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* The argument of Counter(initial=0) and ShardedCounter(initial=0): *v, an
- * int64.  format: "|O:<type name>". */
-static int
-parse_initial(PyObject *args, PyObject *kwds, const char *format, int64_t *v)
+/* tp_new of Counter(initial=0) and ShardedCounter(initial=0) up to the
+ * fields: parse initial into *v (an int64) and allocate.  format:
+ * "|O:<type name>".  The new object, or NULL. */
+static PyObject *
+alloc_initial(PyTypeObject *type, PyObject *args, PyObject *kwds, const char *format,
+              int64_t *v)
 {
     static char *kwlist[] = {"initial", NULL};
     PyObject *initial = NULL;
     *v = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &initial)) {
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &initial) ||
+        (initial != NULL && to_int64(initial, format + 3, v) < 0)) {
+        return NULL;
     }
-    return initial == NULL ? 0 : to_int64(initial, format + 3, v);
+    return type->tp_alloc(type, 0);
 }
 
 /* ---- Counter ------------------------------------------------------------ */
@@ -221,15 +224,11 @@ static PyObject *
 Counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     int64_t v;
-    if (parse_initial(args, kwds, "|O:Counter", &v) < 0) {
-        return NULL;
+    CounterObject *self = (CounterObject *)alloc_initial(type, args, kwds, "|O:Counter", &v);
+    if (self != NULL) {
+        atomic_init(&self->value, v);
+        atomic_init(&self->waiters, NULL);
     }
-    CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    atomic_init(&self->value, v);
-    atomic_init(&self->waiters, NULL);
     return (PyObject *)self;
 }
 
@@ -444,15 +443,12 @@ static PyObject *
 Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     int64_t v;
-    if (parse_initial(args, kwds, "|O:ShardedCounter", &v) < 0) {
-        return NULL;
+    ShardedObject *self =
+        (ShardedObject *)alloc_initial(type, args, kwds, "|O:ShardedCounter", &v);
+    if (self != NULL) {
+        tl_striped_init(&self->s, v, tl_cpus);
+        tl_share_prepare((PyObject *)self); /* 3.13t: see _shared.h */
     }
-    ShardedObject *self = (ShardedObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    tl_striped_init(&self->s, v, tl_cpus);
-    tl_share_prepare((PyObject *)self); /* 3.13t: see _shared.h */
     return (PyObject *)self;
 }
 

@@ -417,6 +417,17 @@ per_second(PyObject *count, double w)
         return per_second(c, w);                                                             \
     }
 
+/* The method table entries of what both rate types have (P_increment,
+ * P_decrement, P_count, P_per_second), documented once: KEY is "" or "key, ",
+ * OF "" or " of key", COUNT_DOC what count() returns. */
+#define RATE_METHOD_DEFS(P, KEY, OF, COUNT_DOC)                                              \
+    TL_UPDATE_METHOD_DEFS(P, "increment(" KEY "n=1) -> None\n\nCount n events" OF " now.",    \
+                          "decrement(" KEY "n=1) -> None\n\nCount -n events" OF " now."),     \
+        {"count", (PyCFunction)(void (*)(void))P##_count, FASTKW,                            \
+         "count(" KEY "window=None) -> int\n\n" COUNT_DOC},                                  \
+        {"per_second", (PyCFunction)(void (*)(void))P##_per_second, FASTKW,                  \
+         "per_second(" KEY "window=None) -> float\n\ncount(" KEY "window) / window."}
+
 /* Add n (sub: -n) to ring at instant in.  TL_OK or TL_OVERFLOW (*cur). */
 static inline int
 ring_add(tlr_ring *ring, const spec *sp, const instant *in, int64_t n, int sub,
@@ -600,14 +611,9 @@ get_clock(PyObject *self, void *off)
 static PyGetSetDef Rate_getset[] = {SPEC_GETSET(RateObject)};
 
 static PyMethodDef Rate_methods[] = {
-    TL_UPDATE_METHOD_DEFS(Rate,
-                          "increment(n=1) -> None\n\nCount n events now.",
-                          "decrement(n=1) -> None\n\nCount -n events now."),
-    {"count", (PyCFunction)(void (*)(void))Rate_count, FASTKW,
-     "count(window=None) -> int\n\nEvents in the current bucket and the buckets "
-     "fully inside the last `window` seconds."},
-    {"per_second", (PyCFunction)(void (*)(void))Rate_per_second, FASTKW,
-     "per_second(window=None) -> float\n\ncount(window) / window."},
+    RATE_METHOD_DEFS(Rate, "", "",
+                     "Events in the current bucket and the buckets fully inside the last "
+                     "`window` seconds."),
     {"total", (PyCFunction)Rate_total, METH_NOARGS,
      "total() -> int\n\nEvents since creation or the last reset()."},
     {"reset", (PyCFunction)Rate_reset, METH_NOARGS,
@@ -1091,13 +1097,7 @@ KRate_repr(KRateObject *self)
 static PyGetSetDef KRate_getset[] = {SPEC_GETSET(KRateObject)};
 
 static PyMethodDef KRate_methods[] = {
-    TL_UPDATE_METHOD_DEFS(KRate,
-                          "increment(key, n=1) -> None\n\nCount n events of key now.",
-                          "decrement(key, n=1) -> None\n\nCount -n events of key now."),
-    {"count", (PyCFunction)(void (*)(void))KRate_count, FASTKW,
-     "count(key, window=None) -> int\n\nkey's events in the window."},
-    {"per_second", (PyCFunction)(void (*)(void))KRate_per_second, FASTKW,
-     "per_second(key, window=None) -> float\n\ncount(key, window) / window."},
+    RATE_METHOD_DEFS(KRate, "key, ", " of key", "key's events in the window."),
     {"snapshot", (PyCFunction)(void (*)(void))KRate_snapshot, FASTKW,
      "snapshot(window=None) -> dict\n\nEvery key with a non-zero count in the window."},
     {"sweep", (PyCFunction)KRate_sweep, METH_NOARGS,
