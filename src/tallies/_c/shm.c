@@ -451,8 +451,7 @@ static int
 off_and_value(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs,
               const char *fname, Py_ssize_t *off, int64_t *v)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments", fname);
+    if (tl_nargs(nargs, 2, fname) < 0) {
         return -1;
     }
     if (seg_check_off(self, args[0], off) < 0) {
@@ -504,8 +503,7 @@ Segment_cas(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t off;
     int64_t expected, desired;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "cas() takes 3 arguments");
+    if (tl_nargs(nargs, 3, "cas") < 0) {
         return NULL;
     }
     if (seg_check_off(self, args[0], &off) < 0 ||
@@ -667,8 +665,7 @@ Segment_take(SegmentObject *self, PyObject *arg)
 static PyObject *
 Segment_nonzero(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "nonzero() takes 3 arguments");
+    if (tl_nargs(nargs, 3, "nonzero") < 0) {
         return NULL;
     }
     Py_ssize_t off = PyLong_AsSsize_t(args[0]);
@@ -919,8 +916,7 @@ static PyObject *
 Segment_key_find(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t owner;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "key_find() takes 2 arguments");
+    if (tl_nargs(nargs, 2, "key_find") < 0) {
         return NULL;
     }
     if (seg_need_keys(self) < 0 || seg_owner(self, args[0], &owner) < 0) {
@@ -964,8 +960,7 @@ Segment_key_insert(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Segment_key_entries(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "key_entries() takes 2 arguments");
+    if (tl_nargs(nargs, 2, "key_entries") < 0) {
         return NULL;
     }
     Py_ssize_t lo = PyLong_AsSsize_t(args[0]), hi = PyLong_AsSsize_t(args[1]);
@@ -1021,8 +1016,7 @@ Segment_key_entries(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs
 static PyObject *
 Segment_reserve(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "reserve() takes 2 arguments");
+    if (tl_nargs(nargs, 2, "reserve") < 0) {
         return NULL;
     }
     Py_ssize_t off = PyLong_AsSsize_t(args[0]), len = PyLong_AsSsize_t(args[1]);
