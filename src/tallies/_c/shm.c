@@ -284,6 +284,31 @@ seg_check_cell(SegmentObject *s, Py_ssize_t cell)
     return 0;
 }
 
+/* A key's cell as key_find and KeyedCells.lookup return it: the cell, None
+ * for -2 (no cell), NULL for -1 (an error is set). */
+static PyObject *
+cell_or_none(Py_ssize_t cell)
+{
+    if (cell == -1) {
+        return NULL;
+    }
+    if (cell == -2) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(cell);
+}
+
+/* A cell number from a Python int, checked: 0, or -1 with an error set. */
+static int
+seg_cell_of(SegmentObject *s, PyObject *arg, Py_ssize_t *cell)
+{
+    *cell = PyLong_AsSsize_t(arg);
+    if (*cell == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return seg_check_cell(s, *cell);
+}
+
 static PyObject *
 Segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -447,55 +472,52 @@ Segment_load(SegmentObject *self, PyObject *arg)
     return PyLong_FromLongLong((long long)tl_load(seg_at(self, off)));
 }
 
-static int
-off_and_value(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs,
-              const char *fname, Py_ssize_t *off, int64_t *v)
+/* store(off, v) -> None (sequentially consistent), exchange(off, v) -> the
+ * old value, add(off, n) -> the new value (OverflowError, nothing changed,
+ * if it leaves int64): one body, `op` says which. */
+enum { SEG_STORE, SEG_EXCHANGE, SEG_ADD };
+
+static PyObject *
+seg_value_op(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs, int op)
 {
-    if (tl_nargs(nargs, 2, fname) < 0) {
-        return -1;
+    static const char *const names[] = {"store", "exchange", "add"};
+    const char *fname = names[op];
+    Py_ssize_t off;
+    int64_t v, out;
+    if (tl_nargs(nargs, 2, fname) < 0 || seg_check_off(self, args[0], &off) < 0 ||
+        to_int64(args[1], fname, &v) < 0) {
+        return NULL;
     }
-    if (seg_check_off(self, args[0], off) < 0) {
-        return -1;
+    tl_cell *p = seg_at(self, off);
+    if (op == SEG_STORE) {
+        atomic_store_explicit(p, v, memory_order_seq_cst);
+        Py_RETURN_NONE;
     }
-    return to_int64(args[1], fname, v);
+    if (op == SEG_EXCHANGE) {
+        out = tl_exchange(p, v);
+    }
+    else if (tl_add(p, v, 0, &out) != TL_OK) {
+        return overflow_result(fname, v);
+    }
+    return PyLong_FromLongLong((long long)out);
 }
 
 static PyObject *
 Segment_store(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t off;
-    int64_t v;
-    if (off_and_value(self, args, nargs, "store", &off, &v) < 0) {
-        return NULL;
-    }
-    atomic_store_explicit(seg_at(self, off), v, memory_order_seq_cst);
-    Py_RETURN_NONE;
+    return seg_value_op(self, args, nargs, SEG_STORE);
 }
 
 static PyObject *
 Segment_exchange(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t off;
-    int64_t v;
-    if (off_and_value(self, args, nargs, "exchange", &off, &v) < 0) {
-        return NULL;
-    }
-    return PyLong_FromLongLong((long long)tl_exchange(seg_at(self, off), v));
+    return seg_value_op(self, args, nargs, SEG_EXCHANGE);
 }
 
-/* add(off, n) -> new value; OverflowError (nothing changed) if it leaves int64. */
 static PyObject *
 Segment_add(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t off;
-    int64_t n, v;
-    if (off_and_value(self, args, nargs, "add", &off, &n) < 0) {
-        return NULL;
-    }
-    if (tl_add(seg_at(self, off), n, 0, &v) != TL_OK) {
-        return overflow_result("add", n);
-    }
-    return PyLong_FromLongLong((long long)v);
+    return seg_value_op(self, args, nargs, SEG_ADD);
 }
 
 static PyObject *
@@ -584,14 +606,8 @@ seg_sum_cells(SegmentObject *s, Py_ssize_t *cells, Py_ssize_t n, int as_list)
 static PyObject *
 Segment_sum(SegmentObject *self, PyObject *arg)
 {
-    Py_ssize_t cell = PyLong_AsSsize_t(arg);
-    if (cell == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (seg_check_cell(self, cell) < 0) {
-        return NULL;
-    }
-    return seg_sum_cells(self, &cell, 1, 0);
+    Py_ssize_t cell;
+    return seg_cell_of(self, arg, &cell) < 0 ? NULL : seg_sum_cells(self, &cell, 1, 0);
 }
 
 static PyObject *
@@ -609,9 +625,7 @@ Segment_sum_many(SegmentObject *self, PyObject *arg)
     }
     PyObject *r = NULL;
     for (Py_ssize_t j = 0; j < n; j++) {
-        cells[j] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, j));
-        if ((cells[j] == -1 && PyErr_Occurred()) ||
-            seg_check_cell(self, cells[j]) < 0) {
+        if (seg_cell_of(self, PySequence_Fast_GET_ITEM(seq, j), &cells[j]) < 0) {
             goto done;
         }
     }
@@ -634,15 +648,9 @@ take_one(SegmentObject *s, Py_ssize_t off)
 static PyObject *
 Segment_take(SegmentObject *self, PyObject *arg)
 {
-    Py_ssize_t cell = PyLong_AsSsize_t(arg);
-    if (cell == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (seg_check_cell(self, cell) < 0) {
-        return NULL;
-    }
+    Py_ssize_t cell;
     scratch_t sc;
-    if (scratch_init(&sc, self->nslabs) < 0) {
+    if (seg_cell_of(self, arg, &cell) < 0 || scratch_init(&sc, self->nslabs) < 0) {
         return NULL;
     }
     /* A cell at 0 is skipped, not exchanged: the take happens at that load
@@ -922,14 +930,7 @@ Segment_key_find(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (seg_need_keys(self) < 0 || seg_owner(self, args[0], &owner) < 0) {
         return NULL;
     }
-    Py_ssize_t cell = seg_key_cell(self, owner, args[1], 0, 0, "key_find");
-    if (cell == -1) {
-        return NULL;
-    }
-    if (cell == -2) {
-        Py_RETURN_NONE;
-    }
-    return PyLong_FromSsize_t(cell);
+    return cell_or_none(seg_key_cell(self, owner, args[1], 0, 0, "key_find"));
 }
 
 /* key_insert(owner, key, ring1=0) -> int: the key's cell, inserting it (with
@@ -1323,9 +1324,10 @@ keyed_ask(KeyedObject *self, PyObject *fn, PyObject *key, int none_ok)
         Py_DECREF(r);
         return -2;
     }
-    Py_ssize_t cell = PyLong_AsSsize_t(r);
+    Py_ssize_t cell;
+    int bad = seg_cell_of(self->seg, r, &cell);
     Py_DECREF(r);
-    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0) {
+    if (bad < 0) {
         return -1;
     }
     return keyed_remember(self, key, cell);
@@ -1383,13 +1385,7 @@ Keyed_lookup(KeyedObject *self, PyObject *key)
     else if (cell == -2 && self->find != NULL) {
         cell = keyed_ask(self, self->find, key, 1);
     }
-    if (cell == -1) {
-        return NULL;
-    }
-    if (cell == -2) {
-        Py_RETURN_NONE;
-    }
-    return PyLong_FromSsize_t(cell);
+    return cell_or_none(cell);
 }
 
 /* cells: a read-only view of the cache. */
