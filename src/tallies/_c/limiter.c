@@ -371,49 +371,67 @@ Limiter_hit(LimiterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
     return PyBool_FromLong(admitted);
 }
 
-/* _window(key) -> (total, oldest slot or None, now_ns): the key's window now. */
+/* What _window(key) returns, for both limiters: (total, oldest slot or None
+ * when oldest is INT64_MIN, now_ns). */
 static PyObject *
-Limiter_window(LimiterObject *self, PyObject *key)
+window_result(int64_t total, int64_t oldest, int64_t now)
 {
-    int64_t now = clock_ns(self->clk);
-    int64_t s = now / self->res_ns;
-    int64_t total = 0, oldest = INT64_MIN;
-    LIM_LOCK(self);
-    int64_t *w = lim_window(self, key == Py_None ? NULL : key, 0);
-    if (w == NULL && PyErr_Occurred()) {
-        LIM_UNLOCK(self);
-        return NULL;
-    }
-    if (w != NULL) {
-        tlw_advance(&w[0], &w[1], &w[2], self->size, s);
-        total = w[1];
-        oldest = total ? tlw_oldest(w[0], &w[2], self->size) : INT64_MIN;
-    }
-    LIM_UNLOCK(self);
     if (oldest == INT64_MIN) {
         return Py_BuildValue("LOL", (long long)total, Py_None, (long long)now);
     }
     return Py_BuildValue("LLL", (long long)total, (long long)oldest, (long long)now);
 }
 
-/* _reset(key) -> int: forget the key's units. */
-static PyObject *
-Limiter_reset_key(LimiterObject *self, PyObject *key)
+/* The one pass of _window and _reset over key's window, under the lock: at
+ * clock *now, its *total and its *oldest bucket (INT64_MIN when empty, or
+ * when forget); forget: zero the window.  0, or -1 with an error set. */
+static int
+lim_read(LimiterObject *self, PyObject *key, int forget, int64_t *now, int64_t *total,
+         int64_t *oldest)
 {
-    int64_t s = clock_ns(self->clk) / self->res_ns;
-    int64_t total = 0;
+    *now = clock_ns(self->clk);
+    int64_t s = *now / self->res_ns;
+    *total = 0;
+    *oldest = INT64_MIN;
     LIM_LOCK(self);
     int64_t *w = lim_window(self, key == Py_None ? NULL : key, 0);
     if (w == NULL && PyErr_Occurred()) {
         LIM_UNLOCK(self);
-        return NULL;
+        return -1;
     }
     if (w != NULL) {
         tlw_advance(&w[0], &w[1], &w[2], self->size, s);
-        total = w[1];
-        memset(w, 0, (size_t)(2 + self->size) * 8);
+        *total = w[1];
+        if (forget) {
+            memset(w, 0, (size_t)(2 + self->size) * 8);
+        }
+        else if (*total) {
+            *oldest = tlw_oldest(w[0], &w[2], self->size);
+        }
     }
     LIM_UNLOCK(self);
+    return 0;
+}
+
+/* _window(key) -> (total, oldest slot or None, now_ns): the key's window now. */
+static PyObject *
+Limiter_window(LimiterObject *self, PyObject *key)
+{
+    int64_t now, total, oldest;
+    if (lim_read(self, key, 0, &now, &total, &oldest) < 0) {
+        return NULL;
+    }
+    return window_result(total, oldest, now);
+}
+
+/* _reset(key) -> int: forget the key's units. */
+static PyObject *
+Limiter_reset_key(LimiterObject *self, PyObject *key)
+{
+    int64_t now, total, oldest;
+    if (lim_read(self, key, 1, &now, &total, &oldest) < 0) {
+        return NULL;
+    }
     return PyLong_FromLongLong((long long)total);
 }
 
@@ -707,10 +725,7 @@ ShmLimiter_window(ShmLimiterObject *self, PyObject *key)
         oldest = total ? tlw_oldest(e->latest, e->counts, self->size) : INT64_MIN;
         tll_unlock(&e->lock);
     }
-    if (oldest == INT64_MIN) {
-        return Py_BuildValue("LOL", (long long)total, Py_None, (long long)now);
-    }
-    return Py_BuildValue("LLL", (long long)total, (long long)oldest, (long long)now);
+    return window_result(total, oldest, now);
 }
 
 static PyObject *
