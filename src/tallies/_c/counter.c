@@ -211,11 +211,11 @@ alloc_initial(PyTypeObject *type, PyObject *args, PyObject *kwds, const char *fo
     static char *kwlist[] = {"initial", NULL};
     PyObject *initial = NULL;
     *v = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &initial) ||
-        (initial != NULL && to_int64(initial, format + 3, v) < 0)) {
-        return NULL;
+    if (PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &initial) &&
+        (initial == NULL || to_int64(initial, format + 3, v) == 0)) {
+        return type->tp_alloc(type, 0);
     }
-    return type->tp_alloc(type, 0);
+    return NULL;
 }
 
 /* ---- Counter ------------------------------------------------------------ */
@@ -443,13 +443,12 @@ static PyObject *
 Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     int64_t v;
-    ShardedObject *self =
-        (ShardedObject *)alloc_initial(type, args, kwds, "|O:ShardedCounter", &v);
+    PyObject *self = alloc_initial(type, args, kwds, "|O:ShardedCounter", &v);
     if (self != NULL) {
-        tl_striped_init(&self->s, v, tl_cpus);
-        tl_share_prepare((PyObject *)self); /* 3.13t: see _shared.h */
+        tl_striped_init(&((ShardedObject *)self)->s, v, tl_cpus);
+        tl_share_prepare(self); /* 3.13t: see _shared.h */
     }
-    return (PyObject *)self;
+    return self;
 }
 
 static void

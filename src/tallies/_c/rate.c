@@ -732,12 +732,8 @@ KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     spec sp;
     KRateObject *self =
         (KRateObject *)alloc_with_spec(type, args, kwds, "|OO$O:KeyedRateCounter", &sp);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->dict = PyDict_New();
-    if (self->dict == NULL) {
-        Py_DECREF(self);
+    if (self == NULL || (self->dict = PyDict_New()) == NULL) {
+        Py_XDECREF(self);
         return NULL;
     }
     Py_XINCREF(sp.clock);
