@@ -270,8 +270,4 @@ static PyType_Slot Cell_slots[] = {
 TL_TYPE_SPEC(Cell, "tallies.stores.BufferedCounter", sizeof(CellObject),
              Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
-int
-tl_buffered_exec(PyObject *m)
-{
-    return tl_add_type(m, &Cell_spec, TL_BUFFERED_COUNTER, 1) == NULL ? -1 : 0;
-}
+TL_ONE_TYPE_EXEC(buffered, Cell, TL_BUFFERED_COUNTER)

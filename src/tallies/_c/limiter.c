@@ -38,21 +38,12 @@
 
 #define NS 1000000000LL
 
-static int64_t coarse_tick = -1; /* CLOCK_MONOTONIC_COARSE granularity, ns */
-
 static inline int64_t
 clock_ns(clockid_t clk)
 {
     struct timespec ts;
     clock_gettime(clk, &ts);
     return (int64_t)ts.tv_sec * NS + (int64_t)ts.tv_nsec;
-}
-
-static clockid_t
-clock_for(int64_t res_ns)
-{
-    return (coarse_tick > 0 && res_ns >= 10 * coarse_tick) ? CLOCK_MONOTONIC_COARSE
-                                                         : CLOCK_MONOTONIC;
 }
 
 /* d[k] as a new reference, or NULL (an error set, or none when absent): a
@@ -250,7 +241,7 @@ Limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->res_ns = res_ns;
     self->buckets = buckets;
     self->size = buckets + 1;
-    self->clk = clock_for(res_ns);
+    self->clk = tl_bucket_clock(res_ns, 0);
     self->next_sweep = INT64_MIN;
     self->glob = PyMem_Calloc((size_t)(2 + self->size), sizeof(int64_t));
     self->keys = PyDict_New();
@@ -551,7 +542,7 @@ ShmLimiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->res_ns = res_ns;
     self->buckets = buckets;
     self->size = buckets + 1;
-    self->clk = clock_for(res_ns);
+    self->clk = tl_bucket_clock(res_ns, 0);
     self->g_entry = -1;
     self->cache = PyDict_New();
     if (self->cache == NULL) {
@@ -998,7 +989,7 @@ static inline int64_t
 lease_now(void)
 {
     /* the coarse clock lags by at most a tick: now <= coarse + tick */
-    return coarse_tick > 0 ? clock_ns(CLOCK_MONOTONIC_COARSE) + coarse_tick
+    return tl_monotonic_tick > 0 ? clock_ns(CLOCK_MONOTONIC_COARSE) + tl_monotonic_tick
                            : clock_ns(CLOCK_MONOTONIC);
 }
 
@@ -1272,10 +1263,6 @@ TL_TYPE_SPEC(Lease, "tallies.stores.LeaseLimiter", sizeof(LeaseObject),
 int
 tl_limiter_exec(PyObject *m)
 {
-    struct timespec res;
-    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
-        coarse_tick = res.tv_nsec;
-    }
     static int forked_hook = 0;
     if (!forked_hook) {
         pthread_atfork(NULL, NULL, forget_self_word);

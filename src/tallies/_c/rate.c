@@ -43,7 +43,6 @@
 #define MIN_RESOLUTION 1e-9
 #define NS 1000000000LL
 
-static int64_t coarse_gran_ns = -1; /* CLOCK_MONOTONIC_COARSE granularity; -1: none */
 
 /* ---- arguments ----------------------------------------------------------- */
 
@@ -192,9 +191,7 @@ parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
      * doubles are more than 1 ns apart, so that double is the one given. */
     sp->window = window_ns <= ((int64_t)1 << 53) ? (double)window_ns / 1e9 : w;
     sp->resolution = res_ns <= ((int64_t)1 << 53) ? (double)res_ns / 1e9 : r;
-    sp->clk = (coarse_gran_ns > 0 && sp->res_ns >= 10 * coarse_gran_ns)
-                  ? CLOCK_MONOTONIC_COARSE
-                  : CLOCK_MONOTONIC;
+    sp->clk = tl_bucket_clock(sp->res_ns, 0);
     sp->clock = (clock == NULL || clock == Py_None) ? NULL : clock;
     return 0;
 }
@@ -1123,10 +1120,6 @@ TL_TYPE_SPEC(KRate, "tallies.KeyedRateCounter", sizeof(KRateObject),
 int
 tl_rate_exec(PyObject *m)
 {
-    struct timespec res;
-    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
-        coarse_gran_ns = res.tv_nsec;
-    }
     if (tl_add_type(m, &Rate_spec, TL_RATE_COUNTER, 1) == NULL ||
         tl_add_type(m, &KRate_spec, TL_KEYED_RATE_COUNTER, 1) == NULL) {
         return -1;
@@ -1136,7 +1129,7 @@ tl_rate_exec(PyObject *m)
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MAX_BUCKETS", TLR_MAX_BUCKETS) < 0 ||
-        PyModule_AddIntConstant(m, "COARSE_GRANULARITY_NS", (long)coarse_gran_ns) < 0) {
+        PyModule_AddIntConstant(m, "COARSE_GRANULARITY_NS", (long)tl_monotonic_tick) < 0) {
         return -1;
     }
     return 0;

@@ -1562,8 +1562,6 @@ typedef struct {
     PyObject *weakrefs;
 } RateCellObject;
 
-static int64_t rc_coarse_tick = -1;
-
 static PyObject *
 RateCell_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
@@ -1597,8 +1595,7 @@ RateCell_setup(RateCellObject *self, PyObject *args)
     self->slab_stride = slab_stride;
     self->unit_off = unit_off;
     self->res_ns = res_ns;
-    self->clk = (rc_coarse_tick > 0 && res_ns >= 10 * rc_coarse_tick) ? CLOCK_MONOTONIC_COARSE
-                                                                     : CLOCK_MONOTONIC;
+    self->clk = tl_bucket_clock(res_ns, 0);
     self->bslab = -1;
     Py_RETURN_NONE;
 }
@@ -1722,10 +1719,6 @@ tl_shm_exec(PyObject *m)
         tl_add_type(m, &Keyed_spec, TL_KEYED_CELLS, 1) == NULL ||
         tl_add_type(m, &RateCell_spec, TL_RATE_CELL, 1) == NULL) {
         return -1;
-    }
-    struct timespec res;
-    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
-        rc_coarse_tick = res.tv_nsec;
     }
     if (segment_type == NULL) {
         segment_type = seg;

@@ -34,8 +34,6 @@
 
 #define NS 1000000000LL
 
-static int64_t realtime_tick = -1;
-
 typedef struct {
     PyObject_HEAD
     tlr_ring ring;
@@ -74,8 +72,7 @@ WallRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->res_ns = res_ns;
-    self->clk = (realtime_tick > 0 && res_ns >= 10 * realtime_tick) ? CLOCK_REALTIME_COARSE
-                                                                   : CLOCK_REALTIME;
+    self->clk = tl_bucket_clock(res_ns, 1);
     return (PyObject *)self;
 }
 
@@ -299,12 +296,4 @@ static PyType_Slot WallRate_slots[] = {
 TL_TYPE_SPEC(WallRate, "tallies.stores.BufferedRate", sizeof(WallRateObject),
              Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
-int
-tl_wallrate_exec(PyObject *m)
-{
-    struct timespec res;
-    if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0) {
-        realtime_tick = res.tv_nsec;
-    }
-    return tl_add_type(m, &WallRate_spec, TL_WALL_RATE, 1) == NULL ? -1 : 0;
-}
+TL_ONE_TYPE_EXEC(wallrate, WallRate, TL_WALL_RATE)
