@@ -437,17 +437,26 @@ Limiter_len(LimiterObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(n);
 }
 
-static PyMemberDef Limiter_members[] = {
-    {"spec", T_OBJECT, offsetof(LimiterObject, spec), READONLY, "The limiter's spec."},
-    {NULL, 0, 0, 0, NULL},
-};
+/* What every limiter core has, documented once: hit(key=None, n=1) (HOW: how
+ * it decides, "" or a clause, before the final period); the members of
+ * Limiter and ShmLimiter (spec), and their _window/_reset. */
+#define LIM_HIT_DEF(P, HOW)                                                                  \
+    {"hit", (PyCFunction)(void (*)(void))P##_hit, FASTKW,                                    \
+     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "   \
+     "nothing" HOW "."}
+#define LIM_MEMBERS(P)                                                                       \
+    static PyMemberDef P##_members[] = {                                                     \
+        {"spec", T_OBJECT, offsetof(P##Object, spec), READONLY, "The limiter's spec."},      \
+        {NULL, 0, 0, 0, NULL}}
+#define LIM_WINDOW_DEFS(P)                                                                   \
+    {"_window", (PyCFunction)P##_window, METH_O, NULL},                                      \
+        {"_reset", (PyCFunction)P##_reset_key, METH_O, NULL}
+
+LIM_MEMBERS(Limiter);
 
 static PyMethodDef Limiter_methods[] = {
-    {"hit", (PyCFunction)(void (*)(void))Limiter_hit, FASTKW,
-     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "
-     "nothing."},
-    {"_window", (PyCFunction)Limiter_window, METH_O, NULL},
-    {"_reset", (PyCFunction)Limiter_reset_key, METH_O, NULL},
+    LIM_HIT_DEF(Limiter, ""),
+    LIM_WINDOW_DEFS(Limiter),
     {"_len", (PyCFunction)Limiter_len, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -882,17 +891,11 @@ ShmLimiter_spec_at(PyObject *Py_UNUSED(cls), PyObject *args)
     return out;
 }
 
-static PyMemberDef ShmLimiter_members[] = {
-    {"spec", T_OBJECT, offsetof(ShmLimiterObject, spec), READONLY, "The limiter's spec."},
-    {NULL, 0, 0, 0, NULL},
-};
+LIM_MEMBERS(ShmLimiter);
 
 static PyMethodDef ShmLimiter_methods[] = {
-    {"hit", (PyCFunction)(void (*)(void))ShmLimiter_hit, FASTKW,
-     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "
-     "nothing (every process of the machine shares the limit)."},
-    {"_window", (PyCFunction)ShmLimiter_window, METH_O, NULL},
-    {"_reset", (PyCFunction)ShmLimiter_reset_key, METH_O, NULL},
+    LIM_HIT_DEF(ShmLimiter, " (every process of the machine shares the limit)"),
+    LIM_WINDOW_DEFS(ShmLimiter),
     {"_incr", (PyCFunction)ShmLimiter_incr, METH_VARARGS, NULL},
     {"_get", (PyCFunction)ShmLimiter_get, METH_O, NULL},
     {"_format", (PyCFunction)ShmLimiter_format, METH_VARARGS | METH_STATIC, NULL},
@@ -1228,9 +1231,8 @@ Lease_now(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Lease_methods[] = {
-    {"hit", (PyCFunction)(void (*)(void))Lease_hit, FASTKW,
-     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "
-     "nothing: from this writer's lease when it has one (no I/O), else asking the store."},
+    LIM_HIT_DEF(Lease,
+                ": from this writer's lease when it has one (no I/O), else asking the store"),
     {"_take", (PyCFunction)(void (*)(void))Lease_take, METH_FASTCALL, NULL},
     {"_swap", (PyCFunction)Lease_swap, METH_O, NULL},
     {"_set", (PyCFunction)Lease_set, METH_VARARGS, NULL},
