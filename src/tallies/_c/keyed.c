@@ -487,7 +487,7 @@ static PyObject *
 keyed_put(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs, int setdefault)
 {
     const char *fname = setdefault ? "_setdefault" : "_set";
-    int64_t v, out;
+    int64_t v = 0, out; /* v = 0: gcc cannot see that one branch of two sets it */
     if (tl_nargs(nargs, 2, fname) < 0 || (setdefault && to_int64(args[1], fname + 1, &v) < 0)) {
         return NULL;
     }

@@ -418,8 +418,7 @@ per_second(PyObject *count, double w)
  * P_decrement, P_count, P_per_second), documented once: KEY is "" or "key, ",
  * OF "" or " of key", COUNT_DOC what count() returns. */
 #define RATE_METHOD_DEFS(P, KEY, OF, COUNT_DOC)                                              \
-    TL_UPDATE_METHOD_DEFS(P, "increment(" KEY "n=1) -> None\n\nCount n events" OF " now.",    \
-                          "decrement(" KEY "n=1) -> None\n\nCount -n events" OF " now."),     \
+    TL_EVENT_METHOD_DEFS(P, KEY, OF, ""),                                                    \
         {"count", (PyCFunction)(void (*)(void))P##_count, FASTKW,                            \
          "count(" KEY "window=None) -> int\n\n" COUNT_DOC},                                  \
         {"per_second", (PyCFunction)(void (*)(void))P##_per_second, FASTKW,                  \

@@ -1679,10 +1679,7 @@ RateCell_update(RateCellObject *self, int64_t n, int sub, const char *op)
 TL_UPDATE_METHODS(RateCell, RateCellObject)
 
 static PyMethodDef RateCell_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))RateCell_increment, FASTKW,
-     "increment(n=1) -> None\n\nCount n events now (this process's ring, lock-free)."},
-    {"decrement", (PyCFunction)(void (*)(void))RateCell_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nCount -n events now."},
+    TL_EVENT_METHOD_DEFS(RateCell, "", "", " (this process's ring, lock-free)"),
     {"_setup", (PyCFunction)RateCell_setup, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

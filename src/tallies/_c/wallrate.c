@@ -274,10 +274,7 @@ static PyMemberDef WallRate_members[] = {
 };
 
 static PyMethodDef WallRate_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))WallRate_increment, FASTKW,
-     "increment(n=1) -> None\n\nCount n events now (this process's pending bucket; no I/O)."},
-    {"decrement", (PyCFunction)(void (*)(void))WallRate_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nCount -n events now."},
+    TL_EVENT_METHOD_DEFS(WallRate, "", "", " (this process's pending bucket; no I/O)"),
     {"_drain", (PyCFunction)WallRate_drain, METH_NOARGS, NULL},
     {"_items", (PyCFunction)WallRate_items, METH_NOARGS, NULL},
     {"_close_with", (PyCFunction)WallRate_close, METH_O, NULL},
