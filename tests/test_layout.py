@@ -258,19 +258,27 @@ def test_the_installed_package_has_exactly_one_compiled_module() -> None:
 
 
 def _stub() -> tuple[set[str], dict[str, set[str]]]:
-    """The top-level names of the installed stub, and each class's members."""
+    """The top-level names of the installed stub but its ``@type_check_only``
+    classes (names of the stub alone, that group what several C types
+    declare), and each class's members, those of its bases in the stub included."""
     stub = INSTALLED / f"{EXTENSION}.pyi"
     assert stub.is_file(), f"{stub} is not installed"
     tree = ast.parse(stub.read_text())
     names: set[str] = set()
     classes: dict[str, set[str]] = {}
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        stub_only = isinstance(node, ast.ClassDef) and any(
+            isinstance(d, ast.Name) and d.id == "type_check_only" for d in node.decorator_list
+        )
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not stub_only:
             names.add(node.name)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
         if isinstance(node, ast.ClassDef):
             members = classes[node.name] = set()
+            for base in node.bases:
+                if isinstance(base, ast.Name) and base.id in classes:
+                    members |= classes[base.id]
             for item in node.body:
                 if isinstance(item, ast.FunctionDef):
                     members.add(item.name)
@@ -328,3 +336,13 @@ def test_the_stub_check_catches_a_missing_member() -> None:
     assert {"increment", "decrement", "value", "__iadd__", "__int__"} <= _c_members(native.Counter)
     assert "most_common" not in _c_members(native.KeyedCounter)  # installed, not C
     assert "_keys" in _c_members(native.KeyedCounter)
+
+
+def test_the_stub_check_reads_members_through_the_stub_only_bases() -> None:
+    """Counter declares increment through ``_Adder``, a ``@type_check_only`` class
+    that the extension does not have and the check does not ask it for."""
+    names, classes = _stub()
+    assert "_Adder" not in names
+    assert "_Adder" not in vars(_native())
+    assert {"increment", "__iadd__", "__int__", "value"} <= classes["Counter"]
+    assert {"increment", "inflated", "value"} <= classes["ShardedCounter"]

@@ -17,9 +17,9 @@ import copyreg
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from operator import itemgetter
-from typing import Any, SupportsIndex
+from typing import Any, SupportsIndex, TypeVar
 
 __all__ = [
     "COARSE_GRANULARITY_NS",
@@ -27,6 +27,7 @@ __all__ = [
     "INT64_MIN",
     "MAX_BUCKETS",
     "NONE",
+    "add_into",
     "instance_state",
     "most_common",
     "to_int64",
@@ -226,6 +227,19 @@ class _Spec:
 
     def repr_args(self) -> str:
         return f"window={self.window!r}, resolution={self.resolution!r}"
+
+
+_K = TypeVar("_K")
+
+
+def add_into(dst: dict[_K, int], src: Mapping[_K, int]) -> None:
+    """Add ``src``'s counts into ``dst``, dropping the entries that reach 0."""
+    for k, v in src.items():
+        t = dst.get(k, 0) + v
+        if t:
+            dst[k] = t
+        else:
+            dst.pop(k, None)
 
 
 class _RateSettings:

@@ -14,7 +14,7 @@ are the rates (``_c/_ring.h`` is the design); ``Segment``, ``Cell`` and
 """
 
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from typing import Any, SupportsIndex
+from typing import Any, SupportsIndex, TypeVar, type_check_only
 
 FREE_THREADED_BUILD: int
 """1 when this extension was compiled for a free-threaded (no-GIL) CPython."""
@@ -41,10 +41,37 @@ LINE: int
 
 # ---- Counter, ShardedCounter (_c/counter.c) ------------------------------------
 
+_A = TypeVar("_A", bound=_Adder)
+
+@type_check_only
+class _Adder:
+    """The updates Counter, ShardedCounter and BufferedCounter share (a name
+    of this stub only, as every ``@type_check_only`` class here: each C type
+    defines these methods itself)."""
+
+    def increment(self, n: SupportsIndex = 1) -> None:
+        """Add ``n`` (default 1)."""
+    def decrement(self, n: SupportsIndex = 1) -> None:
+        """Subtract ``n`` (default 1)."""
+    def __iadd__(self: _A, n: SupportsIndex) -> _A:
+        """``c += n``: an atomic ``increment(n)``."""
+    def __isub__(self: _A, n: SupportsIndex) -> _A:
+        """``c -= n``: an atomic ``decrement(n)``."""
+    def __int__(self) -> int: ...
+
+@type_check_only
+class _Striped(_Adder):
+    """What ShardedCounter and BufferedCounter, the striped counters, add
+    (likewise only a name of this stub)."""
+
+    @property
+    def inflated(self) -> bool:
+        """True once contention made the counter allocate its striped cells."""
+
 def _shared_remaining() -> int:
     """How many more contended ShardedCounters may become immortal (0 where not 3.13t)."""
 
-class Counter:
+class Counter(_Adder):
     """An exact signed 64-bit counter that many threads may update at once.
 
     Every method is atomic: no update is ever lost, under the GIL or without
@@ -56,10 +83,6 @@ class Counter:
     """
 
     def __init__(self, initial: SupportsIndex = 0) -> None: ...
-    def increment(self, n: SupportsIndex = 1) -> None:
-        """Add ``n`` (default 1)."""
-    def decrement(self, n: SupportsIndex = 1) -> None:
-        """Subtract ``n`` (default 1)."""
     def add(self, n: SupportsIndex) -> int:
         """Add ``n`` and return the value it produced (fetch-and-add)."""
     def value(self) -> int:
@@ -74,13 +97,8 @@ class Counter:
     def wait_until(self, target: SupportsIndex, timeout: float | None = None) -> bool:
         """Block until ``value() >= target``; return False if ``timeout`` seconds
         pass first.  Costs the updating threads nothing while nobody waits."""
-    def __iadd__(self, n: SupportsIndex) -> Counter:
-        """``c += n``: an atomic ``increment(n)``."""
-    def __isub__(self, n: SupportsIndex) -> Counter:
-        """``c -= n``: an atomic ``decrement(n)``."""
-    def __int__(self) -> int: ...
 
-class ShardedCounter:
+class ShardedCounter(_Striped):
     """A contention-adaptive striped counter (the design of Java's LongAdder).
 
     It starts as one cell.  The first update that finds another thread
@@ -96,20 +114,10 @@ class ShardedCounter:
     """
 
     def __init__(self, initial: SupportsIndex = 0) -> None: ...
-    def increment(self, n: SupportsIndex = 1) -> None:
-        """Add ``n`` (default 1)."""
-    def decrement(self, n: SupportsIndex = 1) -> None:
-        """Subtract ``n`` (default 1)."""
     def value(self) -> int:
         """The sum of the cells (not a snapshot while others update)."""
     def reset(self) -> int:
         """Zero every cell and return the sum of what was taken."""
-    @property
-    def inflated(self) -> bool:
-        """True once contention made the counter allocate its striped cells."""
-    def __iadd__(self, n: SupportsIndex) -> ShardedCounter: ...
-    def __isub__(self, n: SupportsIndex) -> ShardedCounter: ...
-    def __int__(self) -> int: ...
 
 # ---- KeyedCounter (_c/keyed.c) -------------------------------------------------
 
@@ -183,8 +191,10 @@ class KeyedCounter:
 
 # ---- RateCounter, KeyedRateCounter (_c/rate.c) ----------------------------------
 
-class RateCounter:
-    """Events in the last ``window`` seconds, in buckets of ``resolution`` seconds."""
+@type_check_only
+class _Ring:
+    """The settings RateCounter and KeyedRateCounter share (a name of this stub
+    only: each of the two C types defines them itself)."""
 
     def __init__(
         self,
@@ -193,6 +203,22 @@ class RateCounter:
         *,
         clock: Callable[[], float] | None = None,
     ) -> None: ...
+    @property
+    def window(self) -> float:
+        """The window in seconds (count()'s default and maximum)."""
+    @property
+    def resolution(self) -> float:
+        """The bucket width in seconds."""
+    @property
+    def buckets(self) -> int:
+        """ceil(window_ns / resolution_ns)."""
+    @property
+    def clock(self) -> Callable[[], float] | None:
+        """The clock callable, or None for the default."""
+
+class RateCounter(_Ring):
+    """Events in the last ``window`` seconds, in buckets of ``resolution`` seconds."""
+
     def increment(self, n: SupportsIndex = 1) -> None:
         """Count ``n`` events now (one clock read and one checked add)."""
     def decrement(self, n: SupportsIndex = 1) -> None:
@@ -207,45 +233,31 @@ class RateCounter:
     def reset(self) -> int:
         """Take the total and empty every bucket; each event is in exactly one
         reset() result or in a later total()."""
-    @property
-    def window(self) -> float: ...
-    @property
-    def resolution(self) -> float: ...
-    @property
-    def buckets(self) -> int: ...
-    @property
-    def clock(self) -> Callable[[], float] | None: ...
 
-class KeyedRateCounter:
+class KeyedRateCounter(_Ring):
     """A RateCounter per key; keys whose buckets have all expired are swept."""
 
-    def __init__(
-        self,
-        window: float = 60.0,
-        resolution: float = 1.0,
-        *,
-        clock: Callable[[], float] | None = None,
-    ) -> None: ...
-    def increment(self, key: Hashable, n: SupportsIndex = 1) -> None: ...
-    def decrement(self, key: Hashable, n: SupportsIndex = 1) -> None: ...
-    def count(self, key: Hashable, window: float | None = None) -> int: ...
-    def per_second(self, key: Hashable, window: float | None = None) -> float: ...
-    def snapshot(self, window: float | None = None) -> dict[Any, int]: ...
+    def increment(self, key: Hashable, n: SupportsIndex = 1) -> None:
+        """Count ``n`` events of key now."""
+    def decrement(self, key: Hashable, n: SupportsIndex = 1) -> None:
+        """Count ``-n`` events of key now."""
+    def count(self, key: Hashable, window: float | None = None) -> int:
+        """key's events in the window."""
+    def per_second(self, key: Hashable, window: float | None = None) -> float:
+        """``count(key, window) / window``."""
+    def snapshot(self, window: float | None = None) -> dict[Any, int]:
+        """Every key with a non-zero count in the window."""
     def most_common(
         self, n: SupportsIndex | None = None, window: float | None = None
-    ) -> list[tuple[Any, int]]: ...
-    def sweep(self) -> int: ...
-    def clear(self) -> None: ...
+    ) -> list[tuple[Any, int]]:
+        """The ``n`` keys with the most events in the window (all when ``n`` is
+        None), highest first; ties keep first-counted order; keys at 0 are left out."""
+    def sweep(self) -> int:
+        """Drop the keys whose buckets have all expired; how many."""
+    def clear(self) -> None:
+        """Drop every key."""
     def _keys(self) -> list[Any]: ...
     def __len__(self) -> int: ...
-    @property
-    def window(self) -> float: ...
-    @property
-    def resolution(self) -> float: ...
-    @property
-    def buckets(self) -> int: ...
-    @property
-    def clock(self) -> Callable[[], float] | None: ...
 
 # ---- shm:// (_c/shm.c) -----------------------------------------------------------
 
@@ -341,15 +353,13 @@ class KeyedCells:
 
 # ---- the write-behind stores' counter (_c/buffered.c) ---------------------------
 
-class BufferedCounter:
+class BufferedCounter(_Striped):
     """A write-behind counter: this process's pending delta in local cells
     (updates never leave C, never do I/O) plus the owner's stored value."""
 
     def __new__(cls, owner: Any, name: str, write_through: bool = False) -> BufferedCounter: ...
     def increment(self, n: SupportsIndex = 1) -> None:
         """Add ``n`` (default 1) to this process's pending delta."""
-    def decrement(self, n: SupportsIndex = 1) -> None:
-        """Subtract ``n`` (default 1)."""
     def value(self) -> int:
         """The stored value plus this process's pending delta."""
     def reset(self) -> int:
@@ -360,12 +370,7 @@ class BufferedCounter:
     @property
     def name(self) -> str: ...
     @property
-    def inflated(self) -> bool: ...
-    @property
     def closed(self) -> bool: ...
-    def __iadd__(self, n: SupportsIndex) -> BufferedCounter: ...
-    def __isub__(self, n: SupportsIndex) -> BufferedCounter: ...
-    def __int__(self) -> int: ...
 
 # ---- limiters (_c/limiter.c) and durable rates (_c/wallrate.c) -------------------
 

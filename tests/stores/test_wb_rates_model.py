@@ -149,3 +149,34 @@ def test_redis_rates_follow_the_model(redis_server: RedisServer) -> None:
 
     M.TestCase.settings = SETTINGS
     M.TestCase().runTest()
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "redis"])
+def test_an_event_older_than_the_window_stays_out_of_it_after_a_new_bucket(
+    scheme: str, tmp_path: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> None:
+    """Found by the model: a pending event, then a clock more than a window
+    later and a new event.  The old event is in the total, never in a window
+    (it was reported in the bucket just before the new one)."""
+    if scheme == "sqlite":
+        url = f"sqlite:///{tmp_path}/old.db?flush=3600"
+    else:
+        url = request.getfixturevalue("redis_server").url(unique_prefix("old"), flush="3600")
+    store = tallies.open(url)
+    try:
+        for gap in (WINDOW, WINDOW + 1, 3 * WINDOW):
+            r = store.rate(f"r{gap}", WINDOW, 1)
+            now = [(time.time_ns() // RES) * RES]  # the driven clock
+            r.clock = lambda now=now: now[0]
+            r.increment()
+            now[0] += gap * RES
+            assert [r.count(w) for w in (1, 2, WINDOW)] == [0, 0, 0]
+            r.increment()
+            assert [r.count(w) for w in (1, 2, WINDOW)] == [1, 1, 1], gap
+            assert r.total() == 2
+            store.flush()
+            assert [r.count(w) for w in (1, 2, WINDOW)] == [1, 1, 1], gap
+            assert r.total() == 2
+    finally:
+        store.close()
+        tallies.destroy(url)

@@ -13,7 +13,8 @@
  * minus its mark), after which the ring restarts from 0 at its newest bucket
  * (tlr_reset).  Events in buckets older than the ring (more than a window
  * before the newest, between two drains) are put in the bucket just before
- * the oldest one the ring still knows: outside the window, in the total.
+ * the oldest one the ring still knows (latest - nb): outside the window, in
+ * the total.
  * With a GIL the drain is one step for every thread; without one, an
  * increment landing between the drain's read and its reset is given to the
  * newest bucket (it happened at that moment), never lost.
@@ -183,7 +184,10 @@ per_bucket(tlr_ring *r, PyObject *out, int64_t *total_read, int64_t *latest_out)
         }
         int64_t v = atomic_load_explicit(&m->value, memory_order_relaxed);
         if (prev_slot == TLR_NONE) {
-            if (v != 0 && put(out, j - 1, v) < 0) { /* from buckets the ring forgot */
+            /* The events before the first mark in the ring: no slot from the
+             * ring's oldest to j - 1 has a mark, so none had an event; they
+             * all happened in buckets the ring forgot, before its oldest. */
+            if (v != 0 && put(out, latest - r->nb, v) < 0) {
                 return -1;
             }
         }

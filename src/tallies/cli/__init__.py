@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .look import non_negative_int, positive_int
+from .look import add_options, non_negative_int, positive_int
 
 __all__ = ["build_parser", "main"]
 
@@ -71,36 +71,27 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "counters. Prints what each really ended at, and why."
         ),
     )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=10,
-        metavar="N",
-        help="threads sharing the counter (default: 10)",
-    )
-    p.add_argument(
-        "--increments",
-        type=positive_int,
-        default=100_000,
-        metavar="N",
-        help="increments per thread (default: 100000)",
-    )
-    p.add_argument(
-        "--switch-interval",
-        type=_switch_interval,
-        default=1e-6,
-        metavar="S",
-        help=(
-            "sys.setswitchinterval() for the unsafe counters' runs only, restored after "
-            "(default: 1e-6; 0 keeps the interpreter's setting)"
-        ),
-    )
-    p.add_argument(
-        "--processes",
-        type=non_negative_int,
-        default=4,
-        metavar="N",
-        help="processes for the shm:// part with a progress bar (default: 4; 0 skips it)",
+    add_options(
+        p,
+        [
+            ("--threads", positive_int, 10, "N", "threads sharing the counter (default: 10)"),
+            ("--increments", positive_int, 100_000, "N", "increments per thread (default: 100000)"),
+            (
+                "--switch-interval",
+                _switch_interval,
+                1e-6,
+                "S",
+                "sys.setswitchinterval() for the unsafe counters' runs only, restored after "
+                "(default: 1e-6; 0 keeps the interpreter's setting)",
+            ),
+            (
+                "--processes",
+                non_negative_int,
+                4,
+                "N",
+                "processes for the shm:// part with a progress bar (default: 4; 0 skips it)",
+            ),
+        ],
     )
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.set_defaults(run=_run_demo)

@@ -11,7 +11,8 @@ import argparse
 import contextlib
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["UserError", "add_serve", "add_watch", "non_negative_int", "positive_int", "user_errors"]
 
@@ -83,31 +84,59 @@ def user_errors(command: str, run: Callable[[], int]) -> int:
     return 2
 
 
+Option = tuple[str, Callable[[str], Any], Any, str | None, str]
+"""An option of a subcommand: (flag, type, default, metavar, help)."""
+
+
+def add_options(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """Declare each of ``options`` on ``p`` (a None metavar: argparse's)."""
+    for flag, kind, default, metavar, text in options:
+        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
+
+
+def _store_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], int],
+    summary: str,
+    options: Iterable[Option],
+) -> argparse.ArgumentParser:
+    """``tallies NAME URL [options]`` for ``run`` = ``_run_NAME``, whose
+    docstring is the command's description (for a store that must exist)."""
+    name = run.__name__.removeprefix("_run_")
+    p = commands.add_parser(name, help=summary, description=run.__doc__)
+    p.add_argument("url", metavar="URL", help="the store, e.g. shm://app (it must exist)")
+    add_options(p, options)
+    p.set_defaults(run=run)
+    return p
+
+
 def _run_serve(args: argparse.Namespace) -> int:
+    """An HTTP endpoint /metrics in Prometheus' text format for the store at URL
+    (e.g. shm://app): the sidecar exporter for gunicorn, uWSGI, Celery or
+    multiprocessing workers. Needs prometheus_client (pip install tallies[prometheus])."""
     from .serve import serve
 
     return user_errors("serve", lambda: serve(args.url, args.host, args.port))
 
 
 def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser(
-        "serve",
-        help="serve a store's counts to Prometheus at http://HOST:PORT/metrics",
-        description=(
-            "An HTTP endpoint /metrics in Prometheus' text format for the store at URL "
-            "(e.g. shm://app): the sidecar exporter for gunicorn, uWSGI, Celery or "
-            "multiprocessing workers. Needs prometheus_client (pip install tallies[prometheus])."
-        ),
+    _store_command(
+        commands,
+        _run_serve,
+        "serve a store's counts to Prometheus at http://HOST:PORT/metrics",
+        [
+            ("--host", str, "127.0.0.1", None, "address to listen on (default: 127.0.0.1)"),
+            ("--port", _port, 9464, None, "port (default: 9464; 0 picks a free one)"),
+        ],
     )
-    p.add_argument("url", metavar="URL", help="the store, e.g. shm://app (it must exist)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument(
-        "--port", type=_port, default=9464, help="port (default: 9464; 0 picks a free one)"
-    )
-    p.set_defaults(run=_run_serve)
 
 
 def _run_watch(args: argparse.Namespace) -> int:
+    """Each counter of the store at URL with its value, its rate over the last
+    seconds and a sparkline of the last minute; keyed counters as their top
+    keys; rates as count and per second. Uses rich when installed (pip install
+    tallies[watch]) and the terminal can show it; plain lines otherwise. Ctrl-C
+    exits."""
     from .watch import watch
 
     return user_errors(
@@ -116,30 +145,13 @@ def _run_watch(args: argparse.Namespace) -> int:
 
 
 def add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser(
-        "watch",
-        help="a live view of a store's counters in the terminal",
-        description=(
-            "Each counter of the store at URL with its value, its rate over the last seconds "
-            "and a sparkline of the last minute; keyed counters as their top keys; rates as "
-            "count and per second. Uses rich when installed (pip install tallies[watch]) and "
-            "the terminal can show it; plain lines otherwise. Ctrl-C exits."
-        ),
-    )
-    p.add_argument("url", metavar="URL", help="the store, e.g. shm://app (it must exist)")
-    p.add_argument(
-        "--interval",
-        type=_seconds,
-        default=1.0,
-        metavar="S",
-        help="seconds between refreshes (default: 1)",
-    )
-    p.add_argument(
-        "--top",
-        type=positive_int,
-        default=5,
-        metavar="N",
-        help="keys shown per keyed counter (default: 5)",
+    p = _store_command(
+        commands,
+        _run_watch,
+        "a live view of a store's counters in the terminal",
+        [
+            ("--interval", _seconds, 1.0, "S", "seconds between refreshes (default: 1)"),
+            ("--top", positive_int, 5, "N", "keys shown per keyed counter (default: 5)"),
+        ],
     )
     p.add_argument("--plain", action="store_true", help="plain lines even on a capable terminal")
-    p.set_defaults(run=_run_watch)

@@ -54,6 +54,7 @@ import operator
 import sys
 import types
 from collections.abc import (
+    Callable,
     Hashable,
     ItemsView,
     Iterable,
@@ -176,6 +177,23 @@ def register_kind(cls: type) -> None:
     global _KINDS
     _KINDS = (*_KINDS, cls)
     MutableMapping.register(cls)
+
+
+def _operators(pairs: str) -> tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]:
+    """``c op other`` and ``other op c`` for the multiset operator whose pairs
+    function is the method ``pairs`` (``_add_pairs`` for ``+``...)."""
+    name = pairs[1:-6]  # add, sub, or, and
+
+    def forward(self: Any, other: Any) -> Any:
+        return self._binop(other, getattr(self, pairs), False)
+
+    def reflected(self: Any, other: Any) -> Any:
+        return self._binop(other, getattr(self, pairs), True)
+
+    forward.__name__, reflected.__name__ = f"__{name}__", f"__r{name}__"
+    for f in forward, reflected:
+        f.__qualname__ = f"KeyedCounterMixin.{f.__name__}"
+    return forward, reflected
 
 
 def install(cls: type, *, skip: frozenset[str] = frozenset()) -> None:
@@ -570,29 +588,10 @@ class KeyedCounterMixin(_Core):
         s = self._dict()
         return self._result(op(o, s) if reflected else op(s, o))
 
-    def __add__(self, other: Any) -> Any:
-        return self._binop(other, self._add_pairs, False)
-
-    def __radd__(self, other: Any) -> Any:
-        return self._binop(other, self._add_pairs, True)
-
-    def __sub__(self, other: Any) -> Any:
-        return self._binop(other, self._sub_pairs, False)
-
-    def __rsub__(self, other: Any) -> Any:
-        return self._binop(other, self._sub_pairs, True)
-
-    def __or__(self, other: Any) -> Any:
-        return self._binop(other, self._or_pairs, False)
-
-    def __ror__(self, other: Any) -> Any:
-        return self._binop(other, self._or_pairs, True)
-
-    def __and__(self, other: Any) -> Any:
-        return self._binop(other, self._and_pairs, False)
-
-    def __rand__(self, other: Any) -> Any:
-        return self._binop(other, self._and_pairs, True)
+    __add__, __radd__ = _operators("_add_pairs")
+    __sub__, __rsub__ = _operators("_sub_pairs")
+    __or__, __ror__ = _operators("_or_pairs")
+    __and__, __rand__ = _operators("_and_pairs")
 
     def __pos__(self) -> Any:
         return self._binop(collections.Counter(), self._add_pairs, False)  # counts > 0

@@ -17,47 +17,13 @@ import re
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
+from . import base
 from ._redact import redact_url
-from .base import (
-    CapacityError,
-    CorruptSegmentError,
-    CorruptStoreError,
-    CountOverflowError,
-    FlushError,
-    KindClashError,
-    LimitersUnsupportedError,
-    RatesUnsupportedError,
-    Snapshot,
-    Store,
-    StoreError,
-    StoreNotFoundError,
-    StoreUnavailableError,
-    StoreURL,
-)
+from .base import *  # noqa: F403  (base.__all__: the Store interface, its types and errors)
+from .base import Store, StoreURL
 
-__all__ = [
-    "CapacityError",
-    "CorruptSegmentError",
-    "CorruptStoreError",
-    "CountOverflowError",
-    "FlushError",
-    "KindClashError",
-    "LimitersUnsupportedError",
-    "RatesUnsupportedError",
-    "Snapshot",
-    "Store",
-    "StoreError",
-    "StoreNotFoundError",
-    "StoreURL",
-    "StoreUnavailableError",
-    "aopen",
-    "destroy",
-    "open",
-    "parse_url",
-    "redact_url",
-    "register",
-    "schemes",
-]
+__all__ = ["aopen", "destroy", "open", "parse_url", "redact_url", "register", "schemes"]
+__all__ += base.__all__
 
 BUILTIN_SCHEMES: tuple[str, ...] = ("memory", "shm", "sqlite")
 # Schemes served by another scheme's module: redis:// over TLS and on a Cluster,

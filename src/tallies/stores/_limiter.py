@@ -104,14 +104,20 @@ def _seconds(obj: object, what: str) -> float:
     return v
 
 
+def _integer(value: object, what: str) -> int:
+    """``value`` as an int: anything without ``__index__``, and a bool, is a
+    TypeError "``what`` must be an integer"."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__!r}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def limit_spec(
     name: object, limit: object, per: object, resolution: object, min_res_ns: int, where: str
 ) -> LimitSpec:
     """Validate ``store.limiter()``'s arguments (nothing is created before)."""
     name = counter_name(name)
-    if isinstance(limit, bool) or not hasattr(type(limit), "__index__"):
-        raise TypeError(f"limiter() limit must be an integer, not {type(limit).__name__!r}")
-    lim = operator.index(limit)  # type: ignore[arg-type]
+    lim = _integer(limit, "limiter() limit")
     if lim <= 0:
         raise ValueError(f"limiter() limit must be > 0, not {lim}")
     if lim > INT64_MAX:
@@ -147,9 +153,7 @@ def limit_spec(
 
 def check_hits(n: object, fname: str = "hit") -> int:
     """``n`` of hit()/test(): an int >= 1 (a bool is refused)."""
-    if isinstance(n, bool) or not hasattr(type(n), "__index__"):
-        raise TypeError(f"{fname}() n must be an integer, not {type(n).__name__!r}")
-    v = operator.index(n)  # type: ignore[arg-type]
+    v = _integer(n, f"{fname}() n")
     if v <= 0:
         raise ValueError(f"{fname}() n must be >= 1, not {v}")
     if v > INT64_MAX:

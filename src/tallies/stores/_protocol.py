@@ -11,9 +11,9 @@ write-behind's design comment explains why each method must be atomic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from .._common import INT64_MAX, INT64_MIN
 
@@ -213,3 +213,34 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections (never called on a connection inherited
         across fork)."""
+
+
+_V = TypeVar("_V")
+
+
+def set_apart(
+    bad: set[tuple[str, str | None]],
+    plain: dict[str, _V],
+    keyed: dict[str, dict[str, _V]],
+    hold: Callable[[str, str | None, _V], None],
+) -> tuple[dict[str, _V], dict[str, dict[str, _V]]]:
+    """The deltas of a batch's ``plain`` and ``keyed`` maps that ``bad`` (a
+    CountOverflowError's (name, key) pairs, key None for a plain name) does
+    not name; each one it names goes to ``hold(name, key, delta)``."""
+    rest: dict[str, _V] = {}
+    for name, v in plain.items():
+        if (name, None) in bad:
+            hold(name, None, v)
+        else:
+            rest[name] = v
+    rest_keyed: dict[str, dict[str, _V]] = {}
+    for name, m in keyed.items():
+        keep = {}
+        for key, v in m.items():
+            if (name, key) in bad:
+                hold(name, key, v)
+            else:
+                keep[key] = v
+        if keep:
+            rest_keyed[name] = keep
+    return rest, rest_keyed

@@ -49,7 +49,7 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -345,6 +345,14 @@ class RedisBackend:
             f"{self.url}: {what}: Redis did not answer ({type(exc).__name__}: {exc})"
         )
 
+    @contextlib.contextmanager
+    def _answering(self, what: str) -> Iterator[None]:
+        """Redis not answering inside the block: StoreUnavailableError (``what``)."""
+        try:
+            yield
+        except UNAVAILABLE as exc:
+            raise self._unavailable(what, exc) from exc
+
     def ping(self) -> None:
         try:
             for c in self._all_nodes():
@@ -622,7 +630,7 @@ class RedisBackend:
                     want[name] = "string" if key is None else "hash"
         if not want:
             return
-        try:
+        with self._answering("flush"):
             for rec in self._get_many([c.wkey for c in calls]):
                 if rec is not None and int(rec.split(b":")[0]) >= seq:
                     return
@@ -634,8 +642,6 @@ class RedisBackend:
                 for name, t in zip(names, pipe.execute(), strict=True):
                     if _text(t) not in ("none", want[name]):
                         clash.append((name, None))
-        except UNAVAILABLE as exc:
-            raise self._unavailable("flush", exc) from exc
         if clash:
             raise KindClashError(
                 f"{self.url}: {', '.join(repr(n) for n, _ in clash)} registered with the "
@@ -696,7 +702,7 @@ class RedisBackend:
         batch stays in flight and is retried, nothing lost or doubled, until
         the count is back in range.
         """
-        try:
+        with self._answering("flush"):
             records = self._get_many([c.wkey for c in calls])
             for rec in records:
                 if rec is not None and int(rec.split(b":")[0]) >= seq:
@@ -727,8 +733,6 @@ class RedisBackend:
                         with contextlib.suppress(ValueError):
                             if not INT64_MIN <= int(v) + deltas[name][key] <= INT64_MAX:
                                 bad.append((name, key))
-        except UNAVAILABLE as exc:
-            raise self._unavailable("flush", exc) from exc
         if bad:
             raise CountOverflowError(
                 f"{self.url}: the flush would move {len(bad)} count(s) outside the signed "

@@ -51,7 +51,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from .._common import INT64_MAX, INT64_MIN, _Spec, most_common, to_int64
-from ._protocol import RateKind, RateQuery, RateSpec, Read
+from .._common import add_into as add_buckets
+from ._protocol import RateKind, RateQuery, RateSpec, Read, set_apart
 from .base import check_key
 
 if TYPE_CHECKING:
@@ -335,15 +336,6 @@ def sum_buckets(buckets: dict[int, int], lo: int, hi: int) -> int:
     return sum(v for s, v in buckets.items() if lo <= s <= hi)
 
 
-def add_buckets(dst: dict[int, int], src: dict[int, int]) -> None:
-    for s, v in src.items():
-        t = dst.get(s, 0) + v
-        if t:
-            dst[s] = t
-        else:
-            dst.pop(s, None)
-
-
 def query(r: _RateBase, lo: int, hi: int, key: str | None = None) -> RateQuery:
     return RateQuery(r.name, r.spec, lo, hi, key)
 
@@ -445,20 +437,14 @@ def hold(wb: WriteBehind, batch: Any, rest: Any, bad: set[tuple[str, str | None]
     """A CountOverflowError named ``bad``: hold those rate buckets (still
     counted by reads, sent again by every flush); the rest goes on (caller
     holds the state lock)."""
-    for name, m in batch.rates.items():
-        if (name, None) in bad:
-            add_buckets(wb._held_r.setdefault(name, {}), m)
+
+    def held(name: str, key: str | None, buckets: dict[int, int]) -> None:
+        if key is None:
+            add_buckets(wb._held_r.setdefault(name, {}), buckets)
         else:
-            rest.rates[name] = m
-    for name, km in batch.keyed_rates.items():
-        keep = {}
-        for k, b in km.items():
-            if (name, k) in bad:
-                add_buckets(wb._held_kr.setdefault(name, {}).setdefault(k, {}), b)
-            else:
-                keep[k] = b
-        if keep:
-            rest.keyed_rates[name] = keep
+            add_buckets(wb._held_kr.setdefault(name, {}).setdefault(key, {}), buckets)
+
+    rest.rates, rest.keyed_rates = set_apart(bad, batch.rates, batch.keyed_rates, held)
     rest.rate_specs = batch.rate_specs
 
 

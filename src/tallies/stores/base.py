@@ -282,8 +282,7 @@ class Store(abc.ABC):
         return self._closed
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError(f"the store {self._url.shown!r} is closed")
+        check_open(self._closed, self._url.shown)
 
     @abc.abstractmethod
     def counter(self, name: str) -> StoreCounter:
@@ -420,6 +419,13 @@ def check_key(key: object) -> str:
             raise TypeError(f"key must be a str, not {type(key).__name__!r}")
         key = str.__str__(key)
     return check_name(key, "key", max_bytes=KEY_MAX_BYTES)
+
+
+def check_open(closed: bool, shown: str) -> None:
+    """The one error of a store used after close(): ValueError "the store
+    ``shown`` is closed" when ``closed``."""
+    if closed:
+        raise ValueError(f"the store {shown!r} is closed")
 
 
 def rate_mismatch(name: str, have: Any, want: Any, where: str) -> ValueError:

@@ -186,9 +186,10 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, Protocol, SupportsIndex
 
+from .._common import add_into as _add_into
 from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import ShardedCounter
 from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
@@ -208,6 +209,7 @@ from ._protocol import (
     RateKind,
     Read,
     Target,
+    set_apart,
 )
 from ._redact import redact_url
 from .base import (
@@ -220,6 +222,7 @@ from .base import (
     StoreError,
     StoreURL,
     check_key,
+    check_open,
     counter_name,
 )
 
@@ -262,30 +265,27 @@ def _shown(items: list[tuple[str, str | None]]) -> str:
 # ---- the objects users hold ----------------------------------------------------
 
 
-def _rebuild(url: str, name: str, kind: Kind) -> Any:
-    """Unpickling a counter: the store of ``url`` open in this process (one
-    store per URL per process), opened once if it is not."""
+def _store_of(url: str) -> Any:
+    """Unpickling: the store of ``url`` open in this process (one store per
+    URL per process), opened once if it is not."""
     from . import _store_class, parse_url
 
     parsed = parse_url(url)
     cls = _store_class(parsed)
     if issubclass(cls, WriteBehindStore):
-        store: Any = cls._attach(parsed, create=True, owned=False)
-    else:  # pragma: no cover - write-behind counters come from write-behind stores
-        store = cls.open_url(parsed)
+        return cls._attach(parsed, create=True, owned=False)
+    return cls.open_url(parsed)  # pragma: no cover - they come from write-behind stores
+
+
+def _rebuild(url: str, name: str, kind: Kind) -> Any:
+    """Unpickling a counter: from the store of ``url`` (``_store_of``)."""
+    store = _store_of(url)
     return store.counter(name) if kind == "counter" else store.keyed(name)
 
 
 def _rebuild_rate(url: str, name: str, kind: str, window: float, resolution: float) -> Any:
     """Unpickling a rate or keyed rate: as ``_rebuild``."""
-    from . import _store_class, parse_url
-
-    parsed = parse_url(url)
-    cls = _store_class(parsed)
-    if issubclass(cls, WriteBehindStore):
-        store: Any = cls._attach(parsed, create=True, owned=False)
-    else:  # pragma: no cover - write-behind rates come from write-behind stores
-        store = cls.open_url(parsed)
+    store = _store_of(url)
     if kind == "rate":
         return store.rate(name, window, resolution)
     return store.keyed_rate(name, window, resolution)
@@ -631,15 +631,6 @@ def _with_zeros(keys: dict[str, None], m: dict[str, int]) -> dict[str, int]:
     return m
 
 
-def _add_into(dst: dict[str, int], src: Mapping[str, int]) -> None:
-    for k, v in src.items():
-        t = dst.get(k, 0) + v
-        if t:
-            dst[k] = t
-        else:
-            dst.pop(k, None)
-
-
 class WriteBehind:
     """The local side of a write-behind store (see the module docstring).
 
@@ -712,8 +703,7 @@ class WriteBehind:
     # -- objects -----------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closing:
-            raise ValueError(f"the store {self.shown!r} is closed")
+        check_open(self._closing, self.shown)
 
     def _kind_clash(self, name: str, kind: Kind) -> None:
         r = self._rates.get(name)
@@ -774,7 +764,7 @@ class WriteBehind:
             total, stored = _wbrates.stored(r, rate.name)
             buckets = dict(stored.get("", {}))
             pend = _wbrates.pending_plain(self, rate, r.seq)
-            _wbrates.add_buckets(buckets, pend)
+            _add_into(buckets, pend)
             return _wbrates.sum_buckets(buckets, lo, hi), total + sum(pend.values())
 
         out: tuple[int, int] = self._read(Query(rates=(q,)), local)
@@ -789,7 +779,7 @@ class WriteBehind:
             merged = {k: dict(b) for k, b in stored.items()}
             for k, b in _wbrates.pending_keyed(self, rate, r.seq).items():
                 if key is None or k == key:
-                    _wbrates.add_buckets(merged.setdefault(k, {}), b)
+                    _add_into(merged.setdefault(k, {}), b)
             return {k: _wbrates.sum_buckets(b, lo, hi) for k, b in sorted(merged.items())}
 
         out: dict[str, int] = self._read(Query(rates=(q,)), local)
@@ -981,21 +971,15 @@ class WriteBehind:
         _state); return the rest of the batch (same seq), or None if empty."""
         rest = Batch(batch.seq, names=dict(batch.names))
         _wbrates.hold(self, batch, rest, bad)
-        for name, d in batch.counters.items():
-            if (name, None) in bad:
+
+        def held(name: str, key: str | None, d: int) -> None:
+            if key is None:
                 _add_into(self._held_c, {name: d})
             else:
-                rest.counters[name] = d
-        for name, m in batch.keyed.items():
-            keep = {}
-            for key, d in m.items():
-                if (name, key) in bad:
-                    held = self._held_k.setdefault(name, {})
-                    held[key] = held.get(key, 0) + d
-                else:
-                    keep[key] = d
-            if keep:
-                rest.keyed[name] = keep
+                held = self._held_k.setdefault(name, {})
+                held[key] = held.get(key, 0) + d
+
+        rest.counters, rest.keyed = set_apart(bad, batch.counters, batch.keyed, held)
         if not (rest.has_deltas() or rest.names):
             return None
         return rest
