@@ -1,17 +1,19 @@
 """``tallies bench --limits``: limiters and durable rates (issue 20).
 
-It starts its own ``redis-server`` (``servers.RedisServer``) and uses a
-temporary SQLite file and ``shm://`` segment; a store it cannot open makes its
-rows say "not measured" and why.
+It starts its own ``redis-server`` (``servers.RedisServer``) and PostgreSQL
+server (``servers.PostgresServer``) and uses a temporary SQLite file and
+``shm://`` segment; a store it cannot open makes its rows say "not measured"
+and why.
 
-* ``Limiter.hit()`` on ``memory://``, ``shm://`` and ``redis://`` (with a
-  lease: a limit no run reaches, so leases grow to their largest and one hit
-  in thousands goes to Redis), each statement 50 times a loop over locals
+* ``Limiter.hit()`` on ``memory://``, ``shm://``, ``redis://`` and
+  ``postgresql://`` (with a lease: a limit no run reaches, so leases grow to
+  their largest and one hit in thousands goes to the server), each statement
+  50 times a loop over locals
   (``harness.per_call``), ratios per round against ``Counter.increment()``;
   printed beside one redis-py round trip per hit: ``limits``' own
   ``FixedWindowRateLimiter`` over its Redis storage.
-* A rate's ``increment()`` on ``shm://``, ``sqlite://`` and ``redis://``
-  against ``Counter.increment()``.
+* A rate's ``increment()`` on ``shm://``, ``sqlite://``, ``redis://`` and
+  ``postgresql://`` against ``Counter.increment()``.
 * ``limits``' ``FixedWindowRateLimiter`` and ``MovingWindowRateLimiter``, ns
   per ``hit``, over the tallies storage (``tallies+memory``, ``+shm``,
   ``+sqlite``, ``+redis``) and over limits' ``memory://`` and ``redis://``.
@@ -31,7 +33,7 @@ from typing import Any
 import tallies
 
 from .harness import Row, Target, per_call, per_call_rows
-from .servers import RedisServer
+from .servers import PostgresServer, RedisServer
 
 __all__ = ["run"]
 
@@ -63,6 +65,22 @@ def _redis() -> Iterator[RedisServer | None]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _postgres() -> Iterator[PostgresServer | str]:
+    """A PostgreSQL server, or why there is none."""
+    from .postgres_store import why_not
+
+    why = why_not()
+    if why is not None:
+        yield why
+        return
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 def _missing(part: str, name: str, why: str) -> Row:
     return Row(part, name, None, "ns", target="", verdict="", data={"why": why})
 
@@ -73,9 +91,9 @@ def run(quick: bool) -> list[Row]:
     shm_url = f"shm://bench-limits-{os.getpid()}-{secrets.token_hex(3)}"
     stores: list[Any] = []
     try:
-        with _redis() as server:
+        with _redis() as server, _postgres() as pg:
             try:
-                return _run(quick, rounds, loops, tmp, shm_url, server, stores)
+                return _run(quick, rounds, loops, tmp, shm_url, server, pg, stores)
             finally:  # while the server is still there: their final flushes land
                 for s in stores:
                     with contextlib.suppress(Exception):
@@ -93,6 +111,7 @@ def _run(
     tmp: Path,
     shm_url: str,
     server: RedisServer | None,
+    pg: PostgresServer | str,
     stores: list[Any],
 ) -> list[Row]:
     def opened(url: str) -> Any:
@@ -101,6 +120,11 @@ def _run(
         return s
 
     redis_url = server.url("bench-limits:", flush="1") if server is not None else None
+    pg_url = pg.url(schema="bench_limits", flush="1") if not isinstance(pg, str) else None
+    absent = {  # a row of a store without a server: why (by the URL's scheme)
+        "redis": "not measured: redis-server or redis-py missing",
+        "postgresql": pg if isinstance(pg, str) else "",
+    }
     env: dict[str, object] = {"c": tallies.Counter()}
     stmts = {FLOOR: "c.increment()"}
     why: dict[str, str] = {}
@@ -108,10 +132,11 @@ def _run(
         "memory:// Limiter.hit()": ("lm", "memory://"),
         "shm:// Limiter.hit()": ("ls", shm_url),
         "redis:// Limiter.hit(), with a lease": ("lr", redis_url),
+        "postgresql:// Limiter.hit(), with a lease": ("lp", pg_url),
     }
     for name, (var, url) in hits.items():
         if url is None:
-            why[name] = "not measured: redis-server or redis-py missing"
+            why[name] = absent[name.split(":")[0]]
             continue
         try:
             lim = opened(url).limiter("bench", BIG, 60)
@@ -140,10 +165,11 @@ def _run(
         "shm:// rate.increment()": ("rm", shm_url),
         "sqlite:// rate.increment()": ("rs", f"sqlite:///{tmp}/bench.db?flush=1"),
         "redis:// rate.increment()": ("rr", redis_url),
+        "postgresql:// rate.increment()": ("rp", pg_url),
     }
     for name, (var, url) in rates.items():
         if url is None:
-            why[name] = "not measured: redis-server or redis-py missing"
+            why[name] = absent[name.split(":")[0]]
             continue
         env[var] = opened(url).rate("bench", 60, 1)
         stmts[name] = f"{var}.increment()"
@@ -161,9 +187,11 @@ def _run(
         "memory:// Limiter.hit()": HIT_MEMORY,
         "shm:// Limiter.hit()": HIT_MEMORY,
         "redis:// Limiter.hit(), with a lease": HIT_REDIS,
+        "postgresql:// Limiter.hit(), with a lease": HIT_REDIS,
         "shm:// rate.increment()": RATE_INC,
         "sqlite:// rate.increment()": RATE_INC,
         "redis:// rate.increment()": RATE_INC,
+        "postgresql:// rate.increment()": RATE_INC,
     }
     out = list(rows.values())
     for name, limit in targets.items():

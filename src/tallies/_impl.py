@@ -12,7 +12,8 @@ write-behind stores take their types from here.
 not built): ``shm://`` has no fallback (its counters are atomics in memory
 that processes share), so it uses the extension even under ``TALLIES_PURE=1``
 and refuses without it.  Where the fallback is in use, the names that only
-the C core has (``Count``, ``make_count``, ``BufferedCounter``) are None.
+the C core has (``Count``, ``make_count``, ``BufferedCounter``,
+``BufferedKeyedCounter``) are None.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "IMPLEMENTATION",
     "NATIVE_MISSING",
     "BufferedCounter",
+    "BufferedKeyedCounter",
     "Count",
     "Counter",
     "KeyedCore",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     Count: Any
     make_count: Any
     BufferedCounter: Any
+    BufferedKeyedCounter: Any
 elif IMPLEMENTATION == "c":
     Counter = native.Counter
     ShardedCounter = native.ShardedCounter
@@ -68,9 +71,10 @@ elif IMPLEMENTATION == "c":
     RateCounter = native.RateCounter
     KeyedRateCounter = native.KeyedRateCounter
     BufferedCounter = native.BufferedCounter  # a write-behind store's counter
+    BufferedKeyedCounter = native.BufferedKeyedCounter  # and its keyed counter's C half
 else:
     from ._pure.counter import Counter, ShardedCounter
     from ._pure.keyed import KeyedCore
     from ._pure.rate import KeyedRateCounter, RateCounter
 
-    Count = make_count = BufferedCounter = None
+    Count = make_count = BufferedCounter = BufferedKeyedCounter = None

@@ -372,6 +372,22 @@ class BufferedCounter(_Striped):
     @property
     def closed(self) -> bool: ...
 
+class BufferedKeyedCounter:
+    """A write-behind keyed counter's C half (_c/keyed.c): an update of a key
+    already in the cells adds to its cell there; every other update (a new
+    key, a non-str key, a closed gate) calls the fallbacks that
+    ``_open_gate`` was given, with the same arguments.  stores/writebehind.py
+    installs the rest of the API on this type."""
+
+    def increment(self, key: str, n: SupportsIndex = 1) -> None:
+        """Add ``n`` (default 1) to ``key``'s count."""
+    def decrement(self, key: str, n: SupportsIndex = 1) -> None:
+        """Subtract ``n`` (default 1) from ``key``'s count."""
+    def _open_gate(
+        self, cells: Any, increment: Callable[..., None], decrement: Callable[..., None], /
+    ) -> None: ...
+    def _close_gate(self) -> None: ...
+
 # ---- limiters (_c/limiter.c) and durable rates (_c/wallrate.c) -------------------
 
 LIMTABLE_HEADER: int

@@ -8,8 +8,9 @@
 process on this machine: gunicorn's or uvicorn's workers share one limit),
 ``tallies+sqlite:///path.db`` (one file, every process on the machine),
 ``tallies+redis://host:6379`` (every machine; also ``tallies+rediss://``,
-``tallies+redis+cluster://``) and ``tallies+memory://`` (one process, as
-limits' own ``memory://``).  Importing this module needs ``limits``
+``tallies+redis+cluster://``), ``tallies+postgresql://user@host/db`` (every
+machine, in PostgreSQL) and ``tallies+memory://`` (one process, as limits'
+own ``memory://``).  Importing this module needs ``limits``
 (``pip install tallies[limits]``); importing ``tallies`` never imports it.
 
 What each of limits' strategies gets

@@ -63,7 +63,6 @@ class Facts:
     key_max_bytes: int  # 1024; shm:// holds 224
     whole_counter_api: bool  # memory: the in-process Counter / KeyedCounter themselves
     empty_keyed_shared: bool  # other processes see a keyed counter before its first key
-    rates_and_limiters: bool  # postgresql:// has neither yet: it refuses both, saying so
 
 
 def facts(url: str) -> Facts:
@@ -78,27 +77,7 @@ def facts(url: str) -> Facts:
         key_max_bytes=224 if scheme == "shm" else 1024,
         whole_counter_api=scheme == "memory",
         empty_keyed_shared=scheme != "redis",
-        rates_and_limiters=scheme not in ("postgresql", "postgres"),
     )
-
-
-def need_rates_and_limiters(url: str) -> None:
-    """Rates and limiters are in the contract of every store that has them;
-    one that has not (postgresql://, for now) must refuse both with its own
-    error and change nothing; then the rate and limiter tests stop there."""
-    if facts(url).rates_and_limiters:
-        return
-    from tallies.stores.base import LimitersUnsupportedError, RatesUnsupportedError
-
-    with tallies.open(url) as s:
-        with pytest.raises(RatesUnsupportedError):
-            s.rate("r", window=60)
-        with pytest.raises(RatesUnsupportedError):
-            s.keyed_rate("kr", window=60)
-        with pytest.raises(LimitersUnsupportedError):
-            s.limiter("l", 10, 60)
-        assert s.names() == []
-    pytest.skip(f"{parse_url(url).scheme}:// has no rates or limiters yet (refusal checked)")
 
 
 def another_writer(url: str) -> str:

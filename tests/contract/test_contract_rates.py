@@ -8,14 +8,9 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from _contract import another_writer, facts, need_rates_and_limiters
+from _contract import another_writer, facts
 
 import tallies
-
-
-@pytest.fixture(autouse=True)
-def _stores_with_rates_and_limiters(store_url: str) -> None:
-    need_rates_and_limiters(store_url)
 
 
 def test_a_rate_counts_and_reads_its_own_writes(store_url: str) -> None:

@@ -18,6 +18,7 @@ URL; both are flushed before the ledgers are checked.
 from __future__ import annotations
 
 import collections
+import functools
 import random
 import secrets
 from collections.abc import Iterator
@@ -259,16 +260,22 @@ def test_store_keyed_counters_balance(store_url: str) -> None:
         b.close()
 
 
+@pytest.mark.parametrize("kind", ["counter", "keyed"])
 @pytest.mark.parametrize("round_", range(ROUNDS))
-def test_closing_a_write_behind_store_while_threads_count(sqlite_url: str, round_: int) -> None:
+def test_closing_a_write_behind_store_while_threads_count(
+    sqlite_url: str, round_: int, kind: str
+) -> None:
     """close() during increments: every increment either raised ValueError (the
     store was closed) or is in the file afterwards, none lost, none doubled
-    (the free-threaded close protocol in _c/buffered.c; with a GIL the C method
-    is one step).  Each thread counts its successes; a fresh store reads them.
+    (the free-threaded close protocol in _c/buffered.c, and for a keyed
+    counter's key already counted in _c/keyed.c; with a GIL the C method is
+    one step).  Each thread counts its successes; a fresh store reads them.
     The counting threads go on until close() stops them (asserted: each was
     cut short by ValueError), so the close always lands among increments."""
     store = tallies.open(sqlite_url)
     counter = store.counter("hits")
+    kc = store.keyed("hits by key")
+    kc.increment("counted", 0)  # counted: its updates below never leave C
     started = [0] * THREADS
     stopped = [False] * THREADS
     n = 50 * ops(200_000)  # a bound only: close() comes long before
@@ -281,7 +288,7 @@ def test_closing_a_write_behind_store_while_threads_count(sqlite_url: str, round
                 pass
             store.close()
             return 0
-        inc = counter.increment
+        inc = counter.increment if kind == "counter" else functools.partial(kc.increment, "counted")
         done = 0
         started[t] = 1
         try:
@@ -295,11 +302,60 @@ def test_closing_a_write_behind_store_while_threads_count(sqlite_url: str, round
 
     done = together(THREADS, work)
     assert stopped[1:] == [True] * (THREADS - 1)
-    assert counter.closed
     with pytest.raises(ValueError, match="closed"):
         counter.increment()
+    with pytest.raises(ValueError, match="closed"):
+        kc.increment("counted")
     again = tallies.open(sqlite_url)
     try:
-        assert again.counter("hits").value() == sum(done)
+        if kind == "counter":
+            assert counter.closed
+            assert again.counter("hits").value() == sum(done)
+        else:
+            assert again.keyed("hits by key").snapshot() == {"counted": sum(done)}
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_write_behind_keys_first_used_while_other_threads_count_them(
+    sqlite_url: str, round_: int
+) -> None:
+    """Every thread counts the same fresh keys in the same order, so that a key's
+    first use (Python: checked and inserted under the store's lock) runs while
+    other threads already update it in C (_c/keyed.c, once it is in the cells),
+    and thread 0 also flushes now and then: exact totals key by key, each key
+    listed once."""
+    store = tallies.open(f"{sqlite_url}?flush=3600")
+    kc = store.keyed("events")
+    n = ops(12_000)
+    keys = [f"r{round_}-k{i}" for i in range(n // 6 + 1)]
+    deadline = Deadline()
+
+    def work(t: int) -> collections.Counter[str]:
+        mine: collections.Counter[str] = collections.Counter()
+        for i in range(n):
+            if i % 128 == 0 and deadline.expired():
+                break
+            key = keys[i // 6]
+            if i % 3 == t % 3:
+                kc.decrement(key)
+                mine[key] -= 1
+            else:
+                kc.increment(key, 2)
+                mine[key] += 2
+            if t == 0 and i % 500 == 499:
+                store.flush()
+        return mine
+
+    try:
+        results = together(THREADS, work)
+        store.flush()
+        expected = sum(results, collections.Counter())
+        again = tallies.open(sqlite_url)
+        try:
+            assert again.keyed("events").snapshot() == {k: expected[k] for k in expected}
+        finally:
+            again.close()
+    finally:
+        store.close()

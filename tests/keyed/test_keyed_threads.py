@@ -196,7 +196,12 @@ def test_iteration_never_raises_while_keys_change(KC: Any) -> None:
     try:
 
         def reader(t: int) -> None:
-            for _ in range(40):
+            # 40 rounds, and more (10 s at most) until the writer has moved
+            # during this reader's rounds: a loaded machine may not schedule
+            # it during 40 short ones
+            start, rounds, deadline = inserted[0], 0, time.monotonic() + 10
+            while rounds < 40 or (inserted[0] == start and time.monotonic() < deadline):
+                rounds += 1
                 seen_during_reads.append(inserted[0])
                 for _k in kc:
                     pass

@@ -43,10 +43,7 @@ def test_every_tallies_scheme_is_registered_with_limits() -> None:
         tallies.limits.TalliesStorage("tallies+nope://x")
 
 
-# postgresql:// has no limiters yet: the contract checks that it refuses them.
-@pytest.fixture(
-    params=[s for s in STORES if "write-through" not in s and not s.startswith("postgres")]
-)
+@pytest.fixture(params=[s for s in STORES if "write-through" not in s])
 def storage_uri(request: pytest.FixtureRequest) -> str:
     return "tallies+" + STORES[request.param](request)
 

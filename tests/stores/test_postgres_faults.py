@@ -211,6 +211,7 @@ LOAD_WRITER = textwrap.dedent(
     store = tallies.open(url)
     c = store.counter("n")
     kc = store.keyed("k")
+    r = store.rate("r", 3600, 60)
     done = 0  # increments made, all of them eventually flushed
     with open(log, "w") as out:
         while True:
@@ -220,6 +221,7 @@ LOAD_WRITER = textwrap.dedent(
             for _ in range(50):
                 c.increment()
                 kc.increment("a", 2)
+                r.increment(3)
             done += 50
             try:
                 store.flush()
@@ -267,6 +269,8 @@ def test_server_stopped_immediately_under_load_then_started_again(tmp_path: Path
         server.start()  # crash recovery replays the WAL
         ((n,),) = server.sql(f"SELECT coalesce(sum(value), 0) FROM {schema}.counters")
         assert n >= acknowledged, "an acknowledged flush was lost"
+        ((t,),) = server.sql(f"SELECT coalesce(sum(total), 0) FROM {schema}.rate_totals")
+        assert t >= 3 * acknowledged, "an acknowledged flush of the rate was lost"
         time.sleep(1.0)
         stop.write_text("")
         done = 0
@@ -276,6 +280,8 @@ def test_server_stopped_immediately_under_load_then_started_again(tmp_path: Path
             done += json.loads(out.strip().splitlines()[-1])["done"]
         assert server.sql(f"SELECT value FROM {schema}.counters") == [(done,)]
         assert server.sql(f"SELECT value FROM {schema}.keyed") == [(2 * done,)]
+        assert server.sql(f"SELECT total FROM {schema}.rate_totals") == [(3 * done,)]
+        assert server.sql(f"SELECT sum(value) FROM {schema}.rate_buckets") == [(3 * done,)]
 
 
 def test_a_lost_reply_is_applied_once(postgres_server: PostgresServer) -> None:
@@ -345,27 +351,92 @@ def test_a_lost_commit_reply_then_no_connection(postgres_server: PostgresServer)
         proxy.close()
 
 
+def test_a_lost_commit_reply_of_a_flush_with_rates_is_applied_once(
+    postgres_server: PostgresServer,
+) -> None:
+    """A flush carrying rate buckets is a transaction with the writer's seq:
+    the reply to its COMMIT is swallowed, the retry on a new connection is
+    told "applied already", and every bucket and total counts once."""
+    proxy = ReplyDropper(postgres_server.port)
+    schema = unique_schema()
+    url = postgres_server.url(schema=schema, flush="3600", timeout="0.5", port=proxy.port)
+    try:
+        with tallies.open(url) as store:
+            r = store.rate("r", 60, 1)
+            kr = store.keyed_rate("kr", 60, 1)
+            r.clock = kr.clock = lambda: 9_000 * 10**9
+            r.increment(5)
+            kr.increment("a", 2)
+            store.flush()
+            seq = store.pending()["seq"]
+            r.increment(10)
+            kr.increment("a", 3)
+            proxy.arm(b"COMMIT")
+            store.flush()  # no reply; retried once, same seq: applied already
+            assert proxy.dropped.is_set()
+            assert store.pending()["seq"] == seq + 1 and store.pending()["in_flight"] is None
+            assert postgres_server.sql(f"SELECT total FROM {schema}.rate_totals") == [(15,)]
+            assert postgres_server.sql(
+                f"SELECT name, slot, key, value FROM {schema}.rate_buckets ORDER BY name"
+            ) == [("kr", 9000, "a", 5), ("r", 9000, "", 15)]
+            assert (r.total(), r.count(), kr.count("a")) == (15, 15, 5)
+    finally:
+        proxy.close()
+
+
+def test_a_lost_reply_to_a_limiter_never_over_admits(postgres_server: PostgresServer) -> None:
+    """The COMMIT of a lease's transaction is swallowed: the hit fails, the
+    units it reserved stay counted (refusals, never over-admission)."""
+    proxy = ReplyDropper(postgres_server.port)
+    schema = unique_schema()
+    url = postgres_server.url(schema=schema, timeout="0.5", port=proxy.port)
+    try:
+        with tallies.open(url) as store:
+            lim = store.limiter("lost", 20, 60)
+            assert lim.hit("k")
+            while lim._peek("k")[1]:  # spend the first lease
+                assert lim.hit("k")
+            proxy.arm(b"COMMIT")
+            with pytest.raises(StoreUnavailableError):
+                lim.hit("k")  # reserved; the reply is lost
+            assert proxy.dropped.is_set()
+        admitted = 0
+        with tallies.open(postgres_server.url(schema=schema)) as again:  # a fresh writer
+            lim2 = again.limiter("lost", 20, 60)
+            while lim2.hit("k"):
+                admitted += 1
+            held = 20 - lim2.remaining("k")
+        print(f"\nafter the lost reply another writer admitted {admitted}; {held} in use")
+        assert admitted <= 20 and held == 20
+    finally:
+        proxy.close()
+
+
 def test_a_connection_killed_by_pg_terminate_backend(postgres_server: PostgresServer) -> None:
     schema = unique_schema()
     url = postgres_server.url(schema=schema, flush="3600")
     with tallies.open(url) as store:
         c = store.counter("n")
+        r = store.rate("r", 60, 1)
         c.increment(3)
+        r.increment(3)
         store.flush()
         c.increment(4)
+        r.increment(4)
         killed = postgres_server.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'tallies' AND pid <> pg_backend_pid()"
         )
         assert killed and all(ok for (ok,) in killed)
         store.flush()  # the dead connection fails; the flush reconnects and sends it once
-        assert c.value() == 7
+        assert c.value() == 7 and r.total() == 7
         postgres_server.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'tallies' AND pid <> pg_backend_pid()"
         )
-        assert c.value() == 7  # a read reconnects too
+        assert c.value() == 7 and r.total() == 7  # a read reconnects too
         assert postgres_server.sql(f"SELECT value FROM {schema}.counters") == [(7,)]
+        assert postgres_server.sql(f"SELECT total FROM {schema}.rate_totals") == [(7,)]
 
 
 def test_a_read_only_user_gets_a_clear_error_and_loses_nothing(

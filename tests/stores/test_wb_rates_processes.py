@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _postgres_support import PostgresServer, unique_schema
 from _redis_support import RedisCluster, RedisServer, unique_prefix
 
 import tallies
@@ -63,6 +64,10 @@ def _run(url: str) -> None:
 
 def test_sqlite(tmp_path: Path) -> None:
     _run(f"sqlite:///{tmp_path}/rates.db?flush=0.05")
+
+
+def test_postgres(postgres_server: PostgresServer) -> None:
+    _run(postgres_server.url(schema=unique_schema("rp"), flush="0.05"))
 
 
 def test_redis(redis_server: RedisServer) -> None:

@@ -149,14 +149,19 @@ class MemBackend:
 
 @pytest.fixture(autouse=True, params=["c", "python"])
 def counter_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Every test runs with the C BufferedCounter and with the Python one."""
+    """Every test runs with the C BufferedCounter and BufferedKeyedCounter, and
+    with the Python ones."""
     if request.param == "python":
         cls: Any = wbmod.PyBufferedCounter
+        monkeypatch.setattr(wbmod, "BufferedKeyedCounter", wbmod.PyBufferedKeyedCounter)
     else:
         cls = wbmod._counter_class()
-        if cls is wbmod.PyBufferedCounter:
+        if (
+            cls is wbmod.PyBufferedCounter
+            or wbmod.BufferedKeyedCounter is wbmod.PyBufferedKeyedCounter
+        ):
             if REQUIRE_C:
-                pytest.fail("TALLIES_REQUIRE_C=1 but the C BufferedCounter is not in use")
+                pytest.fail("TALLIES_REQUIRE_C=1 but the C write-behind counters are not in use")
             pytest.skip("the C core is not in use here")
     monkeypatch.setattr(wbmod, "_counter_class", lambda: cls)
     return cls
@@ -369,6 +374,159 @@ def test_close_flushes_and_closed_counters_refuse(be: MemBackend) -> None:
     with pytest.raises(ValueError, match="closed"):
         kc.increment("new")
     wb.close()  # again: nothing
+
+
+# ---- keyed counters: the update of a key already counted (C: never leaves C)
+
+
+def test_keyed_updates_after_close_raise_and_change_nothing(be: MemBackend) -> None:
+    """Counted keys and new keys alike: the C update of a counted key must not
+    add to cells that the final flush has already taken."""
+    wb = make(be)
+    kc = wb.keyed("k")
+    kc.increment("x", 2)
+    wb.close()
+    for update in (kc.increment, kc.decrement):
+        for key in ("x", "new"):
+            with pytest.raises(ValueError, match="closed"):
+                update(key)
+            with pytest.raises(ValueError, match="closed"):
+                update(key, 5)
+            with pytest.raises(ValueError, match="closed"):
+                update(key, n=5)
+    with pytest.raises(ValueError, match="closed"):
+        kc["x"] += 1
+    assert be.keyed == {"k": {"x": 2}}
+    assert dict(kc._cells.items()) == {"x": 0}
+
+
+def test_keyed_overflow_of_a_counted_key_raises_and_keeps_the_count(be: MemBackend) -> None:
+    wb = make(be)
+    kc = wb.keyed("k")
+    kc.increment("x", INT64_MAX)
+    kc.decrement("y", INT64_MAX)
+    kc.decrement("y")  # the C update of a counted key, to -2**63
+    stays = "outside the signed 64-bit range; it stays at"
+    with pytest.raises(
+        OverflowError, match=rf"increment\(1\) would move the count of 'x' {stays} {INT64_MAX}$"
+    ):
+        kc.increment("x")
+    with pytest.raises(
+        OverflowError, match=rf"decrement\(3\) would move the count of 'y' {stays} -{2**63}$"
+    ):
+        kc.decrement("y", 3)
+    with pytest.raises(OverflowError):
+        kc.increment("x", 2**63)  # n itself is no int64
+    wb.flush()
+    assert be.keyed == {"k": {"x": INT64_MAX, "y": -(2**63)}}
+
+
+class _SameAsX:
+    """Not a str, but hashes and compares like the key "x"."""
+
+    def __hash__(self) -> int:
+        return hash("x")
+
+    def __eq__(self, other: object) -> bool:
+        return other == "x"
+
+
+class _Three:
+    def __index__(self) -> int:
+        return 3
+
+
+def test_keyed_update_of_a_counted_key_checks_the_key_and_the_amount(be: MemBackend) -> None:
+    """A key that is not a str is a TypeError even when it equals a counted
+    key; a str subclass counts as its str; n is any __index__ object, by
+    position or keyword; key may be a keyword too."""
+    wb = make(be)
+    kc = wb.keyed("k")
+    kc.increment("x")
+    for bad, name in ((5, "int"), (_SameAsX(), "_SameAsX"), (["x"], "list"), (b"x", "bytes")):
+        with pytest.raises(TypeError, match=f"key must be a str, not '{name}'"):
+            kc.increment(bad)
+        with pytest.raises(TypeError, match=f"key must be a str, not '{name}'"):
+            kc.decrement(bad, 2)
+    with pytest.raises(TypeError, match="increment"):
+        kc.increment("x", "1")
+    with pytest.raises(TypeError):
+        kc.increment("x", 1, 2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        kc.increment("x", m=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        kc.increment()  # type: ignore[call-arg]
+
+    class Key(str):
+        pass
+
+    kc.increment(Key("x"), 10)
+    kc.increment("x", _Three())
+    kc.decrement("x", n=_Three())
+    kc.increment(key="x", n=2)
+    kc.increment("x", True)
+    wb.flush()
+    assert be.keyed == {"k": {"x": 1 + 10 + 3 - 3 + 2 + 1}}
+
+
+def test_keyed_increment_is_the_exact_types_own_method(be: MemBackend) -> None:
+    """With the C core ``kc.increment`` is a C method of kc's exact type (what
+    CPython's call specialisation needs: the point of the C type); the
+    Python class calls the first-use path for every update."""
+    kc = make(be).keyed("k")
+    if wbmod.BufferedKeyedCounter is wbmod.PyBufferedKeyedCounter:
+        assert kc.increment.__func__ is wbmod.PyBufferedKeyedCounter.increment  # type: ignore[attr-defined]
+    else:
+        for name in ("increment", "decrement"):
+            method = vars(type(kc))[name]
+            assert type(method).__name__ == "method_descriptor"
+            assert method.__objclass__ is type(kc)
+
+
+def test_keyed_first_uses_race_with_updates_of_the_same_keys(be: MemBackend) -> None:
+    """Threads count the same fresh keys in the same order (each key's first
+    use, Python under the state lock, races with the C updates of it by the
+    others) while another thread flushes: exact totals, every key listed."""
+    wb = make(be)
+    kc = wb.keyed("k")
+    threads, n = 4, 3000
+    keys = [f"k{i}" for i in range(n // 6)]
+    stop = threading.Event()
+    totals: list[collections.Counter[str]] = [collections.Counter() for _ in range(threads)]
+
+    def count(t: int) -> None:
+        mine = totals[t]
+        for i in range(n):
+            key = keys[i // 6]
+            if i % 3 == t % 3:
+                kc.decrement(key)
+                mine[key] -= 1
+            else:
+                kc.increment(key, 2)
+                mine[key] += 2
+
+    def flush() -> None:
+        while not stop.is_set():
+            wb.flush()
+
+    flusher = threading.Thread(target=flush)
+    workers = [threading.Thread(target=count, args=(t,)) for t in range(threads)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        flusher.start()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        flusher.join()
+    wb.flush()
+    expected = sum(totals, collections.Counter())
+    assert be.keyed["k"] == {k: expected[k] for k in keys}
+    assert list(be.keyed["k"]) == keys  # first-use order, each key once
 
 
 def test_failed_close_keeps_retrying_in_the_background(

@@ -185,6 +185,7 @@ enum {
     TKT_FOUND = 1,
     TKT_RETRY = 2,  /* internal: start the operation over */
     TKT_NOMEM = -11, /* (distinct from _cells.h's TL_OK / TL_OVERFLOW) */
+    TKT_MISSING = -12, /* tkt_update without insert: the key is absent */
 };
 
 typedef struct {
@@ -1051,13 +1052,15 @@ tkt_fold(tkt_map *m, tkt_pos *pos, int64_t n, int sub, int set, int64_t *out)
 }
 #endif
 
-/* Add n (sub: -n) to key's count, inserting it at 0 first when absent
- * (then *fresh = 1, when fresh is not NULL).
+/* Add n (sub: -n) to key's count; when it is absent, insert it at 0 first
+ * (insert: then *fresh = 1, when fresh is not NULL) or change nothing and
+ * return TKT_MISSING (a write-behind store's keyed gate, keyed.c: a key's
+ * first use is the store's business).
  * TL_OK / TL_OVERFLOW (*out: the count that stays) / TKT_ERR / TKT_NOMEM.
  * (With TL_OK, *out is the new count except for a hot key: unspecified.) */
 static int
-tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out,
-        int *fresh)
+tkt_update(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out,
+           int *fresh, int insert)
 {
     tkt_pos pos;
     if (fresh != NULL) {
@@ -1102,6 +1105,9 @@ tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out
             return r;
         }
         tkt_leave(m);
+        if (!insert) {
+            return TKT_MISSING;
+        }
         int64_t first;
         if (sub ? TL_SUB_OVERFLOWS((int64_t)0, n, &first)
                 : TL_ADD_OVERFLOWS((int64_t)0, n, &first)) {
@@ -1120,6 +1126,15 @@ tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out
             return r;
         }
     }
+}
+
+/* Add n (sub: -n) to key's count, inserting it at 0 first when absent (then
+ * *fresh = 1, when fresh is not NULL): tkt_update. */
+static inline int
+tkt_add(tkt_map *m, void *key, tkt_hash_t hash, int64_t n, int sub, int64_t *out,
+        int *fresh)
+{
+    return tkt_update(m, key, hash, n, sub, out, fresh, 1);
 }
 
 /* Read key's count (exchange 0) or exchange it with v (exchange 1); when the

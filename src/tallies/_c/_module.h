@@ -10,7 +10,8 @@
  * constants to the module:
  *
  *     counter.c   Counter, ShardedCounter              tl_counter_exec
- *     keyed.c     KeyedCounter (+ Count)               tl_keyed_exec
+ *     keyed.c     KeyedCounter (+ Count),              tl_keyed_exec
+ *                 BufferedKeyedCounter (sqlite://, ...)
  *     rate.c      RateCounter, KeyedRateCounter        tl_rate_exec
  *     shm.c       Segment, Cell, KeyedCells, RateCell   tl_shm_exec
  *     buffered.c  BufferedCounter (sqlite://, redis://) tl_buffered_exec
@@ -69,6 +70,7 @@ enum {
     TL_KEYED_CELLS,
     TL_RATE_CELL,
     TL_BUFFERED_COUNTER,
+    TL_BUFFERED_KEYED,
     TL_LIMITER,
     TL_SHM_LIMITER,
     TL_LEASE,

@@ -31,19 +31,22 @@ shared cell per key in the segment that every process on the machine maps,
 not one per process, since a sum of per-process parts cannot be checked
 and added atomically).  Slots follow the machine's monotonic clock.
 
-Write-behind stores (``sqlite://``, ``redis://``, any later one): leases.
-A writer asks the backend, in one atomic call (one round trip; a Lua script
-on Redis, a ``BEGIN IMMEDIATE`` transaction on SQLite), to reserve units in
+Write-behind stores (``sqlite://``, ``redis://``, ``postgresql://``, any
+later one): leases.  A writer asks the backend, in one atomic call (a Lua
+script on Redis: one round trip; a ``BEGIN IMMEDIATE`` transaction on
+SQLite; on PostgreSQL a short transaction under an advisory lock on the
+limiter's key; the two SQL stores share :func:`acquire`), to reserve units in
 the backend's current slot: the backend grants them only while the window
 stays within ``limit`` (at most half of what is left, so that writers share
 what remains; the grant grows, doubling, while a writer uses its leases up),
 and counts them as used at once.  The writer then admits hits from its lease
 locally, with no I/O, until the lease is spent or its slot ends; the next
-call gives the unused rest back in the same round trip.  Slots follow the
+call gives the unused rest back in the same call.  Slots follow the
 *backend's* clock (Redis ``TIME``; on SQLite the machine's wall clock, which
-every process on that machine shares), and a lease ends locally before its
-slot ends by the backend's clock (its deadline is measured from the moment
-the request was sent), so writers' clock skew does not matter.
+every process on that machine shares; PostgreSQL's ``clock_timestamp()``),
+and a lease ends locally before its slot ends by the backend's clock (its
+deadline is measured from the moment the request was sent), so writers'
+clock skew does not matter.
 
 A writer that dies holding a lease keeps its unused units counted until
 their slot leaves the window: at most ``per + resolution`` seconds during
@@ -64,6 +67,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._common import INT64_MAX
@@ -396,6 +400,63 @@ class LimitBackend(Protocol):
 
     def window_clear(self, name: str, key: str) -> None:
         """Forget a fixed window."""
+
+
+@dataclass(frozen=True)
+class SlotSQL:
+    """A backend's statements on its table of limiter slots (positional
+    parameters, SQLite's ``?`` or psycopg's ``%s``)."""
+
+    give_back: str  # (units, name, key, slot): subtract, not below 0
+    prune: str  # (name, key, lo): delete the slots before lo
+    window: str  # (name, key, lo) -> (units in slots lo.., oldest slot holding units)
+    add: str  # (name, key, slot, units, expires_ns): add, creating the slot
+
+
+class SqlSlots:
+    """One key's slots, in the caller's transaction (SQLite and PostgreSQL)."""
+
+    def __init__(self, conn: Any, sql: SlotSQL, name: str, key: str) -> None:
+        self.conn, self.sql, self.name, self.key = conn, sql, name, key
+
+    def give_back(self, slot: int, units: int) -> None:
+        self.conn.execute(self.sql.give_back, (units, self.name, self.key, slot))
+
+    def prune(self, lo: int) -> None:
+        self.conn.execute(self.sql.prune, (self.name, self.key, lo))
+
+    def window(self, lo: int) -> tuple[int, int | None]:
+        row = self.conn.execute(self.sql.window, (self.name, self.key, lo)).fetchone()
+        return int(row[0]), (int(row[1]) if row[1] is not None else None)
+
+    def add(self, slot: int, units: int, expires_ns: int) -> None:
+        self.conn.execute(self.sql.add, (self.name, self.key, slot, units, expires_ns))
+
+
+def acquire(
+    spec: LimitSpec,
+    now_ns: int,
+    need: int,
+    want: int,
+    give_back: tuple[int, int] | None,
+    table: SqlSlots,
+) -> Grant:
+    """:meth:`LimitBackend.limit_acquire` over a table of slots, the caller
+    holding the key's lock (an SQLite write transaction, a PostgreSQL
+    advisory lock) and ``now_ns`` read from the backend's clock."""
+    s = now_ns // spec.res_ns
+    lo = s - spec.buckets
+    if give_back is not None and give_back[0] >= lo and give_back[1] > 0:
+        table.give_back(*give_back)
+    table.prune(lo)
+    used, oldest = table.window(lo)
+    g = 0
+    if need > 0 and used + need <= spec.limit:
+        g = min(max(want, need), max(need, (spec.limit - used) // 2))
+        table.add(s, g, (s + spec.buckets + 1) * spec.res_ns)
+        used += g
+        oldest = s if oldest is None else min(oldest, s)
+    return Grant(g, used, s, now_ns, oldest)
 
 
 class _LeaseMethods(_Spec):

@@ -26,7 +26,12 @@ from psycopg import errors as pge
 from psycopg import sql
 
 from . import _signals
+from ._limiter import SlotSQL, SqlSlots, acquire
 from ._protocol import INT64_MAX, INT64_MIN, PRUNE_AFTER, Batch, Kind, Query, Read, Target
+from ._protocol import Grant as _Grant
+from ._protocol import LimitSpec as _LimitSpec
+from ._protocol import RateSpec as _RateSpec
+from ._wbrates import bucket_rows, overflow, prune_below, total_rows
 from .base import (
     CorruptStoreError,
     CountOverflowError,
@@ -34,6 +39,8 @@ from .base import (
     StoreError,
     StoreNotFoundError,
     StoreUnavailableError,
+    flush_overflow,
+    schema_version,
 )
 
 __all__ = ["MAGIC", "SCHEMA_VERSION", "TABLES", "PostgresBackend", "schema_sql"]
@@ -41,8 +48,8 @@ __all__ = ["MAGIC", "SCHEMA_VERSION", "TABLES", "PostgresBackend", "schema_sql"]
 log = logging.getLogger("tallies.stores")
 
 MAGIC = "tallies"
-SCHEMA_VERSION = 1
-TABLES = (
+SCHEMA_VERSION = 2
+TABLES_V1 = (
     "tallies_meta",
     "names",
     "counter_stripes",
@@ -51,6 +58,18 @@ TABLES = (
     "counters",
     "keyed",
 )
+TABLES = (
+    *TABLES_V1,
+    "rates",
+    "rate_total_stripes",
+    "rate_bucket_stripes",
+    "rate_totals",
+    "rate_buckets",
+    "limiters",
+    "limiter_slots",
+    "windows",
+)
+VIEWS = ("counters", "keyed", "rate_totals", "rate_buckets")
 
 CHUNK = 10_000
 """Rows per statement: a flush of more is a transaction of such statements
@@ -70,10 +89,9 @@ BASE_MIN = INT64_MIN + (STRIPES - 1) * CAP
 BASE_MAX = INT64_MAX - (STRIPES - 1) * CAP
 
 
-def schema_sql(schema: str) -> list[sql.Composed]:
-    """The statements that create schema version 1 (``postgresql.py`` documents it)."""
-    s = sql.Identifier(schema)
-    check = sql.SQL(
+def _stripe_check() -> sql.Composed:
+    """A stripe's range: the base (stripe 0) holds what the others cannot."""
+    return sql.SQL(
         "CHECK (stripe BETWEEN 0 AND {last}), CHECK (CASE WHEN stripe = 0"
         " THEN value BETWEEN {blo} AND {bhi} ELSE value BETWEEN {lo} AND {hi} END)"
     ).format(
@@ -83,6 +101,20 @@ def schema_sql(schema: str) -> list[sql.Composed]:
         lo=sql.Literal(-CAP),
         hi=sql.Literal(CAP),
     )
+
+
+def schema_sql(schema: str) -> list[sql.Composed]:
+    """The statements that create schema version SCHEMA_VERSION
+    (``postgresql.py`` documents it): version 1, then every migration."""
+    out = _v1_sql(schema)
+    for version in range(2, SCHEMA_VERSION + 1):
+        out += migration_sql(schema, version)
+    return out
+
+
+def _v1_sql(schema: str) -> list[sql.Composed]:
+    s = sql.Identifier(schema)
+    check = _stripe_check()
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
         sql.SQL("CREATE TABLE {}.tallies_meta (key text PRIMARY KEY, value text NOT NULL)").format(
@@ -116,7 +148,68 @@ def schema_sql(schema: str) -> list[sql.Composed]:
         ).format(s),
         sql.SQL(
             "INSERT INTO {}.tallies_meta (key, value) VALUES ('magic', {}), ('schema', {})"
-        ).format(s, sql.Literal(MAGIC), sql.Literal(str(SCHEMA_VERSION))),
+        ).format(s, sql.Literal(MAGIC), sql.Literal("1")),
+    ]
+
+
+def migration_sql(schema: str, version: int) -> list[sql.Composed]:
+    """The statements that bring schema version ``version - 1`` to ``version``.
+
+    2: rates and limiters.  A rate is registered in ``names`` too (kind
+    'rate' or 'keyed_rate': one name, one kind) with its spec in ``rates``;
+    its total and bucket counts are striped as counters are (the same
+    ranges: a sum of stripes never leaves int64), summed by the views
+    ``rate_totals`` and ``rate_buckets``.  Limiters: their spec, one row per
+    key and slot of reserved units, and the fixed windows of ``limits``."""
+    assert version == 2, version
+    s = sql.Identifier(schema)
+    check = _stripe_check()
+    c = 'text COLLATE "C" NOT NULL'
+    return [
+        sql.SQL(
+            "ALTER TABLE {}.names DROP CONSTRAINT IF EXISTS names_kind_check,"
+            " ADD CONSTRAINT names_kind_check"
+            " CHECK (kind IN ('counter', 'keyed', 'rate', 'keyed_rate'))"
+        ).format(s),
+        sql.SQL(
+            'CREATE TABLE {}.rates (name text COLLATE "C" PRIMARY KEY, kind text NOT NULL'
+            " CHECK (kind IN ('rate', 'keyed_rate')), window_ns bigint NOT NULL,"
+            " res_ns bigint NOT NULL)"
+        ).format(s),
+        sql.SQL(
+            "CREATE TABLE {}.rate_total_stripes (name {c}, stripe smallint NOT NULL,"
+            " value bigint NOT NULL, PRIMARY KEY (name, stripe), {ck}) WITH (fillfactor = 50)"
+        ).format(s, c=sql.SQL(c), ck=check),
+        sql.SQL(
+            "CREATE TABLE {}.rate_bucket_stripes (name {c}, slot bigint NOT NULL, key {c},"
+            " stripe smallint NOT NULL, value bigint NOT NULL,"
+            " PRIMARY KEY (name, slot, key, stripe), {ck}) WITH (fillfactor = 50)"
+        ).format(s, c=sql.SQL(c), ck=check),
+        sql.SQL(
+            "CREATE VIEW {0}.rate_totals AS SELECT name, sum(value)::bigint AS total"
+            " FROM {0}.rate_total_stripes GROUP BY name"
+        ).format(s),
+        sql.SQL(
+            "CREATE VIEW {0}.rate_buckets AS SELECT name, slot, key, sum(value)::bigint AS value"
+            " FROM {0}.rate_bucket_stripes GROUP BY name, slot, key"
+        ).format(s),
+        sql.SQL(
+            'CREATE TABLE {}.limiters (name text COLLATE "C" PRIMARY KEY, lim bigint NOT NULL,'
+            " per_ns bigint NOT NULL, res_ns bigint NOT NULL, buckets bigint NOT NULL)"
+        ).format(s),
+        sql.SQL(
+            "CREATE TABLE {}.limiter_slots (name {c}, key {c}, slot bigint NOT NULL,"
+            " units bigint NOT NULL, expires_ns bigint NOT NULL, PRIMARY KEY (name, key, slot))"
+        ).format(s, c=sql.SQL(c)),
+        sql.SQL("CREATE INDEX ON {}.limiter_slots (expires_ns)").format(s),
+        sql.SQL(
+            "CREATE TABLE {}.windows (name {c}, key {c}, count bigint NOT NULL,"
+            " expires_ms bigint NOT NULL, PRIMARY KEY (name, key))"
+        ).format(s, c=sql.SQL(c)),
+        sql.SQL("CREATE INDEX ON {}.windows (expires_ms)").format(s),
+        sql.SQL("UPDATE {}.tallies_meta SET value = {} WHERE key = 'schema'").format(
+            s, sql.Literal(str(version))
+        ),
     ]
 
 
@@ -266,8 +359,13 @@ class PostgresBackend:
         # PRUNE_AFTER may have been pruned by another writer)
         self._acked: dict[str, int] = {}
         self._stmts = _Statements(schema)
+        self._rates_sql = _RateStatements(schema)
+        self._limit_sql = _LimitStatements(schema)
         self._stripe = 1  # set by _claim_stripe() on every writer connection
         self._token = 0  # the watchdog's token of the writer's call in progress
+        self._version = SCHEMA_VERSION  # of the schema, read by _check()
+        self._limits_pruned = 0.0
+        self._stays_old = False  # the schema could not be migrated (said once)
         _backends.add(self)
 
     # -- connections ---------------------------------------------------------------
@@ -334,42 +432,69 @@ class PostgresBackend:
                 "not a tallies schema; refusing to touch it (choose another with ?schema=)"
             )
         meta = dict(conn.execute(self._stmts.meta).fetchall())
-        if meta.get("magic") != MAGIC:
-            raise CorruptStoreError(f"{where}: tallies_meta has no magic {MAGIC!r}")
-        try:
-            version = int(meta.get("schema", ""))
-        except ValueError:
-            raise CorruptStoreError(f"{where}: unreadable schema version") from None
-        if version > SCHEMA_VERSION:
-            raise CorruptStoreError(
-                f"{where} has schema version {version}, newer than this tallies "
-                f"({SCHEMA_VERSION}); upgrade tallies"
-            )
-        missing = set(TABLES) - tables
+        version = schema_version(
+            meta, where, magic=MAGIC, newest=SCHEMA_VERSION, error=CorruptStoreError
+        )
+        # the tables again, after the version: a migration that committed
+        # between the two reads above made both the version and its tables
+        missing = set(TABLES_V1 if version == 1 else TABLES) - self._tables(conn)
         if version < 1 or missing:
             raise CorruptStoreError(
                 f"{where} (version {version}) is missing table(s) {', '.join(sorted(missing))}"
                 " (dropped?); restore them or destroy the store"
             )
+        self._version = version
         return True
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Bring an older schema to this version, under the schema's advisory
+        lock (every process opening it may try at once).  A user who may not
+        alter the tables keeps using the schema at its version: counters
+        work, rates and limiters say why they do not (see _need_v2)."""
+        try:
+            with conn.transaction():
+                conn.execute(self._stmts.schema_lock, ("tallies schema " + self.schema,))
+                self._check(conn)  # again, under the lock
+                for version in range(self._version + 1, SCHEMA_VERSION + 1):
+                    for stmt in migration_sql(self.schema, version):
+                        conn.execute(stmt)
+        except (pge.InsufficientPrivilege, pge.ReadOnlySqlTransaction) as exc:
+            if self._stays_old:
+                return
+            self._stays_old = True  # said once per store
+            log.warning(
+                "tallies: %s: schema %r stays at version %d (%s): rates and limiters need "
+                "version %d, made by the first open of a user who may alter its tables",
+                self.shown, self.schema, self._version, _first_line(exc), SCHEMA_VERSION,
+            )  # fmt: skip
+            return
+        self._version = SCHEMA_VERSION
+
+    def _need_v2(self) -> None:
+        if self._version < 2:
+            raise StoreUnavailableError(
+                f"{self.shown}: the tallies schema {self.schema!r} is version {self._version}: "
+                "rates and limiters need version 2, which tallies makes when a user who may "
+                "alter its tables (its owner) opens the store"
+            )
 
     def _validate(self, conn: psycopg.Connection[Any]) -> None:
         try:
             if self._check(conn):
+                if self._version < SCHEMA_VERSION:
+                    self._migrate(conn)
                 return
             if not self.create:
                 raise StoreNotFoundError(f"{self.shown}: no tallies schema {self.schema!r}")
             # Create it under an advisory lock: 16 processes opening a new
             # store at once must not race on CREATE SCHEMA / CREATE TABLE.
             with conn.transaction():
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    ("tallies schema " + self.schema,),
-                )
+                conn.execute(self._stmts.schema_lock, ("tallies schema " + self.schema,))
                 if self._check(conn):
                     return
                 for stmt in schema_sql(self.schema):
                     conn.execute(stmt)
+            self._version = SCHEMA_VERSION
         except StoreError:
             raise
         except psycopg.Error as exc:
@@ -488,6 +613,7 @@ class PostgresBackend:
             INT64_MIN <= d <= INT64_MAX for *_, d in keyed
         )
         names = sorted(batch.names.items())
+        rates = _RateRows.of(batch)
         what = f"flush of batch {batch.seq}"
         everything = False  # lock every count of the batch (after a race at an edge)
         for _attempt in range(5):
@@ -497,7 +623,7 @@ class PostgresBackend:
                         self._call(
                             "w",
                             lambda c: self._apply_fast(c, writer_id, batch.seq, names,
-                                                       counters, keyed),
+                                                       counters, keyed, rates),
                             what, retry=True,
                         )  # fmt: skip
                         break
@@ -506,7 +632,8 @@ class PostgresBackend:
                 try:
                     self._call("w", partial(self._apply_exact, writer_id=writer_id,
                                             seq=batch.seq, names=names, counters=counters,
-                                            keyed=keyed, everything=everything),
+                                            keyed=keyed, everything=everything,
+                                            rates=rates),
                                what, retry=True)  # fmt: skip
                     break
                 except _Overflow:
@@ -565,21 +692,53 @@ class PostgresBackend:
                      [d for *_, d in keyed]),
                 )  # fmt: skip
             return
-        budget = self.timeout * (1 + (len(counters) + len(keyed)) // CHUNK)
+        rows = len(counters) + len(keyed)
+        budget = self.timeout * (1 + rows // CHUNK)
         conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
-        _watchdog.kick(self._token, budget + 1.0)
+        # the join and the sorts in memory, not in temporary files
+        conn.execute(f"SET LOCAL work_mem = '{min(max(4, rows // 5000), 1024)}MB'")
         conn.execute(st.temp_tables)
-        if counters:
-            with conn.cursor().copy(st.copy_counters) as copy:
-                for row in counters:
-                    copy.write_row(row)
-            conn.execute(st.merge_counters, (self._stripe,))
-            _watchdog.kick(self._token, budget + 1.0)
-        if keyed:
-            with conn.cursor().copy(st.copy_keyed) as copy:
-                for krow in keyed:
-                    copy.write_row(krow)
-            conn.execute(st.merge_keyed, (self._stripe,))
+        for big, part in ((counters, st.counters_in), (keyed, st.keyed_in)):
+            if big:
+                self._merge(conn, big, part, budget)
+
+    def _merge(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[str, int]] | list[tuple[str, str, int]],
+        part: _BigMerge,
+        budget: float,
+    ) -> None:
+        """A big batch into one stripe table: binary COPY into a temporary
+        table, then the rows that exist are added to (``ON CONFLICT DO
+        UPDATE`` in the global lock order), and the rest inserted by a plain
+        INSERT: no speculative insertion per new row (half the server's work
+        for them).  A row another writer of this stripe inserted meanwhile
+        makes that INSERT fail: then (after a savepoint) the rest go through
+        ``ON CONFLICT DO UPDATE`` too.  A row this transaction wrote has its
+        ``xmin``: that is how the second statement skips the first's rows.
+        When most of the first 1,000 rows are stored already, one upsert of
+        every row is cheaper (one index probe per row instead of two)."""
+        with conn.cursor().copy(part.copy) as copy:
+            copy.set_types(part.types)
+            for row in rows:
+                copy.write_row(row)
+        conn.execute(part.analyze)
+        _watchdog.kick(self._token, budget + 1.0)
+        stored = conn.execute(part.sample, (self._stripe,)).fetchone()
+        if stored is not None and 2 * int(stored[0]) > int(stored[1]):  # mostly stored rows
+            conn.execute(part.upsert_all, (self._stripe,))
+            return
+        both = (self._stripe, self._stripe)
+        if conn.execute(part.update, both).rowcount == len(rows):
+            return  # every row was stored already
+        _watchdog.kick(self._token, budget + 1.0)
+        try:
+            with conn.transaction():
+                conn.execute(part.insert, both)
+        except pge.UniqueViolation:
+            conn.execute(part.upsert, both)
+        _watchdog.kick(self._token, budget + 1.0)
 
     def _apply_fast(
         self,
@@ -589,9 +748,10 @@ class PostgresBackend:
         names: list[tuple[str, Kind]],
         counters: list[tuple[str, int]],
         keyed: list[tuple[str, str, int]],
+        rates: _RateRows | None = None,
     ) -> None:
         try:
-            if not names and len(counters) + len(keyed) <= CHUNK:
+            if not names and rates is None and len(counters) + len(keyed) <= CHUNK:
                 # the usual flush: ONE statement, committed as it ends
                 row = conn.execute(
                     self._stmts.apply,
@@ -618,6 +778,8 @@ class PostgresBackend:
                     conn.execute(self._stmts.seen, (writer_id,))  # applied already
                     return
                 self._add(conn, counters, keyed)
+                if rates is not None:
+                    self._add_rates(conn, rates)
         except (pge.NumericValueOutOfRange, pge.CheckViolation) as exc:
             raise _Overflow from exc  # a stripe (or a sum) at its edge: nothing applied
 
@@ -630,6 +792,7 @@ class PostgresBackend:
         counters: list[tuple[str, int]],
         keyed: list[tuple[str, str, int]],
         everything: bool,
+        rates: _RateRows | None = None,
     ) -> None:
         """The rare path: a stripe or a sum at its edge.  The counts near an
         edge (all of them if ``everything``) get every stripe locked (in the
@@ -673,13 +836,7 @@ class PostgresBackend:
                 else:
                     bad.append((name, key))
             if bad:
-                shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
-                raise CountOverflowError(
-                    f"{self.shown}: adding the pending delta would move {shown}"
-                    f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
-                    "nothing of this flush was applied",
-                    bad,
-                )
+                raise flush_overflow(self.shown, bad, "nothing of this flush was applied")
             rows_c = [(n, i, v) for n, total in new_c for i, v in enumerate(spread(total))]
             if rows_c:
                 conn.execute(st.set_counters, [list(col) for col in zip(*rows_c, strict=True)])
@@ -697,6 +854,8 @@ class PostgresBackend:
                     )
                 except (pge.NumericValueOutOfRange, pge.CheckViolation) as exc:
                     raise _Overflow from exc  # moved to the edge meanwhile: lock them all
+            if rates is not None:
+                self._set_rates(conn, rates)
 
     def _near_edge(
         self,
@@ -748,6 +907,8 @@ class PostgresBackend:
                     raise StoreError(
                         f"{self.shown}: reset sequence {seq} of {writer_id} already used"
                     )
+                if target.kind == "rate":
+                    return self._take_rate(conn, target.name)
                 if target.kind == "counter":
                     row = conn.execute(st.take_counter, (target.name,)).fetchone()
                     return int(row[0]) if row is not None and row[0] is not None else 0
@@ -778,6 +939,16 @@ class PostgresBackend:
         stmt, params = self._stmts.read(writer_id, query)
 
         def body(conn: psycopg.Connection[Any]) -> Read:
+            if not query.rates:
+                return counts(conn)
+            # the rates' buckets and the writer's seq from one snapshot
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                r = counts(conn)
+                self._read_rates(conn, query, r)
+            return r
+
+        def counts(conn: psycopg.Connection[Any]) -> Read:
             r = Read(acked)
             for part, name, key, value in conn.execute(stmt, params).fetchall():
                 if part == 0:
@@ -828,12 +999,12 @@ class PostgresBackend:
                 return False
             s = sql.Identifier(self.schema)
             with conn.transaction():
-                for view in ("counters", "keyed"):
+                for view in VIEWS:
                     conn.execute(
                         sql.SQL("DROP VIEW IF EXISTS {}.{}").format(s, sql.Identifier(view))
                     )
                 for t in TABLES:
-                    if t not in ("counters", "keyed"):
+                    if t not in VIEWS:
                         conn.execute(
                             sql.SQL("DROP TABLE IF EXISTS {}.{}").format(s, sql.Identifier(t))
                         )
@@ -848,6 +1019,483 @@ class PostgresBackend:
 
         return self._call("w", body, "destroy")
 
+    # -- rates (tallies.stores._wbrates) ----------------------------------------------
+    #
+    # A rate's total and each of its buckets are striped as counters are: a
+    # flush adds to its writer's stripe, in the global lock order, inside
+    # the flush's transaction (so exactly once, with the seq); a stripe at
+    # its edge sends the flush down the exact path, which locks every stripe
+    # of the batch's buckets and totals and spreads their sums again.  So
+    # writers flushing the same buckets never queue on one row (the counters'
+    # reasoning, in postgresql.py).  Every flush of a rate deletes its
+    # buckets older than two windows, skipping rows that another transaction
+    # holds (never waiting for them: the next flush deletes them).
+
+    def rate_specs(self) -> dict[str, _RateSpec]:
+        """Every rate in the schema, by name."""
+        if self._version < 2:
+            return {}
+        rows = self._call(
+            "r", lambda c: c.execute(self._rates_sql.specs).fetchall(), "read", retry=True
+        )
+        return {str(n): _rate_spec(k, w, r) for n, k, w, r in rows}
+
+    def rate_spec(self, name: str) -> _RateSpec | None:
+        """The spec of rate ``name``, None when it is not a rate."""
+        if self._version < 2:
+            return None
+        row = self._call(
+            "r", lambda c: c.execute(self._rates_sql.spec, (name,)).fetchone(), "read", retry=True
+        )
+        return None if row is None else _rate_spec(*row)
+
+    def register_rate(self, name: str, spec: _RateSpec) -> _RateSpec:
+        """Record rate ``name`` with ``spec`` unless it is recorded; return the
+        recorded spec.  ValueError if ``name`` is a counter or keyed counter."""
+        self._need_v2()
+        rs = self._rates_sql
+
+        def body(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | str:
+            with conn.transaction():
+                conn.execute(self._stmts.register, ([name], [spec.kind]))
+                row = conn.execute(rs.kind, (name,)).fetchone()
+                if row is not None and row[0] in ("counter", "keyed"):
+                    return str(row[0])
+                conn.execute(rs.register, (name, spec.kind, spec.window_ns, spec.res_ns))
+                got = conn.execute(rs.spec, (name,)).fetchone()
+                assert got is not None
+                return tuple(got)
+
+        out = self._call("w", body, f"registering rate {name!r}", retry=True)
+        if isinstance(out, str):
+            what = "a keyed counter" if out == "keyed" else "a counter"
+            raise ValueError(f"{name!r} is {what} in {self.shown}")
+        return _rate_spec(*out)
+
+    def _add_rates(self, conn: psycopg.Connection[Any], rates: _RateRows) -> None:
+        """The usual flush of rates: add to this writer's stripes."""
+        rs = self._rates_sql
+        if rates.buckets:
+            conn.execute(rs.add_buckets, (self._stripe, *_columns(rates.buckets)))
+        if rates.totals:
+            conn.execute(rs.add_totals, (self._stripe, *_columns(rates.totals)))
+        conn.execute(rs.prune, _columns(rates.prune))
+
+    def _set_rates(self, conn: psycopg.Connection[Any], rates: _RateRows) -> None:
+        """The exact path: every stripe of the batch's buckets and totals
+        locked (in the global lock order), sums added in Python, refused
+        (CountOverflowError, the caller rolls back) if one leaves int64, else
+        spread over the stripes."""
+        rs = self._rates_sql
+        bad: list[tuple[str, str | None]] = []
+        rows_b: list[tuple[str, int, str, int, int]] = []
+        if rates.buckets:
+            where = _columns([b[:3] for b in rates.buckets])
+            conn.execute(rs.touch_buckets, where)
+            have: dict[tuple[str, int, str], int] = {}
+            for n, slot, k, v in conn.execute(rs.lock_buckets, where).fetchall():
+                have[(n, slot, k)] = have.get((n, slot, k), 0) + int(v)
+            for n, slot, k, d in rates.buckets:
+                total = have.get((n, slot, k), 0) + d
+                if INT64_MIN <= total <= INT64_MAX:
+                    rows_b += [(n, slot, k, i, v) for i, v in enumerate(spread(total))]
+                else:
+                    bad.append((n, k or None))
+        rows_t: list[tuple[str, int, int]] = []
+        if rates.totals:
+            names = [n for n, _ in rates.totals]
+            conn.execute(rs.touch_totals, (names,))
+            have_t: dict[str, int] = {}
+            for n, v in conn.execute(rs.lock_totals, (names,)).fetchall():
+                have_t[n] = have_t.get(n, 0) + int(v)
+            for n, d in rates.totals:
+                total = have_t.get(n, 0) + d
+                if INT64_MIN <= total <= INT64_MAX:
+                    rows_t += [(n, i, v) for i, v in enumerate(spread(total))]
+                else:
+                    bad.append((n, None))
+        if bad:
+            raise overflow(bad, f"{self.shown}: ")
+        if rows_b:
+            conn.execute(rs.set_buckets, _columns(rows_b))
+        if rows_t:
+            conn.execute(rs.set_totals, _columns(rows_t))
+        conn.execute(rs.prune, _columns(rates.prune))
+
+    def _take_rate(self, conn: psycopg.Connection[Any], name: str) -> int:
+        """A reset: delete the buckets, zero the total (buckets before totals,
+        as a flush locks them), in the caller's transaction."""
+        if self._version < 2:
+            return 0
+        conn.execute(self._rates_sql.drop_buckets, (name,))
+        row = conn.execute(self._rates_sql.take_total, (name,)).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def _read_rates(self, conn: psycopg.Connection[Any], query: Query, r: Read) -> None:
+        """Each rate query's total (0 for a keyed rate) and buckets, one statement."""
+        qs = list(query.rates)
+        for q in qs:
+            r.rates[q.name] = (0, {})
+        if self._version < 2:
+            return
+        params = {
+            "n": [q.name for q in qs],
+            "lo": [q.lo for q in qs],
+            "hi": [q.hi for q in qs],
+            "k": [q.key for q in qs],
+        }
+        for i, key, slot, value in conn.execute(self._rates_sql.read, params).fetchall():
+            name = qs[i - 1].name
+            buckets = r.rates[name][1]
+            if key is None:
+                r.rates[name] = (int(value or 0), buckets)
+            else:
+                buckets.setdefault(str(key), {})[int(slot)] = int(value)
+
+    # -- limiters (tallies.stores._limiter) -----------------------------------------
+    #
+    # Slots follow the server's clock (clock_timestamp(), read after the
+    # key's lock is taken), so writers on every machine cut time the same
+    # way whatever their clocks.  A key's decision is a transaction holding
+    # a transaction-scoped advisory lock on (limiter, key): the decisions
+    # on one key are serialised (they share one budget; leases make them
+    # rare), different keys never wait for each other.
+
+    LIMITER_RESOLUTION_NS = 1_000_000
+
+    def register_limiter(self, spec: _LimitSpec) -> _LimitSpec:
+        self._need_v2()
+        args = (spec.name, spec.limit, spec.per_ns, spec.res_ns, spec.buckets, spec.name)
+        row = self._call(
+            "w",
+            lambda c: _row(c, self._limit_sql.register, args),
+            f"limiter {spec.name!r}",
+            retry=True,
+        )
+        return _LimitSpec(spec.name, int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    def _limit_tx(self, spec: _LimitSpec, key: str, step: Callable[[Any, int], _T]) -> _T:
+        """``step(conn, now_ns)`` in a transaction holding (limiter, key)'s lock."""
+        self._need_v2()
+        ls, lock = self._limit_sql, f"tallies limiter {self.schema} {spec.name}"
+
+        def body(conn: psycopg.Connection[Any]) -> _T:
+            # pipelined: statements whose answer the step does not read go
+            # out with the next one that it reads (a lease is 3 round trips)
+            with conn.pipeline(), conn.transaction():
+                return step(conn, int(_row(conn, ls.lock, (key, lock))[0]))
+
+        return self._call("w", body, f"limiter {spec.name!r}")
+
+    def limit_acquire(
+        self, spec: _LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
+    ) -> _Grant:
+        """One transaction (see ``_limiter.LimitBackend``)."""
+        slots = self._limit_sql.slots
+        grant = self._limit_tx(
+            spec,
+            key,
+            lambda c, now: acquire(
+                spec, now, need, want, give_back, SqlSlots(c, slots, spec.name, key)
+            ),
+        )
+        now = time.monotonic()
+        if now - self._limits_pruned > PRUNE_EVERY:  # expired slots and windows of every key
+            self._limits_pruned = now
+            with contextlib.suppress(StoreError):
+                self._call("w", lambda c: c.execute(self._limit_sql.expire), "prune")
+        return grant
+
+    def limit_read(self, spec: _LimitSpec, key: str) -> _Grant:
+        self._need_v2()
+        args = (spec.name, key, spec.res_ns, spec.buckets)
+        row = self._call("r", lambda c: _row(c, self._limit_sql.read, args), "read", retry=True)
+        now, used, oldest = int(row[0]), int(row[1]), row[2]
+        return _Grant(0, used, now // spec.res_ns, now, None if oldest is None else int(oldest))
+
+    def limit_reset(self, spec: _LimitSpec, key: str) -> int:
+        slots = self._limit_sql.slots
+
+        def step(conn: psycopg.Connection[Any], now: int) -> int:
+            table = SqlSlots(conn, slots, spec.name, key)
+            used, _ = table.window(now // spec.res_ns - spec.buckets)
+            table.prune(INT64_MAX)
+            return used
+
+        return self._limit_tx(spec, key, step)
+
+    def window_incr(self, name: str, key: str, expiry_ms: int, amount: int) -> tuple[int, float]:
+        self._need_v2()
+        args = {"n": name, "k": key, "a": amount, "e": expiry_ms}
+
+        def body(conn: psycopg.Connection[Any]) -> tuple[int, float]:
+            try:
+                row = conn.execute(self._limit_sql.window_incr, args).fetchone()
+            except pge.NumericValueOutOfRange:
+                raise CountOverflowError(
+                    f"{self.shown}: window {name!r}[{key!r}] would leave int64", []
+                ) from None
+            assert row is not None
+            return int(row[0]), int(row[1]) / 1000
+
+        return self._call("w", body, f"window {name!r}")
+
+    def window_get(self, name: str, key: str) -> tuple[int, float]:
+        self._need_v2()
+        row = self._call(
+            "r",
+            lambda c: _row(c, self._limit_sql.window_get, (name, key)),
+            "read",
+            retry=True,
+        )
+        now, count, expires = row
+        if count is None or int(expires) <= int(now):
+            return 0, int(now) / 1000
+        return int(count), int(expires) / 1000
+
+    def window_clear(self, name: str, key: str) -> None:
+        self._need_v2()
+        self._call(
+            "w",
+            lambda c: c.execute(self._limit_sql.window_clear, (name, key)),
+            f"window {name!r}",
+            retry=True,
+        )
+
+
+def _row(conn: psycopg.Connection[Any], stmt: str, args: Any) -> Any:
+    """The one row ``stmt`` answers."""
+    row = conn.execute(stmt, args).fetchone()
+    assert row is not None
+    return row
+
+
+def _columns(rows: list[Any]) -> list[list[Any]]:
+    """Rows as columns: the array parameters of an ``unnest`` (as many
+    empty columns as the caller expects when there is no row)."""
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+def _rate_spec(kind: Any, window_ns: Any, res_ns: Any) -> _RateSpec:
+    return _RateSpec("keyed_rate" if kind == "keyed_rate" else "rate", int(window_ns), int(res_ns))
+
+
+class _RateRows:
+    """A batch's rate deltas as a flush writes them (sorted: the lock order)."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.buckets = [(n, s, k, int(d)) for n, s, k, d in bucket_rows(batch)]
+        self.totals = [(n, int(d)) for n, d in total_rows(batch)]
+        self.prune = prune_below(batch)
+
+    @classmethod
+    def of(cls, batch: Batch) -> _RateRows | None:
+        return cls(batch) if batch.rates or batch.keyed_rates else None
+
+
+_NOW_NS = "(floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000)"
+_NOW_MS = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+class _RateStatements:
+    """The statements on rates (schema version 2)."""
+
+    def __init__(self, schema: str) -> None:
+        s = sql.Identifier(schema)
+
+        def q(text: str) -> str:
+            return sql.SQL(text).format(s=s).as_string(None)
+
+        b, t = "{s}.rate_bucket_stripes", "{s}.rate_total_stripes"
+        stripes = f"generate_series(0, {STRIPES - 1})"
+        self.kind = q("SELECT kind FROM {s}.names WHERE name = %s")
+        self.register = q(
+            "INSERT INTO {s}.rates (name, kind, window_ns, res_ns) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (name) DO NOTHING"
+        )
+        self.spec = q("SELECT kind, window_ns, res_ns FROM {s}.rates WHERE name = %s")
+        self.specs = q("SELECT name, kind, window_ns, res_ns FROM {s}.rates ORDER BY name")
+        self.add_buckets = q(
+            f"INSERT INTO {b} AS t (name, slot, key, stripe, value)"
+            " SELECT u.n, u.s, u.k, %s, u.d"
+            " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[]) AS u(n, s, k, d)"
+            ' ORDER BY u.n COLLATE "C", u.s, u.k COLLATE "C"'
+            " ON CONFLICT (name, slot, key, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        self.add_totals = q(
+            f"INSERT INTO {t} AS t (name, stripe, value)"
+            " SELECT u.n, %s, u.d FROM unnest(%s::text[], %s::bigint[]) AS u(n, d)"
+            ' ORDER BY u.n COLLATE "C"'
+            " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        self.prune = q(
+            f"DELETE FROM {b} WHERE ctid = ANY(ARRAY(SELECT o.ctid FROM {b} o"
+            " JOIN unnest(%s::text[], %s::bigint[]) AS u(n, lo) ON o.name = u.n AND o.slot < u.lo"
+            " FOR UPDATE OF o SKIP LOCKED))"
+        )
+        self.touch_buckets = q(
+            f"INSERT INTO {b} (name, slot, key, stripe, value)"
+            " SELECT u.n, u.s, u.k, g.i, 0"
+            f" FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(n, s, k), {stripes} AS g(i)"
+            ' ORDER BY u.n COLLATE "C", u.s, u.k COLLATE "C", g.i'
+            " ON CONFLICT (name, slot, key, stripe) DO NOTHING"
+        )
+        self.lock_buckets = q(
+            f"SELECT o.name, o.slot, o.key, o.value FROM {b} o"
+            " JOIN unnest(%s::text[], %s::bigint[], %s::text[]) AS u(n, s, k)"
+            " ON o.name = u.n AND o.slot = u.s AND o.key = u.k"
+            " ORDER BY o.name, o.slot, o.key, o.stripe FOR UPDATE OF o"
+        )
+        self.set_buckets = q(
+            f"UPDATE {b} o SET value = u.v FROM unnest(%s::text[], %s::bigint[], %s::text[],"
+            " %s::smallint[], %s::bigint[]) AS u(n, s, k, i, v) WHERE o.name = u.n"
+            " AND o.slot = u.s AND o.key = u.k AND o.stripe = u.i AND o.value <> u.v"
+        )
+        self.touch_totals = q(
+            f"INSERT INTO {t} (name, stripe, value)"
+            f" SELECT u.n, g.i, 0 FROM unnest(%s::text[]) AS u(n), {stripes} AS g(i)"
+            ' ORDER BY u.n COLLATE "C", g.i ON CONFLICT (name, stripe) DO NOTHING'
+        )
+        self.lock_totals = q(
+            f"SELECT name, value FROM {t} WHERE name = ANY(%s::text[])"
+            " ORDER BY name, stripe FOR UPDATE"
+        )
+        self.set_totals = q(
+            f"UPDATE {t} o SET value = u.v"
+            " FROM unnest(%s::text[], %s::smallint[], %s::bigint[]) AS u(n, i, v)"
+            " WHERE o.name = u.n AND o.stripe = u.i AND o.value <> u.v"
+        )
+        self.drop_buckets = q(f"DELETE FROM {b} WHERE name = %s")
+        self.take_total = q(
+            f"WITH o AS (SELECT name, stripe, value FROM {t} WHERE name = %s"
+            " ORDER BY stripe FOR UPDATE),"
+            f" z AS (UPDATE {t} x SET value = 0 FROM o"
+            " WHERE x.name = o.name AND x.stripe = o.stripe AND o.value <> 0)"
+            " SELECT sum(value) FROM o"
+        )
+        # per query i (1-based): a row (i, NULL, NULL, total), then its buckets
+        self.read = q(
+            f"SELECT q.i, NULL::text, NULL::bigint, (SELECT sum(x.value) FROM {t} x"
+            " WHERE x.name = q.n) FROM unnest(%(n)s::text[]) WITH ORDINALITY AS q(n, i)"
+            " UNION ALL"
+            " SELECT q.i, o.key, o.slot, sum(o.value)"
+            " FROM unnest(%(n)s::text[], %(lo)s::bigint[], %(hi)s::bigint[], %(k)s::text[])"
+            " WITH ORDINALITY AS q(n, lo, hi, k, i)"
+            f" JOIN {b} o ON o.name = q.n AND o.slot BETWEEN q.lo AND q.hi"
+            " AND (q.k IS NULL OR o.key = q.k) GROUP BY q.i, o.key, o.slot"
+        )
+
+
+class _LimitStatements:
+    """The statements on limiters and fixed windows (schema version 2)."""
+
+    def __init__(self, schema: str) -> None:
+        s = sql.Identifier(schema)
+
+        def q(text: str) -> str:
+            return sql.SQL(text).format(s=s).as_string(None)
+
+        ls = "{s}.limiter_slots"
+        self.register = q(
+            "WITH i AS (INSERT INTO {s}.limiters (name, lim, per_ns, res_ns, buckets)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
+            " RETURNING lim, per_ns, res_ns, buckets)"
+            " SELECT * FROM i UNION ALL"
+            " SELECT lim, per_ns, res_ns, buckets FROM {s}.limiters WHERE name = %s"
+        )
+        # the lock first (a subquery the planner keeps), then the clock
+        self.lock = (
+            f"SELECT {_NOW_NS} FROM (SELECT pg_advisory_xact_lock("
+            "hashtextextended(%s, hashtextextended(%s, 0))) OFFSET 0) AS l"
+        )
+        self.slots = SlotSQL(
+            give_back=q(
+                f"UPDATE {ls} SET units = greatest(0, units - %s)"
+                " WHERE name = %s AND key = %s AND slot = %s"
+            ),
+            prune=q(f"DELETE FROM {ls} WHERE name = %s AND key = %s AND slot < %s"),
+            window=q(
+                f"SELECT coalesce(sum(units), 0), min(slot) FROM {ls}"
+                " WHERE name = %s AND key = %s AND slot >= %s AND units > 0"
+            ),
+            add=q(
+                f"INSERT INTO {ls} AS t (name, key, slot, units, expires_ns)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name, key, slot)"
+                " DO UPDATE SET units = t.units + excluded.units"
+            ),
+        )
+        self.read = q(
+            f"SELECT n.now, coalesce(sum(t.units), 0), min(t.slot) FROM (SELECT {_NOW_NS} AS now)"
+            f" AS n LEFT JOIN {ls} t ON t.name = %s AND t.key = %s AND t.units > 0"
+            " AND t.slot >= n.now / %s - %s GROUP BY n.now"
+        )
+        self.expire = q(
+            f"DELETE FROM {ls} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {ls}"
+            f" WHERE expires_ns < {_NOW_NS} FOR UPDATE SKIP LOCKED));"
+            " DELETE FROM {s}.windows WHERE ctid = ANY(ARRAY(SELECT ctid FROM {s}.windows"
+            f" WHERE expires_ms < {_NOW_MS} FOR UPDATE SKIP LOCKED))"
+        )
+        new = "t.expires_ms <= excluded.expires_ms - %(e)s"  # the stored window has ended
+        self.window_incr = q(
+            "INSERT INTO {s}.windows AS t (name, key, count, expires_ms)"
+            f" SELECT %(n)s, %(k)s, %(a)s, {_NOW_MS} + %(e)s"
+            " ON CONFLICT (name, key) DO UPDATE SET"
+            f" count = CASE WHEN {new} THEN excluded.count ELSE t.count + excluded.count END,"
+            f" expires_ms = CASE WHEN {new} THEN excluded.expires_ms ELSE t.expires_ms END"
+            " RETURNING count, expires_ms"
+        )
+        self.window_get = q(
+            f"SELECT n.now, t.count, t.expires_ms FROM (SELECT {_NOW_MS} AS now) AS n"
+            " LEFT JOIN {s}.windows t ON t.name = %s AND t.key = %s"
+        )
+        self.window_clear = q("DELETE FROM {s}.windows WHERE name = %s AND key = %s")
+
+
+class _BigMerge:
+    """The statements that merge a big batch into one stripe table from its
+    temporary table (``PostgresBackend._merge``)."""
+
+    def __init__(
+        self, q: Callable[[str], str], table: str, temp: str, cols: tuple[str, ...]
+    ) -> None:
+        names = ", ".join(cols)
+        on = " AND ".join(f"x.{c} = i.{c}" for c in cols)
+        self.types = ["text"] * len(cols) + ["int8"]
+        self.copy = f"COPY pg_temp.{temp} ({names}, value) FROM STDIN (FORMAT BINARY)"
+        self.analyze = f"ANALYZE pg_temp.{temp}"
+        probe = f"SELECT FROM {{s}}.{table} x WHERE {on} AND x.stripe = %s"
+        # how many of the first 1,000 rows exist: most of them, and one
+        # upsert of every row is cheaper than the two statements below
+        self.sample = q(
+            f"SELECT count(*) FILTER (WHERE EXISTS ({probe})), count(*)"
+            f" FROM (SELECT * FROM pg_temp.{temp} LIMIT 1000) i"
+        )
+        self.upsert_all = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        # the rows that exist: added to, in the global lock order
+        self.update = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} i WHERE EXISTS ({probe})"
+            f" ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+        # the others (not written by this transaction: xmin): new rows
+        mine = f"{probe} AND x.xmin = pg_current_xact_id()::xid"
+        self.insert = q(
+            f"INSERT INTO {{s}}.{table} ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} i WHERE NOT EXISTS ({mine})"
+            f" ORDER BY {names}"
+        )
+        self.upsert = q(
+            f"INSERT INTO {{s}}.{table} AS t ({names}, stripe, value)"
+            f" SELECT {names}, %s, value FROM pg_temp.{temp} i WHERE NOT EXISTS ({mine})"
+            f" ORDER BY {names}"
+            f" ON CONFLICT ({names}, stripe) DO UPDATE SET value = t.value + excluded.value"
+        )
+
 
 class _Statements:
     """Every statement, composed once with the schema's quoted name."""
@@ -859,6 +1507,7 @@ class _Statements:
             return sql.SQL(text).format(s=s).as_string(None)
 
         self.meta = q("SELECT key, value FROM {s}.tallies_meta")
+        self.schema_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
         # The flush: record the seq (only if above the recorded one), then add
         # the deltas, counters then keys, each in sorted order (the lock order
         # of every writer: no deadlock), all or nothing if the seq was
@@ -870,14 +1519,14 @@ class _Statements:
             " WHERE t.seq < excluded.seq RETURNING 1),"
             " c AS ("
             " INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT u.n, %(st)s, u.d FROM unnest(%(cn)s::text[], %(cd)s::bigint[]) AS u(n, d)"
+            " SELECT u.n, %(st)s, u.d FROM unnest(%(cn)b::text[], %(cd)b::bigint[]) AS u(n, d)"
             ' WHERE EXISTS (SELECT FROM w) ORDER BY u.n COLLATE "C"'
             " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
             " RETURNING 1),"
             " k AS ("
             " INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
             " SELECT u.n, u.k, %(st)s, u.d"
-            " FROM unnest(%(kn)s::text[], %(kk)s::text[], %(kd)s::bigint[]) AS u(n, k, d)"
+            " FROM unnest(%(kn)b::text[], %(kk)b::text[], %(kd)b::bigint[]) AS u(n, k, d)"
             " WHERE EXISTS (SELECT FROM w) AND (SELECT count(*) FROM c) >= 0"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
@@ -887,39 +1536,27 @@ class _Statements:
         # the same adds, one chunk each, inside a transaction that recorded the seq
         self.add_counters = q(
             "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT u.n, %s, u.d FROM unnest(%s::text[], %s::bigint[]) AS u(n, d)"
+            " SELECT u.n, %s, u.d FROM unnest(%b::text[], %b::bigint[]) AS u(n, d)"
             ' ORDER BY u.n COLLATE "C"'
             " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
         self.add_keyed = q(
             "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
             " SELECT u.n, u.k, %s, u.d"
-            " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(n, k, d)"
+            " FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS u(n, k, d)"
             ' ORDER BY u.n COLLATE "C", u.k COLLATE "C"'
             " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
         )
-        # a big batch: COPY into temporary tables, then one statement each
+        # a big batch: COPY into temporary tables, then an update and an insert each
         self.temp_tables = (
             "CREATE TEMP TABLE IF NOT EXISTS tallies_in_counters"
-            " (name text NOT NULL, value numeric NOT NULL) ON COMMIT DELETE ROWS;"
+            ' (name text COLLATE "C" NOT NULL, value bigint NOT NULL) ON COMMIT DELETE ROWS;'
             " CREATE TEMP TABLE IF NOT EXISTS tallies_in_keyed"
-            " (name text NOT NULL, key text NOT NULL, value numeric NOT NULL)"
-            " ON COMMIT DELETE ROWS"
+            ' (name text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,'
+            " value bigint NOT NULL) ON COMMIT DELETE ROWS"
         )
-        self.copy_counters = "COPY pg_temp.tallies_in_counters (name, value) FROM STDIN"
-        self.copy_keyed = "COPY pg_temp.tallies_in_keyed (name, key, value) FROM STDIN"
-        self.merge_counters = q(
-            "INSERT INTO {s}.counter_stripes AS t (name, stripe, value)"
-            " SELECT i.name, %s, i.value::bigint FROM pg_temp.tallies_in_counters i"
-            ' ORDER BY i.name COLLATE "C"'
-            " ON CONFLICT (name, stripe) DO UPDATE SET value = t.value + excluded.value"
-        )
-        self.merge_keyed = q(
-            "INSERT INTO {s}.keyed_stripes AS t (name, key, stripe, value)"
-            " SELECT i.name, i.key, %s, i.value::bigint FROM pg_temp.tallies_in_keyed i"
-            ' ORDER BY i.name COLLATE "C", i.key COLLATE "C"'
-            " ON CONFLICT (name, key, stripe) DO UPDATE SET value = t.value + excluded.value"
-        )
+        self.counters_in = _BigMerge(q, "counter_stripes", "tallies_in_counters", ("name",))
+        self.keyed_in = _BigMerge(q, "keyed_stripes", "tallies_in_keyed", ("name", "key"))
         self.peek_counters = q(
             "SELECT name, stripe, value FROM {s}.counter_stripes WHERE name = ANY(%s::text[])"
         )
@@ -995,8 +1632,9 @@ class _Statements:
             " AND t.key = o.key AND t.stripe = o.stripe AND o.value <> 0)"
             " SELECT sum(value) FROM o"
         )
-        self.names = q("SELECT name, kind FROM {s}.names ORDER BY name")
-        self.kind_of = q("SELECT kind FROM {s}.names WHERE name = %s")
+        counting = "kind IN ('counter', 'keyed')"  # names also lists rates
+        self.names = q(f"SELECT name, kind FROM {{s}}.names WHERE {counting} ORDER BY name")
+        self.kind_of = q(f"SELECT kind FROM {{s}}.names WHERE name = %s AND {counting}")
         self._s = s
         self._reads: dict[tuple[str, str, bool], str] = {}
 

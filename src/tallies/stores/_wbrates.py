@@ -27,8 +27,9 @@ I/O).  A flush drains every rate's pending buckets into the batch
 backend applies exactly once with the batch's counters (the seq protocol of
 ``writebehind.py``), adding each bucket's delta to the stored bucket and a
 plain rate's total by their sum, and pruning the buckets that have left the
-window (SQLite deletes rows older than two windows; Redis gives each bucket
-key an expiry a window after it left the window, at least a minute).
+window (SQLite and PostgreSQL delete rows older than two windows; Redis
+gives each bucket key an expiry a window after it left the window, at least
+a minute).
 ``count()`` reads the stored buckets of the window and adds this process's
 pending ones (cells, held deltas, batches the read does not include yet), as
 ``value()`` does for counters: read-your-writes, each batch counted once.
@@ -342,6 +343,52 @@ def query(r: _RateBase, lo: int, hi: int, key: str | None = None) -> RateQuery:
 
 def stored(read: Read, name: str) -> tuple[int, dict[str, dict[int, int]]]:
     return read.rates.get(name, (0, {}))
+
+
+# ---- what a backend's flush of rates shares (SQLite, PostgreSQL) ------------------
+
+
+def bucket_rows(batch: Any) -> list[tuple[str, int, str, int]]:
+    """Every bucket delta of ``batch`` as ``(name, slot, key, delta)``, sorted
+    (a plain rate's key is ``""``): the rows a backend adds, in its lock order."""
+    rows = [(name, slot, "", d) for name, m in batch.rates.items() for slot, d in m.items()]
+    for name, km in batch.keyed_rates.items():
+        rows += [(name, slot, k, d) for k, m in km.items() for slot, d in m.items()]
+    rows.sort()
+    return rows
+
+
+def total_rows(batch: Any) -> list[tuple[str, int]]:
+    """``(name, delta of its total)`` of every plain rate of ``batch``, sorted."""
+    return sorted((name, sum(m.values())) for name, m in batch.rates.items())
+
+
+def prune_below(batch: Any) -> list[tuple[str, int]]:
+    """``(name, slot)``: each written rate's buckets before ``slot`` (two
+    windows before its newest bucket in the batch) may be deleted."""
+    out: list[tuple[str, int]] = []
+    for name in sorted(batch.rates.keys() | batch.keyed_rates.keys()):
+        spec = batch.rate_specs.get(name)
+        if spec is None:
+            continue
+        slots = list(batch.rates.get(name, {}))
+        for m in batch.keyed_rates.get(name, {}).values():
+            slots += list(m)
+        out.append((name, max(slots) - 2 * spec.nb))
+    return out
+
+
+def overflow(bad: list[tuple[str, str | None]], where: str) -> Exception:
+    """The CountOverflowError of a flush that would move rate buckets or
+    totals (``bad``: ``(name, key or None)``) outside int64."""
+    from .base import CountOverflowError
+
+    bad = list(dict.fromkeys(bad))
+    return CountOverflowError(
+        f"{where}adding the pending delta would move rate {bad[0][0]!r} outside the signed "
+        "64-bit range; nothing of this flush was applied",
+        bad,
+    )
 
 
 # ---- what the write-behind calls (see its methods rate, rate_read, ...) -----------

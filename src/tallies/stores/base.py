@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import importlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -434,4 +435,48 @@ def rate_mismatch(name: str, have: Any, want: Any, where: str) -> ValueError:
     return ValueError(
         f"{name!r} is a rate with window={have.window!r}, resolution={have.resolution!r} "
         f"in {where}, not window={want.window!r}, resolution={want.resolution!r}"
+    )
+
+
+def schema_version(
+    meta: Mapping[str, str], where: str, *, magic: str, newest: int, error: type[StoreError]
+) -> int:
+    """The schema version of a store's ``tallies_meta`` rows (key -> value),
+    checked as every SQL store checks it: ``error`` (a message starting
+    with ``where``) for a missing magic, an unreadable version or one newer
+    than this tallies writes (``newest``)."""
+    if meta.get("magic") != magic:
+        raise error(f"{where}: tallies_meta has no magic {magic!r}")
+    try:
+        version = int(meta.get("schema", ""))
+    except ValueError:
+        raise error(f"{where}: unreadable schema version") from None
+    if version > newest:
+        raise error(
+            f"{where} has schema version {version}, newer than this tallies "
+            f"({newest}); upgrade tallies"
+        )
+    return version
+
+
+def import_backend(needs: str, backend: str, missing: type[StoreError], message: str) -> Any:
+    """The module ``tallies.stores.<backend>``, imported when a store of its
+    scheme opens; ``missing(message)`` if the package ``needs`` (a
+    third-party client the core does not depend on) is not installed."""
+    try:
+        importlib.import_module(needs)
+    except ImportError as exc:
+        raise missing(message) from exc
+    return importlib.import_module(f"tallies.stores.{backend}")
+
+
+def flush_overflow(where: str, bad: list[tuple[str, str | None]], then: str) -> CountOverflowError:
+    """The error of a flush that would move the counts ``bad`` ((name,
+    None) or (name, key)) outside int64: ``where`` starts the message,
+    ``then`` ends it (what became of the flush)."""
+    shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
+    return CountOverflowError(
+        f"{where}: adding the pending delta would move {shown}"
+        f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; {then}",
+        bad,
     )

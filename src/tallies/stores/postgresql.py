@@ -25,21 +25,32 @@ is a take (read and zero in one transaction); fork, exit and SIGTERM behave
 as in every write-behind store.  :mod:`tallies.stores._postgres_backend` is
 the client side.
 
-The schema (version 1; ``SELECT * FROM tallies.counters`` reads it)
+The schema (version 2; ``SELECT * FROM tallies.counters`` reads it)
 ====================================================================
 
 Created on first open (``CREATE SCHEMA IF NOT EXISTS`` and the tables, under
 a transaction-level advisory lock, so any number of processes may open a new
 store at once; a schema a DBA created empty is used as it is)::
 
-    tallies_meta(key text PRIMARY KEY, value text)    magic='tallies', schema='1'
-    names(name text PRIMARY KEY, kind text)            'counter' | 'keyed'
+    tallies_meta(key text PRIMARY KEY, value text)    magic='tallies', schema='2'
+    names(name text PRIMARY KEY, kind text)            'counter' | 'keyed' | 'rate' | 'keyed_rate'
     counter_stripes(name text, stripe smallint, value bigint, PRIMARY KEY (name, stripe))
     keyed_stripes(name text, key text, stripe smallint, value bigint,
                   PRIMARY KEY (name, key, stripe))
     writers(writer_id text PRIMARY KEY, seq bigint, seen timestamptz)
     VIEW counters(name, value)       = sum of a name's stripes
     VIEW keyed(name, key, value)     = sum of a key's stripes
+    -- version 2: rates and limiters
+    rates(name text PRIMARY KEY, kind text, window_ns bigint, res_ns bigint)
+    rate_total_stripes(name text, stripe smallint, value bigint, PRIMARY KEY (name, stripe))
+    rate_bucket_stripes(name text, slot bigint, key text, stripe smallint, value bigint,
+                        PRIMARY KEY (name, slot, key, stripe))      key '' for a plain rate
+    VIEW rate_totals(name, total)              = sum of a plain rate's total stripes
+    VIEW rate_buckets(name, slot, key, value)  = sum of a bucket's stripes
+    limiters(name text PRIMARY KEY, lim bigint, per_ns bigint, res_ns bigint, buckets bigint)
+    limiter_slots(name text, key text, slot bigint, units bigint, expires_ns bigint,
+                  PRIMARY KEY (name, key, slot))
+    windows(name text, key text, count bigint, expires_ms bigint, PRIMARY KEY (name, key))
 
 What other programs read is the two views (plain SQL, any language).  A count
 is up to 32 rows: stripe 0 (the base) and writer stripes 1..31.  A ``CHECK``
@@ -55,8 +66,36 @@ sequence number each writer process applied, pruned after a day unseen.
 A schema that has some of these tables but no ``tallies_meta`` is foreign,
 one with a newer version was written by a newer tallies, one with tables
 missing was damaged: opening it raises ``CorruptStoreError`` and nothing is
-written.  A later version may add tables (rates will); it changes none of
-these, so other programs' queries keep working.
+written.  A schema of version 1 (a tallies without rates made it) is
+migrated on open by a user who may alter its tables (its owner), in one
+transaction under the same advisory lock: the rate and limiter tables are
+added and ``names`` may hold rate kinds; nothing of version 1 changes, so
+other programs' queries keep working.  A user who may not alter it uses it
+at version 1: counters work, ``rate()`` and ``limiter()`` raise
+StoreUnavailableError saying why.  A tallies of version 1 refuses a schema
+of version 2 (newer): upgrade every writer.
+
+Rates and limiters (version 2)
+==============================
+A rate's total and its buckets (wall-clock slots, ``_wbrates.py``) are
+striped exactly as counters are, for the same reason: every writer of a busy
+rate flushes its current bucket, so one row per bucket would be the hottest
+row of all.  The flush adds to its own stripe of each bucket and of the
+total in the same transaction as its sequence number (exactly once through
+lost replies, as the counters), in the global lock order (name, slot, key);
+at a stripe's edge it takes the exact path (every stripe locked, the sum
+checked against int64, spread again).  Each flush of a rate deletes its
+buckets older than two windows, ``FOR UPDATE SKIP LOCKED``: a pruner never
+waits for a writer or another pruner.
+
+A limiter's decision (``_limiter.py``: leases) is one transaction per lease:
+a transaction-scoped advisory lock on (limiter, key), then the server's
+``clock_timestamp()`` (so slots follow ONE clock for writers on every
+machine), then give back, prune, sum the window and grant, in
+``limiter_slots``.  Decisions on one key are serialised, as they must be
+(one budget; a writer asks only when its lease is spent), and different keys
+never wait for each other.  Expired slots and ``limits`` fixed windows are
+deleted every minute by each process (``SKIP LOCKED`` again).
 
 The flush, and why no writer queues behind a hot row
 ====================================================
@@ -124,18 +163,38 @@ at 03:42 UTC, load 21-23: this store p50 141 ms, p99 410 ms; the control
 ms.  The 100 ms p99 target is missed on this machine by this store and by
 the control alike.)
 
-A flush of 10^6 new keys of one keyed counter takes 16-27 s here (target: 4
-s), of which CPU: 1.2-1.5 s in this process (the write-behind's batch and
-psycopg's COPY rows) and 4.2-4.3 s in the server (the merge from the
-temporary table into ``keyed_stripes``: sort, one index probe and insert or
-update per key, WAL), measured apart from the benchmark on 2026-12-06.  So
-the server's share alone is over the target on this machine.  (Writing the
-COPY text in pure Python instead of ``write_row`` was 2-2.6x slower in a
-micro-benchmark: psycopg's row formatter is C.)
+A flush of more than 10,000 deltas (``_BigMerge``) copies them (binary
+``COPY``, bigint) into a temporary table, adds to the rows that exist with
+one sorted ``INSERT ... ON CONFLICT DO UPDATE`` restricted to them, and
+inserts the others with one plain sorted ``INSERT`` (skipped when every row
+existed; a batch whose first 1,000 rows are mostly stored is one upsert of
+every row instead: 3.7 s of server CPU for 10^6 stored keys, 3.9 s before).
+``ON CONFLICT``'s speculative insertion was half of the server's work for a
+new row: 10^6 new keys took 4.5-5.0 s of server CPU that way and 2.7-2.8 s
+now (this machine, 2026-12-06 07:36-07:41 UTC, old and new alternated, load
+9.6-13.6: wall 15.4-19.7 s before, 9.8-12.1 s after; the load, not the
+flush, makes most of the wall time). A row that another writer of the same
+stripe inserts between the two statements makes the plain INSERT fail; it
+runs in a savepoint, and the rows are then upserted. Still over the 4 s
+target on this machine: the server's CPU for 10^6 index entries and their
+WAL is about 2.8 s alone.
+Also measured and not taken: one ``UPDATE ... FROM`` join for the stored
+rows (3.0 s instead of 4.0 s for 10^6, but it locks rows in the join's
+order, not the global one: a reset could deadlock with it), the same with
+its rows locked in order first (no gain), the rows as arrays through
+``unnest`` instead of ``COPY`` (slower), and ``fillfactor`` 90 (no gain).
 
 The stripes make the shared keys cost what keys of one's own cost (the
 control row); the rest of the latency is the machine (16 writer processes
-and 16 server processes on 2 vCPUs).  Per-writer delta rows folded into
+and 16 server processes on 2 vCPUs).  In numbers (2026-12-06 07:12 UTC,
+this machine): a 1,000-key flush costs about 10.5 ms of CPU in the writer
+(the batch, psycopg's parameters) and 4.6 ms in the server, so 16 writers
+flushing every 100 ms ask for about 2.4 CPU-seconds a second, more than the
+2 vCPUs have even idle.  At 4, 8 and 16 writers for 10 s each (load 17-26
+from other work) the p99 was 493 / 193 / 533 ms for this store, 344 / 368
+/ 703 ms for the control and 758 / 2,829 / 7,365 ms for one sorted UPSERT
+per flush on shared rows: the store tracks the control at every count of
+writers, and the p99 is the machine's.  Per-writer delta rows folded into
 totals later were the other candidate: they remove the shared locks too,
 but a reader must add up every unfolded row, the fold is one more moving
 part, and an int64 overflow of a sum can only be refused exactly by
@@ -145,16 +204,16 @@ range by construction and need no fold.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ._params import FLUSH, Param, seconds, text
 from ._protocol import Backend
-from .base import StoreError, StoreNotFoundError, StoreURL
+from .base import StoreError, StoreNotFoundError, StoreURL, import_backend
 from .writebehind import WriteBehindStore
 
 __all__ = ["STORE", "PostgresMissingError", "PostgresOptions", "PostgresStore", "postgres_options"]
@@ -164,15 +223,13 @@ class PostgresMissingError(StoreError, ImportError):
     """postgresql:// needs psycopg 3, which is not installed."""
 
 
-def _backend_module() -> Any:
-    try:
-        importlib.import_module("psycopg")
-    except ImportError as exc:
-        raise PostgresMissingError(
-            "postgresql:// stores need psycopg 3, which is not installed: "
-            "pip install tallies[postgres]"
-        ) from exc
-    return importlib.import_module("tallies.stores._postgres_backend")
+_backend_module = partial(
+    import_backend,
+    "psycopg",
+    "_postgres_backend",
+    PostgresMissingError,
+    "postgresql:// stores need psycopg 3, which is not installed: pip install tallies[postgres]",
+)
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")

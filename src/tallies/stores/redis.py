@@ -29,12 +29,12 @@ redis-py: ``pip install tallies[redis]``.
 
 from __future__ import annotations
 
-import importlib
+from functools import partial
 from typing import Any, ClassVar
 
 from ._params import Param
 from ._protocol import Backend
-from .base import StoreError, StoreNotFoundError, StoreURL
+from .base import StoreError, StoreNotFoundError, StoreURL, import_backend
 from .writebehind import WriteBehindStore
 
 __all__ = ["STORE", "RedisMissingError", "RedisStore"]
@@ -44,14 +44,13 @@ class RedisMissingError(StoreError, ImportError):
     """redis:// needs redis-py, which is not installed."""
 
 
-def _backend_module() -> Any:
-    try:
-        importlib.import_module("redis")
-    except ImportError as exc:
-        raise RedisMissingError(
-            "redis:// stores need redis-py, which is not installed: pip install tallies[redis]"
-        ) from exc
-    return importlib.import_module("tallies.stores._redis_backend")
+_backend_module = partial(
+    import_backend,
+    "redis",
+    "_redis_backend",
+    RedisMissingError,
+    "redis:// stores need redis-py, which is not installed: pip install tallies[redis]",
+)
 
 
 class RedisStore(WriteBehindStore):

@@ -105,6 +105,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ._limiter import SlotSQL, SqlSlots, acquire
 from ._params import FLUSH, choice, seconds
 from ._protocol import (
     INT64_MAX,
@@ -119,6 +120,7 @@ from ._protocol import (
     Read,
     Target,
 )
+from ._wbrates import bucket_rows, overflow, prune_below, total_rows
 from .base import (
     CorruptSegmentError,
     CountOverflowError,
@@ -127,6 +129,8 @@ from .base import (
     StoreNotFoundError,
     StoreUnavailableError,
     StoreURL,
+    flush_overflow,
+    schema_version,
 )
 from .writebehind import WriteBehindStore
 
@@ -174,6 +178,16 @@ LIMIT_TABLES = (
     "CREATE TABLE IF NOT EXISTS windows(name TEXT NOT NULL, key TEXT NOT NULL,"
     " count INTEGER NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY(name, key)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS windows_expiry ON windows(expires_ms)",
+)
+
+SLOTS = SlotSQL(
+    give_back="UPDATE limiter_slots SET units = MAX(0, units - ?) "
+    "WHERE name = ? AND key = ? AND slot = ?",
+    prune="DELETE FROM limiter_slots WHERE name = ? AND key = ? AND slot < ?",
+    window="SELECT COALESCE(SUM(units), 0), MIN(slot) FROM limiter_slots "
+    "WHERE name = ? AND key = ? AND slot >= ? AND units > 0",
+    add="INSERT INTO limiter_slots(name, key, slot, units, expires_ns) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(name, key, slot) DO UPDATE SET units = units + excluded.units",
 )
 
 # The sum value + d stays in int64 (both sides computed without overflow).
@@ -405,17 +419,9 @@ class SqliteBackend:
                 "refusing to touch it"
             )
         meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
-        if meta.get("magic") != MAGIC:
-            raise CorruptSegmentError(f"{self.path}: tallies_meta has no magic {MAGIC!r}")
-        try:
-            version = int(meta.get("schema", ""))
-        except ValueError:
-            raise CorruptSegmentError(f"{self.path}: unreadable schema version") from None
-        if version > SCHEMA_VERSION:
-            raise CorruptSegmentError(
-                f"{self.path} has schema version {version}, newer than this tallies "
-                f"({SCHEMA_VERSION}); upgrade tallies"
-            )
+        version = schema_version(
+            meta, str(self.path), magic=MAGIC, newest=SCHEMA_VERSION, error=CorruptSegmentError
+        )
         if version < 1 or not tables >= TABLES:
             raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
 
@@ -670,13 +676,11 @@ class SqliteBackend:
                 else:
                     bad.append((name, key))
         if bad:
-            shown = ", ".join(n if k is None else f"{n}[{k!r}]" for n, k in bad[:5])
-            raise CountOverflowError(
-                f"sqlite: {self.path}: adding the pending delta would move {shown}"
-                f"{' ...' if len(bad) > 5 else ''} outside the signed 64-bit range; "
+            raise flush_overflow(
+                f"sqlite: {self.path}",
+                bad,
                 "nothing of this flush was applied; those deltas are held (still in value()) "
                 "and every later flush tries them again",
-                bad,
             )
         conn.executemany(_SET_COUNTER, new_c)
         conn.executemany(_SET_KEY, new_k)
@@ -874,11 +878,7 @@ class SqliteBackend:
         for stmt in RATE_TABLES:
             conn.execute(stmt)
         bad: list[tuple[str, str | None]] = []
-        rows: list[tuple[str, int, str, int]] = []
-        for name, m in batch.rates.items():
-            rows += [(name, slot, "", d) for slot, d in m.items()]
-        for name, km in batch.keyed_rates.items():
-            rows += [(name, slot, k, d) for k, m in km.items() for slot, d in m.items()]
+        rows = bucket_rows(batch)
         for name, slot, key, d in rows:
             row = conn.execute(
                 "SELECT value FROM rate_buckets WHERE name = ? AND slot = ? AND key = ?",
@@ -887,37 +887,22 @@ class SqliteBackend:
             v = (int(row[0]) if row else 0) + d
             if not INT64_MIN <= v <= INT64_MAX:
                 bad.append((name, key or None))
-        for name, m in batch.rates.items():
+        totals = total_rows(batch)
+        for name, d in totals:
             row = conn.execute("SELECT total FROM rates WHERE name = ?", (name,)).fetchone()
-            if not INT64_MIN <= (int(row[0]) if row else 0) + sum(m.values()) <= INT64_MAX:
+            if not INT64_MIN <= (int(row[0]) if row else 0) + d <= INT64_MAX:
                 bad.append((name, None))
         if bad:
-            bad = list(dict.fromkeys(bad))
-            raise CountOverflowError(
-                f"adding the pending delta would move rate {bad[0][0]!r} outside the signed "
-                "64-bit range; nothing of this flush was applied",
-                bad,
-            )
+            raise overflow(bad, "")
         conn.executemany(
             "INSERT INTO rate_buckets(name, slot, key, value) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(name, slot, key) DO UPDATE SET value = value + excluded.value",
             rows,
         )
         conn.executemany(
-            "UPDATE rates SET total = total + ? WHERE name = ?",
-            [(sum(m.values()), name) for name, m in batch.rates.items()],
+            "UPDATE rates SET total = total + ? WHERE name = ?", [(d, n) for n, d in totals]
         )
-        for name in batch.rates.keys() | batch.keyed_rates.keys():
-            spec = batch.rate_specs.get(name)
-            if spec is None:
-                continue
-            slots = list(batch.rates.get(name, {}))
-            for m in batch.keyed_rates.get(name, {}).values():
-                slots += list(m)
-            conn.execute(
-                "DELETE FROM rate_buckets WHERE name = ? AND slot < ?",
-                (name, max(slots) - 2 * spec.nb),
-            )
+        conn.executemany("DELETE FROM rate_buckets WHERE name = ? AND slot < ?", prune_below(batch))
 
     @staticmethod
     def _take_rate(conn: sqlite3.Connection, name: str) -> int:
@@ -981,12 +966,7 @@ class SqliteBackend:
     def _window_of(
         conn: sqlite3.Connection, spec: LimitSpec, key: str, s: int
     ) -> tuple[int, int | None]:
-        row = conn.execute(
-            "SELECT COALESCE(SUM(units), 0), MIN(slot) FROM limiter_slots "
-            "WHERE name = ? AND key = ? AND slot >= ? AND units > 0",
-            (spec.name, key, s - spec.buckets),
-        ).fetchone()
-        return int(row[0]), (int(row[1]) if row[1] is not None else None)
+        return SqlSlots(conn, SLOTS, spec.name, key).window(s - spec.buckets)
 
     def limit_acquire(
         self, spec: LimitSpec, key: str, need: int, want: int, give_back: tuple[int, int] | None
@@ -998,35 +978,12 @@ class SqliteBackend:
             for stmt in LIMIT_TABLES:
                 conn.execute(stmt)
             now = time.time_ns()
-            s = now // spec.res_ns
-            lo = s - spec.buckets
-            if give_back is not None and give_back[0] >= lo and give_back[1] > 0:
-                conn.execute(
-                    "UPDATE limiter_slots SET units = MAX(0, units - ?) "
-                    "WHERE name = ? AND key = ? AND slot = ?",
-                    (give_back[1], spec.name, key, give_back[0]),
-                )
-            conn.execute(
-                "DELETE FROM limiter_slots WHERE name = ? AND key = ? AND slot < ?",
-                (spec.name, key, lo),
-            )
-            used, oldest = self._window_of(conn, spec, key, s)
-            g = 0
-            if need > 0 and used + need <= spec.limit:
-                g = min(max(want, need), max(need, (spec.limit - used) // 2))
-                conn.execute(
-                    "INSERT INTO limiter_slots(name, key, slot, units, expires_ns) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(name, key, slot) "
-                    "DO UPDATE SET units = units + excluded.units",
-                    (spec.name, key, s, g, (s + spec.buckets + 1) * spec.res_ns),
-                )
-                used += g
-                oldest = s if oldest is None else min(oldest, s)
+            grant = acquire(spec, now, need, want, give_back, SqlSlots(conn, SLOTS, spec.name, key))
             if now - self._limits_pruned > PRUNE_EVERY * 1e9:
                 conn.execute("DELETE FROM limiter_slots WHERE expires_ns < ?", (now,))
                 conn.execute("DELETE FROM windows WHERE expires_ms < ?", (now // 1_000_000,))
                 self._limits_pruned = now
-            return Grant(g, used, s, now, oldest)
+            return grant
 
         out: Grant = self._write(body)
         return out

@@ -24,9 +24,14 @@ call only for the method's exact type (a subclass costs ~9 ns more per call);
 without the C core ``PyBufferedCounter`` (a subclass) does the same job.
 ``store.keyed(name)`` is a :class:`BufferedKeyedCounter`
 whose pending deltas live in a ``tallies.KeyedCounter``; a key's first use
-checks it (``base.check_key``: the key rule every store shares), later uses
-are a set lookup plus the core's increment.  Its ``collections.Counter``-like
-API (``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
+checks it (``base.check_key``: the key rule every store shares) and inserts
+it under the state lock, in Python; later uses never leave C: with the C
+core the class is a C type (``_c/keyed.c``, for the same exact-type reason:
+a Python class that held the bound C methods cost 1.7x) whose ``increment``
+/ ``decrement`` add to the cell of a key already in the cells and call the
+Python first use for anything else, with this module's Python methods
+installed on it (``_c_class``).  Its ``collections.Counter``-like API
+(``kc[k] += n``, ``get``, ``update``, ``most_common`` ...) is
 ``_keyed.StoreKeyedMixin``, shared with ``shm://``.
 
 The batch, and exactly once
@@ -185,14 +190,16 @@ import secrets
 import socket
 import sys
 import threading
+import types
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, ClassVar, Protocol, SupportsIndex
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsIndex
 
 from .._common import add_into as _add_into
+from .._impl import IMPLEMENTATION as _IMPLEMENTATION
 from .._impl import BufferedCounter as _CBufferedCounter
+from .._impl import BufferedKeyedCounter as _CBufferedKeyed
 from .._impl import ShardedCounter
-from ..keyed import IMPLEMENTATION as _KEYED_IMPLEMENTATION
 from ..keyed import KeyedCounter
 from . import _signals, _wbrates
 from ._keyed import StoreKeyedMixin
@@ -238,6 +245,7 @@ __all__ = [
     "BufferedKeyedCounter",
     "Kind",
     "PyBufferedCounter",
+    "PyBufferedKeyedCounter",
     "Query",
     "Read",
     "Target",
@@ -498,18 +506,35 @@ class BufferedKeyedCounter(StoreKeyedMixin):
     ``keys()``, ``items()``, ``snapshot()``, ``most_common``, ``total``,
     ``update``, ``subtract``, ``reset(key=None)``, ``len``, ``in``,
     iteration.  Updates go to a local ``tallies.KeyedCounter``; reads add the
-    stored counts."""
+    stored counts.
 
-    __slots__ = ("__weakref__", "_cells", "_closed", "_fresh", "_known", "_name", "_wb")
+    With the C core the class is ``_c/keyed.c``'s type of the same name with
+    these methods installed on it (``_c_class``), except ``increment`` and
+    ``decrement``: its own, which add to the cell of a key already counted
+    without leaving C and call ``_first_increment`` / ``_first_decrement``
+    for anything else."""
+
+    __slots__ = ("__weakref__", "_cells", "_closed", "_fresh", "_name", "_wb")
 
     def __init__(self, wb: WriteBehind, name: str) -> None:
         self._wb = wb
         self._name = name
         self._cells = KeyedCounter()
-        self._known: set[str] | frozenset[str] = set()
         # keys not yet in a batch, in first-use order (see the module docstring)
         self._fresh: dict[str, None] = {}
         self._closed = False
+        self._open_gate(self._cells, self._first_increment, self._first_decrement)
+
+    def _open_gate(
+        self, cells: KeyedCounter, inc: Callable[..., None], dec: Callable[..., None]
+    ) -> None:
+        """The C type's: updates of the keys in ``cells`` add there, others call
+        ``inc`` / ``dec``.  Without the C core every update is the Python one."""
+
+    def _close_gate(self) -> None:
+        """The C type's: every later update calls ``_first_increment`` /
+        ``_first_decrement`` (which raise: closed), once the updates that got
+        through have added."""
 
     @property
     def name(self) -> str:
@@ -519,12 +544,12 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         return ValueError(f"keyed counter {self._name!r}: its store {self._wb.shown!r} is closed")
 
     def _first_use(self, key: object, n: SupportsIndex, sub: bool) -> None:
-        """A key's first update, under the state lock: close() marks the
-        counter closed under that lock before its final flush drains the
-        cells, so this update either lands before the drain or raises (a
-        thread could otherwise stop between the check and the update and add
-        to cells nobody flushes any more).  The pure-Python core's update is
-        Python code itself, so then every update takes this path."""
+        """An update that the C increment does not take (a key's first use;
+        every update without the C core), under the state lock: close() marks
+        the counter closed (and closes the gate) under that lock before its
+        final flush drains the cells, so this update either lands before the
+        drain or raises (a thread could otherwise stop between the check and
+        the update and add to cells nobody flushes any more)."""
         if self._closed:
             raise self._closed_error()
         k = check_key(key)
@@ -536,22 +561,17 @@ class BufferedKeyedCounter(StoreKeyedMixin):
             else:
                 self._cells.increment(k, n)
             self._fresh[k] = None
-            if _KEYED_IMPLEMENTATION == "c":
-                self._known.add(k)  # type: ignore[union-attr]
 
     def increment(self, key: str, n: SupportsIndex = 1) -> None:
         """Add ``n`` to ``key``'s count (a local cell; no I/O)."""
-        if key not in self._known:
-            self._first_use(key, n, False)
-            return
-        self._cells.increment(key, n)
+        self._first_use(key, n, False)
 
     def decrement(self, key: str, n: SupportsIndex = 1) -> None:
         """Subtract ``n`` from ``key``'s count (a local cell; no I/O)."""
-        if key not in self._known:
-            self._first_use(key, n, True)
-            return
-        self._cells.decrement(key, n)
+        self._first_use(key, n, True)
+
+    _first_increment = increment  # the C type's fallbacks
+    _first_decrement = decrement
 
     def value(self, key: str) -> int:
         """Stored count + this process's pending delta (0 if never counted)."""
@@ -582,12 +602,44 @@ class BufferedKeyedCounter(StoreKeyedMixin):
         return (_rebuild, (self._wb.url, self._name, "keyed"))
 
 
+_NOT_INSTALLED = frozenset(
+    {"__module__", "__qualname__", "__slots__", "__dict__", "__weakref__", "__annotations__"}
+)
+
+
+def _c_class(cls: type, ctype: type) -> type:
+    """``ctype`` (a C type with ``increment``, ``decrement``, ``_open_gate``
+    and ``_close_gate`` of its own) with every other method of ``cls`` and
+    its bases installed on it: the class users get (see
+    BufferedKeyedCounter)."""
+    own = set(vars(ctype)) - {"__doc__"}
+    for klass in reversed(cls.__mro__[:-1]):
+        for name, attr in vars(klass).items():
+            if name in own or name in _NOT_INSTALLED or name.startswith("__static"):
+                continue
+            if isinstance(attr, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                continue  # cls's __slots__: the C type keeps them in its __dict__
+            setattr(ctype, name, attr)
+    return ctype
+
+
+#: The Python class itself (the pure core's; the tests run both).
+PyBufferedKeyedCounter = BufferedKeyedCounter
+if not TYPE_CHECKING and _CBufferedKeyed is not None and _IMPLEMENTATION == "c":
+    BufferedKeyedCounter = _c_class(BufferedKeyedCounter, _CBufferedKeyed)
+
+
 class WriteThroughKeyed(BufferedKeyedCounter):
     """``store.keyed(name)`` of a write-through store (``flush=0``): every
     update returns after the flush carrying it committed; an update that
     raises was not applied (except FlushError)."""
 
     __slots__ = ()
+
+    def _open_gate(
+        self, cells: KeyedCounter, inc: Callable[..., None], dec: Callable[..., None]
+    ) -> None:
+        """Its increment/decrement (below) flush every update: no gate."""
 
     def _update(self, key: object, n: SupportsIndex, sign: int) -> None:
         if self._closed:
@@ -1379,7 +1431,7 @@ class WriteBehind:
                 c._close()
             for kc in self._keyed.values():
                 kc._closed = True
-                kc._known = frozenset()
+                kc._close_gate()  # waits for the updates that got through
             for r in self._rates.values():
                 r._close()
         self.flush()  # raises on failure: the flusher keeps retrying
