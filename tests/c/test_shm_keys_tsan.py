@@ -34,8 +34,8 @@ RELAXED_NEEDLE = """(uint32_t)(j + 1) | TKD_TAG(h),
 RELAXED_MUTANT = """(uint32_t)(j + 1) | TKD_TAG(h),
                                                     memory_order_relaxed,
                                                     memory_order_relaxed)"""
-TWICE_NEEDLE = "int m = tkd_matches(d, other, owner, key, len);"
-TWICE_MUTANT = "int m = 0; /* mutant: never the same key */"
+TWICE_NEEDLE = "int64_t other = tkd_slot_entry(d, expected, h, owner, key, len);"
+TWICE_MUTANT = "int64_t other = TKD_ABSENT; /* mutant: never the same key */"
 
 
 def _build(include: pathlib.Path, out: pathlib.Path, tsan: bool) -> None:

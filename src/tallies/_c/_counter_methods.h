@@ -94,6 +94,14 @@ tl_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char
     {"increment", (PyCFunction)(void (*)(void))P##_increment, FASTKW, INC_DOC},              \
     {"decrement", (PyCFunction)(void (*)(void))P##_decrement, FASTKW, DEC_DOC}
 
+/* TL_UPDATE_METHOD_DEFS of a rate, whose increments count events now: KEY
+ * is "" or "key, ", OF "" or " of key", WHERE "" or a note on where an
+ * increment goes (" (...)"). */
+#define TL_EVENT_METHOD_DEFS(P, KEY, OF, WHERE)                                              \
+    TL_UPDATE_METHOD_DEFS(P,                                                                 \
+                          "increment(" KEY "n=1) -> None\n\nCount n events" OF " now" WHERE ".", \
+                          "decrement(" KEY "n=1) -> None\n\nCount -n events" OF " now.")
+
 /* The type-slot entries of P_iadd and P_isub (TL_INPLACE_METHODS). */
 #define TL_INPLACE_SLOTS(P) {Py_nb_inplace_add, P##_iadd}, {Py_nb_inplace_subtract, P##_isub}
 

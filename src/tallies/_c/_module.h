@@ -43,6 +43,7 @@
 
 #include <Python.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "_platform.h" /* TL_HIDDEN, TL_ALWAYS_INLINE, TL_COLD */
 
@@ -85,6 +86,24 @@ typedef struct {
  * striped counter inflates into, the stripes of KeyedCounter's table. */
 extern TL_HIDDEN uint32_t tl_cpus;
 
+/* The granularity in ns of CLOCK_MONOTONIC_COARSE and CLOCK_REALTIME_COARSE
+ * (the kernel tick, 1-4 ms), or -1 where clock_getres gives none: set, like
+ * tl_cpus, before any tl_*_exec runs. */
+extern TL_HIDDEN int64_t tl_monotonic_tick, tl_realtime_tick;
+
+/* The clock that buckets of res_ns read: the coarse one when res_ns is at
+ * least 10 of its ticks (a read costs 8 ns rather than 66: see rate.c), else
+ * the precise one; wall: the realtime clocks rather than the monotonic. */
+static inline clockid_t
+tl_bucket_clock(int64_t res_ns, int wall)
+{
+    int64_t tick = wall ? tl_realtime_tick : tl_monotonic_tick;
+    if (tick > 0 && res_ns >= 10 * tick) {
+        return wall ? CLOCK_REALTIME_COARSE : CLOCK_MONOTONIC_COARSE;
+    }
+    return wall ? CLOCK_REALTIME : CLOCK_MONOTONIC;
+}
+
 /* The whole tp_dealloc of a heap type after its own frees: untrack it (GC
  * types), clear its weak references (weakreflist: NULL for a type without
  * them), tp_clear (clear may be NULL), free it, and drop the reference the
@@ -125,10 +144,39 @@ tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
         return 0;                                                          \
     }
 
+/* The slots of a GC heap type written by this house's conventions: P_new,
+ * P_dealloc (tl_dealloc), P_traverse and a clear (P_clear from TL_GC_FUNCS,
+ * or another name where P_clear is a method). */
+#define TL_GC_TYPE_SLOTS(P, CLEAR)                                                 \
+    {Py_tp_new, P##_new}, {Py_tp_dealloc, P##_dealloc}, {Py_tp_traverse, P##_traverse}, \
+        {Py_tp_clear, CLEAR}
+#define TL_GC_SLOTS(P) TL_GC_TYPE_SLOTS(P, P##_clear)
+
+/* `static PyType_Spec P_spec` of heap type P, whose slots are P_slots. */
+#define TL_TYPE_SPEC(P, NAME, BASICSIZE, FLAGS) \
+    static PyType_Spec P##_spec = {NAME, BASICSIZE, 0, FLAGS, P##_slots}
+
+/* A heap type declares its weak-reference list (and instance dict) offsets as
+ * members: TL_WEAKLIST_MEMBER(OBJECT, FIELD) in a member table, or
+ * TL_WEAKLIST_ONLY(P, FIELD) for a P_members that holds nothing else. */
+#define TL_WEAKLIST_MEMBER(OBJECT, FIELD) \
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(OBJECT, FIELD), READONLY, NULL}
+#define TL_WEAKLIST_ONLY(P, FIELD)                     \
+    static PyMemberDef P##_members[] = {               \
+        TL_WEAKLIST_MEMBER(P##Object, FIELD), {NULL, 0, 0, 0, NULL}}
+
 /* Make the type of `spec` for module m, keep it in the state's slot `which`
  * and, when `add`, add it to m under its name.  A borrowed reference (the
  * state's), or NULL with an exception set. */
 TL_HIDDEN PyTypeObject *tl_add_type(PyObject *m, PyType_Spec *spec, int which, int add);
+
+/* The tl_<NAME>_exec of a file whose one type is P (P_spec): it adds P to
+ * the module and keeps it in the state's slot WHICH. */
+#define TL_ONE_TYPE_EXEC(NAME, P, WHICH)                                   \
+    int tl_##NAME##_exec(PyObject *m)                                      \
+    {                                                                      \
+        return tl_add_type(m, &P##_spec, WHICH, 1) == NULL ? -1 : 0;       \
+    }
 
 TL_HIDDEN int tl_counter_exec(PyObject *m);
 TL_HIDDEN int tl_keyed_exec(PyObject *m);

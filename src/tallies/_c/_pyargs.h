@@ -21,6 +21,18 @@ type_name(PyTypeObject *tp)
     return dot == NULL ? tp->tp_name : dot + 1;
 }
 
+/* A METH_FASTCALL method that takes exactly `want` positional arguments: 0,
+ * or -1 with TypeError "<fname>() takes exactly <want> arguments". */
+static inline int
+tl_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fname)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments", fname, want);
+        return -1;
+    }
+    return 0;
+}
+
 /* Convert any object with __index__ to int64. */
 static inline int
 to_int64(PyObject *obj, const char *fname, int64_t *out)

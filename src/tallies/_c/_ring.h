@@ -117,6 +117,21 @@ tlr_free(tlr_ring *r)
     r->marks = NULL;
 }
 
+#ifdef Py_PYTHON_H
+/* tlr_init for the ring inside `owner`, a Python object just allocated (in
+ * the extension only): on failure the object is released (its dealloc frees
+ * the NULL ring) and MemoryError is set.  `owner`, or NULL. */
+static inline PyObject *
+tlr_init_owned(PyObject *owner, tlr_ring *r, int64_t nb)
+{
+    if (tlr_init(r, nb) < 0) {
+        Py_DECREF(owner);
+        return PyErr_NoMemory();
+    }
+    return owner;
+}
+#endif
+
 static inline int64_t
 tlr_index(const tlr_ring *r, int64_t slot)
 {

@@ -137,6 +137,24 @@ tkd_matches(const tkd_dir *d, int64_t j, int64_t owner, const char *key, int64_t
     return elen == len && memcmp(d->heap + off, key, (size_t)len) == 0;
 }
 
+/* The entry that the non-empty hash slot word v names, when that entry is
+ * (owner, key): its index; TKD_ABSENT when it is another key's; TKD_CORRUPT
+ * when v or the entry is damaged. */
+static inline int64_t
+tkd_slot_entry(const tkd_dir *d, uint32_t v, uint64_t h, int64_t owner, const char *key,
+               int64_t len)
+{
+    if ((v & ~TKD_INDEX_MASK) != TKD_TAG(h)) {
+        return TKD_ABSENT;
+    }
+    int64_t j = (int64_t)(v & TKD_INDEX_MASK) - 1;
+    if (j >= d->cap) {
+        return TKD_CORRUPT;
+    }
+    int m = tkd_matches(d, j, owner, key, len);
+    return m == 0 ? TKD_ABSENT : m == 1 ? j : TKD_CORRUPT;
+}
+
 /* Probe for (owner, key) from its slot.  Returns the entry index, or
  * TKD_ABSENT with *empty the first empty slot (or slots when none), or
  * TKD_CORRUPT. */
@@ -154,16 +172,9 @@ tkd_probe(const tkd_dir *d, int64_t owner, const char *key, int64_t len, uint64_
             *empty = s;
             return TKD_ABSENT;
         }
-        if ((v & ~TKD_INDEX_MASK) != TKD_TAG(h)) {
-            continue;
-        }
-        int64_t j = (int64_t)(v & TKD_INDEX_MASK) - 1;
-        if (j >= d->cap) {
-            return TKD_CORRUPT;
-        }
-        int m = tkd_matches(d, j, owner, key, len);
-        if (m != 0) {
-            return m == 1 ? j : TKD_CORRUPT;
+        int64_t j = tkd_slot_entry(d, v, h, owner, key, len);
+        if (j != TKD_ABSENT) {
+            return j;
         }
     }
     *empty = d->slots;
@@ -240,17 +251,12 @@ tkd_insert(tkd_dir *d, int64_t owner, const char *key, int64_t len, int64_t ring
             atomic_store_explicit(tkd_word(d, j, 0), TKD_PUBLISHED, memory_order_release);
             return j;
         }
-        if ((expected & ~TKD_INDEX_MASK) != TKD_TAG(h)) {
-            continue;
-        }
-        int64_t other = (int64_t)(expected & TKD_INDEX_MASK) - 1;
-        if (other >= d->cap) {
-            return TKD_CORRUPT;
-        }
-        int m = tkd_matches(d, other, owner, key, len);
-        if (m != 0) {
+        /* Another writer published (owner, key) first (or the slot is damaged):
+         * ours is abandoned. */
+        int64_t other = tkd_slot_entry(d, expected, h, owner, key, len);
+        if (other != TKD_ABSENT) {
             atomic_store_explicit(tkd_word(d, j, 0), TKD_ABANDONED, memory_order_release);
-            return m == 1 ? other : TKD_CORRUPT;
+            return other;
         }
     }
     /* No empty slot: impossible while slots >= 2 * cap, unless damaged. */

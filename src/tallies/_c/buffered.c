@@ -258,10 +258,7 @@ static PyGetSetDef Cell_getset[] = {
 static PyType_Slot Cell_slots[] = {
     {Py_tp_doc, "BufferedCounter(owner, name, write_through=False)\n--\n\n"
                 "A write-behind counter: local cells plus the owner's stored value."},
-    {Py_tp_new, Cell_new},
-    {Py_tp_dealloc, Cell_dealloc},
-    {Py_tp_traverse, Cell_traverse},
-    {Py_tp_clear, Cell_clear},
+    TL_GC_SLOTS(Cell),
     {Py_tp_methods, Cell_methods},
     {Py_tp_getset, Cell_getset},
     {Py_tp_repr, Cell_repr},
@@ -270,13 +267,7 @@ static PyType_Slot Cell_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Cell_spec = {
-    "tallies.stores.BufferedCounter", sizeof(CellObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Cell_slots,
-};
+TL_TYPE_SPEC(Cell, "tallies.stores.BufferedCounter", sizeof(CellObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
-int
-tl_buffered_exec(PyObject *m)
-{
-    return tl_add_type(m, &Cell_spec, TL_BUFFERED_COUNTER, 1) == NULL ? -1 : 0;
-}
+TL_ONE_TYPE_EXEC(buffered, Cell, TL_BUFFERED_COUNTER)

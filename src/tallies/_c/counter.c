@@ -201,26 +201,34 @@ monotonic_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* tp_new of Counter(initial=0) and ShardedCounter(initial=0) up to the
+ * fields: parse initial into *v (an int64) and allocate.  format:
+ * "|O:<type name>".  The new object, or NULL. */
+static PyObject *
+alloc_initial(PyTypeObject *type, PyObject *args, PyObject *kwds, const char *format,
+              int64_t *v)
+{
+    static char *kwlist[] = {"initial", NULL};
+    PyObject *initial = NULL;
+    *v = 0;
+    if (PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &initial) &&
+        (initial == NULL || to_int64(initial, format + 3, v) == 0)) {
+        return type->tp_alloc(type, 0);
+    }
+    return NULL;
+}
+
 /* ---- Counter ------------------------------------------------------------ */
 
 static PyObject *
 Counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"initial", NULL};
-    PyObject *initial = NULL;
-    int64_t v = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Counter", kwlist, &initial)) {
-        return NULL;
+    int64_t v;
+    CounterObject *self = (CounterObject *)alloc_initial(type, args, kwds, "|O:Counter", &v);
+    if (self != NULL) {
+        atomic_init(&self->value, v);
+        atomic_init(&self->waiters, NULL);
     }
-    if (initial != NULL && to_int64(initial, "Counter", &v) < 0) {
-        return NULL;
-    }
-    CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    atomic_init(&self->value, v);
-    atomic_init(&self->waiters, NULL);
     return (PyObject *)self;
 }
 
@@ -434,23 +442,13 @@ typedef struct {
 static PyObject *
 Sharded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"initial", NULL};
-    PyObject *initial = NULL;
-    int64_t v = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:ShardedCounter", kwlist,
-                                     &initial)) {
-        return NULL;
+    int64_t v;
+    PyObject *self = alloc_initial(type, args, kwds, "|O:ShardedCounter", &v);
+    if (self != NULL) {
+        tl_striped_init(&((ShardedObject *)self)->s, v, tl_cpus);
+        tl_share_prepare(self); /* 3.13t: see _shared.h */
     }
-    if (initial != NULL && to_int64(initial, "ShardedCounter", &v) < 0) {
-        return NULL;
-    }
-    ShardedObject *self = (ShardedObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    tl_striped_init(&self->s, v, tl_cpus);
-    tl_share_prepare((PyObject *)self); /* 3.13t: see _shared.h */
-    return (PyObject *)self;
+    return self;
 }
 
 static void
@@ -533,10 +531,7 @@ static PyMethodDef Counter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Counter_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(CounterObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+TL_WEAKLIST_ONLY(Counter, weakreflist);
 
 static PyType_Slot Counter_slots[] = {
     {Py_tp_doc, "Counter(initial=0)\n--\n\n"
@@ -554,10 +549,8 @@ static PyType_Slot Counter_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Counter_spec = {
-    "tallies.Counter", sizeof(CounterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Counter_slots,
-};
+TL_TYPE_SPEC(Counter, "tallies.Counter", sizeof(CounterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE);
 
 static PyMethodDef Sharded_methods[] = {
     TL_UPDATE_METHOD_DEFS(Sharded,
@@ -577,10 +570,7 @@ static PyGetSetDef Sharded_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef Sharded_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(ShardedObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+TL_WEAKLIST_ONLY(Sharded, weakreflist);
 
 static PyType_Slot Sharded_slots[] = {
     {Py_tp_doc, "ShardedCounter(initial=0)\n--\n\n"
@@ -598,10 +588,8 @@ static PyType_Slot Sharded_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Sharded_spec = {
-    "tallies.ShardedCounter", sizeof(ShardedObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, Sharded_slots,
-};
+TL_TYPE_SPEC(Sharded, "tallies.ShardedCounter", sizeof(ShardedObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE);
 
 static PyObject *
 counter_shared_remaining(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))

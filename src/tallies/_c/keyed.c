@@ -472,8 +472,7 @@ Keyed_value(KeyedObject *self, PyObject *key)
 static PyObject *
 Keyed_get(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_get() takes exactly 2 arguments");
+    if (tl_nargs(nargs, 2, "_get") < 0) {
         return NULL;
     }
     int64_t v;
@@ -484,47 +483,41 @@ Keyed_get(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong((long long)v);
 }
 
-/* _setdefault(key, v) -> int: insert key with v when absent; the count. */
+/* _setdefault(key, v) -> int: insert key with v when absent; the count.
+ * _set(key, v): assignment, inserting the key when absent.
+ * One body (setdefault: which of the two): _setdefault converts v before it
+ * hashes the key, _set hashes first; errors name the method without its
+ * underscore. */
+static PyObject *
+keyed_put(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs, int setdefault)
+{
+    const char *fname = setdefault ? "_setdefault" : "_set";
+    int64_t v = 0, out; /* v = 0: gcc cannot see that one branch of two sets it */
+    if (tl_nargs(nargs, 2, fname) < 0 || (setdefault && to_int64(args[1], fname + 1, &v) < 0)) {
+        return NULL;
+    }
+    Py_hash_t h = key_hash(args[0]);
+    if (h == -1 || (!setdefault && to_int64(args[1], fname + 1, &v) < 0)) {
+        return NULL;
+    }
+    int r = setdefault ? tkt_get(&self->map, args[0], h, 1, v, &out)
+                       : tkt_exchange(&self->map, args[0], h, v, 1, &out);
+    if (r < 0) {
+        return table_error(r);
+    }
+    return setdefault ? PyLong_FromLongLong((long long)out) : Py_NewRef(Py_None);
+}
+
 static PyObject *
 Keyed_setdefault(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int64_t v, out;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_setdefault() takes exactly 2 arguments");
-        return NULL;
-    }
-    if (to_int64(args[1], "setdefault", &v) < 0) {
-        return NULL;
-    }
-    Py_hash_t h = key_hash(args[0]);
-    if (h == -1) {
-        return NULL;
-    }
-    int r = tkt_get(&self->map, args[0], h, 1, v, &out);
-    if (r < 0) {
-        return table_error(r);
-    }
-    return PyLong_FromLongLong((long long)out);
+    return keyed_put(self, args, nargs, 1);
 }
 
-/* _set(key, v): assignment, inserting the key when absent. */
 static PyObject *
 Keyed_set(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int64_t v, old;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_set() takes exactly 2 arguments");
-        return NULL;
-    }
-    Py_hash_t h = key_hash(args[0]);
-    if (h == -1 || to_int64(args[1], "set", &v) < 0) {
-        return NULL;
-    }
-    int r = tkt_exchange(&self->map, args[0], h, v, 1, &old);
-    if (r < 0) {
-        return table_error(r);
-    }
-    Py_RETURN_NONE;
+    return keyed_put(self, args, nargs, 0);
 }
 
 /* _reset_key(key) -> int: zero the count, return what it held; an absent key
@@ -606,8 +599,7 @@ static PyObject *
 Keyed_prune(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t taken;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_prune() takes exactly 2 arguments");
+    if (tl_nargs(nargs, 2, "_prune") < 0) {
         return NULL;
     }
     int nonpositive = PyObject_IsTrue(args[1]);
@@ -691,16 +683,27 @@ copy_free(copy_buf *b, int64_t from)
     PyMem_Free(b->counts);
 }
 
+/* copy_out(self, counts, take, b) and a list of b->n slots for the caller to
+ * fill, or NULL (b freed). */
+static PyObject *
+copy_list(KeyedObject *self, int counts, int take, copy_buf *b)
+{
+    if (copy_out(self, counts, take, b) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)b->n);
+    if (list == NULL) {
+        copy_free(b, 0);
+    }
+    return list;
+}
+
 static PyObject *
 Keyed_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 {
     copy_buf b;
-    if (copy_out(self, 0, 0, &b) < 0) {
-        return NULL;
-    }
-    PyObject *list = PyList_New((Py_ssize_t)b.n);
+    PyObject *list = copy_list(self, 0, 0, &b);
     if (list == NULL) {
-        copy_free(&b, 0);
         return NULL;
     }
     for (int64_t i = 0; i < b.n; i++) {
@@ -716,12 +719,8 @@ static PyObject *
 keyed_items(KeyedObject *self, int take)
 {
     copy_buf b;
-    if (copy_out(self, 1, take, &b) < 0) {
-        return NULL;
-    }
-    PyObject *list = PyList_New((Py_ssize_t)b.n);
+    PyObject *list = copy_list(self, 1, take, &b);
     if (list == NULL) {
-        copy_free(&b, 0);
         return NULL;
     }
     for (int64_t i = 0; i < b.n; i++) {
@@ -908,8 +907,7 @@ Keyed_most_common(KeyedObject *self, PyObject *arg)
 static PyObject *
 Keyed_count_iter(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_count_iter() takes exactly 2 arguments");
+    if (tl_nargs(nargs, 2, "_count_iter") < 0) {
         return NULL;
     }
     int64_t sign;
@@ -1389,11 +1387,8 @@ static PyType_Slot SnapIter_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec SnapIter_spec = {
-    "tallies._tallies._SnapshotIterator", sizeof(SnapIterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    SnapIter_slots,
-};
+TL_TYPE_SPEC(SnapIter, "tallies._tallies._SnapshotIterator", sizeof(SnapIterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION);
 
 static PyObject *
 Keyed_iter_keys(KeyedObject *self, PyObject *Py_UNUSED(ignored))
@@ -1413,47 +1408,18 @@ Keyed_iter_values(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     return snapiter_new(self, SNAP_VALUES);
 }
 
-/* _dict() -> dict {key: count} of a copy (the operators and comparisons). */
+/* A dict {key: count} of a copy: take: exchange every count with 0 in the
+ * same pass; nonzero: only the keys whose count is not 0. */
 static PyObject *
-Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+copy_dict(KeyedObject *self, int take, int nonzero)
 {
     copy_buf b;
-    if (copy_out(self, 1, 0, &b) < 0) {
+    if (copy_out(self, 1, take, &b) < 0) {
         return NULL;
     }
     PyObject *d = PyDict_New();
     for (int64_t i = 0; d != NULL && i < b.n; i++) {
-        PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
-        if (count == NULL || PyDict_SetItem(d, (PyObject *)b.keys[i], count) < 0) {
-            Py_XDECREF(count);
-            Py_CLEAR(d);
-            break;
-        }
-        Py_DECREF(count);
-    }
-    copy_free(&b, 0);
-    return d;
-}
-
-/* _nonzero(take) -> dict {key: count} of the keys whose count is not 0; take:
- * exchange every count with 0 in the same pass (each increment lands in
- * exactly one result or stays for the next, as with _drain()).  One dict,
- * no pair per key: what a write-behind flush and snapshot need of their
- * pending buffer (stores/writebehind.py). */
-static PyObject *
-Keyed_nonzero(KeyedObject *self, PyObject *take)
-{
-    int t = PyObject_IsTrue(take);
-    if (t < 0) {
-        return NULL;
-    }
-    copy_buf b;
-    if (copy_out(self, 1, t, &b) < 0) {
-        return NULL;
-    }
-    PyObject *d = PyDict_New();
-    for (int64_t i = 0; d != NULL && i < b.n; i++) {
-        if (b.counts[i] == 0) {
+        if (nonzero && b.counts[i] == 0) {
             continue;
         }
         PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
@@ -1466,6 +1432,25 @@ Keyed_nonzero(KeyedObject *self, PyObject *take)
     }
     copy_free(&b, 0);
     return d;
+}
+
+/* _dict() -> dict {key: count} of a copy (the operators and comparisons). */
+static PyObject *
+Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return copy_dict(self, 0, 0);
+}
+
+/* _nonzero(take) -> dict {key: count} of the keys whose count is not 0; take:
+ * exchange every count with 0 in the same pass (each increment lands in
+ * exactly one result or stays for the next, as with _drain()).  One dict,
+ * no pair per key: what a write-behind flush and snapshot need of their
+ * pending buffer (stores/writebehind.py). */
+static PyObject *
+Keyed_nonzero(KeyedObject *self, PyObject *take)
+{
+    int t = PyObject_IsTrue(take);
+    return t < 0 ? NULL : copy_dict(self, t, 1);
 }
 
 /* ---- multiset operators and == in C ---------------------------------------
@@ -1658,8 +1643,7 @@ join_error(int r)
 static PyObject *
 Keyed_combine(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_combine() takes exactly 3 arguments");
+    if (tl_nargs(nargs, 3, "_combine") < 0) {
         return NULL;
     }
     PyTypeObject *kind = keyed_base((PyObject *)self);
@@ -2049,10 +2033,7 @@ static PyType_Slot Count_slots[] = {
      "Behaves as the int it equals; + and - with an int keep the memory,\n"
      "every other operation gives a plain int.  Pickling and copying give a\n"
      "plain int."},
-    {Py_tp_new, Count_new},
-    {Py_tp_dealloc, Count_dealloc},
-    {Py_tp_traverse, Count_traverse},
-    {Py_tp_clear, Count_clear},
+    TL_GC_SLOTS(Count),
     {Py_tp_methods, Count_methods},
     {Py_tp_getset, Count_getset},
     {Py_nb_add, Count_add},
@@ -2063,18 +2044,14 @@ static PyType_Slot Count_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Count_spec = {
-    "tallies.keyed.api.Count", 0, 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Count_slots,
-};
+TL_TYPE_SPEC(Count, "tallies.keyed.api.Count", 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* _make_count(counter, key, v) -> Count (the pure core's kc[key]). */
 static PyObject *
 keyed_make_count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t v;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_make_count() takes exactly 3 arguments");
+    if (tl_nargs(nargs, 3, "_make_count") < 0) {
         return NULL;
     }
     if (to_int64(args[2], "_make_count", &v) < 0) {
@@ -2223,19 +2200,13 @@ static PyMethodDef Keyed_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Keyed_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(KeyedObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+TL_WEAKLIST_ONLY(Keyed, weakreflist);
 
 static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCounter(iterable_or_mapping=None, /, **kwds)\n--\n\n"
                 "Exact int64 counts by key (tallies.keyed adds the "
                 "collections.Counter API)."},
-    {Py_tp_new, Keyed_new},
-    {Py_tp_dealloc, Keyed_dealloc},
-    {Py_tp_traverse, Keyed_traverse},
-    {Py_tp_clear, Keyed_clear_gc},
+    TL_GC_TYPE_SLOTS(Keyed, Keyed_clear_gc),
     {Py_tp_methods, Keyed_methods},
     {Py_tp_members, Keyed_members},
     {Py_mp_length, Keyed_len},
@@ -2246,10 +2217,8 @@ static PyType_Slot Keyed_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Keyed_spec = {
-    "tallies.keyed.KeyedCounter", sizeof(KeyedObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
-};
+TL_TYPE_SPEC(Keyed, "tallies.keyed.KeyedCounter", sizeof(KeyedObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- BufferedKeyedCounter: a write-behind store's keyed counter -------------
  *

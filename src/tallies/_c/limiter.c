@@ -38,21 +38,12 @@
 
 #define NS 1000000000LL
 
-static int64_t coarse_tick = -1; /* CLOCK_MONOTONIC_COARSE granularity, ns */
-
 static inline int64_t
 clock_ns(clockid_t clk)
 {
     struct timespec ts;
     clock_gettime(clk, &ts);
     return (int64_t)ts.tv_sec * NS + (int64_t)ts.tv_nsec;
-}
-
-static clockid_t
-clock_for(int64_t res_ns)
-{
-    return (coarse_tick > 0 && res_ns >= 10 * coarse_tick) ? CLOCK_MONOTONIC_COARSE
-                                                         : CLOCK_MONOTONIC;
 }
 
 /* d[k] as a new reference, or NULL (an error set, or none when absent): a
@@ -250,7 +241,7 @@ Limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->res_ns = res_ns;
     self->buckets = buckets;
     self->size = buckets + 1;
-    self->clk = clock_for(res_ns);
+    self->clk = tl_bucket_clock(res_ns, 0);
     self->next_sweep = INT64_MIN;
     self->glob = PyMem_Calloc((size_t)(2 + self->size), sizeof(int64_t));
     self->keys = PyDict_New();
@@ -263,24 +254,8 @@ Limiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-Limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->keys);
-    Py_VISIT(self->check_key);
-    Py_VISIT(self->spec);
-    return 0;
-}
-
-static int
-Limiter_clear(LimiterObject *self)
-{
-    Py_CLEAR(self->keys);
-    Py_CLEAR(self->check_key);
-    Py_CLEAR(self->spec);
-    return 0;
-}
+#define LIMITER_REFS(X) X(self->keys) X(self->check_key) X(self->spec)
+TL_GC_FUNCS(Limiter, LimiterObject, LIMITER_REFS)
 
 static void
 Limiter_dealloc(LimiterObject *self)
@@ -387,49 +362,67 @@ Limiter_hit(LimiterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
     return PyBool_FromLong(admitted);
 }
 
-/* _window(key) -> (total, oldest slot or None, now_ns): the key's window now. */
+/* What _window(key) returns, for both limiters: (total, oldest slot or None
+ * when oldest is INT64_MIN, now_ns). */
 static PyObject *
-Limiter_window(LimiterObject *self, PyObject *key)
+window_result(int64_t total, int64_t oldest, int64_t now)
 {
-    int64_t now = clock_ns(self->clk);
-    int64_t s = now / self->res_ns;
-    int64_t total = 0, oldest = INT64_MIN;
-    LIM_LOCK(self);
-    int64_t *w = lim_window(self, key == Py_None ? NULL : key, 0);
-    if (w == NULL && PyErr_Occurred()) {
-        LIM_UNLOCK(self);
-        return NULL;
-    }
-    if (w != NULL) {
-        tlw_advance(&w[0], &w[1], &w[2], self->size, s);
-        total = w[1];
-        oldest = total ? tlw_oldest(w[0], &w[2], self->size) : INT64_MIN;
-    }
-    LIM_UNLOCK(self);
     if (oldest == INT64_MIN) {
         return Py_BuildValue("LOL", (long long)total, Py_None, (long long)now);
     }
     return Py_BuildValue("LLL", (long long)total, (long long)oldest, (long long)now);
 }
 
-/* _reset(key) -> int: forget the key's units. */
-static PyObject *
-Limiter_reset_key(LimiterObject *self, PyObject *key)
+/* The one pass of _window and _reset over key's window, under the lock: at
+ * clock *now, its *total and its *oldest bucket (INT64_MIN when empty, or
+ * when forget); forget: zero the window.  0, or -1 with an error set. */
+static int
+lim_read(LimiterObject *self, PyObject *key, int forget, int64_t *now, int64_t *total,
+         int64_t *oldest)
 {
-    int64_t s = clock_ns(self->clk) / self->res_ns;
-    int64_t total = 0;
+    *now = clock_ns(self->clk);
+    int64_t s = *now / self->res_ns;
+    *total = 0;
+    *oldest = INT64_MIN;
     LIM_LOCK(self);
     int64_t *w = lim_window(self, key == Py_None ? NULL : key, 0);
     if (w == NULL && PyErr_Occurred()) {
         LIM_UNLOCK(self);
-        return NULL;
+        return -1;
     }
     if (w != NULL) {
         tlw_advance(&w[0], &w[1], &w[2], self->size, s);
-        total = w[1];
-        memset(w, 0, (size_t)(2 + self->size) * 8);
+        *total = w[1];
+        if (forget) {
+            memset(w, 0, (size_t)(2 + self->size) * 8);
+        }
+        else if (*total) {
+            *oldest = tlw_oldest(w[0], &w[2], self->size);
+        }
     }
     LIM_UNLOCK(self);
+    return 0;
+}
+
+/* _window(key) -> (total, oldest slot or None, now_ns): the key's window now. */
+static PyObject *
+Limiter_window(LimiterObject *self, PyObject *key)
+{
+    int64_t now, total, oldest;
+    if (lim_read(self, key, 0, &now, &total, &oldest) < 0) {
+        return NULL;
+    }
+    return window_result(total, oldest, now);
+}
+
+/* _reset(key) -> int: forget the key's units. */
+static PyObject *
+Limiter_reset_key(LimiterObject *self, PyObject *key)
+{
+    int64_t now, total, oldest;
+    if (lim_read(self, key, 1, &now, &total, &oldest) < 0) {
+        return NULL;
+    }
     return PyLong_FromLongLong((long long)total);
 }
 
@@ -444,36 +437,40 @@ Limiter_len(LimiterObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(n);
 }
 
-static PyMemberDef Limiter_members[] = {
-    {"spec", T_OBJECT, offsetof(LimiterObject, spec), READONLY, "The limiter's spec."},
-    {NULL, 0, 0, 0, NULL},
-};
+/* What every limiter core has, documented once: hit(key=None, n=1) (HOW: how
+ * it decides, "" or a clause, before the final period); the members of
+ * Limiter and ShmLimiter (spec), and their _window/_reset. */
+#define LIM_HIT_DEF(P, HOW)                                                                  \
+    {"hit", (PyCFunction)(void (*)(void))P##_hit, FASTKW,                                    \
+     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "   \
+     "nothing" HOW "."}
+#define LIM_MEMBERS(P)                                                                       \
+    static PyMemberDef P##_members[] = {                                                     \
+        {"spec", T_OBJECT, offsetof(P##Object, spec), READONLY, "The limiter's spec."},      \
+        {NULL, 0, 0, 0, NULL}}
+#define LIM_WINDOW_DEFS(P)                                                                   \
+    {"_window", (PyCFunction)P##_window, METH_O, NULL},                                      \
+        {"_reset", (PyCFunction)P##_reset_key, METH_O, NULL}
+
+LIM_MEMBERS(Limiter);
 
 static PyMethodDef Limiter_methods[] = {
-    {"hit", (PyCFunction)(void (*)(void))Limiter_hit, FASTKW,
-     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "
-     "nothing."},
-    {"_window", (PyCFunction)Limiter_window, METH_O, NULL},
-    {"_reset", (PyCFunction)Limiter_reset_key, METH_O, NULL},
+    LIM_HIT_DEF(Limiter, ""),
+    LIM_WINDOW_DEFS(Limiter),
     {"_len", (PyCFunction)Limiter_len, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot Limiter_slots[] = {
     {Py_tp_doc, "Limiter(spec, check_key): memory://'s limiter (see tallies.stores._limiter)."},
-    {Py_tp_new, Limiter_new},
-    {Py_tp_dealloc, Limiter_dealloc},
-    {Py_tp_traverse, Limiter_traverse},
-    {Py_tp_clear, Limiter_clear},
+    TL_GC_SLOTS(Limiter),
     {Py_tp_methods, Limiter_methods},
     {Py_tp_members, Limiter_members},
     {0, NULL},
 };
 
-static PyType_Spec Limiter_spec = {
-    "tallies.stores.Limiter", sizeof(LimiterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Limiter_slots,
-};
+TL_TYPE_SPEC(Limiter, "tallies.stores.Limiter", sizeof(LimiterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- ShmLimiter: shm:// ---------------------------------------------------- */
 
@@ -554,7 +551,7 @@ ShmLimiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->res_ns = res_ns;
     self->buckets = buckets;
     self->size = buckets + 1;
-    self->clk = clock_for(res_ns);
+    self->clk = tl_bucket_clock(res_ns, 0);
     self->g_entry = -1;
     self->cache = PyDict_New();
     if (self->cache == NULL) {
@@ -567,26 +564,8 @@ ShmLimiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-ShmLimiter_traverse(ShmLimiterObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->cache);
-    Py_VISIT(self->check_key);
-    Py_VISIT(self->full_error);
-    Py_VISIT(self->spec);
-    return 0;
-}
-
-static int
-ShmLimiter_clear(ShmLimiterObject *self)
-{
-    Py_CLEAR(self->cache);
-    Py_CLEAR(self->check_key);
-    Py_CLEAR(self->full_error);
-    Py_CLEAR(self->spec);
-    return 0;
-}
+#define SHM_LIMITER_REFS(X) X(self->cache) X(self->check_key) X(self->full_error) X(self->spec)
+TL_GC_FUNCS(ShmLimiter, ShmLimiterObject, SHM_LIMITER_REFS)
 
 static void
 ShmLimiter_dealloc(ShmLimiterObject *self)
@@ -746,10 +725,7 @@ ShmLimiter_window(ShmLimiterObject *self, PyObject *key)
         oldest = total ? tlw_oldest(e->latest, e->counts, self->size) : INT64_MIN;
         tll_unlock(&e->lock);
     }
-    if (oldest == INT64_MIN) {
-        return Py_BuildValue("LOL", (long long)total, Py_None, (long long)now);
-    }
-    return Py_BuildValue("LLL", (long long)total, (long long)oldest, (long long)now);
+    return window_result(total, oldest, now);
 }
 
 static PyObject *
@@ -915,17 +891,11 @@ ShmLimiter_spec_at(PyObject *Py_UNUSED(cls), PyObject *args)
     return out;
 }
 
-static PyMemberDef ShmLimiter_members[] = {
-    {"spec", T_OBJECT, offsetof(ShmLimiterObject, spec), READONLY, "The limiter's spec."},
-    {NULL, 0, 0, 0, NULL},
-};
+LIM_MEMBERS(ShmLimiter);
 
 static PyMethodDef ShmLimiter_methods[] = {
-    {"hit", (PyCFunction)(void (*)(void))ShmLimiter_hit, FASTKW,
-     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "
-     "nothing (every process of the machine shares the limit)."},
-    {"_window", (PyCFunction)ShmLimiter_window, METH_O, NULL},
-    {"_reset", (PyCFunction)ShmLimiter_reset_key, METH_O, NULL},
+    LIM_HIT_DEF(ShmLimiter, " (every process of the machine shares the limit)"),
+    LIM_WINDOW_DEFS(ShmLimiter),
     {"_incr", (PyCFunction)ShmLimiter_incr, METH_VARARGS, NULL},
     {"_get", (PyCFunction)ShmLimiter_get, METH_O, NULL},
     {"_format", (PyCFunction)ShmLimiter_format, METH_VARARGS | METH_STATIC, NULL},
@@ -937,19 +907,14 @@ static PyMethodDef ShmLimiter_methods[] = {
 
 static PyType_Slot ShmLimiter_slots[] = {
     {Py_tp_doc, "shm://'s limiter (see tallies.stores._limiter)."},
-    {Py_tp_new, ShmLimiter_new},
-    {Py_tp_dealloc, ShmLimiter_dealloc},
-    {Py_tp_traverse, ShmLimiter_traverse},
-    {Py_tp_clear, ShmLimiter_clear},
+    TL_GC_SLOTS(ShmLimiter),
     {Py_tp_methods, ShmLimiter_methods},
     {Py_tp_members, ShmLimiter_members},
     {0, NULL},
 };
 
-static PyType_Spec ShmLimiter_spec = {
-    "tallies.stores.ShmLimiter", sizeof(ShmLimiterObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, ShmLimiter_slots,
-};
+TL_TYPE_SPEC(ShmLimiter, "tallies.stores.ShmLimiter", sizeof(ShmLimiterObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- LeaseCore: a write-behind store's leases --------------------------------
  *
@@ -1014,24 +979,8 @@ Lease_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwd
     return (PyObject *)self;
 }
 
-static int
-Lease_traverse(LeaseObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->table);
-    Py_VISIT(self->glob);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int
-Lease_clear(LeaseObject *self)
-{
-    Py_CLEAR(self->table);
-    Py_CLEAR(self->glob);
-    Py_CLEAR(self->dict);
-    return 0;
-}
+#define LEASE_REFS(X) X(self->table) X(self->glob) X(self->dict)
+TL_GC_FUNCS(Lease, LeaseObject, LEASE_REFS)
 
 static void
 Lease_dealloc(LeaseObject *self)
@@ -1043,7 +992,7 @@ static inline int64_t
 lease_now(void)
 {
     /* the coarse clock lags by at most a tick: now <= coarse + tick */
-    return coarse_tick > 0 ? clock_ns(CLOCK_MONOTONIC_COARSE) + coarse_tick
+    return tl_monotonic_tick > 0 ? clock_ns(CLOCK_MONOTONIC_COARSE) + tl_monotonic_tick
                            : clock_ns(CLOCK_MONOTONIC);
 }
 
@@ -1282,9 +1231,8 @@ Lease_now(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Lease_methods[] = {
-    {"hit", (PyCFunction)(void (*)(void))Lease_hit, FASTKW,
-     "hit(key=None, n=1) -> bool\n\nAdmit and count n units for key, or refuse and count "
-     "nothing: from this writer's lease when it has one (no I/O), else asking the store."},
+    LIM_HIT_DEF(Lease,
+                ": from this writer's lease when it has one (no I/O), else asking the store"),
     {"_take", (PyCFunction)(void (*)(void))Lease_take, METH_FASTCALL, NULL},
     {"_swap", (PyCFunction)Lease_swap, METH_O, NULL},
     {"_set", (PyCFunction)Lease_set, METH_VARARGS, NULL},
@@ -1297,35 +1245,26 @@ static PyMethodDef Lease_methods[] = {
 
 static PyMemberDef Lease_members[] = {
     {"__dictoffset__", T_PYSSIZET, offsetof(LeaseObject, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(LeaseObject, weakrefs), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(LeaseObject, weakrefs),
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyType_Slot Lease_slots[] = {
     {Py_tp_doc, "A write-behind store's limiter (see tallies.stores._limiter)."},
-    {Py_tp_new, Lease_new},
-    {Py_tp_dealloc, Lease_dealloc},
-    {Py_tp_traverse, Lease_traverse},
-    {Py_tp_clear, Lease_clear},
+    TL_GC_SLOTS(Lease),
     {Py_tp_methods, Lease_methods},
     {Py_tp_members, Lease_members},
     {0, NULL},
 };
 
-static PyType_Spec Lease_spec = {
-    "tallies.stores.LeaseLimiter", sizeof(LeaseObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Lease_slots,
-};
+TL_TYPE_SPEC(Lease, "tallies.stores.LeaseLimiter", sizeof(LeaseObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- the module ---------------------------------------------------------------- */
 
 int
 tl_limiter_exec(PyObject *m)
 {
-    struct timespec res;
-    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
-        coarse_tick = res.tv_nsec;
-    }
     static int forked_hook = 0;
     if (!forked_hook) {
         pthread_atfork(NULL, NULL, forget_self_word);

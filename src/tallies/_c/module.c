@@ -16,6 +16,14 @@
 #include "_module.h"
 
 uint32_t tl_cpus = 1;
+int64_t tl_monotonic_tick = -1, tl_realtime_tick = -1;
+
+static int64_t
+coarse_tick(clockid_t clk)
+{
+    struct timespec res;
+    return clock_getres(clk, &res) == 0 && res.tv_sec == 0 ? (int64_t)res.tv_nsec : -1;
+}
 
 PyTypeObject *
 tl_add_type(PyObject *m, PyType_Spec *spec, int which, int add)
@@ -37,6 +45,8 @@ tl_module_exec(PyObject *m)
 {
     long cpus = tl_cpu_count();
     tl_cpus = cpus < 1 ? 1 : (cpus > TL_MAX_SLOTS ? TL_MAX_SLOTS : (uint32_t)cpus);
+    tl_monotonic_tick = coarse_tick(CLOCK_MONOTONIC_COARSE);
+    tl_realtime_tick = coarse_tick(CLOCK_REALTIME_COARSE);
     if (PyModule_AddIntConstant(m, "FREE_THREADED_BUILD", TL_FREE_THREADED) < 0 ||
         PyModule_AddIntConstant(m, "CPU_SLOTS", (long)tl_cpus) < 0 ||
         PyModule_AddStringConstant(m, "CPYTHON_INTERNALS", TL_INTERNALS_USED) < 0) {

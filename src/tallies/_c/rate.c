@@ -26,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -42,7 +43,6 @@
 #define MIN_RESOLUTION 1e-9
 #define NS 1000000000LL
 
-static int64_t coarse_gran_ns = -1; /* CLOCK_MONOTONIC_COARSE granularity; -1: none */
 
 /* ---- arguments ----------------------------------------------------------- */
 
@@ -191,9 +191,7 @@ parse_spec(const char *fname, PyObject *wobj, PyObject *robj, PyObject *clock,
      * doubles are more than 1 ns apart, so that double is the one given. */
     sp->window = window_ns <= ((int64_t)1 << 53) ? (double)window_ns / 1e9 : w;
     sp->resolution = res_ns <= ((int64_t)1 << 53) ? (double)res_ns / 1e9 : r;
-    sp->clk = (coarse_gran_ns > 0 && sp->res_ns >= 10 * coarse_gran_ns)
-                  ? CLOCK_MONOTONIC_COARSE
-                  : CLOCK_MONOTONIC;
+    sp->clk = tl_bucket_clock(sp->res_ns, 0);
     sp->clock = (clock == NULL || clock == Py_None) ? NULL : clock;
     return 0;
 }
@@ -390,23 +388,41 @@ per_second(PyObject *count, double w)
 }
 
 /* P_count and P_per_second (count(window=None), per_second(window=None), the
- * keyed type's with the key first) from COUNT(self, args, nargs, kwnames,
- * fname, &w), which parses the arguments, counts and sets w to the window
- * in seconds. */
-#define RATE_COUNT_METHODS(P, OBJECT, COUNT)                                                 \
+ * keyed type's (KEYED 1) with the key first): both parse the window here
+ * (w: in seconds) and count with COUNT(self, args, w_ns). */
+#define RATE_COUNT_METHODS(P, OBJECT, KEYED, COUNT)                                          \
+    static PyObject *P##_counted(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,      \
+                                 PyObject *kwnames, const char *fname, double *w)            \
+    {                                                                                        \
+        int64_t w_ns;                                                                        \
+        if (parse_width(args, nargs, kwnames, KEYED, fname, &self->sp, w, &w_ns) < 0) {      \
+            return NULL;                                                                     \
+        }                                                                                    \
+        return COUNT(self, args, w_ns);                                                      \
+    }                                                                                        \
     static PyObject *P##_count(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,        \
                                PyObject *kwnames)                                            \
     {                                                                                        \
         double w;                                                                            \
-        return COUNT(self, args, nargs, kwnames, "count", &w);                               \
+        return P##_counted(self, args, nargs, kwnames, "count", &w);                         \
     }                                                                                        \
     static PyObject *P##_per_second(OBJECT *self, PyObject *const *args, Py_ssize_t nargs,   \
                                     PyObject *kwnames)                                       \
     {                                                                                        \
         double w;                                                                            \
-        PyObject *c = COUNT(self, args, nargs, kwnames, "per_second", &w);                   \
+        PyObject *c = P##_counted(self, args, nargs, kwnames, "per_second", &w);             \
         return per_second(c, w);                                                             \
     }
+
+/* The method table entries of what both rate types have (P_increment,
+ * P_decrement, P_count, P_per_second), documented once: KEY is "" or "key, ",
+ * OF "" or " of key", COUNT_DOC what count() returns. */
+#define RATE_METHOD_DEFS(P, KEY, OF, COUNT_DOC)                                              \
+    TL_EVENT_METHOD_DEFS(P, KEY, OF, ""),                                                    \
+        {"count", (PyCFunction)(void (*)(void))P##_count, FASTKW,                            \
+         "count(" KEY "window=None) -> int\n\n" COUNT_DOC},                                  \
+        {"per_second", (PyCFunction)(void (*)(void))P##_per_second, FASTKW,                  \
+         "per_second(" KEY "window=None) -> float\n\ncount(" KEY "window) / window."}
 
 /* Add n (sub: -n) to ring at instant in.  TL_OK or TL_OVERFLOW (*cur). */
 static inline int
@@ -419,16 +435,26 @@ ring_add(tlr_ring *ring, const spec *sp, const instant *in, int64_t n, int sub,
     return tlr_add_slot(ring, in->slot, n, sub, cur);
 }
 
+/* The repr of a rate: "Type(window=W, resolution=R, <what>)", `what` a
+ * PyUnicode_FromFormat format followed by its arguments. */
 static PyObject *
-spec_repr_args(const spec *sp)
+spec_repr(PyObject *self, const spec *sp, const char *what, ...)
 {
-    PyObject *w = float_repr(sp->window), *r = float_repr(sp->resolution);
+    PyObject *w = float_repr(sp->window), *r = float_repr(sp->resolution), *t = NULL;
     PyObject *out = NULL;
     if (w != NULL && r != NULL) {
-        out = PyUnicode_FromFormat("window=%U, resolution=%U", w, r);
+        va_list va;
+        va_start(va, what);
+        t = PyUnicode_FromFormatV(what, va);
+        va_end(va);
+    }
+    if (t != NULL) {
+        out = PyUnicode_FromFormat("%s(window=%U, resolution=%U, %U)", type_name(Py_TYPE(self)),
+                                   w, r, t);
     }
     Py_XDECREF(w);
     Py_XDECREF(r);
+    Py_XDECREF(t);
     return out;
 }
 
@@ -460,12 +486,8 @@ Rate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     spec sp;
     RateObject *self = (RateObject *)alloc_with_spec(type, args, kwds, "|OO$O:RateCounter", &sp);
-    if (self == NULL) {
+    if (self == NULL || tlr_init_owned((PyObject *)self, &self->ring, sp.nb) == NULL) {
         return NULL;
-    }
-    if (tlr_init(&self->ring, sp.nb) < 0) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
     }
     Py_XINCREF(sp.clock);
     self->sp = sp;
@@ -509,19 +531,16 @@ Rate_update(RateObject *self, int64_t n, int sub, const char *op)
 TL_UPDATE_METHODS(Rate, RateObject)
 
 static PyObject *
-rate_count(RateObject *self, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, const char *fname, double *w)
+rate_count(RateObject *self, PyObject *const *Py_UNUSED(args), int64_t w_ns)
 {
     instant in;
-    int64_t w_ns;
-    if (parse_width(args, nargs, kwnames, 0, fname, &self->sp, w, &w_ns) < 0 ||
-        read_clock(&self->sp, &in) < 0) {
+    if (read_clock(&self->sp, &in) < 0) {
         return NULL;
     }
     return ring_count(&self->ring, &self->sp, &in, w_ns);
 }
 
-RATE_COUNT_METHODS(Rate, RateObject, rate_count)
+RATE_COUNT_METHODS(Rate, RateObject, 0, rate_count)
 
 static PyObject *
 Rate_total(RateObject *self, PyObject *Py_UNUSED(ignored))
@@ -543,14 +562,7 @@ Rate_reset(RateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Rate_repr(RateObject *self)
 {
-    PyObject *a = spec_repr_args(&self->sp);
-    if (a == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyUnicode_FromFormat("%s(%U, total=%lld)", type_name(Py_TYPE(self)), a,
-                                       (long long)tlr_total(&self->ring));
-    Py_DECREF(a);
-    return r;
+    return spec_repr((PyObject *)self, &self->sp, "total=%lld", (long long)tlr_total(&self->ring));
 }
 
 static PyObject *
@@ -595,14 +607,9 @@ get_clock(PyObject *self, void *off)
 static PyGetSetDef Rate_getset[] = {SPEC_GETSET(RateObject)};
 
 static PyMethodDef Rate_methods[] = {
-    TL_UPDATE_METHOD_DEFS(Rate,
-                          "increment(n=1) -> None\n\nCount n events now.",
-                          "decrement(n=1) -> None\n\nCount -n events now."),
-    {"count", (PyCFunction)(void (*)(void))Rate_count, FASTKW,
-     "count(window=None) -> int\n\nEvents in the current bucket and the buckets "
-     "fully inside the last `window` seconds."},
-    {"per_second", (PyCFunction)(void (*)(void))Rate_per_second, FASTKW,
-     "per_second(window=None) -> float\n\ncount(window) / window."},
+    RATE_METHOD_DEFS(Rate, "", "",
+                     "Events in the current bucket and the buckets fully inside the last "
+                     "`window` seconds."),
     {"total", (PyCFunction)Rate_total, METH_NOARGS,
      "total() -> int\n\nEvents since creation or the last reset()."},
     {"reset", (PyCFunction)Rate_reset, METH_NOARGS,
@@ -613,20 +620,15 @@ static PyMethodDef Rate_methods[] = {
 static PyType_Slot Rate_slots[] = {
     {Py_tp_doc, "RateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
                 "Events in the last `window` seconds, in buckets of `resolution`."},
-    {Py_tp_new, Rate_new},
-    {Py_tp_dealloc, Rate_dealloc},
-    {Py_tp_traverse, Rate_traverse},
-    {Py_tp_clear, Rate_clear},
+    TL_GC_SLOTS(Rate),
     {Py_tp_methods, Rate_methods},
     {Py_tp_getset, Rate_getset},
     {Py_tp_repr, Rate_repr},
     {0, NULL},
 };
 
-static PyType_Spec Rate_spec = {
-    "tallies.RateCounter", sizeof(RateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Rate_slots,
-};
+TL_TYPE_SPEC(Rate, "tallies.RateCounter", sizeof(RateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- KeyedRateCounter: a dict of key -> ring object ------------------------ */
 
@@ -653,22 +655,15 @@ static PyType_Slot Ring_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Ring_spec = {
-    "tallies._tallies._Ring", sizeof(RingObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, Ring_slots,
-};
+TL_TYPE_SPEC(Ring, "tallies._tallies._Ring", sizeof(RingObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION);
 
 static PyObject *
 ring_new(int64_t nb)
 {
     RingObject *r = PyObject_New(RingObject, ring_type);
-    if (r == NULL) {
+    if (r == NULL || tlr_init_owned((PyObject *)r, &r->ring, nb) == NULL) {
         return NULL;
-    }
-    if (tlr_init(&r->ring, nb) < 0) {
-        r->ring.marks = NULL;
-        Py_DECREF(r);
-        return PyErr_NoMemory();
     }
     atomic_init(&r->state, 0);
     return (PyObject *)r;
@@ -733,12 +728,8 @@ KRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     spec sp;
     KRateObject *self =
         (KRateObject *)alloc_with_spec(type, args, kwds, "|OO$O:KeyedRateCounter", &sp);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->dict = PyDict_New();
-    if (self->dict == NULL) {
-        Py_DECREF(self);
+    if (self == NULL || (self->dict = PyDict_New()) == NULL) {
+        Py_XDECREF(self);
         return NULL;
     }
     Py_XINCREF(sp.clock);
@@ -1002,14 +993,9 @@ KRate_update_key(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
 TL_KEYED_UPDATE_METHODS(KRate, KRateObject)
 
 static PyObject *
-krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
-            PyObject *kwnames, const char *fname, double *w)
+krate_count(KRateObject *self, PyObject *const *args, int64_t w_ns)
 {
     instant in;
-    int64_t w_ns;
-    if (parse_width(args, nargs, kwnames, 1, fname, &self->sp, w, &w_ns) < 0) {
-        return NULL;
-    }
     PyObject *ring;
     int found = lookup(self->dict, args[0], &ring);
     if (found <= 0) {
@@ -1021,7 +1007,7 @@ krate_count(KRateObject *self, PyObject *const *args, Py_ssize_t nargs,
     return r;
 }
 
-RATE_COUNT_METHODS(KRate, KRateObject, krate_count)
+RATE_COUNT_METHODS(KRate, KRateObject, 1, krate_count)
 
 static PyObject *
 KRate_sweep(KRateObject *self, PyObject *Py_UNUSED(ignored))
@@ -1097,26 +1083,13 @@ KRate_keys(KRateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 KRate_repr(KRateObject *self)
 {
-    PyObject *a = spec_repr_args(&self->sp);
-    if (a == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyUnicode_FromFormat("%s(%U, keys=%zd)", type_name(Py_TYPE(self)), a,
-                                       PyDict_Size(self->dict));
-    Py_DECREF(a);
-    return r;
+    return spec_repr((PyObject *)self, &self->sp, "keys=%zd", PyDict_Size(self->dict));
 }
 
 static PyGetSetDef KRate_getset[] = {SPEC_GETSET(KRateObject)};
 
 static PyMethodDef KRate_methods[] = {
-    TL_UPDATE_METHOD_DEFS(KRate,
-                          "increment(key, n=1) -> None\n\nCount n events of key now.",
-                          "decrement(key, n=1) -> None\n\nCount -n events of key now."),
-    {"count", (PyCFunction)(void (*)(void))KRate_count, FASTKW,
-     "count(key, window=None) -> int\n\nkey's events in the window."},
-    {"per_second", (PyCFunction)(void (*)(void))KRate_per_second, FASTKW,
-     "per_second(key, window=None) -> float\n\ncount(key, window) / window."},
+    RATE_METHOD_DEFS(KRate, "key, ", " of key", "key's events in the window."),
     {"snapshot", (PyCFunction)(void (*)(void))KRate_snapshot, FASTKW,
      "snapshot(window=None) -> dict\n\nEvery key with a non-zero count in the window."},
     {"sweep", (PyCFunction)KRate_sweep, METH_NOARGS,
@@ -1130,10 +1103,7 @@ static PyMethodDef KRate_methods[] = {
 static PyType_Slot KRate_slots[] = {
     {Py_tp_doc, "KeyedRateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
                 "A RateCounter per key."},
-    {Py_tp_new, KRate_new},
-    {Py_tp_dealloc, KRate_dealloc},
-    {Py_tp_traverse, KRate_traverse},
-    {Py_tp_clear, KRate_clear_gc},
+    TL_GC_TYPE_SLOTS(KRate, KRate_clear_gc),
     {Py_tp_methods, KRate_methods},
     {Py_tp_getset, KRate_getset},
     {Py_tp_repr, KRate_repr},
@@ -1141,20 +1111,14 @@ static PyType_Slot KRate_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec KRate_spec = {
-    "tallies.KeyedRateCounter", sizeof(KRateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, KRate_slots,
-};
+TL_TYPE_SPEC(KRate, "tallies.KeyedRateCounter", sizeof(KRateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- the module exec ------------------------------------------------------ */
 
 int
 tl_rate_exec(PyObject *m)
 {
-    struct timespec res;
-    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
-        coarse_gran_ns = res.tv_nsec;
-    }
     if (tl_add_type(m, &Rate_spec, TL_RATE_COUNTER, 1) == NULL ||
         tl_add_type(m, &KRate_spec, TL_KEYED_RATE_COUNTER, 1) == NULL) {
         return -1;
@@ -1164,7 +1128,7 @@ tl_rate_exec(PyObject *m)
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MAX_BUCKETS", TLR_MAX_BUCKETS) < 0 ||
-        PyModule_AddIntConstant(m, "COARSE_GRANULARITY_NS", (long)coarse_gran_ns) < 0) {
+        PyModule_AddIntConstant(m, "COARSE_GRANULARITY_NS", (long)tl_monotonic_tick) < 0) {
         return -1;
     }
     return 0;

@@ -284,6 +284,31 @@ seg_check_cell(SegmentObject *s, Py_ssize_t cell)
     return 0;
 }
 
+/* A key's cell as key_find and KeyedCells.lookup return it: the cell, None
+ * for -2 (no cell), NULL for -1 (an error is set). */
+static PyObject *
+cell_or_none(Py_ssize_t cell)
+{
+    if (cell == -1) {
+        return NULL;
+    }
+    if (cell == -2) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(cell);
+}
+
+/* A cell number from a Python int, checked: 0, or -1 with an error set. */
+static int
+seg_cell_of(SegmentObject *s, PyObject *arg, Py_ssize_t *cell)
+{
+    *cell = PyLong_AsSsize_t(arg);
+    if (*cell == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return seg_check_cell(s, *cell);
+}
+
 static PyObject *
 Segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -447,56 +472,52 @@ Segment_load(SegmentObject *self, PyObject *arg)
     return PyLong_FromLongLong((long long)tl_load(seg_at(self, off)));
 }
 
-static int
-off_and_value(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs,
-              const char *fname, Py_ssize_t *off, int64_t *v)
+/* store(off, v) -> None (sequentially consistent), exchange(off, v) -> the
+ * old value, add(off, n) -> the new value (OverflowError, nothing changed,
+ * if it leaves int64): one body, `op` says which. */
+enum { SEG_STORE, SEG_EXCHANGE, SEG_ADD };
+
+static PyObject *
+seg_value_op(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs, int op)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments", fname);
-        return -1;
+    static const char *const names[] = {"store", "exchange", "add"};
+    const char *fname = names[op];
+    Py_ssize_t off;
+    int64_t v, out;
+    if (tl_nargs(nargs, 2, fname) < 0 || seg_check_off(self, args[0], &off) < 0 ||
+        to_int64(args[1], fname, &v) < 0) {
+        return NULL;
     }
-    if (seg_check_off(self, args[0], off) < 0) {
-        return -1;
+    tl_cell *p = seg_at(self, off);
+    if (op == SEG_STORE) {
+        atomic_store_explicit(p, v, memory_order_seq_cst);
+        Py_RETURN_NONE;
     }
-    return to_int64(args[1], fname, v);
+    if (op == SEG_EXCHANGE) {
+        out = tl_exchange(p, v);
+    }
+    else if (tl_add(p, v, 0, &out) != TL_OK) {
+        return overflow_result(fname, v);
+    }
+    return PyLong_FromLongLong((long long)out);
 }
 
 static PyObject *
 Segment_store(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t off;
-    int64_t v;
-    if (off_and_value(self, args, nargs, "store", &off, &v) < 0) {
-        return NULL;
-    }
-    atomic_store_explicit(seg_at(self, off), v, memory_order_seq_cst);
-    Py_RETURN_NONE;
+    return seg_value_op(self, args, nargs, SEG_STORE);
 }
 
 static PyObject *
 Segment_exchange(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t off;
-    int64_t v;
-    if (off_and_value(self, args, nargs, "exchange", &off, &v) < 0) {
-        return NULL;
-    }
-    return PyLong_FromLongLong((long long)tl_exchange(seg_at(self, off), v));
+    return seg_value_op(self, args, nargs, SEG_EXCHANGE);
 }
 
-/* add(off, n) -> new value; OverflowError (nothing changed) if it leaves int64. */
 static PyObject *
 Segment_add(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t off;
-    int64_t n, v;
-    if (off_and_value(self, args, nargs, "add", &off, &n) < 0) {
-        return NULL;
-    }
-    if (tl_add(seg_at(self, off), n, 0, &v) != TL_OK) {
-        return overflow_result("add", n);
-    }
-    return PyLong_FromLongLong((long long)v);
+    return seg_value_op(self, args, nargs, SEG_ADD);
 }
 
 static PyObject *
@@ -504,8 +525,7 @@ Segment_cas(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t off;
     int64_t expected, desired;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "cas() takes 3 arguments");
+    if (tl_nargs(nargs, 3, "cas") < 0) {
         return NULL;
     }
     if (seg_check_off(self, args[0], &off) < 0 ||
@@ -586,14 +606,8 @@ seg_sum_cells(SegmentObject *s, Py_ssize_t *cells, Py_ssize_t n, int as_list)
 static PyObject *
 Segment_sum(SegmentObject *self, PyObject *arg)
 {
-    Py_ssize_t cell = PyLong_AsSsize_t(arg);
-    if (cell == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (seg_check_cell(self, cell) < 0) {
-        return NULL;
-    }
-    return seg_sum_cells(self, &cell, 1, 0);
+    Py_ssize_t cell;
+    return seg_cell_of(self, arg, &cell) < 0 ? NULL : seg_sum_cells(self, &cell, 1, 0);
 }
 
 static PyObject *
@@ -611,9 +625,7 @@ Segment_sum_many(SegmentObject *self, PyObject *arg)
     }
     PyObject *r = NULL;
     for (Py_ssize_t j = 0; j < n; j++) {
-        cells[j] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, j));
-        if ((cells[j] == -1 && PyErr_Occurred()) ||
-            seg_check_cell(self, cells[j]) < 0) {
+        if (seg_cell_of(self, PySequence_Fast_GET_ITEM(seq, j), &cells[j]) < 0) {
             goto done;
         }
     }
@@ -636,15 +648,9 @@ take_one(SegmentObject *s, Py_ssize_t off)
 static PyObject *
 Segment_take(SegmentObject *self, PyObject *arg)
 {
-    Py_ssize_t cell = PyLong_AsSsize_t(arg);
-    if (cell == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (seg_check_cell(self, cell) < 0) {
-        return NULL;
-    }
+    Py_ssize_t cell;
     scratch_t sc;
-    if (scratch_init(&sc, self->nslabs) < 0) {
+    if (seg_cell_of(self, arg, &cell) < 0 || scratch_init(&sc, self->nslabs) < 0) {
         return NULL;
     }
     /* A cell at 0 is skipped, not exchanged: the take happens at that load
@@ -667,8 +673,7 @@ Segment_take(SegmentObject *self, PyObject *arg)
 static PyObject *
 Segment_nonzero(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "nonzero() takes 3 arguments");
+    if (tl_nargs(nargs, 3, "nonzero") < 0) {
         return NULL;
     }
     Py_ssize_t off = PyLong_AsSsize_t(args[0]);
@@ -919,21 +924,13 @@ static PyObject *
 Segment_key_find(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t owner;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "key_find() takes 2 arguments");
+    if (tl_nargs(nargs, 2, "key_find") < 0) {
         return NULL;
     }
     if (seg_need_keys(self) < 0 || seg_owner(self, args[0], &owner) < 0) {
         return NULL;
     }
-    Py_ssize_t cell = seg_key_cell(self, owner, args[1], 0, 0, "key_find");
-    if (cell == -1) {
-        return NULL;
-    }
-    if (cell == -2) {
-        Py_RETURN_NONE;
-    }
-    return PyLong_FromSsize_t(cell);
+    return cell_or_none(seg_key_cell(self, owner, args[1], 0, 0, "key_find"));
 }
 
 /* key_insert(owner, key, ring1=0) -> int: the key's cell, inserting it (with
@@ -964,8 +961,7 @@ Segment_key_insert(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Segment_key_entries(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "key_entries() takes 2 arguments");
+    if (tl_nargs(nargs, 2, "key_entries") < 0) {
         return NULL;
     }
     Py_ssize_t lo = PyLong_AsSsize_t(args[0]), hi = PyLong_AsSsize_t(args[1]);
@@ -1021,8 +1017,7 @@ Segment_key_entries(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs
 static PyObject *
 Segment_reserve(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "reserve() takes 2 arguments");
+    if (tl_nargs(nargs, 2, "reserve") < 0) {
         return NULL;
     }
     Py_ssize_t off = PyLong_AsSsize_t(args[0]), len = PyLong_AsSsize_t(args[1]);
@@ -1094,19 +1089,14 @@ static PyType_Slot Segment_slots[] = {
     {Py_tp_doc, "Segment(buffer, ncells, slab_bytes, nslabs, desc_off, "
                 "desc_stride, archive_off, slabs_off, seq_off, binder)\n--\n\n"
                 "Atomic access to a mapped tallies segment (see shm.py)."},
-    {Py_tp_new, Segment_new},
-    {Py_tp_dealloc, Segment_dealloc},
-    {Py_tp_traverse, Segment_traverse},
-    {Py_tp_clear, Segment_clear},
+    TL_GC_SLOTS(Segment),
     {Py_tp_methods, Segment_methods},
     {Py_tp_members, Segment_members},
     {0, NULL},
 };
 
-static PyType_Spec Segment_spec = {
-    "tallies._tallies.Segment", sizeof(SegmentObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Segment_slots,
-};
+TL_TYPE_SPEC(Segment, "tallies._tallies.Segment", sizeof(SegmentObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 /* ---- Cell: one counter's cell in this process's slab -------------------- */
 
@@ -1187,10 +1177,7 @@ static PyMemberDef Cell_members[] = {
 
 static PyType_Slot Cell_slots[] = {
     {Py_tp_doc, "Cell(segment, cell)\n--\n\nThe write side of one shared counter."},
-    {Py_tp_new, Cell_new},
-    {Py_tp_dealloc, Cell_dealloc},
-    {Py_tp_traverse, Cell_traverse},
-    {Py_tp_clear, Cell_clear},
+    TL_GC_SLOTS(Cell),
     {Py_tp_methods, Cell_methods},
     {Py_tp_members, Cell_members},
     {Py_nb_inplace_add, Cell_iadd},
@@ -1198,10 +1185,8 @@ static PyType_Slot Cell_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec Cell_spec = {
-    "tallies._tallies.Cell", sizeof(CellObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Cell_slots,
-};
+TL_TYPE_SPEC(Cell, "tallies._tallies.Cell", sizeof(CellObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- KeyedCells: the write side of one shared keyed counter ------------- */
 
@@ -1339,9 +1324,10 @@ keyed_ask(KeyedObject *self, PyObject *fn, PyObject *key, int none_ok)
         Py_DECREF(r);
         return -2;
     }
-    Py_ssize_t cell = PyLong_AsSsize_t(r);
+    Py_ssize_t cell;
+    int bad = seg_cell_of(self->seg, r, &cell);
     Py_DECREF(r);
-    if ((cell == -1 && PyErr_Occurred()) || seg_check_cell(self->seg, cell) < 0) {
+    if (bad < 0) {
         return -1;
     }
     return keyed_remember(self, key, cell);
@@ -1399,13 +1385,7 @@ Keyed_lookup(KeyedObject *self, PyObject *key)
     else if (cell == -2 && self->find != NULL) {
         cell = keyed_ask(self, self->find, key, 1);
     }
-    if (cell == -1) {
-        return NULL;
-    }
-    if (cell == -2) {
-        Py_RETURN_NONE;
-    }
-    return PyLong_FromSsize_t(cell);
+    return cell_or_none(cell);
 }
 
 /* cells: a read-only view of the cache. */
@@ -1543,20 +1523,15 @@ static PyGetSetDef Keyed_getset[] = {
 static PyType_Slot Keyed_slots[] = {
     {Py_tp_doc, "KeyedCells(segment, register, find=None)\n--\n\n"
                 "The write side of one shared keyed counter."},
-    {Py_tp_new, Keyed_new},
-    {Py_tp_dealloc, Keyed_dealloc},
-    {Py_tp_traverse, Keyed_traverse},
-    {Py_tp_clear, Keyed_clear},
+    TL_GC_SLOTS(Keyed),
     {Py_tp_methods, Keyed_methods},
     {Py_tp_members, Keyed_members},
     {Py_tp_getset, Keyed_getset},
     {0, NULL},
 };
 
-static PyType_Spec Keyed_spec = {
-    "tallies._tallies.KeyedCells", sizeof(KeyedObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Keyed_slots,
-};
+TL_TYPE_SPEC(Keyed, "tallies._tallies.KeyedCells", sizeof(KeyedObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- the module exec ------------------------------------------------------ */
 
@@ -1586,8 +1561,6 @@ typedef struct {
     PyObject *a_seg, *a_idx, *a_name, *a_url, *a_sp, *a_ring;
     PyObject *weakrefs;
 } RateCellObject;
-
-static int64_t rc_coarse_tick = -1;
 
 static PyObject *
 RateCell_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
@@ -1622,42 +1595,15 @@ RateCell_setup(RateCellObject *self, PyObject *args)
     self->slab_stride = slab_stride;
     self->unit_off = unit_off;
     self->res_ns = res_ns;
-    self->clk = (rc_coarse_tick > 0 && res_ns >= 10 * rc_coarse_tick) ? CLOCK_MONOTONIC_COARSE
-                                                                     : CLOCK_MONOTONIC;
+    self->clk = tl_bucket_clock(res_ns, 0);
     self->bslab = -1;
     Py_RETURN_NONE;
 }
 
-static int
-RateCell_traverse(RateCellObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->seg);
-    Py_VISIT(self->rotate);
-    Py_VISIT(self->clock);
-    Py_VISIT(self->a_seg);
-    Py_VISIT(self->a_idx);
-    Py_VISIT(self->a_name);
-    Py_VISIT(self->a_url);
-    Py_VISIT(self->a_sp);
-    Py_VISIT(self->a_ring);
-    return 0;
-}
-
-static int
-RateCell_clear(RateCellObject *self)
-{
-    Py_CLEAR(self->seg);
-    Py_CLEAR(self->rotate);
-    Py_CLEAR(self->clock);
-    Py_CLEAR(self->a_seg);
-    Py_CLEAR(self->a_idx);
-    Py_CLEAR(self->a_name);
-    Py_CLEAR(self->a_url);
-    Py_CLEAR(self->a_sp);
-    Py_CLEAR(self->a_ring);
-    return 0;
-}
+#define RATE_CELL_REFS(X) \
+    X(self->seg) X(self->rotate) X(self->clock) X(self->a_seg) X(self->a_idx) X(self->a_name) \
+    X(self->a_url) X(self->a_sp) X(self->a_ring)
+TL_GC_FUNCS(RateCell, RateCellObject, RATE_CELL_REFS)
 
 static void
 RateCell_dealloc(RateCellObject *self)
@@ -1733,10 +1679,7 @@ RateCell_update(RateCellObject *self, int64_t n, int sub, const char *op)
 TL_UPDATE_METHODS(RateCell, RateCellObject)
 
 static PyMethodDef RateCell_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))RateCell_increment, FASTKW,
-     "increment(n=1) -> None\n\nCount n events now (this process's ring, lock-free)."},
-    {"decrement", (PyCFunction)(void (*)(void))RateCell_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nCount -n events now."},
+    TL_EVENT_METHOD_DEFS(RateCell, "", "", " (this process's ring, lock-free)"),
     {"_setup", (PyCFunction)RateCell_setup, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1750,25 +1693,20 @@ static PyMemberDef RateCell_members[] = {
     {"_url", T_OBJECT, offsetof(RateCellObject, a_url), 0, NULL},
     {"_sp", T_OBJECT, offsetof(RateCellObject, a_sp), 0, NULL},
     {"_ring", T_OBJECT, offsetof(RateCellObject, a_ring), 0, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(RateCellObject, weakrefs), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(RateCellObject, weakrefs),
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyType_Slot RateCell_slots[] = {
     {Py_tp_doc, "A rate shared by every process that opens the segment (shm://)."},
-    {Py_tp_new, RateCell_new},
-    {Py_tp_dealloc, RateCell_dealloc},
-    {Py_tp_traverse, RateCell_traverse},
-    {Py_tp_clear, RateCell_clear},
+    TL_GC_SLOTS(RateCell),
     {Py_tp_methods, RateCell_methods},
     {Py_tp_members, RateCell_members},
     {0, NULL},
 };
 
-static PyType_Spec RateCell_spec = {
-    "tallies.stores.ShmRate", sizeof(RateCellObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, RateCell_slots,
-};
+TL_TYPE_SPEC(RateCell, "tallies.stores.ShmRate", sizeof(RateCellObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
 int
 tl_shm_exec(PyObject *m)
@@ -1778,10 +1716,6 @@ tl_shm_exec(PyObject *m)
         tl_add_type(m, &Keyed_spec, TL_KEYED_CELLS, 1) == NULL ||
         tl_add_type(m, &RateCell_spec, TL_RATE_CELL, 1) == NULL) {
         return -1;
-    }
-    struct timespec res;
-    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0) {
-        rc_coarse_tick = res.tv_nsec;
     }
     if (segment_type == NULL) {
         segment_type = seg;

@@ -35,8 +35,6 @@
 
 #define NS 1000000000LL
 
-static int64_t realtime_tick = -1;
-
 typedef struct {
     PyObject_HEAD
     tlr_ring ring;
@@ -71,46 +69,18 @@ WallRate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     WallRateObject *self = (WallRateObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
+    if (self == NULL || tlr_init_owned((PyObject *)self, &self->ring, nb) == NULL) {
         return NULL;
     }
-    if (tlr_init(&self->ring, nb) < 0) {
-        self->ring.marks = NULL;
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     self->res_ns = res_ns;
-    self->clk = (realtime_tick > 0 && res_ns >= 10 * realtime_tick) ? CLOCK_REALTIME_COARSE
-                                                                   : CLOCK_REALTIME;
+    self->clk = tl_bucket_clock(res_ns, 1);
     return (PyObject *)self;
 }
 
-static int
-WallRate_traverse(WallRateObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->clock);
-    Py_VISIT(self->closed);
-    Py_VISIT(self->wb);
-    Py_VISIT(self->name);
-    Py_VISIT(self->spec);
-    Py_VISIT(self->sp);
-    Py_VISIT(self->is_closed);
-    return 0;
-}
-
-static int
-WallRate_clear(WallRateObject *self)
-{
-    Py_CLEAR(self->clock);
-    Py_CLEAR(self->closed);
-    Py_CLEAR(self->wb);
-    Py_CLEAR(self->name);
-    Py_CLEAR(self->spec);
-    Py_CLEAR(self->sp);
-    Py_CLEAR(self->is_closed);
-    return 0;
-}
+#define WALL_RATE_REFS(X) \
+    X(self->clock) X(self->closed) X(self->wb) X(self->name) X(self->spec) X(self->sp) \
+    X(self->is_closed)
+TL_GC_FUNCS(WallRate, WallRateObject, WALL_RATE_REFS)
 
 static void
 WallRate_dealloc(WallRateObject *self)
@@ -233,25 +203,19 @@ per_bucket(tlr_ring *r, PyObject *out, int64_t *total_read, int64_t *latest_out)
     return put(out, prev_slot, total - prev_mark);
 }
 
-/* _drain() -> {slot: delta}: take the events counted since the last drain. */
+/* {slot: count} of the events pending here, read under the ring's lock (what
+ * _drain and _items both return), with the total and latest slot it read. */
 static PyObject *
-WallRate_drain(WallRateObject *self, PyObject *Py_UNUSED(ignored))
+pending(WallRateObject *self, int64_t *total, int64_t *latest)
 {
     PyObject *out = PyDict_New();
     if (out == NULL) {
         return NULL;
     }
     tlr_lock(&self->ring);
-    int64_t total, latest;
-    int r = per_bucket(&self->ring, out, &total, &latest);
+    int r = per_bucket(&self->ring, out, total, latest);
     tlr_unlock(&self->ring);
     if (r < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    int64_t boundary = atomic_load_explicit(&self->ring.boundary, memory_order_relaxed);
-    int64_t taken = tlr_reset(&self->ring, latest, boundary);
-    if (taken != total && put(out, latest, taken - total) < 0) { /* raced increments */
         Py_DECREF(out);
         return NULL;
     }
@@ -262,15 +226,22 @@ WallRate_drain(WallRateObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 WallRate_items(WallRateObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *out = PyDict_New();
+    int64_t total, latest;
+    return pending(self, &total, &latest);
+}
+
+/* _drain() -> {slot: delta}: take the events counted since the last drain. */
+static PyObject *
+WallRate_drain(WallRateObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int64_t total, latest;
+    PyObject *out = pending(self, &total, &latest);
     if (out == NULL) {
         return NULL;
     }
-    tlr_lock(&self->ring);
-    int64_t total, latest;
-    int r = per_bucket(&self->ring, out, &total, &latest);
-    tlr_unlock(&self->ring);
-    if (r < 0) {
+    int64_t boundary = atomic_load_explicit(&self->ring.boundary, memory_order_relaxed);
+    int64_t taken = tlr_reset(&self->ring, latest, boundary);
+    if (taken != total && put(out, latest, taken - total) < 0) { /* raced increments */
         Py_DECREF(out);
         return NULL;
     }
@@ -302,15 +273,12 @@ static PyMemberDef WallRate_members[] = {
     {"_spec", T_OBJECT, offsetof(WallRateObject, spec), 0, NULL},
     {"_sp", T_OBJECT, offsetof(WallRateObject, sp), 0, NULL},
     {"_closed", T_OBJECT, offsetof(WallRateObject, is_closed), 0, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(WallRateObject, weakrefs), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(WallRateObject, weakrefs),
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyMethodDef WallRate_methods[] = {
-    {"increment", (PyCFunction)(void (*)(void))WallRate_increment, FASTKW,
-     "increment(n=1) -> None\n\nCount n events now (this process's pending bucket; no I/O)."},
-    {"decrement", (PyCFunction)(void (*)(void))WallRate_decrement, FASTKW,
-     "decrement(n=1) -> None\n\nCount -n events now."},
+    TL_EVENT_METHOD_DEFS(WallRate, "", "", " (this process's pending bucket; no I/O)"),
     {"_drain", (PyCFunction)WallRate_drain, METH_NOARGS, NULL},
     {"_items", (PyCFunction)WallRate_items, METH_NOARGS, NULL},
     {"_close_with", (PyCFunction)WallRate_close, METH_O, NULL},
@@ -320,26 +288,13 @@ static PyMethodDef WallRate_methods[] = {
 
 static PyType_Slot WallRate_slots[] = {
     {Py_tp_doc, "A write-behind store's rate (see tallies.stores._wbrates)."},
-    {Py_tp_new, WallRate_new},
-    {Py_tp_dealloc, WallRate_dealloc},
-    {Py_tp_traverse, WallRate_traverse},
-    {Py_tp_clear, WallRate_clear},
+    TL_GC_SLOTS(WallRate),
     {Py_tp_methods, WallRate_methods},
     {Py_tp_members, WallRate_members},
     {0, NULL},
 };
 
-static PyType_Spec WallRate_spec = {
-    "tallies.stores.BufferedRate", sizeof(WallRateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, WallRate_slots,
-};
+TL_TYPE_SPEC(WallRate, "tallies.stores.BufferedRate", sizeof(WallRateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC);
 
-int
-tl_wallrate_exec(PyObject *m)
-{
-    struct timespec res;
-    if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0) {
-        realtime_tick = res.tv_nsec;
-    }
-    return tl_add_type(m, &WallRate_spec, TL_WALL_RATE, 1) == NULL ? -1 : 0;
-}
+TL_ONE_TYPE_EXEC(wallrate, WallRate, TL_WALL_RATE)
