@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -481,6 +482,14 @@ def test_keyed_increment_is_the_exact_types_own_method(be: MemBackend) -> None:
             method = vars(type(kc))[name]
             assert type(method).__name__ == "method_descriptor"
             assert method.__objclass__ is type(kc)
+
+
+def test_keyed_counters_can_be_weakly_referenced(be: MemBackend) -> None:
+    """As before the C type (whose ``__slots__`` held ``__weakref__``) and as
+    every other store object: a weak reference to a keyed counter works."""
+    kc = make(be).keyed("k")
+    ref = weakref.ref(kc)
+    assert ref() is kc
 
 
 def test_keyed_first_uses_race_with_updates_of_the_same_keys(be: MemBackend) -> None:

@@ -2440,7 +2440,7 @@ static PyMethodDef Gate_methods[] = {
 
 static PyMemberDef Gate_members[] = {
     {"__dictoffset__", T_PYSSIZET, offsetof(GateObject, dict), READONLY, NULL},
-    {"__weakrefoffset__", T_PYSSIZET, offsetof(GateObject, weakreflist), READONLY, NULL},
+    TL_WEAKLIST_MEMBER(GateObject, weakreflist),
     {NULL, 0, 0, 0, NULL},
 };
 
