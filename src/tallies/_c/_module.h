@@ -164,6 +164,12 @@ tl_dealloc(PyObject *self, inquiry clear, PyObject **weakreflist)
 #define TL_WEAKLIST_ONLY(P, FIELD)                     \
     static PyMemberDef P##_members[] = {               \
         TL_WEAKLIST_MEMBER(P##Object, FIELD), {NULL, 0, 0, 0, NULL}}
+/* P_members of a heap type with an instance dict (field DICT) and a
+ * weak-reference list (field WEAK). */
+#define TL_DICT_WEAKLIST_MEMBERS(P, DICT, WEAK)                                          \
+    static PyMemberDef P##_members[] = {                                                 \
+        {"__dictoffset__", T_PYSSIZET, offsetof(P##Object, DICT), READONLY, NULL},       \
+        TL_WEAKLIST_MEMBER(P##Object, WEAK), {NULL, 0, 0, 0, NULL}}
 
 /* Make the type of `spec` for module m, keep it in the state's slot `which`
  * and, when `add`, add it to m under its name.  A borrowed reference (the

@@ -2371,21 +2371,21 @@ Gate_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
 }
 
 #define GATE_REFS(X) X(self->cells) X(self->slow[0]) X(self->slow[1]) X(self->dict)
-TL_GC_FUNCS(Gate_gc, GateObject, GATE_REFS)
+TL_GC_FUNCS(Gate, GateObject, GATE_REFS)
 
 /* tp_clear: close first, so that a call during a cycle's teardown takes the
  * fallback (cleared: "no store") instead of reading the cells. */
 static int
-Gate_clear(GateObject *self)
+Gate_clear_gc(GateObject *self)
 {
     atomic_store_explicit(&self->state, GATE_CLOSED, memory_order_relaxed);
-    return Gate_gc_clear(self);
+    return Gate_clear(self);
 }
 
 static void
 Gate_dealloc(GateObject *self)
 {
-    tl_dealloc((PyObject *)self, (inquiry)Gate_clear, &self->weakreflist);
+    tl_dealloc((PyObject *)self, (inquiry)Gate_clear_gc, &self->weakreflist);
 }
 
 /* _open_gate(cells, increment, decrement): updates of the keys in cells (an
@@ -2438,28 +2438,19 @@ static PyMethodDef Gate_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Gate_members[] = {
-    {"__dictoffset__", T_PYSSIZET, offsetof(GateObject, dict), READONLY, NULL},
-    TL_WEAKLIST_MEMBER(GateObject, weakreflist),
-    {NULL, 0, 0, 0, NULL},
-};
+TL_DICT_WEAKLIST_MEMBERS(Gate, dict, weakreflist);
 
 static PyType_Slot Gate_slots[] = {
     {Py_tp_doc, "A write-behind store's keyed counter (the C half: increment and "
                 "decrement of a key already counted; stores/writebehind.py installs the rest)."},
-    {Py_tp_new, Gate_new},
-    {Py_tp_dealloc, Gate_dealloc},
-    {Py_tp_traverse, Gate_gc_traverse},
-    {Py_tp_clear, Gate_clear},
+    TL_GC_TYPE_SLOTS(Gate, Gate_clear_gc),
     {Py_tp_methods, Gate_methods},
     {Py_tp_members, Gate_members},
     {0, NULL},
 };
 
-static PyType_Spec Gate_spec = {
-    "tallies.stores.writebehind.BufferedKeyedCounter", sizeof(GateObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Gate_slots,
-};
+TL_TYPE_SPEC(Gate, "tallies.stores.writebehind.BufferedKeyedCounter", sizeof(GateObject),
+             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC);
 
 /* ---- module functions and the module exec --------------------------------- */
 

@@ -1243,11 +1243,7 @@ static PyMethodDef Lease_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Lease_members[] = {
-    {"__dictoffset__", T_PYSSIZET, offsetof(LeaseObject, dict), READONLY, NULL},
-    TL_WEAKLIST_MEMBER(LeaseObject, weakrefs),
-    {NULL, 0, 0, 0, NULL},
-};
+TL_DICT_WEAKLIST_MEMBERS(Lease, dict, weakrefs);
 
 static PyType_Slot Lease_slots[] = {
     {Py_tp_doc, "A write-behind store's limiter (see tallies.stores._limiter)."},
