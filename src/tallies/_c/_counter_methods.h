@@ -94,6 +94,12 @@ tl_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char
     {"increment", (PyCFunction)(void (*)(void))P##_increment, FASTKW, INC_DOC},              \
     {"decrement", (PyCFunction)(void (*)(void))P##_decrement, FASTKW, DEC_DOC}
 
+/* The method-table entries of a counter's value() and reset() (both
+ * METH_NOARGS, both -> int): VALUE_FN and RESET_FN, with what each does. */
+#define TL_VALUE_RESET_DEFS(VALUE_FN, VALUE_DOC, RESET_FN, RESET_DOC)                        \
+    {"value", (PyCFunction)VALUE_FN, METH_NOARGS, "value() -> int\n\n" VALUE_DOC},           \
+    {"reset", (PyCFunction)RESET_FN, METH_NOARGS, "reset() -> int\n\n" RESET_DOC}
+
 /* TL_UPDATE_METHOD_DEFS of a rate, whose increments count events now: KEY
  * is "" or "key, ", OF "" or " of key", WHERE "" or a note on where an
  * increment goes (" (...)"). */

@@ -233,11 +233,10 @@ static PyMethodDef Cell_methods[] = {
                           "increment(n=1) -> None\n\n"
                           "Add n (default 1) to this process's pending delta.",
                           "decrement(n=1) -> None\n\nSubtract n (default 1)."),
-    {"value", (PyCFunction)Cell_value, METH_NOARGS,
-     "value() -> int\n\nThe stored value plus this process's pending delta."},
-    {"reset", (PyCFunction)Cell_reset, METH_NOARGS,
-     "reset() -> int\n\nZero the stored value and this process's pending delta in "
-     "one transaction; return their sum."},
+    TL_VALUE_RESET_DEFS(Cell_value, "The stored value plus this process's pending delta.",
+                        Cell_reset,
+                        "Zero the stored value and this process's pending delta in "
+                        "one transaction; return their sum."),
     {"_take", (PyCFunction)Buffered_take, METH_NOARGS,
      "Exchange every cell with 0; the sum taken (the flusher's)."},
     {"_pending", (PyCFunction)Buffered_sum, METH_NOARGS,
