@@ -466,6 +466,11 @@ typedef struct {
     spec sp;
 } RateObject;
 
+/* The Py_tp_doc slot of rate type NAME: its constructor's signature (the
+ * arguments that alloc_with_spec parses), then DOC. */
+#define RATE_DOC_SLOT(NAME, DOC) \
+    {Py_tp_doc, NAME "(window=60.0, resolution=1.0, *, clock=None)\n--\n\n" DOC}
+
 /* A new instance of type, its constructor's arguments (window=60.0,
  * resolution=1.0, *, clock=None) parsed into *sp first; fmt ends with ":" and
  * the type's name (the name in messages).  NULL with an exception. */
@@ -618,8 +623,8 @@ static PyMethodDef Rate_methods[] = {
 };
 
 static PyType_Slot Rate_slots[] = {
-    {Py_tp_doc, "RateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
-                "Events in the last `window` seconds, in buckets of `resolution`."},
+    RATE_DOC_SLOT("RateCounter",
+                  "Events in the last `window` seconds, in buckets of `resolution`."),
     TL_GC_SLOTS(Rate),
     {Py_tp_methods, Rate_methods},
     {Py_tp_getset, Rate_getset},
@@ -1101,8 +1106,7 @@ static PyMethodDef KRate_methods[] = {
 };
 
 static PyType_Slot KRate_slots[] = {
-    {Py_tp_doc, "KeyedRateCounter(window=60.0, resolution=1.0, *, clock=None)\n--\n\n"
-                "A RateCounter per key."},
+    RATE_DOC_SLOT("KeyedRateCounter", "A RateCounter per key."),
     TL_GC_TYPE_SLOTS(KRate, KRate_clear_gc),
     {Py_tp_methods, KRate_methods},
     {Py_tp_getset, KRate_getset},
