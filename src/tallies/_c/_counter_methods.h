@@ -98,6 +98,9 @@ tl_amount(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char
  * METH_NOARGS, both -> int): VALUE_FN and RESET_FN, with what each does. */
 #define TL_VALUE_RESET_DEFS(VALUE_FN, VALUE_DOC, RESET_FN, RESET_DOC)                        \
     {"value", (PyCFunction)VALUE_FN, METH_NOARGS, "value() -> int\n\n" VALUE_DOC},           \
+    TL_RESET_DEF(RESET_FN, RESET_DOC)
+/* reset() alone (a rate, which has no value()). */
+#define TL_RESET_DEF(RESET_FN, RESET_DOC)                                                    \
     {"reset", (PyCFunction)RESET_FN, METH_NOARGS, "reset() -> int\n\n" RESET_DOC}
 
 /* TL_UPDATE_METHOD_DEFS of a rate, whose increments count events now: KEY

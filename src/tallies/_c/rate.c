@@ -617,8 +617,7 @@ static PyMethodDef Rate_methods[] = {
                      "`window` seconds."),
     {"total", (PyCFunction)Rate_total, METH_NOARGS,
      "total() -> int\n\nEvents since creation or the last reset()."},
-    {"reset", (PyCFunction)Rate_reset, METH_NOARGS,
-     "reset() -> int\n\nTake the total and empty every bucket."},
+    TL_RESET_DEF(Rate_reset, "Take the total and empty every bucket."),
     {NULL, NULL, 0, NULL},
 };
 
