@@ -72,7 +72,7 @@ from typing import Any, Protocol
 
 from .._common import INT64_MAX
 from ._protocol import Grant, LimitSpec
-from .base import StoreError, check_key, counter_name
+from .base import StoreError, check_key, close_once, counter_name
 
 __all__ = [
     "MAX_BUCKETS",
@@ -623,12 +623,7 @@ class _LeaseMethods(_Spec):
 
     def close(self) -> None:
         """Give the leases back; hit() raises ValueError from then on."""
-        if self._closed:
-            return
-        try:
-            self.give_back()
-        finally:
-            self._closed = True
+        close_once(self, self.give_back)
 
     def _after_fork_in_child(self) -> None:
         # The parent's leases are the parent's: using them here would admit

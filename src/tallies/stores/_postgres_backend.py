@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import errors as pge
@@ -612,28 +612,20 @@ class PostgresBackend:
         exact = not all(INT64_MIN <= d <= INT64_MAX for _, d in counters) or not all(
             INT64_MIN <= d <= INT64_MAX for *_, d in keyed
         )
-        names = sorted(batch.names.items())
-        rates = _RateRows.of(batch)
+        rows = _FlushRows(writer_id, batch.seq, sorted(batch.names.items()), counters, keyed,
+                          _RateRows.of(batch))  # fmt: skip
         what = f"flush of batch {batch.seq}"
         everything = False  # lock every count of the batch (after a race at an edge)
         for _attempt in range(5):
             try:
                 if not exact:
                     try:
-                        self._call(
-                            "w",
-                            lambda c: self._apply_fast(c, writer_id, batch.seq, names,
-                                                       counters, keyed, rates),
-                            what, retry=True,
-                        )  # fmt: skip
+                        self._call("w", partial(self._apply_fast, rows=rows), what, retry=True)
                         break
                     except _Overflow:
                         exact = True
                 try:
-                    self._call("w", partial(self._apply_exact, writer_id=writer_id,
-                                            seq=batch.seq, names=names, counters=counters,
-                                            keyed=keyed, everything=everything,
-                                            rates=rates),
+                    self._call("w", partial(self._apply_exact, rows=rows, everything=everything),
                                what, retry=True)  # fmt: skip
                     break
                 except _Overflow:
@@ -740,24 +732,27 @@ class PostgresBackend:
             conn.execute(part.upsert, both)
         _watchdog.kick(self._token, budget + 1.0)
 
-    def _apply_fast(
-        self,
-        conn: psycopg.Connection[Any],
-        writer_id: str,
-        seq: int,
-        names: list[tuple[str, Kind]],
-        counters: list[tuple[str, int]],
-        keyed: list[tuple[str, str, int]],
-        rates: _RateRows | None = None,
-    ) -> None:
+    def _begin(self, conn: psycopg.Connection[Any], rows: _FlushRows) -> bool:
+        """In the caller's transaction: register the batch's new names and
+        record its sequence number; False if it was applied already (a lost
+        reply: the writer is marked seen, nothing else is done)."""
+        if rows.names:
+            self._register(conn, rows.names)
+        if conn.execute(self._stmts.record, (rows.writer_id, rows.seq)).fetchone() is None:
+            conn.execute(self._stmts.seen, (rows.writer_id,))  # applied already
+            return False
+        return True
+
+    def _apply_fast(self, conn: psycopg.Connection[Any], rows: _FlushRows) -> None:
+        counters, keyed = rows.counters, rows.keyed
         try:
-            if not names and rates is None and len(counters) + len(keyed) <= CHUNK:
+            if not rows.names and rows.rates is None and len(counters) + len(keyed) <= CHUNK:
                 # the usual flush: ONE statement, committed as it ends
                 row = conn.execute(
                     self._stmts.apply,
                     {
-                        "w": writer_id,
-                        "seq": seq,
+                        "w": rows.writer_id,
+                        "seq": rows.seq,
                         "st": self._stripe,
                         "cn": [n for n, _ in counters],
                         "cd": [d for _, d in counters],
@@ -767,43 +762,30 @@ class PostgresBackend:
                     },
                 ).fetchone()
                 if row is None or not row[0]:  # applied already (a lost reply)
-                    conn.execute(self._stmts.seen, (writer_id,))
+                    conn.execute(self._stmts.seen, (rows.writer_id,))
                 return
             # new names (registered in the same transaction), or a big batch
             # (statements of CHUNK rows: each within statement_timeout)
             with conn.transaction():
-                if names:
-                    self._register(conn, names)
-                if conn.execute(self._stmts.record, (writer_id, seq)).fetchone() is None:
-                    conn.execute(self._stmts.seen, (writer_id,))  # applied already
+                if not self._begin(conn, rows):
                     return
                 self._add(conn, counters, keyed)
-                if rates is not None:
-                    self._add_rates(conn, rates)
+                if rows.rates is not None:
+                    self._add_rates(conn, rows.rates)
         except (pge.NumericValueOutOfRange, pge.CheckViolation) as exc:
             raise _Overflow from exc  # a stripe (or a sum) at its edge: nothing applied
 
     def _apply_exact(
-        self,
-        conn: psycopg.Connection[Any],
-        writer_id: str,
-        seq: int,
-        names: list[tuple[str, Kind]],
-        counters: list[tuple[str, int]],
-        keyed: list[tuple[str, str, int]],
-        everything: bool,
-        rates: _RateRows | None = None,
+        self, conn: psycopg.Connection[Any], rows: _FlushRows, everything: bool
     ) -> None:
         """The rare path: a stripe or a sum at its edge.  The counts near an
         edge (all of them if ``everything``) get every stripe locked (in the
         global lock order), are added in Python, refused if they leave int64
         and spread over the stripes; the others are added as usual."""
         st = self._stmts
+        counters, keyed = rows.counters, rows.keyed
         with conn.transaction():
-            if names:
-                self._register(conn, names)
-            if conn.execute(st.record, (writer_id, seq)).fetchone() is None:
-                conn.execute(st.seen, (writer_id,))  # applied already
+            if not self._begin(conn, rows):
                 return
             if everything:
                 edge_c, edge_k = counters, keyed
@@ -854,8 +836,8 @@ class PostgresBackend:
                     )
                 except (pge.NumericValueOutOfRange, pge.CheckViolation) as exc:
                     raise _Overflow from exc  # moved to the edge meanwhile: lock them all
-            if rates is not None:
-                self._set_rates(conn, rates)
+            if rows.rates is not None:
+                self._set_rates(conn, rows.rates)
 
     def _near_edge(
         self,
@@ -1278,6 +1260,17 @@ def _columns(rows: list[Any]) -> list[list[Any]]:
 
 def _rate_spec(kind: Any, window_ns: Any, res_ns: Any) -> _RateSpec:
     return _RateSpec("keyed_rate" if kind == "keyed_rate" else "rate", int(window_ns), int(res_ns))
+
+
+class _FlushRows(NamedTuple):
+    """A batch as a flush writes it: every list sorted (the lock order)."""
+
+    writer_id: str
+    seq: int
+    names: list[tuple[str, Kind]]
+    counters: list[tuple[str, int]]
+    keyed: list[tuple[str, str, int]]
+    rates: _RateRows | None
 
 
 class _RateRows:

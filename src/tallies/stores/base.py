@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import collections
 import importlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsIndex, TypedDict, TypeVar
@@ -248,6 +248,26 @@ class StoreURL:
 _S = TypeVar("_S", bound="Store")
 
 
+class _Closable(Protocol):
+    _closed: bool
+
+
+def close_once(
+    owner: _Closable, last: Callable[[], None], release: Callable[[], None] | None = None
+) -> None:
+    """The close-once idiom: unless ``owner`` is closed already, run ``last``
+    (the final flush, the leases given back); ``owner`` is closed even if
+    ``last`` raises, and then ``release`` (if any) runs."""
+    if owner._closed:
+        return
+    try:
+        last()
+    finally:
+        owner._closed = True
+        if release is not None:
+            release()
+
+
 class Store(abc.ABC):
     """Counters by name, shared as widely as the scope allows.
 
@@ -346,13 +366,7 @@ class Store(abc.ABC):
 
     def close(self) -> None:
         """Flush and release the store; calling it again does nothing."""
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            self._release()
+        close_once(self, self.flush, self._release)
 
     def _release(self) -> None:  # noqa: B027 - optional hook
         """Release resources after the final flush (subclass hook)."""
