@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from _postgres_support import PostgresServer, unique_schema
@@ -335,3 +336,32 @@ def test_8_writers_flush_the_same_buckets_exactly(
         f"flush latency p50 {lat[len(lat) // 2] * 1000:.1f} ms, "
         f"p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms"
     )
+
+
+def test_a_limiter_registered_by_another_writer_at_the_same_moment_is_found(
+    postgres_server: PostgresServer, url: str, schema: str
+) -> None:
+    """Another writer's insert of the same limiter commits while this
+    writer's registration waits on it (4 processes opening one limiter at
+    once, CI 2026-12-06): the registration finds that row (the statement's
+    own snapshot predates it) instead of failing."""
+    with tallies.open(url) as store:
+        store.limiter("probe", 10, 60)
+        (spec,) = postgres_server.sql(
+            f"SELECT lim, per_ns, res_ns, buckets FROM {schema}.limiters WHERE name = 'probe'"
+        )
+        with postgres_server.connect() as other:
+            other.execute("BEGIN")
+            other.execute(
+                f"INSERT INTO {schema}.limiters (name, lim, per_ns, res_ns, buckets)"
+                " VALUES ('api', %s, %s, %s, %s)",
+                spec,
+            )
+            commit = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+            commit.start()
+            try:
+                lim = store.limiter("api", 10, 60)  # waits for the other insert
+            finally:
+                commit.join()
+            assert lim.hit("alice")
+            assert lim.remaining("alice") == 9

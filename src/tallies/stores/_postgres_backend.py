@@ -1148,12 +1148,19 @@ class PostgresBackend:
     def register_limiter(self, spec: _LimitSpec) -> _LimitSpec:
         self._need_v2()
         args = (spec.name, spec.limit, spec.per_ns, spec.res_ns, spec.buckets, spec.name)
-        row = self._call(
-            "w",
-            lambda c: _row(c, self._limit_sql.register, args),
-            f"limiter {spec.name!r}",
-            retry=True,
-        )
+
+        def body(c: psycopg.Connection[Any]) -> Any:
+            # The insert's conflict waits for another writer registering the
+            # same name at once, but the statement's SELECT reads the
+            # snapshot taken before that writer committed: no row.  The
+            # next statement (autocommit: a new snapshot) sees it.
+            for _ in range(3):
+                row = c.execute(self._limit_sql.register, args).fetchone()
+                if row is not None:
+                    return row
+            raise StoreError(f"{self.shown}: limiter {spec.name!r} could not be registered")
+
+        row = self._call("w", body, f"limiter {spec.name!r}", retry=True)
         return _LimitSpec(spec.name, int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     def _limit_tx(self, spec: _LimitSpec, key: str, step: Callable[[Any, int], _T]) -> _T:
