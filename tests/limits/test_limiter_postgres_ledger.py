@@ -7,13 +7,10 @@ when the server decided, and a writer killed while holding a lease."""
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
-from _ledger import Ledger
 from _postgres_support import PostgresServer, unique_schema
-from test_limiter_redis_ledger import check, join, start_writers
+from test_limiter_redis_ledger import check, join, kill_one_holding_a_lease, start_writers
 
 
 def test_four_processes_by_four_threads(postgres_server: PostgresServer, tmp_path: Path) -> None:
@@ -26,11 +23,5 @@ def test_a_writer_killed_while_holding_a_lease(
 ) -> None:
     url = postgres_server.url(schema=unique_schema("lim"))
     writers = start_writers(url, tmp_path, seconds=6.0)
-    victim, vlog = writers[0]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # until it holds a lease with units to spare
-        if vlog.exists() and any(c.get("granted", 0) > 1 for c in Ledger.read([vlog]).calls):
-            break
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
+    kill_one_holding_a_lease(writers)
     check(join(writers), 6.0)

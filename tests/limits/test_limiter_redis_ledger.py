@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from _ledger import Ledger
 from _redis_support import LostReplyProxy, RedisCluster, RedisServer, unique_prefix
+from _support import a_fresh_writer_admits_what_is_left
 
 import tallies
 from tallies.stores import StoreUnavailableError
@@ -64,6 +65,18 @@ def join(writers: list[tuple[subprocess.Popen[bytes], Path]], timeout: float = 1
     return Ledger.read([log for _, log in writers if log.exists()])
 
 
+def kill_one_holding_a_lease(writers: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    """SIGKILL the first writer once its ledger shows a lease with units to
+    spare (5 s at most: then it is killed anyway)."""
+    victim, vlog = writers[0]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if vlog.exists() and any(c.get("granted", 0) > 1 for c in Ledger.read([vlog]).calls):
+            break
+        time.sleep(0.005)  # another process's log: nothing to wait on but the file
+    victim.send_signal(signal.SIGKILL)
+
+
 def check(led: Ledger, seconds: float) -> None:
     worst, at = led.worst_window(PER)
     bad = led.unexplained_refusals(LIMIT, BUCKETS)
@@ -94,18 +107,12 @@ def test_four_processes_by_four_threads_on_the_cluster(
 def test_a_writer_killed_while_holding_a_lease(redis_server: RedisServer, tmp_path: Path) -> None:
     url = redis_server.url(unique_prefix("lim"))
     writers = start_writers(url, tmp_path, seconds=6.0)
-    victim, vlog = writers[0]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # until it holds a lease with units to spare
-        if vlog.exists() and any(c.get("granted", 0) > 1 for c in Ledger.read([vlog]).calls):
-            break
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
+    kill_one_holding_a_lease(writers)
     killed_at = time.time()
     led = join(writers)
     check(led, 6.0)
     # what it held: its last grant's units minus the hits it admitted after that
-    mine = Ledger.read([vlog])
+    mine = Ledger.read([writers[0][1]])  # the victim's ledger
     grants = [c for c in mine.calls if c.get("granted")]
     assert grants, "the victim never held a lease"
     last = grants[-1]
@@ -144,13 +151,6 @@ def test_a_lost_reply_never_over_admits(redis_server: RedisServer) -> None:
             with pytest.raises(StoreUnavailableError):
                 lim.hit("k")  # reserved in Redis; the reply is lost
             assert proxy.dropped == 1
-        admitted = 0
-        with tallies.open(redis_server.url(prefix)) as again:  # a fresh writer
-            lim2 = again.limiter("lost", 20, 60)
-            while lim2.hit("k"):
-                admitted += 1
-            held = 20 - lim2.remaining("k")
-        print(f"\nafter the lost reply another writer admitted {admitted}; {held} in use")
-        assert admitted <= 20 and held == 20
+        a_fresh_writer_admits_what_is_left(redis_server.url(prefix), "lost", 20)
     finally:
         proxy.close()

@@ -27,6 +27,7 @@ from _postgres_support import (
     unique_schema,
     wait_for,
 )
+from _support import a_fresh_writer_admits_what_is_left
 
 import tallies
 from tallies.stores.base import CorruptStoreError, FlushError, StoreUnavailableError
@@ -400,14 +401,7 @@ def test_a_lost_reply_to_a_limiter_never_over_admits(postgres_server: PostgresSe
             with pytest.raises(StoreUnavailableError):
                 lim.hit("k")  # reserved; the reply is lost
             assert proxy.dropped.is_set()
-        admitted = 0
-        with tallies.open(postgres_server.url(schema=schema)) as again:  # a fresh writer
-            lim2 = again.limiter("lost", 20, 60)
-            while lim2.hit("k"):
-                admitted += 1
-            held = 20 - lim2.remaining("k")
-        print(f"\nafter the lost reply another writer admitted {admitted}; {held} in use")
-        assert admitted <= 20 and held == 20
+        a_fresh_writer_admits_what_is_left(postgres_server.url(schema=schema), "lost", 20)
     finally:
         proxy.close()
 
