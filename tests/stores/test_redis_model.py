@@ -113,6 +113,70 @@ def test_plan_covers_every_delta_once_in_single_slot_calls(
     be.close()
 
 
+@SETTINGS
+@given(
+    fields=st.dictionaries(names, st.tuples(st.one_of(st.none(), int64), int64), min_size=1),
+)
+def test_script_sums_fields_there_and_fields_not_there_in_one_call(
+    r: Any, fields: dict[str, tuple[int | None, int]]
+) -> None:
+    """One part adds to fields already in the hash (HINCRBY) and sets the
+    ones that are not (one HSET): either way the field ends at current +
+    delta, exactly, or the part is refused and writes nothing."""
+    import redis
+
+    from tallies.stores._redis_lua import APPLY_LUA
+
+    p = unique_prefix("m")
+    key = f"{p}{{x}}"
+    before = {f: c for f, (c, _) in fields.items() if c is not None}
+    if before:
+        r.hset(key, mapping=before)
+    args = ["1", "0", "60000", "h", str(len(fields))]
+    for f, (_, d) in fields.items():
+        args += [f, str(d)]
+    fits = all(INT64_MIN <= (c or 0) + d <= INT64_MAX for c, d in fields.values())
+    try:
+        r.register_script(APPLY_LUA)(keys=[f"{p}~w:w", key], args=args)
+    except redis.ResponseError as exc:
+        assert not fits and "overflow" in str(exc)
+        after = {k.decode(): int(v) for k, v in r.hgetall(key).items()}
+        assert after == before and r.get(f"{p}~w:w") is None
+    else:
+        assert fits
+        after = {k.decode(): int(v) for k, v in r.hgetall(key).items()}
+        assert after == {f: (c or 0) + d for f, (c, d) in fields.items()}
+
+
+@SETTINGS
+@given(
+    fields=st.dictionaries(names, int64, min_size=1),
+    keys=st.lists(st.binary(max_size=8), max_size=3),
+)
+def test_packed_script_call_is_what_redis_py_sends(
+    fields: dict[str, int], keys: list[bytes]
+) -> None:
+    """A keyed counter's fields, packed by the flush as one RESP fragment,
+    give the bytes redis-py's own packer gives for the same EVALSHA (UTF-8
+    field names of any length, int64 deltas)."""
+    import redis
+
+    from tallies.stores._redis_backend import _argv, _Fields, _pack_evalsha
+
+    conn: Any = redis.Connection()
+    args = [
+        b"7",
+        b"0",
+        b"60000",
+        b"h",
+        b"%d" % len(fields),
+        _Fields(list(fields), list(fields.values())),
+    ]
+    ours = _pack_evalsha(conn.encoder.encode, b"f" * 40, keys, args)
+    theirs = b"".join(conn.pack_command("EVALSHA", b"f" * 40, len(keys), *keys, *_argv(args)))
+    assert ours == theirs
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

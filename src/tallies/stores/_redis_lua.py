@@ -59,8 +59,9 @@ holds the last ``(seq, part)`` applied, so the script:
    int64 decimals) and checks that no sum leaves int64, all before the first
    write: Lua does not roll back; a refusal writes nothing;
 5. writes with ``INCRBY``/``HINCRBY`` (exact int64 on the server; a key's
-   TTL is kept; a delta of 0 creates a key at 0: keys at 0 are listed) and
-   records ``SEQ:PART`` with the expiry.  It answers ``big``
+   TTL is kept; a delta of 0 creates a key at 0: keys at 0 are listed),
+   except the fields of a hash that step 4 found absent: their sum is their
+   delta, set by one ``HSET`` a key; and records ``SEQ:PART`` with the expiry.  It answers ``big``
    instead of ``ok`` when a count is at 10^18 or beyond, so the client checks
    whole batches for overflow before sending them.
 
@@ -68,7 +69,11 @@ What one call costs Redis here (hashtable hashes, 200 fields a call): about
 2.5 µs a field, of which the ``HINCRBY`` itself is about 1.2 µs, reading the
 current values 0.8 µs and the checks the rest.  (Computing the new values in
 Lua and writing one ``HSET`` was measured slower: ``string.format`` costs
-more than ``HINCRBY``.)
+more than ``HINCRBY``.  A new field needs no computing: one ``HSET`` of the
+new fields' deltas cut a flush of 10^6 new keys from 330-420 to 300-350 µs
+a call, ``INFO commandstats``, 2026-12-06.)  Parts of 500 or 1000 fields
+cost more a field than parts of 200 (2.1 and 2.5 µs against 1.5-1.8 µs a
+field, 10^6 new keys): 200 stays the default ``batch``.
 
 Exact int64 arithmetic in Redis' Lua 5.1 (numbers are doubles): a decimal is
 split into ``hi * 10^9 + lo`` (each exact in a double) for the overflow test.

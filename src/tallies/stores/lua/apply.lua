@@ -82,6 +82,7 @@ end
 -- the current values: types, integers, no sum outside int64 ("big" tells
 -- the client that a count is near the int64 edge)
 local big = false
+local hcur = {}  -- each keyed op's HMGET reply: false for a field not there
 for i = 1, #hkeys do
   local key, fields, base = hkeys[i], hfields[i], hbase[i]
   local cur = redis.pcall('HMGET', key, unpack(fields))
@@ -89,6 +90,7 @@ for i = 1, #hkeys do
     return redis.error_reply('TALLIES wrong type: ' .. key .. ' is a ' ..
       redis.call('TYPE', key).ok .. ', not a keyed counter')
   end
+  hcur[i] = cur
   for j = 1, #fields do
     local c = cur[j] or '0'
     local d = ARGV[base + 2 * j]
@@ -123,11 +125,21 @@ if #ckeys > 0 then
 end
 
 -- 5. the writes (nothing above has written)
+-- A field that was not there is set to its delta, all of one key's in one
+-- HSET (the sum is the delta: nothing to compute); the others HINCRBY.
 for i = 1, #hkeys do
-  local key, fields, base = hkeys[i], hfields[i], hbase[i]
+  local key, fields, base, cur = hkeys[i], hfields[i], hbase[i], hcur[i]
+  local new, n = {}, 0
   for j = 1, #fields do
-    redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j])
+    if cur[j] then
+      redis.call('HINCRBY', key, fields[j], ARGV[base + 2 * j])
+    else
+      new[n + 1] = fields[j]
+      new[n + 2] = ARGV[base + 2 * j]
+      n = n + 2
+    end
   end
+  if n > 0 then redis.call('HSET', key, unpack(new)) end
   if hexp[i] then redis.call('PEXPIREAT', key, hexp[i]) end
 end
 for j = 1, #ckeys do
