@@ -351,6 +351,51 @@ def test_overflow_is_held_not_applied_not_lost(db: Path, url: str) -> None:
     assert raw(db, "select value from counters") == [(-1,)]
 
 
+def test_flush_of_more_keys_than_a_statement_carries_lands_each_exactly(db: Path, url: str) -> None:
+    """A keyed counter's rows go ROWS to a statement and the rest one by one:
+    new keys, stored keys, negative deltas and a new key at 0 all land."""
+    n = 2 * sqlite_mod.ROWS + 37
+    with tallies.open(url) as s:
+        kc = s.keyed("k")
+        for i in range(0, n, 2):
+            kc.increment(f"key{i}", 10)
+        s.flush()
+        for i in range(n):
+            if i % 3:
+                kc.increment(f"key{i}", i)
+            else:
+                kc.decrement(f"key{i}", i)
+        kc.increment("zero", 0)
+        s.flush()
+    want = {f"key{i}": (10 if i % 2 == 0 else 0) + (i if i % 3 else -i) for i in range(n)}
+    assert dict(raw(db, "select key, value from keyed")) == {**want, "zero": 0}
+
+
+def test_overflow_in_the_middle_of_a_statement_is_held_the_rest_lands(db: Path, url: str) -> None:
+    """One key of a 100-row statement would leave int64: that key is held,
+    every other key of the flush is applied."""
+    n = 2 * sqlite_mod.ROWS + 37
+    with tallies.open(url) as s:
+        kc = s.keyed("k")
+        kc.increment("key150", 0)
+        s.flush()
+        con = sqlite3.connect(db)
+        con.execute("update keyed set value = ? where key = 'key150'", (INT64_MAX,))
+        con.commit()
+        con.close()
+        for i in range(n):
+            kc.increment(f"key{i}", 1)
+        with pytest.raises(CountOverflowError) as info:
+            s.flush()
+        assert info.value.items == [("k", "key150")]
+        got = dict(raw(db, "select key, value from keyed"))
+        assert got == {**{f"key{i}": 1 for i in range(n)}, "key150": INT64_MAX}
+        assert kc.value("key150") == INT64_MAX + 1  # held, still counted
+        kc.decrement("key150", 1)
+        s.flush()
+    assert dict(raw(db, "select key, value from keyed"))["key150"] == INT64_MAX
+
+
 # ---- failures: each keeps the deltas, then succeeds exactly once -------------------
 
 
