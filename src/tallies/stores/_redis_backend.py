@@ -1008,8 +1008,15 @@ class RedisBackend:
     def read(self, writer_id: str, query: Query) -> Read:
         """The queried values, and the seq they reflect for this writer."""
         writer = self.writer_name(writer_id)
+        with self._lock:  # no batch of this writer commits between the listing and the reads
+            return self._read_locked(writer, query)
+
+    def _read_locked(self, writer: str, query: Query) -> Read:
         ops: list[_ReadOp] = []
         if query.counters is None or query.keyed is None:
+            # listed under the lock: a name whose first batch committed after
+            # the listing would be left out of a read that counts that batch
+            # as stored (its deltas then in neither part)
             every = self.names()
         if query.counters is None:
             ops += [(n, "c", None, None) for n, k in every if k == "counter"]
@@ -1021,12 +1028,11 @@ class RedisBackend:
             ops += [(n, "h", None, None) for n in query.keyed]
         ops += [(n, "f", k, None) for n, k in query.keys]
         rinfo = self._rate_ops(query.rates, ops)
-        with self._lock:
-            op = self._inflight.get(writer)
-            acked = self._acked.get(writer, 0)
-            if op is None:
-                return self._assemble(acked, ops, self._read_plain(ops), rinfo)
-            return self._read_inflight(writer, op, ops, rinfo)
+        op = self._inflight.get(writer)
+        acked = self._acked.get(writer, 0)
+        if op is None:
+            return self._assemble(acked, ops, self._read_plain(ops), rinfo)
+        return self._read_inflight(writer, op, ops, rinfo)
 
     def _rate_ops(
         self, queries: Sequence[RateQuery], ops: list[_ReadOp]
