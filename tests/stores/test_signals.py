@@ -358,6 +358,109 @@ def test_a_multiprocessing_pool_left_by_its_with_block_loses_nothing(
     assert sum(scope.keyed("k").values()) == 200
 
 
+# ---- a SIGTERM the main thread never sees -------------------------------------------
+
+UNSEEN = textwrap.dedent(
+    """
+    import multiprocessing as mp, os, signal, sys, threading, time
+    import tallies
+    from tallies.stores import _signals
+
+    url, how, kicks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    _signals.KICKS = kicks
+
+    def writer():
+        store = tallies.open(url)
+        store.counter("n").increment(7)
+        if how == "restarted":
+            # SA_RESTART: the kernel restarts read() after the C handler, so
+            # the Python handler never runs (as in a C extension that retries)
+            signal.siginterrupt(signal.SIGTERM, False)
+            r, w = os.pipe()
+            print("ready", flush=True)
+            os.read(r, 1)
+        # The main thread waits in SemLock.acquire (sem_wait), as an idle Pool
+        # worker does.  The SIGTERM goes to another thread, so sem_wait is never
+        # interrupted: what a SIGTERM landing between the main thread's last
+        # look at its signals and sem_wait leaves (the C handler has recorded
+        # it; the Python handler waits for bytecode the main thread never runs).
+        lock = mp.get_context("fork").Lock()
+        lock.acquire()
+
+        def elsewhere():
+            time.sleep(0.5)  # the main thread is in sem_wait by now
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            time.sleep(120)
+
+        threading.Thread(target=elsewhere, daemon=True).start()
+        lock.acquire()
+
+    if how == "forked":  # a fork child of a process with a store open
+        tallies.open(url).counter("parent").increment()
+        pid = os.fork()
+        if pid == 0:
+            writer()
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status), flush=True)
+        print("parent alive", flush=True)
+    else:
+        writer()
+    """
+)
+
+
+def _unseen(url: str, how: str, kicks: int) -> Any:
+    env = dict(os.environ)
+    env.pop(_signals.ENV, None)
+    return subprocess.Popen(
+        [sys.executable, "-c", UNSEEN, url, how, str(kicks)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("how", ["blocked", "forked"])
+def test_a_sigterm_the_main_thread_never_saw_still_flushes_and_ends_it(
+    tmp_path: Path, how: str
+) -> None:
+    """The watcher sees the SIGTERM arrive (the wakeup fd), sees the handler
+    not run, and sends the signal to the main thread again: sem_wait returns
+    EINTR and the handler flushes and ends the process by SIGTERM.  (Before
+    the watcher this process waited forever: ``with Pool() as pool:`` hung.)
+    Kicks enough for 20 s: the fallback below is not what ends it.  A fork
+    child has a watcher of its own, and its SIGTERM is never taken for the
+    parent's."""
+    scope = _sqlite_scope(tmp_path)
+    p = _unseen(scope.url, how, 200)
+    rc, out = finish(p)
+    assert "did not run the SIGTERM handler" not in out
+    if how == "forked":
+        assert rc == 0, out
+        assert "child -15" in out and "parent alive" in out, out
+        assert scope.counter("parent") == 1  # the parent's exit flush
+    else:
+        assert rc == -signal.SIGTERM, out
+    assert scope.counter("n") == 7
+
+
+def test_a_sigterm_whose_handler_never_runs_is_flushed_by_the_watcher(tmp_path: Path) -> None:
+    """A main thread whose blocking call the kernel restarts (SA_RESTART)
+    never runs the handler, however often the signal is sent again: after
+    ``KICKS`` tries the watcher flushes every store and ends the process by
+    SIGTERM itself, as SIG_DFL would have ended it (without the flush)."""
+    scope = _sqlite_scope(tmp_path)
+    p = _unseen(scope.url, "restarted", 3)
+    read_until(p, "ready")
+    time.sleep(0.3)  # in read() by now
+    p.send_signal(signal.SIGTERM)
+    rc, out = finish(p)
+    assert rc == -signal.SIGTERM, out
+    assert "did not run the SIGTERM handler within 0.4 s" in out
+    assert scope.counter("n") == 7
+
+
 # ---- the main thread stopped inside a flush ----------------------------------------
 
 MID_FLUSH = textwrap.dedent(
@@ -478,11 +581,13 @@ def defaults() -> Iterator[None]:
     """Run with Python's default SIGTERM / SIGINT handlers; restore them after."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     installed = set(_signals._installed)
+    wakeup = signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for s, h in saved.items():
         signal.signal(s, h)
+    signal.set_wakeup_fd(wakeup)
     _signals._installed.clear()
     _signals._installed.update(installed)
 
@@ -502,6 +607,50 @@ def test_installed_while_a_store_is_open_and_the_defaults_come_back(
     b.close()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _wakeup_fd() -> int:
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+def test_the_watcher_s_wakeup_fd_is_set_with_the_handler_and_unset_with_it(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    monkeypatch.setattr(writebehind, "_live", {})
+    store = tallies.open(f"sqlite:///{tmp_path / 'w.db'}")
+    try:
+        assert _signals._wake is not None
+        assert _wakeup_fd() == _signals._wake[1].fileno()
+    finally:
+        store.close()
+    assert _wakeup_fd() == -1
+
+
+def test_an_application_s_wakeup_fd_stays(
+    tmp_path: Path, defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio's loop (``add_signal_handler``) sets its own wakeup fd; tallies
+    never replaces it, and never unsets it on close."""
+    monkeypatch.delenv(_signals.ENV, raising=False)
+    monkeypatch.setattr(writebehind, "_live", {})
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        signal.set_wakeup_fd(w)
+        store = tallies.open(f"sqlite:///{tmp_path / 'a.db'}")
+        try:
+            assert _signals.installed() == {signal.SIGTERM, signal.SIGINT}
+            assert _wakeup_fd() == w
+        finally:
+            store.close()
+        assert _wakeup_fd() == w
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(r)
+        os.close(w)
 
 
 @pytest.mark.parametrize(
@@ -594,7 +743,8 @@ def test_tallies_threads_leave_sigterm_and_sigint_to_the_main_thread(
             for t in threading.enumerate()
             if t.name.startswith(("tallies-flush", "tallies-signals")) and t.native_id
         ]
-        assert {t.name.split()[0] for t in ours} == {"tallies-flush", "tallies-signals"}
+        names = {t.name.split()[0] for t in ours}
+        assert names == {"tallies-flush", "tallies-signals", "tallies-signals-watch"}
         both = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
         for t in ours:
             assert t.native_id is not None

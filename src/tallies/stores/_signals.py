@@ -53,6 +53,29 @@ inherits the handler.  A store opened in another thread installs nothing
 flushes every open store, whichever thread opened it.  When the last store
 closes, the defaults come back (if the handler is still the one installed).
 
+A SIGTERM the main thread never sees
+-----------------------------------
+CPython runs a Python handler only when the main thread next runs bytecode.
+The C handler that records the signal interrupts a blocking call (EINTR), and
+the call then runs the handler; but a signal that lands after the main thread
+last looked and just before it blocks (``multiprocessing``'s ``SemLock``
+between its ``sem_trywait`` and its ``sem_wait``: an idle ``Pool`` worker) is
+recorded and never acted on, and ``Pool.terminate()`` then waits for that
+worker forever.  SIG_DFL had no such window: tallies must not add one.  So on
+Linux the handler comes with a watcher: the process's wakeup fd
+(``signal.set_wakeup_fd``, only where the application has set none; the
+defaults come back with the handler) is a datagram socket whose other end a
+tallies thread reads, with the sender's pid (``SO_PASSCRED``: a fork child
+writes to the inherited socket until its own is set up, and its signal is
+not ours).  When a SIGTERM arrives and the handler has not started within
+``KICK_AFTER`` seconds, the watcher sends SIGTERM to the main thread again
+(``pthread_kill``: the blocking call returns EINTR and runs the handler),
+``KICKS`` times; a spare one is harmless (the handler, already running or
+waiting for tallies' code to return, ignores it).  If the handler still has
+not run (a C extension that retries its call without looking for signals),
+the watcher flushes every open store itself, bounded as above, and ends the
+process by SIGTERM.  SIGINT is never sent twice (each one raises).
+
 Turning it off
 --------------
 ``TALLIES_SIGNAL_FLUSH=0`` in the environment (read when a store opens):
@@ -104,6 +127,15 @@ _we_trace = False  # sys.settrace was set by a deferral (main thread only)
 #: jobs for the helper thread: (when, job); when 0: at once
 _jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]] = queue.SimpleQueue()
 _worker_pid = 0
+#: How long the watcher waits for the handler of a SIGTERM it saw arrive before
+#: it sends the signal to the main thread again, and how many times it does so
+#: before it ends the process itself.
+KICK_AFTER = 0.1
+KICKS = 20
+#: how many times :func:`_on_signal` was entered, per signal (main thread only)
+_calls: dict[int, int] = {signal.SIGTERM: 0, signal.SIGINT: 0}
+#: this process's watcher: (the socket it reads, the wakeup fd's socket)
+_wake: tuple[Any, Any] | None = None
 
 
 def wanted() -> tuple[signal.Signals, ...]:
@@ -149,6 +181,8 @@ def install() -> None:
                 return
         _installed.add(sig)  # (again, if something else put the handler back)
         _start_worker()
+    if signal.SIGTERM in _installed:
+        _watch_wakeups()
 
 
 def release() -> None:
@@ -160,6 +194,7 @@ def release() -> None:
         if signal.getsignal(sig) is _on_signal:
             signal.signal(sig, _DEFAULTS[sig])
         _installed.discard(sig)
+    _unset_wakeup_fd()
 
 
 def keep_signals_off_this_thread() -> None:
@@ -227,14 +262,144 @@ def _work(jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]]) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _jobs, _worker_pid, _busy
+    global _jobs, _worker_pid, _busy, _wake
     _jobs = queue.SimpleQueue()
     _deferred.clear()
     _forced.clear()
     _busy = False
     _worker_pid = 0
+    inherited, _wake = _wake, None
+    if inherited is not None:  # the parent's socket: this child needs its own
+        watched = _unset_wakeup_fd(inherited)
+        for sock in inherited:
+            sock.close()
+        if watched and signal.getsignal(signal.SIGTERM) is _on_signal:
+            _watch_wakeups()
     if any(signal.getsignal(s) is _on_signal for s in _DEFAULTS):
         _start_worker()  # the child inherits the handler, not the thread
+
+
+# ---- the watcher: a SIGTERM whose handler never runs --------------------------------
+
+
+def _watch_wakeups() -> None:
+    """Main thread: make this process's wakeup fd a socket that the watcher
+    reads, unless the application has set one (asyncio's stays)."""
+    global _wake
+    try:
+        import socket
+        import struct
+
+        kinds = (socket.SOL_SOCKET, socket.SO_PASSCRED, socket.SCM_CREDENTIALS)
+        room = socket.CMSG_SPACE(struct.calcsize("3i"))  # struct ucred
+    except (ImportError, AttributeError):  # not Linux: no sender's pid to check
+        return
+    if _wake is None:
+        try:
+            reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            reader.setsockopt(kinds[0], kinds[1], 1)
+            writer.setblocking(False)
+        except OSError:
+            return
+        _wake = (reader, writer)
+        start_without_signals(
+            threading.Thread(
+                target=_watch, args=(reader, kinds, room), name="tallies-signals-watch", daemon=True
+            )
+        )
+    fd = _wake[1].fileno()
+    try:
+        before = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        if before not in (-1, fd):
+            signal.set_wakeup_fd(before)  # the application's: it stays
+    except (ValueError, OSError):  # not the main thread or interpreter
+        return
+
+
+def _unset_wakeup_fd(wake: tuple[Any, Any] | None = None) -> bool:
+    """Main thread: the wakeup fd back to none if it is the watcher's socket
+    (True then)."""
+    wake = wake or _wake
+    if wake is None:
+        return False
+    fd: int = wake[1].fileno()
+    try:
+        before: int = signal.set_wakeup_fd(-1)
+        if before != fd:
+            signal.set_wakeup_fd(before)
+    except (ValueError, OSError):
+        return False
+    return before == fd
+
+
+def _watch(reader: Any, kinds: tuple[int, int, int], room: int) -> None:
+    """Read the signals the C handler wrote; see each SIGTERM handled."""
+    import struct
+
+    keep_signals_off_this_thread()
+    level, _, creds = kinds
+    while True:
+        try:
+            data, extra, _, _ = reader.recvmsg(16, room)
+        except InterruptedError:  # pragma: no cover - the signals are blocked here
+            continue
+        except OSError:  # closed
+            return
+        sender = next(
+            (
+                struct.unpack("i", raw[:4])[0]
+                for lv, kind, raw in extra
+                if (lv, kind) == (level, creds)
+            ),
+            None,
+        )
+        if sender == os.getpid() and signal.SIGTERM in data:
+            _see_it_handled(signal.SIGTERM, _calls[signal.SIGTERM])
+
+
+def _see_it_handled(signum: int, before: int) -> None:
+    """Watcher: ``signum`` arrived when the handler had been entered
+    ``before`` times.  Send it to the main thread again until the handler
+    runs; if it never does, flush and end the process from here."""
+    main = threading.main_thread().ident
+    for kick in range(KICKS + 1):
+        time.sleep(KICK_AFTER)
+        if _calls[signum] != before or signal.getsignal(signum) is not _on_signal:
+            return  # handled (or the application's handler now: not ours to act on)
+        if kick < KICKS and main is not None:
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(main, signum)
+    global _busy
+    if _busy:
+        return  # pragma: no cover - the handler is running after all
+    _busy = True
+    name = signal.Signals(signum).name
+    log.error(
+        "tallies: the main thread did not run the %s handler within %.1f s; "
+        "flushing from tallies' watcher thread",
+        name,
+        KICK_AFTER * (KICKS + 1),
+    )
+    stores = _open_stores()
+    if stores:
+        _flush_all(stores, max(_timeout(wb) for wb in stores), name)
+    _die_from_here(signum)
+
+
+def _die_from_here(signum: int) -> None:
+    """End the process by ``signum`` from a thread that is not the main
+    thread (which alone may call ``signal.signal``): the C library's
+    ``signal()`` sets the default disposition, then the signal is raised."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal(signum, None)  # SIG_DFL
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        signal.raise_signal(signum)
+    os._exit(128 + signum)  # pragma: no cover - no ctypes
 
 
 if hasattr(os, "register_at_fork"):
@@ -332,6 +497,11 @@ def _defer(signum: int, outer: FrameType, budget: float) -> None:
     def deadline() -> None:
         if _deferred.get(signum) == token and main is not None:
             _forced.add(signum)
+            if signum == signal.SIGTERM and _wake is not None:
+                # the watcher sends it, and again if the main thread is blocked
+                with contextlib.suppress(OSError):
+                    _wake[1].send(bytes([signum]))
+                    return
             with contextlib.suppress(OSError, ValueError):  # the main thread is gone
                 signal.pthread_kill(main, signum)
 
@@ -373,6 +543,7 @@ def _flush_all(stores: list[Any], budget: float, signame: str) -> None:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """SIGTERM / SIGINT: flush every open store, then do what the default does."""
+    _calls[signum] = _calls.get(signum, 0) + 1  # (the watcher sees it handled)
     if _busy:
         return  # a second signal while the first one's flush runs: that one ends it
     if signum in _forced:
