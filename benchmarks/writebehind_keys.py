@@ -12,7 +12,9 @@ distinct keys, one process:
   percentile and the longest time Redis spent in one script call (``SLOWLOG``);
 * read: ``kc[key]`` of one key, the median of 200 reads of random keys, with
   the N keys still in the local buffer (at 0 after the flush);
-* snapshot: ``kc.snapshot()`` (every key, stored + pending).
+* snapshot: ``kc.snapshot()`` (every key, stored + pending); on Redis also
+  the 99th percentile and the longest time Redis spent in one call of the
+  page read (``SLOWLOG``: every page is one script call).
 
 It starts its own ``redis-server`` (``servers.RedisServer``) in a temporary
 directory and stops it.  Numbers are for comparing sizes within one run: the
@@ -61,11 +63,11 @@ def _inc_ratio(kc: Any, keys: list[str], rounds: int = 5) -> tuple[float, float,
 
 
 def _script_ms(client: Any) -> tuple[float, float]:
-    """(99th percentile, longest) time Redis spent in one script call of the
-    flush, from SLOWLOG: every command of SLOW_US or more is logged (the
-    commands a script runs are logged too: at threshold 0 a flush's HSET and
-    HINCRBY would push its EVALSHA calls out of the log); the percentile is of
-    the calls logged, so it is an upper bound."""
+    """(99th percentile, longest) time Redis spent in one script call since
+    the last ``SLOWLOG RESET``, from SLOWLOG: every command of SLOW_US or more
+    is logged (the commands a script runs are logged too: at threshold 0 a
+    flush's HSET and HINCRBY would push its EVALSHA calls out of the log); the
+    percentile is of the calls logged, so it is an upper bound."""
     slow = client.slowlog_get(100000)
     times = sorted(
         e["duration"] / 1000.0 for e in slow if bytes(e["command"])[:7].lower() == b"evalsha"
@@ -101,9 +103,13 @@ def measure(url: str, n: int, client: Any = None) -> dict[str, float]:
             reads.append(time.perf_counter() - t0)
             assert v == 6, (k, v)  # the first increment and 5 rounds
         out["read_ms"] = statistics.median(reads) * 1e3
+        if client is not None:
+            client.slowlog_reset()
         t0 = time.perf_counter()
         snap = kc.snapshot()
         out["snapshot_s"] = time.perf_counter() - t0
+        if client is not None:
+            out["snap_p99_ms"], out["snap_max_ms"] = _script_ms(client)
         assert len(snap) == n and sum(snap.values()) == 6 * n
         return out
     finally:
@@ -119,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     stores = args.stores.split(",")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    cols = "first_us inc_ns ref_ns inc_ratio flush_s script_p99_ms script_max_ms read_ms snapshot_s"
+    cols = (
+        "first_us inc_ns ref_ns inc_ratio flush_s script_p99_ms script_max_ms read_ms"
+        " snapshot_s snap_p99_ms snap_max_ms"
+    )
     print(f"{'store':7} {'N':>8} " + " ".join(f"{c:>13}" for c in cols.split()))
     with tempfile.TemporaryDirectory() as tmp:
         server = None

@@ -18,6 +18,7 @@ import math
 import operator
 import time
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, SupportsIndex, TypeVar
 
@@ -30,6 +31,7 @@ __all__ = [
     "add_into",
     "instance_state",
     "most_common",
+    "sum_into",
     "to_int64",
 ]
 
@@ -240,6 +242,19 @@ def add_into(dst: dict[_K, int], src: Mapping[_K, int]) -> None:
             dst[k] = t
         else:
             dst.pop(k, None)
+
+
+def sum_into(dst: dict[_K, int], src: Mapping[_K, int]) -> dict[_K, int]:
+    """``dst`` with ``src``'s counts added (in place; entries at 0 kept), one
+    pass in C: ``dict.update`` fed by ``map``s, no Python code a key (a
+    snapshot merges up to a million pending deltas into its stored counts:
+    0.3 us a key in a Python loop, about half in C)."""
+    if not dst:
+        dst.update(src)
+    elif src:
+        added = map(operator.add, map(dst.get, src, repeat(0)), src.values())
+        dst.update(zip(src, added, strict=True))
+    return dst
 
 
 class _RateSettings:

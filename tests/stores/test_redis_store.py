@@ -555,3 +555,163 @@ def test_a_big_keyed_counter_is_read_a_page_at_a_time(url: str, r: Any) -> None:
         assert store.snapshot()["keyed"]["events"] == dict(snap)
         assert "cmdstat_hgetall" not in calls
         assert calls["cmdstat_evalsha"]["calls"] >= len(want) // _redis_backend.SCAN_COUNT
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def test_a_hash_page_is_field_count_pairs_decoded_in_one_go() -> None:
+    """scan.lua's page (cjson's text of HSCAN's flat array) read back as
+    (fields, counts): keys however spelt, counts as text, a field that is not
+    UTF-8 as every other read of Redis spells it (surrogateescape)."""
+    from tallies.stores._redis_backend import hash_page
+
+    assert hash_page(b"[]") == ([], [])
+    page = b'["a\\"b","9223372036854775807","\\u00fc\\/\\t","-9223372036854775808","\xff\xfe","-1"]'
+    assert hash_page(page) == (
+        ['a"b', "\u00fc/\t", "\udcff\udcfe"],
+        [str(INT64_MAX), str(INT64_MIN), "-1"],
+    )
+    for bad in (b'["k"]', b'{"k": "1"}', b"[1", b""):
+        with pytest.raises(ValueError):
+            hash_page(bad)
+
+
+def _pages_of(monkeypatch: pytest.MonkeyPatch, size: int, between: Any = None) -> list[int]:
+    """Make snapshots read ``size`` fields a page; ``between(page_number)``
+    runs after each page arrived (the next page's call already sent).
+    Returns the list of page numbers seen (one list for all reads)."""
+    from tallies.stores import _redis_backend
+
+    monkeypatch.setattr(_redis_backend, "SCAN_COUNT", size)
+    real = _redis_backend.hash_page
+    seen: list[int] = []
+
+    def hooked(page: bytes) -> tuple[list[str], list[str]]:
+        seen.append(len(seen))
+        if between is not None:
+            between(len(seen) - 1)
+        return real(page)
+
+    monkeypatch.setattr(_redis_backend, "hash_page", hooked)
+    return seen
+
+
+def test_a_snapshot_is_exact_at_the_int64_bounds_and_for_any_key(
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored counts at both int64 bounds, negative counts, keys of every
+    kind (and a field written by another client that is not UTF-8), read a
+    few fields a page, plus this process's pending deltas: exact."""
+    p = prefix_of(url)
+    pages = _pages_of(monkeypatch, 20)
+    keys = [" ", "ü€😀", "\x01\x7f", "a\r\nb", "\\", '"', "{x}", "[1]", "0"]
+    want = {k: -i - 1 for i, k in enumerate(keys)}
+    want |= {"max": INT64_MAX, "min": INT64_MIN}
+    want |= {f"f{i}": i for i in range(600)}  # over 512 fields: a hash table, not a listpack
+    with tallies.open(url) as store:
+        kc = store.keyed("ev")
+        assert kc.snapshot() == {} and pages == [0]  # no hash: one empty page
+        for k, v in want.items():
+            kc.increment(k, v)
+        store.flush()
+        r.hset(f"{p}{{ev}}", b"\xff\xfe", 7)  # another client's field
+        want["\udcff\udcfe"] = 7
+        kc.increment("new", -5)  # pending only
+        kc.increment(keys[0], 3)  # stored + pending
+        want["new"] = -5
+        want[keys[0]] += 3
+        assert dict(kc.snapshot()) == want
+        assert store.snapshot()["keyed"]["ev"] == want
+        assert len(pages) > 1 + 2 * (len(want) // 40)  # read a page at a time
+        assert kc["max"] == INT64_MAX and kc["min"] == INT64_MIN
+
+
+def test_a_hash_that_changes_between_pages_is_read_as_hscan_promises(
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client changes the hash while a snapshot reads it a page at a
+    time: every field there from start to end is listed, with its count
+    before or after the change; this process's own counts are exact."""
+    p = prefix_of(url)
+    dkey = f"{p}{{ev}}"
+    keys = [f"k{i}" for i in range(600)]  # over 512 fields: pages
+
+    def meddle(page: int) -> None:
+        if page == 2:
+            r.hincrby(dkey, "k0", 1000)
+            r.hincrby(dkey, "k599", 1000)
+            r.hset(dkey, mapping={f"late{i}": 1 for i in range(50)})
+
+    with tallies.open(url) as store:
+        kc = store.keyed("ev")
+        for k in keys:
+            kc.increment(k, 2)
+        store.flush()
+        for k in keys:
+            kc.increment(k)  # pending: 3 each, stored 2
+        pages = _pages_of(monkeypatch, 50, meddle)
+        snap = kc.snapshot()
+        assert len(pages) > 10
+        assert set(keys) <= set(snap) <= set(keys) | {f"late{i}" for i in range(50)}
+        assert snap["k0"] in (3, 1003) and snap["k599"] in (3, 1003)
+        assert all(snap[k] == 3 for k in keys[1:599])
+        assert all(snap[k] == 1 for k in snap if k.startswith("late"))
+        monkeypatch.undo()
+        assert kc.snapshot() == {
+            **dict.fromkeys(keys, 3),
+            "k0": 1003,
+            "k599": 1003,
+            **{f"late{i}": 1 for i in range(50)},
+        }
+
+
+def test_a_snapshot_survives_a_script_flush_and_a_killed_connection_between_pages(
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next page's call is sent before the current page is decoded: a
+    NOSCRIPT (scripts flushed, as after a restart) is answered by loading the
+    script and asking for the same page again, a connection the server
+    closed by retrying that page on a new one; nothing is missed."""
+    keys = {f"k{i}": i for i in range(600)}  # over 512 fields: pages
+
+    def trouble(page: int) -> None:
+        if page == 1:
+            r.script_flush()
+        if page == 3:
+            r.script_flush()
+            assert r.client_kill_filter(_type="normal", skipme=True) >= 1
+
+    with tallies.open(url) as store:
+        kc = store.keyed("ev")
+        for k, v in keys.items():
+            kc.increment(k, v)
+        store.flush()
+        pages = _pages_of(monkeypatch, 50, trouble)
+        assert kc.snapshot() == keys
+        assert len(pages) > 10
+        kc.increment("k1")
+        assert kc.snapshot() == keys | {"k1": 2}
+
+
+def test_a_bad_count_mid_scan_is_a_clear_error_and_the_next_read_is_exact(
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field that is not a count stops the snapshot with CorruptStoreError
+    naming it, although the next page's call was already sent: that reply is
+    never read as the answer to a later command."""
+    p = prefix_of(url)
+    keys = {f"k{i}": i for i in range(600)}  # over 512 fields: pages
+    with tallies.open(url) as store:
+        kc = store.keyed("ev")
+        for k, v in keys.items():
+            kc.increment(k, v)
+        store.flush()
+        r.hset(f"{p}{{ev}}", mapping=dict.fromkeys(keys, "many"))  # the first page is bad
+        pages = _pages_of(monkeypatch, 50)
+        with pytest.raises(CorruptStoreError, match=r"field 'k\d+' holds 'many', not an integer"):
+            kc.snapshot()
+        assert pages == [0]  # stopped there, the second page's call sent
+        r.hset(f"{p}{{ev}}", mapping=keys)
+        assert kc["k7"] == 7 and kc.value("k59") == 59
+        assert kc.snapshot() == keys

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import tallies
 from tallies.stores import sqlite as sqlite_mod
+from tallies.stores._protocol import Query
 from tallies.stores.base import (
     CorruptSegmentError,
     CountOverflowError,
@@ -811,3 +812,57 @@ def test_a_one_key_read_is_one_statement(url: str) -> None:
         assert all(s.startswith("SELECT (SELECT seq FROM writers") for s in statements)
     finally:
         store.close()
+
+
+def test_a_keyed_snapshot_is_exact_at_the_int64_bounds_and_for_any_key(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed counter's stored counts come back as two JSON arrays
+    (sqlite.keyed_counts): counts at both int64 bounds, negative counts, keys
+    of every kind, keys at 0, plus pending deltas: exact, in the same order
+    as row by row (the fallback where SQLite has no JSON functions)."""
+    keys = [" ", "ü€😀", "\x01\x7f", "a\r\nb", "\\", '"', "[1]", "{}", "0", "null"]
+    want = {k: -i for i, k in enumerate(keys)}  # keys[0] at 0
+    want |= {"max": INT64_MAX, "min": -INT64_MAX - 1}
+    with tallies.open(url_of(db, "?flush=0")) as store:
+        kc = store.keyed("ev")
+        assert kc.snapshot() == {}
+        for k, v in want.items():
+            kc.increment(k, v)
+    with tallies.open(url_of(db, "?flush=3600")) as store:
+        kc = store.keyed("ev")
+        kc.increment("new", -5)
+        kc.increment(keys[1], 3)
+        expect = want | {"new": -5, keys[1]: want[keys[1]] + 3}
+        snap = kc.snapshot()
+        assert snap == expect and store.snapshot()["keyed"]["ev"] == expect
+        monkeypatch.setattr(sqlite_mod, "_json_arrays", False)
+        rows = kc.snapshot()
+        assert rows == snap and list(rows) == list(snap)
+
+
+def test_without_json_functions_a_keyed_snapshot_reads_row_by_row(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SQLite without JSON functions answers 'no such function': the
+    snapshot reads the rows one by one, from then on without asking again;
+    a count JSON cannot hold (a BLOB another program wrote) is read the same
+    way, row by row, as it always was."""
+    want = {f"k{i}": i - 5 for i in range(10)}
+    with tallies.open(url_of(db, "?flush=0")) as store:
+        kc = store.keyed("ev")
+        for k, v in want.items():
+            kc.increment(k, v)
+        monkeypatch.setattr(sqlite_mod, "_json_arrays", True)
+        monkeypatch.setattr(
+            sqlite_mod, "_KEYED_JSON", "SELECT no_such_json(key), 0 FROM keyed WHERE name = ?"
+        )
+        assert kc.snapshot() == want
+        assert sqlite_mod._json_arrays is False
+        monkeypatch.undo()
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("INSERT INTO keyed(name, key, value) VALUES ('ev', 'blob', x'00ff')")
+        conn.close()
+        read = store._wb._be().read("w", Query(keyed=("ev",)))
+        assert read.keyed["ev"] == want | {"blob": b"\x00\xff"}

@@ -96,6 +96,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import os
 import random
 import secrets
@@ -230,6 +231,33 @@ _READ_KEY = (
     "SELECT (SELECT seq FROM writers WHERE writer_id = ?), "
     "(SELECT value FROM keyed WHERE name = ? AND key = ?)"
 )
+
+_KEYED_ROWS = "SELECT key, value FROM keyed WHERE name = ?"
+_KEYED_JSON = "SELECT json_group_array(key), json_group_array(value) FROM keyed WHERE name = ?"
+_json_arrays = True  # until SQLite answers that it has no JSON functions
+
+
+def keyed_counts(conn: sqlite3.Connection, name: str) -> dict[str, int]:
+    """A keyed counter's stored counts, in the primary key's order.
+
+    One row per key through ``sqlite3`` costs a tuple, a str and an int made
+    one by one in Python (1.0 s at a million keys, 2026-12-06, this
+    project's 2-vCPU machine); ``json_group_array`` makes SQLite write the
+    keys and the counts as two JSON arrays, which ``json.loads`` turns into
+    lists in C (0.69 s).  Both aggregates see the rows in the same order.
+    Without SQLite's JSON functions (before 3.38 they may be compiled out),
+    or for a value that JSON cannot hold, the rows one by one."""
+    global _json_arrays
+    if _json_arrays:
+        try:
+            keys, counts = conn.execute(_KEYED_JSON, (name,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such function" in str(exc):
+                _json_arrays = False
+        else:
+            return dict(zip(json.loads(keys), json.loads(counts), strict=True))
+    return dict(conn.execute(_KEYED_ROWS, (name,)))
+
 
 PRUNE_EVERY = 60.0
 """Seconds between two prunes of the writers table by one process."""
@@ -797,10 +825,8 @@ class SqliteBackend:
                 ]
             else:
                 query_keyed = query.keyed
-            for name in query_keyed:  # TEXT and INTEGER columns: str and int already
-                r.keyed[name] = dict(
-                    conn.execute("SELECT key, value FROM keyed WHERE name = ?", (name,))
-                )
+            for name in query_keyed:
+                r.keyed[name] = keyed_counts(conn, name)
             for name, key in query.keys:
                 row = conn.execute(
                     "SELECT value FROM keyed WHERE name = ? AND key = ?", (name, key)

@@ -196,6 +196,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, SupportsIndex
 
 from .._common import add_into as _add_into
+from .._common import sum_into
 from .._impl import IMPLEMENTATION as _IMPLEMENTATION
 from .._impl import BufferedCounter as _CBufferedCounter
 from .._impl import BufferedKeyedCounter as _CBufferedKeyed
@@ -1277,11 +1278,9 @@ class WriteBehind:
             out = kc._cells._nonzero(False)
             if kc._fresh:  # a key at 0 the backend lists is its to list
                 out = _with_zeros(kc._fresh, out)
-        for k, v in self._held_k.get(name, {}).items():
-            out[k] = out.get(k, 0) + v
+        sum_into(out, self._held_k.get(name, {}))
         for b in self._unseen(seq):
-            for k, v in b.keyed.get(name, {}).items():
-                out[k] = out.get(k, 0) + v
+            sum_into(out, b.keyed.get(name, {}))
         return out
 
     def _pending_key(self, name: str, key: str, seq: int) -> int:
@@ -1323,10 +1322,8 @@ class WriteBehind:
         self._check_clash(name)
 
         def local(r: Read) -> dict[str, int]:
-            out = r.keyed.get(name, {})  # the read's own dict: no copy
-            for k, v in self._pending_keyed(name, r.seq).items():
-                out[k] = out.get(k, 0) + v
-            return out
+            # the read's own dict: no copy
+            return sum_into(r.keyed.get(name, {}), self._pending_keyed(name, r.seq))
 
         v: dict[str, int] = self._read(Query(keyed=(name,)), local)
         return v
@@ -1343,9 +1340,7 @@ class WriteBehind:
                 if kind == "counter":
                     counters[name] = counters.get(name, 0) + self._pending_counter(name, r.seq)
                 else:
-                    m = keyed.setdefault(name, {})
-                    for k, v in self._pending_keyed(name, r.seq).items():
-                        m[k] = m.get(k, 0) + v
+                    sum_into(keyed.setdefault(name, {}), self._pending_keyed(name, r.seq))
             for name, d in self._held_c.items():  # held for names not opened here
                 if name not in self._kinds:
                     counters[name] = counters.get(name, 0) + d
