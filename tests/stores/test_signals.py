@@ -445,6 +445,25 @@ def test_a_sigterm_the_main_thread_never_saw_still_flushes_and_ends_it(
     assert scope.counter("n") == 7
 
 
+def _wait_until_reading_a_pipe(pid: int) -> None:
+    """Until the process's main thread sleeps in read() on a pipe (its
+    kernel wait channel), 10 s at most; where the kernel does not say, 1 s."""
+    wchan = Path(f"/proc/{pid}/wchan")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            where = wchan.read_text()
+        except OSError:
+            where = ""
+        if "pipe_read" in where:
+            return
+        if where in ("", "0") and time.monotonic() > deadline - 9:
+            time.sleep(1)  # no wait channel shown here
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never blocked in read(): {where!r}")
+
+
 def test_a_sigterm_whose_handler_never_runs_is_flushed_by_the_watcher(tmp_path: Path) -> None:
     """A main thread whose blocking call the kernel restarts (SA_RESTART)
     never runs the handler, however often the signal is sent again: after
@@ -453,12 +472,122 @@ def test_a_sigterm_whose_handler_never_runs_is_flushed_by_the_watcher(tmp_path: 
     scope = _sqlite_scope(tmp_path)
     p = _unseen(scope.url, "restarted", 3)
     read_until(p, "ready")
-    time.sleep(0.3)  # in read() by now
+    _wait_until_reading_a_pipe(p.pid)
     p.send_signal(signal.SIGTERM)
     rc, out = finish(p)
     assert rc == -signal.SIGTERM, out
     assert "did not run the SIGTERM handler within 0.4 s" in out
     assert scope.counter("n") == 7
+
+
+FOREIGN_BYTE = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    import tallies
+    from tallies.stores import _signals
+
+    store = tallies.open(sys.argv[1])
+    store.counter("n").increment(5)
+    fd = _signals._wake[1].fileno()
+    # another process holding the wakeup socket (as a fork child does until
+    # its own is set up) reports a SIGTERM of its own
+    subprocess.run(
+        [sys.executable, "-c", f"import os; os.write({fd}, bytes([15]))"],
+        pass_fds=[fd],
+        check=True,
+    )
+    time.sleep(1.5)  # the watcher would have sent SIGTERM to this process by now
+    print("alive", flush=True)
+    """
+)
+
+
+def test_a_sigterm_reported_by_another_process_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """The watcher acts only on what this process's C handler wrote (the
+    sender's pid, SO_PASSCRED): a byte written by a child holding the
+    inherited socket must not make it send SIGTERM to its own main thread."""
+    scope = _sqlite_scope(tmp_path)
+    env = dict(os.environ)
+    env.pop(_signals.ENV, None)
+    p = subprocess.Popen(
+        [sys.executable, "-c", FOREIGN_BYTE, scope.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    rc, out = finish(p)
+    assert rc == 0, out
+    assert "alive" in out
+    assert scope.counter("n") == 5  # the exit flush
+
+
+DEFERRED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import tallies
+
+    real_kill = signal.pthread_kill
+
+    def counted_kill(thread, signum):
+        os.write(2, b"kick\\n")
+        real_kill(thread, signum)
+
+    signal.pthread_kill = counted_kill
+    store = tallies.open(sys.argv[1])
+    store.counter("n").increment(9)
+    # Python code the handler takes for tallies' own (a module under
+    # tallies.stores): it defers until this returns, 1.5 s later.
+    scope = {"__name__": "tallies.stores.busy", "time": time}
+    body = "    t = time.monotonic()\\n    while time.monotonic() - t < 1.5: pass"
+    exec("def busy():\\n" + body, scope)
+    print("ready", flush=True)
+    scope["busy"]()
+    print("returned", flush=True)
+    """
+)
+
+
+def test_the_watcher_leaves_a_deferred_handler_alone(tmp_path: Path) -> None:
+    """The handler ran and waits for tallies' code to return: the watcher,
+    which may see the signal's byte after the handler ran, must not send
+    SIGTERM again (each one would interrupt that code, for up to the
+    store's timeout)."""
+    scope = _sqlite_scope(tmp_path)
+    p = start_writer_code(DEFERRED, scope.url)
+    read_until(p, "ready")
+    p.send_signal(signal.SIGTERM)
+    rc, out = finish(p)
+    assert rc == -signal.SIGTERM, out
+    assert "kick" not in out
+    assert "returned" not in out  # acted on as busy() returned
+    assert scope.counter("n") == 9
+
+
+def test_a_sigterm_during_sigints_flush_still_ends_the_process(tmp_path: Path) -> None:
+    """Ctrl-C's flush waits for SQLite's write lock; a SIGTERM comes then.
+    The flush completes and the process ends by SIGTERM: the program's
+    ``except KeyboardInterrupt`` never gets to keep it alive."""
+    scope = _sqlite_scope(tmp_path)
+    tallies.open(scope.url).close()  # create the file
+    db = scope.url[len("sqlite:///") :].partition("?")[0]
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        p = start_writer(scope.url.replace("flush=3600", "flush=3600&timeout=8"), "catch-int")
+        read_until(p, "ready")
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # SIGINT's flush now waits for the write lock
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert p.poll() is None  # still flushing
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    rc, out = finish(p)
+    assert rc == -signal.SIGTERM, out
+    assert "caught" not in out
+    assert scope.counter("n") == 1000
 
 
 # ---- the main thread stopped inside a flush ----------------------------------------

@@ -74,7 +74,15 @@ not ours).  When a SIGTERM arrives and the handler has not started within
 waiting for tallies' code to return, ignores it).  If the handler still has
 not run (a C extension that retries its call without looking for signals),
 the watcher flushes every open store itself, bounded as above, and ends the
-process by SIGTERM.  SIGINT is never sent twice (each one raises).
+process by SIGTERM (the main thread, should it run the handler then, waits
+for that).  So the worst case is 2.1 s more than the bound above.  SIGINT is
+never sent twice (each one raises); a SIGTERM that comes while SIGINT's flush
+runs ends the process after that flush instead of the KeyboardInterrupt.  The
+wakeup fd is looked at only when the SIGTERM handler is installed (setting it
+for a moment is the only way to read it); asyncio's loop replaces it with its
+own while it has signal handlers and unsets it after (the watcher is then off
+until the handler is installed again); ``trio.run()`` warns that it found one
+set (``TALLIES_SIGNAL_FLUSH=INT`` or an application handler avoids that).
 
 Turning it off
 --------------
@@ -123,6 +131,8 @@ _deferred: dict[int, int] = {}
 _deferrals = 0
 _forced: set[int] = set()  # deferred too long: act wherever the main thread is
 _busy = False  # the final flush is running (a nested signal returns at once)
+_term_waiting = False  # a SIGTERM came during SIGINT's flush: the process ends after it
+_dying = False  # the watcher flushes and ends the process: the main thread must not go on
 _we_trace = False  # sys.settrace was set by a deferral (main thread only)
 #: jobs for the helper thread: (when, job); when 0: at once
 _jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]] = queue.SimpleQueue()
@@ -170,6 +180,7 @@ def install() -> None:
     sigs = wanted()
     if not sigs or threading.current_thread() is not threading.main_thread():
         return
+    watch = False
     for sig in sigs:
         current = signal.getsignal(sig)
         if current is not _on_signal:
@@ -179,9 +190,10 @@ def install() -> None:
                 signal.signal(sig, _on_signal)
             except ValueError:  # not the main interpreter
                 return
+            watch = watch or sig == signal.SIGTERM
         _installed.add(sig)  # (again, if something else put the handler back)
         _start_worker()
-    if signal.SIGTERM in _installed:
+    if watch:  # (not on every open: each look at the wakeup fd sets it for a moment)
         _watch_wakeups()
 
 
@@ -262,11 +274,11 @@ def _work(jobs: queue.SimpleQueue[tuple[float, Callable[[], None]]]) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _jobs, _worker_pid, _busy, _wake
+    global _jobs, _worker_pid, _busy, _wake, _term_waiting, _dying
     _jobs = queue.SimpleQueue()
     _deferred.clear()
     _forced.clear()
-    _busy = False
+    _busy = _term_waiting = _dying = False
     _worker_pid = 0
     inherited, _wake = _wake, None
     if inherited is not None:  # the parent's socket: this child needs its own
@@ -364,15 +376,18 @@ def _see_it_handled(signum: int, before: int) -> None:
     main = threading.main_thread().ident
     for kick in range(KICKS + 1):
         time.sleep(KICK_AFTER)
-        if _calls[signum] != before or signal.getsignal(signum) is not _on_signal:
-            return  # handled (or the application's handler now: not ours to act on)
+        if _calls[signum] != before or _in_hand(signum):
+            # Handled (``before`` may have been read after the handler ran: it
+            # is then flushing, or waiting for tallies' code to return, and a
+            # kick would only interrupt that), or no longer ours to act on.
+            return
         if kick < KICKS and main is not None:
             with contextlib.suppress(OSError, ValueError):
                 signal.pthread_kill(main, signum)
-    global _busy
+    global _busy, _dying
     if _busy:
         return  # pragma: no cover - the handler is running after all
-    _busy = True
+    _busy = _dying = True
     name = signal.Signals(signum).name
     log.error(
         "tallies: the main thread did not run the %s handler within %.1f s; "
@@ -384,6 +399,14 @@ def _see_it_handled(signum: int, before: int) -> None:
     if stores:
         _flush_all(stores, max(_timeout(wb) for wb in stores), name)
     _die_from_here(signum)
+
+
+def _in_hand(signum: int) -> bool:
+    """The handler is at work on ``signum`` (flushing, or deferred and not yet
+    forced), or it is not ours any more."""
+    if signal.getsignal(signum) is not _on_signal:
+        return True
+    return _busy or (signum in _deferred and signum not in _forced)
 
 
 def _die_from_here(signum: int) -> None:
@@ -543,9 +566,16 @@ def _flush_all(stores: list[Any], budget: float, signame: str) -> None:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """SIGTERM / SIGINT: flush every open store, then do what the default does."""
+    global _term_waiting
     _calls[signum] = _calls.get(signum, 0) + 1  # (the watcher sees it handled)
+    if _dying:  # the watcher is flushing and ending the process: wait for it
+        while True:
+            time.sleep(3600)
     if _busy:
-        return  # a second signal while the first one's flush runs: that one ends it
+        # a second signal while the first one's flush runs: that one ends the
+        # process, or raises KeyboardInterrupt, after which a SIGTERM still ends it
+        _term_waiting = _term_waiting or signum == signal.SIGTERM
+        return
     if signum in _forced:
         _forced.discard(signum)
     elif signum in _deferred:
@@ -573,10 +603,10 @@ def _finish(signum: int, frame: FrameType | None) -> None:
             _flush_all(stores, budget, signal.Signals(signum).name)
         finally:
             _busy = False
-    if signum == signal.SIGINT:
+    if signum == signal.SIGINT and not _term_waiting:
         signal.default_int_handler(signum, frame)  # KeyboardInterrupt
         return  # pragma: no cover - it always raises
-    _die(signum)
+    _die(signal.SIGTERM)
 
 
 def _die(signum: int) -> None:
