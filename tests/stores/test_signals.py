@@ -156,17 +156,22 @@ WRITER = textwrap.dedent(
 
 
 def start_writer(url: str, mode: str = "plain", env: dict[str, str] | None = None) -> Any:
+    return start_writer_code(WRITER, url, mode, env=env)
+
+
+def start_writer_code(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """``python -c code args...``, pipes for its output, with
+    ``TALLIES_SIGNAL_FLUSH`` unset and ``env`` added to the environment."""
     full = dict(os.environ)
     full.pop(_signals.ENV, None)
     full.update(env or {})
-    p = subprocess.Popen(
-        [sys.executable, "-c", WRITER, url, mode],
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=full,
     )
-    return p
 
 
 def read_until(p: Any, word: str) -> list[str]:
@@ -285,15 +290,7 @@ def test_keyboard_interrupts_never_land_inside_a_flush(tmp_path: Path) -> None:
     that returned is stored exactly once: a KeyboardInterrupt raised inside
     the flush could drop deltas it had taken from the cells."""
     scope = _sqlite_scope(tmp_path)
-    env = dict(os.environ, TALLIES_PURE="1")
-    env.pop(_signals.ENV, None)
-    p = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED, scope.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    p = start_writer_code(INTERRUPTED, scope.url, env={"TALLIES_PURE": "1"})
     read_until(p, "ready")
     for _ in range(40):
         time.sleep(0.02 + (os.getpid() + _) % 7 * 0.01)
@@ -410,15 +407,7 @@ UNSEEN = textwrap.dedent(
 
 
 def _unseen(url: str, how: str, kicks: int) -> Any:
-    env = dict(os.environ)
-    env.pop(_signals.ENV, None)
-    return subprocess.Popen(
-        [sys.executable, "-c", UNSEEN, url, how, str(kicks)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    return start_writer_code(UNSEEN, url, how, str(kicks))
 
 
 @pytest.mark.parametrize("how", ["blocked", "forked"])
@@ -507,15 +496,7 @@ def test_a_sigterm_reported_by_another_process_is_not_taken_for_ours(tmp_path: P
     sender's pid, SO_PASSCRED): a byte written by a child holding the
     inherited socket must not make it send SIGTERM to its own main thread."""
     scope = _sqlite_scope(tmp_path)
-    env = dict(os.environ)
-    env.pop(_signals.ENV, None)
-    p = subprocess.Popen(
-        [sys.executable, "-c", FOREIGN_BYTE, scope.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    p = start_writer_code(FOREIGN_BYTE, scope.url)
     rc, out = finish(p)
     assert rc == 0, out
     assert "alive" in out
@@ -661,18 +642,6 @@ def test_sigterm_while_the_main_thread_holds_the_registry_lock(tmp_path: Path) -
     rc, err = finish(p)
     assert rc == -signal.SIGTERM, err
     assert scope.counter("n") == 1000
-
-
-def start_writer_code(code: str, *args: str) -> Any:
-    env = dict(os.environ)
-    env.pop(_signals.ENV, None)
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def test_sigterm_with_redis_not_answering_ends_within_the_timeout(tmp_path: Path) -> None:
