@@ -105,8 +105,9 @@ and connections of one process share a file's lock state).
 
 Crash points for the tests: ``TALLIES_SQLITE_CRASH=tag[:n]`` SIGKILLs this
 process at the n-th arrival (default the first) at ``before-begin``,
-``before-commit`` (every write done) or ``after-commit`` (before the batch is
-marked done); ``TALLIES_SQLITE_FAIL=tag[:n]`` raises OSError there instead
+``before-commit`` (every write done), ``after-commit`` (before the batch is
+marked done) or ``migrate`` (a version 1 file's migration, before its
+COMMIT); ``TALLIES_SQLITE_FAIL=tag[:n]`` raises OSError there instead
 (an error the caller sees after a commit: a lost reply).
 """
 
