@@ -396,6 +396,14 @@ def _create_file(path: str) -> None:
                 os.unlink(tmp + suffix)
 
 
+def _migrate_2(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2 (the caller holds the write lock)."""
+    meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
+    if meta.get("schema") == "1":  # read again, under the lock
+        for stmt in MIGRATE_2:
+            conn.execute(stmt)
+
+
 def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
     return CorruptSegmentError(f"{path} is not a readable tallies database: {exc}")
 
@@ -520,20 +528,7 @@ class SqliteBackend:
         works; a corrupt table raises (through _validate)."""
         try:
             conn.execute("PRAGMA busy_timeout = 0")  # _begin() waits, as the writer does
-            self._begin(conn)
-            try:
-                meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
-                if meta.get("schema") == "1":  # again, under the write lock
-                    for stmt in MIGRATE_2:
-                        conn.execute(stmt)
-                if _armed():
-                    _point("migrate")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(Exception):
-                        conn.execute("ROLLBACK")
-                raise
+            self._transaction(conn, _migrate_2, "migrate")
         except sqlite3.OperationalError as exc:
             if not _transient(exc):
                 raise
@@ -634,17 +629,7 @@ class SqliteBackend:
             if armed:
                 _point("before-begin")
             try:
-                self._begin(conn)
-                try:
-                    out = body(conn)
-                    if armed:
-                        _point("before-commit")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(Exception):
-                            conn.execute("ROLLBACK")
-                    raise
+                out = self._transaction(conn, body, "before-commit")
             except (CountOverflowError, KindClashError, _Refused):
                 raise
             except sqlite3.Error as exc:
@@ -654,6 +639,22 @@ class SqliteBackend:
             if armed:
                 _point("after-commit")
             return out
+
+    def _transaction(self, conn: sqlite3.Connection, body: Any, tag: str) -> Any:
+        """body(conn) inside BEGIN IMMEDIATE ... COMMIT, rolled back if
+        anything raises; the crash point ``tag`` just before COMMIT."""
+        self._begin(conn)
+        try:
+            out = body(conn)
+            if _armed():
+                _point(tag)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+            raise
+        return out
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to ``timeout`` seconds for the write
