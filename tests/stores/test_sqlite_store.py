@@ -136,6 +136,8 @@ def test_schema_is_readable_without_tallies(db: Path, url: str) -> None:
         ("empty", "keyed"),
     ]
     assert raw(db, "pragma journal_mode") == [("wal",)]
+    (keyed_sql,) = raw(db, "select sql from sqlite_master where name = 'keyed'")[0]
+    assert keyed_sql.endswith("WITHOUT ROWID")  # one B-tree per key lookup (schema 2)
     with tallies.open(url, create=False) as s:
         assert s.snapshot() == {
             "counters": {"requests": 12},
@@ -231,6 +233,29 @@ def test_a_writer_killed_while_migrating_leaves_version_1_whole(db: Path) -> Non
     with tallies.open(url_of(db)) as s:
         assert _layout(db) == ("2", True)
         assert s.keyed("k").snapshot() == V1_KEYS
+
+
+def test_processes_opening_a_version_1_file_at_once_migrate_it_once(db: Path) -> None:
+    _make_v1(db)
+    code = textwrap.dedent(f"""
+        import sys, tallies
+        with tallies.open({url_of(db, "?flush=3600&timeout=30")!r}) as s:
+            kc = s.keyed("k")
+            kc.increment("user:00001", 1)
+            kc.increment("p" + sys.argv[1], 1)
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stderr=subprocess.PIPE)
+        for i in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert _layout(db) == ("2", True)
+    with tallies.open(url_of(db)) as s:
+        expected = {**V1_KEYS, "user:00001": V1_KEYS["user:00001"] + 4}
+        assert s.keyed("k").snapshot() == {**expected, **{f"p{i}": 1 for i in range(4)}}
 
 
 def test_a_truncated_version_1_file_is_refused_untouched(db: Path) -> None:
