@@ -7,10 +7,12 @@ against real files and servers."""
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import sys
 import threading
 import time
+import tracemalloc
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,7 @@ from _support import INT64_MAX, REQUIRE_C
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tallies._pure_keyed import KeyedCounter as PureKeyedCounter
 from tallies.stores import writebehind as wbmod
 from tallies.stores.base import CountOverflowError, FlushError
 from tallies.stores.writebehind import (
@@ -151,10 +154,12 @@ class MemBackend:
 @pytest.fixture(autouse=True, params=["c", "python"])
 def counter_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Every test runs with the C BufferedCounter and BufferedKeyedCounter, and
-    with the Python ones."""
+    with the Python ones (whose keyed cells are then the pure core's
+    KeyedCounter, as without the C core)."""
     if request.param == "python":
         cls: Any = wbmod.PyBufferedCounter
         monkeypatch.setattr(wbmod, "BufferedKeyedCounter", wbmod.PyBufferedKeyedCounter)
+        monkeypatch.setattr(wbmod, "KeyedCounter", PureKeyedCounter)
     else:
         cls = wbmod._counter_class()
         if (
@@ -1004,6 +1009,45 @@ def test_a_key_counted_to_zero_is_listed_once_flushed(be: MemBackend) -> None:
     assert dict(kc.snapshot()) == {"a": 0, "b": 0, "k3": 2} | {
         f"k{i}": 1 for i in range(50) if i != 3
     }
+    wb.close()
+
+
+def _allocated(fn: Callable[[], Any]) -> int:
+    """Bytes that fn() leaves allocated (tracemalloc: Python and the C core)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        kept = fn()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    del kept
+    return grown
+
+
+def test_new_keys_cost_the_pending_state_what_they_cost_a_keyed_counter(
+    be: MemBackend,
+) -> None:
+    """A keyed counter's pending state is its cells: counting new keys leaves
+    allocated what the same keys cost a KeyedCounter, and no record per key
+    beside them (issue 19: a dict of the keys not yet in a batch, kept for
+    the keys at 0, doubled it); the keys are all in the next batch."""
+    keys = [f"user:{i:06d}" for i in range(20_000)]  # the caller's strings
+    wb = make(be)
+    kc = wb.keyed("k")
+
+    def count(c: Any) -> Any:
+        for k in keys:
+            c.increment(k)
+        return c
+
+    floor = _allocated(lambda: count(type(kc._cells)()))
+    store = _allocated(lambda: count(kc))
+    assert store <= floor * 1.1 + 4096, (store, floor)
+    kc.decrement("user:000007")
+    wb.flush()
+    assert len(be.keyed["k"]) == len(keys) and be.keyed["k"]["user:000007"] == 0
     wb.close()
 
 
