@@ -669,6 +669,45 @@ def add(wb: WriteBehind, n: int) -> None:
     wb.keyed("k").increment("x", n)
 
 
+def test_a_committed_batch_is_kept_only_while_a_read_is_in_flight() -> None:
+    """A read that begins after a batch's commit was acknowledged sees it in
+    the backend, so the writer keeps a committed batch (a copy of every key
+    it carried) only for the reads in flight during its commit (issue 19:
+    the last HISTORY batches were all kept, so after a flush of a million new
+    keys the local state was the cells plus that copy until HISTORY more
+    batches had committed, forever if none did)."""
+    be = HookedBackend()
+    wb = make(be)
+    kc = wb.keyed("k")
+    sent: list[weakref.ref[Batch]] = []
+    apply = be.apply
+
+    def recording(writer_id: str, batch: Batch) -> None:
+        sent.append(weakref.ref(batch))
+        apply(writer_id, batch)
+
+    be.apply = recording  # type: ignore[method-assign]
+    for i in range(100):
+        kc.increment(f"k{i}")
+    wb.flush()
+    gc.collect()
+    assert len(sent) == 1 and sent[0]() is None  # no read in flight: not kept
+    kept_during_the_read: list[bool] = []
+
+    def overtaken() -> None:  # the read's snapshot is taken: another thread commits
+        assert in_thread(lambda: (kc.increment("k1"), wb.flush())) == (None, None)
+        gc.collect()
+        kept_during_the_read.append(sent[-1]() is not None)
+
+    be.hooks["read"].append(overtaken)
+    assert kc["k1"] == 2  # the batch committed during the read: counted once
+    assert be.read_seqs == [1] and kept_during_the_read == [True]
+    gc.collect()
+    assert len(sent) == 2 and sent[1]() is None  # the read is over: dropped
+    assert kc["k1"] == 2 and be.read_seqs == [1, 2]
+    wb.close()
+
+
 # Every way to read a count; each must see the same value.
 READS: dict[str, Callable[[WriteBehind], int]] = {
     "counter.value": lambda wb: wb.counter("n").value(),

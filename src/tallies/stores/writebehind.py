@@ -115,7 +115,12 @@ one of the last committed ones kept in a short history) is added iff its
 seq > ``S``.  So a batch is counted once whether the read happened before or
 after its commit, and a batch whose reply was lost but which did commit is
 not counted twice.  If the history no longer reaches back to ``S`` (a very
-slow read), the read is retried, finally under the flush lock.  Reads never
+slow read), the read is retried, finally under the flush lock.  The history
+is kept only while a read is in flight: a read that begins after a batch's
+commit was acknowledged sees it in the backend (every backend reads where it
+commits), so with no read in flight a committed batch is dropped at once
+(``_known_from`` moves past it) and the local state after a flush of a
+million keys is the cells, not the cells and a copy of the batch.  Reads never
 wait for a flush's I/O except in that last case.  A read of one key costs
 the same whatever the number of keys: the backend reads that key (one SQL
 statement, one Redis round trip) and the pending part is that key's cell,
@@ -722,6 +727,7 @@ class WriteBehind:
         self._inflight: Batch | None = None
         self._history: collections.deque[Batch] = collections.deque()
         self._known_from = 1
+        self._readers = 0  # reads in flight (see the module docstring)
         self._closing = False  # close() began: counters refuse updates
         self._closed = False  # close() finished: the final flush succeeded
         self._stop = threading.Event()
@@ -1068,6 +1074,9 @@ class WriteBehind:
             self._inflight = None
         self._registered.update(batch.names)
         if batch.has_deltas():
+            if not self._readers:  # every later read sees it: nothing to keep
+                self._known_from = batch.seq + 1
+                return
             self._history.append(batch)
             while len(self._history) > HISTORY:
                 self._known_from = self._history.popleft().seq + 1
@@ -1242,15 +1251,24 @@ class WriteBehind:
 
     def _read(self, query: Query, local: Callable[[Read], Any]) -> Any:
         self._check_open()
-        for _ in range(8):
-            r = self._be().read(self.writer_id, query)
-            with self._state:
-                if r.seq + 1 >= self._known_from:
+        with self._state:
+            self._readers += 1  # from here on, commits are kept in the history
+        try:
+            for _ in range(8):
+                r = self._be().read(self.writer_id, query)
+                with self._state:
+                    if r.seq + 1 >= self._known_from:
+                        return local(r)
+            with self._flush_lock:  # none of our batches can commit meanwhile
+                r = self._be().read(self.writer_id, query)
+                with self._state:
                     return local(r)
-        with self._flush_lock:  # none of our batches can commit meanwhile
-            r = self._be().read(self.writer_id, query)
+        finally:
             with self._state:
-                return local(r)
+                self._readers -= 1
+                if not self._readers and self._history:  # the last read out
+                    self._known_from = self._history[-1].seq + 1
+                    self._history.clear()
 
     def _pending_counter(self, name: str, seq: int) -> int:
         total = self._held_c.get(name, 0)
@@ -1455,6 +1473,7 @@ class WriteBehind:
         self._inflight = None
         self._history.clear()
         self._known_from = 1
+        self._readers = 0
         self._seq = 0
         self._registered = set()
         self.writer_id = new_writer_id()
