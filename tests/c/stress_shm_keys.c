@@ -60,6 +60,7 @@ ckey_eq(const void *a, const void *b)
            memcmp(x->text, y->text, (size_t)x->len) == 0;
 }
 
+#define TSC_CONCURRENT 1
 typedef pthread_mutex_t tsc_lock_t;
 #define TSC_LOCK(l) pthread_mutex_lock(l)
 #define TSC_UNLOCK(l) pthread_mutex_unlock(l)

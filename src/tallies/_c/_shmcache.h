@@ -39,11 +39,15 @@
  *           true, entries being immutable); it is chained to the new one and
  *           freed with the cache, when no thread can be inside (the owner's
  *           dealloc).  The tables sum to less than twice the last one.
+ *           (TSC_CONCURRENT 0, a build with a GIL: no lookup can be under way
+ *           during an insert, which holds the GIL too, so the old table is
+ *           freed at once.)
  * A lookup that misses (the key is being inserted, or went into a newer
  * table) falls back to the dict, which is right, only slower.  Equality
  * (TSC_EQ) must be pure: it runs with no lock, on keys the cache owns.
  *
- * The includer defines TSC_EQ(stored, key) (1 equal, 0 not), TSC_INCREF(k),
+ * The includer defines TSC_CONCURRENT (0: lookups and inserts never overlap,
+ * 1: they may), TSC_EQ(stored, key) (1 equal, 0 not), TSC_INCREF(k),
  * TSC_DECREF(k), TSC_MALLOC(n) / TSC_FREE(p), and tsc_lock_t, TSC_LOCK(l),
  * TSC_UNLOCK(l) (zeroed memory must be an unlocked lock).
  */
@@ -54,6 +58,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifndef TSC_CONCURRENT
+#error "define TSC_CONCURRENT (0 or 1) before including _shmcache.h"
+#endif
 #define TSC_MIN_SLOTS 64
 
 typedef struct {
@@ -144,6 +151,10 @@ tsc_put(tsc_cache *c, void *key, uint64_t hash, int64_t cell)
             }
         }
         atomic_store_explicit(&c->table, nt, memory_order_release); /* publishes all */
+#if !TSC_CONCURRENT
+        nt->older = NULL;
+        TSC_FREE(t);
+#endif
         t = nt;
     }
     TSC_INCREF(key);

@@ -78,11 +78,13 @@ static void seg_crash(struct tkd_dir *d, int point);
  * compared without running Python code. */
 #include "_internals.h" /* tl_key_hash */
 #ifdef Py_GIL_DISABLED
+#define TSC_CONCURRENT 1
 typedef PyMutex tsc_lock_t;
 #define TSC_LOCK(l) PyMutex_Lock(l)
 #define TSC_UNLOCK(l) PyMutex_Unlock(l)
 #else
-typedef char tsc_lock_t; /* the GIL excludes other threads: nothing to take */
+#define TSC_CONCURRENT 0 /* the GIL excludes other threads: nothing to take */
+typedef char tsc_lock_t;
 #define TSC_LOCK(l) ((void)(l))
 #define TSC_UNLOCK(l) ((void)(l))
 #endif
