@@ -88,20 +88,7 @@ key_fast_eq(PyObject *a, PyObject *b)
 
 #include "_ktable.h"
 
-/* A key's hash: a str's cached one without a call. */
-static inline Py_hash_t
-key_hash(PyObject *key)
-{
-#if TL_STR_HASH_CACHE /* not free-threaded, where CPython sets a str's hash atomically */
-    if (TL_LIKELY(PyUnicode_CheckExact(key))) {
-        Py_hash_t h = ((PyASCIIObject *)key)->hash;
-        if (TL_LIKELY(h != -1)) {
-            return h;
-        }
-    }
-#endif
-    return PyObject_Hash(key);
-}
+#define key_hash tl_key_hash /* _internals.h */
 
 #if TL_INT_LAYOUT /* _internals.h */
 #if !TKT_CONCURRENT /* the item iterators' int reuse (GIL builds only) */
