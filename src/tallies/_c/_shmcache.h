@@ -14,8 +14,13 @@
  * and its cell share one 16-byte slot of a table indexed by the key's hash
  * (no separate index), so a hit reads one line of the cache (plus the key
  * object when it is not the very object that was cached) and then the cell.
- * The dict stays the record (`KeyedCells.cells`); this is a copy of its exact
- * str keys, filled by the lookups that found them there.
+ * It is also the only record of the exact str keys a process used: a dict
+ * entry and an int per key beside it cost ~64 bytes a key at 10^6 keys, the
+ * cache 32 at most (issue 19: a process's memory per key within 2x of
+ * KeyedCounter's).  KeyedCells keeps a dict only for the keys the cache
+ * cannot hold (str subclasses, whose equality is Python's; a cell >= 2**32;
+ * a key the cache had no memory for), and builds `cells` from both on demand
+ * (tsc_items).
  *
  * What it is
  * ----------
@@ -38,13 +43,19 @@
  *           NOT freed: a reader may still probe it (what it finds there is
  *           true, entries being immutable); it is chained to the new one and
  *           freed with the cache, when no thread can be inside (the owner's
- *           dealloc).  The tables sum to less than twice the last one.
+ *           dealloc).  The tables sum to less than twice the last one (up to
+ *           64 bytes a key right after a growth, 32 for the newest table).
  *           (TSC_CONCURRENT 0, a build with a GIL: no lookup can be under way
  *           during an insert, which holds the GIL too, so the old table is
  *           freed at once.)
  * A lookup that misses (the key is being inserted, or went into a newer
- * table) falls back to the dict, which is right, only slower.  Equality
- * (TSC_EQ) must be pure: it runs with no lock, on keys the cache owns.
+ * table) falls back to the slow path, which asks the segment for the key's
+ * cell (the same answer: a key's cell never changes) and inserts it again,
+ * finding it there.  Equality (TSC_EQ) must be pure: it runs with no lock,
+ * on keys the cache owns.
+ *   items:  under the lock, copy every key (with a reference, TSC_INCREF) and
+ *           cell out, touching nothing of the includer's while the lock is
+ *           held, for `cells` to build its mapping from afterwards.
  *
  * The includer defines TSC_CONCURRENT (0: lookups and inserts never overlap,
  * 1: they may), TSC_EQ(stored, key) (1 equal, 0 not), TSC_INCREF(k),
@@ -167,6 +178,37 @@ tsc_put(tsc_cache *c, void *key, uint64_t hash, int64_t cell)
 done:
     TSC_UNLOCK(&c->lock);
     return r;
+}
+
+/* Copy every key (with a reference the caller drops) and its cell into
+ * fresh TSC_MALLOC'ed arrays *keys and *cells (the caller frees them): the
+ * number of keys, or -1 when out of memory (nothing copied). */
+static int64_t
+tsc_items(tsc_cache *c, void ***keys, int64_t **cells)
+{
+    int64_t n = 0;
+    TSC_LOCK(&c->lock);
+    tsc_table *t = atomic_load_explicit(&c->table, memory_order_relaxed);
+    size_t cap = (size_t)(c->used > 0 ? c->used : 1);
+    *keys = (void **)TSC_MALLOC(cap * sizeof(void *));
+    *cells = (int64_t *)TSC_MALLOC(cap * sizeof(int64_t));
+    if (*keys == NULL || *cells == NULL) {
+        TSC_FREE(*keys);
+        TSC_FREE(*cells);
+        n = -1;
+        goto done;
+    }
+    for (uint64_t i = 0; t != NULL && i <= t->mask; i++) {
+        void *k = atomic_load_explicit(&t->slots[i].key, memory_order_relaxed);
+        if (k != NULL) {
+            TSC_INCREF(k);
+            (*keys)[n] = k;
+            (*cells)[n++] = (int64_t)(t->slots[i].word >> 32);
+        }
+    }
+done:
+    TSC_UNLOCK(&c->lock);
+    return n;
 }
 
 /* Drop every key and table; no other thread may use the cache any more. */
