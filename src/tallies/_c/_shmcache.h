@@ -182,25 +182,20 @@ done:
     return r;
 }
 
-/* Copy every key (with a reference the caller drops) and its cell into
- * fresh TSC_MALLOC'ed arrays *keys and *cells (the caller frees them): the
- * number of keys, or -1 when out of memory (nothing copied). */
+/* tsc_items under the lock: what the current table holds. */
 static int64_t
-tsc_items(tsc_cache *c, void ***keys, int64_t **cells)
+tsc_copy(tsc_cache *c, void ***keys, int64_t **cells)
 {
-    int64_t n = 0;
-    TSC_LOCK(&c->lock);
     tsc_table *t = atomic_load_explicit(&c->table, memory_order_relaxed);
-    size_t cap = (size_t)(c->used > 0 ? c->used : 1);
-    *keys = (void **)TSC_MALLOC(cap * sizeof(void *));
-    *cells = (int64_t *)TSC_MALLOC(cap * sizeof(int64_t));
+    int64_t n = 0, cap = c->used > 0 ? c->used : 1;
+    *keys = (void **)TSC_MALLOC((size_t)cap * sizeof(void *));
+    *cells = (int64_t *)TSC_MALLOC((size_t)cap * sizeof(int64_t));
     if (*keys == NULL || *cells == NULL) {
         TSC_FREE(*keys);
         TSC_FREE(*cells);
-        n = -1;
-        goto done;
+        return -1;
     }
-    for (uint64_t i = 0; t != NULL && i <= t->mask; i++) {
+    for (uint64_t i = 0; t != NULL && i <= t->mask && n < cap; i++) {
         void *k = atomic_load_explicit(&t->slots[i].key, memory_order_relaxed);
         if (k != NULL) {
             TSC_INCREF(k);
@@ -208,7 +203,17 @@ tsc_items(tsc_cache *c, void ***keys, int64_t **cells)
             (*cells)[n++] = (int64_t)(t->slots[i].word >> 32);
         }
     }
-done:
+    return n;
+}
+
+/* Copy every key (with a reference the caller drops) and its cell into
+ * fresh TSC_MALLOC'ed arrays *keys and *cells (the caller frees them): the
+ * number of keys, or -1 when out of memory (nothing copied). */
+static int64_t
+tsc_items(tsc_cache *c, void ***keys, int64_t **cells)
+{
+    TSC_LOCK(&c->lock);
+    int64_t n = tsc_copy(c, keys, cells);
     TSC_UNLOCK(&c->lock);
     return n;
 }
