@@ -1602,7 +1602,7 @@ static PyMemberDef Keyed_members[] = {
 
 static PyGetSetDef Keyed_getset[] = {
     {"cells", (getter)Keyed_get_cells, NULL,
-     "A read-only view of the cells known so far: {key: cell}.", NULL},
+     "A read-only copy of the cells known so far: {key: cell}.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
