@@ -1572,16 +1572,14 @@ class _Statements:
             ' (name text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,'
             " value bigint NOT NULL) ON COMMIT DELETE ROWS"
         )
-        # the plan of a big batch's merge: a merge join walks the sorted batch
-        # and the table's index in step (in the lock order, no probe per row);
-        # no JIT (the disabled plans' costs would make it compile for seconds)
-        self.merge_plan = (
-            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_nestloop = off;"
-            " SET LOCAL enable_sort = off; SET LOCAL jit = off"
-        )
-        self.plan_as_before = (
-            "RESET enable_hashjoin; RESET enable_nestloop; RESET enable_sort; RESET jit"
-        )
+        # the plan of a big batch's UPDATE: a merge join walks the sorted batch
+        # and the table's index in step (in the lock order, no probe per row),
+        # whatever the planner or the server's settings would choose; no JIT
+        # (the ruled-out plans' costs would make it compile for seconds)
+        plan = {"enable_mergejoin": "on", "enable_indexscan": "on", "enable_hashjoin": "off",
+                "enable_nestloop": "off", "enable_sort": "off", "jit": "off"}  # fmt: skip
+        self.merge_plan = "; ".join(f"SET LOCAL {k} = {v}" for k, v in plan.items())
+        self.plan_as_before = "; ".join(f"RESET {k}" for k in plan)
         self.counters_in = _BigMerge(q, "counter_stripes", "tallies_in_counters", ("name",))
         self.keyed_in = _BigMerge(q, "keyed_stripes", "tallies_in_keyed", ("name", "key"))
         self.peek_counters = q(
