@@ -689,6 +689,9 @@ class PostgresBackend:
         conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
         # the join and the sorts in memory, not in temporary files
         conn.execute(f"SET LOCAL work_mem = '{min(max(4, rows // 5000), 1024)}MB'")
+        # no JIT: compiling these statements costs more than it saves (and the
+        # costs of the plans that merge_plan rules out would make it optimise)
+        conn.execute("SET LOCAL jit = off")
         conn.execute(st.temp_tables)
         for big, part in ((counters, st.counters_in), (keyed, st.keyed_in)):
             if big:
@@ -1574,10 +1577,10 @@ class _Statements:
         )
         # the plan of a big batch's UPDATE: a merge join walks the sorted batch
         # and the table's index in step (in the lock order, no probe per row),
-        # whatever the planner or the server's settings would choose; no JIT
-        # (the ruled-out plans' costs would make it compile for seconds)
+        # whatever the planner or the server's settings would choose (JIT is
+        # off for the whole transaction: _add)
         plan = {"enable_mergejoin": "on", "enable_indexscan": "on", "enable_hashjoin": "off",
-                "enable_nestloop": "off", "enable_sort": "off", "jit": "off"}  # fmt: skip
+                "enable_nestloop": "off", "enable_sort": "off"}  # fmt: skip
         self.merge_plan = "; ".join(f"SET LOCAL {k} = {v}" for k, v in plan.items())
         self.plan_as_before = "; ".join(f"RESET {k}" for k in plan)
         self.counters_in = _BigMerge(q, "counter_stripes", "tallies_in_counters", ("name",))
