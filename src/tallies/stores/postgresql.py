@@ -190,17 +190,20 @@ tuple lock and an update per row; 4.3-5.7 s with JIT, which the planner
 turns on at this size) against 1.8-2.1 s for the merge-join UPDATE (the
 same statement forced to a nested loop, probe per row: 3.8-4.1 s; a
 ``MERGE`` statement, PG 15, hash-joined 2.6-2.9 s, with no lock order).
-The commit (fsync of the WAL) is 10-50 ms.  Same run, old and new
-alternated twice (load 5.1-7.1): stored rows wall 4.5-12.3 s before,
-2.5-6.0 s after (server CPU 3.4-4.0 s before, 1.8-2.1 s after; client
-0.7-0.8 s, 0.6-0.7 s); new rows 4.4-5.4 s, 2.8-7.0 s (server CPU 2.0 s
-both).  The 4 s target is met in this machine's quieter moments (2.5-2.8
-s at load 5.1-5.2) and missed in the others (5.0-7.0 s at load 6.8-7.1):
-the server's CPU for 10^6 rows (1.8-2.3 s) and the client's (0.6-0.9 s)
-run one after the other (one transaction, one connection: exactly once
-needs the batch and its sequence record in one commit, so the work cannot
-be split over connections), and each of the 2
-vCPUs is shared with other processes.  Measured and not taken: COPY data
+The commit (fsync of the WAL) is 10-50 ms. Same run, main and this code
+alternated twice (14:55-14:57 UTC, load 4.2-5.3): stored rows wall
+5.98-6.72 s before, 3.58-3.71 s after (server CPU 3.45-3.68 s before,
+1.76-2.02 s after; client 0.70-0.73 s, 0.62-0.64 s); new rows 3.19-4.67 s,
+3.85-4.18 s (server CPU 1.91-2.00 s, 2.02-2.04 s: unchanged within the
+noise). The 4 s target: met by stored rows in these runs (3.6-3.7 s),
+missed by new rows in one of two (4.18 s); met by both at load 3.5
+(2.3-3.0 s, 14:53 UTC), missed by both at load 6.8-7.1 (5.0-7.0 s, an
+earlier form of this change). The server's CPU for 10^6 rows (1.8-2.3 s)
+and the client's (0.6-0.9 s) run one after the other (one transaction, one
+connection: exactly once needs the batch and its sequence record in one
+commit, so the work cannot be split over connections), and each of the 2
+vCPUs is shared with other
+processes.  Measured and not taken: COPY data
 built as one bytes buffer instead of ``write_row`` (the loop is 0.17 s of
 CPU: at most that to gain), ``MERGE`` (PG 15 only, and its hash join takes
 rows in no fixed order), the rows as arrays through ``unnest`` instead of
