@@ -129,6 +129,7 @@ HEADERS = [
     "_pyargs.h",
     "_ring.h",
     "_shared.h",
+    "_shmcache.h",
     "_shmkeys.h",
 ]
 EXTENSION = Extension(

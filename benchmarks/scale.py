@@ -11,9 +11,19 @@ not slow the next.  In it, in this order:
 
 * first increment: ``kc.increment(key)`` once for each of the N keys (the key
   strings exist before), the empty loop over the keys subtracted: ns per key.
-  Resident memory (``/proc/self/statm``) before and after: bytes per key (for
-  ``shm://`` that includes the mapped segment pages this process touched; for
-  ``sqlite://`` / ``redis://`` it is the local pending state).
+  Resident memory before the store is opened and after the last first
+  increment: bytes per key, in two parts (``/proc/self/status``).  Private
+  memory (``RssAnon``: the heap, Python's objects, tables the C core
+  allocates) is this process's own: for ``sqlite://`` / ``redis://`` the
+  local pending state, for ``shm://`` what its process-local side holds.
+  Shared memory (``RssFile`` + ``RssShmem``: mapped files and shared memory)
+  is, for ``shm://``, the pages of the segment this process touched: the
+  store itself, as the SQLite file or the Redis server's memory are (which
+  are not in this process's memory at all; the server's ``used_memory`` is
+  shown beside).  Both include what opening the store costs once (libraries,
+  connections), a fixed cost spread over the keys.  Issue 19's memory target
+  (within 2x of ``KeyedCounter``, whose memory is all private) is judged on
+  the private part.
 * increment of an existing key: ``kc.increment(key)`` over a random sample of
   the keys (at most 4,096), interleaved round by round with the same loop on
   a ``KeyedCounter`` holding the same N keys and with the empty loop
@@ -77,7 +87,9 @@ NOTE = (
     "key incremented once, then flush(), reads of one key and snapshot(). Per-key costs are "
     "the whole operation divided by the keys; increments of an existing key walk a sample "
     f"of at most {SAMPLE:,} keys, interleaved round by round with KeyedCounter on the same "
-    "keys. Resident memory is the growth of RSS (page-sized steps: noise at 1,000 keys). "
+    "keys. Resident memory is the growth of RSS from before the store is opened (page-sized "
+    "steps: noise at 1,000 keys), private (anonymous) and shared (mapped files and shared "
+    "memory: shm://'s segment) apart; the memory target is judged on the private part. "
     "Times are this machine's; the ratios are per round."
 )
 
@@ -85,15 +97,22 @@ NOTE = (
 # ---------------------------------------------------------------- in the child
 
 
-def _rss() -> int:
-    """This process's resident memory in bytes."""
+def _memory() -> tuple[int, int]:
+    """This process's resident memory in bytes: (private, shared).  Private is
+    anonymous memory (``RssAnon``), shared is mapped files and shared memory
+    (``RssFile`` + ``RssShmem``).  Without ``/proc/self/status`` the whole
+    peak RSS counts as private (an upper bound) and shared as 0."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
+        kib = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile", "RssShmem"):
+                kib[name] = int(value.split()[0])
+        return kib["RssAnon"] * 1024, (kib["RssFile"] + kib["RssShmem"]) * 1024
+    except (OSError, ValueError, IndexError, KeyError):
         import resource
 
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, 0
 
 
 def _disk(directory: str) -> int:
@@ -163,13 +182,16 @@ def child(store: str, n: int, where: str, rounds: int, redis_port: int = 0) -> d
         "redis://": f"redis://127.0.0.1:{redis_port}/0?prefix=scale:&flush=3600",
     }[store]
     gc.collect()
-    rss0 = _rss()
+    private0, shared0 = _memory()
     s = tallies.open(url) if url else None
     kc = s.keyed("k") if s is not None else tallies.KeyedCounter()
     loop_ns = empty(keys)
     t = _loop(kc.increment)(keys)
     out: dict[str, Any] = {"first_ns": max(t - loop_ns, 0) / n}
-    out["rss_per_key"] = (_rss() - rss0) / n
+    private, shared = _memory()
+    out["private_per_key"] = (private - private0) / n
+    out["shared_per_key"] = (shared - shared0) / n
+    out["rss_per_key"] = out["private_per_key"] + out["shared_per_key"]
 
     floor = tallies.KeyedCounter()
     for k in keys:
@@ -427,9 +449,16 @@ def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
 
     def memory(store: str, n: int, res: dict[str, Any]) -> Row:
         row = Row(part, f"{store}, {_n(n)}", res["rss_per_key"], "B")
+        row.detail = (
+            f"private {res['private_per_key']:,.1f} B, "
+            f"shared {res['shared_per_key']:,.1f} B per key"
+            + (" (the segment's pages)" if store == "shm://" else "")
+        )
+        row.data = {"private_per_key": res["private_per_key"],
+                    "shared_per_key": res["shared_per_key"]}  # fmt: skip
         if res.get("server_memory_per_key") is not None:
-            row.detail = f"redis-server used_memory {res['server_memory_per_key']:,.0f} B per key"
-            row.data = {"server_memory_per_key": res["server_memory_per_key"]}
+            row.detail += f"; redis-server used_memory {res['server_memory_per_key']:,.0f} B"
+            row.data["server_memory_per_key"] = res["server_memory_per_key"]
         return row
 
     each(part, memory)
@@ -437,12 +466,18 @@ def rows_of(results: dict[str, dict[int, dict[str, Any]]], sizes: Sequence[int],
     for store in ("shm://", "sqlite://", "redis://"):
         res = get(store, top)
         ratio = (
-            res["rss_per_key"] / floor_top["rss_per_key"]
-            if res and floor_top and floor_top["rss_per_key"] > 0
+            res["private_per_key"] / floor_top["private_per_key"]
+            if res and floor_top and floor_top["private_per_key"] > 0
             else None
         )
-        at_top(part, store, "memory per key vs KeyedCounter",
+        at_top(part, store, "private memory per key vs KeyedCounter",
                Target("<=", 2, of="KeyedCounter"), ratio)  # fmt: skip
+        if res and floor_top:
+            rows[-1].detail = (
+                f"private {res['private_per_key']:,.1f} B against KeyedCounter's "
+                f"{floor_top['private_per_key']:,.1f} B per key; shared "
+                f"{res['shared_per_key']:,.1f} B per key beside it"
+            )
 
     # disk
     part = "scale: disk used (st_blocks, MiB)"

@@ -35,7 +35,7 @@ TARGETS = [
     (f"redis://, {TOP:,} keys: Redis blocked per script call", "flush()"),
     *[(f"{s}, {TOP:,} keys: snapshot <= 1.5 s", "snapshot()") for s in ("sqlite://", "redis://")],
     *[
-        (f"{s}, {TOP:,} keys: memory per key vs KeyedCounter", "resident memory")
+        (f"{s}, {TOP:,} keys: private memory per key vs KeyedCounter", "resident memory")
         for s in ("shm://", "sqlite://", "redis://")
     ],
     ("shm://, 100,000 keys: disk used", "disk used"),

@@ -16,8 +16,21 @@
  *     heap's writes before any reader that acquires the slot);
  *   - exactly NKEYS published entries; every other claimed entry abandoned;
  *   - after the round, a find of every key answers its entry.
- * The run prints "rounds R, keys K, abandoned A (races lost), found F" and
- * "consistent" or "INCONSISTENT: ..." (exit 1).
+ *
+ * A process's key -> cell cache (src/tallies/_c/_shmcache.h) rides along:
+ * each inserter then puts the entries it got into one cache shared by all
+ * threads (half of them through an equal copy of the key, not the key
+ * itself), starting from the smallest table so that it grows several times
+ * in every round, while the finders look keys up in it (by the key or by its
+ * copy).  It must hold:
+ *   - a cache hit is the key's entry in the directory, and the word the hit
+ *     read was written before the key was published in its slot (the slot's
+ *     release store; ThreadSanitizer checks the ordering, the word being a
+ *     plain field);
+ *   - after the round every key is in the cache, once, with its entry, and
+ *     freeing the cache drops exactly the references it took.
+ * The run prints "rounds R, keys K, abandoned A (races lost), found F, cached C"
+ * and "consistent" or "INCONSISTENT: ..." (exit 1).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -29,6 +42,34 @@
 #include <time.h>
 
 #include "_shmkeys.h"
+
+/* The cache's keys: (owner, text), each as two equal objects. */
+typedef struct {
+    int64_t owner;
+    const char *text;
+    int64_t len;
+} ckey;
+
+static _Atomic long refs; /* references the cache holds */
+
+static int
+ckey_eq(const void *a, const void *b)
+{
+    const ckey *x = a, *y = b;
+    return x->owner == y->owner && x->len == y->len &&
+           memcmp(x->text, y->text, (size_t)x->len) == 0;
+}
+
+#define TSC_CONCURRENT 1
+typedef pthread_mutex_t tsc_lock_t;
+#define TSC_LOCK(l) pthread_mutex_lock(l)
+#define TSC_UNLOCK(l) pthread_mutex_unlock(l)
+#define TSC_EQ(a, b) ckey_eq((a), (b))
+#define TSC_INCREF(k) ((void)(k), atomic_fetch_add(&refs, 1))
+#define TSC_DECREF(k) ((void)(k), atomic_fetch_sub(&refs, 1))
+#define TSC_MALLOC(n) malloc(n)
+#define TSC_FREE(p) free(p)
+#include "_shmcache.h"
 
 #define NKEYS 600
 #define CAP 1024
@@ -49,6 +90,10 @@ static int64_t got[INSERTERS][NKEYS];
 static _Atomic int bad;
 static _Atomic long found_total, abandoned_total;
 static _Atomic int go, inserters_done;
+static ckey keys[NKEYS], copies[NKEYS];
+static uint64_t hashes[NKEYS];
+static tsc_cache cache;
+static _Atomic long cached_total;
 
 static void
 fail(const char *what, int key)
@@ -90,6 +135,14 @@ inserter(void *arg)
             fail("an insert failed", k);
         }
     }
+    /* then cache them (a separate pass: the lock would pace the inserts) */
+    for (int i = 0; i < NKEYS; i++) {
+        int k = order[i];
+        if (got[t][k] >= 0 &&
+            tsc_put(&cache, (k + t) % 2 ? &keys[k] : &copies[k], hashes[k], got[t][k]) < 0) {
+            fail("a cache insert failed", k);
+        }
+    }
     atomic_fetch_add(&inserters_done, 1);
     return NULL;
 }
@@ -102,7 +155,14 @@ finder(void *arg)
     }
     while (atomic_load(&inserters_done) < INSERTERS) {
         int k = (int)(rnd(&seed) % NKEYS);
+        int64_t hit = tsc_get(&cache, seed % 2 ? &keys[k] : &copies[k], hashes[k]);
         int64_t j = tkd_find(&dir, owners[k], texts[k], lens[k]);
+        if (hit >= 0) {
+            if (hit != j) {
+                fail("the cache answered another entry", k);
+            }
+            atomic_fetch_add(&cached_total, 1);
+        }
         if (j == TKD_ABSENT) {
             continue;
         }
@@ -134,6 +194,10 @@ reset(void)
     atomic_store(&heap_used, 0);
     atomic_store(&inserters_done, 0);
     atomic_store(&go, 0);
+    tsc_free(&cache);
+    if (atomic_load(&refs) != 0) {
+        fail("freeing the cache left references taken", -1);
+    }
 }
 
 static void
@@ -166,6 +230,13 @@ check_round(void)
             atomic_load(tkd_word(&dir, j, 0)) != TKD_PUBLISHED) {
             fail("a key's entry does not hold it", k);
         }
+        if (tsc_get(&cache, &keys[k], hashes[k]) != j ||
+            tsc_get(&cache, &copies[k], hashes[k]) != j) {
+            fail("the cache does not hold a key's entry", k);
+        }
+    }
+    if (cache.used != NKEYS || atomic_load(&refs) != NKEYS) {
+        fail("the cache holds a key twice or not at all", -1);
     }
 }
 
@@ -188,7 +259,11 @@ main(void)
                          "-xxxxx-yyyyy-zzzzz-wwwww-vvvvv");
         lens[k] = n;
         owners[k] = k % 3;
+        keys[k] = (ckey){owners[k], texts[k], n};
+        copies[k] = keys[k];
+        hashes[k] = tkd_hash(owners[k], texts[k], n);
     }
+    pthread_mutex_init(&cache.lock, NULL);
     int rounds;
     for (rounds = 0; rounds < ROUNDS && !atomic_load(&bad); rounds++) {
         reset();
@@ -205,8 +280,10 @@ main(void)
         }
         check_round();
     }
-    printf("rounds %d, keys %d, abandoned %ld (races lost), found %ld\n", rounds, NKEYS,
-           atomic_load(&abandoned_total), atomic_load(&found_total));
+    tsc_free(&cache);
+    printf("rounds %d, keys %d, abandoned %ld (races lost), found %ld, cached %ld\n", rounds,
+           NKEYS, atomic_load(&abandoned_total), atomic_load(&found_total),
+           atomic_load(&cached_total));
     if (atomic_load(&bad)) {
         return 1;
     }

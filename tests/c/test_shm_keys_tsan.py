@@ -11,6 +11,14 @@ Two mutants of the header must be caught:
   own key: two racing inserts of one key publish it twice, which the stress's
   own check reports, under ThreadSanitizer and at -O2 alike.
 
+and two of the process's key -> cell cache (src/tallies/_c/_shmcache.h), each a data
+race ThreadSanitizer must report:
+
+* a slot's key stored relaxed: a lookup that finds the key is no longer ordered
+  after the write of its cell;
+* a grown table freeing the one it replaced: a lookup still probing the old
+  table reads freed memory.
+
 With TALLIES_REQUIRE_C=1 (CI, ./run-tests) a missing compiler or ThreadSanitizer
 runtime fails these tests instead of skipping them (tests/c/_tsan.py).
 """
@@ -36,6 +44,10 @@ RELAXED_MUTANT = """(uint32_t)(j + 1) | TKD_TAG(h),
                                                     memory_order_relaxed)"""
 TWICE_NEEDLE = "int64_t other = tkd_slot_entry(d, expected, h, owner, key, len);"
 TWICE_MUTANT = "int64_t other = TKD_ABSENT; /* mutant: never the same key */"
+SLOT_NEEDLE = "if (tsc_put_in(t, key, word, memory_order_release)) {"
+SLOT_MUTANT = "if (tsc_put_in(t, key, word, memory_order_relaxed)) {"
+FREE_NEEDLE = "atomic_store_explicit(&c->table, nt, memory_order_release); /* publishes all */"
+FREE_MUTANT = FREE_NEEDLE + " nt->older = NULL; TSC_FREE(t); /* mutant: no reader left? */"
 
 
 def _build(include: pathlib.Path, out: pathlib.Path, tsan: bool) -> None:
@@ -45,13 +57,15 @@ def _build(include: pathlib.Path, out: pathlib.Path, tsan: bool) -> None:
     compile_c(STRESS, out, ["-O1", "-fsanitize=thread"] if tsan else ["-O2"], include=include)
 
 
-def _mutant(tmp_path: pathlib.Path, needle: str, replacement: str) -> pathlib.Path:
+def _mutant(
+    tmp_path: pathlib.Path, needle: str, replacement: str, header: str = "_shmkeys.h"
+) -> pathlib.Path:
     folder = tmp_path / "mutant"
     folder.mkdir()
     shutil.copy(HEADERS / "_cells.h", folder / "_cells.h")
-    src = (HEADERS / "_shmkeys.h").read_text()
+    src = (HEADERS / header).read_text()
     assert src.count(needle) == 1
-    (folder / "_shmkeys.h").write_text(src.replace(needle, replacement))
+    (folder / header).write_text(src.replace(needle, replacement))
     return folder
 
 
@@ -65,7 +79,7 @@ def test_racing_inserts_publish_each_key_once_and_complete(
     assert "ThreadSanitizer" not in res.stderr, res.stderr
     assert res.returncode == 0, res.stdout + res.stderr
     assert "consistent" in res.stdout and "INCONSISTENT" not in res.stdout
-    assert "rounds 40," in res.stdout
+    assert "rounds 40," in res.stdout and ", cached " in res.stdout
 
 
 def test_the_stress_catches_a_relaxed_publish(tmp_path: pathlib.Path) -> None:
@@ -92,3 +106,23 @@ def test_the_stress_catches_a_key_published_twice(tmp_path: pathlib.Path, tsan: 
             break
     assert outcomes[-1].returncode != 0, [r.stdout for r in outcomes]
     assert "INCONSISTENT" in outcomes[-1].stdout, [r.stdout for r in outcomes]
+
+
+@pytest.mark.parametrize(
+    ("needle", "mutant"),
+    [(SLOT_NEEDLE, SLOT_MUTANT), (FREE_NEEDLE, FREE_MUTANT)],
+    ids=["relaxed-slot", "freed-table"],
+)
+def test_the_stress_catches_a_racy_key_cache(
+    tmp_path: pathlib.Path, needle: str, mutant: str
+) -> None:
+    exe = tmp_path / "stress_shm_keys_cache"
+    _build(_mutant(tmp_path, needle, mutant, "_shmcache.h"), exe, tsan=True)
+    outcomes: list[subprocess.CompletedProcess[str]] = []
+    for _ in range(4):
+        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
+        if TSAN_WARNING in outcomes[-1].stderr:
+            break
+    res = outcomes[-1]
+    assert res.returncode == 66, [r.stdout for r in outcomes]
+    assert TSAN_WARNING in res.stderr and "tsc_get" in res.stderr, res.stderr[-3000:]

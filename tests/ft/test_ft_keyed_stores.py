@@ -359,3 +359,29 @@ def test_write_behind_keys_first_used_while_other_threads_count_them(
             again.close()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_shm_keys_first_used_by_every_thread_at_once(shm_store_url: str, round_: int) -> None:
+    """Every thread counts the same fresh shm:// keys, each through its own str
+    objects and in its own order, so that the process's key -> cell cache
+    (_c/_shmcache.h) is filled and grown by several threads at once while
+    others look keys up in it (by an object it holds and by an equal one):
+    exact totals key by key, each key listed once."""
+    kc = tallies.open(shm_store_url).keyed("events")
+    texts = [f"r{round_}-k{i}" for i in range(600)]
+
+    def work(t: int) -> collections.Counter[str]:
+        order = list(range(len(texts)))
+        random.Random(t).shuffle(order)
+        mine: collections.Counter[str] = collections.Counter()
+        for i in order + order:
+            key = texts[i] if t % 2 else "".join(["r", texts[i][1:]])
+            kc.increment(key, t + 1)
+            mine[texts[i]] += t + 1
+        return mine
+
+    results = together(THREADS, work)
+    expected = sum(results, collections.Counter())
+    assert kc.snapshot() == expected
+    assert sorted(kc.keys()) == sorted(texts)

@@ -206,6 +206,30 @@ def test_keyed_api(shm_url: str) -> None:
         assert s.snapshot() == {"counters": {}, "keyed": {"status": {"200": 0, "404": 0, "é✓": 0}}}
 
 
+def test_a_key_counts_in_one_cell_whichever_str_object_names_it(shm_url: str) -> None:
+    """An increment finds a key's cell through a per-process cache of the str
+    objects it has seen (src/tallies/_c/_shmcache.h): the very object, an equal
+    one built anew, and a str subclass all count in the one cell of the key,
+    also while the cache grows (2,000 keys, from a 64-slot table)."""
+
+    class Tag(str):
+        pass
+
+    keys = [f"user:{i:07d}" for i in range(2000)]
+    with tallies.open(shm_url.partition("?")[0] + "?keys=4096") as s:
+        k = s.keyed("k")
+        for key in keys:
+            k.increment(key)
+        for i, key in enumerate(keys):
+            k.increment(key, 2)
+            k.increment(f"user:{i:07d}", 3)  # equal, not the same object
+            k.increment(Tag(key), 4)
+            k.decrement("".join(["user:", f"{i:07d}"]))
+        assert k.keys() == keys
+        assert k.snapshot() == collections.Counter(dict.fromkeys(keys, 9))
+        assert sorted(k.cells) == keys
+
+
 def test_keyed_errors_change_nothing(shm_url: str) -> None:
     with tallies.open(shm_url) as s:
         k = s.keyed("k")

@@ -136,12 +136,138 @@ def test_schema_is_readable_without_tallies(db: Path, url: str) -> None:
         ("empty", "keyed"),
     ]
     assert raw(db, "pragma journal_mode") == [("wal",)]
+    (keyed_sql,) = raw(db, "select sql from sqlite_master where name = 'keyed'")[0]
+    assert keyed_sql.endswith("WITHOUT ROWID")  # one B-tree per key lookup (schema 2)
     with tallies.open(url, create=False) as s:
         assert s.snapshot() == {
             "counters": {"requests": 12},
             "keyed": {"status": {"200": 10, "404": 2}, "empty": {}},
         }
         assert s.names() == ["empty", "requests", "status"]  # sorted (docs/contract.md)
+
+
+# The schema of version 1 (tallies before 2026-12-06): ``keyed`` a rowid table.
+V1_SCHEMA = (
+    "CREATE TABLE tallies_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE names(name TEXT PRIMARY KEY, kind TEXT NOT NULL"
+    " CHECK (kind IN ('counter', 'keyed')))",
+    "CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE keyed(name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL,"
+    " PRIMARY KEY(name, key))",
+    "CREATE TABLE writers(writer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, seen REAL NOT NULL)",
+    "INSERT INTO tallies_meta VALUES ('magic', 'tallies'), ('schema', '1')",
+    "INSERT INTO names VALUES ('hits', 'counter'), ('k', 'keyed')",
+    "INSERT INTO counters VALUES ('hits', 7)",
+)
+V1_KEYS = {f"user:{i:05d}": i % 13 - 6 for i in range(3000)}
+
+
+def _make_v1(db: Path) -> None:
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("BEGIN")
+        for stmt in V1_SCHEMA:
+            con.execute(stmt)
+        con.executemany("INSERT INTO keyed VALUES ('k', ?, ?)", V1_KEYS.items())
+        con.execute("COMMIT")
+        con.execute("PRAGMA journal_mode = WAL")
+    finally:
+        con.close()
+
+
+def _layout(db: Path) -> tuple[str, bool]:
+    """(schema version, whether ``keyed`` is WITHOUT ROWID)."""
+    (version,) = raw(db, "select value from tallies_meta where key = 'schema'")[0]
+    (sql,) = raw(db, "select sql from sqlite_master where name = 'keyed'")[0]
+    return version, "WITHOUT ROWID" in sql.upper()
+
+
+def test_a_version_1_file_is_migrated_on_open_every_count_kept(db: Path) -> None:
+    _make_v1(db)
+    with tallies.open(url_of(db, "?flush=3600")) as s:
+        assert _layout(db) == ("2", True)
+        kc = s.keyed("k")
+        assert kc.snapshot() == V1_KEYS and kc["user:00007"] == 1
+        assert s.counter("hits").value() == 7
+        kc.increment("user:00007", 5)
+        kc.increment("new", 2)
+        s.flush()
+        assert kc.reset("user:00007") == 6
+        assert kc.reset() == {**V1_KEYS, "user:00007": 0, "new": 2}
+    assert set(raw(db, "select distinct value from keyed")) == {(0,)}
+    assert raw(db, "pragma integrity_check") == [("ok",)]
+
+
+def test_a_version_1_file_locked_now_stays_version_1_works_and_migrates_later(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _make_v1(db)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    try:
+        with tallies.open(url_of(db, "?flush=3600&timeout=0.2")) as s:
+            assert "stays at schema version 1" in caplog.text
+            assert _layout(db) == ("1", False)
+            kc = s.keyed("k")
+            assert kc.snapshot() == V1_KEYS
+            other.execute("COMMIT")
+            kc.increment("user:00001", 10)
+            s.flush()
+            assert kc.reset() == {**V1_KEYS, "user:00001": V1_KEYS["user:00001"] + 10}
+            assert _layout(db) == ("1", False)
+    finally:
+        other.close()
+    with tallies.open(url_of(db)) as s:
+        assert _layout(db) == ("2", True)
+        assert set(s.keyed("k").snapshot().values()) == {0}
+
+
+def test_a_writer_killed_while_migrating_leaves_version_1_whole(db: Path) -> None:
+    _make_v1(db)
+    before = raw(db, "select name, key, value from keyed order by name, key")
+    code = f"import tallies; tallies.open({url_of(db)!r})"
+    proc = run_python(code, env={"TALLIES_SQLITE_CRASH": "migrate"})
+    assert proc.returncode == -9, proc.stderr
+    assert _layout(db) == ("1", False)
+    assert raw(db, "select name, key, value from keyed order by name, key") == before
+    with tallies.open(url_of(db)) as s:
+        assert _layout(db) == ("2", True)
+        assert s.keyed("k").snapshot() == V1_KEYS
+
+
+def test_processes_opening_a_version_1_file_at_once_migrate_it_once(db: Path) -> None:
+    _make_v1(db)
+    code = textwrap.dedent(f"""
+        import sys, tallies
+        with tallies.open({url_of(db, "?flush=3600&timeout=30")!r}) as s:
+            kc = s.keyed("k")
+            kc.increment("user:00001", 1)
+            kc.increment("p" + sys.argv[1], 1)
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stderr=subprocess.PIPE)
+        for i in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert _layout(db) == ("2", True)
+    with tallies.open(url_of(db)) as s:
+        expected = {**V1_KEYS, "user:00001": V1_KEYS["user:00001"] + 4}
+        assert s.keyed("k").snapshot() == {**expected, **{f"p{i}": 1 for i in range(4)}}
+
+
+def test_a_truncated_version_1_file_is_refused_untouched(db: Path) -> None:
+    _make_v1(db)
+    data = db.read_bytes()
+    for extra in ("-wal", "-shm"):
+        Path(str(db) + extra).unlink(missing_ok=True)
+    db.write_bytes(data[: len(data) // 2])
+    before = digest(db)
+    with pytest.raises(CorruptSegmentError, match="not a readable tallies database"):
+        tallies.open(url_of(db))
+    assert digest(db) == before
 
 
 def test_read_your_writes_and_no_io_until_flush(db: Path, url: str) -> None:

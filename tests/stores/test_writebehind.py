@@ -7,10 +7,12 @@ against real files and servers."""
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import sys
 import threading
 import time
+import tracemalloc
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,7 @@ from _support import INT64_MAX, REQUIRE_C
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tallies._pure_keyed import KeyedCounter as PureKeyedCounter
 from tallies.stores import writebehind as wbmod
 from tallies.stores.base import CountOverflowError, FlushError
 from tallies.stores.writebehind import (
@@ -151,10 +154,12 @@ class MemBackend:
 @pytest.fixture(autouse=True, params=["c", "python"])
 def counter_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Every test runs with the C BufferedCounter and BufferedKeyedCounter, and
-    with the Python ones."""
+    with the Python ones (whose keyed cells are then the pure core's
+    KeyedCounter, as without the C core)."""
     if request.param == "python":
         cls: Any = wbmod.PyBufferedCounter
         monkeypatch.setattr(wbmod, "BufferedKeyedCounter", wbmod.PyBufferedKeyedCounter)
+        monkeypatch.setattr(wbmod, "KeyedCounter", PureKeyedCounter)
     else:
         cls = wbmod._counter_class()
         if (
@@ -664,6 +669,45 @@ def add(wb: WriteBehind, n: int) -> None:
     wb.keyed("k").increment("x", n)
 
 
+def test_a_committed_batch_is_kept_only_while_a_read_is_in_flight() -> None:
+    """A read that begins after a batch's commit was acknowledged sees it in
+    the backend, so the writer keeps a committed batch (a copy of every key
+    it carried) only for the reads in flight during its commit (issue 19:
+    the last HISTORY batches were all kept, so after a flush of a million new
+    keys the local state was the cells plus that copy until HISTORY more
+    batches had committed, forever if none did)."""
+    be = HookedBackend()
+    wb = make(be)
+    kc = wb.keyed("k")
+    sent: list[weakref.ref[Batch]] = []
+    apply = be.apply
+
+    def recording(writer_id: str, batch: Batch) -> None:
+        sent.append(weakref.ref(batch))
+        apply(writer_id, batch)
+
+    be.apply = recording  # type: ignore[method-assign]
+    for i in range(100):
+        kc.increment(f"k{i}")
+    wb.flush()
+    gc.collect()
+    assert len(sent) == 1 and sent[0]() is None  # no read in flight: not kept
+    kept_during_the_read: list[bool] = []
+
+    def overtaken() -> None:  # the read's snapshot is taken: another thread commits
+        assert in_thread(lambda: (kc.increment("k1"), wb.flush())) == (None, None)
+        gc.collect()
+        kept_during_the_read.append(sent[-1]() is not None)
+
+    be.hooks["read"].append(overtaken)
+    assert kc["k1"] == 2  # the batch committed during the read: counted once
+    assert be.read_seqs == [1] and kept_during_the_read == [True]
+    gc.collect()
+    assert len(sent) == 2 and sent[1]() is None  # the read is over: dropped
+    assert kc["k1"] == 2 and be.read_seqs == [1, 2]
+    wb.close()
+
+
 # Every way to read a count; each must see the same value.
 READS: dict[str, Callable[[WriteBehind], int]] = {
     "counter.value": lambda wb: wb.counter("n").value(),
@@ -1004,6 +1048,45 @@ def test_a_key_counted_to_zero_is_listed_once_flushed(be: MemBackend) -> None:
     assert dict(kc.snapshot()) == {"a": 0, "b": 0, "k3": 2} | {
         f"k{i}": 1 for i in range(50) if i != 3
     }
+    wb.close()
+
+
+def _allocated(fn: Callable[[], Any]) -> int:
+    """Bytes that fn() leaves allocated (tracemalloc: Python and the C core)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        kept = fn()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    del kept
+    return grown
+
+
+def test_new_keys_cost_the_pending_state_what_they_cost_a_keyed_counter(
+    be: MemBackend,
+) -> None:
+    """A keyed counter's pending state is its cells: counting new keys leaves
+    allocated what the same keys cost a KeyedCounter, and no record per key
+    beside them (issue 19: a dict of the keys not yet in a batch, kept for
+    the keys at 0, doubled it); the keys are all in the next batch."""
+    keys = [f"user:{i:06d}" for i in range(20_000)]  # the caller's strings
+    wb = make(be)
+    kc = wb.keyed("k")
+
+    def count(c: Any) -> Any:
+        for k in keys:
+            c.increment(k)
+        return c
+
+    floor = _allocated(lambda: count(type(kc._cells)()))
+    store = _allocated(lambda: count(kc))
+    assert store <= floor * 1.1 + 4096, (store, floor)
+    kc.decrement("user:000007")
+    wb.flush()
+    assert len(be.keyed["k"]) == len(keys) and be.keyed["k"]["user:000007"] == 0
     wb.close()
 
 

@@ -31,6 +31,8 @@
 
 #include <Python.h>
 
+#include "_platform.h" /* TL_LIKELY */
+
 #ifndef TL_PUBLIC_API
 #define TL_PUBLIC_API 0
 #endif
@@ -55,6 +57,22 @@
 #else
 #define TL_IMMORTAL_SHARED 0
 #endif
+
+/* A key's hash: a str's cached one without a call (KeyedCounter's table,
+ * the shm:// key cache). */
+static inline Py_hash_t
+tl_key_hash(PyObject *key)
+{
+#if TL_STR_HASH_CACHE /* not free-threaded, where CPython sets a str's hash atomically */
+    if (TL_LIKELY(PyUnicode_CheckExact(key))) {
+        Py_hash_t h = ((PyASCIIObject *)key)->hash;
+        if (TL_LIKELY(h != -1)) {
+            return h;
+        }
+    }
+#endif
+    return PyObject_Hash(key);
+}
 
 /* For tallies.BUILD: the names of the internals compiled in, comma-separated. */
 #if TL_IMMORTAL_SHARED

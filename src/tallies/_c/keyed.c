@@ -88,20 +88,7 @@ key_fast_eq(PyObject *a, PyObject *b)
 
 #include "_ktable.h"
 
-/* A key's hash: a str's cached one without a call. */
-static inline Py_hash_t
-key_hash(PyObject *key)
-{
-#if TL_STR_HASH_CACHE /* not free-threaded, where CPython sets a str's hash atomically */
-    if (TL_LIKELY(PyUnicode_CheckExact(key))) {
-        Py_hash_t h = ((PyASCIIObject *)key)->hash;
-        if (TL_LIKELY(h != -1)) {
-            return h;
-        }
-    }
-#endif
-    return PyObject_Hash(key);
-}
+#define key_hash tl_key_hash /* _internals.h */
 
 #if TL_INT_LAYOUT /* _internals.h */
 #if !TKT_CONCURRENT /* the item iterators' int reuse (GIL builds only) */
@@ -1409,9 +1396,9 @@ Keyed_iter_values(KeyedObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 /* A dict {key: count} of a copy: take: exchange every count with 0 in the
- * same pass; nonzero: only the keys whose count is not 0. */
+ * same pass; a key at 0 only from position `zeros` on (0: every key). */
 static PyObject *
-copy_dict(KeyedObject *self, int take, int nonzero)
+copy_dict(KeyedObject *self, int take, int64_t zeros)
 {
     copy_buf b;
     if (copy_out(self, 1, take, &b) < 0) {
@@ -1419,7 +1406,7 @@ copy_dict(KeyedObject *self, int take, int nonzero)
     }
     PyObject *d = PyDict_New();
     for (int64_t i = 0; d != NULL && i < b.n; i++) {
-        if (nonzero && b.counts[i] == 0) {
+        if (b.counts[i] == 0 && i < zeros) {
             continue;
         }
         PyObject *count = PyLong_FromLongLong((long long)b.counts[i]);
@@ -1441,16 +1428,23 @@ Keyed_dict(KeyedObject *self, PyObject *Py_UNUSED(ignored))
     return copy_dict(self, 0, 0);
 }
 
-/* _nonzero(take) -> dict {key: count} of the keys whose count is not 0; take:
- * exchange every count with 0 in the same pass (each increment lands in
- * exactly one result or stays for the next, as with _drain()).  One dict,
- * no pair per key: what a write-behind flush and snapshot need of their
- * pending buffer (stores/writebehind.py). */
+/* _nonzero(take, since) -> dict {key: count} of the keys whose count is not
+ * 0, and of every key from position `since` on in insertion order whatever
+ * its count (the keys a write-behind store has not sent yet: its cells never
+ * lose a key, so a position is a key's insertion number); take: exchange
+ * every count with 0 in the same pass (each increment lands in exactly one
+ * result or stays for the next, as with _drain()).  One dict, no pair per
+ * key: what a write-behind flush and snapshot need of their pending buffer
+ * (stores/writebehind.py), without a second table of the new keys. */
 static PyObject *
-Keyed_nonzero(KeyedObject *self, PyObject *take)
+Keyed_nonzero(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int t = PyObject_IsTrue(take);
-    return t < 0 ? NULL : copy_dict(self, t, 1);
+    int64_t since;
+    if (tl_nargs(nargs, 2, "_nonzero") < 0 || to_int64(args[1], "_nonzero", &since) < 0) {
+        return NULL;
+    }
+    int t = PyObject_IsTrue(args[0]);
+    return t < 0 ? NULL : copy_dict(self, t, since);
 }
 
 /* ---- multiset operators and == in C ---------------------------------------
@@ -2190,7 +2184,7 @@ static PyMethodDef Keyed_methods[] = {
     {"_iter_items", (PyCFunction)Keyed_iter_items, METH_NOARGS, NULL},
     {"_iter_values", (PyCFunction)Keyed_iter_values, METH_NOARGS, NULL},
     {"_dict", (PyCFunction)Keyed_dict, METH_NOARGS, NULL},
-    {"_nonzero", (PyCFunction)Keyed_nonzero, METH_O, NULL},
+    {"_nonzero", (PyCFunction)(void (*)(void))Keyed_nonzero, METH_FASTCALL, NULL},
     {"_combine", (PyCFunction)(void (*)(void))Keyed_combine, METH_FASTCALL, NULL},
     {"_equal", (PyCFunction)Keyed_equal, METH_O, NULL},
     {"_total", (PyCFunction)Keyed_total, METH_NOARGS, NULL},
@@ -2233,8 +2227,8 @@ TL_TYPE_SPEC(Keyed, "tallies.keyed.KeyedCounter", sizeof(KeyedObject),
  *
  * A key's FIRST use is the store's business, in Python: it checks the key
  * (the store's key rule), and under the store's state lock it refuses the
- * update once the store is closing, inserts the key and records it for the
- * next batch (`_fresh`: a key counted at 0 must still be listed).  Every
+ * update once the store is closing and inserts the key (the next batch
+ * lists every key inserted since the last one, at 0 too: `_sent`).  Every
  * later update of that key only adds to its cell.  This type's
  * increment(key, n=1) / decrement(key, n=1) are that later update, the
  * "gate": they add to the cell of a key already in `cells` (the table's lookup WITHOUT
@@ -2247,7 +2241,7 @@ TL_TYPE_SPEC(Keyed, "tallies.keyed.KeyedCounter", sizeof(KeyedObject),
  * Why presence in the cells is enough: the store inserts a key only after
  * checking it, and keys are never removed from the cells (a flush exchanges
  * their counts with 0, _nonzero(take)), so a key found there has passed the
- * check and is in a batch or in `_fresh` already.  Only exact str keys are
+ * check and is in a batch or due in the next one.  Only exact str keys are
  * looked up here: every stored key is one (check_key returns exact str), so
  * the lookup compares without running Python code (TKT_FAST_EQ decides),
  * and a str subclass or any other object takes the Python path, whose

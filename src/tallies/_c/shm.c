@@ -37,7 +37,8 @@
  * (`mine`); it is NULL until the first write, and again in a child right
  * after fork(), so the first write of a process calls back into Python
  * (`binder`) to claim a slab under the segment lock.  After that, an
- * increment is: one load of `mine`, one lock-prefixed CAS.
+ * increment is: one load of `mine`, one lock-prefixed CAS (for a key, after
+ * one probe of the process's key -> cell cache, _shmcache.h).
  *
  * Readers
  * -------
@@ -72,6 +73,27 @@ struct tkd_dir;
 static void seg_crash(struct tkd_dir *d, int point);
 #define TKD_CRASH(d, point) seg_crash((d), (point))
 #include "_shmkeys.h"
+
+/* The key -> cell cache of a KeyedCells (_shmcache.h): exact str keys,
+ * compared without running Python code. */
+#include "_internals.h" /* tl_key_hash */
+#ifdef Py_GIL_DISABLED
+#define TSC_CONCURRENT 1
+typedef PyMutex tsc_lock_t;
+#define TSC_LOCK(l) PyMutex_Lock(l)
+#define TSC_UNLOCK(l) PyMutex_Unlock(l)
+#else
+#define TSC_CONCURRENT 0 /* the GIL excludes other threads: nothing to take */
+typedef char tsc_lock_t;
+#define TSC_LOCK(l) ((void)(l))
+#define TSC_UNLOCK(l) ((void)(l))
+#endif
+#define TSC_EQ(a, b) (PyUnicode_Compare((PyObject *)(a), (PyObject *)(b)) == 0)
+#define TSC_INCREF(k) Py_INCREF((PyObject *)(k))
+#define TSC_DECREF(k) Py_DECREF((PyObject *)(k))
+#define TSC_MALLOC(n) PyMem_RawMalloc(n)
+#define TSC_FREE(p) PyMem_RawFree(p)
+#include "_shmcache.h"
 
 #define SLAB_FREE 0
 #define SEG_PAGE 4096
@@ -1204,6 +1226,7 @@ typedef struct {
     Py_ssize_t owner;   /* >= 0: keys go straight to the segment's key directory */
     _Atomic Py_ssize_t max_cell; /* the largest cell remembered, -1 if none */
     _Atomic uint64_t gen; /* the segment's bind_gen when the cells were reserved */
+    tsc_cache cache;    /* exact str key -> cell: the hot path's copy of `cells` */
 } KeyedObject;
 
 /* The page of this process's slab behind `cell` exists before a write to it
@@ -1285,7 +1308,19 @@ TL_GC_FUNCS(Keyed, KeyedObject, KEYED_REFS)
 static void
 Keyed_dealloc(KeyedObject *self)
 {
+    tsc_free(&self->cache); /* no other thread holds self any more */
     tl_dealloc((PyObject *)self, (inquiry)Keyed_clear, NULL);
+}
+
+/* Copy key -> cell into the hot path's cache (exact str keys only: no
+ * Python code may run to compare two keys there).  Out of memory it is left
+ * out: the dict answers for it, only slower. */
+static void
+keyed_cache(KeyedObject *self, PyObject *key, Py_hash_t h, Py_ssize_t cell)
+{
+    if (h != -1 && PyUnicode_CheckExact(key) && cell <= (Py_ssize_t)UINT32_MAX) {
+        (void)tsc_put(&self->cache, key, (uint64_t)h, cell);
+    }
 }
 
 /* Remember key's (checked) cell, its page in this process's slab reserved
@@ -1307,6 +1342,7 @@ keyed_remember(KeyedObject *self, PyObject *key, Py_ssize_t cell)
         return -1;
     }
     Py_DECREF(v);
+    keyed_cache(self, key, PyUnicode_CheckExact(key) ? tl_key_hash(key) : -1, cell);
     return cell;
 }
 
@@ -1333,9 +1369,10 @@ keyed_ask(KeyedObject *self, PyObject *fn, PyObject *key, int none_ok)
     return keyed_remember(self, key, cell);
 }
 
-/* key's remembered cell, -2 when none is, -1 with an error set. */
+/* key's remembered cell, -2 when none is, -1 with an error set: the dict's
+ * answer (and its type checks), for keys the cache does not answer for. */
 static Py_ssize_t
-keyed_known(KeyedObject *self, PyObject *key, const char *fname)
+keyed_recorded(KeyedObject *self, PyObject *key, const char *fname)
 {
     if (TL_UNLIKELY(!PyUnicode_Check(key))) {
         PyErr_Format(PyExc_TypeError, "%s() key must be a str, not '%.200s'",
@@ -1346,11 +1383,29 @@ keyed_known(KeyedObject *self, PyObject *key, const char *fname)
         PyErr_SetString(PyExc_ValueError, "the keyed counter's segment is gone");
         return -1;
     }
+    Py_hash_t h = PyUnicode_CheckExact(key) ? tl_key_hash(key) : -1;
     PyObject *c = PyDict_GetItemWithError(self->cells, key); /* borrowed */
     if (TL_LIKELY(c != NULL)) {
-        return PyLong_AsSsize_t(c); /* checked when remembered: in 0..ncells-1 */
+        Py_ssize_t cell = PyLong_AsSsize_t(c); /* checked when remembered */
+        keyed_cache(self, key, h, cell); /* an equal key remembered, or left out */
+        return cell;
     }
     return PyErr_Occurred() ? -1 : -2;
+}
+
+/* key's remembered cell, -2 when none is, -1 with an error set: the hot
+ * path's cache first (_shmcache.h), inlined into the callers. */
+static TL_ALWAYS_INLINE Py_ssize_t
+keyed_known(KeyedObject *self, PyObject *key, const char *fname)
+{
+    if (TL_LIKELY(PyUnicode_CheckExact(key) && self->seg != NULL && self->cells != NULL)) {
+        Py_hash_t h = tl_key_hash(key);
+        int64_t cell = h == -1 ? -1 : tsc_get(&self->cache, key, (uint64_t)h);
+        if (TL_LIKELY(cell >= 0)) {
+            return (Py_ssize_t)cell;
+        }
+    }
+    return keyed_recorded(self, key, fname);
 }
 
 /* The cell of `key`, registering it on first use; -1 with an error set. */

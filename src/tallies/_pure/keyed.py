@@ -138,10 +138,12 @@ class KeyedCore:
                 d[key] = 0
             return items
 
-    def _nonzero(self, take: bool, /) -> dict[Any, int]:
+    def _nonzero(self, take: bool, since: int, /) -> dict[Any, int]:
         with self._lock:
             d = self._d
-            out = {k: v for k, v in d.items() if v}
+            items = list(d.items())
+            out = {k: v for k, v in items[: max(since, 0)] if v}
+            out.update(items[max(since, 0) :])
             if take:
                 for key in out:
                     d[key] = 0

@@ -69,7 +69,10 @@ the entry is written, its state set to 1 (a release store), then
 the count (acquire) and read only entries below it, so they never see a
 half-written entry; an entry left half-written by a process that died is
 above the count and is overwritten by the next registration.  Every process
-caches what it has read, so lookups are dict hits after the first.
+caches what it has read, so lookups are dict hits after the first; and a
+keyed counter's increment of a key this process has used finds its cell in a
+C table of str -> cell (``_c/_shmcache.h``: one probe, no int object), then
+does the atomic add.
 
 Slabs and their owners
 ----------------------

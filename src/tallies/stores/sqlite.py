@@ -43,13 +43,32 @@ regression test with processes creating and closing one file together):
   while the main file is still empty, and SQLite deletes a -wal it finds
   beside an empty database.
 
-Schema (version 1; ``sqlite3 counts.db 'select * from counters'`` reads it)::
+Schema (version 2; ``sqlite3 counts.db 'select * from counters'`` reads it)::
 
-    tallies_meta(key TEXT PRIMARY KEY, value TEXT)      magic='tallies', schema='1'
+    tallies_meta(key TEXT PRIMARY KEY, value TEXT)      magic='tallies', schema='2'
     names(name TEXT PRIMARY KEY, kind TEXT)             'counter' | 'keyed', in creation order
     counters(name TEXT PRIMARY KEY, value INTEGER)      one row per counter
-    keyed(name TEXT, key TEXT, value INTEGER, PRIMARY KEY(name, key))
+    keyed(name TEXT, key TEXT, value INTEGER, PRIMARY KEY(name, key)) WITHOUT ROWID
     writers(writer_id TEXT PRIMARY KEY, seq INTEGER, seen REAL)
+
+``keyed`` is WITHOUT ROWID (version 2): its rows live in the primary key's
+B-tree, so reading one key descends one B-tree instead of the index and then
+the table, and the file holds each key once (version 1, a rowid table, kept
+every key twice: in the table and in its primary-key index).  At a million
+keys, 2026-12-06, this project's 2-vCPU machine: the file 20 MiB instead of
+50, one-key reads through ``sqlite3`` 8 us instead of 12.5 (3.2 us at a
+thousand keys), ``kc[key]`` 15 us instead of 18.5 (9.4 at a thousand).  A
+file of version 1 is migrated when a writer opens it: one transaction
+(``BEGIN IMMEDIATE``, the version read again under the lock) copies
+``keyed`` into the new layout, drops the old table and sets schema '2'; a
+process killed meanwhile leaves version 1 whole.  A migration that cannot run
+now (the file read-only, full, or locked by another writer for ``timeout``)
+leaves the file at version 1, which this tallies reads and writes as before
+(the same SQL serves both layouts), and is tried again at the next open; a
+corrupt table found while copying raises CorruptSegmentError.  The dropped
+table's pages stay in the file as free pages for later writes (``VACUUM``
+returns them).  A tallies of version 1 refuses a file of version 2 (newer):
+upgrade every process that opens the file.
 
 Names and keys follow the rules every store shares (docs/contract.md;
 ``base.counter_name``, ``base.check_key``): keys are str (TEXT; nothing else
@@ -86,8 +105,9 @@ and connections of one process share a file's lock state).
 
 Crash points for the tests: ``TALLIES_SQLITE_CRASH=tag[:n]`` SIGKILLs this
 process at the n-th arrival (default the first) at ``before-begin``,
-``before-commit`` (every write done) or ``after-commit`` (before the batch is
-marked done); ``TALLIES_SQLITE_FAIL=tag[:n]`` raises OSError there instead
+``before-commit`` (every write done), ``after-commit`` (before the batch is
+marked done) or ``migrate`` (a version 1 file's migration, before its
+COMMIT); ``TALLIES_SQLITE_FAIL=tag[:n]`` raises OSError there instead
 (an error the caller sees after a commit: a lost reply).
 """
 
@@ -97,6 +117,7 @@ import collections
 import contextlib
 import itertools
 import json
+import logging
 import os
 import random
 import secrets
@@ -147,8 +168,10 @@ __all__ = [
     "sqlite_path",
 ]
 
+log = logging.getLogger("tallies.stores")
+
 MAGIC = "tallies"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_TIMEOUT = 5.0
 
 SCHEMA = (
@@ -157,14 +180,24 @@ SCHEMA = (
     " CHECK (kind IN ('counter', 'keyed')))",
     "CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE keyed(name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL,"
-    " PRIMARY KEY(name, key))",
+    " PRIMARY KEY(name, key)) WITHOUT ROWID",
     "CREATE TABLE writers(writer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, seen REAL NOT NULL)",
 )
 TABLES = {"tallies_meta", "names", "counters", "keyed", "writers"}
 
+#: Version 1 -> 2: ``keyed`` becomes WITHOUT ROWID (see the docstring).
+MIGRATE_2 = (
+    SCHEMA[3].replace("TABLE keyed(", "TABLE keyed_v2("),
+    "INSERT INTO keyed_v2(name, key, value) SELECT name, key, value FROM keyed ORDER BY name, key",
+    "DROP TABLE keyed",
+    "ALTER TABLE keyed_v2 RENAME TO keyed",
+    "UPDATE tallies_meta SET value = '2' WHERE key = 'schema'",
+)
+
 # Rates and limiters (tallies.stores._wbrates, ._limiter): tables created on
-# first use, in the transaction that first needs them, so that a file of
-# schema 1 stays readable by a tallies that has never heard of them.
+# first use, in the transaction that first needs them, so that they need no
+# schema version of their own: a file stays readable by a tallies of its
+# version that has never heard of them.
 RATE_TABLES = (
     "CREATE TABLE IF NOT EXISTS rates(name TEXT PRIMARY KEY, kind TEXT NOT NULL,"
     " window_ns INTEGER NOT NULL, res_ns INTEGER NOT NULL, total INTEGER NOT NULL DEFAULT 0)",
@@ -364,6 +397,14 @@ def _create_file(path: str) -> None:
                 os.unlink(tmp + suffix)
 
 
+def _migrate_2(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2 (the caller holds the write lock)."""
+    meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
+    if meta.get("schema") == "1":  # read again, under the lock
+        for stmt in MIGRATE_2:
+            conn.execute(stmt)
+
+
 def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
     return CorruptSegmentError(f"{path} is not a readable tallies database: {exc}")
 
@@ -426,6 +467,22 @@ class SqliteBackend:
                 # The writer waits for the write lock in _begin(), with short
                 # sleeps; SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms.
                 conn.execute("PRAGMA busy_timeout = 0")
+            # Only busy_timeout and synchronous are set: mmap_size and
+            # cache_size stay SQLite's defaults (no memory map, a 2 MB page
+            # cache per connection).  A one-key read costs its B-tree pages
+            # that are not in the connection's cache, and any flush (ours or
+            # another process's) empties that cache, so a read at a million
+            # keys meets a cold leaf whatever the cache size: measured at 10^6
+            # keys (2026-12-06, 2-vCPU machine), cold reads through sqlite3
+            # cost the same with cache_size = 64 MiB, and with mmap_size =
+            # 256 MiB they were slower (17 us against 12.5 with the old
+            # layout, kc[key] 17-21 us against 15-16 with the new one: a page
+            # fault per first touch costs more than a pread), while RSS grew
+            # by 3-4 MiB over 25 reads (the mapped pages count as resident) and
+            # a memory-mapped file turns an I/O error into a SIGBUS.  Pages
+            # of 8 or 16 KiB (instead of 4) made cold reads slower too (10
+            # and 12.7 us against 7.7: a bigger page to copy and search).
+            # What made reads cheaper is the layout: WITHOUT ROWID, above.
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             conn.close()
@@ -436,10 +493,12 @@ class SqliteBackend:
         """Check the schema; never write to a file that is not ours."""
         try:
             tables = self._tables(conn)
-            self._check_meta(conn, tables)
+            version = self._check_meta(conn, tables)
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
+            if version < SCHEMA_VERSION:
+                self._migrate(conn)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and _transient(exc):
                 raise StoreUnavailableError(f"sqlite: {self.path}: {exc}") from exc
@@ -450,7 +509,8 @@ class SqliteBackend:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         return {r[0] for r in rows}
 
-    def _check_meta(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+    def _check_meta(self, conn: sqlite3.Connection, tables: set[str]) -> int:
+        """The file's schema version; CorruptSegmentError if it is not ours."""
         if "tallies_meta" not in tables:
             raise CorruptSegmentError(
                 f"{self.path} is an SQLite database but not a tallies one (no tallies_meta); "
@@ -462,6 +522,24 @@ class SqliteBackend:
         )
         if version < 1 or not tables >= TABLES:
             raise CorruptSegmentError(f"{self.path}: schema {version} is missing tables")
+        return version
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring a file of version 1 to version 2 in one transaction (the
+        module docstring says what changes).  A migration that cannot run now
+        (locked, read-only, full: an OperationalError) leaves version 1, which
+        works; a corrupt table raises (through _validate)."""
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")  # _begin() waits, as the writer does
+            self._transaction(conn, _migrate_2, "migrate")
+        except sqlite3.OperationalError as exc:
+            if not _transient(exc):
+                raise
+            log.warning(
+                "tallies: sqlite: %s stays at schema version 1 for now (%s); "
+                "the next open migrates it",
+                self.path, exc,
+            )  # fmt: skip
 
     def _same_file(self, ident: tuple[int, int] | None) -> bool:
         """Whether the path still names the file a connection opened (``ident``:
@@ -554,17 +632,7 @@ class SqliteBackend:
             if armed:
                 _point("before-begin")
             try:
-                self._begin(conn)
-                try:
-                    out = body(conn)
-                    if armed:
-                        _point("before-commit")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(Exception):
-                            conn.execute("ROLLBACK")
-                    raise
+                out = self._transaction(conn, body, "before-commit")
             except (CountOverflowError, KindClashError, _Refused):
                 raise
             except sqlite3.Error as exc:
@@ -574,6 +642,22 @@ class SqliteBackend:
             if armed:
                 _point("after-commit")
             return out
+
+    def _transaction(self, conn: sqlite3.Connection, body: Any, tag: str) -> Any:
+        """body(conn) inside BEGIN IMMEDIATE ... COMMIT, rolled back if
+        anything raises; the crash point ``tag`` just before COMMIT."""
+        self._begin(conn)
+        try:
+            out = body(conn)
+            if _armed():
+                _point(tag)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+            raise
+        return out
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to ``timeout`` seconds for the write
@@ -747,10 +831,7 @@ class SqliteBackend:
                 out = int(row[0]) if row else 0
                 conn.execute("UPDATE counters SET value = 0 WHERE name = ?", (target.name,))
             elif target.key is None:
-                rows = conn.execute(
-                    "SELECT key, value FROM keyed WHERE name = ? ORDER BY rowid", (target.name,)
-                ).fetchall()
-                out = {str(k): int(v) for k, v in rows}
+                out = keyed_counts(conn, target.name)  # (no rowid since version 2)
                 conn.execute("UPDATE keyed SET value = 0 WHERE name = ?", (target.name,))
             else:
                 row = conn.execute(

@@ -81,13 +81,16 @@ consumed by it (the failed ``reset()`` call lost its return value, as the
 error says); if not, the delta goes back to "held" and is flushed normally.
 
 Keys at 0 (the contract: a key that has been counted stays listed, at 0
-after a reset): each keyed counter remembers the keys first counted since
-they last went into a batch (``_fresh``); the next batch carries each of them
-even when its delta is 0, so the backend lists it too.  Every other key of a
-batch has a delta that is not 0: a flush takes from the cells only the counts
-that are not 0 (the core's ``_nonzero(take=True)``: one pass in C, one dict),
-so its cost follows the keys counted since the last flush, not every key ever
-counted.  Backends zero keys on reset and never delete them.
+after a reset): the cells never lose a key and keep insertion order, so the
+keys first counted since the last batch are the cells' last ones, and each
+keyed counter remembers only how many keys went into a batch before
+(``_sent``: one int, no per-key record); the next batch carries every key
+from there on even when its delta is 0, so the backend lists it too.  Every
+other key of a batch has a delta that is not 0: a flush takes from the cells
+only the counts that are not 0 and the new keys (the core's
+``_nonzero(take=True, since=_sent)``: one pass in C, one dict), so its cost
+follows the keys counted since the last flush, not every key ever counted.
+Backends zero keys on reset and never delete them.
 
 Write-through (``flush=0``)
 ---------------------------
@@ -112,7 +115,12 @@ one of the last committed ones kept in a short history) is added iff its
 seq > ``S``.  So a batch is counted once whether the read happened before or
 after its commit, and a batch whose reply was lost but which did commit is
 not counted twice.  If the history no longer reaches back to ``S`` (a very
-slow read), the read is retried, finally under the flush lock.  Reads never
+slow read), the read is retried, finally under the flush lock.  The history
+is kept only while a read is in flight: a read that begins after a batch's
+commit was acknowledged sees it in the backend (every backend reads where it
+commits), so with no read in flight a committed batch is dropped at once
+(``_known_from`` moves past it) and the local state after a flush of a
+million keys is the cells, not the cells and a copy of the batch.  Reads never
 wait for a flush's I/O except in that last case.  A read of one key costs
 the same whatever the number of keys: the backend reads that key (one SQL
 statement, one Redis round trip) and the pending part is that key's cell,
@@ -515,14 +523,15 @@ class BufferedKeyedCounter(StoreKeyedMixin):
     without leaving C and call ``_first_increment`` / ``_first_decrement``
     for anything else."""
 
-    __slots__ = ("__weakref__", "_cells", "_closed", "_fresh", "_name", "_wb")
+    __slots__ = ("__weakref__", "_cells", "_closed", "_name", "_sent", "_wb")
 
     def __init__(self, wb: WriteBehind, name: str) -> None:
         self._wb = wb
         self._name = name
         self._cells = KeyedCounter()
-        # keys not yet in a batch, in first-use order (see the module docstring)
-        self._fresh: dict[str, None] = {}
+        # the cells' first _sent keys have been in a batch; those after them
+        # have not (see the module docstring)
+        self._sent = 0
         self._closed = False
         self._open_gate(self._cells, self._first_increment, self._first_decrement)
 
@@ -561,7 +570,6 @@ class BufferedKeyedCounter(StoreKeyedMixin):
                 self._cells.decrement(k, n)
             else:
                 self._cells.increment(k, n)
-            self._fresh[k] = None
 
     def increment(self, key: str, n: SupportsIndex = 1) -> None:
         """Add ``n`` to ``key``'s count (a local cell; no I/O)."""
@@ -651,9 +659,7 @@ class WriteThroughKeyed(BufferedKeyedCounter):
         def update(amount: SupportsIndex) -> None:
             if self._closed:
                 raise self._closed_error()
-            add(k, amount)
-            with self._wb._state:
-                self._fresh[k] = None
+            add(k, amount)  # under the flush lock, as every batch is built
 
         self._wb._write_through(update, self._name, k, n, sign)
 
@@ -671,19 +677,6 @@ def new_writer_id() -> str:
     """host:pid:random, unique per process (and per fork)."""
     host = socket.gethostname().split(".")[0][:40] or "host"
     return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
-
-
-def _with_zeros(keys: dict[str, None], m: dict[str, int]) -> dict[str, int]:
-    """``m`` (changed in place) with every key of ``keys`` that it lacks, at 0.
-    C-speed set and dict operations; ``m`` keeps its order (the cells': first
-    use), which SQLite's index takes far better than a hash order (a flush of
-    a million new keys in a set's order was measured many times slower)."""
-    if len(keys) <= len(m) and keys.keys() <= m.keys():
-        return m  # the usual case, every fresh key counted: no set built
-    missing = keys.keys() - m.keys()
-    if missing:
-        m.update(dict.fromkeys(missing, 0))
-    return m
 
 
 class WriteBehind:
@@ -734,6 +727,7 @@ class WriteBehind:
         self._inflight: Batch | None = None
         self._history: collections.deque[Batch] = collections.deque()
         self._known_from = 1
+        self._readers = 0  # reads in flight (see the module docstring)
         self._closing = False  # close() began: counters refuse updates
         self._closed = False  # close() finished: the final flush succeeded
         self._stop = threading.Event()
@@ -959,10 +953,12 @@ class WriteBehind:
             self._held_c = {}
             keyed: dict[str, dict[str, int]] = {}
             for name, kc in self._keyed.items():
-                m = kc._cells._nonzero(True)
-                if kc._fresh:
-                    m = _with_zeros(kc._fresh, m)
-                    kc._fresh = {}
+                # in the cells' order (first use), which SQLite's index takes far
+                # better than a hash order (many times faster at a million new keys)
+                m = kc._cells._nonzero(True, kc._sent)
+                # no key inserted meanwhile: a first use holds _state, a write-through
+                # update the flush lock
+                kc._sent = len(kc._cells)
                 held = self._held_k.get(name)
                 if held:
                     for k, v in held.items():
@@ -1078,6 +1074,9 @@ class WriteBehind:
             self._inflight = None
         self._registered.update(batch.names)
         if batch.has_deltas():
+            if not self._readers:  # every later read sees it: nothing to keep
+                self._known_from = batch.seq + 1
+                return
             self._history.append(batch)
             while len(self._history) > HISTORY:
                 self._known_from = self._history.popleft().seq + 1
@@ -1252,15 +1251,24 @@ class WriteBehind:
 
     def _read(self, query: Query, local: Callable[[Read], Any]) -> Any:
         self._check_open()
-        for _ in range(8):
-            r = self._be().read(self.writer_id, query)
-            with self._state:
-                if r.seq + 1 >= self._known_from:
+        with self._state:
+            self._readers += 1  # from here on, commits are kept in the history
+        try:
+            for _ in range(8):
+                r = self._be().read(self.writer_id, query)
+                with self._state:
+                    if r.seq + 1 >= self._known_from:
+                        return local(r)
+            with self._flush_lock:  # none of our batches can commit meanwhile
+                r = self._be().read(self.writer_id, query)
+                with self._state:
                     return local(r)
-        with self._flush_lock:  # none of our batches can commit meanwhile
-            r = self._be().read(self.writer_id, query)
+        finally:
             with self._state:
-                return local(r)
+                self._readers -= 1
+                if not self._readers and self._history:  # the last read out
+                    self._known_from = self._history[-1].seq + 1
+                    self._history.clear()
 
     def _pending_counter(self, name: str, seq: int) -> int:
         total = self._held_c.get(name, 0)
@@ -1275,9 +1283,8 @@ class WriteBehind:
         out: dict[str, int] = {}
         kc = self._keyed.get(name)
         if kc is not None:
-            out = kc._cells._nonzero(False)
-            if kc._fresh:  # a key at 0 the backend lists is its to list
-                out = _with_zeros(kc._fresh, out)
+            # the keys not in a batch yet even at 0 (one the backend lists is its to list)
+            out = kc._cells._nonzero(False, kc._sent)
         sum_into(out, self._held_k.get(name, {}))
         for b in self._unseen(seq):
             sum_into(out, b.keyed.get(name, {}))
@@ -1454,7 +1461,7 @@ class WriteBehind:
         for c in self._counters.values():
             c._take()  # the parent's pending deltas: the parent flushes them
         for kc in self._keyed.values():
-            kc._cells._nonzero(True)
+            kc._cells._nonzero(True, len(kc._cells))
         for r in self._rates.values():
             r._forked()
         self._held_c = {}
@@ -1466,6 +1473,7 @@ class WriteBehind:
         self._inflight = None
         self._history.clear()
         self._known_from = 1
+        self._readers = 0
         self._seq = 0
         self._registered = set()
         self.writer_id = new_writer_id()
