@@ -569,6 +569,77 @@ def test_a_big_flush_adds_to_stored_rows_and_inserts_new_ones(
     ) == [(30_000, 30_000)]
 
 
+def test_a_big_flush_of_mostly_stored_rows_adds_to_them_and_inserts_the_rest(
+    postgres_server: PostgresServer, url: str, schema: str
+) -> None:
+    """A flush of more than CHUNK deltas whose counts are mostly stored
+    (nine in ten: counters, and keys of two keyed counters) adds to the
+    stored rows in one UPDATE and inserts the new ones: every count exact,
+    one row per count and stripe, and rows of other names untouched."""
+    with tallies.open(url) as store:
+        a, b, other = store.keyed("a"), store.keyed("b"), store.keyed("z")
+        other.increment("k", 5)
+        for i in range(6_000):
+            if i % 10:
+                a.increment(f"k{i:05d}", 3)
+                b.increment(f"k{i:05d}", 3)
+                store.counter(f"c{i:05d}").increment(3)
+        store.flush()
+        for i in range(6_000):
+            a.increment(f"k{i:05d}", i)
+            b.increment(f"k{i:05d}", -i)
+            store.counter(f"c{i:05d}").increment(i)
+        store.flush()
+    stored = {i: 3 if i % 10 else 0 for i in range(6_000)}
+    got = rows(postgres_server, f"SELECT name, key, value FROM {schema}.keyed")
+    assert {(n, k): v for n, k, v in got} == {
+        **{("a", f"k{i:05d}"): stored[i] + i for i in range(6_000)},
+        **{("b", f"k{i:05d}"): stored[i] - i for i in range(6_000)},
+        ("z", "k"): 5,
+    }
+    got = dict(rows(postgres_server, f"SELECT name, value FROM {schema}.counters"))
+    assert got == {f"c{i:05d}": stored[i] + i for i in range(6_000)}
+    assert rows(
+        postgres_server,
+        f"SELECT count(*), count(DISTINCT (name, key, stripe)) FROM {schema}.keyed_stripes",
+    ) == [(12_001, 12_001)]
+
+
+def test_a_big_flush_adds_to_stored_rows_in_the_lock_order(
+    postgres_server: PostgresServer, url: str, schema: str
+) -> None:
+    """The UPDATE that adds a big batch to stored rows is planned as a merge
+    join of the sorted batch and the table's primary key, so it takes its
+    rows in (name, key) order: the order in which every flush, reset and
+    exact path locks them (no deadlock with them), whatever the planner
+    or the server's settings would otherwise choose (here a session that
+    rules merge joins out: a hash join updates in the order of its probe
+    side, a nested loop probes the index once per row)."""
+    from tallies.stores._postgres_backend import _Statements
+
+    with tallies.open(url) as store:
+        kc = store.keyed("k")
+        for i in range(20_000):
+            kc.increment(f"k{i:05d}")
+        store.flush()
+    st = _Statements(schema)
+    with postgres_server.connect() as conn, conn.transaction():
+        conn.execute(f"ANALYZE {schema}.keyed_stripes")
+        conn.execute(st.temp_tables)
+        conn.execute(
+            "INSERT INTO tallies_in_keyed SELECT 'k', 'k' || lpad(i::text, 5, '0'), 1"
+            " FROM generate_series(0, 19999) i"
+        )
+        conn.execute("ANALYZE tallies_in_keyed")
+        conn.execute("SET enable_mergejoin = off")
+        conn.execute(st.merge_plan)
+        plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN " + st.keyed_in.update, (1, "k", "k")).fetchall()
+        )
+    assert "Merge Join" in plan and "Hash" not in plan and "Nested Loop" not in plan, plan
+    assert "Index Scan using keyed_stripes_pkey" in plan, plan  # the table's rows in key order
+
+
 def test_a_big_flush_adds_to_a_row_another_writer_inserted_meanwhile(
     postgres_server: PostgresServer, url: str, schema: str
 ) -> None:

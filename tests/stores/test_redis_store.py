@@ -35,6 +35,18 @@ def r(redis_server: RedisServer) -> Any:
     client.close()
 
 
+@pytest.fixture(params=["hscan", "script"])
+def page_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a snapshot's pages travel (_redis_backend._scan_hash): plain
+    HSCAN (where hiredis parses replies) or the scan script's JSON (redis-py's
+    own parser, a cluster); each test runs both, whichever parser is here."""
+    from tallies.stores import _redis_backend
+
+    plain = request.param == "hscan"
+    monkeypatch.setattr(_redis_backend, "_parses_in_c", lambda conn: plain)
+    return str(request.param)
+
+
 def prefix_of(url: str) -> str:
     return tallies.stores.parse_url(url).params["prefix"]
 
@@ -530,10 +542,11 @@ def test_a_flush_of_many_calls_survives_a_connection_the_server_closed(url: str,
         assert kc.snapshot() == dict.fromkeys(keys, 5)
 
 
-def test_a_big_keyed_counter_is_read_a_page_at_a_time(url: str, r: Any) -> None:
-    """A keyed counter's snapshot reads its hash a page per script call
-    (HSCAN, each page one JSON string): Redis is never blocked for the whole
-    hash, and every key comes back exactly, however it is spelt (issue 19)."""
+def test_a_big_keyed_counter_is_read_a_page_at_a_time(url: str, r: Any, page_form: str) -> None:
+    """A keyed counter's snapshot reads its hash a page per HSCAN (plain, or
+    in the scan script, each page one JSON string): Redis is never blocked
+    for the whole hash, and every key comes back exactly, however it is
+    spelt (issue 19)."""
     from tallies.stores import _redis_backend
 
     p = prefix_of(url)
@@ -554,7 +567,10 @@ def test_a_big_keyed_counter_is_read_a_page_at_a_time(url: str, r: Any) -> None:
         assert dict(snap) == {**want, **other, "k7": want["k7"] + 1000}
         assert store.snapshot()["keyed"]["events"] == dict(snap)
         assert "cmdstat_hgetall" not in calls
-        assert calls["cmdstat_evalsha"]["calls"] >= len(want) // _redis_backend.SCAN_COUNT
+        pages = len(want) // _redis_backend.SCAN_COUNT
+        assert calls["cmdstat_hscan"]["calls"] >= pages
+        scripted = calls.get("cmdstat_evalsha", {"calls": 0})["calls"]
+        assert scripted >= pages if page_form == "script" else scripted == 0
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -575,6 +591,40 @@ def test_a_hash_page_is_field_count_pairs_decoded_in_one_go() -> None:
     for bad in (b'["k"]', b'{"k": "1"}', b"[1", b""):
         with pytest.raises(ValueError):
             hash_page(bad)
+
+
+def test_a_plain_hscan_page_is_field_count_pairs_decoded_in_one_go() -> None:
+    """HSCAN's flat list of bytes read back as (fields, counts): fields
+    decoded as every other read of Redis decodes them, also one with a NUL
+    in it (another client's: the joined text then splits into more parts)."""
+    from tallies.stores._redis_backend import hash_page
+
+    assert hash_page([]) == ([], [])
+    page = [b'a"b', b"9223372036854775807", b"\xc3\xbc/\t", b"-9", b"\xff\xfe", b"-1"]
+    assert hash_page(page) == (['a"b', "\u00fc/\t", "\udcff\udcfe"], [page[1], b"-9", b"-1"])
+    assert hash_page([b"a\0b", b"1", b"", b"2", b"\0", b"3"]) == (
+        ["a\x00b", "", "\x00"],
+        [b"1", b"2", b"3"],
+    )
+    with pytest.raises(ValueError, match="3 parts"):
+        hash_page([b"k", b"1", b"j"])
+
+
+def test_pages_are_plain_hscan_where_hiredis_parses_replies() -> None:
+    """The scan script is only needed where redis-py's own parser reads the
+    replies (about 1 us a field); with hiredis a page is a plain HSCAN."""
+    pytest.importorskip("hiredis", reason="hiredis has no wheel for this Python")
+    from redis.connection import Connection
+
+    from tallies.stores._redis_backend import _parses_in_c
+
+    try:  # redis-py's own parser
+        from redis._parsers import _RESP2Parser as own
+    except ImportError:  # redis-py 4
+        from redis.connection import PythonParser as own  # type: ignore[attr-defined,no-redef]
+
+    assert _parses_in_c(Connection())  # redis-py's default where hiredis is installed
+    assert not _parses_in_c(Connection(parser_class=own))
 
 
 def _pages_of(monkeypatch: pytest.MonkeyPatch, size: int, between: Any = None) -> list[int]:
@@ -598,7 +648,7 @@ def _pages_of(monkeypatch: pytest.MonkeyPatch, size: int, between: Any = None) -
 
 
 def test_a_snapshot_is_exact_at_the_int64_bounds_and_for_any_key(
-    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch, page_form: str
 ) -> None:
     """Stored counts at both int64 bounds, negative counts, keys of every
     kind (and a field written by another client that is not UTF-8), read a
@@ -628,7 +678,7 @@ def test_a_snapshot_is_exact_at_the_int64_bounds_and_for_any_key(
 
 
 def test_a_hash_that_changes_between_pages_is_read_as_hscan_promises(
-    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch, page_form: str
 ) -> None:
     """Another client changes the hash while a snapshot reads it a page at a
     time: every field there from start to end is listed, with its count
@@ -667,7 +717,7 @@ def test_a_hash_that_changes_between_pages_is_read_as_hscan_promises(
 
 
 def test_a_snapshot_survives_a_script_flush_and_a_killed_connection_between_pages(
-    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch, page_form: str
 ) -> None:
     """The next page's call is sent before the current page is decoded: a
     NOSCRIPT (scripts flushed, as after a restart) is answered by loading the
@@ -695,7 +745,7 @@ def test_a_snapshot_survives_a_script_flush_and_a_killed_connection_between_page
 
 
 def test_a_bad_count_mid_scan_is_a_clear_error_and_the_next_read_is_exact(
-    url: str, r: Any, monkeypatch: pytest.MonkeyPatch
+    url: str, r: Any, monkeypatch: pytest.MonkeyPatch, page_form: str
 ) -> None:
     """A field that is not a count stops the snapshot with CorruptStoreError
     naming it, although the next page's call was already sent: that reply is

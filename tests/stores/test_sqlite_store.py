@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import os
 import shutil
@@ -182,9 +183,36 @@ def _layout(db: Path) -> tuple[str, bool]:
     return version, "WITHOUT ROWID" in sql.upper()
 
 
+def test_a_version_1_file_stays_version_1_and_works_unless_the_url_says_migrate(
+    db: Path,
+) -> None:
+    # A tallies that only knows version 1 may have the file open: neither a
+    # store nor a look at it (create=False, as tallies show and the exporters
+    # open) changes its layout.
+    _make_v1(db)
+    with tallies.open(url_of(db), create=False) as s:
+        assert s.keyed("k").snapshot() == V1_KEYS
+    with tallies.open(url_of(db, "?flush=3600")) as s:
+        kc = s.keyed("k")
+        kc.increment("user:00007", 5)
+        kc.increment("new", 2)
+        s.flush()
+        assert kc["user:00007"] == 6 and kc.reset("new") == 2
+        assert kc.reset() == {**V1_KEYS, "user:00007": 6, "new": 0}
+        assert s.counter("hits").value() == 7
+    assert _layout(db) == ("1", False)
+    assert set(raw(db, "select distinct value from keyed")) == {(0,)}
+
+
+def test_a_new_file_is_version_2(db: Path) -> None:
+    with tallies.open(url_of(db)) as s:
+        s.keyed("k").increment("a")
+    assert _layout(db) == ("2", True)
+
+
 def test_a_version_1_file_is_migrated_on_open_every_count_kept(db: Path) -> None:
     _make_v1(db)
-    with tallies.open(url_of(db, "?flush=3600")) as s:
+    with tallies.open(url_of(db, "?flush=3600&migrate=1")) as s:
         assert _layout(db) == ("2", True)
         kc = s.keyed("k")
         assert kc.snapshot() == V1_KEYS and kc["user:00007"] == 1
@@ -205,7 +233,7 @@ def test_a_version_1_file_locked_now_stays_version_1_works_and_migrates_later(
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
     try:
-        with tallies.open(url_of(db, "?flush=3600&timeout=0.2")) as s:
+        with tallies.open(url_of(db, "?flush=3600&timeout=0.2&migrate=1")) as s:
             assert "stays at schema version 1" in caplog.text
             assert _layout(db) == ("1", False)
             kc = s.keyed("k")
@@ -217,20 +245,45 @@ def test_a_version_1_file_locked_now_stays_version_1_works_and_migrates_later(
             assert _layout(db) == ("1", False)
     finally:
         other.close()
-    with tallies.open(url_of(db)) as s:
+    with tallies.open(url_of(db, "?migrate=1")) as s:
         assert _layout(db) == ("2", True)
         assert set(s.keyed("k").snapshot().values()) == {0}
+
+
+def test_an_index_of_the_users_on_keyed_keeps_version_1(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Dropping the old table would drop the user's index without a word.
+    _make_v1(db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as con:
+        con.execute("CREATE INDEX by_value ON keyed(value)")
+    with tallies.open(url_of(db, "?migrate=1")) as s:
+        assert "index by_value" in caplog.text and "stays at schema version 1" in caplog.text
+        assert s.keyed("k").snapshot() == V1_KEYS
+    assert _layout(db) == ("1", False)
+    assert raw(db, "select name from sqlite_master where name = 'by_value'") == [("by_value",)]
+
+
+def test_a_view_of_the_users_on_keyed_reads_the_migrated_table(db: Path) -> None:
+    _make_v1(db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as con:
+        con.execute("CREATE VIEW top_keys AS SELECT key, value FROM keyed WHERE value > 5")
+    with tallies.open(url_of(db, "?migrate=1")) as s:
+        assert _layout(db) == ("2", True)
+        s.keyed("k").increment("big", 9)
+    expected = {k: v for k, v in V1_KEYS.items() if v > 5} | {"big": 9}
+    assert dict(raw(db, "select key, value from top_keys")) == expected
 
 
 def test_a_writer_killed_while_migrating_leaves_version_1_whole(db: Path) -> None:
     _make_v1(db)
     before = raw(db, "select name, key, value from keyed order by name, key")
-    code = f"import tallies; tallies.open({url_of(db)!r})"
+    code = f"import tallies; tallies.open({url_of(db, '?migrate=1')!r})"
     proc = run_python(code, env={"TALLIES_SQLITE_CRASH": "migrate"})
     assert proc.returncode == -9, proc.stderr
     assert _layout(db) == ("1", False)
     assert raw(db, "select name, key, value from keyed order by name, key") == before
-    with tallies.open(url_of(db)) as s:
+    with tallies.open(url_of(db, "?migrate=1")) as s:
         assert _layout(db) == ("2", True)
         assert s.keyed("k").snapshot() == V1_KEYS
 
@@ -239,7 +292,7 @@ def test_processes_opening_a_version_1_file_at_once_migrate_it_once(db: Path) ->
     _make_v1(db)
     code = textwrap.dedent(f"""
         import sys, tallies
-        with tallies.open({url_of(db, "?flush=3600&timeout=30")!r}) as s:
+        with tallies.open({url_of(db, "?flush=3600&timeout=30&migrate=1")!r}) as s:
             kc = s.keyed("k")
             kc.increment("user:00001", 1)
             kc.increment("p" + sys.argv[1], 1)

@@ -164,25 +164,57 @@ ms.  The 100 ms p99 target is missed on this machine by this store and by
 the control alike.)
 
 A flush of more than 10,000 deltas (``_BigMerge``) copies them (binary
-``COPY``, bigint) into a temporary table, adds to the rows that exist with
-one sorted ``INSERT ... ON CONFLICT DO UPDATE`` restricted to them, and
-inserts the others with one plain sorted ``INSERT`` (skipped when every row
-existed; a batch whose first 1,000 rows are mostly stored is one upsert of
-every row instead: 3.7 s of server CPU for 10^6 stored keys, 3.9 s before).
-``ON CONFLICT``'s speculative insertion was half of the server's work for a
-new row: 10^6 new keys took 4.5-5.0 s of server CPU that way and 2.7-2.8 s
-now (this machine, 2026-12-06 07:36-07:41 UTC, old and new alternated, load
-9.6-13.6: wall 15.4-19.7 s before, 9.8-12.1 s after; the load, not the
-flush, makes most of the wall time). A row that another writer of the same
-stripe inserts between the two statements makes the plain INSERT fail; it
-runs in a savepoint, and the rows are then upserted. Still over the 4 s
-target on this machine: the server's CPU for 10^6 index entries and their
-WAL is about 2.8 s alone.
-Also measured and not taken: one ``UPDATE ... FROM`` join for the stored
-rows (3.0 s instead of 4.0 s for 10^6, but it locks rows in the join's
-order, not the global one: a reset could deadlock with it), the same with
-its rows locked in order first (no gain), the rows as arrays through
-``unnest`` instead of ``COPY`` (slower), and ``fillfactor`` 90 (no gain).
+``COPY``, bigint) into a temporary table and inserts the rows not stored
+with one plain sorted ``INSERT`` (``ON CONFLICT``'s speculative insertion
+was half of the server's work for a new row: 4.5-5.0 s of server CPU for
+10^6 new keys, 2.7-2.8 s without it).  The stored rows are added to first:
+when the batch's first 1,000 rows are mostly stored, by one ``UPDATE ...
+FROM`` the sorted batch, planned as a merge join over the primary key
+(``merge_plan``: hash joins, nested loops and a sort of the table ruled out,
+merge joins and index scans ruled in; JIT is off for a big batch), which walks the batch and
+the index in step and so updates in the global lock order; otherwise by one
+sorted ``INSERT ... ON CONFLICT DO UPDATE`` of the rows a probe finds
+stored (cheap when few are).  A row that another writer of the same stripe
+inserts between the statements makes the plain INSERT fail; it runs in a
+savepoint, and the rows are then upserted.
+
+Where the seconds of a 10^6-key flush go (2026-12-06 14:30-14:45 UTC, this
+2-vCPU machine, fsync on, load 1.5 then 5-7 from other engineers' work;
+client CPU from ``time.process_time``, server CPU from ``/proc`` of every
+server process): in the client 0.6-0.9 s (the batch sorted and checked,
+0.3-0.4 s; ``COPY`` ``write_row`` of 10^6 rows 0.17 s; psycopg's waits);
+in the server ``COPY`` 0.2-0.3 s, ``ANALYZE`` 0.07 s, and the merge: for
+new rows the plain INSERT 1.75 s (heap, index entry and WAL of each row),
+for stored rows ``ON CONFLICT DO UPDATE`` 3.4-4.2 s (an index probe, a
+tuple lock and an update per row; 4.3-5.7 s with JIT, which the planner
+turns on at this size) against 1.8-2.1 s for the merge-join UPDATE (the
+same statement forced to a nested loop, probe per row: 3.8-4.1 s; a
+``MERGE`` statement, PG 15, hash-joined 2.6-2.9 s, with no lock order).
+The commit (fsync of the WAL) is 10-50 ms. Same run, main and this code
+alternated twice (14:55-14:57 UTC, load 4.2-5.3): stored rows wall
+5.98-6.72 s before, 3.58-3.71 s after (server CPU 3.45-3.68 s before,
+1.76-2.02 s after; client 0.70-0.73 s, 0.62-0.64 s); new rows 3.19-4.67 s,
+3.85-4.18 s (server CPU 1.91-2.00 s, 2.02-2.04 s: unchanged within the
+noise). The 4 s target: met by stored rows in these runs (3.6-3.7 s),
+missed by new rows in one of two (4.18 s); met by both at load 3.5
+(2.3-3.0 s, 14:53 UTC), missed by both at load 6.8-7.1 (5.0-7.0 s, an
+earlier form of this change). The server's CPU for 10^6 rows (1.8-2.3 s)
+and the client's (0.6-0.9 s) run one after the other (one transaction, one
+connection: exactly once needs the batch and its sequence record in one
+commit, so the work cannot be split over connections), and each of the 2
+vCPUs is shared with other
+processes.  Measured and not taken: COPY data
+built as one bytes buffer instead of ``write_row`` (the loop is 0.17 s of
+CPU: at most that to gain), ``MERGE`` (PG 15 only, and its hash join takes
+rows in no fixed order), the rows as arrays through ``unnest`` instead of
+``COPY`` (slower), ``fillfactor`` 90 (no gain), a client-side pipeline
+(the server's merge waits for the whole COPY; splitting the batch over
+transactions or connections would break exactly once), and
+``synchronous_commit`` off (it would acknowledge a flush a crash can lose),
+and the batch sent unsorted for the server to sort (the client saved 0.1 s,
+the server spent 0.5-0.9 s more: its sort is quick on presorted input).
+JIT off for the whole big transaction, not only its UPDATE: 1.88-1.90 s
+of server CPU for 10^6 new rows against 1.95-1.96 s (same run, load 3.5).
 
 The stripes make the shared keys cost what keys of one's own cost (the
 control row); the rest of the latency is the machine (16 writer processes
@@ -194,7 +226,24 @@ flushing every 100 ms ask for about 2.4 CPU-seconds a second, more than the
 from other work) the p99 was 493 / 193 / 533 ms for this store, 344 / 368
 / 703 ms for the control and 758 / 2,829 / 7,365 ms for one sorted UPSERT
 per flush on shared rows: the store tracks the control at every count of
-writers, and the p99 is the machine's.  Per-writer delta rows folded into
+writers, and the p99 is the machine's.
+
+Again at 14:25-14:48 UTC (this machine, fsync on, this flush unchanged):
+one writer's 1,000-key flush takes 1.4 ms of the writer's CPU (the 10.5 ms
+above included the load's waits) and 5.3 ms of wall time; in the convoy
+the writers spent 1.7-1.8 ms of CPU and the server 4.8-5.3 ms per flush
+(``/proc`` of every process), and as the 16 writers start their periods
+together, every 100 ms asks for 16 x 6.6 = 106 ms of CPU at once: the last
+flush of a burst ends no sooner than 53 ms after it began on 2 idle vCPUs,
+which is the p50 measured (49-59 ms).  p99: 113 ms (10 s, load 1.4-2.4;
+control 165 ms), 97 ms (10 s, load 4.9-6.4; control 128 ms), 196 ms (30
+s, load 5.4-9.3; control 248 ms): met or missed by what else runs on the 2
+vCPUs, the store below the control each time.  A cheaper statement was
+measured: the adds as an ``UPDATE`` merge-joined as for a big batch costs
+the server 3.0-3.3 ms per 1,000 rows against 3.7-4.4 ms (same run, load
+5): 0.8 ms of the 6.6 a flush costs, about 6 ms off the p50, and it needs
+planner settings on the writer's session and a second statement for new
+keys: not taken.  Per-writer delta rows folded into
 totals later were the other candidate: they remove the shared locks too,
 but a reader must add up every unfolded row, the fold is one more moving
 part, and an int64 overflow of a sum can only be refused exactly by

@@ -17,6 +17,9 @@ Parameters:
 ``synchronous=NORMAL|FULL`` SQLite's ``PRAGMA synchronous`` (default NORMAL:
                    a committed flush survives the process being killed; FULL
                    also survives a power loss, at an fsync per commit).
+``migrate=0|1``    ``migrate=1`` brings a file of schema version 1 to version 2
+                   when this store opens it (default 0: a version 1 file stays
+                   version 1 and works as before; see below).
 
 Every connection uses ``isolation_level=None`` (we issue BEGIN/COMMIT
 ourselves), WAL mode (readers never block the writer; several processes and
@@ -57,18 +60,26 @@ the table, and the file holds each key once (version 1, a rowid table, kept
 every key twice: in the table and in its primary-key index).  At a million
 keys, 2026-12-06, this project's 2-vCPU machine: the file 20 MiB instead of
 50, one-key reads through ``sqlite3`` 8 us instead of 12.5 (3.2 us at a
-thousand keys), ``kc[key]`` 15 us instead of 18.5 (9.4 at a thousand).  A
-file of version 1 is migrated when a writer opens it: one transaction
-(``BEGIN IMMEDIATE``, the version read again under the lock) copies
-``keyed`` into the new layout, drops the old table and sets schema '2'; a
-process killed meanwhile leaves version 1 whole.  A migration that cannot run
-now (the file read-only, full, or locked by another writer for ``timeout``)
-leaves the file at version 1, which this tallies reads and writes as before
-(the same SQL serves both layouts), and is tried again at the next open; a
-corrupt table found while copying raises CorruptSegmentError.  The dropped
-table's pages stay in the file as free pages for later writes (``VACUUM``
-returns them).  A tallies of version 1 refuses a file of version 2 (newer):
-upgrade every process that opens the file.
+thousand keys), ``kc[key]`` 15 us instead of 18.5 (9.4 at a thousand).  New files
+are created at version 2.  A file of version 1 stays at version 1, which this
+tallies reads and writes as before (the same SQL serves both layouts), unless
+the URL says ``migrate=1``: never by itself, because a tallies of version 1
+that has the file open keeps working on it only while it stays version 1 (its
+keyed ``reset()`` reads the rowid, and its next connection, a reconnect or a
+fork child's, refuses a newer file: its pending counts would be lost), and
+``tallies show`` or an exporter opening the file must not do that to it.
+With ``migrate=1`` (once every process that opens the file runs this tallies)
+one transaction (``BEGIN IMMEDIATE``, the version read again under the lock)
+copies ``keyed`` into the new layout, drops the old table and sets schema
+'2'; a process killed meanwhile leaves version 1 whole.  A migration that
+cannot run now (the file read-only, full, or locked by another writer for
+``timeout``; an index or trigger of the user's on ``keyed``, which dropping
+the table would drop) leaves the file at version 1, logged as a warning; a
+view of the user's that reads ``keyed`` reads the new table (the rename runs
+with ``legacy_alter_table``, which does not re-check views); a corrupt table
+found while copying raises CorruptSegmentError.  The dropped table's pages
+stay in the file as free pages for later writes (``VACUUM`` returns them).
+A tallies of version 1 refuses a file of version 2 (newer).
 
 Names and keys follow the rules every store shares (docs/contract.md;
 ``base.counter_name``, ``base.check_key``): keys are str (TEXT; nothing else
@@ -190,7 +201,9 @@ MIGRATE_2 = (
     SCHEMA[3].replace("TABLE keyed(", "TABLE keyed_v2("),
     "INSERT INTO keyed_v2(name, key, value) SELECT name, key, value FROM keyed ORDER BY name, key",
     "DROP TABLE keyed",
+    "PRAGMA legacy_alter_table = ON",  # a user's view of keyed is not re-checked
     "ALTER TABLE keyed_v2 RENAME TO keyed",
+    "PRAGMA legacy_alter_table = OFF",
     "UPDATE tallies_meta SET value = '2' WHERE key = 'schema'",
 )
 
@@ -397,12 +410,24 @@ def _create_file(path: str) -> None:
                 os.unlink(tmp + suffix)
 
 
+class _NotMigrated(Exception):
+    """A version 1 file that ``migrate=1`` leaves at version 1 (why: the text)."""
+
+
 def _migrate_2(conn: sqlite3.Connection) -> None:
     """Version 1 -> 2 (the caller holds the write lock)."""
     meta = dict(conn.execute("SELECT key, value FROM tallies_meta").fetchall())
-    if meta.get("schema") == "1":  # read again, under the lock
-        for stmt in MIGRATE_2:
-            conn.execute(stmt)
+    if meta.get("schema") != "1":  # read again, under the lock
+        return
+    theirs = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE tbl_name = 'keyed'"
+        " AND type IN ('index', 'trigger') AND name NOT LIKE 'sqlite_autoindex_%'"
+    ).fetchall()
+    if theirs:
+        found = ", ".join(f"{kind} {name}" for kind, name in theirs)
+        raise _NotMigrated(f"the table keyed has objects that are not tallies' ({found})")
+    for stmt in MIGRATE_2:
+        conn.execute(stmt)
 
 
 def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
@@ -412,11 +437,14 @@ def _corrupt(path: str, exc: BaseException) -> CorruptSegmentError:
 class SqliteBackend:
     """The :class:`~tallies.stores.writebehind.Backend` over one SQLite file."""
 
-    def __init__(self, path: str, *, create: bool, timeout: float, synchronous: str) -> None:
+    def __init__(
+        self, path: str, *, create: bool, timeout: float, synchronous: str, migrate: bool = False
+    ) -> None:
         self.path = path
         self.create = create
         self.timeout = timeout
         self.synchronous = synchronous
+        self.migrate = migrate
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._w: sqlite3.Connection | None = None
@@ -497,7 +525,7 @@ class SqliteBackend:
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
-            if version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION and self.migrate:
                 self._migrate(conn)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and _transient(exc):
@@ -527,17 +555,18 @@ class SqliteBackend:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring a file of version 1 to version 2 in one transaction (the
         module docstring says what changes).  A migration that cannot run now
-        (locked, read-only, full: an OperationalError) leaves version 1, which
-        works; a corrupt table raises (through _validate)."""
+        (locked, read-only, full: an OperationalError; a user's index or
+        trigger on keyed) leaves version 1, which works; a corrupt table
+        raises (through _validate)."""
         try:
             conn.execute("PRAGMA busy_timeout = 0")  # _begin() waits, as the writer does
             self._transaction(conn, _migrate_2, "migrate")
-        except sqlite3.OperationalError as exc:
-            if not _transient(exc):
+        except (sqlite3.OperationalError, _NotMigrated) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _transient(exc):
                 raise
             log.warning(
-                "tallies: sqlite: %s stays at schema version 1 for now (%s); "
-                "the next open migrates it",
+                "tallies: sqlite: %s stays at schema version 1 (%s); "
+                "an open with migrate=1 tries again",
                 self.path, exc,
             )  # fmt: skip
 
@@ -1256,6 +1285,7 @@ class SqliteOptions:
     real: str
     timeout: float
     synchronous: str
+    migrate: bool = field(default=False, compare=False)
 
 
 class SqliteStore(WriteBehindStore):
@@ -1266,19 +1296,30 @@ class SqliteStore(WriteBehindStore):
         FLUSH,
         seconds("timeout", DEFAULT_TIMEOUT, 0, 86400),
         choice("synchronous", "NORMAL", ("NORMAL", "FULL")),
+        choice("migrate", "0", ("0", "1")),
     )
 
     @classmethod
     def backend_options(cls, url: StoreURL, values: dict[str, Any]) -> SqliteOptions:
         path = sqlite_path(url)
-        return SqliteOptions(path, os.path.realpath(path), values["timeout"], values["synchronous"])
+        return SqliteOptions(
+            path,
+            os.path.realpath(path),
+            values["timeout"],
+            values["synchronous"],
+            values["migrate"] == "1",
+        )
 
     @classmethod
     def connect(
         cls, url: StoreURL, options: SqliteOptions, create: bool, first: bool
     ) -> SqliteBackend:
         return SqliteBackend(
-            options.path, create=create, timeout=options.timeout, synchronous=options.synchronous
+            options.path,
+            create=create,
+            timeout=options.timeout,
+            synchronous=options.synchronous,
+            migrate=options.migrate,
         )
 
     @classmethod
