@@ -115,16 +115,18 @@ def test_the_stress_catches_a_key_published_twice(tmp_path: pathlib.Path, tsan: 
 
 
 @pytest.mark.parametrize(
-    ("needle", "mutant", "racer"),
+    ("needle", "mutant", "racers"),
     [
-        (SLOT_NEEDLE, SLOT_MUTANT, "tsc_get"),
-        (FREE_NEEDLE, FREE_MUTANT, "tsc_get"),
-        (ITEMS_NEEDLE, ITEMS_MUTANT, "tsc_copy"),
+        (SLOT_NEEDLE, SLOT_MUTANT, ("tsc_get",)),
+        (FREE_NEEDLE, FREE_MUTANT, ("tsc_get",)),
+        # the listing's side of the race may be the access whose stack TSan
+        # could not restore ("failed to restore the stack", under load)
+        (ITEMS_NEEDLE, ITEMS_MUTANT, ("tsc_copy", "tsc_put")),
     ],
     ids=["relaxed-slot", "freed-table", "unlocked-listing"],
 )
 def test_the_stress_catches_a_racy_key_cache(
-    tmp_path: pathlib.Path, needle: str, mutant: str, racer: str
+    tmp_path: pathlib.Path, needle: str, mutant: str, racers: tuple[str, ...]
 ) -> None:
     exe = tmp_path / "stress_shm_keys_cache"
     _build(_mutant(tmp_path, needle, mutant, "_shmcache.h"), exe, tsan=True)
@@ -135,4 +137,5 @@ def test_the_stress_catches_a_racy_key_cache(
             break
     res = outcomes[-1]
     assert res.returncode == 66, [r.stdout for r in outcomes]
-    assert TSAN_WARNING in res.stderr and racer in res.stderr, res.stderr[-3000:]
+    assert TSAN_WARNING in res.stderr, res.stderr[-3000:]
+    assert any(racer in res.stderr for racer in racers), res.stderr[-3000:]
