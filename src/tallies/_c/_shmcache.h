@@ -16,19 +16,21 @@
  * object when it is not the very object that was cached) and then the cell.
  * It is also the only record of the exact str keys a process used: a dict
  * entry and an int per key beside it cost ~64 bytes a key at 10^6 keys, the
- * cache 21-43 (issue 19: a process's memory per key within 2x of
- * KeyedCounter's, whose table takes 21-38).  KeyedCells keeps a dict only for the keys the cache
- * cannot hold (str subclasses, whose equality is Python's; a cell >= 2**32;
- * a key the cache had no memory for), and builds `cells` from both on demand
+ * cache 32-64 (34 at 10^6 keys: issue 19 wants a process's memory per key
+ * within 2x of KeyedCounter's, 24 there; its table takes 21-40 a key at any
+ * size).  KeyedCells keeps a dict only for the keys the cache cannot hold
+ * (str subclasses, whose equality is Python's; a cell >= 2**32; a key the
+ * cache had no memory for), and builds `cells` from both on demand
  * (tsc_items).
  *
  * What it is
  * ----------
  * A power-of-two array of slots {key, hash32 | cell << 32} probed linearly
- * from hash & mask, at most three quarters full (a hit probes 2.5 slots on
- * average, four to a cache line; half full it took 1.5, but up to 64 bytes a
- * key right after a growth).  A slot is empty (key NULL) or set
- * once, for good: keys are never removed (a shm:// key is never removed from
+ * from hash & mask, at most half full (64 bytes a key right after a growth,
+ * 32 right before the next: filled to three quarters it would take 21-43,
+ * but a hit probing 2.5 slots on average instead of 1.5 made an increment at
+ * 10^4 keys 1.2x KeyedCounter's instead of 1.0x).  A slot is empty (key
+ * NULL) or set once, for good: keys are never removed (a shm:// key is never removed from
  * its segment, and its cell index is the same in every slab and process, so
  * fork() and a new binding leave the cache true).  The cache holds a
  * reference to each key (TSC_INCREF), dropped when the cache is freed.
@@ -46,7 +48,7 @@
  *           true, entries being immutable); it is chained to the new one and
  *           freed with the cache, when no thread can be inside (the owner's
  *           dealloc).  The tables sum to less than twice the last one (up to
- *           85 bytes a key right after a growth, 43 for the newest table).
+ *           128 bytes a key right after a growth, 64 for the newest table).
  *           (TSC_CONCURRENT 0, a build with a GIL: no lookup can be under way
  *           during an insert, which holds the GIL too, so the old table is
  *           freed at once.)
@@ -147,7 +149,7 @@ tsc_put(tsc_cache *c, void *key, uint64_t hash, int64_t cell)
     TSC_LOCK(&c->lock);
     tsc_table *t = atomic_load_explicit(&c->table, memory_order_relaxed);
     uint64_t size = t == NULL ? 0 : t->mask + 1;
-    if ((uint64_t)(c->used + 1) * 4 > size * 3) {
+    if ((uint64_t)(c->used + 1) * 2 > size) {
         uint64_t nsize = size == 0 ? TSC_MIN_SLOTS : size * 2;
         tsc_table *nt = (tsc_table *)TSC_MALLOC(sizeof(tsc_table) + nsize * sizeof(tsc_slot));
         if (nt == NULL) {
