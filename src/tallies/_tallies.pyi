@@ -334,8 +334,8 @@ class KeyedCells:
     segment: Segment
     @property
     def cells(self) -> Mapping[str, int]:
-        """A read-only view of the cells known so far (only the C code writes them,
-        each checked against the segment)."""
+        """A read-only copy of the cells known so far, built on each access (only
+        the C code writes them, each checked against the segment)."""
     def __init__(
         self,
         segment: Segment,

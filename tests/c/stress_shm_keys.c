@@ -27,8 +27,12 @@
  *     read was written before the key was published in its slot (the slot's
  *     release store; ThreadSanitizer checks the ordering, the word being a
  *     plain field);
- *   - after the round every key is in the cache, once, with its entry, and
- *     freeing the cache drops exactly the references it took.
+ *   - a listing of the cache (tsc_items, what `KeyedCells.cells` is built
+ *     from), taken while it grows, holds only keys with their entries, each
+ *     once, with a reference the lister drops;
+ *   - after the round every key is in the cache, once, with its entry (and
+ *     in its listing), and freeing the cache drops exactly the references it
+ *     took.
  * The run prints "rounds R, keys K, abandoned A (races lost), found F, cached C"
  * and "consistent" or "INCONSISTENT: ..." (exit 1).
  */
@@ -147,6 +151,36 @@ inserter(void *arg)
     return NULL;
 }
 
+/* Check a listing of the cache: its keys' cells are their entries, each key
+ * once; `all`: every key is there.  Drops the listing's references. */
+static void
+check_items(int all)
+{
+    void **ks;
+    int64_t *cs;
+    int64_t n = tsc_items(&cache, &ks, &cs);
+    if (n < 0) {
+        fail("a listing of the cache failed", -1);
+        return;
+    }
+    char seen[NKEYS] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        ckey *c = (ckey *)ks[i];
+        uintptr_t a = (uintptr_t)c, lo = (uintptr_t)copies;
+        int k = (int)(a >= lo && a < (uintptr_t)(copies + NKEYS) ? c - copies : c - keys);
+        if (k < 0 || k >= NKEYS || seen[k]++ ||
+            cs[i] != tkd_find(&dir, owners[k], texts[k], lens[k])) {
+            fail("a listing of the cache holds a wrong or doubled key", k);
+        }
+        TSC_DECREF(ks[i]);
+    }
+    if (all && n != NKEYS) {
+        fail("a listing of the cache misses keys", -1);
+    }
+    free(ks);
+    free(cs);
+}
+
 static void *
 finder(void *arg)
 {
@@ -155,6 +189,9 @@ finder(void *arg)
     }
     while (atomic_load(&inserters_done) < INSERTERS) {
         int k = (int)(rnd(&seed) % NKEYS);
+        if (seed % 64 == 0) {
+            check_items(0);
+        }
         int64_t hit = tsc_get(&cache, seed % 2 ? &keys[k] : &copies[k], hashes[k]);
         int64_t j = tkd_find(&dir, owners[k], texts[k], lens[k]);
         if (hit >= 0) {
@@ -238,6 +275,7 @@ check_round(void)
     if (cache.used != NKEYS || atomic_load(&refs) != NKEYS) {
         fail("the cache holds a key twice or not at all", -1);
     }
+    check_items(1);
 }
 
 int

@@ -1212,21 +1212,25 @@ TL_TYPE_SPEC(Cell, "tallies._tallies.Cell", sizeof(CellObject),
 
 /* ---- KeyedCells: the write side of one shared keyed counter ------------- */
 
-/* The cell cache `cells` is private: only this file writes it, and only with
- * cells checked against the segment (register's and find's answers), so the
- * lock-free increment can trust what it reads there.  Python sees it through
- * a read-only view (`cells`); a dict Python could write would let any code
- * point a key at another counter's cell or outside the slab. */
+/* The cells a process knows are private: only this file writes them, and
+ * only with cells checked against the segment (register's and find's
+ * answers), so the lock-free increment can trust what it reads there.  They
+ * are kept in the cache (_shmcache.h: exact str keys, the hot path's and the
+ * only record of them) and in a dict for the keys the cache cannot hold.
+ * Python sees a read-only mapping built from both (`cells`); a dict Python
+ * could write would let any code point a key at another counter's cell or
+ * outside the slab. */
 typedef struct {
     PyObject_HEAD
     SegmentObject *seg;
-    PyObject *cells;    /* dict: str key -> int cell (checked), private */
+    PyObject *cells;    /* dict: str key -> int cell (checked), private, for
+                         * the keys `cache` does not hold (keyed_remember) */
     PyObject *register_; /* register(key) -> cell, under the segment lock */
     PyObject *find;     /* find(key) -> cell or None, registers nothing; or NULL */
     Py_ssize_t owner;   /* >= 0: keys go straight to the segment's key directory */
     _Atomic Py_ssize_t max_cell; /* the largest cell remembered, -1 if none */
     _Atomic uint64_t gen; /* the segment's bind_gen when the cells were reserved */
-    tsc_cache cache;    /* exact str key -> cell: the hot path's copy of `cells` */
+    tsc_cache cache;    /* exact str key -> cell (checked): the hot path's */
 } KeyedObject;
 
 /* The page of this process's slab behind `cell` exists before a write to it
@@ -1312,17 +1316,6 @@ Keyed_dealloc(KeyedObject *self)
     tl_dealloc((PyObject *)self, (inquiry)Keyed_clear, NULL);
 }
 
-/* Copy key -> cell into the hot path's cache (exact str keys only: no
- * Python code may run to compare two keys there).  Out of memory it is left
- * out: the dict answers for it, only slower. */
-static void
-keyed_cache(KeyedObject *self, PyObject *key, Py_hash_t h, Py_ssize_t cell)
-{
-    if (h != -1 && PyUnicode_CheckExact(key) && cell <= (Py_ssize_t)UINT32_MAX) {
-        (void)tsc_put(&self->cache, key, (uint64_t)h, cell);
-    }
-}
-
 /* Remember key's (checked) cell, its page in this process's slab reserved
  * first: the cell, or -1 with an error set. */
 static Py_ssize_t
@@ -1336,13 +1329,23 @@ keyed_remember(KeyedObject *self, PyObject *key, Py_ssize_t cell)
                              &self->max_cell, &top, cell, memory_order_acq_rel,
                              memory_order_relaxed)) {
     }
+    /* Exact str keys in the cache alone (no Python code may run to compare
+     * two keys there); the rest, and a key it had no memory for, in the dict. */
+    if (PyUnicode_CheckExact(key) && cell <= (Py_ssize_t)UINT32_MAX) {
+        Py_hash_t h = tl_key_hash(key);
+        if (h == -1) {
+            PyErr_Clear(); /* (a str's hash does not fail) */
+        }
+        else if (tsc_put(&self->cache, key, (uint64_t)h, cell) == 0) {
+            return cell;
+        }
+    }
     PyObject *v = PyLong_FromSsize_t(cell);
     if (v == NULL || PyDict_SetItem(self->cells, key, v) < 0) {
         Py_XDECREF(v);
         return -1;
     }
     Py_DECREF(v);
-    keyed_cache(self, key, PyUnicode_CheckExact(key) ? tl_key_hash(key) : -1, cell);
     return cell;
 }
 
@@ -1370,7 +1373,9 @@ keyed_ask(KeyedObject *self, PyObject *fn, PyObject *key, int none_ok)
 }
 
 /* key's remembered cell, -2 when none is, -1 with an error set: the dict's
- * answer (and its type checks), for keys the cache does not answer for. */
+ * answer (and its type checks), for keys the cache does not answer for (an
+ * exact str the cache misses is looked up there too: it may be one the cache
+ * could not take). */
 static Py_ssize_t
 keyed_recorded(KeyedObject *self, PyObject *key, const char *fname)
 {
@@ -1383,12 +1388,9 @@ keyed_recorded(KeyedObject *self, PyObject *key, const char *fname)
         PyErr_SetString(PyExc_ValueError, "the keyed counter's segment is gone");
         return -1;
     }
-    Py_hash_t h = PyUnicode_CheckExact(key) ? tl_key_hash(key) : -1;
     PyObject *c = PyDict_GetItemWithError(self->cells, key); /* borrowed */
     if (TL_LIKELY(c != NULL)) {
-        Py_ssize_t cell = PyLong_AsSsize_t(c); /* checked when remembered */
-        keyed_cache(self, key, h, cell); /* an equal key remembered, or left out */
-        return cell;
+        return PyLong_AsSsize_t(c); /* checked when remembered */
     }
     return PyErr_Occurred() ? -1 : -2;
 }
@@ -1443,7 +1445,8 @@ Keyed_lookup(KeyedObject *self, PyObject *key)
     return cell_or_none(cell);
 }
 
-/* cells: a read-only view of the cache. */
+/* cells: a read-only mapping of the cells known so far, built from the
+ * cache and the dict (a copy: later keys do not show in it). */
 static PyObject *
 Keyed_get_cells(KeyedObject *self, void *Py_UNUSED(closure))
 {
@@ -1451,7 +1454,28 @@ Keyed_get_cells(KeyedObject *self, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_ValueError, "the keyed counter's segment is gone");
         return NULL;
     }
-    return PyDictProxy_New(self->cells);
+    void **keys;
+    int64_t *cells;
+    int64_t n = tsc_items(&self->cache, &keys, &cells); /* no Python code runs */
+    if (n < 0) {
+        return PyErr_NoMemory();
+    }
+    PyObject *d = PyDict_Copy(self->cells), *r = NULL;
+    for (int64_t i = 0; i < n; i++) {
+        PyObject *v = d == NULL ? NULL : PyLong_FromLongLong((long long)cells[i]);
+        if (v == NULL || PyDict_SetItem(d, (PyObject *)keys[i], v) < 0) {
+            Py_CLEAR(d);
+        }
+        Py_XDECREF(v);
+        Py_DECREF((PyObject *)keys[i]);
+    }
+    PyMem_RawFree(keys);
+    PyMem_RawFree(cells);
+    if (d != NULL) {
+        r = PyDictProxy_New(d);
+        Py_DECREF(d);
+    }
+    return r;
 }
 
 /* increment(key, n=1) and decrement(key, n=1) (_counter_methods.h); key
@@ -1506,7 +1530,14 @@ Keyed_update_key(KeyedObject *self, PyObject *const *args, Py_ssize_t nargs,
          * update lists nothing (docs/contract.md).  A bad key is refused for
          * its key first, as an insert would refuse it; a key already in the
          * segment goes the normal way (tl_add checks its cell). */
-        int known = PyDict_Contains(self->cells, slots[0]);
+        Py_hash_t h = PyUnicode_CheckExact(slots[0]) ? tl_key_hash(slots[0]) : -1;
+        int known = h != -1 && tsc_get(&self->cache, slots[0], (uint64_t)h) >= 0;
+        if (!known) {
+            if (h == -1) {
+                PyErr_Clear(); /* (a str's hash does not fail) */
+            }
+            known = PyDict_Contains(self->cells, slots[0]);
+        }
         if (known < 0) {
             return NULL;
         }
@@ -1571,7 +1602,7 @@ static PyMemberDef Keyed_members[] = {
 
 static PyGetSetDef Keyed_getset[] = {
     {"cells", (getter)Keyed_get_cells, NULL,
-     "A read-only view of the cells known so far: {key: cell}.", NULL},
+     "A read-only copy of the cells known so far: {key: cell}.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
