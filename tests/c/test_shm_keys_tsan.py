@@ -30,6 +30,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import pytest
 from _tsan import HEADER_DIR as HEADERS
@@ -88,14 +89,27 @@ def test_racing_inserts_publish_each_key_once_and_complete(
     assert "rounds 40," in res.stdout and ", cached " in res.stdout
 
 
+def _until_caught(
+    exe: pathlib.Path, tries: int, caught: Callable[[subprocess.CompletedProcess[str]], bool]
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run a mutant's stress up to ``tries`` times, stopping at the first run
+    that ``caught`` it; every run's outcome, the last one last."""
+    outcomes: list[subprocess.CompletedProcess[str]] = []
+    for _ in range(tries):
+        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
+        if caught(outcomes[-1]):
+            break
+    return outcomes
+
+
+def _tsan_warned(res: subprocess.CompletedProcess[str]) -> bool:
+    return TSAN_WARNING in res.stderr
+
+
 def test_the_stress_catches_a_relaxed_publish(tmp_path: pathlib.Path) -> None:
     exe = tmp_path / "stress_shm_keys_relaxed"
     _build(_mutant(tmp_path, RELAXED_NEEDLE, RELAXED_MUTANT), exe, tsan=True)
-    outcomes: list[subprocess.CompletedProcess[str]] = []
-    for _ in range(4):
-        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
-        if TSAN_WARNING in outcomes[-1].stderr:
-            break
+    outcomes = _until_caught(exe, 4, _tsan_warned)
     res = outcomes[-1]
     assert res.returncode == 66, [r.stdout for r in outcomes]
     assert TSAN_WARNING in res.stderr and "memcpy" in res.stderr, res.stderr[-3000:]
@@ -105,11 +119,7 @@ def test_the_stress_catches_a_relaxed_publish(tmp_path: pathlib.Path) -> None:
 def test_the_stress_catches_a_key_published_twice(tmp_path: pathlib.Path, tsan: bool) -> None:
     exe = tmp_path / "stress_shm_keys_twice"
     _build(_mutant(tmp_path, TWICE_NEEDLE, TWICE_MUTANT), exe, tsan)
-    outcomes: list[subprocess.CompletedProcess[str]] = []
-    for _ in range(6):
-        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
-        if "INCONSISTENT" in outcomes[-1].stdout:
-            break
+    outcomes = _until_caught(exe, 6, lambda res: "INCONSISTENT" in res.stdout)
     assert outcomes[-1].returncode != 0, [r.stdout for r in outcomes]
     assert "INCONSISTENT" in outcomes[-1].stdout, [r.stdout for r in outcomes]
 
@@ -130,11 +140,7 @@ def test_the_stress_catches_a_racy_key_cache(
 ) -> None:
     exe = tmp_path / "stress_shm_keys_cache"
     _build(_mutant(tmp_path, needle, mutant, "_shmcache.h"), exe, tsan=True)
-    outcomes: list[subprocess.CompletedProcess[str]] = []
-    for _ in range(4):
-        outcomes.append(run(exe, tsan_options=TSAN_OPTIONS))
-        if TSAN_WARNING in outcomes[-1].stderr:
-            break
+    outcomes = _until_caught(exe, 4, _tsan_warned)
     res = outcomes[-1]
     assert res.returncode == 66, [r.stdout for r in outcomes]
     assert TSAN_WARNING in res.stderr, res.stderr[-3000:]
